@@ -1,0 +1,51 @@
+# SSD object-detection service for KServe. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+# Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k anchors"`.
+PYTEST_ARGS ?=
+# Set RUN_SLOW=1 to include tests marked `slow` (they are skipped by default).
+RUN_SLOW ?= 0
+MODEL_DIR ?=
+PORT ?= 8080
+
+.PHONY: help install serve test test-all lint format clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the package with test extras
+
+serve: $(STAMP) ## Serve the model (default: the shipped demo model; MODEL_DIR=... for another) on :$(PORT)
+	$(PY) -m predictor --http_port $(PORT) $(if $(MODEL_DIR),--model_dir $(MODEL_DIR),)
+
+test: $(STAMP) ## Install everything and run the whole test suite (what CI runs)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest $(if $(filter 1,$(RUN_SLOW)),,-m 'not slow') $(PYTEST_ARGS)
+
+test-all: ## Run the test suite including slow tests
+	$(MAKE) test RUN_SLOW=1
+
+lint: $(STAMP) ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check predictor tests bench
+
+format: $(STAMP) ## Apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format predictor tests bench
+
+clean: ## Remove build outputs and caches (keeps .venv)
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .hypothesis out
+
+-include mk/*.mk

@@ -1,0 +1,170 @@
+"""Command-line flags of the predictor server, each also settable by an environment variable.
+
+The flags extend ``kserve.model_server.parser`` (``--http_port``, ``--grpc_port``, ``--model_name`` ...).
+Every flag added here has an ``SSD_*`` environment variable (named in its help text) so a Kubernetes pod
+can configure the server without rewriting its command line. Precedence: command line > environment >
+built-in default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from typing import Any
+
+
+def _env(name: str, default: Any, cast: Callable[[str], Any] = str) -> Any:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return cast(raw)
+    except ValueError as e:
+        raise SystemExit(f"invalid value for environment variable {name}={raw!r}: {e}") from e
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true/false")
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {raw}")
+    return value
+
+
+def _fraction(raw: str) -> float:
+    value = float(raw)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be within [0, 1], got {raw}")
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {raw}")
+    return value
+
+
+def _precision(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("none", "float16", "bfloat16"):
+        raise argparse.ArgumentTypeError("must be one of none, float16, bfloat16")
+    return value
+
+
+def add_ssd_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the SSD predictor flags (with ``SSD_*`` environment fallbacks) to ``parser``."""
+    g = parser.add_argument_group("SSD predictor")
+    g.add_argument(
+        "--model_dir",
+        default=_env("SSD_MODEL_DIR", None),
+        help="Model directory: the project's own format (model.yaml + weights) or a balancap TF1 "
+        "checkpoint (ssd_300_vgg.ckpt.*). Empty: the demo model shipped in the package. Env SSD_MODEL_DIR.",
+    )
+    g.add_argument(
+        "--score_threshold",
+        type=_fraction,
+        default=_env("SSD_SCORE_THRESHOLD", None, _fraction),
+        help="Minimum class score of a detection (default: the model manifest's, 0.5 for balancap). "
+        "Env SSD_SCORE_THRESHOLD.",
+    )
+    g.add_argument(
+        "--nms_threshold",
+        type=_fraction,
+        default=_env("SSD_NMS_THRESHOLD", None, _fraction),
+        help="IoU at or above which a lower-scoring box of the same class is suppressed (default: the "
+        "manifest's, 0.45). Env SSD_NMS_THRESHOLD.",
+    )
+    g.add_argument(
+        "--top_k",
+        type=_positive_int,
+        default=_env("SSD_TOP_K", None, _positive_int),
+        help="Candidates kept before NMS per image (default: the manifest's, 400). Env SSD_TOP_K.",
+    )
+    g.add_argument(
+        "--max_detections",
+        type=_positive_int,
+        default=_env("SSD_MAX_DETECTIONS", None, _positive_int),
+        help="Most detections returned per image (default: the manifest's, 200). Env SSD_MAX_DETECTIONS.",
+    )
+    g.add_argument(
+        "--max_batch_size",
+        type=_positive_int,
+        default=_env("SSD_MAX_BATCH_SIZE", 32, _positive_int),
+        help="Most images per request and per model call. Env SSD_MAX_BATCH_SIZE.",
+    )
+    g.add_argument(
+        "--batch_wait_ms",
+        type=_non_negative_float,
+        default=_env("SSD_BATCH_WAIT_MS", 2.0, _non_negative_float),
+        help="How long the dynamic batcher waits for more images before running a model call. "
+        "Env SSD_BATCH_WAIT_MS.",
+    )
+    g.add_argument(
+        "--max_image_bytes",
+        type=_positive_int,
+        default=_env("SSD_MAX_IMAGE_BYTES", 16 * 1024 * 1024, _positive_int),
+        help="Largest encoded image accepted, in bytes. Env SSD_MAX_IMAGE_BYTES.",
+    )
+    g.add_argument(
+        "--max_image_pixels",
+        type=_positive_int,
+        default=_env("SSD_MAX_IMAGE_PIXELS", 40_000_000, _positive_int),
+        help="Largest decoded image accepted, in pixels (decompression-bomb guard). "
+        "Env SSD_MAX_IMAGE_PIXELS.",
+    )
+    g.add_argument(
+        "--request_timeout_s",
+        type=_non_negative_float,
+        default=_env("SSD_REQUEST_TIMEOUT_S", 30.0, _non_negative_float),
+        help="Per-request time limit in seconds; past it the request gets 503 (0 disables). "
+        "Env SSD_REQUEST_TIMEOUT_S.",
+    )
+    g.add_argument(
+        "--max_queue_images",
+        type=_positive_int,
+        default=_env("SSD_MAX_QUEUE_IMAGES", 256, _positive_int),
+        help="Images allowed to wait for the model; beyond it requests get 503 at once. "
+        "Env SSD_MAX_QUEUE_IMAGES.",
+    )
+    g.add_argument(
+        "--decode_threads",
+        type=_positive_int,
+        default=_env("SSD_DECODE_THREADS", max(2, os.cpu_count() or 2), _positive_int),
+        help="Threads decoding and resizing images in parallel with the model. Env SSD_DECODE_THREADS.",
+    )
+    g.add_argument(
+        "--xla",
+        action=argparse.BooleanOptionalAction,
+        default=_env("SSD_XLA", False, _bool),
+        help="Compile the model with XLA (jit_compile). Env SSD_XLA.",
+    )
+    g.add_argument(
+        "--mixed_precision",
+        type=_precision,
+        default=_env("SSD_MIXED_PRECISION", "none", _precision),
+        help="Compute dtype for the network: none (float32), float16 or bfloat16. Env SSD_MIXED_PRECISION.",
+    )
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The server's full parser: KServe's model-server flags plus the SSD flags."""
+    from kserve import model_server
+
+    parser = argparse.ArgumentParser(
+        prog="python -m predictor",
+        description="Serve an SSD object detector with KServe (V1/V2 REST and gRPC).",
+        parents=[model_server.parser],
+        conflict_handler="resolve",
+    )
+    return add_ssd_arguments(parser)

@@ -1,0 +1,28 @@
+"""SSD in TensorFlow 2 / Keras 3: network, anchors, box coding, post-processing, weights I/O, training.
+
+Pure model code: nothing here imports kserve. Box and anchor conventions: :mod:`predictor.ssd.boxes`.
+"""
+
+from predictor.ssd.anchors import generate_anchors
+from predictor.ssd.config import ExtraBlock, FeatureLayer, SSDConfig, ssd300_vgg16, ssd512_vgg16, ssd_tiny
+from predictor.ssd.detector import Detector, ImageDetections
+from predictor.ssd.labels import VOC_LABELS
+from predictor.ssd.network import build_network
+from predictor.ssd.weights import ModelLoadError, load_model, save_model_dir
+
+__all__ = [
+    "VOC_LABELS",
+    "Detector",
+    "ExtraBlock",
+    "FeatureLayer",
+    "ImageDetections",
+    "ModelLoadError",
+    "SSDConfig",
+    "build_network",
+    "generate_anchors",
+    "load_model",
+    "save_model_dir",
+    "ssd300_vgg16",
+    "ssd512_vgg16",
+    "ssd_tiny",
+]

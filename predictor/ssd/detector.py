@@ -1,0 +1,221 @@
+"""The compiled SSD inference function: pre-resized images in, detections in original pixels out.
+
+``Detector`` wraps a network, its anchors and the batched post-processing in one ``tf.function``
+(optionally XLA-compiled). Batches are padded to a small set of bucket sizes so the function is traced
+once per bucket and never again after :meth:`Detector.warmup`.
+
+Three lines from an image file to detections (balancap checkpoint or project model directory)::
+
+    from predictor.ssd import Detector, read_image
+    detector = Detector.from_dir("path/to/model_dir")
+    print(detector.detect([read_image("dog.jpg")])[0])
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from predictor.ssd.anchors import generate_anchors
+from predictor.ssd.config import SSDConfig
+from predictor.ssd.network import build_network
+from predictor.ssd.postprocess import postprocess
+from predictor.ssd.preprocess import resize_warp, subtract_means
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+
+
+class ImageDetections(NamedTuple):
+    """Detections of one image, sorted by descending score.
+
+    Attributes:
+      boxes: float32 ``[n, 4]`` pixel ``(xmin, ymin, xmax, ymax)``, ``xmax > xmin``, ``ymax > ymin``.
+      scores: float32 ``[n]``.
+      classes: int32 ``[n]`` class ids (``>= 1``).
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+
+
+def configure_devices(memory_growth: bool = True) -> list[str]:
+    """Turn on GPU memory growth (TF otherwise grabs all GPU memory); return the devices' names."""
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        with contextlib.suppress(RuntimeError):  # already initialised
+            tf.config.experimental.set_memory_growth(gpu, memory_growth)
+    names = []
+    for gpu in gpus:
+        details = tf.config.experimental.get_device_details(gpu)
+        names.append(f"GPU {details.get('device_name', gpu.name)}")
+    return names or ["CPU"]
+
+
+def buckets_up_to(max_batch_size: int, base: Sequence[int] = DEFAULT_BUCKETS) -> tuple[int, ...]:
+    """Bucket sizes not larger than ``max_batch_size``, always ending with ``max_batch_size`` itself."""
+    sizes = sorted({b for b in base if b < max_batch_size} | {max_batch_size})
+    return tuple(sizes)
+
+
+class Detector:
+    """SSD network + anchors + in-graph post-processing, compiled per batch bucket.
+
+    Args:
+      config: the architecture (its thresholds are the defaults).
+      model: the Keras network built from ``config``; a new one with random weights when None.
+      score_threshold, nms_threshold, top_k, max_detections: override the config's defaults.
+      xla: compile with XLA (``jit_compile=True``).
+      max_batch_size: largest batch per model call; bigger inputs are split.
+    """
+
+    def __init__(
+        self,
+        config: SSDConfig,
+        model: keras.Model | None = None,
+        *,
+        score_threshold: float | None = None,
+        nms_threshold: float | None = None,
+        top_k: int | None = None,
+        max_detections: int | None = None,
+        xla: bool = False,
+        max_batch_size: int = 32,
+    ) -> None:
+        self.config = config
+        self.model = model if model is not None else build_network(config)
+        self.score_threshold = config.score_threshold if score_threshold is None else float(score_threshold)
+        self.nms_threshold = config.nms_threshold if nms_threshold is None else float(nms_threshold)
+        self.top_k = config.top_k if top_k is None else int(top_k)
+        self.max_detections = config.max_detections if max_detections is None else int(max_detections)
+        self.xla = xla
+        self.buckets = buckets_up_to(max_batch_size)
+        self.anchors = tf.constant(generate_anchors(config))
+        self.trace_count = 0
+        self._fn = tf.function(self._infer, jit_compile=xla)
+
+    @classmethod
+    def from_dir(cls, path: str, **kwargs) -> Detector:
+        """Load a project model directory or a balancap TF1 checkpoint (see :mod:`predictor.ssd.weights`)."""
+        from predictor.ssd.weights import load_model
+
+        dtype = kwargs.pop("dtype", "float32")
+        config, model = load_model(path, dtype=dtype)
+        return cls(config, model, **kwargs)
+
+    @property
+    def input_size(self) -> int:
+        return self.config.input_size
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.config.class_names
+
+    def _infer(self, images, image_hw, score_threshold, max_detections):
+        self.trace_count += 1  # Python side effect: runs only while tracing
+        out = self.model(subtract_means(images, self.config.means), training=False)
+        det = postprocess(
+            out["loc"],
+            out["logits"],
+            self.anchors,
+            image_hw,
+            score_threshold,
+            max_detections,
+            prior_scaling=self.config.prior_scaling,
+            nms_threshold=self.nms_threshold,
+            top_k=self.top_k,
+            max_detections=self.max_detections,
+        )
+        return det._asdict()
+
+    def bucket_for(self, n: int) -> int:
+        """Smallest bucket holding ``n`` images (``n <= max bucket``)."""
+        return self.buckets[bisect.bisect_left(self.buckets, n)]
+
+    def run_batch(
+        self,
+        images: np.ndarray,
+        image_hw: np.ndarray,
+        score_threshold: np.ndarray | float | None = None,
+        max_detections: np.ndarray | int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run the compiled function on resized images (any ``n``; padded to buckets, split if needed).
+
+        Args:
+          images: float32 ``[n, S, S, 3]`` resized RGB (0..255, means not subtracted).
+          image_hw: ``[n, 2]`` original ``(height, width)``.
+          score_threshold: ``[n]`` or scalar; default the detector's.
+          max_detections: ``[n]`` or scalar caps; default the detector's.
+        Returns:
+          numpy ``boxes [n, D, 4]``, ``scores [n, D]``, ``classes [n, D]``, ``num_detections [n]``.
+        """
+        n = len(images)
+        thr = np.broadcast_to(
+            np.float32(self.score_threshold if score_threshold is None else score_threshold), (n,)
+        ).astype(np.float32)
+        caps = np.broadcast_to(
+            np.int32(self.max_detections if max_detections is None else max_detections), (n,)
+        ).astype(np.int32)
+        image_hw = np.asarray(image_hw, np.float32).reshape(n, 2)
+        parts = []
+        top = self.buckets[-1]
+        for start in range(0, n, top):
+            sl = slice(start, min(start + top, n))
+            parts.append(self._run_bucket(images[sl], image_hw[sl], thr[sl], caps[sl]))
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _run_bucket(self, images, image_hw, thr, caps) -> dict[str, np.ndarray]:
+        n = len(images)
+        b = self.bucket_for(n)
+        if b != n:
+            pad = b - n
+            images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), np.float32)])
+            image_hw = np.concatenate([image_hw, np.ones((pad, 2), np.float32)])
+            thr = np.concatenate([thr, np.ones(pad, np.float32)])
+            caps = np.concatenate([caps, np.zeros(pad, np.int32)])
+        out = self._fn(
+            tf.constant(images, tf.float32), tf.constant(image_hw), tf.constant(thr), tf.constant(caps)
+        )
+        return {k: v.numpy()[:n] for k, v in out.items()}
+
+    def warmup(self, buckets: Sequence[int] | None = None) -> None:
+        """Trace and run every bucket once so that serving never traces."""
+        s = self.input_size
+        for b in buckets or self.buckets:
+            self.run_batch(np.zeros((b, s, s, 3), np.float32), np.full((b, 2), s, np.float32))
+
+    def resize(self, image: np.ndarray) -> np.ndarray:
+        """uint8 ``[H, W, 3]`` -> float32 ``[S, S, 3]`` (TF1 bilinear WARP)."""
+        return resize_warp(tf.convert_to_tensor(image), self.input_size).numpy()
+
+    def detect(
+        self,
+        images: Sequence[np.ndarray],
+        score_threshold: float | None = None,
+        max_detections: int | None = None,
+    ) -> list[ImageDetections]:
+        """Detect objects in uint8 RGB images ``[H, W, 3]`` of any sizes, as one batch."""
+        if not images:
+            return []
+        resized = np.stack([self.resize(im) for im in images])
+        hw = np.asarray([im.shape[:2] for im in images], np.float32)
+        out = self.run_batch(resized, hw, score_threshold, max_detections)
+        return split_detections(out)
+
+
+def split_detections(out: dict[str, np.ndarray]) -> list[ImageDetections]:
+    """Padded batch output -> one :class:`ImageDetections` per image (views, no per-box loop)."""
+    result = []
+    for i, n in enumerate(out["num_detections"].tolist()):
+        result.append(ImageDetections(out["boxes"][i, :n], out["scores"][i, :n], out["classes"][i, :n]))
+    return result

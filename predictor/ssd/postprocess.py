@@ -1,0 +1,141 @@
+"""Batched SSD post-processing inside the TensorFlow graph (no Python loop per image or per box).
+
+For every image of the batch, in one graph:
+
+1. softmax over classes; decode boxes (:func:`predictor.ssd.boxes.decode`);
+2. convert to pixel ``(xmin, ymin, xmax, ymax)`` of the *original* image and clip to it;
+3. keep every (anchor, class >= 1) pair whose score is ``> score_threshold`` and whose clipped box has
+   positive width and height (this removes the zero-size boxes of the tutorial);
+4. keep the ``top_k`` best pairs over all classes;
+5. greedy per-class NMS: a box is dropped when a kept, higher-scoring box *of the same class* overlaps it
+   with IoU ``>= nms_threshold`` (balancap's rule);
+6. return at most ``max_detections`` per image, sorted by descending score, zero-padded, with
+   ``num_detections``.
+
+Greedy NMS is computed as the fixed point of ``keep[j] = not any_i<j(keep[i] and suppresses[i, j])``
+over the score-sorted candidates: that recursion has exactly one solution (the greedy one), and iterating
+it from "keep all" reaches it in at most ``top_k`` steps (usually a handful).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from predictor.ssd import boxes as box_ops
+
+
+class Detections(NamedTuple):
+    """Padded batched detections.
+
+    Attributes:
+      boxes: float32 ``[B, D, 4]`` pixel ``(xmin, ymin, xmax, ymax)``; zero rows past ``num_detections``.
+      scores: float32 ``[B, D]``, descending within the valid rows; 0 past them.
+      classes: int32 ``[B, D]`` class ids ``>= 1``; 0 past the valid rows.
+      num_detections: int32 ``[B]``.
+    """
+
+    boxes: tf.Tensor
+    scores: tf.Tensor
+    classes: tf.Tensor
+    num_detections: tf.Tensor
+
+
+def greedy_nms_mask(suppresses: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
+    """Greedy NMS over score-sorted candidates.
+
+    Args:
+      suppresses: bool ``[B, K, K]``; ``[b, i, j]`` is True when candidate ``i`` would suppress ``j``
+        (only meaningful for ``i < j``; the rest is ignored).
+      valid: bool ``[B, K]`` candidates taking part.
+    Returns:
+      bool ``[B, K]``: the kept candidates.
+    """
+    k = tf.shape(suppresses)[-1]
+    upper = tf.linalg.band_part(tf.ones([k, k], tf.bool), 0, -1) & ~tf.eye(k, dtype=tf.bool)
+    m = tf.cast(suppresses & upper[None] & valid[:, :, None] & valid[:, None, :], tf.float32)
+
+    def body(keep: tf.Tensor, _changed: tf.Tensor):
+        hit = tf.einsum("bi,bij->bj", tf.cast(keep, tf.float32), m) > 0
+        new_keep = valid & ~hit
+        return new_keep, tf.reduce_any(new_keep != keep)
+
+    keep, _ = tf.while_loop(
+        lambda _keep, changed: changed,
+        body,
+        (valid, tf.constant(True)),
+        maximum_iterations=k + 1,
+    )
+    return keep
+
+
+def postprocess(
+    loc: tf.Tensor,
+    logits: tf.Tensor,
+    anchors: tf.Tensor,
+    image_hw: tf.Tensor,
+    score_threshold: tf.Tensor,
+    max_detections_per_image: tf.Tensor | None = None,
+    *,
+    prior_scaling=box_ops.DEFAULT_PRIOR_SCALING,
+    nms_threshold: float = 0.45,
+    top_k: int = 400,
+    max_detections: int = 200,
+) -> Detections:
+    """Network outputs -> final detections in original-image pixels.
+
+    Args:
+      loc: float ``[B, A, 4]`` regression ``(t_x, t_y, t_w, t_h)``.
+      logits: float ``[B, A, C]`` class logits, class 0 = background.
+      anchors: float32 ``[A, 4]`` ``(cy, cx, h, w)``.
+      image_hw: ``[B, 2]`` original ``(height, width)`` in pixels.
+      score_threshold: float32 ``[B]`` (or scalar) minimum score, strict ``>``.
+      max_detections_per_image: optional int32 ``[B]`` per-image caps ``<= max_detections``.
+      nms_threshold: IoU at or above which same-class boxes are suppressed.
+      top_k: candidates kept before NMS.
+      max_detections: static output width ``D``.
+    """
+    loc = tf.cast(loc, tf.float32)
+    logits = tf.cast(logits, tf.float32)
+    batch = tf.shape(logits)[0]
+    num_fg = logits.shape[-1] - 1
+    score_threshold = tf.broadcast_to(tf.cast(score_threshold, tf.float32), [batch])
+
+    scores = tf.nn.softmax(logits, axis=-1)[:, :, 1:]  # [B, A, C-1]
+    boxes = box_ops.normalized_to_pixels(box_ops.decode(loc, anchors, prior_scaling), image_hw)
+    positive = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])  # [B, A]
+    ok = (scores > score_threshold[:, None, None]) & positive[:, :, None]
+    flat = tf.reshape(tf.where(ok, scores, 0.0), [batch, -1])  # [B, A*(C-1)]
+
+    k = min(top_k, int(logits.shape[1]) * num_fg) if logits.shape[1] is not None else top_k
+    cand_scores, cand_idx = tf.math.top_k(flat, k=k, sorted=True)
+    cand_valid = cand_scores > 0
+    cand_classes = cand_idx % num_fg + 1
+    cand_boxes = tf.gather(boxes, cand_idx // num_fg, batch_dims=1)  # [B, K, 4]
+
+    same_class = tf.equal(cand_classes[:, :, None], cand_classes[:, None, :])
+    suppresses = same_class & (box_ops.iou_xyxy(cand_boxes, cand_boxes) >= nms_threshold)
+    keep = greedy_nms_mask(suppresses, cand_valid)
+
+    d = min(max_detections, k)
+    kept_scores = tf.where(keep, cand_scores, 0.0)
+    out_scores, order = tf.math.top_k(kept_scores, k=d, sorted=True)
+    valid = out_scores > 0
+    if max_detections_per_image is not None:
+        caps = tf.cast(max_detections_per_image, tf.int32)
+        valid &= tf.range(d)[None, :] < caps[:, None]
+    out_boxes = tf.where(valid[..., None], tf.gather(cand_boxes, order, batch_dims=1), 0.0)
+    out_classes = tf.where(valid, tf.gather(cand_classes, order, batch_dims=1), 0)
+    out_scores = tf.where(valid, out_scores, 0.0)
+    if d < max_detections:  # keep the advertised static width
+        pad = [[0, 0], [0, max_detections - d]]
+        out_boxes = tf.pad(out_boxes, [*pad, [0, 0]])
+        out_scores = tf.pad(out_scores, pad)
+        out_classes = tf.pad(out_classes, pad)
+    return Detections(
+        boxes=out_boxes,
+        scores=out_scores,
+        classes=tf.cast(out_classes, tf.int32),
+        num_detections=tf.reduce_sum(tf.cast(valid, tf.int32), axis=1),
+    )

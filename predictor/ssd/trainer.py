@@ -1,0 +1,224 @@
+"""SSD training loop: a reproducible ``tf.data`` pipeline, AdamW with warm-up + cosine decay,
+checkpoints with resume at the same step, and a progress bar with the loss.
+
+Data sources are sequences (``len()``, ``[i]``) of samples with ``image`` (uint8 ``[H, W, 3]``),
+``boxes`` (float32 ``[G, 4]`` pixel ``(xmin, ymin, xmax, ymax)``) and ``labels`` (int32 ``[G]``,
+1..C-1): :class:`predictor.datasets.shapes.ShapesDataset` or :class:`predictor.datasets.coco.CocoDataset`.
+Element ``i`` of the stream is fully determined by ``(seed, i)`` (sample order and augmentation), so a
+resumed run sees exactly the data an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from predictor.ssd.anchors import generate_anchors
+from predictor.ssd.config import SSDConfig
+from predictor.ssd.preprocess import subtract_means
+from predictor.ssd.training import augment, match_anchors, ssd_loss
+from predictor.ssd.weights import save_model_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (all reproducible from ``seed``)."""
+
+    steps: int = 3000
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    warmup_steps: int = 200
+    weight_decay: float = 5e-4
+    seed: int = 0
+    checkpoint_every: int = 250
+    max_expand: float = 2.0
+    augment: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def sample_order(n: int, seed: int, position: int) -> int:
+    """Index of the sample at stream ``position``: a fresh permutation of ``range(n)`` every epoch."""
+    epoch, offset = divmod(position, n)
+    return int(_epoch_permutation(n, seed, epoch)[offset])
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def make_dataset(
+    source: Sequence,
+    config: SSDConfig,
+    train: TrainConfig,
+    start: int = 0,
+    sample_index: Callable[[int], int] | None = None,
+) -> tf.data.Dataset:
+    """Batches of ``(images float32 [B, S, S, 3], labels int32 [B, A], loc float32 [B, A, 4])``.
+
+    Args:
+      source: the samples. start: stream position of the first element (``step * batch_size``).
+      sample_index: stream position -> sample index; default a per-epoch permutation.
+    """
+    n = len(source)
+    index_of = sample_index or (lambda pos: sample_order(n, train.seed, pos))
+    anchors = tf.constant(generate_anchors(config))
+    size = config.input_size
+
+    def gen() -> Iterator:
+        pos = start
+        while True:
+            s = source[index_of(pos)]
+            h, w = s.image.shape[:2]
+            b = np.asarray(s.boxes, np.float32).reshape(-1, 4)
+            norm = np.stack([b[:, 1] / h, b[:, 0] / w, b[:, 3] / h, b[:, 2] / w], axis=1)
+            yield pos, s.image, norm.astype(np.float32), np.asarray(s.labels, np.int32).reshape(-1)
+            pos += 1
+
+    spec = (
+        tf.TensorSpec([], tf.int64),
+        tf.TensorSpec([None, None, 3], tf.uint8),
+        tf.TensorSpec([None, 4], tf.float32),
+        tf.TensorSpec([None], tf.int32),
+    )
+
+    def prepare(pos, image, boxes, labels):
+        seed = tf.stack([tf.cast(train.seed, tf.int64), pos])
+        if train.augment:
+            x, boxes, labels = augment(image, boxes, labels, seed, size, config.means, train.max_expand)
+        else:
+            from predictor.ssd.preprocess import resize_warp
+
+            x = resize_warp(image, size)
+        cls, loc, _ = match_anchors(boxes, labels, anchors, prior_scaling=config.prior_scaling)
+        return x, cls, loc
+
+    ds = tf.data.Dataset.from_generator(gen, output_signature=spec)
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(train.batch_size, drop_remainder=True).prefetch(2)
+
+
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to ``peak`` over ``warmup`` steps, then cosine decay to 1% of it at ``total``."""
+
+    def __init__(self, peak: float, warmup: int, total: int) -> None:
+        self.peak, self.warmup, self.total = peak, warmup, total
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warm = self.peak * (step + 1.0) / max(self.warmup, 1)
+        progress = tf.clip_by_value((step - self.warmup) / max(self.total - self.warmup, 1), 0.0, 1.0)
+        cosine = self.peak * (0.01 + 0.99 * 0.5 * (1.0 + tf.cos(math.pi * progress)))
+        return tf.where(step < self.warmup, warm, cosine)
+
+    def get_config(self) -> dict:
+        return {"peak": self.peak, "warmup": self.warmup, "total": self.total}
+
+
+class Trainer:
+    """Trains ``model`` (built from ``config``) and writes checkpoints under ``workdir/checkpoints``."""
+
+    def __init__(self, config: SSDConfig, model: keras.Model, train: TrainConfig, workdir: str | Path):
+        self.config, self.model, self.train = config, model, train
+        self.workdir = Path(workdir)
+        self.optimizer = keras.optimizers.AdamW(
+            learning_rate=WarmupCosine(train.learning_rate, train.warmup_steps, train.steps),
+            weight_decay=train.weight_decay,
+            clipnorm=10.0,
+        )
+        self.optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+        self.optimizer.build(model.trainable_variables)
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=self.optimizer, step=self.step)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, str(self.workdir / "checkpoints"), max_to_keep=2
+        )
+        self._step_fn = tf.function(self._train_step)
+
+    def restore(self) -> int:
+        """Resume from the latest checkpoint if there is one; returns the step to continue from."""
+        if self.manager.latest_checkpoint:
+            self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            log.info("resumed from %s at step %d", self.manager.latest_checkpoint, int(self.step))
+        return int(self.step)
+
+    def _train_step(self, images, labels, loc_targets):
+        with tf.GradientTape() as tape:
+            out = self.model(subtract_means(images, self.config.means), training=True)
+            losses = ssd_loss(labels, loc_targets, out["logits"], out["loc"])
+        variables = self.model.trainable_variables
+        grads = tape.gradient(losses["loss"], variables)
+        self.optimizer.apply_gradients(zip(grads, variables, strict=True))
+        self.step.assign_add(1)
+        return losses
+
+    def fit(
+        self,
+        source: Sequence,
+        progress: bool = True,
+        max_steps: int | None = None,
+        sample_index: Callable[[int], int] | None = None,
+    ) -> list[dict[str, float]]:
+        """Train until ``train.steps`` (or ``max_steps`` more steps); returns per-step losses.
+
+        ``sample_index`` maps stream positions to samples (default: a per-epoch permutation); a
+        generated source whose samples are all distinct uses the identity.
+        """
+        start = self.restore()
+        end = self.train.steps if max_steps is None else min(self.train.steps, start + max_steps)
+        if start >= end:
+            return []
+        ds = make_dataset(
+            source, self.config, self.train, start=start * self.train.batch_size, sample_index=sample_index
+        )
+        history: list[dict[str, float]] = []
+        bar = _progress(start, end, progress)
+        t0 = time.time()
+        smooth = None
+        for images, labels, loc in ds:
+            losses = {k: float(v) for k, v in self._step_fn(images, labels, loc).items()}
+            history.append(losses)
+            step = int(self.step)
+            smooth = losses["loss"] if smooth is None else 0.95 * smooth + 0.05 * losses["loss"]
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{smooth:.3f}", cls=f"{losses['cls_loss']:.3f}", loc=f"{losses['loc_loss']:.3f}"
+            )
+            if step % self.train.checkpoint_every == 0 or step >= end:
+                self.manager.save(checkpoint_number=step)
+            if step >= end:
+                break
+        bar.close()
+        log.info("trained steps %d..%d in %.1fs", start, end, time.time() - t0)
+        return history
+
+    def export(self, out_dir: str | Path, **extra: Any) -> Path:
+        """Write the trained model as a project model directory."""
+        return save_model_dir(self.model, self.config, out_dir, training=self.train.to_dict(), **extra)
+
+
+def _progress(start: int, end: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=end, initial=start, disable=not enabled, unit="step", dynamic_ncols=True)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as indented JSON."""
+    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True))

@@ -1,0 +1,131 @@
+"""Train an SSD: ``python -m predictor.train --out runs/demo``.
+
+Data: the synthetic shapes generator (default) or any COCO-format dataset (``--coco-annotations`` +
+``--coco-images``). Resumes from ``OUT/checkpoints`` when present; the final model directory is written to
+``OUT/model`` (or ``--export``). ``make demo-model`` runs this with the shipped demo model's settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from predictor.ssd.config import ssd300_vgg16, ssd_tiny
+from predictor.ssd.network import build_network
+from predictor.ssd.trainer import TrainConfig, Trainer, write_json
+from predictor.ssd.weights import ModelLoadError, load_model
+
+log = logging.getLogger("predictor.train")
+
+#: Synthetic training stream: one fresh image per training example, never repeated.
+SHAPES_STREAM = 10_000_000
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m predictor.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="work directory (checkpoints, logs, model)")
+    p.add_argument("--export", help="where to write the final model directory (default OUT/model)")
+    p.add_argument("--arch", choices=("tiny", "ssd300"), default="tiny", help="architecture to train")
+    p.add_argument("--width", type=int, default=32, help="tiny backbone base width")
+    p.add_argument("--init-from", help="model directory or balancap checkpoint to start from (fine-tuning)")
+    p.add_argument("--coco-annotations", help="COCO annotation JSON (with --coco-images) instead of shapes")
+    p.add_argument("--coco-images", help="image folder of the COCO dataset")
+    defaults = TrainConfig()
+    p.add_argument("--steps", type=int, default=defaults.steps)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    p.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
+    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    p.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    p.add_argument(
+        "--seed", type=int, default=defaults.seed, help="seed of weights, data order, augmentation"
+    )
+    p.add_argument("--no-augment", action="store_true", help="disable augmentation")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps in this run (resume later)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _source(args: argparse.Namespace):
+    if args.coco_annotations:
+        from predictor.datasets.coco import CocoDataset
+
+        if not args.coco_images:
+            raise SystemExit("--coco-annotations needs --coco-images")
+        ds = CocoDataset(args.coco_annotations, args.coco_images)
+        return ds, tuple(ds.class_names), {"kind": "coco", "annotations": args.coco_annotations}, None
+    from predictor.datasets.shapes import CLASS_NAMES, ShapesDataset
+
+    # Every position is a new generated image: no shuffling needed (identity order).
+    info = {"kind": "shapes", "seed": args.seed}
+    return ShapesDataset(args.seed, SHAPES_STREAM), tuple(CLASS_NAMES), info, (lambda pos: pos)
+
+
+def _init_weights(model: keras.Model, path: str) -> None:
+    """Copy every variable whose path and shape match from ``path`` (heads of other class counts skip)."""
+    _, src = load_model(path)
+    src_vars = {v.path: v for v in src.weights}
+    copied = skipped = 0
+    for v in model.weights:
+        s = src_vars.get(v.path)
+        if s is not None and tuple(s.shape) == tuple(v.shape):
+            v.assign(s)
+            copied += 1
+        else:
+            skipped += 1
+    log.info("initialised %d variables from %s (%d left as initialised)", copied, path, skipped)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    train = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        augment=not args.no_augment,
+    )
+    keras.utils.set_random_seed(args.seed)
+    source, class_names, data_info, order = _source(args)
+    config = ssd_tiny(class_names, width=args.width) if args.arch == "tiny" else ssd300_vgg16(class_names)
+    model = build_network(config)
+    if args.init_from:
+        try:
+            _init_weights(model, args.init_from)
+        except ModelLoadError as e:
+            raise SystemExit(f"--init-from: {e}") from e
+    trainer = Trainer(config, model, train, args.out)
+    t0 = time.time()
+    trainer.fit(source, progress=not args.no_progress, max_steps=args.max_steps, sample_index=order)
+    elapsed = time.time() - t0
+    if int(trainer.step) < train.steps:
+        log.info("stopped at step %d of %d; run again to resume", int(trainer.step), train.steps)
+        return 0
+    out = Path(args.export or Path(args.out) / "model")
+    info = {
+        "data": data_info,
+        "final_step": int(trainer.step),
+        "last_run_seconds": round(elapsed, 1),
+        "hardware": f"{platform.machine()} CPU x{os.cpu_count()}",
+        "tensorflow": tf.__version__,
+    }
+    trainer.export(out, trained=info)
+    write_json(Path(args.out) / "train_info.json", info)
+    log.info("model written to %s", out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Fixtures that start real predictor servers (filled in by the serving tests)."""
