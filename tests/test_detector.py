@@ -1,0 +1,56 @@
+"""The compiled detector: batching equals single calls, no retracing, no degenerate or duplicate boxes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from predictor.ssd.detector import Detector, buckets_up_to
+
+
+def test_buckets():
+    assert buckets_up_to(32) == (1, 2, 4, 8, 16, 32)
+    assert buckets_up_to(12) == (1, 2, 4, 8, 12)
+    assert buckets_up_to(1) == (1,)
+
+
+def test_batch_equals_single_calls(random_tiny_model_dir, shapes_images):
+    det = Detector.from_dir(str(random_tiny_model_dir), max_batch_size=4)
+    batched = det.detect(shapes_images)  # 6 images: one bucket of 4, one of 2 (padded)
+    singles = [det.detect([im])[0] for im in shapes_images]
+    assert sum(len(d.scores) for d in batched) > 0
+    for a, b in zip(batched, singles, strict=True):
+        np.testing.assert_array_equal(a.classes, b.classes)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(a.boxes, b.boxes, rtol=1e-4, atol=1e-2)
+
+
+def test_no_retracing_after_warmup(random_tiny_model_dir, shapes_images):
+    det = Detector.from_dir(str(random_tiny_model_dir), max_batch_size=8)
+    det.warmup()
+    traced = det.trace_count
+    assert traced == len(det.buckets)
+    for n in (1, 3, 8, 5, 2, 7):
+        det.detect(shapes_images[:1] * n, score_threshold=0.3, max_detections=7)
+    assert det.trace_count == traced
+
+
+def test_boxes_valid_unique_and_bounded(random_tiny_model_dir, shapes_images):
+    det = Detector.from_dir(str(random_tiny_model_dir))
+    for image, d in zip(shapes_images, det.detect(shapes_images, score_threshold=0.05), strict=True):
+        h, w = image.shape[:2]
+        assert len(d.scores) > 0
+        b = d.boxes
+        assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
+        assert (b[:, 0] >= 0).all() and (b[:, 2] <= w).all() and (b[:, 1] >= 0).all() and (b[:, 3] <= h).all()
+        assert (np.diff(d.scores) <= 0).all() and (d.scores > 0.05).all()
+        assert len(d.scores) <= det.max_detections
+        rows = {(int(c), *np.round(r, 2)) for c, r in zip(d.classes, b, strict=True)}
+        assert len(rows) == len(d.scores)
+
+
+def test_request_caps(random_tiny_model_dir, shapes_images):
+    det = Detector.from_dir(str(random_tiny_model_dir))
+    full = det.detect(shapes_images[:1], score_threshold=0.05)[0]
+    capped = det.detect(shapes_images[:1], score_threshold=0.05, max_detections=3)[0]
+    assert len(full.scores) > 3 and len(capped.scores) == 3
+    np.testing.assert_array_equal(capped.scores, full.scores[:3])

@@ -1,0 +1,112 @@
+"""Trainer pieces: matching on hand-made boxes, augmentation invariants, loss decrease, resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from predictor.ssd import boxes as box_ops
+from predictor.ssd.network import build_network
+from predictor.ssd.trainer import Trainer, TrainConfig, make_dataset
+from predictor.ssd.training import augment, match_anchors, ssd_loss
+
+ANCHORS = np.array(
+    [
+        [0.25, 0.25, 0.5, 0.5],  # a0: corners [0, 0, .5, .5]
+        [0.30, 0.25, 0.5, 0.5],  # a1: corners [.05, 0, .55, .5]  IoU with gt0 = .225/.275 = .818
+        [0.75, 0.75, 0.5, 0.5],  # a2: corners [.5, .5, 1, 1]     IoU with gt1 = .09/.25 = .36
+        [0.75, 0.75, 0.1, 0.1],  # a3: corners [.7, .7, .8, .8]   IoU with gt1 = .01/.09 = .11
+    ],
+    np.float32,
+)
+GT = np.array([[0.0, 0.0, 0.5, 0.5], [0.6, 0.6, 0.9, 0.9]], np.float32)
+
+
+def test_matching_threshold_and_forced_best_anchor():
+    labels, loc, iou = match_anchors(GT, [3, 5], ANCHORS)
+    # a0 (IoU 1) and a1 (IoU .818) match gt0; a2 is gt1's best anchor (IoU .36 < .5): forced positive;
+    # a3 (IoU .11) is background.
+    assert labels.numpy().tolist() == [3, 3, 5, 0]
+    np.testing.assert_allclose(loc[0], [0, 0, 0, 0], atol=1e-6)
+    t_wh = np.log(0.3 / 0.5) / 0.2
+    np.testing.assert_allclose(loc[2], [0, 0, t_wh, t_wh], atol=1e-5)
+    np.testing.assert_allclose(loc[3], [0, 0, 0, 0])
+    # the targets decode back to the matched ground truth
+    np.testing.assert_allclose(box_ops.decode(loc[:3], ANCHORS[:3]), GT[[0, 0, 1]], atol=1e-6)
+    np.testing.assert_allclose(iou[:2], [1.0, 0.225 / 0.275], atol=1e-5)
+
+
+def test_matching_without_ground_truth():
+    labels, loc, _ = match_anchors(np.zeros((0, 4), np.float32), np.zeros((0,), np.int32), ANCHORS)
+    assert labels.numpy().tolist() == [0, 0, 0, 0] and not loc.numpy().any()
+
+
+def test_hard_negative_mining_ratio():
+    labels = tf.constant([[1, 0, 0, 0, 0, 0, 0, 0]])
+    logits = tf.constant([[[0.0, 5.0]] * 8])  # every negative is confidently wrong
+    out = ssd_loss(labels, tf.zeros([1, 8, 4]), logits, tf.zeros([1, 8, 4]))
+    ce_neg = float(tf.nn.softplus(5.0))  # CE of background when logits are (0, 5)
+    ce_pos = float(tf.nn.softplus(-5.0))
+    # one positive -> three hardest negatives
+    np.testing.assert_allclose(float(out["cls_loss"]), ce_pos + 3 * ce_neg, rtol=1e-5)
+    assert float(out["num_positives"]) == 1.0
+
+
+def test_augment_keeps_boxes_valid(tiny_config):
+    from predictor.datasets.shapes import generate_sample
+
+    s = generate_sample(0, 3)
+    h, w = s.image.shape[:2]
+    b = s.boxes
+    norm = np.stack([b[:, 1] / h, b[:, 0] / w, b[:, 3] / h, b[:, 2] / w], axis=1).astype(np.float32)
+    for i in range(12):
+        img, boxes, labels = augment(s.image, norm, s.labels, tf.constant([1, i]), 300, tiny_config.means)
+        assert img.shape == (300, 300, 3) and img.dtype == tf.float32
+        bx = boxes.numpy()
+        assert ((bx >= 0) & (bx <= 1)).all()
+        assert (bx[:, 2] > bx[:, 0]).all() and (bx[:, 3] > bx[:, 1]).all()
+        assert len(bx) == len(labels) and set(labels.numpy()) <= set(s.labels)
+    # same seed -> same result (stateless randomness)
+    a = augment(s.image, norm, s.labels, tf.constant([1, 5]), 300, tiny_config.means)
+    b2 = augment(s.image, norm, s.labels, tf.constant([1, 5]), 300, tiny_config.means)
+    np.testing.assert_array_equal(a[0], b2[0])
+
+
+@pytest.fixture(scope="module")
+def samples():
+    from predictor.datasets.shapes import generate_sample
+
+    return [generate_sample(0, i) for i in range(8)]
+
+
+def test_loss_decreases_on_a_tiny_batch(tiny_config, samples, tmp_path):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    train = TrainConfig(steps=20, batch_size=4, learning_rate=3e-3, warmup_steps=1, augment=False)
+    trainer = Trainer(tiny_config, build_network(tiny_config), train, tmp_path)
+    images, labels, loc = next(iter(make_dataset(samples, tiny_config, train)))
+    losses = [float(trainer._step_fn(images, labels, loc)["loss"]) for _ in range(20)]
+    assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_checkpoint_resumes_at_the_same_step(tiny_config, samples, tmp_path):
+    import keras
+
+    train = TrainConfig(steps=4, batch_size=2, checkpoint_every=2, warmup_steps=1)
+    keras.utils.set_random_seed(0)
+    straight = Trainer(tiny_config, build_network(tiny_config), train, tmp_path / "a")
+    straight.fit(samples, progress=False)
+
+    keras.utils.set_random_seed(0)
+    first = Trainer(tiny_config, build_network(tiny_config), train, tmp_path / "b")
+    assert len(first.fit(samples, progress=False, max_steps=2)) == 2
+    assert int(first.step) == 2
+    keras.utils.set_random_seed(123)  # a resumed run must not depend on fresh initialisation
+    second = Trainer(tiny_config, build_network(tiny_config), train, tmp_path / "b")
+    assert second.restore() == 2
+    assert len(second.fit(samples, progress=False)) == 2
+    assert int(second.step) == 4
+    for a, b in zip(straight.model.weights, second.model.weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5, err_msg=a.path)
