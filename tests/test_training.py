@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from predictor.ssd import boxes as box_ops
 from predictor.ssd.network import build_network
-from predictor.ssd.trainer import Trainer, TrainConfig, make_dataset
+from predictor.ssd.trainer import TrainConfig, Trainer, make_dataset
 from predictor.ssd.training import augment, match_anchors, ssd_loss
 
 ANCHORS = np.array(
