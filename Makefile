@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the package with test extras
 
-serve: $(STAMP) ## Serve the model (default: the shipped demo model; MODEL_DIR=... for another) on :$(PORT)
+serve: $(STAMP) ## Serve the model (default: the shipped demo model; MODEL_DIR=... for another) on PORT (default 8080)
 	$(PY) -m predictor --http_port $(PORT) $(if $(MODEL_DIR),--model_dir $(MODEL_DIR),)
 
 test: $(STAMP) ## Install everything and run the whole test suite (what CI runs)

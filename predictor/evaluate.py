@@ -45,7 +45,7 @@ def evaluate_detector(
         dets = detector.detect([s.image for s in chunk], score_threshold=score_threshold)
         for offset, d in enumerate(dets):
             results += detections_to_coco(ids[start + offset], d.boxes, d.scores, d.classes, category_ids)
-    return coco_evaluate(gt, results, class_names=class_names[1:], max_dets=detector.max_detections)
+    return coco_evaluate(gt, results, class_names=class_names, max_dets=detector.max_detections)
 
 
 def build_parser() -> argparse.ArgumentParser:
