@@ -74,7 +74,8 @@ def add_ssd_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         "--score_threshold",
         type=_fraction,
         default=_env("SSD_SCORE_THRESHOLD", None, _fraction),
-        help="Minimum class score of a detection (default: the model manifest's, 0.5 for balancap). "
+        help="Default minimum class score of a detection; requests may override it "
+        "(default: the model manifest's, 0.5 for balancap). "
         "Env SSD_SCORE_THRESHOLD.",
     )
     g.add_argument(
@@ -94,7 +95,8 @@ def add_ssd_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         "--max_detections",
         type=_positive_int,
         default=_env("SSD_MAX_DETECTIONS", None, _positive_int),
-        help="Most detections returned per image (default: the manifest's, 200). Env SSD_MAX_DETECTIONS.",
+        help="Most detections returned per image, and the largest max_detections a request may ask for "
+        "(default: the manifest's, 200). Env SSD_MAX_DETECTIONS.",
     )
     g.add_argument(
         "--max_batch_size",
@@ -123,6 +125,13 @@ def add_ssd_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         "Env SSD_MAX_IMAGE_PIXELS.",
     )
     g.add_argument(
+        "--max_request_bytes",
+        type=_positive_int,
+        default=_env("SSD_MAX_REQUEST_BYTES", 64 * 1024 * 1024, _positive_int),
+        help="Largest REST request body accepted, in bytes (413 above it; gRPC messages are bounded by "
+        "--grpc_max_receive_message_length). Env SSD_MAX_REQUEST_BYTES.",
+    )
+    g.add_argument(
         "--request_timeout_s",
         type=_non_negative_float,
         default=_env("SSD_REQUEST_TIMEOUT_S", 30.0, _non_negative_float),
@@ -133,8 +142,15 @@ def add_ssd_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         "--max_queue_images",
         type=_positive_int,
         default=_env("SSD_MAX_QUEUE_IMAGES", 256, _positive_int),
-        help="Images allowed to wait for the model; beyond it requests get 503 at once. "
-        "Env SSD_MAX_QUEUE_IMAGES.",
+        help="Images admitted at once (decoding, queued or in the model); a request that would exceed "
+        "it gets 503 at once. Env SSD_MAX_QUEUE_IMAGES.",
+    )
+    g.add_argument(
+        "--shutdown_grace_s",
+        type=_non_negative_float,
+        default=_env("SSD_SHUTDOWN_GRACE_S", 25.0, _non_negative_float),
+        help="On SIGTERM, how long in-flight requests may take to finish (REST, then gRPC) before the "
+        "server exits. Keep it below the pod's terminationGracePeriodSeconds. Env SSD_SHUTDOWN_GRACE_S.",
     )
     g.add_argument(
         "--decode_threads",
@@ -167,4 +183,6 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[model_server.parser],
         conflict_handler="resolve",
     )
+    # KServe's default name is "model"; ours matches the Helm chart and the client ("ssd").
+    parser.set_defaults(model_name=_env("SSD_MODEL_NAME", "ssd"))
     return add_ssd_arguments(parser)

@@ -1,0 +1,423 @@
+"""Wire formats: V1 / V2 (REST and gRPC) requests -> :class:`ParsedRequest`, detections -> responses.
+
+Requests carry one encoded image per instance (base64 in JSON, raw bytes in a raw HTTP body or over
+gRPC). Parsing here is cheap and never decodes pixels or base64: that happens later, in the decode
+threads (:func:`payload_bytes`). Every malformed request raises ``kserve.errors.InvalidInput`` (HTTP
+400, gRPC INVALID_ARGUMENT) whose message names the offending field, e.g. ``instances[3]: ...``.
+
+Boxes in responses are ``(xmin, ymin, xmax, ymax)`` in pixels of the original (EXIF-oriented) image.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import orjson
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+from predictor.images import decode_base64
+
+#: Name of the V2 input in the model metadata (any name is accepted in requests).
+INPUT_NAME = "images"
+V2_OUTPUTS: tuple[tuple[str, str], ...] = (
+    ("num_detections", "INT32"),
+    ("detection_boxes", "FP32"),
+    ("detection_scores", "FP32"),
+    ("detection_classes", "INT32"),
+    ("detection_labels", "BYTES"),
+)
+PARAMETER_NAMES = ("score_threshold", "max_detections")
+_V1_IMAGE_KEYS = ("b64", "image", "image_bytes")
+
+
+# --------------------------------------------------------------------------------------- requests
+@dataclass(frozen=True)
+class ImagePayload:
+    """One encoded image of a request.
+
+    Attributes:
+      field: where it came from, for error messages (``instances[3]``, ``images[0]``).
+      data: base64 text when ``is_base64``, else the raw encoded bytes.
+    """
+
+    field: str
+    data: str | bytes
+    is_base64: bool
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    """A validated request: its images (still encoded) and per-request detection parameters.
+
+    Attributes:
+      protocol: ``v1``, ``v2`` (REST) or ``grpc``.
+      images: one payload per instance, ``1 <= len <= max_batch_size``.
+      score_threshold: in ``[0, 1]``, or None for the server default.
+      max_detections: in ``1..server max``, or None for the server default.
+      infer_request: the V2 request (id, requested outputs), None for V1.
+    """
+
+    protocol: str
+    images: tuple[ImagePayload, ...]
+    score_threshold: float | None = None
+    max_detections: int | None = None
+    infer_request: InferRequest | None = None
+
+
+def protocol_of(payload: Any) -> str:
+    """``grpc``, ``v2`` or ``v1`` for a request body as KServe hands it to ``preprocess``."""
+    if isinstance(payload, InferRequest):
+        return "grpc" if payload.from_grpc else "v2"
+    return "v1"
+
+
+def parse_request(
+    payload: Any, headers: Mapping[str, str] | None, *, max_batch_size: int, max_detections: int
+) -> ParsedRequest:
+    """Dispatch on what KServe decoded: ``InferRequest`` (V2/gRPC), dict or raw bytes (V1)."""
+    if isinstance(payload, InferRequest):
+        return parse_v2(payload, max_batch_size=max_batch_size, max_detections=max_detections)
+    content_type = (headers or {}).get("content-type", "")
+    return parse_v1(payload, content_type, max_batch_size=max_batch_size, max_detections=max_detections)
+
+
+def parse_v1(body: Any, content_type: str = "", *, max_batch_size: int, max_detections: int) -> ParsedRequest:
+    """V1 body -> request. ``body`` is a decoded JSON value, or bytes (a raw image, or JSON whose
+    content type KServe did not recognise, e.g. ``application/json; charset=utf-8``)."""
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        if "json" not in content_type.lower():
+            return ParsedRequest("v1", (ImagePayload("instances[0]", bytes(body), False),))
+        try:
+            body = orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise InvalidInput(f"invalid JSON body: {e}") from None
+    if not isinstance(body, dict):
+        raise InvalidInput(f'expected a JSON object {{"instances": [...]}}, got {_json_type(body)}')
+    if "instances" not in body:
+        keys = ", ".join(sorted(map(str, body)))[:200]
+        raise InvalidInput(f'missing "instances" (a list of images); the body has keys: {keys or "none"}')
+    instances = body["instances"]
+    if not isinstance(instances, list):
+        raise InvalidInput(f"instances: expected a list of images, got {_json_type(instances)}")
+    _check_count(len(instances), "instances", max_batch_size)
+    images = tuple(_v1_instance(item, i) for i, item in enumerate(instances))
+    threshold, cap = parse_parameters(body.get("parameters"), max_detections, strict=True)
+    return ParsedRequest("v1", images, threshold, cap)
+
+
+def _v1_instance(item: Any, index: int) -> ImagePayload:
+    field = f"instances[{index}]"
+    if isinstance(item, str):
+        return ImagePayload(field, item, True)
+    if not isinstance(item, dict):
+        raise InvalidInput(f'{field}: expected a base64 string or {{"b64": "..."}}, got {_json_type(item)}')
+    keys = [k for k in _V1_IMAGE_KEYS if k in item]
+    if len(keys) != 1:
+        found = "none" if not keys else " and ".join(keys)
+        raise InvalidInput(f'{field}: expected exactly one of "b64", "image", "image_bytes" (found {found})')
+    key = keys[0]
+    value = item[key]
+    if key != "b64" and isinstance(value, dict):
+        if set(value) != {"b64"}:
+            raise InvalidInput(f'{field}.{key}: expected {{"b64": "<base64>"}}')
+        value, key = value["b64"], f"{key}.b64"
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field}.{key}: expected a base64 string, got {_json_type(value)}")
+    return ImagePayload(field, value, True)
+
+
+def parse_v2(request: InferRequest, *, max_batch_size: int, max_detections: int) -> ParsedRequest:
+    """V2 request (REST: base64 strings; gRPC: raw bytes) with one BYTES input of shape ``[N]``
+    (``[N, 1]`` is accepted too)."""
+    protocol = "grpc" if request.from_grpc else "v2"
+    inputs = request.inputs or []
+    if len(inputs) != 1:
+        raise InvalidInput(f"expected exactly one input (BYTES, shape [N]), got {len(inputs)}")
+    inp = inputs[0]
+    name = str(inp.name)[:64] or "inputs[0]"
+    if inp.datatype != "BYTES":
+        raise InvalidInput(f"{name}: datatype must be BYTES (encoded images), got {inp.datatype!r}")
+    shape = _v2_shape(inp.shape, name)
+    _check_count(shape[0], name, max_batch_size)
+    items = _v2_items(inp, name)
+    if len(items) != shape[0]:
+        raise InvalidInput(f"{name}: shape {list(shape)} needs {shape[0]} elements, got {len(items)}")
+    images = []
+    for i, item in enumerate(items):
+        field = f"{name}[{i}]"
+        if request.from_grpc and isinstance(item, (bytes, bytearray)):
+            images.append(ImagePayload(field, bytes(item), False))
+        elif not request.from_grpc and isinstance(item, str):
+            images.append(ImagePayload(field, item, True))
+        else:
+            want = "raw bytes" if request.from_grpc else "a base64 string"
+            raise InvalidInput(f"{field}: expected {want}, got {type(item).__name__}")
+    params = grpc_parameters(request.parameters) if request.from_grpc else request.parameters
+    threshold, cap = parse_parameters(params, max_detections, strict=False)
+    return ParsedRequest(protocol, tuple(images), threshold, cap, request)
+
+
+def _v2_shape(shape: Any, name: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{name}: shape must be a list of integers, got {shape!r}"[:200]) from None
+    if not (len(dims) == 1 or (len(dims) == 2 and dims[1] == 1)):
+        raise InvalidInput(f"{name}: shape must be [N] (or [N, 1]), got {list(dims)}")
+    return dims
+
+
+def _v2_items(inp: Any, name: str) -> list[Any]:
+    raw = getattr(inp, "_raw_data", None)
+    if raw is not None:
+        return split_raw_bytes(raw, name)
+    data = inp.data
+    if data is None:
+        raise InvalidInput(f"{name}: no data")
+    if isinstance(data, (str, bytes)) or not isinstance(data, Sequence):
+        data = [data]
+    flat: list[Any] = []
+    for item in data:
+        if isinstance(item, list):
+            if len(item) != 1:
+                raise InvalidInput(f"{name}: nested data must be [[image], [image], ...]")
+            item = item[0]
+        flat.append(item)
+    return flat
+
+
+def split_raw_bytes(raw: bytes, name: str = "input") -> list[bytes]:
+    """V2 raw BYTES tensor contents (each element: uint32 little-endian length, then the bytes)."""
+    view = memoryview(raw)
+    items, offset = [], 0
+    while offset < len(view):
+        if offset + 4 > len(view):
+            raise InvalidInput(f"{name}: malformed raw BYTES contents (truncated length prefix)")
+        (length,) = struct.unpack_from("<I", view, offset)
+        offset += 4
+        if offset + length > len(view):
+            raise InvalidInput(f"{name}: malformed raw BYTES contents (element longer than the data)")
+        items.append(bytes(view[offset : offset + length]))
+        offset += length
+    return items
+
+
+def _check_count(n: int, field: str, max_batch_size: int) -> None:
+    if n <= 0:
+        raise InvalidInput(f"{field}: no images")
+    if n > max_batch_size:
+        raise InvalidInput(f"{field}: {n} images, the limit is {max_batch_size} per request")
+
+
+def grpc_parameters(parameters: Any) -> dict[str, Any]:
+    """gRPC ``map<string, InferParameter>`` -> plain dict (string values stay strings)."""
+    if not parameters:
+        return {}
+    out: dict[str, Any] = {}
+    for key, value in parameters.items():
+        which = value.WhichOneof("parameter_choice") if hasattr(value, "WhichOneof") else None
+        out[key] = getattr(value, which) if which else value
+    return out
+
+
+def parse_parameters(
+    params: Any, server_max_detections: int, *, strict: bool
+) -> tuple[float | None, int | None]:
+    """``{"score_threshold": float in [0, 1], "max_detections": int in 1..server max}``.
+
+    Missing keys give None (server default). ``strict`` rejects unknown keys (V1); V2 requests may carry
+    protocol parameters (``binary_data_output`` ...), so unknown keys are ignored there. Numeric strings
+    are accepted (gRPC ``InferParameter`` has no float field).
+    """
+    if params is None:
+        return None, None
+    if not isinstance(params, Mapping):
+        raise InvalidInput(f"parameters: expected an object, got {_json_type(params)}")
+    if strict:
+        unknown = sorted(str(k) for k in params if k not in PARAMETER_NAMES)
+        if unknown:
+            raise InvalidInput(
+                f"parameters: unknown key {unknown[0][:64]!r} (known: {', '.join(PARAMETER_NAMES)})"
+            )
+    threshold = params.get("score_threshold")
+    cap = params.get("max_detections")
+    return (
+        None if threshold is None else _score_threshold(threshold),
+        None if cap is None else _max_detections(cap, server_max_detections),
+    )
+
+
+def _number(value: Any, field: str) -> float:
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            raise InvalidInput(f"parameters.{field}: expected a number, got {value[:32]!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInput(f"parameters.{field}: expected a number, got {_json_type(value)}")
+    return float(value)
+
+
+def _score_threshold(value: Any) -> float:
+    x = _number(value, "score_threshold")
+    if not (math.isfinite(x) and 0.0 <= x <= 1.0):
+        raise InvalidInput(f"parameters.score_threshold: must be within [0, 1], got {x}")
+    return x
+
+
+def _max_detections(value: Any, limit: int) -> int:
+    x = _number(value, "max_detections")
+    if not math.isfinite(x) or x != int(x):
+        raise InvalidInput(f"parameters.max_detections: expected an integer, got {x}")
+    if not 1 <= x <= limit:
+        raise InvalidInput(f"parameters.max_detections: must be within 1..{limit}, got {int(x)}")
+    return int(x)
+
+
+def payload_bytes(payload: ImagePayload, max_bytes: int) -> bytes:
+    """The encoded image bytes of a payload (base64-decoded when needed); size-capped."""
+    if payload.is_base64:
+        return decode_base64(payload.data, max_bytes)
+    return payload.data  # type: ignore[return-value]
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return "a number"
+    return names.get(type(value), type(value).__name__)
+
+
+# --------------------------------------------------------------------------------------- responses
+class Detections(NamedTuple):
+    """Detections of the images of one request, padded along ``D``.
+
+    Attributes:
+      boxes: float32 ``[n, D, 4]`` pixel ``(xmin, ymin, xmax, ymax)`` of the original image.
+      scores: float32 ``[n, D]``, descending within each image.
+      classes: int32 ``[n, D]`` class ids (``>= 1``; 0 is background).
+      num_detections: int32 ``[n]``; rows ``>= num_detections[i]`` are padding.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+    num_detections: np.ndarray
+
+
+def encode_v1(dets: Detections, class_names: Sequence[str]) -> bytes:
+    """V1 JSON ``{"predictions": [[{label, class_id, score, xmin, ymin, xmax, ymax}, ...], ...]}``.
+
+    One list per instance, sorted by score; coordinates rounded to 2 decimals, scores to 4. Masking and
+    rounding are vectorised; the only per-box Python work is creating the dicts the format requires.
+    """
+    num = dets.num_detections.astype(np.int64)
+    mask = np.arange(dets.scores.shape[1])[None, :] < num[:, None]
+    classes = dets.classes[mask].tolist()
+    values = np.empty((len(classes), 5), np.float64)
+    values[:, 0] = np.round(dets.scores[mask].astype(np.float64), 4)
+    values[:, 1:] = np.round(dets.boxes[mask].astype(np.float64), 2)
+    names = list(class_names)
+    records = [
+        {"label": names[c], "class_id": c, "score": s, "xmin": x0, "ymin": y0, "xmax": x1, "ymax": y1}
+        for c, (s, x0, y0, x1, y1) in zip(classes, values.tolist(), strict=True)
+    ]
+    ends = np.cumsum(num).tolist()
+    starts = [0, *ends[:-1]]
+    return orjson.dumps({"predictions": [records[a:b] for a, b in zip(starts, ends, strict=True)]})
+
+
+class _JsonOutput(InferOutput):
+    """InferOutput whose JSON data comes from one ``ndarray.tolist()`` (KServe loops per element)."""
+
+    def set_data_from_numpy(self, output_tensor: np.ndarray, binary_data: bool = True) -> None:
+        if binary_data:
+            super().set_data_from_numpy(output_tensor, binary_data=True)
+            return
+        if list(output_tensor.shape) != list(self.shape):
+            raise ValueError(f"{self.name}: array shape {output_tensor.shape} != {self.shape}")
+        self._raw_data = None
+        if self._parameters:
+            self._parameters.pop("binary_data_size", None)
+        self._data = output_tensor.ravel().tolist()
+
+
+def v2_arrays(dets: Detections, class_names: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """V2 output arrays with ``K = max(num_detections)``; rows past a count are zero / ``""``.
+
+    Returns:
+      ``(arrays, label_index)``: the outputs by name, and int ``[N, K]`` indices into
+      ``[*class_names, ""]`` (what ``detection_labels`` holds).
+    """
+    num = dets.num_detections.astype(np.int32)
+    k = int(num.max(initial=0))
+    valid = np.arange(k)[None, :] < num[:, None]
+    classes = np.where(valid, dets.classes[:, :k], 0).astype(np.int32)
+    label_index = np.where(valid, np.clip(classes, 0, len(class_names) - 1), len(class_names))
+    labels = np.asarray([*class_names, ""], dtype=object)
+    arrays = {
+        "num_detections": num,
+        "detection_boxes": np.where(valid[..., None], dets.boxes[:, :k], 0).astype(np.float32),
+        "detection_scores": np.where(valid, dets.scores[:, :k], 0).astype(np.float32),
+        "detection_classes": classes,
+        "detection_labels": labels[label_index],
+    }
+    return arrays, label_index
+
+
+def encode_v2(
+    dets: Detections, class_names: Sequence[str], model_name: str, request: InferRequest | None
+) -> InferResponse:
+    """V2 response: ``num_detections`` INT32 ``[N]``, ``detection_boxes`` FP32 ``[N, K, 4]``,
+    ``detection_scores`` FP32 ``[N, K]``, ``detection_classes`` INT32 ``[N, K]``, ``detection_labels``
+    BYTES ``[N, K]``. gRPC answers carry every output in ``raw_output_contents``."""
+    arrays, label_index = v2_arrays(dets, class_names)
+    request_id = (request.id if request is not None else None) or ""
+    if request is not None and request.from_grpc:
+        outputs = [InferOutput(n, list(arrays[n].shape), dt) for n, dt in V2_OUTPUTS]
+        raw = [_raw_numeric(arrays[n], dt) for n, dt in V2_OUTPUTS[:-1]]
+        raw.append(_raw_labels(label_index, class_names))
+        return InferResponse(request_id, model_name, outputs, raw_outputs=raw, from_grpc=True)
+    outputs = [_JsonOutput(n, list(arrays[n].shape), dt, data=arrays[n]) for n, dt in V2_OUTPUTS]
+    return InferResponse(
+        request_id,
+        model_name,
+        outputs,
+        requested_outputs=request.request_outputs if request is not None else None,
+        use_binary_outputs=bool(request is not None and request.use_binary_outputs),
+    )
+
+
+def _raw_numeric(array: np.ndarray, datatype: str) -> bytes:
+    dtype = {"FP32": "<f4", "INT32": "<i4"}[datatype]
+    return np.ascontiguousarray(array, dtype=dtype).tobytes()
+
+
+def _raw_labels(label_index: np.ndarray, class_names: Sequence[str]) -> bytes:
+    """V2 raw BYTES tensor: each element is a uint32 little-endian length, then the UTF-8 label."""
+    encoded = [s.encode() for s in (*class_names, "")]
+    table = np.asarray([struct.pack("<I", len(b)) + b for b in encoded], dtype=object)
+    return b"".join(table[label_index].ravel().tolist())
+
+
+def input_types() -> list[dict[str, Any]]:
+    """V2 metadata of the input: encoded images (base64 strings over REST, raw bytes over gRPC)."""
+    return [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}]
+
+
+def output_types() -> list[dict[str, Any]]:
+    """V2 metadata of the outputs (``-1``: number of images / largest detection count)."""
+    shapes = {
+        "num_detections": [-1],
+        "detection_boxes": [-1, -1, 4],
+        "detection_scores": [-1, -1],
+        "detection_classes": [-1, -1],
+        "detection_labels": [-1, -1],
+    }
+    return [{"name": n, "datatype": dt, "shape": shapes[n]} for n, dt in V2_OUTPUTS]

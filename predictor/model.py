@@ -1,0 +1,312 @@
+"""``SSDPredictor``: the KServe model serving an SSD :class:`~predictor.ssd.detector.Detector`.
+
+Request path (all protocols): ``preprocess`` parses the request (cheap, on the event loop) ->
+``predict`` admits its images (503 when too many are in progress), base64-decodes, decodes and resizes
+them in the decode thread pool, then awaits its rows of a dynamically batched model call that runs in
+the model thread -> ``postprocess`` encodes V1 JSON bytes or a V2 ``InferResponse``. The event loop
+never runs TensorFlow, so health and readiness answer while the model computes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import kserve
+import numpy as np
+from kserve.errors import InvalidInput, ModelNotReady
+from kserve.model import InferenceVerb
+
+from predictor import codecs, metrics_prom
+from predictor.batcher import DynamicBatcher, Overloaded, RequestTimeout
+from predictor.images import ImageLimits, decode_image
+from predictor.ssd.detector import Detector
+
+log = logging.getLogger(__name__)
+
+_PRECISION_DTYPES = {"none": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+
+
+class NotReady(Overloaded):
+    """The model is still loading or already stopping: 503 / gRPC UNAVAILABLE."""
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """What the server was asked to do (mirrors the ``--flags`` of :mod:`predictor.cli_args`).
+
+    Thresholds left None take the model manifest's defaults.
+    """
+
+    model_dir: str
+    score_threshold: float | None = None
+    nms_threshold: float | None = None
+    top_k: int | None = None
+    max_detections: int | None = None
+    max_batch_size: int = 32
+    batch_wait_ms: float = 2.0
+    max_image_bytes: int = 16 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    request_timeout_s: float = 30.0
+    max_queue_images: int = 256
+    decode_threads: int = 2
+    xla: bool = False
+    mixed_precision: str = "none"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, model_dir: str) -> ServingOptions:
+        names = [f for f in cls.__dataclass_fields__ if f != "model_dir"]
+        return cls(model_dir=str(model_dir), **{n: getattr(args, n) for n in names})
+
+    @property
+    def dtype(self) -> str:
+        """Keras dtype policy name for ``--mixed_precision``."""
+        return _PRECISION_DTYPES[self.mixed_precision]
+
+
+class _Result(NamedTuple):
+    request: codecs.ParsedRequest
+    detections: codecs.Detections
+
+
+class SSDPredictor(kserve.Model):
+    """KServe model: encoded images in, detections (pixel boxes of the original images) out.
+
+    Args:
+      name: the model name in the URLs (``/v1/models/{name}:predict``).
+      options: serving options; ``options.model_dir`` is a project model directory or a directory
+        holding a balancap TF1 checkpoint.
+      detector: an already built detector (tests); built from ``options.model_dir`` when None.
+    """
+
+    def __init__(self, name: str, options: ServingOptions, detector: Detector | None = None) -> None:
+        super().__init__(name, return_response_headers=True)
+        self.options = options
+        self.limits = ImageLimits(options.max_image_bytes, options.max_image_pixels)
+        self._detector = detector
+        self._batcher: DynamicBatcher | None = None
+        self._decode_pool = ThreadPoolExecutor(options.decode_threads, thread_name_prefix="ssd-decode")
+        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="ssd-model")
+        self._load_lock = threading.Lock()
+        self._load_started = False
+        self.warmup_seconds: float | None = None
+        metrics_prom.MODEL.ready = lambda: self.ready
+        metrics_prom.MODEL.trace_count = lambda: self._detector.trace_count if self._detector else 0
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def detector(self) -> Detector:
+        if self._detector is None:
+            raise RuntimeError("the model is not built yet: call build() or load()")
+        return self._detector
+
+    @property
+    def batcher(self) -> DynamicBatcher:
+        if self._batcher is None:
+            raise RuntimeError("the model is not loaded yet: call load()")
+        return self._batcher
+
+    def build(self) -> Detector:
+        """Read the weights and build the detector (no tracing yet).
+
+        Raises:
+          predictor.ssd.weights.ModelLoadError: one line naming what is wrong with the model directory.
+        """
+        if self._detector is None:
+            o = self.options
+            self._detector = Detector.from_dir(
+                o.model_dir,
+                score_threshold=o.score_threshold,
+                nms_threshold=o.nms_threshold,
+                top_k=o.top_k,
+                max_detections=o.max_detections,
+                xla=o.xla,
+                max_batch_size=o.max_batch_size,
+                dtype=o.dtype,
+            )
+        return self._detector
+
+    def load(self) -> bool:
+        """Build, trace every batch bucket once (warm-up), start the batcher; only then ``ready``.
+
+        Safe to call from several threads: while one call loads, the others return False at once
+        (KServe's gRPC path calls ``load()`` on the event loop when a model is not ready).
+        """
+        if self.ready:
+            return True
+        if self._load_started or not self._load_lock.acquire(blocking=False):
+            return False
+        try:
+            self._load_started = True
+            detector = self.build()
+            start = time.perf_counter()
+            detector.warmup()
+            self.warmup_seconds = time.perf_counter() - start
+            self._batcher = DynamicBatcher(
+                detector.run_batch,
+                bucket_for=detector.bucket_for,
+                input_size=detector.input_size,
+                max_batch_size=self.options.max_batch_size,
+                batch_wait_s=self.options.batch_wait_ms / 1000.0,
+                max_queue_images=self.options.max_queue_images,
+                executor=self._model_thread,
+            )
+            log.info(
+                "warm-up done in %.1f s: buckets %s, %d traces",
+                self.warmup_seconds,
+                list(detector.buckets),
+                detector.trace_count,
+            )
+            self.ready = True
+        finally:
+            self._load_lock.release()
+        return self.ready
+
+    def start(self) -> None:
+        """KServe calls this on registration; unlike the base class it does not claim readiness."""
+
+    def stop(self) -> None:
+        """Not ready any more (in-flight requests still finish)."""
+        self.ready = False
+
+    # ------------------------------------------------------------------ metadata
+    def get_input_types(self) -> list[dict[str, Any]]:
+        return codecs.input_types()
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        return codecs.output_types()
+
+    # ------------------------------------------------------------------ request path
+    async def __call__(
+        self,
+        body: Any,
+        headers: dict[str, str] | None = None,
+        verb: InferenceVerb = InferenceVerb.PREDICT,
+    ) -> Any:
+        """KServe's pipeline; gRPC answers are counted and error-logged here (REST ones by
+        :class:`~predictor.metrics_prom.RestMetricsMiddleware`)."""
+        if codecs.protocol_of(body) != "grpc":
+            return await super().__call__(body, headers, verb)
+        headers = headers or {}
+        start = time.perf_counter()
+        try:
+            result = await super().__call__(body, headers, verb)
+        except Exception as e:
+            status = status_of(e)
+            metrics_prom.record("grpc", status)
+            request_id = headers.get("x-request-id") or body.id or metrics_prom.new_request_id()
+            metrics_prom.log_error(
+                "grpc", status, str(request_id)[:128], str(e), ms=_ms(start), model=self.name
+            )
+            raise
+        metrics_prom.record("grpc", 200)
+        return result
+
+    async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> codecs.ParsedRequest:
+        """Request body as KServe decoded it -> :class:`~predictor.codecs.ParsedRequest` (no decoding)."""
+        if not self.ready:
+            raise NotReady(f"model {self.name} is not ready (loading or shutting down)")
+        return codecs.parse_request(
+            payload,
+            headers,
+            max_batch_size=self.options.max_batch_size,
+            max_detections=self.detector.max_detections,
+        )
+
+    async def predict(
+        self,
+        payload: codecs.ParsedRequest,
+        headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> _Result:
+        """Decode, batch and detect within ``--request_timeout_s`` (503 past it)."""
+        timeout = self.options.request_timeout_s or None
+        try:
+            dets = await asyncio.wait_for(self._detect(payload), timeout)
+        except asyncio.TimeoutError:
+            raise RequestTimeout(
+                f"request not answered within {self.options.request_timeout_s:g} s "
+                "(--request_timeout_s); the server is busy, retry later"
+            ) from None
+        return _Result(payload, dets)
+
+    async def postprocess(
+        self,
+        result: _Result,
+        headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> bytes | kserve.InferResponse:
+        """V1: JSON bytes ``{"predictions": ...}``; V2 / gRPC: an ``InferResponse``."""
+        request, dets = result
+        metrics_prom.IMAGES.labels(request.protocol).inc(len(request.images))
+        names = self.detector.class_names
+        if request.protocol == "v1":
+            if response_headers is not None:
+                response_headers["content-type"] = "application/json"
+            return codecs.encode_v1(dets, names)
+        return codecs.encode_v2(dets, names, self.name, request.infer_request)
+
+    async def _detect(self, request: codecs.ParsedRequest) -> codecs.Detections:
+        n = len(request.images)
+        detector = self.detector
+        with self.batcher.admit(n):
+            loop = asyncio.get_running_loop()
+            prepared = await asyncio.gather(
+                *(loop.run_in_executor(self._decode_pool, self.prepare_image, p) for p in request.images),
+                return_exceptions=True,
+            )
+            for item in prepared:  # the first failure, in instance order
+                if isinstance(item, BaseException):
+                    raise item
+            threshold = (
+                detector.score_threshold if request.score_threshold is None else request.score_threshold
+            )
+            cap = detector.max_detections if request.max_detections is None else request.max_detections
+            out = await self.batcher.run(
+                [image for image, _ in prepared],
+                np.asarray([hw for _, hw in prepared], np.float32),
+                np.full(n, threshold, np.float32),
+                np.full(n, cap, np.int32),
+            )
+        return codecs.Detections(out["boxes"], out["scores"], out["classes"], out["num_detections"])
+
+    def prepare_image(self, payload: codecs.ImagePayload) -> tuple[np.ndarray, tuple[int, int]]:
+        """Decode thread: payload -> (float32 ``[S, S, 3]`` resized image, original ``(H, W)``).
+
+        Raises:
+          InvalidInput: ``"<field>: <problem>"`` for anything wrong with the client's bytes.
+        """
+        try:
+            rgb = decode_image(codecs.payload_bytes(payload, self.limits.max_bytes), self.limits)
+        except InvalidInput as e:
+            raise InvalidInput(f"{payload.field}: {e.reason}") from None
+        return self.detector.resize(rgb), (rgb.shape[0], rgb.shape[1])
+
+    def close(self) -> None:
+        """Release the threads (tests; the server process just exits)."""
+        self.ready = False
+        if self._batcher is not None:
+            self._batcher.shutdown()
+        self._decode_pool.shutdown(wait=False)
+        self._model_thread.shutdown(wait=False)
+
+
+def status_of(error: BaseException) -> int:
+    """HTTP status KServe answers for an exception raised by the model."""
+    if isinstance(error, InvalidInput):
+        return 400
+    if isinstance(error, (Overloaded, ModelNotReady, kserve.errors.ServerNotReady)):
+        return 503
+    if isinstance(error, NotImplementedError):
+        return 501
+    return 500
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 1)

@@ -1,0 +1,223 @@
+"""``python -m predictor``: load the model, then serve it with KServe's ModelServer (REST + gRPC).
+
+Start-up: parse flags (:mod:`predictor.cli_args`) -> configure GPUs (memory growth) -> read the weights
+(a broken model directory ends here: one error line, exit 1) -> start the HTTP/gRPC servers with the
+model registered but not ready -> trace every batch bucket in a background thread -> ready. Liveness
+answers during the warm-up and readiness says 503 until it is done.
+
+Shutdown: on SIGTERM/SIGINT uvicorn stops accepting connections and lets in-flight REST requests
+finish (up to ``--shutdown_grace_s``), then KServe stops the gRPC server with the same grace and the
+process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import orjson
+from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
+
+from predictor.batcher import Overloaded
+from predictor.cli_args import build_parser
+from predictor.metrics_prom import QuietClientErrors, RestMetricsMiddleware
+
+log = logging.getLogger("predictor.server")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the server until it is stopped; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    _configure_logging(args)
+    model_dir = resolve_model_dir(args.model_dir)
+    if model_dir is None:
+        return 1
+
+    from predictor.model import ServingOptions, SSDPredictor
+    from predictor.ssd.detector import configure_devices
+    from predictor.ssd.weights import ModelLoadError
+
+    devices = configure_devices()
+    options = ServingOptions.from_args(args, model_dir)
+    model = SSDPredictor(args.model_name, options)
+    try:
+        detector = model.build()
+    except Exception as e:  # ModelLoadError names the problem; anything else gets its type too
+        reason = _one_line(e) if isinstance(e, ModelLoadError) else f"{type(e).__name__}: {_one_line(e)}"
+        log.error("cannot load the model from %s: %s", model_dir, reason)
+        return 1
+    _log_configuration(args, model_dir, devices, detector, options)
+    return _serve(args, model)
+
+
+def resolve_model_dir(model_dir: str | None) -> str | None:
+    """``--model_dir``, else the packaged demo model; None (after logging why) when there is none."""
+    if model_dir:
+        return model_dir
+    from predictor.models import DEMO_MODEL_DIR
+
+    if not (DEMO_MODEL_DIR / "model.yaml").exists():
+        log.error(
+            "no --model_dir (or SSD_MODEL_DIR) given and the demo model is not installed "
+            "(%s is missing); refusing to serve untrained weights",
+            DEMO_MODEL_DIR / "model.yaml",
+        )
+        return None
+    return str(DEMO_MODEL_DIR)
+
+
+def _serve(args: argparse.Namespace, model: Any) -> int:
+    from kserve import ModelServer
+    from kserve.model_server import app
+
+    if args.workers != 1:
+        log.warning(
+            "--workers %d ignored: one process serves one TensorFlow model; scale with replicas", args.workers
+        )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=args.max_request_bytes)
+    app.add_middleware(RestMetricsMiddleware)
+    server = ModelServer(
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        workers=1,
+        enable_grpc=args.enable_grpc,
+        grace_period=args.shutdown_grace_s,
+    )
+    server.register_model(model)
+    model.enable_latency_logging = server.enable_latency_logging
+    status = {"exit": 0}
+    threading.Thread(target=_warm_up, args=(model, status), name="ssd-warmup", daemon=True).start()
+    server.start([])  # not [model]: start() insists on a ready model, ours warms up in the background
+    log.info("server stopped")
+    return status["exit"]
+
+
+def _warm_up(model: Any, status: dict[str, int]) -> None:
+    try:
+        model.load()
+    except Exception as e:
+        log.error("model warm-up failed: %s", _one_line(e))
+        status["exit"] = 1
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    log.info("model %r is ready", model.name)
+
+
+class BodyLimitMiddleware:
+    """ASGI middleware bounding REST request bodies (KServe sets no limit): a declared
+    ``Content-Length`` above ``max_bytes`` gets 413 before the body is read; a longer streamed body
+    fails with 400 once ``max_bytes`` have arrived."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await _send_json(send, 413, f"request body is {int(declared)} bytes, {self._limit()}")
+            return
+        received = 0
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise InvalidInput(f"request body is over {self.max_bytes} bytes, {self._limit()}")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _limit(self) -> str:
+        return f"the limit is {self.max_bytes} (--max_request_bytes)"
+
+
+async def _send_json(send: Any, status: int, error: str) -> None:
+    body = orjson.dumps({"error": error})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    from kserve import logging as kserve_logging
+    from PIL import Image
+
+    if args.configure_logging:
+        kserve_logging.configure_logging(args.log_config_file)
+    # Pillow warns about images over its own pixel limit; ours is checked right after, so a client
+    # sending forged headers must not be able to fill the log with these.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    kserve_logger = logging.getLogger(kserve_logging.KSERVE_LOGGER_NAME)
+    kserve_logger.addFilter(QuietClientErrors((InvalidInput, Overloaded, ModelNotReady, ModelNotFound)))
+    ours = logging.getLogger("predictor")
+    if kserve_logger.handlers and not ours.handlers:
+        for handler in kserve_logger.handlers:
+            ours.addHandler(handler)
+        ours.propagate = False
+    ours.setLevel(logging.INFO)
+
+
+def _log_configuration(
+    args: argparse.Namespace, model_dir: str, devices: list[str], detector: Any, options: Any
+) -> None:
+    cfg = detector.config
+    log.info(
+        "model %r: %s from %s (%s, %d classes, input %dx%d)",
+        args.model_name,
+        cfg.name,
+        Path(model_dir).resolve(),
+        cfg.backbone,
+        len(detector.class_names) - 1,
+        cfg.input_size,
+        cfg.input_size,
+    )
+    log.info(
+        "device: %s; xla %s; precision %s (dtype %s)",
+        ", ".join(devices),
+        "on" if options.xla else "off",
+        options.mixed_precision,
+        options.dtype,
+    )
+    log.info(
+        "thresholds: score %.3g, nms %.3g, top_k %d, max_detections %d",
+        detector.score_threshold,
+        detector.nms_threshold,
+        detector.top_k,
+        detector.max_detections,
+    )
+    log.info(
+        "batching: max_batch_size %d (buckets %s), batch_wait_ms %g, max_queue_images %d, "
+        "decode_threads %d, request_timeout_s %g; caps: %d bytes/image, %d pixels/image, %d bytes/request",
+        options.max_batch_size,
+        list(detector.buckets),
+        options.batch_wait_ms,
+        options.max_queue_images,
+        options.decode_threads,
+        options.request_timeout_s,
+        options.max_image_bytes,
+        options.max_image_pixels,
+        args.max_request_bytes,
+    )
+    log.info("listening: http %d, grpc %s", args.http_port, args.grpc_port if args.enable_grpc else "off")
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text if text else type(e).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""Image decoding: formats, modes, EXIF orientation, base64 forms, and the caps on untrusted images."""
+
+from __future__ import annotations
+
+import base64
+import io
+from unittest import mock
+
+import numpy as np
+import pytest
+from kserve.errors import InvalidInput
+from PIL import Image, ImageFile, features
+from serving_fixtures import encode_image, forge_gif_size, forge_jpeg_size, forge_png_size
+
+from predictor.images import FORMATS, ImageError, ImageLimits, decode_base64, decode_image
+
+RNG = np.random.default_rng(3)
+RGB = RNG.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+
+
+def save(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def no_pixel_decoding():
+    """Fails the test if Pillow starts decoding pixel data."""
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError(f"decoded pixels of a {self.size} image")
+
+    with mock.patch.object(ImageFile.ImageFile, "load", refuse):
+        yield
+
+
+# ----------------------------------------------------------------------------- formats and modes
+@pytest.mark.parametrize("fmt", ["PNG", "BMP", *(["WEBP"] if features.check("webp") else [])])
+def test_lossless_formats_decode_exactly(fmt):
+    kwargs = {"lossless": True} if fmt == "WEBP" else {}
+    out = decode_image(encode_image(RGB, fmt, **kwargs))
+    assert out.dtype == np.uint8 and out.shape == (12, 16, 3)
+    np.testing.assert_array_equal(out, RGB)
+
+
+def test_jpeg_decodes_like_pillow():
+    data = encode_image(RGB, "JPEG", quality=95)
+    np.testing.assert_array_equal(decode_image(data), np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+
+
+def test_gif_gives_the_first_frame():
+    frames = [Image.new("RGB", (10, 8), c) for c in ((255, 0, 0), (0, 0, 255))]
+    data = save(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50)
+    out = decode_image(data)
+    assert out.shape == (8, 10, 3)
+    assert tuple(out[0, 0]) == (255, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"),
+    [
+        ("L", "PNG"),
+        ("1", "PNG"),
+        ("P", "PNG"),
+        ("LA", "PNG"),
+        ("RGBA", "PNG"),
+        ("CMYK", "JPEG"),
+        ("L", "JPEG"),
+    ],
+)
+def test_modes_become_rgb(mode, fmt):
+    image = Image.fromarray(RGB).convert(mode)
+    out = decode_image(save(image, fmt))
+    assert out.shape == (12, 16, 3) and out.dtype == np.uint8
+    if mode in ("RGBA",):
+        np.testing.assert_array_equal(out, RGB)  # alpha dropped, colours kept
+    if mode == "L" and fmt == "PNG":
+        gray = np.asarray(image)
+        assert (out == gray[:, :, None]).all()
+
+
+def test_palette_with_transparency():
+    image = Image.fromarray(RGB).convert("P")
+    image.info["transparency"] = 0
+    out = decode_image(save(image, "PNG", transparency=0))
+    assert out.shape == (12, 16, 3)
+
+
+def test_16_bit_grayscale_is_scaled_to_8_bit():
+    gray16 = (np.arange(12 * 16, dtype=np.uint16).reshape(12, 16) * 300).astype(np.uint16)
+    out = decode_image(save(Image.fromarray(gray16), "PNG"))
+    assert out.shape == (12, 16, 3)
+    np.testing.assert_array_equal(out[:, :, 0], (gray16 >> 8).astype(np.uint8))
+    assert out.max() > 200  # not clipped at 255 like Pillow's own convert("RGB")
+
+
+@pytest.mark.parametrize(
+    ("orientation", "shape"), [(1, (12, 16, 3)), (3, (12, 16, 3)), (6, (16, 12, 3)), (8, (16, 12, 3))]
+)
+def test_exif_orientation_is_applied(orientation, shape):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = save(Image.fromarray(RGB), "JPEG", exif=exif, quality=95)
+    out = decode_image(data)
+    assert out.shape == shape
+    plain = decode_image(save(Image.fromarray(RGB), "JPEG", quality=95))
+    if orientation == 6:  # rotate 90 degrees clockwise for display
+        np.testing.assert_allclose(out.astype(int), np.rot90(plain, k=-1).astype(int), atol=8)
+
+
+# ----------------------------------------------------------------------------- rejections
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty image"),
+        (b"hello world", "not an image in a supported format"),
+        (encode_image(RGB, "PNG")[:60], "corrupt or truncated PNG image"),
+        (encode_image(RGB, "JPEG")[:300], "not a decodable image"),
+        (save(Image.fromarray(RGB), "TIFF"), "not an image in a supported format"),
+        (save(Image.fromarray(RGB), "ICO"), "not an image in a supported format"),
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", "not an image in a supported format"),
+    ],
+    ids=["empty", "text", "truncated_png", "truncated_jpeg", "tiff", "ico", "eps"],
+)
+def test_unusable_bytes_raise_image_error(data, message):
+    with pytest.raises(ImageError, match=message) as info:
+        decode_image(data)
+    assert isinstance(info.value, InvalidInput) and info.value.reason == str(info.value)
+
+
+def test_encoded_size_cap():
+    data = encode_image(RGB, "PNG")
+    with pytest.raises(ImageError, match=f"encoded image is {len(data)} bytes, the limit is 100"):
+        decode_image(data, ImageLimits(max_bytes=100))
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        lambda: forge_png_size(encode_image(RGB, "PNG"), 5000, 5000),
+        lambda: forge_jpeg_size(encode_image(RGB, "JPEG"), 5000, 5000),
+        lambda: forge_gif_size(encode_image(RGB, "GIF"), 5000, 5000),
+    ],
+    ids=["png", "jpeg", "gif"],
+)
+def test_pixel_cap_is_checked_from_the_header_before_decoding(forged, no_pixel_decoding):
+    with pytest.raises(ImageError, match="too many pixels: 5000x5000 = 25000000, the limit is 1000000"):
+        decode_image(forged(), ImageLimits(max_pixels=1_000_000))
+
+
+def test_pillows_own_bomb_error_is_a_client_error(no_pixel_decoding):
+    data = forge_png_size(encode_image(RGB, "PNG"), 30000, 30000)
+    with (
+        mock.patch.object(Image, "MAX_IMAGE_PIXELS", 1000),
+        pytest.raises(ImageError, match="too many pixels"),
+    ):
+        decode_image(data, ImageLimits(max_pixels=10**10))
+
+
+def test_side_and_zero_size_caps():
+    with pytest.raises(ImageError, match="larger than 100 pixels"):
+        decode_image(forge_png_size(encode_image(RGB, "PNG"), 200, 2), ImageLimits(max_side=100))
+    with pytest.raises(ImageError):
+        decode_image(forge_png_size(encode_image(RGB, "PNG"), 0, 12))
+
+
+def test_formats_list():
+    assert FORMATS[:4] == ("JPEG", "PNG", "BMP", "GIF")
+
+
+# ----------------------------------------------------------------------------- base64
+def test_base64_forms():
+    raw = bytes(range(256)) * 3
+    text = base64.b64encode(raw).decode()
+    assert decode_base64(text, 10_000) == raw
+    assert decode_base64(text.encode(), 10_000) == raw
+    wrapped = "\n".join(text[i : i + 76] for i in range(0, len(text), 76))  # `base64` CLI output
+    assert decode_base64(wrapped + "\n", 10_000) == raw
+    assert decode_base64("data:image/png;base64," + text, 10_000) == raw
+    assert decode_base64(base64.urlsafe_b64encode(raw).decode().rstrip("="), 10_000) == raw
+    assert decode_base64(text.rstrip("="), 10_000) == raw
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty image"),
+        ("  \n", "empty image"),
+        ("abc!", "invalid base64"),
+        ("a", "cannot encode whole bytes"),
+        ("aGVsbG8=é", "non-ASCII"),
+        ("A" * 2000, "encoded image is over 100 bytes"),
+    ],
+)
+def test_bad_base64(text, message):
+    with pytest.raises(ImageError, match=message):
+        decode_base64(text, 100)

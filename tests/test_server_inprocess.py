@@ -1,0 +1,139 @@
+"""``SSDPredictor`` in-process (KServe's pipeline without the HTTP layer): loading, readiness,
+tracing, time limits and load shedding."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import orjson
+import pytest
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse
+from serving_fixtures import b64, encode_image, forge_png_size
+
+from predictor.batcher import Overloaded, RequestTimeout
+from predictor.model import NotReady, ServingOptions, SSDPredictor, status_of
+
+
+@pytest.fixture(scope="module")
+def loaded(random_tiny_model_dir):
+    model = SSDPredictor("ssd", ServingOptions(model_dir=str(random_tiny_model_dir), max_batch_size=4))
+    assert not model.ready
+    model.start()  # KServe calls this at registration: it must not claim readiness
+    assert not model.ready
+    assert model.load() is True
+    yield model
+    model.close()
+
+
+@pytest.fixture(scope="module")
+def png(shapes_images) -> str:
+    return b64(encode_image(shapes_images[1], "PNG"))
+
+
+def predict_v1(model: SSDPredictor, instances: list, **params) -> dict:
+    body = {"instances": instances, **({"parameters": params} if params else {})}
+    response, headers = asyncio.run(model(body, headers={"content-type": "application/json"}))
+    assert headers["content-type"] == "application/json"
+    return orjson.loads(response)
+
+
+def test_load_warms_up_every_bucket_once(loaded):
+    detector = loaded.detector
+    assert detector.buckets == (1, 2, 4)
+    assert detector.trace_count == 3
+    assert loaded.warmup_seconds is not None
+    assert loaded.load() is True and detector.trace_count == 3  # idempotent
+
+
+def test_no_retracing_while_serving(loaded, png):
+    async def burst():
+        calls = [loaded({"instances": [png] * n}, headers={}) for n in (1, 2, 3, 4, 1, 3)]
+        return await asyncio.gather(*calls)
+
+    before = loaded.detector.trace_count
+    for response, _ in asyncio.run(burst()):
+        assert len(orjson.loads(response)["predictions"]) >= 1
+    assert len(predict_v1(loaded, [png] * 3, max_detections=2)["predictions"][2]) <= 2
+    assert loaded.detector.trace_count == before
+
+
+def test_v2_and_grpc_requests_in_process(loaded, shapes_images, png):
+    rest = InferRequest("ssd", [InferInput("images", [1], "BYTES", data=[png])], request_id="x")
+    response, _ = asyncio.run(loaded(rest, headers={}))
+    assert isinstance(response, InferResponse) and response.id == "x"
+    raw = encode_image(shapes_images[1], "PNG")
+    grpc_like = InferRequest("ssd", [InferInput("images", [1], "BYTES", data=[raw])], from_grpc=True)
+    grpc_response, _ = asyncio.run(loaded(grpc_like, headers={}))
+    same = {o.name: o for o in InferResponse.from_grpc(grpc_response.to_grpc()).outputs}
+    assert same["num_detections"].as_numpy().tolist() == response.outputs[0].data.tolist()
+
+
+def test_a_model_that_is_not_loaded_answers_503(random_tiny_model_dir, png):
+    model = SSDPredictor("ssd", ServingOptions(model_dir=str(random_tiny_model_dir)))
+    with pytest.raises(NotReady) as info:
+        asyncio.run(model({"instances": [png]}, headers={}))
+    assert status_of(info.value) == 503 and "not ready" in info.value.reason
+    model.close()
+
+
+def test_request_time_limit_gives_503(loaded, random_tiny_model_dir, png):
+    options = ServingOptions(model_dir=str(random_tiny_model_dir), max_batch_size=4, request_timeout_s=1e-4)
+    hurried = SSDPredictor("ssd", options, detector=loaded.detector)
+    assert hurried.load()
+    with pytest.raises(RequestTimeout, match="request_timeout_s") as info:
+        asyncio.run(hurried({"instances": [png] * 4}, headers={}))
+    assert status_of(info.value) == 503
+    assert hurried.batcher.admitted_images == 0 and hurried.batcher.queued_images == 0
+    hurried.close()
+
+
+def test_queue_bound_sheds_load_and_recovers(loaded, random_tiny_model_dir, png):
+    options = ServingOptions(model_dir=str(random_tiny_model_dir), max_batch_size=4, max_queue_images=2)
+    small = SSDPredictor("ssd", options, detector=loaded.detector)
+    assert small.load()
+
+    async def burst():
+        calls = [small({"instances": [png, png]}, headers={}) for _ in range(6)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    results = asyncio.run(burst())
+    shed = [r for r in results if isinstance(r, BaseException)]
+    assert shed and all(isinstance(r, Overloaded) and status_of(r) == 503 for r in shed)
+    assert len(shed) < len(results)
+    response, _ = asyncio.run(small({"instances": [png]}, headers={}))
+    assert len(orjson.loads(response)["predictions"]) == 1
+    small.close()
+
+
+def test_decode_failures_name_the_instance(loaded, png):
+    with pytest.raises(InvalidInput, match=r"instances\[2\]: invalid base64"):
+        asyncio.run(loaded({"instances": [png, png, "###"]}, headers={}))
+    bomb = b64(forge_png_size(encode_image(np.zeros((2, 2, 3), np.uint8)), 9000, 9000))
+    with pytest.raises(InvalidInput, match=r"instances\[0\]: image has too many pixels"):
+        asyncio.run(loaded({"instances": [bomb]}, headers={}))
+
+
+def test_body_limit_middleware_stops_a_streamed_body():
+    from predictor.server import BodyLimitMiddleware
+
+    received = []
+
+    async def app(scope, receive, send):
+        while True:
+            message = await receive()
+            received.append(len(message["body"]))
+            if not message.get("more_body"):
+                return
+
+    async def receive():
+        return {"type": "http.request", "body": b"x" * 400, "more_body": True}
+
+    async def send(message):
+        raise AssertionError("nothing should be sent")
+
+    scope = {"type": "http", "headers": [(b"content-type", b"application/json")]}
+    with pytest.raises(InvalidInput, match="request body is over 1000 bytes"):
+        asyncio.run(BodyLimitMiddleware(app, max_bytes=1000)(scope, receive, send))
+    assert sum(received) <= 1000
