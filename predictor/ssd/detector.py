@@ -6,9 +6,9 @@ once per bucket and never again after :meth:`Detector.warmup`.
 
 Three lines from an image file to detections (balancap checkpoint or project model directory)::
 
-    from predictor.ssd import Detector, read_image
-    detector = Detector.from_dir("path/to/model_dir")
-    print(detector.detect([read_image("dog.jpg")])[0])
+    import numpy as np, PIL.Image
+    from predictor.ssd import Detector
+    print(Detector.from_dir("ckpt_dir").detect([np.asarray(PIL.Image.open("dog.jpg").convert("RGB"))])[0])
 """
 
 from __future__ import annotations
