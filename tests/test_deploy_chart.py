@@ -242,11 +242,11 @@ def _ssd_env_names(build_parser) -> set[str]:
     return {m for a in build_parser()._actions for m in re.findall(r"\bEnv (SSD_[A-Z_]+)", a.help or "")}
 
 
-@pytest.mark.parametrize("value_set", VALUE_SETS)
-def test_container_args_and_env_parse_with_the_server_parser(rendered, server_parser, value_set, monkeypatch):
-    container = predictor_container(the_isvc(rendered[value_set]))
+def _server_args(build_parser, container: dict[str, Any], monkeypatch) -> Any:
+    """The container's args parsed by the server's parser, with the container's SSD_* env applied
+    (and no SSD_* variable of the test process leaking in); defaults fill in absent flags."""
     env = env_of(container)
-    known = _ssd_env_names(server_parser)
+    known = _ssd_env_names(build_parser)
     assert known, "no 'Env SSD_*' names found in the server's help texts"
     unknown = sorted(n for n in env if n.startswith("SSD_") and n not in known)
     assert not unknown, f"the chart sets SSD_* variables the server does not read: {unknown}"
@@ -256,10 +256,17 @@ def test_container_args_and_env_parse_with_the_server_parser(rendered, server_pa
         if name.startswith("SSD_") and value is not None:
             monkeypatch.setenv(name, value)
     try:
-        parser = server_parser()  # SSD_* defaults are parsed (and checked) here
-        args = parser.parse_args(container["args"])
+        parser = build_parser()  # SSD_* defaults are parsed (and checked) here
+        return parser.parse_args(container["args"])
     except SystemExit as e:
         pytest.fail(f"the server rejects the chart's args {container['args']} / env {env}: exit {e.code}")
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_container_args_and_env_parse_with_the_server_parser(rendered, server_parser, value_set, monkeypatch):
+    container = predictor_container(the_isvc(rendered[value_set]))
+    env = env_of(container)
+    args = _server_args(server_parser, container, monkeypatch)
     assert "command" not in container, "the image's ENTRYPOINT (python -m predictor) must be kept"
     port = container["ports"][0]["containerPort"]
     assert args.http_port == port
@@ -272,6 +279,67 @@ def test_container_args_and_env_parse_with_the_server_parser(rendered, server_pa
         assert args.model_dir == "/mnt/models"
     else:
         assert args.model_dir is None, "without storageUri the image's demo model is served"
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_ssd_env_is_not_shadowed_by_a_chart_flag(rendered, server_parser, value_set):
+    """The command line wins over SSD_* variables, so an SSD_* variable in predictor.extraEnv whose flag
+    the chart also passes would be silently ignored."""
+    import re
+
+    flags = {
+        name: action.option_strings
+        for action in server_parser()._actions
+        for name in re.findall(r"\bEnv (SSD_[A-Z_]+)", action.help or "")
+    }
+    container = predictor_container(the_isvc(rendered[value_set]))
+    shadowed = sorted(
+        name
+        for name in env_of(container)
+        if name in flags
+        and any(arg == opt or arg.startswith(f"{opt}=") for arg in container["args"] for opt in flags[name])
+    )
+    assert not shadowed, f"SSD_* variables overridden by the chart's own flags: {shadowed}"
+
+
+# Knative's config-defaults revision-timeout-seconds: the pod's grace period without a predictor timeout.
+KNATIVE_DEFAULT_REVISION_TIMEOUT = 300
+# Kubernetes' default terminationGracePeriodSeconds.
+KUBERNETES_DEFAULT_GRACE = 30
+
+
+def pod_termination_grace(isvc: dict[str, Any]) -> int:
+    """Seconds the kubelet gives the predictor pod after SIGTERM. Standard mode: the pod spec's field.
+    Knative mode: Knative forbids the field and uses the revision timeout (spec.predictor.timeout)."""
+    predictor = isvc["spec"]["predictor"]
+    if isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard":
+        return predictor.get("terminationGracePeriodSeconds", KUBERNETES_DEFAULT_GRACE)
+    assert "terminationGracePeriodSeconds" not in predictor, (
+        "Knative's webhook rejects spec.template.spec.terminationGracePeriodSeconds"
+    )
+    return predictor.get("timeout") or KNATIVE_DEFAULT_REVISION_TIMEOUT
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_pod_termination_grace_exceeds_server_shutdown_grace(rendered, server_parser, value_set, monkeypatch):
+    """The server drains in-flight requests for up to --shutdown_grace_s after SIGTERM; the kubelet must
+    not SIGKILL it before that."""
+    isvc = the_isvc(rendered[value_set])
+    args = _server_args(server_parser, predictor_container(isvc), monkeypatch)
+    grace = pod_termination_grace(isvc)
+    assert grace > args.shutdown_grace_s, (
+        f"pod termination grace {grace}s must exceed the server's --shutdown_grace_s={args.shutdown_grace_s}"
+    )
+    if isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard":
+        assert "terminationGracePeriodSeconds" in isvc["spec"]["predictor"], "Standard mode must set it"
+
+
+def test_termination_grace_default_covers_the_worst_case_drain(rendered):
+    # REST drains for up to --shutdown_grace_s, then gRPC for as long again: 2 * 25 + 5.
+    assert the_isvc(rendered["standard-hpa"])["spec"]["predictor"]["terminationGracePeriodSeconds"] == 55
+    explicit = the_isvc(rendered["pvc-external"])
+    assert explicit["spec"]["predictor"]["terminationGracePeriodSeconds"] == 45
+    assert "--shutdown_grace_s=10" in predictor_container(explicit)["args"]
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
@@ -347,6 +415,8 @@ def test_storage_uri_batcher_and_logger(rendered):
     container = predictor_container(isvc)
     assert env_of(container)["STORAGE_URI"] == "s3://models/ssd300-voc/v1"
     assert "--model_dir=/mnt/models" in container["args"]
+    for flag in ("--max_image_pixels=20000000", "--max_request_bytes=33554432", "--shutdown_grace_s=20"):
+        assert flag in container["args"]
     assert predictor["batcher"] == {"maxBatchSize": 16, "maxLatency": 20, "timeout": 30}
     assert predictor["logger"]["mode"] == "response"
     assert predictor["serviceAccountName"] == "ssd-voc-sa"
@@ -409,6 +479,11 @@ def test_helm_lint_strict(helm, value_set):
         ("predictor.scoreThreshold=1.5", "scoreThreshold"),
         ("model.storageUri=ftp://host/model", "storageUri"),
         ("autoscaling.maxReplica=3", "maxReplica"),
+        ("predictor.maxImagePixels=0", "maxImagePixels"),
+        ("predictor.maxRequestBytes=0", "maxRequestBytes"),
+        ("predictor.shutdownGraceSeconds=-1", "shutdownGraceSeconds"),
+        ("predictor.shutdownGraceSeconds=null", "shutdownGraceSeconds"),
+        ("predictor.terminationGracePeriodSeconds=0", "terminationGracePeriodSeconds"),
     ],
 )
 def test_values_schema_rejects_bad_values(helm, setting, complaint):
@@ -424,6 +499,16 @@ def test_values_schema_rejects_bad_values(helm, setting, complaint):
         (["deploymentMode=Standard", "autoscaling.minReplicas=0"], "cannot scale to zero"),
         (["deploymentMode=Standard"], "scaleMetric=concurrency needs deploymentMode=Knative"),
         (["logger.enabled=true"], "logger.url"),
+        (["predictor.terminationGracePeriodSeconds=60"], "needs deploymentMode=Standard"),
+        (["timeoutSeconds=20"], "shutdownGraceSeconds (25) must stay below"),
+        (
+            [
+                "deploymentMode=Standard",
+                "autoscaling.scaleMetric=cpu",
+                "predictor.terminationGracePeriodSeconds=25",
+            ],
+            "shutdownGraceSeconds (25) must stay below",
+        ),
     ],
 )
 def test_template_rejects_inconsistent_values(helm, settings, complaint):

@@ -130,12 +130,19 @@ predictor.cli_args.build_parser(): the chart's tests parse these arguments with 
 {{- if not (kindIs "invalid" $p.maxImageBytes) }}
 - --max_image_bytes={{ int64 $p.maxImageBytes }}
 {{- end }}
+{{- if not (kindIs "invalid" $p.maxImagePixels) }}
+- --max_image_pixels={{ int64 $p.maxImagePixels }}
+{{- end }}
+{{- if not (kindIs "invalid" $p.maxRequestBytes) }}
+- --max_request_bytes={{ int64 $p.maxRequestBytes }}
+{{- end }}
 {{- if not (kindIs "invalid" $p.requestTimeoutSeconds) }}
 - --request_timeout_s={{ $p.requestTimeoutSeconds }}
 {{- end }}
 {{- if not (kindIs "invalid" $p.maxQueueImages) }}
 - --max_queue_images={{ int64 $p.maxQueueImages }}
 {{- end }}
+- --shutdown_grace_s={{ $p.shutdownGraceSeconds }}
 {{- if not (kindIs "invalid" $p.decodeThreads) }}
 - --decode_threads={{ int64 $p.decodeThreads }}
 {{- end }}
@@ -143,6 +150,23 @@ predictor.cli_args.build_parser(): the chart's tests parse these arguments with 
 - --mixed_precision={{ $p.mixedPrecision }}
 {{- range $p.extraArgs }}
 - {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+Seconds the kubelet waits after SIGTERM before killing the predictor pod. Standard mode: the pod's
+terminationGracePeriodSeconds, predictor.terminationGracePeriodSeconds or else 2 * shutdownGraceSeconds + 5
+(the server drains REST, then gRPC, each for up to --shutdown_grace_s). Knative mode: Knative forbids the
+field and uses the revision timeout (timeoutSeconds, or Knative's default revision-timeout-seconds, 300).
+*/}}
+{{- define "ssd-detector.terminationGracePeriodSeconds" -}}
+{{- $p := .Values.predictor -}}
+{{- if ne .Values.deploymentMode "Standard" }}
+{{- .Values.timeoutSeconds | default 300 | int64 }}
+{{- else if not (kindIs "invalid" $p.terminationGracePeriodSeconds) }}
+{{- int64 $p.terminationGracePeriodSeconds }}
+{{- else }}
+{{- ceil (addf (mulf $p.shutdownGraceSeconds 2) 5) | int64 }}
 {{- end }}
 {{- end }}
 
@@ -160,6 +184,18 @@ Configuration errors that the values schema cannot express.
 {{- end }}
 {{- if and (not $a.metrics) (has $a.scaleMetric (list "concurrency" "rps")) (has $a.autoscalerClass (list "hpa" "keda")) }}
 {{- fail (printf "autoscaling.scaleMetric=%s needs deploymentMode=Knative; in Standard mode use cpu or memory, or autoscaling.metrics" $a.scaleMetric) }}
+{{- end }}
+{{- end }}
+{{- $p := .Values.predictor -}}
+{{- if and (ne .Values.deploymentMode "Standard") (not (kindIs "invalid" $p.terminationGracePeriodSeconds)) }}
+{{- fail "predictor.terminationGracePeriodSeconds needs deploymentMode=Standard: Knative rejects the field and gives the pod the revision timeout (timeoutSeconds) as its grace period" }}
+{{- end }}
+{{- $grace := include "ssd-detector.terminationGracePeriodSeconds" . | float64 }}
+{{- if le $grace (float64 $p.shutdownGraceSeconds) }}
+{{- if eq .Values.deploymentMode "Standard" }}
+{{- fail (printf "predictor.shutdownGraceSeconds (%v) must stay below the pod's terminationGracePeriodSeconds (%v): lower it or raise predictor.terminationGracePeriodSeconds" $p.shutdownGraceSeconds $grace) }}
+{{- else }}
+{{- fail (printf "predictor.shutdownGraceSeconds (%v) must stay below the pod's termination grace period, which Knative sets to the revision timeout (%v s: timeoutSeconds, else Knative's default): lower it or raise timeoutSeconds" $p.shutdownGraceSeconds $grace) }}
 {{- end }}
 {{- end }}
 {{- if and .Values.logger.enabled (not .Values.logger.url) }}
