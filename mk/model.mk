@@ -3,7 +3,7 @@
 # Training run folder (checkpoints, logs) of `make demo-model`.
 DEMO_RUN ?= runs/demo
 # The shipped demo model's recipe (see predictor/models/demo/MODEL_CARD.md).
-DEMO_TRAIN_ARGS ?= --steps 2200 --batch-size 32 --learning-rate 3e-3 --warmup-steps 100 --checkpoint-every 100 --seed 0
+DEMO_TRAIN_ARGS ?= --steps 2200 --batch-size 32 --learning-rate 3e-3 --warmup-steps 100 --checkpoint-every 100 --seed 0 --default-score-threshold 0.4
 # Held-out images for `make eval`.
 EVAL_COUNT ?= 500
 

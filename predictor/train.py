@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", action="store_true", help="disable augmentation")
     p.add_argument("--max-steps", type=int, help="stop after this many steps in this run (resume later)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--default-score-threshold",
+        type=float,
+        help="score threshold the exported model serves with by default (the architecture's otherwise)",
+    )
     return p
 
 
@@ -100,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     keras.utils.set_random_seed(args.seed)
     source, class_names, data_info, order = _source(args)
     config = ssd_tiny(class_names, width=args.width) if args.arch == "tiny" else ssd300_vgg16(class_names)
+    if args.default_score_threshold is not None:
+        config = config.replace(score_threshold=args.default_score_threshold)
     model = build_network(config)
     if args.init_from:
         try:
