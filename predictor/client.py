@@ -1,6 +1,6 @@
 """``ssd-detect``: send images to the SSD predictor over KServe V1, V2 REST or V2 gRPC.
 
-Usage (see ``docs/client.md``)::
+Usage (see the README)::
 
     ssd-detect --url http://localhost:8080 --model ssd photo.jpg photos/ > detections.jsonl
     ssd-detect --protocol grpc --url localhost:8081 --batch-size 8 --concurrency 4 --draw out/ photos/
