@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# GPU check on a machine with JAX but no TensorFlow and no package registry (see bench/README.md).
+# Prepare the wheels here first: `make gpu-check-prepare` (fills the gitignored bench/.wheels).
+# Usage: bash bench/gpu_check.sh [gpu_check.py flags, e.g. --tiny]; JSON goes to $OUT/gpu_check.json.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+DEPS=${GPU_CHECK_DEPS:-/tmp/ssd_gpu_check_deps}
+
+if [ -n "${OUT:-}" ]; then mkdir -p "$OUT"; exec > >(tee "$OUT/gpu_check.log") 2>&1; fi
+echo "== $(date -u +%FT%TZ) $(hostname)"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+"$PYTHON" -c "import jax; print('jax', jax.__version__, jax.devices())" || { echo "GPU CHECK FAILED: jax not importable by $PYTHON"; exit 2; }
+"$PYTHON" bench/gpu_deps.py --wheels bench/.wheels --target "$DEPS" || { echo "GPU CHECK FAILED: dependencies (see above)"; exit 3; }
+export PYTHONPATH="$DEPS${PYTHONPATH:+:$PYTHONPATH}"
+export KERAS_BACKEND=jax
+# Keep XLA from taking 75% of the card up front; batch 128 of SSD300 needs a few GiB only.
+export XLA_PYTHON_CLIENT_PREALLOCATE=${XLA_PYTHON_CLIENT_PREALLOCATE:-false}
+exec "$PYTHON" bench/gpu_check.py "$@"

@@ -1,0 +1,213 @@
+"""Run every CPU benchmark (raw model, ONNX Runtime peer, served end to end), then print the ratios and plot.
+
+Each stage runs in its own process (``python -m bench.<stage>``) and writes its JSON under ``--out_dir``;
+this script then writes ``bench.json`` (all results + ratios) and ``bench.png`` (throughput and latency
+against concurrency) and prints the ratios last:
+
+* served / raw: served images/s at the highest concurrency (16) over ``Detector.run_batch`` images/s at
+  the same batch size (16): what the server keeps of the compiled function's throughput;
+* ours / ORT: our network alone over ONNX Runtime on the same network, weights and batch;
+* p50 at concurrency 1 over (raw batch-1 latency + decode/resize time of the test images): what one
+  lone request pays on top of the work it cannot avoid.
+
+``python -m bench.run_all`` (``make bench``) runs the full set in about 10-15 minutes on 2 cores;
+``--quick`` runs tiny settings for the smoke test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import MODELS, OUT_DIR, REPO, fmt_table, write_json
+
+STAGES = ("raw", "onnx", "served")
+
+FULL = {
+    "raw": ["--batches", "1,4,8,16,32", "--min_time_s", "2", "--min_iters", "2"],
+    "onnx": ["--batches", "1,4,8,16,32", "--min_time_s", "2", "--min_iters", "2"],
+    "served": ["--concurrency", "1,4,16", "--duration_s", "10", "--min_requests", "3"],
+}
+QUICK = {
+    "raw": ["--batches", "1,2", "--min_time_s", "0.1", "--min_iters", "1", "--matmul_n", "256"],
+    "onnx": ["--batches", "1,2", "--min_time_s", "0.1", "--min_iters", "1"],
+    "served": ["--concurrency", "1,2", "--duration_s", "0.3", "--min_requests", "1", "--max_batch_size", "2",
+               "--images_per_size", "1"],
+}  # fmt: skip
+MODULES = {"raw": "bench.raw_model", "onnx": "bench.onnx_peer", "served": "bench.served"}
+FILES = {"raw": "raw_model.json", "onnx": "onnx_peer.json", "served": "served.json"}
+
+
+def run_stage(stage: str, args: argparse.Namespace) -> float:
+    """Run one stage in a subprocess (output streamed); returns its wall time; raises on failure."""
+    settings = QUICK if args.quick else FULL
+    cmd = [sys.executable, "-m", MODULES[stage], "--models", args.models, "--out_dir", str(args.out_dir),
+           *settings[stage]]  # fmt: skip
+    print(f"\n##### {stage}: {' '.join(cmd[1:])}", flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=REPO, check=True)
+    return time.perf_counter() - t0
+
+
+def nearest_batch(rows: list[dict], batch: int) -> dict | None:
+    """The row with the largest batch not above ``batch`` (rows sorted by batch)."""
+    fitting = [r for r in rows if r["batch"] <= batch]
+    return fitting[-1] if fitting else None
+
+
+def ours_over_ort(raw_m: dict, onnx_m: dict) -> dict[int, float]:
+    """Network-alone images/s over ONNX Runtime images/s, by batch."""
+    ours = {x["batch"]: x["images_per_s"] for x in raw_m["network"]}
+    return {x["batch"]: ours[x["batch"]] / x["images_per_s"] for x in onnx_m["rows"] if x["batch"] in ours}
+
+
+def served_over_raw(raw_m: dict, served_m: dict) -> dict[str, Any]:
+    """Served images/s at the top concurrency over run_batch images/s at that batch size, by protocol."""
+    top = max(x["concurrency"] for x in served_m["rows"])
+    ref = nearest_batch(raw_m["detector"], top)
+    if ref is None:
+        return {}
+    cells = [x for x in served_m["rows"] if x["concurrency"] == top]
+    return {
+        "concurrency": top,
+        "raw_batch": ref["batch"],
+        "raw_images_per_s": ref["images_per_s"],
+        "by_protocol": {x["protocol"]: x["images_per_s"] / ref["images_per_s"] for x in cells},
+    }
+
+
+def p50_over_alone(raw_m: dict, served_m: dict) -> dict[str, Any]:
+    """p50 at concurrency 1 over (run_batch batch-1 median + mean decode/resize time), by protocol."""
+    batch1 = nearest_batch(raw_m["detector"], 1)
+    cells = [x for x in served_m["rows"] if x["concurrency"] == 1]
+    if batch1 is None or not cells:
+        return {}
+    decode_ms = statistics.mean(raw_m["decode_resize_ms"].values())
+    alone_ms = batch1["latency_ms_median"] + decode_ms
+    return {
+        "raw_batch1_ms": batch1["latency_ms_median"],
+        "decode_resize_ms": decode_ms,
+        "by_protocol": {x["protocol"]: x["p50_ms"] / alone_ms for x in cells},
+        "p50_ms": {x["protocol"]: x["p50_ms"] for x in cells},
+    }
+
+
+def compute_ratios(raw: dict | None, onnx: dict | None, served: dict | None) -> dict[str, Any]:
+    """The three headline ratios per model (see the module docstring); missing inputs give no entry."""
+    ratios: dict[str, Any] = {}
+    for name in MODELS:
+        raw_m = (raw or {}).get("models", {}).get(name)
+        onnx_m = (onnx or {}).get("models", {}).get(name)
+        served_m = (served or {}).get("models", {}).get(name)
+        r: dict[str, Any] = {}
+        if raw_m and onnx_m:
+            r["ours_over_ort"] = ours_over_ort(raw_m, onnx_m)
+        if raw_m and served_m:
+            r["served_over_raw"] = served_over_raw(raw_m, served_m)
+            r["p50_c1_over_raw_plus_decode"] = p50_over_alone(raw_m, served_m)
+        if r:
+            ratios[name] = r
+    return ratios
+
+
+def plot(raw: dict | None, served: dict, path: Path) -> Path:
+    """Throughput (top) and p50/p95 latency (bottom) against concurrency, one column per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(served["models"])
+    fig, axes = plt.subplots(2, len(names), figsize=(6 * len(names), 8), squeeze=False)
+    for col, name in enumerate(names):
+        rows = served["models"][name]["rows"]
+        top, bottom = axes[0][col], axes[1][col]
+        for protocol in dict.fromkeys(r["protocol"] for r in rows):
+            pr = [r for r in rows if r["protocol"] == protocol]
+            cs = [r["concurrency"] for r in pr]
+            top.plot(cs, [r["images_per_s"] for r in pr], "o-", label=protocol)
+            line = bottom.plot(cs, [r["p50_ms"] for r in pr], "o-", label=f"{protocol} p50")[0]
+            bottom.plot(cs, [r["p95_ms"] for r in pr], "s:", color=line.get_color(), label=f"{protocol} p95")
+        raw_m = (raw or {}).get("models", {}).get(name)
+        if raw_m:
+            ref = nearest_batch(raw_m["detector"], max(r["concurrency"] for r in rows))
+            if ref:
+                top.axhline(
+                    ref["images_per_s"], color="gray", ls="--", label=f"raw run_batch, batch {ref['batch']}"
+                )
+        top.set(title=f"{name}: throughput", xlabel="concurrency (clients)", ylabel="images/s", xscale="log")
+        bottom.set(title=f"{name}: latency", xlabel="concurrency (clients)", ylabel="ms", xscale="log")
+        top.set_ylim(bottom=0)
+        bottom.set_ylim(bottom=0)
+        for ax in (top, bottom):
+            ax.set_xticks(sorted({r["concurrency"] for r in rows}), labels=None)
+            ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def print_ratios(ratios: dict[str, Any]) -> None:
+    """The ratios, last thing printed."""
+    print("\n##### ratios")
+    rows = []
+    for name, r in ratios.items():
+        if "ours_over_ort" in r:
+            text = ", ".join(f"b{b}: {v:.2f}" for b, v in r["ours_over_ort"].items())
+            rows.append([name, "ours / ONNX Runtime (network alone, by batch)", text])
+        if r.get("served_over_raw"):
+            s = r["served_over_raw"]
+            text = ", ".join(f"{p}: {v:.2f}" for p, v in s["by_protocol"].items())
+            rows.append([name, f"served c={s['concurrency']} / raw run_batch b={s['raw_batch']}", text])
+        if r.get("p50_c1_over_raw_plus_decode"):
+            p = r["p50_c1_over_raw_plus_decode"]
+            text = ", ".join(f"{k}: {v:.2f} ({p['p50_ms'][k]:.0f} ms)" for k, v in p["by_protocol"].items())
+            base = f"{p['raw_batch1_ms']:.0f} + {p['decode_resize_ms']:.0f} ms"
+            rows.append([name, f"p50 c=1 / (raw b=1 + decode) = / ({base})", text])
+    print(fmt_table(["model", "ratio", "value"], rows))
+
+
+def load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--stages", default=",".join(STAGES), help="comma list of raw, onnx, served")
+    parser.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
+    parser.add_argument("--report_only", action="store_true", help="only combine existing JSON, plot, ratios")
+    parser.add_argument("--out_dir", type=Path, default=OUT_DIR)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    walls: dict[str, float] = {}
+    if not args.report_only:
+        for stage in args.stages.split(","):
+            walls[stage] = run_stage(stage, args)
+    raw, onnx, served = (load(args.out_dir / FILES[s]) for s in STAGES)
+    ratios = compute_ratios(raw, onnx, served)
+    combined = {"stage_wall_s": walls, "raw": raw, "onnx": onnx, "served": served, "ratios": ratios}
+    write_json(args.out_dir / "bench.json", combined)
+    if served:
+        print(f"\nplot: {plot(raw, served, args.out_dir / 'bench.png')}")
+    print(f"results: {args.out_dir / 'bench.json'}; stage wall times (s): "
+          + ", ".join(f"{k} {v:.0f}" for k, v in walls.items()))  # fmt: skip
+    print_ratios(ratios)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+# Benchmarks (see bench/README.md). Included by the top Makefile; VENV, PY, PIP, PYTHON and STAMP come from it.
+
+# Where results go (JSON, PNG, logs, benchmark model directories, ONNX files).
+BENCH_OUT ?= bench/out
+# Models to benchmark: ssd300 (SSD300-VGG16, seeded random weights) and/or demo (the shipped demo model).
+BENCH_MODELS ?= ssd300,demo
+# A Python venv with JAX (CPU is enough) for trying the GPU check on this machine.
+JAX_VENV ?= /tmp/jaxvenv
+BENCH_STAMP := $(VENV)/.bench-installed
+
+.PHONY: bench bench-install bench-model bench-onnx bench-served bench-report gpu-check-prepare gpu-check-cpu gpu-check
+
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	$(PIP) install --quiet -e '.[test,bench]'
+	@touch $@
+
+bench-install: $(BENCH_STAMP) ## Install the benchmark extras (tf2onnx, onnx, onnxruntime, matplotlib)
+
+bench: $(BENCH_STAMP) ## All CPU benchmarks: raw model, ONNX Runtime peer, served V1/V2/gRPC; ratios + plot (~10 min)
+	$(PY) -m bench.run_all --models $(BENCH_MODELS) --out_dir $(BENCH_OUT)
+
+bench-model: $(BENCH_STAMP) ## Raw model benchmark: run_batch and network alone, batch 1-32, GFLOP/s vs matmul peak
+	$(PY) -m bench.raw_model --models $(BENCH_MODELS) --out_dir $(BENCH_OUT)
+
+bench-onnx: $(BENCH_STAMP) ## ONNX Runtime peer of the network (uses bench-model's JSON for ours/ORT)
+	$(PY) -m bench.onnx_peer --models $(BENCH_MODELS) --out_dir $(BENCH_OUT)
+
+bench-served: $(BENCH_STAMP) ## End to end against a real server on loopback: V1, V2 REST, gRPC at concurrency 1/4/16
+	$(PY) -m bench.served --models $(BENCH_MODELS) --out_dir $(BENCH_OUT)
+
+bench-report: $(BENCH_STAMP) ## Re-print the ratios and redraw the plot from the JSON in BENCH_OUT
+	$(PY) -m bench.run_all --report_only --out_dir $(BENCH_OUT)
+
+gpu-check-prepare: $(STAMP) ## Put the Keras wheel + deps for the GPU check into bench/.wheels (carry it along)
+	$(PY) -m bench.gpu_prepare
+
+gpu-check-cpu: gpu-check-prepare ## Try the GPU check here on the CPU, tiny settings (JAX venv in JAX_VENV)
+	test -x $(JAX_VENV)/bin/python || { $(PYTHON) -m venv $(JAX_VENV) && $(JAX_VENV)/bin/pip install --quiet jax; }
+	PYTHON=$(JAX_VENV)/bin/python GPU_CHECK_DEPS=$(JAX_VENV)/keras-deps bash bench/gpu_check.sh --tiny --models demo
+
+gpu-check: ## Run the GPU check (on the GPU machine, after gpu-check-prepare here); JSON into env OUT
+	bash bench/gpu_check.sh

@@ -1,0 +1,75 @@
+"""Smoke tests of the benchmark scripts (bench/): end to end with tiny settings; no timing asserts."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    """Import ``bench/<name>.py`` by path (the repo root is not on ``sys.path`` under pytest)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_wheel_tags_select_the_interpreter():
+    deps = _load("gpu_deps")
+    cp = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    import platform
+
+    machine = platform.machine()
+    assert deps.wheel_fits("keras-3.15.1-py3-none-any.whl")
+    assert deps.wheel_fits(f"optree-0.20.0-{cp}-{cp}-manylinux_2_27_{machine}.manylinux_2_28_{machine}.whl")
+    assert not deps.wheel_fits(f"optree-0.20.0-cp39-cp39-manylinux_2_28_{machine}.whl")
+    assert not deps.wheel_fits(f"optree-0.20.0-{cp}-{cp}-manylinux_2_28_riscv64.whl")
+    assert not deps.wheel_fits("py2only-1.0-py2-none-any.whl")
+
+
+@pytest.mark.timeout(600)
+def test_run_all_quick_end_to_end(tmp_path):
+    """raw model -> ONNX Runtime peer -> real server (V1, V2, gRPC) -> ratios, JSON and plot."""
+    for module in ("onnxruntime", "tf2onnx", "matplotlib"):
+        pytest.importorskip(module, reason="benchmark extras: pip install -e '.[bench]'")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    cmd = [sys.executable, "-m", "bench.run_all", "--quick", "--models", "demo", "--out_dir", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+    data = json.loads((tmp_path / "bench.json").read_text())
+    demo = data["raw"]["models"]["demo"]
+    assert [r["batch"] for r in demo["detector"]] == [1, 2]
+    assert demo["gflop_per_image"] > 0 and demo["decode_resize_ms"]
+    onnx = data["onnx"]["models"]["demo"]
+    assert max(onnx["max_abs_diff_vs_tf"].values()) < 1e-3
+    served = data["served"]["models"]["demo"]["rows"]
+    assert {(r["protocol"], r["concurrency"]) for r in served} == {
+        (p, c) for p in ("v1", "v2", "grpc") for c in (1, 2)
+    }
+    assert all(r["errors"] == 0 and r["warmup_errors"] == 0 and r["requests"] > 0 for r in served)
+    ratios = data["ratios"]["demo"]
+    assert set(ratios) == {"ours_over_ort", "served_over_raw", "p50_c1_over_raw_plus_decode"}
+    assert (tmp_path / "bench.png").stat().st_size > 0
+    assert "##### ratios" in proc.stdout
+
+
+@pytest.mark.timeout(300)
+def test_gpu_check_runs_without_tensorflow(tmp_path):
+    """The GPU check script on the CPU (JAX backend), where JAX is installed; it must not import TF."""
+    pytest.importorskip("jax", reason="the GPU check needs JAX (make gpu-check-cpu uses a separate venv)")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "OUT": str(tmp_path)}
+    cmd = [sys.executable, "bench/gpu_check.py", "--tiny", "--models", "demo", "--dtypes", "float32"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    data = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert data["tensorflow_imported"] is False
+    assert [r["batch"] for r in data["rows"]] == [1, 2] and all("images_per_s" in r for r in data["rows"])
