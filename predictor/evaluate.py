@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(result))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"model_dir": model_dir, "data": source, "seconds": round(elapsed, 1), **summary(result)}
+    shown = args.model_dir or "the shipped demo model (predictor/models/demo)"
+    report = {"model_dir": shown, "data": source, "seconds": round(elapsed, 1), **summary(result)}
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
     plot_pr_curves(result, out / "pr_curves.png")
     print(f"\nwrote {out / 'metrics.json'} and {out / 'pr_curves.png'} ({elapsed:.1f}s)")
