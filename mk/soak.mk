@@ -1,0 +1,15 @@
+# Soak test (see bench/soak.py). Included by the top Makefile; PY and STAMP come from it.
+
+# Requests to send, client threads, time cap (s), allowed RSS growth after warm-up (%), and where the JSON goes.
+SOAK_REQUESTS ?= 3000
+SOAK_CONCURRENCY ?= 8
+SOAK_MAX_SECONDS ?= 600
+SOAK_MAX_RSS_GROWTH_PCT ?= 5
+SOAK_OUT ?= bench/out/soak.json
+
+.PHONY: soak
+
+soak: $(STAMP) ## Soak a real server on loopback (MODEL_DIR=... or the demo model): mixed valid/invalid/large requests, 0 5xx, RSS growth
+	$(PY) -m bench.soak $(if $(MODEL_DIR),--model_dir $(MODEL_DIR),) --requests $(SOAK_REQUESTS) \
+		--concurrency $(SOAK_CONCURRENCY) --max_seconds $(SOAK_MAX_SECONDS) \
+		--max_rss_growth_pct $(SOAK_MAX_RSS_GROWTH_PCT) --out $(SOAK_OUT)
