@@ -110,3 +110,21 @@ def test_checkpoint_resumes_at_the_same_step(tiny_config, samples, tmp_path):
     assert int(second.step) == 4
     for a, b in zip(straight.model.weights, second.model.weights, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5, err_msg=a.path)
+
+
+def test_init_from_copies_matching_variables_and_skips_other_heads(demo_model_dir):
+    """Fine-tuning start: every variable of matching path and shape copied; class heads of another
+    class count keep their fresh initialisation."""
+    from predictor.ssd.config import ssd_tiny
+    from predictor.ssd.weights import load_model
+    from predictor.train import _init_weights
+
+    model = build_network(ssd_tiny(("background", "a", "b")))
+    fresh_head = model.get_layer("stage3_box_conv_cls").kernel.numpy().copy()
+    _init_weights(model, str(demo_model_dir))
+    _, src = load_model(demo_model_dir)
+    for name in ("stem", "stage3_1", "stage4_box_conv_loc"):
+        np.testing.assert_array_equal(
+            model.get_layer(name).kernel.numpy(), src.get_layer(name).kernel.numpy()
+        )
+    np.testing.assert_array_equal(model.get_layer("stage3_box_conv_cls").kernel.numpy(), fresh_head)
