@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import tensorflow as tf
 
 
@@ -36,8 +35,3 @@ def resize_warp(image: tf.Tensor, size: int) -> tf.Tensor:
 def subtract_means(images: tf.Tensor, means: Sequence[float]) -> tf.Tensor:
     """``float32 [..., 3]`` RGB minus the per-channel means."""
     return tf.cast(images, tf.float32) - tf.constant(means, tf.float32)
-
-
-def resize_numpy(image: np.ndarray, size: int) -> np.ndarray:
-    """:func:`resize_warp` for one numpy ``uint8 [H, W, 3]`` image -> ``float32 [S, S, 3]`` numpy array."""
-    return resize_warp(tf.convert_to_tensor(image), size).numpy()

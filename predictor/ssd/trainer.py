@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from predictor.ssd.anchors import generate_anchors
 from predictor.ssd.config import SSDConfig
-from predictor.ssd.preprocess import subtract_means
+from predictor.ssd.preprocess import resize_warp, subtract_means
 from predictor.ssd.training import augment, match_anchors, ssd_loss
 from predictor.ssd.weights import save_model_dir
 
@@ -103,8 +103,6 @@ def make_dataset(
         if train.augment:
             x, boxes, labels = augment(image, boxes, labels, seed, size, config.means, train.max_expand)
         else:
-            from predictor.ssd.preprocess import resize_warp
-
             x = resize_warp(image, size)
         cls, loc, _ = match_anchors(boxes, labels, anchors, prior_scaling=config.prior_scaling)
         return x, cls, loc
