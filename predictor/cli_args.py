@@ -33,14 +33,14 @@ def _bool(raw: str) -> bool:
     raise ValueError("expected true/false")
 
 
-def _positive_int(raw: str) -> int:
+def positive_int(raw: str) -> int:
     value = int(raw)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {raw}")
     return value
 
 
-def _fraction(raw: str) -> float:
+def fraction(raw: str) -> float:
     value = float(raw)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be within [0, 1], got {raw}")
@@ -72,36 +72,36 @@ def add_ssd_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     )
     g.add_argument(
         "--score_threshold",
-        type=_fraction,
-        default=_env("SSD_SCORE_THRESHOLD", None, _fraction),
+        type=fraction,
+        default=_env("SSD_SCORE_THRESHOLD", None, fraction),
         help="Default minimum class score of a detection; requests may override it "
         "(default: the model manifest's, 0.5 for balancap). "
         "Env SSD_SCORE_THRESHOLD.",
     )
     g.add_argument(
         "--nms_threshold",
-        type=_fraction,
-        default=_env("SSD_NMS_THRESHOLD", None, _fraction),
+        type=fraction,
+        default=_env("SSD_NMS_THRESHOLD", None, fraction),
         help="IoU at or above which a lower-scoring box of the same class is suppressed (default: the "
         "manifest's, 0.45). Env SSD_NMS_THRESHOLD.",
     )
     g.add_argument(
         "--top_k",
-        type=_positive_int,
-        default=_env("SSD_TOP_K", None, _positive_int),
+        type=positive_int,
+        default=_env("SSD_TOP_K", None, positive_int),
         help="Candidates kept before NMS per image (default: the manifest's, 400). Env SSD_TOP_K.",
     )
     g.add_argument(
         "--max_detections",
-        type=_positive_int,
-        default=_env("SSD_MAX_DETECTIONS", None, _positive_int),
+        type=positive_int,
+        default=_env("SSD_MAX_DETECTIONS", None, positive_int),
         help="Most detections returned per image, and the largest max_detections a request may ask for "
         "(default: the manifest's, 200). Env SSD_MAX_DETECTIONS.",
     )
     g.add_argument(
         "--max_batch_size",
-        type=_positive_int,
-        default=_env("SSD_MAX_BATCH_SIZE", 32, _positive_int),
+        type=positive_int,
+        default=_env("SSD_MAX_BATCH_SIZE", 32, positive_int),
         help="Most images per request and per model call. Env SSD_MAX_BATCH_SIZE.",
     )
     g.add_argument(
@@ -113,21 +113,21 @@ def add_ssd_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     )
     g.add_argument(
         "--max_image_bytes",
-        type=_positive_int,
-        default=_env("SSD_MAX_IMAGE_BYTES", 16 * 1024 * 1024, _positive_int),
+        type=positive_int,
+        default=_env("SSD_MAX_IMAGE_BYTES", 16 * 1024 * 1024, positive_int),
         help="Largest encoded image accepted, in bytes. Env SSD_MAX_IMAGE_BYTES.",
     )
     g.add_argument(
         "--max_image_pixels",
-        type=_positive_int,
-        default=_env("SSD_MAX_IMAGE_PIXELS", 40_000_000, _positive_int),
+        type=positive_int,
+        default=_env("SSD_MAX_IMAGE_PIXELS", 40_000_000, positive_int),
         help="Largest decoded image accepted, in pixels (decompression-bomb guard). "
         "Env SSD_MAX_IMAGE_PIXELS.",
     )
     g.add_argument(
         "--max_request_bytes",
-        type=_positive_int,
-        default=_env("SSD_MAX_REQUEST_BYTES", 64 * 1024 * 1024, _positive_int),
+        type=positive_int,
+        default=_env("SSD_MAX_REQUEST_BYTES", 64 * 1024 * 1024, positive_int),
         help="Largest REST request body accepted, in bytes (413 above it; gRPC messages are bounded by "
         "--grpc_max_receive_message_length). Env SSD_MAX_REQUEST_BYTES.",
     )
@@ -140,8 +140,8 @@ def add_ssd_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     )
     g.add_argument(
         "--max_queue_images",
-        type=_positive_int,
-        default=_env("SSD_MAX_QUEUE_IMAGES", 256, _positive_int),
+        type=positive_int,
+        default=_env("SSD_MAX_QUEUE_IMAGES", 256, positive_int),
         help="Images admitted at once (decoding, queued or in the model); a request that would exceed "
         "it gets 503 at once. Env SSD_MAX_QUEUE_IMAGES.",
     )
@@ -154,8 +154,8 @@ def add_ssd_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     )
     g.add_argument(
         "--decode_threads",
-        type=_positive_int,
-        default=_env("SSD_DECODE_THREADS", max(2, os.cpu_count() or 2), _positive_int),
+        type=positive_int,
+        default=_env("SSD_DECODE_THREADS", max(2, os.cpu_count() or 2), positive_int),
         help="Threads decoding and resizing images in parallel with the model. Env SSD_DECODE_THREADS.",
     )
     g.add_argument(

@@ -34,6 +34,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from predictor.cli_args import fraction, positive_int
+
 #: File extensions picked up when a folder is given (files named explicitly are always sent).
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
 PROTOCOLS = ("v1", "v2", "grpc")
@@ -751,18 +753,6 @@ def run_detection(
 
 
 # ------------------------------------------------------------------------------------------ CLI
-def _fraction(raw: str) -> float:
-    value = float(raw)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be within [0, 1], got {raw}")
-    return value
-
-
-def _positive_int(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {raw}")
-    return value
 
 
 def _timeout(raw: str) -> float | None:
@@ -830,19 +820,19 @@ def build_parser() -> argparse.ArgumentParser:
     det = p.add_argument_group("detection")
     det.add_argument(
         "--score-threshold",
-        type=_fraction,
+        type=fraction,
         metavar="S",
         help="lowest score returned, in [0, 1] (default: the server's)",
     )
     det.add_argument(
         "--max-detections",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="most detections per image (default: the server's)",
     )
     run = p.add_argument_group("sending and output")
-    run.add_argument("--batch-size", type=_positive_int, default=1, help="images per request (default: 1)")
-    run.add_argument("--concurrency", type=_positive_int, default=1, help="requests in flight (default: 1)")
+    run.add_argument("--batch-size", type=positive_int, default=1, help="images per request (default: 1)")
+    run.add_argument("--concurrency", type=positive_int, default=1, help="requests in flight (default: 1)")
     run.add_argument("--output", "-o", metavar="FILE", help="write the JSON Lines here instead of stdout")
     run.add_argument(
         "--draw",

@@ -8,19 +8,10 @@ import sys
 
 from serving_fixtures import REPO_ROOT, server_env
 
+from bench.soak import INVALID_KINDS
+
 N_REQUESTS = 300
 VALID_KINDS = {"v1_json", "v1_raw", "v1_large", "v2_rest", "grpc", "grpc_large", "burst"}
-INVALID_KINDS = {
-    "bad_base64",
-    "not_image",
-    "truncated_jpeg",
-    "wrong_json_shape",
-    "v2_wrong_datatype",
-    "too_many_instances",
-    "bad_parameters",
-    "grpc_not_image",
-    "oversize_body",
-}
 
 
 def test_short_soak(random_tiny_model_dir, tmp_path):
