@@ -15,9 +15,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pytest
@@ -45,9 +46,51 @@ def server_env() -> dict[str, str]:
     return env
 
 
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
+    """Poll ``condition`` until true. The deadline only guards against a hang (it fails the test with
+    ``what``); no outcome depends on how fast the machine is."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout:g} s waiting for {what}")
+        time.sleep(0.02)
+
+
+@dataclass
+class ModelGate:
+    """The test's end of ``tests/gated_server.py``'s gate: hold or release the server's model calls."""
+
+    stdin: IO[bytes]
+    state_file: Path
+
+    def state(self) -> tuple[str, int]:
+        """``("open" | "hold", model calls waiting at the gate)``."""
+        try:
+            word, waiting = self.state_file.read_text().split()
+        except (FileNotFoundError, ValueError):
+            return "starting", 0
+        return word, int(waiting)
+
+    def _command(self, line: str, expected: str) -> None:
+        self.stdin.write(line.encode() + b"\n")
+        self.stdin.flush()
+        wait_until(lambda: self.state()[0] == expected, f"the gate to be {expected}")
+
+    def hold(self) -> None:
+        """Later model calls wait (returns once the server has taken the command)."""
+        self._command("hold", "hold")
+
+    def release(self) -> None:
+        self._command("release", "open")
+
+    def wait_for_waiting(self, calls: int) -> None:
+        """Until exactly ``calls`` model calls are blocked at the held gate."""
+        wait_until(lambda: self.state()[1] == calls, f"{calls} model call(s) at the gate")
+
+
 @dataclass
 class ServerProcess:
-    """A running ``python -m predictor`` with its ports and log file."""
+    """A running ``python -m predictor`` with its ports and log file (and its gate, when gated)."""
 
     proc: subprocess.Popen
     http_port: int
@@ -55,6 +98,7 @@ class ServerProcess:
     log_path: Path
     model_name: str = MODEL_NAME
     ready_statuses: list[int] = field(default_factory=list)
+    gate: ModelGate | None = None
 
     @property
     def url(self) -> str:
@@ -106,14 +150,22 @@ class ServerProcess:
 
 
 def start_server(
-    model_dir: Path | str, log_path: Path, *args: str, model_name: str = MODEL_NAME
+    model_dir: Path | str, log_path: Path, *args: str, model_name: str = MODEL_NAME, gated: bool = False
 ) -> ServerProcess:
-    """Start ``python -m predictor`` on free loopback ports (not waiting for readiness)."""
+    """Start ``python -m predictor`` on free loopback ports (not waiting for readiness).
+
+    ``gated``: start it through ``tests/gated_server.py`` instead, whose model calls wait while the
+    test holds ``server.gate``.
+    """
     http_port, grpc_port = free_port(), free_port()
+    entry = [str(REPO_ROOT / "tests" / "gated_server.py")] if gated else ["-m", "predictor"]
+    env = server_env()
+    state_file = log_path.with_suffix(".gate")
+    if gated:
+        env["GATE_STATE_FILE"] = str(state_file)
     cmd = [
         sys.executable,
-        "-m",
-        "predictor",
+        *entry,
         "--model_dir",
         str(model_dir),
         "--model_name",
@@ -127,9 +179,17 @@ def start_server(
         *args,
     ]
     log_file = open(log_path, "wb")  # noqa: SIM115  (closed with the process)
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=server_env(), stdout=log_file, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO_ROOT,
+        env=env,
+        stdin=subprocess.PIPE if gated else subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
     log_file.close()
-    return ServerProcess(proc, http_port, grpc_port, log_path, model_name)
+    gate = ModelGate(proc.stdin, state_file) if gated else None
+    return ServerProcess(proc, http_port, grpc_port, log_path, model_name, gate=gate)
 
 
 @pytest.fixture(scope="session")

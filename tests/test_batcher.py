@@ -17,13 +17,15 @@ S = 4  # image side
 
 class FakeModel:
     """Echoes each row's identity: ``boxes[i, 0, 0]`` = the image's marker value, scores = thresholds,
-    ``num_detections`` = caps. Records every call."""
+    ``num_detections`` = caps. Records every call; while ``gate`` is cleared, calls wait for it."""
 
     def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
         self.delay = delay
         self.fail = fail
         self.calls: list[dict[str, np.ndarray]] = []
         self.lock = threading.Lock()
+        self.gate = threading.Event()
+        self.gate.set()
 
     def __call__(self, images, image_hw, score_threshold, max_detections):
         with self.lock:
@@ -35,6 +37,8 @@ class FakeModel:
                     "hw": image_hw.copy(),
                 }
             )
+        if not self.gate.wait(120):
+            raise RuntimeError("the test never opened the gate")
         if self.delay:
             time.sleep(self.delay)
         if self.fail:
@@ -117,30 +121,39 @@ def test_padding_rows_and_max_batch_size():
         assert (call["hw"][used:] == 1).all()
 
 
-def test_a_lone_request_waits_at_most_the_batching_window():
+async def until(condition, what: str) -> None:
+    """Yield to the event loop until ``condition()``; the 120 s deadline only guards against a hang."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 120
+    while not condition():
+        assert loop.time() < deadline, f"gave up waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
+def test_a_lone_request_waits_for_the_batching_window_then_runs_alone():
     model = FakeModel()
     batcher = make_batcher(model, batch_wait_s=0.05)
 
     async def main():
-        start = time.perf_counter()
-        await submit(batcher, [1.0])
-        return time.perf_counter() - start
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await asyncio.wait_for(submit(batcher, [1.0]), 120)  # the deadline only guards against a hang
+        return loop.time() - start
 
-    elapsed = asyncio.run(main())
-    assert 0.04 <= elapsed < 1.0
-    assert len(model.calls) == 1
+    # A lower bound only: a slower machine takes longer, never less than the window.
+    assert asyncio.run(main()) >= 0.05 - 1e-3
+    assert [call["n"] for call in model.calls] == [1]
 
 
-def test_a_full_batch_does_not_wait():
+def test_a_full_batch_does_not_wait_for_the_window():
     model = FakeModel()
-    batcher = make_batcher(model, batch_wait_s=5.0)
+    batcher = make_batcher(model, batch_wait_s=3600.0)  # a full batch that waited would hang here
 
     async def main():
-        start = time.perf_counter()
-        await submit(batcher, [1.0] * 8)
-        return time.perf_counter() - start
+        return await asyncio.wait_for(submit(batcher, [1.0] * 8), 120)
 
-    assert asyncio.run(main()) < 2.0
+    assert asyncio.run(main())["boxes"][:, 0, 0].tolist() == [1.0] * 8
+    assert [call["n"] for call in model.calls] == [8]
 
 
 def test_admission_sheds_load_and_recovers():
@@ -159,21 +172,26 @@ def test_admission_sheds_load_and_recovers():
 
 
 def test_a_request_cancelled_while_queued_leaves_the_queue():
-    model = FakeModel(delay=0.3)
+    model = FakeModel()
     batcher = make_batcher(model, max_batch_size=2, batch_wait_s=0.0)
 
     async def main():
-        first = asyncio.create_task(submit(batcher, [1.0, 2.0]))  # occupies the model for 0.3 s
-        await asyncio.sleep(0.05)
-        with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(submit(batcher, [99.0]), 0.05)  # still queued when it times out
+        model.gate.clear()
+        first = asyncio.create_task(submit(batcher, [1.0, 2.0]))  # a full batch: into the model, held
+        await until(lambda: len(model.calls) == 1, "the first batch to reach the model")
+        second = asyncio.create_task(submit(batcher, [99.0]))
+        await until(lambda: batcher.queued_images == 1, "the second request to be queued")
+        second.cancel()  # what a time limit or a client that went away does
+        with pytest.raises(asyncio.CancelledError):
+            await second
         assert batcher.queued_images == 0 and batcher.admitted_images == 2
-        await first
-        await submit(batcher, [3.0])
+        model.gate.set()
+        assert (await first)["boxes"][:, 0, 0].tolist() == [1.0, 2.0]
+        return await submit(batcher, [3.0])
 
-    asyncio.run(main())
-    seen = [call["caps"] for call in model.calls]
-    assert len(seen) == 2, "the cancelled request reached the model"
+    last = asyncio.run(main())
+    assert last["boxes"][0, 0, 0] == 3.0
+    assert [call["n"] for call in model.calls] == [2, 1], "the cancelled request reached the model"
     assert batcher.admitted_images == 0
 
 
