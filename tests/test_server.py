@@ -500,10 +500,11 @@ def test_error_responses_carry_a_request_id_and_are_logged(client, ssd_server):
 
 
 # ----------------------------------------------------------------------------- concurrency
-def test_32_concurrent_requests_are_batched_and_each_gets_its_own_detections(
+def test_32_concurrent_requests_each_get_their_own_detections(
     client, ssd_server, pngs, oracle, direct_detector
 ):
-    calls_before = ssd_server.metric("ssd_batch_size_count")
+    """How many model calls 32 requests share depends on when they arrive; that they coalesce is
+    shown deterministically with the model held (tests/test_shutdown.py)."""
 
     def one(i: int):
         return i, client.post(V1, json={"instances": [b64(pngs[i % len(pngs)])]})
@@ -513,8 +514,6 @@ def test_32_concurrent_requests_are_batched_and_each_gets_its_own_detections(
     for i, r in results:
         assert r.status_code == 200, r.text
         check_v1_image(r.json()["predictions"][0], oracle(i % len(pngs)), direct_detector.class_names)
-    calls = ssd_server.metric("ssd_batch_size_count") - calls_before
-    assert calls < 32, "32 concurrent requests were never coalesced"
 
 
 def test_64_concurrent_requests_of_mixed_sizes_protocols_and_parameters(

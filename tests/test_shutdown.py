@@ -74,11 +74,14 @@ def test_overload_sheds_exactly_what_is_past_the_limit_then_serves_the_queue(sma
     """With the model held, fill the admission limit exactly (8 images: 4 REST + 3 gRPC + 1 REST),
     then every further request, on every protocol, is shed with 503 / UNAVAILABLE naming the limit
     while the model is still held: shedding never waits for the model. Releasing the model answers
-    every admitted request with 200."""
+    every admitted request with 200, the two queued behind the held batch coalesced into one call.
+    (How fast a shed request is answered is measured by the overload benchmark, not asserted here.)"""
     gate = small_server.gate
     channel = grpc.insecure_channel(small_server.grpc_target)
     stub = pb_grpc.GRPCInferenceServiceStub(channel)
     shed_before = small_server.metric("ssd_request_errors_total", 'protocol="v1",status="503"')
+    calls_before = small_server.metric("ssd_batch_size_count")
+    images_before = small_server.metric("ssd_batch_size_sum")
 
     def rest(images: int, path: str = V1) -> httpx.Response:
         if path == V1:
@@ -118,6 +121,9 @@ def test_overload_sheds_exactly_what_is_past_the_limit_then_serves_the_queue(sma
     counts = {o.name: o for o in grpc_answer.outputs}["num_detections"]
     assert list(counts.shape) == [3]
     assert small_server.metric("ssd_queue_images") == 0
+    # Two model calls: the first request's 4 images, then the 3 + 1 that queued behind it, coalesced.
+    assert small_server.metric("ssd_batch_size_count") - calls_before == 2
+    assert small_server.metric("ssd_batch_size_sum") - images_before == 8
     shed_after = small_server.metric("ssd_request_errors_total", 'protocol="v1",status="503"')
     assert shed_after - shed_before == 2  # the two V1 requests past the limit, nothing else
     again = rest(QUEUE_LIMIT)  # the load is gone: a full-size request is served again
