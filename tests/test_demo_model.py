@@ -62,6 +62,12 @@ def test_default_server_serves_the_demo_model(tmp_path):
             if d["score"] >= 0.9:  # confident detections are right: same label, IoU >= 0.5
                 j = int(row.argmax())
                 assert row[j] >= 0.5 and d["label"] == CLASS_NAMES[truth.labels[j]], (d, row)
+        # Recall: the objects found (a detection of the same label at IoU >= 0.5). Of this image's 7,
+        # the shipped model finds 5 at its default threshold (the square, 4% overlap, and one cross at
+        # IoU 0.63 but under the threshold, are missed; see MODEL_CARD's limitations).
+        labels = np.array([CLASS_NAMES.index(d["label"]) for d in dets])
+        found = ((iou >= 0.5) & (labels[:, None] == truth.labels[None, :])).any(axis=0)
+        assert len(truth.labels) == 7 and int(found.sum()) >= 5, found
         assert "demo" in log.read_text()
     finally:
         server.terminate()
