@@ -460,3 +460,10 @@ def test_parse_quantity():
     assert rules.parse_quantity(4) == rules.parse_quantity("4")
     with pytest.raises(ValueError):
         rules.parse_quantity("four")
+
+
+def test_readme_table_lists_every_value_set():
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Deploy on Kubernetes") :]
+    for value_set in VALUE_SETS[1:]:
+        assert f"| `{value_set}-values.yaml` |" in section, f"README's value-set table lacks {value_set}"

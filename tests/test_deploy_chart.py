@@ -47,7 +47,7 @@ REQUIRED_SETS = (
     "storage-batcher",
     "knative-grpc",
 )
-# Kinds from CRDs other than KServe's (not in the Kubernetes schemas); PodMonitor is the Prometheus Operator's.
+# Kinds defined by CRDs (absent from the Kubernetes schemas); PodMonitor is the Prometheus Operator's.
 CRD_KINDS = {"InferenceService", "PodMonitor"}
 VALUE_SETS = (
     "default",

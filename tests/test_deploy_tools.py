@@ -254,7 +254,7 @@ def test_make_deploy_pins_a_digest():
 
 
 def test_make_deploy_flags_are_known_to_the_pinned_helm(bin_dir):
-    """The pinned helm parses the deploy line's flags (helm v4 has --rollback-on-failure, not --atomic):
+    """The pinned helm parses the deploy line's flags (helm v4 deprecates --atomic for --rollback-on-failure):
     pointed at an unreachable API server it fails on the connection, not on a flag."""
     proc = subprocess.run(
         ["make", "-n", "deploy", f"HELM={bin_dir / 'helm'}", "IMAGE=r.example/ssd"],
