@@ -452,6 +452,49 @@ def _knative_probe(name: str, probe: dict[str, Any] | None, user_port: dict[str,
     return errors
 
 
+# knative/serving config/core/configmaps/defaults.yaml: max-revision-timeout-seconds "600",
+# container-concurrency-max-limit "1000" (allow-container-concurrency-zero "true").
+KNATIVE_MAX_REVISION_TIMEOUT = 600
+KNATIVE_CONTAINER_CONCURRENCY_MAX = 1000
+_GO_DURATION = re.compile(r"^(?:([0-9]+(?:\.[0-9]*)?)(ns|us|µs|ms|s|m|h))+$")
+_GO_UNITS = {"ns": Fraction(1, 10**9), "us": Fraction(1, 10**6), "µs": Fraction(1, 10**6),
+             "ms": Fraction(1, 1000), "s": 1, "m": 60, "h": 3600}  # fmt: skip
+
+
+def go_duration_seconds(text: str) -> Fraction:
+    """A Go ``time.ParseDuration`` string ("900s", "1m30s") in seconds."""
+    if not _GO_DURATION.match(text):
+        raise ValueError(f"not a Go duration: {text!r}")
+    parts = re.findall(r"([0-9]+(?:\.[0-9]*)?)(ns|us|µs|ms|s|m|h)", text)
+    return sum((Fraction(number) * _GO_UNITS[unit] for number, unit in parts), Fraction(0))
+
+
+def knative_validate_revision(predictor: dict[str, Any]) -> list[str]:
+    """The revision-level checks on what KServe copies into the Knative Service (Knative mode):
+    ``validateTimeoutSeconds`` and ``validateProgressDeadlineAnnotation`` (knative/serving
+    pkg/apis/serving/v1/revision_validation.go), ``ValidateContainerConcurrency``
+    (pkg/apis/serving/metadata_validation.go), with config-defaults' limits."""
+    errors = []
+    timeout = predictor.get("timeout", 0)
+    if not 0 <= timeout <= KNATIVE_MAX_REVISION_TIMEOUT:
+        errors.append(f"knative timeoutSeconds: {timeout} is outside [0, {KNATIVE_MAX_REVISION_TIMEOUT}]")
+    cc = predictor.get("containerConcurrency")
+    if cc is not None and not 0 <= cc <= KNATIVE_CONTAINER_CONCURRENCY_MAX:
+        errors.append(
+            f"knative containerConcurrency: {cc} is outside [0, {KNATIVE_CONTAINER_CONCURRENCY_MAX}]"
+        )
+    deadline = (predictor.get("annotations") or {}).get("serving.knative.dev/progress-deadline")
+    if deadline:
+        try:
+            seconds = go_duration_seconds(deadline)
+        except ValueError:
+            errors.append(f"knative progress-deadline: invalid value {deadline!r}")
+        else:
+            if seconds.denominator != 1:
+                errors.append(f"knative progress-deadline={deadline} is not at second precision")
+    return errors
+
+
 # ---------------------------------------------------------------- Kubernetes ----------------------------
 
 # kubernetes/kubernetes pkg/apis/core/helper/helpers.go: IsOvercommitAllowed is false for extended
@@ -530,6 +573,7 @@ def admit(isvc: dict[str, Any], platform: Platform) -> list[str]:
     pod_spec = pod_spec_of(defaulted)
     if deployment_mode(defaulted) == "Knative":
         errors += knative_validate(pod_spec, platform.knative_features)
+        errors += knative_validate_revision(predictor_of(defaulted))
     for container in pod_spec.get("containers", []):
         errors += kubernetes_validate_resources(container)
     return errors

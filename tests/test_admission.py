@@ -316,6 +316,7 @@ def test_a_tag_is_pulled_always_a_digest_if_not_present(rendered, value_set):
         (["predictor.maxQueueImages=16"], "maxQueueImages (16) must be at least"),
         (["knative.protocol=h2c"], "tests.enabled=false"),
         (["autoscaling.scaleMetric=rps"], "scaleTarget must be set"),
+        (["timeoutSeconds=900"], "max-revision-timeout-seconds"),
     ],
 )  # fmt: skip
 def test_chart_refuses_what_the_platform_would_reject_or_run_wrongly(helm, settings, complaint):
@@ -447,6 +448,18 @@ def test_rule_kserve_scraping_overrides_the_port():
     assert rules.kserve_pod_metrics_annotations(annotations, rules.Platform())["prometheus.io/port"] == "9091"
     annotations["serving.kserve.io/enable-metric-aggregation"] = "true"
     assert rules.kserve_pod_metrics_annotations(annotations, rules.Platform())["prometheus.io/port"] == "9088"
+
+
+def test_rule_knative_revision_limits(isvc):
+    predictor = isvc["spec"]["predictor"]
+    predictor["timeout"] = 900
+    predictor["containerConcurrency"] = 2000
+    predictor["annotations"]["serving.knative.dev/progress-deadline"] = "1.5s"
+    problems = rules.admit(isvc, rules.Platform())
+    assert "knative timeoutSeconds: 900 is outside [0, 600]" in problems
+    assert "knative containerConcurrency: 2000 is outside [0, 1000]" in problems
+    assert "knative progress-deadline=1.5s is not at second precision" in problems
+    assert rules.go_duration_seconds("1m30s") == 90
 
 
 def test_rule_blocked_env(isvc):

@@ -304,6 +304,9 @@ Configuration errors that the values schema cannot express.
 {{- if and (not (kindIs "invalid" $p.maxQueueImages)) (lt (int64 $p.maxQueueImages) $cc) }}
 {{- fail (printf "predictor.maxQueueImages (%v) must be at least autoscaling.containerConcurrency (%v): the server would refuse with 503 what Knative lets through" $p.maxQueueImages $cc) }}
 {{- end }}
+{{- if gt (int64 .Values.timeoutSeconds) 600 }}
+{{- fail (printf "timeoutSeconds (%v) exceeds Knative's max-revision-timeout-seconds (600 by default, config-defaults): raise that first, or use deploymentMode=Standard" .Values.timeoutSeconds) }}
+{{- end }}
 {{- if and (eq .Values.knative.protocol "h2c") .Values.tests.enabled }}
 {{- fail "knative.protocol=h2c routes only gRPC to the predictor, and the helm test posts REST: set tests.enabled=false" }}
 {{- end }}
