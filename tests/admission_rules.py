@@ -144,7 +144,9 @@ AUTOSCALER_CLASSES = {KSERVE_MASTER: ("hpa", "external", "keda", "none"), KSERVE
 # kserve/kserve pkg/constants/constants.go, AutoscalerAllowedHPAMetricsList / AutoscalerAllowedKPAMetricsList.
 HPA_METRICS = ("cpu", "memory")
 KPA_METRICS = ("concurrency", "rps")
-# kserve/kserve pkg/constants/constants.go, DeploymentModeType (v0.14.0 knows only the old names).
+# kserve/kserve pkg/constants/constants.go, DeploymentModeType. v0.14.0 knows only the old names, and its
+# controller (pkg/controller/v1beta1/inferenceservice/utils/utils.go, GetDeploymentMode) silently replaces
+# any other value by the configured default (Serverless): "Standard" would run in Knative mode there.
 MODE_NAMES = {
     KSERVE_MASTER: ("Knative", "Standard", "Serverless", "RawDeployment", "ModelMesh"),
     KSERVE_V0_14: ("Serverless", "RawDeployment", "ModelMesh"),
@@ -165,7 +167,9 @@ def kserve_validate(isvc: dict[str, Any], platform: Platform) -> list[str]:
         errors.append(f"kserve name: {name!r} does not match {ISVC_NAME.pattern}")
     mode = annotations.get("serving.kserve.io/deploymentMode")
     if mode is not None and mode not in MODE_NAMES[release]:
-        errors.append(f"kserve {release} deploymentMode: {mode!r} is not one of {MODE_NAMES[release]}")
+        errors.append(
+            f"kserve {release} deploymentMode: {mode!r} is not one of {MODE_NAMES[release]} (ignored)"
+        )
     cls = annotations.get("serving.kserve.io/autoscalerClass")
     if cls is not None and cls not in AUTOSCALER_CLASSES[release]:
         errors.append(f"kserve {release} autoscalerClass: [{cls}] is not a supported autoscaler class type")
