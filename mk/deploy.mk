@@ -13,6 +13,12 @@ DOCKER ?= docker
 RELEASE ?= ssd-detector
 NAMESPACE ?= default
 HELM_ARGS ?=
+# Image digest (sha256:...) for `make deploy`: pins the image instead of the tag.
+DIGEST ?=
+# How long `make deploy` waits for the release (first GPU start: image pull plus model load) before it
+# rolls back, and how long `helm test` may take.
+DEPLOY_TIMEOUT ?= 20m
+TEST_TIMEOUT ?= 10m
 CHART := helm/ssd-detector
 # Pinned helm and kubectl, installed into the virtual environment by `make tools`.
 HELM ?= $(VENV)/bin/helm
@@ -46,12 +52,13 @@ helm-template: $(HELM_DEP) ## Render the chart to stdout (HELM_ARGS="-f values.y
 manifests: $(HELM_DEP) ## Regenerate manifests/ (plain YAML for kubectl apply -k) from the chart
 	$(PY) scripts/render_manifests.py --helm $(HELM)
 
-deploy: $(HELM_DEP) $(KUBECTL_DEP) ## helm upgrade --install the chart (RELEASE, NAMESPACE, IMAGE, HELM_ARGS) and wait
+deploy: $(HELM_DEP) ## helm upgrade --install (RELEASE, NAMESPACE, IMAGE, TAG or DIGEST, HELM_ARGS): wait, roll back on failure, helm test
 	$(HELM) upgrade --install $(RELEASE) $(CHART) --namespace $(NAMESPACE) --create-namespace \
+		--wait=watcher --rollback-on-failure --timeout $(DEPLOY_TIMEOUT) \
 		--set image.repository=$(IMAGE) $(if $(filter command line environment,$(origin TAG)),--set image.tag=$(IMAGE_TAG),) \
+		$(if $(DIGEST),--set image.digest=$(DIGEST),) \
 		$(if $(filter cpu,$(VARIANT)),--set gpu.enabled=false,) $(HELM_ARGS)
-	$(KUBECTL) --namespace $(NAMESPACE) wait --for=condition=Ready --timeout=15m \
-		inferenceservice -l app.kubernetes.io/instance=$(RELEASE)
+	$(HELM) test $(RELEASE) --namespace $(NAMESPACE) --timeout $(TEST_TIMEOUT) --logs
 
 undeploy: $(HELM_DEP) ## helm uninstall the release (RELEASE, NAMESPACE)
 	$(HELM) uninstall $(RELEASE) --namespace $(NAMESPACE)

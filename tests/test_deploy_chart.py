@@ -38,7 +38,17 @@ NAMESPACE = "vision"
 # Kubernetes versions the core objects are validated against: the chart's minimum and kubectl's.
 KUBE_VERSIONS = ("1.27.0", "1.35.0")
 # The value sets the chart must support (ci/<name>-values.yaml); "default" is values.yaml alone.
-REQUIRED_SETS = ("cpu", "standard-hpa", "standard-keda", "scale-to-zero", "storage-batcher")
+REQUIRED_SETS = (
+    "cpu",
+    "standard-hpa",
+    "standard-keda",
+    "standard-keda-gpu",
+    "scale-to-zero",
+    "storage-batcher",
+    "knative-grpc",
+)
+# Kinds defined by CRDs (absent from the Kubernetes schemas); PodMonitor is the Prometheus Operator's.
+CRD_KINDS = {"InferenceService", "PodMonitor"}
 VALUE_SETS = (
     "default",
     *sorted(p.name.removesuffix("-values.yaml") for p in (CHART / "ci").glob("*-values.yaml")),
@@ -219,8 +229,8 @@ def _predictor_as_pod(isvc: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize("value_set", VALUE_SETS)
 def test_core_objects_validate_against_kubernetes_schemas(rendered, value_set):
     docs = rendered[value_set]
-    core = [d for d in docs if d["kind"] != "InferenceService"]
-    assert {d["kind"] for d in core} <= {"ServiceAccount", "ConfigMap", "Pod"}
+    core = [d for d in docs if d["kind"] not in CRD_KINDS]
+    assert {d["kind"] for d in core} <= {"ServiceAccount", "ConfigMap", "Pod", "PodDisruptionBudget"}
     for version in KUBE_VERSIONS:
         for doc in [*core, _predictor_as_pod(the_isvc(docs))]:
             _kube_validate(doc, version)
@@ -268,8 +278,11 @@ def test_container_args_and_env_parse_with_the_server_parser(rendered, server_pa
     env = env_of(container)
     args = _server_args(server_parser, container, monkeypatch)
     assert "command" not in container, "the image's ENTRYPOINT (python -m predictor) must be kept"
-    port = container["ports"][0]["containerPort"]
-    assert args.http_port == port
+    port = args.http_port
+    if container["ports"][0]["name"] == "h2c":  # Knative gRPC set: the one routed port is the gRPC port
+        assert container["ports"][0]["containerPort"] == args.grpc_port
+    else:
+        assert container["ports"][0]["containerPort"] == port
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"]["port"] == port
     assert container["readinessProbe"]["httpGet"]["path"] == f"/v2/models/{args.model_name}/ready"
@@ -354,7 +367,8 @@ def test_container_is_non_root_with_read_only_root_filesystem(rendered, value_se
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"]["drop"] == ["ALL"]
     assert sc["seccompProfile"]["type"] == "RuntimeDefault"
-    assert predictor["securityContext"]["runAsNonRoot"] is True
+    if "securityContext" in predictor:  # Standard mode, or Knative with kubernetes.podspec-securitycontext
+        assert predictor["securityContext"]["runAsNonRoot"] is True
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in predictor["volumes"]}
     assert "emptyDir" in volumes[mounts["/tmp"]], "/tmp must be a writable emptyDir"
@@ -405,7 +419,7 @@ def test_standard_mode_with_hpa_and_keda(rendered):
     keda = the_isvc(rendered["standard-keda"])
     assert keda["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "keda"
     spec = keda["spec"]["predictor"]
-    assert spec["minReplicas"] == 0 and "scaleMetric" not in spec
+    assert spec["minReplicas"] == 1 and "scaleMetric" not in spec
     assert spec["autoScaling"]["metrics"][0]["external"]["metric"]["backend"] == "prometheus"
 
 
@@ -496,7 +510,7 @@ def test_values_schema_rejects_bad_values(helm, setting, complaint):
     ("settings", "complaint"),
     [
         (["autoscaling.minReplicas=5", "autoscaling.maxReplicas=2"], "must not exceed"),
-        (["deploymentMode=Standard", "autoscaling.minReplicas=0"], "cannot scale to zero"),
+        (["deploymentMode=Standard", "autoscaling.minReplicas=0"], "needs deploymentMode=Knative"),
         (["deploymentMode=Standard"], "scaleMetric=concurrency needs deploymentMode=Knative"),
         (["logger.enabled=true"], "logger.url"),
         (["predictor.terminationGracePeriodSeconds=60"], "needs deploymentMode=Standard"),

@@ -236,4 +236,37 @@ def test_make_deploy_runs_helm_upgrade_install():
     assert "helm upgrade --install ssd-detector helm/ssd-detector --namespace default" in out
     assert "--set image.repository=r.example/ssd --set image.tag=9-cpu" in out
     assert "--set gpu.enabled=false" in out
-    assert "kubectl --namespace default wait --for=condition=Ready" in out
+    assert "--wait=watcher --rollback-on-failure --timeout 20m" in out
+    assert "helm test ssd-detector --namespace default --timeout 10m --logs" in out
+    assert out.index("helm upgrade") < out.index("helm test")
+
+
+def test_make_deploy_pins_a_digest():
+    proc = subprocess.run(
+        ["make", "-n", "deploy", "HELM=helm", "IMAGE=r.example/ssd", "DIGEST=sha256:" + "a" * 64],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "--set image.digest=sha256:" + "a" * 64 in proc.stdout
+
+
+def test_make_deploy_flags_are_known_to_the_pinned_helm(bin_dir):
+    """The pinned helm parses the deploy line's flags (helm v4 deprecates --atomic for --rollback-on-failure):
+    pointed at an unreachable API server it fails on the connection, not on a flag."""
+    proc = subprocess.run(
+        ["make", "-n", "deploy", f"HELM={bin_dir / 'helm'}", "IMAGE=r.example/ssd"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    commands = [line for line in proc.stdout.replace("\\\n", " ").splitlines() if line.strip()]
+    assert len(commands) == 2, commands
+    for command in commands:
+        argv = [*command.split(), "--kube-apiserver", "http://127.0.0.1:1"]
+        run = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=False, timeout=60)
+        assert run.returncode != 0
+        assert "unknown flag" not in run.stderr and "unreachable" in run.stderr, run.stderr

