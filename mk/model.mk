@@ -3,7 +3,7 @@
 # Training run folder (checkpoints, logs) of `make demo-model`.
 DEMO_RUN ?= runs/demo
 # The shipped demo model's recipe (see predictor/models/demo/MODEL_CARD.md).
-DEMO_TRAIN_ARGS ?= --steps 2200 --batch-size 32 --learning-rate 3e-3 --warmup-steps 100 --checkpoint-every 100 --seed 0 --default-score-threshold 0.4
+DEMO_TRAIN_ARGS ?= --steps 2200 --batch-size 32 --learning-rate 3e-3 --warmup-steps 100 --checkpoint-every 100 --seed 0 --default-score-threshold 0.4 --eval-every 100 --eval-count 100
 # Held-out images for `make eval`.
 EVAL_COUNT ?= 500
 
@@ -15,7 +15,8 @@ demo-model: $(STAMP) ## Retrain the shipped demo model from scratch (about 40 mi
 
 demo-model-resume: $(STAMP) ## Continue an interrupted `make demo-model` from its last checkpoint
 	$(PY) -m predictor.train --out $(DEMO_RUN) $(DEMO_TRAIN_ARGS) --export predictor/models/demo
-	$(PY) -m predictor.evaluate --count $(EVAL_COUNT) --out predictor/models/demo/eval
+	cp $(DEMO_RUN)/training_curve.json predictor/models/demo/eval/training_curve.json
+	$(MAKE) model-card
 
 eval: $(STAMP) ## COCO mAP of a model (default the demo model; MODEL_DIR=...) on EVAL_COUNT (500) held-out images
 	$(PY) -m predictor.evaluate --count $(EVAL_COUNT) --out out/eval $(if $(MODEL_DIR),--model_dir $(MODEL_DIR),)
@@ -23,3 +24,13 @@ eval: $(STAMP) ## COCO mAP of a model (default the demo model; MODEL_DIR=...) on
 .PHONY: fuzz
 fuzz: $(STAMP) ## Fuzz the request codecs and image decoder (hypothesis, 2000 examples per property)
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/test_fuzz.py
+
+.PHONY: model-card
+# Score thresholds of the model card's operating-point table (held-out images 200-399).
+CARD_THRESHOLDS ?= 0.2,0.3,0.4,0.5
+
+model-card: $(STAMP) ## Re-measure the demo model card's tables (COCO mAP, operating points) and rewrite them in MODEL_CARD.md
+	$(PY) -m predictor.evaluate --count $(EVAL_COUNT) --out predictor/models/demo/eval
+	$(PY) -m predictor.evaluate --start 200 --count 200 --operating-points $(CARD_THRESHOLDS) \
+		--out predictor/models/demo/eval
+	$(PY) scripts/model_card.py predictor/models/demo

@@ -4,11 +4,16 @@ By default: the shipped demo model on 500 held-out synthetic images generated wi
 ``predictor.datasets.shapes.EVAL_SEED`` (never used for training). ``--coco-annotations`` +
 ``--coco-images`` evaluate on any COCO-format dataset instead. Prints a table and writes
 ``metrics.json`` and ``pr_curves.png`` to ``--out``.
+
+``--operating-points 0.2,0.3,0.4,0.5`` instead measures precision and recall (IoU 0.5, same class) with
+the detector run at each of those score thresholds, and writes ``operating_points.json``: the model
+card's operating-threshold table (``make model-card``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -18,7 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from predictor.datasets.coco import samples_to_coco
-from predictor.metrics import coco_evaluate, detections_to_coco, format_table, plot_pr_curves, summary
+from predictor.metrics import (
+    coco_evaluate,
+    detections_to_coco,
+    format_table,
+    operating_point,
+    plot_pr_curves,
+    summary,
+)
 from predictor.ssd.detector import Detector
 
 log = logging.getLogger("predictor.evaluate")
@@ -48,16 +60,71 @@ def evaluate_detector(
     return coco_evaluate(gt, results, class_names=class_names, max_dets=detector.max_detections)
 
 
+def operating_points(
+    detector: Detector, samples: Sequence, thresholds: Sequence[float], batch_size: int = 16
+) -> list[dict[str, Any]]:
+    """Precision/recall (:func:`predictor.metrics.operating_point`) with the detector run at each
+    score threshold (the serving semantics: strict ``>``, NMS and caps as configured)."""
+    truth = [(s.boxes, s.labels) for s in samples]
+    rows = []
+    for threshold in thresholds:
+        dets = []
+        for start in range(0, len(samples), batch_size):
+            chunk = [s.image for s in samples[start : start + batch_size]]
+            found = detector.detect(chunk, score_threshold=threshold)
+            dets += [(d.boxes, d.scores, d.classes) for d in found]
+        rows.append({"score_threshold": threshold, **operating_point(truth, dets)})
+    return rows
+
+
+def measured_on() -> dict[str, str]:
+    """When and where a result was measured (recorded beside every number in the JSON files)."""
+    import os
+    import platform
+
+    import tensorflow as tf
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{cpu}, {cores} cores, TensorFlow {tf.__version__}",
+    }
+
+
+def _thresholds(raw: str) -> list[float]:
+    try:
+        values = [float(v) for v in raw.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("a comma-separated list of numbers in [0, 1)") from None
+    if not values or not all(0 <= v < 1 for v in values):
+        raise argparse.ArgumentTypeError("a comma-separated list of numbers in [0, 1)")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m predictor.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--model_dir", help="model directory (default: the shipped demo model)")
     p.add_argument("--count", type=int, default=500, help="held-out synthetic images")
     p.add_argument("--seed", type=int, help="synthetic data seed (default: EVAL_SEED)")
+    p.add_argument("--start", type=int, default=0, help="index of the first held-out synthetic image")
     p.add_argument("--coco-annotations", help="COCO annotation JSON (with --coco-images)")
     p.add_argument("--coco-images", help="image folder of the COCO dataset")
     p.add_argument("--out", default="out/eval", help="output folder for metrics.json and pr_curves.png")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--score-threshold", type=float, default=EVAL_SCORE_THRESHOLD)
+    p.add_argument(
+        "--operating-points",
+        type=_thresholds,
+        metavar="T1,T2,...",
+        help="instead of COCO mAP: precision and recall at these score thresholds",
+    )
     return p
 
 
@@ -80,9 +147,13 @@ def main(argv: list[str] | None = None) -> int:
         from predictor.datasets.shapes import CLASS_NAMES, EVAL_SEED, generate_sample
 
         seed = EVAL_SEED if args.seed is None else args.seed
-        samples = [generate_sample(seed, i) for i in range(args.count)]
+        samples = [generate_sample(seed, i) for i in range(args.start, args.start + args.count)]
         class_names = CLASS_NAMES
-        source = {"kind": "shapes", "seed": seed, "count": args.count}
+        source = {"kind": "shapes", "seed": seed, "start": args.start, "count": args.count}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.operating_points:
+        return _write_operating_points(detector, samples, args, model_dir, source, out)
     t0 = time.time()
     result = evaluate_detector(
         detector, samples, class_names, category_ids, image_ids, args.batch_size, args.score_threshold
@@ -90,13 +161,41 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.time() - t0
     print(f"model: {model_dir}\ndata: {source}\n")
     print(format_table(result))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     shown = args.model_dir or "the shipped demo model (predictor/models/demo)"
-    report = {"model_dir": shown, "data": source, "seconds": round(elapsed, 1), **summary(result)}
+    report = {
+        "model_dir": shown,
+        "data": source,
+        "seconds": round(elapsed, 1),
+        "measured": measured_on(),
+        **summary(result),
+    }
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
     plot_pr_curves(result, out / "pr_curves.png")
     print(f"\nwrote {out / 'metrics.json'} and {out / 'pr_curves.png'} ({elapsed:.1f}s)")
+    return 0
+
+
+def _write_operating_points(
+    detector: Detector, samples: Sequence, args: argparse.Namespace, model_dir: str, source: dict, out: Path
+) -> int:
+    rows = operating_points(detector, samples, args.operating_points, args.batch_size)
+    print(f"model: {model_dir}\ndata: {source}\n")
+    print("threshold  precision  recall  detections  ground truth")
+    for r in rows:
+        print(
+            f"{r['score_threshold']:9.2f}  {r['precision']:9.3f}  {r['recall']:6.3f}  "
+            f"{r['detections']:10d}  {r['ground_truth']:12d}"
+        )
+    shown = args.model_dir or "the shipped demo model (predictor/models/demo)"
+    report = {
+        "model_dir": shown,
+        "data": source,
+        "measured": measured_on(),
+        "iou_threshold": 0.5,
+        "operating_points": rows,
+    }
+    (out / "operating_points.json").write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {out / 'operating_points.json'}")
     return 0
 
 

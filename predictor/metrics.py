@@ -211,3 +211,51 @@ def plot_pr_curves(result: dict[str, Any], path: str | Path, iou: float = 0.5) -
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png")
     return out
+
+
+def operating_point(
+    truth: Sequence[tuple[np.ndarray, np.ndarray]],
+    detections: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    iou_threshold: float = 0.5,
+) -> dict[str, float | int]:
+    """Precision and recall of one detector setting: a detection is a true positive when it matches a
+    not yet matched ground-truth box of the same class with IoU >= ``iou_threshold`` (detections taken in
+    descending score order, each matched to its highest-IoU candidate, as COCO does).
+
+    Args:
+      truth: per image ``(boxes [G, 4] xyxy px, labels [G])``.
+      detections: per image ``(boxes [N, 4] xyxy px, scores [N], labels [N])``.
+    Returns:
+      ``{"precision", "recall", "true_positives", "detections", "ground_truth"}``; precision is 1.0
+      when there are no detections.
+    """
+    tp = n_det = n_gt = 0
+    for (gt_boxes, gt_labels), (boxes, scores, labels) in zip(truth, detections, strict=True):
+        gt_boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4)
+        gt_labels = np.asarray(gt_labels).reshape(-1)
+        n_gt += len(gt_labels)
+        n_det += len(scores)
+        matched = np.zeros(len(gt_labels), bool)
+        for i in np.argsort(-np.asarray(scores), kind="stable"):
+            iou = _iou_one_to_many(np.asarray(boxes[i], np.float64), gt_boxes)
+            iou[(gt_labels != labels[i]) | matched] = -1.0
+            if len(iou) and iou.max() >= iou_threshold:
+                matched[int(iou.argmax())] = True
+                tp += 1
+    return {
+        "precision": tp / n_det if n_det else 1.0,
+        "recall": tp / n_gt if n_gt else float("nan"),
+        "true_positives": tp,
+        "detections": n_det,
+        "ground_truth": n_gt,
+    }
+
+
+def _iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one ``(xmin, ymin, xmax, ymax)`` box with ``[G, 4]`` boxes -> ``[G]``."""
+    iw = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
+    ih = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+    inter = iw * ih
+    union = (box[2] - box[0]) * (box[3] - box[1]) + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = union - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)

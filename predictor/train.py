@@ -8,12 +8,14 @@ Data: the synthetic shapes generator (default) or any COCO-format dataset (``--c
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -52,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="stop after this many steps in this run (resume later)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
+        "--eval-every",
+        type=int,
+        default=0,
+        help="every N steps: COCO AP on --eval-count held-out shapes images, into OUT/training_curve.json",
+    )
+    p.add_argument("--eval-count", type=int, default=100, help="held-out images per --eval-every evaluation")
+    p.add_argument(
         "--default-score-threshold",
         type=float,
         help="score threshold the exported model serves with by default (the architecture's otherwise)",
@@ -89,6 +98,35 @@ def _init_weights(model: keras.Model, path: str) -> None:
     log.info("initialised %d variables from %s (%d left as initialised)", copied, path, skipped)
 
 
+class TrainingCurve:
+    """``after_step`` hook: every ``--eval-every`` steps, COCO AP of the model being trained on the first
+    ``--eval-count`` held-out shapes images (``EVAL_SEED``), kept in a JSON list (one entry per step;
+    a resumed run replaces the entries it evaluates again). The model card's training-curve table
+    is made from it (``make model-card``)."""
+
+    def __init__(self, config: Any, model: keras.Model, path: Path, args: argparse.Namespace) -> None:
+        from predictor.datasets.shapes import CLASS_NAMES, EVAL_SEED, generate_sample
+
+        self.config, self.model, self.path, self.every = config, model, path, args.eval_every
+        self.class_names = CLASS_NAMES
+        self.samples = [generate_sample(EVAL_SEED, i) for i in range(args.eval_count)]
+        self.points = json.loads(path.read_text()) if path.exists() else []
+
+    def __call__(self, step: int) -> None:
+        if step % self.every:
+            return
+        from predictor.evaluate import evaluate_detector, measured_on
+        from predictor.ssd.detector import Detector
+
+        detector = Detector(self.config, self.model, max_batch_size=16)
+        result = evaluate_detector(detector, self.samples, self.class_names)
+        point = {"step": step, "AP50": result["AP50"], "mAP": result["mAP"], "images": len(self.samples)}
+        point["measured"] = measured_on()
+        self.points = [p for p in self.points if p["step"] != step] + [point]
+        write_json(self.path, sorted(self.points, key=lambda p: p["step"]))
+        log.info("step %d: AP50 %.3f, mAP %.3f on %d held-out images", *list(point.values())[:4])
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
@@ -114,8 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         except ModelLoadError as e:
             raise SystemExit(f"--init-from: {e}") from e
     trainer = Trainer(config, model, train, args.out)
+    hook = None
+    if args.eval_every > 0:
+        hook = TrainingCurve(config, model, Path(args.out) / "training_curve.json", args)
     t0 = time.time()
-    trainer.fit(source, progress=not args.no_progress, max_steps=args.max_steps, sample_index=order)
+    progress = not args.no_progress
+    trainer.fit(source, progress=progress, max_steps=args.max_steps, sample_index=order, after_step=hook)
     elapsed = time.time() - t0
     if int(trainer.step) < train.steps:
         log.info("stopped at step %d of %d; run again to resume", int(trainer.step), train.steps)

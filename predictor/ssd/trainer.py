@@ -172,11 +172,13 @@ class Trainer:
         progress: bool = True,
         max_steps: int | None = None,
         sample_index: Callable[[int], int] | None = None,
+        after_step: Callable[[int], None] | None = None,
     ) -> list[dict[str, float]]:
         """Train until ``train.steps`` (or ``max_steps`` more steps); returns per-step losses.
 
         ``sample_index`` maps stream positions to samples (default: a per-epoch permutation); a
-        generated source whose samples are all distinct uses the identity.
+        generated source whose samples are all distinct uses the identity. ``after_step(step)`` runs
+        after every step, once its checkpoint (if any) is saved (e.g. an evaluation).
         """
         start = self.restore()
         end = self.train.steps if max_steps is None else min(self.train.steps, start + max_steps)
@@ -200,6 +202,8 @@ class Trainer:
             )
             if step % self.train.checkpoint_every == 0 or step >= end:
                 self.manager.save(checkpoint_number=step)
+            if after_step is not None:
+                after_step(step)
             if step >= end:
                 break
         bar.close()

@@ -1,0 +1,148 @@
+"""Rewrite the generated tables of a model card from the JSON files its measurements wrote:
+``python scripts/model_card.py predictor/models/demo`` (``make model-card``).
+
+Each table sits between ``<!-- generated: NAME -->`` and ``<!-- end: NAME -->`` in ``MODEL_CARD.md``:
+
+- ``metrics``: COCO summary and per-class AP, from ``eval/metrics.json`` (``python -m predictor.evaluate``);
+- ``operating-points``: precision/recall per score threshold, from ``eval/operating_points.json``
+  (``python -m predictor.evaluate --operating-points ...``);
+- ``training-curve``: AP during training, from ``eval/training_curve.json`` (``python -m predictor.train
+  --eval-every N``, copied there by ``make demo-model``).
+
+Every table carries the date and machine its JSON recorded. ``--check`` fails when the card differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _stamp(measured: dict[str, str] | None, command: str) -> str:
+    if not measured:
+        return f"_Made by `{command}`._"
+    return f"_Made by `{command}` on {measured['utc']}, {measured['machine']}._"
+
+
+def metrics_table(m: dict[str, Any]) -> str:
+    data = m["data"]
+    command = f"python -m predictor.evaluate --count {data['count']}"
+    lines = [
+        _stamp(m.get("measured"), command),
+        "",
+        "| mAP@[.5:.95] | AP@0.5 | AP@0.75 | AP small | AP medium | AP large | AR@100 |",
+        "|---|---|---|---|---|---|---|",
+        f"| **{_pct(m['mAP'])}** | **{_pct(m['AP50'])}** | {_pct(m['AP75'])} | {_pct(m['APs'])} | "
+        f"{_pct(m['APm'])} | {_pct(m['APl'])} | {_pct(m['AR100'])} |",
+        "",
+        "| class | AP@[.5:.95] | AP@0.5 | ground-truth boxes |",
+        "|---|---|---|---|",
+    ]
+    for name, ap in m["per_class"].items():
+        lines.append(f"| {name} | {_pct(ap)} | {_pct(m['per_class_AP50'][name])} | {m['num_gt'][name]} |")
+    return "\n".join(lines)
+
+
+def operating_points_table(o: dict[str, Any], default_threshold: float | None) -> str:
+    rows = o["operating_points"]
+    data = o["data"]
+    thresholds = ",".join(f"{r['score_threshold']:g}" for r in rows)
+    command = (
+        f"python -m predictor.evaluate --start {data['start']} --count {data['count']} "
+        f"--operating-points {thresholds}"
+    )
+
+    def cell(r: dict[str, Any], key: str) -> str:
+        value = r[key]
+        text = (
+            f"{value:g}"
+            if key == "score_threshold"
+            else f"{value:.3f}"
+            if isinstance(value, float)
+            else str(value)
+        )
+        return (
+            f"**{text}**"
+            if default_threshold is not None and r["score_threshold"] == default_threshold
+            else text
+        )
+
+    lines = [
+        _stamp(o.get("measured"), command),
+        "",
+        "| score threshold | " + " | ".join(cell(r, "score_threshold") for r in rows) + " |",
+        "|---|" + "---|" * len(rows),
+    ]
+    for key in ("precision", "recall", "detections"):
+        lines.append(f"| {key} | " + " | ".join(cell(r, key) for r in rows) + " |")
+    return "\n".join(lines)
+
+
+def training_curve_table(points: list[dict[str, Any]]) -> str:
+    if not points:
+        return "_No training curve recorded (`python -m predictor.train --eval-every N` writes one)._"
+    lines = [
+        _stamp(points[-1].get("measured"), f"python -m predictor.train --eval-every ... --eval-count "
+               f"{points[-1]['images']}"),
+        "",
+        "| step | " + " | ".join(str(p["step"]) for p in points) + " |",
+        "|---|" + "---|" * len(points),
+        "| AP@0.5 | " + " | ".join(_pct(p["AP50"]) for p in points) + " |",
+        "| mAP@[.5:.95] | " + " | ".join(_pct(p["mAP"]) for p in points) + " |",
+    ]  # fmt: skip
+    return "\n".join(lines)
+
+
+def replace_section(card: str, name: str, body: str) -> str:
+    """``card`` with the text between the ``name`` block's markers replaced by ``body``."""
+    begin, end = f"<!-- generated: {name} -->", f"<!-- end: {name} -->"
+    pattern = re.compile(rf"{re.escape(begin)}\n.*?{re.escape(end)}", re.S)
+    if not pattern.search(card):
+        raise SystemExit(f"MODEL_CARD.md has no {begin!r} ... {end!r} block")
+    return pattern.sub(lambda _: f"{begin}\n{body}\n{end}", card)
+
+
+def render(model_dir: Path) -> str:
+    import yaml
+
+    card = (model_dir / "MODEL_CARD.md").read_text()
+    eval_dir = model_dir / "eval"
+    manifest = yaml.safe_load((model_dir / "model.yaml").read_text())
+    default_threshold = (manifest.get("config") or {}).get("score_threshold")
+    card = replace_section(
+        card, "metrics", metrics_table(json.loads((eval_dir / "metrics.json").read_text()))
+    )
+    points = json.loads((eval_dir / "operating_points.json").read_text())
+    card = replace_section(card, "operating-points", operating_points_table(points, default_threshold))
+    curve_path = eval_dir / "training_curve.json"
+    curve = json.loads(curve_path.read_text()) if curve_path.exists() else []
+    return replace_section(card, "training-curve", training_curve_table(curve))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("--check", action="store_true", help="fail if MODEL_CARD.md is not up to date")
+    args = p.parse_args(argv)
+    new = render(args.model_dir)
+    path = args.model_dir / "MODEL_CARD.md"
+    if args.check:
+        if new != path.read_text():
+            print(f"{path} is out of date: run make model-card", file=sys.stderr)
+            return 1
+        return 0
+    path.write_text(new)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
