@@ -53,9 +53,12 @@ def test_no_retracing_while_serving(loaded, png):
         return await asyncio.gather(*calls)
 
     before = loaded.detector.trace_count
-    for response, _ in asyncio.run(burst()):
-        assert len(orjson.loads(response)["predictions"]) >= 1
-    assert len(predict_v1(loaded, [png] * 3, max_detections=2)["predictions"][2]) <= 2
+    responses = asyncio.run(burst())
+    assert [len(orjson.loads(r)["predictions"]) for r, _ in responses] == [1, 2, 3, 4, 1, 3]
+    uncapped = predict_v1(loaded, [png] * 3)["predictions"]
+    capped = predict_v1(loaded, [png] * 3, max_detections=2)["predictions"]
+    assert all(len(dets) > 2 for dets in uncapped), "the random model should find more than 2 boxes"
+    assert capped == [dets[:2] for dets in uncapped]  # the cap keeps the two best, per image
     assert loaded.detector.trace_count == before
 
 
@@ -66,8 +69,24 @@ def test_v2_and_grpc_requests_in_process(loaded, shapes_images, png):
     raw = encode_image(shapes_images[1], "PNG")
     grpc_like = InferRequest("ssd", [InferInput("images", [1], "BYTES", data=[raw])], from_grpc=True)
     grpc_response, _ = asyncio.run(loaded(grpc_like, headers={}))
-    same = {o.name: o for o in InferResponse.from_grpc(grpc_response.to_grpc()).outputs}
-    assert same["num_detections"].as_numpy().tolist() == response.outputs[0].data.tolist()
+    over_grpc = {o.name: o.as_numpy() for o in InferResponse.from_grpc(grpc_response.to_grpc()).outputs}
+    over_rest = {o.name: np.asarray(o.data) for o in response.outputs}
+    assert (
+        sorted(over_grpc)
+        == sorted(over_rest)
+        == sorted(
+            ["num_detections", "detection_boxes", "detection_scores", "detection_classes", "detection_labels"]
+        )
+    )
+    direct = loaded.detector.detect([shapes_images[1]])[0]
+    n = len(direct.scores)
+    assert n > 0 and over_grpc["num_detections"].tolist() == over_rest["num_detections"].tolist() == [n]
+    for outputs in (over_grpc, over_rest):
+        np.testing.assert_allclose(outputs["detection_boxes"].reshape(1, n, 4)[0], direct.boxes, atol=1e-3)
+        np.testing.assert_allclose(outputs["detection_scores"].reshape(1, n)[0], direct.scores, atol=1e-6)
+        assert outputs["detection_classes"].reshape(1, n)[0].tolist() == direct.classes.tolist()
+        labels = [v.decode() if isinstance(v, bytes) else v for v in outputs["detection_labels"].reshape(-1)]
+        assert labels == [loaded.detector.class_names[c] for c in direct.classes]
 
 
 def test_a_model_that_is_not_loaded_answers_503(random_tiny_model_dir, png):
