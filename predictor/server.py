@@ -110,7 +110,7 @@ def _serve(args: argparse.Namespace, model: Any) -> int:
 
 #: Test hook: when set, warm-up waits until this file exists (start-up states can then be observed
 #: without timing assumptions, tests/test_health.py).
-WARMUP_GATE_ENV = "SSD_TEST_WARMUP_GATE"
+WARMUP_GATE_ENV = "PREDICTOR_TEST_WARMUP_GATE"
 
 
 def _warm_up(model: Any, status: dict[str, int]) -> None:
