@@ -185,14 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # KServe's default name is "model"; ours matches the Helm chart and the client ("ssd").
     parser.set_defaults(model_name=_env("SSD_MODEL_NAME", "ssd"))
-    # KServe's flag (default 8 MiB), redefined so that its default follows --max_request_bytes.
-    parser.add_argument(
-        "--grpc_max_receive_message_length",
-        type=positive_int,
-        default=_env("SSD_GRPC_MAX_RECEIVE_MESSAGE_LENGTH", None, positive_int),
-        help="Largest gRPC request message accepted, in bytes (RESOURCE_EXHAUSTED above it; default: "
-        "--max_request_bytes). Env SSD_GRPC_MAX_RECEIVE_MESSAGE_LENGTH.",
+    # KServe's own flag (default 8 MiB): here its default follows --max_request_bytes (resolve_grpc_limit).
+    parser.set_defaults(
+        grpc_max_receive_message_length=_env("SSD_GRPC_MAX_RECEIVE_MESSAGE_LENGTH", None, positive_int)
     )
+    for action in parser._actions:
+        if action.dest == "grpc_max_receive_message_length":
+            action.type = positive_int
+            action.help = (
+                "Largest gRPC request message accepted, in bytes (RESOURCE_EXHAUSTED above it; default: "
+                "--max_request_bytes). Env SSD_GRPC_MAX_RECEIVE_MESSAGE_LENGTH."
+            )
     return add_ssd_arguments(parser)
 
 

@@ -70,11 +70,17 @@ READY = {**NOT_READY, "rest_ready": 200, "rest_model_ready": 200, "rest_v1_model
 READY.update(grpc_ready=True, grpc_model_ready=True)
 
 
-@pytest.fixture
-def gated_server(random_tiny_model_dir, tmp_path, monkeypatch):
-    gate = tmp_path / "warm-up-may-start"
-    monkeypatch.setenv(WARMUP_GATE_ENV, str(gate))
-    server = start_server(random_tiny_model_dir, tmp_path / "server.log")
+#: REST body limit of the gated server; its gRPC limit follows (no --grpc_max_receive_message_length).
+LIMIT = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def gated_server(random_tiny_model_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gated")
+    gate = tmp / "warm-up-may-start"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(WARMUP_GATE_ENV, str(gate))
+        server = start_server(random_tiny_model_dir, tmp / "server.log", "--max_request_bytes", str(LIMIT))
     channel = grpc.insecure_channel(server.grpc_target)
     try:
         yield server, pb_grpc.GRPCInferenceServiceStub(channel), gate
@@ -111,3 +117,40 @@ def test_live_at_once_ready_only_when_the_model_is(gated_server, shapes_images):
         assert not (state["grpc_ready"] and not state["grpc_model_ready"]), state
     r = httpx.post(f"{server.url}/v1/models/{MODEL_NAME}:predict", json={"instances": [image]}, timeout=120)
     assert r.status_code == 200, r.text
+
+
+def test_grpc_message_limit_follows_max_request_bytes(gated_server):
+    """A gRPC request over the limit: RESOURCE_EXHAUSTED naming the limit (KServe's own default would
+    be 8 MiB); REST bodies over it: 413."""
+    server, stub, _ = gated_server
+    poll(lambda: stub.ServerLive(pb.ServerLiveRequest(), timeout=5).live, "gRPC live", server)
+    tensor = pb.ModelInferRequest.InferInputTensor(name="images", datatype="BYTES", shape=[1])
+    tensor.contents.bytes_contents.append(bytes(LIMIT + 1000))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(pb.ModelInferRequest(model_name=MODEL_NAME, inputs=[tensor]), timeout=60)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert str(LIMIT) in info.value.details(), info.value.details()
+    r = httpx.post(f"{server.url}/v1/models/{MODEL_NAME}:predict", content=bytes(LIMIT + 1), timeout=60)
+    assert r.status_code == 413 and f"the limit is {LIMIT}" in r.json()["error"]
+    # the server is still serving
+    assert stub.ServerLive(pb.ServerLiveRequest(), timeout=5).live
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        ([], {}, 64 * 1024 * 1024),
+        (["--max_request_bytes", "5000"], {}, 5000),
+        ([], {"SSD_MAX_REQUEST_BYTES": "7000"}, 7000),
+        (["--max_request_bytes", "5000", "--grpc_max_receive_message_length", "9000"], {}, 9000),
+        ([], {"SSD_GRPC_MAX_RECEIVE_MESSAGE_LENGTH": "123456"}, 123456),
+    ],
+)
+def test_grpc_limit_flag(argv, env, expected, monkeypatch):
+    from predictor.cli_args import build_parser, resolve_grpc_limit
+
+    for name in ("SSD_MAX_REQUEST_BYTES", "SSD_GRPC_MAX_RECEIVE_MESSAGE_LENGTH"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert resolve_grpc_limit(build_parser().parse_args(argv)) == expected
