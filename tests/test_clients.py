@@ -14,9 +14,11 @@ sends ``InferRequest.to_rest()``, binary when an input holds raw data).
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import base64
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -368,3 +370,63 @@ def test_curl_v2_binary_extension(ssd_server, images, reference, tmp_path):
     )
     arrays = {o["name"]: np.array(o["data"], dtype=object).reshape(o["shape"]) for o in answer["outputs"]}
     check_same_detections(arrays, reference)
+
+
+# ----------------------------------------------------------------------------- README snippets
+README = REPO_ROOT / "README.md"
+SAMPLE = REPO_ROOT / "docs" / "samples" / "shapes-0.jpg"
+SNIPPET = re.compile(r"<!-- client-snippet: ([\w-]+) -->\n```(\w+)\n(.*?)```", re.DOTALL)
+
+
+def readme_snippets() -> dict[str, tuple[str, str]]:
+    """``{name: (language, code)}`` of the README's marked client snippets."""
+    return {name: (lang, code) for name, lang, code in SNIPPET.findall(README.read_text())}
+
+
+SNIPPETS = readme_snippets()
+
+
+def test_the_readme_has_the_client_snippets():
+    assert set(SNIPPETS) == {
+        "curl-v1-raw",
+        "curl-v1-json",
+        "curl-v2-json",
+        "tritonclient-http",
+        "tritonclient-http-json",
+        "tritonclient-grpc",
+        "kserve-rest",
+        "kserve-grpc",
+    }
+
+
+def labels_printed(language: str, stdout: str) -> list[str]:
+    """The labels a snippet printed: Python ones print a list, curl ones the server's JSON answer."""
+    if language == "python":
+        return ast.literal_eval(stdout.strip().splitlines()[-1])
+    answer = orjson.loads(stdout)
+    if "predictions" in answer:
+        return [p["label"] for p in answer["predictions"][0]]
+    outputs = {o["name"]: o for o in answer["outputs"]}
+    n = outputs["num_detections"]["data"][0]
+    k = outputs["detection_labels"]["shape"][1]
+    return outputs["detection_labels"]["data"][:k][:n]
+
+
+@pytest.mark.parametrize("name", sorted(SNIPPETS))
+def test_readme_snippet_runs_as_written(ssd_server, name):
+    language, code = SNIPPETS[name]
+    if language == "bash" and CURL is None:
+        pytest.skip("curl is not installed")
+    code = code.replace("localhost:8080", f"127.0.0.1:{ssd_server.http_port}")
+    code = code.replace("localhost:8081", ssd_server.grpc_target)
+    command = (
+        [sys.executable, "-c", code] if language == "python" else ["bash", "-euo", "pipefail", "-c", code]
+    )
+    done = subprocess.run(
+        command, capture_output=True, text=True, cwd=REPO_ROOT, env=server_env(), timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    body = {"instances": [{"b64": base64.b64encode(SAMPLE.read_bytes()).decode()}]}
+    expected = httpx.post(ssd_server.url + V1, json=body, timeout=120).json()["predictions"][0]
+    assert expected, "the test model must detect something in the sample"
+    assert labels_printed(language, done.stdout) == [p["label"] for p in expected]
