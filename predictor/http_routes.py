@@ -5,8 +5,8 @@ KServe 0.21's own REST handlers get the most common clients wrong (kserve ``prot
 - V2 ``/infer`` parses the body with FastAPI as ``Union[InferenceRequest, bytes]``: a JSON body without
   Content-Type becomes bytes and needs ``Inference-Header-Content-Length`` (400), and binary BYTES
   inputs are turned into UTF-8 text (``InferInput.set_data_from_numpy(binary_data=False)``), which
-  raw JPEG bytes are not: 500 ``Failed to encode``. Python's ``json`` behind FastAPI also accepts NaN,
-  400-digit integers and unbounded nesting.
+  raw JPEG bytes are not: 500 ``Failed to encode``. Python's ``json`` behind FastAPI also accepts NaN
+  and 400-digit integers (which overflowed later: 500). Its ``/versions/{v}/infer`` answers 501.
 - V1 ``:predict`` parses a body without Content-Type as JSON: a raw image sent so is 400.
 - Server readiness (``DataPlane.ready``, behind REST ``/v2/health/ready`` and gRPC ``ServerReady``) is
   always true, although the protocol defines it as "all models ready".
@@ -22,13 +22,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from kserve.errors import ModelNotReady
+from kserve.errors import InvalidInput, ModelNotReady
 from kserve.protocol.dataplane import DataPlane
 
 from predictor import binary_ext
 
 V1_PREDICT = "/v1/models/{model_name}:predict"
 V2_INFER = "/v2/models/{model_name}/infer"
+V2_INFER_VERSION = "/v2/models/{model_name}/versions/{model_version}/infer"
 
 
 class TruthfulDataPlane(DataPlane):
@@ -77,6 +78,14 @@ class InferenceRoutes:
         extra["Inference-Header-Content-Length"] = str(json_length)
         return Response(content, media_type="application/octet-stream", headers=extra)
 
+    async def v2_infer_version(self, model_name: str, model_version: str, request: Request) -> Response:
+        """Versioned V2 ``/infer``: models here have no versions (400, not KServe's 501)."""
+        await self._model(model_name)
+        raise InvalidInput(
+            f"model_version {model_version[:32]!r}: model {model_name!r} has no versions; "
+            f"send to /v2/models/{model_name}/infer"
+        )
+
 
 def _extra(headers: dict[str, str] | None) -> dict[str, str]:
     """Response headers set by the model, less those the response itself sets."""
@@ -89,3 +98,4 @@ def install(app: FastAPI, dataplane: DataPlane) -> None:
     routes = InferenceRoutes(dataplane)
     app.add_api_route(V1_PREDICT, routes.v1_predict, methods=["POST"], include_in_schema=False)
     app.add_api_route(V2_INFER, routes.v2_infer, methods=["POST"], include_in_schema=False)
+    app.add_api_route(V2_INFER_VERSION, routes.v2_infer_version, methods=["POST"], include_in_schema=False)

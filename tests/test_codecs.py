@@ -281,7 +281,10 @@ def test_v1_raw_body_without_content_type_is_one_image():
         (b'{"instances": [NaN]}', "invalid JSON body"),
         (b'{"instances": ["A"], "parameters": {"score_threshold": Infinity}}', "invalid JSON body"),
         (b"[" * 100_000 + b"]" * 100_000, "invalid JSON body"),
-        (b'{"instances": ["A"], "parameters": {"max_detections": 2.5}}', "max_detections: expected an integer"),
+        (
+            b'{"instances": ["A"], "parameters": {"max_detections": 2.5}}',
+            "max_detections: expected an integer",
+        ),
         (b'{"instances": ["A"], "parameters": {"max_detections": 1e300}}', "max_detections: must be within"),
     ],
 )
