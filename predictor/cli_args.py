@@ -129,7 +129,7 @@ def add_ssd_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         type=positive_int,
         default=_env("SSD_MAX_REQUEST_BYTES", 64 * 1024 * 1024, positive_int),
         help="Largest REST request body accepted, in bytes (413 above it; gRPC messages are bounded by "
-        "--grpc_max_receive_message_length). Env SSD_MAX_REQUEST_BYTES.",
+        "--grpc_max_receive_message_length, which defaults to this). Env SSD_MAX_REQUEST_BYTES.",
     )
     g.add_argument(
         "--request_timeout_s",
@@ -185,4 +185,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # KServe's default name is "model"; ours matches the Helm chart and the client ("ssd").
     parser.set_defaults(model_name=_env("SSD_MODEL_NAME", "ssd"))
+    # KServe's own flag (default 8 MiB): here its default follows --max_request_bytes (resolve_grpc_limit).
+    parser.set_defaults(
+        grpc_max_receive_message_length=_env("SSD_GRPC_MAX_RECEIVE_MESSAGE_LENGTH", None, positive_int)
+    )
+    for action in parser._actions:
+        if action.dest == "grpc_max_receive_message_length":
+            action.type = positive_int
+            action.help = (
+                "Largest gRPC request message accepted, in bytes (RESOURCE_EXHAUSTED above it; default: "
+                "--max_request_bytes). Env SSD_GRPC_MAX_RECEIVE_MESSAGE_LENGTH."
+            )
     return add_ssd_arguments(parser)
+
+
+def resolve_grpc_limit(args: argparse.Namespace) -> int:
+    """``--grpc_max_receive_message_length``, defaulting to ``--max_request_bytes`` (sets it on ``args``)."""
+    if args.grpc_max_receive_message_length is None:
+        args.grpc_max_receive_message_length = args.max_request_bytes
+    return args.grpc_max_receive_message_length

@@ -1,9 +1,11 @@
 """Wire formats: V1 / V2 (REST and gRPC) requests -> :class:`ParsedRequest`, detections -> responses.
 
-Requests carry one encoded image per instance (base64 in JSON, raw bytes in a raw HTTP body or over
-gRPC). Parsing here is cheap and never decodes pixels or base64: that happens later, in the decode
-threads (:func:`payload_bytes`). Every malformed request raises ``kserve.errors.InvalidInput`` (HTTP
-400, gRPC INVALID_ARGUMENT) whose message names the offending field, e.g. ``instances[3]: ...``.
+Requests carry one encoded image per instance: base64 text in JSON strings; bytes (a raw V1 HTTP body,
+a V2 binary-extension or gRPC BYTES element) hold the image file itself when they start with an image
+signature (:func:`image_signature`), else its base64 text. Parsing here is cheap and never decodes pixels
+or base64: that happens later, in the decode threads (:func:`payload_bytes`). Every malformed request
+raises ``kserve.errors.InvalidInput`` (HTTP 400, gRPC INVALID_ARGUMENT) whose message names the
+offending field, e.g. ``instances[3]: ...``.
 
 Boxes in responses are ``(xmin, ymin, xmax, ymax)`` in pixels of the original (EXIF-oriented) image.
 """
@@ -11,6 +13,7 @@ Boxes in responses are ``(xmin, ymin, xmax, ymax)`` in pixels of the original (E
 from __future__ import annotations
 
 import math
+import re
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +24,7 @@ import orjson
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from predictor.images import decode_base64
+from predictor.images import decode_base64, max_base64_chars
 
 #: Name of the V2 input in the model metadata (any name is accepted in requests).
 INPUT_NAME = "images"
@@ -34,6 +37,21 @@ V2_OUTPUTS: tuple[tuple[str, str], ...] = (
 )
 PARAMETER_NAMES = ("score_threshold", "max_detections")
 _V1_IMAGE_KEYS = ("b64", "image", "image_bytes")
+#: File signatures of the accepted image formats (predictor.images.FORMATS). No base64 text of an
+#: image in these formats starts with one of them (base64 of JPEG starts "/9j/", PNG "iVBOR", GIF
+#: "R0lGOD", BMP "Qk", WebP "UklGR"), so bytes starting with a signature are the image file itself.
+_SIGNATURES: tuple[tuple[str, bytes], ...] = (
+    ("JPEG", b"\xff\xd8"),
+    ("PNG", b"\x89PNG"),
+    ("GIF", b"GIF87a"),
+    ("GIF", b"GIF89a"),
+    ("BMP", b"BM"),
+)
+#: What base64 text of an image may contain (either alphabet, padding, line breaks, a data URI prefix).
+_BASE64_TEXT = re.compile(rb"(data:[\w.+/-]*(;[\w=.-]+)*;base64,)?[A-Za-z0-9+/_=\-\s]*", re.ASCII)
+_JSON_OBJECT_START = re.compile(rb"[ \t\r\n]*\{")
+#: Media types whose V1 body is always one image, whatever its first bytes.
+_IMAGE_MEDIA_TYPES = ("image/", "application/octet-stream")
 
 
 # --------------------------------------------------------------------------------------- requests
@@ -43,12 +61,14 @@ class ImagePayload:
 
     Attributes:
       field: where it came from, for error messages (``instances[3]``, ``images[0]``).
-      data: base64 text when ``is_base64``, else the raw encoded bytes.
+      data: base64 text when ``is_base64``, else the encoded bytes.
+      is_base64: True: base64 text; False: the image file; None: bytes without an image signature,
+        read as base64 text when they are nothing else (:func:`payload_bytes`), else as the file.
     """
 
     field: str
     data: str | bytes
-    is_base64: bool
+    is_base64: bool | None
 
 
 @dataclass(frozen=True)
@@ -88,15 +108,12 @@ def parse_request(
 
 
 def parse_v1(body: Any, content_type: str = "", *, max_batch_size: int, max_detections: int) -> ParsedRequest:
-    """V1 body -> request. ``body`` is a decoded JSON value, or bytes (a raw image, or JSON whose
-    content type KServe did not recognise, e.g. ``application/json; charset=utf-8``)."""
+    """V1 body -> request. ``body`` is a decoded JSON value, or the raw HTTP body (see
+    :func:`v1_body_is_json` for when that is JSON and when one image)."""
     if isinstance(body, (bytes, bytearray, memoryview)):
-        if "json" not in content_type.lower():
-            return ParsedRequest("v1", (ImagePayload("instances[0]", bytes(body), False),))
-        try:
-            body = orjson.loads(body)
-        except orjson.JSONDecodeError as e:
-            raise InvalidInput(f"invalid JSON body: {e}") from None
+        if not v1_body_is_json(body, content_type):
+            return ParsedRequest("v1", (bytes_payload("instances[0]", bytes(body)),))
+        body = load_json(body)
     if not isinstance(body, dict):
         raise InvalidInput(f'expected a JSON object {{"instances": [...]}}, got {_json_type(body)}')
     if "instances" not in body:
@@ -109,6 +126,47 @@ def parse_v1(body: Any, content_type: str = "", *, max_batch_size: int, max_dete
     images = tuple(_v1_instance(item, i) for i, item in enumerate(instances))
     threshold, cap = parse_parameters(body.get("parameters"), max_detections, strict=True)
     return ParsedRequest("v1", images, threshold, cap)
+
+
+def v1_body_is_json(body: bytes | bytearray | memoryview, content_type: str) -> bool:
+    """Whether a raw V1 body is JSON rather than one image.
+
+    JSON: a JSON media type (``application/json``, ``*+json``, any parameters). One image: an
+    ``image/*`` or ``application/octet-stream`` media type. Any other or no Content-Type (curl's
+    ``application/x-www-form-urlencoded``, ``text/plain`` ...): JSON when the body starts with ``{``
+    (after white space; no image format starts so), else one image.
+    """
+    media = content_type.split(";", 1)[0].strip().lower()
+    if "json" in media:
+        return True
+    if media.startswith(_IMAGE_MEDIA_TYPES):
+        return False
+    return _JSON_OBJECT_START.match(body) is not None
+
+
+def load_json(body: bytes | bytearray | memoryview, what: str = "body") -> Any:
+    """JSON bytes -> value (orjson: no NaN/Infinity, integers within 64 bits, nesting within 1024)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise InvalidInput(f"invalid JSON {what}: {e}"[:300]) from None
+
+
+def image_signature(data: bytes | bytearray | memoryview) -> str | None:
+    """The format whose file signature ``data`` starts with (JPEG, PNG, GIF, BMP, WEBP), else None."""
+    head = bytes(data[:12])
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    for name, magic in _SIGNATURES:
+        if head.startswith(magic):
+            return name
+    return None
+
+
+def bytes_payload(field: str, data: bytes) -> ImagePayload:
+    """An image given as bytes: the file itself when it starts with an image signature, else
+    (decided in the decode thread) its base64 text when it is base64 text, else the file."""
+    return ImagePayload(field, data, False if image_signature(data) else None)
 
 
 def _v1_instance(item: Any, index: int) -> ImagePayload:
@@ -133,8 +191,8 @@ def _v1_instance(item: Any, index: int) -> ImagePayload:
 
 
 def parse_v2(request: InferRequest, *, max_batch_size: int, max_detections: int) -> ParsedRequest:
-    """V2 request (REST: base64 strings; gRPC: raw bytes) with one BYTES input of shape ``[N]``
-    (``[N, 1]`` is accepted too)."""
+    """V2 request with one BYTES input of shape ``[N]`` (``[N, 1]`` is accepted too); elements are base64
+    strings (JSON) or bytes (binary extension, gRPC: the image file, or its base64 text)."""
     protocol = "grpc" if request.from_grpc else "v2"
     inputs = request.inputs or []
     if len(inputs) != 1:
@@ -151,23 +209,25 @@ def parse_v2(request: InferRequest, *, max_batch_size: int, max_detections: int)
     images = []
     for i, item in enumerate(items):
         field = f"{name}[{i}]"
-        if request.from_grpc and isinstance(item, (bytes, bytearray)):
-            images.append(ImagePayload(field, bytes(item), False))
-        elif not request.from_grpc and isinstance(item, str):
+        if isinstance(item, (bytes, bytearray)):
+            images.append(bytes_payload(field, bytes(item)))
+        elif isinstance(item, str):
             images.append(ImagePayload(field, item, True))
         else:
-            want = "raw bytes" if request.from_grpc else "a base64 string"
-            raise InvalidInput(f"{field}: expected {want}, got {type(item).__name__}")
+            raise InvalidInput(f"{field}: expected an image (base64 string or bytes), got {_json_type(item)}")
     params = grpc_parameters(request.parameters) if request.from_grpc else request.parameters
     threshold, cap = parse_parameters(params, max_detections, strict=False)
     return ParsedRequest(protocol, tuple(images), threshold, cap, request)
 
 
 def _v2_shape(shape: Any, name: str) -> tuple[int, ...]:
-    try:
-        dims = tuple(int(d) for d in shape)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"{name}: shape must be a list of integers, got {shape!r}"[:200]) from None
+    if (
+        isinstance(shape, (str, bytes))
+        or not isinstance(shape, Sequence)
+        or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+    ):
+        raise InvalidInput(f"{name}: shape must be a list of integers, got {shape!r}"[:200])
+    dims = tuple(int(d) for d in shape)
     if not (len(dims) == 1 or (len(dims) == 2 and dims[1] == 1)):
         raise InvalidInput(f"{name}: shape must be [N] (or [N, 1]), got {list(dims)}")
     return dims
@@ -254,6 +314,7 @@ def parse_parameters(
 
 
 def _number(value: Any, field: str) -> float:
+    """A JSON number or numeric string as a float (huge integers become inf, rejected by the callers)."""
     if isinstance(value, str):
         try:
             return float(value.strip())
@@ -261,7 +322,10 @@ def _number(value: Any, field: str) -> float:
             raise InvalidInput(f"parameters.{field}: expected a number, got {value[:32]!r}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidInput(f"parameters.{field}: expected a number, got {_json_type(value)}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def _score_threshold(value: Any) -> float:
@@ -274,14 +338,22 @@ def _score_threshold(value: Any) -> float:
 def _max_detections(value: Any, limit: int) -> int:
     x = _number(value, "max_detections")
     if not math.isfinite(x) or x != int(x):
-        raise InvalidInput(f"parameters.max_detections: expected an integer, got {x}")
+        raise InvalidInput(f"parameters.max_detections: expected an integer, got {str(x)[:32]}")
     if not 1 <= x <= limit:
-        raise InvalidInput(f"parameters.max_detections: must be within 1..{limit}, got {int(x)}")
+        raise InvalidInput(f"parameters.max_detections: must be within 1..{limit}, got {x:.15g}")
     return int(x)
 
 
 def payload_bytes(payload: ImagePayload, max_bytes: int) -> bytes:
-    """The encoded image bytes of a payload (base64-decoded when needed); size-capped."""
+    """The encoded image bytes of a payload (base64-decoded when needed); size-capped.
+
+    Bytes of unknown kind (``is_base64 is None``) are base64 text when they consist of base64
+    characters only (:data:`_BASE64_TEXT`), else the image file (the decoder then says what is wrong).
+    """
+    if payload.is_base64 is None:
+        data = payload.data
+        is_text = len(data) <= max_base64_chars(max_bytes) and _BASE64_TEXT.fullmatch(data)  # type: ignore[arg-type]
+        return decode_base64(data, max_bytes) if is_text else data  # type: ignore[return-value]
     if payload.is_base64:
         return decode_base64(payload.data, max_bytes)
     return payload.data  # type: ignore[return-value]

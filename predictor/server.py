@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import orjson
 from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 
 from predictor.batcher import Overloaded
-from predictor.cli_args import build_parser
+from predictor.cli_args import build_parser, resolve_grpc_limit
 from predictor.metrics_prom import QuietClientErrors, RestMetricsMiddleware
 
 log = logging.getLogger("predictor.server")
@@ -74,8 +75,10 @@ def resolve_model_dir(model_dir: str | None) -> str | None:
 
 
 def _serve(args: argparse.Namespace, model: Any) -> int:
-    from kserve import ModelServer
+    from kserve import ModelServer, model_server
     from kserve.model_server import app
+
+    from predictor import http_routes
 
     if args.workers != 1:
         log.warning(
@@ -90,6 +93,12 @@ def _serve(args: argparse.Namespace, model: Any) -> int:
         enable_grpc=args.enable_grpc,
         grace_period=args.shutdown_grace_s,
     )
+    # Server readiness (REST /v2/health/ready, gRPC ServerReady) = every model ready; our REST inference
+    # routes (binary tensor extension, raw V1 images) are matched before KServe's.
+    server.dataplane = http_routes.TruthfulDataPlane(model_registry=server.registered_models)
+    http_routes.install(app, server.dataplane)
+    # KServe's gRPC server reads its limits from its own parse of the command line.
+    model_server.args.grpc_max_receive_message_length = resolve_grpc_limit(args)
     server.register_model(model)
     model.enable_latency_logging = server.enable_latency_logging
     status = {"exit": 0}
@@ -99,7 +108,17 @@ def _serve(args: argparse.Namespace, model: Any) -> int:
     return status["exit"]
 
 
+#: Test hook: when set, warm-up waits until this file exists (start-up states can then be observed
+#: without timing assumptions, tests/test_health.py).
+WARMUP_GATE_ENV = "PREDICTOR_TEST_WARMUP_GATE"
+
+
 def _warm_up(model: Any, status: dict[str, int]) -> None:
+    gate = os.environ.get(WARMUP_GATE_ENV)
+    if gate:
+        log.info("warm-up waits for %s (%s)", gate, WARMUP_GATE_ENV)
+        while not Path(gate).exists():
+            time.sleep(0.05)
     try:
         model.load()
     except Exception as e:
@@ -211,7 +230,12 @@ def _log_configuration(
         options.max_image_pixels,
         args.max_request_bytes,
     )
-    log.info("listening: http %d, grpc %s", args.http_port, args.grpc_port if args.enable_grpc else "off")
+    log.info(
+        "listening: http %d, grpc %s (messages up to %d bytes)",
+        args.http_port,
+        args.grpc_port if args.enable_grpc else "off",
+        resolve_grpc_limit(args),
+    )
 
 
 def _one_line(e: BaseException) -> str:

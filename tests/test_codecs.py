@@ -175,8 +175,16 @@ def test_v2_grpc_raw_contents():
         (lambda: v2_request(["A", "B"], shape=[3]), "needs 3 elements, got 2"),
         (lambda: v2_request([], shape=[0]), "no images"),
         (lambda: v2_request(["A"] * 5), "limit is 4"),
-        (lambda: v2_request([5]), "images[0]: expected a base64 string"),
-        (lambda: v2_request(["A"], from_grpc=True), "images[0]: expected raw bytes"),
+        (lambda: v2_request([5]), "images[0]: expected an image (base64 string or bytes), got a number"),
+        (lambda: v2_request([None]), "images[0]: expected an image (base64 string or bytes), got null"),
+        (lambda: v2_request(["A"], shape=[True]), "images: shape must be a list of integers"),
+        (lambda: v2_request(["A"], shape=[1.0]), "images: shape must be a list of integers"),
+        (lambda: v2_request(["A"], shape=[-1]), "images: no images"),
+        (lambda: v2_request(["A"], shape=[10**30]), "images: 1000000000000000000000000000000 images"),
+        (lambda: v2_request(["A"], parameters={"max_detections": 10**400}), "parameters.max_detections"),
+        (lambda: v2_request(["A"], parameters={"max_detections": float("nan")}), "expected an integer"),
+        (lambda: v2_request(["A"], parameters={"score_threshold": float("inf")}), "within [0, 1]"),
+        (lambda: v2_request(["A"], parameters={"score_threshold": "1e999"}), "within [0, 1]"),
         (lambda: v2_request([["A", "B"]], shape=[1]), "nested data"),
         (lambda: InferRequest("m", []), "exactly one input"),
         (lambda: v2_request(["A"], parameters={"score_threshold": 3}), "score_threshold"),
@@ -196,6 +204,93 @@ def test_malformed_raw_bytes(raw):
 def test_payload_bytes():
     assert codecs.payload_bytes(ImagePayload("f", "aGVsbG8=", True), 100) == b"hello"
     assert codecs.payload_bytes(ImagePayload("f", b"raw", False), 100) == b"raw"
+    # bytes of unknown kind: base64 text when they are nothing else, else the file itself
+    assert codecs.payload_bytes(ImagePayload("f", b"aGVsbG8=\n", None), 100) == b"hello"
+    assert codecs.payload_bytes(ImagePayload("f", b"data:image/png;base64,aGVsbG8=", None), 100) == b"hello"
+    assert codecs.payload_bytes(ImagePayload("f", b"\x00\x01not text", None), 100) == b"\x00\x01not text"
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"\xff\xd8\xff\xe0JFIF", "JPEG"),
+        (b"\x89PNG\r\n\x1a\n", "PNG"),
+        (b"GIF89a..", "GIF"),
+        (b"GIF87a..", "GIF"),
+        (b"BM\x00\x00", "BMP"),
+        (b"RIFF\x10\x00\x00\x00WEBPVP8 ", "WEBP"),
+        (b"/9j/4AAQSkZJRg==", None),  # base64 of a JPEG
+        (b"iVBORw0KGgo=", None),  # base64 of a PNG
+        (b"R0lGODlh", None),  # base64 of a GIF
+        (b"Qk0=", None),  # base64 of a BMP
+        (b"UklGRg==", None),  # base64 of a WebP
+        (b"", None),
+    ],
+)
+def test_image_signature_tells_files_from_their_base64(data, expected):
+    assert codecs.image_signature(data) == expected
+    kind = codecs.bytes_payload("x", data).is_base64
+    assert kind is (False if expected else None)
+
+
+def test_image_signature_of_real_files(shapes_images):
+    import base64
+
+    from serving_fixtures import encode_image
+
+    for fmt in ("JPEG", "PNG", "GIF", "BMP", "WEBP"):
+        data = encode_image(shapes_images[0], fmt)
+        assert codecs.image_signature(data) == fmt
+        assert codecs.image_signature(base64.b64encode(data)) is None
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "is_json"),
+    [
+        (b'{"instances": []}', "application/json", True),
+        (b'{"instances": []}', "application/json; charset=utf-8", True),
+        (b'{"instances": []}', "application/cloudevents+json", True),
+        (b"\xff\xd8", "application/json", True),  # says JSON: parsed as JSON (and refused)
+        (b'{"instances": []}', "", True),
+        (b' \n {"instances": []}', "application/x-www-form-urlencoded", True),
+        (b'{"instances": []}', "text/plain", True),
+        (b"\xff\xd8\xff", "", False),
+        (b"\xff\xd8\xff", "application/x-www-form-urlencoded", False),
+        (b"/9j/4AAQ", "", False),
+        (b'{"instances": []}', "image/jpeg", False),
+        (b'{"instances": []}', "application/octet-stream", False),
+        (b"", "", False),
+    ],
+)
+def test_v1_body_is_json(body, content_type, is_json):
+    assert codecs.v1_body_is_json(body, content_type) is is_json
+
+
+def test_v1_raw_body_without_content_type_is_one_image():
+    for content_type in ("", "application/x-www-form-urlencoded", "application/octet-stream", "image/png"):
+        req = codecs.parse_v1(b"\x89PNG\r\n\x1a\n", content_type, **LIMITS)
+        assert req.images == (ImagePayload("instances[0]", b"\x89PNG\r\n\x1a\n", False),)
+    req = codecs.parse_v1(b'{"instances": ["AAAA"]}', "application/x-www-form-urlencoded", **LIMITS)
+    assert req.images == (ImagePayload("instances[0]", "AAAA", True),)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"instances": ["A"], "parameters": {"max_detections": ' + b"9" * 400 + b"}}", "invalid JSON body"),
+        (b'{"instances": [NaN]}', "invalid JSON body"),
+        (b'{"instances": ["A"], "parameters": {"score_threshold": Infinity}}', "invalid JSON body"),
+        (b"[" * 100_000 + b"]" * 100_000, "invalid JSON body"),
+        (
+            b'{"instances": ["A"], "parameters": {"max_detections": 2.5}}',
+            "max_detections: expected an integer",
+        ),
+        (b'{"instances": ["A"], "parameters": {"max_detections": 1e300}}', "max_detections: must be within"),
+    ],
+)
+def test_v1_hostile_json_is_invalid_input(body, message):
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        codecs.parse_v1(body, "application/json", **LIMITS)
 
 
 # ----------------------------------------------------------------------------- responses

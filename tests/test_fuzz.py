@@ -8,6 +8,7 @@ profile named by ``HYPOTHESIS_PROFILE``: ``ci`` (default, 50 examples per test),
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import os
@@ -15,15 +16,16 @@ import struct
 from unittest import mock
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest
 from PIL import Image, ImageFile, WebPImagePlugin, features
-from serving_fixtures import forge_gif_size, forge_jpeg_size, forge_png_size
+from serving_fixtures import MODEL_NAME, forge_gif_size, forge_jpeg_size, forge_png_size
 
-from predictor import codecs
+from predictor import binary_ext, codecs
 from predictor.images import ImageLimits, decode_base64, decode_image
 
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -284,3 +286,359 @@ def test_responses_round_trip(counts, width, data):
 @pytest.mark.parametrize("profile", ["dev", "ci", "fuzz"])
 def test_profiles_are_registered(profile):
     assert settings.get_profile(profile).max_examples in (10, 50, 2000)
+
+
+@fuzz_settings
+@given(st.binary(max_size=300), st.one_of(st.none(), st.text(max_size=8)))
+def test_binary_extension_bodies(body, header_length):
+    with contextlib.suppress(InvalidInput):
+        binary_ext.parse_request(body, header_length, "m", [n for n, _ in codecs.V2_OUTPUTS])
+
+
+# ----------------------------------------------------------------------------- the real server
+# Generated requests of every protocol against the running server (``ssd_server``): each answer is 200
+# or 4xx (gRPC: OK, INVALID_ARGUMENT), never 5xx, and the server stays healthy. The default run sends
+# SERVER_EXAMPLES requests per protocol (4 x 500 = 2,000); HYPOTHESIS_PROFILE=dev sends fewer.
+SERVER_EXAMPLES = {"dev": 50, "ci": 500, "fuzz": 2500}[os.environ.get("HYPOTHESIS_PROFILE", "ci")]
+server_settings = settings(
+    max_examples=SERVER_EXAMPLES,
+    deadline=None,
+    derandomize=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
+SENT: dict[str, int] = {}
+V1_PATH = f"/v1/models/{MODEL_NAME}:predict"
+V2_PATH = f"/v2/models/{MODEL_NAME}/infer"
+
+
+def _small_images() -> list[bytes]:
+    rgb = np.random.default_rng(1).integers(0, 256, (8, 12, 3), dtype=np.uint8)
+    out = []
+    for fmt in ("PNG", "JPEG", "GIF", "BMP"):
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format=fmt)
+        out.append(buf.getvalue())
+    return out
+
+
+SMALL = _small_images()
+B64 = [base64.b64encode(im).decode() for im in SMALL]
+#: Bytes an element may hold: image files, their base64 text, corrupt and foreign bytes.
+VALID_BYTES = st.sampled_from(SMALL + [b.encode() for b in B64])
+ELEMENT_BYTES = st.one_of(
+    VALID_BYTES,
+    st.builds(lambda im, n: im[:n], st.sampled_from(SMALL), st.integers(0, 80)),
+    st.binary(max_size=24),
+)
+ELEMENTS = st.one_of(st.lists(VALID_BYTES, min_size=1, max_size=3), st.lists(ELEMENT_BYTES, max_size=4))
+HUGE = st.sampled_from([2**63, -(2**63) - 1, 10**30, 2**64 + 1, 10**400])
+#: What a mutation puts in place of a value.
+REPLACEMENT = st.one_of(
+    JSON,
+    HUGE,
+    st.floats(),  # NaN, infinities: written as NaN/Infinity (not JSON)
+    st.integers(-3, 300),
+    st.text(max_size=8),
+    st.sampled_from(B64),
+    st.lists(st.integers(-(2**63), 2**64), max_size=3),
+)
+#: Hand-written texts (JSON= cannot produce them): refused by the parser or stressing it.
+HOSTILE_TEXT = st.sampled_from(
+    [
+        '{"instances": [NaN]}',
+        '{"instances": ["a"], "parameters": {"score_threshold": Infinity}}',
+        '{"instances": ["a"], "parameters": {"max_detections": ' + "9" * 400 + "}}",
+        '{"inputs": [{"name": "x", "datatype": "BYTES", "shape": [-Infinity], "data": ["a"]}]}',
+        "[" * 100_000 + "]" * 100_000,
+        '{"inputs": ' + "[" * 5000 + "]" * 5000 + "}",
+        '{"a": "\\ud800"}',
+        "\ufeff{}",
+        "",
+    ]
+)
+VALID_PARAMS = st.fixed_dictionaries(
+    {},
+    optional={
+        "score_threshold": st.one_of(st.floats(0, 1), st.sampled_from(["0.3", "1"])),
+        "max_detections": st.one_of(st.integers(1, 100), st.sampled_from([1.0, "7"])),
+        "binary_data_output": st.booleans(),
+    },
+)
+OUTPUT_NAMES = [n for n, _ in codecs.V2_OUTPUTS]
+VALID_OUTPUTS = st.lists(
+    st.fixed_dictionaries(
+        {"name": st.one_of(st.sampled_from(OUTPUT_NAMES), st.text(max_size=6))},
+        optional={"parameters": st.fixed_dictionaries({}, optional={"binary_data": st.booleans()})},
+    ),
+    max_size=3,
+)
+
+
+def _paths(value: object, prefix: tuple = ()) -> list[tuple]:
+    """Every path (keys / indices) into a JSON value, the root included."""
+    out = [prefix]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+@st.composite
+def mutated(draw, base: st.SearchStrategy) -> object:
+    """A valid request with 0-2 mutations: a value replaced by something else, or a key deleted."""
+    import copy
+
+    value = copy.deepcopy(draw(base))
+    for _ in range(draw(st.integers(0, 2))):
+        path = draw(st.sampled_from(_paths(value)))
+        if not path:
+            return draw(REPLACEMENT)
+        parent = value
+        for key in path[:-1]:
+            parent = parent[key]
+        if isinstance(parent, dict) and draw(st.booleans()):
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = draw(REPLACEMENT)
+    return value
+
+
+def _encode(value: object) -> bytes:
+    """JSON text of a generated value: huge integers as their digits, NaN and infinities spelled as
+    Python's ``json`` writes them (``NaN``, ``Infinity``: not JSON, so refused with 400)."""
+    import json
+
+    return json.dumps(value, allow_nan=True).encode()
+
+
+def _check_rest(response) -> None:
+    assert response.status_code < 500, (response.status_code, response.text[:500])
+    assert response.status_code in (200, 400, 404, 413), (response.status_code, response.text[:500])
+
+
+def _count(kind: str, response=None) -> None:
+    SENT[kind] = SENT.get(kind, 0) + 1
+    if response is not None and response.status_code == 200:
+        SENT[kind + "_200"] = SENT.get(kind + "_200", 0) + 1
+
+
+@pytest.fixture(scope="module")
+def http(ssd_server):
+    import httpx
+
+    with httpx.Client(base_url=ssd_server.url, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def grpc_stub(ssd_server):
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    channel = grpc.insecure_channel(ssd_server.grpc_target)
+    yield pb_grpc.GRPCInferenceServiceStub(channel)
+    channel.close()
+
+
+def _assert_healthy(http) -> None:
+    assert http.get("/v2/health/ready").status_code == 200
+    r = http.post(V1_PATH, json={"instances": [B64[0]]})
+    assert r.status_code == 200, r.text
+
+
+V1_VALID = st.fixed_dictionaries(
+    {
+        "instances": st.lists(
+            st.one_of(
+                st.sampled_from(B64),
+                st.builds(lambda b: {"b64": b}, st.sampled_from(B64)),
+                st.builds(lambda b: {"image": {"b64": b}}, st.sampled_from(B64)),
+            ),
+            min_size=1,
+            max_size=3,
+        )
+    },
+    optional={
+        "parameters": VALID_PARAMS.map(lambda p: {k: v for k, v in p.items() if k != "binary_data_output"})
+    },
+)
+V1_BODY = st.one_of(
+    st.builds(_encode, mutated(V1_VALID)),
+    st.builds(str.encode, HOSTILE_TEXT),
+    ELEMENT_BYTES,
+)
+CONTENT_TYPES = st.sampled_from(
+    [
+        None,
+        "application/json",
+        "application/json; charset=utf-8",
+        "application/x-www-form-urlencoded",
+        "application/octet-stream",
+        "image/png",
+        "text/plain",
+    ]
+)
+
+
+@server_settings
+@given(body=V1_BODY, content_type=CONTENT_TYPES)
+def test_server_v1_never_5xx(http, body, content_type):
+    headers = {"content-type": content_type} if content_type else {"content-type": ""}
+    r = http.post(V1_PATH, content=body, headers=headers)
+    _count("v1", r)
+    _check_rest(r)
+
+
+V2_VALID = st.builds(
+    lambda images, params, outputs, nested: {
+        "inputs": [
+            {
+                "name": "images",
+                "datatype": "BYTES",
+                "shape": [len(images), 1] if nested else [len(images)],
+                "data": [[b] for b in images] if nested else images,
+            }
+        ],
+        **({"parameters": params} if params else {}),
+        **({"outputs": outputs} if outputs else {}),
+    },
+    st.lists(st.sampled_from(B64), min_size=1, max_size=3),
+    VALID_PARAMS,
+    VALID_OUTPUTS,
+    st.booleans(),
+)
+
+
+@server_settings
+@given(
+    body=st.one_of(st.builds(_encode, mutated(V2_VALID)), st.builds(str.encode, HOSTILE_TEXT)),
+    content_type=CONTENT_TYPES,
+)
+def test_server_v2_json_never_5xx(http, body, content_type):
+    headers = {"content-type": content_type} if content_type else {"content-type": ""}
+    r = http.post(V2_PATH, content=body, headers=headers)
+    _count("v2", r)
+    _check_rest(r)
+
+
+@server_settings
+@given(
+    elements=ELEMENTS,
+    shape=st.one_of(st.none(), st.none(), st.lists(st.integers(-2, 6), max_size=2)),
+    size_delta=st.one_of(st.just(0), st.just(0), st.integers(-8, 8)),
+    header_delta=st.one_of(st.just(0), st.just(0), st.integers(-6, 6)),
+    extra=st.one_of(st.just(b""), st.just(b""), st.binary(max_size=6)),
+    params=st.one_of(st.none(), VALID_PARAMS, mutated(VALID_PARAMS)),
+    outputs=st.one_of(st.none(), VALID_OUTPUTS, mutated(VALID_OUTPUTS)),
+    prefix_noise=st.one_of(st.none(), st.none(), st.binary(min_size=1, max_size=8)),
+)
+def test_server_v2_binary_never_5xx(
+    http, elements, shape, size_delta, header_delta, extra, params, outputs, prefix_noise
+):
+    raw = binary_ext.serialize_tensor(np.array(elements, dtype=object), "BYTES") if elements else b""
+    if prefix_noise is not None:
+        raw = prefix_noise + raw
+    tensor = {
+        "name": "images",
+        "datatype": "BYTES",
+        "shape": [len(elements)] if shape is None else shape,
+        "parameters": {"binary_data_size": len(raw) + size_delta},
+    }
+    head: dict = {"inputs": [tensor]}
+    if params is not None:
+        head["parameters"] = params
+    if outputs is not None:
+        head["outputs"] = outputs
+    header = _encode(head)
+    r = http.post(
+        V2_PATH,
+        content=header + raw + extra,
+        headers={"inference-header-content-length": str(max(0, len(header) + header_delta))},
+    )
+    _count("v2_binary", r)
+    _check_rest(r)
+    if r.status_code == 200 and r.headers.get("inference-header-content-length"):
+        n = int(r.headers["inference-header-content-length"])
+        outputs_sent = orjson.loads(r.content[:n])["outputs"]
+        sizes = sum(o.get("parameters", {}).get("binary_data_size", 0) for o in outputs_sent)
+        assert n + sizes == len(r.content)
+
+
+def _grpc_parameter(value):
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+
+    if isinstance(value, bool):
+        return pb.InferParameter(bool_param=value)
+    if isinstance(value, int):
+        return pb.InferParameter(int64_param=max(-(2**63), min(2**63 - 1, value)))
+    return pb.InferParameter(string_param=str(value)[:40])
+
+
+@server_settings
+@given(
+    elements=ELEMENTS,
+    shape=st.one_of(
+        st.none(),
+        st.none(),
+        st.none(),
+        st.lists(st.integers(-(2**63), 2**63 - 1), max_size=3),
+        st.lists(st.integers(-2, 6), max_size=2),
+    ),
+    datatype=st.sampled_from(["BYTES"] * 4 + ["FP32", "INT32", ""]),
+    mode=st.sampled_from(["contents", "contents", "raw", "raw", "raw_noise", "both", "raw_count", "none"]),
+    noise=st.binary(max_size=8),
+    params=VALID_PARAMS
+    | st.dictionaries(
+        st.sampled_from(["score_threshold", "max_detections", "binary_data_output", "x"]),
+        st.one_of(
+            st.booleans(), st.integers(-(2**63), 2**63 - 1), st.text(max_size=8), st.floats(allow_nan=True)
+        ),
+        max_size=3,
+    ),
+)
+def test_server_grpc_never_internal(grpc_stub, elements, shape, datatype, mode, noise, params):
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+
+    tensor = pb.ModelInferRequest.InferInputTensor(
+        name="images", datatype=datatype, shape=[len(elements)] if shape is None else shape
+    )
+    raw = binary_ext.serialize_tensor(np.array(elements, dtype=object), "BYTES") if elements else b""
+    raw_contents: list[bytes] = []
+    if mode in ("contents", "both"):
+        tensor.contents.bytes_contents.extend(elements)
+    if mode in ("raw", "both"):
+        raw_contents = [raw]
+    elif mode == "raw_noise":
+        raw_contents = [raw + noise]
+    elif mode == "raw_count":
+        raw_contents = [raw, noise]
+    request = pb.ModelInferRequest(
+        model_name=MODEL_NAME,
+        inputs=[tensor],
+        raw_input_contents=raw_contents,
+        parameters={k: _grpc_parameter(v) for k, v in params.items()},
+    )
+    try:
+        grpc_stub.ModelInfer(request, timeout=120)
+        _count("grpc_200")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, (e.code(), e.details())
+    finally:
+        _count("grpc")
+
+
+def test_server_healthy_after_fuzzing_and_enough_requests(http, grpc_stub):
+    """Runs after the fuzz tests above: healthy, and (in a full run) at least 2,000 requests sent."""
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+
+    _assert_healthy(http)
+    assert grpc_stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready
+    kinds = ("v1", "v2", "v2_binary", "grpc")
+    if all(k in SENT for k in kinds) and SERVER_EXAMPLES >= 500:
+        assert sum(SENT[k] for k in kinds) >= 2000, SENT
+        # the generators reach the model, not only the parsers
+        assert all(SENT.get(k + "_200", 0) >= 25 for k in kinds), SENT

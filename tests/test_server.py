@@ -6,6 +6,7 @@ image (the server decodes lossless PNGs, so the pixels are identical).
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,8 @@ from serving_fixtures import (
     forge_jpeg_size,
     forge_png_size,
 )
+
+from predictor.binary_ext import serialize_tensor
 
 V1 = f"/v1/models/{MODEL_NAME}:predict"
 V2 = f"/v2/models/{MODEL_NAME}/infer"
@@ -139,6 +142,24 @@ def grpc_request(images: list[bytes], parameters: dict[str, Any] | None = None) 
     return pb.ModelInferRequest(model_name=MODEL_NAME, inputs=[tensor], parameters=params)
 
 
+def raw_grpc_request(
+    images: list[bytes],
+    *,
+    raw: bytes | None = None,
+    raw_count: int = 1,
+    also_contents: bool = False,
+    shape: list[int] | None = None,
+) -> pb.ModelInferRequest:
+    """The images in ``raw_input_contents`` (uint32 LE length + bytes each), optionally inconsistent."""
+    data = raw if raw is not None else serialize_tensor(np.array(images, dtype=object), "BYTES")
+    tensor = pb.ModelInferRequest.InferInputTensor(
+        name="images", datatype="BYTES", shape=shape or [len(images)]
+    )
+    if also_contents:
+        tensor.contents.bytes_contents.extend(images)
+    return pb.ModelInferRequest(model_name=MODEL_NAME, inputs=[tensor], raw_input_contents=[data] * raw_count)
+
+
 def grpc_arrays(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
     return {o.name: o.as_numpy() for o in InferResponse.from_grpc(response).outputs}
 
@@ -235,6 +256,58 @@ def test_v2_rest_accepts_n_by_1_shape(client, pngs, oracle, direct_detector):
     r = client.post(V2, json=body)
     assert r.status_code == 200, r.text
     check_v2_arrays(v2_rest_arrays(r.json()), [oracle(1)], direct_detector.class_names)
+
+
+def test_v2_rest_json_without_content_type(client, pngs, oracle, direct_detector):
+    """tritonclient sends JSON V2 bodies with no Content-Type: still JSON."""
+    r = client.post(
+        V2, content=orjson.dumps(v2_body([b64(pngs[0]), b64(pngs[2])])), headers={"content-type": ""}
+    )
+    assert r.status_code == 200, r.text
+    assert (
+        r.headers["content-type"] == "application/json" and "inference-header-content-length" not in r.headers
+    )
+    check_v2_arrays(v2_rest_arrays(r.json()), [oracle(0), oracle(2)], direct_detector.class_names)
+
+
+@pytest.mark.parametrize("as_base64", [False, True], ids=["image-files", "base64-text"])
+def test_v2_binary_extension_both_ways(client, pngs, oracle, direct_detector, as_base64):
+    """Binary input (elements: the PNG files, or their base64 text), every output binary."""
+    items = [b64(p).encode() if as_base64 else p for p in pngs[:3]]
+    request = binary_body(items)
+    header_length = int(request["headers"]["inference-header-content-length"])
+    header = orjson.loads(request["content"][:header_length])
+    header["parameters"] = {"binary_data_output": True, "max_detections": 5}
+    head = orjson.dumps(header)
+    body = head + request["content"][header_length:]
+    r = client.post(V2, content=body, headers={"inference-header-content-length": str(len(head))})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/octet-stream"
+    json_length = int(r.headers["inference-header-content-length"])
+    outputs = orjson.loads(r.content[:json_length])["outputs"]
+    assert all("data" not in o and o["parameters"]["binary_data_size"] > 0 for o in outputs)
+    arrays = {o.name: o.as_numpy() for o in InferResponse.from_bytes(r.content, json_length).outputs}
+    expected = [oracle(i, None, 5) for i in range(3)]
+    check_v2_arrays(arrays, expected, direct_detector.class_names)
+
+
+def test_v2_requested_outputs_choose_binary_or_json_each(client, pngs, oracle, direct_detector):
+    """Only the requested outputs, in the requested order; ``binary_data`` per output overrides
+    ``binary_data_output``."""
+    body = v2_body([b64(pngs[1])], {"binary_data_output": True})
+    body["outputs"] = [
+        {"name": "detection_labels", "parameters": {"binary_data": False}},
+        {"name": "num_detections"},
+    ]
+    r = client.post(V2, json=body)
+    assert r.status_code == 200, r.text
+    json_length = int(r.headers["inference-header-content-length"])
+    outputs = orjson.loads(r.content[:json_length])["outputs"]
+    assert [o["name"] for o in outputs] == ["detection_labels", "num_detections"]
+    assert "data" in outputs[0] and outputs[1]["parameters"] == {"binary_data_size": 4}
+    assert np.frombuffer(r.content[json_length:], "<i4").tolist() == [len(oracle(1).scores)]
+    names = direct_detector.class_names
+    assert outputs[0]["data"][: len(oracle(1).scores)] == [names[c] for c in oracle(1).classes]
 
 
 def test_v2_grpc(stub, pngs, oracle, direct_detector):
@@ -371,7 +444,36 @@ BAD_INPUTS: list[tuple[str, Callable[[str], tuple[str, dict]], int, str]] = [
         "invalid_json",
         lambda g: (V1, {"content": b"{not json", "headers": {"content-type": "application/json"}}),
         400,
-        "format",
+        "invalid JSON body",
+    ),
+    (
+        "v1_invalid_json_without_content_type",
+        lambda g: (V1, {"content": b'{"instances": [', "headers": {"content-type": ""}}),
+        400,
+        "invalid JSON body",
+    ),
+    (
+        "v1_huge_integer",
+        lambda g: (
+            V1,
+            raw_json('{"instances": ["' + g + '"], "parameters": {"max_detections": ' + "9" * 400 + "}}"),
+        ),
+        400,
+        "invalid JSON body: number is infinity",
+    ),
+    ("v1_nan", lambda g: (V1, raw_json('{"instances": [NaN]}')), 400, "invalid JSON body"),
+    (
+        "v1_infinity",
+        lambda g: (V1, raw_json('{"instances": ["' + g + '"], "parameters": {"score_threshold": Infinity}}')),
+        400,
+        "invalid JSON body",
+    ),
+    ("v1_deep_nesting", lambda g: (V1, raw_json("[" * 100_000 + "]" * 100_000)), 400, "depth limit exceeded"),
+    (
+        "v1_float_for_int",
+        lambda g: (V1, {"json": {"instances": [g], "parameters": {"max_detections": 1e300}}}),
+        400,
+        "parameters.max_detections: must be within 1..100, got 1e+300",
     ),
     (
         "threshold_above_1",
@@ -440,7 +542,204 @@ BAD_INPUTS: list[tuple[str, Callable[[str], tuple[str, dict]], int, str]] = [
         "score_threshold",
     ),
     ("v2_too_many", lambda g: (V2, {"json": v2_body([g] * (SERVER_MAX_BATCH + 1))}), 400, "the limit is"),
+    (
+        "v2_huge_integer",
+        lambda g: (
+            V2,
+            raw_json(
+                orjson.dumps(v2_body([g])).decode()[:-1]
+                + ', "parameters": {"max_detections": %s}}' % ("9" * 400)
+            ),
+        ),
+        400,
+        "invalid JSON inference header: number is infinity",
+    ),
+    (
+        "v2_nan_shape",
+        lambda g: (
+            V2,
+            raw_json('{"inputs": [{"name": "x", "datatype": "BYTES", "shape": [NaN], "data": []}]}'),
+        ),
+        400,
+        "invalid JSON",
+    ),
+    (
+        "v2_deep_nesting",
+        lambda g: (V2, raw_json('{"inputs": ' + "[" * 100_000 + "]" * 100_000 + "}")),
+        400,
+        "depth limit exceeded",
+    ),
+    (
+        "v2_float_shape",
+        lambda g: (V2, {"json": v2_body([g], shape=[1.0])}),
+        400,
+        "inputs[0].shape[0]: expected an integer, got a number",
+    ),
+    (
+        "v2_bool_shape",
+        lambda g: (V2, {"json": v2_body([g], shape=[True])}),
+        400,
+        "inputs[0].shape[0]: expected an integer, got a boolean",
+    ),
+    (
+        "v2_negative_shape",
+        lambda g: (V2, {"json": v2_body([g], shape=[-1])}),
+        400,
+        "inputs[0].shape[0]: must be within 0..",
+    ),
+    (
+        "v2_absurd_shape",
+        lambda g: (V2, {"json": v2_body([g], shape=[2**62])}),
+        400,
+        f"images: {2**62} images, the limit is",
+    ),
+    (
+        "v2_shape_over_int64",
+        lambda g: (V2, {"json": v2_body([g], shape=[2**63])}),
+        400,
+        "inputs[0].shape[0]: must be within 0..",
+    ),
+    ("v2_inputs_empty", lambda g: (V2, {"json": {"inputs": []}}), 400, "inputs: expected a non-empty list"),
+    ("v2_no_inputs", lambda g: (V2, {"json": {"instances": [g]}}), 400, "inputs: expected a non-empty list"),
+    (
+        "v2_input_not_an_object",
+        lambda g: (V2, {"json": {"inputs": [g]}}),
+        400,
+        "inputs[0]: expected a tensor object",
+    ),
+    (
+        "v2_name_not_a_string",
+        lambda g: (V2, {"json": v2_body([g], name=5)}),
+        400,
+        "inputs[0].name: expected a string",
+    ),
+    (
+        "v2_no_data",
+        lambda g: (V2, {"json": {"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1]}]}}),
+        400,
+        "inputs[0]: no data",
+    ),
+    (
+        "v2_unknown_output",
+        lambda g: (V2, {"json": {**v2_body([g]), "outputs": [{"name": "boxes"}]}}),
+        400,
+        "outputs[0].name: unknown output 'boxes'",
+    ),
+    (
+        "v2_binary_data_not_a_bool",
+        lambda g: (
+            V2,
+            {
+                "json": {
+                    **v2_body([g]),
+                    "outputs": [{"name": "num_detections", "parameters": {"binary_data": "yes"}}],
+                }
+            },
+        ),
+        400,
+        "outputs[0].parameters.binary_data: expected true or false",
+    ),
+    (
+        "v2_binary_data_output_not_a_bool",
+        lambda g: (V2, {"json": v2_body([g], {"binary_data_output": 1})}),
+        400,
+        "parameters.binary_data_output: expected true or false",
+    ),
+    (
+        "v2_header_length_not_a_number",
+        lambda g: (V2, binary_body([_png8()], header_length="12a")),
+        400,
+        "Inference-Header-Content-Length: expected a byte count",
+    ),
+    (
+        "v2_header_length_past_the_body",
+        lambda g: (V2, binary_body([_png8()], header_length="100000")),
+        400,
+        "Inference-Header-Content-Length: 100000 is more than the body's",
+    ),
+    (
+        "v2_binary_size_past_the_body",
+        lambda g: (V2, binary_body([_png8()], size_delta=+1)),
+        400,
+        "inputs[0].parameters.binary_data_size:",
+    ),
+    (
+        "v2_binary_bytes_left_over",
+        lambda g: (V2, binary_body([_png8()], size_delta=-1)),
+        400,
+        "1 bytes after the binary data",
+    ),
+    (
+        "v2_binary_size_negative",
+        lambda g: (V2, binary_body([_png8()], size=-5)),
+        400,
+        "binary_data_size: expected a byte count",
+    ),
+    (
+        "v2_binary_and_data",
+        lambda g: (V2, binary_body([_png8()], data=[g])),
+        400,
+        "both data and parameters.binary_data_size",
+    ),
+    (
+        "v2_binary_truncated_length_prefix",
+        lambda g: (V2, binary_body([], raw=b"\x01\x00")),
+        400,
+        "images: malformed raw BYTES contents (truncated length prefix)",
+    ),
+    (
+        "v2_binary_element_longer_than_data",
+        lambda g: (V2, binary_body([], raw=struct.pack("<I", 1000) + b"abc")),
+        400,
+        "element longer than the data",
+    ),
+    (
+        "v2_binary_element_count",
+        lambda g: (V2, binary_body([_png8(), _png8()], shape=[3])),
+        400,
+        "needs 3 elements, got 2",
+    ),
+    (
+        "v2_binary_not_an_image",
+        lambda g: (V2, binary_body([_png8(), b"\x00\x01garbage"])),
+        400,
+        "images[1]: not an image",
+    ),
+    (
+        "v2_versioned_route",
+        lambda g: (f"/v2/models/{MODEL_NAME}/versions/1/infer", {"json": v2_body([g])}),
+        400,
+        "model_version '1': model 'ssd' has no versions",
+    ),
+    ("v2_binary_bad_base64", lambda g: (V2, binary_body([b"QUJD$"])), 400, "images[0]: not an image"),
 ]
+
+
+def raw_json(text: str) -> dict:
+    """A request whose body is this exact text (JSON that json= could not produce)."""
+    return {"content": text.encode(), "headers": {"content-type": "application/json"}}
+
+
+def binary_body(
+    images: list[bytes],
+    *,
+    header_length: str | None = None,
+    size_delta: int = 0,
+    size: int | None = None,
+    data: list | None = None,
+    raw: bytes | None = None,
+    shape: list[int] | None = None,
+) -> dict:
+    """A V2 binary-extension request (``images`` as a raw BYTES tensor), optionally made inconsistent."""
+    tensor_bytes = raw if raw is not None else serialize_tensor(np.array(images, dtype=object), "BYTES")
+    size = len(tensor_bytes) + size_delta if size is None else size
+    tensor: dict[str, Any] = {"name": "images", "datatype": "BYTES", "shape": shape or [max(1, len(images))]}
+    tensor["parameters"] = {"binary_data_size": size}
+    if data is not None:
+        tensor["data"] = data
+    header = orjson.dumps({"inputs": [tensor]})
+    headers = {"inference-header-content-length": header_length or str(len(header))}
+    return {"content": header + tensor_bytes, "headers": headers}
 
 
 @pytest.mark.parametrize(
@@ -476,8 +775,58 @@ def test_bad_input_is_a_client_error_and_the_server_stays_healthy(client, pngs, 
             ),
             "datatype must be BYTES",
         ),
+        (
+            lambda p: raw_grpc_request([p], raw_count=2),
+            "does not match the expected number of raw input contents",
+        ),
+        (
+            lambda p: raw_grpc_request([p], raw=struct.pack("<I", len(p) + 9) + p),
+            "element longer than the data",
+        ),
+        (
+            lambda p: raw_grpc_request([p], raw=struct.pack("<I", len(p)) + p + b"\x01"),
+            "truncated length prefix",
+        ),
+        (lambda p: raw_grpc_request([p], also_contents=True), "contents field must not be specified"),
+        (lambda p: raw_grpc_request([p, p], shape=[3]), "needs 3 elements, got 2"),
+        (lambda p: raw_grpc_request([p], shape=[-4]), "images: no images"),
+        (lambda p: raw_grpc_request([p], shape=[2**62]), f"images: {2**62} images, the limit is"),
+        (lambda p: raw_grpc_request([p], shape=[1, -1]), "images: shape must be [N]"),
+        (
+            lambda p: grpc_request([p], {"max_detections": 2**63 - 1}),
+            "parameters.max_detections: must be within",
+        ),
+        (
+            lambda p: grpc_request([p], {"score_threshold": "nan"}),
+            "parameters.score_threshold: must be within",
+        ),
+        (
+            lambda p: grpc_request([p], {"score_threshold": "1e999"}),
+            "parameters.score_threshold: must be within",
+        ),
+        (
+            lambda p: grpc_request([p], {"max_detections": "9" * 400}),
+            "parameters.max_detections: expected an integer",
+        ),
     ],
-    ids=["garbage_bytes", "threshold_not_a_number", "max_detections_too_big", "wrong_datatype"],
+    ids=[
+        "garbage_bytes",
+        "threshold_not_a_number",
+        "max_detections_too_big",
+        "wrong_datatype",
+        "raw_count_mismatch",
+        "raw_length_prefix_too_long",
+        "raw_length_prefix_truncated",
+        "contents_and_raw_both_set",
+        "raw_shape_data_mismatch",
+        "negative_shape",
+        "absurd_shape",
+        "negative_second_dim",
+        "max_detections_int64_max",
+        "threshold_nan",
+        "threshold_infinite",
+        "max_detections_400_digits",
+    ],
 )
 def test_grpc_bad_input_is_invalid_argument(stub, pngs, build, message):
     with pytest.raises(grpc.RpcError) as info:

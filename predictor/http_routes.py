@@ -1,0 +1,101 @@
+"""Our inference routes and readiness on KServe's server (its FastAPI app and data plane).
+
+KServe 0.21's own REST handlers get the most common clients wrong (kserve ``protocol/rest``):
+
+- V2 ``/infer`` parses the body with FastAPI as ``Union[InferenceRequest, bytes]``: a JSON body without
+  Content-Type becomes bytes and needs ``Inference-Header-Content-Length`` (400), and binary BYTES
+  inputs are turned into UTF-8 text (``InferInput.set_data_from_numpy(binary_data=False)``), which
+  raw JPEG bytes are not: 500 ``Failed to encode``. Python's ``json`` behind FastAPI also accepts NaN
+  and 400-digit integers (which overflowed later: 500). Its ``/versions/{v}/infer`` answers 501.
+- V1 ``:predict`` parses a body without Content-Type as JSON: a raw image sent so is 400.
+- Server readiness (``DataPlane.ready``, behind REST ``/v2/health/ready`` and gRPC ``ServerReady``) is
+  always true, although the protocol defines it as "all models ready".
+
+:func:`install` registers ``POST /v1/models/{name}:predict`` and ``POST /v2/models/{name}/infer`` before
+KServe registers its routes (Starlette matches routes in order), so ours answer; they parse the body
+themselves (:mod:`predictor.codecs`, :mod:`predictor.binary_ext`) and call the model like KServe does.
+:class:`TruthfulDataPlane` makes server readiness mean "every registered model is ready".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from kserve.errors import InvalidInput, ModelNotReady
+from kserve.protocol.dataplane import DataPlane
+
+from predictor import binary_ext
+
+V1_PREDICT = "/v1/models/{model_name}:predict"
+V2_INFER = "/v2/models/{model_name}/infer"
+V2_INFER_VERSION = "/v2/models/{model_name}/versions/{model_version}/infer"
+
+
+class TruthfulDataPlane(DataPlane):
+    """KServe's data plane whose server readiness is "at least one model, and every model ready"."""
+
+    async def ready(self) -> bool:
+        models = list(self.model_registry.get_models().values())
+        return bool(models) and all(bool(getattr(m, "ready", False)) for m in models)
+
+
+class InferenceRoutes:
+    """Handlers of the V1 and V2 inference routes, calling models through ``dataplane``."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    async def _model(self, model_name: str) -> Any:
+        """The ready model called ``model_name``; 404 (``ModelNotFound``) / 503 (``ModelNotReady``)."""
+        if not await self.dataplane.model_ready(model_name, disable_predictor_health_check=True):
+            raise ModelNotReady(model_name)
+        return await self.dataplane.get_model(model_name)
+
+    async def v1_predict(self, model_name: str, request: Request) -> Response:
+        """V1 ``:predict``: JSON, or one raw image (any non-JSON or no Content-Type, see
+        :func:`predictor.codecs.v1_body_is_json`)."""
+        model = await self._model(model_name)
+        body = await request.body()
+        headers = dict(request.headers)
+        response, response_headers = await model(body, headers=headers)
+        return Response(response, media_type="application/json", headers=_extra(response_headers))
+
+    async def v2_infer(self, model_name: str, request: Request) -> Response:
+        """V2 ``/infer``: JSON, or JSON plus binary tensor data (:mod:`predictor.binary_ext`)."""
+        model = await self._model(model_name)
+        body = await request.body()
+        headers = dict(request.headers)
+        output_names = [o["name"] for o in model.get_output_types()]
+        infer_request = binary_ext.parse_request(
+            body, headers.get(binary_ext.HEADER_LENGTH), model_name, output_names
+        )
+        response, response_headers = await model(infer_request, headers=headers)
+        content, json_length = binary_ext.encode_response(response, infer_request)
+        extra = _extra(response_headers)
+        if json_length is None:
+            return Response(content, media_type="application/json", headers=extra)
+        extra["Inference-Header-Content-Length"] = str(json_length)
+        return Response(content, media_type="application/octet-stream", headers=extra)
+
+    async def v2_infer_version(self, model_name: str, model_version: str, request: Request) -> Response:
+        """Versioned V2 ``/infer``: models here have no versions (400, not KServe's 501)."""
+        await self._model(model_name)
+        raise InvalidInput(
+            f"model_version {model_version[:32]!r}: model {model_name!r} has no versions; "
+            f"send to /v2/models/{model_name}/infer"
+        )
+
+
+def _extra(headers: dict[str, str] | None) -> dict[str, str]:
+    """Response headers set by the model, less those the response itself sets."""
+    skip = {"content-type", "content-length"}
+    return {k: v for k, v in (headers or {}).items() if k.lower() not in skip}
+
+
+def install(app: FastAPI, dataplane: DataPlane) -> None:
+    """Register our inference routes on ``app``; call before KServe registers its own (server start)."""
+    routes = InferenceRoutes(dataplane)
+    app.add_api_route(V1_PREDICT, routes.v1_predict, methods=["POST"], include_in_schema=False)
+    app.add_api_route(V2_INFER, routes.v2_infer, methods=["POST"], include_in_schema=False)
+    app.add_api_route(V2_INFER_VERSION, routes.v2_infer_version, methods=["POST"], include_in_schema=False)
