@@ -128,6 +128,7 @@ key in values.yaml and one in values.schema.json.
 - [maxImageBytes, --max_image_bytes, int]
 - [maxImagePixels, --max_image_pixels, int]
 - [maxRequestBytes, --max_request_bytes, int]
+- [grpcMaxMessageBytes, --grpc_max_receive_message_length, int]
 - [requestTimeoutSeconds, --request_timeout_s, num]
 - [maxQueueImages, --max_queue_images, int]
 - [shutdownGraceSeconds, --shutdown_grace_s, num]
