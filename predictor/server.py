@@ -18,7 +18,6 @@ import os
 import signal
 import sys
 import threading
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -108,17 +107,7 @@ def _serve(args: argparse.Namespace, model: Any) -> int:
     return status["exit"]
 
 
-#: Test hook: when set, warm-up waits until this file exists (start-up states can then be observed
-#: without timing assumptions, tests/test_health.py).
-WARMUP_GATE_ENV = "PREDICTOR_TEST_WARMUP_GATE"
-
-
 def _warm_up(model: Any, status: dict[str, int]) -> None:
-    gate = os.environ.get(WARMUP_GATE_ENV)
-    if gate:
-        log.info("warm-up waits for %s (%s)", gate, WARMUP_GATE_ENV)
-        while not Path(gate).exists():
-            time.sleep(0.05)
     try:
         model.load()
     except Exception as e:

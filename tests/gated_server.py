@@ -9,7 +9,8 @@ The test drives the gate through the process's stdin, one command a line:
 After each command, and whenever a call arrives at or leaves the gate, the launcher rewrites the file
 named by ``GATE_STATE_FILE`` with ``"<hold|open> <calls waiting>"``, so a test knows a command has taken
 effect and how many model calls are blocked, without timing anything. The gate is open at start, so
-the warm-up runs through it.
+the warm-up runs through it, unless ``GATE_START=hold``: then the warm-up (which runs every batch
+bucket through the model) waits at the gate and the server stays not ready until ``release``.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from predictor.ssd.detector import Detector
 class Gate:
     """An open/held gate with a count of the callers waiting at it, mirrored into a state file."""
 
-    def __init__(self, state_file: Path) -> None:
+    def __init__(self, state_file: Path, held: bool = False) -> None:
         self._open = threading.Event()
-        self._open.set()
+        if not held:
+            self._open.set()
         self._lock = threading.Lock()
         self._waiting = 0
         self._state_file = state_file
@@ -81,7 +83,7 @@ def _read_commands(gate: Gate) -> None:
 
 
 if __name__ == "__main__":
-    gate = Gate(Path(os.environ["GATE_STATE_FILE"]))
+    gate = Gate(Path(os.environ["GATE_STATE_FILE"]), held=os.environ.get("GATE_START") == "hold")
     _install(gate)
     threading.Thread(target=_read_commands, args=(gate,), name="gate-control", daemon=True).start()
     sys.exit(main(sys.argv[1:]))

@@ -150,12 +150,18 @@ class ServerProcess:
 
 
 def start_server(
-    model_dir: Path | str, log_path: Path, *args: str, model_name: str = MODEL_NAME, gated: bool = False
+    model_dir: Path | str,
+    log_path: Path,
+    *args: str,
+    model_name: str = MODEL_NAME,
+    gated: bool = False,
+    held: bool = False,
 ) -> ServerProcess:
     """Start ``python -m predictor`` on free loopback ports (not waiting for readiness).
 
     ``gated``: start it through ``tests/gated_server.py`` instead, whose model calls wait while the
-    test holds ``server.gate``.
+    test holds ``server.gate``; ``held``: the gate is held from the start, so the warm-up waits too
+    (the server stays not ready until ``server.gate.release()``).
     """
     http_port, grpc_port = free_port(), free_port()
     entry = [str(REPO_ROOT / "tests" / "gated_server.py")] if gated else ["-m", "predictor"]
@@ -163,6 +169,7 @@ def start_server(
     state_file = log_path.with_suffix(".gate")
     if gated:
         env["GATE_STATE_FILE"] = str(state_file)
+        env["GATE_START"] = "hold" if held else "open"
     cmd = [
         sys.executable,
         *entry,

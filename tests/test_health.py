@@ -3,9 +3,9 @@ model, REST and gRPC) only once every model is ready.
 
 The Open Inference Protocol defines server readiness as "all models ready" (kserve/kserve
 ``docs/predict-api/v2/required_api.md``, "Server Ready"); KServe 0.21's ``DataPlane.ready`` answers true
-regardless (``python/kserve/kserve/protocol/dataplane.py``). Warm-up is held back by a gate file
-(``PREDICTOR_TEST_WARMUP_GATE``, :data:`predictor.server.WARMUP_GATE_ENV`), so the not-ready state is
-observed for certain, with no timing assumption; the polls' deadlines only guard against hangs.
+regardless (``python/kserve/kserve/protocol/dataplane.py``). The server's model calls, warm-up
+included, wait at a gate the test holds (tests/gated_server.py), so the not-ready state is observed
+for certain, with no timing assumption; the polls' deadlines only guard against hangs.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import pytest
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from serving_fixtures import MODEL_NAME, b64, encode_image, start_server
-
-from predictor.server import WARMUP_GATE_ENV
 
 
 def poll(condition: Callable[[], bool], what: str, server, timeout: float = 180.0) -> None:
@@ -77,15 +75,16 @@ LIMIT = 1_000_000
 @pytest.fixture(scope="module")
 def gated_server(random_tiny_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gated")
-    gate = tmp / "warm-up-may-start"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(WARMUP_GATE_ENV, str(gate))
-        server = start_server(random_tiny_model_dir, tmp / "server.log", "--max_request_bytes", str(LIMIT))
+    server = start_server(
+        random_tiny_model_dir, tmp / "server.log", "--max_request_bytes", str(LIMIT), gated=True, held=True
+    )
     channel = grpc.insecure_channel(server.grpc_target)
     try:
-        yield server, pb_grpc.GRPCInferenceServiceStub(channel), gate
+        yield server, pb_grpc.GRPCInferenceServiceStub(channel), server.gate
     finally:
         channel.close()
+        if server.gate.state()[0] == "hold" and server.proc.poll() is None:
+            server.gate.release()
         server.terminate()
 
 
@@ -102,7 +101,7 @@ def test_live_at_once_ready_only_when_the_model_is(gated_server, shapes_images):
     r = httpx.post(f"{server.url}/v2/models/{MODEL_NAME}/infer", json=body, timeout=30)
     assert r.status_code == 503, r.text
 
-    gate.touch()
+    gate.release()
     seen = []
 
     def all_ready() -> bool:
