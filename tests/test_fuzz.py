@@ -196,6 +196,36 @@ PARAMETERS = st.one_of(
 )
 
 
+B64_TEXT = st.text(alphabet="ABCDabcd0123+/=", min_size=1, max_size=16)
+#: Every instance form V1 accepts, with the base64 text it carries.
+VALID_INSTANCE = st.one_of(
+    B64_TEXT.map(lambda t: (t, t)),
+    B64_TEXT.map(lambda t: ({"b64": t}, t)),
+    st.sampled_from(["image", "image_bytes"]).flatmap(
+        lambda key: B64_TEXT.flatmap(lambda t: st.sampled_from([({key: t}, t), ({key: {"b64": t}}, t)]))
+    ),
+)
+VALID_PARAMETERS = st.fixed_dictionaries(
+    {}, optional={"score_threshold": st.floats(0, 1), "max_detections": st.integers(1, 100)}
+)
+
+
+@fuzz_settings
+@given(st.lists(VALID_INSTANCE, min_size=1, max_size=4), st.one_of(st.none(), VALID_PARAMETERS))
+def test_v1_valid_bodies_round_trip(instances, parameters):
+    """Every valid body is accepted, each instance's text handed on untouched, the parameters kept."""
+    body = {"instances": [item for item, _ in instances]}
+    if parameters is not None:
+        body["parameters"] = parameters
+    request = codecs.parse_v1(body, max_batch_size=4, max_detections=100)
+    assert [p.field for p in request.images] == [f"instances[{i}]" for i in range(len(instances))]
+    assert [p.data for p in request.images] == [text for _, text in instances]
+    assert all(p.is_base64 is True for p in request.images)
+    params = parameters or {}
+    assert request.score_threshold == params.get("score_threshold")
+    assert request.max_detections == params.get("max_detections")
+
+
 @fuzz_settings
 @given(
     st.one_of(
@@ -206,21 +236,36 @@ PARAMETERS = st.one_of(
     )
 )
 def test_v1_json_bodies(body):
+    """Anything else: accepted (then well-formed) or refused with a message naming where."""
     try:
         request = codecs.parse_v1(body, max_batch_size=4, max_detections=100)
-    except InvalidInput:
+    except InvalidInput as e:
+        assert_names_a_field(e, ("instances", "parameters", "expected a JSON object", 'missing "instances"'))
         return
-    assert 1 <= len(request.images) <= 4
-    assert all(isinstance(p.data, str) and p.is_base64 for p in request.images)
+    assert [p.field for p in request.images] == [f"instances[{i}]" for i in range(len(body["instances"]))]
     assert request.score_threshold is None or 0 <= request.score_threshold <= 1
     assert request.max_detections is None or 1 <= request.max_detections <= 100
+
+
+def assert_names_a_field(error: InvalidInput, fields: tuple[str, ...]) -> None:
+    """A rejection says what is wrong, and where: one of ``fields`` appears in its message."""
+    assert error.reason and any(f in error.reason for f in fields), error.reason
 
 
 @fuzz_settings
 @given(st.binary(max_size=200), st.sampled_from(["application/json", "image/jpeg", "", "text/json; x=y"]))
 def test_v1_byte_bodies(body, content_type):
-    with contextlib.suppress(InvalidInput):
-        codecs.parse_v1(body, content_type, max_batch_size=4, max_detections=100)
+    """A raw body is JSON or one image, by the documented rule; one image is handed on byte for byte."""
+    as_json = codecs.v1_body_is_json(body, content_type)
+    try:
+        request = codecs.parse_v1(body, content_type, max_batch_size=4, max_detections=100)
+    except InvalidInput:
+        assert as_json, "a body read as one image is never refused before decoding"
+        return
+    if not as_json:
+        (payload,) = request.images
+        assert payload.field == "instances[0]" and payload.data == body
+    assert content_type != "image/jpeg" or not as_json
 
 
 @fuzz_settings
@@ -241,9 +286,30 @@ def test_v2_requests(name, shape, datatype, data, from_grpc, parameters):
     )
     try:
         parsed = codecs.parse_v2(request, max_batch_size=4, max_detections=100)
-    except InvalidInput:
+    except InvalidInput as e:
+        assert_names_a_field(e, ("inputs[0]", "input", "parameters", name or "images"))
         return
-    assert 1 <= len(parsed.images) <= 4
+    assert datatype == "BYTES" and list(shape) == [len(parsed.images)] and 1 <= len(parsed.images) <= 4
+    assert [p.data for p in parsed.images] == list(data)  # the elements, in order, untouched
+
+
+@fuzz_settings
+@given(
+    st.lists(st.one_of(st.binary(min_size=1, max_size=8), B64_TEXT), min_size=1, max_size=4),
+    st.booleans(),
+    st.one_of(st.none(), VALID_PARAMETERS),
+)
+def test_v2_valid_requests_round_trip(elements, from_grpc, parameters):
+    """A valid V2 tensor is accepted, its elements handed on in order, untouched, parameters kept."""
+    tensor = InferInput("images", [len(elements)], "BYTES", data=elements)
+    request = InferRequest("m", [tensor], from_grpc=from_grpc, parameters=parameters)
+    parsed = codecs.parse_v2(request, max_batch_size=4, max_detections=100)
+    assert parsed.protocol == ("grpc" if from_grpc else "v2") and parsed.infer_request is request
+    assert [p.data for p in parsed.images] == elements
+    assert len({p.field for p in parsed.images}) == len(elements)
+    params = parameters or {}
+    assert parsed.score_threshold == params.get("score_threshold")
+    assert parsed.max_detections == params.get("max_detections")
 
 
 @fuzz_settings
@@ -251,9 +317,10 @@ def test_v2_requests(name, shape, datatype, data, from_grpc, parameters):
 def test_raw_bytes_tensor(raw):
     try:
         items = codecs.split_raw_bytes(raw)
-    except InvalidInput:
+    except InvalidInput as e:
+        assert e.reason.startswith("input: malformed raw BYTES contents"), e.reason
         return
-    assert sum(4 + len(i) for i in items) == len(raw)
+    assert b"".join(struct.pack("<I", len(i)) + i for i in items) == raw  # exact round trip
 
 
 @fuzz_settings
@@ -283,9 +350,10 @@ def test_responses_round_trip(counts, width, data):
     assert arrays["detection_boxes"].shape == (n, max(counts), 4)
 
 
-@pytest.mark.parametrize("profile", ["dev", "ci", "fuzz"])
-def test_profiles_are_registered(profile):
-    assert settings.get_profile(profile).max_examples in (10, 50, 2000)
+def test_the_active_profile_is_the_one_asked_for():
+    """``make fuzz`` (HYPOTHESIS_PROFILE=fuzz) really runs 2000 examples per property, CI 50."""
+    asked = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+    assert fuzz_settings.max_examples == {"dev": 10, "ci": 50, "fuzz": 2000}[asked]
 
 
 @fuzz_settings

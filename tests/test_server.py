@@ -44,6 +44,17 @@ def client(ssd_server):
         yield c
 
 
+@pytest.fixture(autouse=True)
+def no_internal_errors(ssd_server):
+    """After every test here: nothing it sent made the server log a traceback or answer 500."""
+    start = len(ssd_server.log())
+    yield
+    log = ssd_server.log()[start:]
+    at = log.find("Traceback")
+    assert at < 0, log[max(0, at - 300) : at + 3000]
+    assert '"status":500' not in log
+
+
 @pytest.fixture(scope="module")
 def stub(ssd_server):
     channel = grpc.insecure_channel(
@@ -932,14 +943,21 @@ def test_no_retracing_after_warm_up(client, ssd_server, pngs):
 
 
 def test_prometheus_metrics(client, ssd_server, pngs):
-    client.post(V1, json={"instances": [b64(pngs[0])]})
-    client.post(V1, json={"instances": ["!"]})
-    client.post(V2, json={"inputs": []})
-    assert ssd_server.metric("ssd_requests_total", 'protocol="v1",status="200"') >= 1
-    assert ssd_server.metric("ssd_request_errors_total", 'protocol="v1",status="400"') >= 1
-    assert ssd_server.metric("ssd_requests_total", 'protocol="v2",status="400"') >= 1
-    assert ssd_server.metric("ssd_images_total", 'protocol="v1"') >= 1
-    assert ssd_server.metric("ssd_batch_size_count") >= 1
+    """Each request moves exactly its own counters (read before and after: the server is shared)."""
+    samples = {
+        "v1_200": ("ssd_requests_total", 'protocol="v1",status="200"'),
+        "v1_400": ("ssd_request_errors_total", 'protocol="v1",status="400"'),
+        "v2_400": ("ssd_requests_total", 'protocol="v2",status="400"'),
+        "v1_images": ("ssd_images_total", 'protocol="v1"'),
+        "batches": ("ssd_batch_size_count", ""),
+        "batched_images": ("ssd_batch_size_sum", ""),
+    }
+    before = {k: ssd_server.metric(*v) for k, v in samples.items()}
+    assert client.post(V1, json={"instances": [b64(pngs[0]), b64(pngs[1])]}).status_code == 200
+    assert client.post(V1, json={"instances": ["!"]}).status_code == 400
+    assert client.post(V2, json={"inputs": []}).status_code == 400
+    delta = {k: ssd_server.metric(*v) - before[k] for k, v in samples.items()}
+    assert delta == {"v1_200": 1, "v1_400": 1, "v2_400": 1, "v1_images": 2, "batches": 1, "batched_images": 2}
     assert ssd_server.metric("ssd_model_ready") == 1
     assert ssd_server.metric("ssd_queue_images") == 0
     text = client.get("/metrics").text
@@ -962,11 +980,3 @@ def test_an_oversized_body_is_refused_before_it_is_read(ssd_server):
     assert status == b"413"
     assert body["error"] == "request body is 1000000000 bytes, the limit is 67108864 (--max_request_bytes)"
     assert ssd_server.metric("ssd_request_errors_total", 'protocol="v1",status="413"') >= 1
-
-
-def test_the_server_log_has_no_tracebacks(ssd_server):
-    """Runs last: every bad input above was answered without an internal error."""
-    log = ssd_server.log()
-    at = log.find("Traceback")
-    assert at < 0, log[max(0, at - 300) : at + 3000]
-    assert '"status":500' not in log
