@@ -1,8 +1,9 @@
 """The compiled SSD inference function: pre-resized images in, detections in original pixels out.
 
 ``Detector`` wraps a network, its anchors and the batched post-processing in one ``tf.function``
-(optionally XLA-compiled). Batches are padded to a small set of bucket sizes so the function is traced
-once per bucket and never again after :meth:`Detector.warmup`.
+(optionally XLA-compiled). The function is traced once, its batch dimension left open; batches are
+padded to a small set of bucket sizes, so XLA and the kernels see a bounded set of shapes, all of them
+run once by :meth:`Detector.warmup` before serving.
 
 Three lines from an image file to detections (balancap checkpoint or project model directory)::
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -100,7 +102,17 @@ class Detector:
         self.buckets = buckets_up_to(max_batch_size)
         self.anchors = tf.constant(generate_anchors(config))
         self.trace_count = 0
-        self._fn = tf.function(self._infer, jit_compile=xla)
+        # One trace serves every bucket: the batch dimension is left open (post-processing reads it
+        # with tf.shape), so warm-up pays a single trace and graph optimisation instead of one per
+        # bucket. XLA still compiles one executable per concrete batch size, at the bucket's first run.
+        s = config.input_size
+        signature = (
+            tf.TensorSpec([None, s, s, 3], tf.float32, name="images"),
+            tf.TensorSpec([None, 2], tf.float32, name="image_hw"),
+            tf.TensorSpec([None], tf.float32, name="score_threshold"),
+            tf.TensorSpec([None], tf.int32, name="max_detections"),
+        )
+        self._fn = tf.function(self._infer, input_signature=signature, jit_compile=xla)
 
     @classmethod
     def from_dir(cls, path: str, **kwargs) -> Detector:
@@ -188,11 +200,19 @@ class Detector:
         )
         return {k: v.numpy()[:n] for k, v in out.items()}
 
-    def warmup(self, buckets: Sequence[int] | None = None) -> None:
-        """Trace and run every bucket once so that serving never traces."""
+    def warmup(self, buckets: Sequence[int] | None = None) -> dict[int, float]:
+        """Run every bucket once (the first run traces) so that serving never traces or compiles.
+
+        Returns:
+          seconds taken by each bucket's first run, ``{bucket: seconds}``, in bucket order.
+        """
         s = self.input_size
+        seconds = {}
         for b in buckets or self.buckets:
+            start = time.perf_counter()
             self.run_batch(np.zeros((b, s, s, 3), np.float32), np.full((b, 2), s, np.float32))
+            seconds[b] = time.perf_counter() - start
+        return seconds
 
     def resize(self, image: np.ndarray) -> np.ndarray:
         """uint8 ``[H, W, 3]`` -> float32 ``[S, S, 3]`` (TF1 bilinear WARP)."""
