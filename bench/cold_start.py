@@ -12,7 +12,9 @@ Two measurements per model and repeat, taken one after the other in the same run
   The server does the same work, with its HTTP and gRPC servers starting beside the warm-up.
 
 Models: the shipped demo model and SSD300-VGG16 with seeded random weights (see bench/common.py). The
-page cache is warm after the first repeat (a node pulling a new image starts colder).
+page cache is warm after the first repeat (a node pulling a new image starts colder). Configurations
+(run alternately, repeat by repeat): this checkout; ``--baseline DIR``, another source tree; ``--no_pyc``,
+this checkout without byte-code (what an image without ``__pycache__`` on a read-only root pays).
 
 ``python -m bench.cold_start [--models demo,ssd300] [--repeats 3]`` -> table + JSON
 (``make bench-cold-start``).
@@ -138,25 +140,38 @@ def _poll_ready(proc: subprocess.Popen, url: str, t0: float, timeout_s: float, h
     raise TimeoutError(f"server not ready after {timeout_s:.0f} s")
 
 
-def trees(args: argparse.Namespace) -> dict[str, Path]:
-    """Source trees to measure: this checkout, and ``--baseline`` (e.g. a ``git worktree`` of main)."""
-    result = {"this": REPO}
+def configurations(args: argparse.Namespace) -> dict[str, tuple[Path, dict[str, str]]]:
+    """label -> (source tree, extra environment) of each configuration measured.
+
+    ``this``: this checkout. ``baseline``: ``--baseline``, another source tree (e.g. ``git worktree add``
+    of an older commit). ``no-pyc``: this checkout with Python finding no byte-code at all (an empty,
+    read-only ``PYTHONPYCACHEPREFIX``), like an image without ``__pycache__`` on a read-only root. That
+    also hides the standard library's byte-code, which a distribution's python3 package does ship.
+    """
+    result: dict[str, tuple[Path, dict[str, str]]] = {"this": (REPO, {})}
     if args.baseline:
-        result["baseline"] = args.baseline.resolve()
+        result["baseline"] = (args.baseline.resolve(), {})
+    if args.no_pyc:
+        empty = args.out_dir / "cold_start" / "empty-pycache"
+        empty.mkdir(parents=True, exist_ok=True)
+        empty.chmod(0o555)
+        result["no-pyc"] = (REPO, {"PYTHONPYCACHEPREFIX": str(empty), "PYTHONDONTWRITEBYTECODE": "1"})
     return result
 
 
 def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Repeats of (server, phases) per tree, the trees alternating so that they share the machine's mood."""
+    """Repeats of (server, phases) per configuration, alternating so that they share the machine's load."""
     from bench.common import model_dir
 
     path, description = model_dir(name, args.out_dir)
-    result: dict[str, Any] = {"description": description, "model_dir": str(path), "trees": {}}
-    runs: dict[str, list[dict[str, Any]]] = {label: [] for label in trees(args)}
+    result: dict[str, Any] = {"description": description, "model_dir": str(path), "configurations": {}}
+    configs = configurations(args)
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label in configs}
     for i in range(args.repeats):
-        for label, tree in trees(args).items():
+        for label, (tree, extra_env) in configs.items():
             env = {
                 **os.environ,
+                **extra_env,
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")])),
                 "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "1"),
             }
@@ -171,8 +186,9 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 flush=True,
             )
     for label, tree_runs in runs.items():
-        result["trees"][label] = {
-            "tree": str(trees(args)[label]),
+        result["configurations"][label] = {
+            "tree": str(configs[label][0]),
+            "env": configs[label][1],
             "runs": tree_runs,
             "median": _medians(tree_runs),
         }
@@ -201,29 +217,13 @@ def print_table(data: dict[str, Any]) -> None:
 
     rows = []
     for name, result in data["models"].items():
-        m = result["median"]
-        per_bucket = ", ".join(f"{b}: {s:.2f}" for b, s in m["warmup_per_bucket_s"].items())
-        rows.append(
-            [
-                name,
-                m["ready_s"],
-                m["interpreter_imports_s"],
-                m["model_load_s"],
-                m["warmup_s"],
-                m["traces"],
-                per_bucket,
-            ]
-        )
-    headers = [
-        "model",
-        "server ready s",
-        "interpreter+imports s",
-        "model load s",
-        "warm-up s",
-        "traces",
-        "warm-up per bucket s",
-    ]
-    print(fmt_table(headers, rows))
+        for label, config in result["configurations"].items():
+            m = config["median"]
+            per_bucket = ", ".join(f"{b}: {s:.2f}" for b, s in m["warmup_per_bucket_s"].items())
+            timings = [m["ready_s"], m["interpreter_imports_s"], m["model_load_s"], m["warmup_s"]]
+            rows.append([name, label, len(config["runs"]), *timings, m["traces"], per_bucket])
+    headers = ["model", "configuration", "runs", "spawn to ready s", "interpreter+imports s", "model load s"]
+    print(fmt_table([*headers, "warm-up s", "traces", "warm-up per bucket s"], rows))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -238,9 +238,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="another source tree to measure alternately (its predictor/)",
     )
+    parser.add_argument("--no_pyc", action="store_true", help="also measure without byte-code (.pyc)")
     parser.add_argument("--timeout_s", type=float, default=900.0, help="give up on a server after this")
     parser.add_argument("--out_dir", type=Path, default=OUT_DIR)
     parser.add_argument("--out", type=Path, default=None, help="JSON (default OUT_DIR/cold_start.json)")
+    parser.add_argument("--report", type=Path, nargs="+", help="only print the table of these JSON files")
     return parser.parse_args(argv)
 
 
@@ -252,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     from bench.common import machine_info, write_json
 
     args = parse_args(argv)
+    if args.report:
+        for path in args.report:
+            print_table(json.loads(path.read_text()))
+        return 0
     out = args.out or args.out_dir / "cold_start.json"
     data: dict[str, Any] = {"machine": machine_info(), "settings": vars(args).copy(), "models": {}}
     for name in args.models.split(","):

@@ -17,8 +17,12 @@ from __future__ import annotations
 import bisect
 import contextlib
 import logging
+import os
+import re
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import keras
@@ -63,6 +67,21 @@ def configure_devices(memory_growth: bool = True) -> list[str]:
     return names or ["CPU"]
 
 
+LIBDEVICE = Path("nvvm/libdevice/libdevice.10.bc")
+
+
+def find_libdevice(environ: Mapping[str, str] = os.environ) -> Path | None:
+    """The CUDA directory holding ``nvvm/libdevice/libdevice.10.bc``, which XLA needs to compile for a
+    GPU, or None. Looked for in ``--xla_gpu_cuda_data_dir`` of ``XLA_FLAGS``, ``CUDA_HOME``/``CUDA_PATH``,
+    ``/usr/local/cuda*`` and the nvidia-cuda-nvcc wheel (``site-packages/nvidia/cuda_nvcc``)."""
+    flag = re.search(r"--xla_gpu_cuda_data_dir=(\S+)", environ.get("XLA_FLAGS", ""))
+    candidates = [Path(flag[1])] if flag else []
+    candidates += [Path(environ[k]) for k in ("CUDA_HOME", "CUDA_PATH") if environ.get(k)]
+    candidates += sorted(Path("/usr/local").glob("cuda*"))
+    candidates += [Path(p) / "nvidia" / "cuda_nvcc" for p in sys.path if p]
+    return next((c for c in candidates if (c / LIBDEVICE).is_file()), None)
+
+
 def buckets_up_to(max_batch_size: int, base: Sequence[int] = DEFAULT_BUCKETS) -> tuple[int, ...]:
     """Bucket sizes not larger than ``max_batch_size``, always ending with ``max_batch_size`` itself."""
     sizes = sorted({b for b in base if b < max_batch_size} | {max_batch_size})
@@ -99,6 +118,12 @@ class Detector:
         self.top_k = config.top_k if top_k is None else int(top_k)
         self.max_detections = config.max_detections if max_detections is None else int(max_detections)
         self.xla = xla
+        if xla and tf.config.list_physical_devices("GPU") and find_libdevice() is None:
+            raise RuntimeError(
+                f"--xla on a GPU needs CUDA's {LIBDEVICE} (and ptxas), found nowhere XLA looks: install "
+                "nvidia-cuda-nvcc-cu12 (the GPU image has it), set XLA_FLAGS=--xla_gpu_cuda_data_dir=<dir>, "
+                "or serve without --xla"
+            )
         self.buckets = buckets_up_to(max_batch_size)
         self.anchors = tf.constant(generate_anchors(config))
         self.trace_count = 0
