@@ -47,18 +47,19 @@ def phases_child(model_path: str, spawned_at: float) -> dict[str, Any]:
     from predictor.server import main  # noqa: F401
     from predictor.ssd.detector import configure_devices
 
-    t_imported = time.time()
+    t_imported, cpu_imported = time.time(), time.process_time()
     devices = configure_devices()
     options = ServingOptions(model_dir=model_path)
     model = SSDPredictor(MODEL_NAME, options)
     detector = model.build()
-    t_loaded = time.time()
-    warmup = {}
+    t_loaded, cpu_loaded = time.time(), time.process_time()
+    warmup, warmup_cpu = {}, {}
     for bucket in detector.buckets:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         detector.warmup([bucket])
         warmup[str(bucket)] = time.perf_counter() - start
-    t_warm = time.time()
+        warmup_cpu[str(bucket)] = time.process_time() - cpu
+    t_warm, cpu_warm = time.time(), time.process_time()
     model.close()
     return {
         "interpreter_s": t_start - spawned_at,
@@ -68,6 +69,11 @@ def phases_child(model_path: str, spawned_at: float) -> dict[str, Any]:
         "warmup_s": t_warm - t_loaded,
         "warmup_per_bucket_s": warmup,
         "total_s": t_warm - spawned_at,
+        # CPU seconds of the process (all threads): steadier than wall time on a shared machine.
+        "interpreter_imports_cpu_s": cpu_imported,
+        "model_load_cpu_s": cpu_loaded - cpu_imported,
+        "warmup_cpu_s": cpu_warm - cpu_loaded,
+        "warmup_per_bucket_cpu_s": warmup_cpu,
         "traces": detector.trace_count,
         "devices": devices,
         "predictor": str(Path(sys.modules["predictor"].__file__).parent),
@@ -100,6 +106,7 @@ def run_phases(model_path: Path, env: dict[str, str], cwd: Path) -> dict[str, An
 def run_server(model_path: Path, env: dict[str, str], log_path: Path, timeout_s: float) -> dict[str, Any]:
     """Spawn the server with default flags; seconds from spawn to the first 200 of the ready probe."""
     import httpx
+    import psutil
 
     from bench.served import free_port
 
@@ -117,13 +124,19 @@ def run_server(model_path: Path, env: dict[str, str], log_path: Path, timeout_s:
         )
         try:
             ready_s = _poll_ready(proc, url, t0, timeout_s, httpx)
+            cpu = psutil.Process(proc.pid).cpu_times()
+            ready_cpu_s = cpu.user + cpu.system
         finally:
             proc.terminate()
             proc.wait(timeout=120)
     warmup_line = next(
         (line for line in log_path.read_text(errors="replace").splitlines() if "warm-up done" in line), ""
     )
-    return {"ready_s": ready_s, "warmup_log": warmup_line.split("INFO", 1)[-1].strip()}
+    return {
+        "ready_s": ready_s,
+        "ready_cpu_s": ready_cpu_s,
+        "warmup_log": warmup_line.split("INFO", 1)[-1].strip(),
+    }
 
 
 def _poll_ready(proc: subprocess.Popen, url: str, t0: float, timeout_s: float, httpx: Any) -> float:
@@ -196,20 +209,25 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    def med(values: list[float]) -> float:
-        return statistics.median(values)
-
     phases = [r["phases"] for r in runs]
-    buckets = list(phases[0]["warmup_per_bucket_s"])
-    return {
-        "ready_s": med([r["server"]["ready_s"] for r in runs]),
-        "interpreter_imports_s": med([p["interpreter_imports_s"] for p in phases]),
-        "model_load_s": med([p["model_load_s"] for p in phases]),
-        "warmup_s": med([p["warmup_s"] for p in phases]),
-        "warmup_per_bucket_s": {b: med([p["warmup_per_bucket_s"][b] for p in phases]) for b in buckets},
-        "phases_total_s": med([p["total_s"] for p in phases]),
+    result = {
+        "ready_s": statistics.median(r["server"]["ready_s"] for r in runs),
+        "ready_cpu_s": statistics.median(r["server"]["ready_cpu_s"] for r in runs),
         "traces": phases[0]["traces"],
     }
+    for key in (
+        "interpreter_imports_s",
+        "model_load_s",
+        "warmup_s",
+        "total_s",
+        "interpreter_imports_cpu_s",
+        "model_load_cpu_s",
+        "warmup_cpu_s",
+    ):
+        result[key] = statistics.median(p[key] for p in phases)
+    for key in ("warmup_per_bucket_s", "warmup_per_bucket_cpu_s"):
+        result[key] = {b: statistics.median(p[key][b] for p in phases) for b in phases[0][key]}
+    return result
 
 
 def print_table(data: dict[str, Any]) -> None:
@@ -219,11 +237,18 @@ def print_table(data: dict[str, Any]) -> None:
     for name, result in data["models"].items():
         for label, config in result["configurations"].items():
             m = config["median"]
-            per_bucket = ", ".join(f"{b}: {s:.2f}" for b, s in m["warmup_per_bucket_s"].items())
-            timings = [m["ready_s"], m["interpreter_imports_s"], m["model_load_s"], m["warmup_s"]]
-            rows.append([name, label, len(config["runs"]), *timings, m["traces"], per_bucket])
-    headers = ["model", "configuration", "runs", "spawn to ready s", "interpreter+imports s", "model load s"]
-    print(fmt_table([*headers, "warm-up s", "traces", "warm-up per bucket s"], rows))
+            per_bucket = ", ".join(f"{b}: {s:.2f}" for b, s in m["warmup_per_bucket_cpu_s"].items())
+            pairs = [
+                (m["ready_s"], m["ready_cpu_s"]),
+                (m["interpreter_imports_s"], m["interpreter_imports_cpu_s"]),
+                (m["model_load_s"], m["model_load_cpu_s"]),
+                (m["warmup_s"], m["warmup_cpu_s"]),
+            ]
+            cells = [f"{wall:.1f} ({cpu:.1f})" for wall, cpu in pairs]
+            rows.append([name, label, len(config["runs"]), *cells, m["traces"], per_bucket])
+    headers = ["model", "configuration", "runs", "spawn to ready", "interpreter+imports", "model load"]
+    print("seconds: wall (CPU of the process, all threads); medians over the runs")
+    print(fmt_table([*headers, "warm-up", "traces", "warm-up CPU s per bucket"], rows))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
