@@ -5,9 +5,10 @@ under bubblewrap (``bwrap``, Debian package ``bubblewrap``) from two sources rea
 
 - the **Dockerfile**: the runtime stage's ENTRYPOINT, ENV (through its parent stages), WORKDIR and USER;
 - the **rendered chart**: for each value set whose predictor container can run on a CPU (it requests no
-  GPU), the InferenceService's ``kserve-container``: args, env, securityContext (runAsUser/runAsGroup,
-  readOnlyRootFilesystem), volumeMounts of emptyDir volumes, the three probes, and the pod's
-  termination grace period.
+  GPU), plus the first of them with ``model.storageUri`` set, the InferenceService's
+  ``kserve-container``: args, env, securityContext (runAsUser/runAsGroup, readOnlyRootFilesystem),
+  volumeMounts of emptyDir volumes, the three probes, and the pod's termination grace period. Value
+  sets rendering the same contract run once.
 
 The sandbox: a read-only root (the host's directories, bound read-only; this test's virtual
 environment stands in for the image's ``/opt/venv`` and is bound there), each emptyDir a tmpfs of its
@@ -459,7 +460,8 @@ def inside(contract: PodContract, tmp_path: Path, script: str) -> subprocess.Com
 
 def test_sandbox_enforces_what_the_pod_spec_says(tmp_path):
     """The sandbox checked from inside: uid/gid, PID 1, read-only root, writable emptyDirs, the model
-    mount read-only, no network but loopback, exactly the environment the image and pod give."""
+    mount read-only, no capabilities and no privilege escalation, no network but loopback, exactly the
+    environment the image and pod give."""
     contract = contract_of(WITH_STORAGE)
     image = image_config("cpu" if contract.image.endswith("-cpu") else "gpu")
     ids = inside(contract, tmp_path, "id -u; id -g; echo $$").stdout.split()
@@ -473,6 +475,8 @@ def test_sandbox_enforces_what_the_pod_spec_says(tmp_path):
         contract, tmp_path, f"test -f {MODEL_MOUNT}/model.yaml && ! touch {MODEL_MOUNT}/x 2>/dev/null"
     )
     assert models.returncode == 0, f"{MODEL_MOUNT} must hold the model, read-only"
+    status = inside(contract, tmp_path, "grep -E '^(CapEff|NoNewPrivs):' /proc/self/status").stdout.split()
+    assert status == ["CapEff:", "0" * 16, "NoNewPrivs:", "1"], "capabilities: drop ALL, no escalation"
     devices = inside(contract, tmp_path, "tail -n +3 /proc/net/dev | cut -d: -f1").stdout.split()
     assert devices == ["lo"], "the pod's own network namespace"
     env = inside(contract, tmp_path, "env -0").stdout.split("\0")
