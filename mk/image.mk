@@ -17,7 +17,7 @@ engine="$(DOCKER)"; \
 if [ -z "$$engine" ]; then \
 	if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then engine=docker; \
 	elif command -v podman >/dev/null 2>&1; then engine=podman; \
-	else echo "no container engine: install docker or podman (or set DOCKER=...);" \
+	else echo "no container engine: no docker daemon answers and podman is not installed (or set DOCKER=...);" \
 		"'make image-check' checks the Dockerfile without one" >&2; exit 1; fi; \
 fi
 endef
