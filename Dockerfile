@@ -46,11 +46,15 @@ RUN apt-get update \
 # ---- build the package wheel from the source tree ---------------------------------------------------
 FROM base AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY predictor ./predictor
+# The build tools (setuptools, wheel) come hash-pinned from requirements/build.lock, not fetched
+# unpinned by build isolation.
+COPY requirements/build.lock /tmp/build.lock
 RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
     python3 -m venv /opt/build \
-    && /opt/build/bin/pip wheel --no-deps --wheel-dir /dist .
+    && /opt/build/bin/pip install --require-hashes --no-deps --only-binary=:all: -r /tmp/build.lock
+COPY pyproject.toml README.md ./
+COPY predictor ./predictor
+RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --no-cache-dir --wheel-dir /dist .
 
 # ---- the locked runtime dependencies, byte-compiled ------------------------------------------------
 FROM base AS deps

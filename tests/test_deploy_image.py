@@ -103,7 +103,11 @@ def test_multi_stage_build_with_cuda_base_and_cpu_variant(dockerfile):
 def test_package_is_installed_from_a_built_wheel(dockerfile):
     named = stages(dockerfile)
     build_runs = " ".join(rest for k, rest in named["build"] if k == "RUN")
-    assert "pip wheel --no-deps --wheel-dir /dist ." in build_runs
+    assert "pip wheel --no-deps --no-build-isolation --no-cache-dir --wheel-dir /dist ." in build_runs
+    assert "pip install --require-hashes --no-deps --only-binary=:all: -r /tmp/build.lock" in build_runs, (
+        "build tools from the hash-pinned build lock, not fetched unpinned by build isolation"
+    )
+    assert ("COPY", "requirements/build.lock /tmp/build.lock") in named["build"]
     app_runs = [rest for k, rest in named["runtime"] if k == "RUN" and "ssd_predictor-" in rest]
     assert len(app_runs) == 1, "one RUN installs the app wheel"
     assert "--mount=type=bind,from=build,source=/dist,target=/dist" in app_runs[0]
@@ -201,6 +205,7 @@ def test_dockerignore_sends_only_the_package_sources():
     assert in_build_context("predictor/cli_args.py", rules)
     assert in_build_context("requirements/runtime-cpu.lock", rules)
     assert in_build_context("requirements/runtime-gpu.lock", rules)
+    assert in_build_context("requirements/build.lock", rules)
     for excluded in (
         ".venv/bin/python",
         ".git/HEAD",
@@ -268,10 +273,11 @@ def _lock_module():
 
 
 def read_lock(variant: str) -> dict[str, tuple[str, list[str]]]:
-    """``name -> (version, hashes)`` of ``requirements/runtime-<variant>.lock``."""
+    """``name -> (version, hashes)`` of ``requirements/runtime-<variant>.lock`` (or ``build.lock``)."""
     pins: dict[str, tuple[str, list[str]]] = {}
     name = ""
-    for line in (REPO / "requirements" / f"runtime-{variant}.lock").read_text().splitlines():
+    name_of_lock = "build.lock" if variant == "build" else f"runtime-{variant}.lock"
+    for line in (REPO / "requirements" / name_of_lock).read_text().splitlines():
         pin = re.match(r"^([A-Za-z0-9_.\-]+)==(\S+)", line)
         if pin:
             name = canonicalize_name(pin[1])
@@ -283,19 +289,19 @@ def read_lock(variant: str) -> dict[str, tuple[str, list[str]]]:
     return pins
 
 
-@pytest.mark.parametrize("variant", ["cpu", "gpu"])
+@pytest.mark.parametrize("variant", ["cpu", "gpu", "build"])
 def test_lock_is_complete_hash_pinned_and_up_to_date_with_pyproject(variant):
     lock = _lock_module()
     pins = read_lock(variant)
     assert pins and all(hashes for _, hashes in pins.values()), "every pin carries its sha256 hashes"
     # The resolver's input is what lock.py derives from pyproject.toml now: else run `make lock`.
-    written = (REPO / "requirements" / f"runtime-{variant}.in").read_text().splitlines()
+    written = lock.lock_path(variant).with_suffix(".in").read_text().splitlines()
     assert [r for r in written if not r.startswith("#")] == lock.variant_requirements(variant), (
         "pyproject.toml or the Dockerfile's CUDA_IMAGE changed since the lock was made: run `make lock`"
     )
     for requirement in map(Requirement, lock.variant_requirements(variant)):
         name = canonicalize_name(requirement.name)
-        assert name in pins, f"{name} missing from runtime-{variant}.lock"
+        assert name in pins, f"{name} missing from {lock.lock_path(variant).name}"
         assert pins[name][0] in requirement.specifier, (name, pins[name][0], str(requirement.specifier))
         for extra in requirement.extras:  # not expected, but an extra would need its own pins
             pytest.fail(f"{requirement}: extras are not resolved into the lock ({extra})")
