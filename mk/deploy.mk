@@ -1,4 +1,4 @@
-# Container image, Helm chart and Kubernetes deployment targets (included by the top Makefile).
+# Helm chart and Kubernetes deployment targets (included by the top Makefile); `image`/`push`: mk/image.mk.
 # Override on the command line, e.g. `make image push IMAGE=registry.example.com/vision/ssd-predictor`.
 
 # Image repository (with registry) and tag; the CPU-only variant is tagged $(TAG)-cpu.
@@ -7,8 +7,6 @@ TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 # Image variant: gpu (CUDA base) or cpu.
 VARIANT ?= gpu
 IMAGE_TAG := $(TAG)$(if $(filter cpu,$(VARIANT)),-cpu,)
-# Container engine (docker, or podman with the same CLI).
-DOCKER ?= docker
 # Helm release, namespace and extra helm arguments (e.g. HELM_ARGS="-f my-values.yaml").
 RELEASE ?= ssd-detector
 NAMESPACE ?= default
@@ -27,13 +25,7 @@ KUBECTL ?= $(VENV)/bin/kubectl
 HELM_DEP := $(filter $(VENV)/bin/helm,$(HELM))
 KUBECTL_DEP := $(filter $(VENV)/bin/kubectl,$(KUBECTL))
 
-.PHONY: image push tools helm-lint helm-template manifests deploy undeploy
-
-image: ## Build the predictor image IMAGE:TAG (VARIANT=gpu, or cpu for IMAGE:TAG-cpu)
-	$(DOCKER) build --build-arg VARIANT=$(VARIANT) -t $(IMAGE):$(IMAGE_TAG) .
-
-push: ## Push the image built by `make image` to its registry
-	$(DOCKER) push $(IMAGE):$(IMAGE_TAG)
+.PHONY: tools helm-lint helm-template manifests deploy undeploy
 
 $(VENV)/bin/helm $(VENV)/bin/kubectl: scripts/install_tools.py | $(STAMP)
 	$(PY) scripts/install_tools.py

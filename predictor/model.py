@@ -146,7 +146,7 @@ class SSDPredictor(kserve.Model):
             self._load_started = True
             detector = self.build()
             start = time.perf_counter()
-            detector.warmup()
+            per_bucket = detector.warmup()
             self.warmup_seconds = time.perf_counter() - start
             self._batcher = DynamicBatcher(
                 detector.run_batch,
@@ -158,9 +158,9 @@ class SSDPredictor(kserve.Model):
                 executor=self._model_thread,
             )
             log.info(
-                "warm-up done in %.1f s: buckets %s, %d traces",
+                "warm-up done in %.1f s (seconds per bucket: %s), %d traces",
                 self.warmup_seconds,
-                list(detector.buckets),
+                ", ".join(f"{b}: {s:.2f}" for b, s in per_bucket.items()),
                 detector.trace_count,
             )
             self.ready = True

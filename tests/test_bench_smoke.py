@@ -72,3 +72,21 @@ def test_gpu_check_runs_without_tensorflow(tmp_path):
     data = json.loads((tmp_path / "gpu_check.json").read_text())
     assert data["tensorflow_imported"] is False
     assert [r["batch"] for r in data["rows"]] == [1, 2] and all("images_per_s" in r for r in data["rows"])
+
+
+@pytest.mark.timeout(600)
+def test_cold_start_breakdown(tmp_path):
+    """bench/cold_start.py: a real server spawned to ready, and the phases: one trace, every bucket."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    cmd = [sys.executable, "-m", "bench.cold_start", "--models", "demo", "--repeats", "1"]
+    cmd += ["--out_dir", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    data = json.loads((tmp_path / "cold_start.json").read_text())
+    (run,) = data["models"]["demo"]["configurations"]["this"]["runs"]
+    assert run["server"]["ready_s"] > 0 and "warm-up done" in run["server"]["warmup_log"]
+    phases = run["phases"]
+    assert list(phases["warmup_per_bucket_s"]) == ["1", "2", "4", "8", "16", "32"]
+    assert phases["traces"] == 1
+    assert Path(phases["predictor"]) == REPO / "predictor", "the bench measures this checkout"
+    assert "| demo | this | 1 |" in proc.stdout

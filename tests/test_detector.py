@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from predictor.ssd.detector import Detector, buckets_up_to
@@ -26,9 +28,10 @@ def test_batch_equals_single_calls(random_tiny_model_dir, shapes_images):
 
 def test_no_retracing_after_warmup(random_tiny_model_dir, shapes_images):
     det = Detector.from_dir(str(random_tiny_model_dir), max_batch_size=8)
-    det.warmup()
+    seconds = det.warmup()
+    assert list(seconds) == list(det.buckets) and all(s > 0 for s in seconds.values())
     traced = det.trace_count
-    assert traced == len(det.buckets)
+    assert traced == 1, "one trace (open batch dimension) serves every bucket"
     for n in (1, 3, 8, 5, 2, 7):
         det.detect(shapes_images[:1] * n, score_threshold=0.3, max_detections=7)
     assert det.trace_count == traced
@@ -54,3 +57,25 @@ def test_request_caps(random_tiny_model_dir, shapes_images):
     capped = det.detect(shapes_images[:1], score_threshold=0.05, max_detections=3)[0]
     assert len(full.scores) > 3 and len(capped.scores) == 3
     np.testing.assert_array_equal(capped.scores, full.scores[:3])
+
+
+def test_find_libdevice_where_xla_looks(tmp_path, monkeypatch):
+    """--xla on a GPU is refused at start unless libdevice is where XLA looks (the GPU image ships the
+    nvidia-cuda-nvcc wheel's copy); see Detector.__init__."""
+    import sys
+
+    from predictor.ssd.detector import LIBDEVICE, find_libdevice
+
+    wheel_site = tmp_path / "site-packages"
+    monkeypatch.setattr(sys, "path", [str(wheel_site)])
+    flagged = tmp_path / "cuda-data"
+    no_cuda_here = not any(Path("/usr/local").glob(f"cuda*/{LIBDEVICE}"))
+    if no_cuda_here:
+        assert find_libdevice({"XLA_FLAGS": f"--xla_gpu_cuda_data_dir={flagged}"}) is None
+    (flagged / LIBDEVICE).parent.mkdir(parents=True)
+    (flagged / LIBDEVICE).write_bytes(b"BC")
+    assert find_libdevice({"XLA_FLAGS": f"--xla_dump_to=/x --xla_gpu_cuda_data_dir={flagged}"}) == flagged
+    nvcc = wheel_site / "nvidia" / "cuda_nvcc"
+    (nvcc / LIBDEVICE).parent.mkdir(parents=True)
+    (nvcc / LIBDEVICE).write_bytes(b"BC")
+    assert find_libdevice({}) in (nvcc, *Path("/usr/local").glob("cuda*"))

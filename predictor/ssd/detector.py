@@ -1,8 +1,9 @@
 """The compiled SSD inference function: pre-resized images in, detections in original pixels out.
 
 ``Detector`` wraps a network, its anchors and the batched post-processing in one ``tf.function``
-(optionally XLA-compiled). Batches are padded to a small set of bucket sizes so the function is traced
-once per bucket and never again after :meth:`Detector.warmup`.
+(optionally XLA-compiled). The function is traced once, its batch dimension left open; batches are
+padded to a small set of bucket sizes, so XLA and the kernels see a bounded set of shapes, all of them
+run once by :meth:`Detector.warmup` before serving.
 
 Three lines from an image file to detections (balancap checkpoint or project model directory)::
 
@@ -16,7 +17,12 @@ from __future__ import annotations
 import bisect
 import contextlib
 import logging
-from collections.abc import Sequence
+import os
+import re
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import keras
@@ -61,6 +67,21 @@ def configure_devices(memory_growth: bool = True) -> list[str]:
     return names or ["CPU"]
 
 
+LIBDEVICE = Path("nvvm/libdevice/libdevice.10.bc")
+
+
+def find_libdevice(environ: Mapping[str, str] = os.environ) -> Path | None:
+    """The CUDA directory holding ``nvvm/libdevice/libdevice.10.bc``, which XLA needs to compile for a
+    GPU, or None. Looked for in ``--xla_gpu_cuda_data_dir`` of ``XLA_FLAGS``, ``CUDA_HOME``/``CUDA_PATH``,
+    ``/usr/local/cuda*`` and the nvidia-cuda-nvcc wheel (``site-packages/nvidia/cuda_nvcc``)."""
+    flag = re.search(r"--xla_gpu_cuda_data_dir=(\S+)", environ.get("XLA_FLAGS", ""))
+    candidates = [Path(flag[1])] if flag else []
+    candidates += [Path(environ[k]) for k in ("CUDA_HOME", "CUDA_PATH") if environ.get(k)]
+    candidates += sorted(Path("/usr/local").glob("cuda*"))
+    candidates += [Path(p) / "nvidia" / "cuda_nvcc" for p in sys.path if p]
+    return next((c for c in candidates if (c / LIBDEVICE).is_file()), None)
+
+
 def buckets_up_to(max_batch_size: int, base: Sequence[int] = DEFAULT_BUCKETS) -> tuple[int, ...]:
     """Bucket sizes not larger than ``max_batch_size``, always ending with ``max_batch_size`` itself."""
     sizes = sorted({b for b in base if b < max_batch_size} | {max_batch_size})
@@ -97,10 +118,26 @@ class Detector:
         self.top_k = config.top_k if top_k is None else int(top_k)
         self.max_detections = config.max_detections if max_detections is None else int(max_detections)
         self.xla = xla
+        if xla and tf.config.list_physical_devices("GPU") and find_libdevice() is None:
+            raise RuntimeError(
+                f"--xla on a GPU needs CUDA's {LIBDEVICE} (and ptxas), found nowhere XLA looks: install "
+                "nvidia-cuda-nvcc-cu12 (the GPU image has it), set XLA_FLAGS=--xla_gpu_cuda_data_dir=<dir>, "
+                "or serve without --xla"
+            )
         self.buckets = buckets_up_to(max_batch_size)
         self.anchors = tf.constant(generate_anchors(config))
         self.trace_count = 0
-        self._fn = tf.function(self._infer, jit_compile=xla)
+        # One trace serves every bucket: the batch dimension is left open (post-processing reads it
+        # with tf.shape), so warm-up pays a single trace and graph optimisation instead of one per
+        # bucket. XLA still compiles one executable per concrete batch size, at the bucket's first run.
+        s = config.input_size
+        signature = (
+            tf.TensorSpec([None, s, s, 3], tf.float32, name="images"),
+            tf.TensorSpec([None, 2], tf.float32, name="image_hw"),
+            tf.TensorSpec([None], tf.float32, name="score_threshold"),
+            tf.TensorSpec([None], tf.int32, name="max_detections"),
+        )
+        self._fn = tf.function(self._infer, input_signature=signature, jit_compile=xla)
 
     @classmethod
     def from_dir(cls, path: str, **kwargs) -> Detector:
@@ -188,11 +225,19 @@ class Detector:
         )
         return {k: v.numpy()[:n] for k, v in out.items()}
 
-    def warmup(self, buckets: Sequence[int] | None = None) -> None:
-        """Trace and run every bucket once so that serving never traces."""
+    def warmup(self, buckets: Sequence[int] | None = None) -> dict[int, float]:
+        """Run every bucket once (the first run traces) so that serving never traces or compiles.
+
+        Returns:
+          seconds taken by each bucket's first run, ``{bucket: seconds}``, in bucket order.
+        """
         s = self.input_size
+        seconds = {}
         for b in buckets or self.buckets:
+            start = time.perf_counter()
             self.run_batch(np.zeros((b, s, s, 3), np.float32), np.full((b, 2), s, np.float32))
+            seconds[b] = time.perf_counter() - start
+        return seconds
 
     def resize(self, image: np.ndarray) -> np.ndarray:
         """uint8 ``[H, W, 3]`` -> float32 ``[S, S, 3]`` (TF1 bilinear WARP)."""
