@@ -255,6 +255,7 @@ class SSDPredictor(kserve.Model):
     async def _detect(self, request: codecs.ParsedRequest) -> codecs.Detections:
         n = len(request.images)
         detector = self.detector
+        controls = self._controls(request, n)  # a bad class filter fails before any decoding
         with self.batcher.admit(n):
             loop = asyncio.get_running_loop()
             prepared = await asyncio.gather(
@@ -273,8 +274,21 @@ class SSDPredictor(kserve.Model):
                 np.asarray([hw for _, hw in prepared], np.float32),
                 np.full(n, threshold, np.float32),
                 np.full(n, cap, np.int32),
+                controls,
             )
         return codecs.Detections(out["boxes"], out["scores"], out["classes"], out["num_detections"])
+
+    def _controls(self, request: codecs.ParsedRequest, n: int) -> dict[str, np.ndarray]:
+        """Per-image ``nms_threshold [n]`` and ``class_mask [n, C]`` for ``Detector.run_batch``."""
+        detector = self.detector
+        nms = detector.nms_threshold if request.nms_threshold is None else request.nms_threshold
+        mask = codecs.class_mask(request.classes, detector.class_names)
+        return {
+            "nms_threshold": np.full(n, nms, np.float32),
+            "class_mask": np.ones((n, len(detector.class_names)), bool)
+            if mask is None
+            else np.tile(mask, (n, 1)),
+        }
 
     def prepare_image(self, payload: codecs.ImagePayload) -> tuple[np.ndarray, tuple[int, int]]:
         """Decode thread: payload -> (float32 ``[S, S, 3]`` resized image, original ``(H, W)``).
