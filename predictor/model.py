@@ -23,7 +23,7 @@ import numpy as np
 from kserve.errors import InvalidInput, ModelNotReady
 from kserve.model import InferenceVerb
 
-from predictor import codecs, metrics_prom
+from predictor import codecs, metrics_prom, telemetry
 from predictor.batcher import DynamicBatcher, Overloaded, RequestTimeout
 from predictor.images import ImageLimits, decode_image
 from predictor.ssd.detector import Detector
@@ -148,6 +148,7 @@ class SSDPredictor(kserve.Model):
             start = time.perf_counter()
             detector.warmup()
             self.warmup_seconds = time.perf_counter() - start
+            telemetry.TELEMETRY.configure(detector.class_names)
             self._batcher = DynamicBatcher(
                 detector.run_batch,
                 bucket_for=detector.bucket_for,
@@ -269,13 +270,15 @@ class SSDPredictor(kserve.Model):
                 detector.score_threshold if request.score_threshold is None else request.score_threshold
             )
             cap = detector.max_detections if request.max_detections is None else request.max_detections
+            image_hw = np.asarray([hw for _, hw in prepared], np.float32)
             out = await self.batcher.run(
                 [image for image, _ in prepared],
-                np.asarray([hw for _, hw in prepared], np.float32),
+                image_hw,
                 np.full(n, threshold, np.float32),
                 np.full(n, cap, np.int32),
                 controls,
             )
+        telemetry.TELEMETRY.observe(out, image_hw)
         return codecs.Detections(out["boxes"], out["scores"], out["classes"], out["num_detections"])
 
     def _controls(self, request: codecs.ParsedRequest, n: int) -> dict[str, np.ndarray]:
