@@ -5,6 +5,7 @@ server started with ``--tracing``."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import time
@@ -25,6 +26,7 @@ from predictor.model import ServingOptions, SSDPredictor
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"  # the W3C Trace Context spec's own example
+GRPC_TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 STAGES = ("ssd.decode", "ssd.queue_wait", "ssd.batch", "ssd.model", "ssd.postprocess", "ssd.encode")
 
 
@@ -136,17 +138,37 @@ def test_server_flag_exports_spans_of_the_callers_trace(random_tiny_model_dir, t
             timeout=60,
         )
         assert r.status_code == 200, r.text
+        _grpc_infer(server.grpc_target, base64.b64decode(png), GRPC_TRACEPARENT)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and '"name": "ssd.encode"' not in server.log():
+        while time.monotonic() < deadline and server.log().count('"name": "ssd.encode"') < 2:
             time.sleep(0.2)
     finally:
         server.terminate()
     spans = _console_spans(server.log())
-    names = {s["name"] for s in spans}
-    assert {"ssd.infer", *STAGES} <= names
-    root = next(s for s in spans if s["name"] == "ssd.infer")
-    assert root["context"]["trace_id"] == f"0x{TRACE_ID}" and root["parent_id"] == f"0x{PARENT_ID}"
-    assert root["resource"]["attributes"]["service.name"] == "ssd-under-test"
+    roots = {s["attributes"]["ssd.protocol"]: s for s in spans if s["name"] == "ssd.infer"}
+    assert set(roots) == {"v1", "grpc"}
+    for protocol, traceparent in (("v1", TRACEPARENT), ("grpc", GRPC_TRACEPARENT)):
+        _, trace_id, parent_id, _ = traceparent.split("-")
+        root = roots[protocol]
+        assert root["context"]["trace_id"] == f"0x{trace_id}" and root["parent_id"] == f"0x{parent_id}"
+        assert root["resource"]["attributes"]["service.name"] == "ssd-under-test"
+        children = {s["name"] for s in spans if s["parent_id"] == root["context"]["span_id"]}
+        assert children == set(STAGES), protocol
+
+
+def _grpc_infer(target: str, image: bytes, traceparent: str) -> None:
+    """One gRPC ModelInfer carrying ``traceparent`` as metadata."""
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    tensor = pb.ModelInferRequest.InferInputTensor(
+        name="images", datatype="BYTES", shape=[1], contents=pb.InferTensorContents(bytes_contents=[image])
+    )
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        request = pb.ModelInferRequest(model_name=MODEL_NAME, inputs=[tensor])
+        stub.ModelInfer(request, metadata=[("traceparent", traceparent)], timeout=60)
 
 
 def _console_spans(log: str) -> list[dict]:
