@@ -19,7 +19,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -30,8 +30,9 @@ from predictor import metrics_prom
 
 log = logging.getLogger(__name__)
 
-#: ``run_batch(images [B, S, S, 3], image_hw [B, 2], score_threshold [B], max_detections [B])``.
-RunBatch = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], dict[str, np.ndarray]]
+#: ``run_batch(images [B, S, S, 3], image_hw [B, 2], score_threshold [B], max_detections [B], **extra)``;
+#: ``extra``: the per-image arrays requests passed to :meth:`DynamicBatcher.run` (e.g. ``nms_threshold [B]``).
+RunBatch = Callable[..., dict[str, np.ndarray]]
 
 
 class Overloaded(ServerNotReady):
@@ -62,6 +63,8 @@ class _Item:
     future: asyncio.Future
     enqueued: float
     queued: bool = field(default=True)
+    extra: Mapping[str, np.ndarray] = field(default_factory=dict)
+    timing: dict[str, int] | None = None
 
     @property
     def n(self) -> int:
@@ -135,6 +138,8 @@ class DynamicBatcher:
         image_hw: np.ndarray,
         score_threshold: np.ndarray,
         max_detections: np.ndarray,
+        extra: Mapping[str, np.ndarray] | None = None,
+        timing: dict[str, int] | None = None,
     ) -> dict[str, np.ndarray]:
         """Detections of one request's images, computed together with other requests' images.
 
@@ -142,6 +147,10 @@ class DynamicBatcher:
           images: ``n`` float32 ``[S, S, 3]`` resized images, ``1 <= n <= max_batch_size``.
           image_hw: ``[n, 2]`` original ``(height, width)``.
           score_threshold: float32 ``[n]``; max_detections: int32 ``[n]``.
+          extra: more per-image arrays ``[n, ...]`` passed to ``run_batch`` as keyword arguments (padding
+            rows are zeros); every request of one batcher passes the same keys.
+          timing: when given, filled with ``time.time_ns()`` stamps ``enqueued``, ``batch_start``,
+            ``model_start``, ``model_end`` and the call's ``batch_images`` (tracing).
         Returns:
           the model outputs' rows of these images (``[n, ...]`` views).
         """
@@ -151,6 +160,9 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         self._ensure_worker(loop)
         item = _Item(images, image_hw, score_threshold, max_detections, loop.create_future(), loop.time())
+        item.extra, item.timing = extra or {}, timing
+        if timing is not None:
+            timing["enqueued"] = time.time_ns()
         self._queue.append(item)
         self._queued_images += n
         assert self._wakeup is not None
@@ -199,8 +211,9 @@ class DynamicBatcher:
     async def _execute(self, batch: list[_Item], loop: asyncio.AbstractEventLoop) -> None:
         n = sum(item.n for item in batch)
         start = time.perf_counter()
+        stamps: dict[str, int] = {"batch_start": time.time_ns(), "batch_images": n}
         try:
-            out = await loop.run_in_executor(self._executor, self._call_model, batch, n)
+            out = await loop.run_in_executor(self._executor, self._call_model, batch, n, stamps)
         except Exception as e:
             log.exception("model call on %d images failed", n)
             for item in batch:
@@ -213,11 +226,13 @@ class DynamicBatcher:
             metrics_prom.BATCH_SECONDS.observe(time.perf_counter() - start)
         offset = 0
         for item in batch:
+            if item.timing is not None:
+                item.timing.update(stamps)
             if not item.future.done():  # done: cancelled while running
                 item.future.set_result({k: v[offset : offset + item.n] for k, v in out.items()})
             offset += item.n
 
-    def _call_model(self, batch: list[_Item], n: int) -> dict[str, np.ndarray]:
+    def _call_model(self, batch: list[_Item], n: int, stamps: dict[str, int]) -> dict[str, np.ndarray]:
         """Model thread: stack the images into a bucket-sized buffer (one copy), run, drop padding."""
         size = self._bucket_for(n)
         s = self.input_size
@@ -232,7 +247,17 @@ class DynamicBatcher:
         hw = np.concatenate([*(item.image_hw for item in batch), np.ones((pad, 2), np.float32)])
         thr = np.concatenate([*(item.score_threshold for item in batch), np.ones(pad, np.float32)])
         caps = np.concatenate([*(item.max_detections for item in batch), np.zeros(pad, np.int32)])
-        out = self._run_batch(images, hw.astype(np.float32), thr.astype(np.float32), caps.astype(np.int32))
+        extra = {
+            key: np.concatenate(
+                [*(item.extra[key] for item in batch), np.zeros((pad, *rows.shape[1:]), rows.dtype)]
+            )
+            for key, rows in batch[0].extra.items()
+        }
+        stamps["model_start"] = time.time_ns()
+        out = self._run_batch(
+            images, hw.astype(np.float32), thr.astype(np.float32), caps.astype(np.int32), **extra
+        )
+        stamps["model_end"] = time.time_ns()
         return {k: v[:n] for k, v in out.items()}
 
     @property

@@ -170,6 +170,14 @@ def add_ssd_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         default=_env("SSD_MIXED_PRECISION", "none", _precision),
         help="Compute dtype for the network: none (float32), float16 or bfloat16. Env SSD_MIXED_PRECISION.",
     )
+    g.add_argument(
+        "--tracing",
+        action=argparse.BooleanOptionalAction,
+        default=_env("SSD_TRACING", False, _bool),
+        help="OpenTelemetry spans per request stage, continuing incoming W3C traceparent headers; "
+        "export via the OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT ...). Needs the [tracing] extra. "
+        "Env SSD_TRACING.",
+    )
     return parser
 
 

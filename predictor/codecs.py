@@ -35,7 +35,9 @@ V2_OUTPUTS: tuple[tuple[str, str], ...] = (
     ("detection_classes", "INT32"),
     ("detection_labels", "BYTES"),
 )
-PARAMETER_NAMES = ("score_threshold", "max_detections")
+PARAMETER_NAMES = ("score_threshold", "max_detections", "nms_threshold", "classes")
+#: Most entries of the ``classes`` parameter.
+MAX_CLASS_FILTER = 1000
 _V1_IMAGE_KEYS = ("b64", "image", "image_bytes")
 #: File signatures of the accepted image formats (predictor.images.FORMATS). No base64 text of an
 #: image in these formats starts with one of them (base64 of JPEG starts "/9j/", PNG "iVBOR", GIF
@@ -81,6 +83,8 @@ class ParsedRequest:
       score_threshold: in ``[0, 1]``, or None for the server default.
       max_detections: in ``1..server max``, or None for the server default.
       infer_request: the V2 request (id, requested outputs), None for V1.
+      nms_threshold: in ``[0, 1]``, or None for the server default.
+      classes: the class filter as sent (names and/or ids, see :func:`class_mask`), None for all.
     """
 
     protocol: str
@@ -88,6 +92,8 @@ class ParsedRequest:
     score_threshold: float | None = None
     max_detections: int | None = None
     infer_request: InferRequest | None = None
+    nms_threshold: float | None = None
+    classes: tuple[str | int, ...] | None = None
 
 
 def protocol_of(payload: Any) -> str:
@@ -125,7 +131,8 @@ def parse_v1(body: Any, content_type: str = "", *, max_batch_size: int, max_dete
     _check_count(len(instances), "instances", max_batch_size)
     images = tuple(_v1_instance(item, i) for i, item in enumerate(instances))
     threshold, cap = parse_parameters(body.get("parameters"), max_detections, strict=True)
-    return ParsedRequest("v1", images, threshold, cap)
+    nms, classes = parse_controls(body.get("parameters"))
+    return ParsedRequest("v1", images, threshold, cap, nms_threshold=nms, classes=classes)
 
 
 def v1_body_is_json(body: bytes | bytearray | memoryview, content_type: str) -> bool:
@@ -217,7 +224,8 @@ def parse_v2(request: InferRequest, *, max_batch_size: int, max_detections: int)
             raise InvalidInput(f"{field}: expected an image (base64 string or bytes), got {_json_type(item)}")
     params = grpc_parameters(request.parameters) if request.from_grpc else request.parameters
     threshold, cap = parse_parameters(params, max_detections, strict=False)
-    return ParsedRequest(protocol, tuple(images), threshold, cap, request)
+    nms, classes = parse_controls(params)
+    return ParsedRequest(protocol, tuple(images), threshold, cap, request, nms_threshold=nms, classes=classes)
 
 
 def _v2_shape(shape: Any, name: str) -> tuple[int, ...]:
@@ -311,6 +319,86 @@ def parse_parameters(
         None if threshold is None else _score_threshold(threshold),
         None if cap is None else _max_detections(cap, server_max_detections),
     )
+
+
+def parse_controls(params: Any) -> tuple[float | None, tuple[str | int, ...] | None]:
+    """``{"nms_threshold": float in [0, 1], "classes": [...]}`` -> ``(nms_threshold, classes)``.
+
+    ``classes`` is a non-empty list of class names (strings) and/or class ids (integers), or one string
+    of them separated by commas (``"circle,star"``, ``"1,4"``: gRPC parameters cannot carry lists).
+    Names are resolved against the model's classes later (:func:`class_mask`). Call after
+    :func:`parse_parameters` (which checks that ``params`` is an object). Missing keys give None.
+    """
+    if not isinstance(params, Mapping):
+        return None, None
+    nms = params.get("nms_threshold")
+    classes = params.get("classes")
+    return (
+        None if nms is None else _fraction(nms, "nms_threshold"),
+        None if classes is None else _class_filter(classes),
+    )
+
+
+def _class_filter(value: Any) -> tuple[str | int, ...]:
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",")]
+    elif isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list):
+        raise InvalidInput(
+            f"parameters.classes: expected a list of class names or ids, got {_json_type(value)}"
+        )
+    if not value:
+        raise InvalidInput("parameters.classes: expected at least one class name or id")
+    if len(value) > MAX_CLASS_FILTER:
+        raise InvalidInput(f"parameters.classes: {len(value)} entries, the limit is {MAX_CLASS_FILTER}")
+    out: list[str | int] = []
+    for i, item in enumerate(value):
+        if isinstance(item, str) and item.strip():
+            text = item.strip()
+            out.append(int(text) if text.isdigit() else text)
+        elif isinstance(item, int) and not isinstance(item, bool):
+            out.append(item)
+        else:
+            raise InvalidInput(
+                f"parameters.classes[{i}]: expected a class name or id, got {_json_type(item)}"
+            )
+    return tuple(out)
+
+
+def class_mask(classes: Sequence[str | int] | None, class_names: Sequence[str]) -> np.ndarray | None:
+    """The class filter of a request -> bool ``[C]`` indexed by class id (None: every class).
+
+    Args:
+      classes: names (exact, case-sensitive) and/or ids ``1..C-1`` as parsed by :func:`parse_controls`.
+      class_names: the model's class names, index 0 the background.
+    Raises:
+      InvalidInput: ``parameters.classes[i]: ...`` for an unknown name or an id out of range.
+    """
+    if classes is None:
+        return None
+    ids = {name: i for i, name in enumerate(class_names) if i > 0}
+    mask = np.zeros(len(class_names), bool)
+    for i, item in enumerate(classes):
+        if isinstance(item, int):
+            if not 1 <= item < len(class_names):
+                raise InvalidInput(
+                    f"parameters.classes[{i}]: class id {item} is out of range 1..{len(class_names) - 1}"
+                )
+            mask[item] = True
+        elif item in ids:
+            mask[ids[item]] = True
+        else:
+            known = ", ".join(class_names[1:])
+            raise InvalidInput(f"parameters.classes[{i}]: unknown class {item[:64]!r} (known: {known[:500]})")
+    return mask
+
+
+def _fraction(value: Any, field: str) -> float:
+    x = _number(value, field)
+    if not (math.isfinite(x) and 0.0 <= x <= 1.0):
+        raise InvalidInput(f"parameters.{field}: must be within [0, 1], got {x}")
+    return x
 
 
 def _number(value: Any, field: str) -> float:

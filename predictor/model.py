@@ -23,7 +23,7 @@ import numpy as np
 from kserve.errors import InvalidInput, ModelNotReady
 from kserve.model import InferenceVerb
 
-from predictor import codecs, metrics_prom
+from predictor import codecs, metrics_prom, telemetry, tracing
 from predictor.batcher import DynamicBatcher, Overloaded, RequestTimeout
 from predictor.images import ImageLimits, decode_image
 from predictor.ssd.detector import Detector
@@ -58,6 +58,7 @@ class ServingOptions:
     decode_threads: int = 2
     xla: bool = False
     mixed_precision: str = "none"
+    tracing: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, model_dir: str) -> ServingOptions:
@@ -98,6 +99,8 @@ class SSDPredictor(kserve.Model):
         self.warmup_seconds: float | None = None
         metrics_prom.MODEL.ready = lambda: self.ready
         metrics_prom.MODEL.trace_count = lambda: self._detector.trace_count if self._detector else 0
+        if options.tracing and not tracing.enabled():
+            tracing.configure()
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -148,6 +151,7 @@ class SSDPredictor(kserve.Model):
             start = time.perf_counter()
             per_bucket = detector.warmup()
             self.warmup_seconds = time.perf_counter() - start
+            telemetry.TELEMETRY.configure(detector.class_names)
             self._batcher = DynamicBatcher(
                 detector.run_batch,
                 bucket_for=detector.bucket_for,
@@ -189,7 +193,17 @@ class SSDPredictor(kserve.Model):
         headers: dict[str, str] | None = None,
         verb: InferenceVerb = InferenceVerb.PREDICT,
     ) -> Any:
-        """KServe's pipeline; gRPC answers are counted and error-logged here (REST ones by
+        """KServe's pipeline in the request's trace span (when ``--tracing``)."""
+        attributes = {
+            "ssd.protocol": codecs.protocol_of(body),
+            "ssd.model": self.name,
+            "ssd.request_id": (headers or {}).get("x-request-id"),
+        }
+        with tracing.request_span(headers, **attributes, status_of=status_of):
+            return await self._call(body, headers, verb)
+
+    async def _call(self, body: Any, headers: dict[str, str] | None, verb: InferenceVerb) -> Any:
+        """gRPC answers are counted and error-logged here (REST ones by
         :class:`~predictor.metrics_prom.RestMetricsMiddleware`)."""
         if codecs.protocol_of(body) != "grpc":
             return await super().__call__(body, headers, verb)
@@ -246,21 +260,25 @@ class SSDPredictor(kserve.Model):
         request, dets = result
         metrics_prom.IMAGES.labels(request.protocol).inc(len(request.images))
         names = self.detector.class_names
-        if request.protocol == "v1":
-            if response_headers is not None:
-                response_headers["content-type"] = "application/json"
-            return codecs.encode_v1(dets, names)
-        return codecs.encode_v2(dets, names, self.name, request.infer_request)
+        with tracing.stage("ssd.encode"):
+            if request.protocol == "v1":
+                if response_headers is not None:
+                    response_headers["content-type"] = "application/json"
+                return codecs.encode_v1(dets, names)
+            return codecs.encode_v2(dets, names, self.name, request.infer_request)
 
     async def _detect(self, request: codecs.ParsedRequest) -> codecs.Detections:
         n = len(request.images)
         detector = self.detector
+        controls = self._controls(request, n)  # a bad class filter fails before any decoding
+        timing = tracing.batcher_timing()
         with self.batcher.admit(n):
             loop = asyncio.get_running_loop()
-            prepared = await asyncio.gather(
-                *(loop.run_in_executor(self._decode_pool, self.prepare_image, p) for p in request.images),
-                return_exceptions=True,
-            )
+            with tracing.stage("ssd.decode", **{"ssd.images": n}):
+                prepared = await asyncio.gather(
+                    *(loop.run_in_executor(self._decode_pool, self.prepare_image, p) for p in request.images),
+                    return_exceptions=True,
+                )
             for item in prepared:  # the first failure, in instance order
                 if isinstance(item, BaseException):
                     raise item
@@ -268,13 +286,31 @@ class SSDPredictor(kserve.Model):
                 detector.score_threshold if request.score_threshold is None else request.score_threshold
             )
             cap = detector.max_detections if request.max_detections is None else request.max_detections
+            image_hw = np.asarray([hw for _, hw in prepared], np.float32)
             out = await self.batcher.run(
                 [image for image, _ in prepared],
-                np.asarray([hw for _, hw in prepared], np.float32),
+                image_hw,
                 np.full(n, threshold, np.float32),
                 np.full(n, cap, np.int32),
+                controls,
+                timing=timing,
             )
-        return codecs.Detections(out["boxes"], out["scores"], out["classes"], out["num_detections"])
+        tracing.record_batch(timing)
+        with tracing.stage("ssd.postprocess"):
+            telemetry.TELEMETRY.observe(out, image_hw)
+            return codecs.Detections(out["boxes"], out["scores"], out["classes"], out["num_detections"])
+
+    def _controls(self, request: codecs.ParsedRequest, n: int) -> dict[str, np.ndarray]:
+        """Per-image ``nms_threshold [n]`` and ``class_mask [n, C]`` for ``Detector.run_batch``."""
+        detector = self.detector
+        nms = detector.nms_threshold if request.nms_threshold is None else request.nms_threshold
+        mask = codecs.class_mask(request.classes, detector.class_names)
+        return {
+            "nms_threshold": np.full(n, nms, np.float32),
+            "class_mask": np.ones((n, len(detector.class_names)), bool)
+            if mask is None
+            else np.tile(mask, (n, 1)),
+        }
 
     def prepare_image(self, payload: codecs.ImagePayload) -> tuple[np.ndarray, tuple[int, int]]:
         """Decode thread: payload -> (float32 ``[S, S, 3]`` resized image, original ``(H, W)``).

@@ -156,8 +156,10 @@ class Detector:
     def class_names(self) -> tuple[str, ...]:
         return self.config.class_names
 
-    def _infer(self, images, image_hw, score_threshold, max_detections):
+    def _infer(self, images, image_hw, score_threshold, max_detections, nms_threshold=None, class_mask=None):
         self.trace_count += 1  # Python side effect: runs only while tracing
+        if nms_threshold is None:
+            nms_threshold = tf.fill(tf.shape(score_threshold), tf.constant(self.nms_threshold, tf.float32))
         out = self.model(subtract_means(images, self.config.means), training=False)
         det = postprocess(
             out["loc"],
@@ -167,7 +169,8 @@ class Detector:
             score_threshold,
             max_detections,
             prior_scaling=self.config.prior_scaling,
-            nms_threshold=self.nms_threshold,
+            nms_threshold=nms_threshold,
+            class_mask=class_mask,
             top_k=self.top_k,
             max_detections=self.max_detections,
         )
@@ -183,6 +186,8 @@ class Detector:
         image_hw: np.ndarray,
         score_threshold: np.ndarray | float | None = None,
         max_detections: np.ndarray | int | None = None,
+        nms_threshold: np.ndarray | float | None = None,
+        class_mask: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """Run the compiled function on resized images (any ``n``; padded to buckets, split if needed).
 
@@ -191,6 +196,8 @@ class Detector:
           image_hw: ``[n, 2]`` original ``(height, width)``.
           score_threshold: ``[n]`` or scalar; default the detector's.
           max_detections: ``[n]`` or scalar caps; default the detector's.
+          nms_threshold: ``[n]`` or scalar NMS IoU thresholds; default the detector's.
+          class_mask: bool ``[n, C]`` (or ``[C]``) allowed class ids, column 0 ignored; default all.
         Returns:
           numpy ``boxes [n, D, 4]``, ``scores [n, D]``, ``classes [n, D]``, ``num_detections [n]``.
         """
@@ -201,17 +208,24 @@ class Detector:
         caps = np.broadcast_to(
             np.int32(self.max_detections if max_detections is None else max_detections), (n,)
         ).astype(np.int32)
+        nms = np.broadcast_to(
+            np.float32(self.nms_threshold if nms_threshold is None else nms_threshold), (n,)
+        ).astype(np.float32)
+        num_classes = len(self.class_names)
+        mask = np.broadcast_to(
+            np.bool_(True) if class_mask is None else np.asarray(class_mask, bool), (n, num_classes)
+        ).astype(bool)
         image_hw = np.asarray(image_hw, np.float32).reshape(n, 2)
         parts = []
         top = self.buckets[-1]
         for start in range(0, n, top):
             sl = slice(start, min(start + top, n))
-            parts.append(self._run_bucket(images[sl], image_hw[sl], thr[sl], caps[sl]))
+            parts.append(self._run_bucket(images[sl], image_hw[sl], thr[sl], caps[sl], nms[sl], mask[sl]))
         if len(parts) == 1:
             return parts[0]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-    def _run_bucket(self, images, image_hw, thr, caps) -> dict[str, np.ndarray]:
+    def _run_bucket(self, images, image_hw, thr, caps, nms, mask) -> dict[str, np.ndarray]:
         n = len(images)
         b = self.bucket_for(n)
         if b != n:
@@ -220,8 +234,15 @@ class Detector:
             image_hw = np.concatenate([image_hw, np.ones((pad, 2), np.float32)])
             thr = np.concatenate([thr, np.ones(pad, np.float32)])
             caps = np.concatenate([caps, np.zeros(pad, np.int32)])
+            nms = np.concatenate([nms, np.ones(pad, np.float32)])
+            mask = np.concatenate([mask, np.zeros((pad, mask.shape[1]), bool)])
         out = self._fn(
-            tf.constant(images, tf.float32), tf.constant(image_hw), tf.constant(thr), tf.constant(caps)
+            tf.constant(images, tf.float32),
+            tf.constant(image_hw),
+            tf.constant(thr),
+            tf.constant(caps),
+            tf.constant(nms),
+            tf.constant(mask),
         )
         return {k: v.numpy()[:n] for k, v in out.items()}
 
@@ -248,13 +269,16 @@ class Detector:
         images: Sequence[np.ndarray],
         score_threshold: float | None = None,
         max_detections: int | None = None,
+        nms_threshold: float | None = None,
+        class_mask: np.ndarray | None = None,
     ) -> list[ImageDetections]:
-        """Detect objects in uint8 RGB images ``[H, W, 3]`` of any sizes, as one batch."""
+        """Detect objects in uint8 RGB images ``[H, W, 3]`` of any sizes, as one batch
+        (``class_mask``: bool ``[C]`` allowed class ids, see :meth:`run_batch`)."""
         if not images:
             return []
         resized = np.stack([self.resize(im) for im in images])
         hw = np.asarray([im.shape[:2] for im in images], np.float32)
-        out = self.run_batch(resized, hw, score_threshold, max_detections)
+        out = self.run_batch(resized, hw, score_threshold, max_detections, nms_threshold, class_mask)
         return split_detections(out)
 
 

@@ -4,11 +4,13 @@ For every image of the batch, in one graph:
 
 1. softmax over classes; decode boxes (:func:`predictor.ssd.boxes.decode`);
 2. convert to pixel ``(xmin, ymin, xmax, ymax)`` of the *original* image and clip to it;
-3. keep every (anchor, class >= 1) pair whose score is ``> score_threshold`` and whose clipped box has
-   positive width and height (this removes the zero-size boxes of the tutorial);
+3. keep every (anchor, class >= 1) pair whose score is ``> score_threshold``, whose class is allowed by
+   the image's class mask and whose clipped box has positive width and height (this removes the
+   zero-size boxes of the tutorial); the mask filters *before* top-k, so excluded classes never take
+   candidate slots from the requested ones;
 4. keep the ``top_k`` best pairs over all classes;
 5. greedy per-class NMS: a box is dropped when a kept, higher-scoring box *of the same class* overlaps it
-   with IoU ``>= nms_threshold`` (balancap's rule);
+   with IoU ``>= nms_threshold`` (balancap's rule; the threshold may differ per image);
 6. return at most ``max_detections`` per image, sorted by descending score, zero-padded, with
    ``num_detections``.
 
@@ -79,7 +81,8 @@ def postprocess(
     max_detections_per_image: tf.Tensor | None = None,
     *,
     prior_scaling=box_ops.DEFAULT_PRIOR_SCALING,
-    nms_threshold: float = 0.45,
+    nms_threshold: tf.Tensor | float = 0.45,
+    class_mask: tf.Tensor | None = None,
     top_k: int = 400,
     max_detections: int = 200,
 ) -> Detections:
@@ -92,7 +95,9 @@ def postprocess(
       image_hw: ``[B, 2]`` original ``(height, width)`` in pixels.
       score_threshold: float32 ``[B]`` (or scalar) minimum score, strict ``>``.
       max_detections_per_image: optional int32 ``[B]`` per-image caps ``<= max_detections``.
-      nms_threshold: IoU at or above which same-class boxes are suppressed.
+      nms_threshold: float32 ``[B]`` (or scalar) IoU at or above which same-class boxes are suppressed.
+      class_mask: optional bool ``[B, C]`` indexed by class id (column 0, background, is ignored): only
+        classes marked True may be detected in that image; None allows every class.
       top_k: candidates kept before NMS.
       max_detections: static output width ``D``.
     """
@@ -101,11 +106,14 @@ def postprocess(
     batch = tf.shape(logits)[0]
     num_fg = logits.shape[-1] - 1
     score_threshold = tf.broadcast_to(tf.cast(score_threshold, tf.float32), [batch])
+    nms_threshold = tf.broadcast_to(tf.cast(nms_threshold, tf.float32), [batch])
 
     scores = tf.nn.softmax(logits, axis=-1)[:, :, 1:]  # [B, A, C-1]
     boxes = box_ops.normalized_to_pixels(box_ops.decode(loc, anchors, prior_scaling), image_hw)
     positive = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])  # [B, A]
     ok = (scores > score_threshold[:, None, None]) & positive[:, :, None]
+    if class_mask is not None:
+        ok &= tf.cast(class_mask, tf.bool)[:, None, 1:]  # [B, 1, C-1]
     flat = tf.reshape(tf.where(ok, scores, 0.0), [batch, -1])  # [B, A*(C-1)]
 
     k = min(top_k, int(logits.shape[1]) * num_fg) if logits.shape[1] is not None else top_k
@@ -115,7 +123,8 @@ def postprocess(
     cand_boxes = tf.gather(boxes, cand_idx // num_fg, batch_dims=1)  # [B, K, 4]
 
     same_class = tf.equal(cand_classes[:, :, None], cand_classes[:, None, :])
-    suppresses = same_class & (box_ops.iou_xyxy(cand_boxes, cand_boxes) >= nms_threshold)
+    overlaps = box_ops.iou_xyxy(cand_boxes, cand_boxes) >= nms_threshold[:, None, None]
+    suppresses = same_class & overlaps
     keep = greedy_nms_mask(suppresses, cand_valid)
 
     d = min(max_detections, k)
