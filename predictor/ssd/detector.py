@@ -136,6 +136,8 @@ class Detector:
             tf.TensorSpec([None, 2], tf.float32, name="image_hw"),
             tf.TensorSpec([None], tf.float32, name="score_threshold"),
             tf.TensorSpec([None], tf.int32, name="max_detections"),
+            tf.TensorSpec([None], tf.float32, name="nms_threshold"),
+            tf.TensorSpec([None, len(config.class_names)], tf.bool, name="class_mask"),
         )
         self._fn = tf.function(self._infer, input_signature=signature, jit_compile=xla)
 
@@ -156,10 +158,8 @@ class Detector:
     def class_names(self) -> tuple[str, ...]:
         return self.config.class_names
 
-    def _infer(self, images, image_hw, score_threshold, max_detections, nms_threshold=None, class_mask=None):
+    def _infer(self, images, image_hw, score_threshold, max_detections, nms_threshold, class_mask):
         self.trace_count += 1  # Python side effect: runs only while tracing
-        if nms_threshold is None:
-            nms_threshold = tf.fill(tf.shape(score_threshold), tf.constant(self.nms_threshold, tf.float32))
         out = self.model(subtract_means(images, self.config.means), training=False)
         det = postprocess(
             out["loc"],

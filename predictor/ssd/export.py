@@ -34,6 +34,8 @@ class _ServingModule(tf.Module):
             tf.cast(image_hw, tf.float32),
             tf.fill([n], tf.constant(d.score_threshold, tf.float32)),
             tf.fill([n], tf.constant(d.max_detections, tf.int32)),
+            tf.fill([n], tf.constant(d.nms_threshold, tf.float32)),
+            tf.ones([n, len(d.class_names)], tf.bool),
         )
         return {
             "detection_boxes": out["boxes"],
