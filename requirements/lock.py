@@ -5,6 +5,8 @@ One lock per image variant, resolved for the image's interpreter and platform (U
 
 - ``runtime-cpu.lock``: the package's dependencies with ``tensorflow`` swapped for ``tensorflow-cpu``
   (same version, no CUDA code, about 500 MB smaller);
+- both carry the ``tracing`` extra (OpenTelemetry SDK and OTLP/HTTP exporter, a few MB), so that
+  ``--tracing`` (chart value ``predictor.tracing``) works in the image;
 - ``runtime-gpu.lock``: the dependencies as declared, plus ``nvidia-cuda-nvcc-cu12`` at the CUDA
   release of the Dockerfile's ``CUDA_IMAGE``: XLA needs its ``ptxas`` and ``libdevice``, which the
   cuDNN runtime base image does not ship.
@@ -38,9 +40,15 @@ INDEX_URL = "https://pypi.org/simple"
 VARIANTS = ("cpu", "gpu", "build")
 
 
+#: Optional extras the image carries, so that their flags work in the pod (``--tracing``).
+IMAGE_EXTRAS = ("tracing",)
+
+
 def runtime_requirements() -> list[str]:
-    """``[project].dependencies`` of pyproject.toml."""
-    return list(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
+    """``[project].dependencies`` of pyproject.toml, plus the extras in :data:`IMAGE_EXTRAS`."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = [r for name in IMAGE_EXTRAS for r in project["optional-dependencies"][name]]
+    return [*project["dependencies"], *extras]
 
 
 def build_requirements() -> list[str]:

@@ -155,6 +155,9 @@ predictor.cli_args.build_parser(): the chart's tests parse these arguments with 
 {{- end }}
 {{- end }}
 - {{ ternary "--xla" "--no-xla" $p.xla }}
+{{- if $p.tracing }}
+- --tracing
+{{- end }}
 {{- range $p.extraArgs }}
 - {{ . | quote }}
 {{- end }}
