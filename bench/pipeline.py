@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import base64
 import io
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -49,6 +50,8 @@ IMAGES: tuple[tuple[str, str, int, int], ...] = (
     ("1080p PNG", "PNG", 1920, 1080),
 )
 SEED = 20261202
+#: SSD300 forward rates on one H100 (bench/RESULTS.md, GPU check 2026-11-25): fp32 batch 32, bf16 batch 128.
+H100_SSD300_IMAGES_PER_S = {"float32": 3356.3, "bfloat16": 7406.5}
 BATCH = 8
 DETECTIONS_PER_IMAGE = 20
 
@@ -145,6 +148,28 @@ def stage_costs(data: bytes, detector: Any, min_time_s: float) -> dict[str, floa
     return c
 
 
+def uint8_costs(detector: Any, min_time_s: float) -> dict[str, float]:
+    """CPU ms per image of the zero-decode input: a V2 ``UINT8 [1, H, W, 3]`` tensor (raw contents)
+    parsed, validated and resized, plus the shared per-image costs (assembly, post, encode)."""
+    from kserve.protocol.infer_type import InferInput, InferRequest
+
+    from predictor import codecs
+    from predictor.images import ImageLimits, check_pixel_array
+
+    out = {}
+    for name, (w, h) in (("1080p", (1920, 1080)), ("network size", (detector.input_size,) * 2)):
+        pixels = np.random.default_rng(0).integers(0, 256, (1, h, w, 3), dtype=np.uint8)
+        raw = pixels.tobytes()
+
+        def run(h: int = h, w: int = w, raw: bytes = raw) -> None:
+            request = InferRequest("m", [InferInput("images", [1, h, w, 3], "UINT8")], raw_inputs=[raw])
+            payload = codecs.parse_v2(request, max_batch_size=32, max_detections=200).images[0]
+            detector.resize(check_pixel_array(payload.pixels, ImageLimits()))
+
+        out[name] = cpu_ms(run, min_time_s)
+    return out
+
+
 def _fake_detections(n: int, hw: tuple[int, int]) -> Any:
     from predictor.codecs import Detections
 
@@ -213,6 +238,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--served_s", type=float, default=15.0, help="timed seconds per served cell")
     parser.add_argument("--no_served", action="store_true", help="skip the served measurement")
     parser.add_argument("--quick", action="store_true", help="short timings (smoke test)")
+    parser.add_argument("--report_only", action="store_true", help="only re-print the tables from the JSON")
     parser.add_argument("--server_args", default="", help="more server flags")
     parser.add_argument("--startup_timeout_s", type=float, default=600.0)
     parser.add_argument("--out_dir", type=Path, default=OUT_DIR)
@@ -259,9 +285,44 @@ def print_tables(data: dict[str, Any]) -> None:
                          "pipeline per-core img/s", "bare per-core img/s", "served/bare"], rows))  # fmt: skip
 
 
+def print_sizing(data: dict[str, Any]) -> None:
+    """CPU cores one H100 needs to stay busy with SSD300: its forward rate / the per-core pipeline rate."""
+    rows = []
+    for name, r in data["images"].items():
+        c = r["cpu_ms"]
+        for label, ms in (("full", c["pipeline"]), ("draft", c["pipeline_draft"])):
+            if label == "draft" and "JPEG" not in name:
+                continue
+            rate = 1e3 / ms
+            rows.append([f"{name}, {label} (in process)", rate,
+                         *(v / rate for v in H100_SSD300_IMAGES_PER_S.values())])  # fmt: skip
+    shared = ("assembly", "post", "encode")
+    for name, ms in data.get("uint8", {}).items():
+        total = ms + sum(data["images"]["1080p JPEG"]["cpu_ms"][k] for k in shared)
+        rate = 1e3 / total
+        rows.append([f"UINT8 tensor {name} (in process)", rate,
+                     *(v / rate for v in H100_SSD300_IMAGES_PER_S.values())])  # fmt: skip
+    for cell in (data.get("served") or {}).get("runs", []):
+        for protocol in ("v1", "grpc"):
+            ms = cell[protocol]["pipeline_cpu_ms_per_image"]
+            if ms > 0:
+                rate = 1e3 / ms
+                rows.append([f"1080p JPEG, {'draft' if cell['draft'] else 'full'} (served, {protocol})", rate,
+                             *(v / rate for v in H100_SSD300_IMAGES_PER_S.values())])  # fmt: skip
+    print("\nCPU cores to keep one H100 busy with SSD300 (H100 rate / per-core pipeline rate)")
+    gpu = [f"cores at {k} ({v:,.0f} img/s)" for k, v in H100_SSD300_IMAGES_PER_S.items()]
+    headers = ["image, decode", "per-core img/s", *gpu]
+    print(fmt_table(headers, rows))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = args.out or args.out_dir / "pipeline.json"
+    if args.report_only:
+        data = json.loads(out.read_text())
+        print_tables(data)
+        print_sizing(data)
+        return 0
     from predictor.ssd import Detector
 
     path, source = model_dir("demo", args.out_dir)
@@ -274,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         data["images"][name] = {"bytes": len(encoded), "size": [w, h],
                                 "cpu_ms": stage_costs(encoded, detector, args.min_time_s)}  # fmt: skip
         write_json(out, data)
+    data["uint8"] = uint8_costs(detector, args.min_time_s)
+    write_json(out, data)
     if not args.no_served:
         hd = make_image(1920, 1080, "JPEG")
         model_ms = model_cpu_ms(detector, args.min_time_s * 3)
@@ -290,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             data["served"]["runs"].append(served_rate(hd, args, model_ms, draft))
             write_json(out, data)
     print_tables(data)
+    print_sizing(data)
     print(f"\nwrote {out}")
     return 0
 
