@@ -187,3 +187,28 @@ def test_uint8_bad_shape_over_the_server_is_400(client):
     body = {"inputs": [{"name": "images", "shape": [1, 2, 2, 4], "datatype": "UINT8", "data": [0] * 16}]}
     r = client.post(V2, json=body)
     assert r.status_code == 400 and "images: UINT8 images must have shape [N, H, W, 3]" in r.text
+
+
+def test_v2_rest_uint8_binary_extension(client, same_size_images, direct_detector):
+    """The binary tensor extension (kserve/kserve python/kserve/kserve/protocol/rest/v2_endpoints.py reads
+    ``Inference-Header-Content-Length``; ``InferRequest.from_bytes`` takes ``binary_data_size`` bytes)."""
+    import orjson
+
+    raw = same_size_images.tobytes()
+    header = orjson.dumps(
+        {"inputs": [{"name": "images", "shape": list(same_size_images.shape), "datatype": "UINT8",
+                     "parameters": {"binary_data_size": len(raw)}}],
+         "parameters": {"score_threshold": 0.05}}
+    )  # fmt: skip
+    r = client.post(
+        V2,
+        content=header + raw,
+        headers={
+            "content-type": "application/octet-stream",
+            "inference-header-content-length": str(len(header)),
+        },
+    )
+    assert r.status_code == 200, r.text
+    check_same_detections(
+        rest_arrays(r.json()), direct_detector.detect(list(same_size_images), score_threshold=0.05)
+    )
