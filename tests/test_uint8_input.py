@@ -190,7 +190,7 @@ def test_uint8_bad_shape_over_the_server_is_400(client):
 
 
 def test_v2_rest_uint8_binary_extension(client, same_size_images, direct_detector):
-    """The binary tensor extension (kserve/kserve python/kserve/kserve/protocol/rest/v2_endpoints.py reads
+    """The binary tensor extension (kserve/kserve python/kserve/kserve/protocol/dataplane.py reads
     ``Inference-Header-Content-Length``; ``InferRequest.from_bytes`` takes ``binary_data_size`` bytes)."""
     import orjson
 
