@@ -212,3 +212,33 @@ def test_v2_rest_uint8_binary_extension(client, same_size_images, direct_detecto
     check_same_detections(
         rest_arrays(r.json()), direct_detector.detect(list(same_size_images), score_threshold=0.05)
     )
+
+
+def test_grpc_uint8_uint_contents(stub, same_size_images, direct_detector):
+    tensor = pb.ModelInferRequest.InferInputTensor(
+        name="images", datatype="UINT8", shape=list(same_size_images.shape),
+        contents=pb.InferTensorContents(uint_contents=same_size_images.ravel().tolist()),
+    )  # fmt: skip
+    request = pb.ModelInferRequest(
+        model_name=MODEL_NAME,
+        inputs=[tensor],
+        parameters={"score_threshold": pb.InferParameter(string_param="0.05")},
+    )
+    response = InferResponse.from_grpc(stub.ModelInfer(request))
+    arrays = {o.name: o.as_numpy() for o in response.outputs}
+    check_same_detections(arrays, direct_detector.detect(list(same_size_images), score_threshold=0.05))
+
+
+def test_grpc_uint8_values_over_255_are_invalid_argument(stub):
+    tensor = pb.ModelInferRequest.InferInputTensor(
+        name="px",
+        datatype="UINT8",
+        shape=[1, 1, 1, 3],
+        contents=pb.InferTensorContents(uint_contents=[0, 1, 300]),
+    )
+    with pytest.raises(grpc.RpcError) as e:
+        stub.ModelInfer(pb.ModelInferRequest(model_name=MODEL_NAME, inputs=[tensor]))
+    assert (
+        e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        and "px: data must hold integers 0..255" in e.value.details()
+    )
