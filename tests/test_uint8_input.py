@@ -14,6 +14,8 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from kserve.errors import InvalidInput
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -242,3 +244,30 @@ def test_grpc_uint8_values_over_255_are_invalid_argument(stub):
         e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         and "px: data must hold integers 0..255" in e.value.details()
     )
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-300, 300) | st.floats(allow_nan=True) | st.text(max_size=3),
+    lambda inner: st.lists(inner, max_size=4),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    shape=st.lists(st.integers(-2, 5) | st.text(max_size=2), max_size=5),
+    data=_json_values,
+    raw=st.none() | st.binary(max_size=64),
+    grpc_=st.booleans(),
+)
+def test_any_uint8_tensor_parses_or_is_invalid_input(shape, data, raw, grpc_):
+    """Whatever shape, data or raw contents a client sends, parsing gives pixels or a 400, never a crash."""
+    inp = InferInput("images", shape, "UINT8", data=data)
+    request = InferRequest(MODEL_NAME, [inp], raw_inputs=[raw] if raw is not None else None, from_grpc=grpc_)
+    try:
+        parsed = parse(request)
+    except InvalidInput as e:
+        assert e.reason.startswith("images")
+        return
+    for payload in parsed.images:
+        assert payload.pixels.dtype == np.uint8 and payload.pixels.ndim == 3 and payload.pixels.shape[2] == 3
