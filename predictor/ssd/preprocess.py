@@ -53,7 +53,10 @@ def _warp_taps(in_size: int, out_size: int, channels: int) -> tuple[np.ndarray, 
     upper = np.minimum(lower + 1, in_size - 1)
     taps = np.concatenate([lower, upper])
     columns = (taps[:, None] * channels + np.arange(channels)).ravel()
-    return taps, columns, (x - lower).astype(np.float32)
+    weight = (x - lower).astype(np.float32)
+    for cached in (taps, columns, weight):
+        cached.flags.writeable = False  # shared by every call with these sizes
+    return taps, columns, weight
 
 
 def resize_warp_numpy(image: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
