@@ -40,3 +40,14 @@ gpu-check-cpu: gpu-check-prepare ## Try the GPU check here on the CPU, tiny sett
 
 gpu-check: ## Run the GPU check (on the GPU machine, after gpu-check-prepare here); JSON into env OUT
 	bash bench/gpu_check.sh
+
+.PHONY: bench-pipeline bench-draft bench-client-downscale
+
+bench-pipeline: $(BENCH_STAMP) ## CPU ms per image per pipeline stage (VGA/1080p/12MP JPEG, PNG) vs bare Pillow decode+resize; served rate
+	$(PY) -m bench.pipeline --out_dir $(BENCH_OUT)
+
+bench-draft: $(BENCH_STAMP) ## Effect of --jpeg_draft on SSD300 detections (IoU, score deltas) and on the demo model's mAP
+	$(PY) -m bench.draft_effect --out_dir $(BENCH_OUT)
+
+bench-client-downscale: $(BENCH_STAMP) ## ssd-detect --downscale: detections, upload bytes and server CPU per image
+	$(PY) -m bench.client_downscale --out_dir $(BENCH_OUT)

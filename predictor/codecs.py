@@ -206,6 +206,10 @@ def parse_v2(request: InferRequest, *, max_batch_size: int, max_detections: int)
         raise InvalidInput(f"expected exactly one input (BYTES, shape [N]), got {len(inputs)}")
     inp = inputs[0]
     name = str(inp.name)[:64] or "inputs[0]"
+    if inp.datatype == "UINT8":
+        return parse_uint8_images(
+            request, inp, name, max_batch_size=max_batch_size, max_detections=max_detections
+        )
     if inp.datatype != "BYTES":
         raise InvalidInput(f"{name}: datatype must be BYTES (encoded images), got {inp.datatype!r}")
     shape = _v2_shape(inp.shape, name)
@@ -226,6 +230,75 @@ def parse_v2(request: InferRequest, *, max_batch_size: int, max_detections: int)
     threshold, cap = parse_parameters(params, max_detections, strict=False)
     nms, classes = parse_controls(params)
     return ParsedRequest(protocol, tuple(images), threshold, cap, request, nms_threshold=nms, classes=classes)
+
+
+@dataclass(frozen=True)
+class PixelPayload:
+    """One already decoded image of a V2 ``UINT8`` request (no decoding, only a resize).
+
+    Attributes:
+      field: where it came from, for error messages (``images[3]``).
+      pixels: uint8 ``[H, W, 3]`` RGB (a view into the request's tensor).
+    """
+
+    field: str
+    pixels: np.ndarray
+
+
+def parse_uint8_images(
+    request: InferRequest, inp: Any, name: str, *, max_batch_size: int, max_detections: int
+) -> ParsedRequest:
+    """V2 ``UINT8`` input of shape ``[N, H, W, 3]``: decoded RGB pixels, from JSON ``data`` (flat or
+    nested integers 0..255), the binary tensor extension or gRPC ``raw_input_contents`` (``N*H*W*3``
+    bytes, row-major), or gRPC ``uint_contents``. Sides and pixel counts are checked against the image
+    caps later, per image, like encoded images (:func:`predictor.images.check_pixel_array`)."""
+    shape = _uint8_shape(inp.shape, name)
+    _check_count(shape[0], name, max_batch_size)
+    expected = math.prod(shape)
+    raw = getattr(inp, "_raw_data", None)
+    if raw is not None:
+        if len(raw) != expected:
+            raise InvalidInput(f"{name}: shape {list(shape)} needs {expected} bytes, got {len(raw)}")
+        pixels = np.frombuffer(raw, np.uint8).reshape(shape)
+    else:
+        pixels = _uint8_from_json(inp.data, shape, expected, name)
+    images = tuple(PixelPayload(f"{name}[{i}]", pixels[i]) for i in range(shape[0]))
+    params = grpc_parameters(request.parameters) if request.from_grpc else request.parameters
+    threshold, cap = parse_parameters(params, max_detections, strict=False)
+    protocol = "grpc" if request.from_grpc else "v2"
+    return ParsedRequest(protocol, images, threshold, cap, request)  # type: ignore[arg-type]
+
+
+def _uint8_shape(shape: Any, name: str) -> tuple[int, int, int, int]:
+    try:
+        dims = tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{name}: shape must be a list of integers, got {shape!r}"[:200]) from None
+    if len(dims) != 4 or dims[3] != 3 or min(dims) < 0:
+        raise InvalidInput(f"{name}: UINT8 images must have shape [N, H, W, 3], got {list(dims)}"[:200])
+    if dims[1] == 0 or dims[2] == 0:
+        raise InvalidInput(f"{name}: images have zero size {dims[2]}x{dims[1]}")
+    return dims  # type: ignore[return-value]
+
+
+def _uint8_from_json(data: Any, shape: tuple[int, ...], expected: int, name: str) -> np.ndarray:
+    if data is None:
+        raise InvalidInput(f"{name}: no data")
+    if not isinstance(data, (list, tuple)):
+        raise InvalidInput(f"{name}: data must be a list of integers 0..255, got {_json_type(data)}")
+    if len(data) not in (expected, shape[0]):  # flat, or nested per image: no allocation before this
+        raise InvalidInput(f"{name}: shape {list(shape)} needs {expected} values, got {len(data)}")
+    try:
+        values = np.asarray(data)
+    except (ValueError, TypeError):
+        raise InvalidInput(f"{name}: data must be a flat or [N, H, W, 3] nested list of integers") from None
+    if values.size != expected:
+        raise InvalidInput(f"{name}: shape {list(shape)} needs {expected} values, got {values.size}")
+    if values.dtype.kind not in "iu":
+        raise InvalidInput(f"{name}: data must hold integers 0..255, got {values.dtype.name} values")
+    if values.size and (values.min() < 0 or values.max() > 255):
+        raise InvalidInput(f"{name}: data must hold integers 0..255, got {values.min()}..{values.max()}")
+    return values.astype(np.uint8).reshape(shape)
 
 
 def _v2_shape(shape: Any, name: str) -> tuple[int, ...]:

@@ -15,6 +15,7 @@ import binascii
 import io
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from kserve.errors import InvalidInput
@@ -26,6 +27,8 @@ FORMATS: tuple[str, ...] = ("JPEG", "PNG", "BMP", "GIF", *(("WEBP",) if features
 MAX_SIDE = 65_535
 _WHITESPACE = re.compile(rb"[\t\n\r ]+")
 _DATA_URI = re.compile(rb"^data:[\w.+/-]*(;[\w=.-]+)*;base64,", re.ASCII)
+_ORIENTATION = 0x0112  # EXIF tag
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # orientations whose transposition swaps width and height
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
@@ -68,6 +71,11 @@ def decode_base64(text: str | bytes, max_bytes: int) -> bytes:
             f"encoded image is over {max_bytes} bytes ({len(raw)} base64 characters), "
             f"the limit is {max_bytes}"
         )
+    if raw and len(raw) % 4 == 0:  # fast path: plain padded base64, what nearly every client sends
+        try:
+            return base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError):
+            pass  # line breaks, URL-safe alphabet, a data URI, or garbage: the tolerant path below
     raw = _DATA_URI.sub(b"", _WHITESPACE.sub(b"", raw), count=1)
     if not raw:
         raise ImageError("empty image (no base64 data)")
@@ -83,12 +91,40 @@ def decode_base64(text: str | bytes, max_bytes: int) -> bytes:
     return data
 
 
+class DecodedImage(NamedTuple):
+    """A decoded image, possibly reduced while decoding.
+
+    Attributes:
+      pixels: uint8 ``[h, w, 3]`` RGB, EXIF-oriented; smaller than the original after a JPEG draft.
+      original_hw: ``(H, W)`` of the full-size image as displayed (after EXIF orientation): the frame
+        boxes are reported in.
+    """
+
+    pixels: np.ndarray
+    original_hw: tuple[int, int]
+
+
 def decode_image(data: bytes | bytearray | memoryview, limits: ImageLimits = ImageLimits()) -> np.ndarray:
     """Encoded image -> uint8 ``[H, W, 3]`` RGB, EXIF-oriented (``H, W`` as displayed).
 
     The size in the header is checked against ``limits`` before any pixel data is decoded.
     Raises:
       ImageError: empty, too large, not one of :data:`FORMATS`, corrupt, truncated, or too many pixels.
+    """
+    return decode_image_reduced(data, limits, draft_size=None).pixels
+
+
+def decode_image_reduced(
+    data: bytes | bytearray | memoryview, limits: ImageLimits = ImageLimits(), *, draft_size: int | None
+) -> DecodedImage:
+    """:func:`decode_image` that may decode a JPEG at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling,
+    Pillow's ``Image.draft``) when both its sides are at least twice ``draft_size``.
+
+    The reduced image keeps both sides ``>= draft_size``, so a resize to ``draft_size x draft_size``
+    still only shrinks. Caps are checked on the full size from the header; ``original_hw`` is the full
+    size as displayed, whatever the reduction. Other formats, and ``draft_size=None``, decode at full size.
+    Raises:
+      ImageError: as :func:`decode_image`.
     """
     size = len(data)
     if size == 0:
@@ -105,7 +141,11 @@ def decode_image(data: bytes | bytearray | memoryview, limits: ImageLimits = Ima
         raise ImageError(f"not a decodable image ({', '.join(FORMATS)}): {_describe(e)}") from None
     with image:
         _check_dimensions(image.size, limits)
+        width, height = image.size
         try:
+            if draft_size is not None and image.format == "JPEG":
+                image.draft(None, (draft_size, draft_size))  # both sides stay >= draft_size
+            swaps_sides = image.getexif().get(_ORIENTATION, 1) in _TRANSPOSING_ORIENTATIONS
             image.load()
             ImageOps.exif_transpose(image, in_place=True)  # no copy when already upright
             rgb = to_rgb_array(image)
@@ -115,7 +155,22 @@ def decode_image(data: bytes | bytearray | memoryview, limits: ImageLimits = Ima
             raise ImageError(f"corrupt or truncated {image.format} image: {_describe(e)}") from None
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ImageError(f"decoded image has unusable shape {list(rgb.shape)}")
-    return rgb
+    return DecodedImage(rgb, (width, height) if swaps_sides else (height, width))
+
+
+def check_pixel_array(pixels: np.ndarray, limits: ImageLimits = ImageLimits()) -> np.ndarray:
+    """Validate an already decoded image sent as a tensor: uint8 ``[H, W, 3]``, sides and pixel count
+    within ``limits`` (the same caps as encoded images). Returns it unchanged.
+
+    Raises:
+      ImageError: wrong dtype, rank or channel count, a zero or too large side, too many pixels.
+    """
+    if pixels.dtype != np.uint8:
+        raise ImageError(f"expected uint8 pixels, got {pixels.dtype}")
+    if pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ImageError(f"expected an RGB image [H, W, 3], got shape {list(pixels.shape)}")
+    _check_dimensions((pixels.shape[1], pixels.shape[0]), limits)
+    return pixels
 
 
 def _check_dimensions(size: tuple[int, int], limits: ImageLimits) -> None:

@@ -25,7 +25,8 @@ from kserve.model import InferenceVerb
 
 from predictor import codecs, metrics_prom, telemetry, tracing
 from predictor.batcher import DynamicBatcher, Overloaded, RequestTimeout
-from predictor.images import ImageLimits, decode_image
+from predictor.images import ImageLimits
+from predictor.prepare import prepare_payload
 from predictor.ssd.detector import Detector
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class ServingOptions:
     xla: bool = False
     mixed_precision: str = "none"
     tracing: bool = False
+    jpeg_draft: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, model_dir: str) -> ServingOptions:
@@ -312,17 +314,16 @@ class SSDPredictor(kserve.Model):
             else np.tile(mask, (n, 1)),
         }
 
-    def prepare_image(self, payload: codecs.ImagePayload) -> tuple[np.ndarray, tuple[int, int]]:
+    def prepare_image(
+        self, payload: codecs.ImagePayload | codecs.PixelPayload
+    ) -> tuple[np.ndarray, tuple[int, int]]:
         """Decode thread: payload -> (float32 ``[S, S, 3]`` resized image, original ``(H, W)``).
 
         Raises:
           InvalidInput: ``"<field>: <problem>"`` for anything wrong with the client's bytes.
         """
-        try:
-            rgb = decode_image(codecs.payload_bytes(payload, self.limits.max_bytes), self.limits)
-        except InvalidInput as e:
-            raise InvalidInput(f"{payload.field}: {e.reason}") from None
-        return self.detector.resize(rgb), (rgb.shape[0], rgb.shape[1])
+        draft = self.detector.input_size if self.options.jpeg_draft else None
+        return prepare_payload(payload, self.limits, self.detector.resize, draft)
 
     def close(self) -> None:
         """Release the threads (tests; the server process just exits)."""

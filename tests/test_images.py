@@ -12,7 +12,14 @@ from kserve.errors import InvalidInput
 from PIL import Image, ImageFile, features
 from serving_fixtures import encode_image, forge_gif_size, forge_jpeg_size, forge_png_size
 
-from predictor.images import FORMATS, ImageError, ImageLimits, decode_base64, decode_image
+from predictor.images import (
+    FORMATS,
+    ImageError,
+    ImageLimits,
+    decode_base64,
+    decode_image,
+    decode_image_reduced,
+)
 
 RNG = np.random.default_rng(3)
 RGB = RNG.integers(0, 256, (12, 16, 3), dtype=np.uint8)
@@ -196,3 +203,84 @@ def test_base64_forms():
 def test_bad_base64(text, message):
     with pytest.raises(ImageError, match=message):
         decode_base64(text, 100)
+
+
+# ----------------------------------------------------------------------------- JPEG draft (reduced decode)
+def _photo(width: int, height: int) -> np.ndarray:
+    """Smooth content (so a 1/2-scale decode looks like a downscaled full decode), with a marked corner."""
+    y, x = np.mgrid[0:height, 0:width]
+    image = np.stack([x * 255 // width, y * 255 // height, (x + y) * 127 // (width + height)], -1)
+    image[: height // 4, : width // 4] = (255, 0, 0)  # top-left quarter red: shows the orientation
+    return image.astype(np.uint8)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_draft_keeps_exif_orientation_and_reports_the_original_size(orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = save(Image.fromarray(_photo(1280, 720)), "JPEG", exif=exif, quality=95)
+    full = decode_image_reduced(data, draft_size=None)
+    reduced = decode_image_reduced(data, draft_size=300)
+    assert full.original_hw == full.pixels.shape[:2] == decode_image(data).shape[:2]
+    assert reduced.original_hw == full.original_hw  # the frame boxes are reported in
+    h, w = full.original_hw
+    assert reduced.pixels.shape == (h // 2, w // 2, 3)  # 720 // 300 = 2: half scale, sides stay >= 300
+    small = np.asarray(Image.fromarray(full.pixels).resize((w // 2, h // 2), Image.BOX), np.float32)
+    assert np.abs(reduced.pixels.astype(np.float32) - small).mean() < 4.0  # same picture, same orientation
+
+
+@pytest.mark.parametrize(
+    ("size", "draft_size", "expected"),
+    [
+        ((1280, 720), 300, (360, 640)),  # 2x: half
+        ((2400, 1300), 300, (325, 600)),  # 4x: quarter
+        ((4000, 3000), 300, (375, 500)),  # 8x: eighth (libjpeg's smallest)
+        ((1280, 599), 300, (599, 1280)),  # shorter side under 2x: no reduction
+        ((1280, 720), None, (720, 1280)),
+    ],
+)
+def test_draft_scale_keeps_both_sides_at_least_the_draft_size(size, draft_size, expected):
+    data = save(Image.fromarray(_photo(*size)), "JPEG", quality=80)
+    out = decode_image_reduced(data, draft_size=draft_size)
+    assert out.pixels.shape[:2] == expected and out.original_hw == (size[1], size[0])
+
+
+def test_draft_leaves_other_formats_at_full_size():
+    out = decode_image_reduced(encode_image(_photo(700, 650), "PNG"), draft_size=300)
+    assert out.pixels.shape == (650, 700, 3) and out.original_hw == (650, 700)
+
+
+def test_draft_checks_the_pixel_cap_on_the_full_size_before_decoding(no_pixel_decoding):
+    data = forge_jpeg_size(encode_image(RGB, "JPEG"), 8000, 6000)  # 48 MP claimed; 1/8 would be 0.75 MP
+    with pytest.raises(ImageError, match="too many pixels: 8000x6000"):
+        decode_image_reduced(data, ImageLimits(max_pixels=40_000_000), draft_size=300)
+
+
+def test_grayscale_and_cmyk_jpegs_draft_to_rgb():
+    gray = save(Image.fromarray(_photo(1280, 720)[:, :, 0]), "JPEG")
+    cmyk = save(Image.fromarray(_photo(1280, 720)).convert("CMYK"), "JPEG")
+    for data in (gray, cmyk):
+        out = decode_image_reduced(data, draft_size=300)
+        assert out.pixels.shape == (360, 640, 3) and out.pixels.dtype == np.uint8
+
+
+# ----------------------------------------------------------------------------- NumPy WARP resize
+@pytest.mark.parametrize(
+    ("hw", "size"),
+    [((1080, 1920), 300), ((375, 500), 300), ((12, 16), 300), ((1, 1), 7), ((300, 300), 300), ((7, 500), 64)],
+)
+def test_numpy_warp_resize_matches_tensorflow(hw, size):
+    import tensorflow as tf
+
+    from predictor.ssd.preprocess import resize_warp, resize_warp_numpy
+
+    image = RNG.integers(0, 256, (*hw, 3), dtype=np.uint8)
+    expected = resize_warp(tf.convert_to_tensor(image), size).numpy()
+    got = resize_warp_numpy(image, size)
+    assert got.dtype == np.float32 and got.shape == (size, size, 3)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-3)  # same arithmetic: equal in practice
+    out = np.full((size, size, 3), -1, np.float32)
+    assert resize_warp_numpy(image[:, ::-1], size, out=out) is out  # non-contiguous input, given output
+    np.testing.assert_allclose(
+        out, resize_warp(tf.convert_to_tensor(image[:, ::-1]), size).numpy(), atol=1e-3
+    )

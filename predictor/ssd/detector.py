@@ -33,7 +33,7 @@ from predictor.ssd.anchors import generate_anchors
 from predictor.ssd.config import SSDConfig
 from predictor.ssd.network import build_network
 from predictor.ssd.postprocess import postprocess
-from predictor.ssd.preprocess import resize_warp, subtract_means
+from predictor.ssd.preprocess import resize_warp_numpy, subtract_means
 
 log = logging.getLogger(__name__)
 
@@ -260,9 +260,10 @@ class Detector:
             seconds[b] = time.perf_counter() - start
         return seconds
 
-    def resize(self, image: np.ndarray) -> np.ndarray:
-        """uint8 ``[H, W, 3]`` -> float32 ``[S, S, 3]`` (TF1 bilinear WARP)."""
-        return resize_warp(tf.convert_to_tensor(image), self.input_size).numpy()
+    def resize(self, image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """uint8 ``[H, W, 3]`` -> float32 ``[S, S, 3]`` (TF1 bilinear WARP, in NumPy from the uint8
+        pixels: no TensorFlow call and no float copy of the source), written into ``out`` when given."""
+        return resize_warp_numpy(image, self.input_size, out)
 
     def detect(
         self,
@@ -276,7 +277,9 @@ class Detector:
         (``class_mask``: bool ``[C]`` allowed class ids, see :meth:`run_batch`)."""
         if not images:
             return []
-        resized = np.stack([self.resize(im) for im in images])
+        resized = np.empty((len(images), self.input_size, self.input_size, 3), np.float32)
+        for i, im in enumerate(images):
+            self.resize(im, out=resized[i])
         hw = np.asarray([im.shape[:2] for im in images], np.float32)
         out = self.run_batch(resized, hw, score_threshold, max_detections, nms_threshold, class_mask)
         return split_detections(out)

@@ -9,8 +9,10 @@ the results.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -35,3 +37,59 @@ def resize_warp(image: tf.Tensor, size: int) -> tf.Tensor:
 def subtract_means(images: tf.Tensor, means: Sequence[float]) -> tf.Tensor:
     """``float32 [..., 3]`` RGB minus the per-channel means."""
     return tf.cast(images, tf.float32) - tf.constant(means, tf.float32)
+
+
+@functools.lru_cache(maxsize=256)
+def _warp_taps(in_size: int, out_size: int, channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """TF1 bilinear taps along one axis (``align_corners=False``, ``half_pixel_centers=False``).
+
+    Source coordinate ``x = i * in / out`` (float32, as TensorFlow computes it). Returns ``(taps,
+    columns, weight)``: int ``[2 * out]`` lower then upper indices, the same as byte columns of a
+    ``[.., in * channels]`` row (``[2 * out * channels]``), and the float32 ``[out]`` weight of the upper.
+    """
+    scale = np.float32(in_size / out_size)
+    x = np.arange(out_size, dtype=np.float32) * scale
+    lower = np.floor(x).astype(np.int64)
+    upper = np.minimum(lower + 1, in_size - 1)
+    taps = np.concatenate([lower, upper])
+    columns = (taps[:, None] * channels + np.arange(channels)).ravel()
+    weight = (x - lower).astype(np.float32)
+    for cached in (taps, columns, weight):
+        cached.flags.writeable = False  # shared by every call with these sizes
+    return taps, columns, weight
+
+
+def resize_warp_numpy(image: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """:func:`resize_warp` in NumPy for one uint8 image, reading only the ``4 * S * S`` pixels it needs.
+
+    No float copy of the source is made: the taps are gathered from the uint8 image in one
+    ``[2S, 2S, C]`` block and only that block is converted to float32. Same arithmetic, in the same
+    order, as TensorFlow's kernel (equal to the last bit in the tests).
+
+    Args:
+      image: uint8 ``[H, W, C]``.
+      size: output side ``S``.
+      out: optional float32 ``[S, S, C]`` to write into (e.g. a row of a batch buffer).
+    Returns:
+      float32 ``[S, S, C]`` (``out`` when given).
+    """
+    h, w, c = image.shape
+    rows, _, wy = _warp_taps(h, size, c)
+    _, columns, wx = _warp_taps(w, size, c)
+    pixel_rows = np.ascontiguousarray(image).reshape(h, w * c)
+    block = pixel_rows[rows][:, columns].astype(np.float32).reshape(2, size, 2, size, c)
+    wx3 = wx[None, :, None]
+    top, top_right = block[0, :, 0], block[0, :, 1]  # views: top-left, top-right taps
+    bottom, bottom_right = block[1, :, 0], block[1, :, 1]
+    top_right -= top
+    top_right *= wx3
+    top += top_right  # top-left + (top-right - top-left) * x_lerp
+    bottom_right -= bottom
+    bottom_right *= wx3
+    bottom += bottom_right
+    if out is None:
+        out = np.empty((size, size, c), np.float32)
+    np.subtract(bottom, top, out=out)
+    out *= wy[:, None, None]
+    out += top  # top + (bottom - top) * y_lerp
+    return out

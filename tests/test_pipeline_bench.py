@@ -1,0 +1,44 @@
+"""Smoke tests of the pipeline benchmarks' own logic (numbers are not checked: they depend on the machine)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench import draft_effect, pipeline
+from predictor.ssd.detector import ImageDetections
+
+
+def test_test_images_are_deterministic_and_of_the_asked_size():
+    import io
+
+    from PIL import Image
+
+    a, b = pipeline.make_image(320, 200, "JPEG"), pipeline.make_image(320, 200, "JPEG")
+    assert a == b
+    assert Image.open(io.BytesIO(pipeline.make_image(64, 48, "PNG"))).size == (64, 48)
+
+
+def test_stage_costs_cover_every_stage(direct_detector):
+    costs = pipeline.stage_costs(pipeline.make_image(640, 480, "JPEG"), direct_detector, min_time_s=0.0)
+    stages = ["parse", "base64", "decode", "exif_mode", "resize", "assembly", "post", "encode"]
+    assert all(costs[k] >= 0 for k in stages)
+    assert costs["pipeline"] == pytest.approx(sum(costs[k] for k in stages))
+    assert costs["bare"] > 0 and costs["decode_draft"] > 0
+    assert set(pipeline.uint8_costs(direct_detector, min_time_s=0.0)) == {"1080p", "network size"}
+
+
+def test_draft_effect_matching_pairs_same_class_boxes_once():
+    full = ImageDetections(
+        np.array([[0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 10, 10]], np.float32),
+        np.array([0.9, 0.8, 0.7], np.float32),
+        np.array([1, 1, 2], np.int32),
+    )
+    draft = ImageDetections(
+        np.array([[0, 0, 10, 11], [50, 50, 60, 60]], np.float32),
+        np.array([0.85, 0.6], np.float32),
+        np.array([1, 1], np.int32),
+    )
+    ious, deltas, matched, union = draft_effect.match(full, draft)
+    assert matched == 1 and union == 4  # 3 + 2 boxes, one pair
+    assert ious == [pytest.approx(100 / 110)] and deltas == [pytest.approx(0.05)]
