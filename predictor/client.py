@@ -82,10 +82,18 @@ class DetectParams:
 
     score_threshold: float | None = None
     max_detections: int | None = None
+    nms_threshold: float | None = None
+    #: Class names and/or ids, comma-separated (the form every protocol accepts): ``"circle,star"``.
+    classes: str | None = None
 
-    def as_dict(self) -> dict[str, float | int]:
+    def as_dict(self) -> dict[str, float | int | str]:
         """The ``parameters`` object of a request (only the keys that are set)."""
-        items = {"score_threshold": self.score_threshold, "max_detections": self.max_detections}
+        items = {
+            "score_threshold": self.score_threshold,
+            "max_detections": self.max_detections,
+            "nms_threshold": self.nms_threshold,
+            "classes": self.classes,
+        }
         return {k: v for k, v in items.items() if v is not None}
 
 
@@ -449,10 +457,12 @@ class GrpcTransport:
             contents=pb.InferTensorContents(bytes_contents=list(images)),
         )
         request = pb.ModelInferRequest(model_name=self.model, inputs=[tensor])
-        if params.score_threshold is not None:
-            request.parameters["score_threshold"].string_param = repr(float(params.score_threshold))
-        if params.max_detections is not None:
-            request.parameters["max_detections"].int64_param = int(params.max_detections)
+        for name, value in params.as_dict().items():
+            if name == "max_detections":
+                request.parameters[name].int64_param = int(value)
+            else:  # floats and the class list travel as strings, which the server accepts
+                text = value if isinstance(value, str) else repr(float(value))
+                request.parameters[name].string_param = text
         return request
 
     def detect(self, images: Sequence[bytes], params: DetectParams) -> list[list[Detection]]:
@@ -885,6 +895,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="most detections per image (default: the server's)",
     )
+    det.add_argument(
+        "--nms-threshold",
+        type=fraction,
+        metavar="IOU",
+        help="IoU at which a box of the same class is suppressed, in [0, 1] (default: the server's)",
+    )
+    det.add_argument(
+        "--classes",
+        metavar="NAMES",
+        help="only these classes, names or ids separated by commas, e.g. circle,star (default: all)",
+    )
     run = p.add_argument_group("sending and output")
     run.add_argument("--batch-size", type=positive_int, default=1, help="images per request (default: 1)")
     run.add_argument("--concurrency", type=positive_int, default=1, help="requests in flight (default: 1)")
@@ -938,7 +959,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ssd-detect: error: {e}", file=sys.stderr)
         return 2
     options = RunOptions(
-        DetectParams(args.score_threshold, args.max_detections),
+        DetectParams(args.score_threshold, args.max_detections, args.nms_threshold, args.classes),
         args.batch_size,
         max(0, args.retries),
         Path(args.draw) if args.draw else None,

@@ -120,6 +120,26 @@ def test_v1_v2_and_grpc_give_identical_detections(ssd_server, image_dir, tmp_pat
             assert 0 <= det["ymin"] <= det["ymax"] <= row["height"]
 
 
+def test_class_filter_and_nms_threshold_on_every_protocol(ssd_server, image_dir, tmp_path):
+    everything = tmp_path / "all.jsonl"
+    assert run_cli(ssd_server, "--score-threshold", "0.3", str(image_dir), out=everything) == 0
+    all_labels = {d["label"] for row in read_jsonl(everything) for d in row["detections"]}
+    keep = sorted(all_labels)[:2]
+    assert len(all_labels) > len(keep), "the filter should have something to remove"
+    results = {}
+    for protocol in ("v1", "v2", "grpc"):
+        out = tmp_path / f"{protocol}.jsonl"
+        rc = run_cli(
+            ssd_server, "--score-threshold", "0.3", "--classes", ",".join(keep), "--nms-threshold", "0.3",
+            str(image_dir), protocol=protocol, out=out,
+        )  # fmt: skip
+        assert rc == 0, protocol
+        results[protocol] = read_jsonl(out)
+    assert results["v1"] == results["v2"] == results["grpc"]
+    labels = {d["label"] for row in results["v1"] for d in row["detections"]}
+    assert labels and labels <= set(keep)
+
+
 def test_folder_with_concurrency_as_a_subprocess(ssd_server, image_dir, tmp_path):
     sequential = tmp_path / "sequential.jsonl"
     assert run_cli(ssd_server, str(image_dir), out=sequential) == 0
