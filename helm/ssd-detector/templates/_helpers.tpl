@@ -133,6 +133,10 @@ key in values.yaml and one in values.schema.json.
 - [maxQueueImages, --max_queue_images, int]
 - [shutdownGraceSeconds, --shutdown_grace_s, num]
 - [decodeThreads, --decode_threads, int]
+- [tfIntraOpThreads, --tf_intra_op_threads, int]
+- [tfInterOpThreads, --tf_inter_op_threads, int]
+- [maxInflightBytes, --max_inflight_bytes, int]
+- [maxQueueDelayMs, --max_queue_delay_ms, num]
 - [mixedPrecision, --mixed_precision, num]
 {{- end }}
 
@@ -155,8 +159,10 @@ predictor.cli_args.build_parser(): the chart's tests parse these arguments with 
 {{- end }}
 {{- end }}
 - {{ ternary "--xla" "--no-xla" $p.xla }}
-{{- if $p.tracing }}
-- --tracing
+{{- range $key, $flag := dict "tracing" "--tracing" "jpegDraft" "--jpeg_draft" "shedStandingQueue" "--shed_standing_queue" }}
+{{- if get $p $key }}
+- {{ $flag }}
+{{- end }}
 {{- end }}
 {{- range $p.extraArgs }}
 - {{ . | quote }}
