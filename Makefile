@@ -14,7 +14,7 @@ RUN_SLOW ?= 0
 MODEL_DIR ?=
 PORT ?= 8080
 
-.PHONY: help install serve test test-all lint format clean
+.PHONY: help install system-deps serve test test-all lint format clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -30,7 +30,13 @@ install: $(STAMP) ## Create .venv and install the package with test extras
 serve: $(STAMP) ## Serve the model (default: the shipped demo model; MODEL_DIR=... for another) on PORT (default 8080)
 	$(PY) -m predictor --http_port $(PORT) $(if $(MODEL_DIR),--model_dir $(MODEL_DIR),)
 
-test: $(STAMP) ## Install everything and run the whole test suite (what CI runs)
+system-deps: ## Install the Debian packages the tests need when missing: bubblewrap (apt, as root or with sudo)
+	@command -v bwrap >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; \
+		elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq bubblewrap; \
+		else echo "the pod-contract test needs bubblewrap: install the Debian package bubblewrap" >&2; exit 1; fi; }
+
+test: $(STAMP) system-deps ## Install everything and run the whole test suite (what CI runs)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(if $(filter 1,$(RUN_SLOW)),,-m 'not slow') $(PYTEST_ARGS)
 
