@@ -9,7 +9,15 @@ and detection caps travel with the images, so requests with different parameters
 
 Load shedding: :meth:`DynamicBatcher.admit` bounds the images admitted (decoding, queued or running) to
 ``max_queue_images``; past it requests fail at once with :class:`Overloaded` (HTTP 503, gRPC
-UNAVAILABLE). A request cancelled while queued (time limit, client gone) leaves the queue.
+UNAVAILABLE). A request cancelled while queued (client gone) leaves the queue.
+
+Deadlines: a request may carry a :class:`Deadline`. Once it has passed (its time came, or it was
+expired by whoever enforces the time limit) the request leaves the queue at once with
+:class:`RequestTimeout` and its images are never given to the model (counted in
+``ssd_cancelled_images_total{stage="queue"}``).
+
+Shutdown: :meth:`DynamicBatcher.shutdown` answers every request still queued or in the running model
+call with :class:`ShuttingDown` (503) and refuses new ones, so no caller waits forever.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from predictor import metrics_prom
 
 log = logging.getLogger(__name__)
 
+_SHUTTING_DOWN = "the server is shutting down; retry on another replica"
 #: ``run_batch(images [B, S, S, 3], image_hw [B, 2], score_threshold [B], max_detections [B])``.
 RunBatch = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], dict[str, np.ndarray]]
 
@@ -53,6 +62,52 @@ class RequestTimeout(Overloaded):
     """The request ran past its time limit (``--request_timeout_s``): 503."""
 
 
+class ShuttingDown(Overloaded):
+    """The server is stopping; the request was not (or not completely) served: 503."""
+
+
+class Deadline:
+    """When a request's work stops being wanted: at ``at`` (``clock()`` seconds), or once :meth:`expire`
+    was called, whichever comes first. ``at=None``: only by :meth:`expire`.
+
+    :meth:`expired` may be called from any thread; :meth:`expire` and the callbacks run on the event
+    loop.
+    """
+
+    def __init__(self, at: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.at = at
+        self._clock = clock
+        self._expired = False
+        self._callbacks: list[Callable[[], None]] = []
+
+    @classmethod
+    def after(cls, seconds: float | None, clock: Callable[[], float] = time.monotonic) -> Deadline:
+        """A deadline ``seconds`` from now (never for None or 0)."""
+        return cls(clock() + seconds if seconds else None, clock)
+
+    def expired(self) -> bool:
+        return self._expired or (self.at is not None and self._clock() >= self.at)
+
+    def expire(self) -> None:
+        """Pass the deadline now and run the callbacks registered with :meth:`on_expire` (once)."""
+        if self._expired:
+            return
+        self._expired = True
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def on_expire(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` on :meth:`expire`; returns a function that unregisters it."""
+        self._callbacks.append(callback)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._callbacks.remove(callback)
+
+        return remove
+
+
 @dataclass(eq=False)
 class _Item:
     images: Sequence[np.ndarray]
@@ -61,6 +116,7 @@ class _Item:
     max_detections: np.ndarray
     future: asyncio.Future
     enqueued: float
+    deadline: Deadline | None = None
     queued: bool = field(default=True)
 
     @property
@@ -105,6 +161,9 @@ class DynamicBatcher:
         self.model_calls = 0
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running: list[_Item] = []
+        self._closed = False
 
     # ------------------------------------------------------------------ admission
     @contextlib.contextmanager
@@ -135,6 +194,7 @@ class DynamicBatcher:
         image_hw: np.ndarray,
         score_threshold: np.ndarray,
         max_detections: np.ndarray,
+        deadline: Deadline | None = None,
     ) -> dict[str, np.ndarray]:
         """Detections of one request's images, computed together with other requests' images.
 
@@ -142,29 +202,56 @@ class DynamicBatcher:
           images: ``n`` float32 ``[S, S, 3]`` resized images, ``1 <= n <= max_batch_size``.
           image_hw: ``[n, 2]`` original ``(height, width)``.
           score_threshold: float32 ``[n]``; max_detections: int32 ``[n]``.
+          deadline: past it the request leaves the queue (``RequestTimeout``), unseen by the model.
         Returns:
           the model outputs' rows of these images (``[n, ...]`` views).
+        Raises:
+          RequestTimeout: the deadline passed before the model took the images.
+          ShuttingDown: :meth:`shutdown` was called.
         """
         n = len(images)
         if not 1 <= n <= self.max_batch_size:
             raise ValueError(f"{n} images per request, expected 1..{self.max_batch_size}")
+        if self._closed:
+            raise ShuttingDown(_SHUTTING_DOWN)
+        if deadline is not None and deadline.expired():
+            metrics_prom.CANCELLED.labels("queue").inc(n)
+            raise _timeout()
         loop = asyncio.get_running_loop()
         self._ensure_worker(loop)
-        item = _Item(images, image_hw, score_threshold, max_detections, loop.create_future(), loop.time())
+        item = _Item(
+            images, image_hw, score_threshold, max_detections, loop.create_future(), loop.time(), deadline
+        )
         self._queue.append(item)
         self._queued_images += n
+        unregister = deadline.on_expire(lambda: self._drop_expired(item)) if deadline else None
         assert self._wakeup is not None
         self._wakeup.set()
         try:
             return await item.future
         finally:
+            if unregister is not None:
+                unregister()
             if item.queued:  # cancelled while waiting: leave the queue
-                self._queue.remove(item)
-                self._queued_images -= n
-                item.queued = False
+                self._unqueue(item)
+
+    def _unqueue(self, item: _Item) -> None:
+        self._queue.remove(item)
+        self._queued_images -= item.n
+        item.queued = False
+
+    def _drop_expired(self, item: _Item) -> None:
+        """The deadline of a queued request passed: it leaves the queue, its caller gets 503."""
+        if not item.queued:
+            return  # already with the model (or answered)
+        self._unqueue(item)
+        metrics_prom.CANCELLED.labels("queue").inc(item.n)
+        if not item.future.done():
+            item.future.set_exception(_timeout())
 
     def _ensure_worker(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._worker is None or self._worker.done():
+            self._loop = loop
             self._wakeup = asyncio.Event()
             self._worker = loop.create_task(self._work(), name="ssd-batcher")
 
@@ -192,13 +279,21 @@ class DynamicBatcher:
             item = self._queue.popleft()
             item.queued = False
             self._queued_images -= item.n
+            if item.deadline is not None and item.deadline.expired():  # its time came while queued
+                metrics_prom.CANCELLED.labels("queue").inc(item.n)
+                if not item.future.done():
+                    item.future.set_exception(_timeout())
+                continue
             total += item.n
             batch.append(item)
         return batch
 
     async def _execute(self, batch: list[_Item], loop: asyncio.AbstractEventLoop) -> None:
+        if not batch:  # every request taken had expired
+            return
         n = sum(item.n for item in batch)
         start = time.perf_counter()
+        self._running = batch
         try:
             out = await loop.run_in_executor(self._executor, self._call_model, batch, n)
         except Exception as e:
@@ -208,11 +303,14 @@ class DynamicBatcher:
                     item.future.set_exception(e)
             return
         finally:
+            self._running = []
             self.model_calls += 1
             metrics_prom.BATCH_SIZE.observe(n)
             metrics_prom.BATCH_SECONDS.observe(time.perf_counter() - start)
         offset = 0
         for item in batch:
+            if item.deadline is not None and item.deadline.expired():
+                metrics_prom.LATE.inc(item.n)
             if not item.future.done():  # done: cancelled while running
                 item.future.set_result({k: v[offset : offset + item.n] for k, v in out.items()})
             offset += item.n
@@ -241,7 +339,40 @@ class DynamicBatcher:
         return self._queued_images
 
     def shutdown(self) -> None:
-        """Stop the worker and the model thread (pending calls finish first)."""
+        """Refuse new requests, answer every waiting one with :class:`ShuttingDown`, stop the worker.
+
+        Callable from any thread; the model call in progress (if any) runs to its end in the model
+        thread, but its callers are answered now.
+        """
+        self._closed = True
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._fail_pending()
+        else:
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is loop:
+                self._fail_pending()
+            else:
+                with contextlib.suppress(RuntimeError):  # the loop stopped in between
+                    loop.call_soon_threadsafe(self._fail_pending)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _fail_pending(self) -> None:
+        """Event loop: answer queued and running requests with 503 and stop the worker."""
         if self._worker is not None:
             self._worker.cancel()
-        self._executor.shutdown(wait=False)
+        pending = [*self._queue, *self._running]
+        self._queue.clear()
+        self._queued_images = 0
+        self._running = []
+        for item in pending:
+            item.queued = False
+            if not item.future.done():
+                item.future.set_exception(ShuttingDown(_SHUTTING_DOWN))
+
+
+def _timeout() -> RequestTimeout:
+    return RequestTimeout("the request's deadline passed before the model could take it; retry later")

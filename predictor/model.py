@@ -5,6 +5,12 @@ Request path (all protocols): ``preprocess`` parses the request (cheap, on the e
 them in the decode thread pool, then awaits its rows of a dynamically batched model call that runs in
 the model thread -> ``postprocess`` encodes V1 JSON bytes or a V2 ``InferResponse``. The event loop
 never runs TensorFlow, so health and readiness answer while the model computes.
+
+Time limit (``--request_timeout_s``): the caller gets 503 when it passes, and the request's work
+stops: an image whose decode has not started is never decoded, a request waiting for the model
+leaves the queue and is never predicted (``ssd_cancelled_images_total``). Work already running (one
+decode, one model call) finishes, and the request's images stay counted against
+``--max_queue_images`` until it has, so a burst of timeouts cannot admit more work than the limit.
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ import numpy as np
 from kserve.errors import InvalidInput, ModelNotReady
 from kserve.model import InferenceVerb
 
-from predictor import codecs, metrics_prom
-from predictor.batcher import DynamicBatcher, Overloaded, RequestTimeout
+from predictor import codecs, metrics_prom, resources
+from predictor.batcher import Deadline, DynamicBatcher, Overloaded, RequestTimeout
 from predictor.images import ImageLimits, decode_image
 from predictor.ssd.detector import Detector
 
@@ -91,7 +97,9 @@ class SSDPredictor(kserve.Model):
         self.limits = ImageLimits(options.max_image_bytes, options.max_image_pixels)
         self._detector = detector
         self._batcher: DynamicBatcher | None = None
-        self._decode_pool = ThreadPoolExecutor(options.decode_threads, thread_name_prefix="ssd-decode")
+        decode_threads = options.decode_threads or resources.default_decode_threads(resources.read_limits())
+        self._decode_pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="ssd-decode")
+        self._work: set[asyncio.Task] = set()  # requests' work, also after their caller got a 503
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="ssd-model")
         self._load_lock = threading.Lock()
         self._load_started = False
@@ -175,6 +183,19 @@ class SSDPredictor(kserve.Model):
         """Not ready any more (in-flight requests still finish)."""
         self.ready = False
 
+    def busy_reason(self) -> str | None:
+        """Why any inference request would be refused now (the image queue is full), else None.
+
+        Asked by :class:`~predictor.admission.AdmissionMiddleware` before a request body is read.
+        """
+        batcher = self._batcher
+        if batcher is not None and batcher.admitted_images >= batcher.max_queue_images:
+            return (
+                f"overloaded: {batcher.admitted_images} images in progress, the limit is "
+                f"{batcher.max_queue_images} (--max_queue_images); retry later"
+            )
+        return None
+
     # ------------------------------------------------------------------ metadata
     def get_input_types(self) -> list[dict[str, Any]]:
         return codecs.input_types()
@@ -225,16 +246,29 @@ class SSDPredictor(kserve.Model):
         headers: dict[str, str] | None = None,
         response_headers: dict[str, str] | None = None,
     ) -> _Result:
-        """Decode, batch and detect within ``--request_timeout_s`` (503 past it)."""
+        """Decode, batch and detect within ``--request_timeout_s`` (503 past it; the work stops too)."""
         timeout = self.options.request_timeout_s or None
+        deadline = Deadline.after(timeout)
+        work = asyncio.ensure_future(self._detect(payload, deadline))
+        self._work.add(work)
+        work.add_done_callback(self._work_done)
         try:
-            dets = await asyncio.wait_for(self._detect(payload), timeout)
+            dets = await asyncio.wait_for(asyncio.shield(work), timeout)
         except asyncio.TimeoutError:
+            deadline.expire()  # the queued request leaves the queue, decodes not started never start
             raise RequestTimeout(
                 f"request not answered within {self.options.request_timeout_s:g} s "
                 "(--request_timeout_s); the server is busy, retry later"
             ) from None
+        except asyncio.CancelledError:
+            deadline.expire()
+            raise
         return _Result(payload, dets)
+
+    def _work_done(self, task: asyncio.Task) -> None:
+        self._work.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a timed-out request's RequestTimeout is not an error to log
 
     async def postprocess(
         self,
@@ -252,13 +286,16 @@ class SSDPredictor(kserve.Model):
             return codecs.encode_v1(dets, names)
         return codecs.encode_v2(dets, names, self.name, request.infer_request)
 
-    async def _detect(self, request: codecs.ParsedRequest) -> codecs.Detections:
+    async def _detect(self, request: codecs.ParsedRequest, deadline: Deadline) -> codecs.Detections:
         n = len(request.images)
         detector = self.detector
-        with self.batcher.admit(n):
+        with self.batcher.admit(n):  # held until the work has stopped, even after a timeout
             loop = asyncio.get_running_loop()
             prepared = await asyncio.gather(
-                *(loop.run_in_executor(self._decode_pool, self.prepare_image, p) for p in request.images),
+                *(
+                    loop.run_in_executor(self._decode_pool, self._prepare_before, p, deadline)
+                    for p in request.images
+                ),
                 return_exceptions=True,
             )
             for item in prepared:  # the first failure, in instance order
@@ -273,8 +310,18 @@ class SSDPredictor(kserve.Model):
                 np.asarray([hw for _, hw in prepared], np.float32),
                 np.full(n, threshold, np.float32),
                 np.full(n, cap, np.int32),
+                deadline,
             )
         return codecs.Detections(out["boxes"], out["scores"], out["classes"], out["num_detections"])
+
+    def _prepare_before(
+        self, payload: codecs.ImagePayload, deadline: Deadline
+    ) -> tuple[np.ndarray, tuple[int, int]]:
+        """Decode thread: :meth:`prepare_image`, unless the request's deadline has passed."""
+        if deadline.expired():
+            metrics_prom.CANCELLED.labels("decode").inc()
+            raise RequestTimeout("the request's deadline passed before its images were decoded")
+        return self.prepare_image(payload)
 
     def prepare_image(self, payload: codecs.ImagePayload) -> tuple[np.ndarray, tuple[int, int]]:
         """Decode thread: payload -> (float32 ``[S, S, 3]`` resized image, original ``(H, W)``).
