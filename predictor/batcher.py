@@ -8,8 +8,11 @@ rows of the output. A request's images are never split across model calls. Per-i
 and detection caps travel with the images, so requests with different parameters share a batch.
 
 Load shedding: :meth:`DynamicBatcher.admit` bounds the images admitted (decoding, queued or running) to
-``max_queue_images``; past it requests fail at once with :class:`Overloaded` (HTTP 503, gRPC
-UNAVAILABLE). A request cancelled while queued (client gone) leaves the queue.
+``max_queue_images``, and to what the model can finish within ``max_queue_delay_s`` at its measured
+rate (images per second of model time, averaged over recent calls); past either bound requests fail
+at once with :class:`Overloaded` (HTTP 503, gRPC UNAVAILABLE). The delay bound keeps the latency of
+admitted requests near the latency at capacity when far more is offered, whatever the model's speed.
+A request cancelled while queued (client gone) leaves the queue.
 
 Deadlines: a request may carry a :class:`Deadline`. Once it has passed (its time came, or it was
 expired by whoever enforces the time limit) the request leaves the queue at once with
@@ -38,6 +41,7 @@ from predictor import metrics_prom
 
 log = logging.getLogger(__name__)
 
+_EWMA = 0.2  # weight of the newest model call in the rate estimate
 _SHUTTING_DOWN = "the server is shutting down; retry on another replica"
 #: ``run_batch(images [B, S, S, 3], image_hw [B, 2], score_threshold [B], max_detections [B])``.
 RunBatch = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], dict[str, np.ndarray]]
@@ -134,6 +138,7 @@ class DynamicBatcher:
       max_batch_size: most images per model call (and per request).
       batch_wait_s: how long the oldest queued request may wait for company.
       max_queue_images: most images admitted at once (see :meth:`admit`).
+      max_queue_delay_s: most seconds of model work admitted at once (0: no such bound).
       executor: where ``run_batch`` runs; a dedicated one-thread pool when None.
     """
 
@@ -146,6 +151,7 @@ class DynamicBatcher:
         max_batch_size: int = 32,
         batch_wait_s: float = 0.002,
         max_queue_images: int = 256,
+        max_queue_delay_s: float = 0.0,
         executor: Executor | None = None,
     ) -> None:
         self._run_batch = run_batch
@@ -154,6 +160,9 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
         self.max_queue_images = max_queue_images
+        self.max_queue_delay_s = max_queue_delay_s
+        self._ewma_images = 0.0  # recent model calls: images per call and seconds per call
+        self._ewma_seconds = 0.0
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="ssd-model")
         self._queue: collections.deque[_Item] = collections.deque()
         self._queued_images = 0
@@ -174,11 +183,9 @@ class DynamicBatcher:
           Overloaded: ``max_queue_images`` would be exceeded (a request is always admitted when
             nothing else is, whatever its size).
         """
-        if self.admitted_images and self.admitted_images + n > self.max_queue_images:
-            raise Overloaded(
-                f"overloaded: {self.admitted_images} images in progress, the limit is "
-                f"{self.max_queue_images}; retry later"
-            )
+        reason = self.refusal(n)
+        if reason is not None:
+            raise Overloaded(reason)
         self.admitted_images += n
         metrics_prom.QUEUE_IMAGES.set(self.admitted_images)
         try:
@@ -186,6 +193,36 @@ class DynamicBatcher:
         finally:
             self.admitted_images -= n
             metrics_prom.QUEUE_IMAGES.set(self.admitted_images)
+
+    def refusal(self, n: int) -> str | None:
+        """Why ``n`` more images would be refused now, or None (always None when nothing is admitted)."""
+        if not self.admitted_images:
+            return None
+        if self.admitted_images + n > self.max_queue_images:
+            return (
+                f"overloaded: {self.admitted_images} images in progress, the limit is "
+                f"{self.max_queue_images} (--max_queue_images); retry later"
+            )
+        rate = self.images_per_second
+        if self.max_queue_delay_s and rate and (self.admitted_images + n) / rate > self.max_queue_delay_s:
+            return (
+                f"overloaded: {self.admitted_images} images in progress take "
+                f"{self.admitted_images / rate:.2f} s of model time, the limit is "
+                f"{self.max_queue_delay_s:g} s (--max_queue_delay_ms); retry later"
+            )
+        return None
+
+    @property
+    def images_per_second(self) -> float | None:
+        """The model's recent rate (None before the first call)."""
+        return self._ewma_images / self._ewma_seconds if self._ewma_seconds > 0 else None
+
+    def _observe_call(self, n: int, seconds: float) -> None:
+        if self._ewma_seconds == 0:
+            self._ewma_images, self._ewma_seconds = float(n), seconds
+        else:
+            self._ewma_images += _EWMA * (n - self._ewma_images)
+            self._ewma_seconds += _EWMA * (seconds - self._ewma_seconds)
 
     # ------------------------------------------------------------------ requests
     async def run(
@@ -305,8 +342,10 @@ class DynamicBatcher:
         finally:
             self._running = []
             self.model_calls += 1
+            seconds = time.perf_counter() - start
+            self._observe_call(n, seconds)
             metrics_prom.BATCH_SIZE.observe(n)
-            metrics_prom.BATCH_SECONDS.observe(time.perf_counter() - start)
+            metrics_prom.BATCH_SECONDS.observe(seconds)
         offset = 0
         for item in batch:
             if item.deadline is not None and item.deadline.expired():

@@ -61,6 +61,7 @@ class ServingOptions:
     max_image_pixels: int = 40_000_000
     request_timeout_s: float = 30.0
     max_queue_images: int = 256
+    max_queue_delay_ms: float = 500.0
     decode_threads: int = 2
     xla: bool = False
     mixed_precision: str = "none"
@@ -163,6 +164,7 @@ class SSDPredictor(kserve.Model):
                 max_batch_size=self.options.max_batch_size,
                 batch_wait_s=self.options.batch_wait_ms / 1000.0,
                 max_queue_images=self.options.max_queue_images,
+                max_queue_delay_s=self.options.max_queue_delay_ms / 1000.0,
                 executor=self._model_thread,
             )
             log.info(
@@ -186,15 +188,12 @@ class SSDPredictor(kserve.Model):
     def busy_reason(self) -> str | None:
         """Why any inference request would be refused now (the image queue is full), else None.
 
+        A one-image request is the smallest there is: if it would be refused, every request would.
+
         Asked by :class:`~predictor.admission.AdmissionMiddleware` before a request body is read.
         """
         batcher = self._batcher
-        if batcher is not None and batcher.admitted_images >= batcher.max_queue_images:
-            return (
-                f"overloaded: {batcher.admitted_images} images in progress, the limit is "
-                f"{batcher.max_queue_images} (--max_queue_images); retry later"
-            )
-        return None
+        return None if batcher is None else batcher.refusal(1)
 
     # ------------------------------------------------------------------ metadata
     def get_input_types(self) -> list[dict[str, Any]]:

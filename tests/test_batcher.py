@@ -335,3 +335,26 @@ def test_shutdown_from_another_thread_answers_the_waiting_requests():
     finally:
         gate.set()
     assert all(isinstance(r, ShuttingDown) for r in results), results
+
+
+def test_admission_bounds_the_model_time_admitted():
+    batcher = make_batcher(FakeModel(), max_queue_images=64, max_queue_delay_s=0.5)
+    with batcher.admit(30), batcher.admit(30):  # no rate measured yet: only the image bound applies
+        pass
+    batcher._observe_call(10, 1.0)  # the model did 10 images in 1 s
+    assert batcher.images_per_second == 10.0
+    with batcher.admit(20):  # alone: always admitted, even at 2 s of model time
+        pass
+    with batcher.admit(3):
+        with (
+            pytest.raises(
+                Overloaded, match=r"3 images in progress take 0\.30 s of model time, the limit is 0\.5 s"
+            ),
+            batcher.admit(3),
+        ):
+            pass
+        with batcher.admit(2):  # 5 images = 0.5 s: just fits
+            assert batcher.refusal(1) is not None
+    assert batcher.refusal(1) is None
+    batcher._observe_call(30, 1.0)  # faster calls raise the rate (moving average)
+    assert 10.0 < batcher.images_per_second < 30.0
