@@ -4,20 +4,21 @@ Starts ``python -m predictor`` with default settings (the demo model unless ``--
 loopback, then, with one-image V1 requests (raw JPEG bodies, 500x375, ``bench.common.make_test_jpegs``):
 
 1. **capacity**: ``--clients`` closed-loop clients (each sends its next request when the last is
-   answered) for ``--seconds``: capacity = answered requests per second; p50/p99 latency;
-2. **overload**: an open loop offering ``--factor`` x capacity requests per second, evenly spaced,
-   for ``--seconds``, whatever the answers: goodput = 200s per second, p50/p99 latency of the
-   admitted (200) requests, rejection rate (503s / offered), other statuses, transport errors.
+   answered) for ``--seconds``: capacity = 200s per second; p50/p99 latency of the 200s;
+2. **overload**: an open loop offering ``--factor`` x that capacity, requests evenly spaced, for
+   ``--seconds``, whatever the answers: goodput = 200s per second, p50/p99 latency of the admitted
+   (200) requests, rejection rate (503s / offered) and latency of the 503s, transport errors.
 
-Both phases start with ``--warmup_s`` untimed seconds. The server's peak RSS over the whole run
-(``VmHWM`` after a reset at ready) is reported too. The client runs in this process (asyncio +
-httpx) on the same machine: on a small machine it takes CPU from the server, which lowers both
+The two phases alternate ``--rounds`` times (each with ``--warmup_s`` untimed seconds first), so a
+change in what else runs on the machine hits both alike; the figures pool all rounds. The server's
+peak RSS over the whole run (``VmHWM`` after a reset at ready) is reported too. The client runs in
+this process (asyncio + httpx) on the same machine: on a small machine it takes CPU from the server, which lowers both
 capacity and goodput; the client's own CPU use is recorded.
 
 Pass: goodput >= 90% of capacity, p99 of admitted requests <= 2x the p99 at capacity, nothing but
 200 and 503 answered, no transport error.
 
-``python -m bench.overload [--model_dir DIR] [--clients 8] [--factor 4] [--seconds 20] [--out ...]``
+``python -m bench.overload [--model_dir DIR] [--clients 8] [--factor 4] [--seconds 10] [--rounds 3]``
 """
 
 from __future__ import annotations
@@ -131,7 +132,14 @@ async def run_phases(
 
 
 def overload(
-    model_dir: Path, clients: int, factor: float, warmup_s: float, seconds: float, extra: list[str], log: Path
+    model_dir: Path,
+    clients: int,
+    factor: float,
+    warmup_s: float,
+    seconds: float,
+    rounds: int,
+    extra: list[str],
+    log: Path,
 ) -> dict[str, Any]:
     server = start_server(model_dir, log, *extra)
     try:
@@ -143,7 +151,7 @@ def overload(
         sampler.start()
         cpu0 = _cpu_seconds(pid)
         t0 = time.perf_counter()
-        phases = asyncio.run(run_phases(server.url, clients, factor, warmup_s, seconds))
+        phases = asyncio.run(run_phases(server.url, clients, factor, warmup_s, seconds, rounds))
         server_cores = (_cpu_seconds(pid) - cpu0) / (time.perf_counter() - t0)
         peak = max(sampler.stop(), read_hwm(pid) if hwm_reset else 0)
         cancelled = {
@@ -176,6 +184,7 @@ def overload(
         "clients": clients,
         "factor": factor,
         "seconds": seconds,
+        "rounds_count": rounds,
         **phases,
         "goodput_over_capacity": goodput_ratio,
         "p99_admitted_over_p99_capacity": p99_ratio,
@@ -211,6 +220,14 @@ def format_report(r: dict[str, Any]) -> str:
         ("p50 / p99 of admitted (ms)", f"{over['p50_ms']:.0f} / {over['p99_ms']:.0f}"),
         ("p99 admitted / p99 at capacity", f"{r['p99_admitted_over_p99_capacity']:.2f}"),
         ("rejected (503) share of offered", f"{100 * over['rejected_503_share']:.1f}%"),
+        ("p50 / p99 of the 503s (ms)", f"{over['p50_503_ms']:.0f} / {over['p99_503_ms']:.0f}"),
+        (
+            "per round: capacity / offered / goodput (req/s)",
+            "; ".join(
+                f"{r['capacity_per_s']:.1f} / {r['offered_per_s']:.1f} / {r['goodput_per_s']:.1f}"
+                for r in r["rounds"]
+            ),
+        ),
         ("statuses (capacity / overload)", f"{cap['statuses']} / {over['statuses']}"),
         ("server RSS ready / peak (MiB)", f"{r['rss_mib']['ready']:.0f} / {r['rss_mib']['peak']:.0f}"),
         ("cores used: server / client", f"{r['server_cores']:.2f} / {r['client_cores']:.2f}"),
@@ -230,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=8, help="closed-loop clients measuring capacity")
     parser.add_argument("--factor", type=float, default=4.0, help="offered load / capacity")
     parser.add_argument("--warmup_s", type=float, default=3.0)
-    parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per phase")
+    parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per phase and round")
+    parser.add_argument("--rounds", type=int, default=3, help="capacity/overload rounds")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "overload.json")
     parser.add_argument("server_args", nargs="*", help="extra server flags, after --")
     args = parser.parse_args(argv)
@@ -245,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         args.factor,
         args.warmup_s,
         args.seconds,
+        args.rounds,
         args.server_args,
         args.out.with_name(args.out.stem + "_server.log"),
     )

@@ -155,7 +155,7 @@ def add_ssd_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument(
         "--max_queue_delay_ms",
         type=_non_negative_float,
-        default=_env("SSD_MAX_QUEUE_DELAY_MS", 500.0, _non_negative_float),
+        default=_env("SSD_MAX_QUEUE_DELAY_MS", 200.0, _non_negative_float),
         help="Most model time admitted at once: a request whose images would take the model longer than "
         "this to reach (at its measured rate, images/s) gets 503 at once; 0 disables. Keeps the latency "
         "of admitted requests bounded under overload. Env SSD_MAX_QUEUE_DELAY_MS.",
