@@ -12,8 +12,8 @@ loopback, then, with one-image V1 requests (raw JPEG bodies, 500x375, ``bench.co
 The two phases alternate ``--rounds`` times (each with ``--warmup_s`` untimed seconds first), so a
 change in what else runs on the machine hits both alike; the figures pool all rounds. The server's
 peak RSS over the whole run (``VmHWM`` after a reset at ready) is reported too. The client runs in
-this process (asyncio + httpx) on the same machine: on a small machine it takes CPU from the server, which lowers both
-capacity and goodput; the client's own CPU use is recorded.
+this process (asyncio + httpx) on the same machine: on a small machine it takes CPU from the server,
+which lowers both capacity and goodput; the client's own CPU use is recorded.
 
 Pass: goodput >= 90% of capacity, p99 of admitted requests <= 2x the p99 at capacity, nothing but
 200 and 503 answered, no transport error.
