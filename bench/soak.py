@@ -353,8 +353,11 @@ def build_schedule(n_requests: int, seed: int) -> list[str]:
 
 
 def run_phase(client: Client, kinds: list[str], concurrency: int, deadline: float) -> list[Result]:
-    """Send ``kinds`` with ``concurrency`` threads; bursts fire BURST_SIZE requests at once."""
-    burst_pool = ThreadPoolExecutor(BURST_SIZE)
+    """Send ``kinds`` with ``concurrency`` threads; bursts fire BURST_SIZE requests at once.
+
+    Each burst gets its own BURST_SIZE threads: two client threads may start bursts at the same
+    time, and a shared pool would leave both barriers short of threads.
+    """
 
     def one(kind: str) -> list[Result]:
         if time.monotonic() > deadline:
@@ -363,19 +366,17 @@ def run_phase(client: Client, kinds: list[str], concurrency: int, deadline: floa
             barrier = threading.Barrier(BURST_SIZE)
 
             def fire(_: int) -> Result:
-                barrier.wait(30)
+                barrier.wait(60)
                 result = client.send("v1_json")
                 result.kind = "burst"
                 return result
 
-            return [r for r in burst_pool.map(fire, range(BURST_SIZE))]
+            with ThreadPoolExecutor(BURST_SIZE) as burst_pool:
+                return list(burst_pool.map(fire, range(BURST_SIZE)))
         return [client.send(kind)]
 
-    try:
-        with ThreadPoolExecutor(concurrency) as pool:
-            return [r for rs in pool.map(one, kinds) for r in rs]
-    finally:
-        burst_pool.shutdown()
+    with ThreadPoolExecutor(concurrency) as pool:
+        return [r for rs in pool.map(one, kinds) for r in rs]
 
 
 def summarize(results: list[Result]) -> dict[str, Any]:

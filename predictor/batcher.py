@@ -10,8 +10,12 @@ and detection caps travel with the images, so requests with different parameters
 Load shedding: :meth:`DynamicBatcher.admit` bounds the images admitted (decoding, queued or running) to
 ``max_queue_images``, and to what the model can finish within ``max_queue_delay_s`` at its measured
 rate (images per second of model time, averaged over recent calls); past either bound requests fail
-at once with :class:`Overloaded` (HTTP 503, gRPC UNAVAILABLE). The delay bound keeps the latency of
-admitted requests near the latency at capacity when far more is offered, whatever the model's speed.
+at once with :class:`Overloaded` (HTTP 503, gRPC UNAVAILABLE). A burst that drains within that time
+is absorbed. A standing queue is not: when requests have waited longer than a tenth of
+``max_queue_delay_s`` for model calls continuously for ``max_queue_delay_s`` (more is offered than
+the model can do, as in CoDel), the bound tightens to that tenth until the queue is nearly empty
+again. So under sustained overload admitted requests wait about one or two batches, not seconds,
+and the model still always has the next batch ready.
 A request cancelled while queued (client gone) leaves the queue.
 
 Deadlines: a request may carry a :class:`Deadline`. Once it has passed (its time came, or it was
@@ -41,6 +45,7 @@ from predictor import metrics_prom
 
 log = logging.getLogger(__name__)
 
+_STANDING_FRACTION = 0.1  # of max_queue_delay_s: the wait target and the bound under a standing queue
 _EWMA = 0.2  # weight of the newest model call in the rate estimate
 _SHUTTING_DOWN = "the server is shutting down; retry on another replica"
 #: ``run_batch(images [B, S, S, 3], image_hw [B, 2], score_threshold [B], max_detections [B])``.
@@ -163,6 +168,8 @@ class DynamicBatcher:
         self.max_queue_delay_s = max_queue_delay_s
         self._ewma_images = 0.0  # recent model calls: images per call and seconds per call
         self._ewma_seconds = 0.0
+        self._waiting_since: float | None = None  # since when requests wait longer than the target
+        self.standing_queue = False  # sustained overload: the tight bound applies
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="ssd-model")
         self._queue: collections.deque[_Item] = collections.deque()
         self._queued_images = 0
@@ -204,13 +211,39 @@ class DynamicBatcher:
                 f"{self.max_queue_images} (--max_queue_images); retry later"
             )
         rate = self.images_per_second
-        if self.max_queue_delay_s and rate and (self.admitted_images + n) / rate > self.max_queue_delay_s:
+        if not (self.max_queue_delay_s and rate):
+            return None
+        bound = self.max_queue_delay_s * (_STANDING_FRACTION if self.standing_queue else 1.0)
+        if (self.admitted_images + n) / rate > bound:
+            standing = ", a standing queue" if self.standing_queue else ""
             return (
                 f"overloaded: {self.admitted_images} images in progress take "
-                f"{self.admitted_images / rate:.2f} s of model time, the limit is "
-                f"{self.max_queue_delay_s:g} s (--max_queue_delay_ms); retry later"
+                f"{self.admitted_images / rate:.2f} s of model time, the limit is {bound:g} s"
+                f"{standing} (--max_queue_delay_ms); retry later"
             )
         return None
+
+    def note_wait(self, waited_s: float, now: float) -> None:
+        """A request waited ``waited_s`` in the queue before its model call (at time ``now``).
+
+        Enters the standing-queue state after waits above the target (a tenth of
+        ``max_queue_delay_s``) for ``max_queue_delay_s``; leaves it when a wait is under a quarter
+        of the target (the queue is nearly empty).
+        """
+        if not self.max_queue_delay_s:
+            return
+        target = self.max_queue_delay_s * _STANDING_FRACTION
+        if waited_s > target:
+            if self._waiting_since is None:
+                self._waiting_since = now
+            elif now - self._waiting_since >= self.max_queue_delay_s and not self.standing_queue:
+                self.standing_queue = True
+                log.warning("standing queue: admitting at most %g s of model time", target)
+        else:
+            self._waiting_since = None
+            if waited_s < target / 4 and self.standing_queue:
+                self.standing_queue = False
+                log.info("the queue drained: admitting up to %g s of model time", self.max_queue_delay_s)
 
     @property
     def images_per_second(self) -> float | None:
@@ -312,6 +345,9 @@ class DynamicBatcher:
     def _take(self) -> list[_Item]:
         batch: list[_Item] = []
         total = 0
+        now = asyncio.get_running_loop().time()
+        if self._queue:
+            self.note_wait(now - self._queue[0].enqueued, now)
         while self._queue and total + self._queue[0].n <= self.max_batch_size:
             item = self._queue.popleft()
             item.queued = False
