@@ -18,7 +18,7 @@ which lowers both capacity and goodput; the client's own CPU use is recorded.
 Pass: goodput >= 90% of capacity, p99 of admitted requests <= 2x the p99 at capacity, nothing but
 200 and 503 answered, no transport error.
 
-``python -m bench.overload [--model_dir DIR] [--clients 8] [--factor 4] [--seconds 10] [--rounds 3]``
+``python -m bench.overload [--model_dir DIR] [--clients 16] [--factor 4] [--seconds 10] [--rounds 3]``
 """
 
 from __future__ import annotations
@@ -244,7 +244,7 @@ def format_report(r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_dir", type=Path, default=None, help="default: the shipped demo model")
-    parser.add_argument("--clients", type=int, default=8, help="closed-loop clients measuring capacity")
+    parser.add_argument("--clients", type=int, default=16, help="closed-loop clients measuring capacity")
     parser.add_argument("--factor", type=float, default=4.0, help="offered load / capacity")
     parser.add_argument("--warmup_s", type=float, default=3.0)
     parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per phase and round")

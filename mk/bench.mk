@@ -9,7 +9,7 @@ JAX_VENV ?= /tmp/jaxvenv
 BENCH_STAMP := $(VENV)/.bench-installed
 
 # Overload benchmark: closed-loop clients measuring capacity, offered load factor, seconds per phase, rounds.
-OVERLOAD_CLIENTS ?= 8
+OVERLOAD_CLIENTS ?= 16
 OVERLOAD_FACTOR ?= 4
 OVERLOAD_SECONDS ?= 10
 OVERLOAD_ROUNDS ?= 3

@@ -11,11 +11,11 @@ Load shedding: :meth:`DynamicBatcher.admit` bounds the images admitted (decoding
 ``max_queue_images``, and to what the model can finish within ``max_queue_delay_s`` at its measured
 rate (images per second of model time, averaged over recent calls); past either bound requests fail
 at once with :class:`Overloaded` (HTTP 503, gRPC UNAVAILABLE). A burst that drains within that time
-is absorbed. A standing queue is not: when requests have waited longer than a tenth of
-``max_queue_delay_s`` for model calls continuously for ``max_queue_delay_s`` (more is offered than
-the model can do, as in CoDel), the bound tightens to that tenth until the queue is nearly empty
-again. So under sustained overload admitted requests wait about one or two batches, not seconds,
-and the model still always has the next batch ready.
+is absorbed. A standing queue is not (the idea of CoDel): when requests keep waiting longer than two
+model calls for longer than a burst takes to drain, more is offered than the model can do, and until
+the queue drains at most two batches' worth of images (at least ``max_batch_size``) are admitted. So
+under sustained overload admitted requests wait about two batches, not seconds, and the model still
+always has its next batch ready.
 A request cancelled while queued (client gone) leaves the queue.
 
 Deadlines: a request may carry a :class:`Deadline`. Once it has passed (its time came, or it was
@@ -45,7 +45,6 @@ from predictor import metrics_prom
 
 log = logging.getLogger(__name__)
 
-_STANDING_FRACTION = 0.1  # of max_queue_delay_s: the wait target and the bound under a standing queue
 _EWMA = 0.2  # weight of the newest model call in the rate estimate
 _SHUTTING_DOWN = "the server is shutting down; retry on another replica"
 #: ``run_batch(images [B, S, S, 3], image_hw [B, 2], score_threshold [B], max_detections [B])``.
@@ -203,47 +202,58 @@ class DynamicBatcher:
 
     def refusal(self, n: int) -> str | None:
         """Why ``n`` more images would be refused now, or None (always None when nothing is admitted)."""
-        if not self.admitted_images:
+        admitted = self.admitted_images
+        if not admitted:
             return None
-        if self.admitted_images + n > self.max_queue_images:
+        if admitted + n > self.max_queue_images:
             return (
-                f"overloaded: {self.admitted_images} images in progress, the limit is "
+                f"overloaded: {admitted} images in progress, the limit is "
                 f"{self.max_queue_images} (--max_queue_images); retry later"
             )
         rate = self.images_per_second
         if not (self.max_queue_delay_s and rate):
             return None
-        bound = self.max_queue_delay_s * (_STANDING_FRACTION if self.standing_queue else 1.0)
-        if (self.admitted_images + n) / rate > bound:
-            standing = ", a standing queue" if self.standing_queue else ""
+        if (admitted + n) / rate > self.max_queue_delay_s:
             return (
-                f"overloaded: {self.admitted_images} images in progress take "
-                f"{self.admitted_images / rate:.2f} s of model time, the limit is {bound:g} s"
-                f"{standing} (--max_queue_delay_ms); retry later"
+                f"overloaded: {admitted} images in progress take {admitted / rate:.2f} s of model time, "
+                f"the limit is {self.max_queue_delay_s:g} s (--max_queue_delay_ms); retry later"
+            )
+        if self.standing_queue and admitted + n > self.standing_limit:
+            return (
+                f"overloaded: more is offered than the model can do; {admitted} images in progress, "
+                f"the limit is {self.standing_limit} until the queue drains; retry later"
             )
         return None
 
-    def note_wait(self, waited_s: float, now: float) -> None:
-        """A request waited ``waited_s`` in the queue before its model call (at time ``now``).
+    @property
+    def standing_limit(self) -> int:
+        """Images admitted while a standing queue lasts: two recent batches, at least one full one."""
+        return max(self.max_batch_size, round(2 * self._ewma_images))
 
-        Enters the standing-queue state after waits above the target (a tenth of
-        ``max_queue_delay_s``) for ``max_queue_delay_s``; leaves it when a wait is under a quarter
-        of the target (the queue is nearly empty).
+    def note_wait(self, waited_s: float, now: float) -> None:
+        """The oldest queued request waited ``waited_s`` when a model call was formed at ``now``.
+
+        A batch normally waits for at most the call in progress; waiting longer than two recent
+        calls means a backlog. A backlog that lasts ``max(1 s, 4 calls)`` (longer than a burst takes
+        to drain) is a standing queue: more is offered than the model can do. It ends when a request
+        waited less than one call.
         """
-        if not self.max_queue_delay_s:
+        if not self.max_queue_delay_s or not self._ewma_seconds:
             return
-        target = self.max_queue_delay_s * _STANDING_FRACTION
-        if waited_s > target:
+        call_s = self._ewma_seconds
+        if waited_s > 2 * call_s:
             if self._waiting_since is None:
                 self._waiting_since = now
-            elif now - self._waiting_since >= self.max_queue_delay_s and not self.standing_queue:
+            elif now - self._waiting_since >= max(1.0, 4 * call_s) and not self.standing_queue:
                 self.standing_queue = True
-                log.warning("standing queue: admitting at most %g s of model time", target)
+                log.warning(
+                    "standing queue: admitting at most %d images until it drains", self.standing_limit
+                )
         else:
             self._waiting_since = None
-            if waited_s < target / 4 and self.standing_queue:
+            if waited_s < call_s and self.standing_queue:
                 self.standing_queue = False
-                log.info("the queue drained: admitting up to %g s of model time", self.max_queue_delay_s)
+                log.info("the queue drained")
 
     @property
     def images_per_second(self) -> float | None:
@@ -438,7 +448,8 @@ class DynamicBatcher:
     def _fail_pending(self) -> None:
         """Event loop: answer queued and running requests with 503 and stop the worker."""
         if self._worker is not None:
-            self._worker.cancel()
+            with contextlib.suppress(RuntimeError):  # its loop is already closed
+                self._worker.cancel()
         pending = [*self._queue, *self._running]
         self._queue.clear()
         self._queued_images = 0
@@ -446,7 +457,8 @@ class DynamicBatcher:
         for item in pending:
             item.queued = False
             if not item.future.done():
-                item.future.set_exception(ShuttingDown(_SHUTTING_DOWN))
+                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                    item.future.set_exception(ShuttingDown(_SHUTTING_DOWN))
 
 
 def _timeout() -> RequestTimeout:

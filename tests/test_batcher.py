@@ -361,19 +361,20 @@ def test_admission_bounds_the_model_time_admitted():
 
 
 def test_a_standing_queue_tightens_the_bound_and_a_drained_one_relaxes_it():
-    batcher = make_batcher(FakeModel(), max_queue_images=64, max_queue_delay_s=1.0)
-    batcher._observe_call(10, 1.0)  # 10 images/s: 1 s of model time = 10 images, a tenth = 1 image
+    batcher = make_batcher(FakeModel(), max_batch_size=4, max_queue_images=64, max_queue_delay_s=10.0)
+    batcher._observe_call(4, 0.1)  # calls of 4 images in 0.1 s: 40 images/s, standing limit 8
+    assert batcher.standing_limit == 8
     with batcher.admit(4):
-        assert batcher.refusal(4) is None  # a burst of 0.8 s is absorbed
-        batcher.note_wait(0.5, now=10.0)  # waits above the 0.1 s target ...
-        batcher.note_wait(0.5, now=10.9)
-        assert not batcher.standing_queue  # ... for less than 1 s: a burst
-        batcher.note_wait(0.05, now=11.0)  # under the target: the clock restarts
+        assert batcher.refusal(12) is None  # a burst of 16 images (0.4 s) is absorbed
+        batcher.note_wait(0.3, now=10.0)  # waited over two calls (0.2 s) ...
+        batcher.note_wait(0.3, now=10.9)
+        assert not batcher.standing_queue  # ... for less than max(1 s, 4 calls): a burst
+        batcher.note_wait(0.15, now=11.0)  # within two calls: the clock restarts
         batcher.note_wait(0.5, now=11.1)
-        batcher.note_wait(0.3, now=12.1)  # above the target for 1 s: a standing queue
+        batcher.note_wait(0.5, now=12.1)  # a backlog for 1 s: a standing queue
         assert batcher.standing_queue
-        assert "a standing queue" in batcher.refusal(1)
-        batcher.note_wait(0.05, now=12.2)  # below the target, not yet drained
+        assert batcher.refusal(4) is None and "until the queue drains" in batcher.refusal(5)
+        batcher.note_wait(0.15, now=12.2)  # no backlog, but still waited over one call
         assert batcher.standing_queue
-        batcher.note_wait(0.01, now=12.3)  # under a quarter of the target: drained
-        assert not batcher.standing_queue and batcher.refusal(4) is None
+        batcher.note_wait(0.05, now=12.3)  # waited less than one call: drained
+        assert not batcher.standing_queue and batcher.refusal(12) is None
