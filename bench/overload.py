@@ -114,21 +114,36 @@ def summarize_phase(results: list[tuple], seconds: float) -> dict[str, Any]:
 
 
 async def run_phases(
-    url: str, clients: int, factor: float, warmup_s: float, seconds: float
+    url: str, clients: int, factor: float, warmup_s: float, seconds: float, rounds: int
 ) -> dict[str, Any]:
     req = Requests(url, make_test_jpegs()[:4])
+    cap_results: list[tuple] = []
+    over_results: list[tuple] = []
+    per_round = []
     try:
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        cap = summarize_phase(await closed_loop(req, clients, warmup_s, seconds), seconds)
-        capacity = cap["answered_200_per_s"]
-        offered = factor * capacity
-        over_results = await open_loop(req, offered, warmup_s, seconds)
-        over = summarize_phase(over_results, seconds)
-        over["offered_per_s"] = len(over_results) / seconds
+        for _ in range(rounds):
+            cap_round = await closed_loop(req, clients, warmup_s, seconds)
+            capacity = sum(s == "200" for _, s, _ in cap_round) / seconds
+            over_round = await open_loop(req, factor * capacity, warmup_s, seconds)
+            cap_results += cap_round
+            over_results += over_round
+            per_round.append(
+                {
+                    "capacity_per_s": capacity,
+                    "offered_per_s": len(over_round) / seconds,
+                    "goodput_per_s": sum(s == "200" for _, s, _ in over_round) / seconds,
+                }
+            )
         client_cores = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
     finally:
         await req.client.aclose()
-    return {"capacity": cap, "overload": over, "target_offered_per_s": offered, "client_cores": client_cores}
+    cap = summarize_phase(cap_results, rounds * seconds)
+    over = summarize_phase(over_results, rounds * seconds)
+    over["offered_per_s"] = len(over_results) / (rounds * seconds)
+    rejected = [lat * 1000 for _, s, lat in over_results if s == "503"]
+    over["p50_503_ms"], over["p99_503_ms"] = percentile(rejected, 50), percentile(rejected, 99)
+    return {"capacity": cap, "overload": over, "rounds": per_round, "client_cores": client_cores}
 
 
 def overload(

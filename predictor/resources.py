@@ -215,3 +215,38 @@ def _affinity() -> int:
 
 def _mib(n: int) -> str:
     return f"{n / 2**20:,.0f} MiB"
+
+
+#: glibc ``mallopt`` parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+#: Allocations at least this large are mmap()ed and go back to the system when freed.
+MMAP_THRESHOLD = 1024 * 1024
+#: malloc arenas: glibc's default is 8 per core, one per thread that allocates at once; each keeps what
+#: its thread freed, so a server with dozens of threads (decode, TensorFlow, gRPC, asyncio) grows.
+ARENA_MAX = 2
+
+
+def tune_malloc() -> bool:
+    """Keep glibc's heap from growing with traffic; True when applied (glibc only).
+
+    By default glibc raises its mmap threshold to the size of every large block freed (up to 32 MiB),
+    after which image and batch buffers of that size are kept in the heap and never returned, and it
+    creates up to 8 arenas per core. A fixed threshold (which also turns the adjustment off) and two
+    arenas keep the resident size near its size at ready. Must run before the threads start.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    ok = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+    ok &= mallopt(_M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD) == 1
+    ok &= mallopt(_M_ARENA_MAX, ARENA_MAX) == 1
+    return bool(ok)

@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the server until it is stopped; returns the process exit status."""
     args = build_parser().parse_args(argv)
     _configure_logging(args)
+    malloc_tuned = resources.tune_malloc()  # before TensorFlow and the thread pools start
     model_dir = resolve_model_dir(args.model_dir)
     if model_dir is None:
         return 1
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from predictor.ssd.detector import configure_devices
     from predictor.ssd.weights import ModelLoadError
 
-    size_from_limits(args)  # before TensorFlow runs anything: it fixes its thread pools at start
+    size_from_limits(args, malloc_tuned)  # before TensorFlow runs anything: it fixes its pools at start
     devices = configure_devices()
     options = ServingOptions.from_args(args, model_dir)
     model = SSDPredictor(args.model_name, options)
@@ -75,7 +76,7 @@ def resolve_model_dir(model_dir: str | None) -> str | None:
     return str(DEMO_MODEL_DIR)
 
 
-def size_from_limits(args: argparse.Namespace) -> resources.Limits:
+def size_from_limits(args: argparse.Namespace, malloc_tuned: bool = False) -> resources.Limits:
     """Fill the automatic (0) thread counts and byte budget from the cgroup; size TensorFlow; log it."""
     limits = resources.read_limits()
     auto = []
@@ -95,13 +96,16 @@ def size_from_limits(args: argparse.Namespace) -> resources.Limits:
     resources.configure_tensorflow_threads(args.tf_intra_op_threads, args.tf_inter_op_threads)
     log.info(
         "resources: %s; decode_threads %d, tf intra-op %d / inter-op %d threads, max_inflight_bytes %d "
-        "(automatic: %s)",
+        "(automatic: %s); malloc %s",
         limits.describe(),
         args.decode_threads,
         args.tf_intra_op_threads,
         args.tf_inter_op_threads,
         args.max_inflight_bytes,
         ", ".join(auto) or "none",
+        f"mmap threshold {resources.MMAP_THRESHOLD}, {resources.ARENA_MAX} arenas"
+        if malloc_tuned
+        else "default",
     )
     return limits
 
