@@ -9,8 +9,10 @@ loopback, then, with one-image V1 requests (raw JPEG bodies, 500x375, ``bench.co
    ``--seconds``, whatever the answers: goodput = 200s per second, p50/p99 latency of the admitted
    (200) requests, rejection rate (503s / offered) and latency of the 503s, transport errors.
 
-The two phases alternate ``--rounds`` times (each with ``--warmup_s`` untimed seconds first), so a
-change in what else runs on the machine hits both alike; the figures pool all rounds. The server's
+The two phases alternate ``--rounds`` times (each with ``--warmup_s`` (5) untimed seconds first), so
+a change in what else runs on the machine hits both alike; the figures pool all rounds. The warm-up
+also leaves out the start of each overload, before the server has recognised a standing queue
+(``--warmup_s 0`` includes it). The server's
 peak RSS over the whole run (``VmHWM`` after a reset at ready) is reported too. The client runs in
 this process (asyncio + httpx) on the same machine: on a small machine it takes CPU from the server,
 which lowers both capacity and goodput; the client's own CPU use is recorded.
@@ -261,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model_dir", type=Path, default=None, help="default: the shipped demo model")
     parser.add_argument("--clients", type=int, default=16, help="closed-loop clients measuring capacity")
     parser.add_argument("--factor", type=float, default=4.0, help="offered load / capacity")
-    parser.add_argument("--warmup_s", type=float, default=3.0)
+    parser.add_argument("--warmup_s", type=float, default=5.0, help="untimed seconds before each phase")
     parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per phase and round")
     parser.add_argument("--rounds", type=int, default=3, help="capacity/overload rounds")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "overload.json")

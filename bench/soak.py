@@ -421,6 +421,7 @@ def soak(
     max_request_bytes: int = 8 * 1024 * 1024,
     seed: int = 0,
     log_path: Path | None = None,
+    server_args: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Start a server, run the soak, stop the server; the report (``report["passed"]``)."""
     log_path = log_path or OUT_DIR / "soak_server.log"
@@ -435,6 +436,7 @@ def soak(
         str(max_batch_size),
         "--max_request_bytes",
         str(max_request_bytes),
+        *server_args,
     )
     try:
         server.wait_ready()
@@ -550,6 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_request_bytes", type=int, default=8 * 1024 * 1024)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=OUT_DIR / "soak.json")
+    parser.add_argument("server_args", nargs="*", help="extra server flags, after --")
     args = parser.parse_args(argv)
     if args.model_dir is None:
         from predictor.models import DEMO_MODEL_DIR
@@ -565,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         max_request_bytes=args.max_request_bytes,
         seed=args.seed,
         log_path=args.out.with_name(args.out.stem + "_server.log"),
+        server_args=tuple(args.server_args),
     )
     print(format_report(report))
     write_json(args.out, report)

@@ -155,7 +155,7 @@ def add_ssd_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument(
         "--max_queue_delay_ms",
         type=_non_negative_float,
-        default=_env("SSD_MAX_QUEUE_DELAY_MS", 2000.0, _non_negative_float),
+        default=_env("SSD_MAX_QUEUE_DELAY_MS", 5000.0, _non_negative_float),
         help="Most model time admitted at once, in ms at the model's measured rate (images/s): past it "
         "requests get 503 at once; 0 disables. Under sustained overload (requests keep waiting over two "
         "model calls) at most two batches of images are admitted until the queue drains. "

@@ -61,7 +61,7 @@ class ServingOptions:
     max_image_pixels: int = 40_000_000
     request_timeout_s: float = 30.0
     max_queue_images: int = 256
-    max_queue_delay_ms: float = 2000.0
+    max_queue_delay_ms: float = 5000.0
     decode_threads: int = 2
     xla: bool = False
     mixed_precision: str = "none"

@@ -35,6 +35,11 @@ def test_short_soak(random_tiny_model_dir, tmp_path):
         "25",
         "--out",
         str(out),
+        # Checks the answers, not admission: on a busy CI machine the model's measured rate can drop
+        # so far that the default model-time bound sheds some of the bursts (503).
+        "--",
+        "--max_queue_delay_ms",
+        "0",
     ]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=server_env(), capture_output=True, text=True, timeout=240)
     assert out.exists(), proc.stdout + proc.stderr
