@@ -8,10 +8,10 @@ rows of the output. A request's images are never split across model calls. Per-i
 and detection caps travel with the images, so requests with different parameters share a batch.
 
 Load shedding: :meth:`DynamicBatcher.admit` bounds the images admitted (decoding, queued or running) to
-``max_queue_images``, and to what the model can finish within ``max_queue_delay_s`` at its measured
-rate (images per second of model time, averaged over recent calls); past either bound requests fail
-at once with :class:`Overloaded` (HTTP 503, gRPC UNAVAILABLE). A burst that drains within that time
-is absorbed. A standing queue is not (the idea of CoDel): when requests keep waiting longer than two
+``max_queue_images``, and (when set) to what the model can finish within ``max_queue_delay_s`` at
+its measured rate (images per second of model time, averaged over recent calls); past either bound
+requests fail at once with :class:`Overloaded` (HTTP 503, gRPC UNAVAILABLE). A burst is absorbed.
+A standing queue is not (the idea of CoDel): when requests keep waiting longer than two
 model calls for longer than a burst takes to drain, more is offered than the model can do, and until
 the queue drains at most two batches' worth of images (at least ``max_batch_size``) are admitted. So
 under sustained overload admitted requests wait about two batches, not seconds, and the model still
@@ -143,6 +143,7 @@ class DynamicBatcher:
       batch_wait_s: how long the oldest queued request may wait for company.
       max_queue_images: most images admitted at once (see :meth:`admit`).
       max_queue_delay_s: most seconds of model work admitted at once (0: no such bound).
+      shed_standing_queue: under sustained overload admit at most two batches (see above).
       executor: where ``run_batch`` runs; a dedicated one-thread pool when None.
     """
 
@@ -156,6 +157,7 @@ class DynamicBatcher:
         batch_wait_s: float = 0.002,
         max_queue_images: int = 256,
         max_queue_delay_s: float = 0.0,
+        shed_standing_queue: bool = True,
         executor: Executor | None = None,
     ) -> None:
         self._run_batch = run_batch
@@ -165,6 +167,7 @@ class DynamicBatcher:
         self.batch_wait_s = batch_wait_s
         self.max_queue_images = max_queue_images
         self.max_queue_delay_s = max_queue_delay_s
+        self.shed_standing_queue = shed_standing_queue
         self._ewma_images = 0.0  # recent model calls: images per call and seconds per call
         self._ewma_seconds = 0.0
         self._waiting_since: float | None = None  # since when requests wait longer than the target
@@ -211,9 +214,7 @@ class DynamicBatcher:
                 f"{self.max_queue_images} (--max_queue_images); retry later"
             )
         rate = self.images_per_second
-        if not (self.max_queue_delay_s and rate):
-            return None
-        if (admitted + n) / rate > self.max_queue_delay_s:
+        if self.max_queue_delay_s and rate and (admitted + n) / rate > self.max_queue_delay_s:
             return (
                 f"overloaded: {admitted} images in progress take {admitted / rate:.2f} s of model time, "
                 f"the limit is {self.max_queue_delay_s:g} s (--max_queue_delay_ms); retry later"
@@ -238,7 +239,7 @@ class DynamicBatcher:
         to drain) is a standing queue: more is offered than the model can do. It ends when a request
         waited less than one call.
         """
-        if not self.max_queue_delay_s or not self._ewma_seconds:
+        if not self.shed_standing_queue or not self._ewma_seconds:
             return
         call_s = self._ewma_seconds
         if waited_s > 2 * call_s:

@@ -155,11 +155,18 @@ def add_ssd_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument(
         "--max_queue_delay_ms",
         type=_non_negative_float,
-        default=_env("SSD_MAX_QUEUE_DELAY_MS", 5000.0, _non_negative_float),
+        default=_env("SSD_MAX_QUEUE_DELAY_MS", 0.0, _non_negative_float),
         help="Most model time admitted at once, in ms at the model's measured rate (images/s): past it "
-        "requests get 503 at once; 0 disables. Under sustained overload (requests keep waiting over two "
-        "model calls) at most two batches of images are admitted until the queue drains. "
-        "Env SSD_MAX_QUEUE_DELAY_MS.",
+        "requests get 503 at once; 0 (default): no such bound. Env SSD_MAX_QUEUE_DELAY_MS.",
+    )
+    g.add_argument(
+        "--shed_standing_queue",
+        action=argparse.BooleanOptionalAction,
+        default=_env("SSD_SHED_STANDING_QUEUE", True, _bool),
+        help="Under sustained overload (requests keep waiting longer than two model calls, for longer than "
+        "a burst takes to drain) admit at most two batches of images until the queue drains, so admitted "
+        "requests stay fast and the rest get 503 at once. Bursts are still absorbed up to "
+        "--max_queue_images. Env SSD_SHED_STANDING_QUEUE.",
     )
     g.add_argument(
         "--shutdown_grace_s",

@@ -61,7 +61,8 @@ class ServingOptions:
     max_image_pixels: int = 40_000_000
     request_timeout_s: float = 30.0
     max_queue_images: int = 256
-    max_queue_delay_ms: float = 5000.0
+    max_queue_delay_ms: float = 0.0
+    shed_standing_queue: bool = True
     decode_threads: int = 2
     xla: bool = False
     mixed_precision: str = "none"
@@ -165,6 +166,7 @@ class SSDPredictor(kserve.Model):
                 batch_wait_s=self.options.batch_wait_ms / 1000.0,
                 max_queue_images=self.options.max_queue_images,
                 max_queue_delay_s=self.options.max_queue_delay_ms / 1000.0,
+                shed_standing_queue=self.options.shed_standing_queue,
                 executor=self._model_thread,
             )
             log.info(

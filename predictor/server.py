@@ -205,13 +205,14 @@ def _log_configuration(
     )
     log.info(
         "batching: max_batch_size %d (buckets %s), batch_wait_ms %g, max_queue_images %d, "
-        "max_queue_delay_ms %g, "
+        "max_queue_delay_ms %g, shed_standing_queue %s, "
         "decode_threads %d, request_timeout_s %g; caps: %d bytes/image, %d pixels/image, %d bytes/request",
         options.max_batch_size,
         list(detector.buckets),
         options.batch_wait_ms,
         options.max_queue_images,
         options.max_queue_delay_ms,
+        options.shed_standing_queue,
         options.decode_threads,
         options.request_timeout_s,
         options.max_image_bytes,

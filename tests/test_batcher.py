@@ -361,7 +361,7 @@ def test_admission_bounds_the_model_time_admitted():
 
 
 def test_a_standing_queue_tightens_the_bound_and_a_drained_one_relaxes_it():
-    batcher = make_batcher(FakeModel(), max_batch_size=4, max_queue_images=64, max_queue_delay_s=10.0)
+    batcher = make_batcher(FakeModel(), max_batch_size=4, max_queue_images=64)
     batcher._observe_call(4, 0.1)  # calls of 4 images in 0.1 s: 40 images/s, standing limit 8
     assert batcher.standing_limit == 8
     with batcher.admit(4):
@@ -378,3 +378,11 @@ def test_a_standing_queue_tightens_the_bound_and_a_drained_one_relaxes_it():
         assert batcher.standing_queue
         batcher.note_wait(0.05, now=12.3)  # waited less than one call: drained
         assert not batcher.standing_queue and batcher.refusal(12) is None
+
+
+def test_standing_queue_shedding_can_be_turned_off():
+    batcher = make_batcher(FakeModel(), max_batch_size=4, shed_standing_queue=False)
+    batcher._observe_call(4, 0.1)
+    for now in (10.0, 11.0, 12.0, 13.0):
+        batcher.note_wait(5.0, now=now)
+    assert not batcher.standing_queue

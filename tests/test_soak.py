@@ -35,11 +35,10 @@ def test_short_soak(random_tiny_model_dir, tmp_path):
         "25",
         "--out",
         str(out),
-        # Checks the answers, not admission: on a busy CI machine the model's measured rate can drop
-        # so far that the default model-time bound sheds some of the bursts (503).
+        # Checks the answers, not admission: on a busy CI machine a burst can look like sustained
+        # overload, and shedding it (503) is right for a server but not what this test checks.
         "--",
-        "--max_queue_delay_ms",
-        "0",
+        "--no-shed_standing_queue",
     ]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=server_env(), capture_output=True, text=True, timeout=240)
     assert out.exists(), proc.stdout + proc.stderr
