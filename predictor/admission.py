@@ -13,7 +13,8 @@ every check the model does comes after the memory is spent. This module checks f
   (``busy``). A chunked body is counted as it streams: past either bound the request gets the same
   413 / 503. The reservation is held until the answer has been sent (the parsed body lives that long).
   uvicorn reads and discards the rest of a refused body, so the client gets its answer on an open
-  connection.
+  connection. Every 503 (also those answered further in: image queue full, not ready, time limit)
+  carries ``Retry-After``.
 - :class:`GrpcAdmissionInterceptor`: the gRPC core already refuses messages over
   ``--grpc_max_receive_message_length`` (RESOURCE_EXHAUSTED); this counts each ``ModelInfer``
   message against the same budget before protobuf parses it, RESOURCE_EXHAUSTED when over.
@@ -161,6 +162,7 @@ class AdmissionMiddleware:
                 return  # the app's own answer to the failed read (FastAPI: 400) is replaced by ours
             if message["type"] == "http.response.start":
                 state["started"] = True
+                message = _with_retry_after(message)
             await send(message)
 
         with contextlib.suppress(_Rejected):  # raised by counting_receive; answered below
@@ -171,6 +173,14 @@ class AdmissionMiddleware:
 
     def _limit(self) -> str:
         return f"the limit is {self.max_request_bytes} (--max_request_bytes)"
+
+
+def _with_retry_after(start: dict) -> dict:
+    """A 503 from further in (KServe's answer to ``Overloaded``, not ready) gets ``Retry-After`` too."""
+    headers = list(start.get("headers", []))
+    if start.get("status") != 503 or any(k.lower() == b"retry-after" for k, _ in headers):
+        return start
+    return {**start, "headers": [*headers, (b"retry-after", str(RETRY_AFTER_S).encode())]}
 
 
 def _content_length(scope: dict) -> int | None:

@@ -170,6 +170,19 @@ def test_a_full_image_queue_refuses_inference_requests_before_reading():
     assert run(mw, scope(2, path="/v2/models/ssd"), chunks([2])).status == 200
 
 
+def test_a_503_from_the_app_gets_retry_after():
+    async def overloaded_app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 503, "headers": [(b"content-type", b"x")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    response = run(AdmissionMiddleware(overloaded_app, ByteBudget(BUDGET), 10**7), scope(2), chunks([2]))
+    assert response.status == 503 and response.headers[b"retry-after"] == b"1"
+    assert (
+        b"retry-after"
+        not in run(AdmissionMiddleware(reading_app, ByteBudget(BUDGET), 10**7), scope(2), chunks([2])).headers
+    )
+
+
 def test_budget_accounting():
     budget = ByteBudget(100)
     assert budget.try_reserve(500)  # alone: admitted
