@@ -36,11 +36,11 @@ class GatedDetector:
     def __getattr__(self, name: str):
         return getattr(self._detector, name)
 
-    def run_batch(self, images, image_hw, score_threshold, max_detections):
+    def run_batch(self, images, image_hw, score_threshold, max_detections, **controls):
         self.batch_sizes.append(int((max_detections > 0).sum()))  # padding rows have cap 0
         self.entered.set()
         assert self.gate.wait(HANG_GUARD_S), "the test never opened the gate"
-        return self._detector.run_batch(images, image_hw, score_threshold, max_detections)
+        return self._detector.run_batch(images, image_hw, score_threshold, max_detections, **controls)
 
 
 @pytest.fixture(scope="module")

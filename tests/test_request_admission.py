@@ -237,7 +237,7 @@ def grpc_infer(server, payload: bytes, **options):
     from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
     from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 
-    opts = [("grpc.max_send_message_length", 64 * 2**20)]
+    opts = [("grpc.max_send_message_length", 128 * 2**20)]
     with grpc.insecure_channel(server.grpc_target, options=opts) as channel:
         tensor = pb.ModelInferRequest.InferInputTensor(
             name="images",
@@ -291,8 +291,9 @@ def test_a_refused_body_is_drained_and_the_connection_stays_usable(budget_server
 
 def test_grpc_messages_over_the_receive_limit_are_refused(budget_server):
     with pytest.raises(grpc.RpcError) as info:
-        grpc_infer(budget_server, b"\0" * (9 * 2**20))  # KServe's default limit is 8 MiB
+        grpc_infer(budget_server, b"\0" * (65 * 2**20))  # the limit follows --max_request_bytes (64 MiB)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert str(64 * 2**20) in info.value.details()
 
 
 def test_start_up_logs_the_resources(budget_server):
