@@ -8,7 +8,17 @@ BENCH_MODELS ?= ssd300,demo
 JAX_VENV ?= /tmp/jaxvenv
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: bench bench-install bench-model bench-onnx bench-served bench-report gpu-check-prepare gpu-check-cpu gpu-check
+# Overload benchmark: closed-loop clients measuring capacity, offered load factor, seconds per phase, rounds.
+OVERLOAD_CLIENTS ?= 16
+OVERLOAD_FACTOR ?= 4
+OVERLOAD_SECONDS ?= 10
+OVERLOAD_ROUNDS ?= 3
+# Hostile-bodies benchmark: concurrent clients, body size (MiB), allowed peak RSS growth (MiB).
+HOSTILE_CLIENTS ?= 24
+HOSTILE_BODY_MIB ?= 40
+HOSTILE_MAX_GROWTH_MIB ?= 512
+
+.PHONY: bench bench-install bench-model bench-onnx bench-served bench-report bench-overload bench-hostile gpu-check-prepare gpu-check-cpu gpu-check
 
 $(BENCH_STAMP): pyproject.toml | $(STAMP)
 	$(PIP) install --quiet -e '.[test,bench]'
@@ -30,6 +40,14 @@ bench-served: $(BENCH_STAMP) ## End to end against a real server on loopback: V1
 
 bench-report: $(BENCH_STAMP) ## Re-print the ratios and redraw the plot from the JSON in BENCH_OUT
 	$(PY) -m bench.run_all --report_only --out_dir $(BENCH_OUT)
+
+bench-overload: $(STAMP) ## Overload a real server (MODEL_DIR=... or demo) at 4x its measured capacity: goodput, p99 admitted, 503 share
+	$(PY) -m bench.overload $(if $(MODEL_DIR),--model_dir $(MODEL_DIR),) --clients $(OVERLOAD_CLIENTS) \
+		--factor $(OVERLOAD_FACTOR) --seconds $(OVERLOAD_SECONDS) --rounds $(OVERLOAD_ROUNDS) --out $(BENCH_OUT)/overload.json
+
+bench-hostile: $(STAMP) ## 24 clients POST 40 MiB bodies at once to a real server: peak RSS growth, statuses, serves after
+	$(PY) -m bench.hostile $(if $(MODEL_DIR),--model_dir $(MODEL_DIR),) --clients $(HOSTILE_CLIENTS) \
+		--body_mib $(HOSTILE_BODY_MIB) --max_growth_mib $(HOSTILE_MAX_GROWTH_MIB) --out $(BENCH_OUT)/hostile.json
 
 gpu-check-prepare: $(STAMP) ## Put the Keras wheel + deps for the GPU check into bench/.wheels (carry it along)
 	$(PY) -m bench.gpu_prepare

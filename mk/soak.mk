@@ -1,7 +1,7 @@
 # Soak test (see bench/soak.py). Included by the top Makefile; PY and STAMP come from it.
 
 # 10000 requests: with 3000 the memory is still reaching its high-water mark (see bench/RESULTS.md).
-# Requests to send, client threads, time cap (s), allowed RSS growth after warm-up (%), and where the JSON goes.
+# Requests to send, client threads, time cap (s), allowed RSS growth from ready to the end (%), and where the JSON goes.
 SOAK_REQUESTS ?= 10000
 SOAK_CONCURRENCY ?= 8
 SOAK_MAX_SECONDS ?= 800

@@ -8,8 +8,23 @@ rows of the output. A request's images are never split across model calls. Per-i
 and detection caps travel with the images, so requests with different parameters share a batch.
 
 Load shedding: :meth:`DynamicBatcher.admit` bounds the images admitted (decoding, queued or running) to
-``max_queue_images``; past it requests fail at once with :class:`Overloaded` (HTTP 503, gRPC
-UNAVAILABLE). A request cancelled while queued (time limit, client gone) leaves the queue.
+``max_queue_images``, and (when set) to what the model can finish within ``max_queue_delay_s`` at
+its measured rate (images per second of model time, averaged over recent calls); past either bound
+requests fail at once with :class:`Overloaded` (HTTP 503, gRPC UNAVAILABLE). A burst is absorbed.
+A standing queue is not (the idea of CoDel): when requests keep waiting longer than two
+model calls for longer than a burst takes to drain, more is offered than the model can do, and until
+the queue drains at most two batches' worth of images (at least ``max_batch_size``) are admitted. So
+under sustained overload admitted requests wait about two batches, not seconds, and the model still
+always has its next batch ready.
+A request cancelled while queued (client gone) leaves the queue.
+
+Deadlines: a request may carry a :class:`Deadline`. Once it has passed (its time came, or it was
+expired by whoever enforces the time limit) the request leaves the queue at once with
+:class:`RequestTimeout` and its images are never given to the model (counted in
+``ssd_cancelled_images_total{stage="queue"}``).
+
+Shutdown: :meth:`DynamicBatcher.shutdown` answers every request still queued or in the running model
+call with :class:`ShuttingDown` (503) and refuses new ones, so no caller waits forever.
 """
 
 from __future__ import annotations
@@ -30,6 +45,8 @@ from predictor import metrics_prom
 
 log = logging.getLogger(__name__)
 
+_EWMA = 0.2  # weight of the newest model call in the rate estimate
+_SHUTTING_DOWN = "the server is shutting down; retry on another replica"
 #: ``run_batch(images [B, S, S, 3], image_hw [B, 2], score_threshold [B], max_detections [B], **extra)``;
 #: ``extra``: the per-image arrays requests passed to :meth:`DynamicBatcher.run` (e.g. ``nms_threshold [B]``).
 RunBatch = Callable[..., dict[str, np.ndarray]]
@@ -54,6 +71,52 @@ class RequestTimeout(Overloaded):
     """The request ran past its time limit (``--request_timeout_s``): 503."""
 
 
+class ShuttingDown(Overloaded):
+    """The server is stopping; the request was not (or not completely) served: 503."""
+
+
+class Deadline:
+    """When a request's work stops being wanted: at ``at`` (``clock()`` seconds), or once :meth:`expire`
+    was called, whichever comes first. ``at=None``: only by :meth:`expire`.
+
+    :meth:`expired` may be called from any thread; :meth:`expire` and the callbacks run on the event
+    loop.
+    """
+
+    def __init__(self, at: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.at = at
+        self._clock = clock
+        self._expired = False
+        self._callbacks: list[Callable[[], None]] = []
+
+    @classmethod
+    def after(cls, seconds: float | None, clock: Callable[[], float] = time.monotonic) -> Deadline:
+        """A deadline ``seconds`` from now (never for None or 0)."""
+        return cls(clock() + seconds if seconds else None, clock)
+
+    def expired(self) -> bool:
+        return self._expired or (self.at is not None and self._clock() >= self.at)
+
+    def expire(self) -> None:
+        """Pass the deadline now and run the callbacks registered with :meth:`on_expire` (once)."""
+        if self._expired:
+            return
+        self._expired = True
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def on_expire(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` on :meth:`expire`; returns a function that unregisters it."""
+        self._callbacks.append(callback)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._callbacks.remove(callback)
+
+        return remove
+
+
 @dataclass(eq=False)
 class _Item:
     images: Sequence[np.ndarray]
@@ -62,6 +125,7 @@ class _Item:
     max_detections: np.ndarray
     future: asyncio.Future
     enqueued: float
+    deadline: Deadline | None = None
     queued: bool = field(default=True)
     extra: Mapping[str, np.ndarray] = field(default_factory=dict)
     timing: dict[str, int] | None = None
@@ -81,6 +145,8 @@ class DynamicBatcher:
       max_batch_size: most images per model call (and per request).
       batch_wait_s: how long the oldest queued request may wait for company.
       max_queue_images: most images admitted at once (see :meth:`admit`).
+      max_queue_delay_s: most seconds of model work admitted at once (0: no such bound).
+      shed_standing_queue: under sustained overload admit at most two batches (see above).
       executor: where ``run_batch`` runs; a dedicated one-thread pool when None.
     """
 
@@ -93,6 +159,8 @@ class DynamicBatcher:
         max_batch_size: int = 32,
         batch_wait_s: float = 0.002,
         max_queue_images: int = 256,
+        max_queue_delay_s: float = 0.0,
+        shed_standing_queue: bool = False,
         executor: Executor | None = None,
     ) -> None:
         self._run_batch = run_batch
@@ -101,6 +169,12 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
         self.max_queue_images = max_queue_images
+        self.max_queue_delay_s = max_queue_delay_s
+        self.shed_standing_queue = shed_standing_queue
+        self._ewma_images = 0.0  # recent model calls: images per call and seconds per call
+        self._ewma_seconds = 0.0
+        self._waiting_since: float | None = None  # since when requests wait longer than the target
+        self.standing_queue = False  # sustained overload: the tight bound applies
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="ssd-model")
         self._queue: collections.deque[_Item] = collections.deque()
         self._queued_images = 0
@@ -108,6 +182,9 @@ class DynamicBatcher:
         self.model_calls = 0
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running: list[_Item] = []
+        self._closed = False
 
     # ------------------------------------------------------------------ admission
     @contextlib.contextmanager
@@ -118,11 +195,9 @@ class DynamicBatcher:
           Overloaded: ``max_queue_images`` would be exceeded (a request is always admitted when
             nothing else is, whatever its size).
         """
-        if self.admitted_images and self.admitted_images + n > self.max_queue_images:
-            raise Overloaded(
-                f"overloaded: {self.admitted_images} images in progress, the limit is "
-                f"{self.max_queue_images}; retry later"
-            )
+        reason = self.refusal(n)
+        if reason is not None:
+            raise Overloaded(reason)
         self.admitted_images += n
         metrics_prom.QUEUE_IMAGES.set(self.admitted_images)
         try:
@@ -130,6 +205,71 @@ class DynamicBatcher:
         finally:
             self.admitted_images -= n
             metrics_prom.QUEUE_IMAGES.set(self.admitted_images)
+
+    def refusal(self, n: int) -> str | None:
+        """Why ``n`` more images would be refused now, or None (always None when nothing is admitted)."""
+        admitted = self.admitted_images
+        if not admitted:
+            return None
+        if admitted + n > self.max_queue_images:
+            return (
+                f"overloaded: {admitted} images in progress, the limit is "
+                f"{self.max_queue_images} (--max_queue_images); retry later"
+            )
+        rate = self.images_per_second
+        if self.max_queue_delay_s and rate and (admitted + n) / rate > self.max_queue_delay_s:
+            return (
+                f"overloaded: {admitted} images in progress take {admitted / rate:.2f} s of model time, "
+                f"the limit is {self.max_queue_delay_s:g} s (--max_queue_delay_ms); retry later"
+            )
+        if self.standing_queue and admitted + n > self.standing_limit:
+            return (
+                f"overloaded: more is offered than the model can do; {admitted} images in progress, "
+                f"the limit is {self.standing_limit} until the queue drains; retry later"
+            )
+        return None
+
+    @property
+    def standing_limit(self) -> int:
+        """Images admitted while a standing queue lasts: two recent batches, at least one full one."""
+        return max(self.max_batch_size, round(2 * self._ewma_images))
+
+    def note_wait(self, waited_s: float, now: float) -> None:
+        """The oldest queued request waited ``waited_s`` when a model call was formed at ``now``.
+
+        A batch normally waits for at most the call in progress; waiting longer than two recent
+        calls means a backlog. A backlog that lasts ``max(1 s, 4 calls)`` (longer than a burst takes
+        to drain) is a standing queue: more is offered than the model can do. It ends when a request
+        waited less than one call.
+        """
+        if not self.shed_standing_queue or not self._ewma_seconds:
+            return
+        call_s = self._ewma_seconds
+        if waited_s > 2 * call_s:
+            if self._waiting_since is None:
+                self._waiting_since = now
+            elif now - self._waiting_since >= max(1.0, 4 * call_s) and not self.standing_queue:
+                self.standing_queue = True
+                log.warning(
+                    "standing queue: admitting at most %d images until it drains", self.standing_limit
+                )
+        else:
+            self._waiting_since = None
+            if waited_s < call_s and self.standing_queue:
+                self.standing_queue = False
+                log.info("the queue drained")
+
+    @property
+    def images_per_second(self) -> float | None:
+        """The model's recent rate (None before the first call)."""
+        return self._ewma_images / self._ewma_seconds if self._ewma_seconds > 0 else None
+
+    def _observe_call(self, n: int, seconds: float) -> None:
+        if self._ewma_seconds == 0:
+            self._ewma_images, self._ewma_seconds = float(n), seconds
+        else:
+            self._ewma_images += _EWMA * (n - self._ewma_images)
+            self._ewma_seconds += _EWMA * (seconds - self._ewma_seconds)
 
     # ------------------------------------------------------------------ requests
     async def run(
@@ -140,6 +280,7 @@ class DynamicBatcher:
         max_detections: np.ndarray,
         extra: Mapping[str, np.ndarray] | None = None,
         timing: dict[str, int] | None = None,
+        deadline: Deadline | None = None,
     ) -> dict[str, np.ndarray]:
         """Detections of one request's images, computed together with other requests' images.
 
@@ -151,32 +292,59 @@ class DynamicBatcher:
             rows are zeros); every request of one batcher passes the same keys.
           timing: when given, filled with ``time.time_ns()`` stamps ``enqueued``, ``batch_start``,
             ``model_start``, ``model_end`` and the call's ``batch_images`` (tracing).
+          deadline: past it the request leaves the queue (``RequestTimeout``), unseen by the model.
         Returns:
           the model outputs' rows of these images (``[n, ...]`` views).
+        Raises:
+          RequestTimeout: the deadline passed before the model took the images.
+          ShuttingDown: :meth:`shutdown` was called.
         """
         n = len(images)
         if not 1 <= n <= self.max_batch_size:
             raise ValueError(f"{n} images per request, expected 1..{self.max_batch_size}")
+        if self._closed:
+            raise ShuttingDown(_SHUTTING_DOWN)
+        if deadline is not None and deadline.expired():
+            metrics_prom.CANCELLED.labels("queue").inc(n)
+            raise _timeout()
         loop = asyncio.get_running_loop()
         self._ensure_worker(loop)
-        item = _Item(images, image_hw, score_threshold, max_detections, loop.create_future(), loop.time())
+        item = _Item(
+            images, image_hw, score_threshold, max_detections, loop.create_future(), loop.time(), deadline
+        )
         item.extra, item.timing = extra or {}, timing
         if timing is not None:
             timing["enqueued"] = time.time_ns()
         self._queue.append(item)
         self._queued_images += n
+        unregister = deadline.on_expire(lambda: self._drop_expired(item)) if deadline else None
         assert self._wakeup is not None
         self._wakeup.set()
         try:
             return await item.future
         finally:
+            if unregister is not None:
+                unregister()
             if item.queued:  # cancelled while waiting: leave the queue
-                self._queue.remove(item)
-                self._queued_images -= n
-                item.queued = False
+                self._unqueue(item)
+
+    def _unqueue(self, item: _Item) -> None:
+        self._queue.remove(item)
+        self._queued_images -= item.n
+        item.queued = False
+
+    def _drop_expired(self, item: _Item) -> None:
+        """The deadline of a queued request passed: it leaves the queue, its caller gets 503."""
+        if not item.queued:
+            return  # already with the model (or answered)
+        self._unqueue(item)
+        metrics_prom.CANCELLED.labels("queue").inc(item.n)
+        if not item.future.done():
+            item.future.set_exception(_timeout())
 
     def _ensure_worker(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._worker is None or self._worker.done():
+            self._loop = loop
             self._wakeup = asyncio.Event()
             self._worker = loop.create_task(self._work(), name="ssd-batcher")
 
@@ -200,18 +368,29 @@ class DynamicBatcher:
     def _take(self) -> list[_Item]:
         batch: list[_Item] = []
         total = 0
+        now = asyncio.get_running_loop().time()
+        if self._queue:
+            self.note_wait(now - self._queue[0].enqueued, now)
         while self._queue and total + self._queue[0].n <= self.max_batch_size:
             item = self._queue.popleft()
             item.queued = False
             self._queued_images -= item.n
+            if item.deadline is not None and item.deadline.expired():  # its time came while queued
+                metrics_prom.CANCELLED.labels("queue").inc(item.n)
+                if not item.future.done():
+                    item.future.set_exception(_timeout())
+                continue
             total += item.n
             batch.append(item)
         return batch
 
     async def _execute(self, batch: list[_Item], loop: asyncio.AbstractEventLoop) -> None:
+        if not batch:  # every request taken had expired
+            return
         n = sum(item.n for item in batch)
         start = time.perf_counter()
         stamps: dict[str, int] = {"batch_start": time.time_ns(), "batch_images": n}
+        self._running = batch
         try:
             out = await loop.run_in_executor(self._executor, self._call_model, batch, n, stamps)
         except Exception as e:
@@ -221,13 +400,18 @@ class DynamicBatcher:
                     item.future.set_exception(e)
             return
         finally:
+            self._running = []
             self.model_calls += 1
+            seconds = time.perf_counter() - start
+            self._observe_call(n, seconds)
             metrics_prom.BATCH_SIZE.observe(n)
-            metrics_prom.BATCH_SECONDS.observe(time.perf_counter() - start)
+            metrics_prom.BATCH_SECONDS.observe(seconds)
         offset = 0
         for item in batch:
             if item.timing is not None:
                 item.timing.update(stamps)
+            if item.deadline is not None and item.deadline.expired():
+                metrics_prom.LATE.inc(item.n)
             if not item.future.done():  # done: cancelled while running
                 item.future.set_result({k: v[offset : offset + item.n] for k, v in out.items()})
             offset += item.n
@@ -266,7 +450,42 @@ class DynamicBatcher:
         return self._queued_images
 
     def shutdown(self) -> None:
-        """Stop the worker and the model thread (pending calls finish first)."""
+        """Refuse new requests, answer every waiting one with :class:`ShuttingDown`, stop the worker.
+
+        Callable from any thread; the model call in progress (if any) runs to its end in the model
+        thread, but its callers are answered now.
+        """
+        self._closed = True
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._fail_pending()
+        else:
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is loop:
+                self._fail_pending()
+            else:
+                with contextlib.suppress(RuntimeError):  # the loop stopped in between
+                    loop.call_soon_threadsafe(self._fail_pending)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _fail_pending(self) -> None:
+        """Event loop: answer queued and running requests with 503 and stop the worker."""
         if self._worker is not None:
-            self._worker.cancel()
-        self._executor.shutdown(wait=False)
+            with contextlib.suppress(RuntimeError):  # its loop is already closed
+                self._worker.cancel()
+        pending = [*self._queue, *self._running]
+        self._queue.clear()
+        self._queued_images = 0
+        self._running = []
+        for item in pending:
+            item.queued = False
+            if not item.future.done():
+                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                    item.future.set_exception(ShuttingDown(_SHUTTING_DOWN))
+
+
+def _timeout() -> RequestTimeout:
+    return RequestTimeout("the request's deadline passed before the model could take it; retry later")

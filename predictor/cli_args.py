@@ -40,6 +40,13 @@ def positive_int(raw: str) -> int:
     return value
 
 
+def non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {raw}")
+    return value
+
+
 def fraction(raw: str) -> float:
     value = float(raw)
     if not 0.0 <= value <= 1.0:
@@ -128,8 +135,8 @@ def add_ssd_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         "--max_request_bytes",
         type=positive_int,
         default=_env("SSD_MAX_REQUEST_BYTES", 64 * 1024 * 1024, positive_int),
-        help="Largest REST request body accepted, in bytes (413 above it; gRPC messages are bounded by "
-        "--grpc_max_receive_message_length, which defaults to this). Env SSD_MAX_REQUEST_BYTES.",
+        help="Largest REST request body accepted, in bytes (413 before it is read; gRPC messages are bounded "
+        "by --grpc_max_receive_message_length, which defaults to this). Env SSD_MAX_REQUEST_BYTES.",
     )
     g.add_argument(
         "--request_timeout_s",
@@ -146,6 +153,23 @@ def add_ssd_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         "it gets 503 at once. Env SSD_MAX_QUEUE_IMAGES.",
     )
     g.add_argument(
+        "--max_queue_delay_ms",
+        type=_non_negative_float,
+        default=_env("SSD_MAX_QUEUE_DELAY_MS", 0.0, _non_negative_float),
+        help="Most model time admitted at once, in ms at the model's measured rate (images/s): past it "
+        "requests get 503 at once; 0 (default): no such bound. Env SSD_MAX_QUEUE_DELAY_MS.",
+    )
+    g.add_argument(
+        "--shed_standing_queue",
+        action=argparse.BooleanOptionalAction,
+        default=_env("SSD_SHED_STANDING_QUEUE", False, _bool),
+        help="Under sustained overload (requests keep waiting longer than two model calls, for longer than "
+        "a burst takes to drain) admit at most two batches of images until the queue drains, so admitted "
+        "requests stay fast and the rest get 503 at once. Bursts are still absorbed up to "
+        "--max_queue_images. Off by default: its benefit is not yet shown by bench/overload.py. "
+        "Env SSD_SHED_STANDING_QUEUE.",
+    )
+    g.add_argument(
         "--shutdown_grace_s",
         type=_non_negative_float,
         default=_env("SSD_SHUTDOWN_GRACE_S", 25.0, _non_negative_float),
@@ -154,9 +178,33 @@ def add_ssd_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     )
     g.add_argument(
         "--decode_threads",
-        type=positive_int,
-        default=_env("SSD_DECODE_THREADS", max(2, os.cpu_count() or 2), positive_int),
-        help="Threads decoding and resizing images in parallel with the model. Env SSD_DECODE_THREADS.",
+        type=non_negative_int,
+        default=_env("SSD_DECODE_THREADS", 0, non_negative_int),
+        help="Threads decoding and resizing images in parallel with the model; 0: the CPUs the container "
+        "may use (cgroup CPU quota and affinity). Env SSD_DECODE_THREADS.",
+    )
+    g.add_argument(
+        "--tf_intra_op_threads",
+        type=non_negative_int,
+        default=_env("SSD_TF_INTRA_OP_THREADS", 0, non_negative_int),
+        help="TensorFlow threads within one op; 0: the CPUs the container may use. "
+        "Env SSD_TF_INTRA_OP_THREADS.",
+    )
+    g.add_argument(
+        "--tf_inter_op_threads",
+        type=non_negative_int,
+        default=_env("SSD_TF_INTER_OP_THREADS", 0, non_negative_int),
+        help="TensorFlow threads running independent ops; 0: min(2, the CPUs the container may use). "
+        "Env SSD_TF_INTER_OP_THREADS.",
+    )
+    g.add_argument(
+        "--max_inflight_bytes",
+        type=non_negative_int,
+        default=_env("SSD_MAX_INFLIGHT_BYTES", 0, non_negative_int),
+        help="Request-body bytes in flight at once (REST and gRPC), checked before a body is read; past "
+        "it requests get 503 with Retry-After (gRPC RESOURCE_EXHAUSTED). A lone request is always "
+        "admitted. 0: 1/16 of the container's memory limit (cgroup), between 32 MiB and 1 GiB, or "
+        "128 MiB without a limit. Env SSD_MAX_INFLIGHT_BYTES.",
     )
     g.add_argument(
         "--xla",

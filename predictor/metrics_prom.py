@@ -9,6 +9,13 @@ Registered once, at import, in ``prometheus_client``'s default registry (the one
 - ``ssd_batch_size``: histogram of images per model call (before padding to a bucket).
 - ``ssd_batch_seconds``: histogram of model-call durations.
 - ``ssd_queue_images``: images admitted and not finished yet (decoding, queued or in the model).
+- ``ssd_inflight_request_bytes``: request-body bytes admitted and not answered yet (REST and gRPC).
+- ``ssd_rejected_requests_total{reason}``: requests refused before their body was read or parsed
+  (``body_too_large`` 413, ``inflight_bytes`` / ``queue_full`` 503).
+- ``ssd_cancelled_images_total{stage}``: images whose work was skipped because their request's
+  deadline had passed: ``decode`` (never decoded), ``queue`` (decoded, dropped from the batch queue).
+- ``ssd_late_images_total``: images the model had already started on when their deadline passed
+  (computed, then discarded).
 - ``ssd_traces_total``: ``tf.function`` traces of the served detector (flat after warm-up).
 - ``ssd_model_ready``: 1 once the model is loaded and warmed up.
 """
@@ -38,6 +45,14 @@ BATCH_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 QUEUE_IMAGES = Gauge("ssd_queue_images", "Images admitted and not finished (decoding, queued, running)")
+INFLIGHT_BYTES = Gauge("ssd_inflight_request_bytes", "Request-body bytes admitted and not answered yet")
+REJECTED = Counter(
+    "ssd_rejected_requests", "Requests refused before their body was read or parsed", ["reason"]
+)
+CANCELLED = Counter(
+    "ssd_cancelled_images", "Images whose work was skipped because their deadline had passed", ["stage"]
+)
+LATE = Counter("ssd_late_images", "Images computed by the model after their request's deadline had passed")
 
 GRPC_TO_HTTP = {
     "OK": 200,
@@ -91,7 +106,8 @@ def log_error(protocol: str, status: int, request_id: str, error: str, **fields:
     access_log.log(level, orjson.dumps(line).decode())
 
 
-def _rest_protocol(path: str) -> str | None:
+def rest_protocol(path: str) -> str | None:
+    """``v1`` / ``v2`` for the REST inference routes, else None."""
     if path.startswith("/v1/models/") and path.endswith(":predict"):
         return "v1"
     if path.startswith("/v2/models/") and path.endswith("/infer"):
@@ -111,7 +127,7 @@ class RestMetricsMiddleware:
         self.app = app
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        protocol = _rest_protocol(scope.get("path", "")) if scope["type"] == "http" else None
+        protocol = rest_protocol(scope.get("path", "")) if scope["type"] == "http" else None
         if protocol is None:
             await self.app(scope, receive, send)
             return

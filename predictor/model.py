@@ -5,6 +5,12 @@ Request path (all protocols): ``preprocess`` parses the request (cheap, on the e
 them in the decode thread pool, then awaits its rows of a dynamically batched model call that runs in
 the model thread -> ``postprocess`` encodes V1 JSON bytes or a V2 ``InferResponse``. The event loop
 never runs TensorFlow, so health and readiness answer while the model computes.
+
+Time limit (``--request_timeout_s``): the caller gets 503 when it passes, and the request's work
+stops: an image whose decode has not started is never decoded, a request waiting for the model
+leaves the queue and is never predicted (``ssd_cancelled_images_total``). Work already running (one
+decode, one model call) finishes, and the request's images stay counted against
+``--max_queue_images`` until it has, so a burst of timeouts cannot admit more work than the limit.
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ import numpy as np
 from kserve.errors import InvalidInput, ModelNotReady
 from kserve.model import InferenceVerb
 
-from predictor import codecs, metrics_prom, telemetry, tracing
-from predictor.batcher import DynamicBatcher, Overloaded, RequestTimeout
+from predictor import codecs, metrics_prom, resources, telemetry, tracing
+from predictor.batcher import Deadline, DynamicBatcher, Overloaded, RequestTimeout
 from predictor.images import ImageLimits
 from predictor.prepare import prepare_payload
 from predictor.ssd.detector import Detector
@@ -56,6 +62,8 @@ class ServingOptions:
     max_image_pixels: int = 40_000_000
     request_timeout_s: float = 30.0
     max_queue_images: int = 256
+    max_queue_delay_ms: float = 0.0
+    shed_standing_queue: bool = False
     decode_threads: int = 2
     xla: bool = False
     mixed_precision: str = "none"
@@ -94,7 +102,9 @@ class SSDPredictor(kserve.Model):
         self.limits = ImageLimits(options.max_image_bytes, options.max_image_pixels)
         self._detector = detector
         self._batcher: DynamicBatcher | None = None
-        self._decode_pool = ThreadPoolExecutor(options.decode_threads, thread_name_prefix="ssd-decode")
+        decode_threads = options.decode_threads or resources.default_decode_threads(resources.read_limits())
+        self._decode_pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="ssd-decode")
+        self._work: set[asyncio.Task] = set()  # requests' work, also after their caller got a 503
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="ssd-model")
         self._load_lock = threading.Lock()
         self._load_started = False
@@ -161,6 +171,8 @@ class SSDPredictor(kserve.Model):
                 max_batch_size=self.options.max_batch_size,
                 batch_wait_s=self.options.batch_wait_ms / 1000.0,
                 max_queue_images=self.options.max_queue_images,
+                max_queue_delay_s=self.options.max_queue_delay_ms / 1000.0,
+                shed_standing_queue=self.options.shed_standing_queue,
                 executor=self._model_thread,
             )
             log.info(
@@ -180,6 +192,16 @@ class SSDPredictor(kserve.Model):
     def stop(self) -> None:
         """Not ready any more (in-flight requests still finish)."""
         self.ready = False
+
+    def busy_reason(self) -> str | None:
+        """Why any inference request would be refused now (the image queue is full), else None.
+
+        A one-image request is the smallest there is: if it would be refused, every request would.
+
+        Asked by :class:`~predictor.admission.AdmissionMiddleware` before a request body is read.
+        """
+        batcher = self._batcher
+        return None if batcher is None else batcher.refusal(1)
 
     # ------------------------------------------------------------------ metadata
     def get_input_types(self) -> list[dict[str, Any]]:
@@ -241,16 +263,29 @@ class SSDPredictor(kserve.Model):
         headers: dict[str, str] | None = None,
         response_headers: dict[str, str] | None = None,
     ) -> _Result:
-        """Decode, batch and detect within ``--request_timeout_s`` (503 past it)."""
+        """Decode, batch and detect within ``--request_timeout_s`` (503 past it; the work stops too)."""
         timeout = self.options.request_timeout_s or None
+        deadline = Deadline.after(timeout)
+        work = asyncio.ensure_future(self._detect(payload, deadline))
+        self._work.add(work)
+        work.add_done_callback(self._work_done)
         try:
-            dets = await asyncio.wait_for(self._detect(payload), timeout)
+            dets = await asyncio.wait_for(asyncio.shield(work), timeout)
         except asyncio.TimeoutError:
+            deadline.expire()  # the queued request leaves the queue, decodes not started never start
             raise RequestTimeout(
                 f"request not answered within {self.options.request_timeout_s:g} s "
                 "(--request_timeout_s); the server is busy, retry later"
             ) from None
+        except asyncio.CancelledError:
+            deadline.expire()
+            raise
         return _Result(payload, dets)
+
+    def _work_done(self, task: asyncio.Task) -> None:
+        self._work.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a timed-out request's RequestTimeout is not an error to log
 
     async def postprocess(
         self,
@@ -269,16 +304,19 @@ class SSDPredictor(kserve.Model):
                 return codecs.encode_v1(dets, names)
             return codecs.encode_v2(dets, names, self.name, request.infer_request)
 
-    async def _detect(self, request: codecs.ParsedRequest) -> codecs.Detections:
+    async def _detect(self, request: codecs.ParsedRequest, deadline: Deadline) -> codecs.Detections:
         n = len(request.images)
         detector = self.detector
         controls = self._controls(request, n)  # a bad class filter fails before any decoding
         timing = tracing.batcher_timing()
-        with self.batcher.admit(n):
+        with self.batcher.admit(n):  # held until the work has stopped, even after a timeout
             loop = asyncio.get_running_loop()
             with tracing.stage("ssd.decode", **{"ssd.images": n}):
                 prepared = await asyncio.gather(
-                    *(loop.run_in_executor(self._decode_pool, self.prepare_image, p) for p in request.images),
+                    *(
+                        loop.run_in_executor(self._decode_pool, self._prepare_before, p, deadline)
+                        for p in request.images
+                    ),
                     return_exceptions=True,
                 )
             for item in prepared:  # the first failure, in instance order
@@ -296,6 +334,7 @@ class SSDPredictor(kserve.Model):
                 np.full(n, cap, np.int32),
                 controls,
                 timing=timing,
+                deadline=deadline,
             )
         tracing.record_batch(timing)
         with tracing.stage("ssd.postprocess"):
@@ -313,6 +352,15 @@ class SSDPredictor(kserve.Model):
             if mask is None
             else np.tile(mask, (n, 1)),
         }
+
+    def _prepare_before(
+        self, payload: codecs.ImagePayload | codecs.PixelPayload, deadline: Deadline
+    ) -> tuple[np.ndarray, tuple[int, int]]:
+        """Decode thread: :meth:`prepare_image`, unless the request's deadline has passed."""
+        if deadline.expired():
+            metrics_prom.CANCELLED.labels("decode").inc()
+            raise RequestTimeout("the request's deadline passed before its images were decoded")
+        return self.prepare_image(payload)
 
     def prepare_image(
         self, payload: codecs.ImagePayload | codecs.PixelPayload

@@ -22,9 +22,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import orjson
 from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 
+from predictor import resources
+from predictor.admission import AdmissionMiddleware, ByteBudget, admitting_grpc_server
 from predictor.batcher import Overloaded
 from predictor.cli_args import build_parser, resolve_grpc_limit
 from predictor.metrics_prom import QuietClientErrors, RestMetricsMiddleware
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the server until it is stopped; returns the process exit status."""
     args = build_parser().parse_args(argv)
     _configure_logging(args)
+    malloc_tuned = resources.tune_malloc()  # before TensorFlow and the thread pools start
     model_dir = resolve_model_dir(args.model_dir)
     if model_dir is None:
         return 1
@@ -44,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from predictor.ssd.detector import configure_devices
     from predictor.ssd.weights import ModelLoadError
 
+    size_from_limits(args, malloc_tuned)  # before TensorFlow runs anything: it fixes its pools at start
     devices = configure_devices()
     options = ServingOptions.from_args(args, model_dir)
     model = SSDPredictor(args.model_name, options)
@@ -73,7 +76,42 @@ def resolve_model_dir(model_dir: str | None) -> str | None:
     return str(DEMO_MODEL_DIR)
 
 
+def size_from_limits(args: argparse.Namespace, malloc_tuned: bool = False) -> resources.Limits:
+    """Fill the automatic (0) thread counts and byte budget from the cgroup; size TensorFlow; log it."""
+    limits = resources.read_limits()
+    auto = []
+    if not args.decode_threads:
+        args.decode_threads = resources.default_decode_threads(limits)
+        auto.append("decode_threads")
+    intra, inter = resources.default_tf_threads(limits)
+    if not args.tf_intra_op_threads:
+        args.tf_intra_op_threads = intra
+        auto.append("tf_intra_op_threads")
+    if not args.tf_inter_op_threads:
+        args.tf_inter_op_threads = inter
+        auto.append("tf_inter_op_threads")
+    if not args.max_inflight_bytes:
+        args.max_inflight_bytes = resources.default_inflight_bytes(limits)
+        auto.append("max_inflight_bytes")
+    resources.configure_tensorflow_threads(args.tf_intra_op_threads, args.tf_inter_op_threads)
+    log.info(
+        "resources: %s; decode_threads %d, tf intra-op %d / inter-op %d threads, max_inflight_bytes %d "
+        "(automatic: %s); malloc %s",
+        limits.describe(),
+        args.decode_threads,
+        args.tf_intra_op_threads,
+        args.tf_inter_op_threads,
+        args.max_inflight_bytes,
+        ", ".join(auto) or "none",
+        f"mmap threshold {resources.MMAP_THRESHOLD}, {resources.ARENA_MAX} arenas"
+        if malloc_tuned
+        else "default",
+    )
+    return limits
+
+
 def _serve(args: argparse.Namespace, model: Any) -> int:
+    import kserve.model_server
     from kserve import ModelServer, model_server
     from kserve.model_server import app
 
@@ -83,8 +121,13 @@ def _serve(args: argparse.Namespace, model: Any) -> int:
         log.warning(
             "--workers %d ignored: one process serves one TensorFlow model; scale with replicas", args.workers
         )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=args.max_request_bytes)
+    budget = ByteBudget(args.max_inflight_bytes)
+    app.add_middleware(
+        AdmissionMiddleware, budget=budget, max_request_bytes=args.max_request_bytes, busy=model.busy_reason
+    )
     app.add_middleware(RestMetricsMiddleware)
+    # ModelServer.start builds its gRPC server from this module attribute; ours counts message bytes.
+    kserve.model_server.GRPCServer = admitting_grpc_server(budget)
     server = ModelServer(
         http_port=args.http_port,
         grpc_port=args.grpc_port,
@@ -102,7 +145,10 @@ def _serve(args: argparse.Namespace, model: Any) -> int:
     model.enable_latency_logging = server.enable_latency_logging
     status = {"exit": 0}
     threading.Thread(target=_warm_up, args=(model, status), name="ssd-warmup", daemon=True).start()
-    server.start([])  # not [model]: start() insists on a ready model, ours warms up in the background
+    try:
+        server.start([])  # not [model]: start() insists on a ready model, ours warms up in the background
+    finally:
+        model.close()  # every request still waiting gets its 503
     log.info("server stopped")
     return status["exit"]
 
@@ -116,47 +162,6 @@ def _warm_up(model: Any, status: dict[str, int]) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         return
     log.info("model %r is ready", model.name)
-
-
-class BodyLimitMiddleware:
-    """ASGI middleware bounding REST request bodies (KServe sets no limit): a declared
-    ``Content-Length`` above ``max_bytes`` gets 413 before the body is read; a longer streamed body
-    fails with 400 once ``max_bytes`` have arrived."""
-
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _send_json(send, 413, f"request body is {int(declared)} bytes, {self._limit()}")
-            return
-        received = 0
-
-        async def limited_receive() -> dict:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise InvalidInput(f"request body is over {self.max_bytes} bytes, {self._limit()}")
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-    def _limit(self) -> str:
-        return f"the limit is {self.max_bytes} (--max_request_bytes)"
-
-
-async def _send_json(send: Any, status: int, error: str) -> None:
-    body = orjson.dumps({"error": error})
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
@@ -208,11 +213,14 @@ def _log_configuration(
     )
     log.info(
         "batching: max_batch_size %d (buckets %s), batch_wait_ms %g, max_queue_images %d, "
+        "max_queue_delay_ms %g, shed_standing_queue %s, "
         "decode_threads %d, request_timeout_s %g; caps: %d bytes/image, %d pixels/image, %d bytes/request",
         options.max_batch_size,
         list(detector.buckets),
         options.batch_wait_ms,
         options.max_queue_images,
+        options.max_queue_delay_ms,
+        options.shed_standing_queue,
         options.decode_threads,
         options.request_timeout_s,
         options.max_image_bytes,

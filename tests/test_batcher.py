@@ -1,4 +1,5 @@
-"""DynamicBatcher with a fake model (no TensorFlow): coalescing, slicing, padding, shedding, cancellation."""
+"""DynamicBatcher with a fake model (no TensorFlow): coalescing, slicing, padding, shedding, cancellation,
+deadlines and shutdown (the last two with a gate holding the model: no timing in the outcome)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 from kserve.errors import ServerNotReady
 
-from predictor.batcher import DynamicBatcher, Overloaded, RequestTimeout
+from predictor import metrics_prom
+from predictor.batcher import Deadline, DynamicBatcher, Overloaded, RequestTimeout, ShuttingDown
 
 S = 4  # image side
 
@@ -19,13 +21,16 @@ class FakeModel:
     """Echoes each row's identity: ``boxes[i, 0, 0]`` = the image's marker value, scores = thresholds,
     ``num_detections`` = caps. Records every call; while ``gate`` is cleared, calls wait for it."""
 
-    def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
+    def __init__(self, delay: float = 0.0, fail: bool = False, gate: threading.Event | None = None) -> None:
         self.delay = delay
         self.fail = fail
+        if gate is None:  # open unless the test clears it
+            gate = threading.Event()
+            gate.set()
+        self.gate = gate  # every call waits for it (the test holds the model)
+        self.entered = threading.Event()
         self.calls: list[dict[str, np.ndarray]] = []
         self.lock = threading.Lock()
-        self.gate = threading.Event()
-        self.gate.set()
 
     def __call__(self, images, image_hw, score_threshold, max_detections):
         with self.lock:
@@ -37,6 +42,7 @@ class FakeModel:
                     "hw": image_hw.copy(),
                 }
             )
+        self.entered.set()
         if not self.gate.wait(120):
             raise RuntimeError("the test never opened the gate")
         if self.delay:
@@ -221,3 +227,179 @@ def test_the_worker_restarts_on_a_new_event_loop():
     for marker in (1.0, 2.0):
         out = asyncio.run(submit(batcher, [marker]))
         assert out["boxes"][0, 0, 0] == marker
+
+
+def markers_seen(model: FakeModel) -> list[int]:
+    return [int(v) for call in model.calls for v in call["caps"][: call["n"]]]
+
+
+async def model_entered(model: FakeModel) -> None:
+    """Wait (hang guard: 60 s) until the model thread is inside a call."""
+    await asyncio.wait_for(asyncio.to_thread(model.entered.wait, 60), 60)
+
+
+def cancelled(stage: str) -> float:
+    return metrics_prom.CANCELLED.labels(stage)._value.get()
+
+
+def test_a_request_whose_deadline_is_expired_leaves_the_queue_unseen_by_the_model():
+    gate = threading.Event()
+    model = FakeModel(gate=gate)
+    batcher = make_batcher(model, max_batch_size=2, batch_wait_s=0.0)
+    before = cancelled("queue")
+
+    async def main():
+        first = asyncio.create_task(submit(batcher, [1.0], cap=1))
+        await model_entered(model)  # the model holds request 1
+        deadline = Deadline()
+        late = asyncio.create_task(batcher.run(*request([2.0, 2.0], cap=2), deadline=deadline))
+        await asyncio.sleep(0)
+        assert batcher.queued_images == 2
+        deadline.expire()  # what predict() does when --request_timeout_s passes
+        with pytest.raises(RequestTimeout, match="deadline passed"):
+            await late
+        assert batcher.queued_images == 0
+        gate.set()
+        await first
+        await submit(batcher, [3.0], cap=3)
+
+    try:
+        asyncio.run(main())
+    finally:
+        gate.set()
+    assert markers_seen(model) == [1, 3], "the expired request reached the model"
+    assert cancelled("queue") - before == 2
+
+
+def test_a_deadline_that_passes_while_queued_is_dropped_when_the_batch_is_formed():
+    gate = threading.Event()
+    model = FakeModel(gate=gate)
+    batcher = make_batcher(model, max_batch_size=4, batch_wait_s=0.0)
+    now = [100.0]
+    clock = lambda: now[0]  # noqa: E731  (a fake clock: the test moves time)
+
+    async def main():
+        first = asyncio.create_task(submit(batcher, [1.0], cap=1))
+        await model_entered(model)
+        late = asyncio.create_task(batcher.run(*request([2.0], cap=2), deadline=Deadline(110.0, clock)))
+        on_time = asyncio.create_task(batcher.run(*request([3.0], cap=3), deadline=Deadline(1000.0, clock)))
+        await asyncio.sleep(0)
+        now[0] = 120.0  # request 2's deadline passes while the model is busy with request 1
+        gate.set()
+        await first
+        with pytest.raises(RequestTimeout):
+            await late
+        return await on_time
+
+    try:
+        out = asyncio.run(main())
+    finally:
+        gate.set()
+    assert out["num_detections"].tolist() == [3]
+    assert markers_seen(model) == [1, 3]
+
+
+def test_a_request_already_past_its_deadline_is_not_queued():
+    model = FakeModel()
+    batcher = make_batcher(model)
+    with pytest.raises(RequestTimeout):
+        asyncio.run(batcher.run(*request([1.0]), deadline=Deadline(0.0, lambda: 1.0)))
+    assert model.calls == [] and batcher.queued_images == 0
+
+
+def test_shutdown_answers_queued_and_running_requests_and_refuses_new_ones():
+    gate = threading.Event()
+    model = FakeModel(gate=gate)
+    batcher = make_batcher(model, max_batch_size=2, batch_wait_s=0.0)
+
+    async def main():
+        running = asyncio.create_task(submit(batcher, [1.0, 1.0]))
+        await model_entered(model)
+        queued = [asyncio.create_task(submit(batcher, [m])) for m in (2.0, 3.0, 4.0)]
+        await asyncio.sleep(0)
+        batcher.shutdown()
+        # Hang guard only: every future must already be answered, with no model progress.
+        results = await asyncio.wait_for(asyncio.gather(running, *queued, return_exceptions=True), 60)
+        with pytest.raises(ShuttingDown):
+            await submit(batcher, [5.0])
+        return results
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        gate.set()
+    assert len(results) == 4
+    assert all(isinstance(r, ShuttingDown) and isinstance(r, Overloaded) for r in results), results
+    assert batcher.admitted_images == 0 and batcher.queued_images == 0
+    assert [call["n"] for call in model.calls] == [2]  # only the call already running
+
+
+def test_shutdown_from_another_thread_answers_the_waiting_requests():
+    gate = threading.Event()
+    model = FakeModel(gate=gate)
+    batcher = make_batcher(model, max_batch_size=1, batch_wait_s=0.0)
+
+    async def main():
+        running = asyncio.create_task(submit(batcher, [1.0]))
+        await model_entered(model)
+        queued = asyncio.create_task(submit(batcher, [2.0]))
+        await asyncio.sleep(0)
+        await asyncio.to_thread(batcher.shutdown)  # e.g. the main thread after the server stopped
+        return await asyncio.wait_for(asyncio.gather(running, queued, return_exceptions=True), 60)
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        gate.set()
+    assert all(isinstance(r, ShuttingDown) for r in results), results
+
+
+def test_admission_bounds_the_model_time_admitted():
+    batcher = make_batcher(FakeModel(), max_queue_images=64, max_queue_delay_s=0.5)
+    with batcher.admit(30), batcher.admit(30):  # no rate measured yet: only the image bound applies
+        pass
+    batcher._observe_call(10, 1.0)  # the model did 10 images in 1 s
+    assert batcher.images_per_second == 10.0
+    with batcher.admit(20):  # alone: always admitted, even at 2 s of model time
+        pass
+    with batcher.admit(3):
+        with (
+            pytest.raises(
+                Overloaded, match=r"3 images in progress take 0\.30 s of model time, the limit is 0\.5 s"
+            ),
+            batcher.admit(3),
+        ):
+            pass
+        with batcher.admit(2):  # 5 images = 0.5 s: just fits
+            assert batcher.refusal(1) is not None
+    assert batcher.refusal(1) is None
+    batcher._observe_call(30, 1.0)  # faster calls raise the rate (moving average)
+    assert 10.0 < batcher.images_per_second < 30.0
+
+
+def test_a_standing_queue_tightens_the_bound_and_a_drained_one_relaxes_it():
+    batcher = make_batcher(FakeModel(), max_batch_size=4, max_queue_images=64, shed_standing_queue=True)
+    batcher._observe_call(4, 0.1)  # calls of 4 images in 0.1 s: 40 images/s, standing limit 8
+    assert batcher.standing_limit == 8
+    with batcher.admit(4):
+        assert batcher.refusal(12) is None  # a burst of 16 images (0.4 s) is absorbed
+        batcher.note_wait(0.3, now=10.0)  # waited over two calls (0.2 s) ...
+        batcher.note_wait(0.3, now=10.9)
+        assert not batcher.standing_queue  # ... for less than max(1 s, 4 calls): a burst
+        batcher.note_wait(0.15, now=11.0)  # within two calls: the clock restarts
+        batcher.note_wait(0.5, now=11.1)
+        batcher.note_wait(0.5, now=12.1)  # a backlog for 1 s: a standing queue
+        assert batcher.standing_queue
+        assert batcher.refusal(4) is None and "until the queue drains" in batcher.refusal(5)
+        batcher.note_wait(0.15, now=12.2)  # no backlog, but still waited over one call
+        assert batcher.standing_queue
+        batcher.note_wait(0.05, now=12.3)  # waited less than one call: drained
+        assert not batcher.standing_queue and batcher.refusal(12) is None
+
+
+def test_standing_queue_shedding_is_off_by_default():
+    batcher = make_batcher(FakeModel(), max_batch_size=4)
+    batcher._observe_call(4, 0.1)
+    for now in (10.0, 11.0, 12.0, 13.0):
+        batcher.note_wait(5.0, now=now)
+    assert not batcher.standing_queue

@@ -132,27 +132,3 @@ def test_decode_failures_name_the_instance(loaded, png):
     bomb = b64(forge_png_size(encode_image(np.zeros((2, 2, 3), np.uint8)), 9000, 9000))
     with pytest.raises(InvalidInput, match=r"instances\[0\]: image has too many pixels"):
         asyncio.run(loaded({"instances": [bomb]}, headers={}))
-
-
-def test_body_limit_middleware_stops_a_streamed_body():
-    from predictor.server import BodyLimitMiddleware
-
-    received = []
-
-    async def app(scope, receive, send):
-        while True:
-            message = await receive()
-            received.append(len(message["body"]))
-            if not message.get("more_body"):
-                return
-
-    async def receive():
-        return {"type": "http.request", "body": b"x" * 400, "more_body": True}
-
-    async def send(message):
-        raise AssertionError("nothing should be sent")
-
-    scope = {"type": "http", "headers": [(b"content-type", b"application/json")]}
-    with pytest.raises(InvalidInput, match="request body is over 1000 bytes"):
-        asyncio.run(BodyLimitMiddleware(app, max_bytes=1000)(scope, receive, send))
-    assert sum(received) <= 1000

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from serving_fixtures import REPO_ROOT, server_env
 
 from bench.soak import INVALID_KINDS
@@ -27,7 +28,7 @@ def test_short_soak(random_tiny_model_dir, tmp_path):
         "--concurrency",
         "8",
         "--max_seconds",
-        "120",
+        "1200",
         "--max_batch_size",
         "8",
         "--max_rss_growth_pct",
@@ -35,7 +36,9 @@ def test_short_soak(random_tiny_model_dir, tmp_path):
         "--out",
         str(out),
     ]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=server_env(), capture_output=True, text=True, timeout=240)
+    # The time cap and the timeout only guard against a hang: every request must be sent, however slow
+    # the machine.
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=server_env(), capture_output=True, text=True, timeout=1500)
     assert out.exists(), proc.stdout + proc.stderr
     report = json.loads(out.read_text())
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -64,5 +67,8 @@ def test_short_soak(random_tiny_model_dir, tmp_path):
     lat = report["latency_valid_ms"]
     assert 0 < lat["p50"] <= lat["p99"]
     rss = report["rss_mib"]
-    assert all(rss[k] > 50 for k in ("ready", "start", "mid", "end"))
-    assert report["rss_growth_after_warmup_pct"] < 25
+    assert all(rss[k] > 50 for k in ("ready", "mid", "end"))
+    assert report["rss_growth_from_ready_pct"] == pytest.approx(
+        100 * (rss["end"] - rss["ready"]) / rss["ready"]
+    )
+    assert report["rss_growth_from_ready_pct"] < 25

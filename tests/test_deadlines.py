@@ -1,0 +1,185 @@
+"""Deadlines that stop work, in ``SSDPredictor`` (KServe's pipeline without HTTP).
+
+A request past ``--request_timeout_s`` gets 503 and its work stops: images not decoded yet are never
+decoded, a request waiting for the model leaves the queue and is never predicted, and its images stay
+counted against ``--max_queue_images`` until the work really ended. Gates hold the decode thread or
+the model, so the outcome never depends on the machine's speed; the time limit only decides when the
+503 is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import orjson
+import pytest
+from serving_fixtures import b64, encode_image
+
+from predictor import metrics_prom
+from predictor.batcher import Deadline, RequestTimeout
+from predictor.model import ServingOptions, SSDPredictor
+
+HANG_GUARD_S = 60.0
+
+
+class GatedDetector:
+    """The real detector, with every ``run_batch`` waiting for ``gate`` and recorded."""
+
+    def __init__(self, detector, gate: threading.Event) -> None:
+        self._detector = detector
+        self.gate = gate
+        self.entered = threading.Event()
+        self.batch_sizes: list[int] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self._detector, name)
+
+    def run_batch(self, images, image_hw, score_threshold, max_detections, **controls):
+        self.batch_sizes.append(int((max_detections > 0).sum()))  # padding rows have cap 0
+        self.entered.set()
+        assert self.gate.wait(HANG_GUARD_S), "the test never opened the gate"
+        return self._detector.run_batch(images, image_hw, score_threshold, max_detections, **controls)
+
+
+@pytest.fixture(scope="module")
+def png(shapes_images) -> str:
+    return b64(encode_image(shapes_images[1], "PNG"))
+
+
+def counter(metric, *labels: str) -> float:
+    return (metric.labels(*labels) if labels else metric)._value.get()
+
+
+async def model_entered(gated: GatedDetector) -> None:
+    entered = await asyncio.wait_for(asyncio.to_thread(gated.entered.wait, HANG_GUARD_S), HANG_GUARD_S + 5)
+    assert entered, "the model was never called"
+
+
+async def until(condition, what: str) -> None:
+    """Hang guard only: poll ``condition`` for up to a minute."""
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not condition():
+        assert time.monotonic() < deadline, f"never: {what}"
+        await asyncio.sleep(0.01)
+
+
+def test_images_not_decoded_before_the_deadline_are_never_decoded(
+    direct_detector, random_tiny_model_dir, png
+):
+    options = ServingOptions(
+        model_dir=str(random_tiny_model_dir), max_batch_size=4, decode_threads=1, request_timeout_s=0.05
+    )
+    model = SSDPredictor("ssd", options, detector=direct_detector)
+    assert model.load()
+    decoded: list[str] = []
+    real_prepare = model.prepare_image
+    model.prepare_image = lambda payload: decoded.append(payload.field) or real_prepare(payload)
+    gate = threading.Event()
+    before = counter(metrics_prom.CANCELLED, "decode")
+
+    async def main():
+        model._decode_pool.submit(gate.wait, HANG_GUARD_S)  # the only decode thread is busy
+        with pytest.raises(RequestTimeout, match="request_timeout_s"):
+            await model({"instances": [png, png]}, headers={})
+        assert model.batcher.admitted_images == 2  # still counted: its decodes are not over
+        gate.set()
+        await until(lambda: model.batcher.admitted_images == 0, "the timed-out work released its slot")
+
+    try:
+        asyncio.run(main())
+    finally:
+        gate.set()
+        model.close()
+    assert decoded == []
+    assert counter(metrics_prom.CANCELLED, "decode") - before == 2
+
+
+def test_a_request_waiting_for_the_model_is_dropped_at_its_deadline(
+    direct_detector, random_tiny_model_dir, png
+):
+    gate = threading.Event()
+    gated = GatedDetector(direct_detector, gate)
+    options = ServingOptions(model_dir=str(random_tiny_model_dir), max_batch_size=4, batch_wait_ms=0)
+    model = SSDPredictor("ssd", options, detector=gated)
+    assert model.load()
+    queue_before = counter(metrics_prom.CANCELLED, "queue")
+    late_before = counter(metrics_prom.LATE)
+
+    async def main():
+        first = asyncio.ensure_future(model({"instances": [png]}, headers={}))
+        await model_entered(gated)
+        parsed = await model.preprocess({"instances": [png, png, png]}, headers={})
+        deadline = Deadline()  # predict() expires it when --request_timeout_s passes
+        second = asyncio.ensure_future(model._detect(parsed, deadline))
+        await until(lambda: model.batcher.queued_images == 3, "the second request queued")
+        deadline.expire()
+        with pytest.raises(RequestTimeout):
+            await second
+        assert model.batcher.queued_images == 0 and model.batcher.admitted_images == 1
+        gate.set()
+        response, _ = await first
+        return response
+
+    try:
+        response = asyncio.run(main())
+    finally:
+        gate.set()
+        model.close()
+    assert len(orjson.loads(response)["predictions"]) == 1
+    assert gated.batch_sizes == [1], "the expired request reached the model"
+    assert counter(metrics_prom.CANCELLED, "queue") - queue_before == 3
+    assert counter(metrics_prom.LATE) == late_before
+
+
+def test_a_request_timing_out_inside_the_model_is_counted_late(direct_detector, random_tiny_model_dir, png):
+    gate = threading.Event()
+    gated = GatedDetector(direct_detector, gate)
+    options = ServingOptions(model_dir=str(random_tiny_model_dir), max_batch_size=4, request_timeout_s=0.05)
+    model = SSDPredictor("ssd", options, detector=gated)
+    assert model.load()
+    late_before = counter(metrics_prom.LATE)
+    decoded: list[str] = []
+    real_prepare = model.prepare_image
+    model.prepare_image = lambda payload: decoded.append(payload.field) or real_prepare(payload)
+
+    async def main():
+        # The decode may outlast the 50 ms on a busy machine; then the request never reaches the
+        # model (the other tests cover that). Either way it gets its 503 and its slot comes back.
+        with pytest.raises(RequestTimeout):
+            await model({"instances": [png]}, headers={})
+        await until(lambda: gated.entered.is_set() or model.batcher.admitted_images == 0, "work settled")
+        gate.set()
+        await until(lambda: model.batcher.admitted_images == 0, "the model call ended")
+
+    try:
+        asyncio.run(main())
+    finally:
+        gate.set()
+        model.close()
+    assert counter(metrics_prom.LATE) - late_before == len(gated.batch_sizes)
+
+
+def test_close_answers_requests_waiting_for_the_model(direct_detector, random_tiny_model_dir, png):
+    gate = threading.Event()
+    gated = GatedDetector(direct_detector, gate)
+    options = ServingOptions(model_dir=str(random_tiny_model_dir), max_batch_size=4, request_timeout_s=0)
+    model = SSDPredictor("ssd", options, detector=gated)  # no time limit: only close() can answer
+    assert model.load()
+
+    async def main():
+        calls = [asyncio.ensure_future(model({"instances": [png]}, headers={})) for _ in range(3)]
+        await model_entered(gated)
+        await until(lambda: model.batcher.queued_images > 0 or len(gated.batch_sizes) > 1, "a request queued")
+        model.close()
+        return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), HANG_GUARD_S)
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        gate.set()
+    from predictor.batcher import ShuttingDown
+    from predictor.model import status_of
+
+    assert all(isinstance(r, ShuttingDown) and status_of(r) == 503 for r in results), results

@@ -1,0 +1,304 @@
+"""Admission before reading: the in-flight request-bytes budget and the body limit, in front of KServe.
+
+Unit tests drive :class:`AdmissionMiddleware` with a fake ASGI app; the server tests hold a request
+in flight deterministically (its headers sent, its body not) on a real server on loopback.
+Retry-After on 503: RFC 9110 section 10.2.3. uvicorn reads and discards a body the app did not read
+after the answer (uvicorn/protocols/http/httptools_impl.py, ``on_body`` once ``response_complete``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import grpc
+import orjson
+import pytest
+from serving_fixtures import encode_image, start_server
+
+from predictor import metrics_prom
+from predictor.admission import AdmissionMiddleware, ByteBudget
+
+V1 = "/v1/models/ssd:predict"
+BUDGET = 1_000_000
+
+
+# ----------------------------------------------------------------------------- unit
+class Recorder:
+    """An ASGI ``send`` that keeps the response."""
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.headers: dict[bytes, bytes] = {}
+        self.body = b""
+
+    async def __call__(self, message: dict) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.headers = dict(message["headers"])
+        else:
+            self.body += message.get("body", b"")
+
+    @property
+    def error(self) -> str:
+        return orjson.loads(self.body)["error"]
+
+
+def scope(length: int | None, path: str = V1) -> dict:
+    headers = [(b"content-type", b"application/json")]
+    if length is not None:
+        headers.append((b"content-length", str(length).encode()))
+    return {"type": "http", "path": path, "headers": headers}
+
+
+def chunks(sizes: list[int]):
+    """An ASGI ``receive`` streaming bodies of these sizes (more_body until the last)."""
+    pending = list(sizes)
+
+    async def receive() -> dict:
+        size = pending.pop(0)
+        return {"type": "http.request", "body": b"x" * size, "more_body": bool(pending)}
+
+    return receive
+
+
+async def never_receive() -> dict:
+    raise AssertionError("the body must not be read")
+
+
+async def reading_app(scope: dict, receive, send) -> None:
+    """Reads the whole body, then answers 200 (what KServe's V1 handler does first)."""
+    while True:
+        message = await receive()
+        if not message.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def fastapi_like_app(scope: dict, receive, send) -> None:
+    """Turns a failed body read into its own 400, as FastAPI does for a body parameter (V2 infer)."""
+    try:
+        await reading_app(scope, receive, send)
+    except Exception:
+        await send({"type": "http.response.start", "status": 400, "headers": []})
+        await send(
+            {"type": "http.response.body", "body": b'{"detail": "There was an error parsing the body"}'}
+        )
+
+
+def run(middleware: AdmissionMiddleware, s: dict, receive) -> Recorder:
+    send = Recorder()
+    asyncio.run(middleware(s, receive, send))
+    return send
+
+
+def rejected(reason: str) -> float:
+    return metrics_prom.REJECTED.labels(reason)._value.get()
+
+
+def test_a_declared_body_over_the_limit_gets_413_unread():
+    mw = AdmissionMiddleware(reading_app, ByteBudget(BUDGET), max_request_bytes=1000)
+    response = run(mw, scope(1001), never_receive)
+    assert response.status == 413
+    assert response.error == "request body is 1001 bytes, the limit is 1000 (--max_request_bytes)"
+
+
+def test_a_declared_body_over_the_budget_gets_503_with_retry_after_unread():
+    budget = ByteBudget(BUDGET)
+    assert budget.try_reserve(600_000)  # another request in flight
+    before = rejected("inflight_bytes")
+    response = run(
+        AdmissionMiddleware(reading_app, budget, max_request_bytes=10**7), scope(500_000), never_receive
+    )
+    assert response.status == 503 and response.headers[b"retry-after"] == b"1"
+    assert "--max_inflight_bytes" in response.error
+    assert rejected("inflight_bytes") == before + 1
+    assert budget.used == 600_000
+
+
+def test_a_lone_request_is_admitted_whatever_its_size_and_released_after():
+    budget = ByteBudget(BUDGET)
+    mw = AdmissionMiddleware(reading_app, budget, max_request_bytes=10**7)
+    response = run(mw, scope(3 * BUDGET), chunks([BUDGET, BUDGET, BUDGET]))
+    assert response.status == 200
+    assert budget.used == 0
+
+
+def test_a_streamed_body_over_the_limit_gets_413_and_is_not_read_further():
+    received: list[int] = []
+
+    async def app(scope, receive, send):
+        while True:
+            message = await receive()
+            received.append(len(message["body"]))
+            if not message.get("more_body"):
+                return
+
+    budget = ByteBudget(BUDGET)
+    response = run(AdmissionMiddleware(app, budget, max_request_bytes=1000), scope(None), chunks([400] * 10))
+    assert response.status == 413
+    assert response.error == "request body is over 1000 bytes, the limit is 1000 (--max_request_bytes)"
+    assert sum(received) <= 1000
+    assert budget.used == 0
+
+
+@pytest.mark.parametrize("app", [reading_app, fastapi_like_app])
+def test_a_chunked_body_is_counted_as_it_streams(app):
+    budget = ByteBudget(BUDGET)
+    assert budget.try_reserve(900_000)
+    response = run(
+        AdmissionMiddleware(app, budget, max_request_bytes=10**7), scope(None), chunks([50_000] * 4)
+    )
+    assert response.status == 503, response.body  # FastAPI's own 400 is replaced
+    assert response.headers[b"retry-after"] == b"1"
+    assert budget.used == 900_000  # what the streamed request had reserved is back
+    budget.release(900_000)
+    response = run(
+        AdmissionMiddleware(app, budget, max_request_bytes=10**7), scope(None), chunks([50_000] * 4)
+    )
+    assert response.status == 200 and budget.used == 0
+
+
+def test_a_full_image_queue_refuses_inference_requests_before_reading():
+    reason = "overloaded: 256 images in progress, the limit is 256 (--max_queue_images); retry later"
+    mw = AdmissionMiddleware(reading_app, ByteBudget(BUDGET), max_request_bytes=10**7, busy=lambda: reason)
+    response = run(mw, scope(100), never_receive)
+    assert response.status == 503 and response.error == reason and response.headers[b"retry-after"] == b"1"
+    # other routes (metadata, health) are not inference and pass
+    assert run(mw, scope(2, path="/v2/models/ssd"), chunks([2])).status == 200
+
+
+def test_a_503_from_the_app_gets_retry_after():
+    async def overloaded_app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 503, "headers": [(b"content-type", b"x")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    response = run(AdmissionMiddleware(overloaded_app, ByteBudget(BUDGET), 10**7), scope(2), chunks([2]))
+    assert response.status == 503 and response.headers[b"retry-after"] == b"1"
+    assert (
+        b"retry-after"
+        not in run(AdmissionMiddleware(reading_app, ByteBudget(BUDGET), 10**7), scope(2), chunks([2])).headers
+    )
+
+
+def test_budget_accounting():
+    budget = ByteBudget(100)
+    assert budget.try_reserve(500)  # alone: admitted
+    assert not budget.try_reserve(1)
+    budget.release(500)
+    assert budget.try_reserve(60) and budget.try_reserve(40) and not budget.try_reserve(1)
+    with pytest.raises(ValueError):
+        ByteBudget(0)
+
+
+# ----------------------------------------------------------------------------- real server
+@pytest.fixture(scope="module")
+def budget_server(random_tiny_model_dir, tmp_path_factory):
+    log_path = tmp_path_factory.mktemp("budget_server") / "server.log"
+    server = start_server(random_tiny_model_dir, log_path, "--max_inflight_bytes", str(BUDGET))
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.terminate()
+
+
+def open_request(server, length: int) -> socket.socket:
+    """A V1 request whose headers are sent and whose body is not (it holds ``length`` bytes)."""
+    s = socket.create_connection(("127.0.0.1", server.http_port), timeout=30)
+    head = (
+        f"POST {V1} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    )
+    s.sendall(head.encode())
+    return s
+
+
+def read_response(s: socket.socket) -> tuple[int, dict[bytes, bytes], dict]:
+    reply = s.makefile("rb")
+    status = int(reply.readline().split()[1])
+    headers = {}
+    for line in iter(reply.readline, b"\r\n"):
+        key, value = line.strip().split(b": ", 1)
+        headers[key.lower()] = value
+    return status, headers, orjson.loads(reply.read(int(headers[b"content-length"])))
+
+
+def wait_for_metric(server, name: str, value: float) -> None:
+    """Hang guard only (60 s): the metric reaches ``value``."""
+    deadline = time.monotonic() + 60
+    while server.metric(name) != value:
+        assert time.monotonic() < deadline, f"{name} never reached {value}"
+        time.sleep(0.05)
+
+
+def grpc_infer(server, payload: bytes, **options):
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    opts = [("grpc.max_send_message_length", 128 * 2**20)]
+    with grpc.insecure_channel(server.grpc_target, options=opts) as channel:
+        tensor = pb.ModelInferRequest.InferInputTensor(
+            name="images",
+            datatype="BYTES",
+            shape=[1],
+            contents=pb.InferTensorContents(bytes_contents=[payload]),
+        )
+        request = pb.ModelInferRequest(model_name="ssd", inputs=[tensor])
+        return pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
+
+
+def test_the_server_refuses_over_budget_before_reading_and_recovers(budget_server, shapes_images):
+    import httpx
+
+    holder = open_request(budget_server, 900_000)  # admitted: its 900 KB are reserved
+    try:
+        wait_for_metric(budget_server, "ssd_inflight_request_bytes", 900_000)
+        second = open_request(budget_server, 200_000)  # headers only: the answer cannot need the body
+        status, headers, body = read_response(second)
+        second.close()
+        assert status == 503 and headers[b"retry-after"] == b"1"
+        assert body["error"].startswith("overloaded: 900000 request bytes in flight")
+
+        png = encode_image(shapes_images[0], "PNG")
+        with pytest.raises(grpc.RpcError) as info:
+            grpc_infer(budget_server, png + b"\0" * 200_000)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--max_inflight_bytes" in info.value.details()
+        assert budget_server.metric("ssd_rejected_requests_total", 'reason="inflight_bytes"') >= 2
+    finally:
+        holder.close()  # the client goes away mid-body: its reservation is released
+    wait_for_metric(budget_server, "ssd_inflight_request_bytes", 0)
+
+    png = encode_image(shapes_images[0], "PNG")
+    response = grpc_infer(budget_server, png)
+    assert [o.name for o in response.outputs] and budget_server.metric("ssd_inflight_request_bytes") == 0
+    r = httpx.post(budget_server.url + V1, content=png, headers={"content-type": "image/png"}, timeout=60)
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 1
+
+
+def test_a_refused_body_is_drained_and_the_connection_stays_usable(budget_server):
+    import httpx
+
+    with httpx.Client(timeout=60) as client:
+        big = b'{"instances": ["' + b"A" * (70 * 2**20) + b'"]}'  # over --max_request_bytes (64 MiB)
+        r = client.post(budget_server.url + V1, content=big, headers={"content-type": "application/json"})
+        assert r.status_code == 413
+        r = client.get(budget_server.url + "/v2/health/live")  # same connection (keep-alive)
+        assert r.status_code == 200
+
+
+def test_grpc_messages_over_the_receive_limit_are_refused(budget_server):
+    with pytest.raises(grpc.RpcError) as info:
+        grpc_infer(budget_server, b"\0" * (65 * 2**20))  # the limit follows --max_request_bytes (64 MiB)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert str(64 * 2**20) in info.value.details()
+
+
+def test_start_up_logs_the_resources(budget_server):
+    line = next(x for x in budget_server.log().splitlines() if "resources:" in x)
+    assert "cpu quota" in line and "memory limit" in line
+    assert "max_inflight_bytes 1000000" in line
+    assert "automatic: tf_intra_op_threads, tf_inter_op_threads" in line  # decode_threads given (2)
+    assert "malloc mmap threshold 1048576, 2 arenas" in line
