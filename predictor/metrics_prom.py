@@ -116,9 +116,10 @@ def rest_protocol(path: str) -> str | None:
 
 
 class RestMetricsMiddleware:
-    """ASGI middleware on KServe's FastAPI app for the inference routes (V1 ``:predict``, V2 ``/infer``).
+    """ASGI middleware on KServe's FastAPI app.
 
-    Gives each request an ``x-request-id`` (kept when the client sent one; echoed in the response),
+    Gives every HTTP request, on every route, an ``x-request-id`` (kept when the client sent one; echoed
+    in the response). For the inference routes (V1 ``:predict``, V2 ``/infer``) it also
     counts the answer by protocol and status (including FastAPI's 422 and KServe's 404/503, raised
     before the model is called) and logs one JSON line, with the error message, for every 4xx/5xx.
     """
@@ -127,14 +128,17 @@ class RestMetricsMiddleware:
         self.app = app
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        protocol = rest_protocol(scope.get("path", "")) if scope["type"] == "http" else None
-        if protocol is None:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         request_id = _header(scope, b"x-request-id")
         if request_id is None:
             request_id = new_request_id()
             scope = {**scope, "headers": [*scope["headers"], (b"x-request-id", request_id.encode())]}
+        protocol = rest_protocol(scope.get("path", ""))
+        if protocol is None:  # health, metadata, /metrics: the id only
+            await self.app(scope, receive, _with_request_id(send, request_id))
+            return
         state: dict[str, Any] = {"status": 500, "body": b"", "done": False}
         start = time.perf_counter()
 
@@ -152,10 +156,7 @@ class RestMetricsMiddleware:
         async def send_wrapper(message: dict) -> None:
             if message["type"] == "http.response.start":
                 state["status"] = message["status"]
-                headers = list(message.get("headers", []))
-                if not any(k.lower() == b"x-request-id" for k, _ in headers):
-                    headers.append((b"x-request-id", request_id.encode()))
-                message = {**message, "headers": headers}
+                message = _add_request_id(message, request_id)
             elif message["type"] == "http.response.body":
                 if state["status"] >= 400 and len(state["body"]) < 2048:
                     state["body"] += message.get("body", b"")[:2048]
@@ -171,6 +172,23 @@ class RestMetricsMiddleware:
             raise
         finally:
             finish()
+
+
+def _add_request_id(start: dict, request_id: str) -> dict:
+    """An ``http.response.start`` message with ``x-request-id`` (unless the app set one)."""
+    headers = list(start.get("headers", []))
+    if not any(k.lower() == b"x-request-id" for k, _ in headers):
+        headers.append((b"x-request-id", request_id.encode()))
+    return {**start, "headers": headers}
+
+
+def _with_request_id(send: Callable, request_id: str) -> Callable:
+    async def send_with_id(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            message = _add_request_id(message, request_id)
+        await send(message)
+
+    return send_with_id
 
 
 def _header(scope: dict, name: bytes) -> str | None:

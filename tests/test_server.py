@@ -847,6 +847,31 @@ def test_grpc_bad_input_is_invalid_argument(stub, pngs, build, message):
     assert grpc_arrays(stub.ModelInfer(grpc_request([pngs[0]])))["num_detections"].shape == (1,)
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/"),
+        ("GET", "/v2/health/live"),
+        ("GET", "/v2/health/ready"),
+        ("GET", "/v2"),
+        ("GET", "/v2/models/ssd"),
+        ("GET", "/v2/models/ssd/ready"),
+        ("GET", "/v1/models/ssd"),
+        ("GET", "/metrics"),
+        ("GET", "/no/such/route"),
+        ("POST", V1),
+        ("POST", V2),
+    ],
+)
+def test_every_route_answers_with_a_request_id(client, method, path):
+    """x-request-id on every route: echoed when the client sent one, made up otherwise."""
+    body = {"json": {"instances": "x"}} if method == "POST" else {}
+    echoed = client.request(method, path, headers={"x-request-id": "trace-me-7"}, **body)
+    assert echoed.headers["x-request-id"] == "trace-me-7", (path, echoed.status_code)
+    made = client.request(method, path, **body).headers["x-request-id"]
+    assert made and made != "trace-me-7"
+
+
 def test_error_responses_carry_a_request_id_and_are_logged(client, ssd_server):
     r = client.post(V1, json={"instances": ["@@@"]}, headers={"x-request-id": "req-4242"})
     assert r.status_code == 400 and r.headers["x-request-id"] == "req-4242"
