@@ -243,7 +243,15 @@ def test_make_deploy_runs_helm_upgrade_install():
 
 def test_make_deploy_pins_a_digest():
     proc = subprocess.run(
-        ["make", "-n", "deploy", "HELM=helm", "IMAGE=r.example/ssd", "DIGEST=sha256:" + "a" * 64],
+        [
+            "make",
+            "--no-print-directory",
+            "-n",
+            "deploy",
+            "HELM=helm",
+            "IMAGE=r.example/ssd",
+            "DIGEST=sha256:" + "a" * 64,
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -257,7 +265,7 @@ def test_make_deploy_flags_are_known_to_the_pinned_helm(bin_dir):
     """The pinned helm parses the deploy line's flags (helm v4 deprecates --atomic for --rollback-on-failure):
     pointed at an unreachable API server it fails on the connection, not on a flag."""
     proc = subprocess.run(
-        ["make", "-n", "deploy", f"HELM={bin_dir / 'helm'}", "IMAGE=r.example/ssd"],
+        ["make", "--no-print-directory", "-n", "deploy", f"HELM={bin_dir / 'helm'}", "IMAGE=r.example/ssd"],
         cwd=REPO,
         capture_output=True,
         text=True,
