@@ -144,16 +144,10 @@ def machine_info() -> dict[str, Any]:
     """CPU, thread and library facts recorded beside every result."""
     import tensorflow as tf
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from predictor.resources import cpu_model_name
+
     return {
-        "cpu": cpu,
+        "cpu": cpu_model_name(),
         "cpu_count": os.cpu_count(),
         "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "python": platform.python_version(),

@@ -13,7 +13,6 @@ card's operating-threshold table (``make model-card``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import sys
@@ -80,17 +79,12 @@ def operating_points(
 def measured_on() -> dict[str, str]:
     """When and where a result was measured (recorded beside every number in the JSON files)."""
     import os
-    import platform
 
     import tensorflow as tf
 
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError, StopIteration):
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
+    from predictor.resources import cpu_model_name
+
+    cpu = cpu_model_name()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -47,6 +47,8 @@ from typing import Any
 
 import numpy as np
 
+from predictor.resources import cpu_model_name
+
 BENCHMARK_FORMAT = "ssd-predictor/plan-benchmark/v1"
 MODEL_NAME = "ssd"
 
@@ -249,17 +251,9 @@ def measure(
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
         "host": platform.node(),
-        "cpu": cpu,
+        "cpu": cpu_model_name(),
         "cpu_count": os.cpu_count(),
         "gpu_visible": os.environ.get("CUDA_VISIBLE_DEVICES", "(all)"),
         "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -207,6 +207,19 @@ def _memory_limit(root: Path, paths: dict[str, str]) -> tuple[int | None, str]:
     return best
 
 
+def cpu_model_name() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (``platform`` facts elsewhere), recorded beside results."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _affinity() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
