@@ -95,7 +95,7 @@ RUN --mount=type=bind,from=build,source=/dist,target=/dist \
     /opt/venv/bin/pip install --no-deps --no-index --no-cache-dir /dist/ssd_predictor-*.whl \
     && /opt/venv/bin/python -m compileall -q --invalidation-mode unchecked-hash \
         /opt/venv/lib/python3.12/site-packages/predictor \
-    && /opt/venv/bin/python -c "import predictor.cli_args"
+    && /opt/venv/bin/python -c "import predictor.serving.options"
 ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \

@@ -39,12 +39,12 @@ MODEL_NAME = "ssd"
 def phases_child(model_path: str, spawned_at: float) -> dict[str, Any]:
     """Runs in the measured process: the server's start-up steps with a timestamp after each."""
     t_start = time.time()
-    # What `python -m predictor` imports before it serves (predictor.server.main and _serve).
+    # What `python -m predictor` imports before it serves (predictor.serving.server.main and _serve).
     import kserve.model_server  # noqa: F401
     from kserve import ModelServer  # noqa: F401
 
-    from predictor.model import ServingOptions, SSDPredictor
-    from predictor.server import main  # noqa: F401
+    from predictor.serving.model import ServingOptions, SSDPredictor
+    from predictor.serving.server import main  # noqa: F401
     from predictor.ssd.detector import configure_devices
 
     t_imported, cpu_imported = time.time(), time.process_time()

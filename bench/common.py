@@ -144,7 +144,7 @@ def machine_info() -> dict[str, Any]:
     """CPU, thread and library facts recorded beside every result."""
     import tensorflow as tf
 
-    from predictor.resources import cpu_model_name
+    from predictor.serving.resources import cpu_model_name
 
     return {
         "cpu": cpu_model_name(),

@@ -1,7 +1,7 @@
 """What ``--jpeg_draft`` (JPEG decode at 1/2, 1/4 or 1/8 scale) does to detections.
 
 Two measurements, both decoding the same JPEG bytes twice (full size and with draft) through the server's
-own code (:func:`predictor.images.decode_image_reduced` then ``Detector.resize``), boxes always in the
+own code (:func:`predictor.serving.images.decode_image_reduced` then ``Detector.resize``), boxes always in the
 original image's pixels:
 
 1. **SSD300-VGG16 with seeded random weights** (``bench/common.py``'s benchmark model, the seed
@@ -50,7 +50,7 @@ def upscaled_jpeg(image: np.ndarray, short_side: int, quality: int = 90) -> tupl
 
 def detect_jpegs(detector: Any, jpegs: list[bytes], draft: bool, score_threshold: float | None) -> list:
     """Decode (full or draft) + resize like the server, run in batches; detections in original pixels."""
-    from predictor.images import ImageLimits, decode_image_reduced
+    from predictor.serving.images import ImageLimits, decode_image_reduced
     from predictor.ssd.detector import split_detections
 
     s = detector.input_size
@@ -132,9 +132,9 @@ def ssd300_effect(args: argparse.Namespace) -> dict[str, Any]:
 def demo_map_effect(args: argparse.Namespace) -> dict[str, Any]:
     from predictor.datasets.coco import samples_to_coco
     from predictor.datasets.shapes import CLASS_NAMES, EVAL_SEED, generate_sample
-    from predictor.evaluate import EVAL_SCORE_THRESHOLD
-    from predictor.metrics import coco_evaluate, detections_to_coco
     from predictor.ssd import Detector
+    from predictor.tools.coco_eval import coco_evaluate, detections_to_coco
+    from predictor.tools.evaluate import EVAL_SCORE_THRESHOLD
 
     path, source = model_dir("demo", args.out_dir)
     detector = Detector.from_dir(str(path), max_batch_size=8)

@@ -94,8 +94,8 @@ def stage_costs(data: bytes, detector: Any, min_time_s: float) -> dict[str, floa
     import tensorflow as tf
     from PIL import Image
 
-    from predictor import codecs
-    from predictor.images import ImageLimits, decode_base64, decode_image_reduced
+    from predictor.serving import codecs
+    from predictor.serving.images import ImageLimits, decode_base64, decode_image_reduced
     from predictor.ssd.preprocess import resize_warp
 
     s = detector.input_size
@@ -155,8 +155,8 @@ def uint8_costs(detector: Any, min_time_s: float) -> dict[str, float]:
     parsed, validated and resized, plus the shared per-image costs (assembly, post, encode)."""
     from kserve.protocol.infer_type import InferInput, InferRequest
 
-    from predictor import codecs
-    from predictor.images import ImageLimits, check_pixel_array
+    from predictor.serving import codecs
+    from predictor.serving.images import ImageLimits, check_pixel_array
 
     out = {}
     for name, (w, h) in (("1080p", (1920, 1080)), ("network size", (detector.input_size,) * 2)):
@@ -173,7 +173,7 @@ def uint8_costs(detector: Any, min_time_s: float) -> dict[str, float]:
 
 
 def _fake_detections(n: int, hw: tuple[int, int]) -> Any:
-    from predictor.codecs import Detections
+    from predictor.serving.codecs import Detections
 
     rng = np.random.default_rng(0)
     d = DETECTIONS_PER_IMAGE

@@ -8,7 +8,7 @@ For each model and batch size it times
 
 and reports images/s, latency per call and achieved GFLOP/s (``2 * conv_macs(model)`` per image)
 against this machine's float32 ``tf.matmul`` rate. It also times what the server does per image before
-the model: :func:`predictor.images.decode_image` + :meth:`Detector.resize`, for each test JPEG size.
+the model: :func:`predictor.serving.images.decode_image` + :meth:`Detector.resize`, for each test JPEG size.
 
 ``python -m bench.raw_model [--models ssd300,demo] [--batches 1,4,8,16,32]`` -> table + JSON.
 """
@@ -42,7 +42,7 @@ from bench.common import (
 
 def decode_times_ms(detector: Any, jpegs: list[bytes], min_time_s: float) -> dict[str, float]:
     """Median ms of decode + resize per image, by original size ``"WxH"`` (what the server does per image)."""
-    from predictor.images import decode_image
+    from predictor.serving.images import decode_image
 
     by_size: dict[str, list[float]] = {}
     for data in jpegs:
@@ -56,7 +56,7 @@ def decode_times_ms(detector: Any, jpegs: list[bytes], min_time_s: float) -> dic
 
 def resized_batch(detector: Any, jpegs: list[bytes], batch: int) -> tuple[np.ndarray, np.ndarray]:
     """``batch`` resized float32 images (cycling over ``jpegs``) and their original ``(H, W)``."""
-    from predictor.images import decode_image
+    from predictor.serving.images import decode_image
 
     rgbs = [decode_image(jpegs[i % len(jpegs)]) for i in range(batch)]
     images = np.stack([detector.resize(rgb) for rgb in rgbs]).astype(np.float32)

@@ -14,12 +14,12 @@ demo-model: $(STAMP) ## Retrain the shipped demo model from scratch (about 40 mi
 	$(MAKE) demo-model-resume
 
 demo-model-resume: $(STAMP) ## Continue an interrupted `make demo-model` from its last checkpoint
-	$(PY) -m predictor.train --out $(DEMO_RUN) $(DEMO_TRAIN_ARGS) --export predictor/models/demo
+	$(PY) -m predictor.tools.train --out $(DEMO_RUN) $(DEMO_TRAIN_ARGS) --export predictor/models/demo
 	cp $(DEMO_RUN)/training_curve.json predictor/models/demo/eval/training_curve.json
 	$(MAKE) model-card
 
 eval: $(STAMP) ## COCO mAP of a model (default the demo model; MODEL_DIR=...) on EVAL_COUNT (500) held-out images
-	$(PY) -m predictor.evaluate --count $(EVAL_COUNT) --out out/eval $(if $(MODEL_DIR),--model_dir $(MODEL_DIR),)
+	$(PY) -m predictor.tools.evaluate --count $(EVAL_COUNT) --out out/eval $(if $(MODEL_DIR),--model_dir $(MODEL_DIR),)
 
 .PHONY: fuzz
 fuzz: $(STAMP) ## Fuzz the request codecs and image decoder (hypothesis, 2000 examples per property)
@@ -30,7 +30,7 @@ fuzz: $(STAMP) ## Fuzz the request codecs and image decoder (hypothesis, 2000 ex
 CARD_THRESHOLDS ?= 0.2,0.3,0.4,0.5
 
 model-card: $(STAMP) ## Re-measure the demo model card's tables (COCO mAP, operating points) and rewrite them in MODEL_CARD.md
-	$(PY) -m predictor.evaluate --count $(EVAL_COUNT) --out predictor/models/demo/eval
-	$(PY) -m predictor.evaluate --start 200 --count 200 --operating-points $(CARD_THRESHOLDS) \
+	$(PY) -m predictor.tools.evaluate --count $(EVAL_COUNT) --out predictor/models/demo/eval
+	$(PY) -m predictor.tools.evaluate --start 200 --count 200 --operating-points $(CARD_THRESHOLDS) \
 		--out predictor/models/demo/eval
 	$(PY) scripts/model_card.py predictor/models/demo

@@ -1,8 +1,8 @@
-"""``python -m predictor``: serve the SSD detector with KServe (see :mod:`predictor.server`)."""
+"""``python -m predictor``: serve the SSD detector with KServe (see :mod:`predictor.serving.server`)."""
 
 import sys
 
-from predictor.server import main
+from predictor.serving.server import main
 
 if __name__ == "__main__":
     sys.exit(main())

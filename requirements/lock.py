@@ -6,7 +6,7 @@ One lock per image variant, resolved for the image's interpreter and platform (U
 - ``runtime-cpu.lock``: the package's dependencies with ``tensorflow`` swapped for ``tensorflow-cpu``
   (same version, no CUDA code, about 500 MB smaller);
 - both carry the ``tracing`` extra (OpenTelemetry SDK and OTLP/HTTP exporter, a few MB), so that
-  ``--tracing`` (chart value ``predictor.tracing``) works in the image;
+  ``--tracing`` (chart value ``predictor.serving.tracing``) works in the image;
 - ``runtime-gpu.lock``: the dependencies as declared, plus ``nvidia-cuda-nvcc-cu12`` at the CUDA
   release of the Dockerfile's ``CUDA_IMAGE``: XLA needs its ``ptxas`` and ``libdevice``, which the
   cuDNN runtime base image does not ship.

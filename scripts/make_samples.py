@@ -12,8 +12,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from predictor.client.draw import draw_detections
 from predictor.datasets.shapes import EVAL_SEED, generate_sample
-from predictor.draw import draw_detections
 from predictor.models import DEMO_MODEL_DIR
 from predictor.ssd.detector import Detector
 

@@ -3,10 +3,11 @@
 
 Each table sits between ``<!-- generated: NAME -->`` and ``<!-- end: NAME -->`` in ``MODEL_CARD.md``:
 
-- ``metrics``: COCO summary and per-class AP, from ``eval/metrics.json`` (``python -m predictor.evaluate``);
+- ``metrics``: COCO summary and per-class AP, from ``eval/metrics.json``
+  (``python -m predictor.tools.evaluate``);
 - ``operating-points``: precision/recall per score threshold, from ``eval/operating_points.json``
-  (``python -m predictor.evaluate --operating-points ...``);
-- ``training-curve``: AP during training, from ``eval/training_curve.json`` (``python -m predictor.train
+  (``python -m predictor.tools.evaluate --operating-points ...``);
+- ``training-curve``: AP during training, from ``eval/training_curve.json`` (``python -m predictor.tools.train
   --eval-every N``, copied there by ``make demo-model``).
 
 Every table carries the date and machine its JSON recorded. ``--check`` fails when the card differs.
@@ -34,7 +35,7 @@ def _stamp(measured: dict[str, str] | None, command: str) -> str:
 
 def metrics_table(m: dict[str, Any]) -> str:
     data = m["data"]
-    command = f"python -m predictor.evaluate --count {data['count']}"
+    command = f"python -m predictor.tools.evaluate --count {data['count']}"
     lines = [
         _stamp(m.get("measured"), command),
         "",
@@ -56,7 +57,7 @@ def operating_points_table(o: dict[str, Any], default_threshold: float | None) -
     data = o["data"]
     thresholds = ",".join(f"{r['score_threshold']:g}" for r in rows)
     command = (
-        f"python -m predictor.evaluate --start {data['start']} --count {data['count']} "
+        f"python -m predictor.tools.evaluate --start {data['start']} --count {data['count']} "
         f"--operating-points {thresholds}"
     )
 
@@ -88,9 +89,9 @@ def operating_points_table(o: dict[str, Any], default_threshold: float | None) -
 
 def training_curve_table(points: list[dict[str, Any]]) -> str:
     if not points:
-        return "_No training curve recorded (`python -m predictor.train --eval-every N` writes one)._"
+        return "_No training curve recorded (`python -m predictor.tools.train --eval-every N` writes one)._"
     lines = [
-        _stamp(points[-1].get("measured"), f"python -m predictor.train --eval-every ... --eval-count "
+        _stamp(points[-1].get("measured"), f"python -m predictor.tools.train --eval-every ... --eval-count "
                f"{points[-1]['images']}"),
         "",
         "| step | " + " | ".join(str(p["step"]) for p in points) + " |",

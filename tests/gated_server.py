@@ -1,5 +1,5 @@
-"""The real server (``predictor.server.main``) with a gate in front of every model call, for tests that
-must hold the model still: ``python tests/gated_server.py <predictor flags>``.
+"""The real server (``predictor.serving.server.main``) with a gate in front of every model call, for tests
+that must hold the model still: ``python tests/gated_server.py <predictor flags>``.
 
 The test drives the gate through the process's stdin, one command a line:
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from predictor.server import main
+from predictor.serving.server import main
 from predictor.ssd.detector import Detector
 
 

@@ -222,7 +222,7 @@ def test_keda_scales_on_the_servers_queue_depth(rendered):
 
 
 def test_the_server_exports_the_queue_metric_keda_reads():
-    source = (REPO / "predictor" / "metrics_prom.py").read_text()
+    source = (REPO / "predictor" / "serving" / "prometheus.py").read_text()
     assert re.search(r'Gauge\(\s*"ssd_queue_images"', source)
 
 

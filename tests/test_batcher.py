@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from kserve.errors import ServerNotReady
 
-from predictor import metrics_prom
-from predictor.batcher import Deadline, DynamicBatcher, Overloaded, RequestTimeout, ShuttingDown
+from predictor.serving import prometheus
+from predictor.serving.batcher import Deadline, DynamicBatcher, Overloaded, RequestTimeout, ShuttingDown
 
 S = 4  # image side
 
@@ -239,7 +239,7 @@ async def model_entered(model: FakeModel) -> None:
 
 
 def cancelled(stage: str) -> float:
-    return metrics_prom.CANCELLED.labels(stage)._value.get()
+    return prometheus.CANCELLED.labels(stage)._value.get()
 
 
 def test_a_request_whose_deadline_is_expired_leaves_the_queue_unseen_by_the_model():

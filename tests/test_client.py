@@ -1,4 +1,4 @@
-"""``ssd-detect`` (predictor/client.py) and ``predictor/draw.py`` against a real predictor on loopback.
+"""``ssd-detect`` (predictor/client/) and ``predictor/client/draw.py`` against a real predictor on loopback.
 
 The server is the session ``ssd_server`` fixture (tiny random model, plenty of detections). The
 Kubernetes API for ``--isvc`` is a small local HTTP server answering InferenceService objects, reached
@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from predictor import client
-from predictor.client import main
-from predictor.draw import class_color, draw_detections, text_color
+from predictor.client import cli as client
+from predictor.client.cli import main
+from predictor.client.draw import class_color, draw_detections, text_color
 
 REPO = Path(__file__).resolve().parents[1]
 DETECTION_KEYS = {"label", "class_id", "score", "xmin", "ymin", "xmax", "ymax"}

@@ -12,8 +12,8 @@ from kserve.errors import InvalidInput
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse, RequestedOutput
 
-from predictor import codecs
-from predictor.codecs import Detections, ImagePayload
+from predictor.serving import codecs
+from predictor.serving.codecs import Detections, ImagePayload
 
 NAMES = ("background", "cat", "dog")
 LIMITS = {"max_batch_size": 4, "max_detections": 10}

@@ -17,9 +17,9 @@ import orjson
 import pytest
 from serving_fixtures import b64, encode_image
 
-from predictor import metrics_prom
-from predictor.batcher import Deadline, RequestTimeout
-from predictor.model import ServingOptions, SSDPredictor
+from predictor.serving import prometheus
+from predictor.serving.batcher import Deadline, RequestTimeout
+from predictor.serving.model import ServingOptions, SSDPredictor
 
 HANG_GUARD_S = 60.0
 
@@ -77,7 +77,7 @@ def test_images_not_decoded_before_the_deadline_are_never_decoded(
     real_prepare = model.prepare_image
     model.prepare_image = lambda payload: decoded.append(payload.field) or real_prepare(payload)
     gate = threading.Event()
-    before = counter(metrics_prom.CANCELLED, "decode")
+    before = counter(prometheus.CANCELLED, "decode")
 
     async def main():
         model._decode_pool.submit(gate.wait, HANG_GUARD_S)  # the only decode thread is busy
@@ -93,7 +93,7 @@ def test_images_not_decoded_before_the_deadline_are_never_decoded(
         gate.set()
         model.close()
     assert decoded == []
-    assert counter(metrics_prom.CANCELLED, "decode") - before == 2
+    assert counter(prometheus.CANCELLED, "decode") - before == 2
 
 
 def test_a_request_waiting_for_the_model_is_dropped_at_its_deadline(
@@ -104,8 +104,8 @@ def test_a_request_waiting_for_the_model_is_dropped_at_its_deadline(
     options = ServingOptions(model_dir=str(random_tiny_model_dir), max_batch_size=4, batch_wait_ms=0)
     model = SSDPredictor("ssd", options, detector=gated)
     assert model.load()
-    queue_before = counter(metrics_prom.CANCELLED, "queue")
-    late_before = counter(metrics_prom.LATE)
+    queue_before = counter(prometheus.CANCELLED, "queue")
+    late_before = counter(prometheus.LATE)
 
     async def main():
         first = asyncio.ensure_future(model({"instances": [png]}, headers={}))
@@ -129,8 +129,8 @@ def test_a_request_waiting_for_the_model_is_dropped_at_its_deadline(
         model.close()
     assert len(orjson.loads(response)["predictions"]) == 1
     assert gated.batch_sizes == [1], "the expired request reached the model"
-    assert counter(metrics_prom.CANCELLED, "queue") - queue_before == 3
-    assert counter(metrics_prom.LATE) == late_before
+    assert counter(prometheus.CANCELLED, "queue") - queue_before == 3
+    assert counter(prometheus.LATE) == late_before
 
 
 def test_a_request_timing_out_inside_the_model_is_counted_late(direct_detector, random_tiny_model_dir, png):
@@ -139,7 +139,7 @@ def test_a_request_timing_out_inside_the_model_is_counted_late(direct_detector, 
     options = ServingOptions(model_dir=str(random_tiny_model_dir), max_batch_size=4, request_timeout_s=0.05)
     model = SSDPredictor("ssd", options, detector=gated)
     assert model.load()
-    late_before = counter(metrics_prom.LATE)
+    late_before = counter(prometheus.LATE)
     decoded: list[str] = []
     real_prepare = model.prepare_image
     model.prepare_image = lambda payload: decoded.append(payload.field) or real_prepare(payload)
@@ -158,7 +158,7 @@ def test_a_request_timing_out_inside_the_model_is_counted_late(direct_detector, 
     finally:
         gate.set()
         model.close()
-    assert counter(metrics_prom.LATE) - late_before == len(gated.batch_sizes)
+    assert counter(prometheus.LATE) - late_before == len(gated.batch_sizes)
 
 
 def test_close_answers_requests_waiting_for_the_model(direct_detector, random_tiny_model_dir, png):
@@ -179,7 +179,7 @@ def test_close_answers_requests_waiting_for_the_model(direct_detector, random_ti
         results = asyncio.run(main())
     finally:
         gate.set()
-    from predictor.batcher import ShuttingDown
-    from predictor.model import status_of
+    from predictor.serving.batcher import ShuttingDown
+    from predictor.serving.model import status_of
 
     assert all(isinstance(r, ShuttingDown) and status_of(r) == 503 for r in results), results

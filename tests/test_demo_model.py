@@ -25,8 +25,8 @@ def test_demo_model_files(demo_model_dir):
 
 
 def test_demo_model_ap50_on_100_held_out_images(demo_model_dir):
-    from predictor.evaluate import evaluate_detector
     from predictor.ssd.detector import Detector
+    from predictor.tools.evaluate import evaluate_detector
 
     detector = Detector.from_dir(str(demo_model_dir))
     samples = [generate_sample(EVAL_SEED, i) for i in range(100)]

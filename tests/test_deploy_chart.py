@@ -231,7 +231,7 @@ def test_core_objects_validate_against_kubernetes_schemas(rendered, value_set):
 
 @pytest.fixture(scope="session")
 def server_parser():
-    from predictor.cli_args import build_parser
+    from predictor.serving.options import build_parser
 
     return build_parser
 

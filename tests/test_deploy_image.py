@@ -202,7 +202,7 @@ def test_dockerignore_sends_only_the_package_sources():
     rules = _dockerignore_rules()
     assert in_build_context("pyproject.toml", rules)
     assert in_build_context("README.md", rules)
-    assert in_build_context("predictor/cli_args.py", rules)
+    assert in_build_context("predictor/serving/options.py", rules)
     assert in_build_context("requirements/runtime-cpu.lock", rules)
     assert in_build_context("requirements/runtime-gpu.lock", rules)
     assert in_build_context("requirements/build.lock", rules)
@@ -211,7 +211,7 @@ def test_dockerignore_sends_only_the_package_sources():
         ".git/HEAD",
         "tests/test_deploy_image.py",
         "helm/ssd-detector/Chart.yaml",
-        "predictor/__pycache__/cli_args.cpython-311.pyc",
+        "predictor/serving/__pycache__/options.cpython-311.pyc",
         "runs/checkpoint.keras",
         "Dockerfile",
         "requirements/lock.py",
@@ -259,7 +259,7 @@ def test_build_stage_builds_a_wheel_from_the_context(tmp_path):
     assert len(wheels) == 1, "the venv stage installs /dist/ssd_predictor-*.whl"
     names = zipfile.ZipFile(wheels[0]).namelist()
     assert "predictor/__main__.py" in names or "predictor/__init__.py" in names
-    assert "predictor/cli_args.py" in names
+    assert "predictor/serving/options.py" in names
 
 
 # ---- the runtime lock files (requirements/, written by `make lock`) -------------------------------

@@ -13,7 +13,7 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from serving_fixtures import MODEL_NAME, b64, encode_image
 from test_postprocess import _setup
 
-from predictor import codecs
+from predictor.serving import codecs
 from predictor.ssd.detector import Detector
 from predictor.ssd.postprocess import postprocess
 

@@ -25,8 +25,9 @@ from kserve.protocol.infer_type import InferInput, InferRequest
 from PIL import Image, ImageFile, WebPImagePlugin, features
 from serving_fixtures import MODEL_NAME, forge_gif_size, forge_jpeg_size, forge_png_size
 
-from predictor import binary_ext, codecs
-from predictor.images import ImageLimits, decode_base64, decode_image
+from predictor.protocol import binary_ext
+from predictor.serving import codecs
+from predictor.serving.images import ImageLimits, decode_base64, decode_image
 
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 

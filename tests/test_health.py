@@ -146,7 +146,7 @@ def test_grpc_message_limit_follows_max_request_bytes(gated_server):
     ],
 )
 def test_grpc_limit_flag(argv, env, expected, monkeypatch):
-    from predictor.cli_args import build_parser, resolve_grpc_limit
+    from predictor.serving.options import build_parser, resolve_grpc_limit
 
     for name in ("SSD_MAX_REQUEST_BYTES", "SSD_GRPC_MAX_RECEIVE_MESSAGE_LENGTH"):
         monkeypatch.delenv(name, raising=False)

@@ -12,7 +12,7 @@ from kserve.errors import InvalidInput
 from PIL import Image, ImageFile, features
 from serving_fixtures import encode_image, forge_gif_size, forge_jpeg_size, forge_png_size
 
-from predictor.images import (
+from predictor.serving.images import (
     FORMATS,
     ImageError,
     ImageLimits,

@@ -1,4 +1,4 @@
-"""Tests of the COCO evaluation helpers in predictor.metrics."""
+"""Tests of the COCO evaluation helpers in predictor.tools.coco_eval."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from predictor.metrics import coco_evaluate, detections_to_coco, format_table, plot_pr_curves, summary
+from predictor.tools.coco_eval import coco_evaluate, detections_to_coco, format_table, plot_pr_curves, summary
 
 NAMES = ("background", "circle", "square")
 

@@ -1,5 +1,5 @@
 """The model card's tables are generated: precision/recall counting by hand, the card in sync with
-the JSON its measurements wrote, and the training-curve hook of ``predictor.train``."""
+the JSON its measurements wrote, and the training-curve hook of ``predictor.tools.train``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import numpy as np
 from serving_fixtures import REPO_ROOT, server_env
 
-from predictor.metrics import operating_point
+from predictor.tools.coco_eval import operating_point
 
 
 def test_operating_point_counts_by_hand():
@@ -47,8 +47,8 @@ def test_model_card_tables_match_their_json():
 
 def test_train_records_a_training_curve(tmp_path):
     cmd = [
-        sys.executable, "-m", "predictor.train", "--out", str(tmp_path), "--steps", "2", "--batch-size", "2",
-        "--width", "8", "--eval-every", "1", "--eval-count", "2", "--no-progress",
+        sys.executable, "-m", "predictor.tools.train", "--out", str(tmp_path), "--steps", "2",
+        "--batch-size", "2", "--width", "8", "--eval-every", "1", "--eval-count", "2", "--no-progress",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=server_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

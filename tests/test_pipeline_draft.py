@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from serving_fixtures import MODEL_NAME, b64, start_server
 
-from predictor.cli_args import build_parser
-from predictor.images import decode_image_reduced
+from predictor.serving.images import decode_image_reduced
+from predictor.serving.options import build_parser
 from predictor.ssd.detector import split_detections
 
 

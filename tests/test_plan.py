@@ -14,7 +14,7 @@ import pytest
 import test_deploy_chart
 import yaml
 
-from predictor import plan
+from predictor.tools import plan
 
 CHART = test_deploy_chart.CHART
 run_helm = test_deploy_chart.run_helm

@@ -506,8 +506,8 @@ def test_container_serves_under_the_pod_contract(case, tmp_path, demo_model_dir)
 
 def _check_prediction(pod: Pod, contract: PodContract, demo_model_dir: Path) -> None:
     """A real V1 request; the detections equal the model's own, with the thresholds the args set."""
-    from predictor.cli_args import build_parser
     from predictor.datasets.shapes import EVAL_SEED, generate_sample
+    from predictor.serving.options import build_parser
     from predictor.ssd.detector import Detector
 
     args = build_parser().parse_args(contract.args)

@@ -17,8 +17,8 @@ import orjson
 import pytest
 from serving_fixtures import encode_image, start_server
 
-from predictor import metrics_prom
-from predictor.admission import AdmissionMiddleware, ByteBudget
+from predictor.serving import prometheus
+from predictor.serving.admission import AdmissionMiddleware, ByteBudget
 
 V1 = "/v1/models/ssd:predict"
 BUDGET = 1_000_000
@@ -95,7 +95,7 @@ def run(middleware: AdmissionMiddleware, s: dict, receive) -> Recorder:
 
 
 def rejected(reason: str) -> float:
-    return metrics_prom.REJECTED.labels(reason)._value.get()
+    return prometheus.REJECTED.labels(reason)._value.get()
 
 
 def test_a_declared_body_over_the_limit_gets_413_unread():

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from predictor import resources
-from predictor.resources import Limits, read_limits
+from predictor.serving import resources
+from predictor.serving.resources import Limits, read_limits
 
 
 def write(path: Path, text: str) -> None:

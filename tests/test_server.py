@@ -31,7 +31,7 @@ from serving_fixtures import (
     forge_png_size,
 )
 
-from predictor.binary_ext import serialize_tensor
+from predictor.protocol.binary_ext import serialize_tensor
 
 V1 = f"/v1/models/{MODEL_NAME}:predict"
 V2 = f"/v2/models/{MODEL_NAME}/infer"

@@ -12,8 +12,8 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse
 from serving_fixtures import b64, encode_image, forge_png_size
 
-from predictor.batcher import Overloaded, RequestTimeout
-from predictor.model import NotReady, ServingOptions, SSDPredictor, status_of
+from predictor.serving.batcher import Overloaded, RequestTimeout
+from predictor.serving.model import NotReady, ServingOptions, SSDPredictor, status_of
 
 
 @pytest.fixture(scope="module")

@@ -215,7 +215,7 @@ def test_broken_model_dirs_exit_non_zero_with_one_clear_line(random_tiny_model_d
 
 def test_other_broken_model_dirs_raise_model_load_error(random_tiny_model_dir, tmp_path):
     """The same loading code in-process (cheaper than a process each)."""
-    from predictor.model import ServingOptions, SSDPredictor
+    from predictor.serving.model import ServingOptions, SSDPredictor
     from predictor.ssd.weights import ModelLoadError
 
     empty = tmp_path / "empty"
@@ -238,10 +238,10 @@ def test_other_broken_model_dirs_raise_model_load_error(random_tiny_model_dir, t
 
 def test_no_model_dir_without_the_demo_model_refuses_to_serve(monkeypatch, tmp_path, caplog):
     import predictor.models
-    from predictor.server import resolve_model_dir
+    from predictor.serving.server import resolve_model_dir
 
     monkeypatch.setattr(predictor.models, "DEMO_MODEL_DIR", tmp_path / "demo")
-    with caplog.at_level("ERROR", logger="predictor.server"):
+    with caplog.at_level("ERROR", logger="predictor.serving.server"):
         assert resolve_model_dir(None) is None
     assert "demo model is not installed" in caplog.text and "untrained" in caplog.text
     assert resolve_model_dir("/mnt/models") == "/mnt/models"

@@ -14,8 +14,8 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from serving_fixtures import MODEL_NAME, b64, encode_image, start_server
 
-from predictor import telemetry
 from predictor.models import DEMO_MODEL_DIR
+from predictor.serving import telemetry
 
 CLASSES = ("background", "circle", "square")
 CHART = test_deploy_chart.CHART

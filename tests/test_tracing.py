@@ -20,8 +20,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from serving_fixtures import MODEL_NAME, b64, encode_image, start_server
 
-from predictor import tracing
-from predictor.model import ServingOptions, SSDPredictor
+from predictor.serving import tracing
+from predictor.serving.model import ServingOptions, SSDPredictor
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"

@@ -117,7 +117,7 @@ def test_init_from_copies_matching_variables_and_skips_other_heads(demo_model_di
     class count keep their fresh initialisation."""
     from predictor.ssd.config import ssd_tiny
     from predictor.ssd.weights import load_model
-    from predictor.train import _init_weights
+    from predictor.tools.train import _init_weights
 
     model = build_network(ssd_tiny(("background", "a", "b")))
     fresh_head = model.get_layer("stage3_box_conv_cls").kernel.numpy().copy()

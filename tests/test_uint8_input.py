@@ -22,8 +22,8 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse
 from serving_fixtures import MODEL_NAME, SERVER_MAX_IMAGE_PIXELS
 
-from predictor import codecs
-from predictor.images import ImageError, ImageLimits, check_pixel_array
+from predictor.serving import codecs
+from predictor.serving.images import ImageError, ImageLimits, check_pixel_array
 
 V2 = f"/v2/models/{MODEL_NAME}/infer"
 RNG = np.random.default_rng(16)

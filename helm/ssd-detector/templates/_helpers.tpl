@@ -142,7 +142,7 @@ key in values.yaml and one in values.schema.json.
 
 {{/*
 Command-line arguments of the predictor server. Every flag must be known to
-predictor.cli_args.build_parser(): the chart's tests parse these arguments with it.
+predictor.serving.options.build_parser(): the chart's tests parse these arguments with it.
 */}}
 {{- define "ssd-detector.args" -}}
 {{- $p := .Values.predictor -}}

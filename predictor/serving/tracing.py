@@ -138,7 +138,7 @@ def stage(name: str, **attributes: Any) -> Iterator[None]:
 
 
 def batcher_timing() -> dict[str, int] | None:
-    """A dict for :meth:`predictor.batcher.DynamicBatcher.run` to fill, or None when tracing is off."""
+    """A dict for :meth:`.batcher.DynamicBatcher.run` to fill, or None when tracing is off."""
     return {} if _tracer is not None else None
 
 

@@ -24,7 +24,7 @@ import orjson
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from predictor.images import decode_base64, max_base64_chars
+from predictor.serving.images import decode_base64, max_base64_chars
 
 #: Name of the V2 input in the model metadata (any name is accepted in requests).
 INPUT_NAME = "images"
@@ -39,7 +39,7 @@ PARAMETER_NAMES = ("score_threshold", "max_detections", "nms_threshold", "classe
 #: Most entries of the ``classes`` parameter.
 MAX_CLASS_FILTER = 1000
 _V1_IMAGE_KEYS = ("b64", "image", "image_bytes")
-#: File signatures of the accepted image formats (predictor.images.FORMATS). No base64 text of an
+#: File signatures of the accepted image formats (predictor.serving.images.FORMATS). No base64 text of an
 #: image in these formats starts with one of them (base64 of JPEG starts "/9j/", PNG "iVBOR", GIF
 #: "R0lGOD", BMP "Qk", WebP "UklGR"), so bytes starting with a signature are the image file itself.
 _SIGNATURES: tuple[tuple[str, bytes], ...] = (
@@ -251,7 +251,7 @@ def parse_uint8_images(
     """V2 ``UINT8`` input of shape ``[N, H, W, 3]``: decoded RGB pixels, from JSON ``data`` (flat or
     nested integers 0..255), the binary tensor extension or gRPC ``raw_input_contents`` (``N*H*W*3``
     bytes, row-major), or gRPC ``uint_contents``. Sides and pixel counts are checked against the image
-    caps later, per image, like encoded images (:func:`predictor.images.check_pixel_array`)."""
+    caps later, per image, like encoded images (:func:`predictor.serving.images.check_pixel_array`)."""
     shape = _uint8_shape(inp.shape, name)
     _check_count(shape[0], name, max_batch_size)
     expected = math.prod(shape)

@@ -5,7 +5,7 @@ Request body: a JSON inference header, then (optionally) binary tensor data. The
 is JSON, whatever the Content-Type (tritonclient sends none). An input whose ``parameters`` carry
 ``binary_data_size`` takes that many bytes of the binary part, inputs in order; a BYTES tensor's binary
 data is its elements one after another, each a uint32 little-endian length and then the bytes. Binary
-BYTES elements reach :mod:`predictor.codecs` as bytes, untouched (no base64, no UTF-8).
+BYTES elements reach :mod:`predictor.serving.codecs` as bytes, untouched (no base64, no UTF-8).
 
 Response: an output is binary when its requested output's ``parameters.binary_data`` says so, else when
 the request's ``parameters.binary_data_output`` does; binary outputs follow the JSON header (same
@@ -28,7 +28,7 @@ import orjson
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse, RequestedOutput
 
-from predictor.codecs import load_json
+from predictor.serving.codecs import load_json
 
 HEADER_LENGTH = "inference-header-content-length"
 _MAX_DIM = 2**63 - 1

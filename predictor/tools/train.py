@@ -1,4 +1,4 @@
-"""Train an SSD: ``python -m predictor.train --out runs/demo``.
+"""Train an SSD: ``python -m predictor.tools.train --out runs/demo``.
 
 Data: the synthetic shapes generator (default) or any COCO-format dataset (``--coco-annotations`` +
 ``--coco-images``). Resumes from ``OUT/checkpoints`` when present; the final model directory is written to
@@ -25,14 +25,14 @@ from predictor.ssd.network import build_network
 from predictor.ssd.trainer import TrainConfig, Trainer, write_json
 from predictor.ssd.weights import ModelLoadError, load_model
 
-log = logging.getLogger("predictor.train")
+log = logging.getLogger("predictor.tools.train")
 
 #: Synthetic training stream: one fresh image per training example, never repeated.
 SHAPES_STREAM = 10_000_000
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m predictor.train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m predictor.tools.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="work directory (checkpoints, logs, model)")
     p.add_argument("--export", help="where to write the final model directory (default OUT/model)")
     p.add_argument("--arch", choices=("tiny", "ssd300"), default="tiny", help="architecture to train")
@@ -115,8 +115,8 @@ class TrainingCurve:
     def __call__(self, step: int) -> None:
         if step % self.every:
             return
-        from predictor.evaluate import evaluate_detector, measured_on
         from predictor.ssd.detector import Detector
+        from predictor.tools.evaluate import evaluate_detector, measured_on
 
         detector = Detector(self.config, self.model, max_batch_size=16)
         result = evaluate_detector(detector, self.samples, self.class_names)

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from predictor.cli_args import fraction, positive_int
+from predictor.serving.options import fraction, positive_int
 
 #: File extensions picked up when a folder is given (files named explicitly are always sent).
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
@@ -767,7 +767,7 @@ def draw_path(item: InputImage, draw_dir: Path, image_format: str | None) -> tup
 def _draw_copy(item: InputImage, result: ImageResult, draw_dir: Path) -> None:
     from PIL import Image, ImageOps
 
-    from predictor.draw import draw_detections
+    from predictor.client.draw import draw_detections
 
     try:
         with Image.open(item.path) as img:
@@ -948,7 +948,7 @@ def _progress_bar(total: int, enabled: bool | None) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``ssd-detect`` / ``python -m predictor.client``; returns the exit status."""
+    """Entry point of ``ssd-detect`` / ``python -m predictor.client.cli``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from kserve.errors import ServerNotReady
 
-from predictor import metrics_prom
+from predictor.serving import prometheus
 
 log = logging.getLogger(__name__)
 
@@ -199,12 +199,12 @@ class DynamicBatcher:
         if reason is not None:
             raise Overloaded(reason)
         self.admitted_images += n
-        metrics_prom.QUEUE_IMAGES.set(self.admitted_images)
+        prometheus.QUEUE_IMAGES.set(self.admitted_images)
         try:
             yield
         finally:
             self.admitted_images -= n
-            metrics_prom.QUEUE_IMAGES.set(self.admitted_images)
+            prometheus.QUEUE_IMAGES.set(self.admitted_images)
 
     def refusal(self, n: int) -> str | None:
         """Why ``n`` more images would be refused now, or None (always None when nothing is admitted)."""
@@ -305,7 +305,7 @@ class DynamicBatcher:
         if self._closed:
             raise ShuttingDown(_SHUTTING_DOWN)
         if deadline is not None and deadline.expired():
-            metrics_prom.CANCELLED.labels("queue").inc(n)
+            prometheus.CANCELLED.labels("queue").inc(n)
             raise _timeout()
         loop = asyncio.get_running_loop()
         self._ensure_worker(loop)
@@ -338,7 +338,7 @@ class DynamicBatcher:
         if not item.queued:
             return  # already with the model (or answered)
         self._unqueue(item)
-        metrics_prom.CANCELLED.labels("queue").inc(item.n)
+        prometheus.CANCELLED.labels("queue").inc(item.n)
         if not item.future.done():
             item.future.set_exception(_timeout())
 
@@ -376,7 +376,7 @@ class DynamicBatcher:
             item.queued = False
             self._queued_images -= item.n
             if item.deadline is not None and item.deadline.expired():  # its time came while queued
-                metrics_prom.CANCELLED.labels("queue").inc(item.n)
+                prometheus.CANCELLED.labels("queue").inc(item.n)
                 if not item.future.done():
                     item.future.set_exception(_timeout())
                 continue
@@ -404,14 +404,14 @@ class DynamicBatcher:
             self.model_calls += 1
             seconds = time.perf_counter() - start
             self._observe_call(n, seconds)
-            metrics_prom.BATCH_SIZE.observe(n)
-            metrics_prom.BATCH_SECONDS.observe(seconds)
+            prometheus.BATCH_SIZE.observe(n)
+            prometheus.BATCH_SECONDS.observe(seconds)
         offset = 0
         for item in batch:
             if item.timing is not None:
                 item.timing.update(stamps)
             if item.deadline is not None and item.deadline.expired():
-                metrics_prom.LATE.inc(item.n)
+                prometheus.LATE.inc(item.n)
             if not item.future.done():  # done: cancelled while running
                 item.future.set_result({k: v[offset : offset + item.n] for k, v in out.items()})
             offset += item.n

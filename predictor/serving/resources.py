@@ -13,7 +13,7 @@ ancestors, the smallest limit wins):
 - memory limit: v2 ``memory.max`` (``"max"`` = none); v1 ``memory.limit_in_bytes`` (values of
   2^60 and above = none: the kernel's "unlimited" is a page-rounded ``LONG_MAX``).
 
-Defaults derived (each has a flag to override, see :mod:`predictor.cli_args`):
+Defaults derived (each has a flag to override, see :mod:`predictor.serving.options`):
 
 - usable CPUs ``C`` = ``ceil(min(quota, affinity))``, at least 1;
 - decode threads = ``C``; TensorFlow intra-op threads = ``C``, inter-op threads = ``min(2, C)``

@@ -1,4 +1,4 @@
-"""Capacity planner: ``python -m predictor.plan --slo-p95-ms 250 --rate 40 --out out/plan``.
+"""Capacity planner: ``python -m predictor.tools.plan --slo-p95-ms 250 --rate 40 --out out/plan``.
 
 Given a p95 latency SLO and a target request rate, it
 
@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from predictor.resources import cpu_model_name
+from predictor.serving.resources import cpu_model_name
 
 BENCHMARK_FORMAT = "ssd-predictor/plan-benchmark/v1"
 MODEL_NAME = "ssd"
@@ -435,7 +435,7 @@ def overlay_yaml(plan: Plan, source: str) -> str:
     """:func:`overlay` as commented YAML (``helm install -f values-plan.yaml``)."""
     p = plan
     return f"""\
-# Capacity plan (python -m predictor.plan): p95 <= {p.slo_p95_ms:g} ms at {p.rate_rps:g} requests/s.
+# Capacity plan (python -m predictor.tools.plan): p95 <= {p.slo_p95_ms:g} ms at {p.rate_rps:g} requests/s.
 # Measured: {source}. Reasoning: plan.md next to this file.
 predictor:
   # Dynamic batcher size of the chosen setting; also the most images per request.
@@ -565,7 +565,7 @@ def _ints(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m predictor.plan", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m predictor.tools.plan", description=__doc__.split("\n\n")[0])
     p.add_argument("--slo-p95-ms", type=float, help="p95 latency objective per request, in ms")
     p.add_argument("--rate", type=float, help="target request rate in requests/s (all replicas)")
     p.add_argument("--benchmark", type=Path, help="plan from this benchmark JSON instead of measuring")

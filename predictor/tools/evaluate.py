@@ -1,4 +1,4 @@
-"""Evaluate a detector with COCO metrics: ``python -m predictor.evaluate [--model_dir DIR]``.
+"""Evaluate a detector with COCO metrics: ``python -m predictor.tools.evaluate [--model_dir DIR]``.
 
 By default: the shipped demo model on 500 held-out synthetic images generated with
 ``predictor.datasets.shapes.EVAL_SEED`` (never used for training). ``--coco-annotations`` +
@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from predictor.datasets.coco import samples_to_coco
-from predictor.metrics import (
+from predictor.ssd.detector import Detector
+from predictor.tools.coco_eval import (
     coco_evaluate,
     detections_to_coco,
     format_table,
@@ -30,9 +31,8 @@ from predictor.metrics import (
     plot_pr_curves,
     summary,
 )
-from predictor.ssd.detector import Detector
 
-log = logging.getLogger("predictor.evaluate")
+log = logging.getLogger("predictor.tools.evaluate")
 
 #: Score threshold for mAP evaluation: low, so the precision-recall curve is complete (balancap: 0.01).
 EVAL_SCORE_THRESHOLD = 0.01
@@ -62,7 +62,7 @@ def evaluate_detector(
 def operating_points(
     detector: Detector, samples: Sequence, thresholds: Sequence[float], batch_size: int = 16
 ) -> list[dict[str, Any]]:
-    """Precision/recall (:func:`predictor.metrics.operating_point`) with the detector run at each
+    """Precision/recall (:func:`predictor.tools.coco_eval.operating_point`) with the detector run at each
     score threshold (the serving semantics: strict ``>``, NMS and caps as configured)."""
     truth = [(s.boxes, s.labels) for s in samples]
     rows = []
@@ -82,7 +82,7 @@ def measured_on() -> dict[str, str]:
 
     import tensorflow as tf
 
-    from predictor.resources import cpu_model_name
+    from predictor.serving.resources import cpu_model_name
 
     cpu = cpu_model_name()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -103,7 +103,9 @@ def _thresholds(raw: str) -> list[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m predictor.evaluate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m predictor.tools.evaluate", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--model_dir", help="model directory (default: the shipped demo model)")
     p.add_argument("--count", type=int, default=500, help="held-out synthetic images")
     p.add_argument("--seed", type=int, help="synthetic data seed (default: EVAL_SEED)")

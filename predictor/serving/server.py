@@ -1,6 +1,6 @@
 """``python -m predictor``: load the model, then serve it with KServe's ModelServer (REST + gRPC).
 
-Start-up: parse flags (:mod:`predictor.cli_args`) -> configure GPUs (memory growth) -> read the weights
+Start-up: parse flags (:mod:`predictor.serving.options`) -> configure GPUs (memory growth) -> read the weights
 (a broken model directory ends here: one error line, exit 1) -> start the HTTP/gRPC servers with the
 model registered but not ready -> trace every batch bucket in a background thread -> ready. Liveness
 answers during the warm-up and readiness says 503 until it is done.
@@ -24,13 +24,13 @@ from typing import Any
 
 from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 
-from predictor import resources
-from predictor.admission import AdmissionMiddleware, ByteBudget, admitting_grpc_server
-from predictor.batcher import Overloaded
-from predictor.cli_args import build_parser, resolve_grpc_limit
-from predictor.metrics_prom import QuietClientErrors, RestMetricsMiddleware
+from predictor.serving import resources
+from predictor.serving.admission import AdmissionMiddleware, ByteBudget, admitting_grpc_server
+from predictor.serving.batcher import Overloaded
+from predictor.serving.options import build_parser, resolve_grpc_limit
+from predictor.serving.prometheus import QuietClientErrors, RestMetricsMiddleware
 
-log = logging.getLogger("predictor.server")
+log = logging.getLogger("predictor.serving.server")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if model_dir is None:
         return 1
 
-    from predictor.model import ServingOptions, SSDPredictor
+    from predictor.serving.model import ServingOptions, SSDPredictor
     from predictor.ssd.detector import configure_devices
     from predictor.ssd.weights import ModelLoadError
 
@@ -115,7 +115,7 @@ def _serve(args: argparse.Namespace, model: Any) -> int:
     from kserve import ModelServer, model_server
     from kserve.model_server import app
 
-    from predictor import http_routes
+    from predictor.serving import http_routes
 
     if args.workers != 1:
         log.warning(

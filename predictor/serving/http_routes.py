@@ -13,7 +13,8 @@ KServe 0.21's own REST handlers get the most common clients wrong (kserve ``prot
 
 :func:`install` registers ``POST /v1/models/{name}:predict`` and ``POST /v2/models/{name}/infer`` before
 KServe registers its routes (Starlette matches routes in order), so ours answer; they parse the body
-themselves (:mod:`predictor.codecs`, :mod:`predictor.binary_ext`) and call the model like KServe does.
+themselves (:mod:`predictor.serving.codecs`, :mod:`predictor.protocol.binary_ext`) and call the model
+like KServe does.
 :class:`TruthfulDataPlane` makes server readiness mean "every registered model is ready".
 """
 
@@ -25,7 +26,7 @@ from fastapi import FastAPI, Request, Response
 from kserve.errors import InvalidInput, ModelNotReady
 from kserve.protocol.dataplane import DataPlane
 
-from predictor import binary_ext
+from predictor.protocol import binary_ext
 
 V1_PREDICT = "/v1/models/{model_name}:predict"
 V2_INFER = "/v2/models/{model_name}/infer"
@@ -54,7 +55,7 @@ class InferenceRoutes:
 
     async def v1_predict(self, model_name: str, request: Request) -> Response:
         """V1 ``:predict``: JSON, or one raw image (any non-JSON or no Content-Type, see
-        :func:`predictor.codecs.v1_body_is_json`)."""
+        :func:`predictor.serving.codecs.v1_body_is_json`)."""
         model = await self._model(model_name)
         body = await request.body()
         headers = dict(request.headers)
@@ -62,7 +63,7 @@ class InferenceRoutes:
         return Response(response, media_type="application/json", headers=_extra(response_headers))
 
     async def v2_infer(self, model_name: str, request: Request) -> Response:
-        """V2 ``/infer``: JSON, or JSON plus binary tensor data (:mod:`predictor.binary_ext`)."""
+        """V2 ``/infer``: JSON, or JSON plus binary tensor data (:mod:`predictor.protocol.binary_ext`)."""
         model = await self._model(model_name)
         body = await request.body()
         headers = dict(request.headers)

@@ -1,7 +1,7 @@
 """Decode thread work: one request payload -> the model's input row and the frame its boxes are in.
 
 Encoded images are decoded (optionally at a reduced JPEG scale, see
-:func:`predictor.images.decode_image_reduced`), ``UINT8`` tensors are only validated; both are then
+:func:`predictor.serving.images.decode_image_reduced`), ``UINT8`` tensors are only validated; both are then
 resized to the network's ``S x S`` from their uint8 pixels. The original ``(H, W)`` travels with the row
 so boxes come back in pixels of the image the client sent, whatever size was decoded.
 """
@@ -13,8 +13,8 @@ from collections.abc import Callable
 import numpy as np
 from kserve.errors import InvalidInput
 
-from predictor import codecs
-from predictor.images import ImageLimits, check_pixel_array, decode_image_reduced
+from predictor.serving import codecs
+from predictor.serving.images import ImageLimits, check_pixel_array, decode_image_reduced
 
 #: ``resize(uint8 [H, W, 3]) -> float32 [S, S, 3]`` (``Detector.resize``).
 Resize = Callable[[np.ndarray], np.ndarray]

@@ -29,10 +29,10 @@ import numpy as np
 from kserve.errors import InvalidInput, ModelNotReady
 from kserve.model import InferenceVerb
 
-from predictor import codecs, metrics_prom, resources, telemetry, tracing
-from predictor.batcher import Deadline, DynamicBatcher, Overloaded, RequestTimeout
-from predictor.images import ImageLimits
-from predictor.prepare import prepare_payload
+from predictor.serving import codecs, prometheus, resources, telemetry, tracing
+from predictor.serving.batcher import Deadline, DynamicBatcher, Overloaded, RequestTimeout
+from predictor.serving.images import ImageLimits
+from predictor.serving.prepare import prepare_payload
 from predictor.ssd.detector import Detector
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class NotReady(Overloaded):
 
 @dataclass(frozen=True)
 class ServingOptions:
-    """What the server was asked to do (mirrors the ``--flags`` of :mod:`predictor.cli_args`).
+    """What the server was asked to do (mirrors the ``--flags`` of :mod:`predictor.serving.options`).
 
     Thresholds left None take the model manifest's defaults.
     """
@@ -109,8 +109,8 @@ class SSDPredictor(kserve.Model):
         self._load_lock = threading.Lock()
         self._load_started = False
         self.warmup_seconds: float | None = None
-        metrics_prom.MODEL.ready = lambda: self.ready
-        metrics_prom.MODEL.trace_count = lambda: self._detector.trace_count if self._detector else 0
+        prometheus.MODEL.ready = lambda: self.ready
+        prometheus.MODEL.trace_count = lambda: self._detector.trace_count if self._detector else 0
         if options.tracing and not tracing.enabled():
             tracing.configure()
 
@@ -198,7 +198,7 @@ class SSDPredictor(kserve.Model):
 
         A one-image request is the smallest there is: if it would be refused, every request would.
 
-        Asked by :class:`~predictor.admission.AdmissionMiddleware` before a request body is read.
+        Asked by :class:`~predictor.serving.admission.AdmissionMiddleware` before a request body is read.
         """
         batcher = self._batcher
         return None if batcher is None else batcher.refusal(1)
@@ -228,7 +228,7 @@ class SSDPredictor(kserve.Model):
 
     async def _call(self, body: Any, headers: dict[str, str] | None, verb: InferenceVerb) -> Any:
         """gRPC answers are counted and error-logged here (REST ones by
-        :class:`~predictor.metrics_prom.RestMetricsMiddleware`)."""
+        :class:`~predictor.serving.prometheus.RestMetricsMiddleware`)."""
         if codecs.protocol_of(body) != "grpc":
             return await super().__call__(body, headers, verb)
         headers = headers or {}
@@ -237,17 +237,17 @@ class SSDPredictor(kserve.Model):
             result = await super().__call__(body, headers, verb)
         except Exception as e:
             status = status_of(e)
-            metrics_prom.record("grpc", status)
-            request_id = headers.get("x-request-id") or body.id or metrics_prom.new_request_id()
-            metrics_prom.log_error(
+            prometheus.record("grpc", status)
+            request_id = headers.get("x-request-id") or body.id or prometheus.new_request_id()
+            prometheus.log_error(
                 "grpc", status, str(request_id)[:128], str(e), ms=_ms(start), model=self.name
             )
             raise
-        metrics_prom.record("grpc", 200)
+        prometheus.record("grpc", 200)
         return result
 
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> codecs.ParsedRequest:
-        """Request body as KServe decoded it -> :class:`~predictor.codecs.ParsedRequest` (no decoding)."""
+        """Request body as KServe decoded it -> :class:`~.codecs.ParsedRequest` (no decoding)."""
         if not self.ready:
             raise NotReady(f"model {self.name} is not ready (loading or shutting down)")
         return codecs.parse_request(
@@ -295,7 +295,7 @@ class SSDPredictor(kserve.Model):
     ) -> bytes | kserve.InferResponse:
         """V1: JSON bytes ``{"predictions": ...}``; V2 / gRPC: an ``InferResponse``."""
         request, dets = result
-        metrics_prom.IMAGES.labels(request.protocol).inc(len(request.images))
+        prometheus.IMAGES.labels(request.protocol).inc(len(request.images))
         names = self.detector.class_names
         with tracing.stage("ssd.encode"):
             if request.protocol == "v1":
@@ -358,7 +358,7 @@ class SSDPredictor(kserve.Model):
     ) -> tuple[np.ndarray, tuple[int, int]]:
         """Decode thread: :meth:`prepare_image`, unless the request's deadline has passed."""
         if deadline.expired():
-            metrics_prom.CANCELLED.labels("decode").inc()
+            prometheus.CANCELLED.labels("decode").inc()
             raise RequestTimeout("the request's deadline passed before its images were decoded")
         return self.prepare_image(payload)
 

@@ -33,7 +33,7 @@ import grpc
 import orjson
 from grpc import aio
 
-from predictor import metrics_prom
+from predictor.serving import prometheus
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +66,13 @@ class ByteBudget:
             if self._used and self._used + n > self.limit:
                 return False
             self._used += n
-            metrics_prom.INFLIGHT_BYTES.set(self._used)
+            prometheus.INFLIGHT_BYTES.set(self._used)
             return True
 
     def release(self, n: int) -> None:
         with self._lock:
             self._used -= n
-            metrics_prom.INFLIGHT_BYTES.set(self._used)
+            prometheus.INFLIGHT_BYTES.set(self._used)
 
     def over_budget_reason(self, n: int) -> str:
         return (
@@ -114,18 +114,18 @@ class AdmissionMiddleware:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_request_bytes:
-            metrics_prom.REJECTED.labels("body_too_large").inc()
+            prometheus.REJECTED.labels("body_too_large").inc()
             await send_json(send, 413, f"request body is {declared} bytes, {self._limit()}")
             return
-        if metrics_prom.rest_protocol(scope.get("path", "")) is not None:
+        if prometheus.rest_protocol(scope.get("path", "")) is not None:
             reason = self.busy()
             if reason is not None:
-                metrics_prom.REJECTED.labels("queue_full").inc()
+                prometheus.REJECTED.labels("queue_full").inc()
                 await send_json(send, 503, reason, retry_after=True)
                 return
         reserved = declared or 0
         if reserved and not self.budget.try_reserve(reserved):
-            metrics_prom.REJECTED.labels("inflight_bytes").inc()
+            prometheus.REJECTED.labels("inflight_bytes").inc()
             await send_json(send, 503, self.budget.over_budget_reason(reserved), retry_after=True)
             return
         state: dict[str, Any] = {"received": 0, "reserved": reserved, "rejection": None, "started": False}
@@ -146,13 +146,13 @@ class AdmissionMiddleware:
             if received > self.max_request_bytes:
                 error = f"request body is over {self.max_request_bytes} bytes, {self._limit()}"
                 state["rejection"] = (413, error)
-                metrics_prom.REJECTED.labels("body_too_large").inc()
+                prometheus.REJECTED.labels("body_too_large").inc()
                 raise _Rejected()
             if received > state["reserved"]:  # chunked (or longer than declared: the server stops it)
                 more = received - state["reserved"]
                 if not self.budget.try_reserve(more):
                     state["rejection"] = (503, self.budget.over_budget_reason(more))
-                    metrics_prom.REJECTED.labels("inflight_bytes").inc()
+                    prometheus.REJECTED.labels("inflight_bytes").inc()
                     raise _Rejected()
                 state["reserved"] += more
             return message
@@ -247,7 +247,7 @@ class GrpcAdmissionInterceptor(aio.ServerInterceptor):
         def deserialize(raw: bytes) -> _Admitted | _Refused:
             n = len(raw)
             if not budget.try_reserve(n):
-                metrics_prom.REJECTED.labels("inflight_bytes").inc()
+                prometheus.REJECTED.labels("inflight_bytes").inc()
                 return _Refused(budget.over_budget_reason(n))
             admitted = _Admitted(None, budget, n)
             try:

@@ -1,6 +1,6 @@
 """Detection telemetry: what the model sees and answers, as Prometheus histograms, and drift checks.
 
-Exported on ``/metrics`` (``prometheus_client``'s default registry, like :mod:`predictor.metrics_prom`):
+Exported on ``/metrics`` (``prometheus_client``'s default registry, like :mod:`predictor.serving.prometheus`):
 
 - ``ssd_detection_score{class}``: scores of returned detections, per class;
 - ``ssd_detection_box_area_fraction{class}``: box area / image area of returned detections, per class;
@@ -13,8 +13,9 @@ fixed buckets, exported at scrape time): no Python work per box.
 
 Reference distributions and drift::
 
-    python -m predictor.telemetry reference --model_dir DIR --count 500 --out DIR/reference_distributions.json
-    python -m predictor.telemetry drift --metrics-url http://host:8080/metrics --reference ref.json
+    python -m predictor.serving.telemetry reference --model_dir DIR --count 500 \
+        --out DIR/reference_distributions.json
+    python -m predictor.serving.telemetry drift --metrics-url http://host:8080/metrics --reference ref.json
 
 ``reference`` runs the detector (at its default thresholds) over held-out images of the synthetic shapes
 evaluation set and writes the same histograms; ``drift`` scrapes the live ones and compares them per class
@@ -399,7 +400,9 @@ def scrape(url: str, timeout: float = 10.0) -> str:
 
 # --------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m predictor.telemetry", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m predictor.serving.telemetry", description=__doc__.split("\n\n")[0]
+    )
     sub = p.add_subparsers(dest="command", required=True)
     ref = sub.add_parser("reference", help="write the model's reference distributions (held-out images)")
     ref.add_argument("--model_dir", help="model directory (default: the shipped demo model)")

@@ -1,0 +1,1 @@
+"""``ssd-detect``: the client library and command line."""

@@ -1,0 +1,1 @@
+"""Offline tools: training, COCO evaluation, capacity planning."""
