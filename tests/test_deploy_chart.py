@@ -305,6 +305,88 @@ def test_ssd_env_is_not_shadowed_by_a_chart_flag(rendered, server_parser, value_
     assert not shadowed, f"SSD_* variables overridden by the chart's own flags: {shadowed}"
 
 
+# Flags whose value the chart always decides itself (its own values, not the server's defaults).
+CHART_DECIDED_OPTIONS = {"model_name", "model_dir"}
+
+
+def test_default_values_render_the_server_defaults(rendered, server_parser, monkeypatch):
+    """With values.yaml alone, every flag the chart passes parses to the ServingOptions default: the
+    chart's defaults are the server's, not a second set that drifts (predictor.serving.options)."""
+    import dataclasses
+
+    from predictor.serving.options import ServingOptions
+
+    args = _server_args(server_parser, predictor_container(the_isvc(rendered["default"])), monkeypatch)
+    differing = {
+        f.name: (getattr(args, f.name), f.default)
+        for f in dataclasses.fields(ServingOptions)
+        if f.name not in CHART_DECIDED_OPTIONS and getattr(args, f.name) != f.default
+    }
+    assert not differing, (
+        f"the chart's defaults (parsed, server default) differ from the server's: {differing}"
+    )
+    assert args.model_name == ServingOptions.model_name, "values.yaml model.name vs --model_name default"
+
+
+def test_values_comments_state_the_server_defaults():
+    """values.yaml comments of null values name the server's default ``(--flag; server: N)``."""
+    import re
+
+    from predictor.serving.options import ServingOptions
+
+    stated = re.findall(r"\(--(\w+); server: (\d+)\)", (CHART / "values.yaml").read_text())
+    assert stated, "no '(--flag; server: N)' comments found in values.yaml"
+    for flag, value in stated:
+        assert int(value) == getattr(ServingOptions, flag), f"values.yaml says --{flag} defaults to {value}"
+
+
+def test_batch_size_fallback_of_the_chart_is_the_server_default(helm):
+    """With predictor.maxBatchSize null the chart sizes Knative's containerConcurrency from the server's
+    default batch size (_helpers.tpl ssd-detector.batchSize): it must be ServingOptions'."""
+    from predictor.serving.options import ServingOptions
+
+    docs = template(helm, "--set", "predictor.maxBatchSize=null")
+    predictor = the_isvc(docs)["spec"]["predictor"]
+    assert "--max_batch_size" not in " ".join(predictor_container(the_isvc(docs))["args"])
+    assert predictor["containerConcurrency"] == 2 * ServingOptions.max_batch_size
+
+
+def _flag_table() -> list[tuple[str, str]]:
+    """(chart value, flag) rows of ``ssd-detector.flagTable`` in _helpers.tpl."""
+    import re
+
+    text = (CHART / "templates" / "_helpers.tpl").read_text()
+    table = text.split('define "ssd-detector.flagTable"', 1)[1].split("{{- end }}", 1)[0]
+    return re.findall(r"- \[(\w+), --(\w+), \w+\]", table)
+
+
+def chart_value_name(flag: str) -> str:
+    """The chart's name for a flag: camelCase, with the unit spelled as Kubernetes does (``_s`` ->
+    ``Seconds``, as in ``terminationGracePeriodSeconds``; ``_ms`` -> ``Ms``; ``_bytes`` -> ``Bytes``)."""
+    words = flag.split("_")
+    words = ["Seconds" if w == "s" and i == len(words) - 1 else w for i, w in enumerate(words)]
+    return words[0] + "".join(w[:1].upper() + w[1:] for w in words[1:])
+
+
+# KServe's flag keeps KServe's name; the chart names what it holds.
+CHART_NAME_EXCEPTIONS = {"grpc_max_receive_message_length": "grpcMaxMessageBytes"}
+
+
+def test_chart_value_names_follow_the_flag_names():
+    """Each chart value says what its flag says, unit included (requestTimeoutSeconds <->
+    --request_timeout_s), and each flag of the table is a ServingOptions field."""
+    import dataclasses
+
+    from predictor.serving.options import ServingOptions
+
+    rows = _flag_table()
+    assert len(rows) > 10, rows
+    fields = {f.name for f in dataclasses.fields(ServingOptions)}
+    for value, flag in rows:
+        assert flag in fields, f"--{flag} (chart value {value}) is not a ServingOptions field"
+        assert value == CHART_NAME_EXCEPTIONS.get(flag, chart_value_name(flag)), (value, flag)
+
+
 # Knative's config-defaults revision-timeout-seconds: the pod's grace period without a predictor timeout.
 KNATIVE_DEFAULT_REVISION_TIMEOUT = 300
 # Kubernetes' default terminationGracePeriodSeconds.

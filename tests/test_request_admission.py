@@ -18,7 +18,8 @@ import pytest
 from serving_fixtures import encode_image, start_server
 
 from predictor.serving import prometheus
-from predictor.serving.admission import AdmissionMiddleware, ByteBudget
+from predictor.serving.admission import ByteBudget
+from predictor.serving.middleware import AdmissionMiddleware
 
 V1 = "/v1/models/ssd:predict"
 BUDGET = 1_000_000

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 import orjson
-from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse, RequestedOutput
 
 from predictor.serving.codecs import load_json
+from predictor.serving.errors import InvalidInput
 
 HEADER_LENGTH = "inference-header-content-length"
 _MAX_DIM = 2**63 - 1

@@ -7,14 +7,14 @@ every check the model does comes after the memory is spent. This module checks f
 - :class:`ByteBudget`: the bytes of request bodies in flight (admitted and not answered yet),
   shared by REST and gRPC. A request is admitted when its bytes fit, or when nothing else is in
   flight (so one request up to ``--max_request_bytes`` is always served).
-- :class:`AdmissionMiddleware` (ASGI, REST): a declared ``Content-Length`` over
-  ``--max_request_bytes`` gets 413 and one over the budget 503 with ``Retry-After`` at once, before a
-  byte of the body is read; so does any inference request while the model's image queue is full
-  (``busy``). A chunked body is counted as it streams: past either bound the request gets the same
-  413 / 503. The reservation is held until the answer has been sent (the parsed body lives that long).
-  uvicorn reads and discards the rest of a refused body, so the client gets its answer on an open
-  connection. Every 503 (also those answered further in: image queue full, not ready, time limit)
-  carries ``Retry-After``.
+- :class:`~predictor.serving.middleware.AdmissionMiddleware` (ASGI, REST; it lives with the other HTTP
+  middlewares): a declared ``Content-Length`` over ``--max_request_bytes`` gets 413 and one over the
+  budget 503 with ``Retry-After`` at once, before a byte of the body is read; so does any inference
+  request while the model's image queue is full (``busy``). A chunked body is counted as it streams:
+  past either bound the request gets the same 413 / 503. The reservation is held until the answer has
+  been sent (the parsed body lives that long). uvicorn reads and discards the rest of a refused body, so
+  the client gets its answer on an open connection. Every 503 (also those answered further in: image
+  queue full, not ready, time limit) carries ``Retry-After``.
 - :class:`GrpcAdmissionInterceptor`: the gRPC core already refuses messages over
   ``--grpc_max_receive_message_length`` (RESOURCE_EXHAUSTED); this counts each ``ModelInfer``
   message against the same budget before protobuf parses it, RESOURCE_EXHAUSTED when over.
@@ -22,7 +22,6 @@ every check the model does comes after the memory is spent. This module checks f
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import weakref
@@ -30,15 +29,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-import orjson
 from grpc import aio
 
 from predictor.serving import prometheus
 
 log = logging.getLogger(__name__)
 
-#: Seconds a client is asked to wait before retrying a 503 (``Retry-After``).
-RETRY_AFTER_S = 1
 #: gRPC methods whose messages are counted (the others are small).
 GRPC_COUNTED_METHODS = ("/inference.GRPCInferenceService/ModelInfer",)
 
@@ -79,125 +75,6 @@ class ByteBudget:
             f"overloaded: {self._used} request bytes in flight, {n} more would pass the limit of "
             f"{self.limit} (--max_inflight_bytes); retry later"
         )
-
-
-class _Rejected(Exception):
-    """Raised from ``receive`` when a streamed body passes a bound (the middleware answers)."""
-
-
-class AdmissionMiddleware:
-    """ASGI middleware admitting REST requests before their bodies are read (see the module doc).
-
-    Args:
-      app: the ASGI app (KServe's FastAPI app).
-      budget: the in-flight bytes budget, shared with gRPC.
-      max_request_bytes: the largest body (413 above it).
-      busy: for inference routes, a reason to refuse at once (503), or None; e.g. the image queue
-        is full, so any request would be refused after its body was read and parsed.
-    """
-
-    def __init__(
-        self,
-        app: Any,
-        budget: ByteBudget,
-        max_request_bytes: int,
-        busy: Callable[[], str | None] = lambda: None,
-    ) -> None:
-        self.app = app
-        self.budget = budget
-        self.max_request_bytes = max_request_bytes
-        self.busy = busy
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = _content_length(scope)
-        if declared is not None and declared > self.max_request_bytes:
-            prometheus.REJECTED.labels("body_too_large").inc()
-            await send_json(send, 413, f"request body is {declared} bytes, {self._limit()}")
-            return
-        if prometheus.rest_protocol(scope.get("path", "")) is not None:
-            reason = self.busy()
-            if reason is not None:
-                prometheus.REJECTED.labels("queue_full").inc()
-                await send_json(send, 503, reason, retry_after=True)
-                return
-        reserved = declared or 0
-        if reserved and not self.budget.try_reserve(reserved):
-            prometheus.REJECTED.labels("inflight_bytes").inc()
-            await send_json(send, 503, self.budget.over_budget_reason(reserved), retry_after=True)
-            return
-        state: dict[str, Any] = {"received": 0, "reserved": reserved, "rejection": None, "started": False}
-        try:
-            await self._admitted(scope, receive, send, state)
-        finally:
-            self.budget.release(state["reserved"])
-
-    async def _admitted(self, scope: dict, receive: Any, send: Any, state: dict[str, Any]) -> None:
-        """Run the app, counting the body as it is read; answer 413/503 if it passes a bound."""
-
-        async def counting_receive() -> dict:
-            message = await receive()
-            if message["type"] != "http.request" or state["rejection"] is not None:
-                return message
-            state["received"] += len(message.get("body", b""))
-            received = state["received"]
-            if received > self.max_request_bytes:
-                error = f"request body is over {self.max_request_bytes} bytes, {self._limit()}"
-                state["rejection"] = (413, error)
-                prometheus.REJECTED.labels("body_too_large").inc()
-                raise _Rejected()
-            if received > state["reserved"]:  # chunked (or longer than declared: the server stops it)
-                more = received - state["reserved"]
-                if not self.budget.try_reserve(more):
-                    state["rejection"] = (503, self.budget.over_budget_reason(more))
-                    prometheus.REJECTED.labels("inflight_bytes").inc()
-                    raise _Rejected()
-                state["reserved"] += more
-            return message
-
-        async def guarded_send(message: dict) -> None:
-            if state["rejection"] is not None:
-                return  # the app's own answer to the failed read (FastAPI: 400) is replaced by ours
-            if message["type"] == "http.response.start":
-                state["started"] = True
-                message = _with_retry_after(message)
-            await send(message)
-
-        with contextlib.suppress(_Rejected):  # raised by counting_receive; answered below
-            await self.app(scope, counting_receive, guarded_send)
-        if state["rejection"] is not None and not state["started"]:
-            status, error = state["rejection"]
-            await send_json(send, status, error, retry_after=status == 503)
-
-    def _limit(self) -> str:
-        return f"the limit is {self.max_request_bytes} (--max_request_bytes)"
-
-
-def _with_retry_after(start: dict) -> dict:
-    """A 503 from further in (KServe's answer to ``Overloaded``, not ready) gets ``Retry-After`` too."""
-    headers = list(start.get("headers", []))
-    if start.get("status") != 503 or any(k.lower() == b"retry-after" for k, _ in headers):
-        return start
-    return {**start, "headers": [*headers, (b"retry-after", str(RETRY_AFTER_S).encode())]}
-
-
-def _content_length(scope: dict) -> int | None:
-    for key, value in scope.get("headers", []):
-        if key.lower() == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None
-
-
-async def send_json(send: Any, status: int, error: str, retry_after: bool = False) -> None:
-    """Send a whole ``{"error": ...}`` JSON response."""
-    body = orjson.dumps({"error": error})
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if retry_after:
-        headers.append((b"retry-after", str(RETRY_AFTER_S).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 # ----------------------------------------------------------------------------- gRPC

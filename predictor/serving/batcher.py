@@ -39,9 +39,9 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-from kserve.errors import ServerNotReady
 
 from predictor.serving import prometheus
+from predictor.serving.errors import Overloaded, RequestTimeout, ShuttingDown
 
 log = logging.getLogger(__name__)
 
@@ -50,29 +50,6 @@ _SHUTTING_DOWN = "the server is shutting down; retry on another replica"
 #: ``run_batch(images [B, S, S, 3], image_hw [B, 2], score_threshold [B], max_detections [B], **extra)``;
 #: ``extra``: the per-image arrays requests passed to :meth:`DynamicBatcher.run` (e.g. ``nms_threshold [B]``).
 RunBatch = Callable[..., dict[str, np.ndarray]]
-
-
-class Overloaded(ServerNotReady):
-    """The server cannot take this request now (HTTP 503, gRPC UNAVAILABLE); retrying later may work.
-
-    A ``ServerNotReady`` so KServe's REST handler answers 503; ``reason`` is what its gRPC interceptor
-    sends (``ServerNotReady`` itself lacks it).
-    """
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return self.reason
-
-
-class RequestTimeout(Overloaded):
-    """The request ran past its time limit (``--request_timeout_s``): 503."""
-
-
-class ShuttingDown(Overloaded):
-    """The server is stopping; the request was not (or not completely) served: 503."""
 
 
 class Deadline:

@@ -21,9 +21,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
-from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
+from predictor.serving.errors import InvalidInput
 from predictor.serving.images import decode_base64, max_base64_chars
 
 #: Name of the V2 input in the model metadata (any name is accepted in requests).

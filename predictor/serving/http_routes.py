@@ -23,10 +23,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from kserve.errors import InvalidInput, ModelNotReady
 from kserve.protocol.dataplane import DataPlane
 
 from predictor.protocol import binary_ext
+from predictor.serving.errors import InvalidInput, ModelNotReady
 
 V1_PREDICT = "/v1/models/{model_name}:predict"
 V2_INFER = "/v2/models/{model_name}/infer"

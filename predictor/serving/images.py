@@ -4,8 +4,9 @@ Accepted formats: JPEG, PNG, BMP, GIF (first frame) and WebP (when Pillow is bui
 reaches a Pillow decoder (no EPS, TIFF, ICO ... plugins). EXIF orientation is applied; grayscale,
 palette, RGBA/LA (alpha dropped), CMYK, YCbCr and 16/32-bit grayscale (scaled to 8 bit) become RGB.
 
-Every failure caused by the bytes themselves raises :class:`ImageError` (a ``kserve.errors.InvalidInput``,
-HTTP 400); the caller prefixes the instance that carried the image (``instances[3]: ...``).
+Every failure caused by the bytes themselves raises :class:`~predictor.serving.errors.ImageError`
+(an ``InvalidInput``, HTTP 400); the caller prefixes the instance that carried the image
+(``instances[3]: ...``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-from kserve.errors import InvalidInput
 from PIL import Image, ImageOps, features
+
+from predictor.serving.errors import ImageError
 
 #: Pillow format names tried when opening, in order (WebP only when compiled in).
 FORMATS: tuple[str, ...] = ("JPEG", "PNG", "BMP", "GIF", *(("WEBP",) if features.check("webp") else ()))
@@ -30,10 +32,6 @@ _DATA_URI = re.compile(rb"^data:[\w.+/-]*(;[\w=.-]+)*;base64,", re.ASCII)
 _ORIENTATION = 0x0112  # EXIF tag
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # orientations whose transposition swaps width and height
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-
-
-class ImageError(InvalidInput):
-    """The client's image bytes are unusable (400); ``reason`` says why, without the instance name."""
 
 
 @dataclass(frozen=True)

@@ -15,70 +15,26 @@ decode, one model call) finishes, and the request's images stay counted against
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import kserve
 import numpy as np
-from kserve.errors import InvalidInput, ModelNotReady
 from kserve.model import InferenceVerb
 
-from predictor.serving import codecs, prometheus, resources, telemetry, tracing
-from predictor.serving.batcher import Deadline, DynamicBatcher, Overloaded, RequestTimeout
+from predictor.serving import codecs, errors, prometheus, telemetry, tracing
+from predictor.serving.batcher import Deadline, DynamicBatcher
+from predictor.serving.errors import NotReady, RequestTimeout, status_of
 from predictor.serving.images import ImageLimits
+from predictor.serving.options import ServingOptions, resolve_automatic
 from predictor.serving.prepare import prepare_payload
 from predictor.ssd.detector import Detector
 
 log = logging.getLogger(__name__)
-
-_PRECISION_DTYPES = {"none": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
-
-
-class NotReady(Overloaded):
-    """The model is still loading or already stopping: 503 / gRPC UNAVAILABLE."""
-
-
-@dataclass(frozen=True)
-class ServingOptions:
-    """What the server was asked to do (mirrors the ``--flags`` of :mod:`predictor.serving.options`).
-
-    Thresholds left None take the model manifest's defaults.
-    """
-
-    model_dir: str
-    score_threshold: float | None = None
-    nms_threshold: float | None = None
-    top_k: int | None = None
-    max_detections: int | None = None
-    max_batch_size: int = 32
-    batch_wait_ms: float = 2.0
-    max_image_bytes: int = 16 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
-    request_timeout_s: float = 30.0
-    max_queue_images: int = 256
-    max_queue_delay_ms: float = 0.0
-    shed_standing_queue: bool = False
-    decode_threads: int = 2
-    xla: bool = False
-    mixed_precision: str = "none"
-    tracing: bool = False
-    jpeg_draft: bool = False
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, model_dir: str) -> ServingOptions:
-        names = [f for f in cls.__dataclass_fields__ if f != "model_dir"]
-        return cls(model_dir=str(model_dir), **{n: getattr(args, n) for n in names})
-
-    @property
-    def dtype(self) -> str:
-        """Keras dtype policy name for ``--mixed_precision``."""
-        return _PRECISION_DTYPES[self.mixed_precision]
 
 
 class _Result(NamedTuple):
@@ -98,12 +54,11 @@ class SSDPredictor(kserve.Model):
 
     def __init__(self, name: str, options: ServingOptions, detector: Detector | None = None) -> None:
         super().__init__(name, return_response_headers=True)
-        self.options = options
+        self.options, _ = resolve_automatic(options)  # the server resolved them already; tests may not
         self.limits = ImageLimits(options.max_image_bytes, options.max_image_pixels)
         self._detector = detector
         self._batcher: DynamicBatcher | None = None
-        decode_threads = options.decode_threads or resources.default_decode_threads(resources.read_limits())
-        self._decode_pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="ssd-decode")
+        self._decode_pool = ThreadPoolExecutor(self.options.decode_threads, thread_name_prefix="ssd-decode")
         self._work: set[asyncio.Task] = set()  # requests' work, also after their caller got a 503
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="ssd-model")
         self._load_lock = threading.Lock()
@@ -198,7 +153,7 @@ class SSDPredictor(kserve.Model):
 
         A one-image request is the smallest there is: if it would be refused, every request would.
 
-        Asked by :class:`~predictor.serving.admission.AdmissionMiddleware` before a request body is read.
+        Asked by :class:`~predictor.serving.middleware.AdmissionMiddleware` before a request body is read.
         """
         batcher = self._batcher
         return None if batcher is None else batcher.refusal(1)
@@ -217,18 +172,31 @@ class SSDPredictor(kserve.Model):
         headers: dict[str, str] | None = None,
         verb: InferenceVerb = InferenceVerb.PREDICT,
     ) -> Any:
-        """KServe's pipeline in the request's trace span (when ``--tracing``)."""
+        """KServe's pipeline in the request's trace span (when ``--tracing``).
+
+        A gRPC request's error leaves as the status :data:`~predictor.serving.errors.STATUSES` gives
+        it (REST errors are answered by :func:`~predictor.serving.errors.install_rest_handlers`).
+        """
+        protocol = codecs.protocol_of(body)
         attributes = {
-            "ssd.protocol": codecs.protocol_of(body),
+            "ssd.protocol": protocol,
             "ssd.model": self.name,
             "ssd.request_id": (headers or {}).get("x-request-id"),
         }
-        with tracing.request_span(headers, **attributes, status_of=status_of):
-            return await self._call(body, headers, verb)
+        try:
+            with tracing.request_span(headers, **attributes, status_of=status_of):
+                return await self._call(body, headers, verb)
+        except Exception as e:
+            if protocol != "grpc":
+                raise
+            error = errors.grpc_error(e)
+            if error is e:
+                raise
+            raise error from e
 
     async def _call(self, body: Any, headers: dict[str, str] | None, verb: InferenceVerb) -> Any:
         """gRPC answers are counted and error-logged here (REST ones by
-        :class:`~predictor.serving.prometheus.RestMetricsMiddleware`)."""
+        :class:`~predictor.serving.middleware.RestMetricsMiddleware`)."""
         if codecs.protocol_of(body) != "grpc":
             return await super().__call__(body, headers, verb)
         headers = headers or {}
@@ -380,17 +348,6 @@ class SSDPredictor(kserve.Model):
             self._batcher.shutdown()
         self._decode_pool.shutdown(wait=False)
         self._model_thread.shutdown(wait=False)
-
-
-def status_of(error: BaseException) -> int:
-    """HTTP status KServe answers for an exception raised by the model."""
-    if isinstance(error, InvalidInput):
-        return 400
-    if isinstance(error, (Overloaded, ModelNotReady, kserve.errors.ServerNotReady)):
-        return 503
-    if isinstance(error, NotImplementedError):
-        return 501
-    return 500
 
 
 def _ms(start: float) -> float:

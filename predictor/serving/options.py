@@ -1,17 +1,31 @@
-"""Command-line flags of the predictor server, each also settable by an environment variable.
+"""The serving options: one dataclass owning every flag's default, and the command line built from it.
 
-The flags extend ``kserve.model_server.parser`` (``--http_port``, ``--grpc_port``, ``--model_name`` ...).
-Every flag added here has an ``SSD_*`` environment variable (named in its help text) so a Kubernetes pod
-can configure the server without rewriting its command line. Precedence: command line > environment >
-built-in default.
+:class:`ServingOptions` is the single place a serving default is written. :func:`build_parser` makes
+one flag per field (``--<field>``, its type, default and help taken from the field) on top of
+``kserve.model_server.parser`` (``--http_port``, ``--grpc_port`` ...); two of KServe's own flags get
+their default from a field too (``model_name``, ``grpc_max_receive_message_length``). The server
+turns the parsed flags back into a :class:`ServingOptions` (:meth:`ServingOptions.from_args`), and
+:func:`resolve_automatic` fills the values left automatic (0: thread counts and the in-flight byte
+budget, sized from the container's cgroup limits by :mod:`predictor.serving.resources`) in one place.
+
+Every field also has an ``SSD_<FIELD>`` environment variable (named in its help text), so a
+Kubernetes pod can configure the server without rewriting its command line. Precedence: command line
+> environment > the field's default. The Helm chart passes the same flags from ``predictor.*`` values
+(``helm/ssd-detector/templates/_helpers.tpl``, ``ssd-detector.flagTable``); its tests check that its
+defaults parse to these.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from predictor.serving.resources import Limits
 
 
 def _env(name: str, default: Any, cast: Callable[[str], Any] = str) -> Any:
@@ -20,7 +34,7 @@ def _env(name: str, default: Any, cast: Callable[[str], Any] = str) -> Any:
         return default
     try:
         return cast(raw)
-    except ValueError as e:
+    except (ValueError, argparse.ArgumentTypeError) as e:
         raise SystemExit(f"invalid value for environment variable {name}={raw!r}: {e}") from e
 
 
@@ -54,7 +68,7 @@ def fraction(raw: str) -> float:
     return value
 
 
-def _non_negative_float(raw: str) -> float:
+def non_negative_float(raw: str) -> float:
     value = float(raw)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {raw}")
@@ -68,178 +82,211 @@ def _precision(raw: str) -> str:
     return value
 
 
-def add_ssd_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the SSD predictor flags (with ``SSD_*`` environment fallbacks) to ``parser``."""
-    g = parser.add_argument_group("SSD predictor")
-    g.add_argument(
-        "--model_dir",
-        default=_env("SSD_MODEL_DIR", None),
-        help="Model directory: the project's own format (model.yaml + weights) or a balancap TF1 "
-        "checkpoint (ssd_300_vgg.ckpt.*). Empty: the demo model shipped in the package. Env SSD_MODEL_DIR.",
+def _option(default: Any, parse: Callable[[str], Any], help: str, *, kserve: bool = False) -> Any:
+    """A :class:`ServingOptions` field: its default, how its flag and env value are parsed, its help.
+
+    ``kserve``: the flag is KServe's own (only its default and help are ours).
+    """
+    return field(default=default, metadata={"parse": parse, "help": help, "kserve": kserve})
+
+
+_PRECISION_DTYPES = {"none": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """What the server was asked to do; each field is the flag ``--<name>`` and the env ``SSD_<NAME>``.
+
+    Thresholds left None take the model manifest's defaults; thread counts and ``max_inflight_bytes``
+    left 0 are sized from the container (:func:`resolve_automatic`).
+    """
+
+    model_dir: str | None = _option(
+        None,
+        str,
+        "Model directory: the project's own format (model.yaml + weights) or a balancap TF1 checkpoint "
+        "(ssd_300_vgg.ckpt.*). Empty: the demo model shipped in the package.",
     )
-    g.add_argument(
-        "--score_threshold",
-        type=fraction,
-        default=_env("SSD_SCORE_THRESHOLD", None, fraction),
-        help="Default minimum class score of a detection; requests may override it "
-        "(default: the model manifest's, 0.5 for balancap). "
-        "Env SSD_SCORE_THRESHOLD.",
+    model_name: str = _option(
+        "ssd",
+        str,
+        "The model's name in the URLs (/v2/models/<name>/infer); KServe's default is 'model', ours matches "
+        "the Helm chart and the client.",
+        kserve=True,
     )
-    g.add_argument(
-        "--nms_threshold",
-        type=fraction,
-        default=_env("SSD_NMS_THRESHOLD", None, fraction),
-        help="IoU at or above which a lower-scoring box of the same class is suppressed (default: the "
-        "manifest's, 0.45). Env SSD_NMS_THRESHOLD.",
+    score_threshold: float | None = _option(
+        None,
+        fraction,
+        "Default minimum class score of a detection; requests may override it (default: the model "
+        "manifest's, 0.5 for balancap).",
     )
-    g.add_argument(
-        "--top_k",
-        type=positive_int,
-        default=_env("SSD_TOP_K", None, positive_int),
-        help="Candidates kept before NMS per image (default: the manifest's, 400). Env SSD_TOP_K.",
+    nms_threshold: float | None = _option(
+        None,
+        fraction,
+        "IoU at or above which a lower-scoring box of the same class is suppressed (default: the "
+        "manifest's, 0.45).",
     )
-    g.add_argument(
-        "--max_detections",
-        type=positive_int,
-        default=_env("SSD_MAX_DETECTIONS", None, positive_int),
-        help="Most detections returned per image, and the largest max_detections a request may ask for "
-        "(default: the manifest's, 200). Env SSD_MAX_DETECTIONS.",
+    top_k: int | None = _option(
+        None, positive_int, "Candidates kept before NMS per image (default: the manifest's, 400)."
     )
-    g.add_argument(
-        "--max_batch_size",
-        type=positive_int,
-        default=_env("SSD_MAX_BATCH_SIZE", 32, positive_int),
-        help="Most images per request and per model call. Env SSD_MAX_BATCH_SIZE.",
+    max_detections: int | None = _option(
+        None,
+        positive_int,
+        "Most detections returned per image, and the largest max_detections a request may ask for "
+        "(default: the manifest's, 200).",
     )
-    g.add_argument(
-        "--batch_wait_ms",
-        type=_non_negative_float,
-        default=_env("SSD_BATCH_WAIT_MS", 2.0, _non_negative_float),
-        help="How long the dynamic batcher waits for more images before running a model call. "
-        "Env SSD_BATCH_WAIT_MS.",
+    max_batch_size: int = _option(32, positive_int, "Most images per request and per model call.")
+    batch_wait_ms: float = _option(
+        2.0,
+        non_negative_float,
+        "How long the dynamic batcher waits for more images before running a model call, in ms.",
     )
-    g.add_argument(
-        "--max_image_bytes",
-        type=positive_int,
-        default=_env("SSD_MAX_IMAGE_BYTES", 16 * 1024 * 1024, positive_int),
-        help="Largest encoded image accepted, in bytes. Env SSD_MAX_IMAGE_BYTES.",
+    max_image_bytes: int = _option(
+        16 * 1024 * 1024, positive_int, "Largest encoded image accepted, in bytes."
     )
-    g.add_argument(
-        "--max_image_pixels",
-        type=positive_int,
-        default=_env("SSD_MAX_IMAGE_PIXELS", 40_000_000, positive_int),
-        help="Largest decoded image accepted, in pixels (decompression-bomb guard). "
-        "Env SSD_MAX_IMAGE_PIXELS.",
+    max_image_pixels: int = _option(
+        40_000_000,
+        positive_int,
+        "Largest decoded image accepted, in pixels (decompression-bomb guard).",
     )
-    g.add_argument(
-        "--max_request_bytes",
-        type=positive_int,
-        default=_env("SSD_MAX_REQUEST_BYTES", 64 * 1024 * 1024, positive_int),
-        help="Largest REST request body accepted, in bytes (413 before it is read; gRPC messages are bounded "
-        "by --grpc_max_receive_message_length, which defaults to this). Env SSD_MAX_REQUEST_BYTES.",
+    max_request_bytes: int = _option(
+        64 * 1024 * 1024,
+        positive_int,
+        "Largest REST request body accepted, in bytes (413 before it is read; gRPC messages are bounded "
+        "by --grpc_max_receive_message_length, which defaults to this).",
     )
-    g.add_argument(
-        "--request_timeout_s",
-        type=_non_negative_float,
-        default=_env("SSD_REQUEST_TIMEOUT_S", 30.0, _non_negative_float),
-        help="Per-request time limit in seconds; past it the request gets 503 (0 disables). "
-        "Env SSD_REQUEST_TIMEOUT_S.",
+    grpc_max_receive_message_length: int | None = _option(
+        None,
+        positive_int,
+        "Largest gRPC request message accepted, in bytes (RESOURCE_EXHAUSTED above it; default: "
+        "--max_request_bytes).",
+        kserve=True,
     )
-    g.add_argument(
-        "--max_queue_images",
-        type=positive_int,
-        default=_env("SSD_MAX_QUEUE_IMAGES", 256, positive_int),
-        help="Images admitted at once (decoding, queued or in the model); a request that would exceed "
-        "it gets 503 at once. Env SSD_MAX_QUEUE_IMAGES.",
+    request_timeout_s: float = _option(
+        30.0,
+        non_negative_float,
+        "Per-request time limit in seconds; past it the request gets 503 (0 disables).",
     )
-    g.add_argument(
-        "--max_queue_delay_ms",
-        type=_non_negative_float,
-        default=_env("SSD_MAX_QUEUE_DELAY_MS", 0.0, _non_negative_float),
-        help="Most model time admitted at once, in ms at the model's measured rate (images/s): past it "
-        "requests get 503 at once; 0 (default): no such bound. Env SSD_MAX_QUEUE_DELAY_MS.",
+    max_queue_images: int = _option(
+        256,
+        positive_int,
+        "Images admitted at once (decoding, queued or in the model); a request that would exceed it gets "
+        "503 at once.",
     )
-    g.add_argument(
-        "--shed_standing_queue",
-        action=argparse.BooleanOptionalAction,
-        default=_env("SSD_SHED_STANDING_QUEUE", False, _bool),
-        help="Under sustained overload (requests keep waiting longer than two model calls, for longer than "
-        "a burst takes to drain) admit at most two batches of images until the queue drains, so admitted "
+    max_queue_delay_ms: float = _option(
+        0.0,
+        non_negative_float,
+        "Most model time admitted at once, in ms at the model's measured rate (images/s): past it "
+        "requests get 503 at once; 0: no such bound.",
+    )
+    shed_standing_queue: bool = _option(
+        False,
+        _bool,
+        "Under sustained overload (requests keep waiting longer than two model calls, for longer than a "
+        "burst takes to drain) admit at most two batches of images until the queue drains, so admitted "
         "requests stay fast and the rest get 503 at once. Bursts are still absorbed up to "
-        "--max_queue_images. Off by default: its benefit is not yet shown by bench/overload.py. "
-        "Env SSD_SHED_STANDING_QUEUE.",
+        "--max_queue_images. Its benefit is not yet shown by bench/overload.py.",
     )
-    g.add_argument(
-        "--shutdown_grace_s",
-        type=_non_negative_float,
-        default=_env("SSD_SHUTDOWN_GRACE_S", 25.0, _non_negative_float),
-        help="On SIGTERM, how long in-flight requests may take to finish (REST, then gRPC) before the "
-        "server exits. Keep it below the pod's terminationGracePeriodSeconds. Env SSD_SHUTDOWN_GRACE_S.",
+    shutdown_grace_s: float = _option(
+        25.0,
+        non_negative_float,
+        "On SIGTERM, how long in-flight requests may take to finish (REST, then gRPC) before the server "
+        "exits, in seconds. Keep it below the pod's terminationGracePeriodSeconds.",
     )
-    g.add_argument(
-        "--decode_threads",
-        type=non_negative_int,
-        default=_env("SSD_DECODE_THREADS", 0, non_negative_int),
-        help="Threads decoding and resizing images in parallel with the model; 0: the CPUs the container "
-        "may use (cgroup CPU quota and affinity). Env SSD_DECODE_THREADS.",
+    decode_threads: int = _option(
+        0,
+        non_negative_int,
+        "Threads decoding and resizing images in parallel with the model; 0: the CPUs the container may "
+        "use (cgroup CPU quota and affinity).",
     )
-    g.add_argument(
-        "--tf_intra_op_threads",
-        type=non_negative_int,
-        default=_env("SSD_TF_INTRA_OP_THREADS", 0, non_negative_int),
-        help="TensorFlow threads within one op; 0: the CPUs the container may use. "
-        "Env SSD_TF_INTRA_OP_THREADS.",
+    tf_intra_op_threads: int = _option(
+        0, non_negative_int, "TensorFlow threads within one op; 0: the CPUs the container may use."
     )
-    g.add_argument(
-        "--tf_inter_op_threads",
-        type=non_negative_int,
-        default=_env("SSD_TF_INTER_OP_THREADS", 0, non_negative_int),
-        help="TensorFlow threads running independent ops; 0: min(2, the CPUs the container may use). "
-        "Env SSD_TF_INTER_OP_THREADS.",
+    tf_inter_op_threads: int = _option(
+        0,
+        non_negative_int,
+        "TensorFlow threads running independent ops; 0: min(2, the CPUs the container may use).",
     )
-    g.add_argument(
-        "--max_inflight_bytes",
-        type=non_negative_int,
-        default=_env("SSD_MAX_INFLIGHT_BYTES", 0, non_negative_int),
-        help="Request-body bytes in flight at once (REST and gRPC), checked before a body is read; past "
-        "it requests get 503 with Retry-After (gRPC RESOURCE_EXHAUSTED). A lone request is always "
-        "admitted. 0: 1/16 of the container's memory limit (cgroup), between 32 MiB and 1 GiB, or "
-        "128 MiB without a limit. Env SSD_MAX_INFLIGHT_BYTES.",
+    max_inflight_bytes: int = _option(
+        0,
+        non_negative_int,
+        "Request-body bytes in flight at once (REST and gRPC), checked before a body is read; past it "
+        "requests get 503 with Retry-After (gRPC RESOURCE_EXHAUSTED). A lone request is always admitted. "
+        "0: 1/16 of the container's memory limit (cgroup), between 32 MiB and 1 GiB, or 128 MiB without "
+        "a limit.",
     )
-    g.add_argument(
-        "--xla",
-        action=argparse.BooleanOptionalAction,
-        default=_env("SSD_XLA", False, _bool),
-        help="Compile the model with XLA (jit_compile). Env SSD_XLA.",
+    xla: bool = _option(False, _bool, "Compile the model with XLA (jit_compile).")
+    mixed_precision: str = _option(
+        "none", _precision, "Compute dtype for the network: none (float32), float16 or bfloat16."
     )
-    g.add_argument(
-        "--mixed_precision",
-        type=_precision,
-        default=_env("SSD_MIXED_PRECISION", "none", _precision),
-        help="Compute dtype for the network: none (float32), float16 or bfloat16. Env SSD_MIXED_PRECISION.",
+    tracing: bool = _option(
+        False,
+        _bool,
+        "OpenTelemetry spans per request stage, continuing incoming W3C traceparent headers; export via "
+        "the OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT ...). Needs the [tracing] extra.",
     )
-    g.add_argument(
-        "--tracing",
-        action=argparse.BooleanOptionalAction,
-        default=_env("SSD_TRACING", False, _bool),
-        help="OpenTelemetry spans per request stage, continuing incoming W3C traceparent headers; "
-        "export via the OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT ...). Needs the [tracing] extra. "
-        "Env SSD_TRACING.",
+    jpeg_draft: bool = _option(
+        False,
+        _bool,
+        "Decode JPEGs at least twice the network input per side at 1/2, 1/4 or 1/8 scale (libjpeg DCT "
+        "scaling): 1.2x (1080p) to 3x (12 MP) less CPU per image, slightly different detections (see "
+        "the README).",
     )
-    parser.add_argument(
-        "--jpeg_draft",
-        action=argparse.BooleanOptionalAction,
-        default=_env("SSD_JPEG_DRAFT", False, _bool),
-        help="Decode JPEGs at least twice the network input per side at 1/2, 1/4 or 1/8 scale (libjpeg "
-        "DCT scaling): 1.2x (1080p) to 3x (12 MP) less CPU per image, slightly different detections "
-        "(see the README). "
-        "Env SSD_JPEG_DRAFT.",
-    )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, model_dir: str | None = None) -> ServingOptions:
+        """The options :func:`build_parser` parsed; ``model_dir`` (when given) replaces ``--model_dir``."""
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+        if model_dir is not None:
+            values["model_dir"] = str(model_dir)
+        return cls(**values)
+
+    @property
+    def dtype(self) -> str:
+        """Keras dtype policy name for ``--mixed_precision``."""
+        return _PRECISION_DTYPES[self.mixed_precision]
+
+    @property
+    def grpc_limit(self) -> int:
+        """``grpc_max_receive_message_length``, defaulting to ``max_request_bytes``."""
+        return self.grpc_max_receive_message_length or self.max_request_bytes
+
+
+def env_name(option: str) -> str:
+    """The environment variable of a :class:`ServingOptions` field: ``SSD_<FIELD>``."""
+    return f"SSD_{option.upper()}"
+
+
+def _help(f: dataclasses.Field) -> str:
+    text = f.metadata["help"]
+    if f.default is not None:
+        text += " Default: %(default)s."
+    return f"{text} Env {env_name(f.name)}."
+
+
+def add_ssd_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add one flag per :class:`ServingOptions` field (KServe's own flags: default and help only)."""
+    group = parser.add_argument_group("SSD predictor")
+    kserve_actions = {a.dest: a for a in parser._actions}
+    for f in dataclasses.fields(ServingOptions):
+        parse = f.metadata["parse"]
+        default = _env(env_name(f.name), f.default, parse)
+        if f.metadata["kserve"]:
+            action = kserve_actions[f.name]  # KServe's own flag: keep it, with our default and help
+            action.type, action.default, action.help = parse, default, _help(f)
+            parser.set_defaults(**{f.name: default})
+        elif parse is _bool:
+            group.add_argument(
+                f"--{f.name}", action=argparse.BooleanOptionalAction, default=default, help=_help(f)
+            )
+        else:
+            group.add_argument(f"--{f.name}", type=parse, default=default, help=_help(f))
     return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The server's full parser: KServe's model-server flags plus the SSD flags."""
+    """The server's full parser: KServe's model-server flags plus one flag per :class:`ServingOptions`
+    field."""
     from kserve import model_server
 
     parser = argparse.ArgumentParser(
@@ -248,19 +295,6 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[model_server.parser],
         conflict_handler="resolve",
     )
-    # KServe's default name is "model"; ours matches the Helm chart and the client ("ssd").
-    parser.set_defaults(model_name=_env("SSD_MODEL_NAME", "ssd"))
-    # KServe's own flag (default 8 MiB): here its default follows --max_request_bytes (resolve_grpc_limit).
-    parser.set_defaults(
-        grpc_max_receive_message_length=_env("SSD_GRPC_MAX_RECEIVE_MESSAGE_LENGTH", None, positive_int)
-    )
-    for action in parser._actions:
-        if action.dest == "grpc_max_receive_message_length":
-            action.type = positive_int
-            action.help = (
-                "Largest gRPC request message accepted, in bytes (RESOURCE_EXHAUSTED above it; default: "
-                "--max_request_bytes). Env SSD_GRPC_MAX_RECEIVE_MESSAGE_LENGTH."
-            )
     return add_ssd_arguments(parser)
 
 
@@ -269,3 +303,32 @@ def resolve_grpc_limit(args: argparse.Namespace) -> int:
     if args.grpc_max_receive_message_length is None:
         args.grpc_max_receive_message_length = args.max_request_bytes
     return args.grpc_max_receive_message_length
+
+
+#: Fields whose 0 means "size from the container" (:func:`resolve_automatic`).
+AUTOMATIC = ("decode_threads", "tf_intra_op_threads", "tf_inter_op_threads", "max_inflight_bytes")
+
+
+def resolve_automatic(
+    options: ServingOptions, limits: Limits | None = None
+) -> tuple[ServingOptions, list[str]]:
+    """``options`` with every automatic (0) field of :data:`AUTOMATIC` sized from the container's
+    ``limits`` (read from the cgroup when None), and the names of the fields so filled.
+
+    decode threads = usable CPUs; TensorFlow intra-op = usable CPUs, inter-op = min(2, usable CPUs);
+    in-flight bytes = memory limit / 16 (clamped), see :mod:`predictor.serving.resources`.
+    """
+    from predictor.serving import resources
+
+    todo = [name for name in AUTOMATIC if not getattr(options, name)]
+    if not todo:
+        return options, []
+    limits = resources.read_limits() if limits is None else limits
+    intra, inter = resources.default_tf_threads(limits)
+    sized = {
+        "decode_threads": resources.default_decode_threads(limits),
+        "tf_intra_op_threads": intra,
+        "tf_inter_op_threads": inter,
+        "max_inflight_bytes": resources.default_inflight_bytes(limits),
+    }
+    return dataclasses.replace(options, **{name: sized[name] for name in todo}), todo

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from kserve.errors import InvalidInput
 
 from predictor.serving import codecs
+from predictor.serving.errors import InvalidInput
 from predictor.serving.images import ImageLimits, check_pixel_array, decode_image_reduced
 
 #: ``resize(uint8 [H, W, 3]) -> float32 [S, S, 3]`` (``Detector.resize``).

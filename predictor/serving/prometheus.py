@@ -3,7 +3,8 @@
 Registered once, at import, in ``prometheus_client``'s default registry (the one KServe exposes):
 
 - ``ssd_requests_total{protocol, status}``: inference requests answered (protocol ``v1``/``v2``/``grpc``;
-  status is the HTTP code, gRPC codes mapped to theirs: INVALID_ARGUMENT 400, UNAVAILABLE 503 ...).
+  status is the HTTP code; a gRPC error is counted under the HTTP code its class has in
+  :data:`predictor.serving.errors.STATUSES`: INVALID_ARGUMENT 400, UNAVAILABLE 503 ...).
 - ``ssd_request_errors_total{protocol, status}``: the subset with status >= 400.
 - ``ssd_images_total{protocol}``: images whose detections were returned.
 - ``ssd_batch_size``: histogram of images per model call (before padding to a bucket).
@@ -23,7 +24,6 @@ Registered once, at import, in ``prometheus_client``'s default registry (the one
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -32,6 +32,8 @@ import orjson
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from predictor.serving import errors
 
 access_log = logging.getLogger("predictor.access")
 
@@ -53,17 +55,6 @@ CANCELLED = Counter(
     "ssd_cancelled_images", "Images whose work was skipped because their deadline had passed", ["stage"]
 )
 LATE = Counter("ssd_late_images", "Images computed by the model after their request's deadline had passed")
-
-GRPC_TO_HTTP = {
-    "OK": 200,
-    "INVALID_ARGUMENT": 400,
-    "NOT_FOUND": 404,
-    "RESOURCE_EXHAUSTED": 503,
-    "UNAVAILABLE": 503,
-    "DEADLINE_EXCEEDED": 504,
-    "CANCELLED": 499,
-    "UNIMPLEMENTED": 501,
-}
 
 
 class _ModelCollector(Collector):
@@ -106,121 +97,14 @@ def log_error(protocol: str, status: int, request_id: str, error: str, **fields:
     access_log.log(level, orjson.dumps(line).decode())
 
 
-def rest_protocol(path: str) -> str | None:
-    """``v1`` / ``v2`` for the REST inference routes, else None."""
-    if path.startswith("/v1/models/") and path.endswith(":predict"):
-        return "v1"
-    if path.startswith("/v2/models/") and path.endswith("/infer"):
-        return "v2"
-    return None
-
-
-class RestMetricsMiddleware:
-    """ASGI middleware on KServe's FastAPI app.
-
-    Gives every HTTP request, on every route, an ``x-request-id`` (kept when the client sent one; echoed
-    in the response). For the inference routes (V1 ``:predict``, V2 ``/infer``) it also
-    counts the answer by protocol and status (including FastAPI's 422 and KServe's 404/503, raised
-    before the model is called) and logs one JSON line, with the error message, for every 4xx/5xx.
-    """
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = _header(scope, b"x-request-id")
-        if request_id is None:
-            request_id = new_request_id()
-            scope = {**scope, "headers": [*scope["headers"], (b"x-request-id", request_id.encode())]}
-        protocol = rest_protocol(scope.get("path", ""))
-        if protocol is None:  # health, metadata, /metrics: the id only
-            await self.app(scope, receive, _with_request_id(send, request_id))
-            return
-        state: dict[str, Any] = {"status": 500, "body": b"", "done": False}
-        start = time.perf_counter()
-
-        def finish() -> None:  # once per request, before the last byte of the answer leaves
-            if state["done"]:
-                return
-            state["done"] = True
-            status = int(state["status"])
-            record(protocol, status)
-            if status >= 400:
-                ms = round((time.perf_counter() - start) * 1000, 1)
-                path = scope.get("path", "")
-                log_error(protocol, status, request_id, _error_text(state["body"]), path=path, ms=ms)
-
-        async def send_wrapper(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                state["status"] = message["status"]
-                message = _add_request_id(message, request_id)
-            elif message["type"] == "http.response.body":
-                if state["status"] >= 400 and len(state["body"]) < 2048:
-                    state["body"] += message.get("body", b"")[:2048]
-                if not message.get("more_body", False):
-                    finish()
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        except Exception as e:
-            if not state["done"]:
-                state["status"], state["body"] = 500, f"{type(e).__name__}: {e}".encode()
-            raise
-        finally:
-            finish()
-
-
-def _add_request_id(start: dict, request_id: str) -> dict:
-    """An ``http.response.start`` message with ``x-request-id`` (unless the app set one)."""
-    headers = list(start.get("headers", []))
-    if not any(k.lower() == b"x-request-id" for k, _ in headers):
-        headers.append((b"x-request-id", request_id.encode()))
-    return {**start, "headers": headers}
-
-
-def _with_request_id(send: Callable, request_id: str) -> Callable:
-    async def send_with_id(message: dict) -> None:
-        if message["type"] == "http.response.start":
-            message = _add_request_id(message, request_id)
-        await send(message)
-
-    return send_with_id
-
-
-def _header(scope: dict, name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key.lower() == name:
-            return value.decode("latin-1")[:128]
-    return None
-
-
-def _error_text(body: bytes) -> str:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body.decode("utf-8", "replace")
-    if isinstance(data, dict) and "error" in data:
-        return str(data["error"])
-    if isinstance(data, dict) and "detail" in data:
-        return orjson.dumps(data["detail"]).decode()
-    return body.decode("utf-8", "replace")
-
-
 class QuietClientErrors(logging.Filter):
-    """Drops KServe's traceback-carrying log records for client errors and overload (400 / 503).
+    """Drops KServe's traceback-carrying log records for client errors and overload (4xx / 503).
 
     KServe logs every handled exception with its traceback; these answers already get one structured
-    line from :func:`log_error`. Tracebacks of real failures (500) are kept.
+    line from :func:`log_error`. Tracebacks of real failures (500) are kept. Which is which:
+    :func:`predictor.serving.errors.is_expected`.
     """
-
-    def __init__(self, quiet_types: tuple[type[BaseException], ...]) -> None:
-        super().__init__()
-        self.quiet_types = quiet_types
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, self.quiet_types)
+        return exc is None or not errors.is_expected(exc)

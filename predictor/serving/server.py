@@ -1,6 +1,8 @@
 """``python -m predictor``: load the model, then serve it with KServe's ModelServer (REST + gRPC).
 
-Start-up: parse flags (:mod:`predictor.serving.options`) -> configure GPUs (memory growth) -> read the weights
+Start-up: parse flags into :class:`~predictor.serving.options.ServingOptions` -> size the automatic
+thread counts and byte budget from the cgroup (:func:`~predictor.serving.options.resolve_automatic`)
+-> configure GPUs (memory growth) -> read the weights
 (a broken model directory ends here: one error line, exit 1) -> start the HTTP/gRPC servers with the
 model registered but not ready -> trace every batch bucket in a background thread -> ready. Liveness
 answers during the warm-up and readiness says 503 until it is done.
@@ -8,6 +10,12 @@ answers during the warm-up and readiness says 503 until it is done.
 Shutdown: on SIGTERM/SIGINT uvicorn stops accepting connections and lets in-flight REST requests
 finish (up to ``--shutdown_grace_s``), then KServe stops the gRPC server with the same grace and the
 process exits 0.
+
+Wiring done here on KServe's objects: the HTTP middlewares (:func:`predictor.serving.middleware.install`),
+our inference routes and truthful readiness (:mod:`predictor.serving.http_routes`), error answers from
+:data:`predictor.serving.errors.STATUSES` (a ``RESTServer`` that installs them after KServe's own
+handlers), and a gRPC server that counts message bytes
+(:func:`predictor.serving.admission.admitting_grpc_server`).
 """
 
 from __future__ import annotations
@@ -20,15 +28,19 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
+from predictor.serving import errors, middleware, resources
+from predictor.serving.admission import ByteBudget, admitting_grpc_server
+from predictor.serving.options import ServingOptions, build_parser, resolve_automatic
+from predictor.serving.prometheus import QuietClientErrors
 
-from predictor.serving import resources
-from predictor.serving.admission import AdmissionMiddleware, ByteBudget, admitting_grpc_server
-from predictor.serving.batcher import Overloaded
-from predictor.serving.options import build_parser, resolve_grpc_limit
-from predictor.serving.prometheus import QuietClientErrors, RestMetricsMiddleware
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from kserve.protocol.rest.server import RESTServer
+
+    from predictor.serving.model import SSDPredictor
+    from predictor.ssd.detector import Detector
 
 log = logging.getLogger("predictor.serving.server")
 
@@ -42,22 +54,21 @@ def main(argv: list[str] | None = None) -> int:
     if model_dir is None:
         return 1
 
-    from predictor.serving.model import ServingOptions, SSDPredictor
+    from predictor.serving.model import SSDPredictor
     from predictor.ssd.detector import configure_devices
     from predictor.ssd.weights import ModelLoadError
 
-    size_from_limits(args, malloc_tuned)  # before TensorFlow runs anything: it fixes its pools at start
+    options = size_from_limits(ServingOptions.from_args(args, model_dir), malloc_tuned)
     devices = configure_devices()
-    options = ServingOptions.from_args(args, model_dir)
-    model = SSDPredictor(args.model_name, options)
+    model = SSDPredictor(options.model_name, options)
     try:
         detector = model.build()
     except Exception as e:  # ModelLoadError names the problem; anything else gets its type too
         reason = _one_line(e) if isinstance(e, ModelLoadError) else f"{type(e).__name__}: {_one_line(e)}"
         log.error("cannot load the model from %s: %s", model_dir, reason)
         return 1
-    _log_configuration(args, model_dir, devices, detector, options)
-    return _serve(args, model)
+    _log_configuration(args, devices, detector, options)
+    return _serve(args, options, model)
 
 
 def resolve_model_dir(model_dir: str | None) -> str | None:
@@ -76,41 +87,30 @@ def resolve_model_dir(model_dir: str | None) -> str | None:
     return str(DEMO_MODEL_DIR)
 
 
-def size_from_limits(args: argparse.Namespace, malloc_tuned: bool = False) -> resources.Limits:
-    """Fill the automatic (0) thread counts and byte budget from the cgroup; size TensorFlow; log it."""
+def size_from_limits(options: ServingOptions, malloc_tuned: bool = False) -> ServingOptions:
+    """Fill the automatic (0) thread counts and byte budget from the cgroup, size TensorFlow's thread
+    pools (before TensorFlow runs anything: it fixes them at start) and log it."""
     limits = resources.read_limits()
-    auto = []
-    if not args.decode_threads:
-        args.decode_threads = resources.default_decode_threads(limits)
-        auto.append("decode_threads")
-    intra, inter = resources.default_tf_threads(limits)
-    if not args.tf_intra_op_threads:
-        args.tf_intra_op_threads = intra
-        auto.append("tf_intra_op_threads")
-    if not args.tf_inter_op_threads:
-        args.tf_inter_op_threads = inter
-        auto.append("tf_inter_op_threads")
-    if not args.max_inflight_bytes:
-        args.max_inflight_bytes = resources.default_inflight_bytes(limits)
-        auto.append("max_inflight_bytes")
-    resources.configure_tensorflow_threads(args.tf_intra_op_threads, args.tf_inter_op_threads)
+    options, automatic = resolve_automatic(options, limits)
+    resources.configure_tensorflow_threads(options.tf_intra_op_threads, options.tf_inter_op_threads)
     log.info(
         "resources: %s; decode_threads %d, tf intra-op %d / inter-op %d threads, max_inflight_bytes %d "
         "(automatic: %s); malloc %s",
         limits.describe(),
-        args.decode_threads,
-        args.tf_intra_op_threads,
-        args.tf_inter_op_threads,
-        args.max_inflight_bytes,
-        ", ".join(auto) or "none",
+        options.decode_threads,
+        options.tf_intra_op_threads,
+        options.tf_inter_op_threads,
+        options.max_inflight_bytes,
+        ", ".join(automatic) or "none",
         f"mmap threshold {resources.MMAP_THRESHOLD}, {resources.ARENA_MAX} arenas"
         if malloc_tuned
         else "default",
     )
-    return limits
+    return options
 
 
-def _serve(args: argparse.Namespace, model: Any) -> int:
+def _serve(args: argparse.Namespace, options: ServingOptions, model: SSDPredictor) -> int:
+    """Start KServe's REST and gRPC servers with ``model`` registered; warm it up in the background."""
     import kserve.model_server
     from kserve import ModelServer, model_server
     from kserve.model_server import app
@@ -121,26 +121,25 @@ def _serve(args: argparse.Namespace, model: Any) -> int:
         log.warning(
             "--workers %d ignored: one process serves one TensorFlow model; scale with replicas", args.workers
         )
-    budget = ByteBudget(args.max_inflight_bytes)
-    app.add_middleware(
-        AdmissionMiddleware, budget=budget, max_request_bytes=args.max_request_bytes, busy=model.busy_reason
-    )
-    app.add_middleware(RestMetricsMiddleware)
-    # ModelServer.start builds its gRPC server from this module attribute; ours counts message bytes.
+    budget = ByteBudget(options.max_inflight_bytes)
+    middleware.install(app, budget, options.max_request_bytes, busy=model.busy_reason)
+    # ModelServer.start builds its servers from these module attributes: our REST server answers errors
+    # from errors.STATUSES, our gRPC server counts message bytes.
+    kserve.model_server.RESTServer = _rest_server_answering_from_the_table()
     kserve.model_server.GRPCServer = admitting_grpc_server(budget)
     server = ModelServer(
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         workers=1,
         enable_grpc=args.enable_grpc,
-        grace_period=args.shutdown_grace_s,
+        grace_period=options.shutdown_grace_s,
     )
     # Server readiness (REST /v2/health/ready, gRPC ServerReady) = every model ready; our REST inference
     # routes (binary tensor extension, raw V1 images) are matched before KServe's.
     server.dataplane = http_routes.TruthfulDataPlane(model_registry=server.registered_models)
     http_routes.install(app, server.dataplane)
     # KServe's gRPC server reads its limits from its own parse of the command line.
-    model_server.args.grpc_max_receive_message_length = resolve_grpc_limit(args)
+    model_server.args.grpc_max_receive_message_length = options.grpc_limit
     server.register_model(model)
     model.enable_latency_logging = server.enable_latency_logging
     status = {"exit": 0}
@@ -153,7 +152,21 @@ def _serve(args: argparse.Namespace, model: Any) -> int:
     return status["exit"]
 
 
-def _warm_up(model: Any, status: dict[str, int]) -> None:
+def _rest_server_answering_from_the_table() -> type[RESTServer]:
+    """KServe's ``RESTServer`` that, after adding KServe's exception handlers, replaces them with
+    :func:`predictor.serving.errors.install_rest_handlers` (KServe adds them when the server starts,
+    kserve/python/kserve/kserve/protocol/rest/server.py, ``create_application``)."""
+    from kserve.protocol.rest.server import RESTServer
+
+    class TableErrorsRESTServer(RESTServer):
+        def _add_exception_handlers(self, app: FastAPI) -> None:
+            super()._add_exception_handlers(app)
+            errors.install_rest_handlers(app)
+
+    return TableErrorsRESTServer
+
+
+def _warm_up(model: SSDPredictor, status: dict[str, int]) -> None:
     try:
         model.load()
     except Exception as e:
@@ -174,7 +187,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
     # sending forged headers must not be able to fill the log with these.
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     kserve_logger = logging.getLogger(kserve_logging.KSERVE_LOGGER_NAME)
-    kserve_logger.addFilter(QuietClientErrors((InvalidInput, Overloaded, ModelNotReady, ModelNotFound)))
+    kserve_logger.addFilter(QuietClientErrors())
     ours = logging.getLogger("predictor")
     if kserve_logger.handlers and not ours.handlers:
         for handler in kserve_logger.handlers:
@@ -184,14 +197,14 @@ def _configure_logging(args: argparse.Namespace) -> None:
 
 
 def _log_configuration(
-    args: argparse.Namespace, model_dir: str, devices: list[str], detector: Any, options: Any
+    args: argparse.Namespace, devices: list[str], detector: Detector, options: ServingOptions
 ) -> None:
     cfg = detector.config
     log.info(
         "model %r: %s from %s (%s, %d classes, input %dx%d)",
-        args.model_name,
+        options.model_name,
         cfg.name,
-        Path(model_dir).resolve(),
+        Path(options.model_dir or ".").resolve(),
         cfg.backbone,
         len(detector.class_names) - 1,
         cfg.input_size,
@@ -225,13 +238,13 @@ def _log_configuration(
         options.request_timeout_s,
         options.max_image_bytes,
         options.max_image_pixels,
-        args.max_request_bytes,
+        options.max_request_bytes,
     )
     log.info(
         "listening: http %d, grpc %s (messages up to %d bytes)",
         args.http_port,
         args.grpc_port if args.enable_grpc else "off",
-        resolve_grpc_limit(args),
+        options.grpc_limit,
     )
 
 
