@@ -10,8 +10,8 @@ import orjson
 import pytest
 from serving_fixtures import b64, encode_image
 
-from predictor.serving.model import ServingOptions, SSDPredictor
-from predictor.serving.options import build_parser
+from predictor.serving.model import SSDPredictor
+from predictor.serving.options import ServingOptions, build_parser
 from predictor.ssd.detector import Detector, ImageDetections
 
 # (flags, largest box difference in pixels, largest score difference) against float32.

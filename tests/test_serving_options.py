@@ -93,3 +93,43 @@ def test_resolve_automatic_sizes_the_zero_fields_from_the_limits():
     assert options.max_inflight_bytes == resources.default_inflight_bytes(limits) == 2**29
     again, none = resolve_automatic(options, limits)
     assert again == options and none == []
+
+
+def _readme_flag_defaults() -> dict[str, str]:
+    """``--flag`` -> the default cell of the README's flag table."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = re.findall(r"^\| (`--[^|]+)\| `SSD_\w+`[^|]*\| ([^|]+) \|", readme, re.MULTILINE)
+    return {flag: cell.strip() for flags, cell in rows for flag in re.findall(r"`--(\w+)`", flags)}
+
+
+def _stated_default(cell: str) -> object:
+    """A README default cell as a value, or None when it is prose (``the model's (0.45)``)."""
+    first = cell.split()[0].strip("`:")
+    if first in ("off", "on"):
+        return first == "on"
+    if first == "none":
+        return "none"
+    try:
+        return float(first)
+    except ValueError:
+        return None
+
+
+def test_readme_flag_table_states_the_options_defaults():
+    """The README's flag table is written by hand: every option has a row and its stated default is the
+    field's."""
+    table = _readme_flag_defaults()
+    missing = sorted(f.name for f in FIELDS if f.name not in table and not f.metadata["kserve"])
+    assert not missing, f"options without a row in the README's flag table: {missing}"
+    checked = 0
+    for f in FIELDS:
+        stated = _stated_default(table.get(f.name, "prose"))
+        if stated is not None:
+            assert stated == f.default, (
+                f"README says --{f.name} defaults to {table[f.name]!r}, not {f.default!r}"
+            )
+            checked += 1
+    assert checked >= 15, table
