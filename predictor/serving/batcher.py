@@ -42,6 +42,7 @@ import numpy as np
 
 from predictor.serving import prometheus
 from predictor.serving.errors import Overloaded, RequestTimeout, ShuttingDown
+from predictor.serving.options import ServingOptions
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +134,11 @@ class DynamicBatcher:
         *,
         bucket_for: Callable[[int], int],
         input_size: int,
-        max_batch_size: int = 32,
-        batch_wait_s: float = 0.002,
-        max_queue_images: int = 256,
-        max_queue_delay_s: float = 0.0,
-        shed_standing_queue: bool = False,
+        max_batch_size: int = ServingOptions.max_batch_size,
+        batch_wait_s: float = ServingOptions.batch_wait_ms / 1000.0,
+        max_queue_images: int = ServingOptions.max_queue_images,
+        max_queue_delay_s: float = ServingOptions.max_queue_delay_ms / 1000.0,
+        shed_standing_queue: bool = ServingOptions.shed_standing_queue,
         executor: Executor | None = None,
     ) -> None:
         self._run_batch = run_batch

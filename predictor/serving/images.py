@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps, features
 
 from predictor.serving.errors import ImageError
+from predictor.serving.options import ServingOptions
 
 #: Pillow format names tried when opening, in order (WebP only when compiled in).
 FORMATS: tuple[str, ...] = ("JPEG", "PNG", "BMP", "GIF", *(("WEBP",) if features.check("webp") else ()))
@@ -36,7 +37,7 @@ _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Caps on untrusted images.
+    """Caps on untrusted images (defaults: :class:`~predictor.serving.options.ServingOptions`).
 
     Attributes:
       max_bytes: largest encoded image in bytes (after base64 decoding).
@@ -44,8 +45,8 @@ class ImageLimits:
       max_side: largest width or height.
     """
 
-    max_bytes: int = 16 * 1024 * 1024
-    max_pixels: int = 40_000_000
+    max_bytes: int = ServingOptions.max_image_bytes
+    max_pixels: int = ServingOptions.max_image_pixels
     max_side: int = MAX_SIDE
 
 

@@ -32,6 +32,7 @@ from predictor.serving.errors import RETRY_AFTER_S
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
     from predictor.serving.admission import ByteBudget
 
@@ -66,10 +67,10 @@ class RestMetricsMiddleware:
     raised before the model is called) and logs one JSON line, with the error message, for every 4xx/5xx.
     """
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -126,7 +127,7 @@ def _add_request_id(start: dict, request_id: str) -> dict:
     return {**start, "headers": headers}
 
 
-def _with_request_id(send: Callable, request_id: str) -> Callable:
+def _with_request_id(send: Send, request_id: str) -> Send:
     async def send_with_id(message: dict) -> None:
         if message["type"] == "http.response.start":
             message = _add_request_id(message, request_id)

@@ -116,7 +116,9 @@ In-cluster URL of the predictor (KServe's predictor service listens on port 80 i
 {{/*
 Predictor flags set from predictor.* values: [value key, flag, kind]; kind int prints an integer, num the
 value as given. A null value leaves the flag out (the server's default). Adding a flag is one line here, one
-key in values.yaml and one in values.schema.json.
+key in values.yaml and one in values.schema.json. A value key is its flag in camelCase with the unit spelled as
+Kubernetes does (request_timeout_s -> requestTimeoutSeconds, like terminationGracePeriodSeconds); the flags'
+defaults live in predictor.serving.options.ServingOptions. tests/test_deploy_chart.py checks both.
 */}}
 {{- define "ssd-detector.flagTable" -}}
 - [scoreThreshold, --score_threshold, num]
