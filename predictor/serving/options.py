@@ -299,9 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_grpc_limit(args: argparse.Namespace) -> int:
-    """``--grpc_max_receive_message_length``, defaulting to ``--max_request_bytes`` (sets it on ``args``)."""
-    if args.grpc_max_receive_message_length is None:
-        args.grpc_max_receive_message_length = args.max_request_bytes
+    """``--grpc_max_receive_message_length``, defaulting to ``--max_request_bytes`` (sets it on ``args``;
+    the rule is :attr:`ServingOptions.grpc_limit`)."""
+    args.grpc_max_receive_message_length = ServingOptions.from_args(args).grpc_limit
     return args.grpc_max_receive_message_length
 
 
