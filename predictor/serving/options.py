@@ -13,6 +13,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from predictor._argtypes import fraction, positive_int
+
 
 def _env(name: str, default: Any, cast: Callable[[str], Any] = str) -> Any:
     raw = os.environ.get(name)
@@ -33,24 +35,10 @@ def _bool(raw: str) -> bool:
     raise ValueError("expected true/false")
 
 
-def positive_int(raw: str) -> int:
-    value = int(raw)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {raw}")
-    return value
-
-
 def non_negative_int(raw: str) -> int:
     value = int(raw)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {raw}")
-    return value
-
-
-def fraction(raw: str) -> float:
-    value = float(raw)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be within [0, 1], got {raw}")
     return value
 
 
