@@ -3,9 +3,9 @@
 Held-out shapes images (``EVAL_SEED``) are upscaled so their shorter side is ``--short_side`` (1080:
 1080p-like) and saved as JPEG q90, ground-truth boxes scaled alike. For each mode (sent as they are, and
 ``--downscale`` at each ``--sides``) every image goes through the client's own
-:func:`predictor.client.cli.downscale_image`, is POSTed to a real ``python -m predictor`` server (the demo
+:func:`predictor.client.files.downscale_image`, is POSTed to a real ``python -m predictor`` server (the demo
 model) on loopback as V1 JSON with ``score_threshold`` 0.01, and its boxes are mapped back with
-:func:`predictor.client.cli.scale_detections`. Reported per mode: COCO mAP@[.5:.95] and AP@0.5 against the
+:func:`predictor.client.files.scale_detections`. Reported per mode: COCO mAP@[.5:.95] and AP@0.5 against the
 original-pixel ground truth, mean request body bytes, and the server process's CPU ms per image
 (``/proc/<pid>/stat`` via psutil; the model's share is the same in every mode, 300x300 input).
 
@@ -32,7 +32,7 @@ def run_mode(server: Any, jpegs: list[bytes], side: int | None) -> tuple[list[li
     """Send every image (downscaled when ``side``); detections in original pixels, and the costs."""
     import httpx
 
-    from predictor.client.cli import downscale_image, scale_detections
+    from predictor.client.files import downscale_image, scale_detections
 
     url = f"http://127.0.0.1:{server.http_port}/v1/models/model:predict"
     answers: list[list[dict]] = []

@@ -43,7 +43,7 @@ from bench.common import (
 )
 
 MODEL_NAME = "model"
-INPUT_NAME = "images"  # predictor.serving.codecs.INPUT_NAME; any name is accepted by the server
+INPUT_NAME = "images"  # predictor.protocol.detections.INPUT_NAME; any name is accepted by the server
 PROTOCOLS = ("v1", "v2", "grpc")
 GRPC_MAX_MESSAGE = 64 * 1024 * 1024
 

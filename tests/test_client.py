@@ -20,9 +20,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from predictor.client import cli as client
-from predictor.client.cli import main
-from predictor.client.draw import class_color, draw_detections, text_color
+from predictor.client.cli import build_parser, endpoint_from_args, main
+from predictor.client.draw import class_color, draw_detections, draw_path, text_color
+from predictor.client.errors import ClientError
+from predictor.client.files import InputImage, collect_images
+from predictor.client.transports import Endpoint, grpc_target
+from predictor.protocol.detections import detections_from_v2
+from predictor.protocol.tensors import split_bytes_elements
 
 REPO = Path(__file__).resolve().parents[1]
 DETECTION_KEYS = {"label", "class_id", "score", "xmin", "ymin", "xmax", "ymax"}
@@ -70,18 +74,18 @@ def image_dir(tmp_path_factory, shapes_images) -> Path:
 def test_collect_images_scans_folders_recursively_and_keeps_explicit_files(image_dir, tmp_path):
     extra = tmp_path / "img1.png"  # same name as one in the folder: renamed for --draw
     extra.write_bytes((image_dir / "img1.png").read_bytes())
-    found = client.collect_images([image_dir, extra, image_dir / "notes.txt"])
+    found = collect_images([image_dir, extra, image_dir / "notes.txt"])
     names = [str(item.name) for item in found]
     assert names == [
         "img1.png", "img3.png", "img5.png", "sub/img0.jpg", "sub/img2.jpg", "sub/img4.jpg",
         "img1-2.png", "notes.txt",
     ]  # fmt: skip
     assert found[0].path == image_dir / "img1.png"
-    with pytest.raises(client.ClientError, match="no such file"):
-        client.collect_images([tmp_path / "missing.jpg"])
+    with pytest.raises(ClientError, match="no such file"):
+        collect_images([tmp_path / "missing.jpg"])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(client.ClientError, match="no image files"):
-        client.collect_images([tmp_path / "empty"])
+    with pytest.raises(ClientError, match="no image files"):
+        collect_images([tmp_path / "empty"])
 
 
 def test_missing_input_is_a_usage_error(tmp_path, capsys):
@@ -293,7 +297,7 @@ def test_draw_detections_outline_caption_and_colours():
         axis=2
     ).any()
     assert draw_detections(image, []).tobytes() == image.tobytes()
-    assert client.draw_path(client.InputImage(Path("x/p.bmp"), Path("p.bmp")), Path("d"), "BMP") == (
+    assert draw_path(InputImage(Path("x/p.bmp"), Path("p.bmp")), Path("d"), "BMP") == (
         Path("d/p.png"),
         "PNG",
     )
@@ -392,12 +396,10 @@ def test_isvc_url_from_the_kubernetes_api(ssd_server, kube_api, image_dir, tmp_p
 
     # With --url (an ingress), the isvc's host becomes the Host header.
     kube_api.add("prod", "detector", "http://detector.prod.example.com")
-    args = client.build_parser().parse_args(
+    args = build_parser().parse_args(
         ["--isvc", "detector", "-n", "prod", "--kubeconfig", str(kubeconfig), "--url", ssd_server.url, image]
     )
-    assert client.endpoint_from_args(args) == client.Endpoint(
-        ssd_server.url, "ssd", "detector.prod.example.com", 60.0
-    )
+    assert endpoint_from_args(args) == Endpoint(ssd_server.url, "ssd", "detector.prod.example.com", 60.0)
 
     kube_api.add("demo", "cold", None, ready="False", reason="RevisionMissing")
     assert main(["--isvc", "cold", "--kubeconfig", str(kubeconfig), image]) == 2
@@ -424,13 +426,13 @@ def test_v2_tensors_normalise_like_v1():
         "detection_classes": np.array([[3, 1], [0, 0]], np.int32),
         "detection_labels": np.array([[b"triangle", b"circle"], [b"", b""]], dtype=object),
     }
-    per_image = client.detections_from_v2(arrays, 2)
+    per_image = detections_from_v2(arrays, 2)
     assert per_image[1] == []
     first = per_image[0][0]
     assert first["label"] == "triangle" and first["class_id"] == 3
     assert first["score"] == float(np.round(np.float64(np.float32(0.912345)), 4))
     assert first["xmin"] == float(np.round(np.float64(np.float32(1.004)), 2))
     raw = b"".join(len(s).to_bytes(4, "little") + s for s in (b"ab", b"", b"xyz"))
-    assert client.split_length_prefixed(raw) == [b"ab", b"", b"xyz"]
-    assert client.grpc_target("https://ssd.example.com") == ("ssd.example.com:443", True)
-    assert client.grpc_target("localhost:8081") == ("localhost:8081", False)
+    assert split_bytes_elements(raw) == [b"ab", b"", b"xyz"]
+    assert grpc_target("https://ssd.example.com") == ("ssd.example.com:443", True)
+    assert grpc_target("localhost:8081") == ("localhost:8081", False)

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from predictor.client.cli import downscale_image, main, scale_detections
+from predictor.client.cli import main
+from predictor.client.files import downscale_image, scale_detections
 
 
 def jpeg(width: int, height: int, orientation: int = 1, seed: int = 0) -> bytes:

@@ -349,7 +349,7 @@ def test_curl_v1_and_v2_json(ssd_server, images, reference, tmp_path, content_ty
 @pytest.mark.skipif(CURL is None, reason="curl is not installed")
 def test_curl_v2_binary_extension(ssd_server, images, reference, tmp_path):
     """A hand-built binary request (JSON header, then uint32 LE length + image file per element)."""
-    from predictor.protocol.binary_ext import serialize_tensor
+    from predictor.protocol.tensors import serialize_tensor
 
     raw = serialize_tensor(bytes_tensor(images), "BYTES")
     tensor = {
@@ -396,6 +396,7 @@ def test_the_readme_has_the_client_snippets():
         "tritonclient-grpc",
         "kserve-rest",
         "kserve-grpc",
+        "predictor-client",
     }
 
 

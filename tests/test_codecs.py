@@ -12,6 +12,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse, RequestedOutput
 
+from predictor.protocol.detections import V2_OUTPUTS
 from predictor.serving import codecs
 from predictor.serving.codecs import Detections, ImagePayload
 
@@ -329,7 +330,7 @@ def test_encode_v2_rest():
     body, json_length = response.to_rest()
     assert json_length is None and body["id"] == "r1" and body["model_name"] == "m"
     outputs = {o["name"]: o for o in body["outputs"]}
-    assert list(outputs) == [name for name, _ in codecs.V2_OUTPUTS]
+    assert list(outputs) == [name for name, _ in V2_OUTPUTS]
     assert outputs["num_detections"]["data"] == [2, 0]
     assert outputs["detection_boxes"]["shape"] == [2, 2, 4]
     assert outputs["detection_scores"]["data"] == pytest.approx([0.98771, 0.5, 0, 0])
@@ -348,7 +349,7 @@ def test_encode_v2_rest_requested_outputs():
 def test_encode_v2_grpc_round_trip():
     request = v2_request([b"a", b"b"], from_grpc=True)
     message = codecs.encode_v2(detections(), NAMES, "m", request).to_grpc()
-    assert len(message.raw_output_contents) == len(codecs.V2_OUTPUTS)
+    assert len(message.raw_output_contents) == len(V2_OUTPUTS)
     arrays = {o.name: o.as_numpy() for o in InferResponse.from_grpc(message).outputs}
     assert arrays["num_detections"].tolist() == [2, 0]
     assert arrays["detection_boxes"].shape == (2, 2, 4) and arrays["detection_boxes"].dtype == np.float32
@@ -368,4 +369,4 @@ def test_encode_v2_with_no_detections_at_all():
 
 def test_metadata_types():
     assert codecs.input_types() == [{"name": "images", "datatype": "BYTES", "shape": [-1]}]
-    assert [t["name"] for t in codecs.output_types()] == [name for name, _ in codecs.V2_OUTPUTS]
+    assert [t["name"] for t in codecs.output_types()] == [name for name, _ in V2_OUTPUTS]

@@ -25,8 +25,9 @@ from kserve.protocol.infer_type import InferInput, InferRequest
 from PIL import Image, ImageFile, WebPImagePlugin, features
 from serving_fixtures import MODEL_NAME, forge_gif_size, forge_jpeg_size, forge_png_size
 
-from predictor.protocol import binary_ext
-from predictor.serving import codecs
+from predictor.protocol.detections import V2_OUTPUTS
+from predictor.protocol.tensors import serialize_tensor
+from predictor.serving import codecs, v2_binary
 from predictor.serving.images import ImageLimits, decode_base64, decode_image
 
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -363,7 +364,7 @@ def test_the_active_profile_is_the_one_asked_for():
 @given(st.binary(max_size=300), st.one_of(st.none(), st.text(max_size=8)))
 def test_binary_extension_bodies(body, header_length):
     with contextlib.suppress(InvalidInput):
-        binary_ext.parse_request(body, header_length, "m", [n for n, _ in codecs.V2_OUTPUTS])
+        v2_binary.parse_request(body, header_length, "m", [n for n, _ in V2_OUTPUTS])
 
 
 # ----------------------------------------------------------------------------- the real server
@@ -435,7 +436,7 @@ VALID_PARAMS = st.fixed_dictionaries(
         "binary_data_output": st.booleans(),
     },
 )
-OUTPUT_NAMES = [n for n, _ in codecs.V2_OUTPUTS]
+OUTPUT_NAMES = [n for n, _ in V2_OUTPUTS]
 VALID_OUTPUTS = st.lists(
     st.fixed_dictionaries(
         {"name": st.one_of(st.sampled_from(OUTPUT_NAMES), st.text(max_size=6))},
@@ -609,7 +610,7 @@ def test_server_v2_json_never_5xx(http, body, content_type):
 def test_server_v2_binary_never_5xx(
     http, elements, shape, size_delta, header_delta, extra, params, outputs, prefix_noise
 ):
-    raw = binary_ext.serialize_tensor(np.array(elements, dtype=object), "BYTES") if elements else b""
+    raw = serialize_tensor(np.array(elements, dtype=object), "BYTES") if elements else b""
     if prefix_noise is not None:
         raw = prefix_noise + raw
     tensor = {
@@ -677,7 +678,7 @@ def test_server_grpc_never_internal(grpc_stub, elements, shape, datatype, mode, 
     tensor = pb.ModelInferRequest.InferInputTensor(
         name="images", datatype=datatype, shape=[len(elements)] if shape is None else shape
     )
-    raw = binary_ext.serialize_tensor(np.array(elements, dtype=object), "BYTES") if elements else b""
+    raw = serialize_tensor(np.array(elements, dtype=object), "BYTES") if elements else b""
     raw_contents: list[bytes] = []
     if mode in ("contents", "both"):
         tensor.contents.bytes_contents.extend(elements)

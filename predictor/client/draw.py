@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import colorsys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from predictor.client.files import IMAGE_EXTENSIONS, InputImage
 
 RGB = tuple[int, int, int]
 
@@ -153,3 +156,29 @@ def _draw_caption(
     tag_y = y0 - tag_h if y0 - tag_h >= 0 else min(y0, max(0, img_h - tag_h))
     draw.rectangle((tag_x, tag_y, tag_x + tag_w - 1, tag_y + tag_h - 1), fill=color)
     draw.text((tag_x + pad - left, tag_y + pad - top), text, fill=text_color(color), font=font)
+
+
+def draw_path(item: InputImage, draw_dir: Path, image_format: str | None) -> tuple[Path, str]:
+    """Where the drawn copy goes and its format: JPEG and PNG files keep their name and format,
+    anything else becomes PNG (``photo.bmp`` -> ``photo.png``)."""
+    suffix = item.name.suffix.lower()
+    if image_format in ("JPEG", "MPO") and suffix in (".jpg", ".jpeg"):  # MPO: multi-picture JPEG
+        return draw_dir / item.name, "JPEG"
+    if suffix == ".png":
+        return draw_dir / item.name, "PNG"
+    if suffix in IMAGE_EXTENSIONS:
+        return draw_dir / item.name.with_suffix(".png"), "PNG"
+    return draw_dir / item.name.with_name(item.name.name + ".png"), "PNG"
+
+
+def write_drawn_copy(item: InputImage, detections: Sequence[Mapping[str, Any]], draw_dir: Path) -> Path:
+    """Draw ``detections`` on the EXIF-oriented image file ``item`` and write it under ``draw_dir``
+    (:func:`draw_path`); returns where. Raises ``OSError`` when the file cannot be read or written."""
+    with Image.open(item.path) as img:
+        source_format = img.format
+        oriented = ImageOps.exif_transpose(img)
+        drawn = draw_detections(oriented, detections)
+    target, fmt = draw_path(item, draw_dir, source_format)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    drawn.save(target, fmt, **({"quality": 95, "subsampling": 0} if fmt == "JPEG" else {}))
+    return target

@@ -8,14 +8,18 @@ raises ``kserve.errors.InvalidInput`` (HTTP 400, gRPC INVALID_ARGUMENT) whose me
 offending field, e.g. ``instances[3]: ...``.
 
 Boxes in responses are ``(xmin, ymin, xmax, ymax)`` in pixels of the original (EXIF-oriented) image.
+
+The facts the client shares (input and output names, parameter names, the V1 detection records, the
+raw BYTES framing, base64 and JSON rules) live in :mod:`predictor.protocol`; this module applies them
+to KServe's request and response objects and raises ``InvalidInput`` where they find a fault.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -23,19 +27,19 @@ import numpy as np
 import orjson
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from predictor.serving.errors import InvalidInput
-from predictor.serving.images import decode_base64, max_base64_chars
-
-#: Name of the V2 input in the model metadata (any name is accepted in requests).
-INPUT_NAME = "images"
-V2_OUTPUTS: tuple[tuple[str, str], ...] = (
-    ("num_detections", "INT32"),
-    ("detection_boxes", "FP32"),
-    ("detection_scores", "FP32"),
-    ("detection_classes", "INT32"),
-    ("detection_labels", "BYTES"),
+from predictor.protocol import base64text, json_body, tensors
+from predictor.protocol.detections import (
+    INPUT_NAME,
+    PARAMETER_NAMES,
+    V2_OUTPUTS,
+    detection_records,
+    v1_response,
 )
-PARAMETER_NAMES = ("score_threshold", "max_detections", "nms_threshold", "classes")
+from predictor.protocol.errors import MalformedMessage
+from predictor.protocol.json_body import json_type as _json_type
+from predictor.serving.errors import InvalidInput
+from predictor.serving.images import decode_base64
+
 #: Most entries of the ``classes`` parameter.
 MAX_CLASS_FILTER = 1000
 _V1_IMAGE_KEYS = ("b64", "image", "image_bytes")
@@ -49,14 +53,21 @@ _SIGNATURES: tuple[tuple[str, bytes], ...] = (
     ("GIF", b"GIF89a"),
     ("BMP", b"BM"),
 )
-#: What base64 text of an image may contain (either alphabet, padding, line breaks, a data URI prefix).
-_BASE64_TEXT = re.compile(rb"(data:[\w.+/-]*(;[\w=.-]+)*;base64,)?[A-Za-z0-9+/_=\-\s]*", re.ASCII)
 _JSON_OBJECT_START = re.compile(rb"[ \t\r\n]*\{")
 #: Media types whose V1 body is always one image, whatever its first bytes.
 _IMAGE_MEDIA_TYPES = ("image/", "application/octet-stream")
 
 
 # --------------------------------------------------------------------------------------- requests
+@contextmanager
+def invalid_input() -> Iterator[None]:
+    """Turn the wire helpers' :class:`MalformedMessage` into ``InvalidInput`` (400), same message."""
+    try:
+        yield
+    except MalformedMessage as e:
+        raise InvalidInput(str(e)) from None
+
+
 @dataclass(frozen=True)
 class ImagePayload:
     """One encoded image of a request.
@@ -152,11 +163,9 @@ def v1_body_is_json(body: bytes | bytearray | memoryview, content_type: str) -> 
 
 
 def load_json(body: bytes | bytearray | memoryview, what: str = "body") -> Any:
-    """JSON bytes -> value (orjson: no NaN/Infinity, integers within 64 bits, nesting within 1024)."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise InvalidInput(f"invalid JSON {what}: {e}"[:300]) from None
+    """JSON bytes -> value (:func:`predictor.protocol.json_body.load_json`); ``InvalidInput`` if not JSON."""
+    with invalid_input():
+        return json_body.load_json(body, what)
 
 
 def image_signature(data: bytes | bytearray | memoryview) -> str | None:
@@ -334,19 +343,10 @@ def _v2_items(inp: Any, name: str) -> list[Any]:
 
 
 def split_raw_bytes(raw: bytes, name: str = "input") -> list[bytes]:
-    """V2 raw BYTES tensor contents (each element: uint32 little-endian length, then the bytes)."""
-    view = memoryview(raw)
-    items, offset = [], 0
-    while offset < len(view):
-        if offset + 4 > len(view):
-            raise InvalidInput(f"{name}: malformed raw BYTES contents (truncated length prefix)")
-        (length,) = struct.unpack_from("<I", view, offset)
-        offset += 4
-        if offset + length > len(view):
-            raise InvalidInput(f"{name}: malformed raw BYTES contents (element longer than the data)")
-        items.append(bytes(view[offset : offset + length]))
-        offset += length
-    return items
+    """V2 raw BYTES tensor contents -> elements (:func:`predictor.protocol.tensors.split_bytes_elements`);
+    ``InvalidInput`` when malformed."""
+    with invalid_input():
+        return tensors.split_bytes_elements(raw, name)
 
 
 def _check_count(n: int, field: str, max_batch_size: int) -> None:
@@ -509,22 +509,16 @@ def payload_bytes(payload: ImagePayload, max_bytes: int) -> bytes:
     """The encoded image bytes of a payload (base64-decoded when needed); size-capped.
 
     Bytes of unknown kind (``is_base64 is None``) are base64 text when they consist of base64
-    characters only (:data:`_BASE64_TEXT`), else the image file (the decoder then says what is wrong).
+    characters only (:func:`predictor.protocol.base64text.is_base64_text`), else the image file (the
+    decoder then says what is wrong).
     """
     if payload.is_base64 is None:
         data = payload.data
-        is_text = len(data) <= max_base64_chars(max_bytes) and _BASE64_TEXT.fullmatch(data)  # type: ignore[arg-type]
+        is_text = len(data) <= base64text.max_base64_chars(max_bytes) and base64text.is_base64_text(data)  # type: ignore[arg-type]
         return decode_base64(data, max_bytes) if is_text else data  # type: ignore[return-value]
     if payload.is_base64:
         return decode_base64(payload.data, max_bytes)
     return payload.data  # type: ignore[return-value]
-
-
-def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return "a number"
-    return names.get(type(value), type(value).__name__)
 
 
 # --------------------------------------------------------------------------------------- responses
@@ -547,23 +541,18 @@ class Detections(NamedTuple):
 def encode_v1(dets: Detections, class_names: Sequence[str]) -> bytes:
     """V1 JSON ``{"predictions": [[{label, class_id, score, xmin, ymin, xmax, ymax}, ...], ...]}``.
 
-    One list per instance, sorted by score; coordinates rounded to 2 decimals, scores to 4. Masking and
-    rounding are vectorised; the only per-box Python work is creating the dicts the format requires.
+    One list per instance, sorted by score; rounded as
+    :func:`predictor.protocol.detections.detection_records` rounds. Masking and rounding are vectorised;
+    the only per-box Python work is creating the dicts the format requires.
     """
     num = dets.num_detections.astype(np.int64)
     mask = np.arange(dets.scores.shape[1])[None, :] < num[:, None]
     classes = dets.classes[mask].tolist()
-    values = np.empty((len(classes), 5), np.float64)
-    values[:, 0] = np.round(dets.scores[mask].astype(np.float64), 4)
-    values[:, 1:] = np.round(dets.boxes[mask].astype(np.float64), 2)
     names = list(class_names)
-    records = [
-        {"label": names[c], "class_id": c, "score": s, "xmin": x0, "ymin": y0, "xmax": x1, "ymax": y1}
-        for c, (s, x0, y0, x1, y1) in zip(classes, values.tolist(), strict=True)
-    ]
+    records = detection_records([names[c] for c in classes], classes, dets.scores[mask], dets.boxes[mask])
     ends = np.cumsum(num).tolist()
     starts = [0, *ends[:-1]]
-    return orjson.dumps({"predictions": [records[a:b] for a, b in zip(starts, ends, strict=True)]})
+    return orjson.dumps(v1_response([records[a:b] for a, b in zip(starts, ends, strict=True)]))
 
 
 class _JsonOutput(InferOutput):
@@ -614,7 +603,7 @@ def encode_v2(
     request_id = (request.id if request is not None else None) or ""
     if request is not None and request.from_grpc:
         outputs = [InferOutput(n, list(arrays[n].shape), dt) for n, dt in V2_OUTPUTS]
-        raw = [_raw_numeric(arrays[n], dt) for n, dt in V2_OUTPUTS[:-1]]
+        raw = [tensors.serialize_tensor(arrays[n], dt) for n, dt in V2_OUTPUTS[:-1]]
         raw.append(_raw_labels(label_index, class_names))
         return InferResponse(request_id, model_name, outputs, raw_outputs=raw, from_grpc=True)
     outputs = [_JsonOutput(n, list(arrays[n].shape), dt, data=arrays[n]) for n, dt in V2_OUTPUTS]
@@ -627,15 +616,11 @@ def encode_v2(
     )
 
 
-def _raw_numeric(array: np.ndarray, datatype: str) -> bytes:
-    dtype = {"FP32": "<f4", "INT32": "<i4"}[datatype]
-    return np.ascontiguousarray(array, dtype=dtype).tobytes()
-
-
 def _raw_labels(label_index: np.ndarray, class_names: Sequence[str]) -> bytes:
-    """V2 raw BYTES tensor: each element is a uint32 little-endian length, then the UTF-8 label."""
-    encoded = [s.encode() for s in (*class_names, "")]
-    table = np.asarray([struct.pack("<I", len(b)) + b for b in encoded], dtype=object)
+    """V2 raw BYTES tensor of the labels (:func:`predictor.protocol.tensors.pack_bytes_elements`), built
+    from a table of each label's packed bytes."""
+    packed = [tensors.pack_bytes_elements([s.encode()]) for s in (*class_names, "")]
+    table = np.asarray(packed, dtype=object)
     return b"".join(table[label_index].ravel().tolist())
 
 

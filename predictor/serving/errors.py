@@ -8,6 +8,9 @@ Hierarchy (each a KServe class, so KServe's own handlers would answer the same):
 
     kserve InvalidInput   400 / INVALID_ARGUMENT   the client's request is wrong; do not retry it
       ImageError                                   the image bytes themselves (images.py)
+    MalformedMessage      400 / INVALID_ARGUMENT   a wire-format fault (predictor.protocol); the
+                                                   codecs re-raise it as InvalidInput, this entry
+                                                   is the backstop
     kserve ModelNotFound  404 / NOT_FOUND          no model of that name
     NotImplementedError   501 / UNIMPLEMENTED
     kserve ServerNotReady 503 / UNAVAILABLE        retry later (``Retry-After``)
@@ -34,6 +37,8 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc_interceptor.exceptions import GrpcException
 from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady, ServerNotReady
+
+from predictor.protocol.errors import MalformedMessage
 
 if TYPE_CHECKING:
     from fastapi import FastAPI, Request
@@ -107,6 +112,7 @@ class ErrorStatus:
 #: Error class -> answer. Looked up along the exception's MRO (most derived class first).
 STATUSES: dict[type[BaseException], ErrorStatus] = {
     InvalidInput: ErrorStatus(400, grpc.StatusCode.INVALID_ARGUMENT),
+    MalformedMessage: ErrorStatus(400, grpc.StatusCode.INVALID_ARGUMENT),
     ModelNotFound: ErrorStatus(404, grpc.StatusCode.NOT_FOUND),
     NotImplementedError: ErrorStatus(501, grpc.StatusCode.UNIMPLEMENTED),
     ServerNotReady: ErrorStatus(503, grpc.StatusCode.UNAVAILABLE, retry_after=True),

@@ -11,16 +11,15 @@ Every failure caused by the bytes themselves raises :class:`~predictor.serving.e
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
-import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, features
 
+from predictor.protocol import base64text
+from predictor.protocol.errors import MalformedMessage
 from predictor.serving.errors import ImageError
 from predictor.serving.options import ServingOptions
 
@@ -28,8 +27,6 @@ from predictor.serving.options import ServingOptions
 FORMATS: tuple[str, ...] = ("JPEG", "PNG", "BMP", "GIF", *(("WEBP",) if features.check("webp") else ()))
 #: Largest accepted image side in pixels (JPEG's own limit is 65535).
 MAX_SIDE = 65_535
-_WHITESPACE = re.compile(rb"[\t\n\r ]+")
-_DATA_URI = re.compile(rb"^data:[\w.+/-]*(;[\w=.-]+)*;base64,", re.ASCII)
 _ORIENTATION = 0x0112  # EXIF tag
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # orientations whose transposition swaps width and height
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -50,44 +47,14 @@ class ImageLimits:
     max_side: int = MAX_SIDE
 
 
-def max_base64_chars(max_bytes: int) -> int:
-    """Length of the base64 text of ``max_bytes`` bytes, plus slack for line breaks and a data URI."""
-    return 4 * ((max_bytes + 2) // 3) + max_bytes // 38 + 256
-
-
 def decode_base64(text: str | bytes, max_bytes: int) -> bytes:
-    """Base64 text -> bytes: standard or URL-safe alphabet, optional padding, line breaks and
-    ``data:image/...;base64,`` prefix tolerated; anything else raises :class:`ImageError`."""
-    if isinstance(text, str):
-        try:
-            raw = text.encode("ascii")
-        except UnicodeEncodeError as e:
-            raise ImageError(f"invalid base64: non-ASCII character at position {e.start}") from None
-    else:
-        raw = bytes(text)
-    if len(raw) > max_base64_chars(max_bytes):
-        raise ImageError(
-            f"encoded image is over {max_bytes} bytes ({len(raw)} base64 characters), "
-            f"the limit is {max_bytes}"
-        )
-    if raw and len(raw) % 4 == 0:  # fast path: plain padded base64, what nearly every client sends
-        try:
-            return base64.b64decode(raw, validate=True)
-        except (binascii.Error, ValueError):
-            pass  # line breaks, URL-safe alphabet, a data URI, or garbage: the tolerant path below
-    raw = _DATA_URI.sub(b"", _WHITESPACE.sub(b"", raw), count=1)
-    if not raw:
-        raise ImageError("empty image (no base64 data)")
-    if b"-" in raw or b"_" in raw:
-        raw = raw.translate(bytes.maketrans(b"-_", b"+/"))
-    missing = -len(raw) % 4
-    if missing == 3:
-        raise ImageError(f"invalid base64: {len(raw)} characters cannot encode whole bytes")
+    """Base64 text -> bytes (:func:`predictor.protocol.base64text.decode_base64`: standard or URL-safe
+    alphabet, optional padding, line breaks and ``data:image/...;base64,`` prefix tolerated); anything
+    else raises :class:`ImageError`."""
     try:
-        data = base64.b64decode(raw + b"=" * missing, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise ImageError(f"invalid base64: {e}") from None
-    return data
+        return base64text.decode_base64(text, max_bytes)
+    except MalformedMessage as e:
+        raise ImageError(str(e)) from None
 
 
 class DecodedImage(NamedTuple):

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from predictor._argtypes import fraction, positive_int
+
 if TYPE_CHECKING:
     from predictor.serving.resources import Limits
 
@@ -47,24 +49,10 @@ def _bool(raw: str) -> bool:
     raise ValueError("expected true/false")
 
 
-def positive_int(raw: str) -> int:
-    value = int(raw)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {raw}")
-    return value
-
-
 def non_negative_int(raw: str) -> int:
     value = int(raw)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {raw}")
-    return value
-
-
-def fraction(raw: str) -> float:
-    value = float(raw)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be within [0, 1], got {raw}")
     return value
 
 

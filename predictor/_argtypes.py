@@ -1,0 +1,25 @@
+"""``argparse`` value types shared by the server's flags and the ``ssd-detect`` command line.
+
+Each takes the flag's text and returns the value, or raises ``argparse.ArgumentTypeError`` naming the
+rule (argparse prefixes the flag: ``argument --batch-size: must be a positive integer, got 0``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def positive_int(raw: str) -> int:
+    """An integer ``>= 1``."""
+    value = int(raw)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {raw}")
+    return value
+
+
+def fraction(raw: str) -> float:
+    """A number within ``[0, 1]`` (a score or an IoU)."""
+    value = float(raw)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be within [0, 1], got {raw}")
+    return value
