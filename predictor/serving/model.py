@@ -166,8 +166,6 @@ class SSDPredictor(kserve.Model):
             telemetry.TELEMETRY.configure(detector.class_names)
             self._batcher = DynamicBatcher(
                 detector.run_batch,
-                bucket_for=detector.bucket_for,
-                input_size=detector.input_size,
                 max_batch_size=self.options.max_batch_size,
                 batch_wait_s=self.options.batch_wait_ms / 1000.0,
                 max_queue_images=self.options.max_queue_images,
