@@ -83,7 +83,7 @@ class ServingOptions:
 
 class _Result(NamedTuple):
     request: codecs.ParsedRequest
-    detections: codecs.Detections
+    detections: codecs.ResponseDetections
 
 
 class SSDPredictor(kserve.Model):
@@ -302,7 +302,7 @@ class SSDPredictor(kserve.Model):
                 return codecs.encode_v1(dets, names)
             return codecs.encode_v2(dets, names, self.name, request.infer_request)
 
-    async def _detect(self, request: codecs.ParsedRequest, deadline: Deadline) -> codecs.Detections:
+    async def _detect(self, request: codecs.ParsedRequest, deadline: Deadline) -> codecs.ResponseDetections:
         n = len(request.images)
         detector = self.detector
         controls = self._controls(request, n)  # a bad class filter fails before any decoding
@@ -337,7 +337,9 @@ class SSDPredictor(kserve.Model):
         tracing.record_batch(timing)
         with tracing.stage("ssd.postprocess"):
             telemetry.TELEMETRY.observe(out, image_hw)
-            return codecs.Detections(out["boxes"], out["scores"], out["classes"], out["num_detections"])
+            return codecs.ResponseDetections(
+                out["boxes"], out["scores"], out["classes"], out["num_detections"]
+            )
 
     def _controls(self, request: codecs.ParsedRequest, n: int) -> dict[str, np.ndarray]:
         """Per-image ``nms_threshold [n]`` and ``class_mask [n, C]`` for ``Detector.run_batch``."""

@@ -42,7 +42,8 @@ DEFAULT_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
 
 
 class ImageDetections(NamedTuple):
-    """Detections of one image, sorted by descending score.
+    """Detections of one image in its pixels, trimmed to its ``n`` detections, sorted by descending
+    score (what :meth:`Detector.detect` returns; the padded batch: ``run_batch``'s dict).
 
     Attributes:
       boxes: float32 ``[n, 4]`` pixel ``(xmin, ymin, xmax, ymax)``, ``xmax > xmin``, ``ymax > ymin``.
