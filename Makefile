@@ -14,10 +14,11 @@ RUN_SLOW ?= 0
 MODEL_DIR ?=
 PORT ?= 8080
 
-.PHONY: help install system-deps serve test test-all lint format clean
+.PHONY: help install system-deps serve test test-all fuzz lint format clean
 
-help: ## Show this help
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+help: ## Show this help (the targets of each mk/<topic>.mk under its name)
+	@awk 'BEGIN {FS = ":.*## "} FNR == 1 && FILENAME != "Makefile" {printf "%s:\n", FILENAME} \
+		/^[a-zA-Z0-9_.-]+:.*## / {printf "  \033[36m%-24s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +43,9 @@ test: $(STAMP) system-deps ## Install everything and run the whole test suite (w
 
 test-all: ## Run the test suite including slow tests
 	$(MAKE) test RUN_SLOW=1
+
+fuzz: $(STAMP) ## Fuzz the request codecs and image decoder (hypothesis, 2000 examples per property)
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/test_fuzz.py
 
 lint: $(STAMP) ## ruff lint and format check
 	$(VENV)/bin/ruff check .

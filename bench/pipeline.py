@@ -173,7 +173,7 @@ def uint8_costs(detector: Any, min_time_s: float) -> dict[str, float]:
 
 
 def _fake_detections(n: int, hw: tuple[int, int]) -> Any:
-    from predictor.serving.codecs import Detections
+    from predictor.serving.codecs import ResponseDetections
 
     rng = np.random.default_rng(0)
     d = DETECTIONS_PER_IMAGE
@@ -181,7 +181,7 @@ def _fake_detections(n: int, hw: tuple[int, int]) -> Any:
     boxes = np.concatenate([xy, xy + rng.uniform(10, 100, (n, d, 2))], axis=-1).astype(np.float32)
     scores = np.sort(rng.uniform(0.3, 1.0, (n, d)).astype(np.float32), axis=1)[:, ::-1]
     classes = rng.integers(1, 6, (n, d)).astype(np.int32)
-    return Detections(boxes, scores, classes, np.full(n, d, np.int32))
+    return ResponseDetections(boxes, scores, classes, np.full(n, d, np.int32))
 
 
 def model_cpu_ms(detector: Any, min_time_s: float) -> float:

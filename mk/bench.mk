@@ -18,7 +18,23 @@ HOSTILE_CLIENTS ?= 24
 HOSTILE_BODY_MIB ?= 40
 HOSTILE_MAX_GROWTH_MIB ?= 512
 
-.PHONY: bench bench-install bench-model bench-onnx bench-served bench-report bench-overload bench-hostile gpu-check-prepare gpu-check-cpu gpu-check
+# Cold start (`make bench-cold-start`): models and repeats; COLD_START_ARGS adds flags, e.g.
+# "--baseline ../old-checkout --no_pyc" to measure another source tree or a run without byte-code.
+COLD_START_MODELS ?= demo,ssd300
+COLD_START_REPEATS ?= 3
+COLD_START_ARGS ?=
+# Soak (`make soak`), 10000 requests: with 3000 the memory is still reaching its high-water mark (see
+# bench/RESULTS.md). Requests to send, client threads, time cap (s), allowed RSS growth from ready to the
+# end (%), and where the JSON goes.
+SOAK_REQUESTS ?= 10000
+SOAK_CONCURRENCY ?= 8
+SOAK_MAX_SECONDS ?= 800
+SOAK_MAX_RSS_GROWTH_PCT ?= 5
+SOAK_OUT ?= bench/out/soak.json
+
+.PHONY: bench bench-install bench-model bench-onnx bench-served bench-report bench-overload bench-hostile \
+	gpu-check-prepare gpu-check-cpu gpu-check bench-pipeline bench-draft bench-client-downscale \
+	bench-cold-start soak
 
 $(BENCH_STAMP): pyproject.toml | $(STAMP)
 	$(PIP) install --quiet -e '.[test,bench]'
@@ -59,8 +75,6 @@ gpu-check-cpu: gpu-check-prepare ## Try the GPU check here on the CPU, tiny sett
 gpu-check: ## Run the GPU check (on the GPU machine, after gpu-check-prepare here); JSON into env OUT
 	bash bench/gpu_check.sh
 
-.PHONY: bench-pipeline bench-draft bench-client-downscale
-
 bench-pipeline: $(BENCH_STAMP) ## CPU ms per image per pipeline stage (VGA/1080p/12MP JPEG, PNG) vs bare Pillow decode+resize; served rate
 	$(PY) -m bench.pipeline --out_dir $(BENCH_OUT)
 
@@ -69,3 +83,12 @@ bench-draft: $(BENCH_STAMP) ## Effect of --jpeg_draft on SSD300 detections (IoU,
 
 bench-client-downscale: $(BENCH_STAMP) ## ssd-detect --downscale: detections, upload bytes and server CPU per image
 	$(PY) -m bench.client_downscale --out_dir $(BENCH_OUT)
+
+bench-cold-start: $(STAMP) ## Cold start, process spawn to ready: imports, model load, warm-up per bucket (demo, SSD300)
+	$(PY) -m bench.cold_start --models $(COLD_START_MODELS) --repeats $(COLD_START_REPEATS) \
+		--out_dir $(BENCH_OUT) $(COLD_START_ARGS)
+
+soak: $(STAMP) ## Soak a real server on loopback (MODEL_DIR=... or the demo model): mixed valid/invalid/large requests, 0 5xx, RSS growth
+	$(PY) -m bench.soak $(if $(MODEL_DIR),--model_dir $(MODEL_DIR),) --requests $(SOAK_REQUESTS) \
+		--concurrency $(SOAK_CONCURRENCY) --max_seconds $(SOAK_MAX_SECONDS) \
+		--max_rss_growth_pct $(SOAK_MAX_RSS_GROWTH_PCT) --out $(SOAK_OUT)

@@ -21,10 +21,6 @@ demo-model-resume: $(STAMP) ## Continue an interrupted `make demo-model` from it
 eval: $(STAMP) ## COCO mAP of a model (default the demo model; MODEL_DIR=...) on EVAL_COUNT (500) held-out images
 	$(PY) -m predictor.tools.evaluate --count $(EVAL_COUNT) --out out/eval $(if $(MODEL_DIR),--model_dir $(MODEL_DIR),)
 
-.PHONY: fuzz
-fuzz: $(STAMP) ## Fuzz the request codecs and image decoder (hypothesis, 2000 examples per property)
-	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/test_fuzz.py
-
 .PHONY: model-card
 # Score thresholds of the model card's operating-point table (held-out images 200-399).
 CARD_THRESHOLDS ?= 0.2,0.3,0.4,0.5

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_fixtures import *  # noqa: F403  (server fixtures, owned by the serving tests)
+
+#: The server fixtures (``ssd_server``, ``direct_detector``), owned by the serving tests.
+pytest_plugins = ["serving_fixtures"]
 
 # Before anything imports TensorFlow: quiet logs, CPU only (tests compare exact numbers).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

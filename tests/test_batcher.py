@@ -1,4 +1,4 @@
-"""DynamicBatcher with a fake model (no TensorFlow): coalescing, slicing, padding, shedding, cancellation,
+"""DynamicBatcher with a fake model (no TensorFlow): coalescing, slicing, no padding, shedding, cancellation,
 deadlines and shutdown (the last two with a gate holding the model: no timing in the outcome)."""
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class FakeModel:
             self.calls.append(
                 {
                     "n": len(images),
+                    "markers": [float(image[0, 0, 0]) for image in images],
                     "thr": score_threshold.copy(),
                     "caps": max_detections.copy(),
                     "hw": image_hw.copy(),
@@ -51,7 +52,7 @@ class FakeModel:
             raise RuntimeError("model exploded")
         b = len(images)
         boxes = np.zeros((b, 3, 4), np.float32)
-        boxes[:, 0, 0] = images[:, 0, 0, 0]
+        boxes[:, 0, 0] = [image[0, 0, 0] for image in images]
         return {
             "boxes": boxes,
             "scores": np.repeat(score_threshold[:, None], 3, axis=1),
@@ -60,13 +61,9 @@ class FakeModel:
         }
 
 
-def bucket_for(n: int) -> int:
-    return next(b for b in (1, 2, 4, 8) if b >= n)
-
-
 def make_batcher(model: FakeModel, **kwargs) -> DynamicBatcher:
     options = {"max_batch_size": 8, "batch_wait_s": 0.02, "max_queue_images": 64, **kwargs}
-    return DynamicBatcher(model, bucket_for=bucket_for, input_size=S, **options)
+    return DynamicBatcher(model, **options)
 
 
 def request(markers: list[float], threshold: float = 0.5, cap: int = 3):
@@ -106,25 +103,27 @@ def test_concurrent_requests_share_model_calls_and_get_their_own_rows():
         np.testing.assert_allclose(out["scores"][:, 0], threshold, atol=1e-6)
         assert out["num_detections"].tolist() == [cap] * len(markers)
     assert len(model.calls) < len(sizes)
-    assert all(call["n"] in (1, 2, 4, 8) for call in model.calls), "not padded to a bucket"
-    assert sum(call["n"] for call in model.calls) >= sum(sizes)
+    seen = sorted(m for call in model.calls for m in call["markers"])
+    assert seen == [float(m) for m in range(sum(sizes))], "every image given to the model exactly once"
     assert batcher.queued_images == 0 and batcher.admitted_images == 0
 
 
-def test_padding_rows_and_max_batch_size():
+def test_the_model_gets_exactly_the_queued_images_no_padding():
+    """Buckets are the detector's business: 3 + 3 images make a call of 6 rows (not a bucket of 8), each
+    row with its own request's parameters."""
     model = FakeModel()
     batcher = make_batcher(model, max_batch_size=8, batch_wait_s=0.05)
 
     async def main():
-        return await asyncio.gather(*(submit(batcher, [float(i)] * 3) for i in range(4)))
+        return await asyncio.gather(*(submit(batcher, [float(i)] * 3, 0.1 * i, 1 + i) for i in range(4)))
 
     asyncio.run(main())
-    assert all(call["n"] <= 8 for call in model.calls)
-    for call in model.calls:  # 3 + 3 images -> bucket 8: two padding rows with threshold 1, cap 0
-        used = int((call["caps"] > 0).sum())
-        assert used in (3, 6) and call["n"] == bucket_for(used)
-        assert (call["thr"][used:] == 1).all() and (call["caps"][used:] == 0).all()
-        assert (call["hw"][used:] == 1).all()
+    assert sorted(m for call in model.calls for m in call["markers"]) == sorted([0.0, 1.0, 2.0, 3.0] * 3)
+    for call in model.calls:
+        assert call["n"] in (3, 6) and call["n"] == len(call["markers"]) == len(call["thr"])
+        assert len(call["caps"]) == len(call["hw"]) == call["n"] and (call["caps"] > 0).all()
+        for marker, thr, cap in zip(call["markers"], call["thr"], call["caps"], strict=True):
+            assert thr == pytest.approx(0.1 * marker) and cap == 1 + marker
 
 
 async def until(condition, what: str) -> None:
@@ -213,6 +212,17 @@ def test_a_failing_model_call_fails_only_its_batch():
     results, after = asyncio.run(main())
     assert all(isinstance(r, RuntimeError) for r in results)
     assert after["boxes"][0, 0, 0] == 3.0
+
+
+def test_a_model_answering_other_row_counts_fails_its_batch():
+    """A model that returned padding rows (or lost some) would hand requests wrong rows: refused."""
+
+    def padded_model(images, image_hw, score_threshold, max_detections):
+        return {"num_detections": np.zeros(len(images) + 1, np.int32)}
+
+    batcher = make_batcher(padded_model)
+    with pytest.raises(RuntimeError, match="rows for 1 images"):
+        asyncio.run(submit(batcher, [1.0]))
 
 
 def test_requests_larger_than_a_batch_are_refused():

@@ -14,20 +14,20 @@ from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse, 
 
 from predictor.protocol.detections import V2_OUTPUTS
 from predictor.serving import codecs
-from predictor.serving.codecs import Detections, ImagePayload
+from predictor.serving.codecs import ImagePayload, ResponseDetections
 
 NAMES = ("background", "cat", "dog")
 LIMITS = {"max_batch_size": 4, "max_detections": 10}
 
 
-def detections() -> Detections:
+def detections() -> ResponseDetections:
     """Two images: 2 detections and 0 detections, padded to D = 3."""
     boxes = np.zeros((2, 3, 4), np.float32)
     boxes[0, 0] = [1.234, 2.345, 30.0049, 40.0]
     boxes[0, 1] = [5.0, 6.0, 7.5, 8.25]
     scores = np.array([[0.98771, 0.5, 0.0], [0.0, 0.0, 0.0]], np.float32)
     classes = np.array([[2, 1, 0], [0, 0, 0]], np.int32)
-    return Detections(boxes, scores, classes, np.array([2, 0], np.int32))
+    return ResponseDetections(boxes, scores, classes, np.array([2, 0], np.int32))
 
 
 # ----------------------------------------------------------------------------- V1 requests
@@ -358,7 +358,7 @@ def test_encode_v2_grpc_round_trip():
 
 
 def test_encode_v2_with_no_detections_at_all():
-    empty = Detections(
+    empty = ResponseDetections(
         np.zeros((1, 3, 4), np.float32), np.zeros((1, 3)), np.zeros((1, 3), np.int32), np.zeros(1)
     )
     body, _ = codecs.encode_v2(empty, NAMES, "m", v2_request(["A"])).to_rest()

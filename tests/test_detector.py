@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,53 @@ def test_no_retracing_after_warmup(random_tiny_model_dir, shapes_images):
     for n in (1, 3, 8, 5, 2, 7):
         det.detect(shapes_images[:1] * n, score_threshold=0.3, max_detections=7)
     assert det.trace_count == traced
+
+
+def test_only_the_detector_pads_to_buckets(random_tiny_model_dir, shapes_images):
+    """The batcher hands the detector exactly the real images (3, then 5); the detector alone pads them,
+    so its compiled function still only sees bucket shapes (4, 8), and every request gets its own rows."""
+    from predictor.serving.batcher import DynamicBatcher
+
+    det = Detector.from_dir(str(random_tiny_model_dir), max_batch_size=8)
+    det.warmup()
+    traced = det.trace_count
+    given, compiled = [], []
+    run_batch, fn = det.run_batch, det._fn
+
+    def recording_run_batch(images, *args, **kwargs):
+        given.append(len(images))
+        return run_batch(images, *args, **kwargs)
+
+    def recording_fn(images, *args):
+        compiled.append(int(images.shape[0]))
+        return fn(images, *args)
+
+    det._fn = recording_fn
+    batcher = DynamicBatcher(recording_run_batch, max_batch_size=8, batch_wait_s=0.001)
+    c = len(det.class_names)
+
+    async def one_request(images):
+        n = len(images)
+        extra = {
+            "nms_threshold": np.full(n, det.nms_threshold, np.float32),
+            "class_mask": np.ones((n, c), bool),
+        }
+        resized = [det.resize(im) for im in images]
+        hw = np.asarray([im.shape[:2] for im in images], np.float32)
+        with batcher.admit(n):
+            return await batcher.run(
+                resized, hw, np.full(n, 0.2, np.float32), np.full(n, 50, np.int32), extra
+            )
+
+    outs = [asyncio.run(one_request(shapes_images[:k])) for k in (3, 5)]
+    assert given == [3, 5], "the batcher padded (or split) the images it handed the detector"
+    assert compiled == [4, 8] and det.trace_count == traced
+    for k, out in zip((3, 5), outs, strict=True):
+        assert {len(v) for v in out.values()} == {k}
+        direct = det.detect(shapes_images[:k], score_threshold=0.2, max_detections=50)
+        assert out["num_detections"].tolist() == [len(d.scores) for d in direct]
+        for i, d in enumerate(direct):
+            np.testing.assert_allclose(out["scores"][i, : len(d.scores)], d.scores, rtol=1e-5, atol=1e-6)
 
 
 def test_boxes_valid_unique_and_bounded(random_tiny_model_dir, shapes_images):

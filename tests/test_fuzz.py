@@ -341,7 +341,7 @@ def test_responses_round_trip(counts, width, data):
         ).reshape(n, d)
     )[:, ::-1]
     classes = np.asarray(data.draw(st.lists(st.integers(1, width), min_size=n * d, max_size=n * d)), np.int32)
-    dets = codecs.Detections(
+    dets = codecs.ResponseDetections(
         np.asarray(boxes, np.float32).reshape(n, d, 4),
         scores,
         classes.reshape(n, d),

@@ -7,9 +7,11 @@ import pytest
 import tensorflow as tf
 
 from predictor.ssd import boxes as box_ops
+from predictor.ssd.augment import augment
+from predictor.ssd.loss import ssd_loss
+from predictor.ssd.matching import match_anchors
 from predictor.ssd.network import build_network
 from predictor.ssd.trainer import TrainConfig, Trainer, make_dataset
-from predictor.ssd.training import augment, match_anchors, ssd_loss
 
 ANCHORS = np.array(
     [

@@ -2,10 +2,11 @@
 
 Requests (of any protocol) hand their already decoded and resized images to :meth:`DynamicBatcher.run`.
 One asyncio worker collects queued requests until ``max_batch_size`` images are waiting or the oldest
-has waited ``batch_wait_s``, then runs the model once, in a dedicated thread, on a buffer padded to the
-detector's bucket size (so nothing is traced after warm-up), and hands every request exactly its own
-rows of the output. A request's images are never split across model calls. Per-image score thresholds
-and detection caps travel with the images, so requests with different parameters share a batch.
+has waited ``batch_wait_s``, then runs the model once, in a dedicated thread, on exactly the queued
+images (the detector alone pads them to its bucket sizes and stacks them into one buffer), and hands
+every request exactly its own rows of the output. A request's images are never split across model
+calls. Per-image score thresholds and detection caps travel with the images, so requests with
+different parameters share a batch.
 
 Load shedding: :meth:`DynamicBatcher.admit` bounds the images admitted (decoding, queued or running) to
 ``max_queue_images``, and (when set) to what the model can finish within ``max_queue_delay_s`` at
@@ -48,8 +49,10 @@ log = logging.getLogger(__name__)
 
 _EWMA = 0.2  # weight of the newest model call in the rate estimate
 _SHUTTING_DOWN = "the server is shutting down; retry on another replica"
-#: ``run_batch(images [B, S, S, 3], image_hw [B, 2], score_threshold [B], max_detections [B], **extra)``;
-#: ``extra``: the per-image arrays requests passed to :meth:`DynamicBatcher.run` (e.g. ``nms_threshold [B]``).
+#: ``run_batch(images, image_hw [B, 2], score_threshold [B], max_detections [B], **extra)`` returns
+#: ``{name: [B, ...]}``. ``images``: a list of the ``B`` queued ``[S, S, 3]`` images (no padding, not
+#: stacked: the model stacks them once, into a buffer of its own shape); ``extra``: the per-image
+#: arrays requests passed to :meth:`DynamicBatcher.run` (e.g. ``nms_threshold [B]``).
 RunBatch = Callable[..., dict[str, np.ndarray]]
 
 
@@ -117,9 +120,7 @@ class DynamicBatcher:
     """Coalesces concurrent requests into model calls of at most ``max_batch_size`` images.
 
     Args:
-      run_batch: the model call (``Detector.run_batch``), run in ``executor``; outputs ``[B, ...]``.
-      bucket_for: batch size -> padded bucket size (``Detector.bucket_for``).
-      input_size: side ``S`` of the resized images.
+      run_batch: the model call (``Detector.run_batch``, see :data:`RunBatch`), run in ``executor``.
       max_batch_size: most images per model call (and per request).
       batch_wait_s: how long the oldest queued request may wait for company.
       max_queue_images: most images admitted at once (see :meth:`admit`).
@@ -132,8 +133,6 @@ class DynamicBatcher:
         self,
         run_batch: RunBatch,
         *,
-        bucket_for: Callable[[int], int],
-        input_size: int,
         max_batch_size: int = ServingOptions.max_batch_size,
         batch_wait_s: float = ServingOptions.batch_wait_ms / 1000.0,
         max_queue_images: int = ServingOptions.max_queue_images,
@@ -142,8 +141,6 @@ class DynamicBatcher:
         executor: Executor | None = None,
     ) -> None:
         self._run_batch = run_batch
-        self._bucket_for = bucket_for
-        self.input_size = input_size
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
         self.max_queue_images = max_queue_images
@@ -266,8 +263,8 @@ class DynamicBatcher:
           images: ``n`` float32 ``[S, S, 3]`` resized images, ``1 <= n <= max_batch_size``.
           image_hw: ``[n, 2]`` original ``(height, width)``.
           score_threshold: float32 ``[n]``; max_detections: int32 ``[n]``.
-          extra: more per-image arrays ``[n, ...]`` passed to ``run_batch`` as keyword arguments (padding
-            rows are zeros); every request of one batcher passes the same keys.
+          extra: more per-image arrays ``[n, ...]`` passed to ``run_batch`` as keyword arguments; every
+            request of one batcher passes the same keys.
           timing: when given, filled with ``time.time_ns()`` stamps ``enqueued``, ``batch_start``,
             ``model_start``, ``model_end`` and the call's ``batch_images`` (tracing).
           deadline: past it the request leaves the queue (``RequestTimeout``), unseen by the model.
@@ -395,32 +392,19 @@ class DynamicBatcher:
             offset += item.n
 
     def _call_model(self, batch: list[_Item], n: int, stamps: dict[str, int]) -> dict[str, np.ndarray]:
-        """Model thread: stack the images into a bucket-sized buffer (one copy), run, drop padding."""
-        size = self._bucket_for(n)
-        s = self.input_size
-        images = np.empty((size, s, s, 3), np.float32)
-        row = 0
-        for item in batch:
-            for image in item.images:
-                images[row] = image
-                row += 1
-        images[n:] = 0.0
-        pad = size - n
-        hw = np.concatenate([*(item.image_hw for item in batch), np.ones((pad, 2), np.float32)])
-        thr = np.concatenate([*(item.score_threshold for item in batch), np.ones(pad, np.float32)])
-        caps = np.concatenate([*(item.max_detections for item in batch), np.zeros(pad, np.int32)])
-        extra = {
-            key: np.concatenate(
-                [*(item.extra[key] for item in batch), np.zeros((pad, *rows.shape[1:]), rows.dtype)]
-            )
-            for key, rows in batch[0].extra.items()
-        }
+        """Model thread: the batch's ``n`` images and their parameters, in request order, to the model."""
+        images = [image for item in batch for image in item.images]  # references: no pixel copied here
+        hw = np.concatenate([item.image_hw for item in batch]).astype(np.float32, copy=False)
+        thr = np.concatenate([item.score_threshold for item in batch]).astype(np.float32, copy=False)
+        caps = np.concatenate([item.max_detections for item in batch]).astype(np.int32, copy=False)
+        extra = {key: np.concatenate([item.extra[key] for item in batch]) for key in batch[0].extra}
         stamps["model_start"] = time.time_ns()
-        out = self._run_batch(
-            images, hw.astype(np.float32), thr.astype(np.float32), caps.astype(np.int32), **extra
-        )
+        out = self._run_batch(images, hw, thr, caps, **extra)
         stamps["model_end"] = time.time_ns()
-        return {k: v[:n] for k, v in out.items()}
+        rows = {k: len(v) for k, v in out.items() if len(v) != n}
+        if rows:
+            raise RuntimeError(f"the model returned {rows} rows for {n} images")
+        return out
 
     @property
     def queued_images(self) -> int:

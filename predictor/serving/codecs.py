@@ -522,8 +522,9 @@ def payload_bytes(payload: ImagePayload, max_bytes: int) -> bytes:
 
 
 # --------------------------------------------------------------------------------------- responses
-class Detections(NamedTuple):
-    """Detections of the images of one request, padded along ``D``.
+class ResponseDetections(NamedTuple):
+    """What a V1 or V2 response is encoded from: the detections of one request's images (numpy rows
+    of :meth:`predictor.ssd.Detector.run_batch`), padded along ``D``.
 
     Attributes:
       boxes: float32 ``[n, D, 4]`` pixel ``(xmin, ymin, xmax, ymax)`` of the original image.
@@ -538,7 +539,7 @@ class Detections(NamedTuple):
     num_detections: np.ndarray
 
 
-def encode_v1(dets: Detections, class_names: Sequence[str]) -> bytes:
+def encode_v1(dets: ResponseDetections, class_names: Sequence[str]) -> bytes:
     """V1 JSON ``{"predictions": [[{label, class_id, score, xmin, ymin, xmax, ymax}, ...], ...]}``.
 
     One list per instance, sorted by score; rounded as
@@ -570,7 +571,9 @@ class _JsonOutput(InferOutput):
         self._data = output_tensor.ravel().tolist()
 
 
-def v2_arrays(dets: Detections, class_names: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def v2_arrays(
+    dets: ResponseDetections, class_names: Sequence[str]
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """V2 output arrays with ``K = max(num_detections)``; rows past a count are zero / ``""``.
 
     Returns:
@@ -594,7 +597,7 @@ def v2_arrays(dets: Detections, class_names: Sequence[str]) -> tuple[dict[str, n
 
 
 def encode_v2(
-    dets: Detections, class_names: Sequence[str], model_name: str, request: InferRequest | None
+    dets: ResponseDetections, class_names: Sequence[str], model_name: str, request: InferRequest | None
 ) -> InferResponse:
     """V2 response: ``num_detections`` INT32 ``[N]``, ``detection_boxes`` FP32 ``[N, K, 4]``,
     ``detection_scores`` FP32 ``[N, K]``, ``detection_classes`` INT32 ``[N, K]``, ``detection_labels``

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 class _Result(NamedTuple):
     request: codecs.ParsedRequest
-    detections: codecs.Detections
+    detections: codecs.ResponseDetections
 
 
 class SSDPredictor(kserve.Model):
@@ -121,8 +121,6 @@ class SSDPredictor(kserve.Model):
             telemetry.TELEMETRY.configure(detector.class_names)
             self._batcher = DynamicBatcher(
                 detector.run_batch,
-                bucket_for=detector.bucket_for,
-                input_size=detector.input_size,
                 max_batch_size=self.options.max_batch_size,
                 batch_wait_s=self.options.batch_wait_ms / 1000.0,
                 max_queue_images=self.options.max_queue_images,
@@ -272,7 +270,7 @@ class SSDPredictor(kserve.Model):
                 return codecs.encode_v1(dets, names)
             return codecs.encode_v2(dets, names, self.name, request.infer_request)
 
-    async def _detect(self, request: codecs.ParsedRequest, deadline: Deadline) -> codecs.Detections:
+    async def _detect(self, request: codecs.ParsedRequest, deadline: Deadline) -> codecs.ResponseDetections:
         n = len(request.images)
         detector = self.detector
         controls = self._controls(request, n)  # a bad class filter fails before any decoding
@@ -307,7 +305,9 @@ class SSDPredictor(kserve.Model):
         tracing.record_batch(timing)
         with tracing.stage("ssd.postprocess"):
             telemetry.TELEMETRY.observe(out, image_hw)
-            return codecs.Detections(out["boxes"], out["scores"], out["classes"], out["num_detections"])
+            return codecs.ResponseDetections(
+                out["boxes"], out["scores"], out["classes"], out["num_detections"]
+            )
 
     def _controls(self, request: codecs.ParsedRequest, n: int) -> dict[str, np.ndarray]:
         """Per-image ``nms_threshold [n]`` and ``class_mask [n, C]`` for ``Detector.run_batch``."""

@@ -6,9 +6,9 @@ header (REST) or metadata entry (gRPC), with one child span per stage:
 
 - ``ssd.decode``: base64 + image decoding and resizing of the request's images (decode threads);
 - ``ssd.queue_wait``: waiting in the dynamic batcher for a model call;
-- ``ssd.batch``: assembling the batch (hand-off to the model thread, stacking, padding to the bucket);
-- ``ssd.model``: the compiled network and in-graph post-processing (shared by the batch's requests:
-  attribute ``ssd.batch_images``);
+- ``ssd.batch``: assembling the batch (hand-off to the model thread, joining the per-image parameters);
+- ``ssd.model``: ``Detector.run_batch``: stacking the images into the bucket's buffer, the compiled
+  network and in-graph post-processing (shared by the batch's requests: attribute ``ssd.batch_images``);
 - ``ssd.postprocess``: the request's rows of the output and the detection telemetry;
 - ``ssd.encode``: the V1 JSON / V2 response.
 

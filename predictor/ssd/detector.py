@@ -3,7 +3,8 @@
 ``Detector`` wraps a network, its anchors and the batched post-processing in one ``tf.function``
 (optionally XLA-compiled). The function is traced once, its batch dimension left open; batches are
 padded to a small set of bucket sizes, so XLA and the kernels see a bounded set of shapes, all of them
-run once by :meth:`Detector.warmup` before serving.
+run once by :meth:`Detector.warmup` before serving. Buckets are this module's business alone: callers
+(the serving batcher included) pass their ``n`` real images and get ``n`` rows back.
 
 Three lines from an image file to detections (balancap checkpoint or project model directory)::
 
@@ -41,7 +42,8 @@ DEFAULT_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
 
 
 class ImageDetections(NamedTuple):
-    """Detections of one image, sorted by descending score.
+    """Detections of one image in its pixels, trimmed to its ``n`` detections, sorted by descending
+    score (what :meth:`Detector.detect` returns; the padded batch: ``run_batch``'s dict).
 
     Attributes:
       boxes: float32 ``[n, 4]`` pixel ``(xmin, ymin, xmax, ymax)``, ``xmax > xmin``, ``ymax > ymin``.
@@ -182,17 +184,23 @@ class Detector:
 
     def run_batch(
         self,
-        images: np.ndarray,
+        images: np.ndarray | Sequence[np.ndarray],
         image_hw: np.ndarray,
         score_threshold: np.ndarray | float | None = None,
         max_detections: np.ndarray | int | None = None,
         nms_threshold: np.ndarray | float | None = None,
         class_mask: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
-        """Run the compiled function on resized images (any ``n``; padded to buckets, split if needed).
+        """Run the compiled function on ``n`` resized images; ``n`` rows out, whatever the buckets.
+
+        The detector alone knows the bucket sizes: it copies the images once into a buffer of the
+        bucket's size (no copy when ``images`` already is a float32 array of exactly a bucket's
+        rows), pads the per-image arguments with rows that detect nothing, and drops those rows from
+        the outputs. More images than the largest bucket are split into several calls.
 
         Args:
-          images: float32 ``[n, S, S, 3]`` resized RGB (0..255, means not subtracted).
+          images: ``n`` float32 ``[S, S, 3]`` resized RGB (0..255, means not subtracted): an
+            ``[n, S, S, 3]`` array or a sequence of ``[S, S, 3]`` arrays (stacked here, not before).
           image_hw: ``[n, 2]`` original ``(height, width)``.
           score_threshold: ``[n]`` or scalar; default the detector's.
           max_detections: ``[n]`` or scalar caps; default the detector's.
@@ -225,12 +233,24 @@ class Detector:
             return parts[0]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
+    def _bucket_images(self, images: np.ndarray | Sequence[np.ndarray], bucket: int) -> np.ndarray:
+        """``n`` images -> float32 ``[bucket, S, S, 3]``, rows past ``n`` zero (one copy at most)."""
+        n, s = len(images), self.input_size
+        if n == bucket and isinstance(images, np.ndarray) and images.dtype == np.float32:
+            return images  # already a whole bucket: fed as it is
+        buffer = np.empty((bucket, s, s, 3), np.float32)
+        for row, image in enumerate(images):
+            buffer[row] = image
+        buffer[n:] = 0.0
+        return buffer
+
     def _run_bucket(self, images, image_hw, thr, caps, nms, mask) -> dict[str, np.ndarray]:
+        """At most one bucket of images: pad to the bucket, run, drop the padding rows."""
         n = len(images)
         b = self.bucket_for(n)
-        if b != n:
+        images = self._bucket_images(images, b)
+        if b != n:  # padding rows detect nothing: threshold 1, cap 0, no class allowed
             pad = b - n
-            images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), np.float32)])
             image_hw = np.concatenate([image_hw, np.ones((pad, 2), np.float32)])
             thr = np.concatenate([thr, np.ones(pad, np.float32)])
             caps = np.concatenate([caps, np.zeros(pad, np.int32)])
@@ -277,9 +297,7 @@ class Detector:
         (``class_mask``: bool ``[C]`` allowed class ids, see :meth:`run_batch`)."""
         if not images:
             return []
-        resized = np.empty((len(images), self.input_size, self.input_size, 3), np.float32)
-        for i, im in enumerate(images):
-            self.resize(im, out=resized[i])
+        resized = [self.resize(im) for im in images]  # stacked once, into the bucket's buffer
         hw = np.asarray([im.shape[:2] for im in images], np.float32)
         out = self.run_batch(resized, hw, score_threshold, max_detections, nms_threshold, class_mask)
         return split_detections(out)

@@ -28,8 +28,9 @@ import tensorflow as tf
 from predictor.ssd import boxes as box_ops
 
 
-class Detections(NamedTuple):
-    """Padded batched detections.
+class BatchedDetections(NamedTuple):
+    """The in-graph output for a whole batch: tensors padded to ``D`` rows per image (one image's
+    trimmed numpy detections: :class:`predictor.ssd.detector.ImageDetections`).
 
     Attributes:
       boxes: float32 ``[B, D, 4]`` pixel ``(xmin, ymin, xmax, ymax)``; zero rows past ``num_detections``.
@@ -85,7 +86,7 @@ def postprocess(
     class_mask: tf.Tensor | None = None,
     top_k: int = 400,
     max_detections: int = 200,
-) -> Detections:
+) -> BatchedDetections:
     """Network outputs -> final detections in original-image pixels.
 
     Args:
@@ -142,7 +143,7 @@ def postprocess(
         out_boxes = tf.pad(out_boxes, [*pad, [0, 0]])
         out_scores = tf.pad(out_scores, pad)
         out_classes = tf.pad(out_classes, pad)
-    return Detections(
+    return BatchedDetections(
         boxes=out_boxes,
         scores=out_scores,
         classes=tf.cast(out_classes, tf.int32),

@@ -26,9 +26,11 @@ import numpy as np
 import tensorflow as tf
 
 from predictor.ssd.anchors import generate_anchors
+from predictor.ssd.augment import augment
 from predictor.ssd.config import SSDConfig
+from predictor.ssd.loss import ssd_loss
+from predictor.ssd.matching import match_anchors
 from predictor.ssd.preprocess import resize_warp, subtract_means
-from predictor.ssd.training import augment, match_anchors, ssd_loss
 from predictor.ssd.weights import save_model_dir
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,7 @@
-"""Training pieces: anchor matching, target encoding, the SSD loss, SSD-style augmentation.
+"""SSD-style training augmentation: photometric distortion, zoom-out, random crop, horizontal flip, then
+the WARP resize to the network's input.
 
-All per-image functions are TensorFlow ops usable inside ``tf.data`` maps. Boxes are normalised
+All functions are TensorFlow ops usable inside ``tf.data`` maps. Boxes are normalised
 ``(ymin, xmin, ymax, xmax)`` (see :mod:`predictor.ssd.boxes`); randomness is stateless, from an explicit
 ``seed`` tensor ``int32/int64 [2]``, so a data pipeline is reproducible element by element.
 """
@@ -11,108 +12,9 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from predictor.ssd import boxes as box_ops
 from predictor.ssd.preprocess import resize_warp
 
 
-# --------------------------------------------------------------------------- matching
-def match_anchors(
-    gt_boxes: tf.Tensor,
-    gt_labels: tf.Tensor,
-    anchors: tf.Tensor,
-    iou_threshold: float = 0.5,
-    prior_scaling: Sequence[float] = box_ops.DEFAULT_PRIOR_SCALING,
-) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """SSD matching of one image's ground truth to the anchors.
-
-    An anchor is positive when its best IoU with a ground-truth box is ``>= iou_threshold``; in addition
-    every ground-truth box gets its single best anchor, whatever the IoU (the forced match).
-
-    Args:
-      gt_boxes: float32 ``[G, 4]`` normalised ``(ymin, xmin, ymax, xmax)`` (G may be 0).
-      gt_labels: int32 ``[G]`` class ids ``>= 1``.
-      anchors: float32 ``[A, 4]`` ``(cy, cx, h, w)``.
-    Returns:
-      ``labels int32 [A]`` (0 = background), ``loc float32 [A, 4]`` encoded targets (0 for negatives),
-      ``matched_iou float32 [A]``.
-    """
-    gt_boxes = tf.reshape(tf.cast(gt_boxes, tf.float32), [-1, 4])
-    gt_labels = tf.reshape(tf.cast(gt_labels, tf.int32), [-1])
-    anchors = tf.convert_to_tensor(anchors, tf.float32)
-    num_anchors = tf.shape(anchors)[0]
-    num_gt = tf.shape(gt_boxes)[0]
-
-    def with_gt():
-        iou = box_ops.iou_xyxy(gt_boxes, box_ops.anchors_to_corners(anchors))  # [G, A]
-        best_gt = tf.argmax(iou, axis=0, output_type=tf.int32)  # [A]
-        best_iou = tf.reduce_max(iou, axis=0)
-        forced_anchor = tf.argmax(iou, axis=1, output_type=tf.int32)  # [G]
-        best_gt = tf.tensor_scatter_nd_update(best_gt, forced_anchor[:, None], tf.range(num_gt))
-        best_iou = tf.tensor_scatter_nd_update(best_iou, forced_anchor[:, None], tf.fill([num_gt], 2.0))
-        positive = best_iou >= iou_threshold
-        labels = tf.where(positive, tf.gather(gt_labels, best_gt), 0)
-        loc = box_ops.encode(tf.gather(gt_boxes, best_gt), anchors, prior_scaling)
-        loc = tf.where(positive[:, None], loc, 0.0)
-        return labels, loc, tf.minimum(best_iou, 1.0)
-
-    def without_gt():
-        return tf.zeros([num_anchors], tf.int32), tf.zeros([num_anchors, 4]), tf.zeros([num_anchors])
-
-    return tf.cond(num_gt > 0, with_gt, without_gt)
-
-
-# --------------------------------------------------------------------------- loss
-def smooth_l1(x: tf.Tensor) -> tf.Tensor:
-    """Elementwise smooth-L1 (Huber with delta 1)."""
-    ax = tf.abs(x)
-    return tf.where(ax < 1.0, 0.5 * x * x, ax - 0.5)
-
-
-def ssd_loss(
-    labels: tf.Tensor,
-    loc_targets: tf.Tensor,
-    logits: tf.Tensor,
-    loc: tf.Tensor,
-    neg_pos_ratio: float = 3.0,
-    min_negatives: int = 3,
-    loc_weight: float = 1.0,
-) -> dict[str, tf.Tensor]:
-    """SSD multibox loss with hard-negative mining.
-
-    Softmax cross-entropy over positives plus the ``neg_pos_ratio * positives`` (at least ``min_negatives``)
-    negatives of highest loss per image, plus smooth-L1 on the encoded offsets of positives, both divided
-    by the number of positives in the batch.
-
-    Args:
-      labels: int32 ``[B, A]``; loc_targets: ``[B, A, 4]``; logits: ``[B, A, C]``; loc: ``[B, A, 4]``.
-    Returns:
-      dict with ``loss``, ``cls_loss``, ``loc_loss`` and ``num_positives`` scalars.
-    """
-    logits = tf.cast(logits, tf.float32)
-    loc = tf.cast(loc, tf.float32)
-    positive = labels > 0
-    pos_f = tf.cast(positive, tf.float32)
-    num_pos_per_image = tf.reduce_sum(tf.cast(positive, tf.int32), axis=1)  # [B]
-    num_pos = tf.maximum(tf.reduce_sum(pos_f), 1.0)
-
-    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)  # [B, A]
-    neg_ce = tf.where(positive, -1.0, ce)  # positives never mined
-    rank = tf.argsort(tf.argsort(neg_ce, axis=1, direction="DESCENDING"), axis=1)
-    num_neg = tf.maximum(
-        tf.cast(tf.cast(num_pos_per_image, tf.float32) * neg_pos_ratio, tf.int32), min_negatives
-    )
-    hard_negative = (~positive) & (rank < num_neg[:, None])
-    cls_loss = tf.reduce_sum(ce * (pos_f + tf.cast(hard_negative, tf.float32))) / num_pos
-    loc_loss = tf.reduce_sum(smooth_l1(loc - loc_targets) * pos_f[..., None]) / num_pos
-    return {
-        "loss": cls_loss + loc_weight * loc_loss,
-        "cls_loss": cls_loss,
-        "loc_loss": loc_loss,
-        "num_positives": num_pos,
-    }
-
-
-# --------------------------------------------------------------------------- augmentation
 def _seeds(seed: tf.Tensor, n: int) -> list[tf.Tensor]:
     return list(tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), n)))
 
