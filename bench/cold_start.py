@@ -17,7 +17,7 @@ page cache is warm after the first repeat (a node pulling a new image starts col
 this checkout without byte-code (what an image without ``__pycache__`` on a read-only root pays).
 
 ``python -m bench.cold_start [--models demo,ssd300] [--repeats 3]`` -> table + JSON
-(``make bench-cold-start``).
+(``make bench-cold-start`` also rewrites the cold-start table of ``bench/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -230,14 +230,15 @@ def _medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def print_table(data: dict[str, Any]) -> None:
+def markdown(data: dict[str, Any]) -> str:
+    """Medians per model and configuration (wall and CPU seconds), warm-up CPU per bucket, every run."""
     from bench.common import fmt_table
 
-    rows = []
+    rows, bucket_rows, per_run = [], [], []
+    buckets: list[str] = []
     for name, result in data["models"].items():
         for label, config in result["configurations"].items():
             m = config["median"]
-            per_bucket = ", ".join(f"{b}: {s:.2f}" for b, s in m["warmup_per_bucket_cpu_s"].items())
             pairs = [
                 (m["ready_s"], m["ready_cpu_s"]),
                 (m["interpreter_imports_s"], m["interpreter_imports_cpu_s"]),
@@ -245,10 +246,26 @@ def print_table(data: dict[str, Any]) -> None:
                 (m["warmup_s"], m["warmup_cpu_s"]),
             ]
             cells = [f"{wall:.1f} ({cpu:.1f})" for wall, cpu in pairs]
-            rows.append([name, label, len(config["runs"]), *cells, m["traces"], per_bucket])
-    headers = ["model", "configuration", "runs", "spawn to ready", "interpreter+imports", "model load"]
-    print("seconds: wall (CPU of the process, all threads); medians over the runs")
-    print(fmt_table([*headers, "warm-up", "traces", "warm-up CPU s per bucket"], rows))
+            rows.append([name, label, len(config["runs"]), *cells, m["traces"]])
+            buckets = list(m["warmup_per_bucket_cpu_s"])
+            per_bucket = " / ".join(f"{s:.2f}" for s in m["warmup_per_bucket_cpu_s"].values())
+            bucket_rows.append([name, label, per_bucket])
+            servers = [r["server"] for r in config["runs"]]
+            runs = ", ".join(f"{s['ready_s']:.1f} ({s['ready_cpu_s']:.1f})" for s in servers)
+            per_run.append(f"{name} {label}: {runs}")
+    headers = ["model", "configuration", "runs", "spawn to ready", "interpreter+imports", "model load",
+               "warm-up", "traces"]  # fmt: skip
+    return "\n\n".join([
+        "Seconds, wall (CPU of the process, all threads), medians over the runs:",
+        fmt_table(headers, rows),
+        f"Warm-up CPU seconds per bucket ({' / '.join(buckets)}):",
+        fmt_table(["model", "configuration", "per bucket"], bucket_rows),
+        "Spawn to ready per run, wall (CPU): " + "; ".join(per_run) + ".",
+    ])  # fmt: skip
+
+
+def print_table(data: dict[str, Any]) -> None:
+    print(markdown(data))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -11,3 +11,4 @@ COLD_START_ARGS ?=
 bench-cold-start: $(STAMP) ## Cold start, process spawn to ready: imports, model load, warm-up per bucket (demo, SSD300)
 	$(PY) -m bench.cold_start --models $(COLD_START_MODELS) --repeats $(COLD_START_REPEATS) \
 		--out_dir $(BENCH_OUT) $(COLD_START_ARGS)
+	$(PY) -m bench.results --out_dir $(BENCH_OUT) --tables cold-start
