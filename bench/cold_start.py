@@ -16,6 +16,11 @@ page cache is warm after the first repeat (a node pulling a new image starts col
 (run alternately, repeat by repeat): this checkout; ``--baseline DIR``, another source tree; ``--no_pyc``,
 this checkout without byte-code (what an image without ``__pycache__`` on a read-only root pays).
 
+The *server* measurement uses only the command line and HTTP. The *phases* child replays the server's
+start-up on purpose, through the same calls ``predictor.serving.server`` makes:
+``predictor.ssd.configure_devices``, ``predictor.serving.model.ServingOptions`` and ``SSDPredictor``
+(``build``, ``Detector.warmup``).
+
 ``python -m bench.cold_start [--models demo,ssd300] [--repeats 3]`` -> table + JSON
 (``make bench-cold-start`` also rewrites the cold-start table of ``bench/RESULTS.md``).
 """
@@ -45,7 +50,7 @@ def phases_child(model_path: str, spawned_at: float) -> dict[str, Any]:
 
     from predictor.serving.model import ServingOptions, SSDPredictor
     from predictor.serving.server import main  # noqa: F401
-    from predictor.ssd.detector import configure_devices
+    from predictor.ssd import configure_devices
 
     t_imported, cpu_imported = time.time(), time.process_time()
     devices = configure_devices()

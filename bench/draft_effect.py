@@ -51,7 +51,7 @@ def upscaled_jpeg(image: np.ndarray, short_side: int, quality: int = 90) -> tupl
 def detect_jpegs(detector: Any, jpegs: list[bytes], draft: bool, score_threshold: float | None) -> list:
     """Decode (full or draft) + resize like the server, run in batches; detections in original pixels."""
     from predictor.serving.images import ImageLimits, decode_image_reduced
-    from predictor.ssd.detector import split_detections
+    from predictor.ssd import split_detections
 
     s = detector.input_size
     out = []

@@ -76,8 +76,7 @@ def bench_model(name: str, args: argparse.Namespace, peak_gflops: float) -> dict
     """Export one model and time ONNX Runtime at every batch size."""
     import onnxruntime as ort
 
-    from predictor.ssd import load_model
-    from predictor.ssd.network import conv_macs
+    from predictor.ssd import conv_macs, load_model
 
     path, source = model_dir(name, args.out_dir)
     config, model = load_model(path)

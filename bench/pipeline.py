@@ -23,6 +23,11 @@ Then the *served* rate: a real ``python -m predictor`` server (the demo model) o
 psutil) per image, minus the model's own CPU per image (measured in this process at batch 8), gives the
 serving pipeline's per-core rate, compared with the bare rate measured in the same run.
 
+Stages are measured on purpose through the server's own public stage functions:
+``predictor.serving.images`` (``decode_base64``, ``decode_image_reduced``, ``check_pixel_array``, see its
+docstring), ``predictor.serving.codecs`` (``parse_v1``, ``parse_v2``, ``v2_arrays``, ``encode_v1``,
+``Detections``), ``Detector.resize`` and, for comparison, ``predictor.ssd.preprocess.resize_warp``.
+
 ``python -m bench.pipeline [--quick]`` -> tables + ``bench/out/pipeline.json`` (``make bench-pipeline``
 also rewrites the pipeline tables of ``bench/RESULTS.md``).
 """

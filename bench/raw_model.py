@@ -68,8 +68,7 @@ def bench_model(name: str, args: argparse.Namespace, peak_gflops: float, jpegs: 
     """Detector and network-alone rows for one model."""
     import tensorflow as tf
 
-    from predictor.ssd import Detector, load_model
-    from predictor.ssd.network import conv_macs
+    from predictor.ssd import Detector, conv_macs, load_model
 
     path, source = model_dir(name, args.out_dir)
     config, model = load_model(path)
