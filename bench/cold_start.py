@@ -128,7 +128,11 @@ def run_server(model_path: Path, env: dict[str, str], log_path: Path, timeout_s:
             cmd, env=env, cwd=log_path.parent, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
-            ready_s = _poll_ready(proc, url, t0, timeout_s, httpx)
+            try:
+                ready_s = _poll_ready(proc, url, t0, timeout_s, httpx)
+            except (RuntimeError, TimeoutError) as e:
+                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+                raise RuntimeError(f"{e}; the end of {log_path}:\n{tail}") from None
             cpu = psutil.Process(proc.pid).cpu_times()
             ready_cpu_s = cpu.user + cpu.system
         finally:

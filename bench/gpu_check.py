@@ -25,8 +25,6 @@ import types
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
-
 REPO = Path(__file__).resolve().parent.parent
 # Must stay in step with predictor.datasets.shapes.CLASS_NAMES; only its length matters here.
 SHAPES_CLASS_NAMES = ("background", "circle", "square", "triangle", "star", "hexagon", "cross")
@@ -307,6 +305,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before Keras is first imported (load_ssd_modules, environment); not at import, so that importing
+    # this module (bench.results renders its table) leaves the caller's Keras backend alone.
+    os.environ.setdefault("KERAS_BACKEND", "jax")
     args = parse_args(argv)
     start = time.perf_counter()
     deadline = start + args.deadline_s

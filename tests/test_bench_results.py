@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,21 @@ def test_overload_hook_reads_the_json_overload_py_writes():
         "| cores used: server / client | 1.00 / 0.73 |\n"
         "| result | FAIL: p99 of admitted requests 162.53x the p99 at capacity (> 2x) |"
     )
+
+
+def test_loading_the_renderers_changes_nothing_around_them():
+    """Rendering imports each benchmark module: that must not set environment variables (the GPU check
+    once set KERAS_BACKEND=jax at import, which then reached every server a later test spawned) nor
+    import TensorFlow. Checked in a fresh interpreter, where nothing is imported yet."""
+    code = (
+        "import importlib, os, sys\n"
+        "before = dict(os.environ)\n"
+        "from bench.results import BLOCKS\n"
+        "for block in BLOCKS.values():\n"
+        "    importlib.import_module(block.renderer.split(':')[0])\n"
+        "changed = sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k))\n"
+        "print(changed, 'tensorflow' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["[]", "False"]
