@@ -60,6 +60,27 @@ def run_mode(server: Any, jpegs: list[bytes], side: int | None) -> tuple[list[li
     }
 
 
+def markdown(data: dict[str, Any]) -> str:
+    """One row per client mode: COCO mAP, AP@0.5, request body size, server and client CPU per image."""
+    settings = data["settings"]
+    keys = ["mAP", "AP50", "body_kib", "server_cpu_ms_per_image", "client_cpu_ms_per_image"]
+    rows = [
+        [f"`{k}`" if k.startswith("--") else k, *(m[key] for key in keys)] for k, m in data["modes"].items()
+    ]
+    headers = [
+        "client",
+        "mAP@[.5:.95]",
+        "AP@0.5",
+        "request body KiB",
+        "server CPU ms/img",
+        "client CPU ms/img",
+    ]
+    return (
+        f"Demo model served on loopback, {settings['images']} held-out images upscaled to a "
+        f"{settings['short_side']} px shorter side (JPEG q90), V1, one by one:\n\n" + fmt_table(headers, rows)
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench.served import Server
     from predictor.datasets.coco import samples_to_coco
@@ -102,12 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             write_json(args.out_dir / "client_downscale.json", data)
     finally:
         server.stop()
-    keys = ["mAP", "AP50", "body_kib", "server_cpu_ms_per_image", "client_cpu_ms_per_image"]
-    rows = [[k, *(m[key] for key in keys)] for k, m in data["modes"].items()]
-    print(f"\nDemo model served on loopback, {args.images} held-out images upscaled to a "
-          f"{args.short_side} px shorter side (JPEG q90), V1")  # fmt: skip
-    headers = ["client", "mAP@[.5:.95]", "AP@0.5", "body KiB", "server CPU ms/img", "client CPU ms/img"]
-    print(fmt_table(headers, rows))
+    print("\n" + markdown(data))
     return 0
 
 

@@ -16,8 +16,13 @@ page cache is warm after the first repeat (a node pulling a new image starts col
 (run alternately, repeat by repeat): this checkout; ``--baseline DIR``, another source tree; ``--no_pyc``,
 this checkout without byte-code (what an image without ``__pycache__`` on a read-only root pays).
 
+The *server* measurement uses only the command line and HTTP. The *phases* child replays the server's
+start-up on purpose, through the same calls ``predictor.serving.server`` makes:
+``predictor.ssd.configure_devices``, ``predictor.serving.model.ServingOptions`` and ``SSDPredictor``
+(``build``, ``Detector.warmup``).
+
 ``python -m bench.cold_start [--models demo,ssd300] [--repeats 3]`` -> table + JSON
-(``make bench-cold-start``).
+(``make bench-cold-start`` also rewrites the cold-start table of ``bench/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -43,9 +48,10 @@ def phases_child(model_path: str, spawned_at: float) -> dict[str, Any]:
     import kserve.model_server  # noqa: F401
     from kserve import ModelServer  # noqa: F401
 
-    from predictor.serving.model import ServingOptions, SSDPredictor
+    from predictor.serving.model import SSDPredictor
+    from predictor.serving.options import ServingOptions
     from predictor.serving.server import main  # noqa: F401
-    from predictor.ssd.detector import configure_devices
+    from predictor.ssd import configure_devices
 
     t_imported, cpu_imported = time.time(), time.process_time()
     devices = configure_devices()
@@ -123,7 +129,11 @@ def run_server(model_path: Path, env: dict[str, str], log_path: Path, timeout_s:
             cmd, env=env, cwd=log_path.parent, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
-            ready_s = _poll_ready(proc, url, t0, timeout_s, httpx)
+            try:
+                ready_s = _poll_ready(proc, url, t0, timeout_s, httpx)
+            except (RuntimeError, TimeoutError) as e:
+                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+                raise RuntimeError(f"{e}; the end of {log_path}:\n{tail}") from None
             cpu = psutil.Process(proc.pid).cpu_times()
             ready_cpu_s = cpu.user + cpu.system
         finally:
@@ -230,14 +240,15 @@ def _medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def print_table(data: dict[str, Any]) -> None:
+def markdown(data: dict[str, Any]) -> str:
+    """Medians per model and configuration (wall and CPU seconds), warm-up CPU per bucket, every run."""
     from bench.common import fmt_table
 
-    rows = []
+    rows, bucket_rows, per_run = [], [], []
+    buckets: list[str] = []
     for name, result in data["models"].items():
         for label, config in result["configurations"].items():
             m = config["median"]
-            per_bucket = ", ".join(f"{b}: {s:.2f}" for b, s in m["warmup_per_bucket_cpu_s"].items())
             pairs = [
                 (m["ready_s"], m["ready_cpu_s"]),
                 (m["interpreter_imports_s"], m["interpreter_imports_cpu_s"]),
@@ -245,10 +256,26 @@ def print_table(data: dict[str, Any]) -> None:
                 (m["warmup_s"], m["warmup_cpu_s"]),
             ]
             cells = [f"{wall:.1f} ({cpu:.1f})" for wall, cpu in pairs]
-            rows.append([name, label, len(config["runs"]), *cells, m["traces"], per_bucket])
-    headers = ["model", "configuration", "runs", "spawn to ready", "interpreter+imports", "model load"]
-    print("seconds: wall (CPU of the process, all threads); medians over the runs")
-    print(fmt_table([*headers, "warm-up", "traces", "warm-up CPU s per bucket"], rows))
+            rows.append([name, label, len(config["runs"]), *cells, m["traces"]])
+            buckets = list(m["warmup_per_bucket_cpu_s"])
+            per_bucket = " / ".join(f"{s:.2f}" for s in m["warmup_per_bucket_cpu_s"].values())
+            bucket_rows.append([name, label, per_bucket])
+            servers = [r["server"] for r in config["runs"]]
+            runs = ", ".join(f"{s['ready_s']:.1f} ({s['ready_cpu_s']:.1f})" for s in servers)
+            per_run.append(f"{name} {label}: {runs}")
+    headers = ["model", "configuration", "runs", "spawn to ready", "interpreter+imports", "model load",
+               "warm-up", "traces"]  # fmt: skip
+    return "\n\n".join([
+        "Seconds, wall (CPU of the process, all threads), medians over the runs:",
+        fmt_table(headers, rows),
+        f"Warm-up CPU seconds per bucket ({' / '.join(buckets)}):",
+        fmt_table(["model", "configuration", "per bucket"], bucket_rows),
+        "Spawn to ready per run, wall (CPU): " + "; ".join(per_run) + ".",
+    ])  # fmt: skip
+
+
+def print_table(data: dict[str, Any]) -> None:
+    print(markdown(data))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

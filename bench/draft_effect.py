@@ -51,7 +51,7 @@ def upscaled_jpeg(image: np.ndarray, short_side: int, quality: int = 90) -> tupl
 def detect_jpegs(detector: Any, jpegs: list[bytes], draft: bool, score_threshold: float | None) -> list:
     """Decode (full or draft) + resize like the server, run in batches; detections in original pixels."""
     from predictor.serving.images import ImageLimits, decode_image_reduced
-    from predictor.ssd.detector import split_detections
+    from predictor.ssd import split_detections
 
     s = detector.input_size
     out = []
@@ -156,6 +156,41 @@ def demo_map_effect(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def within_tolerance(data: dict[str, Any]) -> bool:
+    """Draft keeps the demo's mAP and AP@0.5 within :data:`MAP_TOLERANCE` and SSD300's boxes matched."""
+    demo, ssd = data["demo"], data["ssd300"]
+    return (
+        abs(demo["full"]["mAP"] - demo["draft"]["mAP"]) <= MAP_TOLERANCE
+        and abs(demo["full"]["AP50"] - demo["draft"]["AP50"]) <= MAP_TOLERANCE
+        and ssd["matched_share"] >= MIN_MATCHED
+        and (ssd["iou_median"] or 0) >= MIN_MEDIAN_IOU
+    )
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """Full vs draft decode: the demo's mAP / AP@0.5, SSD300's detections and how its boxes match."""
+    demo, ssd = data["demo"], data["ssd300"]
+    rows = [
+        [f"demo, {demo['images']} held-out shapes images upscaled to a {demo['short_side']} px shorter side, "
+         "mAP@[.5:.95] / AP@0.5",
+         *(f"{demo[k]['mAP']:.3f} / {demo[k]['AP50']:.3f}" for k in ("full", "draft"))],
+        [f"SSD300 seeded random weights, {ssd['images']} such images: detections per image",
+         f"{ssd['detections_per_image_full']:.1f}", f"{ssd['detections_per_image_draft']:.1f}"],
+    ]  # fmt: skip
+
+    def num(v: float | None, f: str = ".3f") -> str:
+        return "-" if v is None else format(v, f)
+
+    verdict = "within" if within_tolerance(data) else "not within"
+    return fmt_table(["model, images", "full", "draft"], rows) + (
+        f"\n\nSSD300 full vs draft: {100 * ssd['matched_share']:.0f}% of boxes matched (same class, "
+        f"IoU >= 0.5), matched IoU median {num(ssd['iou_median'])} (5th percentile {num(ssd['iou_p5'])}), "
+        f"score change median {num(ssd['score_delta_median'])} (95th percentile "
+        f"{num(ssd['score_delta_p95'])}): {verdict} the tolerance (mAP and AP@0.5 within {MAP_TOLERANCE}, "
+        f">= {MIN_MATCHED:.0%} boxes matched, median IoU >= {MIN_MEDIAN_IOU})."
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200, help="held-out images for the demo mAP")
@@ -168,24 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out_dir / "draft_effect.json", data)
     data["ssd300"] = ssd300_effect(args)
     write_json(args.out_dir / "draft_effect.json", data)
-    demo, ssd = data["demo"], data["ssd300"]
-    print(f"\nDemo model, {demo['images']} held-out images, short side upscaled to {demo['short_side']} px")
-    rows = [[k, demo[k]["mAP"], demo[k]["AP50"]] for k in ("full", "draft")]
-    print(fmt_table(["decode", "mAP@[.5:.95]", "AP@0.5"], rows))
-    print(f"\nSSD300 (seeded random weights), {ssd['images']} images: full vs draft detections")
-    keys = ["detections_per_image_full", "detections_per_image_draft", "matched_share", "iou_median",
-            "iou_p5", "score_delta_median", "score_delta_p95"]  # fmt: skip
-    print(fmt_table(keys, [[ssd[k] for k in keys]]))
-    within = (
-        abs(demo["full"]["mAP"] - demo["draft"]["mAP"]) <= MAP_TOLERANCE
-        and abs(demo["full"]["AP50"] - demo["draft"]["AP50"]) <= MAP_TOLERANCE
-        and ssd["matched_share"] >= MIN_MATCHED
-        and (ssd["iou_median"] or 0) >= MIN_MEDIAN_IOU
-    )
-    data["within_tolerance"] = within
+    data["within_tolerance"] = within_tolerance(data)
     write_json(args.out_dir / "draft_effect.json", data)
-    print(f"\nwithin tolerance (mAP/AP50 +-{MAP_TOLERANCE}, matched >= {MIN_MATCHED:.0%}, median IoU >= "
-          f"{MIN_MEDIAN_IOU}): {within}")  # fmt: skip
+    print("\n" + markdown(data))
     return 0
 
 

@@ -25,8 +25,6 @@ import types
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
-
 REPO = Path(__file__).resolve().parent.parent
 # Must stay in step with predictor.datasets.shapes.CLASS_NAMES; only its length matters here.
 SHAPES_CLASS_NAMES = ("background", "circle", "square", "triangle", "star", "hexagon", "cross")
@@ -222,23 +220,43 @@ def conv_probe(
     return rows
 
 
-def print_table(rows: list[dict], peaks: dict[str, dict[str, float]]) -> None:
-    """One line per measurement, with the fraction of the matching matmul peak."""
-    print("\n| model | dtype | batch | images/s | TFLOP/s | % of matmul peak | median ms/batch |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for r in rows:
+def markdown(result: dict[str, Any]) -> str:
+    """The matmul peaks and one table row per measurement, with the fraction of the matching peak."""
+    peaks = result.get("peaks", {})
+    lines = [
+        "Large-matmul peaks (TFLOP/s, best call): "
+        + ", ".join(f"{k} {v['tflops_best']:.1f}" for k, v in peaks.items())
+        + ".",
+        "",
+        "| model | dtype | batch | images/s | TFLOP/s | % of matmul peak | median ms/batch |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
         if "images_per_s" not in r:
             why = r.get("skipped") or r.get("error", "")
-            print(f"| {r['model']} | {r['dtype']} | {r['batch']} | - | - | - | {why[:60]} |")
+            lines.append(f"| {r['model']} | {r['dtype']} | {r['batch']} | - | - | - | {why[:60]} |")
             continue
         frac = r.get("fraction_of_matmul_peak")
         pct = f"{100 * frac:.1f}" if frac is not None else "-"
-        print(f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['images_per_s']:.1f} | {r['tflops']:.2f} | "
-              f"{pct} | {r['latency_ms_median']:.2f} |")  # fmt: skip
-    print(
-        "\nmatmul peaks (TFLOP/s, best): "
-        + ", ".join(f"{k} {v['tflops_best']:.1f}" for k, v in peaks.items())
-    )
+        lines.append(f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['images_per_s']:.1f} | "
+                     f"{r['tflops']:.2f} | {pct} | {r['latency_ms_median']:.2f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def gpu_machine(result: dict[str, Any]) -> dict[str, Any]:
+    """The ``machine`` record :mod:`bench.results` stamps: start time, device kind, host cores, JAX."""
+    env = result.get("environment", {})
+    devices = env.get("devices") or ["?"]
+    return {
+        "utc": result["started_utc"],
+        "cpu": f"{devices[0].split(':', 1)[-1]} x{len(devices)} (JAX {env.get('jax', '?')}, "
+        f"Python {env.get('python', '?')}, {env.get('machine', '?')})",
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print("\n" + markdown(result))
 
 
 def environment() -> dict[str, Any]:
@@ -287,6 +305,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before Keras is first imported (load_ssd_modules, environment); not at import, so that importing
+    # this module (bench.results renders its table) leaves the caller's Keras backend alone.
+    os.environ.setdefault("KERAS_BACKEND", "jax")
     args = parse_args(argv)
     start = time.perf_counter()
     deadline = start + args.deadline_s
@@ -300,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result["environment"] = environment()
+        result["machine"] = gpu_machine(result)
         print(json.dumps(result["environment"], indent=1), flush=True)
         config_mod, network_mod = load_ssd_modules()
         result["peaks"] = matmul_peaks(args.matmul_n, args.min_time_s)
@@ -331,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"GPU CHECK FAILED: {result['error']}", flush=True)
         return 1
     write()
-    print_table(result["rows"], result["peaks"])
+    print_table(result)
     print(f"\nwrote {args.out} ({result['elapsed_s']:.0f} s)")
     return 0
 

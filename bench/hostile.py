@@ -179,7 +179,8 @@ def hostile(
     }
 
 
-def format_report(r: dict[str, Any]) -> str:
+def markdown(r: dict[str, Any]) -> str:
+    """The report as a metric | value table (also what ``bench/RESULTS.md`` shows)."""
     rss = r["rss_mib"]
     rows = [
         ("clients x body", f"{r['clients']} x {r['body_mib']} MiB"),
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         args.server_args,
         args.out.with_name(args.out.stem + "_server.log"),
     )
-    print(format_report(report))
+    print(markdown(report))
     write_json(args.out, report)
     print(f"\nJSON: {args.out}")
     return 0 if report["passed"] else 1

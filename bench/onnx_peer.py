@@ -76,8 +76,7 @@ def bench_model(name: str, args: argparse.Namespace, peak_gflops: float) -> dict
     """Export one model and time ONNX Runtime at every batch size."""
     import onnxruntime as ort
 
-    from predictor.ssd import load_model
-    from predictor.ssd.network import conv_macs
+    from predictor.ssd import conv_macs, load_model
 
     path, source = model_dir(name, args.out_dir)
     config, model = load_model(path)
@@ -116,18 +115,21 @@ def bench_model(name: str, args: argparse.Namespace, peak_gflops: float) -> dict
     return result
 
 
-def ratio_table(onnx: dict, raw: dict | None) -> str:
-    """``ours / ORT`` per model and batch (ours = the raw benchmark's network-alone rows)."""
-    rows = []
+def markdown(onnx: dict) -> str:
+    """``ours / ORT`` per model and batch (ours = the raw benchmark's network-alone rows, copied into the
+    JSON as ``ours_network`` when ``raw_model.json`` was there)."""
+    rows, diffs = [], []
     for name, m in onnx["models"].items():
-        ours = {r["batch"]: r for r in (raw or {}).get("models", {}).get(name, {}).get("network", [])}
+        ours = {r["batch"]: r for r in onnx.get("ours_network", {}).get(name, [])}
+        diffs.append(f"{name} {max(m['max_abs_diff_vs_tf'].values()):.0e}")
         for r in m["rows"]:
             o = ours.get(r["batch"])
             ratio = o["images_per_s"] / r["images_per_s"] if o else None
             rows.append([name, r["batch"], r["images_per_s"], r["gflops"], o and o["images_per_s"], ratio])
-    return fmt_table(
+    table = fmt_table(
         ["model", "batch", "ORT img/s", "ORT GFLOP/s", "ours (network) img/s", "ours / ORT"], rows
     )
+    return f"Max |ORT - TF| on the same input: {', '.join(diffs)}.\n\n{table}"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -158,11 +160,12 @@ def main(argv: list[str] | None = None) -> int:
 
         peak = matmul_peak_gflops(2048, max(args.min_time_s, 0.5))["gflops_best"]
     data: dict[str, Any] = {"machine": machine_info(), "settings": vars(args).copy(), "peak_gflops": peak}
+    data["ours_network"] = {name: m["network"] for name, m in (raw or {}).get("models", {}).items()}
     data["models"] = {}
     for name in args.models.split(","):
         data["models"][name] = bench_model(name, args, peak)
         write_json(out, data)
-    print("\n" + ratio_table(data, raw))
+    print("\n" + markdown(data))
     print(f"\nwrote {out}")
     return 0
 

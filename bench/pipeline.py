@@ -23,7 +23,13 @@ Then the *served* rate: a real ``python -m predictor`` server (the demo model) o
 psutil) per image, minus the model's own CPU per image (measured in this process at batch 8), gives the
 serving pipeline's per-core rate, compared with the bare rate measured in the same run.
 
-``python -m bench.pipeline [--quick]`` -> tables + ``bench/out/pipeline.json``.
+Stages are measured on purpose through the server's own public stage functions:
+``predictor.serving.images`` (``decode_base64``, ``decode_image_reduced``, ``check_pixel_array``, see its
+docstring), ``predictor.serving.codecs`` (``parse_v1``, ``parse_v2``, ``v2_arrays``, ``encode_v1``,
+``Detections``), ``Detector.resize`` and, for comparison, ``predictor.ssd.preprocess.resize_warp``.
+
+``python -m bench.pipeline [--quick]`` -> tables + ``bench/out/pipeline.json`` (``make bench-pipeline``
+also rewrites the pipeline tables of ``bench/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -251,15 +257,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def print_tables(data: dict[str, Any]) -> None:
-    stages = ["parse", "base64", "decode", "exif_mode", "resize", "assembly", "post", "encode"]
+STAGES = {"parse": "parse", "base64": "base64", "decode": "decode", "exif_mode": "exif+mode",
+          "resize": "resize", "assembly": "assembly", "post": "post", "encode": "encode"}  # fmt: skip
+
+
+def stages_markdown(data: dict[str, Any]) -> str:
+    """CPU ms per image of each stage, full-size decode."""
     rows = []
     for name, r in data["images"].items():
         c = r["cpu_ms"]
-        rows.append([name, r["bytes"] // 1024, *(c[k] for k in stages), c["pipeline"], c["resize_tf"],
+        rows.append([name, r["bytes"] // 1024, *(c[k] for k in STAGES), c["pipeline"], c["resize_tf"],
                      c.get("base64_tolerant")])  # fmt: skip
-    print("\nCPU ms per image, one core (full-size decode)")
-    print(fmt_table(["image", "KiB", *stages, "pipeline", "resize (TF)", "base64 (tolerant)"], rows))
+    return fmt_table(["image", "KiB", *STAGES.values(), "pipeline", "resize (TF)", "base64 (tolerant)"], rows)
+
+
+def per_core_markdown(data: dict[str, Any]) -> str:
+    """Per-core images/s in process against the bare Pillow decode + resize, without and with draft."""
     rows = []
     for name, r in data["images"].items():
         c = r["cpu_ms"]
@@ -268,27 +281,32 @@ def print_tables(data: dict[str, Any]) -> None:
             1e3 / c["pipeline_draft"], 1e3 / c["bare_draft"], c["bare_draft"] / c["pipeline_draft"],
             c["decode"] / c["decode_draft"],
         ])  # fmt: skip
-    print("\nPer-core images/s: pipeline (in process) vs bare Pillow decode + resize")
-    print(fmt_table(["image", "pipeline", "bare", "ratio", "pipeline draft", "bare draft", "ratio draft",
-                     "decode speed-up with draft"], rows))  # fmt: skip
+    return fmt_table(["image", "pipeline", "bare", "pipeline / bare", "pipeline, draft", "bare, draft",
+                      "ratio, draft", "decode speed-up from draft"], rows)  # fmt: skip
+
+
+def served_markdown(data: dict[str, Any]) -> str:
+    """Served 1080p JPEGs: server CPU per image minus the model's, as a per-core rate against the bare."""
     served = data.get("served")
-    if served:
-        rows = []
-        for cell in served["runs"]:
-            bare = served["bare_cpu_ms_draft" if cell["draft"] else "bare_cpu_ms"]
-            for protocol in ("v1", "grpc"):
-                p = cell[protocol]
-                rate = 1e3 / p["pipeline_cpu_ms_per_image"] if p["pipeline_cpu_ms_per_image"] > 0 else None
-                rows.append([protocol, "on" if cell["draft"] else "off", p["images_per_s"],
-                             p["server_cpu_ms_per_image"], served["model_cpu_ms"],
-                             p["pipeline_cpu_ms_per_image"], rate, 1e3 / bare,
-                             rate / (1e3 / bare) if rate else None])  # fmt: skip
-        print(f"\nServed 1080p JPEG, demo model, concurrency {served['concurrency']} (server CPU per image)")
-        print(fmt_table(["protocol", "draft", "img/s", "server ms/img", "model ms/img", "pipeline ms/img",
-                         "pipeline per-core img/s", "bare per-core img/s", "served/bare"], rows))  # fmt: skip
+    if not served:
+        return "_Not measured in this run (`--no_served`)._"
+    rows = []
+    for cell in served["runs"]:
+        bare = served["bare_cpu_ms_draft" if cell["draft"] else "bare_cpu_ms"]
+        for protocol in ("v1", "grpc"):
+            p = cell[protocol]
+            rate = 1e3 / p["pipeline_cpu_ms_per_image"] if p["pipeline_cpu_ms_per_image"] > 0 else None
+            rows.append([protocol, "on" if cell["draft"] else "off", p["images_per_s"],
+                         p["server_cpu_ms_per_image"], served["model_cpu_ms"],
+                         p["pipeline_cpu_ms_per_image"], rate, 1e3 / bare,
+                         rate / (1e3 / bare) if rate else None])  # fmt: skip
+    title = f"Demo model, 1080p JPEG, concurrency {served['concurrency']}:"
+    return title + "\n\n" + fmt_table(
+        ["protocol", "draft", "img/s", "server CPU ms/img", "model ms/img", "pipeline ms/img",
+         "per-core img/s", "bare per-core img/s", "served / bare"], rows)  # fmt: skip
 
 
-def print_sizing(data: dict[str, Any]) -> None:
+def sizing_markdown(data: dict[str, Any]) -> str:
     """CPU cores one H100 needs to stay busy with SSD300: its forward rate / the per-core pipeline rate."""
     rows = []
     for name, r in data["images"].items():
@@ -312,10 +330,19 @@ def print_sizing(data: dict[str, Any]) -> None:
                 rate = 1e3 / ms
                 rows.append([f"1080p JPEG, {'draft' if cell['draft'] else 'full'} (served, {protocol})", rate,
                              *(v / rate for v in H100_SSD300_IMAGES_PER_S.values())])  # fmt: skip
+    gpu = [f"cores, {k} ({v:,.0f} img/s)" for k, v in H100_SSD300_IMAGES_PER_S.items()]
+    return fmt_table(["image, decode", "per-core img/s", *gpu], rows)
+
+
+def print_tables(data: dict[str, Any]) -> None:
+    print("\nCPU ms per image, one core (full-size decode)")
+    print(stages_markdown(data))
+    print("\nPer-core images/s: pipeline (in process) vs bare Pillow decode + resize")
+    print(per_core_markdown(data))
+    print("\nServed (server CPU per image)")
+    print(served_markdown(data))
     print("\nCPU cores to keep one H100 busy with SSD300 (H100 rate / per-core pipeline rate)")
-    gpu = [f"cores at {k} ({v:,.0f} img/s)" for k, v in H100_SSD300_IMAGES_PER_S.items()]
-    headers = ["image, decode", "per-core img/s", *gpu]
-    print(fmt_table(headers, rows))
+    print(sizing_markdown(data))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -324,7 +351,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         data = json.loads(out.read_text())
         print_tables(data)
-        print_sizing(data)
         return 0
     from predictor.ssd import Detector
 
@@ -356,7 +382,6 @@ def main(argv: list[str] | None = None) -> int:
             data["served"]["runs"].append(served_rate(hd, args, model_ms, draft))
             write_json(out, data)
     print_tables(data)
-    print_sizing(data)
     print(f"\nwrote {out}")
     return 0
 

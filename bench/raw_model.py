@@ -68,8 +68,7 @@ def bench_model(name: str, args: argparse.Namespace, peak_gflops: float, jpegs: 
     """Detector and network-alone rows for one model."""
     import tensorflow as tf
 
-    from predictor.ssd import Detector, load_model
-    from predictor.ssd.network import conv_macs
+    from predictor.ssd import Detector, conv_macs, load_model
 
     path, source = model_dir(name, args.out_dir)
     config, model = load_model(path)
@@ -111,10 +110,15 @@ def bench_model(name: str, args: argparse.Namespace, peak_gflops: float, jpegs: 
     return result
 
 
-def print_tables(data: dict) -> None:
-    """One table per model: detector vs network alone at each batch size."""
-    peak = data["peak"]["gflops_best"]
-    print(f"\nfloat32 matmul peak: {peak:.1f} GFLOP/s ({data['peak']['n']}^2 tf.matmul, best call)")
+MODEL_TITLES = {"ssd300": "SSD300-VGG16", "demo": "Demo model"}
+
+
+def markdown(data: dict) -> str:
+    """The peak, one table per model (``run_batch`` vs network alone by batch) and decode + resize times."""
+    peak = data["peak"]
+    parts = [f"Float32 `tf.matmul` {peak['n']}^2: {peak['gflops_best']:.1f} GFLOP/s (best call)."]
+    headers = ["batch", "run_batch img/s", "ms/batch", "GFLOP/s", "% peak", "network img/s", "GFLOP/s",
+               "% peak", "post-proc share %"]  # fmt: skip
     for name, m in data["models"].items():
         rows = []
         for det, net in zip(m["detector"], m["network"], strict=True):
@@ -123,12 +127,14 @@ def print_tables(data: dict) -> None:
                 100 * det["fraction_of_peak"], net["images_per_s"], net["gflops"],
                 100 * net["fraction_of_peak"], 100 * (1 - det["images_per_s"] / net["images_per_s"]),
             ])  # fmt: skip
-        print(f"\n{name} ({m['source']}, {m['gflop_per_image']:.2f} GFLOP/image, xla={m['xla']})")
-        print(fmt_table(
-            ["batch", "detector img/s", "ms/batch", "GFLOP/s", "% peak", "network img/s", "GFLOP/s",
-             "% peak", "post-proc share %"],
-            rows,
-        ))  # fmt: skip
+        title = MODEL_TITLES.get(name, name)
+        xla = ", XLA" if m["xla"] else ""
+        parts.append(f"{title} ({m['source']}, {m['gflop_per_image']:.2f} GFLOP/image{xla}):")
+        parts.append(fmt_table(headers, rows))
+    decode = next(iter(data["models"].values()))["decode_resize_ms"]
+    sizes = ", ".join(f"{ms:.1f} ms ({size})" for size, ms in decode.items())
+    parts.append(f"Decode + resize per image (`decode_image` + `Detector.resize`): {sizes}.")
+    return "\n\n".join(parts)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -154,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models.split(","):
         data["models"][name] = bench_model(name, args, data["peak"]["gflops_best"], jpegs)
         write_json(out, data)
-    print_tables(data)
+    print("\n" + markdown(data))
     print(f"\nwrote {out}")
     return 0
 

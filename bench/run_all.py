@@ -157,11 +157,10 @@ def plot(raw: dict | None, served: dict, path: Path) -> Path:
     return path
 
 
-def print_ratios(ratios: dict[str, Any]) -> None:
-    """The ratios, last thing printed."""
-    print("\n##### ratios")
+def ratios_markdown(combined: dict[str, Any]) -> str:
+    """The ratios of ``bench.json`` (see the module docstring) as a table, one row per model and ratio."""
     rows = []
-    for name, r in ratios.items():
+    for name, r in combined["ratios"].items():
         if "ours_over_ort" in r:
             text = ", ".join(f"b{b}: {v:.2f}" for b, v in r["ours_over_ort"].items())
             rows.append([name, "ours / ONNX Runtime (network alone, by batch)", text])
@@ -174,7 +173,57 @@ def print_ratios(ratios: dict[str, Any]) -> None:
             text = ", ".join(f"{k}: {v:.2f} ({p['p50_ms'][k]:.0f} ms)" for k, v in p["by_protocol"].items())
             base = f"{p['raw_batch1_ms']:.0f} + {p['decode_resize_ms']:.0f} ms"
             rows.append([name, f"p50 c=1 / (raw b=1 + decode) = / ({base})", text])
-    print(fmt_table(["model", "ratio", "value"], rows))
+    return fmt_table(["model", "ratio", "value"], rows)
+
+
+SUMMARY_TITLES = {"ssd300": "SSD300-VGG16", "demo": "demo model"}
+
+
+def summary_markdown(combined: dict[str, Any]) -> str:
+    """README's table: batch-1 speed, ours / ORT at batch 16, served / raw, and lone-request p50 ratio."""
+    raw, ratios = combined["raw"], combined["ratios"]
+    if not raw:
+        return "_No raw-model results in bench.json (`make bench` runs every stage)._"
+    names = list(raw["models"])
+    header = [""] + [
+        f"{SUMMARY_TITLES.get(n, n)} ({raw['models'][n]['gflop_per_image']:.3g} GFLOP/image)" for n in names
+    ]
+    speed, ort, served, alone = (["compiled detection function, batch 1"], [], [], [])
+    top: dict[str, Any] = {}
+    for name in names:
+        b1 = nearest_batch(raw["models"][name]["detector"], 1)
+        speed.append(
+            f"{b1['latency_ms_median']:.3g} ms/image ({b1['gflops']:.0f} GFLOP/s, "
+            f"{100 * b1['fraction_of_peak']:.0f}% of `tf.matmul`'s rate)"
+            if b1
+            else "-"
+        )
+        r = ratios.get(name, {})
+        by_batch = {int(b): v for b, v in r.get("ours_over_ort", {}).items()}
+        ort.append(f"{by_batch[16]:.2f}x" if 16 in by_batch else "-")
+        s = r.get("served_over_raw") or {}
+        top = top or s
+        served.append(", ".join(f"{v:.2f}" for v in s.get("by_protocol", {}).values()) or "-")
+        p = r.get("p50_c1_over_raw_plus_decode") or {}
+        v1 = p.get("by_protocol", {}).get("v1")
+        alone.append(f"{v1:.2f} ({p['p50_ms']['v1']:.0f} ms)" if v1 is not None else "-")
+    rows = [
+        speed,
+        ["network alone vs ONNX Runtime (same weights), batch 16", *ort],
+        [
+            f"served at concurrency {top.get('concurrency')} / raw at batch {top.get('raw_batch')} "
+            f"({', '.join(top.get('by_protocol', {}))})",
+            *served,
+        ],
+        ["p50 at concurrency 1 (V1) / (raw batch 1 + decode)", *alone],
+    ]
+    return fmt_table(header, rows)
+
+
+def print_ratios(combined: dict[str, Any]) -> None:
+    """The ratios, last thing printed."""
+    print("\n##### ratios")
+    print(ratios_markdown(combined))
 
 
 def load(path: Path) -> dict | None:
@@ -199,13 +248,15 @@ def main(argv: list[str] | None = None) -> int:
             walls[stage] = run_stage(stage, args)
     raw, onnx, served = (load(args.out_dir / FILES[s]) for s in STAGES)
     ratios = compute_ratios(raw, onnx, served)
-    combined = {"stage_wall_s": walls, "raw": raw, "onnx": onnx, "served": served, "ratios": ratios}
+    machine = next((x["machine"] for x in (raw, onnx, served) if x and x.get("machine")), None)
+    combined = {"machine": machine, "stage_wall_s": walls, "raw": raw, "onnx": onnx, "served": served,
+                "ratios": ratios}  # fmt: skip
     write_json(args.out_dir / "bench.json", combined)
     if served:
         print(f"\nplot: {plot(raw, served, args.out_dir / 'bench.png')}")
     print(f"results: {args.out_dir / 'bench.json'}; stage wall times (s): "
           + ", ".join(f"{k} {v:.0f}" for k, v in walls.items()))  # fmt: skip
-    print_ratios(ratios)
+    print_ratios(combined)
     return 0
 
 

@@ -369,15 +369,26 @@ def _pct(value: float | None) -> float | None:
     return None if value is None else 100 * value
 
 
-def print_table(data: dict) -> None:
+MODEL_TITLES = {"ssd300": "SSD300-VGG16", "demo": "Demo model"}
+
+
+def markdown(data: dict) -> str:
+    """One table per model: images/s, latency percentiles, batching and server cores per cell."""
+    settings = data.get("settings", {})
+    flags = (
+        f"--max_batch_size {settings.get('max_batch_size')} --batch_wait_ms {settings.get('batch_wait_ms')}"
+    )
+    least = f"at least {settings.get('duration_s')} s and {settings.get('min_requests')} requests per client"
+    parts = [f"`{flags}`, {least} and cell."]
+    headers = ["protocol", "concurrency", "img/s", "p50 ms", "p95 ms", "p99 ms", "requests", "errors",
+               "mean batch", "padded %", "server cores"]  # fmt: skip
     for name, m in data["models"].items():
-        print(f"\n{name} ({m['source']}), served on loopback")
         rows = [[r["protocol"], r["concurrency"], r["images_per_s"], r["p50_ms"], r["p95_ms"], r["p99_ms"],
                  r["requests"], r["errors"], r.get("mean_batch"), _pct(r.get("padded_share")),
                  r["server_cores_used"]] for r in m["rows"]]  # fmt: skip
-        headers = ["protocol", "concurrency", "img/s", "p50 ms", "p95 ms", "p99 ms", "requests", "errors",
-                   "mean batch", "padded %", "server cores"]  # fmt: skip
-        print(fmt_table(headers, rows))
+        parts.append(f"{MODEL_TITLES.get(name, name)} ({m['source']}; ready after {m['ready_s']:.1f} s):")
+        parts.append(fmt_table(headers, rows))
+    return "\n\n".join(parts)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -406,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models.split(","):
         data["models"][name] = bench_model(name, args, jpegs)
         write_json(out, data)
-    print_table(data)
+    print("\n" + markdown(data))
     print(f"\nwrote {out}")
     return 0
 

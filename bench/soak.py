@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import OUT_DIR, REPO, fmt_table, percentile, write_json
+from bench.common import OUT_DIR, REPO, fmt_table, machine_info, percentile, write_json
 
 sys.path.insert(0, str(REPO / "tests"))
 from serving_fixtures import b64, encode_image, start_server  # shared server helpers (tests/)
@@ -511,9 +511,11 @@ def soak(
     return report
 
 
-def format_report(report: dict[str, Any]) -> str:
+def markdown(report: dict[str, Any]) -> str:
+    """The report as a metric | value table and a table by request kind (what ``bench/RESULTS.md`` shows)."""
     lat, rss = report["latency_valid_ms"], report["rss_mib"]
     rows = [
+        ("requested / client threads", f"{report['requested']} / {report['concurrency']}"),
         ("requests served", report["requests"]),
         ("valid / invalid", f"{report['valid_requests']} / {report['invalid_requests']}"),
         ("HTTP status counts", json.dumps(report["http_status_counts"])),
@@ -523,7 +525,10 @@ def format_report(report: dict[str, Any]) -> str:
         ("unexpected answers", report["unexpected"]),
         ("p50 / p99 latency, valid (ms)", f"{lat['p50']:.1f} / {lat['p99']:.1f}"),
         ("RSS ready / mid / end (MiB)", f"{rss['ready']:.1f} / {rss['mid']:.1f} / {rss['end']:.1f}"),
-        ("RSS growth from ready to end", f"{report['rss_growth_from_ready_pct']:+.2f}%"),
+        (
+            "RSS growth from ready to end",
+            f"{report['rss_growth_from_ready_pct']:+.2f}% (limit {report['max_rss_growth_pct']:g}%)",
+        ),
         ("RSS timeline (MiB)", " ".join(f"{t['rss_mib']:.0f}" for t in report["rss_timeline"])),
         ("run / wall time (s)", f"{report['run_s']:.1f} / {report['wall_s']:.1f}"),
         ("requests/s", f"{report['requests_per_s']:.1f}"),
@@ -558,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
         from predictor.models import DEMO_MODEL_DIR
 
         args.model_dir = DEMO_MODEL_DIR
+    machine = machine_info()
     report = soak(
         args.model_dir,
         n_requests=args.requests,
@@ -570,7 +576,8 @@ def main(argv: list[str] | None = None) -> int:
         log_path=args.out.with_name(args.out.stem + "_server.log"),
         server_args=tuple(args.server_args),
     )
-    print(format_report(report))
+    report = {"machine": machine, **report}
+    print(markdown(report))
     write_json(args.out, report)
     print(f"\nJSON: {args.out}")
     return 0 if report["passed"] else 1

@@ -7,6 +7,8 @@ BENCH_MODELS ?= ssd300,demo
 # A Python venv with JAX (CPU is enough) for trying the GPU check on this machine.
 JAX_VENV ?= /tmp/jaxvenv
 BENCH_STAMP := $(VENV)/.bench-installed
+# Rewrites the named generated tables of bench/RESULTS.md (and README.md) from the JSON in BENCH_OUT.
+RESULTS_TABLES = $(PY) -m bench.results --out_dir $(BENCH_OUT) --tables
 
 # Overload benchmark: closed-loop clients measuring capacity, offered load factor, seconds per phase, rounds.
 OVERLOAD_CLIENTS ?= 16
@@ -23,7 +25,7 @@ HOSTILE_MAX_GROWTH_MIB ?= 512
 COLD_START_MODELS ?= demo,ssd300
 COLD_START_REPEATS ?= 3
 COLD_START_ARGS ?=
-# Soak (`make soak`), 10000 requests: with 3000 the memory is still reaching its high-water mark (see
+# Soak (`make soak`; afterwards its table in bench/RESULTS.md is rewritten from SOAK_OUT), 10000 requests: with 3000 the memory is still reaching its high-water mark (see
 # bench/RESULTS.md). Requests to send, client threads, time cap (s), allowed RSS growth from ready to the
 # end (%), and where the JSON goes.
 SOAK_REQUESTS ?= 10000
@@ -34,7 +36,7 @@ SOAK_OUT ?= bench/out/soak.json
 
 .PHONY: bench bench-install bench-model bench-onnx bench-served bench-report bench-overload bench-hostile \
 	gpu-check-prepare gpu-check-cpu gpu-check bench-pipeline bench-draft bench-client-downscale \
-	bench-cold-start soak
+	bench-cold-start soak bench-results gpu-check-report
 
 $(BENCH_STAMP): pyproject.toml | $(STAMP)
 	$(PIP) install --quiet -e '.[test,bench]'
@@ -44,26 +46,36 @@ bench-install: $(BENCH_STAMP) ## Install the benchmark extras (tf2onnx, onnx, on
 
 bench: $(BENCH_STAMP) ## All CPU benchmarks: raw model, ONNX Runtime peer, served V1/V2/gRPC; ratios + plot (~10 min)
 	$(PY) -m bench.run_all --models $(BENCH_MODELS) --out_dir $(BENCH_OUT)
+	$(RESULTS_TABLES) raw-model onnx-peer served ratios readme-summary
 
 bench-model: $(BENCH_STAMP) ## Raw model benchmark: run_batch and network alone, batch 1-32, GFLOP/s vs matmul peak
 	$(PY) -m bench.raw_model --models $(BENCH_MODELS) --out_dir $(BENCH_OUT)
+	$(RESULTS_TABLES) raw-model
 
 bench-onnx: $(BENCH_STAMP) ## ONNX Runtime peer of the network (uses bench-model's JSON for ours/ORT)
 	$(PY) -m bench.onnx_peer --models $(BENCH_MODELS) --out_dir $(BENCH_OUT)
+	$(RESULTS_TABLES) onnx-peer
 
 bench-served: $(BENCH_STAMP) ## End to end against a real server on loopback: V1, V2 REST, gRPC at concurrency 1/4/16
 	$(PY) -m bench.served --models $(BENCH_MODELS) --out_dir $(BENCH_OUT)
+	$(RESULTS_TABLES) served
 
-bench-report: $(BENCH_STAMP) ## Re-print the ratios and redraw the plot from the JSON in BENCH_OUT
+bench-report: $(BENCH_STAMP) ## Re-print the ratios, redraw the plot and rewrite the ratio tables from the JSON in BENCH_OUT
 	$(PY) -m bench.run_all --report_only --out_dir $(BENCH_OUT)
+	$(RESULTS_TABLES) ratios readme-summary
+
+bench-results: $(STAMP) ## Rewrite every generated table of bench/RESULTS.md and README.md whose JSON is in BENCH_OUT
+	$(PY) -m bench.results --out_dir $(BENCH_OUT)
 
 bench-overload: $(STAMP) ## Overload a real server (MODEL_DIR=... or demo) at 4x its measured capacity: goodput, p99 admitted, 503 share
 	$(PY) -m bench.overload $(if $(MODEL_DIR),--model_dir $(MODEL_DIR),) --clients $(OVERLOAD_CLIENTS) \
-		--factor $(OVERLOAD_FACTOR) --seconds $(OVERLOAD_SECONDS) --rounds $(OVERLOAD_ROUNDS) --out $(BENCH_OUT)/overload.json
+		--factor $(OVERLOAD_FACTOR) --seconds $(OVERLOAD_SECONDS) --rounds $(OVERLOAD_ROUNDS) --out $(BENCH_OUT)/overload.json; \
+		rc=$$?; $(RESULTS_TABLES) overload=$(BENCH_OUT)/overload.json && exit $$rc
 
 bench-hostile: $(STAMP) ## 24 clients POST 40 MiB bodies at once to a real server: peak RSS growth, statuses, serves after
 	$(PY) -m bench.hostile $(if $(MODEL_DIR),--model_dir $(MODEL_DIR),) --clients $(HOSTILE_CLIENTS) \
-		--body_mib $(HOSTILE_BODY_MIB) --max_growth_mib $(HOSTILE_MAX_GROWTH_MIB) --out $(BENCH_OUT)/hostile.json
+		--body_mib $(HOSTILE_BODY_MIB) --max_growth_mib $(HOSTILE_MAX_GROWTH_MIB) --out $(BENCH_OUT)/hostile.json; \
+		rc=$$?; $(RESULTS_TABLES) hostile=$(BENCH_OUT)/hostile.json && exit $$rc
 
 gpu-check-prepare: $(STAMP) ## Put the Keras wheel + deps for the GPU check into bench/.wheels (carry it along)
 	$(PY) -m bench.gpu_prepare
@@ -75,20 +87,28 @@ gpu-check-cpu: gpu-check-prepare ## Try the GPU check here on the CPU, tiny sett
 gpu-check: ## Run the GPU check (on the GPU machine, after gpu-check-prepare here); JSON into env OUT
 	bash bench/gpu_check.sh
 
+gpu-check-report: $(STAMP) ## Rewrite the GPU table of bench/RESULTS.md from the GPU check's JSON, copied to BENCH_OUT/gpu_check.json
+	$(RESULTS_TABLES) gpu-check
+
 bench-pipeline: $(BENCH_STAMP) ## CPU ms per image per pipeline stage (VGA/1080p/12MP JPEG, PNG) vs bare Pillow decode+resize; served rate
 	$(PY) -m bench.pipeline --out_dir $(BENCH_OUT)
+	$(RESULTS_TABLES) pipeline-stages pipeline-per-core pipeline-served pipeline-sizing
 
 bench-draft: $(BENCH_STAMP) ## Effect of --jpeg_draft on SSD300 detections (IoU, score deltas) and on the demo model's mAP
 	$(PY) -m bench.draft_effect --out_dir $(BENCH_OUT)
+	$(RESULTS_TABLES) draft-effect
 
 bench-client-downscale: $(BENCH_STAMP) ## ssd-detect --downscale: detections, upload bytes and server CPU per image
 	$(PY) -m bench.client_downscale --out_dir $(BENCH_OUT)
+	$(RESULTS_TABLES) client-downscale
 
 bench-cold-start: $(STAMP) ## Cold start, process spawn to ready: imports, model load, warm-up per bucket (demo, SSD300)
 	$(PY) -m bench.cold_start --models $(COLD_START_MODELS) --repeats $(COLD_START_REPEATS) \
 		--out_dir $(BENCH_OUT) $(COLD_START_ARGS)
+	$(RESULTS_TABLES) cold-start
 
 soak: $(STAMP) ## Soak a real server on loopback (MODEL_DIR=... or the demo model): mixed valid/invalid/large requests, 0 5xx, RSS growth
 	$(PY) -m bench.soak $(if $(MODEL_DIR),--model_dir $(MODEL_DIR),) --requests $(SOAK_REQUESTS) \
 		--concurrency $(SOAK_CONCURRENCY) --max_seconds $(SOAK_MAX_SECONDS) \
-		--max_rss_growth_pct $(SOAK_MAX_RSS_GROWTH_PCT) --out $(SOAK_OUT)
+		--max_rss_growth_pct $(SOAK_MAX_RSS_GROWTH_PCT) --out $(SOAK_OUT); \
+		rc=$$?; $(RESULTS_TABLES) soak=$(SOAK_OUT) && exit $$rc

@@ -61,6 +61,19 @@ def test_run_all_quick_end_to_end(tmp_path):
     assert (tmp_path / "bench.png").stat().st_size > 0
     assert "##### ratios" in proc.stdout
 
+    # The RESULTS.md renderers of these stages read the real JSON: one table row per measurement.
+    from bench.results import BLOCKS, render_block
+
+    assert BLOCKS["raw-model"].source == "raw_model.json"
+    raw_md = render_block("raw-model", json.loads((tmp_path / "raw_model.json").read_text()))
+    assert raw_md.startswith("_`make bench-model`, ") and "\n| 2 | " in raw_md
+    served_md = render_block("served", json.loads((tmp_path / "served.json").read_text()))
+    assert all(f"\n| {p} | {c} | " in served_md for p in ("v1", "v2", "grpc") for c in (1, 2))
+    onnx_md = render_block("onnx-peer", json.loads((tmp_path / "onnx_peer.json").read_text()))
+    assert "\n| demo | 1 | " in onnx_md and "\n| demo | 2 | " in onnx_md
+    assert "| demo | ours / ONNX Runtime" in render_block("ratios", data)
+    assert "| compiled detection function, batch 1 | " in render_block("readme-summary", data)
+
 
 @pytest.mark.timeout(300)
 def test_gpu_check_runs_without_tensorflow(tmp_path):
@@ -72,6 +85,10 @@ def test_gpu_check_runs_without_tensorflow(tmp_path):
     data = json.loads((tmp_path / "gpu_check.json").read_text())
     assert data["tensorflow_imported"] is False
     assert [r["batch"] for r in data["rows"]] == [1, 2] and all("images_per_s" in r for r in data["rows"])
+    from bench.results import render_block
+
+    table = render_block("gpu-check", data)
+    assert "\n| demo | float32 | 1 | " in table and "\n| demo | float32 | 2 | " in table
 
 
 @pytest.mark.timeout(600)
@@ -90,3 +107,6 @@ def test_cold_start_breakdown(tmp_path):
     assert phases["traces"] == 1
     assert Path(phases["predictor"]) == REPO / "predictor", "the bench measures this checkout"
     assert "| demo | this | 1 |" in proc.stdout
+    from bench.results import render_block
+
+    assert "\n| demo | this | 1 | " in render_block("cold-start", data)

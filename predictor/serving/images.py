@@ -7,6 +7,11 @@ palette, RGBA/LA (alpha dropped), CMYK, YCbCr and 16/32-bit grayscale (scaled to
 Every failure caused by the bytes themselves raises :class:`~predictor.serving.errors.ImageError`
 (an ``InvalidInput``, HTTP 400); the caller prefixes the instance that carried the image
 (``instances[3]: ...``).
+
+Public functions, one per stage of the server's per-image path (``bench/pipeline.py``,
+``bench/raw_model.py`` and ``bench/draft_effect.py`` time them on purpose): :func:`decode_base64`,
+:func:`decode_image` (full size), :func:`decode_image_reduced` (optionally at a reduced JPEG scale),
+:func:`check_pixel_array` (client-sent ``UINT8`` pixels), with the caps in :class:`ImageLimits`.
 """
 
 from __future__ import annotations

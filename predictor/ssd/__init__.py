@@ -22,9 +22,9 @@ Training (the command line is :mod:`predictor.tools.train`):
 
 from predictor.ssd.anchors import generate_anchors
 from predictor.ssd.config import ExtraBlock, FeatureLayer, SSDConfig, ssd300_vgg16, ssd512_vgg16, ssd_tiny
-from predictor.ssd.detector import Detector, ImageDetections
+from predictor.ssd.detector import Detector, ImageDetections, configure_devices, split_detections
 from predictor.ssd.labels import VOC_LABELS
-from predictor.ssd.network import build_network
+from predictor.ssd.network import build_network, conv_macs
 from predictor.ssd.weights import ModelLoadError, load_model, save_model_dir
 
 __all__ = [
@@ -36,9 +36,12 @@ __all__ = [
     "ModelLoadError",
     "SSDConfig",
     "build_network",
+    "configure_devices",
+    "conv_macs",
     "generate_anchors",
     "load_model",
     "save_model_dir",
+    "split_detections",
     "ssd300_vgg16",
     "ssd512_vgg16",
     "ssd_tiny",

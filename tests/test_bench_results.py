@@ -1,0 +1,233 @@
+"""bench/results.py: every table of bench/RESULTS.md is a generated block that a make target rewrites from
+the JSON its benchmark wrote, with the date and machine; the renderer's output is checked exactly."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import results
+from bench.results import BLOCKS, blocks_in, render_block, replace_block
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_MD = REPO / "bench" / "RESULTS.md"
+END = re.compile(r"<!-- end: (?P<name>[\w-]+) -->")
+
+MACHINE = {
+    "cpu": "AMD EPYC",
+    "cpu_count": 2,
+    "affinity": 2,
+    "python": "3.11.7",
+    "tensorflow": "2.21.0",
+    "utc": "2026-12-02T22:05:47Z",
+    "load_average_at_start": [0.79443359375, 1.3, 1.6],
+}
+HOSTILE = {
+    "machine": MACHINE,
+    "clients": 24,
+    "body_mib": 40,
+    "statuses": {"503": 21, "400": 3},
+    "answer_seconds_max": 2.1063330350007163,
+    "rss_mib": {"ready": 1013.18, "peak_sampled": 1236.14, "peak_vmhwm": 1235.99, "after": 1089.13},
+    "peak_rss_growth_mib": 222.953125,
+    "max_growth_mib": 512.0,
+    "normal_request_after": 200,
+    "resources_log_line": "cpu quota none; memory limit none",
+    "failures": [],
+    "passed": True,
+}
+HOSTILE_MD = """\
+_`make bench-hostile`, 2026-12-02 22:05 UTC, AMD EPYC, 2 cores, load 0.8 at the start._
+
+| metric | value |
+|---|---|
+| clients x body | 24 x 40 MiB |
+| answers | 400: 3 503: 21 |
+| slowest answer (s) | 2.1 |
+| RSS ready / peak (VmHWM) / peak (sampled) / after (MiB) | 1013 / 1236 / 1236 / 1089 |
+| peak RSS growth (MiB) | 223 (limit 512) |
+| normal request afterwards | 200 |
+| server resources line | cpu quota none; memory limit none |
+| result | PASS |"""
+
+
+def _served_row(protocol: str, concurrency: int, images_per_s: float) -> dict:
+    return {"protocol": protocol, "concurrency": concurrency, "images_per_s": images_per_s, "p50_ms": 26.31,
+            "p95_ms": 1583.94, "p99_ms": 41.8, "requests": 370, "errors": 0, "mean_batch": 1.9333,
+            "padded_share": 0.0036, "server_cores_used": 1.174}  # fmt: skip
+
+
+SERVED = {
+    "machine": {**MACHINE, "cpu_count": 4, "utc": "2026-11-25T19:22:03Z", "load_average_at_start": None},
+    "settings": {"max_batch_size": 32, "batch_wait_ms": 2.0, "duration_s": 10.0, "min_requests": 3},
+    "models": {
+        "demo": {
+            "source": "shipped demo model",
+            "ready_s": 8.04,
+            "rows": [_served_row("v1", 1, 37.04), _served_row("grpc", 16, 3.149)],
+        },
+    },
+}
+SERVED_HEADER = (
+    "| protocol | concurrency | img/s | p50 ms | p95 ms | p99 ms | requests | errors | mean batch | padded % "
+    "| server cores |"
+)
+SERVED_MD = f"""\
+_`make bench-served`, 2026-11-25 19:22 UTC, AMD EPYC, 4 cores (2 usable)._
+
+`--max_batch_size 32 --batch_wait_ms 2.0`, at least 10.0 s and 3 requests per client and cell.
+
+Demo model (shipped demo model; ready after 8.0 s):
+
+{SERVED_HEADER}
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+| v1 | 1 | 37.0 | 26.3 | 1,583.9 | 41.8 | 370 | 0 | 1.93 | 0.36 | 1.17 |
+| grpc | 16 | 3.15 | 26.3 | 1,583.9 | 41.8 | 370 | 0 | 1.93 | 0.36 | 1.17 |"""
+
+
+def test_renderer_writes_a_hostile_table_exactly():
+    assert render_block("hostile", HOSTILE) == HOSTILE_MD
+
+
+def test_renderer_writes_a_served_table_exactly():
+    assert render_block("served", SERVED) == SERVED_MD
+
+
+def test_a_json_without_machine_says_so():
+    assert render_block("hostile", {k: v for k, v in HOSTILE.items() if k != "machine"}).startswith(
+        "_`make bench-hostile`; the JSON recorded no date or machine._\n\n| metric | value |"
+    )
+
+
+def test_a_block_is_rewritten_in_place_and_only_that_block(tmp_path):
+    """``python -m bench.results --tables hostile=JSON`` replaces the hostile block's text, keeps its markers
+    and everything around it, and leaves a block whose JSON is absent as it was; ``--check`` then passes."""
+    doc = tmp_path / "RESULTS.md"
+    before = (
+        "# Results\n\nintro\n\n"
+        "<!-- generated: hostile (make bench-hostile) -->\n_old stamp_\n\n| old | table |\n"
+        "<!-- end: hostile -->\n"
+        "\nbetween\n\n"
+        "<!-- generated: soak (make soak) -->\n| kept | as it was |\n<!-- end: soak -->\n\ntail\n"
+    )
+    doc.write_text(before)
+    source = tmp_path / "h.json"
+    source.write_text(json.dumps(HOSTILE))
+    args = ["--documents", str(doc), "--out_dir", str(tmp_path / "empty")]
+    assert results.main([*args, "--check", "--tables", f"hostile={source}", "soak"]) == 1
+    assert doc.read_text() == before, "--check writes nothing"
+    assert results.main([*args, "--tables", f"hostile={source}", "soak"]) == 0
+    assert doc.read_text() == (
+        "# Results\n\nintro\n\n"
+        f"<!-- generated: hostile (make bench-hostile) -->\n{HOSTILE_MD}\n<!-- end: hostile -->\n"
+        "\nbetween\n\n"
+        "<!-- generated: soak (make soak) -->\n| kept | as it was |\n<!-- end: soak -->\n\ntail\n"
+    )
+    assert results.main([*args, "--check", "--tables", f"hostile={source}"]) == 0
+
+
+def test_replace_block_keeps_an_absent_block_absent():
+    assert replace_block("no blocks here\n", "served", "x") == "no blocks here\n"
+
+
+def _blocks_and_loose_tables(text: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """The (name, target) of each block, and every Markdown table line outside any block."""
+    blocks, loose, open_name = [], [], None
+    for line in text.splitlines():
+        begin, end = results.BEGIN.fullmatch(line), END.fullmatch(line)
+        if begin:
+            assert open_name is None, f"block {begin['name']} opens inside block {open_name}"
+            open_name = begin["name"]
+            blocks.append((begin["name"], begin["target"]))
+        elif end:
+            assert end["name"] == open_name, f"<!-- end: {end['name']} --> closes {open_name}"
+            open_name = None
+        elif line.startswith("|") and open_name is None:
+            loose.append(line)
+    assert open_name is None, f"block {open_name} is never closed"
+    return blocks, loose
+
+
+def test_every_results_table_is_a_generated_block():
+    blocks, loose = _blocks_and_loose_tables(RESULTS_MD.read_text())
+    assert not loose, f"tables in bench/RESULTS.md outside a generated block: {loose[:3]}"
+    names = [name for name, _ in blocks]
+    assert len(names) == len(set(names)), "a block name appears twice"
+    for name, target in blocks:
+        assert name in BLOCKS, f"no renderer for block {name}"
+        assert target == BLOCKS[name].target, f"block {name} names make {target}, not {BLOCKS[name].target}"
+    assert blocks_in((REPO / "README.md").read_text()) == [("readme-summary", "bench-report")]
+
+
+def _targets() -> list[tuple[str, list[str]]]:
+    by_target: dict[str, list[str]] = {}
+    for doc in (RESULTS_MD, REPO / "README.md"):
+        for name, target in blocks_in(doc.read_text()):
+            by_target.setdefault(target, []).append(name)
+    return sorted(by_target.items())
+
+
+@pytest.mark.parametrize(("target", "names"), _targets())
+def test_each_named_make_target_rewrites_its_tables(target, names):
+    """``make -n TARGET`` (prints the recipe, runs nothing) ends by rendering each of its blocks."""
+    proc = subprocess.run(["make", "-n", target], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    recipe = proc.stdout.replace("\\\n", " ")
+    calls = [line for line in recipe.splitlines() if "-m bench.results" in line]
+    assert calls, f"make {target} does not run bench.results:\n{recipe}"
+    rendered = {
+        word.partition("=")[0]
+        for line in calls
+        for word in re.split(r"&&|;", line.partition("--tables")[2])[0].split()
+    }
+    missing = [n for n in names if n not in rendered]
+    assert not missing, f"make {target} does not render {missing}:\n{calls}"
+
+
+def test_overload_hook_reads_the_json_overload_py_writes():
+    """The overload block's renderer (here until bench/overload.py grows its own) on that script's keys."""
+    data = {
+        "machine": MACHINE, "clients": 16, "factor": 4.0, "seconds": 10.0, "rounds_count": 3,
+        "capacity": {"answered_200_per_s": 40.8333, "p50_ms": 360.47, "p99_ms": 538.8},
+        "overload": {"answered_200_per_s": 179.83, "p50_ms": 40980.9, "p99_ms": 87578.9,
+                     "rejected_503_share": 0.04276, "offered_per_s": 187.87, "p50_503_ms": 57238.3},
+        "goodput_over_capacity": 4.404, "p99_admitted_over_p99_capacity": 162.53,
+        "server_cores": 0.9968, "client_cores": 0.7349, "rss_mib": {"ready": 1016.4, "peak": 1370.1},
+        "failures": ["p99 of admitted requests 162.53x the p99 at capacity (> 2x)"], "passed": False,
+    }  # fmt: skip
+    assert render_block("overload", data).split("\n\n", 1)[1] == (
+        "| figure | value |\n"
+        "|---|---|\n"
+        "| clients x factor x seconds x rounds | 16 x 4 x 10 s x 3 |\n"
+        "| capacity (closed loop) | 40.8 req/s, p50 360 ms, p99 539 ms |\n"
+        "| offered (open loop) | 187.9 req/s |\n"
+        "| goodput | 179.8 req/s = 440.4% of capacity |\n"
+        "| p50 / p99 of admitted requests | 41.0 s / 87.6 s (162.5x the p99 at capacity) |\n"
+        "| 503 share / p50 of the 503s | 4.3% / 57.2 s |\n"
+        "| server RSS ready / peak (MiB) | 1016 / 1370 |\n"
+        "| cores used: server / client | 1.00 / 0.73 |\n"
+        "| result | FAIL: p99 of admitted requests 162.53x the p99 at capacity (> 2x) |"
+    )
+
+
+def test_loading_the_renderers_changes_nothing_around_them():
+    """Rendering imports each benchmark module: that must not set environment variables (the GPU check
+    once set KERAS_BACKEND=jax at import, which then reached every server a later test spawned) nor
+    import TensorFlow. Checked in a fresh interpreter, where nothing is imported yet."""
+    code = (
+        "import importlib, os, sys\n"
+        "before = dict(os.environ)\n"
+        "from bench.results import BLOCKS\n"
+        "for block in BLOCKS.values():\n"
+        "    importlib.import_module(block.renderer.split(':')[0])\n"
+        "changed = sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k))\n"
+        "print(changed, 'tensorflow' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["[]", "False"]
