@@ -1,0 +1,311 @@
+"""Mutation testing of the box coding, anchors, post-processing and protocol codecs (``make mutation``).
+
+``python scripts/mutation_testing.py run [--only NAME ...]`` runs mutmut 3 on each target of
+:data:`TARGETS`, one module at a time, each in its own scratch folder ``build/mutation/NAME`` (a copy of
+``predictor/`` and ``tests/`` plus a generated ``pyproject.toml`` whose ``[tool.mutmut]`` names the one
+module to mutate and the tests that may kill its mutants), then writes the result of the run to
+``build/mutation/NAME/result.json``. ``python scripts/mutation_testing.py report`` turns those results into
+``docs/mutation-testing.md``: mutants per module (killed, survived, timeout), the score, the date, the
+machine, the tool and its version, and every surviving mutant with a reason.
+
+Why mutmut's ``forkserver`` isolation: mutmut forks a worker per mutant; TensorFlow's thread pools do not
+survive a fork of a process that has run TensorFlow ops, so the workers are forked from a server process
+that has only imported the tests, never run them.
+
+The score is ``killed / (total - equivalent)``: a mutant listed in :data:`EQUIVALENT` (reviewed: no test
+can tell it from the original, with the reason) is neither killed nor counted against the score; a
+timeout counts as killed (the mutant made the tests hang) but is reported on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / "build" / "mutation"
+REPORT = REPO / "docs" / "mutation-testing.md"
+#: Score every target must reach (``check`` fails below it).
+REQUIRED_SCORE = 80.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """One module to mutate and the fastest tests that exercise it (no real-server test)."""
+
+    name: str
+    module: str  # path from the repository root
+    tests: tuple[str, ...]  # pytest arguments: files or node ids
+
+
+#: The one list of what is mutated and by which tests (re-point it when a module moves).
+TARGETS: tuple[Target, ...] = (
+    Target("boxes", "predictor/ssd/boxes.py", ("tests/test_boxes.py",)),
+    Target("anchors", "predictor/ssd/anchors.py", ("tests/test_anchors.py",)),
+    Target(
+        "postprocess",
+        "predictor/ssd/postprocess.py",
+        (
+            "tests/test_postprocess.py",
+            "tests/test_postprocess_reference.py::test_postprocess_matches_the_numpy_reference",
+            "tests/test_postprocess_reference.py::test_per_image_thresholds_and_caps_match_the_reference",
+        ),
+    ),
+    Target(
+        "codecs",
+        "predictor/serving/codecs.py",
+        (
+            "tests/test_codecs.py",
+            "tests/test_detection_controls.py::test_parse_controls",
+            "tests/test_detection_controls.py::test_bad_controls_name_the_field",
+            "tests/test_detection_controls.py::test_class_mask_resolves_names_and_ids",
+            "tests/test_detection_controls.py::test_v1_strict_keys_accept_the_new_parameters",
+            "tests/test_uint8_input.py::test_uint8_tensor_parses_into_one_pixel_payload_per_image",
+            "tests/test_uint8_input.py::test_uint8_raw_contents_are_not_copied",
+            "tests/test_uint8_input.py::test_bad_uint8_tensors_are_400_naming_the_input",
+            "tests/test_uint8_input.py::test_raw_uint8_contents_of_the_wrong_length_are_400",
+        ),
+    ),
+    Target("binary_ext", "predictor/protocol/binary_ext.py", ("tests/test_binary_ext.py",)),
+)
+
+#: Reviewed equivalent mutants: (module, the mutated line as mutmut shows it, stripped) -> why no test
+#: can kill it. Keyed by the line, not by mutmut's numbering, so the list survives edits elsewhere.
+EQUIVALENT: dict[tuple[str, str], str] = {}
+
+
+def _pyproject(target: Target) -> str:
+    """The scratch folder's pyproject.toml: the project's pytest settings plus this target's mutmut."""
+    text = (REPO / "pyproject.toml").read_text()
+    pytest_part = text[text.index("[tool.pytest.ini_options]") :]
+    pytest_part = pytest_part.split("\n[", 1)[0]
+    mutmut = {
+        "source_paths": ["predictor"],
+        "only_mutate": [target.module],
+        "pytest_add_cli_args_test_selection": list(target.tests),
+        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-x", "-q"],
+        "process_isolation": "forkserver",
+        "forkserver_warmup": "collect",
+    }
+    lines = ["[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in mutmut.items()]
+    return pytest_part + "\n\n" + "\n".join(lines) + "\n"
+
+
+def _mutmut_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # tests must import mutants/
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", HYPOTHESIS_PROFILE="dev")
+    return env
+
+
+def run_target(target: Target, max_children: int, out: Path = WORK, tests_rev: str | None = None) -> dict:
+    """Run mutmut on one target in a fresh scratch folder ``out/NAME``; returns (and saves) the results.
+
+    ``tests_rev``: take ``tests/`` from this git revision instead of the working tree (to measure the
+    score of an older test suite against today's code).
+    """
+    work = out / target.name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
+    shutil.copytree(REPO / "predictor", work / "predictor", ignore=ignore)
+    if tests_rev:
+        archive = subprocess.run(
+            ["git", "archive", tests_rev, "tests"], cwd=REPO, capture_output=True, check=True
+        )
+        subprocess.run(["tar", "-x", "-C", str(work)], input=archive.stdout, check=True)
+    else:
+        shutil.copytree(REPO / "tests", work / "tests", ignore=ignore)
+    (work / "pyproject.toml").write_text(_pyproject(target))
+    mutmut = Path(sys.executable).with_name("mutmut")
+    started = dt.datetime.now(dt.timezone.utc)
+    cmd = ["nice", "-n", "10", str(mutmut), "run", "--max-children", str(max_children)]
+    with open(work / "mutmut.log", "w") as log:
+        proc = subprocess.run(cmd, cwd=work, env=_mutmut_env(), stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        tail = (work / "mutmut.log").read_text()[-3000:]
+        raise SystemExit(f"mutmut failed on {target.module} (exit {proc.returncode}):\n{tail}")
+    meta = json.loads((work / "mutants" / (target.module + ".meta")).read_text())
+    mutants = []
+    for name, code in sorted(meta["exit_code_by_key"].items(), key=lambda kv: _natural(kv[0])):
+        status = _status(code)
+        entry = {"name": name, "status": status}
+        if status != "killed":
+            entry["diff"] = _diff(work, name)
+        mutants.append(entry)
+    result = {
+        "module": target.module,
+        "tests": list(target.tests),
+        "tests_rev": tests_rev,
+        "started": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "seconds": round((dt.datetime.now(dt.timezone.utc) - started).total_seconds()),
+        "mutants": mutants,
+    }
+    (work / "result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _natural(name: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+
+
+def _status(code: int | None) -> str:
+    from mutmut.stats import status_by_exit_code
+
+    return status_by_exit_code[code]
+
+
+def _diff(work: Path, name: str) -> str:
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("mutmut")), "show", name],
+        cwd=work,
+        env=_mutmut_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return "\n".join(
+        line
+        for line in out.splitlines()[1:]
+        if line.startswith(("-", "+")) and line[:3] not in ("---", "+++")
+    )
+
+
+# ------------------------------------------------------------------------------------------ report
+def mutated_line(diff: str) -> str:
+    """The mutant's new line(s), stripped, as the key of :data:`EQUIVALENT`."""
+    return " | ".join(line[1:].strip() for line in diff.splitlines() if line.startswith("+"))
+
+
+def summarise(result: dict) -> dict:
+    counts = {"total": 0, "killed": 0, "timeout": 0, "survived": 0, "equivalent": 0, "other": 0}
+    survivors = []
+    for m in result["mutants"]:
+        counts["total"] += 1
+        status = m["status"]
+        if status in ("killed", "timeout"):
+            counts[status] += 1
+            continue
+        reason = EQUIVALENT.get((result["module"], mutated_line(m.get("diff", ""))))
+        if reason and status == "survived":
+            counts["equivalent"] += 1
+            survivors.append((m, f"equivalent: {reason}"))
+        else:
+            counts["survived" if status == "survived" else "other"] += 1
+            survivors.append((m, "not yet killed" if status == "survived" else f"{status} (not killed)"))
+    scored = counts["total"] - counts["equivalent"]
+    counts["score"] = 100.0 * (counts["killed"] + counts["timeout"]) / scored if scored else 100.0
+    return {"counts": counts, "survivors": survivors}
+
+
+def write_report() -> list[str]:
+    """Write docs/mutation-testing.md from build/mutation/*/result.json; returns targets below the bar."""
+    sys.path.insert(0, str(REPO))
+    from predictor.serving.resources import cpu_model_name
+
+    results = []
+    for target in TARGETS:
+        path = WORK / target.name / "result.json"
+        if not path.exists():
+            raise SystemExit(
+                f"no result for {target.module}: run `python scripts/mutation_testing.py run` first"
+            )
+        results.append(json.loads(path.read_text()))
+    version = metadata.version("mutmut")
+    rows, sections, below = [], [], []
+    for result in results:
+        s = summarise(result)
+        c = s["counts"]
+        rows.append(
+            f"| `{result['module']}` | {c['total']} | {c['killed']} | {c['timeout']} | {c['survived']} "
+            f"| {c['equivalent']} | {c['other']} | {c['score']:.1f}% | {result['seconds']} s |"
+        )
+        if c["score"] < REQUIRED_SCORE:
+            below.append(f"{result['module']}: {c['score']:.1f}%")
+        tests = ", ".join(f"`{t}`" for t in result["tests"])
+        lines = [f"### `{result['module']}`", "", f"Tests: {tests}. Run started {result['started']}.", ""]
+        if not s["survivors"]:
+            lines.append("Every mutant was killed.")
+        for m, reason in s["survivors"]:
+            lines += [f"- `{m['name']}` — {reason}", "", "  ```diff"]
+            lines += [f"  {line}" for line in m.get("diff", "").splitlines()]
+            lines += ["  ```", ""]
+        sections.append("\n".join(lines).rstrip())
+    total = [summarise(r)["counts"] for r in results]
+    killed = sum(c["killed"] + c["timeout"] for c in total)
+    scored = sum(c["total"] - c["equivalent"] for c in total)
+    text = f"""# Mutation testing
+
+Generated by `make mutation` (`scripts/mutation_testing.py`); do not edit by hand.
+
+- Date: {min(r["started"] for r in results)}
+- Machine: {cpu_model_name()} ({os.cpu_count()} CPUs)
+- Tool: mutmut {version}, `process_isolation = "forkserver"` (one module at a time, `nice -n 10`)
+- What: every mutant mutmut makes of each module below, each run against the listed tests (the fastest
+  ones that exercise the module; no real-server test). The target list is `TARGETS` in the script.
+
+Score = (killed + timeout) / (total - equivalent). *Equivalent* mutants are listed in the script's
+reviewed `EQUIVALENT` table with the reason no test can kill them; they are not counted as killed.
+*Other* is mutmut's "no tests" / "suspicious" / "segfault": not killed. Required: at least
+{REQUIRED_SCORE:.0f}% on every module.
+
+| Module | Mutants | Killed | Timeout | Survived | Equivalent | Other | Score | Run time |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|
+{chr(10).join(rows)}
+
+Overall: {killed} of {scored} non-equivalent mutants killed ({100.0 * killed / max(scored, 1):.1f}%).
+
+## Surviving mutants
+
+{chr(10).join(chr(10) + s for s in sections).strip()}
+"""
+    REPORT.write_text(text)
+    return below
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run mutmut on the targets, one at a time")
+    run.add_argument("--only", nargs="*", default=None, help="target names (default: all)")
+    run.add_argument("--max-children", type=int, default=1)
+    run.add_argument("--out", type=Path, default=WORK, help="scratch folder (default build/mutation)")
+    run.add_argument("--tests-rev", help="take tests/ from this git revision (a baseline)")
+    report = sub.add_parser("report", help="write docs/mutation-testing.md from the last runs")
+    report.add_argument(
+        "--check", action="store_true", help=f"exit 1 when a module scores < {REQUIRED_SCORE}%"
+    )
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        names = {t.name for t in TARGETS}
+        unknown = set(args.only or ()) - names
+        if unknown:
+            parser.error(f"unknown targets {sorted(unknown)} (known: {sorted(names)})")
+        for target in TARGETS:
+            if args.only is None or target.name in args.only:
+                print(f"mutating {target.module} ...", flush=True)
+                result = run_target(target, args.max_children, args.out, args.tests_rev)
+                c = summarise(result)["counts"]
+                print(
+                    f"  {c['total']} mutants, {c['killed'] + c['timeout']} killed, {c['score']:.1f}%",
+                    flush=True,
+                )
+        return 0
+    below = write_report()
+    print(f"wrote {REPORT.relative_to(REPO)}")
+    if below and args.check:
+        print("below the required score: " + "; ".join(below), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
