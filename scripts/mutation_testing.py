@@ -206,14 +206,35 @@ def summarise(result: dict) -> dict:
     return {"counts": counts, "survivors": survivors}
 
 
-def write_report() -> list[str]:
-    """Write docs/mutation-testing.md from build/mutation/*/result.json; returns targets below the bar."""
+def _baseline_table(baseline: Path) -> str:
+    """Scores of an earlier run (``run --tests-rev REV --out DIR``), for comparison; '' when absent."""
+    rows = []
+    for target in TARGETS:
+        path = baseline / target.name / "result.json"
+        if not path.exists():
+            rows.append(f"| `{target.module}` | - | - | - | no run (no unit tests at that revision) |")
+            continue
+        result = json.loads(path.read_text())
+        c = summarise(result)["counts"]
+        rev = result.get("tests_rev") or "working tree"
+        rows.append(
+            f"| `{result['module']}` | {c['total']} | {c['killed'] + c['timeout']} | {c['score']:.1f}% "
+            f"| tests at `{rev}`, run {result['started']} |"
+        )
+    if not any("%" in row for row in rows):
+        return ""
+    header = "| Module | Mutants | Killed | Score | Run |\n|---|---:|---:|---:|---|"
+    return "\n".join(["## Before the added tests", "", header, *rows, ""])
+
+
+def write_report(work: Path = WORK, baseline: Path | None = None) -> list[str]:
+    """Write docs/mutation-testing.md from ``work/*/result.json``; returns the targets below the bar."""
     sys.path.insert(0, str(REPO))
     from predictor.serving.resources import cpu_model_name
 
     results = []
     for target in TARGETS:
-        path = WORK / target.name / "result.json"
+        path = work / target.name / "result.json"
         if not path.exists():
             raise SystemExit(
                 f"no result for {target.module}: run `python scripts/mutation_testing.py run` first"
@@ -263,6 +284,7 @@ reviewed `EQUIVALENT` table with the reason no test can kill them; they are not 
 
 Overall: {killed} of {scored} non-equivalent mutants killed ({100.0 * killed / max(scored, 1):.1f}%).
 
+{_baseline_table(baseline) if baseline else ""}
 ## Surviving mutants
 
 {chr(10).join(chr(10) + s for s in sections).strip()}
@@ -283,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument(
         "--check", action="store_true", help=f"exit 1 when a module scores < {REQUIRED_SCORE}%"
     )
+    report.add_argument("--work", type=Path, default=WORK, help="results of `run` (default build/mutation)")
+    report.add_argument("--baseline", type=Path, help="results of an earlier `run --out DIR`, for comparison")
     args = parser.parse_args(argv)
     if args.command == "run":
         names = {t.name for t in TARGETS}
@@ -299,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
         return 0
-    below = write_report()
+    below = write_report(args.work, args.baseline)
     print(f"wrote {REPORT.relative_to(REPO)}")
     if below and args.check:
         print("below the required score: " + "; ".join(below), file=sys.stderr)
