@@ -7,8 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from predictor.ssd.anchors import generate_anchors, layer_anchor_sizes, layer_anchors
+from predictor.ssd.anchors import _cached_anchors, generate_anchors, layer_anchor_sizes, layer_anchors
 from predictor.ssd.config import ssd300_vgg16, ssd512_vgg16
+
+
+@pytest.fixture(autouse=True)
+def _fresh_anchor_cache():
+    """Every test computes the anchors it checks: no test passes on a cache an earlier test filled."""
+    _cached_anchors.cache_clear()
 
 
 def test_anchor_counts():

@@ -860,3 +860,18 @@ def test_metadata_types_exact():
     ]
     assert codecs.PARAMETER_NAMES == ("score_threshold", "max_detections", "nms_threshold", "classes")
     assert codecs.MAX_CLASS_FILTER == 1000 and codecs.INPUT_NAME == "images"
+
+
+def test_encode_v1_padding_rows_never_shift_the_next_image():
+    boxes = np.arange(3 * 3 * 4, dtype=np.float32).reshape(3, 3, 4)
+    scores = np.array([[0.9, 0.0, 0.0], [0.0, 0.0, 0.0], [0.8, 0.7, 0.0]], np.float32)
+    classes = np.array([[1, 0, 0], [0, 0, 0], [2, 1, 0]], np.int32)
+    out = orjson.loads(codecs.encode_v1(Detections(boxes, scores, classes, np.array([1, 0, 2])), NAMES))
+    assert [[(p["label"], p["score"], p["xmin"]) for p in image] for image in out["predictions"]] == [
+        [("cat", 0.9, 0.0)],
+        [],
+        [("dog", 0.8, 24.0), ("cat", 0.7, 28.0)],
+    ]
+    assert out["predictions"][2][1] == {
+        "label": "cat", "class_id": 1, "score": 0.7, "xmin": 28.0, "ymin": 29.0, "xmax": 30.0, "ymax": 31.0,
+    }  # fmt: skip

@@ -206,3 +206,26 @@ def test_scores_are_the_softmax_over_classes():
     np.testing.assert_allclose(det.scores[0, :3], expected, rtol=1e-5)
     assert det.classes[0, :3].numpy().tolist() == [2, 1, 2]
     np.testing.assert_allclose(det.boxes[0, 0], [1, 1, 3, 3], atol=1e-5)
+
+
+def test_prior_scaling_is_passed_to_the_decoder():
+    anchors, logits, loc = _setup()
+    loc = np.tile(np.array([0.5, -0.25, 0.5, -0.5], np.float32), (1, 6, 1))
+    scaling = (0.2, 0.3, 0.4, 0.5)
+    det = postprocess(loc, logits, anchors, [[100.0, 200.0]], 0.5, prior_scaling=scaling, max_detections=5)
+    expected = box_ops.normalized_to_pixels(box_ops.decode(loc, anchors, scaling), [[100.0, 200.0]])
+    np.testing.assert_allclose(det.boxes[0, 0], expected[0, 0], atol=1e-3)  # box A
+    assert not np.allclose(det.boxes[0, 0], [60, 30, 140, 70], atol=1)  # not the default scaling's box
+
+
+def test_unknown_anchor_count_in_a_graph_uses_top_k():
+    anchors, logits, loc = _setup()
+    spec = tf.TensorSpec([1, None, 4], tf.float32)
+
+    @tf.function(input_signature=[spec, spec])
+    def run(loc, logits):
+        return postprocess(loc, logits, anchors, [[100.0, 200.0]], 0.5, top_k=10, max_detections=5)
+
+    det = run(loc, logits)
+    assert int(det.num_detections[0]) == 3
+    np.testing.assert_allclose(det.scores[0, :3], [0.9, 0.7, 0.6], atol=1e-5)
