@@ -123,6 +123,35 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "parse_request",
         'content_type = (headers or {}).get("content-type", "XXXX")',
     ): "a missing Content-Type and an unknown one both fall through to sniffing the body",
+    (
+        "predictor/serving/codecs.py",
+        "_raw_labels",
+        'table = np.asarray([struct.pack("<i", len(b)) + b for b in encoded], dtype=object)',
+    ): "signed and unsigned 32-bit lengths have the same bytes below 2 GiB; a class name is never that long",
+    (
+        "predictor/serving/codecs.py",
+        "_max_detections",
+        'raise InvalidInput(f"parameters.max_detections: expected an integer, got {str(x)[:33]}")',
+    ): "x is a float here (inf, nan or a fraction), whose text is at most 24 characters: never cut",
+    (
+        "predictor/serving/codecs.py",
+        "_JsonOutput.set_data_from_numpy",
+        "super().set_data_from_numpy(output_tensor, )",
+    ): "binary_data=True is KServe's default (kserve/kserve python/kserve/kserve/protocol/infer_type.py, "
+    "InferOutput.set_data_from_numpy)",
+    **{
+        ("predictor/serving/codecs.py", "v1_body_is_json", line): "only the first piece of the split is "
+        "used, and it is the same however many pieces there are"
+        for line in (
+            'media = content_type.split(";", )[0].strip().lower()',
+            'media = content_type.split(";", 2)[0].strip().lower()',
+        )
+    },
+    (
+        "predictor/serving/codecs.py",
+        "_v2_items",
+        'raw = getattr(inp, "_raw_data", )',
+    ): "every kserve InferInput has a _raw_data attribute (None unless binary), so the default is never used",
     **{
         ("predictor/serving/codecs.py", "encode_v1", line): _FLOAT64
         for line in (

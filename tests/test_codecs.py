@@ -496,6 +496,7 @@ def test_v1_body_is_json_media_type_normalised(body, content_type, is_json):
 
 
 def test_load_json_message():
+    assert reason(codecs.load_json, b"{", "w" * 400) == "invalid JSON " + "w" * 287  # capped at 300
     assert reason(codecs.load_json, b"{", "inference header").startswith("invalid JSON inference header: ")
     assert reason(codecs.load_json, b"[1,]").startswith("invalid JSON body: ")
     assert codecs.load_json(memoryview(b'{"a": [1, 2.5]}')) == {"a": [1, 2.5]}
@@ -800,6 +801,13 @@ def test_json_output_sets_plain_json_data():
         out.set_data_from_numpy(np.zeros(3, np.float32), binary_data=False)
     out.set_data_from_numpy(np.array([[1, 2], [3, 4]], np.float32), binary_data=True)
     assert out._raw_data == np.array([1, 2, 3, 4], "<f4").tobytes()
+    # like KServe's InferOutput, binary is the default
+    default = codecs._JsonOutput("z", [2], "INT32", parameters={"other": 1})
+    default.set_data_from_numpy(np.array([7, 8], np.int32))
+    assert default._raw_data == struct.pack("<2i", 7, 8)
+    # parameters without binary_data_size stay as they are
+    default.set_data_from_numpy(np.array([7, 8], np.int32), binary_data=False)
+    assert default.data == [7, 8] and default.parameters == {"other": 1}
 
 
 def test_v2_arrays_exact():
@@ -834,7 +842,8 @@ def test_encode_v2_grpc_raw_bytes_exact():
     request = v2_request([b"a", b"b"], from_grpc=True)
     request.id = "g-1"
     response = codecs.encode_v2(detections(), NAMES, "m", request)
-    assert response.id == "g-1" and response.from_grpc
+    assert response.id == "g-1" and response.from_grpc and response.model_name == "m"
+    assert response.to_grpc().model_name == "m"
     assert [(o.name, o.datatype, o.shape) for o in response.outputs] == [
         ("num_detections", "INT32", [2]),
         ("detection_boxes", "FP32", [2, 2, 4]),
@@ -875,3 +884,54 @@ def test_encode_v1_padding_rows_never_shift_the_next_image():
     assert out["predictions"][2][1] == {
         "label": "cat", "class_id": 1, "score": 0.7, "xmin": 28.0, "ymin": 29.0, "xmax": 30.0, "ymax": 31.0,
     }  # fmt: skip
+
+
+def test_raw_lengths_are_unsigned_and_raw_numbers_take_the_wire_dtype():
+    # a length with the high bit set is 4 GiB (uint32), not -1: more than the data
+    assert reason(codecs.split_raw_bytes, b"\xff\xff\xff\xffabc") == (
+        "input: malformed raw BYTES contents (element longer than the data)"
+    )
+    assert codecs._raw_numeric(np.array([1, -2], np.int64), "INT32") == struct.pack("<2i", 1, -2)
+    assert codecs._raw_numeric(np.array([0.5, 2.0], np.float64), "FP32") == struct.pack("<2f", 0.5, 2.0)
+
+
+def test_v1_content_type_parameters_never_make_the_media_type():
+    # only the part before the first ";" is the media type: octet-stream is one image, even with "json" after
+    body = b'{"instances": ["A"]}'
+    assert codecs.v1_body_is_json(body, "application/octet-stream; q=json") is False
+    assert codecs.v1_body_is_json(body, "image/png; a=1; b=json") is False
+
+
+def test_messages_with_long_values_are_capped():
+    assert (
+        reason(codecs.parse_v2, v2_request(["A"], shape="s" * 300), **LIMITS)
+        == ("images: shape must be a list of integers, got '" + "s" * 300)[:200]
+    )
+
+
+def test_malformed_raw_contents_name_the_input():
+    request = InferRequest("m", [InferInput("pics", [1], "BYTES")], raw_inputs=[b"\x05\x00"], from_grpc=True)
+    assert (
+        reason(codecs.parse_v2, request, **LIMITS)
+        == "pics: malformed raw BYTES contents (truncated length prefix)"
+    )
+
+
+def test_json_type_of_other_values_is_the_python_type_name():
+    assert codecs._json_type(b"x") == "bytes" and codecs._json_type(1j) == "complex"
+
+
+def test_v2_arrays_of_no_images_and_out_of_range_class_ids():
+    empty = Detections(
+        np.zeros((0, 3, 4), np.float32), np.zeros((0, 3)), np.zeros((0, 3), np.int32), np.zeros(0)
+    )
+    arrays, label_index = codecs.v2_arrays(empty, NAMES)
+    assert arrays["detection_boxes"].shape == (0, 0, 4) and label_index.shape == (0, 0)
+    # ids below 1 in valid rows (never produced by the detector) are clipped to the first name
+    odd = Detections(
+        np.zeros((1, 2, 4), np.float32), np.ones((1, 2)), np.array([[-1, 0]], np.int32), np.array([2])
+    )
+    arrays, label_index = codecs.v2_arrays(odd, NAMES)
+    assert label_index.tolist() == [[0, 0]] and arrays["detection_labels"].tolist() == [
+        ["background", "background"]
+    ]
