@@ -147,11 +147,57 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
             'media = content_type.split(";", 2)[0].strip().lower()',
         )
     },
+    **{
+        ("predictor/serving/codecs.py", function, 'raw = getattr(inp, "_raw_data", )'): "every kserve "
+        "InferInput has a _raw_data attribute (None unless binary), so the default is never used"
+        for function in ("_v2_items", "parse_uint8_images")
+    },
     (
         "predictor/serving/codecs.py",
-        "_v2_items",
-        'raw = getattr(inp, "_raw_data", )',
-    ): "every kserve InferInput has a _raw_data attribute (None unless binary), so the default is never used",
+        "parse_uint8_images",
+        "params = grpc_parameters(request.parameters) if (request.from_grpc) or True else request.parameters",
+    ): "grpc_parameters passes plain values through and turns None into {}, which parse_parameters reads "
+    "the same way",
+    (
+        "predictor/serving/codecs.py",
+        "parse_uint8_images",
+        "threshold, cap = parse_parameters(params, max_detections, strict=None)",
+    ): "strict is only tested for truth: None is False",
+    (
+        "predictor/serving/codecs.py",
+        "_uint8_from_json",
+        'if values.dtype.kind not in "XXiuXX":',
+    ): "X is no NumPy dtype kind, so the same kinds pass",
+    **{
+        ("predictor/serving/codecs.py", "_number", line): "only an integer of more than 308 digits "
+        "overflows float(), and such a number is never 0 or 1"
+        for line in (
+            "return math.inf if value >= 0 else -math.inf",
+            "return math.inf if value > 1 else -math.inf",
+        )
+    },
+    **{
+        ("predictor/ssd/postprocess.py", "postprocess", line): "axis=None is tf.nn.softmax's default, the "
+        "last axis"
+        for line in (
+            "scores = tf.nn.softmax(logits, axis=None)[:, :, 1:]  # [B, A, C-1]",
+            "scores = tf.nn.softmax(logits, )[:, :, 1:]  # [B, A, C-1]",
+        )
+    },
+    **{
+        ("predictor/ssd/postprocess.py", "postprocess", line): "sorted=True is tf.math.top_k's default, and "
+        "None stands for the default (checked: same order as sorted=True; sorted=False differs and is killed)"
+        for line in (
+            "cand_scores, cand_idx = tf.math.top_k(flat, k=k, sorted=None)",
+            "cand_scores, cand_idx = tf.math.top_k(flat, k=k, )",
+        )
+    },
+    (
+        "predictor/ssd/postprocess.py",
+        "postprocess",
+        "cand_valid = cand_scores >= 0",
+    ): "zero-score candidates sort after every positive one, so as 'valid' they can suppress none of "
+    "them, and the final score > 0 test drops them",
     **{
         ("predictor/serving/codecs.py", "encode_v1", line): _FLOAT64
         for line in (

@@ -935,3 +935,11 @@ def test_v2_arrays_of_no_images_and_out_of_range_class_ids():
     assert label_index.tolist() == [[0, 0]] and arrays["detection_labels"].tolist() == [
         ["background", "background"]
     ]
+
+
+def test_uint8_requests_keep_the_request_and_ignore_protocol_parameters():
+    request = uint8_request(
+        [1, 1, 1, 3], data=[1, 2, 3], parameters={"binary_data_output": True, "max_detections": 2}
+    )
+    parsed = codecs.parse_v2(request, **LIMITS)
+    assert parsed.infer_request is request and parsed.max_detections == 2

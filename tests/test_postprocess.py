@@ -229,3 +229,20 @@ def test_unknown_anchor_count_in_a_graph_uses_top_k():
     det = run(loc, logits)
     assert int(det.num_detections[0]) == 3
     np.testing.assert_allclose(det.scores[0, :3], [0.9, 0.7, 0.6], atol=1e-5)
+
+
+def test_default_top_k_is_400_candidates():
+    # 500 small, separate boxes of one class, all well above the threshold: NMS keeps them all, so the
+    # number of detections is the number of candidates top-k lets through
+    grid = (np.stack(np.meshgrid(np.arange(25), np.arange(20), indexing="ij"), -1).reshape(-1, 2) + 0.5) / 25
+    anchors = np.concatenate([grid, np.full((500, 2), 0.01)], axis=1).astype(np.float32)
+    scores = np.tile(np.array([[0.1, 0.9]], np.float32), (500, 1))
+    det = postprocess(
+        np.zeros((1, 500, 4), np.float32),
+        _logits(scores)[None],
+        anchors,
+        [[500.0, 500.0]],
+        0.5,
+        max_detections=450,
+    )
+    assert int(det.num_detections[0]) == 400
