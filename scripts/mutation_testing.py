@@ -125,6 +125,12 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ): "a missing Content-Type and an unknown one both fall through to sniffing the body",
     (
         "predictor/serving/codecs.py",
+        "parse_v1",
+        'def parse_v1(body: Any, content_type: str = "XXXX", *, max_batch_size: int, max_detections: int) '
+        "-> ParsedRequest:",
+    ): "a missing Content-Type and an unknown one both fall through to sniffing the body",
+    (
+        "predictor/serving/codecs.py",
         "_raw_labels",
         'table = np.asarray([struct.pack("<i", len(b)) + b for b in encoded], dtype=object)',
     ): "signed and unsigned 32-bit lengths have the same bytes below 2 GiB; a class name is never that long",
@@ -190,6 +196,8 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         for line in (
             "cand_scores, cand_idx = tf.math.top_k(flat, k=k, sorted=None)",
             "cand_scores, cand_idx = tf.math.top_k(flat, k=k, )",
+            "out_scores, order = tf.math.top_k(kept_scores, k=d, sorted=None)",
+            "out_scores, order = tf.math.top_k(kept_scores, k=d, )",
         )
     },
     (

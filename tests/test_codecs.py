@@ -943,3 +943,15 @@ def test_uint8_requests_keep_the_request_and_ignore_protocol_parameters():
     )
     parsed = codecs.parse_v2(request, **LIMITS)
     assert parsed.infer_request is request and parsed.max_detections == 2
+
+
+def test_uint8_shape_messages_are_capped():
+    long_text = "q" * 300
+    assert (
+        reason(codecs.parse_v2, uint8_request(long_text, data=[1]), **LIMITS)
+        == ("px: shape must be a list of integers, got '" + long_text)[:200]
+    )
+    assert (
+        reason(codecs.parse_v2, uint8_request([1] * 100, data=[1]), **LIMITS)
+        == (f"px: UINT8 images must have shape [N, H, W, 3], got {[1] * 100}")[:200]
+    )
