@@ -158,17 +158,32 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "InferInput has a _raw_data attribute (None unless binary), so the default is never used"
         for function in ("_v2_items", "parse_uint8_images")
     },
-    (
-        "predictor/serving/codecs.py",
-        "parse_uint8_images",
-        "params = grpc_parameters(request.parameters) if (request.from_grpc) or True else request.parameters",
-    ): "grpc_parameters passes plain values through and turns None into {}, which parse_parameters reads "
-    "the same way",
-    (
-        "predictor/serving/codecs.py",
-        "parse_uint8_images",
-        "threshold, cap = parse_parameters(params, max_detections, strict=None)",
-    ): "strict is only tested for truth: None is False",
+    **{
+        (
+            "predictor/serving/codecs.py",
+            function,
+            "params = grpc_parameters(request.parameters) if (request.from_grpc) or True "
+            "else request.parameters",
+        ): "grpc_parameters passes plain values through and turns None into {}, which parse_parameters reads "
+        "the same way"
+        for function in ("parse_v2", "parse_uint8_images")
+    },
+    **{
+        (
+            "predictor/serving/codecs.py",
+            function,
+            "threshold, cap = parse_parameters(params, max_detections, strict=None)",
+        ): "strict is only tested for truth: None is False"
+        for function in ("parse_v2", "parse_uint8_images")
+    },
+    **{
+        ("predictor/serving/codecs.py", "image_signature", line): "head is data[:12]: the signatures are "
+        "prefixes of at most 6 bytes and the WebP tag ends at byte 12, so one byte more changes no comparison"
+        for line in (
+            "head = bytes(data[:13])",
+            'if head[:4] == b"RIFF" and head[8:13] == b"WEBP":',
+        )
+    },
     (
         "predictor/serving/codecs.py",
         "_uint8_from_json",

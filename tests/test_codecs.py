@@ -955,3 +955,8 @@ def test_uint8_shape_messages_are_capped():
         reason(codecs.parse_v2, uint8_request([1] * 100, data=[1]), **LIMITS)
         == (f"px: UINT8 images must have shape [N, H, W, 3], got {[1] * 100}")[:200]
     )
+
+
+def test_v2_requests_ignore_protocol_parameters():
+    request = v2_request(["A"], parameters={"binary_data_output": True, "score_threshold": 0.5})
+    assert codecs.parse_v2(request, **LIMITS).score_threshold == 0.5
