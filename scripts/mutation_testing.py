@@ -215,6 +215,46 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
             "out_scores, order = tf.math.top_k(kept_scores, k=d, )",
         )
     },
+    **{
+        ("predictor/ssd/postprocess.py", "greedy_nms_mask", line): "suppresses is [B, K, K]: axes 1, -2 "
+        "and -1 all have K entries"
+        for line in ("k = tf.shape(suppresses)[+1]", "k = tf.shape(suppresses)[-2]")
+    },
+    (
+        "predictor/ssd/postprocess.py",
+        "greedy_nms_mask",
+        "upper = tf.linalg.band_part(tf.ones([k, k], tf.bool), 0, -2) & ~tf.eye(k, dtype=tf.bool)",
+    ): "tf.linalg.band_part keeps the whole upper triangle for any negative num_upper",
+    (
+        "predictor/ssd/postprocess.py",
+        "postprocess",
+        "if d <= max_detections:  # keep the advertised static width",
+    ): "when d == max_detections the padding is zero columns: a no-op",
+    **{
+        (
+            "predictor/protocol/binary_ext.py",
+            "encode_response",
+            line,
+        ): "bool(None) is False, the default named"
+        for line in (
+            'default = bool((request.parameters or {}).get("binary_data_output", None))',
+            'default = bool((request.parameters or {}).get("binary_data_output", ))',
+        )
+    },
+    **{
+        ("predictor/protocol/binary_ext.py", "encode_response", line): "the header holds Python values only "
+        "(shape lists, tolist() data, int sizes, str names), so orjson never meets a NumPy value"
+        for line in (
+            "header = orjson.dumps(head, option=None)",
+            "header = orjson.dumps(head, )",
+        )
+    },
+    (
+        "predictor/protocol/binary_ext.py",
+        "serialize_tensor",
+        'return b"".join(struct.pack("<i", len(b)) + b for b in items)',
+    ): "signed and unsigned 32-bit lengths have the same bytes below 2 GiB per element; struct refuses "
+    "longer elements either way",
     (
         "predictor/ssd/postprocess.py",
         "postprocess",

@@ -76,6 +76,8 @@ def test_binary_inputs_take_their_bytes_in_order():
     }
     req = parse(head, first + second)
     assert [i._raw_data for i in req.inputs] == [first, second]
+    assert [i.name for i in req.inputs] == ["images", "pixels"]
+    assert [i.parameters for i in req.inputs] == [{"binary_data_size": 7}, {"binary_data_size": 12}]
     assert [i.data for i in req.inputs] == [None, None]
     assert req.inputs[1].shape == [1, 2, 2, 3] and req.inputs[1].datatype == "UINT8"
     assert [(o.name, o.parameters) for o in req.request_outputs] == [
@@ -374,3 +376,9 @@ def test_serialize_tensor_is_row_major():
 def test_header_constant_is_the_lower_case_http_header():
     assert binary_ext.HEADER_LENGTH == "inference-header-content-length"
     assert re.fullmatch(r"[a-z-]+", binary_ext.HEADER_LENGTH)
+
+
+def test_outputs_holding_python_lists_are_written_as_given():
+    out = InferOutput("detection_scores", [2], "FP32", data=[0.1, 0.25])
+    body, _ = binary_ext.encode_response(InferResponse("", "ssd", [out]), request())
+    assert orjson.loads(body)["outputs"][0]["data"] == [0.1, 0.25]  # not re-rounded through float32
