@@ -218,6 +218,28 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     (
         "predictor/ssd/postprocess.py",
         "greedy_nms_mask",
+        'hit = tf.einsum("BI,BIJ->BJ", tf.cast(keep, tf.float32), m) > 0',
+    ): "einsum subscripts are labels: upper case names the same contraction",
+    (
+        "predictor/ssd/postprocess.py",
+        "greedy_nms_mask",
+        "return new_keep, tf.reduce_any(new_keep == keep)",
+    ): "the loop then runs to maximum_iterations instead of stopping at the fixed point; iterating past "
+    "a fixed point changes nothing, so only the time differs",
+    **{
+        ("predictor/ssd/postprocess.py", "greedy_nms_mask", line): "candidate j is final after j "
+        "iterations (it depends only on candidates before it, and candidate 0 is final from the start), so "
+        "k - 1 iterations always reach the fixed point; any larger or no cap gives the same result"
+        for line in (
+            "maximum_iterations=None,",
+            ")",
+            "maximum_iterations=k - 1,",
+            "maximum_iterations=k + 2,",
+        )
+    },
+    (
+        "predictor/ssd/postprocess.py",
+        "greedy_nms_mask",
         "upper = tf.linalg.band_part(tf.ones([k, k], tf.bool), 0, -2) & ~tf.eye(k, dtype=tf.bool)",
     ): "tf.linalg.band_part keeps the whole upper triangle for any negative num_upper",
     (
