@@ -8,6 +8,11 @@ module to mutate and the tests that may kill its mutants), then writes the resul
 ``docs/mutation-testing.md``: mutants per module (killed, survived, timeout), the score, the date, the
 machine, the tool and its version, and every surviving mutant with a reason.
 
+Other modes: ``run --resume`` finishes interrupted runs; ``rerun`` re-runs only the mutants a run did not
+kill, against today's tests (after adding tests: mutants once killed stay killed while tests are only
+added); ``run --tests-rev REV --out DIR`` measures an older test suite (a baseline), which ``report
+--baseline DIR`` tabulates next to today's scores.
+
 Why mutmut's ``forkserver`` isolation: mutmut forks a worker per mutant; TensorFlow's thread pools do not
 survive a fork of a process that has run TensorFlow ops, so the workers are forked from a server process
 that has only imported the tests, never run them.

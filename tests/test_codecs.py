@@ -806,8 +806,9 @@ def test_json_output_sets_plain_json_data():
     default.set_data_from_numpy(np.array([7, 8], np.int32))
     assert default._raw_data == struct.pack("<2i", 7, 8)
     # parameters without binary_data_size stay as they are
-    default.set_data_from_numpy(np.array([7, 8], np.int32), binary_data=False)
-    assert default.data == [7, 8] and default.parameters == {"other": 1}
+    plain = codecs._JsonOutput("p", [2], "INT32", parameters={"other": 1})
+    plain.set_data_from_numpy(np.array([7, 8], np.int32), binary_data=False)
+    assert plain.data == [7, 8] and plain.parameters == {"other": 1}
 
 
 def test_v2_arrays_exact():
@@ -887,10 +888,11 @@ def test_encode_v1_padding_rows_never_shift_the_next_image():
 
 
 def test_raw_lengths_are_unsigned_and_raw_numbers_take_the_wire_dtype():
-    # a length with the high bit set is 4 GiB (uint32), not -1: more than the data
-    assert reason(codecs.split_raw_bytes, b"\xff\xff\xff\xffabc") == (
-        "input: malformed raw BYTES contents (element longer than the data)"
-    )
+    # a length with the high bit set is 2 GiB or more (uint32), not negative: more than the data
+    for length in (2**31, 2**32 - 1):
+        assert reason(codecs.split_raw_bytes, struct.pack("<I", length) + b"abcd") == (
+            "input: malformed raw BYTES contents (element longer than the data)"
+        )
     assert codecs._raw_numeric(np.array([1, -2], np.int64), "INT32") == struct.pack("<2i", 1, -2)
     assert codecs._raw_numeric(np.array([0.5, 2.0], np.float64), "FP32") == struct.pack("<2f", 0.5, 2.0)
 
@@ -900,6 +902,7 @@ def test_v1_content_type_parameters_never_make_the_media_type():
     body = b'{"instances": ["A"]}'
     assert codecs.v1_body_is_json(body, "application/octet-stream; q=json") is False
     assert codecs.v1_body_is_json(body, "image/png; a=1; b=json") is False
+    assert codecs.v1_body_is_json(body, "application/octet-stream; charset=json; a=1") is False
 
 
 def test_messages_with_long_values_are_capped():
