@@ -7,7 +7,7 @@ MUTATION_BASELINE ?=
 
 .PHONY: mutation mutation-report
 
-mutation: $(STAMP) ## Mutation testing (mutmut, ~1 h on 2 cores) of box coding, anchors, post-processing, codecs -> docs/mutation-testing.md
+mutation: $(STAMP) ## Mutation testing (mutmut; ~1.5 h on 2 shared cores) of box coding, anchors, post-processing, codecs -> docs/mutation-testing.md
 	$(PIP) install --quiet -e '.[mutation]'
 	$(PY) scripts/mutation_testing.py run $(if $(MUTATION_ONLY),--only $(MUTATION_ONLY),)
 	$(PY) scripts/mutation_testing.py report --check $(if $(MUTATION_BASELINE),--baseline $(MUTATION_BASELINE),)

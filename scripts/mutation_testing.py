@@ -508,10 +508,24 @@ def summarise(result: dict) -> dict:
 def _baseline_table(baseline: Path) -> str:
     """Scores of an earlier run (``run --tests-rev REV --out DIR``), for comparison; '' when absent."""
     rows = []
+    revs = {json.loads(p.read_text()).get("tests_rev") for p in baseline.glob("*/result.json")} - {None}
     for target in TARGETS:
         path = baseline / target.name / "result.json"
         if not path.exists():
-            rows.append(f"| `{target.module}` | - | - | - | not measured |")
+            missing = [
+                t
+                for rev in revs
+                for t in target.tests
+                if subprocess.run(
+                    ["git", "cat-file", "-e", f"{rev}:{t.split('::')[0]}"], cwd=REPO, capture_output=True
+                ).returncode
+            ]
+            why = (
+                f"not measured: {', '.join(sorted(set(missing)))} did not exist then"
+                if missing
+                else "not measured"
+            )
+            rows.append(f"| `{target.module}` | - | - | - | {why} |")
             continue
         result = json.loads(path.read_text())
         c = summarise(result)["counts"]
