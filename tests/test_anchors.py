@@ -7,8 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from predictor.ssd.anchors import generate_anchors, layer_anchors
+from predictor.ssd.anchors import _cached_anchors, generate_anchors, layer_anchor_sizes, layer_anchors
 from predictor.ssd.config import ssd300_vgg16, ssd512_vgg16
+
+
+@pytest.fixture(autouse=True)
+def _fresh_anchor_cache():
+    """Every test computes the anchors it checks: no test passes on a cache an earlier test filled."""
+    _cached_anchors.cache_clear()
 
 
 def test_anchor_counts():
@@ -68,3 +74,46 @@ def test_layer_anchors_offset_and_step():
     a = layer_anchors(layer, 300).reshape(3, 3, 4, 4)
     np.testing.assert_allclose(a[:, 0, 0, 0], [0.5 / 3, 1.5 / 3, 2.5 / 3], rtol=1e-6)
     assert a.dtype == np.float32
+
+
+def _layer(size=2, step=10.0, min_size=8.0, max_size=18.0, ratios=(4.0, 0.25)):
+    from predictor.ssd.config import FeatureLayer
+
+    return FeatureLayer("t", size, step, min_size, max_size, ratios)
+
+
+def test_layer_anchor_sizes_hand_values():
+    # s_min = 8/40 = 0.2, s_extra = sqrt(8*18)/40 = 12/40 = 0.3; ratio 4: h = 0.2/2, w = 0.2*2
+    heights, widths = layer_anchor_sizes(_layer(), 40)
+    assert heights.dtype == np.float32 and widths.dtype == np.float32
+    np.testing.assert_allclose(heights, [0.2, 0.3, 0.1, 0.4], rtol=1e-6)
+    np.testing.assert_allclose(widths, [0.2, 0.3, 0.4, 0.1], rtol=1e-6)
+
+
+def test_layer_anchors_every_row_by_hand():
+    # 2x2 cells, step 10 px on a 40 px input: centres (i + 0.5) * 10 / 40 = 0.125, 0.375
+    a = layer_anchors(_layer(), 40)
+    assert a.shape == (16, 4) and a.dtype == np.float32
+    sizes = [[0.2, 0.2], [0.3, 0.3], [0.1, 0.4], [0.4, 0.1]]
+    expected = [[cy, cx, h, w] for cy in (0.125, 0.375) for cx in (0.125, 0.375) for h, w in sizes]
+    np.testing.assert_allclose(a, expected, rtol=1e-6)
+    # offset 0: centres on the cell corners
+    np.testing.assert_allclose(
+        layer_anchors(_layer(), 40, offset=0.0)[::4, :2], [[0, 0], [0, 0.25], [0.25, 0], [0.25, 0.25]]
+    )
+
+
+def test_generate_anchors_concatenates_layers_in_order_with_the_config_offset():
+    config = ssd300_vgg16()
+    a = generate_anchors(config)
+    start = 0
+    for layer in config.feature_layers:
+        n = layer.size * layer.size * layer.num_anchors
+        np.testing.assert_array_equal(a[start : start + n], layer_anchors(layer, 300, config.anchor_offset))
+        start += n
+    assert start == len(a)
+    shifted = config.replace(anchor_offset=0.0)
+    b = generate_anchors(shifted)
+    np.testing.assert_allclose(b[:4, :2], 0.0)
+    np.testing.assert_allclose(b[4, :2], [0.0, 8 / 300], rtol=1e-6)
+    assert not b.flags.writeable and a is not b

@@ -12,6 +12,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse, RequestedOutput
 
+from predictor.protocol import tensors
 from predictor.protocol.detections import V2_OUTPUTS
 from predictor.serving import codecs
 from predictor.serving.codecs import ImagePayload, ResponseDetections
@@ -370,3 +371,598 @@ def test_encode_v2_with_no_detections_at_all():
 def test_metadata_types():
     assert codecs.input_types() == [{"name": "images", "datatype": "BYTES", "shape": [-1]}]
     assert [t["name"] for t in codecs.output_types()] == [name for name, _ in V2_OUTPUTS]
+
+
+# ----------------------------------------------------------------------------- exact values
+# Whole messages and whole parsed requests, not fragments: a changed word, bound or field shows.
+KNOWN = "score_threshold, max_detections, nms_threshold, classes"
+
+
+def reason(fn, *args, **kwargs) -> str:
+    with pytest.raises(InvalidInput) as info:
+        fn(*args, **kwargs)
+    return info.value.reason
+
+
+def test_protocol_of_and_parse_request_dispatch():
+    assert codecs.protocol_of(v2_request(["A"])) == "v2"
+    assert codecs.protocol_of(v2_request([b"A"], from_grpc=True)) == "grpc"
+    assert codecs.protocol_of({"instances": []}) == "v1" and codecs.protocol_of(b"") == "v1"
+    v2 = codecs.parse_request(v2_request(["A"], parameters={"max_detections": 10}), None, **LIMITS)
+    assert (v2.protocol, v2.max_detections) == ("v2", 10)
+    assert reason(codecs.parse_request, v2_request(["A"] * 5), None, **LIMITS) == (
+        "images: 5 images, the limit is 4 per request"
+    )
+    assert reason(
+        codecs.parse_request, v2_request(["A"], parameters={"max_detections": 11}), None, **LIMITS
+    ) == ("parameters.max_detections: must be within 1..10, got 11")
+    body = b'{"instances": ["AAAA"], "parameters": {"max_detections": 10}}'
+    # the Content-Type header decides: an image media type makes even "{..." one image
+    as_image = codecs.parse_request(body, {"content-type": "image/png"}, **LIMITS)
+    assert as_image == codecs.ParsedRequest("v1", (ImagePayload("instances[0]", body, None),))
+    as_json = codecs.parse_request(body, {"x-other": "1"}, **LIMITS)
+    assert as_json == codecs.ParsedRequest("v1", (ImagePayload("instances[0]", "AAAA", True),), None, 10)
+    assert codecs.parse_request(body, None, **LIMITS) == as_json
+    assert reason(codecs.parse_request, {"instances": ["A"] * 5}, None, **LIMITS) == (
+        "instances: 5 images, the limit is 4 per request"
+    )
+    assert reason(
+        codecs.parse_request, {"instances": ["A"], "parameters": {"max_detections": 11}}, None, **LIMITS
+    )
+
+
+def test_v1_whole_parsed_request():
+    body = {
+        "instances": [{"image_bytes": {"b64": "QQ=="}}],
+        "parameters": {"score_threshold": 0.5, "max_detections": 2, "nms_threshold": 0.25, "classes": "cat"},
+    }
+    assert codecs.parse_v1(body, **LIMITS) == codecs.ParsedRequest(
+        "v1", (ImagePayload("instances[0]", "QQ==", True),), 0.5, 2, None, 0.25, ("cat",)
+    )
+    for raw in (bytearray(b"\xff\xd8x"), memoryview(b"\xff\xd8x")):
+        (payload,) = codecs.parse_v1(raw, "", **LIMITS).images
+        assert type(payload.data) is bytes and payload == ImagePayload("instances[0]", b"\xff\xd8x", False)
+    parsed = codecs.parse_v1(bytearray(b' {"instances": ["B"]}'), "", **LIMITS)
+    assert parsed.images == (ImagePayload("instances[0]", "B", True),)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ([], 'expected a JSON object {"instances": [...]}, got a list'),
+        ({}, 'missing "instances" (a list of images); the body has keys: none'),
+        ({"b": 1, "a": 2}, 'missing "instances" (a list of images); the body has keys: a, b'),
+        ({"k" * 300: 1}, 'missing "instances" (a list of images); the body has keys: ' + "k" * 200),
+        ({"instances": {}}, "instances: expected a list of images, got an object"),
+        ({"instances": []}, "instances: no images"),
+        ({"instances": [1]}, 'instances[0]: expected a base64 string or {"b64": "..."}, got a number'),
+        (
+            {"instances": [{}]},
+            'instances[0]: expected exactly one of "b64", "image", "image_bytes" (found none)',
+        ),
+        (
+            {"instances": [{"b64": "A", "image": "B", "image_bytes": "C"}]},
+            'instances[0]: expected exactly one of "b64", "image", "image_bytes" '
+            "(found b64 and image and image_bytes)",
+        ),
+        ({"instances": ["A", {"image": {"x": "A"}}]}, 'instances[1].image: expected {"b64": "<base64>"}'),
+        (
+            {"instances": [{"image": {"b64": "A", "x": 1}}]},
+            'instances[0].image: expected {"b64": "<base64>"}',
+        ),
+        (
+            {"instances": [{"image_bytes": {"b64": 5}}]},
+            "instances[0].image_bytes.b64: expected a base64 string, got a number",
+        ),
+        ({"instances": [{"b64": {"b64": "A"}}]}, "instances[0].b64: expected a base64 string, got an object"),
+        ({"instances": [{"image": True}]}, "instances[0].image: expected a base64 string, got a boolean"),
+        (
+            {"instances": ["A"], "parameters": {"zz": 1, "aa": 2}},
+            f"parameters: unknown key 'aa' (known: {KNOWN})",
+        ),
+        (
+            {"instances": ["A"], "parameters": {"q" * 100: 1}},
+            f"parameters: unknown key {'q' * 64!r} (known: {KNOWN})",
+        ),
+        ({"instances": ["A"], "parameters": "x"}, "parameters: expected an object, got a string"),
+        (
+            {"instances": ["A"], "parameters": {"nms_threshold": 2}},
+            "parameters.nms_threshold: must be within [0, 1], got 2.0",
+        ),
+        (
+            {"instances": ["A"], "parameters": {"classes": []}},
+            "parameters.classes: expected at least one class name or id",
+        ),
+    ],
+)
+def test_v1_exact_errors(body, message):
+    assert reason(codecs.parse_v1, body, **LIMITS) == message
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "is_json"),
+    [
+        (b"\xff\xd8", "Application/JSON", True),
+        (b'{"a": 1}', " IMAGE/PNG ; q=1", False),
+        (b'{"a": 1}', "Application/Octet-Stream", False),
+        (
+            b'\t\r\n{"a": 1}',
+            "text/plain; charset=json",
+            True,
+        ),  # parameters do not count, leading space does not
+        (b"x{", "text/plain", False),
+    ],
+)
+def test_v1_body_is_json_media_type_normalised(body, content_type, is_json):
+    assert codecs.v1_body_is_json(body, content_type) is is_json
+
+
+def test_load_json_message():
+    assert reason(codecs.load_json, b"{", "w" * 400) == "invalid JSON " + "w" * 287  # capped at 300
+    assert reason(codecs.load_json, b"{", "inference header").startswith("invalid JSON inference header: ")
+    assert reason(codecs.load_json, b"[1,]").startswith("invalid JSON body: ")
+    assert codecs.load_json(memoryview(b'{"a": [1, 2.5]}')) == {"a": [1, 2.5]}
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"RIFF\x00\x00\x00\x00WEBX", None),
+        (b"RIFX\x00\x00\x00\x00WEBP", None),
+        (b"RIFF\x00\x00\x00\x00WEBPVP8L" + b"\x00" * 100, "WEBP"),
+        (b"xxBM", None),  # signatures are prefixes
+        (bytearray(b"\x89PNG\r\n"), "PNG"),
+        (memoryview(b"GIF87a"), "GIF"),
+    ],
+)
+def test_image_signature_edges(data, expected):
+    assert codecs.image_signature(data) == expected
+
+
+def test_v2_whole_parsed_requests():
+    rest = v2_request(
+        ["QQ==", "Qg=="],
+        parameters={
+            "score_threshold": "0.5",
+            "max_detections": 3,
+            "nms_threshold": 0.7,
+            "classes": ["cat", 2],
+        },
+    )
+    assert codecs.parse_v2(rest, **LIMITS) == codecs.ParsedRequest(
+        "v2",
+        (ImagePayload("images[0]", "QQ==", True), ImagePayload("images[1]", "Qg==", True)),
+        0.5, 3, rest, 0.7, ("cat", 2),
+    )  # fmt: skip
+    grpc_params = {
+        "nms_threshold": pb.InferParameter(string_param="0.2"),
+        "classes": pb.InferParameter(string_param="dog"),
+    }
+    grpc_req = v2_request([bytearray(b"QQ=="), "Qg=="], from_grpc=True, parameters=grpc_params, name="x" * 80)
+    parsed = codecs.parse_v2(grpc_req, **LIMITS)
+    assert parsed == codecs.ParsedRequest(
+        "grpc",
+        (ImagePayload("x" * 64 + "[0]", b"QQ==", None), ImagePayload("x" * 64 + "[1]", "Qg==", True)),
+        None, None, grpc_req, 0.2, ("dog",),
+    )  # fmt: skip
+    assert type(parsed.images[0].data) is bytes
+    # a single element given bare (not in a list) is one image
+    assert codecs.parse_v2(v2_request("QQ==", shape=[1]), **LIMITS).images == (
+        ImagePayload("images[0]", "QQ==", True),
+    )
+    assert (
+        codecs.parse_v2(v2_request([b"QQ=="], shape=[1, 1], name=""), **LIMITS).images[0].field
+        == "inputs[0][0]"
+    )
+
+
+@pytest.mark.parametrize(
+    ("request_fn", "message"),
+    [
+        (lambda: InferRequest("m", []), "expected exactly one input (BYTES, shape [N]), got 0"),
+        (
+            lambda: InferRequest("m", [InferInput("a", [1], "BYTES", ["A"])] * 2),
+            "expected exactly one input (BYTES, shape [N]), got 2",
+        ),
+        (
+            lambda: v2_request([1.0], datatype="FP32"),
+            "images: datatype must be BYTES (encoded images), got 'FP32'",
+        ),
+        (
+            lambda: v2_request([1.0], datatype="FP32", name=""),
+            "inputs[0]: datatype must be BYTES (encoded images), got 'FP32'",
+        ),
+        (lambda: v2_request(["A"], shape="1"), "images: shape must be a list of integers, got '1'"),
+        (lambda: v2_request(["A"], shape=5), "images: shape must be a list of integers, got 5"),
+        (lambda: v2_request(["A"], shape=[]), "images: shape must be [N] (or [N, 1]), got []"),
+        (lambda: v2_request(["A"], shape=[1, 2]), "images: shape must be [N] (or [N, 1]), got [1, 2]"),
+        (lambda: v2_request(["A"], shape=[1, 1, 1]), "images: shape must be [N] (or [N, 1]), got [1, 1, 1]"),
+        (lambda: v2_request(["A"], shape=[0]), "images: no images"),
+        (lambda: v2_request(["A"] * 5), "images: 5 images, the limit is 4 per request"),
+        (lambda: v2_request(["A", "B"], shape=[3]), "images: shape [3] needs 3 elements, got 2"),
+        (lambda: v2_request(["A", 5]), "images[1]: expected an image (base64 string or bytes), got a number"),
+        (
+            lambda: v2_request([["A"], ["B", "C"]], shape=[2, 1]),
+            "images: nested data must be [[image], [image], ...]",
+        ),
+        (lambda: v2_request(None, shape=[1]), "images: no data"),
+        (
+            lambda: v2_request(["A"], parameters={"score_threshold": " x "}),
+            "parameters.score_threshold: expected a number, got ' x '",
+        ),
+        (
+            lambda: v2_request(["A"], parameters={"classes": {}}),
+            "parameters.classes: expected a list of class names or ids, got an object",
+        ),
+    ],
+)
+def test_v2_exact_errors(request_fn, message):
+    assert reason(codecs.parse_v2, request_fn(), **LIMITS) == message
+
+
+def uint8_request(shape, data=None, raw=None, from_grpc=False, parameters=None):
+    inp = InferInput("px", shape, "UINT8", data=data)
+    raw_inputs = None if raw is None else [raw]
+    return InferRequest("m", [inp], raw_inputs=raw_inputs, from_grpc=from_grpc, parameters=parameters)
+
+
+def test_uint8_whole_parsed_requests():
+    pixels = np.arange(24, dtype=np.uint8).reshape(2, 2, 2, 3)
+    parsed = codecs.parse_v2(uint8_request([2, 2, 2, 3], data=pixels.ravel().tolist()), **LIMITS)
+    assert parsed.protocol == "v2" and [p.field for p in parsed.images] == ["px[0]", "px[1]"]
+    for i in range(2):
+        assert parsed.images[i].pixels.dtype == np.uint8
+        np.testing.assert_array_equal(parsed.images[i].pixels, pixels[i])
+    nested = codecs.parse_v2(
+        uint8_request(
+            [2, 2, 2, 3], data=pixels.tolist(), parameters={"score_threshold": 0.5, "max_detections": 2}
+        ),
+        **LIMITS,
+    )
+    np.testing.assert_array_equal(nested.images[1].pixels, pixels[1])
+    assert (nested.score_threshold, nested.max_detections) == (0.5, 2)
+    grpc_params = {"max_detections": pb.InferParameter(int64_param=4)}
+    raw = codecs.parse_v2(
+        uint8_request([2, 2, 2, 3], raw=pixels.tobytes(), from_grpc=True, parameters=grpc_params), **LIMITS
+    )
+    assert raw.protocol == "grpc" and raw.max_detections == 4
+    np.testing.assert_array_equal(raw.images[1].pixels, pixels[1])
+    extremes = codecs.parse_v2(uint8_request([1, 1, 1, 3], data=[0, 255, 7]), **LIMITS)
+    assert extremes.images[0].pixels.tolist() == [[[0, 255, 7]]]
+
+
+@pytest.mark.parametrize(
+    ("shape", "data", "raw", "message"),
+    [
+        ("ab", [1], None, "px: shape must be a list of integers, got 'ab'"),
+        ([1, None, 1, 3], [1], None, "px: shape must be a list of integers, got [1, None, 1, 3]"),
+        ([1, 1, 3], [1, 2, 3], None, "px: UINT8 images must have shape [N, H, W, 3], got [1, 1, 3]"),
+        ([1, 1, 1, 4], [1, 2, 3, 4], None, "px: UINT8 images must have shape [N, H, W, 3], got [1, 1, 1, 4]"),
+        ([1, -1, 1, 3], [1, 2, 3], None, "px: UINT8 images must have shape [N, H, W, 3], got [1, -1, 1, 3]"),
+        ([1, 0, 2, 3], [], None, "px: images have zero size 2x0"),
+        ([1, 2, 0, 3], [], None, "px: images have zero size 0x2"),
+        ([0, 1, 1, 3], [], None, "px: no images"),
+        ([5, 1, 1, 3], [1] * 15, None, "px: 5 images, the limit is 4 per request"),
+        ([1, 1, 2, 3], None, b"\x00" * 5, "px: shape [1, 1, 2, 3] needs 6 bytes, got 5"),
+        ([1, 1, 2, 3], None, None, "px: no data"),
+        ([1, 1, 1, 3], "abc", None, "px: data must be a list of integers 0..255, got a string"),
+        ([1, 1, 2, 3], [1] * 5, None, "px: shape [1, 1, 2, 3] needs 6 values, got 5"),
+        ([1, 1, 1, 3], [[1, 2]], None, "px: shape [1, 1, 1, 3] needs 3 values, got 2"),
+        (
+            [2, 1, 1, 3],
+            [[1, 2, 3], [4, 5]],
+            None,
+            "px: data must be a flat or [N, H, W, 3] nested list of integers",
+        ),
+        ([1, 1, 1, 3], [1.0, 2.0, 3.0], None, "px: data must hold integers 0..255, got float64 values"),
+        ([1, 1, 1, 3], [0, 256, 3], None, "px: data must hold integers 0..255, got 0..256"),
+        ([1, 1, 1, 3], [-1, 255, 3], None, "px: data must hold integers 0..255, got -1..255"),
+    ],
+)
+def test_uint8_exact_errors(shape, data, raw, message):
+    assert reason(codecs.parse_v2, uint8_request(shape, data=data, raw=raw), **LIMITS) == message
+
+
+def test_split_raw_bytes_exact():
+    assert codecs.split_raw_bytes(b"") == []
+    assert codecs.split_raw_bytes(struct.pack("<I", 2) + b"ab" + struct.pack("<I", 1) + b"c") == [b"ab", b"c"]
+    assert (
+        reason(codecs.split_raw_bytes, b"\x01\x00\x00")
+        == "input: malformed raw BYTES contents (truncated length prefix)"
+    )
+    assert reason(codecs.split_raw_bytes, struct.pack("<I", 2) + b"a", "im") == (
+        "im: malformed raw BYTES contents (element longer than the data)"
+    )
+    items = codecs.split_raw_bytes(bytearray(struct.pack("<I", 1) + b"z"))
+    assert items == [b"z"] and type(items[0]) is bytes
+
+
+def test_grpc_parameters_plain_values_pass_through():
+    assert codecs.grpc_parameters({}) == {}
+    assert codecs.grpc_parameters({"a": 3, "b": "x"}) == {"a": 3, "b": "x"}
+    unset = pb.InferParameter()
+    assert codecs.grpc_parameters({"u": unset}) == {"u": unset}
+    assert codecs.grpc_parameters({"b": pb.InferParameter(bool_param=False)}) == {"b": False}
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"score_threshold": " 0.25 ", "max_detections": " 3 "}, (0.25, 3)),
+        ({"max_detections": "2.0"}, (None, 2)),
+        ({"max_detections": 1}, (None, 1)),
+        ({"score_threshold": 1}, (1.0, None)),
+    ],
+)
+def test_parameters_exact_values(params, expected):
+    got = codecs.parse_parameters(params, 10, strict=True)
+    assert got == expected
+    assert got[1] is None or type(got[1]) is int
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ([1], "parameters: expected an object, got a list"),
+        ({"score_threshold": "x" * 40}, f"parameters.score_threshold: expected a number, got {'x' * 32!r}"),
+        (
+            {"score_threshold": None, "max_detections": [1]},
+            "parameters.max_detections: expected a number, got a list",
+        ),
+        ({"score_threshold": -0.5}, "parameters.score_threshold: must be within [0, 1], got -0.5"),
+        ({"score_threshold": 10**400}, "parameters.score_threshold: must be within [0, 1], got inf"),
+        ({"score_threshold": -(10**400)}, "parameters.score_threshold: must be within [0, 1], got -inf"),
+        ({"score_threshold": False}, "parameters.score_threshold: expected a number, got a boolean"),
+        ({"max_detections": 10**400}, "parameters.max_detections: expected an integer, got inf"),
+        ({"max_detections": 2.5}, "parameters.max_detections: expected an integer, got 2.5"),
+        ({"max_detections": 0}, "parameters.max_detections: must be within 1..10, got 0"),
+        ({"max_detections": 1e300}, "parameters.max_detections: must be within 1..10, got 1e+300"),
+        ({"max_detections": "-3"}, "parameters.max_detections: must be within 1..10, got -3"),
+    ],
+)
+def test_parameters_exact_errors(params, message):
+    assert reason(codecs.parse_parameters, params, 10, strict=True) == message
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ([1], (None, None)),
+        (None, (None, None)),
+        ({"nms_threshold": 0, "classes": " cat , 12 ,dog"}, (0.0, ("cat", 12, "dog"))),
+        ({"nms_threshold": " 1 ", "classes": [" cat ", 7, "3"]}, (1.0, ("cat", 7, 3))),
+        ({"classes": ["x"] * 1000}, (None, ("x",) * 1000)),
+    ],
+)
+def test_controls_exact_values(params, expected):
+    assert codecs.parse_controls(params) == expected
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"nms_threshold": 1.5}, "parameters.nms_threshold: must be within [0, 1], got 1.5"),
+        ({"nms_threshold": "nan"}, "parameters.nms_threshold: must be within [0, 1], got nan"),
+        (
+            {"nms_threshold": None, "classes": True},
+            "parameters.classes: expected a list of class names or ids, got a boolean",
+        ),
+        ({"classes": 2.5}, "parameters.classes: expected a list of class names or ids, got a number"),
+        ({"classes": []}, "parameters.classes: expected at least one class name or id"),
+        ({"classes": ["x"] * 1001}, "parameters.classes: 1001 entries, the limit is 1000"),
+        ({"classes": ["cat", "  "]}, "parameters.classes[1]: expected a class name or id, got a string"),
+        ({"classes": "cat,"}, "parameters.classes[1]: expected a class name or id, got a string"),
+        ({"classes": [1, False]}, "parameters.classes[1]: expected a class name or id, got a boolean"),
+        ({"classes": [[1]]}, "parameters.classes[0]: expected a class name or id, got a list"),
+    ],
+)
+def test_controls_exact_errors(params, message):
+    assert reason(codecs.parse_controls, params) == message
+
+
+def test_class_mask_exact():
+    assert codecs.class_mask(("dog", 1, "dog"), NAMES).tolist() == [False, True, True]
+    assert codecs.class_mask((2,), NAMES).dtype == bool
+    assert reason(codecs.class_mask, ("background",), NAMES) == (
+        "parameters.classes[0]: unknown class 'background' (known: cat, dog)"
+    )
+    assert (
+        reason(codecs.class_mask, ("cat", 3), NAMES)
+        == "parameters.classes[1]: class id 3 is out of range 1..2"
+    )
+    assert (
+        reason(codecs.class_mask, (-1,), NAMES) == "parameters.classes[0]: class id -1 is out of range 1..2"
+    )
+    many = ("background", *(f"class-{i:04d}" for i in range(100)))
+    message = reason(codecs.class_mask, ("z" * 80,), many)
+    assert (
+        message == f"parameters.classes[0]: unknown class {'z' * 64!r} (known: {', '.join(many[1:])[:500]})"
+    )
+
+
+def test_payload_bytes_size_rule_for_unknown_bytes():
+    from predictor.protocol.base64text import max_base64_chars
+
+    limit = max_base64_chars(3)
+    text = b"QUJD" + b"\n" * (limit - 4)  # exactly the longest base64 text of 3 bytes: decoded
+    assert codecs.payload_bytes(ImagePayload("f", text, None), 3) == b"ABC"
+    longer = text + b"\n"  # one character more: taken as the file itself
+    assert codecs.payload_bytes(ImagePayload("f", longer, None), 3) == longer
+    assert codecs.payload_bytes(ImagePayload("f", "QUJD", True), 3) == b"ABC"
+
+
+def test_json_output_sets_plain_json_data():
+    out = codecs._JsonOutput("x", [2, 2], "FP32", parameters={"binary_data_size": 16, "other": 1})
+    out.set_data_from_numpy(np.array([[1.5, 2], [3, 4]], np.float32), binary_data=False)
+    assert out.data == [1.5, 2.0, 3.0, 4.0] and out._raw_data is None
+    assert out.parameters == {"other": 1}
+    bare = codecs._JsonOutput("y", [1], "INT32")
+    bare.set_data_from_numpy(np.array([5], np.int32), binary_data=False)
+    assert bare.data == [5]
+    with pytest.raises(ValueError, match=re.escape("x: array shape (3,) != [2, 2]")):
+        out.set_data_from_numpy(np.zeros(3, np.float32), binary_data=False)
+    out.set_data_from_numpy(np.array([[1, 2], [3, 4]], np.float32), binary_data=True)
+    assert out._raw_data == np.array([1, 2, 3, 4], "<f4").tobytes()
+    # like KServe's InferOutput, binary is the default
+    default = codecs._JsonOutput("z", [2], "INT32", parameters={"other": 1})
+    default.set_data_from_numpy(np.array([7, 8], np.int32))
+    assert default._raw_data == struct.pack("<2i", 7, 8)
+    # parameters without binary_data_size stay as they are
+    plain = codecs._JsonOutput("p", [2], "INT32", parameters={"other": 1})
+    plain.set_data_from_numpy(np.array([7, 8], np.int32), binary_data=False)
+    assert plain.data == [7, 8] and plain.parameters == {"other": 1}
+
+
+def test_v2_arrays_exact():
+    dets = detections()
+    dets.classes[0, 1] = 9  # an id beyond the names: label clipped to the last name
+    arrays, label_index = codecs.v2_arrays(dets, NAMES)
+    assert label_index.tolist() == [[2, 2], [3, 3]]
+    assert arrays["detection_labels"].tolist() == [["dog", "dog"], ["", ""]]
+    assert (
+        arrays["detection_classes"].tolist() == [[2, 9], [0, 0]]
+        and arrays["detection_classes"].dtype == np.int32
+    )
+    assert arrays["num_detections"].tolist() == [2, 0] and arrays["num_detections"].dtype == np.int32
+    np.testing.assert_array_equal(arrays["detection_boxes"][0], dets.boxes[0, :2])
+    assert arrays["detection_boxes"].dtype == np.float32 and not arrays["detection_boxes"][1].any()
+    assert arrays["detection_scores"].tolist() == [[pytest.approx(0.98771), 0.5], [0.0, 0.0]]
+
+
+def test_encode_v2_rest_binary_and_no_request():
+    request = v2_request(["A", "B"], parameters={"binary_data_output": True})
+    response = codecs.encode_v2(detections(), NAMES, "m", request)
+    assert response._use_binary_outputs is True
+    body, json_length = response.to_rest()
+    assert json_length is not None
+    bare = codecs.encode_v2(detections(), NAMES, "model-x", None)
+    assert bare.id == "" and bare.model_name == "model-x" and bare._use_binary_outputs is False
+    body, json_length = bare.to_rest()
+    assert json_length is None and {o["name"] for o in body["outputs"]} == {n for n, _ in codecs.V2_OUTPUTS}
+
+
+def test_encode_v2_grpc_raw_bytes_exact():
+    request = v2_request([b"a", b"b"], from_grpc=True)
+    request.id = "g-1"
+    response = codecs.encode_v2(detections(), NAMES, "m", request)
+    assert response.id == "g-1" and response.from_grpc and response.model_name == "m"
+    assert response.to_grpc().model_name == "m"
+    assert [(o.name, o.datatype, o.shape) for o in response.outputs] == [
+        ("num_detections", "INT32", [2]),
+        ("detection_boxes", "FP32", [2, 2, 4]),
+        ("detection_scores", "FP32", [2, 2]),
+        ("detection_classes", "INT32", [2, 2]),
+        ("detection_labels", "BYTES", [2, 2]),
+    ]
+    raw = response.to_grpc().raw_output_contents
+    assert raw[0] == struct.pack("<2i", 2, 0)
+    assert raw[2] == np.array([0.98771, 0.5, 0, 0], "<f4").tobytes()
+    assert raw[3] == struct.pack("<4i", 2, 1, 0, 0)
+    lengths = [struct.pack("<I", n) for n in (3, 3, 0, 0)]
+    assert raw[4] == lengths[0] + b"dog" + lengths[1] + b"cat" + lengths[2] + lengths[3]
+
+
+def test_metadata_types_exact():
+    assert codecs.output_types() == [
+        {"name": "num_detections", "datatype": "INT32", "shape": [-1]},
+        {"name": "detection_boxes", "datatype": "FP32", "shape": [-1, -1, 4]},
+        {"name": "detection_scores", "datatype": "FP32", "shape": [-1, -1]},
+        {"name": "detection_classes", "datatype": "INT32", "shape": [-1, -1]},
+        {"name": "detection_labels", "datatype": "BYTES", "shape": [-1, -1]},
+    ]
+    assert codecs.PARAMETER_NAMES == ("score_threshold", "max_detections", "nms_threshold", "classes")
+    assert codecs.MAX_CLASS_FILTER == 1000 and codecs.INPUT_NAME == "images"
+
+
+def test_encode_v1_padding_rows_never_shift_the_next_image():
+    boxes = np.arange(3 * 3 * 4, dtype=np.float32).reshape(3, 3, 4)
+    scores = np.array([[0.9, 0.0, 0.0], [0.0, 0.0, 0.0], [0.8, 0.7, 0.0]], np.float32)
+    classes = np.array([[1, 0, 0], [0, 0, 0], [2, 1, 0]], np.int32)
+    dets = ResponseDetections(boxes, scores, classes, np.array([1, 0, 2]))
+    out = orjson.loads(codecs.encode_v1(dets, NAMES))
+    assert [[(p["label"], p["score"], p["xmin"]) for p in image] for image in out["predictions"]] == [
+        [("cat", 0.9, 0.0)],
+        [],
+        [("dog", 0.8, 24.0), ("cat", 0.7, 28.0)],
+    ]
+    assert out["predictions"][2][1] == {
+        "label": "cat", "class_id": 1, "score": 0.7, "xmin": 28.0, "ymin": 29.0, "xmax": 30.0, "ymax": 31.0,
+    }  # fmt: skip
+
+
+def test_raw_lengths_are_unsigned_and_raw_numbers_take_the_wire_dtype():
+    # a length with the high bit set is 2 GiB or more (uint32), not negative: more than the data
+    for length in (2**31, 2**32 - 1):
+        assert reason(codecs.split_raw_bytes, struct.pack("<I", length) + b"abcd") == (
+            "input: malformed raw BYTES contents (element longer than the data)"
+        )
+    assert tensors.serialize_tensor(np.array([1, -2], np.int64), "INT32") == struct.pack("<2i", 1, -2)
+    assert tensors.serialize_tensor(np.array([0.5, 2.0], np.float64), "FP32") == struct.pack("<2f", 0.5, 2.0)
+
+
+def test_v1_content_type_parameters_never_make_the_media_type():
+    # only the part before the first ";" is the media type: octet-stream is one image, even with "json" after
+    body = b'{"instances": ["A"]}'
+    assert codecs.v1_body_is_json(body, "application/octet-stream; q=json") is False
+    assert codecs.v1_body_is_json(body, "image/png; a=1; b=json") is False
+    assert codecs.v1_body_is_json(body, "application/octet-stream; charset=json; a=1") is False
+
+
+def test_messages_with_long_values_are_capped():
+    assert (
+        reason(codecs.parse_v2, v2_request(["A"], shape="s" * 300), **LIMITS)
+        == ("images: shape must be a list of integers, got '" + "s" * 300)[:200]
+    )
+
+
+def test_malformed_raw_contents_name_the_input():
+    request = InferRequest("m", [InferInput("pics", [1], "BYTES")], raw_inputs=[b"\x05\x00"], from_grpc=True)
+    assert (
+        reason(codecs.parse_v2, request, **LIMITS)
+        == "pics: malformed raw BYTES contents (truncated length prefix)"
+    )
+
+
+def test_json_type_of_other_values_is_the_python_type_name():
+    assert codecs._json_type(b"x") == "bytes" and codecs._json_type(1j) == "complex"
+
+
+def test_v2_arrays_of_no_images_and_out_of_range_class_ids():
+    empty = ResponseDetections(
+        np.zeros((0, 3, 4), np.float32), np.zeros((0, 3)), np.zeros((0, 3), np.int32), np.zeros(0)
+    )
+    arrays, label_index = codecs.v2_arrays(empty, NAMES)
+    assert arrays["detection_boxes"].shape == (0, 0, 4) and label_index.shape == (0, 0)
+    # ids below 1 in valid rows (never produced by the detector) are clipped to the first name
+    odd = ResponseDetections(
+        np.zeros((1, 2, 4), np.float32), np.ones((1, 2)), np.array([[-1, 0]], np.int32), np.array([2])
+    )
+    arrays, label_index = codecs.v2_arrays(odd, NAMES)
+    assert label_index.tolist() == [[0, 0]] and arrays["detection_labels"].tolist() == [
+        ["background", "background"]
+    ]
+
+
+def test_uint8_requests_keep_the_request_and_ignore_protocol_parameters():
+    request = uint8_request(
+        [1, 1, 1, 3], data=[1, 2, 3], parameters={"binary_data_output": True, "max_detections": 2}
+    )
+    parsed = codecs.parse_v2(request, **LIMITS)
+    assert parsed.infer_request is request and parsed.max_detections == 2
+
+
+def test_uint8_shape_messages_are_capped():
+    long_text = "q" * 300
+    assert (
+        reason(codecs.parse_v2, uint8_request(long_text, data=[1]), **LIMITS)
+        == ("px: shape must be a list of integers, got '" + long_text)[:200]
+    )
+    assert (
+        reason(codecs.parse_v2, uint8_request([1] * 100, data=[1]), **LIMITS)
+        == (f"px: UINT8 images must have shape [N, H, W, 3], got {[1] * 100}")[:200]
+    )
+
+
+def test_v2_requests_ignore_protocol_parameters():
+    request = v2_request(["A"], parameters={"binary_data_output": True, "score_threshold": 0.5})
+    assert codecs.parse_v2(request, **LIMITS).score_threshold == 0.5

@@ -105,3 +105,144 @@ def test_low_threshold_keeps_boxes_positive_and_sorted():
         assert (np.diff(s) <= 0).all() and (s > 0.05).all()
         rows = {(int(c), *np.round(r, 3)) for c, r in zip(det.classes[b, :n].numpy(), bx, strict=True)}
         assert len(rows) == n  # no duplicated (class, box)
+
+
+def test_nms_ignores_invalid_candidates():
+    boxes = tf.constant([[[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10]]], tf.float32)
+    sup = box_ops.iou_xyxy(boxes, boxes) >= 0.5
+    valid = tf.constant([[False, True, True]])
+    # the invalid first box neither survives nor suppresses the second
+    assert greedy_nms_mask(sup, valid).numpy()[0].tolist() == [False, True, False]
+
+
+def test_nms_long_chain_and_batch_rows_are_independent():
+    chain = [[4 * i, 0, 4 * i + 10, 10] for i in range(6)]  # each box overlaps the next (IoU 6/14)
+    boxes = tf.constant([chain, chain], tf.float32)
+    classes = tf.constant([[1] * 6, [1, 2, 1, 2, 1, 2]])
+    sup = (classes[:, :, None] == classes[:, None, :]) & (box_ops.iou_xyxy(boxes, boxes) >= 0.4)
+    keep = greedy_nms_mask(sup, tf.ones([2, 6], tf.bool)).numpy().tolist()
+    assert keep == [[True, False, True, False, True, False], [True] * 6]
+
+
+def _run(max_detections=5, **kwargs):
+    anchors, logits, loc = _setup()
+    return postprocess(loc, logits, anchors, [[100.0, 200.0]], 0.5, max_detections=max_detections, **kwargs)
+
+
+def test_class_mask_filters_before_top_k():
+    # top_k = 1: with the mask applied after top-k, the best box (A, class 1) would take the only slot
+    det = _run(class_mask=[[True, False, True, False]], top_k=1)
+    assert int(det.num_detections[0]) == 1
+    assert det.classes[0, 0] == 2
+    np.testing.assert_allclose(det.scores[0, 0], 0.7, atol=1e-5)
+    # column 0 (background) is ignored; per-image masks in one batch
+    anchors, logits, loc = _setup()
+    masks = np.array([[False, True, False, True], [True, False, False, True]])
+    det = postprocess(
+        np.concatenate([loc, loc]), np.concatenate([logits, logits]), anchors, [[100.0, 200.0]] * 2, 0.5,
+        class_mask=masks, max_detections=5,
+    )  # fmt: skip
+    assert det.classes.numpy().tolist() == [[1, 3, 0, 0, 0], [3, 0, 0, 0, 0]]
+
+
+def test_boxes_clipped_to_zero_width_or_zero_height_are_dropped():
+    anchors = np.array(
+        [
+            [0.5, 1.5, 0.2, 0.2],  # x beyond the right edge, y inside: zero width after clipping
+            [-0.5, 0.5, 0.2, 0.2],  # y above the top edge, x inside: zero height after clipping
+            [0.5, 0.5, 0.2, 0.2],  # inside
+        ],
+        np.float32,
+    )
+    scores = np.full((3, 2), 0.1, np.float32)
+    scores[:, 1] = 0.9
+    det = postprocess(np.zeros((1, 3, 4), np.float32), _logits(scores)[None], anchors, [[100.0, 100.0]], 0.5)
+    assert int(det.num_detections[0]) == 1
+    np.testing.assert_allclose(det.boxes[0, 0], [40, 40, 60, 60], atol=1e-4)
+
+
+def test_output_width_is_padded_to_max_detections():
+    det = _run(max_detections=30)  # 6 anchors x 3 classes = 18 candidates < 30
+    assert det.boxes.shape == (1, 30, 4) and det.scores.shape == (1, 30) and det.classes.shape == (1, 30)
+    assert int(det.num_detections[0]) == 3 and det.classes.dtype == tf.int32
+    assert not det.scores[0, 3:].numpy().any() and not det.boxes[0, 3:].numpy().any()
+    anchors, logits, loc = _setup()
+    default = postprocess(loc, logits, anchors, [[100.0, 200.0]], 0.5)
+    assert default.boxes.shape == (1, 200, 4) and int(default.num_detections[0]) == 3
+
+
+def test_nms_threshold_per_image_and_inclusive():
+    anchors, logits, loc = _setup()
+    px = box_ops.normalized_to_pixels(box_ops.anchors_to_corners(anchors)[None], [[100.0, 200.0]])
+    iou_ab = float(box_ops.iou_xyxy(px[0, :1], px[0, 1:2])[0, 0])  # A and B, both class 1
+    assert 0.45 < iou_ab < 1
+    above = float(np.nextafter(np.float32(iou_ab), np.float32(1)))
+    det = postprocess(
+        np.concatenate([loc] * 3), np.concatenate([logits] * 3), anchors, [[100.0, 200.0]] * 3, 0.5,
+        nms_threshold=[0.45, iou_ab, above], max_detections=5,
+    )  # fmt: skip
+    # IoU == threshold suppresses (balancap's >=); just above it does not
+    assert det.num_detections.numpy().tolist() == [3, 3, 4]
+    np.testing.assert_allclose(det.scores[2, :4], [0.9, 0.8, 0.7, 0.6], atol=1e-5)
+    assert det.classes[2, :4].numpy().tolist() == [1, 1, 2, 3]
+
+
+def test_default_nms_threshold_is_045():
+    anchors = np.array([[0.5, 0.5, 0.2, 0.2], [0.5, 0.5 + 0.2 * 0.4 / 1.4, 0.2, 0.2]], np.float32)
+    scores = np.array([[0.1, 0.9], [0.2, 0.8]], np.float32)
+    # two squares of side 0.2, 0.057 apart: IoU 0.556 (>= 0.45: the second is suppressed)
+    det = postprocess(np.zeros((1, 2, 4), np.float32), _logits(scores)[None], anchors, [[100.0, 100.0]], 0.5)
+    iou = box_ops.iou_xyxy(box_ops.anchors_to_corners(anchors), box_ops.anchors_to_corners(anchors))[0, 1]
+    assert 0.45 < float(iou) < 0.6
+    assert int(det.num_detections[0]) == 1
+
+
+def test_scores_are_the_softmax_over_classes():
+    anchors = np.array([[0.5, 0.5, 0.2, 0.2], [0.2, 0.2, 0.2, 0.2]], np.float32)
+    logits = np.array([[[0.0, 2.0, 1.0], [1.0, 0.0, 3.0]]], np.float32)
+    det = postprocess(np.zeros((1, 2, 4), np.float32), logits, anchors, [[10.0, 10.0]], 0.1, max_detections=4)
+    e = np.exp
+    expected = [e(3) / (e(1) + 1 + e(3)), e(2) / (1 + e(2) + e(1)), e(1) / (1 + e(2) + e(1))]
+    np.testing.assert_allclose(det.scores[0, :3], expected, rtol=1e-5)
+    assert det.classes[0, :3].numpy().tolist() == [2, 1, 2]
+    np.testing.assert_allclose(det.boxes[0, 0], [1, 1, 3, 3], atol=1e-5)
+
+
+def test_prior_scaling_is_passed_to_the_decoder():
+    anchors, logits, loc = _setup()
+    loc = np.tile(np.array([0.5, -0.25, 0.5, -0.5], np.float32), (1, 6, 1))
+    scaling = (0.2, 0.3, 0.4, 0.5)
+    det = postprocess(loc, logits, anchors, [[100.0, 200.0]], 0.5, prior_scaling=scaling, max_detections=5)
+    expected = box_ops.normalized_to_pixels(box_ops.decode(loc, anchors, scaling), [[100.0, 200.0]])
+    np.testing.assert_allclose(det.boxes[0, 0], expected[0, 0], atol=1e-3)  # box A
+    assert not np.allclose(det.boxes[0, 0], [60, 30, 140, 70], atol=1)  # not the default scaling's box
+
+
+def test_unknown_anchor_count_in_a_graph_uses_top_k():
+    anchors, logits, loc = _setup()
+    spec = tf.TensorSpec([1, None, 4], tf.float32)
+
+    @tf.function(input_signature=[spec, spec])
+    def run(loc, logits):
+        return postprocess(loc, logits, anchors, [[100.0, 200.0]], 0.5, top_k=10, max_detections=5)
+
+    det = run(loc, logits)
+    assert int(det.num_detections[0]) == 3
+    np.testing.assert_allclose(det.scores[0, :3], [0.9, 0.7, 0.6], atol=1e-5)
+
+
+def test_default_top_k_is_400_candidates():
+    # 500 small, separate boxes of one class, all well above the threshold: NMS keeps them all, so the
+    # number of detections is the number of candidates top-k lets through
+    grid = (np.stack(np.meshgrid(np.arange(25), np.arange(20), indexing="ij"), -1).reshape(-1, 2) + 0.5) / 25
+    anchors = np.concatenate([grid, np.full((500, 2), 0.01)], axis=1).astype(np.float32)
+    scores = np.tile(np.array([[0.1, 0.9]], np.float32), (500, 1))
+    det = postprocess(
+        np.zeros((1, 500, 4), np.float32),
+        _logits(scores)[None],
+        anchors,
+        [[500.0, 500.0]],
+        0.5,
+        max_detections=450,
+    )
+    assert int(det.num_detections[0]) == 400

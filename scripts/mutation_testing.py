@@ -1,0 +1,670 @@
+"""Mutation testing of the box coding, anchors, post-processing and protocol codecs (``make mutation``).
+
+``python scripts/mutation_testing.py run [--only NAME ...]`` runs mutmut 3 on each target of
+:data:`TARGETS`, one module at a time, each in its own scratch folder ``build/mutation/NAME`` (a copy of
+``predictor/`` and ``tests/`` plus a generated ``pyproject.toml`` whose ``[tool.mutmut]`` names the one
+module to mutate and the tests that may kill its mutants), then writes the result of the run to
+``build/mutation/NAME/result.json``. ``python scripts/mutation_testing.py report`` turns those results into
+``docs/mutation-testing.md``: mutants per module (killed, survived, timeout), the score, the date, the
+machine, the tool and its version, and every surviving mutant with a reason.
+
+Other modes: ``run --resume`` finishes interrupted runs; ``rerun`` re-runs only the mutants a run did not
+kill, against today's tests (after adding tests: mutants once killed stay killed while tests are only
+added); ``run --tests-rev REV --out DIR`` measures an older test suite (a baseline), which ``report
+--baseline DIR`` tabulates next to today's scores.
+
+Why mutmut's ``forkserver`` isolation: mutmut forks a worker per mutant; TensorFlow's thread pools do not
+survive a fork of a process that has run TensorFlow ops, so the workers are forked from a server process
+that has only imported the tests, never run them.
+
+The score is ``killed / (total - equivalent)``: a mutant listed in :data:`EQUIVALENT` (reviewed: no test
+can tell it from the original, with the reason) is neither killed nor counted against the score; a
+timeout counts as killed (the mutant made the tests hang) but is reported on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / "build" / "mutation"
+REPORT = REPO / "docs" / "mutation-testing.md"
+#: Score every target must reach (``check`` fails below it).
+REQUIRED_SCORE = 80.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """One module to mutate and the fastest tests that exercise it (no real-server test)."""
+
+    name: str
+    module: str  # path from the repository root
+    tests: tuple[str, ...]  # pytest arguments: files or node ids
+
+
+#: The one list of what is mutated and by which tests (re-point it when a module moves).
+TARGETS: tuple[Target, ...] = (
+    Target("boxes", "predictor/ssd/boxes.py", ("tests/test_boxes.py",)),
+    Target("anchors", "predictor/ssd/anchors.py", ("tests/test_anchors.py",)),
+    Target(
+        "postprocess",
+        "predictor/ssd/postprocess.py",
+        (
+            "tests/test_postprocess.py",
+            "tests/test_postprocess_reference.py::test_postprocess_matches_the_numpy_reference",
+            "tests/test_postprocess_reference.py::test_per_image_thresholds_and_caps_match_the_reference",
+        ),
+    ),
+    Target(
+        "codecs",
+        "predictor/serving/codecs.py",
+        (
+            "tests/test_codecs.py",
+            "tests/test_detection_controls.py::test_parse_controls",
+            "tests/test_detection_controls.py::test_bad_controls_name_the_field",
+            "tests/test_detection_controls.py::test_class_mask_resolves_names_and_ids",
+            "tests/test_detection_controls.py::test_v1_strict_keys_accept_the_new_parameters",
+            "tests/test_uint8_input.py::test_uint8_tensor_parses_into_one_pixel_payload_per_image",
+            "tests/test_uint8_input.py::test_uint8_raw_contents_are_not_copied",
+            "tests/test_uint8_input.py::test_bad_uint8_tensors_are_400_naming_the_input",
+            "tests/test_uint8_input.py::test_raw_uint8_contents_of_the_wrong_length_are_400",
+        ),
+    ),
+    Target("binary_ext", "predictor/protocol/binary_ext.py", ("tests/test_binary_ext.py",)),
+)
+
+_FLOAT64 = "NumPy's default dtype (None) is float64, the dtype named"
+_ANCHORS_2D = "anchors are [A, 4] (documented, and all callers pass that): axis 1 is the last axis"
+_STRICT = (
+    "the zipped sequences have equal lengths by construction (one value row per detection, one start "
+    "per end), so strict=True is never exercised"
+)
+
+#: Reviewed equivalent mutants: (module, function, the mutated line as mutmut shows it, stripped) -> why
+#: no test can kill it. Keyed by the line, not by mutmut's numbering, so the list survives edits elsewhere.
+EQUIVALENT: dict[tuple[str, str, str], str] = {
+    (
+        "predictor/ssd/boxes.py",
+        "iou_xyxy",
+        "return tf.where(union >= 0, inter / tf.maximum(union, 1e-12), 0.0)",
+    ): "the union is never negative, and where it is 0 both areas and the intersection are 0, so the "
+    "division gives the same 0 as the other branch",
+    (
+        "predictor/ssd/boxes.py",
+        "anchors_to_corners",
+        "cy, cx, h, w = tf.unstack(anchors, axis=+1)",
+    ): _ANCHORS_2D,
+    (
+        "predictor/ssd/boxes.py",
+        "anchors_to_corners",
+        "return tf.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], axis=+1)",
+    ): _ANCHORS_2D,
+    ("predictor/ssd/boxes.py", "decode", "ya, xa, ha, wa = tf.unstack(anchors, axis=+1)"): _ANCHORS_2D,
+    ("predictor/ssd/boxes.py", "encode", "ya, xa, ha, wa = tf.unstack(anchors, axis=+1)"): _ANCHORS_2D,
+    (
+        "predictor/ssd/anchors.py",
+        "layer_anchors",
+        "idx = (np.arange(layer.size, dtype=None) + offset) * layer.step / input_size",
+    ): "an integer arange plus the float offset is the same float64 array",
+    (
+        "predictor/ssd/anchors.py",
+        "layer_anchors",
+        "idx = (np.arange(layer.size, ) + offset) * layer.step / input_size",
+    ): "the same integer arange as dtype=None: plus the float offset, the same float64 array",
+    ("predictor/ssd/anchors.py", "layer_anchors", "return out.reshape(-2, 4)"): "NumPy reads any "
+    "negative size as 'the rest', so -2 is -1",
+    (
+        "predictor/serving/codecs.py",
+        "parse_request",
+        'content_type = (headers or {}).get("content-type", "XXXX")',
+    ): "a missing Content-Type and an unknown one both fall through to sniffing the body",
+    (
+        "predictor/serving/codecs.py",
+        "parse_v1",
+        'def parse_v1(body: Any, content_type: str = "XXXX", *, max_batch_size: int, max_detections: int) '
+        "-> ParsedRequest:",
+    ): "a missing Content-Type and an unknown one both fall through to sniffing the body",
+    (
+        "predictor/serving/codecs.py",
+        "_max_detections",
+        'raise InvalidInput(f"parameters.max_detections: expected an integer, got {str(x)[:33]}")',
+    ): "x is a float here (inf, nan or a fraction), whose text is at most 24 characters: never cut",
+    (
+        "predictor/serving/codecs.py",
+        "_JsonOutput.set_data_from_numpy",
+        "super().set_data_from_numpy(output_tensor, )",
+    ): "binary_data=True is KServe's default (kserve/kserve python/kserve/kserve/protocol/infer_type.py, "
+    "InferOutput.set_data_from_numpy)",
+    **{
+        ("predictor/serving/codecs.py", "v1_body_is_json", line): "only the first piece of the split is "
+        "used, and it is the same however many pieces there are"
+        for line in (
+            'media = content_type.split(";", )[0].strip().lower()',
+            'media = content_type.split(";", 2)[0].strip().lower()',
+        )
+    },
+    **{
+        ("predictor/serving/codecs.py", function, 'raw = getattr(inp, "_raw_data", )'): "every kserve "
+        "InferInput has a _raw_data attribute (None unless binary), so the default is never used"
+        for function in ("_v2_items", "parse_uint8_images")
+    },
+    **{
+        (
+            "predictor/serving/codecs.py",
+            function,
+            "params = grpc_parameters(request.parameters) if (request.from_grpc) or True "
+            "else request.parameters",
+        ): "grpc_parameters passes plain values through and turns None into {}, which parse_parameters reads "
+        "the same way"
+        for function in ("parse_v2", "parse_uint8_images")
+    },
+    **{
+        (
+            "predictor/serving/codecs.py",
+            function,
+            "threshold, cap = parse_parameters(params, max_detections, strict=None)",
+        ): "strict is only tested for truth: None is False"
+        for function in ("parse_v2", "parse_uint8_images")
+    },
+    **{
+        ("predictor/serving/codecs.py", "image_signature", line): "head is data[:12]: the signatures are "
+        "prefixes of at most 6 bytes and the WebP tag ends at byte 12, so one byte more changes no comparison"
+        for line in (
+            "head = bytes(data[:13])",
+            'if head[:4] == b"RIFF" and head[8:13] == b"WEBP":',
+        )
+    },
+    (
+        "predictor/serving/codecs.py",
+        "_uint8_from_json",
+        'if values.dtype.kind not in "XXiuXX":',
+    ): "X is no NumPy dtype kind, so the same kinds pass",
+    **{
+        ("predictor/serving/codecs.py", "_number", line): "only an integer of more than 308 digits "
+        "overflows float(), and such a number is never 0 or 1"
+        for line in (
+            "return math.inf if value >= 0 else -math.inf",
+            "return math.inf if value > 1 else -math.inf",
+        )
+    },
+    **{
+        ("predictor/ssd/postprocess.py", "postprocess", line): "axis=None is tf.nn.softmax's default, the "
+        "last axis"
+        for line in (
+            "scores = tf.nn.softmax(logits, axis=None)[:, :, 1:]  # [B, A, C-1]",
+            "scores = tf.nn.softmax(logits, )[:, :, 1:]  # [B, A, C-1]",
+        )
+    },
+    **{
+        ("predictor/ssd/postprocess.py", "postprocess", line): "sorted=True is tf.math.top_k's default, and "
+        "None stands for the default (checked: same order as sorted=True; sorted=False differs and is killed)"
+        for line in (
+            "cand_scores, cand_idx = tf.math.top_k(flat, k=k, sorted=None)",
+            "cand_scores, cand_idx = tf.math.top_k(flat, k=k, )",
+            "out_scores, order = tf.math.top_k(kept_scores, k=d, sorted=None)",
+            "out_scores, order = tf.math.top_k(kept_scores, k=d, )",
+        )
+    },
+    **{
+        ("predictor/ssd/postprocess.py", "greedy_nms_mask", line): "suppresses is [B, K, K]: axes 1, -2 "
+        "and -1 all have K entries"
+        for line in ("k = tf.shape(suppresses)[+1]", "k = tf.shape(suppresses)[-2]")
+    },
+    (
+        "predictor/ssd/postprocess.py",
+        "greedy_nms_mask",
+        'hit = tf.einsum("BI,BIJ->BJ", tf.cast(keep, tf.float32), m) > 0',
+    ): "einsum subscripts are labels: upper case names the same contraction",
+    (
+        "predictor/ssd/postprocess.py",
+        "greedy_nms_mask",
+        "return new_keep, tf.reduce_any(new_keep == keep)",
+    ): "the loop then runs to maximum_iterations instead of stopping at the fixed point; iterating past "
+    "a fixed point changes nothing, so only the time differs",
+    **{
+        ("predictor/ssd/postprocess.py", "greedy_nms_mask", line): "candidate j is final after j "
+        "iterations (it depends only on candidates before it, and candidate 0 is final from the start), so "
+        "k - 1 iterations always reach the fixed point; any larger or no cap gives the same result"
+        for line in (
+            "maximum_iterations=None,",
+            ")",
+            "maximum_iterations=k - 1,",
+            "maximum_iterations=k + 2,",
+        )
+    },
+    (
+        "predictor/ssd/postprocess.py",
+        "greedy_nms_mask",
+        "upper = tf.linalg.band_part(tf.ones([k, k], tf.bool), 0, -2) & ~tf.eye(k, dtype=tf.bool)",
+    ): "tf.linalg.band_part keeps the whole upper triangle for any negative num_upper",
+    (
+        "predictor/ssd/postprocess.py",
+        "postprocess",
+        "if d <= max_detections:  # keep the advertised static width",
+    ): "when d == max_detections the padding is zero columns: a no-op",
+    **{
+        (
+            "predictor/protocol/binary_ext.py",
+            "encode_response",
+            line,
+        ): "bool(None) is False, the default named"
+        for line in (
+            'default = bool((request.parameters or {}).get("binary_data_output", None))',
+            'default = bool((request.parameters or {}).get("binary_data_output", ))',
+        )
+    },
+    **{
+        ("predictor/protocol/binary_ext.py", "encode_response", line): "the header holds Python values only "
+        "(shape lists, tolist() data, int sizes, str names), so orjson never meets a NumPy value"
+        for line in (
+            "header = orjson.dumps(head, option=None)",
+            "header = orjson.dumps(head, )",
+        )
+    },
+    (
+        "predictor/ssd/postprocess.py",
+        "postprocess",
+        "cand_valid = cand_scores >= 0",
+    ): "zero-score candidates sort after every positive one, so as 'valid' they can suppress none of "
+    "them, and the final score > 0 test drops them",
+    **{
+        ("predictor/serving/codecs.py", "encode_v1", line): _FLOAT64
+        for line in (
+            "values = np.empty((len(classes), 5), None)",
+            "values = np.empty((len(classes), 5), )",
+            "values[:, 0] = np.round(dets.scores[mask].astype(None), 4)",
+            "values[:, 1:] = np.round(dets.boxes[mask].astype(None), 2)",
+        )
+    },
+    **{
+        ("predictor/serving/codecs.py", "encode_v1", line): _STRICT
+        for line in (
+            "for c, (s, x0, y0, x1, y1) in zip(classes, values.tolist(), strict=None)",
+            "for c, (s, x0, y0, x1, y1) in zip(classes, values.tolist(), )",
+            "for c, (s, x0, y0, x1, y1) in zip(classes, values.tolist(), strict=False)",
+            'return orjson.dumps({"predictions": [records[a:b] for a, b in zip(starts, ends, strict=None)]})',
+            'return orjson.dumps({"predictions": [records[a:b] for a, b in zip(starts, ends, )]})',
+            'return orjson.dumps({"predictions": [records[a:b] for a, b in '
+            "zip(starts, ends, strict=False)]})",
+        )
+    },
+}
+
+
+_TWO_GIB = (
+    "signed and unsigned 32-bit lengths differ only for an element of 2 to 4 GiB (the mutant raises); "
+    "a unit test cannot build one, and labels never are"
+)
+
+#: Reviewed survivors that are not equivalent but that no reasonable unit test kills, with the reason;
+#: they count as survived (same key as EQUIVALENT).
+NOT_KILLED: dict[tuple[str, str, str], str] = {
+    (
+        "predictor/protocol/binary_ext.py",
+        "serialize_tensor",
+        'return b"".join(struct.pack("<i", len(b)) + b for b in items)',
+    ): _TWO_GIB,
+    (
+        "predictor/serving/codecs.py",
+        "_raw_labels",
+        'table = np.asarray([struct.pack("<i", len(b)) + b for b in encoded], dtype=object)',
+    ): _TWO_GIB,
+}
+
+
+def _pyproject(target: Target) -> str:
+    """The scratch folder's pyproject.toml: the project's pytest settings plus this target's mutmut."""
+    text = (REPO / "pyproject.toml").read_text()
+    pytest_part = text[text.index("[tool.pytest.ini_options]") :]
+    pytest_part = pytest_part.split("\n[", 1)[0]
+    mutmut = {
+        "source_paths": ["predictor"],
+        "only_mutate": [target.module],
+        "pytest_add_cli_args_test_selection": list(target.tests),
+        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-x", "-q"],
+        "process_isolation": "forkserver",
+        "forkserver_warmup": "collect",
+    }
+    lines = ["[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in mutmut.items()]
+    return pytest_part + "\n\n" + "\n".join(lines) + "\n"
+
+
+def _mutmut_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # tests must import mutants/
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", HYPOTHESIS_PROFILE="dev")
+    return env
+
+
+def run_target(
+    target: Target, max_children: int, out: Path = WORK, tests_rev: str | None = None, resume: bool = False
+) -> dict:
+    """Run mutmut on one target in a fresh scratch folder ``out/NAME``; returns (and saves) the results.
+
+    ``tests_rev``: take ``tests/`` from this git revision instead of the working tree (to measure the
+    score of an older test suite against today's code). ``resume``: finish an interrupted run in
+    ``out/NAME`` instead of starting afresh.
+    """
+    work = out / target.name
+    if resume and (work / "mutants").is_dir():
+        return _finish_run(work, target, max_children, tests_rev, resumed=True)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
+    shutil.copytree(REPO / "predictor", work / "predictor", ignore=ignore)
+    if tests_rev:
+        archive = subprocess.run(
+            ["git", "archive", tests_rev, "tests"], cwd=REPO, capture_output=True, check=True
+        )
+        subprocess.run(["tar", "-x", "-C", str(work)], input=archive.stdout, check=True)
+    else:
+        shutil.copytree(REPO / "tests", work / "tests", ignore=ignore)
+    (work / "pyproject.toml").write_text(_pyproject(target))
+    return _finish_run(work, target, max_children, tests_rev)
+
+
+def _finish_run(
+    work: Path, target: Target, max_children: int, tests_rev: str | None, resumed: bool = False
+) -> dict:
+    """Run mutmut in a prepared folder (it skips the mutants that already have a result)."""
+    started = dt.datetime.now(dt.timezone.utc)
+    _mutmut(work, target, ["--max-children", str(max_children)])
+    result = {
+        "module": target.module,
+        "tests": list(target.tests),
+        "tests_rev": tests_rev,
+        "started": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "seconds": round((dt.datetime.now(dt.timezone.utc) - started).total_seconds()),
+        "resumed": resumed,  # then "seconds" counts only the resumed part
+        "workers": max_children,
+        "reruns": [],
+        "mutants": _collect(work, target),
+    }
+    (work / "result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def rerun_survivors(target: Target, out: Path = WORK) -> dict:
+    """Re-run the mutants of an earlier ``run`` that were not killed, against today's ``tests/``.
+
+    Mutants once killed stay killed as long as tests are only added, so this gives the score of a full
+    run at a fraction of its cost; the report lists when and how many mutants were re-run.
+    """
+    work = out / target.name
+    result = json.loads((work / "result.json").read_text())
+    if (work / target.module).read_bytes() != (REPO / target.module).read_bytes():
+        raise SystemExit(f"{target.module} changed since the run in {work}: run it again in full")
+    names = [m["name"] for m in result["mutants"] if m["status"] not in ("killed", "timeout")]
+    if not names:
+        return result
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
+    shutil.rmtree(work / "tests")
+    shutil.copytree(REPO / "tests", work / "tests", ignore=ignore)
+    started = dt.datetime.now(dt.timezone.utc)
+    _mutmut(work, target, ["--max-children", "1", *names])
+    result.setdefault("reruns", []).append(
+        {"started": started.strftime("%Y-%m-%d %H:%M UTC"), "mutants": len(names)}
+    )
+    result["mutants"] = _collect(work, target)
+    (work / "result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _mutmut(work: Path, target: Target, args: list[str]) -> None:
+    mutmut = Path(sys.executable).with_name("mutmut")
+    cmd = ["nice", "-n", "10", str(mutmut), "run", *args]
+    with open(work / "mutmut.log", "a") as log:
+        proc = subprocess.run(cmd, cwd=work, env=_mutmut_env(), stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        tail = (work / "mutmut.log").read_text()[-3000:]
+        raise SystemExit(f"mutmut failed on {target.module} (exit {proc.returncode}):\n{tail}")
+
+
+def _collect(work: Path, target: Target) -> list[dict]:
+    """Every mutant of the target with its status; the diff of those not killed."""
+    meta = json.loads((work / "mutants" / (target.module + ".meta")).read_text())
+    mutants = []
+    for name, code in sorted(meta["exit_code_by_key"].items(), key=lambda kv: _natural(kv[0])):
+        status = _status(code)
+        entry = {"name": name, "status": status}
+        if status != "killed":
+            entry["diff"] = _diff(work, name)
+        mutants.append(entry)
+    return mutants
+
+
+def _natural(name: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+
+
+def _status(code: int | None) -> str:
+    from mutmut.stats import status_by_exit_code
+
+    return status_by_exit_code[code]
+
+
+def _diff(work: Path, name: str) -> str:
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("mutmut")), "show", name],
+        cwd=work,
+        env=_mutmut_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return "\n".join(
+        line
+        for line in out.splitlines()[1:]
+        if line.startswith(("-", "+")) and line[:3] not in ("---", "+++")
+    )
+
+
+# ------------------------------------------------------------------------------------------ report
+def mutated_line(diff: str) -> str:
+    """The mutant's new line(s), stripped, as the key of :data:`EQUIVALENT`."""
+    return " | ".join(line[1:].strip() for line in diff.splitlines() if line.startswith("+"))
+
+
+def function_of(mutant: str) -> str:
+    """``predictor.ssd.boxes.x_decode__mutmut_3`` -> ``decode`` (methods: ``Class.method``)."""
+    mangled = mutant.rsplit("__mutmut_", 1)[0].rsplit(".", 1)[-1]
+    return mangled.removeprefix("x_").removeprefix("x\u01c1").replace("\u01c1", ".")
+
+
+def summarise(result: dict) -> dict:
+    counts = {"total": 0, "killed": 0, "timeout": 0, "survived": 0, "equivalent": 0, "other": 0}
+    survivors = []
+    for m in result["mutants"]:
+        counts["total"] += 1
+        status = m["status"]
+        if status in ("killed", "timeout"):
+            counts[status] += 1
+            continue
+        key = (result["module"], function_of(m["name"]), mutated_line(m.get("diff", "")))
+        reason = EQUIVALENT.get(key)
+        if reason and status == "survived":
+            counts["equivalent"] += 1
+            survivors.append((m, f"equivalent: {reason}"))
+        else:
+            counts["survived" if status == "survived" else "other"] += 1
+            note = NOT_KILLED.get(key)
+            if status != "survived":
+                note = f"{status} (not killed)"
+            survivors.append((m, f"not killed: {note}" if note else "not yet killed"))
+    scored = counts["total"] - counts["equivalent"]
+    counts["score"] = 100.0 * (counts["killed"] + counts["timeout"]) / scored if scored else 100.0
+    return {"counts": counts, "survivors": survivors}
+
+
+def _baseline_table(baseline: Path) -> str:
+    """Scores of an earlier run (``run --tests-rev REV --out DIR``), for comparison; '' when absent."""
+    rows = []
+    revs = {json.loads(p.read_text()).get("tests_rev") for p in baseline.glob("*/result.json")} - {None}
+    for target in TARGETS:
+        path = baseline / target.name / "result.json"
+        if not path.exists():
+            missing = [
+                t
+                for rev in revs
+                for t in target.tests
+                if subprocess.run(
+                    ["git", "cat-file", "-e", f"{rev}:{t.split('::')[0]}"], cwd=REPO, capture_output=True
+                ).returncode
+            ]
+            why = (
+                f"not measured: {', '.join(sorted(set(missing)))} did not exist then"
+                if missing
+                else "not measured"
+            )
+            rows.append(f"| `{target.module}` | - | - | - | {why} |")
+            continue
+        result = json.loads(path.read_text())
+        c = summarise(result)["counts"]
+        rev = result.get("tests_rev") or "working tree"
+        rows.append(
+            f"| `{result['module']}` | {c['total']} | {c['killed'] + c['timeout']} | {c['score']:.1f}% "
+            f"| tests at `{rev}`, run {result['started']} |"
+        )
+    if not any("%" in row for row in rows):
+        return ""
+    header = "| Module | Mutants | Killed | Score | Run |\n|---|---:|---:|---:|---|"
+    return "\n".join(["## Before the added tests", "", header, *rows, ""])
+
+
+def write_report(work: Path = WORK, baseline: Path | None = None) -> list[str]:
+    """Write docs/mutation-testing.md from ``work/*/result.json``; returns the targets below the bar."""
+    sys.path.insert(0, str(REPO))
+    from predictor.serving.resources import cpu_model_name
+
+    results = []
+    for target in TARGETS:
+        path = work / target.name / "result.json"
+        if not path.exists():
+            raise SystemExit(
+                f"no result for {target.module}: run `python scripts/mutation_testing.py run` first"
+            )
+        results.append(json.loads(path.read_text()))
+    version = metadata.version("mutmut")
+    rows, sections, below = [], [], []
+    for result in results:
+        s = summarise(result)
+        c = s["counts"]
+        resumed = " (resumed part)" if result.get("resumed") else ""
+        rows.append(
+            f"| `{result['module']}` | {c['total']} | {c['killed']} | {c['timeout']} | {c['survived']} "
+            f"| {c['equivalent']} | {c['other']} | {c['score']:.1f}% | {result['seconds']} s{resumed} |"
+        )
+        if c["score"] < REQUIRED_SCORE:
+            below.append(f"{result['module']}: {c['score']:.1f}%")
+        tests = ", ".join(f"`{t}`" for t in result["tests"])
+        reruns = "".join(
+            f" Survivors ({r['mutants']}) re-run against the tests of {r['started']}."
+            for r in result.get("reruns", [])
+        )
+        lines = [
+            f"### `{result['module']}`",
+            "",
+            f"Tests: {tests}. Run started {result['started']}.{reruns}",
+            "",
+        ]
+        if not s["survivors"]:
+            lines.append("Every mutant was killed.")
+        for m, reason in s["survivors"]:
+            lines += [f"- `{m['name']}` — {reason}", "", "  ```diff"]
+            lines += [f"  {line}" for line in m.get("diff", "").splitlines()]
+            lines += ["  ```", ""]
+        sections.append("\n".join(lines).rstrip())
+    total = [summarise(r)["counts"] for r in results]
+    killed = sum(c["killed"] + c["timeout"] for c in total)
+    scored = sum(c["total"] - c["equivalent"] for c in total)
+    text = f"""# Mutation testing
+
+Generated by `make mutation` (`scripts/mutation_testing.py`); do not edit by hand.
+
+- Date: {min(r["started"] for r in results)}
+- Machine: {cpu_model_name()} ({os.cpu_count()} CPUs)
+- Tool: mutmut {version}, `process_isolation = "forkserver"` (one module at a time, one or two
+  workers, `nice -n 10`; run time is wall time on a machine shared with other jobs)
+- What: every mutant mutmut makes of each module below, each run against the listed tests (the fastest
+  ones that exercise the module; no real-server test). The target list is `TARGETS` in the script.
+
+Score = (killed + timeout) / (total - equivalent). *Equivalent* mutants are listed in the script's
+reviewed `EQUIVALENT` table with the reason no test can kill them; they are not counted as killed.
+*Other* is mutmut's "no tests" / "suspicious" / "segfault": not killed. Required: at least
+{REQUIRED_SCORE:.0f}% on every module.
+
+| Module | Mutants | Killed | Timeout | Survived | Equivalent | Other | Score | Run time |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|
+{chr(10).join(rows)}
+
+Overall: {killed} of {scored} non-equivalent mutants killed ({100.0 * killed / max(scored, 1):.1f}%).
+
+{_baseline_table(baseline) if baseline else ""}
+## Surviving mutants
+
+{chr(10).join(chr(10) + s for s in sections).strip()}
+"""
+    REPORT.write_text(text)
+    return below
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run mutmut on the targets, one at a time")
+    run.add_argument("--only", nargs="*", default=None, help="target names (default: all)")
+    run.add_argument("--max-children", type=int, default=1)
+    run.add_argument("--out", type=Path, default=WORK, help="scratch folder (default build/mutation)")
+    run.add_argument("--tests-rev", help="take tests/ from this git revision (a baseline)")
+    run.add_argument("--resume", action="store_true", help="finish interrupted runs instead of restarting")
+    rerun = sub.add_parser(
+        "rerun", help="re-run the mutants an earlier `run` did not kill, with today's tests"
+    )
+    rerun.add_argument("--only", nargs="*", default=None, help="target names (default: all)")
+    rerun.add_argument(
+        "--out", type=Path, default=WORK, help="scratch folder of the run (default build/mutation)"
+    )
+    report = sub.add_parser("report", help="write docs/mutation-testing.md from the last runs")
+    report.add_argument(
+        "--check", action="store_true", help=f"exit 1 when a module scores < {REQUIRED_SCORE}%"
+    )
+    report.add_argument("--work", type=Path, default=WORK, help="results of `run` (default build/mutation)")
+    report.add_argument("--baseline", type=Path, help="results of an earlier `run --out DIR`, for comparison")
+    args = parser.parse_args(argv)
+    if args.command in ("run", "rerun"):
+        names = {t.name for t in TARGETS}
+        unknown = set(args.only or ()) - names
+        if unknown:
+            parser.error(f"unknown targets {sorted(unknown)} (known: {sorted(names)})")
+        for target in TARGETS:
+            if args.only is None or target.name in args.only:
+                print(f"mutating {target.module} ...", flush=True)
+                if args.command == "run":
+                    result = run_target(target, args.max_children, args.out, args.tests_rev, args.resume)
+                else:
+                    result = rerun_survivors(target, args.out)
+                c = summarise(result)["counts"]
+                print(
+                    f"  {c['total']} mutants, {c['killed'] + c['timeout']} killed, {c['score']:.1f}%",
+                    flush=True,
+                )
+        return 0
+    below = write_report(args.work, args.baseline)
+    print(f"wrote {REPORT.relative_to(REPO)}")
+    if below and args.check:
+        print("below the required score: " + "; ".join(below), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
