@@ -29,7 +29,7 @@ import numpy as np
 from kserve.errors import InvalidInput, ModelNotReady
 from kserve.model import InferenceVerb
 
-from predictor.serving import codecs, prometheus, resources, telemetry, tracing
+from predictor.serving import codecs, priority, prometheus, resources, telemetry, tracing
 from predictor.serving.batcher import Deadline, DynamicBatcher, Overloaded, RequestTimeout
 from predictor.serving.images import ImageLimits
 from predictor.serving.prepare import prepare_payload
@@ -63,7 +63,7 @@ class ServingOptions:
     request_timeout_s: float = 30.0
     max_queue_images: int = 256
     max_queue_delay_ms: float = 0.0
-    shed_standing_queue: bool = False
+    shed_standing_queue: bool = True
     decode_threads: int = 2
     xla: bool = False
     mixed_precision: str = "none"
@@ -103,9 +103,13 @@ class SSDPredictor(kserve.Model):
         self._detector = detector
         self._batcher: DynamicBatcher | None = None
         decode_threads = options.decode_threads or resources.default_decode_threads(resources.read_limits())
-        self._decode_pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="ssd-decode")
+        self._decode_pool = ThreadPoolExecutor(
+            decode_threads, thread_name_prefix="ssd-decode", initializer=priority.lower_this_thread
+        )
         self._work: set[asyncio.Task] = set()  # requests' work, also after their caller got a 503
-        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="ssd-model")
+        self._model_thread = ThreadPoolExecutor(
+            1, thread_name_prefix="ssd-model", initializer=priority.lower_this_thread
+        )
         self._load_lock = threading.Lock()
         self._load_started = False
         self.warmup_seconds: float | None = None

@@ -61,6 +61,13 @@ def _non_negative_float(raw: str) -> float:
     return value
 
 
+def _nice(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 19:
+        raise argparse.ArgumentTypeError(f"must be a nice value within [0, 19], got {raw}")
+    return value
+
+
 def _precision(raw: str) -> str:
     value = raw.strip().lower()
     if value not in ("none", "float16", "bfloat16"):
@@ -162,12 +169,11 @@ def add_ssd_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument(
         "--shed_standing_queue",
         action=argparse.BooleanOptionalAction,
-        default=_env("SSD_SHED_STANDING_QUEUE", False, _bool),
+        default=_env("SSD_SHED_STANDING_QUEUE", True, _bool),
         help="Under sustained overload (requests keep waiting longer than two model calls, for longer than "
         "a burst takes to drain) admit at most two batches of images until the queue drains, so admitted "
-        "requests stay fast and the rest get 503 at once. Bursts are still absorbed up to "
-        "--max_queue_images. Off by default: its benefit is not yet shown by bench/overload.py. "
-        "Env SSD_SHED_STANDING_QUEUE.",
+        "requests stay fast and the rest get 503 at once (on by default; bench/overload.py measures it). "
+        "Bursts are still absorbed up to --max_queue_images. Env SSD_SHED_STANDING_QUEUE.",
     )
     g.add_argument(
         "--shutdown_grace_s",
@@ -182,6 +188,14 @@ def add_ssd_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         default=_env("SSD_DECODE_THREADS", 0, non_negative_int),
         help="Threads decoding and resizing images in parallel with the model; 0: the CPUs the container "
         "may use (cgroup CPU quota and affinity). Env SSD_DECODE_THREADS.",
+    )
+    g.add_argument(
+        "--compute_nice",
+        type=_nice,
+        default=_env("SSD_COMPUTE_NICE", 10, _nice),
+        help="Nice value (0-19) of the compute threads (TensorFlow, model call, decode), so that the event "
+        "loop reading requests and refusing what admission refuses runs first; 0: equal priority. "
+        "Env SSD_COMPUTE_NICE.",
     )
     g.add_argument(
         "--tf_intra_op_threads",
