@@ -10,7 +10,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 
 # Overload benchmark: closed-loop clients of the first capacity estimate (then an open-loop search),
 # offered load factor, seconds per phase, capacity/overload rounds side by side.
-OVERLOAD_CLIENTS ?= 64
+OVERLOAD_CLIENTS ?= 32
 OVERLOAD_FACTOR ?= 4
 OVERLOAD_SECONDS ?= 10
 OVERLOAD_ROUNDS ?= 2
