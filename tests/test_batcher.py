@@ -393,8 +393,31 @@ def test_a_standing_queue_tightens_the_bound_and_a_drained_one_relaxes_it():
         assert batcher.refusal(4) is None and "until the queue drains" in batcher.refusal(5)
         batcher.note_wait(0.15, now=12.2)  # no backlog, but still waited over one call
         assert batcher.standing_queue
-        batcher.note_wait(0.05, now=12.3)  # waited less than one call: drained
+        batcher.note_wait(0.05, now=12.3)  # waited less than one call, but the bound refused 0.1 s ago:
+        assert batcher.standing_queue  # a short wait under the bound is the bound working
+        batcher.note_wait(0.05, now=13.2)  # ... and nothing refused for 1 s: drained
         assert not batcher.standing_queue and batcher.refusal(12) is None
+
+
+def test_a_standing_queue_lasts_while_its_bound_keeps_refusing():
+    """Under the bound requests wait about one call; that alone must not end the standing state while
+    the bound keeps refusing (it did: the bound flapped off and 256 images queued again)."""
+    batcher = make_batcher(FakeModel(), max_batch_size=4, max_queue_images=64, shed_standing_queue=True)
+    batcher._observe_call(4, 0.1)
+    batcher.note_wait(0.5, now=10.0)
+    batcher.note_wait(0.5, now=11.0)
+    assert batcher.standing_queue
+    with batcher.admit(8):
+        for k in range(30):  # 3 s of calls whose head waited less than one call, each with a refusal
+            assert batcher.refusal(1) is not None
+            batcher.note_wait(0.05, now=11.1 + 0.1 * k)
+            assert batcher.standing_queue
+    # the last refusal was seen at 14.0; with no more, the state lasts until 1 s later, then ends
+    for now in (14.1, 14.5, 14.95):
+        batcher.note_wait(0.05, now=now)
+        assert batcher.standing_queue
+    batcher.note_wait(0.05, now=15.05)
+    assert not batcher.standing_queue
 
 
 def test_standing_queue_shedding_is_off_by_default():

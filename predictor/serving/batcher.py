@@ -13,7 +13,8 @@ its measured rate (images per second of model time, averaged over recent calls);
 requests fail at once with :class:`Overloaded` (HTTP 503, gRPC UNAVAILABLE). A burst is absorbed.
 A standing queue is not (the idea of CoDel): when requests keep waiting longer than two
 model calls for longer than a burst takes to drain, more is offered than the model can do, and until
-the queue drains at most two batches' worth of images (at least ``max_batch_size``) are admitted. So
+the queue drains, and the bound has refused nothing for as long, at most two batches' worth of images
+(at least ``max_batch_size``) are admitted. So
 under sustained overload admitted requests wait about two batches, not seconds, and the model still
 always has its next batch ready.
 A request cancelled while queued (client gone) leaves the queue.
@@ -175,6 +176,9 @@ class DynamicBatcher:
         self._ewma_seconds = 0.0
         self._waiting_since: float | None = None  # since when requests wait longer than the target
         self.standing_queue = False  # sustained overload: the tight bound applies
+        self._standing_refusals = 0  # requests refused by the tight bound (counted by refusal())
+        self._refusals_seen = 0  # ... as of the last note_wait
+        self._last_refusal_at = 0.0  # note_wait's clock: when refusals by the tight bound were last seen
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="ssd-model")
         self._queue: collections.deque[_Item] = collections.deque()
         self._queued_images = 0
@@ -223,6 +227,7 @@ class DynamicBatcher:
                 f"the limit is {self.max_queue_delay_s:g} s (--max_queue_delay_ms); retry later"
             )
         if self.standing_queue and admitted + n > self.standing_limit:
+            self._standing_refusals += 1
             return (
                 f"overloaded: more is offered than the model can do; {admitted} images in progress, "
                 f"the limit is {self.standing_limit} until the queue drains; retry later"
@@ -240,22 +245,29 @@ class DynamicBatcher:
         A batch normally waits for at most the call in progress; waiting longer than two recent
         calls means a backlog. A backlog that lasts ``max(1 s, 4 calls)`` (longer than a burst takes
         to drain) is a standing queue: more is offered than the model can do. It ends when a request
-        waited less than one call.
+        waited less than one call *and* the tight bound has refused nothing for ``max(1 s, 4 calls)``:
+        under the bound itself requests wait about one call, so a short wait alone does not show
+        that the overload is over (it only shows that the bound works).
         """
         if not self.shed_standing_queue or not self._ewma_seconds:
             return
         call_s = self._ewma_seconds
+        hold_s = max(1.0, 4 * call_s)
+        if self._standing_refusals != self._refusals_seen:  # refused since the last call was formed
+            self._refusals_seen = self._standing_refusals
+            self._last_refusal_at = now
         if waited_s > 2 * call_s:
             if self._waiting_since is None:
                 self._waiting_since = now
-            elif now - self._waiting_since >= max(1.0, 4 * call_s) and not self.standing_queue:
+            elif now - self._waiting_since >= hold_s and not self.standing_queue:
                 self.standing_queue = True
+                self._last_refusal_at = now
                 log.warning(
                     "standing queue: admitting at most %d images until it drains", self.standing_limit
                 )
         else:
             self._waiting_since = None
-            if waited_s < call_s and self.standing_queue:
+            if self.standing_queue and waited_s < call_s and now - self._last_refusal_at >= hold_s:
                 self.standing_queue = False
                 log.info("the queue drained")
 
