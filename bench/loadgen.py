@@ -62,12 +62,14 @@ class Phase:
 @dataclass
 class PhaseResult:
     """``requests``: ``(due, sent, done, status)`` of every request due in the timed window (seconds from
-    its start); ``completed``: answers completed inside the window, by status."""
+    its start); ``completed``: answers completed inside the window, by status; ``warmup``: the same
+    tuples for the requests due in the warm-up before it (negative ``due``)."""
 
     seconds: float
     requests: list[tuple[float, float, float, str]] = field(default_factory=list)
     completed: dict[str, int] = field(default_factory=dict)
     client_cpu_s: float = 0.0
+    warmup: list[tuple[float, float, float, str]] = field(default_factory=list)
 
 
 class _Connection(asyncio.Protocol):
@@ -168,14 +170,15 @@ class _Client:
         self.idle.clear()
 
 
-async def _timed(client: _Client, due: float, t0: float, out: list, done_counts: Counter, end: float) -> None:
+async def _timed(
+    client: _Client, due: float, t0: float, result: PhaseResult, done_counts: Counter, end: float
+) -> None:
     sent = time.perf_counter()
     status = await client.one()
     done = time.perf_counter()
     if t0 <= done <= end:
         done_counts[status] += 1
-    if due >= t0:
-        out.append((due - t0, sent - t0, done - t0, status))
+    (result.requests if due >= t0 else result.warmup).append((due - t0, sent - t0, done - t0, status))
 
 
 def arrival_times(rate: float, seconds: float, poisson: bool, seed: int) -> list[float]:
@@ -201,7 +204,7 @@ async def _open_loop(phase: Phase, client: _Client) -> PhaseResult:
     schedule += [t0 + t for t in arrival_times(phase.rate, phase.seconds, phase.poisson, phase.seed + 1)]
     for due in schedule:
         await asyncio.sleep(max(0.0, due - time.perf_counter()))  # yields even when behind
-        task = asyncio.ensure_future(_timed(client, due, t0, result.requests, done_counts, end))
+        task = asyncio.ensure_future(_timed(client, due, t0, result, done_counts, end))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     if tasks:
@@ -219,7 +222,7 @@ async def _closed_loop(phase: Phase, client: _Client) -> PhaseResult:
 
     async def user() -> None:
         while time.perf_counter() < end:
-            await _timed(client, time.perf_counter(), t0, result.requests, done_counts, end)
+            await _timed(client, time.perf_counter(), t0, result, done_counts, end)
 
     await asyncio.gather(*(user() for _ in range(phase.clients)))
     result.completed = dict(done_counts)

@@ -13,7 +13,9 @@ of microseconds of client CPU per request, latency counted from when a request w
    capacity is known to about 2.5%.
 2. **Side by side**, ``--rounds`` times: the capacity rate for ``--seconds`` (the reference p99),
    then ``--factor`` (4) x that rate for ``--seconds`` (Poisson arrivals both; ``--even`` for evenly
-   spaced ones). Each phase runs ``--warmup_s`` untimed seconds first. Alternating them means a change
+   spaced ones). Each phase runs ``--warmup_s`` (5) untimed seconds first: at 4x the server first
+   absorbs a burst of up to ``--max_queue_images`` images, detects the standing queue and drains it
+   (the warm-up's own figures are reported apart). Alternating them means a change
    in what else runs on the machine hits both alike; the figures pool the rounds.
 
 Reported for both phases: offered rate, goodput (200s *completed* in the timed window per second),
@@ -23,7 +25,8 @@ server and generator CPU, and the server's peak RSS over the whole run (``VmHWM`
 ready, and sampled).
 
 Pass: goodput at overload >= 90% of goodput at capacity, p99 of admitted requests at overload
-<= 2x the p99 at capacity, nothing but 200 and 503 answered, no transport error, server alive.
+<= 2x the p99 at capacity, nothing but 200 and 503 answered, no transport error, server alive; and the
+capacity rounds themselves kept up (all 200, >= 90% completed), else there is no valid reference.
 
 ``python -m bench.overload [--model_dir DIR] [--factor 4] [--seconds 10] [--rounds 2] [-- server flags]``
 """
@@ -80,12 +83,26 @@ def summarize(r: PhaseResult) -> dict[str, Any]:
     }
 
 
+def transient(r: PhaseResult) -> dict[str, Any]:
+    """The warm-up of a phase (its first ``--warmup_s`` seconds, left out of the figures above): how
+    the server got from the previous load to this one."""
+    ok = [(done - due) * 1000 for due, _, done, s in r.warmup if s == "200"]
+    statuses = Counter(s for *_, s in r.warmup)
+    return {
+        "requests": len(r.warmup),
+        "statuses": dict(statuses),
+        "p99_ms": percentile(ok, 99),
+        "max_ms": max(ok) if ok else float("nan"),
+    }
+
+
 def pool(results: list[PhaseResult]) -> PhaseResult:
     """Several phases as one: their timed windows laid end to end."""
     out = PhaseResult(sum(r.seconds for r in results))
     completed: Counter = Counter()
     for r in results:
         out.requests += r.requests
+        out.warmup += r.warmup
         completed.update(r.completed)
         out.client_cpu_s += r.client_cpu_s
     out.completed = dict(completed)
@@ -204,6 +221,7 @@ def run_benchmark(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         "capacity_rate_per_s": capacity,
         "capacity": summarize(pool(cap_runs)),
         "overload": summarize(pool(over_runs)),
+        "overload_warmup": transient(pool(over_runs)),
         "rounds": rounds,
     }
 
@@ -222,6 +240,11 @@ def verdict(cap: dict[str, Any], over: dict[str, Any], alive: bool) -> list[str]
         failures.append(f"answers other than 200/503 (or transport errors): {unexpected}")
     if not alive:
         failures.append("server died")
+    if not keeps_up(cap, 0.9):
+        failures.append(
+            "no valid reference: the capacity rounds did not keep up with the capacity rate (the machine "
+            "got slower after the search); re-run on a quieter machine"
+        )
     return failures
 
 
@@ -322,6 +345,14 @@ def format_report(r: dict[str, Any]) -> str:
             "capacity search (rate: keeps up?)",
             ", ".join(f"{p['rate']:.1f}: {'yes' if p['keeps_up'] else 'no'}" for p in r["capacity_search"]),
         ),
+        (
+            "4x, warm-up seconds (left out above)",
+            "p99 / max of admitted {:.0f} / {:.0f} ms, {}".format(
+                r["overload_warmup"]["p99_ms"],
+                r["overload_warmup"]["max_ms"],
+                r["overload_warmup"]["statuses"],
+            ),
+        ),
         ("goodput at 4x / at capacity", f"{100 * r['goodput_over_capacity']:.0f}% (target >= 90%)"),
         ("p99 admitted at 4x / at capacity", f"{r['p99_admitted_over_p99_capacity']:.2f} (target <= 2)"),
         ("server RSS ready / peak (MiB)", f"{r['rss_mib']['ready']:.0f} / {r['rss_mib']['peak']:.0f}"),
@@ -341,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         "--clients", type=int, default=32, help="closed-loop clients of the first estimate (<= 2 batches)"
     )
     parser.add_argument("--factor", type=float, default=4.0, help="offered load / capacity")
-    parser.add_argument("--warmup_s", type=float, default=3.0, help="untimed seconds before each phase")
+    parser.add_argument("--warmup_s", type=float, default=5.0, help="untimed seconds before each phase")
     parser.add_argument("--probe_s", type=float, default=8.0, help="timed seconds per capacity probe")
     parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per phase and round")
     parser.add_argument("--rounds", type=int, default=2, help="capacity/overload rounds side by side")
