@@ -384,10 +384,12 @@ def test_a_standing_queue_tightens_the_bound_and_a_drained_one_relaxes_it():
     with batcher.admit(4):
         assert batcher.refusal(12) is None  # a burst of 16 images (0.4 s) is absorbed
         batcher.note_wait(0.3, now=10.0)  # waited over two calls (0.2 s) ...
+        assert batcher.refusal(61) is not None  # ... and the image bound (64) refuses
         batcher.note_wait(0.3, now=10.9)
         assert not batcher.standing_queue  # ... for less than max(1 s, 4 calls): a burst
         batcher.note_wait(0.15, now=11.0)  # within two calls: the clock restarts
         batcher.note_wait(0.5, now=11.1)
+        assert batcher.refusal(61) is not None  # the image bound refuses during this backlog
         batcher.note_wait(0.5, now=12.1)  # a backlog for 1 s: a standing queue
         assert batcher.standing_queue
         assert batcher.refusal(4) is None and "until the queue drains" in batcher.refusal(5)
@@ -405,6 +407,8 @@ def test_a_standing_queue_lasts_while_its_bound_keeps_refusing():
     batcher = make_batcher(FakeModel(), max_batch_size=4, max_queue_images=64, shed_standing_queue=True)
     batcher._observe_call(4, 0.1)
     batcher.note_wait(0.5, now=10.0)
+    with batcher.admit(4):
+        assert batcher.refusal(61) is not None  # the image bound refuses
     batcher.note_wait(0.5, now=11.0)
     assert batcher.standing_queue
     with batcher.admit(8):
@@ -418,6 +422,18 @@ def test_a_standing_queue_lasts_while_its_bound_keeps_refusing():
         assert batcher.standing_queue
     batcher.note_wait(0.05, now=15.05)
     assert not batcher.standing_queue
+
+
+def test_a_deep_queue_that_never_fills_the_image_bound_is_never_shed():
+    """Many clients each waiting for their answer keep requests waiting for several calls, for as
+    long as they run; the plain bound serves them without a 503, so the tight one must too."""
+    batcher = make_batcher(FakeModel(), max_batch_size=4, max_queue_images=64, shed_standing_queue=True)
+    batcher._observe_call(4, 0.1)
+    with batcher.admit(40):  # 10 calls of work in progress, below the image bound
+        for k in range(100):  # 10 s of requests waiting 5 calls
+            batcher.note_wait(0.5, now=10.0 + 0.1 * k)
+            assert not batcher.standing_queue
+            assert batcher.refusal(4) is None
 
 
 def test_standing_queue_shedding_is_off_by_default():

@@ -12,7 +12,8 @@ Load shedding: :meth:`DynamicBatcher.admit` bounds the images admitted (decoding
 its measured rate (images per second of model time, averaged over recent calls); past either bound
 requests fail at once with :class:`Overloaded` (HTTP 503, gRPC UNAVAILABLE). A burst is absorbed.
 A standing queue is not (the idea of CoDel): when requests keep waiting longer than two
-model calls for longer than a burst takes to drain, more is offered than the model can do, and until
+model calls for longer than a burst takes to drain, while ``max_queue_images`` refuses requests, more
+is offered than the model can do, and until
 the queue drains, and the bound has refused nothing for as long, at most two batches' worth of images
 (at least ``max_batch_size``) are admitted. So
 under sustained overload admitted requests wait about two batches, not seconds, and the model still
@@ -177,6 +178,8 @@ class DynamicBatcher:
         self._waiting_since: float | None = None  # since when requests wait longer than the target
         self.standing_queue = False  # sustained overload: the tight bound applies
         self._standing_refusals = 0  # requests refused by the tight bound (counted by refusal())
+        self._full_refusals = 0  # requests refused by max_queue_images (counted by refusal())
+        self._full_refusals_at_backlog = 0  # ... when the current backlog began
         self._refusals_seen = 0  # ... as of the last note_wait
         self._last_refusal_at = 0.0  # note_wait's clock: when refusals by the tight bound were last seen
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="ssd-model")
@@ -216,6 +219,7 @@ class DynamicBatcher:
         if not admitted:
             return None
         if admitted + n > self.max_queue_images:
+            self._full_refusals += 1
             return (
                 f"overloaded: {admitted} images in progress, the limit is "
                 f"{self.max_queue_images} (--max_queue_images); retry later"
@@ -244,7 +248,10 @@ class DynamicBatcher:
 
         A batch normally waits for at most the call in progress; waiting longer than two recent
         calls means a backlog. A backlog that lasts ``max(1 s, 4 calls)`` (longer than a burst takes
-        to drain) is a standing queue: more is offered than the model can do. It ends when a request
+        to drain) while ``max_queue_images`` refuses requests is a standing queue: more is offered
+        than the model can do. (A deep queue that never fills the image bound, such as many clients
+        each waiting for their answer before sending again, is served as before: the tight bound only
+        ever applies where the plain one was already refusing.) It ends when a request
         waited less than one call *and* the tight bound has refused nothing for ``max(1 s, 4 calls)``:
         under the bound itself requests wait about one call, so a short wait alone does not show
         that the overload is over (it only shows that the bound works).
@@ -259,7 +266,12 @@ class DynamicBatcher:
         if waited_s > 2 * call_s:
             if self._waiting_since is None:
                 self._waiting_since = now
-            elif now - self._waiting_since >= hold_s and not self.standing_queue:
+                self._full_refusals_at_backlog = self._full_refusals
+            elif (
+                now - self._waiting_since >= hold_s
+                and not self.standing_queue
+                and self._full_refusals > self._full_refusals_at_backlog
+            ):
                 self.standing_queue = True
                 self._last_refusal_at = now
                 log.warning(
