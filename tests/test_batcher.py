@@ -424,6 +424,18 @@ def test_a_standing_queue_lasts_while_its_bound_keeps_refusing():
     assert not batcher.standing_queue
 
 
+def test_under_a_standing_queue_two_calls_of_the_efficient_bucket_are_admitted():
+    """Rates per bucket (images / s): 1: 10, 2: 20, 4: 36, 8: 38. The smallest within 10% of the best
+    (38) is 4: calls of 4 take 0.11 s instead of 0.21 s for 8 and run at 95% of the rate."""
+    timings = {1: 0.1, 2: 0.1, 4: 4 / 36, 8: 8 / 38}
+    batcher = make_batcher(FakeModel(), max_batch_size=8, shed_standing_queue=True, bucket_seconds=timings)
+    assert batcher.efficient_bucket() == 4 and batcher.standing_limit == 8
+    for _ in range(20):  # calls of 8 got faster (60 images / s): now 8 is the only efficient bucket
+        batcher._observe_call(8, 8 / 60)
+    assert batcher.efficient_bucket() == 8 and batcher.standing_limit == 16
+    assert make_batcher(FakeModel(), max_batch_size=8).efficient_bucket() is None  # nothing timed yet
+
+
 def test_a_deep_queue_that_never_fills_the_image_bound_is_never_shed():
     """Many clients each waiting for their answer keep requests waiting for several calls, for as
     long as they run; the plain bound serves them without a 503, so the tight one must too."""

@@ -177,6 +177,7 @@ class SSDPredictor(kserve.Model):
                 max_queue_images=self.options.max_queue_images,
                 max_queue_delay_s=self.options.max_queue_delay_ms / 1000.0,
                 shed_standing_queue=self.options.shed_standing_queue,
+                bucket_seconds=dict(list(per_bucket.items())[1:]),  # the first one traced
                 executor=self._model_thread,
             )
             log.info(
