@@ -170,11 +170,12 @@ def add_ssd_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         "--shed_standing_queue",
         action=argparse.BooleanOptionalAction,
         default=_env("SSD_SHED_STANDING_QUEUE", True, _bool),
-        help="Under sustained overload (--max_queue_images refuses requests and requests keep waiting longer "
-        "than two model calls, for longer than a burst takes to drain) admit at most two batches of images "
-        "until the queue drains, so admitted requests stay fast and the rest get 503 at once (on by "
-        "default; bench/overload.py measures it). Bursts are still absorbed up to --max_queue_images, and "
-        "a load the image bound serves without a 503 is never shed. Env SSD_SHED_STANDING_QUEUE.",
+        help="Under sustained overload (--max_queue_images refuses requests and requests keep waiting "
+        "longer than two model calls, for longer than a burst takes to drain) admit at most two calls of "
+        "the efficient batch size (the smallest whose measured rate is within 10%% of the best) until it "
+        "ends, so admitted requests stay fast and the rest get 503 at once (on by default; "
+        "bench/overload.py measures it). Bursts are still absorbed up to --max_queue_images, and a load "
+        "the image bound serves without a 503 is never shed. Env SSD_SHED_STANDING_QUEUE.",
     )
     g.add_argument(
         "--shutdown_grace_s",
