@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from kserve.errors import ServerNotReady
 
+from predictor.serving import batcher as batcher_module
 from predictor.serving import prometheus
 from predictor.serving.batcher import Deadline, DynamicBatcher, Overloaded, RequestTimeout, ShuttingDown
 
@@ -434,6 +435,39 @@ def test_under_a_standing_queue_two_calls_of_the_efficient_bucket_are_admitted()
         batcher._observe_call(8, 8 / 60)
     assert batcher.efficient_bucket() == 8 and batcher.standing_limit == 16
     assert make_batcher(FakeModel(), max_batch_size=8).efficient_bucket() is None  # nothing timed yet
+
+
+def test_recognising_a_standing_queue_sheds_the_oldest_queued_requests_past_the_bound():
+    """Five queued requests of 2 images (10 images) and a bound of 8: the oldest one gets 503 at once,
+    the four youngest stay queued (the backlog of the burst allowance is not served seconds late)."""
+    loop = asyncio.new_event_loop()
+    try:
+        batcher = make_batcher(
+            FakeModel(),
+            max_batch_size=4,
+            max_queue_images=10,
+            shed_standing_queue=True,
+            bucket_seconds={4: 0.1},
+        )
+        assert batcher.standing_limit == 8
+        items = []
+        for k in range(5):
+            images, hw, thr, caps = request([k, k])
+            items.append(batcher_module._Item(images, hw, thr, caps, loop.create_future(), enqueued=float(k)))
+            batcher._queue.append(items[-1])
+            batcher._queued_images += 2
+        batcher._observe_call(4, 0.1)
+        batcher.note_wait(0.5, now=10.0)
+        with batcher.admit(10):
+            assert batcher.refusal(1) is not None  # the image bound refuses
+        batcher.note_wait(0.5, now=11.0)
+        assert batcher.standing_queue
+        assert isinstance(items[0].future.exception(), Overloaded) and not items[0].queued
+        assert "shed from a standing queue" in str(items[0].future.exception())
+        assert list(batcher._queue) == items[1:] and batcher.queued_images == 8
+        assert not any(item.future.done() for item in items[1:])
+    finally:
+        loop.close()
 
 
 def test_a_deep_queue_that_never_fills_the_image_bound_is_never_shed():

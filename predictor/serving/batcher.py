@@ -18,8 +18,9 @@ the queue drains, and the bound has refused nothing for as long, at most two cal
 bucket* are admitted: the smallest batch size whose measured rate is within 10% of the best size's
 (seeded by the warm-up's timings, refined by every call). So under sustained overload admitted
 requests wait about two short calls, not seconds, the model keeps (nearly) its best rate, and it
-always has its next batch ready. (A request larger than the bound is admitted only when nothing else
-is in progress.)
+always has its next batch ready. When the standing queue is recognised, the oldest queued requests
+past that bound get 503 at once, so the backlog admitted under the burst allowance is not served
+seconds late. (A request larger than the bound is admitted only when nothing else is in progress.)
 A request cancelled while queued (client gone) leaves the queue.
 
 Deadlines: a request may carry a :class:`Deadline`. Once it has passed (its time came, or it was
@@ -54,6 +55,9 @@ _EWMA = 0.2  # weight of the newest model call in the rate estimate
 #: :meth:`DynamicBatcher.efficient_bucket`).
 EFFICIENT_FRACTION = 0.9
 _SHUTTING_DOWN = "the server is shutting down; retry on another replica"
+_SHED_FROM_QUEUE = (
+    "overloaded: more is offered than the model can do; shed from a standing queue; retry later"
+)
 #: ``run_batch(images [B, S, S, 3], image_hw [B, 2], score_threshold [B], max_detections [B], **extra)``;
 #: ``extra``: the per-image arrays requests passed to :meth:`DynamicBatcher.run` (e.g. ``nms_threshold [B]``).
 RunBatch = Callable[..., dict[str, np.ndarray]]
@@ -303,14 +307,31 @@ class DynamicBatcher:
             ):
                 self.standing_queue = True
                 self._last_refusal_at = now
+                shed = self._shed_backlog()
                 log.warning(
-                    "standing queue: admitting at most %d images until it drains", self.standing_limit
+                    "standing queue: admitting at most %d images until it drains; %d queued images shed",
+                    self.standing_limit,
+                    shed,
                 )
         else:
             self._waiting_since = None
             if self.standing_queue and waited_s < call_s and now - self._last_refusal_at >= hold_s:
                 self.standing_queue = False
                 log.info("the queue drained")
+
+    def _shed_backlog(self) -> int:
+        """A standing queue was recognised: the oldest queued requests past the tight bound get 503 now
+        (the youngest stay), so admitted requests stop waiting for the backlog of the burst allowance
+        (up to ``max_queue_images``) to drain. Returns the images shed."""
+        shed = 0
+        while self._queue and self._queued_images > self.standing_limit:
+            item = self._queue.popleft()
+            item.queued = False
+            self._queued_images -= item.n
+            shed += item.n
+            if not item.future.done():
+                item.future.set_exception(Overloaded(_SHED_FROM_QUEUE))
+        return shed
 
     @property
     def images_per_second(self) -> float | None:
