@@ -242,8 +242,9 @@ def verdict(cap: dict[str, Any], over: dict[str, Any], alive: bool) -> list[str]
         failures.append("server died")
     if not keeps_up(cap, 0.9):
         failures.append(
-            "no valid reference: the capacity rounds did not keep up with the capacity rate (the machine "
-            "got slower after the search); re-run on a quieter machine"
+            "no valid reference: the capacity rounds did not keep up with the capacity rate (not all "
+            "200, or < 90% completed: a slower machine than during the search, or the server still "
+            "shedding after the 4x round)"
         )
     return failures
 

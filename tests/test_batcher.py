@@ -396,15 +396,19 @@ def test_a_standing_queue_tightens_the_bound_and_a_drained_one_relaxes_it():
         assert batcher.refusal(4) is None and "until the queue drains" in batcher.refusal(5)
         batcher.note_wait(0.15, now=12.2)  # no backlog, but still waited over one call
         assert batcher.standing_queue
-        batcher.note_wait(0.05, now=12.3)  # waited less than one call, but the bound refused 0.1 s ago:
+        batcher.note_wait(0.05, now=12.3)  # waited less than one call, within the first second:
         assert batcher.standing_queue  # a short wait under the bound is the bound working
-        batcher.note_wait(0.05, now=13.2)  # ... and nothing refused for 1 s: drained
+        for _ in range(30):  # the bound admits 30 requests and refused 1 (3%) in this window
+            with batcher.admit(1):
+                pass
+        batcher.note_wait(0.05, now=13.2)  # a second later: the load fits, drained
         assert not batcher.standing_queue and batcher.refusal(12) is None
 
 
 def test_a_standing_queue_lasts_while_its_bound_keeps_refusing():
     """Under the bound requests wait about one call; that alone must not end the standing state while
-    the bound keeps refusing (it did: the bound flapped off and 256 images queued again)."""
+    the bound keeps refusing a real share of requests (it did: the bound flapped off and 256 images
+    queued again). A window with at most 5% refused ends it (a load back at capacity)."""
     batcher = make_batcher(FakeModel(), max_batch_size=4, max_queue_images=64, shed_standing_queue=True)
     batcher._observe_call(4, 0.1)
     batcher.note_wait(0.5, now=10.0)
@@ -412,16 +416,24 @@ def test_a_standing_queue_lasts_while_its_bound_keeps_refusing():
         assert batcher.refusal(61) is not None  # the image bound refuses
     batcher.note_wait(0.5, now=11.0)
     assert batcher.standing_queue
-    with batcher.admit(8):
-        for k in range(30):  # 3 s of calls whose head waited less than one call, each with a refusal
-            assert batcher.refusal(1) is not None
-            batcher.note_wait(0.05, now=11.1 + 0.1 * k)
-            assert batcher.standing_queue
-    # the last refusal was seen at 14.0; with no more, the state lasts until 1 s later, then ends
-    for now in (14.1, 14.5, 14.95):
-        batcher.note_wait(0.05, now=now)
+    for k in range(1, 13):  # 3 s of short waits; each 0.25 s 2 requests admitted, 3 refused (60%)
+        with batcher.admit(1):
+            pass
+        with batcher.admit(8):
+            for _ in range(3):
+                assert batcher.refusal(1) is not None
+        batcher.note_wait(0.05, now=11.0 + 0.25 * k)
         assert batcher.standing_queue
-    batcher.note_wait(0.05, now=15.05)
+    # the window restarted at 14.0; now 22 admitted, 1 refused (4.3%): the window's end ends it
+    for k in range(1, 4):
+        for _ in range(20 // 3 + 1):
+            with batcher.admit(1):
+                pass
+        batcher.note_wait(0.05, now=14.0 + 0.25 * k)
+        assert batcher.standing_queue
+    with batcher.admit(16):
+        assert batcher.refusal(1) is not None
+    batcher.note_wait(0.05, now=15.0)
     assert not batcher.standing_queue
 
 

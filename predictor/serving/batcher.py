@@ -54,6 +54,8 @@ _EWMA = 0.2  # weight of the newest model call in the rate estimate
 #: A bucket is efficient when its rate is at least this fraction of the best bucket's (see
 #: :meth:`DynamicBatcher.efficient_bucket`).
 EFFICIENT_FRACTION = 0.9
+#: A standing queue ends when its bound refused at most this share of requests over a window.
+END_REFUSED_SHARE = 0.05
 _SHUTTING_DOWN = "the server is shutting down; retry on another replica"
 _SHED_FROM_QUEUE = (
     "overloaded: more is offered than the model can do; shed from a standing queue; retry later"
@@ -193,8 +195,8 @@ class DynamicBatcher:
         self._standing_refusals = 0  # requests refused by the tight bound (counted by refusal())
         self._full_refusals = 0  # requests refused by max_queue_images (counted by refusal())
         self._full_refusals_at_backlog = 0  # ... when the current backlog began
-        self._refusals_seen = 0  # ... as of the last note_wait
-        self._last_refusal_at = 0.0  # note_wait's clock: when refusals by the tight bound were last seen
+        self._standing_admits = 0  # requests admitted while the tight bound applies
+        self._window = (0.0, 0, 0)  # (start, refusals, admits) of the current window of the standing state
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="ssd-model")
         self._queue: collections.deque[_Item] = collections.deque()
         self._queued_images = 0
@@ -219,6 +221,8 @@ class DynamicBatcher:
         if reason is not None:
             raise Overloaded(reason)
         self.admitted_images += n
+        if self.standing_queue:
+            self._standing_admits += 1
         prometheus.QUEUE_IMAGES.set(self.admitted_images)
         try:
             yield
@@ -285,17 +289,15 @@ class DynamicBatcher:
         than the model can do. (A deep queue that never fills the image bound, such as many clients
         each waiting for their answer before sending again, is served as before: the tight bound only
         ever applies where the plain one was already refusing.) It ends when a request
-        waited less than one call *and* the tight bound has refused nothing for ``max(1 s, 4 calls)``:
-        under the bound itself requests wait about one call, so a short wait alone does not show
-        that the overload is over (it only shows that the bound works).
+        waited less than one call *and* the tight bound refused at most :data:`END_REFUSED_SHARE` of
+        the requests it saw over ``max(1 s, 4 calls)``: under the bound itself requests wait about
+        one call, so a short wait alone does not show that the overload is over (it only shows that
+        the bound works), and a load back at capacity still meets the bound with an occasional burst.
         """
         if not self.shed_standing_queue or not self._ewma_seconds:
             return
         call_s = self._ewma_seconds
         hold_s = max(1.0, 4 * call_s)
-        if self._standing_refusals != self._refusals_seen:  # refused since the last call was formed
-            self._refusals_seen = self._standing_refusals
-            self._last_refusal_at = now
         if waited_s > 2 * call_s:
             if self._waiting_since is None:
                 self._waiting_since = now
@@ -306,7 +308,7 @@ class DynamicBatcher:
                 and self._full_refusals > self._full_refusals_at_backlog
             ):
                 self.standing_queue = True
-                self._last_refusal_at = now
+                self._window = (now, self._standing_refusals, self._standing_admits)
                 shed = self._shed_backlog()
                 log.warning(
                     "standing queue: admitting at most %d images until it drains; %d queued images shed",
@@ -315,9 +317,19 @@ class DynamicBatcher:
                 )
         else:
             self._waiting_since = None
-            if self.standing_queue and waited_s < call_s and now - self._last_refusal_at >= hold_s:
-                self.standing_queue = False
-                log.info("the queue drained")
+            if self.standing_queue and waited_s < call_s and now - self._window[0] >= hold_s:
+                self._end_standing_queue_if_quiet(now)
+
+    def _end_standing_queue_if_quiet(self, now: float) -> None:
+        """A window of the standing state is over: end it if the tight bound refused at most
+        :data:`END_REFUSED_SHARE` of the requests it saw in the window, else start the next window."""
+        _start, refusals, admits = self._window
+        refused = self._standing_refusals - refusals
+        seen = refused + self._standing_admits - admits
+        if refused <= END_REFUSED_SHARE * seen:
+            self.standing_queue = False
+            log.info("the queue drained")
+        self._window = (now, self._standing_refusals, self._standing_admits)
 
     def _shed_backlog(self) -> int:
         """A standing queue was recognised: the oldest queued requests past the tight bound get 503 now
