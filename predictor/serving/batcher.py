@@ -11,16 +11,16 @@ Load shedding: :meth:`DynamicBatcher.admit` bounds the images admitted (decoding
 ``max_queue_images``, and (when set) to what the model can finish within ``max_queue_delay_s`` at
 its measured rate (images per second of model time, averaged over recent calls); past either bound
 requests fail at once with :class:`Overloaded` (HTTP 503, gRPC UNAVAILABLE). A burst is absorbed.
-A standing queue is not (the idea of CoDel): when requests keep waiting longer than two
-model calls for longer than a burst takes to drain, while ``max_queue_images`` refuses requests, more
-is offered than the model can do, and until
-the queue drains, and the bound has refused nothing for as long, at most two calls of the *efficient
-bucket* are admitted: the smallest batch size whose measured rate is within 10% of the best size's
-(seeded by the warm-up's timings, refined by every call). So under sustained overload admitted
-requests wait about two short calls, not seconds, the model keeps (nearly) its best rate, and it
-always has its next batch ready. When the standing queue is recognised, the oldest queued requests
-past that bound get 503 at once, so the backlog admitted under the burst allowance is not served
-seconds late. (A request larger than the bound is admitted only when nothing else is in progress.)
+A standing queue is not (the idea of CoDel): when requests keep waiting longer than two model calls
+for longer than a burst takes to drain, while ``max_queue_images`` refuses requests, more is offered
+than the model can do. Then the oldest queued requests past the tight bound get 503 at once (the
+backlog admitted under the burst allowance is not served seconds late), and until the overload ends
+(short waits, and the bound refuses at most 5% of requests for as long) at most two calls of the
+*efficient bucket* are admitted: the smallest batch size whose measured rate is within 10% of the
+best size's (seeded by the warm-up's timings, refined by every call). So under sustained overload
+admitted requests wait about two short calls, not seconds, the model keeps (nearly) its best rate,
+and it always has its next batch ready. (A request larger than the bound is admitted only when
+nothing else is in progress.)
 A request cancelled while queued (client gone) leaves the queue.
 
 Deadlines: a request may carry a :class:`Deadline`. Once it has passed (its time came, or it was
