@@ -15,7 +15,7 @@ A standing queue is not (the idea of CoDel): when requests keep waiting longer t
 for longer than a burst takes to drain, while ``max_queue_images`` refuses requests, more is offered
 than the model can do. Then the oldest queued requests past the tight bound get 503 at once (the
 backlog admitted under the burst allowance is not served seconds late), and until the overload ends
-(short waits, and the bound refuses at most 5% of requests for as long) at most two calls of the
+(short waits, and no more images offered than the model does, for as long) at most two calls of the
 *efficient bucket* are admitted: the smallest batch size whose measured rate is within 10% of the
 best size's (seeded by the warm-up's timings, refined by every call). So under sustained overload
 admitted requests wait about two short calls, not seconds, the model keeps (nearly) its best rate,
@@ -54,8 +54,6 @@ _EWMA = 0.2  # weight of the newest model call in the rate estimate
 #: A bucket is efficient when its rate is at least this fraction of the best bucket's (see
 #: :meth:`DynamicBatcher.efficient_bucket`).
 EFFICIENT_FRACTION = 0.9
-#: A standing queue ends when its bound refused at most this share of requests over a window.
-END_REFUSED_SHARE = 0.05
 _SHUTTING_DOWN = "the server is shutting down; retry on another replica"
 _SHED_FROM_QUEUE = (
     "overloaded: more is offered than the model can do; shed from a standing queue; retry later"
@@ -192,11 +190,10 @@ class DynamicBatcher:
         self._ewma_seconds = 0.0
         self._waiting_since: float | None = None  # since when requests wait longer than the target
         self.standing_queue = False  # sustained overload: the tight bound applies
-        self._standing_refusals = 0  # requests refused by the tight bound (counted by refusal())
+        self._offered_images = 0  # images admitted or refused while the tight bound applies
         self._full_refusals = 0  # requests refused by max_queue_images (counted by refusal())
         self._full_refusals_at_backlog = 0  # ... when the current backlog began
-        self._standing_admits = 0  # requests admitted while the tight bound applies
-        self._window = (0.0, 0, 0)  # (start, refusals, admits) of the current window of the standing state
+        self._window = (0.0, 0)  # (start, offered images) of the current window of the standing state
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="ssd-model")
         self._queue: collections.deque[_Item] = collections.deque()
         self._queued_images = 0
@@ -222,7 +219,7 @@ class DynamicBatcher:
             raise Overloaded(reason)
         self.admitted_images += n
         if self.standing_queue:
-            self._standing_admits += 1
+            self._offered_images += n
         prometheus.QUEUE_IMAGES.set(self.admitted_images)
         try:
             yield
@@ -248,7 +245,7 @@ class DynamicBatcher:
                 f"the limit is {self.max_queue_delay_s:g} s (--max_queue_delay_ms); retry later"
             )
         if self.standing_queue and admitted + n > self.standing_limit:
-            self._standing_refusals += 1
+            self._offered_images += n
             return (
                 f"overloaded: more is offered than the model can do; {admitted} images in progress, "
                 f"the limit is {self.standing_limit} until the queue drains; retry later"
@@ -289,10 +286,11 @@ class DynamicBatcher:
         than the model can do. (A deep queue that never fills the image bound, such as many clients
         each waiting for their answer before sending again, is served as before: the tight bound only
         ever applies where the plain one was already refusing.) It ends when a request
-        waited less than one call *and* the tight bound refused at most :data:`END_REFUSED_SHARE` of
-        the requests it saw over ``max(1 s, 4 calls)``: under the bound itself requests wait about
-        one call, so a short wait alone does not show that the overload is over (it only shows that
-        the bound works), and a load back at capacity still meets the bound with an occasional burst.
+        waited less than one call *and* the images offered (admitted or refused) over
+        ``max(1 s, 4 calls)`` came at most at the model's measured rate: under the bound itself
+        requests wait about one call, so a short wait alone does not show that the overload is over
+        (it only shows that the bound works); and a load back at capacity still meets the tight bound
+        with its bursts, so refusals alone do not show that it goes on.
         """
         if not self.shed_standing_queue or not self._ewma_seconds:
             return
@@ -308,7 +306,7 @@ class DynamicBatcher:
                 and self._full_refusals > self._full_refusals_at_backlog
             ):
                 self.standing_queue = True
-                self._window = (now, self._standing_refusals, self._standing_admits)
+                self._window = (now, self._offered_images)
                 shed = self._shed_backlog()
                 log.warning(
                     "standing queue: admitting at most %d images until it drains; %d queued images shed",
@@ -321,15 +319,14 @@ class DynamicBatcher:
                 self._end_standing_queue_if_quiet(now)
 
     def _end_standing_queue_if_quiet(self, now: float) -> None:
-        """A window of the standing state is over: end it if the tight bound refused at most
-        :data:`END_REFUSED_SHARE` of the requests it saw in the window, else start the next window."""
-        _start, refusals, admits = self._window
-        refused = self._standing_refusals - refusals
-        seen = refused + self._standing_admits - admits
-        if refused <= END_REFUSED_SHARE * seen:
+        """A window of the standing state is over: end it if the images offered in the window came at
+        most at the model's measured rate, else start the next window."""
+        start, offered = self._window
+        rate = self.images_per_second or 0.0
+        if self._offered_images - offered <= rate * (now - start):
             self.standing_queue = False
             log.info("the queue drained")
-        self._window = (now, self._standing_refusals, self._standing_admits)
+        self._window = (now, self._offered_images)
 
     def _shed_backlog(self) -> int:
         """A standing queue was recognised: the oldest queued requests past the tight bound get 503 now
