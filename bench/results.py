@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import OUT_DIR, REPO, fmt_table
+from bench.common import OUT_DIR, REPO
 
 #: The documents holding generated blocks.
 DOCUMENTS: tuple[Path, ...] = (REPO / "bench" / "RESULTS.md", REPO / "README.md")
@@ -75,8 +75,7 @@ BLOCKS: dict[str, Block] = {
     ),
     "hostile": Block("hostile.json", "bench-hostile", "bench.hostile:markdown"),
     "soak": Block("soak.json", "soak", "bench.soak:markdown"),
-    # bench/overload.py writes the JSON; its renderer lives here until overload.py grows its own.
-    "overload": Block("overload.json", "bench-overload", "bench.results:overload_markdown"),
+    "overload": Block("overload.json", "bench-overload", "bench.overload:markdown"),
 }
 
 
@@ -167,32 +166,6 @@ def update(
             doc.write_text(new)
             print(f"wrote {doc}")
     return 1 if stale else 0
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
-def overload_markdown(r: dict[str, Any]) -> str:
-    """Summary of ``bench/overload.py``'s JSON: capacity, offered load, goodput, latencies, 503s."""
-    cap, ov = r["capacity"], r["overload"]
-    rss = r.get("rss_mib", {})
-    rows = [
-        ("clients x factor x seconds x rounds", f"{r['clients']} x {r['factor']:g} x {r['seconds']:g} s x "
-         f"{r['rounds_count']}"),
-        ("capacity (closed loop)", f"{cap['answered_200_per_s']:.1f} req/s, p50 {cap['p50_ms']:.0f} ms, "
-         f"p99 {cap['p99_ms']:.0f} ms"),
-        ("offered (open loop)", f"{ov['offered_per_s']:.1f} req/s"),
-        ("goodput", f"{ov['answered_200_per_s']:.1f} req/s = {_pct(r['goodput_over_capacity'])} of capacity"),
-        ("p50 / p99 of admitted requests", f"{ov['p50_ms'] / 1e3:.1f} s / {ov['p99_ms'] / 1e3:.1f} s "
-         f"({r['p99_admitted_over_p99_capacity']:.1f}x the p99 at capacity)"),
-        ("503 share / p50 of the 503s", f"{_pct(ov['rejected_503_share'])} / "
-         + ("-" if ov.get("p50_503_ms") is None else f"{ov['p50_503_ms'] / 1e3:.1f} s")),
-        ("server RSS ready / peak (MiB)", f"{rss.get('ready', 0):.0f} / {rss.get('peak', 0):.0f}"),
-        ("cores used: server / client", f"{r['server_cores']:.2f} / {r['client_cores']:.2f}"),
-        ("result", "PASS" if r["passed"] else "FAIL: " + "; ".join(r["failures"])),
-    ]  # fmt: skip
-    return fmt_table(["figure", "value"], rows)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -10,11 +10,12 @@ BENCH_STAMP := $(VENV)/.bench-installed
 # Rewrites the named generated tables of bench/RESULTS.md (and README.md) from the JSON in BENCH_OUT.
 RESULTS_TABLES = $(PY) -m bench.results --out_dir $(BENCH_OUT) --tables
 
-# Overload benchmark: closed-loop clients measuring capacity, offered load factor, seconds per phase, rounds.
-OVERLOAD_CLIENTS ?= 16
+# Overload benchmark: closed-loop clients of the first capacity estimate (then an open-loop search),
+# offered load factor, seconds per phase, capacity/overload rounds side by side.
+OVERLOAD_CLIENTS ?= 32
 OVERLOAD_FACTOR ?= 4
 OVERLOAD_SECONDS ?= 10
-OVERLOAD_ROUNDS ?= 3
+OVERLOAD_ROUNDS ?= 2
 # Hostile-bodies benchmark: concurrent clients, body size (MiB), allowed peak RSS growth (MiB).
 HOSTILE_CLIENTS ?= 24
 HOSTILE_BODY_MIB ?= 40

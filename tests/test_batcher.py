@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from kserve.errors import ServerNotReady
 
+from predictor.serving import batcher as batcher_module
 from predictor.serving import prometheus
 from predictor.serving.batcher import Deadline, DynamicBatcher, Overloaded, RequestTimeout, ShuttingDown
 
@@ -394,17 +395,114 @@ def test_a_standing_queue_tightens_the_bound_and_a_drained_one_relaxes_it():
     with batcher.admit(4):
         assert batcher.refusal(12) is None  # a burst of 16 images (0.4 s) is absorbed
         batcher.note_wait(0.3, now=10.0)  # waited over two calls (0.2 s) ...
+        assert batcher.refusal(61) is not None  # ... and the image bound (64) refuses
         batcher.note_wait(0.3, now=10.9)
         assert not batcher.standing_queue  # ... for less than max(1 s, 4 calls): a burst
         batcher.note_wait(0.15, now=11.0)  # within two calls: the clock restarts
         batcher.note_wait(0.5, now=11.1)
+        assert batcher.refusal(61) is not None  # the image bound refuses during this backlog
         batcher.note_wait(0.5, now=12.1)  # a backlog for 1 s: a standing queue
         assert batcher.standing_queue
         assert batcher.refusal(4) is None and "until the queue drains" in batcher.refusal(5)
         batcher.note_wait(0.15, now=12.2)  # no backlog, but still waited over one call
         assert batcher.standing_queue
-        batcher.note_wait(0.05, now=12.3)  # waited less than one call: drained
+        batcher.note_wait(0.05, now=12.3)  # waited less than one call, within the first second:
+        assert batcher.standing_queue  # a short wait under the bound is the bound working
+        for _ in range(30):  # the bound admits 30 images and refused 5: 35 in this window of 1.1 s
+            with batcher.admit(1):
+                pass
+        batcher.note_wait(0.05, now=13.2)  # ... below the model's 40 images/s: the load fits, drained
         assert not batcher.standing_queue and batcher.refusal(12) is None
+
+
+def test_a_standing_queue_lasts_while_its_bound_keeps_refusing():
+    """Under the bound requests wait about one call; that alone must not end the standing state while
+    more is offered than the model does (it did: the bound flapped off and 256 images queued again).
+    A window in which no more images came than the model's rate ends it, refusals or not (a load back
+    at capacity still meets the tight bound with its bursts)."""
+    batcher = make_batcher(FakeModel(), max_batch_size=4, max_queue_images=64, shed_standing_queue=True)
+    batcher._observe_call(4, 0.1)
+    batcher.note_wait(0.5, now=10.0)
+    with batcher.admit(4):
+        assert batcher.refusal(61) is not None  # the image bound refuses
+    batcher.note_wait(0.5, now=11.0)
+    assert batcher.standing_queue
+    for k in range(1, 13):  # 3 s of short waits; each 0.25 s 12 images offered: 48/s, the model does 40
+        with batcher.admit(1):
+            pass
+        with batcher.admit(8):
+            for _ in range(3):
+                assert batcher.refusal(1) is not None
+        batcher.note_wait(0.05, now=11.0 + 0.25 * k)
+        assert batcher.standing_queue
+    # the window restarted at 14.0; now 21 + 17 = 38 images in 1 s, below 40/s: its end ends it
+    for k in range(1, 4):
+        for _ in range(20 // 3 + 1):
+            with batcher.admit(1):
+                pass
+        batcher.note_wait(0.05, now=14.0 + 0.25 * k)
+        assert batcher.standing_queue
+    with batcher.admit(16):
+        assert batcher.refusal(1) is not None
+    batcher.note_wait(0.05, now=15.0)
+    assert not batcher.standing_queue
+
+
+def test_under_a_standing_queue_two_calls_of_the_efficient_bucket_are_admitted():
+    """Rates per bucket (images / s): 1: 10, 2: 20, 4: 36, 8: 38. The smallest within 10% of the best
+    (38) is 4: calls of 4 take 0.11 s instead of 0.21 s for 8 and run at 95% of the rate."""
+    timings = {1: 0.1, 2: 0.1, 4: 4 / 36, 8: 8 / 38}
+    batcher = make_batcher(FakeModel(), max_batch_size=8, shed_standing_queue=True, bucket_seconds=timings)
+    assert batcher.efficient_bucket() == 4 and batcher.standing_limit == 8
+    for _ in range(20):  # calls of 8 got faster (60 images / s): now 8 is the only efficient bucket
+        batcher._observe_call(8, 8 / 60)
+    assert batcher.efficient_bucket() == 8 and batcher.standing_limit == 16
+    assert make_batcher(FakeModel(), max_batch_size=8).efficient_bucket() is None  # nothing timed yet
+
+
+def test_recognising_a_standing_queue_sheds_the_oldest_queued_requests_past_the_bound():
+    """Five queued requests of 2 images (10 images) and a bound of 8: the oldest one gets 503 at once,
+    the four youngest stay queued (the backlog of the burst allowance is not served seconds late)."""
+    loop = asyncio.new_event_loop()
+    try:
+        batcher = make_batcher(
+            FakeModel(),
+            max_batch_size=4,
+            max_queue_images=10,
+            shed_standing_queue=True,
+            bucket_seconds={4: 0.1},
+        )
+        assert batcher.standing_limit == 8
+        items = []
+        for k in range(5):
+            images, hw, thr, caps = request([k, k])
+            items.append(batcher_module._Item(images, hw, thr, caps, loop.create_future(), enqueued=float(k)))
+            batcher._queue.append(items[-1])
+            batcher._queued_images += 2
+        batcher._observe_call(4, 0.1)
+        batcher.note_wait(0.5, now=10.0)
+        with batcher.admit(10):
+            assert batcher.refusal(1) is not None  # the image bound refuses
+        batcher.note_wait(0.5, now=11.0)
+        assert batcher.standing_queue
+        assert isinstance(items[0].future.exception(), Overloaded) and not items[0].queued
+        assert "shed from a standing queue" in str(items[0].future.exception())
+        assert list(batcher._queue) == items[1:] and batcher.queued_images == 8
+        assert not any(item.future.done() for item in items[1:])
+    finally:
+        loop.close()
+
+
+def test_a_deep_queue_that_never_fills_the_image_bound_is_never_shed():
+    """Many clients each waiting for their answer keep requests waiting for several calls, for as
+    long as they run; the plain bound serves them without a 503, so the tight one must too."""
+    batcher = make_batcher(FakeModel(), max_batch_size=4, max_queue_images=64, shed_standing_queue=True)
+    batcher._observe_call(4, 0.1)
+    with batcher.admit(40):  # 10 calls of work in progress, below the image bound
+        for k in range(100):  # 10 s of requests waiting 5 calls
+            batcher.note_wait(0.5, now=10.0 + 0.1 * k)
+            assert not batcher.standing_queue
+            assert batcher.refusal(4) is None
 
 
 def test_standing_queue_shedding_is_off_by_default():

@@ -189,29 +189,59 @@ def test_each_named_make_target_rewrites_its_tables(target, names):
     assert not missing, f"make {target} does not render {missing}:\n{calls}"
 
 
-def test_overload_hook_reads_the_json_overload_py_writes():
-    """The overload block's renderer (here until bench/overload.py grows its own) on that script's keys."""
+def test_overload_block_renders_the_json_overload_py_writes():
+    """The overload block (bench.overload:markdown) on that script's keys: capacity and 4x side by side,
+    then the facts and the verdict; a NaN (no 503s at capacity) shows as "-"."""
+    nan = float("nan")
+
+    def phase(offered, goodput, p50, p99, share, p50_503, p99_503, statuses, lag, cores):
+        return {
+            "offered_per_s": offered, "goodput_per_s": goodput, "p50_ms": p50, "p99_ms": p99,
+            "rejected_share": share, "p50_503_ms": p50_503, "p99_503_ms": p99_503, "statuses": statuses,
+            "generator_lag_p99_ms": lag, "generator_cores": cores,
+        }  # fmt: skip
+
     data = {
-        "machine": MACHINE, "clients": 16, "factor": 4.0, "seconds": 10.0, "rounds_count": 3,
-        "capacity": {"answered_200_per_s": 40.8333, "p50_ms": 360.47, "p99_ms": 538.8},
-        "overload": {"answered_200_per_s": 179.83, "p50_ms": 40980.9, "p99_ms": 87578.9,
-                     "rejected_503_share": 0.04276, "offered_per_s": 187.87, "p50_503_ms": 57238.3},
-        "goodput_over_capacity": 4.404, "p99_admitted_over_p99_capacity": 162.53,
-        "server_cores": 0.9968, "client_cores": 0.7349, "rss_mib": {"ready": 1016.4, "peak": 1370.1},
-        "failures": ["p99 of admitted requests 162.53x the p99 at capacity (> 2x)"], "passed": False,
+        "machine": MACHINE, "factor": 4.0, "capacity_rate_per_s": 23.9875,
+        "capacity": phase(24.0, 23.9, 74.6, 444.1, 0.0, nan, nan, {"200": 480}, 6.56, 0.0163),
+        "overload": phase(95.9, 29.4, 282.8, 913.8, 0.72054, 1.57, 131.26, {"503": 1382, "200": 536}, 5.75,
+                          0.0525),
+        "closed_loop_estimate": {"clients": 32, "goodput_per_s": 24.0},
+        "saturated_throughput_per_s": 25.25,
+        "capacity_search": [{"rate": 48.0, "keeps_up": False}, {"rate": 23.9875, "keeps_up": True}],
+        "overload_warmup": {"p99_ms": 4028.1, "max_ms": 4051.2, "statuses": {"200": 252, "503": 708}},
+        "goodput_over_capacity": 1.2301, "p99_admitted_over_p99_capacity": 2.0577,
+        "rss_mib": {"ready": 1007.2, "peak": 1370.6}, "server_cores": 0.963,
+        "server_counters": {"cancelled_queue": 0.0, "rejected_queue_full": 1793.0},
+        "resources_log_line": "decode_threads 2", "batching_log_line": "max_batch_size 32",
+        "failures": ["p99 of admitted requests 2.06x the p99 at capacity (> 2x)"], "passed": False,
     }  # fmt: skip
     assert render_block("overload", data).split("\n\n", 1)[1] == (
-        "| figure | value |\n"
+        "| figure | capacity (24.0 req/s) | 4x |\n"
+        "|---|---|---|\n"
+        "| offered (req/s) | 24.0 | 95.9 |\n"
+        "| goodput: 200s completed (req/s) | 23.9 | 29.4 |\n"
+        "| p50 / p99 of admitted (ms) | 75 / 444 | 283 / 914 |\n"
+        "| rejected (503) share of offered | 0.0% | 72.1% |\n"
+        "| p50 / p99 of the 503s (ms) | - / - | 2 / 131 |\n"
+        "| statuses | {'200': 480} | {'503': 1382, '200': 536} |\n"
+        "| generator lag p99 (ms) / cores | 6.6 / 0.02 | 5.8 / 0.05 |\n"
+        "\n"
+        "|  |  |\n"
         "|---|---|\n"
-        "| clients x factor x seconds x rounds | 16 x 4 x 10 s x 3 |\n"
-        "| capacity (closed loop) | 40.8 req/s, p50 360 ms, p99 539 ms |\n"
-        "| offered (open loop) | 187.9 req/s |\n"
-        "| goodput | 179.8 req/s = 440.4% of capacity |\n"
-        "| p50 / p99 of admitted requests | 41.0 s / 87.6 s (162.5x the p99 at capacity) |\n"
-        "| 503 share / p50 of the 503s | 4.3% / 57.2 s |\n"
-        "| server RSS ready / peak (MiB) | 1016 / 1370 |\n"
-        "| cores used: server / client | 1.00 / 0.73 |\n"
-        "| result | FAIL: p99 of admitted requests 162.53x the p99 at capacity (> 2x) |"
+        "| closed-loop estimate | 24.0 req/s with 32 clients |\n"
+        "| saturated throughput (offered 2x the estimate) | 25.2 req/s |\n"
+        "| capacity search (rate: keeps up?) | 48.0: no, 24.0: yes |\n"
+        "| 4x, warm-up seconds (left out above) | p99 / max of admitted 4028 / 4051 ms, "
+        "{'200': 252, '503': 708} |\n"
+        "| goodput at 4x / at capacity | 123% (target >= 90%) |\n"
+        "| p99 admitted at 4x / at capacity | 2.06 (target <= 2) |\n"
+        "| server RSS ready / peak (MiB) | 1007 / 1371 |\n"
+        "| server cores (whole run) | 0.96 |\n"
+        "| server counters | cancelled_queue 0, rejected_queue_full 1793 |\n"
+        "| server resources | decode_threads 2 |\n"
+        "| server batching | max_batch_size 32 |\n"
+        "| result | FAIL: p99 of admitted requests 2.06x the p99 at capacity (> 2x) |"
     )
 
 

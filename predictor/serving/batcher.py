@@ -12,11 +12,16 @@ Load shedding: :meth:`DynamicBatcher.admit` bounds the images admitted (decoding
 ``max_queue_images``, and (when set) to what the model can finish within ``max_queue_delay_s`` at
 its measured rate (images per second of model time, averaged over recent calls); past either bound
 requests fail at once with :class:`Overloaded` (HTTP 503, gRPC UNAVAILABLE). A burst is absorbed.
-A standing queue is not (the idea of CoDel): when requests keep waiting longer than two
-model calls for longer than a burst takes to drain, more is offered than the model can do, and until
-the queue drains at most two batches' worth of images (at least ``max_batch_size``) are admitted. So
-under sustained overload admitted requests wait about two batches, not seconds, and the model still
-always has its next batch ready.
+A standing queue is not (the idea of CoDel): when requests keep waiting longer than two model calls
+for longer than a burst takes to drain, while ``max_queue_images`` refuses requests, more is offered
+than the model can do. Then the oldest queued requests past the tight bound get 503 at once (the
+backlog admitted under the burst allowance is not served seconds late), and until the overload ends
+(short waits, and no more images offered than the model does, for as long) at most two calls of the
+*efficient bucket* are admitted: the smallest batch size whose measured rate is within 10% of the
+best size's (seeded by the warm-up's timings, refined by every call). So under sustained overload
+admitted requests wait about two short calls, not seconds, the model keeps (nearly) its best rate,
+and it always has its next batch ready. (A request larger than the bound is admitted only when
+nothing else is in progress.)
 A request cancelled while queued (client gone) leaves the queue.
 
 Deadlines: a request may carry a :class:`Deadline`. Once it has passed (its time came, or it was
@@ -48,7 +53,13 @@ from predictor.serving.options import ServingOptions
 log = logging.getLogger(__name__)
 
 _EWMA = 0.2  # weight of the newest model call in the rate estimate
+#: A bucket is efficient when its rate is at least this fraction of the best bucket's (see
+#: :meth:`DynamicBatcher.efficient_bucket`).
+EFFICIENT_FRACTION = 0.9
 _SHUTTING_DOWN = "the server is shutting down; retry on another replica"
+_SHED_FROM_QUEUE = (
+    "overloaded: more is offered than the model can do; shed from a standing queue; retry later"
+)
 #: ``run_batch(images, image_hw [B, 2], score_threshold [B], max_detections [B], **extra)`` returns
 #: ``{name: [B, ...]}``. ``images``: a list of the ``B`` queued ``[S, S, 3]`` images (no padding, not
 #: stacked: the model stacks them once, into a buffer of its own shape); ``extra``: the per-image
@@ -121,11 +132,16 @@ class DynamicBatcher:
 
     Args:
       run_batch: the model call (``Detector.run_batch``, see :data:`RunBatch`), run in ``executor``.
+      bucket_for: the batch size the model runs a call of ``n`` images at (``Detector.bucket_for``);
+        only to file each call's time under its bucket (the model pads, the batcher never does).
+        None: every size is its own bucket.
       max_batch_size: most images per model call (and per request).
       batch_wait_s: how long the oldest queued request may wait for company.
       max_queue_images: most images admitted at once (see :meth:`admit`).
       max_queue_delay_s: most seconds of model work admitted at once (0: no such bound).
-      shed_standing_queue: under sustained overload admit at most two batches (see above).
+      shed_standing_queue: under sustained overload admit at most two efficient calls (see above).
+      bucket_seconds: seconds of one call per bucket size measured beforehand (the warm-up), refined
+        by every call; they choose the call size used under a standing queue.
       executor: where ``run_batch`` runs; a dedicated one-thread pool when None.
     """
 
@@ -133,23 +149,31 @@ class DynamicBatcher:
         self,
         run_batch: RunBatch,
         *,
+        bucket_for: Callable[[int], int] | None = None,
         max_batch_size: int = ServingOptions.max_batch_size,
         batch_wait_s: float = ServingOptions.batch_wait_ms / 1000.0,
         max_queue_images: int = ServingOptions.max_queue_images,
         max_queue_delay_s: float = ServingOptions.max_queue_delay_ms / 1000.0,
         shed_standing_queue: bool = ServingOptions.shed_standing_queue,
+        bucket_seconds: Mapping[int, float] | None = None,
         executor: Executor | None = None,
     ) -> None:
         self._run_batch = run_batch
+        self._bucket_for = bucket_for or (lambda n: n)
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
         self.max_queue_images = max_queue_images
         self.max_queue_delay_s = max_queue_delay_s
         self.shed_standing_queue = shed_standing_queue
         self._ewma_images = 0.0  # recent model calls: images per call and seconds per call
+        self._bucket_seconds: dict[int, float] = dict(bucket_seconds or {})  # per bucket size
         self._ewma_seconds = 0.0
         self._waiting_since: float | None = None  # since when requests wait longer than the target
         self.standing_queue = False  # sustained overload: the tight bound applies
+        self._offered_images = 0  # images admitted or refused while the tight bound applies
+        self._full_refusals = 0  # requests refused by max_queue_images (counted by refusal())
+        self._full_refusals_at_backlog = 0  # ... when the current backlog began
+        self._window = (0.0, 0)  # (start, offered images) of the current window of the standing state
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="ssd-model")
         self._queue: collections.deque[_Item] = collections.deque()
         self._queued_images = 0
@@ -174,6 +198,8 @@ class DynamicBatcher:
         if reason is not None:
             raise Overloaded(reason)
         self.admitted_images += n
+        if self.standing_queue:
+            self._offered_images += n
         prometheus.QUEUE_IMAGES.set(self.admitted_images)
         try:
             yield
@@ -187,6 +213,7 @@ class DynamicBatcher:
         if not admitted:
             return None
         if admitted + n > self.max_queue_images:
+            self._full_refusals += 1
             return (
                 f"overloaded: {admitted} images in progress, the limit is "
                 f"{self.max_queue_images} (--max_queue_images); retry later"
@@ -198,6 +225,7 @@ class DynamicBatcher:
                 f"the limit is {self.max_queue_delay_s:g} s (--max_queue_delay_ms); retry later"
             )
         if self.standing_queue and admitted + n > self.standing_limit:
+            self._offered_images += n
             return (
                 f"overloaded: more is offered than the model can do; {admitted} images in progress, "
                 f"the limit is {self.standing_limit} until the queue drains; retry later"
@@ -206,33 +234,93 @@ class DynamicBatcher:
 
     @property
     def standing_limit(self) -> int:
-        """Images admitted while a standing queue lasts: two recent batches, at least one full one."""
-        return max(self.max_batch_size, round(2 * self._ewma_images))
+        """Images admitted while a standing queue lasts: two calls of the :meth:`efficient_bucket`
+        (one running, one waiting), or two recent batches (at least one full one) before any call
+        was timed."""
+        bucket = self.efficient_bucket()
+        if bucket is None:
+            return max(self.max_batch_size, round(2 * self._ewma_images))
+        return 2 * bucket
+
+    def efficient_bucket(self) -> int | None:
+        """The smallest bucket whose measured rate (images per second of a call) is within
+        ``1 - EFFICIENT_FRACTION`` of the best bucket's; None before any call was timed.
+
+        Under overload larger calls buy little: on a CPU a call of 32 images runs at about the rate of
+        one of 8 (often within 10%) and takes four times as long, and every admitted request waits for
+        about two calls. Calls of this size keep the throughput and the latency near what they are
+        just below capacity.
+        """
+        rates = {b: b / t for b, t in self._bucket_seconds.items() if t > 0}
+        if not rates:
+            return None
+        best = max(rates.values())
+        return min(b for b, rate in rates.items() if rate >= EFFICIENT_FRACTION * best)
 
     def note_wait(self, waited_s: float, now: float) -> None:
         """The oldest queued request waited ``waited_s`` when a model call was formed at ``now``.
 
         A batch normally waits for at most the call in progress; waiting longer than two recent
         calls means a backlog. A backlog that lasts ``max(1 s, 4 calls)`` (longer than a burst takes
-        to drain) is a standing queue: more is offered than the model can do. It ends when a request
-        waited less than one call.
+        to drain) while ``max_queue_images`` refuses requests is a standing queue: more is offered
+        than the model can do. (A deep queue that never fills the image bound, such as many clients
+        each waiting for their answer before sending again, is served as before: the tight bound only
+        ever applies where the plain one was already refusing.) It ends when a request
+        waited less than one call *and* the images offered (admitted or refused) over
+        ``max(1 s, 4 calls)`` came at most at the model's measured rate: under the bound itself
+        requests wait about one call, so a short wait alone does not show that the overload is over
+        (it only shows that the bound works); and a load back at capacity still meets the tight bound
+        with its bursts, so refusals alone do not show that it goes on.
         """
         if not self.shed_standing_queue or not self._ewma_seconds:
             return
         call_s = self._ewma_seconds
+        hold_s = max(1.0, 4 * call_s)
         if waited_s > 2 * call_s:
             if self._waiting_since is None:
                 self._waiting_since = now
-            elif now - self._waiting_since >= max(1.0, 4 * call_s) and not self.standing_queue:
+                self._full_refusals_at_backlog = self._full_refusals
+            elif (
+                now - self._waiting_since >= hold_s
+                and not self.standing_queue
+                and self._full_refusals > self._full_refusals_at_backlog
+            ):
                 self.standing_queue = True
+                self._window = (now, self._offered_images)
+                shed = self._shed_backlog()
                 log.warning(
-                    "standing queue: admitting at most %d images until it drains", self.standing_limit
+                    "standing queue: admitting at most %d images until it drains; %d queued images shed",
+                    self.standing_limit,
+                    shed,
                 )
         else:
             self._waiting_since = None
-            if waited_s < call_s and self.standing_queue:
-                self.standing_queue = False
-                log.info("the queue drained")
+            if self.standing_queue and waited_s < call_s and now - self._window[0] >= hold_s:
+                self._end_standing_queue_if_quiet(now)
+
+    def _end_standing_queue_if_quiet(self, now: float) -> None:
+        """A window of the standing state is over: end it if the images offered in the window came at
+        most at the model's measured rate, else start the next window."""
+        start, offered = self._window
+        rate = self.images_per_second or 0.0
+        if self._offered_images - offered <= rate * (now - start):
+            self.standing_queue = False
+            log.info("the queue drained")
+        self._window = (now, self._offered_images)
+
+    def _shed_backlog(self) -> int:
+        """A standing queue was recognised: the oldest queued requests past the tight bound get 503 now
+        (the youngest stay), so admitted requests stop waiting for the backlog of the burst allowance
+        (up to ``max_queue_images``) to drain. Returns the images shed."""
+        shed = 0
+        while self._queue and self._queued_images > self.standing_limit:
+            item = self._queue.popleft()
+            item.queued = False
+            self._queued_images -= item.n
+            shed += item.n
+            if not item.future.done():
+                item.future.set_exception(Overloaded(_SHED_FROM_QUEUE))
+        return shed
 
     @property
     def images_per_second(self) -> float | None:
@@ -240,6 +328,12 @@ class DynamicBatcher:
         return self._ewma_images / self._ewma_seconds if self._ewma_seconds > 0 else None
 
     def _observe_call(self, n: int, seconds: float) -> None:
+        if 1 <= n <= self.max_batch_size:
+            bucket = self._bucket_for(n)
+            previous = self._bucket_seconds.get(bucket)
+            self._bucket_seconds[bucket] = (
+                seconds if previous is None else previous + _EWMA * (seconds - previous)
+            )
         if self._ewma_seconds == 0:
             self._ewma_images, self._ewma_seconds = float(n), seconds
         else:

@@ -26,7 +26,7 @@ import kserve
 import numpy as np
 from kserve.model import InferenceVerb
 
-from predictor.serving import codecs, errors, prometheus, telemetry, tracing
+from predictor.serving import codecs, errors, priority, prometheus, telemetry, tracing
 from predictor.serving.batcher import Deadline, DynamicBatcher
 from predictor.serving.errors import NotReady, RequestTimeout, status_of
 from predictor.serving.images import ImageLimits
@@ -58,9 +58,15 @@ class SSDPredictor(kserve.Model):
         self.limits = ImageLimits(options.max_image_bytes, options.max_image_pixels)
         self._detector = detector
         self._batcher: DynamicBatcher | None = None
-        self._decode_pool = ThreadPoolExecutor(self.options.decode_threads, thread_name_prefix="ssd-decode")
+        self._decode_pool = ThreadPoolExecutor(
+            self.options.decode_threads,
+            thread_name_prefix="ssd-decode",
+            initializer=priority.lower_this_thread,
+        )
         self._work: set[asyncio.Task] = set()  # requests' work, also after their caller got a 503
-        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="ssd-model")
+        self._model_thread = ThreadPoolExecutor(
+            1, thread_name_prefix="ssd-model", initializer=priority.lower_this_thread
+        )
         self._load_lock = threading.Lock()
         self._load_started = False
         self.warmup_seconds: float | None = None
@@ -121,11 +127,13 @@ class SSDPredictor(kserve.Model):
             telemetry.TELEMETRY.configure(detector.class_names)
             self._batcher = DynamicBatcher(
                 detector.run_batch,
+                bucket_for=detector.bucket_for,
                 max_batch_size=self.options.max_batch_size,
                 batch_wait_s=self.options.batch_wait_ms / 1000.0,
                 max_queue_images=self.options.max_queue_images,
                 max_queue_delay_s=self.options.max_queue_delay_ms / 1000.0,
                 shed_standing_queue=self.options.shed_standing_queue,
+                bucket_seconds=dict(list(per_bucket.items())[1:]),  # the first one traced
                 executor=self._model_thread,
             )
             log.info(

@@ -63,6 +63,13 @@ def non_negative_float(raw: str) -> float:
     return value
 
 
+def _nice(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 19:
+        raise argparse.ArgumentTypeError(f"must be a nice value within [0, 19], got {raw}")
+    return value
+
+
 def _precision(raw: str) -> str:
     value = raw.strip().lower()
     if value not in ("none", "float16", "bfloat16"):
@@ -168,12 +175,14 @@ class ServingOptions:
         "requests get 503 at once; 0: no such bound.",
     )
     shed_standing_queue: bool = _option(
-        False,
+        True,
         _bool,
-        "Under sustained overload (requests keep waiting longer than two model calls, for longer than a "
-        "burst takes to drain) admit at most two batches of images until the queue drains, so admitted "
-        "requests stay fast and the rest get 503 at once. Bursts are still absorbed up to "
-        "--max_queue_images. Its benefit is not yet shown by bench/overload.py.",
+        "Under sustained overload (--max_queue_images refuses requests and requests keep waiting longer "
+        "than two model calls, for longer than a burst takes to drain) admit at most two calls of the "
+        "efficient batch size (the smallest whose measured rate is within 10%% of the best) until it ends, "
+        "so admitted requests stay fast and the rest get 503 at once (bench/overload.py measures it). "
+        "Bursts are still absorbed up to --max_queue_images, and a load the image bound serves without a "
+        "503 is never shed.",
     )
     shutdown_grace_s: float = _option(
         25.0,
@@ -186,6 +195,12 @@ class ServingOptions:
         non_negative_int,
         "Threads decoding and resizing images in parallel with the model; 0: the CPUs the container may "
         "use (cgroup CPU quota and affinity).",
+    )
+    compute_nice: int = _option(
+        10,
+        _nice,
+        "Nice value (0-19) of the compute threads (TensorFlow, model call, decode), so that the event loop "
+        "reading requests and refusing what admission refuses runs first; 0: equal priority.",
     )
     tf_intra_op_threads: int = _option(
         0, non_negative_int, "TensorFlow threads within one op; 0: the CPUs the container may use."

@@ -30,7 +30,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from predictor.serving import errors, middleware, resources
+from predictor.serving import errors, middleware, priority, resources
 from predictor.serving.admission import ByteBudget, admitting_grpc_server
 from predictor.serving.options import ServingOptions, build_parser, resolve_automatic
 from predictor.serving.prometheus import QuietClientErrors
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args)
     malloc_tuned = resources.tune_malloc()  # before TensorFlow and the thread pools start
+    priority.configure(args.compute_nice)
     model_dir = resolve_model_dir(args.model_dir)
     if model_dir is None:
         return 1
@@ -174,7 +175,24 @@ def _warm_up(model: SSDPredictor, status: dict[str, int]) -> None:
         status["exit"] = 1
         os.kill(os.getpid(), signal.SIGTERM)
         return
+    _lower_compute_threads()
     log.info("model %r is ready", model.name)
+
+
+def _lower_compute_threads() -> None:
+    """TensorFlow's pools exist now (the warm-up ran every bucket): its native threads go to
+    ``--compute_nice``; Python threads keep theirs (the event loop, gRPC's poller; our decode and model
+    threads lower themselves). See :mod:`predictor.serving.priority`."""
+    if not priority.COMPUTE_NICE:
+        return
+    python_threads = {t.native_id for t in threading.enumerate() if t.native_id is not None}
+    lowered = priority.lower_other_threads(keep=python_threads)
+    log.info(
+        "compute threads at nice %d: %d native (TensorFlow) threads now, the decode and model threads as "
+        "they start; the event loop and I/O threads at their own",
+        priority.COMPUTE_NICE,
+        len(lowered),
+    )
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
