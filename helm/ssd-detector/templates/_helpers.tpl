@@ -135,6 +135,7 @@ defaults live in predictor.serving.options.ServingOptions. tests/test_deploy_cha
 - [maxQueueImages, --max_queue_images, int]
 - [shutdownGraceSeconds, --shutdown_grace_s, num]
 - [decodeThreads, --decode_threads, int]
+- [computeNice, --compute_nice, int]
 - [tfIntraOpThreads, --tf_intra_op_threads, int]
 - [tfInterOpThreads, --tf_inter_op_threads, int]
 - [maxInflightBytes, --max_inflight_bytes, int]
@@ -161,7 +162,8 @@ predictor.serving.options.build_parser(): the chart's tests parse these argument
 {{- end }}
 {{- end }}
 - {{ ternary "--xla" "--no-xla" $p.xla }}
-{{- range $key, $flag := dict "tracing" "--tracing" "jpegDraft" "--jpeg_draft" "shedStandingQueue" "--shed_standing_queue" }}
+- {{ ternary "--shed_standing_queue" "--no-shed_standing_queue" $p.shedStandingQueue }}
+{{- range $key, $flag := dict "tracing" "--tracing" "jpegDraft" "--jpeg_draft" }}
 {{- if get $p $key }}
 - {{ $flag }}
 {{- end }}
