@@ -152,6 +152,25 @@ def stage_costs(data: bytes, detector: Any, min_time_s: float) -> dict[str, floa
     return c
 
 
+def draft_scales(data: bytes, min_time_s: float) -> dict[str, float]:
+    """CPU ms of Pillow's bare JPEG decode at every DCT scale libjpeg offers (1, 1/2, 1/4, 1/8).
+
+    The ceiling of what ``draft`` can give: a reduced scale skips most of the inverse DCT, upsampling
+    and colour conversion, not the entropy (Huffman) decoding, which every scale still does in full.
+    """
+    from PIL import Image
+
+    width, height = Image.open(io.BytesIO(data)).size
+
+    def decode(scale: int) -> None:
+        image = Image.open(io.BytesIO(data))
+        if scale > 1:
+            image.draft("RGB", (width // scale, height // scale))
+        image.load()
+
+    return {f"1/{scale}": cpu_ms(lambda scale=scale: decode(scale), min_time_s) for scale in (1, 2, 4, 8)}
+
+
 def uint8_costs(detector: Any, min_time_s: float) -> dict[str, float]:
     """CPU ms per image of the zero-decode input: a V2 ``UINT8 [1, H, W, 3]`` tensor (raw contents)
     parsed, validated and resized, plus the shared per-image costs (assembly, post, encode)."""
@@ -325,6 +344,12 @@ def print_tables(data: dict[str, Any]) -> None:
     print("\nPer-core images/s: pipeline (in process) vs bare Pillow decode + resize")
     print(fmt_table(["image", "pipeline", "bare", "ratio", "pipeline draft", "bare draft", "ratio draft",
                      "decode speed-up with draft"], rows))  # fmt: skip
+    scales = data.get("draft_scales_1080p")
+    if scales:
+        full = scales["1/1"]
+        rows = [[scale, ms, full / ms] for scale, ms in scales.items()]
+        print("\n1080p JPEG: bare Pillow decode at each DCT scale (the ceiling of draft's speed-up)")
+        print(fmt_table(["scale", "CPU ms", "speed-up"], rows))
     served = data.get("served")
     if served:
         rows = []
@@ -393,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "cpu_ms": stage_costs(encoded, detector, args.min_time_s)}  # fmt: skip
         write_json(out, data)
     data["uint8"] = uint8_costs(detector, args.min_time_s)
+    data["draft_scales_1080p"] = draft_scales(make_image(1920, 1080, "JPEG"), args.min_time_s)
     write_json(out, data)
     if not args.no_served:
         hd = make_image(1920, 1080, "JPEG")
