@@ -20,13 +20,15 @@ nothing else (with and without ``draft``). Per-core images/s is ``1 / CPU second
 
 Then the *served* rate: a real ``python -m predictor`` server (the demo model) on loopback, driven with
 1080p JPEGs over V1 at ``--concurrency``; the server process's CPU seconds (``/proc/<pid>/stat`` via
-psutil) per image, minus the model's own CPU per image (measured in this process at batch 8), gives the
-serving pipeline's per-core rate, compared with the bare rate measured in the same run.
+psutil) per image, minus the model's share, gives the serving pipeline's per-core rate, compared with the
+bare rate measured in the same run. The model's share is counted call by call: the server's
+``ssd_batch_size`` histogram says how many calls landed in each batch bucket during the timed run, and
+each bucket's CPU per call is measured in this process (a call of 3 images costs what bucket 4 costs).
 
 Stages are measured on purpose through the server's own public stage functions:
 ``predictor.serving.images`` (``decode_base64``, ``decode_image_reduced``, ``check_pixel_array``, see its
 docstring), ``predictor.serving.codecs`` (``parse_v1``, ``parse_v2``, ``v2_arrays``, ``encode_v1``,
-``Detections``), ``Detector.resize`` and, for comparison, ``predictor.ssd.preprocess.resize_warp``.
+``ResponseDetections``), ``Detector.resize`` and, for comparison, ``predictor.ssd.preprocess.resize_warp``.
 
 ``python -m bench.pipeline [--quick]`` -> tables + ``bench/out/pipeline.json`` (``make bench-pipeline``
 also rewrites the pipeline tables of ``bench/RESULTS.md``).
@@ -156,6 +158,25 @@ def stage_costs(data: bytes, detector: Any, min_time_s: float) -> dict[str, floa
     return c
 
 
+def draft_scales(data: bytes, min_time_s: float) -> dict[str, float]:
+    """CPU ms of Pillow's bare JPEG decode at every DCT scale libjpeg offers (1, 1/2, 1/4, 1/8).
+
+    The ceiling of what ``draft`` can give: a reduced scale skips most of the inverse DCT, upsampling
+    and colour conversion, not the entropy (Huffman) decoding, which every scale still does in full.
+    """
+    from PIL import Image
+
+    width, height = Image.open(io.BytesIO(data)).size
+
+    def decode(scale: int) -> None:
+        image = Image.open(io.BytesIO(data))
+        if scale > 1:
+            image.draft("RGB", (width // scale, height // scale))
+        image.load()
+
+    return {f"1/{scale}": cpu_ms(lambda scale=scale: decode(scale), min_time_s) for scale in (1, 2, 4, 8)}
+
+
 def uint8_costs(detector: Any, min_time_s: float) -> dict[str, float]:
     """CPU ms per image of the zero-decode input: a V2 ``UINT8 [1, H, W, 3]`` tensor (raw contents)
     parsed, validated and resized, plus the shared per-image costs (assembly, post, encode)."""
@@ -190,28 +211,74 @@ def _fake_detections(n: int, hw: tuple[int, int]) -> Any:
     return ResponseDetections(boxes, scores, classes, np.full(n, d, np.int32))
 
 
-def model_cpu_ms(detector: Any, min_time_s: float) -> float:
-    """CPU ms per image of the model call alone at batch 8 (all of this process's threads)."""
+def model_cpu_ms(detector: Any, min_time_s: float, max_images: int = BATCH) -> dict[int, float]:
+    """CPU ms of one model call (all of this process's threads) per batch bucket up to ``max_images``.
+
+    The detector pads a batch of ``n`` images to its bucket, so a call costs what its bucket costs:
+    ``{bucket: ms per call}`` for every bucket a server batch of at most ``max_images`` can land in.
+    """
     s = detector.input_size
-    images = np.zeros((BATCH, s, s, 3), np.float32)
-    hw = np.full((BATCH, 2), s, np.float32)
-    detector.run_batch(images, hw)
-    calls = 0
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    while calls < 3 or time.perf_counter() - wall0 < min_time_s:
+    out: dict[int, float] = {}
+    for bucket in (b for b in detector.buckets if b <= detector.bucket_for(max_images)):
+        images = np.zeros((bucket, s, s, 3), np.float32)
+        hw = np.full((bucket, 2), s, np.float32)
         detector.run_batch(images, hw)
-        calls += 1
-    return 1e3 * (time.process_time() - cpu0) / (calls * BATCH)
+        calls = 0
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        while calls < 3 or time.perf_counter() - wall0 < min_time_s:
+            detector.run_batch(images, hw)
+            calls += 1
+        out[bucket] = 1e3 * (time.process_time() - cpu0) / calls
+    return out
 
 
-def served_rate(data: bytes, args: argparse.Namespace, model_ms: float, draft: bool) -> dict[str, Any]:
-    """Server process CPU per image for one image served over V1 (and gRPC) at ``--concurrency``."""
+def batch_calls(metrics_text: str) -> dict[int, float]:
+    """Model calls per batch bucket so far, from the server's ``ssd_batch_size`` histogram.
+
+    The histogram's ``le`` bounds are the detector's buckets (1, 2, 4, 8, ...): a call of ``n`` images
+    is counted under the smallest bound >= ``n``, which is the bucket it was padded to.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    cumulative: dict[float, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != "ssd_batch_size":
+            continue
+        for sample in family.samples:
+            if sample.name == "ssd_batch_size_bucket" and sample.labels["le"] != "+Inf":
+                cumulative[float(sample.labels["le"])] = sample.value
+    calls, below = {}, 0.0
+    for bound in sorted(cumulative):
+        calls[int(bound)] = cumulative[bound] - below
+        below = cumulative[bound]
+    return calls
+
+
+def model_cpu_of_calls(calls: dict[int, float], per_call_ms: dict[int, float]) -> float:
+    """CPU ms the model used for ``calls`` (``{bucket: count}``), from in-process per-call costs."""
+    missing = [b for b, n in calls.items() if n and b not in per_call_ms]
+    if missing:
+        raise ValueError(f"no in-process model cost measured for bucket(s) {missing}")
+    return sum(n * per_call_ms[b] for b, n in calls.items() if n)
+
+
+def served_rate(
+    data: bytes, args: argparse.Namespace, model_ms: dict[int, float], draft: bool
+) -> dict[str, Any]:
+    """Server process CPU per image for one image served over V1 (and gRPC) at ``--concurrency``.
+
+    The model's share is the calls the server actually made (its batch-size histogram: how many calls
+    landed in each bucket) times each bucket's in-process cost; the rest is the serving pipeline.
+    """
+    import httpx
+
     from bench.served import Clients, Server, run_cell
 
     path, _ = model_dir("demo", args.out_dir)
     extra = ["--jpeg_draft" if draft else "--no-jpeg_draft", *args.server_args.split()]
     server = Server(path, args.out_dir / f"pipeline_server{'_draft' if draft else ''}.log", extra)
     server.start(args.startup_timeout_s)
+    metrics_url = f"http://127.0.0.1:{server.http_port}/metrics"
     result: dict[str, Any] = {"draft": draft}
     try:
 
@@ -221,14 +288,20 @@ def served_rate(data: bytes, args: argparse.Namespace, model_ms: float, draft: b
                 for protocol in ("v1", "grpc"):
                     send = clients.request_fn(protocol)
                     await run_cell(send, args.concurrency, 1.0, 1)  # warm
-                    cpu0 = server.cpu_seconds()
+                    calls0, cpu0 = batch_calls(httpx.get(metrics_url).text), server.cpu_seconds()
                     row = await run_cell(send, args.concurrency, args.served_s, 2)
-                    per_image = 1e3 * (server.cpu_seconds() - cpu0) / max(row["requests"], 1)
+                    cpu1, calls1 = server.cpu_seconds(), batch_calls(httpx.get(metrics_url).text)
+                    calls = {b: calls1[b] - calls0.get(b, 0.0) for b in calls1}
+                    images = max(row["requests"], 1)
+                    server_ms = 1e3 * (cpu1 - cpu0) / images
+                    model = model_cpu_of_calls(calls, model_ms) / images
                     result[protocol] = {
                         "images_per_s": row["images_per_s"],
                         "errors": row["errors"],
-                        "server_cpu_ms_per_image": per_image,
-                        "pipeline_cpu_ms_per_image": per_image - model_ms,
+                        "model_calls_per_bucket": {str(b): n for b, n in calls.items() if n},
+                        "server_cpu_ms_per_image": server_ms,
+                        "model_cpu_ms_per_image": model,
+                        "pipeline_cpu_ms_per_image": server_ms - model,
                     }
             finally:
                 await clients.close()
@@ -281,8 +354,18 @@ def per_core_markdown(data: dict[str, Any]) -> str:
             1e3 / c["pipeline_draft"], 1e3 / c["bare_draft"], c["bare_draft"] / c["pipeline_draft"],
             c["decode"] / c["decode_draft"],
         ])  # fmt: skip
-    return fmt_table(["image", "pipeline", "bare", "pipeline / bare", "pipeline, draft", "bare, draft",
-                      "ratio, draft", "decode speed-up from draft"], rows)  # fmt: skip
+    table = fmt_table(["image", "pipeline", "bare", "pipeline / bare", "pipeline, draft", "bare, draft",
+                       "ratio, draft", "decode speed-up from draft"], rows)  # fmt: skip
+    scales = data.get("draft_scales_1080p")
+    if not scales:
+        return table
+    full = scales["1/1"]
+    scale_rows = [[scale, ms, full / ms] for scale, ms in scales.items()]
+    return (
+        table
+        + "\n\n1080p JPEG, bare Pillow decode at each DCT scale (the ceiling of draft's decode speed-up):\n\n"
+        + fmt_table(["scale", "CPU ms", "speed-up"], scale_rows)
+    )
 
 
 def served_markdown(data: dict[str, Any]) -> str:
@@ -297,7 +380,7 @@ def served_markdown(data: dict[str, Any]) -> str:
             p = cell[protocol]
             rate = 1e3 / p["pipeline_cpu_ms_per_image"] if p["pipeline_cpu_ms_per_image"] > 0 else None
             rows.append([protocol, "on" if cell["draft"] else "off", p["images_per_s"],
-                         p["server_cpu_ms_per_image"], served["model_cpu_ms"],
+                         p["server_cpu_ms_per_image"], p["model_cpu_ms_per_image"],
                          p["pipeline_cpu_ms_per_image"], rate, 1e3 / bare,
                          rate / (1e3 / bare) if rate else None])  # fmt: skip
     title = f"Demo model, 1080p JPEG, concurrency {served['concurrency']}:"
@@ -355,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     from predictor.ssd import Detector
 
     path, source = model_dir("demo", args.out_dir)
-    detector = Detector.from_dir(str(path), max_batch_size=BATCH)
+    detector = Detector.from_dir(str(path), max_batch_size=max(BATCH, args.concurrency))
     data: dict[str, Any] = {"machine": machine_info(), "settings": vars(args).copy(), "model": source,
                             "input_size": detector.input_size, "images": {}}  # fmt: skip
     for name, fmt, w, h in IMAGES:
@@ -365,14 +448,15 @@ def main(argv: list[str] | None = None) -> int:
                                 "cpu_ms": stage_costs(encoded, detector, args.min_time_s)}  # fmt: skip
         write_json(out, data)
     data["uint8"] = uint8_costs(detector, args.min_time_s)
+    data["draft_scales_1080p"] = draft_scales(make_image(1920, 1080, "JPEG"), args.min_time_s)
     write_json(out, data)
     if not args.no_served:
         hd = make_image(1920, 1080, "JPEG")
-        model_ms = model_cpu_ms(detector, args.min_time_s * 3)
+        model_ms = model_cpu_ms(detector, args.min_time_s * 3, args.concurrency)
         costs = data["images"]["1080p JPEG"]["cpu_ms"]
         data["served"] = {
             "concurrency": args.concurrency,
-            "model_cpu_ms": model_ms,
+            "model_cpu_ms_per_call": {str(b): ms for b, ms in model_ms.items()},
             "bare_cpu_ms": costs["bare"],
             "bare_cpu_ms_draft": costs["bare_draft"],
             "runs": [],

@@ -42,3 +42,23 @@ def test_draft_effect_matching_pairs_same_class_boxes_once():
     ious, deltas, matched, union = draft_effect.match(full, draft)
     assert matched == 1 and union == 4  # 3 + 2 boxes, one pair
     assert ious == [pytest.approx(100 / 110)] and deltas == [pytest.approx(0.05)]
+
+
+def test_served_model_share_counts_each_call_at_its_bucket():
+    """The served table subtracts the model's CPU per call actually made: calls read from the server's
+    ``ssd_batch_size`` histogram land at the bucket they were padded to (3 images -> bucket 4)."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from predictor.serving.prometheus import BATCH_SIZE
+
+    registry = CollectorRegistry()
+    hist = Histogram("ssd_batch_size", "Images per model call", buckets=BATCH_SIZE._upper_bounds[:-1],
+                     registry=registry)  # fmt: skip
+    for n in (1, 3, 3, 8, 4):
+        hist.observe(n)
+    calls = pipeline.batch_calls(generate_latest(registry).decode())
+    assert {b: n for b, n in calls.items() if n} == {1: 1, 4: 3, 8: 1}
+    per_call = {1: 2.0, 2: 3.0, 4: 5.0, 8: 9.0}
+    assert pipeline.model_cpu_of_calls(calls, per_call) == 1 * 2.0 + 3 * 5.0 + 1 * 9.0
+    with pytest.raises(ValueError, match="bucket"):
+        pipeline.model_cpu_of_calls({16: 1}, per_call)
