@@ -19,7 +19,8 @@ from serving_fixtures import b64, encode_image
 
 from predictor.serving import prometheus
 from predictor.serving.batcher import Deadline, RequestTimeout
-from predictor.serving.model import ServingOptions, SSDPredictor
+from predictor.serving.model import SSDPredictor
+from predictor.serving.options import ServingOptions
 
 HANG_GUARD_S = 60.0
 
@@ -180,6 +181,6 @@ def test_close_answers_requests_waiting_for_the_model(direct_detector, random_ti
     finally:
         gate.set()
     from predictor.serving.batcher import ShuttingDown
-    from predictor.serving.model import status_of
+    from predictor.serving.errors import status_of
 
     assert all(isinstance(r, ShuttingDown) and status_of(r) == 503 for r in results), results

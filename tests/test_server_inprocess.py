@@ -13,7 +13,9 @@ from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse
 from serving_fixtures import b64, encode_image, forge_png_size
 
 from predictor.serving.batcher import Overloaded, RequestTimeout
-from predictor.serving.model import NotReady, ServingOptions, SSDPredictor, status_of
+from predictor.serving.errors import NotReady, status_of
+from predictor.serving.model import SSDPredictor
+from predictor.serving.options import ServingOptions
 
 
 @pytest.fixture(scope="module")

@@ -215,7 +215,8 @@ def test_broken_model_dirs_exit_non_zero_with_one_clear_line(random_tiny_model_d
 
 def test_other_broken_model_dirs_raise_model_load_error(random_tiny_model_dir, tmp_path):
     """The same loading code in-process (cheaper than a process each)."""
-    from predictor.serving.model import ServingOptions, SSDPredictor
+    from predictor.serving.model import SSDPredictor
+    from predictor.serving.options import ServingOptions
     from predictor.ssd.weights import ModelLoadError
 
     empty = tmp_path / "empty"

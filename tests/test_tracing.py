@@ -21,7 +21,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 from serving_fixtures import MODEL_NAME, b64, encode_image, start_server
 
 from predictor.serving import tracing
-from predictor.serving.model import ServingOptions, SSDPredictor
+from predictor.serving.model import SSDPredictor
+from predictor.serving.options import ServingOptions
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
