@@ -454,9 +454,12 @@ def test_under_a_standing_queue_two_calls_of_the_efficient_bucket_are_admitted()
     timings = {1: 0.1, 2: 0.1, 4: 4 / 36, 8: 8 / 38}
     batcher = make_batcher(FakeModel(), max_batch_size=8, shed_standing_queue=True, bucket_seconds=timings)
     assert batcher.efficient_bucket() == 4 and batcher.standing_limit == 8
-    for _ in range(20):  # calls of 8 got faster (60 images / s): now 8 is the only efficient bucket
-        batcher._observe_call(8, 8 / 60)
-    assert batcher.efficient_bucket() == 8 and batcher.standing_limit == 16
+    # calls timed while serving do not move the choice: slowed by decoding, and only of the sizes run
+    # (compared with the other sizes' warm-up timings they made the bound drift)
+    for _ in range(20):
+        batcher._observe_call(4, 4 / 10)
+    assert batcher.efficient_bucket() == 4 and batcher.standing_limit == 8
+    assert batcher.images_per_second is not None and batcher.images_per_second < 11  # the rate does move
     assert make_batcher(FakeModel(), max_batch_size=8).efficient_bucket() is None  # nothing timed yet
 
 

@@ -18,7 +18,7 @@ than the model can do. Then the oldest queued requests past the tight bound get 
 backlog admitted under the burst allowance is not served seconds late), and until the overload ends
 (short waits, and no more images offered than the model does, for as long) at most two calls of the
 *efficient bucket* are admitted: the smallest batch size whose measured rate is within 10% of the
-best size's (seeded by the warm-up's timings, refined by every call). So under sustained overload
+best size's (as the warm-up timed each size, with the model alone). So under sustained overload
 admitted requests wait about two short calls, not seconds, the model keeps (nearly) its best rate,
 and it always has its next batch ready. (A request larger than the bound is admitted only when
 nothing else is in progress.)
@@ -132,16 +132,13 @@ class DynamicBatcher:
 
     Args:
       run_batch: the model call (``Detector.run_batch``, see :data:`RunBatch`), run in ``executor``.
-      bucket_for: the batch size the model runs a call of ``n`` images at (``Detector.bucket_for``);
-        only to file each call's time under its bucket (the model pads, the batcher never does).
-        None: every size is its own bucket.
       max_batch_size: most images per model call (and per request).
       batch_wait_s: how long the oldest queued request may wait for company.
       max_queue_images: most images admitted at once (see :meth:`admit`).
       max_queue_delay_s: most seconds of model work admitted at once (0: no such bound).
       shed_standing_queue: under sustained overload admit at most two efficient calls (see above).
-      bucket_seconds: seconds of one call per bucket size measured beforehand (the warm-up), refined
-        by every call; they choose the call size used under a standing queue.
+      bucket_seconds: seconds of one call per bucket size, measured by the warm-up with nothing else
+        running; they choose the call size used under a standing queue (see :meth:`efficient_bucket`).
       executor: where ``run_batch`` runs; a dedicated one-thread pool when None.
     """
 
@@ -149,7 +146,6 @@ class DynamicBatcher:
         self,
         run_batch: RunBatch,
         *,
-        bucket_for: Callable[[int], int] | None = None,
         max_batch_size: int = ServingOptions.max_batch_size,
         batch_wait_s: float = ServingOptions.batch_wait_ms / 1000.0,
         max_queue_images: int = ServingOptions.max_queue_images,
@@ -159,14 +155,13 @@ class DynamicBatcher:
         executor: Executor | None = None,
     ) -> None:
         self._run_batch = run_batch
-        self._bucket_for = bucket_for or (lambda n: n)
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
         self.max_queue_images = max_queue_images
         self.max_queue_delay_s = max_queue_delay_s
         self.shed_standing_queue = shed_standing_queue
         self._ewma_images = 0.0  # recent model calls: images per call and seconds per call
-        self._bucket_seconds: dict[int, float] = dict(bucket_seconds or {})  # per bucket size
+        self._bucket_seconds: dict[int, float] = dict(bucket_seconds or {})  # per bucket size, fixed
         self._ewma_seconds = 0.0
         self._waiting_since: float | None = None  # since when requests wait longer than the target
         self.standing_queue = False  # sustained overload: the tight bound applies
@@ -250,6 +245,12 @@ class DynamicBatcher:
         one of 8 (often within 10%) and takes four times as long, and every admitted request waits for
         about two calls. Calls of this size keep the throughput and the latency near what they are
         just below capacity.
+
+        The choice uses the warm-up's timings only, all taken alike with the model alone. Calls timed
+        while serving are slowed by decoding on the same cores, and only the sizes being run get
+        timed: comparing those with the other sizes' warm-up timings made the choice drift (in one
+        overload run of bench/overload.py the bound wandered from 4 to 64 images, and with it the
+        admitted requests' wait).
         """
         rates = {b: b / t for b, t in self._bucket_seconds.items() if t > 0}
         if not rates:
@@ -328,12 +329,6 @@ class DynamicBatcher:
         return self._ewma_images / self._ewma_seconds if self._ewma_seconds > 0 else None
 
     def _observe_call(self, n: int, seconds: float) -> None:
-        if 1 <= n <= self.max_batch_size:
-            bucket = self._bucket_for(n)
-            previous = self._bucket_seconds.get(bucket)
-            self._bucket_seconds[bucket] = (
-                seconds if previous is None else previous + _EWMA * (seconds - previous)
-            )
         if self._ewma_seconds == 0:
             self._ewma_images, self._ewma_seconds = float(n), seconds
         else:

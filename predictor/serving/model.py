@@ -127,13 +127,12 @@ class SSDPredictor(kserve.Model):
             telemetry.TELEMETRY.configure(detector.class_names)
             self._batcher = DynamicBatcher(
                 detector.run_batch,
-                bucket_for=detector.bucket_for,
                 max_batch_size=self.options.max_batch_size,
                 batch_wait_s=self.options.batch_wait_ms / 1000.0,
                 max_queue_images=self.options.max_queue_images,
                 max_queue_delay_s=self.options.max_queue_delay_ms / 1000.0,
                 shed_standing_queue=self.options.shed_standing_queue,
-                bucket_seconds=dict(list(per_bucket.items())[1:]),  # the first one traced
+                bucket_seconds=per_bucket,
                 executor=self._model_thread,
             )
             log.info(
