@@ -302,4 +302,4 @@ def test_start_up_logs_the_resources(budget_server):
     assert "cpu quota" in line and "memory limit" in line
     assert "max_inflight_bytes 1000000" in line
     assert "automatic: tf_intra_op_threads, tf_inter_op_threads" in line  # decode_threads given (2)
-    assert "malloc mmap threshold 1048576, 2 arenas" in line
+    assert "malloc mmap threshold 8388608, 2 arenas" in line

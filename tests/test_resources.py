@@ -148,4 +148,4 @@ def test_malloc_tuning_applies_on_glibc():
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
-    assert resources.tune_malloc() is True
+    assert resources.tune_malloc(8 * 2**20) is True

@@ -218,6 +218,13 @@ class ServingOptions:
         "0: 1/16 of the container's memory limit (cgroup), between 32 MiB and 1 GiB, or 128 MiB without "
         "a limit.",
     )
+    malloc_mmap_threshold_bytes: int = _option(
+        8 * 1024 * 1024,
+        positive_int,
+        "glibc malloc: allocations of at least this many bytes are mmap()ed and returned to the system "
+        "when freed, smaller ones are reused from the heap. 1048576 keeps the resident size nearer its "
+        "size at ready at about twice the decode CPU per 1080p image (see bench/RESULTS.md).",
+    )
     xla: bool = _option(False, _bool, "Compile the model with XLA (jit_compile).")
     mixed_precision: str = _option(
         "none", _precision, "Compute dtype for the network: none (float32), float16 or bfloat16."

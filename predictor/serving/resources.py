@@ -232,20 +232,25 @@ def _mib(n: int) -> str:
 
 #: glibc ``mallopt`` parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
-#: Allocations at least this large are mmap()ed and go back to the system when freed.
-MMAP_THRESHOLD = 1024 * 1024
 #: malloc arenas: glibc's default is 8 per core, one per thread that allocates at once; each keeps what
 #: its thread freed, so a server with dozens of threads (decode, TensorFlow, gRPC, asyncio) grows.
 ARENA_MAX = 2
 
 
-def tune_malloc() -> bool:
+def tune_malloc(mmap_threshold: int) -> bool:
     """Keep glibc's heap from growing with traffic; True when applied (glibc only).
 
     By default glibc raises its mmap threshold to the size of every large block freed (up to 32 MiB),
     after which image and batch buffers of that size are kept in the heap and never returned, and it
-    creates up to 8 arenas per core. A fixed threshold (which also turns the adjustment off) and two
-    arenas keep the resident size near its size at ready. Must run before the threads start.
+    creates up to 8 arenas per core. A fixed threshold (which also turns the adjustment off; the heap's
+    trim threshold is set to the same) and two arenas keep the resident size bounded. Allocations of at
+    least ``mmap_threshold`` bytes are mmap()ed and go back to the system when freed; smaller ones come
+    from the heap and are reused. Where to put it (``--malloc_mmap_threshold_bytes``) is a trade: every
+    mmap()ed buffer costs a page fault per 4 KiB when first written, so at 1 MiB the decode threads'
+    CPU per 1080p JPEG doubled (15 -> 31 ms, its 6 MiB pixel buffers were all mmap()ed) while the soak's
+    resident size grew least (+3.8% from ready); at 8 MiB (the default) the decode costs 13-15 ms and the
+    resident size settles about 50 MiB higher (+7-9% from ready, flat after the first tenth of the soak):
+    bench/RESULTS.md. Must run before the threads start.
     """
     import ctypes
     import ctypes.util
@@ -259,7 +264,7 @@ def tune_malloc() -> bool:
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    ok = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-    ok &= mallopt(_M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD) == 1
+    ok = mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1
+    ok &= mallopt(_M_TRIM_THRESHOLD, mmap_threshold) == 1
     ok &= mallopt(_M_ARENA_MAX, ARENA_MAX) == 1
     return bool(ok)

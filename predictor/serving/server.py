@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the server until it is stopped; returns the process exit status."""
     args = build_parser().parse_args(argv)
     _configure_logging(args)
-    malloc_tuned = resources.tune_malloc()  # before TensorFlow and the thread pools start
+    malloc_tuned = resources.tune_malloc(args.malloc_mmap_threshold_bytes)  # before TF and the pools start
     priority.configure(args.compute_nice)
     model_dir = resolve_model_dir(args.model_dir)
     if model_dir is None:
@@ -103,7 +103,7 @@ def size_from_limits(options: ServingOptions, malloc_tuned: bool = False) -> Ser
         options.tf_inter_op_threads,
         options.max_inflight_bytes,
         ", ".join(automatic) or "none",
-        f"mmap threshold {resources.MMAP_THRESHOLD}, {resources.ARENA_MAX} arenas"
+        f"mmap threshold {options.malloc_mmap_threshold_bytes}, {resources.ARENA_MAX} arenas"
         if malloc_tuned
         else "default",
     )

@@ -139,6 +139,7 @@ defaults live in predictor.serving.options.ServingOptions. tests/test_deploy_cha
 - [tfIntraOpThreads, --tf_intra_op_threads, int]
 - [tfInterOpThreads, --tf_inter_op_threads, int]
 - [maxInflightBytes, --max_inflight_bytes, int]
+- [mallocMmapThresholdBytes, --malloc_mmap_threshold_bytes, int]
 - [maxQueueDelayMs, --max_queue_delay_ms, num]
 - [mixedPrecision, --mixed_precision, num]
 {{- end }}
