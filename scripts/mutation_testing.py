@@ -15,9 +15,9 @@ reason from :data:`EQUIVALENT` or :data:`NOT_KILLED`, which can be reviewed and 
 mutmut again. ``docs/mutation/baseline.json`` holds the scores of the tests before they were strengthened.
 
 Other modes: ``run --resume`` finishes interrupted runs; ``rerun`` re-runs only the mutants a run did not
-kill, against today's tests (after adding tests: mutants once killed stay killed while tests are only
-added); ``run --tests-rev REV --out DIR`` measures an older test suite (a baseline), from which ``report
---baseline DIR`` rewrites ``docs/mutation/baseline.json``, tabulated next to today's scores.
+kill (and its timeouts), against today's tests (after adding tests: mutants once killed stay killed while
+tests are only added); ``run --tests-rev REV --out DIR`` measures an older test suite (a baseline), from
+which ``report --baseline DIR`` rewrites ``docs/mutation/baseline.json``, shown next to today's scores.
 
 Why mutmut's ``forkserver`` isolation: mutmut forks a worker per mutant; TensorFlow's thread pools do not
 survive a fork of a process that has run TensorFlow ops, so the workers are forked from a server process
@@ -143,8 +143,8 @@ TARGETS: tuple[Target, ...] = (
 _FLOAT64 = "NumPy's default dtype (None) is float64, the dtype named"
 _ANCHORS_2D = "anchors are [A, 4] (documented, and all callers pass that): axis 1 is the last axis"
 _STRICT = (
-    "the zipped sequences have equal lengths by construction (one value row per detection, one start "
-    "per end), so strict=True is never exercised"
+    "the zipped sequences have equal lengths by construction (one start per end: starts is [0, *ends[:-1]]), "
+    "so strict=True is never exercised"
 )
 
 #: Reviewed equivalent mutants: (module, function, the mutated line as mutmut shows it, stripped) -> why
@@ -335,24 +335,11 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ): "zero-score candidates sort after every positive one, so as 'valid' they can suppress none of "
     "them, and the final score > 0 test drops them",
     **{
-        ("predictor/serving/codecs.py", "encode_v1", line): _FLOAT64
-        for line in (
-            "values = np.empty((len(classes), 5), None)",
-            "values = np.empty((len(classes), 5), )",
-            "values[:, 0] = np.round(dets.scores[mask].astype(None), 4)",
-            "values[:, 1:] = np.round(dets.boxes[mask].astype(None), 2)",
-        )
-    },
-    **{
         ("predictor/serving/codecs.py", "encode_v1", line): _STRICT
         for line in (
-            "for c, (s, x0, y0, x1, y1) in zip(classes, values.tolist(), strict=None)",
-            "for c, (s, x0, y0, x1, y1) in zip(classes, values.tolist(), )",
-            "for c, (s, x0, y0, x1, y1) in zip(classes, values.tolist(), strict=False)",
-            'return orjson.dumps({"predictions": [records[a:b] for a, b in zip(starts, ends, strict=None)]})',
-            'return orjson.dumps({"predictions": [records[a:b] for a, b in zip(starts, ends, )]})',
-            'return orjson.dumps({"predictions": [records[a:b] for a, b in '
-            "zip(starts, ends, strict=False)]})",
+            "return orjson.dumps(v1_response([records[a:b] for a, b in zip(starts, ends, strict=None)]))",
+            "return orjson.dumps(v1_response([records[a:b] for a, b in zip(starts, ends, )]))",
+            "return orjson.dumps(v1_response([records[a:b] for a, b in zip(starts, ends, strict=False)]))",
         )
     },
 }
@@ -462,7 +449,8 @@ def rerun_survivors(target: Target, out: Path = WORK) -> dict:
     result = json.loads((work / "result.json").read_text())
     if (work / target.module).read_bytes() != (REPO / target.module).read_bytes():
         raise SystemExit(f"{target.module} changed since the run in {work}: run it again in full")
-    names = [m["name"] for m in result["mutants"] if m["status"] not in ("killed", "timeout")]
+    # timeouts too: a run paused by the machine (SIGSTOP, suspend) times mutants out that no test kills
+    names = [m["name"] for m in result["mutants"] if m["status"] != "killed"]
     if not names:
         return result
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
@@ -700,6 +688,8 @@ def write_report(results_dir: Path = RESULTS, baseline: Path | None = None) -> l
             f"Tests: {tests}. Run started {result['started']}.{reruns}",
             "",
         ]
+        if result.get("provenance"):
+            lines += [f"Provenance: {result['provenance']}", ""]
         if not s["survivors"]:
             lines.append("Every mutant was killed.")
         for m, reason in s["survivors"]:
