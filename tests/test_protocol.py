@@ -97,6 +97,15 @@ def test_malformed_answers_name_the_field():
         detections_from_v1({"predictions": [[{"score": 0.5}]]}, 1)
     with pytest.raises(MalformedMessage, match="outputs: missing detection_boxes, detection_scores"):
         detections_from_v2({"num_detections": np.array([0]), "detection_classes": np.zeros((1, 0))}, 1)
+    short_labels = {  # 2 detections, but detection_labels has one column: no label is made up
+        "num_detections": np.array([2]),
+        "detection_boxes": np.zeros((1, 2, 4), np.float32),
+        "detection_scores": np.array([[0.9, 0.8]], np.float32),
+        "detection_classes": np.array([[1, 2]], np.int32),
+        "detection_labels": np.array([[b"circle"]], object),
+    }
+    with pytest.raises(MalformedMessage, match=r"image 0: outputs do not hold 2 detections"):
+        detections_from_v2(short_labels, 1)
     with pytest.raises(MalformedMessage, match=r"outputs\[0\]: no JSON data"):
         tensors.arrays_from_json_outputs({"outputs": [{"name": "x", "datatype": "FP32", "shape": [1]}]})
     with pytest.raises(MalformedMessage, match=r"outputs\[0\]: 3 values do not fill shape \[2\]"):
