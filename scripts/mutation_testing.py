@@ -706,7 +706,7 @@ reviewed `EQUIVALENT` table with the reason no test can kill them; they are not 
 |---|---:|---:|---:|---:|---:|---:|---:|---:|
 {chr(10).join(rows)}
 
-Overall: {killed} of {scored} non-equivalent mutants killed ({100.0 * killed / max(scored, 1):.1f}%).
+Overall: {killed} of {scored} non-equivalent mutants killed ({100.0 * killed / max(scored, 1):.1f}%){" in the measured modules" if missing else ""}.
 
 {_baseline_table(baseline_data) if baseline_data else ""}
 ## Surviving mutants
