@@ -24,7 +24,7 @@ from PIL import Image
 from serving_fixtures import REPO_ROOT, server_env
 
 from predictor.client.cli import main
-from predictor.protocol import binary_ext, grpc_v2, tensors
+from predictor.protocol import binary_ext, grpc_v2, json_body, tensors
 from predictor.protocol.detections import V2_OUTPUTS, detections_from_v1, detections_from_v2
 from predictor.protocol.errors import MalformedMessage
 from predictor.serving import codecs, v2_binary
@@ -112,6 +112,17 @@ def test_malformed_answers_name_the_field():
         tensors.arrays_from_json_outputs(
             {"outputs": [{"name": "x", "datatype": "INT32", "shape": [2], "data": [1, 2, 3]}]}
         )
+
+
+def test_excerpt_and_load_json_exact():
+    """Error-message words: strings as they are, other values as their repr, cut at the limit."""
+    assert json_body.excerpt("abc") == "abc"  # a string is not quoted
+    assert json_body.excerpt([1, 2]) == "[1, 2]"
+    assert json_body.excerpt("x" * 200) == "x" * 200  # the default limit is 200, inclusive
+    assert json_body.excerpt("x" * 201) == "x" * 200 + "..."
+    assert json_body.excerpt(b"abcd", 4) == "b'ab..."
+    with pytest.raises(MalformedMessage, match=r"^invalid JSON body: "):
+        json_body.load_json(b"{")
 
 
 # ----------------------------------------------------------------------------------------- tensors
