@@ -69,6 +69,7 @@ _PROTOCOL_UNIT = tuple(
         "test_bytes_elements",
         "test_grpc_messages_are_kserves_on_the_wire",
         "test_binary_extension_body_framing",
+        "test_excerpt_and_load_json_exact",
     )
 )
 _UINT8_UNIT = tuple(
@@ -439,8 +440,14 @@ def rerun_survivors(target: Target, out: Path = WORK) -> dict:
     if not names:
         return result
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
-    shutil.rmtree(work / "tests")
-    shutil.copytree(REPO / "tests", work / "tests", ignore=ignore)
+    for tests in (work / "tests", work / "mutants" / "tests"):  # mutmut runs its own copy
+        shutil.rmtree(tests, ignore_errors=True)
+        shutil.copytree(REPO / "tests", tests, ignore=ignore)
+    # which tests reach which function is recorded once per run: new tests must be recorded again
+    (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+    for config in (work / "pyproject.toml", work / "mutants" / "pyproject.toml"):  # today's test list
+        config.write_text(_pyproject(target))
+    result["tests"] = list(target.tests)
     started = dt.datetime.now(dt.timezone.utc)
     _mutmut(work, target, ["--max-children", "1", *names])
     result.setdefault("tool", f"mutmut {metadata.version('mutmut')}")
