@@ -70,6 +70,7 @@ _PROTOCOL_UNIT = tuple(
         "test_grpc_messages_are_kserves_on_the_wire",
         "test_binary_extension_body_framing",
         "test_excerpt_and_load_json_exact",
+        "test_base64_text_exact",
     )
 )
 _UINT8_UNIT = tuple(
@@ -142,6 +143,7 @@ TARGETS: tuple[Target, ...] = (
 )
 
 _FLOAT64 = "NumPy's default dtype (None) is float64, the dtype named"
+_FAST_PATH = "  # fast path: plain padded base64, what nearly every client sends"
 _ANCHORS_2D = "anchors are [A, 4] (documented, and all callers pass that): axis 1 is the last axis"
 _STRICT = (
     "the zipped sequences have equal lengths by construction (one start per end: starts is [0, *ends[:-1]]), "
@@ -341,6 +343,33 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
             "return orjson.dumps(v1_response([records[a:b] for a, b in zip(starts, ends, strict=None)]))",
             "return orjson.dumps(v1_response([records[a:b] for a, b in zip(starts, ends, )]))",
             "return orjson.dumps(v1_response([records[a:b] for a, b in zip(starts, ends, strict=False)]))",
+        )
+    },
+    **{
+        ("predictor/protocol/base64text.py", "decode_base64", f"{line}{_FAST_PATH}"): "the fast path returns "
+        "what the tolerant path returns for the same text (padded standard base64 is unchanged by the white "
+        "space, data URI and alphabet steps, and anything else fails validate=True and falls through): the "
+        "condition only decides the speed"
+        for line in (
+            "if raw and len(raw) / 4 == 0:",
+            "if raw and len(raw) % 5 == 0:",
+            "if raw and len(raw) % 4 != 0:",
+            "if raw and len(raw) % 4 == 1:",
+        )
+    },
+    **{
+        ("predictor/protocol/base64text.py", function, line): "Python's codec names are case-insensitive"
+        for function, line in (
+            ("decode_base64", 'raw = text.encode("ASCII")'),
+            ("encode_base64", 'return base64.b64encode(data).decode("ASCII")'),
+        )
+    },
+    **{
+        ("predictor/protocol/base64text.py", "decode_base64", line): "the data URI pattern is anchored at "
+        "the start (^), so it matches at most once whatever the count"
+        for line in (
+            'raw = _DATA_URI.sub(b"", _WHITESPACE.sub(b"", raw), )',
+            'raw = _DATA_URI.sub(b"", _WHITESPACE.sub(b"", raw), count=2)',
         )
     },
 }

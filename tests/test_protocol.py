@@ -24,7 +24,7 @@ from PIL import Image
 from serving_fixtures import REPO_ROOT, server_env
 
 from predictor.client.cli import main
-from predictor.protocol import binary_ext, grpc_v2, json_body, tensors
+from predictor.protocol import base64text, binary_ext, grpc_v2, json_body, tensors
 from predictor.protocol.detections import V2_OUTPUTS, detections_from_v1, detections_from_v2
 from predictor.protocol.errors import MalformedMessage
 from predictor.serving import codecs, v2_binary
@@ -123,6 +123,20 @@ def test_excerpt_and_load_json_exact():
     assert json_body.excerpt(b"abcd", 4) == "b'ab..."
     with pytest.raises(MalformedMessage, match=r"^invalid JSON body: "):
         json_body.load_json(b"{")
+
+
+def test_base64_text_exact():
+    """The tolerant base64 path: each URL-safe character alone, missing padding, junk refused, and the
+    length cap's formula (4 characters per 3 bytes, a line break per 57 bytes at most, 256 spare)."""
+    assert base64text.encode_base64(b"\xfb\xef") == "++8="
+    assert base64text.decode_base64("--8=", 10) == b"\xfb\xef"  # '-' without '_'
+    assert base64text.decode_base64("__8", 10) == b"\xff\xff"  # '_' without '-', one '=' missing
+    assert base64text.decode_base64("QUI", 10) == b"AB"
+    with pytest.raises(MalformedMessage, match=r"^invalid base64: "):
+        base64text.decode_base64("QUJD!!!!", 10)  # not dropped: junk is an error, not skipped
+    with pytest.raises(MalformedMessage, match=r"^empty image \(no base64 data\)$"):
+        base64text.decode_base64(" \n", 10)
+    assert [base64text.max_base64_chars(n) for n in (0, 3, 1000)] == [256, 260, 4 * 334 + 26 + 256]
 
 
 # ----------------------------------------------------------------------------------------- tensors
