@@ -71,6 +71,7 @@ _PROTOCOL_UNIT = tuple(
         "test_binary_extension_body_framing",
         "test_excerpt_and_load_json_exact",
         "test_base64_text_exact",
+        "test_detections_read_back_exact",
     )
 )
 _UINT8_UNIT = tuple(
@@ -372,13 +373,53 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
             'raw = _DATA_URI.sub(b"", _WHITESPACE.sub(b"", raw), count=2)',
         )
     },
+    **{
+        ("predictor/protocol/detections.py", "detection_records", line): _FLOAT64
+        for line in (
+            "values = np.empty((len(class_ids), 5), None)",
+            "values = np.empty((len(class_ids), 5), )",
+        )
+    },
+    **{
+        ("predictor/protocol/detections.py", function, line): "NumPy reads any negative size as 'the rest', "
+        "so -2 is -1"
+        for function, line in (
+            (
+                "detection_records",
+                "values[:, 0] = np.round(np.asarray(scores, np.float64).reshape(-2), SCORE_DECIMALS)",
+            ),
+            (
+                "detection_records",
+                "values[:, 1:] = np.round(np.asarray(boxes, np.float64).reshape(-2, 4), BOX_DECIMALS)",
+            ),
+            ("detections_from_v2", 'num = np.asarray(arrays["num_detections"]).reshape(-2).astype(int)'),
+        )
+    },
+    (
+        "predictor/protocol/detections.py",
+        "detection_records",
+        "values[:, 0] = np.round(np.asarray(scores, np.float64).reshape(None), SCORE_DECIMALS)",
+    ): "scores are [n] (documented; every caller passes one row of scores), so reshape(-1) and "
+    "reshape(None) both leave them as they are",
+    (
+        "predictor/protocol/detections.py",
+        "_text",
+        'return value.decode("UTF-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)',
+    ): "Python's codec names are case-insensitive",
 }
 
 
 #: Reviewed survivors that are not equivalent but that no reasonable unit test kills, with the reason;
 #: they count as survived (same key as EQUIVALENT). (The 2 GiB signed/unsigned length mutants of the
 #: BYTES framing are gone: the length is ``tensors._LENGTH``, a module-level struct mutmut does not mutate.)
-NOT_KILLED: dict[tuple[str, str, str], str] = {}
+NOT_KILLED: dict[tuple[str, str, str], str] = {
+    (
+        "predictor/protocol/detections.py",
+        "detections_from_v2",
+        'raise MalformedMessage(f"image {i}: outputs do not hold {n} detections ({e})"[:301]) from None',
+    ): "the cut matters only for an error text of over about 255 characters; the errors caught there (int() "
+    "quotes at most 200 characters of a value, zip and index errors are short) do not reach it",
+}
 
 
 def _pyproject(target: Target) -> str:

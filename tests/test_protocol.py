@@ -139,6 +139,39 @@ def test_base64_text_exact():
     assert [base64text.max_base64_chars(n) for n in (0, 3, 1000)] == [256, 260, 4 * 334 + 26 + 256]
 
 
+def _v2_answer(**arrays):
+    base = {
+        "num_detections": np.array([1]),
+        "detection_boxes": np.array([[[1.0, 2.0, 3.0, 4.0]]], np.float32),
+        "detection_scores": np.array([[0.5]], np.float32),
+        "detection_classes": np.array([[3]], np.int32),
+    }
+    return {**base, **arrays}
+
+
+def test_detections_read_back_exact():
+    """What the client makes of answers that leave fields out or hold odd values."""
+    no_label = {"score": 0.5, "xmin": 1, "ymin": 2, "xmax": 3, "ymax": 4}
+    (record,) = detections_from_v1({"predictions": [[no_label]]}, 1)[0]
+    assert record["label"] == "" and record["class_id"] == 0
+    (record,) = detections_from_v2(_v2_answer(), 1)[0]  # no detection_labels: empty labels
+    assert record["label"] == "" and record["class_id"] == 3 and type(record["class_id"]) is int
+    labels = np.array([[b"\xffdog"]], object)  # not UTF-8: replaced, not an error
+    assert detections_from_v2(_v2_answer(detection_labels=labels), 1)[0][0]["label"] == "\ufffddog"
+    # num_detections [N, 1] (as some servers shape it) is read as [N]
+    assert len(detections_from_v2(_v2_answer(num_detections=np.array([[1]])), 1)[0]) == 1
+    with pytest.raises(MalformedMessage, match=r"^predictions: expected a list of 2 lists, got \{'x': 1\}$"):
+        detections_from_v1({"x": 1}, 2)
+    with pytest.raises(MalformedMessage, match=r"^predictions: expected a list of 1 lists, got \[\]$"):
+        detections_from_v1([], 1)
+    with pytest.raises(
+        MalformedMessage, match=r"^predictions\[0\]: not detections \(KeyError\('score'\)\): \[\{\}\]$"
+    ):
+        detections_from_v1({"predictions": [[{}]]}, 1)
+    with pytest.raises(MalformedMessage, match=r"^num_detections: 2 values for 1 images$"):
+        detections_from_v2(_v2_answer(num_detections=np.array([1, 1])), 1)
+
+
 # ----------------------------------------------------------------------------------------- tensors
 @pytest.mark.parametrize("datatype", sorted(tensors.NUMPY_DTYPES))
 def test_numeric_tensors_round_trip(datatype):
