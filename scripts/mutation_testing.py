@@ -72,6 +72,7 @@ _PROTOCOL_UNIT = tuple(
         "test_excerpt_and_load_json_exact",
         "test_base64_text_exact",
         "test_detections_read_back_exact",
+        "test_tensor_helpers_exact",
     )
 )
 _UINT8_UNIT = tuple(

@@ -173,6 +173,106 @@ def test_detections_read_back_exact():
 
 
 # ----------------------------------------------------------------------------------------- tensors
+def test_tensor_helpers_exact():
+    """Exact values and messages of the JSON, raw and gRPC tensor readers and writers."""
+    long = "D" * 40  # datatype names are quoted to 32 characters
+
+    def fails(message, fn, *args):
+        with pytest.raises(MalformedMessage, match="^" + message + "$"):
+            fn(*args)
+
+    assert tensors.json_tensor("x", "BYTES", ["a", "b"]) == {
+        "name": "x", "datatype": "BYTES", "shape": [2], "data": ["a", "b"]
+    }  # fmt: skip
+    assert tensors.json_tensor("n", "INT32", np.array([[1, 2]])) == {
+        "name": "n", "datatype": "INT32", "shape": [1, 2], "data": [1, 2]
+    }  # fmt: skip
+    assert type(tensors.json_tensor("b", "BYTES", [1])["data"][0]) is int  # objects kept as given
+    assert tensors.serialize_tensor([1, "é"], "BYTES") == b"\x01\x00\x00\x001\x02\x00\x00\x00\xc3\xa9"
+    assert tensors.split_bytes_elements(b"\x00\x00\x00\x00") == [b""]
+    fails(
+        r"input: malformed raw BYTES contents \(truncated length prefix\)",
+        tensors.split_bytes_elements,
+        b"\x00",
+    )
+    fails(
+        r"output: malformed raw BYTES contents \(truncated length prefix\)",
+        tensors.deserialize_tensor,
+        b"\x00",
+        "BYTES",
+        [1],
+    )
+    fails(r"output: 1 bytes are not whole FP32 values", tensors.deserialize_tensor, b"\x00", "FP32", [1])
+    fails(r"output: 1 values do not fill shape \[2\]", tensors.deserialize_tensor, b"\x00", "UINT8", [2])
+    fails(r"output: unsupported datatype " + "D" * 32 + r"\.\.\.", tensors.deserialize_tensor, b"", long, [0])
+    fails(
+        r"o\.shape: expected a list of integers, got a string",
+        tensors.array_from_json_tensor,
+        {"shape": "2", "data": [1]},
+        "o",
+    )
+    fails(
+        r"o\.shape: expected a list of integers, got a list",
+        tensors.array_from_json_tensor,
+        {"shape": [True], "data": [1]},
+        "o",
+    )
+    fails(
+        r"o\.datatype: unsupported datatype " + "D" * 32 + r"\.\.\.",
+        tensors.array_from_json_tensor,
+        {"datatype": long, "shape": [1], "data": [1]},
+        "o",
+    )
+    fails(
+        r"o\.data: not INT32 values \(.*\)",
+        tensors.array_from_json_tensor,
+        {"datatype": "INT32", "shape": [1], "data": ["x"]},
+        "o",
+    )
+    fails(
+        r"o: 1 values do not fill shape \[2\]",
+        tensors.array_from_json_tensor,
+        {"datatype": "INT32", "shape": [2], "data": [1]},
+        "o",
+    )
+    ints = tensors.array_from_json_tensor({"datatype": "INT64", "shape": [1], "data": [2**40]}, "o")
+    assert ints.dtype == np.int64 and ints.tolist() == [2**40]
+    words = tensors.array_from_json_tensor({"datatype": "BYTES", "shape": [1], "data": ["ab"]}, "o")
+    assert words.dtype == object and words.tolist() == ["ab"]
+    fails(r"outputs: expected a list of tensors, got null", tensors.arrays_from_json_outputs, {})
+    fails(r"outputs: expected a list of tensors, got null", tensors.arrays_from_json_outputs, [])
+    fails(
+        r"outputs\[0\]: expected a tensor with a name, got \{'name': 1\}",
+        tensors.arrays_from_json_outputs,
+        {"outputs": [{"name": 1}]},
+    )
+    fails(
+        r"outputs\[0\]: expected a tensor with a name, got 5",
+        tensors.arrays_from_json_outputs,
+        {"outputs": [5]},
+    )
+    out = SimpleNamespace(name="x", datatype=long, shape=[1], contents=None)
+    fails(
+        r"outputs\[0\]: unsupported datatype " + "D" * 32 + r"\.\.\.",
+        tensors.arrays_from_grpc_outputs,
+        [out],
+        [],
+    )
+    fails(
+        r"outputs\[0\]: malformed raw BYTES contents \(truncated length prefix\)",
+        tensors.arrays_from_grpc_outputs,
+        [SimpleNamespace(name="x", datatype="BYTES", shape=[1])],
+        [b"\x00"],
+    )
+    out = SimpleNamespace(name="x", datatype="INT32", shape=[2], contents=SimpleNamespace(int_contents=[1]))
+    fails(r"outputs\[0\]: 1 values do not fill shape \[2\]", tensors.arrays_from_grpc_outputs, [out], [])
+    fails(r"raw_output_contents: 2 for 1 outputs", tensors.arrays_from_grpc_outputs, [out], [b"", b""])
+    raw = tensors.arrays_from_grpc_outputs(
+        [SimpleNamespace(name="b", datatype="BYTES", shape=[1])], [b"\x01\x00\x00\x00z"]
+    )
+    assert raw["b"].dtype == object and raw["b"].tolist() == [b"z"]
+
+
 @pytest.mark.parametrize("datatype", sorted(tensors.NUMPY_DTYPES))
 def test_numeric_tensors_round_trip(datatype):
     rng = np.random.default_rng(7)
