@@ -267,6 +267,15 @@ def test_tensor_helpers_exact():
     out = SimpleNamespace(name="x", datatype="INT32", shape=[2], contents=SimpleNamespace(int_contents=[1]))
     fails(r"outputs\[0\]: 1 values do not fill shape \[2\]", tensors.arrays_from_grpc_outputs, [out], [])
     fails(r"raw_output_contents: 2 for 1 outputs", tensors.arrays_from_grpc_outputs, [out], [b"", b""])
+    assert tensors.json_tensor("b", "BYTES", ["a", 1])["data"] == ["a", 1]  # not made one numpy type
+    assert type(tensors.json_tensor("s", "FP32", np.array([0.5], np.float32))["data"][0]) is float
+    assert tensors.serialize_tensor([b"a\x00"], "BYTES") == b"\x02\x00\x00\x00a\x00"  # NUL kept
+    fails(
+        r"outputs: expected a list of tensors, got a number", tensors.arrays_from_json_outputs, {"outputs": 5}
+    )
+    with pytest.raises(MalformedMessage) as long_error:  # numpy quotes the whole value: cut to 300
+        tensors.array_from_json_tensor({"datatype": "FP32", "shape": [1], "data": ["x" * 400]}, "o")
+    assert len(str(long_error.value)) == 300
     raw = tensors.arrays_from_grpc_outputs(
         [SimpleNamespace(name="b", datatype="BYTES", shape=[1])], [b"\x01\x00\x00\x00z"]
     )
