@@ -419,14 +419,7 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
 #: Reviewed survivors that are not equivalent but that no reasonable unit test kills, with the reason;
 #: they count as survived (same key as EQUIVALENT). (The 2 GiB signed/unsigned length mutants of the
 #: BYTES framing are gone: the length is ``tensors._LENGTH``, a module-level struct mutmut does not mutate.)
-NOT_KILLED: dict[tuple[str, str, str], str] = {
-    (
-        "predictor/protocol/detections.py",
-        "detections_from_v2",
-        'raise MalformedMessage(f"image {i}: outputs do not hold {n} detections ({e})"[:301]) from None',
-    ): "the cut matters only for an error text of over about 255 characters; the errors caught there (int() "
-    "quotes at most 200 characters of a value, zip and index errors are short) do not reach it",
-}
+NOT_KILLED: dict[tuple[str, str, str], str] = {}
 
 
 def _pyproject(target: Target) -> str:

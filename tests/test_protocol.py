@@ -170,6 +170,9 @@ def test_detections_read_back_exact():
         detections_from_v1({"predictions": [[{}]]}, 1)
     with pytest.raises(MalformedMessage, match=r"^num_detections: 2 values for 1 images$"):
         detections_from_v2(_v2_answer(num_detections=np.array([1, 1])), 1)
+    with pytest.raises(MalformedMessage) as long_error:  # numpy quotes the whole value: cut to 300
+        detections_from_v2(_v2_answer(detection_scores=np.array([["x" * 400]], object)), 1)
+    assert len(str(long_error.value)) == 300
 
 
 # ----------------------------------------------------------------------------------------- tensors
