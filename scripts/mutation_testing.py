@@ -1,17 +1,23 @@
-"""Mutation testing of the box coding, anchors, post-processing and protocol codecs (``make mutation``).
+"""Mutation testing of the box coding, anchors, post-processing and wire formats (``make mutation``).
 
 ``python scripts/mutation_testing.py run [--only NAME ...]`` runs mutmut 3 on each target of
 :data:`TARGETS`, one module at a time, each in its own scratch folder ``build/mutation/NAME`` (a copy of
 ``predictor/`` and ``tests/`` plus a generated ``pyproject.toml`` whose ``[tool.mutmut]`` names the one
-module to mutate and the tests that may kill its mutants), then writes the result of the run to
-``build/mutation/NAME/result.json``. ``python scripts/mutation_testing.py report`` turns those results into
-``docs/mutation-testing.md``: mutants per module (killed, survived, timeout), the score, the date, the
-machine, the tool and its version, and every surviving mutant with a reason.
+module to mutate and the tests that may kill its mutants). It writes the full result of the run to
+``build/mutation/NAME/result.json`` and its compact form, the one committed to the repository, to
+``docs/mutation/NAME.json``: the counts by status, and every mutant not killed with its diff, plus the
+date, run time, machine and tool version of the run.
+
+``python scripts/mutation_testing.py report`` turns the committed ``docs/mutation/*.json`` into
+``docs/mutation-testing.md`` (``make mutation-report``; no mutmut, no ``build/``, so it works on a clean
+clone): mutants per module (killed, survived, timeout), the score, and every surviving mutant with a
+reason from :data:`EQUIVALENT` or :data:`NOT_KILLED`, which can be reviewed and re-keyed without running
+mutmut again. ``docs/mutation/baseline.json`` holds the scores of the tests before they were strengthened.
 
 Other modes: ``run --resume`` finishes interrupted runs; ``rerun`` re-runs only the mutants a run did not
-kill, against today's tests (after adding tests: mutants once killed stay killed while tests are only
-added); ``run --tests-rev REV --out DIR`` measures an older test suite (a baseline), which ``report
---baseline DIR`` tabulates next to today's scores.
+kill (and its timeouts), against today's tests (after adding tests: mutants once killed stay killed while
+tests are only added); ``run --tests-rev REV --out DIR`` measures an older test suite (a baseline), from
+which ``report --baseline DIR`` rewrites ``docs/mutation/baseline.json``, shown next to today's scores.
 
 Why mutmut's ``forkserver`` isolation: mutmut forks a worker per mutant; TensorFlow's thread pools do not
 survive a fork of a process that has run TensorFlow ops, so the workers are forked from a server process
@@ -39,6 +45,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "build" / "mutation"
 REPORT = REPO / "docs" / "mutation-testing.md"
+#: Committed results: ``NAME.json`` per target (what ``report`` needs) and ``baseline.json``.
+RESULTS = REPO / "docs" / "mutation"
 #: Score every target must reach (``check`` fails below it).
 REQUIRED_SCORE = 80.0
 
@@ -51,6 +59,31 @@ class Target:
     module: str  # path from the repository root
     tests: tuple[str, ...]  # pytest arguments: files or node ids
 
+
+_PROTOCOL_UNIT = tuple(
+    f"tests/test_protocol.py::{name}"
+    for name in (
+        "test_every_protocol_reads_back_to_the_v1_records",
+        "test_malformed_answers_name_the_field",
+        "test_numeric_tensors_round_trip",
+        "test_bytes_elements",
+        "test_grpc_messages_are_kserves_on_the_wire",
+        "test_binary_extension_body_framing",
+        "test_excerpt_and_load_json_exact",
+        "test_base64_text_exact",
+        "test_detections_read_back_exact",
+        "test_tensor_helpers_exact",
+    )
+)
+_UINT8_UNIT = tuple(
+    f"tests/test_uint8_input.py::{name}"
+    for name in (
+        "test_uint8_tensor_parses_into_one_pixel_payload_per_image",
+        "test_uint8_raw_contents_are_not_copied",
+        "test_bad_uint8_tensors_are_400_naming_the_input",
+        "test_raw_uint8_contents_of_the_wrong_length_are_400",
+    )
+)
 
 #: The one list of what is mutated and by which tests (re-point it when a module moves).
 TARGETS: tuple[Target, ...] = (
@@ -74,20 +107,49 @@ TARGETS: tuple[Target, ...] = (
             "tests/test_detection_controls.py::test_bad_controls_name_the_field",
             "tests/test_detection_controls.py::test_class_mask_resolves_names_and_ids",
             "tests/test_detection_controls.py::test_v1_strict_keys_accept_the_new_parameters",
-            "tests/test_uint8_input.py::test_uint8_tensor_parses_into_one_pixel_payload_per_image",
-            "tests/test_uint8_input.py::test_uint8_raw_contents_are_not_copied",
-            "tests/test_uint8_input.py::test_bad_uint8_tensors_are_400_naming_the_input",
-            "tests/test_uint8_input.py::test_raw_uint8_contents_of_the_wrong_length_are_400",
+            *_UINT8_UNIT,
+            *_PROTOCOL_UNIT,
         ),
     ),
-    Target("binary_ext", "predictor/protocol/binary_ext.py", ("tests/test_binary_ext.py",)),
+    Target("binary_ext", "predictor/protocol/binary_ext.py", ("tests/test_binary_ext.py", *_PROTOCOL_UNIT)),
+    Target(
+        "tensors",
+        "predictor/protocol/tensors.py",
+        ("tests/test_binary_ext.py", "tests/test_codecs.py", *_UINT8_UNIT, *_PROTOCOL_UNIT),
+    ),
+    Target(
+        "base64text",
+        "predictor/protocol/base64text.py",
+        (
+            "tests/test_codecs.py",
+            "tests/test_images.py::test_base64_forms",
+            "tests/test_images.py::test_bad_base64",
+            *_PROTOCOL_UNIT,
+        ),
+    ),
+    Target(
+        "json_body",
+        "predictor/protocol/json_body.py",
+        ("tests/test_binary_ext.py", "tests/test_codecs.py", *_PROTOCOL_UNIT),
+    ),
+    Target(
+        "detections",
+        "predictor/protocol/detections.py",
+        (
+            "tests/test_codecs.py",
+            "tests/test_client.py::test_v2_tensors_normalise_like_v1",
+            *_PROTOCOL_UNIT,
+        ),
+    ),
+    Target("v2_binary", "predictor/serving/v2_binary.py", ("tests/test_binary_ext.py", *_PROTOCOL_UNIT)),
 )
 
 _FLOAT64 = "NumPy's default dtype (None) is float64, the dtype named"
+_FAST_PATH = "  # fast path: plain padded base64, what nearly every client sends"
 _ANCHORS_2D = "anchors are [A, 4] (documented, and all callers pass that): axis 1 is the last axis"
 _STRICT = (
-    "the zipped sequences have equal lengths by construction (one value row per detection, one start "
-    "per end), so strict=True is never exercised"
+    "the zipped sequences have equal lengths by construction (one start per end: starts is [0, *ends[:-1]]), "
+    "so strict=True is never exercised"
 )
 
 #: Reviewed equivalent mutants: (module, function, the mutated line as mutmut shows it, stripped) -> why
@@ -255,17 +317,17 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     **{
         (
             "predictor/protocol/binary_ext.py",
-            "encode_response",
+            "output_selection",
             line,
         ): "bool(None) is False, the default named"
         for line in (
-            'default = bool((request.parameters or {}).get("binary_data_output", None))',
-            'default = bool((request.parameters or {}).get("binary_data_output", ))',
+            'default = bool((request_parameters or {}).get("binary_data_output", None))',
+            'default = bool((request_parameters or {}).get("binary_data_output", ))',
         )
     },
     **{
-        ("predictor/protocol/binary_ext.py", "encode_response", line): "the header holds Python values only "
-        "(shape lists, tolist() data, int sizes, str names), so orjson never meets a NumPy value"
+        ("predictor/protocol/binary_ext.py", "encode_body", line): "the header holds Python values only "
+        "(list(shape) of ints, tolist() data, int sizes, str names), so orjson never meets a NumPy value"
         for line in (
             "header = orjson.dumps(head, option=None)",
             "header = orjson.dumps(head, )",
@@ -278,48 +340,86 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ): "zero-score candidates sort after every positive one, so as 'valid' they can suppress none of "
     "them, and the final score > 0 test drops them",
     **{
-        ("predictor/serving/codecs.py", "encode_v1", line): _FLOAT64
+        ("predictor/serving/codecs.py", "encode_v1", line): _STRICT
         for line in (
-            "values = np.empty((len(classes), 5), None)",
-            "values = np.empty((len(classes), 5), )",
-            "values[:, 0] = np.round(dets.scores[mask].astype(None), 4)",
-            "values[:, 1:] = np.round(dets.boxes[mask].astype(None), 2)",
+            "return orjson.dumps(v1_response([records[a:b] for a, b in zip(starts, ends, strict=None)]))",
+            "return orjson.dumps(v1_response([records[a:b] for a, b in zip(starts, ends, )]))",
+            "return orjson.dumps(v1_response([records[a:b] for a, b in zip(starts, ends, strict=False)]))",
         )
     },
     **{
-        ("predictor/serving/codecs.py", "encode_v1", line): _STRICT
+        ("predictor/protocol/base64text.py", "decode_base64", f"{line}{_FAST_PATH}"): "the fast path returns "
+        "what the tolerant path returns for the same text (padded standard base64 is unchanged by the white "
+        "space, data URI and alphabet steps, and anything else fails validate=True and falls through): the "
+        "condition only decides the speed"
         for line in (
-            "for c, (s, x0, y0, x1, y1) in zip(classes, values.tolist(), strict=None)",
-            "for c, (s, x0, y0, x1, y1) in zip(classes, values.tolist(), )",
-            "for c, (s, x0, y0, x1, y1) in zip(classes, values.tolist(), strict=False)",
-            'return orjson.dumps({"predictions": [records[a:b] for a, b in zip(starts, ends, strict=None)]})',
-            'return orjson.dumps({"predictions": [records[a:b] for a, b in zip(starts, ends, )]})',
-            'return orjson.dumps({"predictions": [records[a:b] for a, b in '
-            "zip(starts, ends, strict=False)]})",
+            "if raw and len(raw) / 4 == 0:",
+            "if raw and len(raw) % 5 == 0:",
+            "if raw and len(raw) % 4 != 0:",
+            "if raw and len(raw) % 4 == 1:",
         )
     },
+    **{
+        ("predictor/protocol/base64text.py", function, line): "Python's codec names are case-insensitive"
+        for function, line in (
+            ("decode_base64", 'raw = text.encode("ASCII")'),
+            ("encode_base64", 'return base64.b64encode(data).decode("ASCII")'),
+        )
+    },
+    **{
+        ("predictor/protocol/base64text.py", "decode_base64", line): "the data URI pattern is anchored at "
+        "the start (^), so it matches at most once whatever the count"
+        for line in (
+            'raw = _DATA_URI.sub(b"", _WHITESPACE.sub(b"", raw), )',
+            'raw = _DATA_URI.sub(b"", _WHITESPACE.sub(b"", raw), count=2)',
+        )
+    },
+    **{
+        ("predictor/protocol/detections.py", "detection_records", line): _FLOAT64
+        for line in (
+            "values = np.empty((len(class_ids), 5), None)",
+            "values = np.empty((len(class_ids), 5), )",
+        )
+    },
+    **{
+        ("predictor/protocol/detections.py", function, line): "NumPy reads any negative size as 'the rest', "
+        "so -2 is -1"
+        for function, line in (
+            (
+                "detection_records",
+                "values[:, 0] = np.round(np.asarray(scores, np.float64).reshape(-2), SCORE_DECIMALS)",
+            ),
+            (
+                "detection_records",
+                "values[:, 1:] = np.round(np.asarray(boxes, np.float64).reshape(-2, 4), BOX_DECIMALS)",
+            ),
+            ("detections_from_v2", 'num = np.asarray(arrays["num_detections"]).reshape(-2).astype(int)'),
+        )
+    },
+    (
+        "predictor/protocol/detections.py",
+        "detection_records",
+        "values[:, 0] = np.round(np.asarray(scores, np.float64).reshape(None), SCORE_DECIMALS)",
+    ): "scores are [n] (documented; every caller passes one row of scores), so reshape(-1) and "
+    "reshape(None) both leave them as they are",
+    (
+        "predictor/protocol/detections.py",
+        "_text",
+        'return value.decode("UTF-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)',
+    ): "Python's codec names are case-insensitive",
+    (
+        "predictor/protocol/tensors.py",
+        "json_tensor",
+        'array = np.asarray(array, dtype=object if (datatype == "BYTES") or True else None)',
+    ): "a numeric array converted to object dtype holds the same Python scalars that tolist() makes of it "
+    "(checked: float32 0.5 becomes float 0.5 either way), so data is the same list",
 }
 
-
-_TWO_GIB = (
-    "signed and unsigned 32-bit lengths differ only for an element of 2 to 4 GiB (the mutant raises); "
-    "a unit test cannot build one, and labels never are"
-)
 
 #: Reviewed survivors that are not equivalent but that no reasonable unit test kills, with the reason;
-#: they count as survived (same key as EQUIVALENT).
-NOT_KILLED: dict[tuple[str, str, str], str] = {
-    (
-        "predictor/protocol/binary_ext.py",
-        "serialize_tensor",
-        'return b"".join(struct.pack("<i", len(b)) + b for b in items)',
-    ): _TWO_GIB,
-    (
-        "predictor/serving/codecs.py",
-        "_raw_labels",
-        'table = np.asarray([struct.pack("<i", len(b)) + b for b in encoded], dtype=object)',
-    ): _TWO_GIB,
-}
+#: they count as survived (same key as EQUIVALENT). (The 2 GiB signed/unsigned length mutants of the
+#: BYTES framing are gone: the length is ``tensors._LENGTH``, a module-level struct mutmut does not mutate.)
+NOT_KILLED: dict[tuple[str, str, str], str] = {}
 
 
 def _pyproject(target: Target) -> str:
@@ -386,10 +486,12 @@ def _finish_run(
         "seconds": round((dt.datetime.now(dt.timezone.utc) - started).total_seconds()),
         "resumed": resumed,  # then "seconds" counts only the resumed part
         "workers": max_children,
+        "tool": f"mutmut {metadata.version('mutmut')}",
+        "machine": _machine(),
         "reruns": [],
         "mutants": _collect(work, target),
     }
-    (work / "result.json").write_text(json.dumps(result, indent=1))
+    _save(work, result, commit=tests_rev is None and work.parent == WORK)
     return result
 
 
@@ -403,20 +505,60 @@ def rerun_survivors(target: Target, out: Path = WORK) -> dict:
     result = json.loads((work / "result.json").read_text())
     if (work / target.module).read_bytes() != (REPO / target.module).read_bytes():
         raise SystemExit(f"{target.module} changed since the run in {work}: run it again in full")
-    names = [m["name"] for m in result["mutants"] if m["status"] not in ("killed", "timeout")]
+    # timeouts too: a run paused by the machine (SIGSTOP, suspend) times mutants out that no test kills
+    names = [m["name"] for m in result["mutants"] if m["status"] != "killed"]
     if not names:
         return result
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
-    shutil.rmtree(work / "tests")
-    shutil.copytree(REPO / "tests", work / "tests", ignore=ignore)
+    for tests in (work / "tests", work / "mutants" / "tests"):  # mutmut runs its own copy
+        shutil.rmtree(tests, ignore_errors=True)
+        shutil.copytree(REPO / "tests", tests, ignore=ignore)
+    # which tests reach which function is recorded once per run: new tests must be recorded again
+    (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+    for config in (work / "pyproject.toml", work / "mutants" / "pyproject.toml"):  # today's test list
+        config.write_text(_pyproject(target))
+    result["tests"] = list(target.tests)
     started = dt.datetime.now(dt.timezone.utc)
     _mutmut(work, target, ["--max-children", "1", *names])
+    result.setdefault("tool", f"mutmut {metadata.version('mutmut')}")
+    result.setdefault("machine", _machine())
     result.setdefault("reruns", []).append(
         {"started": started.strftime("%Y-%m-%d %H:%M UTC"), "mutants": len(names)}
     )
     result["mutants"] = _collect(work, target)
-    (work / "result.json").write_text(json.dumps(result, indent=1))
+    _save(work, result, commit=out == WORK)
     return result
+
+
+def _machine() -> str:
+    sys.path.insert(0, str(REPO))
+    from predictor.serving.resources import cpu_model_name
+
+    return f"{cpu_model_name()} ({os.cpu_count()} CPUs)"
+
+
+def _save(work: Path, result: dict, commit: bool) -> None:
+    """Write the full result to the scratch folder and, for runs of today's tests in the default folder,
+    its compact form (:func:`compact`) to ``docs/mutation/NAME.json``, which ``report`` reads."""
+    (work / "result.json").write_text(json.dumps(result, indent=1))
+    if commit:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"{work.name}.json").write_text(json.dumps(compact(result), indent=1) + "\n")
+
+
+def compact(result: dict) -> dict:
+    """A full result -> what the report needs: the counts by status, and the mutants not killed."""
+    if "mutants" not in result:
+        return result
+    out = {k: v for k, v in result.items() if k != "mutants"}
+    statuses = [m["status"] for m in result["mutants"]]
+    out["counts"] = {
+        "total": len(statuses),
+        "killed": statuses.count("killed"),
+        "timeout": statuses.count("timeout"),
+    }
+    out["not_killed"] = [m for m in result["mutants"] if m["status"] not in ("killed", "timeout")]
+    return out
 
 
 def _mutmut(work: Path, target: Target, args: list[str]) -> None:
@@ -481,14 +623,13 @@ def function_of(mutant: str) -> str:
 
 
 def summarise(result: dict) -> dict:
-    counts = {"total": 0, "killed": 0, "timeout": 0, "survived": 0, "equivalent": 0, "other": 0}
+    """Counts (with equivalents and the score) and the survivors with their reasons, of a full or compact
+    result."""
+    result = compact(result)
+    counts = {"survived": 0, "equivalent": 0, "other": 0, **result["counts"]}
     survivors = []
-    for m in result["mutants"]:
-        counts["total"] += 1
+    for m in result["not_killed"]:
         status = m["status"]
-        if status in ("killed", "timeout"):
-            counts[status] += 1
-            continue
         key = (result["module"], function_of(m["name"]), mutated_line(m.get("diff", "")))
         reason = EQUIVALENT.get(key)
         if reason and status == "survived":
@@ -505,8 +646,8 @@ def summarise(result: dict) -> dict:
     return {"counts": counts, "survivors": survivors}
 
 
-def _baseline_table(baseline: Path) -> str:
-    """Scores of an earlier run (``run --tests-rev REV --out DIR``), for comparison; '' when absent."""
+def baseline_rows(baseline: Path) -> list[dict]:
+    """Scores of an earlier run (``run --tests-rev REV --out DIR``), one row per target."""
     rows = []
     revs = {json.loads(p.read_text()).get("tests_rev") for p in baseline.glob("*/result.json")} - {None}
     for target in TARGETS:
@@ -525,36 +666,68 @@ def _baseline_table(baseline: Path) -> str:
                 if missing
                 else "not measured"
             )
-            rows.append(f"| `{target.module}` | - | - | - | {why} |")
+            rows.append({"module": target.module, "why": why})
             continue
         result = json.loads(path.read_text())
         c = summarise(result)["counts"]
-        rev = result.get("tests_rev") or "working tree"
         rows.append(
-            f"| `{result['module']}` | {c['total']} | {c['killed'] + c['timeout']} | {c['score']:.1f}% "
-            f"| tests at `{rev}`, run {result['started']} |"
+            {
+                "module": result["module"],
+                "total": c["total"],
+                "killed": c["killed"] + c["timeout"],
+                "score": round(c["score"], 1),
+                "tests_rev": result.get("tests_rev"),
+                "started": result["started"],
+            }
+        )
+    return rows
+
+
+def _baseline_table(baseline: dict) -> str:
+    """The committed baseline (``docs/mutation/baseline.json``) as a section; '' when it has no score."""
+    rows = []
+    for row in baseline["rows"]:
+        if "why" in row:
+            rows.append(f"| `{row['module']}` | - | - | - | {row['why']} |")
+            continue
+        rev = row.get("tests_rev") or "working tree"
+        rows.append(
+            f"| `{row['module']}` | {row['total']} | {row['killed']} | {row['score']:.1f}% "
+            f"| tests at `{rev}`, run {row['started']} |"
         )
     if not any("%" in row for row in rows):
         return ""
     header = "| Module | Mutants | Killed | Score | Run |\n|---|---:|---:|---:|---|"
-    return "\n".join(["## Before the added tests", "", header, *rows, ""])
+    note = [baseline["note"], ""] if baseline.get("note") else []
+    return "\n".join(["## Before the added tests", "", *note, header, *rows, ""])
 
 
-def write_report(work: Path = WORK, baseline: Path | None = None) -> list[str]:
-    """Write docs/mutation-testing.md from ``work/*/result.json``; returns the targets below the bar."""
-    sys.path.insert(0, str(REPO))
-    from predictor.serving.resources import cpu_model_name
-
-    results = []
+def write_report(results_dir: Path = RESULTS, baseline: Path | None = None) -> list[str]:
+    """Write docs/mutation-testing.md from the committed ``results_dir/NAME.json`` (and
+    ``results_dir/baseline.json``; ``baseline``: first rewrite that from the runs in this folder);
+    returns the targets below the bar."""
+    results, missing = [], []
     for target in TARGETS:
-        path = work / target.name / "result.json"
+        path = results_dir / f"{target.name}.json"
         if not path.exists():
+            missing.append(target)
+            continue
+        result = json.loads(path.read_text())
+        if result["module"] != target.module:
             raise SystemExit(
-                f"no result for {target.module}: run `python scripts/mutation_testing.py run` first"
+                f"{path.relative_to(REPO)} is a result for {result['module']}, not {target.module}"
             )
-        results.append(json.loads(path.read_text()))
-    version = metadata.version("mutmut")
-    rows, sections, below = [], [], []
+        results.append(result)
+    baseline_path = results_dir / "baseline.json"
+    if baseline:
+        note = json.loads(baseline_path.read_text()).get("note", "") if baseline_path.exists() else ""
+        rows = baseline_rows(baseline)
+        baseline_path.write_text(json.dumps({"note": note, "rows": rows}, indent=1) + "\n")
+    baseline_data = json.loads(baseline_path.read_text()) if baseline_path.exists() else None
+    tools = sorted({r["tool"] for r in results})
+    machines = sorted({r["machine"] for r in results})
+    rows, sections = [], []
+    below = [f"{t.module}: not measured (run `{Path(__file__).name} run --only {t.name}`)" for t in missing]
     for result in results:
         s = summarise(result)
         c = s["counts"]
@@ -576,6 +749,8 @@ def write_report(work: Path = WORK, baseline: Path | None = None) -> list[str]:
             f"Tests: {tests}. Run started {result['started']}.{reruns}",
             "",
         ]
+        if result.get("provenance"):
+            lines += [f"Provenance: {result['provenance']}", ""]
         if not s["survivors"]:
             lines.append("Every mutant was killed.")
         for m, reason in s["survivors"]:
@@ -583,16 +758,21 @@ def write_report(work: Path = WORK, baseline: Path | None = None) -> list[str]:
             lines += [f"  {line}" for line in m.get("diff", "").splitlines()]
             lines += ["  ```", ""]
         sections.append("\n".join(lines).rstrip())
+    for t in missing:
+        rows.append(f"| `{t.module}` | - | - | - | - | - | - | not measured | - |")
     total = [summarise(r)["counts"] for r in results]
     killed = sum(c["killed"] + c["timeout"] for c in total)
     scored = sum(c["total"] - c["equivalent"] for c in total)
+    scope = " in the measured modules" if missing else ""
+    starts = [r["started"] for r in results]
     text = f"""# Mutation testing
 
-Generated by `make mutation` (`scripts/mutation_testing.py`); do not edit by hand.
+Generated by `make mutation` (`scripts/mutation_testing.py`) from the results it commits in
+`docs/mutation/*.json`; `make mutation-report` rewrites it from those alone. Do not edit by hand.
 
-- Date: {min(r["started"] for r in results)}
-- Machine: {cpu_model_name()} ({os.cpu_count()} CPUs)
-- Tool: mutmut {version}, `process_isolation = "forkserver"` (one module at a time, one or two
+- Date: runs started {min(starts, default="-")} to {max(starts, default="-")}
+- Machine: {", ".join(machines)}
+- Tool: {", ".join(tools)}, `process_isolation = "forkserver"` (one module at a time, one or two
   workers, `nice -n 10`; run time is wall time on a machine shared with other jobs)
 - What: every mutant mutmut makes of each module below, each run against the listed tests (the fastest
   ones that exercise the module; no real-server test). The target list is `TARGETS` in the script.
@@ -606,9 +786,9 @@ reviewed `EQUIVALENT` table with the reason no test can kill them; they are not 
 |---|---:|---:|---:|---:|---:|---:|---:|---:|
 {chr(10).join(rows)}
 
-Overall: {killed} of {scored} non-equivalent mutants killed ({100.0 * killed / max(scored, 1):.1f}%).
+Overall: {killed} of {scored} non-equivalent mutants killed ({100.0 * killed / max(scored, 1):.1f}%){scope}.
 
-{_baseline_table(baseline) if baseline else ""}
+{_baseline_table(baseline_data) if baseline_data else ""}
 ## Surviving mutants
 
 {chr(10).join(chr(10) + s for s in sections).strip()}
@@ -637,8 +817,14 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument(
         "--check", action="store_true", help=f"exit 1 when a module scores < {REQUIRED_SCORE}%"
     )
-    report.add_argument("--work", type=Path, default=WORK, help="results of `run` (default build/mutation)")
-    report.add_argument("--baseline", type=Path, help="results of an earlier `run --out DIR`, for comparison")
+    report.add_argument(
+        "--results", type=Path, default=RESULTS, help="committed results of `run` (default docs/mutation)"
+    )
+    report.add_argument(
+        "--baseline",
+        type=Path,
+        help="scratch folder of an earlier `run --tests-rev REV --out DIR`: rewrite baseline.json from it",
+    )
     args = parser.parse_args(argv)
     if args.command in ("run", "rerun"):
         names = {t.name for t in TARGETS}
@@ -658,7 +844,7 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
         return 0
-    below = write_report(args.work, args.baseline)
+    below = write_report(args.results, args.baseline)
     print(f"wrote {REPORT.relative_to(REPO)}")
     if below and args.check:
         print("below the required score: " + "; ".join(below), file=sys.stderr)

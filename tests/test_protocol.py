@@ -24,7 +24,7 @@ from PIL import Image
 from serving_fixtures import REPO_ROOT, server_env
 
 from predictor.client.cli import main
-from predictor.protocol import binary_ext, grpc_v2, tensors
+from predictor.protocol import base64text, binary_ext, grpc_v2, json_body, tensors
 from predictor.protocol.detections import V2_OUTPUTS, detections_from_v1, detections_from_v2
 from predictor.protocol.errors import MalformedMessage
 from predictor.serving import codecs, v2_binary
@@ -97,6 +97,15 @@ def test_malformed_answers_name_the_field():
         detections_from_v1({"predictions": [[{"score": 0.5}]]}, 1)
     with pytest.raises(MalformedMessage, match="outputs: missing detection_boxes, detection_scores"):
         detections_from_v2({"num_detections": np.array([0]), "detection_classes": np.zeros((1, 0))}, 1)
+    short_labels = {  # 2 detections, but detection_labels has one column: no label is made up
+        "num_detections": np.array([2]),
+        "detection_boxes": np.zeros((1, 2, 4), np.float32),
+        "detection_scores": np.array([[0.9, 0.8]], np.float32),
+        "detection_classes": np.array([[1, 2]], np.int32),
+        "detection_labels": np.array([[b"circle"]], object),
+    }
+    with pytest.raises(MalformedMessage, match=r"image 0: outputs do not hold 2 detections"):
+        detections_from_v2(short_labels, 1)
     with pytest.raises(MalformedMessage, match=r"outputs\[0\]: no JSON data"):
         tensors.arrays_from_json_outputs({"outputs": [{"name": "x", "datatype": "FP32", "shape": [1]}]})
     with pytest.raises(MalformedMessage, match=r"outputs\[0\]: 3 values do not fill shape \[2\]"):
@@ -105,7 +114,177 @@ def test_malformed_answers_name_the_field():
         )
 
 
+def test_excerpt_and_load_json_exact():
+    """Error-message words: strings as they are, other values as their repr, cut at the limit."""
+    assert json_body.excerpt("abc") == "abc"  # a string is not quoted
+    assert json_body.excerpt([1, 2]) == "[1, 2]"
+    assert json_body.excerpt("x" * 200) == "x" * 200  # the default limit is 200, inclusive
+    assert json_body.excerpt("x" * 201) == "x" * 200 + "..."
+    assert json_body.excerpt(b"abcd", 4) == "b'ab..."
+    with pytest.raises(MalformedMessage, match=r"^invalid JSON body: "):
+        json_body.load_json(b"{")
+
+
+def test_base64_text_exact():
+    """The tolerant base64 path: each URL-safe character alone, missing padding, junk refused, and the
+    length cap's formula (4 characters per 3 bytes, a line break per 57 bytes at most, 256 spare)."""
+    assert base64text.encode_base64(b"\xfb\xef") == "++8="
+    assert base64text.decode_base64("--8=", 10) == b"\xfb\xef"  # '-' without '_'
+    assert base64text.decode_base64("__8", 10) == b"\xff\xff"  # '_' without '-', one '=' missing
+    assert base64text.decode_base64("QUI", 10) == b"AB"
+    with pytest.raises(MalformedMessage, match=r"^invalid base64: "):
+        base64text.decode_base64("QUJD!!!!", 10)  # not dropped: junk is an error, not skipped
+    with pytest.raises(MalformedMessage, match=r"^empty image \(no base64 data\)$"):
+        base64text.decode_base64(" \n", 10)
+    assert [base64text.max_base64_chars(n) for n in (0, 3, 1000)] == [256, 260, 4 * 334 + 26 + 256]
+
+
+def _v2_answer(**arrays):
+    base = {
+        "num_detections": np.array([1]),
+        "detection_boxes": np.array([[[1.0, 2.0, 3.0, 4.0]]], np.float32),
+        "detection_scores": np.array([[0.5]], np.float32),
+        "detection_classes": np.array([[3]], np.int32),
+    }
+    return {**base, **arrays}
+
+
+def test_detections_read_back_exact():
+    """What the client makes of answers that leave fields out or hold odd values."""
+    no_label = {"score": 0.5, "xmin": 1, "ymin": 2, "xmax": 3, "ymax": 4}
+    (record,) = detections_from_v1({"predictions": [[no_label]]}, 1)[0]
+    assert record["label"] == "" and record["class_id"] == 0
+    (record,) = detections_from_v2(_v2_answer(), 1)[0]  # no detection_labels: empty labels
+    assert record["label"] == "" and record["class_id"] == 3 and type(record["class_id"]) is int
+    labels = np.array([[b"\xffdog"]], object)  # not UTF-8: replaced, not an error
+    assert detections_from_v2(_v2_answer(detection_labels=labels), 1)[0][0]["label"] == "\ufffddog"
+    # num_detections [N, 1] (as some servers shape it) is read as [N]
+    assert len(detections_from_v2(_v2_answer(num_detections=np.array([[1]])), 1)[0]) == 1
+    with pytest.raises(MalformedMessage, match=r"^predictions: expected a list of 2 lists, got \{'x': 1\}$"):
+        detections_from_v1({"x": 1}, 2)
+    with pytest.raises(MalformedMessage, match=r"^predictions: expected a list of 1 lists, got \[\]$"):
+        detections_from_v1([], 1)
+    with pytest.raises(
+        MalformedMessage, match=r"^predictions\[0\]: not detections \(KeyError\('score'\)\): \[\{\}\]$"
+    ):
+        detections_from_v1({"predictions": [[{}]]}, 1)
+    with pytest.raises(MalformedMessage, match=r"^num_detections: 2 values for 1 images$"):
+        detections_from_v2(_v2_answer(num_detections=np.array([1, 1])), 1)
+    with pytest.raises(MalformedMessage) as long_error:  # numpy quotes the whole value: cut to 300
+        detections_from_v2(_v2_answer(detection_scores=np.array([["x" * 400]], object)), 1)
+    assert len(str(long_error.value)) == 300
+
+
 # ----------------------------------------------------------------------------------------- tensors
+def test_tensor_helpers_exact():
+    """Exact values and messages of the JSON, raw and gRPC tensor readers and writers."""
+    long = "D" * 40  # datatype names are quoted to 32 characters
+
+    def fails(message, fn, *args):
+        with pytest.raises(MalformedMessage, match="^" + message + "$"):
+            fn(*args)
+
+    assert tensors.json_tensor("x", "BYTES", ["a", "b"]) == {
+        "name": "x", "datatype": "BYTES", "shape": [2], "data": ["a", "b"]
+    }  # fmt: skip
+    assert tensors.json_tensor("n", "INT32", np.array([[1, 2]])) == {
+        "name": "n", "datatype": "INT32", "shape": [1, 2], "data": [1, 2]
+    }  # fmt: skip
+    assert type(tensors.json_tensor("b", "BYTES", [1])["data"][0]) is int  # objects kept as given
+    assert tensors.serialize_tensor([1, "é"], "BYTES") == b"\x01\x00\x00\x001\x02\x00\x00\x00\xc3\xa9"
+    assert tensors.split_bytes_elements(b"\x00\x00\x00\x00") == [b""]
+    fails(
+        r"input: malformed raw BYTES contents \(truncated length prefix\)",
+        tensors.split_bytes_elements,
+        b"\x00",
+    )
+    fails(
+        r"output: malformed raw BYTES contents \(truncated length prefix\)",
+        tensors.deserialize_tensor,
+        b"\x00",
+        "BYTES",
+        [1],
+    )
+    fails(r"output: 1 bytes are not whole FP32 values", tensors.deserialize_tensor, b"\x00", "FP32", [1])
+    fails(r"output: 1 values do not fill shape \[2\]", tensors.deserialize_tensor, b"\x00", "UINT8", [2])
+    fails(r"output: unsupported datatype " + "D" * 32 + r"\.\.\.", tensors.deserialize_tensor, b"", long, [0])
+    fails(
+        r"o\.shape: expected a list of integers, got a string",
+        tensors.array_from_json_tensor,
+        {"shape": "2", "data": [1]},
+        "o",
+    )
+    fails(
+        r"o\.shape: expected a list of integers, got a list",
+        tensors.array_from_json_tensor,
+        {"shape": [True], "data": [1]},
+        "o",
+    )
+    fails(
+        r"o\.datatype: unsupported datatype " + "D" * 32 + r"\.\.\.",
+        tensors.array_from_json_tensor,
+        {"datatype": long, "shape": [1], "data": [1]},
+        "o",
+    )
+    fails(
+        r"o\.data: not INT32 values \(.*\)",
+        tensors.array_from_json_tensor,
+        {"datatype": "INT32", "shape": [1], "data": ["x"]},
+        "o",
+    )
+    fails(
+        r"o: 1 values do not fill shape \[2\]",
+        tensors.array_from_json_tensor,
+        {"datatype": "INT32", "shape": [2], "data": [1]},
+        "o",
+    )
+    ints = tensors.array_from_json_tensor({"datatype": "INT64", "shape": [1], "data": [2**40]}, "o")
+    assert ints.dtype == np.int64 and ints.tolist() == [2**40]
+    words = tensors.array_from_json_tensor({"datatype": "BYTES", "shape": [1], "data": ["ab"]}, "o")
+    assert words.dtype == object and words.tolist() == ["ab"]
+    fails(r"outputs: expected a list of tensors, got null", tensors.arrays_from_json_outputs, {})
+    fails(r"outputs: expected a list of tensors, got null", tensors.arrays_from_json_outputs, [])
+    fails(
+        r"outputs\[0\]: expected a tensor with a name, got \{'name': 1\}",
+        tensors.arrays_from_json_outputs,
+        {"outputs": [{"name": 1}]},
+    )
+    fails(
+        r"outputs\[0\]: expected a tensor with a name, got 5",
+        tensors.arrays_from_json_outputs,
+        {"outputs": [5]},
+    )
+    out = SimpleNamespace(name="x", datatype=long, shape=[1], contents=None)
+    fails(
+        r"outputs\[0\]: unsupported datatype " + "D" * 32 + r"\.\.\.",
+        tensors.arrays_from_grpc_outputs,
+        [out],
+        [],
+    )
+    fails(
+        r"outputs\[0\]: malformed raw BYTES contents \(truncated length prefix\)",
+        tensors.arrays_from_grpc_outputs,
+        [SimpleNamespace(name="x", datatype="BYTES", shape=[1])],
+        [b"\x00"],
+    )
+    out = SimpleNamespace(name="x", datatype="INT32", shape=[2], contents=SimpleNamespace(int_contents=[1]))
+    fails(r"outputs\[0\]: 1 values do not fill shape \[2\]", tensors.arrays_from_grpc_outputs, [out], [])
+    fails(r"raw_output_contents: 2 for 1 outputs", tensors.arrays_from_grpc_outputs, [out], [b"", b""])
+    assert tensors.json_tensor("b", "BYTES", ["a", 1])["data"] == ["a", 1]  # not made one numpy type
+    assert type(tensors.json_tensor("s", "FP32", np.array([0.5], np.float32))["data"][0]) is float
+    assert tensors.serialize_tensor([b"a\x00"], "BYTES") == b"\x02\x00\x00\x00a\x00"  # NUL kept
+    fails(
+        r"outputs: expected a list of tensors, got a number", tensors.arrays_from_json_outputs, {"outputs": 5}
+    )
+    with pytest.raises(MalformedMessage) as long_error:  # numpy quotes the whole value: cut to 300
+        tensors.array_from_json_tensor({"datatype": "FP32", "shape": [1], "data": ["x" * 400]}, "o")
+    assert len(str(long_error.value)) == 300
+    raw = tensors.arrays_from_grpc_outputs(
+        [SimpleNamespace(name="b", datatype="BYTES", shape=[1])], [b"\x01\x00\x00\x00z"]
+    )
+    assert raw["b"].dtype == object and raw["b"].tolist() == [b"z"]
+
+
 @pytest.mark.parametrize("datatype", sorted(tensors.NUMPY_DTYPES))
 def test_numeric_tensors_round_trip(datatype):
     rng = np.random.default_rng(7)
