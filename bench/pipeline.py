@@ -233,25 +233,13 @@ def model_cpu_ms(detector: Any, min_time_s: float, max_images: int = BATCH) -> d
 
 
 def batch_calls(metrics_text: str) -> dict[int, float]:
-    """Model calls per batch bucket so far, from the server's ``ssd_batch_size`` histogram.
+    """Model calls per batch bucket so far, from the server's ``ssd_batch_size`` histogram
+    (:func:`bench.served.batch_delta` from an empty one): a call of ``n`` images is counted under the
+    smallest bound >= ``n``, the bucket it was padded to."""
+    from bench.served import batch_delta, parse_batch_histogram
 
-    The histogram's ``le`` bounds are the detector's buckets (1, 2, 4, 8, ...): a call of ``n`` images
-    is counted under the smallest bound >= ``n``, which is the bucket it was padded to.
-    """
-    from prometheus_client.parser import text_string_to_metric_families
-
-    cumulative: dict[float, float] = {}
-    for family in text_string_to_metric_families(metrics_text):
-        if family.name != "ssd_batch_size":
-            continue
-        for sample in family.samples:
-            if sample.name == "ssd_batch_size_bucket" and sample.labels["le"] != "+Inf":
-                cumulative[float(sample.labels["le"])] = sample.value
-    calls, below = {}, 0.0
-    for bound in sorted(cumulative):
-        calls[int(bound)] = cumulative[bound] - below
-        below = cumulative[bound]
-    return calls
+    empty = {"buckets": {}, "sum": 0.0, "count": 0.0}
+    return batch_delta(empty, parse_batch_histogram(metrics_text)).get("calls_by_bucket", {})
 
 
 def model_cpu_of_calls(calls: dict[int, float], per_call_ms: dict[int, float]) -> float:
