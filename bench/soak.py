@@ -9,13 +9,15 @@ body over ``--max_request_bytes``) and concurrent bursts, sent by ``--concurrenc
 Reported: requests served, counts by HTTP status and gRPC code, 5xx (server errors; gRPC ``INTERNAL``,
 ``UNAVAILABLE`` ... count too), requests whose answer was not the expected one (valid -> 200 with
 predictions/outputs, invalid -> 4xx), p50/p99 latency of the valid requests, and the server's RSS
-(its process and children) when it became ready, after each tenth of the requests and at the end.
-Exit status 1 when there is any 5xx, transport error or unexpected answer, or when RSS grew by more
-than ``--max_rss_growth_pct`` from ready to the end (the whole run counts: nothing is excluded as
-warm-up).
+(its process and children): when it became ready, after each tenth of the requests, at the last answer,
+at the end (after ``--settle_s`` seconds with no request, the time an idle server has to give its heap
+back: ``--malloc_trim_idle_s``, 2 s by default) and the peak of samples taken every 0.5 s while the
+requests ran. Exit status 1 when there is any 5xx, transport error or unexpected answer, or when RSS
+grew by more than ``--max_rss_growth_pct`` from ready to the end (the whole run counts: nothing is
+excluded as warm-up; ready and end are both taken with the server idle).
 
 ``python -m bench.soak [--model_dir DIR] [--requests 3000] [--concurrency 8] [--max_seconds 600]
-[--out bench/out/soak.json]`` -> table + JSON. Loopback only; bounded in requests and time.
+[--settle_s 5] [--out bench/out/soak.json]`` -> table + JSON. Loopback only; bounded in requests and time.
 """
 
 from __future__ import annotations
@@ -411,6 +413,30 @@ def summarize(results: list[Result]) -> dict[str, Any]:
     }
 
 
+class RssSampler:
+    """The peak RSS of a process tree, sampled every ``interval_s`` in a thread while in a ``with``."""
+
+    def __init__(self, pid: int, interval_s: float = 0.5) -> None:
+        self.pid, self.interval_s, self.peak = pid, interval_s, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):  # the server may be gone: the run reports that
+                self.peak = max(self.peak, process_rss(self.pid))
+            if self._stop.wait(self.interval_s):
+                return
+
+
 def soak(
     model_dir: Path,
     n_requests: int = 3000,
@@ -422,6 +448,7 @@ def soak(
     seed: int = 0,
     log_path: Path | None = None,
     server_args: tuple[str, ...] = (),
+    settle_s: float = 5.0,
 ) -> dict[str, Any]:
     """Start a server, run the soak, stop the server; the report (``report["passed"]``)."""
     log_path = log_path or OUT_DIR / "soak_server.log"
@@ -454,19 +481,23 @@ def soak(
         timeline: list[dict[str, Any]] = []
         t_run = time.monotonic()
         deadline = t0 + max_seconds
+        sampler = RssSampler(server.proc.pid)
         try:
             prev = 0
-            for frac, cut in zip(fracs, cuts, strict=True):
-                results += run_phase(client, schedule[prev:cut], concurrency, deadline)
-                prev = cut
-                sample = process_rss(server.proc.pid)
-                timeline.append({"requests": len(results), "rss_mib": sample / 2**20})
-                if frac == 0.5:
-                    rss["mid"] = sample
-            rss["end"] = sample
+            with sampler:
+                for frac, cut in zip(fracs, cuts, strict=True):
+                    results += run_phase(client, schedule[prev:cut], concurrency, deadline)
+                    prev = cut
+                    sample = process_rss(server.proc.pid)
+                    timeline.append({"requests": len(results), "rss_mib": sample / 2**20})
+                    if frac == 0.5:
+                        rss["mid"] = sample
+            rss["last_answer"] = sample
         finally:
             client.close()
         run_s = time.monotonic() - t_run
+        time.sleep(settle_s)  # an idle server's heap trim (--malloc_trim_idle_s) happens in this
+        rss["end"] = process_rss(server.proc.pid)
         alive = server.proc.poll() is None
     finally:
         exit_code = server.terminate()
@@ -474,7 +505,7 @@ def soak(
 
     report = summarize(results)
     growth = 100.0 * (rss["end"] - rss["ready"]) / rss["ready"]
-    peak = max([rss["ready"], *(t["rss_mib"] * 2**20 for t in timeline)])
+    peak = max([rss["ready"], sampler.peak, *(t["rss_mib"] * 2**20 for t in timeline)])
     report.update(
         {
             "model_dir": str(model_dir),
@@ -487,7 +518,9 @@ def soak(
             "requests_per_s": len(results) / run_s if run_s else float("nan"),
             "rss_mib": {k: v / 2**20 for k, v in rss.items()},
             "rss_growth_from_ready_pct": growth,
+            "rss_growth_to_last_answer_pct": 100.0 * (rss["last_answer"] - rss["ready"]) / rss["ready"],
             "rss_peak_sampled_mib": peak / 2**20,
+            "settle_s": settle_s,
             "rss_timeline": timeline,
             "max_rss_growth_pct": max_rss_growth_pct,
             "server_alive_at_end": alive,
@@ -524,7 +557,12 @@ def markdown(report: dict[str, Any]) -> str:
         ("transport errors", report["transport_errors"]),
         ("unexpected answers", report["unexpected"]),
         ("p50 / p99 latency, valid (ms)", f"{lat['p50']:.1f} / {lat['p99']:.1f}"),
-        ("RSS ready / mid / end (MiB)", f"{rss['ready']:.1f} / {rss['mid']:.1f} / {rss['end']:.1f}"),
+        (
+            f"RSS ready / mid / last answer / end, {report['settle_s']:g} s later (MiB)",
+            f"{rss['ready']:.1f} / {rss['mid']:.1f} / {rss['last_answer']:.1f} / {rss['end']:.1f}",
+        ),
+        ("RSS peak while serving, sampled every 0.5 s (MiB)", f"{report['rss_peak_sampled_mib']:.1f}"),
+        ("RSS growth from ready to the last answer", f"{report['rss_growth_to_last_answer_pct']:+.2f}%"),
         (
             "RSS growth from ready to end",
             f"{report['rss_growth_from_ready_pct']:+.2f}% (limit {report['max_rss_growth_pct']:g}%)",
@@ -553,6 +591,13 @@ def main(argv: list[str] | None = None) -> int:
         "--max_seconds", type=float, default=600.0, help="stop sending after this (from start)"
     )
     parser.add_argument("--max_rss_growth_pct", type=float, default=5.0)
+    parser.add_argument(
+        "--settle_s",
+        type=float,
+        default=5.0,
+        help="idle seconds between the last answer and the end sample (the server trims its heap after "
+        "--malloc_trim_idle_s, 2 s by default)",
+    )
     parser.add_argument("--max_batch_size", type=int, default=32)
     parser.add_argument("--max_request_bytes", type=int, default=8 * 1024 * 1024)
     parser.add_argument("--seed", type=int, default=0)
@@ -575,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         log_path=args.out.with_name(args.out.stem + "_server.log"),
         server_args=tuple(args.server_args),
+        settle_s=args.settle_s,
     )
     report = {"machine": machine, **report}
     print(markdown(report))

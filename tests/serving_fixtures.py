@@ -27,6 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAME = "ssd"
 #: Caps of the session server (small, so that oversize inputs are cheap to build).
 SERVER_MAX_IMAGE_BYTES = 2_000_000
+SERVER_TRIM_IDLE_S = 0.3
 SERVER_MAX_IMAGE_PIXELS = 4_000_000
 SERVER_MAX_BATCH = 32
 
@@ -214,6 +215,8 @@ def ssd_server(random_tiny_model_dir, tmp_path_factory) -> Iterator[ServerProces
         str(SERVER_MAX_IMAGE_BYTES),
         "--max_image_pixels",
         str(SERVER_MAX_IMAGE_PIXELS),
+        "--malloc_trim_idle_s",  # short, so the heap is trimmed between tests too, not only in its own test
+        str(SERVER_TRIM_IDLE_S),
     )
     try:
         server.wait_ready()

@@ -141,11 +141,3 @@ def test_describe_names_the_sources(tmp_path):
     root, proc = v2_tree(tmp_path, "200000 100000", str(2**30))
     text = read_limits(root, proc).describe()
     assert "cpu quota 2 (" in text and "memory limit 1,024 MiB (" in text
-
-
-def test_malloc_tuning_applies_on_glibc():
-    import platform
-
-    if platform.libc_ver()[0] != "glibc":
-        pytest.skip("mallopt is glibc's")
-    assert resources.tune_malloc(8 * 2**20) is True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -24,6 +25,7 @@ from serving_fixtures import (
     MODEL_NAME,
     SERVER_MAX_BATCH,
     SERVER_MAX_IMAGE_BYTES,
+    SERVER_TRIM_IDLE_S,
     b64,
     encode_image,
     forge_gif_size,
@@ -986,6 +988,22 @@ def test_prometheus_metrics(client, ssd_server, pngs):
     assert ssd_server.metric("ssd_queue_images") == 0
     text = client.get("/metrics").text
     assert "request_predict_seconds" in text  # KServe's own histograms are still there
+
+
+def test_the_heap_is_trimmed_once_per_idle_spell(client, ssd_server, pngs):
+    """--malloc_trim_idle_s: after a request, once nothing has been in flight for 0.3 s, one
+    malloc_trim; reading /metrics (no body) is not a request, so no second trim follows."""
+    before = ssd_server.metric("ssd_heap_trims_total")
+    assert client.post(V1, json={"instances": [b64(pngs[0])]}).status_code == 200
+    deadline = time.monotonic() + 20
+    while ssd_server.metric("ssd_heap_trims_total") == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    trims = ssd_server.metric("ssd_heap_trims_total")
+    assert trims > before
+    time.sleep(4 * SERVER_TRIM_IDLE_S)
+    assert ssd_server.metric("ssd_heap_trims_total") == trims
+    assert ssd_server.metric("ssd_heap_trimmed_bytes_total") > 0
+    assert f"trimmed after {SERVER_TRIM_IDLE_S:g} s idle" in ssd_server.log_path.read_text()
 
 
 def test_an_oversized_body_is_refused_before_it_is_read(ssd_server):

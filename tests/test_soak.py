@@ -67,7 +67,11 @@ def test_short_soak(random_tiny_model_dir, tmp_path):
     lat = report["latency_valid_ms"]
     assert 0 < lat["p50"] <= lat["p99"]
     rss = report["rss_mib"]
-    assert all(rss[k] > 50 for k in ("ready", "mid", "end"))
+    assert all(rss[k] > 50 for k in ("ready", "mid", "last_answer", "end"))
+    assert rss["last_answer"] == report["rss_timeline"][-1]["rss_mib"]
+    # the 0.5 s sampler ran during the requests: its peak is at least every phase's sample
+    assert report["rss_peak_sampled_mib"] >= max(t["rss_mib"] for t in report["rss_timeline"])
+    assert report["settle_s"] == 5.0
     assert report["rss_growth_from_ready_pct"] == pytest.approx(
         100 * (rss["end"] - rss["ready"]) / rss["ready"]
     )

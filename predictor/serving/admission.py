@@ -50,11 +50,22 @@ class ByteBudget:
             raise ValueError(f"the in-flight bytes limit must be positive, got {limit}")
         self.limit = limit
         self._used = 0
+        self._admitted = 0
         self._lock = threading.Lock()
 
     @property
     def used(self) -> int:
         return self._used
+
+    @property
+    def admitted(self) -> int:
+        """Reservations granted so far (grows by one per admitted request)."""
+        return self._admitted
+
+    def activity(self) -> tuple[bool, int]:
+        """``(anything in flight, reservations granted so far)``: the heap trimmer's view of the load."""
+        with self._lock:
+            return self._used > 0, self._admitted
 
     def try_reserve(self, n: int) -> bool:
         """Reserve ``n`` more bytes; False (nothing reserved) when they do not fit."""
@@ -62,6 +73,7 @@ class ByteBudget:
             if self._used and self._used + n > self.limit:
                 return False
             self._used += n
+            self._admitted += 1
             prometheus.INFLIGHT_BYTES.set(self._used)
             return True
 

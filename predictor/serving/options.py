@@ -225,6 +225,13 @@ class ServingOptions:
         "when freed, smaller ones are reused from the heap. 1048576 keeps the resident size nearer its "
         "size at ready at about twice the decode CPU per 1080p image (see bench/RESULTS.md).",
     )
+    malloc_trim_idle_s: float = _option(
+        2.0,
+        non_negative_float,
+        "Once no request has been in flight for this many seconds, give the heap's free memory back to "
+        "the system (glibc malloc_trim), so an idle pod returns to about its resident size at ready; "
+        "0: never.",
+    )
     xla: bool = _option(False, _bool, "Compile the model with XLA (jit_compile).")
     mixed_precision: str = _option(
         "none", _precision, "Compute dtype for the network: none (float32), float16 or bfloat16."

@@ -17,6 +17,8 @@ Registered once, at import, in ``prometheus_client``'s default registry (the one
   deadline had passed: ``decode`` (never decoded), ``queue`` (decoded, dropped from the batch queue).
 - ``ssd_late_images_total``: images the model had already started on when their deadline passed
   (computed, then discarded).
+- ``ssd_heap_trims_total`` / ``ssd_heap_trimmed_bytes_total``: idle-time ``malloc_trim`` calls and the
+  resident bytes they gave back (:mod:`predictor.serving.heap`).
 - ``ssd_traces_total``: ``tf.function`` traces of the served detector (flat after warm-up).
 - ``ssd_model_ready``: 1 once the model is loaded and warmed up.
 """
@@ -55,6 +57,8 @@ CANCELLED = Counter(
     "ssd_cancelled_images", "Images whose work was skipped because their deadline had passed", ["stage"]
 )
 LATE = Counter("ssd_late_images", "Images computed by the model after their request's deadline had passed")
+HEAP_TRIMS = Counter("ssd_heap_trims", "malloc_trim calls after the server went idle")
+HEAP_TRIMMED_BYTES = Counter("ssd_heap_trimmed_bytes", "Resident bytes given back by idle malloc_trim calls")
 
 
 class _ModelCollector(Collector):

@@ -30,7 +30,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from predictor.serving import errors, middleware, priority, resources
+from predictor.serving import errors, heap, middleware, priority, resources
 from predictor.serving.admission import ByteBudget, admitting_grpc_server
 from predictor.serving.options import ServingOptions, build_parser, resolve_automatic
 from predictor.serving.prometheus import QuietClientErrors
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the server until it is stopped; returns the process exit status."""
     args = build_parser().parse_args(argv)
     _configure_logging(args)
-    malloc_tuned = resources.tune_malloc(args.malloc_mmap_threshold_bytes)  # before TF and the pools start
+    malloc_tuned = heap.tune_malloc(args.malloc_mmap_threshold_bytes)  # before TF and the pools start
     priority.configure(args.compute_nice)
     model_dir = resolve_model_dir(args.model_dir)
     if model_dir is None:
@@ -103,7 +103,8 @@ def size_from_limits(options: ServingOptions, malloc_tuned: bool = False) -> Ser
         options.tf_inter_op_threads,
         options.max_inflight_bytes,
         ", ".join(automatic) or "none",
-        f"mmap threshold {options.malloc_mmap_threshold_bytes}, {resources.ARENA_MAX} arenas"
+        f"mmap threshold {options.malloc_mmap_threshold_bytes}, {heap.ARENA_MAX} arenas, trimmed after "
+        f"{options.malloc_trim_idle_s:g} s idle"
         if malloc_tuned
         else "default",
     )
@@ -145,10 +146,17 @@ def _serve(args: argparse.Namespace, options: ServingOptions, model: SSDPredicto
     model.enable_latency_logging = server.enable_latency_logging
     status = {"exit": 0}
     threading.Thread(target=_warm_up, args=(model, status), name="ssd-warmup", daemon=True).start()
+    trimmer = (
+        heap.IdleTrimmer(budget.activity, options.malloc_trim_idle_s).start()
+        if options.malloc_trim_idle_s
+        else None
+    )
     try:
         server.start([])  # not [model]: start() insists on a ready model, ours warms up in the background
     finally:
         model.close()  # every request still waiting gets its 503
+        if trimmer is not None:
+            trimmer.stop()
     log.info("server stopped")
     return status["exit"]
 

@@ -140,6 +140,7 @@ defaults live in predictor.serving.options.ServingOptions. tests/test_deploy_cha
 - [tfInterOpThreads, --tf_inter_op_threads, int]
 - [maxInflightBytes, --max_inflight_bytes, int]
 - [mallocMmapThresholdBytes, --malloc_mmap_threshold_bytes, int]
+- [mallocTrimIdleSeconds, --malloc_trim_idle_s, num]
 - [maxQueueDelayMs, --max_queue_delay_ms, num]
 - [mixedPrecision, --mixed_precision, num]
 {{- end }}
