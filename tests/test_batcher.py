@@ -201,6 +201,58 @@ def test_a_request_cancelled_while_queued_leaves_the_queue():
     assert batcher.admitted_images == 0
 
 
+#: Warm-up timings of a compute-bound model (a CPU: a call's time grows with its bucket) and of a
+#: latency-bound one (a GPU: a bucket of 16 takes about what one of 8 does).
+CPU_TIMINGS = {1: 0.01, 2: 0.02, 4: 0.04, 8: 0.08, 16: 0.16}
+GPU_TIMINGS = {1: 0.009, 2: 0.009, 4: 0.0095, 8: 0.010, 16: 0.0105}
+
+
+@pytest.mark.parametrize(
+    ("timings", "sizes", "taken"),
+    [
+        # 9 images run as 16 go at 9/0.16 = 56 images/s, 8 at 100: the 9th leads the next call
+        (CPU_TIMINGS, [1] * 9, 8),
+        (CPU_TIMINGS, [1] * 12, 8),  # 12 as 16: 75/s, under 90% of 100
+        (CPU_TIMINGS, [1] * 15, 15),  # 15 as 16: 94/s, within 10% of the best: all of them
+        (CPU_TIMINGS, [1] * 16, 16),
+        (CPU_TIMINGS, [3, 3, 3], 2),  # totals 3, 6, 9 -> buckets 4, 8, 16: 75, 75, 56 images/s
+        (CPU_TIMINGS, [2, 3], 1),  # 5 as 8: 62.5/s against 100 for the first request (2 images) alone
+        (CPU_TIMINGS, [5], 1),  # one request is never split, however badly it fills its bucket
+        (GPU_TIMINGS, [1] * 9, 9),  # 9 as 16: 857/s, 8 alone: 800/s
+        (GPU_TIMINGS, [3, 3, 3], 3),
+        ({}, [1] * 9, 9),  # nothing timed: everything taken runs
+    ],
+)
+def test_a_call_takes_the_longest_efficient_prefix_of_the_queue(timings, sizes, taken):
+    batcher = make_batcher(FakeModel(), max_batch_size=16, bucket_seconds=timings)
+    assert batcher._efficient_prefix(sizes) == taken
+
+
+@pytest.mark.parametrize(("timings", "calls"), [(CPU_TIMINGS, [1, 8, 1]), (GPU_TIMINGS, [1, 9])])
+def test_requests_a_bucket_would_fill_badly_lead_the_next_call(timings, calls):
+    """Nine one-image requests queue while the model holds a call: on a CPU the next call takes the
+    eight oldest (a bucket of 8, no padding) and the ninth runs next; on a GPU all nine run at once.
+    Every request gets its own row either way."""
+    model = FakeModel()
+    batcher = make_batcher(model, max_batch_size=16, batch_wait_s=0.0, bucket_seconds=timings)
+
+    async def main():
+        model.gate.clear()
+        first = asyncio.create_task(submit(batcher, [100.0]))
+        await until(lambda: len(model.calls) == 1, "the first request to reach the model")
+        queued = [asyncio.create_task(submit(batcher, [float(k)])) for k in range(9)]
+        await until(lambda: batcher.queued_images == 9, "nine requests to be queued")
+        model.gate.set()
+        return await first, await asyncio.gather(*queued)
+
+    first, rest = asyncio.run(main())
+    assert [call["n"] for call in model.calls] == calls
+    assert [m for call in model.calls for m in call["markers"]] == [100.0, *map(float, range(9))]  # FIFO
+    assert first["boxes"][0, 0, 0] == 100.0
+    assert [r["boxes"][0, 0, 0] for r in rest] == list(map(float, range(9)))
+    assert batcher.queued_images == 0 and batcher.admitted_images == 0
+
+
 def test_a_failing_model_call_fails_only_its_batch():
     model = FakeModel(fail=True)
     batcher = make_batcher(model)
