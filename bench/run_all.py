@@ -5,7 +5,12 @@ this script then writes ``bench.json`` (all results + ratios) and ``bench.png`` 
 against concurrency) and prints the ratios last:
 
 * served / raw: served images/s at the highest concurrency (16) over ``Detector.run_batch`` images/s at
-  the same batch size (16): what the server keeps of the compiled function's throughput;
+  the same batch size (16): what the server keeps of the compiled function's throughput; also at
+  concurrency 8 over batch 8;
+* the ceiling of served / raw on this machine: a server that spent no CPU beyond the model call and
+  the decode + resize of each image (both measured by the raw stage, in CPU ms per image) would serve
+  ``cores / (model + decode)`` images/s; over raw images/s at the same batch. Where decode + resize is
+  a large share of the model's CPU (the small demo model on a CPU), this is well below 1;
 * ours / ORT: our network alone over ONNX Runtime on the same network, weights and batch;
 * p50 at concurrency 1 over (raw batch-1 latency + decode/resize time of the test images): what one
   lone request pays on top of the work it cannot avoid.
@@ -32,7 +37,7 @@ STAGES = ("raw", "onnx", "served")
 FULL = {
     "raw": ["--batches", "1,4,8,16,32", "--min_time_s", "2", "--min_iters", "2"],
     "onnx": ["--batches", "1,4,8,16,32", "--min_time_s", "2", "--min_iters", "2"],
-    "served": ["--concurrency", "1,4,16", "--duration_s", "10", "--min_requests", "3"],
+    "served": ["--concurrency", "1,4,8,16", "--duration_s", "10", "--min_requests", "3"],
 }
 QUICK = {
     "raw": ["--batches", "1,2", "--min_time_s", "0.1", "--min_iters", "1", "--matmul_n", "256"],
@@ -68,17 +73,46 @@ def ours_over_ort(raw_m: dict, onnx_m: dict) -> dict[int, float]:
 
 
 def served_over_raw(raw_m: dict, served_m: dict) -> dict[str, Any]:
-    """Served images/s at the top concurrency over run_batch images/s at that batch size, by protocol."""
-    top = max(x["concurrency"] for x in served_m["rows"])
-    ref = nearest_batch(raw_m["detector"], top)
-    if ref is None:
+    """Served images/s over run_batch images/s at the batch size equal to the concurrency (or the
+    largest below it), by protocol: at the top concurrency (``by_protocol``) and at each concurrency
+    of at least 8 (``by_concurrency``)."""
+    by_concurrency: dict[int, dict[str, Any]] = {}
+    for c in sorted({x["concurrency"] for x in served_m["rows"]}):
+        ref = nearest_batch(raw_m["detector"], c)
+        if ref is None:
+            continue
+        cells = [x for x in served_m["rows"] if x["concurrency"] == c]
+        by_concurrency[c] = {
+            "raw_batch": ref["batch"],
+            "raw_images_per_s": ref["images_per_s"],
+            "by_protocol": {x["protocol"]: x["images_per_s"] / ref["images_per_s"] for x in cells},
+        }
+    if not by_concurrency:
         return {}
-    cells = [x for x in served_m["rows"] if x["concurrency"] == top]
+    top = max(by_concurrency)
     return {
         "concurrency": top,
+        **by_concurrency[top],
+        "by_concurrency": {c: v for c, v in by_concurrency.items() if c >= 8 or c == top},
+    }
+
+
+def served_ceiling(raw_m: dict, concurrency: int, cores: int) -> dict[str, Any]:
+    """The highest served / raw a server could reach on ``cores`` cores if it spent no CPU beyond the
+    model call (CPU ms per image of run_batch at the batch nearest ``concurrency``, from the cores the
+    raw stage used) and the decode + resize of the test images (mean over their sizes)."""
+    ref = nearest_batch(raw_m["detector"], concurrency)
+    if ref is None or not raw_m.get("decode_resize_ms") or not ref.get("process_cores_used"):
+        return {}
+    model_ms = 1000.0 * ref["process_cores_used"] / ref["images_per_s"]
+    decode_ms = statistics.mean(raw_m["decode_resize_ms"].values())
+    best = 1000.0 * cores / (model_ms + decode_ms)
+    return {
         "raw_batch": ref["batch"],
-        "raw_images_per_s": ref["images_per_s"],
-        "by_protocol": {x["protocol"]: x["images_per_s"] / ref["images_per_s"] for x in cells},
+        "cores": cores,
+        "model_cpu_ms_per_image": model_ms,
+        "decode_resize_ms_per_image": decode_ms,
+        "ceiling": best / ref["images_per_s"],
     }
 
 
@@ -111,6 +145,10 @@ def compute_ratios(raw: dict | None, onnx: dict | None, served: dict | None) -> 
         if raw_m and served_m:
             r["served_over_raw"] = served_over_raw(raw_m, served_m)
             r["p50_c1_over_raw_plus_decode"] = p50_over_alone(raw_m, served_m)
+            top = r["served_over_raw"].get("concurrency")
+            if top is not None:
+                cores = raw["machine"].get("affinity") or raw["machine"].get("cpu_count") or 1
+                r["served_over_raw_ceiling"] = served_ceiling(raw_m, top, cores)
         if r:
             ratios[name] = r
     return ratios
@@ -166,8 +204,20 @@ def ratios_markdown(combined: dict[str, Any]) -> str:
             rows.append([name, "ours / ONNX Runtime (network alone, by batch)", text])
         if r.get("served_over_raw"):
             s = r["served_over_raw"]
-            text = ", ".join(f"{p}: {v:.2f}" for p, v in s["by_protocol"].items())
-            rows.append([name, f"served c={s['concurrency']} / raw run_batch b={s['raw_batch']}", text])
+            for c, cell in s.get("by_concurrency", {str(s["concurrency"]): s}).items():
+                text = ", ".join(f"{p}: {v:.2f}" for p, v in cell["by_protocol"].items())
+                rows.append([name, f"served c={c} / raw run_batch b={cell['raw_batch']}", text])
+        if r.get("served_over_raw_ceiling"):
+            m = r["served_over_raw_ceiling"]
+            rows.append(
+                [
+                    name,
+                    f"ceiling of served / raw b={m['raw_batch']} on {m['cores']} cores "
+                    "(model + decode/resize CPU only)",
+                    f"{m['ceiling']:.2f} ({m['model_cpu_ms_per_image']:.1f} + "
+                    f"{m['decode_resize_ms_per_image']:.1f} CPU ms per image)",
+                ]
+            )
         if r.get("p50_c1_over_raw_plus_decode"):
             p = r["p50_c1_over_raw_plus_decode"]
             text = ", ".join(f"{k}: {v:.2f} ({p['p50_ms'][k]:.0f} ms)" for k, v in p["by_protocol"].items())
@@ -188,7 +238,7 @@ def summary_markdown(combined: dict[str, Any]) -> str:
     header = [""] + [
         f"{SUMMARY_TITLES.get(n, n)} ({raw['models'][n]['gflop_per_image']:.3g} GFLOP/image)" for n in names
     ]
-    speed, ort, served, alone = (["compiled detection function, batch 1"], [], [], [])
+    speed, ort, served, ceiling, alone = (["compiled detection function, batch 1"], [], [], [], [])
     top: dict[str, Any] = {}
     for name in names:
         b1 = nearest_batch(raw["models"][name]["detector"], 1)
@@ -204,6 +254,8 @@ def summary_markdown(combined: dict[str, Any]) -> str:
         s = r.get("served_over_raw") or {}
         top = top or s
         served.append(", ".join(f"{v:.2f}" for v in s.get("by_protocol", {}).values()) or "-")
+        m = r.get("served_over_raw_ceiling") or {}
+        ceiling.append(f"{m['ceiling']:.2f}" if m else "-")
         p = r.get("p50_c1_over_raw_plus_decode") or {}
         v1 = p.get("by_protocol", {}).get("v1")
         alone.append(f"{v1:.2f} ({p['p50_ms']['v1']:.0f} ms)" if v1 is not None else "-")
@@ -215,6 +267,7 @@ def summary_markdown(combined: dict[str, Any]) -> str:
             f"({', '.join(top.get('by_protocol', {}))})",
             *served,
         ],
+        ["the ceiling of that ratio here: model + decode/resize CPU per image, nothing else", *ceiling],
         ["p50 at concurrency 1 (V1) / (raw batch 1 + decode)", *alone],
     ]
     return fmt_table(header, rows)

@@ -57,7 +57,13 @@ def test_run_all_quick_end_to_end(tmp_path):
     }
     assert all(r["errors"] == 0 and r["warmup_errors"] == 0 and r["requests"] > 0 for r in served)
     ratios = data["ratios"]["demo"]
-    assert set(ratios) == {"ours_over_ort", "served_over_raw", "p50_c1_over_raw_plus_decode"}
+    assert set(ratios) == {
+        "ours_over_ort",
+        "served_over_raw",
+        "p50_c1_over_raw_plus_decode",
+        "served_over_raw_ceiling",
+    }
+    assert 0 < ratios["served_over_raw_ceiling"]["ceiling"] < 1.5
     assert (tmp_path / "bench.png").stat().st_size > 0
     assert "##### ratios" in proc.stdout
 
