@@ -57,11 +57,6 @@ class ByteBudget:
     def used(self) -> int:
         return self._used
 
-    @property
-    def admitted(self) -> int:
-        """Reservations granted so far (grows by one per admitted request)."""
-        return self._admitted
-
     def activity(self) -> tuple[bool, int]:
         """``(anything in flight, reservations granted so far)``: the heap trimmer's view of the load."""
         with self._lock:

@@ -4,11 +4,12 @@ Requests (of any protocol) hand their already decoded and resized images to :met
 One asyncio worker collects queued requests until ``max_batch_size`` images are waiting or the oldest
 has waited ``batch_wait_s``, then runs the model once, in a dedicated thread, on the queued images
 (the detector alone pads them to its bucket sizes and stacks them into one buffer), and hands every
-request exactly its own rows of the output. Where the queued requests would fill a bucket badly and
-the warm-up showed that padding costs what real images do (a CPU), the call takes only the oldest
-ones and the rest lead the next call (:meth:`DynamicBatcher._efficient_prefix`). A request's images
-are never split across model calls. Per-image score thresholds and detection caps travel with the images, so requests with
-different parameters share a batch.
+request exactly its own rows of the output. Where the queued requests would pad a bucket with more
+images than they pass the bucket below by, and the warm-up showed that padding costs what real images
+do (a CPU), the call takes only the oldest ones, and the rest lead the next call
+(:meth:`DynamicBatcher._efficient_prefix`). A request's images
+are never split across model calls. Per-image score thresholds and detection caps travel with the
+images, so requests with different parameters share a batch.
 
 Load shedding: :meth:`DynamicBatcher.admit` bounds the images admitted (decoding, queued or running) to
 ``max_queue_images``, and (when set) to what the model can finish within ``max_queue_delay_s`` at
@@ -59,6 +60,9 @@ _EWMA = 0.2  # weight of the newest model call in the rate estimate
 #: A bucket is efficient when its rate is at least this fraction of the best bucket's (see
 #: :meth:`DynamicBatcher.efficient_bucket`).
 EFFICIENT_FRACTION = 0.9
+#: Padding costs what real images do when the warm-up's call of a bucket took at least this many times
+#: as long as a call of the bucket below (half its size); see :meth:`DynamicBatcher._efficient_prefix`.
+PADDING_COSTS = 1.5
 _SHUTTING_DOWN = "the server is shutting down; retry on another replica"
 _SHED_FROM_QUEUE = (
     "overloaded: more is offered than the model can do; shed from a standing queue; retry later"
@@ -459,28 +463,32 @@ class DynamicBatcher:
     def _efficient_prefix(self, sizes: Sequence[int]) -> int:
         """How many of the first requests (``sizes``: each one's images, oldest first) to run now.
 
-        The detector pads a call to its bucket size, and a padded image costs what a real one does
-        where the model is compute-bound (a CPU: 9 images run as 16 take twice as long as 8). So when
-        the requests at hand would fill a bucket badly, the call takes fewer of them, the oldest, and
-        the rest lead the next call. The choice is the longest prefix whose rate (images per second
-        of its bucket's warm-up timing) is within ``1 - EFFICIENT_FRACTION`` of the best prefix's:
-        on a CPU 9 queued images run as 8 + (1 + the next arrivals), 15 as 15; on a GPU, where a
-        bucket of 16 takes about as long as one of 8, all of them run at once. Without warm-up
-        timings (or with one request) every request taken runs.
+        The detector pads a call to its bucket size. Where a padded image costs what a real one does
+        (the warm-up's call of the larger bucket took at least :data:`PADDING_COSTS` times as long as
+        one of the smaller: a CPU), a call that would pad more images than it would leave for the next
+        call takes only the oldest requests that fit the smaller bucket: 9 queued images run as 8 (the
+        9th leads the next call) instead of 16, 10 as 8 + 2; 7 still run as 8, 12 as 16. Where the
+        larger bucket costs about what the smaller does (a GPU), or without warm-up timings, every
+        request taken runs. Only a rule this coarse is safe on warm-up timings: they are single calls,
+        and on a busy CPU two sizes' rates often differ by 20% from one start to the next.
         """
-        if len(sizes) < 2 or not self._bucket_seconds:
-            return len(sizes)
+        total = sum(sizes)
         buckets = sorted(self._bucket_seconds)
-        totals = np.cumsum(sizes)
-        rates = []
-        for total in totals:
-            bucket = buckets[bisect.bisect_left(buckets, total)] if total <= buckets[-1] else None
-            seconds = self._bucket_seconds[bucket] if bucket is not None else 0.0
-            rates.append(total / seconds if seconds > 0 else 0.0)
-        if not max(rates):
+        if len(sizes) < 2 or not buckets or total > buckets[-1]:
             return len(sizes)
-        best = max(rates)
-        return 1 + max(k for k, rate in enumerate(rates) if rate >= EFFICIENT_FRACTION * best)
+        hi = buckets[bisect.bisect_left(buckets, total)]
+        below = [b for b in buckets if b < total]
+        if hi == total or not below:
+            return len(sizes)
+        lo = below[-1]
+        if self._bucket_seconds[hi] < PADDING_COSTS * self._bucket_seconds[lo]:
+            return len(sizes)  # padding is cheap here
+        fits = [k for k, s in enumerate(np.cumsum(sizes), start=1) if s <= lo]
+        if not fits:
+            return len(sizes)
+        keep = fits[-1]
+        deferred = total - sum(sizes[:keep])
+        return keep if hi - total > deferred else len(sizes)
 
     async def _execute(self, batch: list[_Item], loop: asyncio.AbstractEventLoop) -> None:
         if not batch:  # every request taken had expired

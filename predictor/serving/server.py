@@ -103,12 +103,18 @@ def size_from_limits(options: ServingOptions, malloc_tuned: bool = False) -> Ser
         options.tf_inter_op_threads,
         options.max_inflight_bytes,
         ", ".join(automatic) or "none",
-        f"mmap threshold {options.malloc_mmap_threshold_bytes}, {heap.ARENA_MAX} arenas, trimmed after "
-        f"{options.malloc_trim_idle_s:g} s idle"
-        if malloc_tuned
-        else "default",
+        _malloc_summary(options, malloc_tuned),
     )
     return options
+
+
+def _malloc_summary(options: ServingOptions, malloc_tuned: bool) -> str:
+    if not malloc_tuned:
+        return "default"
+    trim = options.malloc_trim_idle_s
+    return f"mmap threshold {options.malloc_mmap_threshold_bytes}, {heap.ARENA_MAX} arenas, " + (
+        f"trimmed after {trim:g} s idle" if trim else "never trimmed"
+    )
 
 
 def _serve(args: argparse.Namespace, options: ServingOptions, model: SSDPredictor) -> int:
