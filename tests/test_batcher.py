@@ -212,12 +212,15 @@ GPU_TIMINGS = {1: 0.009, 2: 0.009, 4: 0.0095, 8: 0.010, 16: 0.0105}
     [
         (CPU_TIMINGS, [1] * 9, 8),  # 9 as 16 pads 7 images; as 8 it leaves 1: the 9th leads the next call
         (CPU_TIMINGS, [1] * 10, 8),  # pads 6, leaves 2
-        (CPU_TIMINGS, [1] * 12, 12),  # pads 4, would leave 4: as it is
+        (CPU_TIMINGS, [1] * 12, 8),  # pads 4, leaves 4: 8 + 4 compute 12 images, not 16
+        (CPU_TIMINGS, [1] * 3, 2),  # pads 1, leaves 1
         (CPU_TIMINGS, [1] * 7, 7),  # pads 1, would leave 3
+        (CPU_TIMINGS, [1] * 13, 13),  # pads 3, would leave 5
         (CPU_TIMINGS, [1] * 15, 15),
         (CPU_TIMINGS, [1] * 16, 16),
         (CPU_TIMINGS, [3, 3, 3], 2),  # 9 as 16 pads 7; the first two (6, bucket 8) leave 3
-        (CPU_TIMINGS, [2, 3], 2),  # 5 as 8 pads 3, the first alone would leave 3
+        (CPU_TIMINGS, [2, 3], 1),  # 5 as 8 pads 3, the first alone leaves 3
+        (CPU_TIMINGS, [3, 2], 1),  # 5 as 8 pads 3; the first (3, bucket 4) leaves 2
         (CPU_TIMINGS, [5, 1], 2),  # nothing fits the bucket below (4): as it is
         (CPU_TIMINGS, [5], 1),  # one request is never split, however badly it fills its bucket
         (GPU_TIMINGS, [1] * 9, 9),  # a call of 16 takes 1.05x one of 8: padding is cheap
@@ -226,7 +229,7 @@ GPU_TIMINGS = {1: 0.009, 2: 0.009, 4: 0.0095, 8: 0.010, 16: 0.0105}
         ({1: 0.01, 2: 0.02, 4: 0.04, 8: 0.08, 16: 0.11}, [1] * 9, 9),  # 16 takes only 1.4x as long as 8
     ],
 )
-def test_a_call_that_would_pad_more_than_it_leaves_takes_the_oldest_requests(timings, sizes, taken):
+def test_a_call_that_would_pad_as_much_as_it_leaves_takes_the_oldest_requests(timings, sizes, taken):
     batcher = make_batcher(FakeModel(), max_batch_size=16, bucket_seconds=timings)
     assert batcher._efficient_prefix(sizes) == taken
 
