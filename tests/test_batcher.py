@@ -226,6 +226,12 @@ GPU_TIMINGS = {1: 0.009, 2: 0.009, 4: 0.0095, 8: 0.010, 16: 0.0105}
         (GPU_TIMINGS, [1] * 9, 9),  # a call of 16 takes 1.05x one of 8: padding is cheap
         (GPU_TIMINGS, [3, 3, 3], 3),
         ({}, [1] * 9, 9),  # nothing timed: everything taken runs
+        # buckets 8 and 13 (--max_batch_size 13): 11 as 13 pads 2; 8 + 3 would leave 3 (more than 2)
+        ({4: 0.04, 8: 0.08, 13: 0.13}, [1] * 11, 11),
+        # 10 as 13 pads 3, 8 + 2 leave 2 but run as 8 + 4 = 12 <= 13 images computed
+        ({2: 0.02, 4: 0.04, 8: 0.08, 13: 0.13}, [1] * 10, 8),
+        # buckets 4, 5, 8: 6 as 8 pads 2, 5 + 1 leave 1, but would run as 5 + 4 = 9 > 8 images: as it is
+        ({4: 0.04, 5: 0.05, 8: 0.08}, [1] * 6, 6),
         ({1: 0.01, 2: 0.02, 4: 0.04, 8: 0.08, 16: 0.11}, [1] * 9, 9),  # 16 takes only 1.4x as long as 8
     ],
 )

@@ -4,12 +4,12 @@ Requests (of any protocol) hand their already decoded and resized images to :met
 One asyncio worker collects queued requests until ``max_batch_size`` images are waiting or the oldest
 has waited ``batch_wait_s``, then runs the model once, in a dedicated thread, on the queued images
 (the detector alone pads them to its bucket sizes and stacks them into one buffer), and hands every
-request exactly its own rows of the output. Where the queued requests would pad a bucket with at least
-as many images as they pass the bucket below by, and the warm-up showed that padding costs what real images
-do (a CPU), the call takes only the oldest ones, and the rest lead the next call
-(:meth:`DynamicBatcher._efficient_prefix`). A request's images
-are never split across model calls. Per-image score thresholds and detection caps travel with the
-images, so requests with different parameters share a batch.
+request exactly its own rows of the output. Where the queued requests would pad a bucket with at
+least as many images as they pass the bucket below by, and the warm-up showed that padding costs what
+real images do (a CPU), the call takes only the oldest ones, and the rest lead the next call
+(:meth:`DynamicBatcher._efficient_prefix`). A request's images are never split across model calls.
+Per-image score thresholds and detection caps travel with the images, so requests with different
+parameters share a batch.
 
 Load shedding: :meth:`DynamicBatcher.admit` bounds the images admitted (decoding, queued or running) to
 ``max_queue_images``, and (when set) to what the model can finish within ``max_queue_delay_s`` at
@@ -468,11 +468,11 @@ class DynamicBatcher:
         one of the smaller: a CPU), a call that would pad at least as many images as it would leave for
         the next call takes only the oldest requests that fit the smaller bucket: 9 queued images run
         as 8 (the 9th leads the next call) instead of 16, 12 as 8 + 4, 3 as 2 + 1; 7 still run as 8.
-        The images computed never grow (the ones left fit the smaller bucket), and in a steady stream
-        the ones left are joined by new arrivals. Where the larger bucket costs about what the smaller
-        does (a GPU), or without warm-up timings, every request taken runs. Only a rule this coarse is
-        safe on warm-up timings: on a busy CPU two sizes' rates differ by 20% from one start to the
-        next.
+        The images computed never grow (the two calls' buckets together are at most the larger one),
+        and in a steady stream the ones left are joined by new arrivals. Where the larger bucket costs
+        about what the smaller does (a GPU), or without warm-up timings, every request taken runs.
+        Only a rule this coarse is safe on warm-up timings: on a busy CPU two sizes' rates differ by
+        20% from one start to the next.
         """
         total = sum(sizes)
         buckets = sorted(self._bucket_seconds)
@@ -489,8 +489,14 @@ class DynamicBatcher:
         if not fits:
             return len(sizes)
         keep = fits[-1]
-        deferred = total - sum(sizes[:keep])
-        return keep if hi - total >= deferred else len(sizes)
+        taken = int(sum(sizes[:keep]))
+        deferred = total - taken
+
+        def bucket(n: int) -> int:
+            return buckets[bisect.bisect_left(buckets, n)]
+
+        computed = bucket(taken) + bucket(deferred)  # when nothing joins the ones left
+        return keep if hi - total >= deferred and computed <= hi else len(sizes)
 
     async def _execute(self, batch: list[_Item], loop: asyncio.AbstractEventLoop) -> None:
         if not batch:  # every request taken had expired
