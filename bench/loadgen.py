@@ -192,12 +192,16 @@ def arrival_times(rate: float, seconds: float, poisson: bool, seed: int) -> list
     return sorted(rng.uniform(0.0, seconds) for _ in range(n))
 
 
-async def _open_loop(phase: Phase, client: _Client) -> PhaseResult:
+def _window(phase: Phase) -> tuple[float, float, float, PhaseResult, Counter]:
+    """``(start, t0, end, result, done_counts)`` of a phase starting now: the timed window is
+    ``[t0, end)``, after ``phase.warmup_s`` of warm-up."""
     start = time.perf_counter()
     t0 = start + phase.warmup_s
-    end = t0 + phase.seconds
-    result = PhaseResult(phase.seconds)
-    done_counts: Counter = Counter()
+    return start, t0, t0 + phase.seconds, PhaseResult(phase.seconds), Counter()
+
+
+async def _open_loop(phase: Phase, client: _Client) -> PhaseResult:
+    start, t0, end, result, done_counts = _window(phase)
     tasks: set[asyncio.Task] = set()
     # warm-up and timed window drawn apart, so the window holds exactly rate x seconds arrivals
     schedule = [start + t for t in arrival_times(phase.rate, phase.warmup_s, phase.poisson, phase.seed)]
@@ -214,11 +218,7 @@ async def _open_loop(phase: Phase, client: _Client) -> PhaseResult:
 
 
 async def _closed_loop(phase: Phase, client: _Client) -> PhaseResult:
-    start = time.perf_counter()
-    t0 = start + phase.warmup_s
-    end = t0 + phase.seconds
-    result = PhaseResult(phase.seconds)
-    done_counts: Counter = Counter()
+    _, t0, end, result, done_counts = _window(phase)
 
     async def user() -> None:
         while time.perf_counter() < end:

@@ -479,18 +479,25 @@ def test_a_standing_queue_tightens_the_bound_and_a_drained_one_relaxes_it():
         assert not batcher.standing_queue and batcher.refusal(12) is None
 
 
+def recognise_standing_queue(batcher: DynamicBatcher, admitted: int, refused: int) -> None:
+    """Calls of 4 images in 0.1 s; a request waits 0.5 s (five calls) at t=10 and again at t=11 while,
+    with ``admitted`` images in progress, ``refused`` more are refused by the image bound: a standing
+    queue from t=11."""
+    batcher._observe_call(4, 0.1)
+    batcher.note_wait(0.5, now=10.0)
+    with batcher.admit(admitted):
+        assert batcher.refusal(refused) is not None  # the image bound refuses
+    batcher.note_wait(0.5, now=11.0)
+    assert batcher.standing_queue
+
+
 def test_a_standing_queue_lasts_while_its_bound_keeps_refusing():
     """Under the bound requests wait about one call; that alone must not end the standing state while
     more is offered than the model does (it did: the bound flapped off and 256 images queued again).
     A window in which no more images came than the model's rate ends it, refusals or not (a load back
     at capacity still meets the tight bound with its bursts)."""
     batcher = make_batcher(FakeModel(), max_batch_size=4, max_queue_images=64, shed_standing_queue=True)
-    batcher._observe_call(4, 0.1)
-    batcher.note_wait(0.5, now=10.0)
-    with batcher.admit(4):
-        assert batcher.refusal(61) is not None  # the image bound refuses
-    batcher.note_wait(0.5, now=11.0)
-    assert batcher.standing_queue
+    recognise_standing_queue(batcher, admitted=4, refused=61)
     for k in range(1, 13):  # 3 s of short waits; each 0.25 s 12 images offered: 48/s, the model does 40
         with batcher.admit(1):
             pass
@@ -546,12 +553,7 @@ def test_recognising_a_standing_queue_sheds_the_oldest_queued_requests_past_the_
             items.append(batcher_module._Item(images, hw, thr, caps, loop.create_future(), enqueued=float(k)))
             batcher._queue.append(items[-1])
             batcher._queued_images += 2
-        batcher._observe_call(4, 0.1)
-        batcher.note_wait(0.5, now=10.0)
-        with batcher.admit(10):
-            assert batcher.refusal(1) is not None  # the image bound refuses
-        batcher.note_wait(0.5, now=11.0)
-        assert batcher.standing_queue
+        recognise_standing_queue(batcher, admitted=10, refused=1)
         assert isinstance(items[0].future.exception(), Overloaded) and not items[0].queued
         assert "shed from a standing queue" in str(items[0].future.exception())
         assert list(batcher._queue) == items[1:] and batcher.queued_images == 8

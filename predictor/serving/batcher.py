@@ -42,6 +42,7 @@ import asyncio
 import bisect
 import collections
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -169,6 +170,7 @@ class DynamicBatcher:
         self.shed_standing_queue = shed_standing_queue
         self._ewma_images = 0.0  # recent model calls: images per call and seconds per call
         self._bucket_seconds: dict[int, float] = dict(bucket_seconds or {})  # per bucket size, fixed
+        self._buckets = sorted(self._bucket_seconds)
         self._ewma_seconds = 0.0
         self._waiting_since: float | None = None  # since when requests wait longer than the target
         self.standing_queue = False  # sustained overload: the tight bound applies
@@ -475,28 +477,28 @@ class DynamicBatcher:
         20% from one start to the next.
         """
         total = sum(sizes)
-        buckets = sorted(self._bucket_seconds)
+        buckets = self._buckets
         if len(sizes) < 2 or not buckets or total > buckets[-1]:
             return len(sizes)
-        hi = buckets[bisect.bisect_left(buckets, total)]
-        below = [b for b in buckets if b < total]
-        if hi == total or not below:
+        i = bisect.bisect_left(buckets, total)
+        hi = buckets[i]
+        if hi == total or i == 0:
             return len(sizes)
-        lo = below[-1]
+        lo = buckets[i - 1]
         if self._bucket_seconds[hi] < PADDING_COSTS * self._bucket_seconds[lo]:
             return len(sizes)  # padding is cheap here
-        fits = [k for k, s in enumerate(np.cumsum(sizes), start=1) if s <= lo]
+        fits = [k for k, s in enumerate(itertools.accumulate(sizes), start=1) if s <= lo]
         if not fits:
             return len(sizes)
         keep = fits[-1]
-        taken = int(sum(sizes[:keep]))
+        taken = sum(sizes[:keep])
         deferred = total - taken
-
-        def bucket(n: int) -> int:
-            return buckets[bisect.bisect_left(buckets, n)]
-
-        computed = bucket(taken) + bucket(deferred)  # when nothing joins the ones left
+        computed = self._bucket_for(taken) + self._bucket_for(deferred)  # when nothing joins the ones left
         return keep if hi - total >= deferred and computed <= hi else len(sizes)
+
+    def _bucket_for(self, n: int) -> int:
+        """The smallest timed bucket holding ``n`` images (``n`` <= the largest)."""
+        return self._buckets[bisect.bisect_left(self._buckets, n)]
 
     async def _execute(self, batch: list[_Item], loop: asyncio.AbstractEventLoop) -> None:
         if not batch:  # every request taken had expired
