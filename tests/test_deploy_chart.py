@@ -342,7 +342,7 @@ def test_values_comments_state_the_server_defaults():
 
 def test_batch_size_fallback_of_the_chart_is_the_server_default(helm):
     """With predictor.maxBatchSize null the chart sizes Knative's containerConcurrency from the server's
-    default batch size (_helpers.tpl ssd-detector.batchSize): it must be ServingOptions'."""
+    default batch size (_autoscaling.tpl ssd-detector.batchSize): it must be ServingOptions'."""
     from predictor.serving.options import ServingOptions
 
     docs = template(helm, "--set", "predictor.maxBatchSize=null")
@@ -352,10 +352,10 @@ def test_batch_size_fallback_of_the_chart_is_the_server_default(helm):
 
 
 def _flag_table() -> list[tuple[str, str]]:
-    """(chart value, flag) rows of ``ssd-detector.flagTable`` in _helpers.tpl."""
+    """(chart value, flag) rows of ``ssd-detector.flagTable`` in _args.tpl."""
     import re
 
-    text = (CHART / "templates" / "_helpers.tpl").read_text()
+    text = (CHART / "templates" / "_args.tpl").read_text()
     table = text.split('define "ssd-detector.flagTable"', 1)[1].split("{{- end }}", 1)[0]
     return re.findall(r"- \[(\w+), --(\w+), \w+\]", table)
 

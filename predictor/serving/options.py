@@ -11,7 +11,7 @@ budget, sized from the container's cgroup limits by :mod:`predictor.serving.reso
 Every field also has an ``SSD_<FIELD>`` environment variable (named in its help text), so a
 Kubernetes pod can configure the server without rewriting its command line. Precedence: command line
 > environment > the field's default. The Helm chart passes the same flags from ``predictor.*`` values
-(``helm/ssd-detector/templates/_helpers.tpl``, ``ssd-detector.flagTable``); its tests check that its
+(``helm/ssd-detector/templates/_args.tpl``, ``ssd-detector.flagTable``); its tests check that its
 defaults parse to these.
 """
 
