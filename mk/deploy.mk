@@ -25,7 +25,7 @@ KUBECTL ?= $(VENV)/bin/kubectl
 HELM_DEP := $(filter $(VENV)/bin/helm,$(HELM))
 KUBECTL_DEP := $(filter $(VENV)/bin/kubectl,$(KUBECTL))
 
-.PHONY: tools helm-lint helm-template manifests deploy undeploy
+.PHONY: tools helm-lint helm-template generate manifests deploy undeploy
 
 $(VENV)/bin/helm $(VENV)/bin/kubectl: scripts/install_tools.py | $(STAMP)
 	$(PY) scripts/install_tools.py
@@ -40,6 +40,10 @@ helm-lint: $(HELM_DEP) ## Lint the chart strictly, with the defaults and every c
 
 helm-template: $(HELM_DEP) ## Render the chart to stdout (HELM_ARGS="-f values.yaml" to customise)
 	@$(HELM) template $(RELEASE) $(CHART) --namespace $(NAMESPACE) $(HELM_ARGS)
+
+generate: $(HELM_DEP) ## Rewrite what ServingOptions derives (chart flag table, values, schema, docs/flags.md), then manifests/
+	$(PY) scripts/generate.py
+	$(PY) scripts/render_manifests.py --helm $(HELM)
 
 manifests: $(HELM_DEP) ## Regenerate manifests/ (plain YAML for kubectl apply -k) from the chart
 	$(PY) scripts/render_manifests.py --helm $(HELM)

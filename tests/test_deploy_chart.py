@@ -352,12 +352,12 @@ def test_batch_size_fallback_of_the_chart_is_the_server_default(helm):
 
 
 def _flag_table() -> list[tuple[str, str]]:
-    """(chart value, flag) rows of ``ssd-detector.flagTable`` in _args.tpl."""
-    import re
-
-    text = (CHART / "templates" / "_args.tpl").read_text()
-    table = text.split('define "ssd-detector.flagTable"', 1)[1].split("{{- end }}", 1)[0]
-    return re.findall(r"- \[(\w+), --(\w+), \w+\]", table)
+    """(chart value, flag) rows of ``ssd-detector.flagTable`` in _flags.tpl (generated)."""
+    text = (CHART / "templates" / "_flags.tpl").read_text()
+    table = text.split('define "ssd-detector.flagTable" -}}', 1)[1].split("{{- end }}", 1)[0]
+    rows = yaml.safe_load(table)
+    assert all(row["value"].startswith("predictor.") for row in rows), rows
+    return [(row["value"].removeprefix("predictor."), row["flag"].removeprefix("--")) for row in rows]
 
 
 def chart_value_name(flag: str) -> str:
@@ -385,6 +385,46 @@ def test_chart_value_names_follow_the_flag_names():
     for value, flag in rows:
         assert flag in fields, f"--{flag} (chart value {value}) is not a ServingOptions field"
         assert value == CHART_NAME_EXCEPTIONS.get(flag, chart_value_name(flag)), (value, flag)
+
+
+def _non_default(f: Any) -> Any:
+    """A value of ``f``'s flag that is legal and not its default (within the schema's range)."""
+    from predictor.serving.options import VALUE_TYPES
+
+    kind, keywords = VALUE_TYPES[f.metadata["parse"]]
+    if kind == "bool":
+        return not f.default
+    if kind == "string":
+        return next(v for v in reversed(keywords["enum"]) if v != f.default)
+    value = (keywords["minimum"] + 1) if kind == "int" else keywords.get("maximum", 3) * 0.75
+    assert value != f.default and value <= keywords.get("maximum", value), f.name
+    return value
+
+
+def test_every_chart_flag_value_reaches_the_server(helm, server_parser, monkeypatch):
+    """Each value of the generated flag table, set to a non-default value, parses back to that value on
+    the server's command line (kinds: int, float, string, bool); set to null, its flag is left out."""
+    import dataclasses
+
+    from predictor.serving.options import ServingOptions
+
+    fields = [f for f in dataclasses.fields(ServingOptions) if f.metadata["chart"] is not None]
+    wanted = {f.name: _non_default(f) for f in fields}
+    # a small batch (2) and queue (2) stay consistent with a Knative hard limit of 1
+    args = ["--set", "autoscaling.containerConcurrency=1", "--set", "autoscaling.scaleTarget=1"]
+    for f in fields:
+        args += ["--set-json", f"{f.metadata['chart'].path}={json.dumps(wanted[f.name])}"]
+    container = predictor_container(the_isvc(template(helm, *args)))
+    parsed = _server_args(server_parser, container, monkeypatch)
+    assert {name: getattr(parsed, name) for name in wanted} == wanted
+
+    nulls = []
+    for f in fields:
+        if not f.metadata["chart"].required:
+            nulls += ["--set-json", f"{f.metadata['chart'].path}=null"]
+    container = predictor_container(the_isvc(template(helm, *nulls)))
+    flags = {arg.split("=")[0].removeprefix("--no-").removeprefix("--") for arg in container["args"]}
+    assert flags & set(wanted) == {"shutdown_grace_s"}, container["args"]
 
 
 # Knative's config-defaults revision-timeout-seconds: the pod's grace period without a predictor timeout.

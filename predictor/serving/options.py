@@ -10,9 +10,10 @@ budget, sized from the container's cgroup limits by :mod:`predictor.serving.reso
 
 Every field also has an ``SSD_<FIELD>`` environment variable (named in its help text), so a
 Kubernetes pod can configure the server without rewriting its command line. Precedence: command line
-> environment > the field's default. The Helm chart passes the same flags from ``predictor.*`` values
-(``helm/ssd-detector/templates/_args.tpl``, ``ssd-detector.flagTable``); its tests check that its
-defaults parse to these.
+> environment > the field's default. A field's :class:`Chart` names the Helm chart value passing its
+flag: ``make generate`` (``scripts/generate.py``) writes the chart's flag table
+(``templates/_flags.tpl``), the values' defaults, comments and schema, and docs/flags.md from these
+fields, and a test fails when they are stale. Adding a flag with a chart value is one field here.
 """
 
 from __future__ import annotations
@@ -63,29 +64,77 @@ def non_negative_float(raw: str) -> float:
     return value
 
 
+#: The nice values ``--compute_nice`` accepts (Linux: 0 normal ... 19 lowest priority).
+_NICE_RANGE = (0, 19)
+
+
 def _nice(raw: str) -> int:
     value = int(raw)
-    if not 0 <= value <= 19:
-        raise argparse.ArgumentTypeError(f"must be a nice value within [0, 19], got {raw}")
+    low, high = _NICE_RANGE
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"must be a nice value within [{low}, {high}], got {raw}")
     return value
+
+
+#: ``--mixed_precision`` -> the Keras dtype policy.
+_PRECISION_DTYPES = {"none": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
 
 def _precision(raw: str) -> str:
     value = raw.strip().lower()
-    if value not in ("none", "float16", "bfloat16"):
-        raise argparse.ArgumentTypeError("must be one of none, float16, bfloat16")
+    if value not in _PRECISION_DTYPES:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(_PRECISION_DTYPES)}")
     return value
 
 
-def _option(default: Any, parse: Callable[[str], Any], help: str, *, kserve: bool = False) -> Any:
+#: What each flag type is in the Helm chart: its kind (int, float, string, bool) and the JSON-schema
+#: keywords (range, enum) of the values its parse function accepts; ``scripts/generate.py`` writes them
+#: into values.schema.json, and tests/test_generated.py probes each bound against the parse function.
+VALUE_TYPES: dict[Callable[[str], Any], tuple[str, dict[str, Any]]] = {
+    positive_int: ("int", {"minimum": 1}),
+    non_negative_int: ("int", {"minimum": 0}),
+    _nice: ("int", {"minimum": _NICE_RANGE[0], "maximum": _NICE_RANGE[1]}),
+    fraction: ("float", {"minimum": 0, "maximum": 1}),
+    non_negative_float: ("float", {"minimum": 0}),
+    _bool: ("bool", {}),
+    _precision: ("string", {"enum": list(_PRECISION_DTYPES)}),
+    str: ("string", {}),
+}
+
+
+@dataclass(frozen=True)
+class Chart:
+    """The Helm chart value that passes an option's flag (``make generate`` writes the chart's flag
+    table, the value's default, comment and schema from the field; see docs/flags.md).
+
+    ``path``: the value's dotted path in values.yaml (``predictor.<camelCase flag>``, the unit spelled as
+    Kubernetes does: ``_s`` -> ``Seconds``). ``pin``: values.yaml holds the server's default, so the
+    chart passes the flag by default; otherwise null, the flag is left out and the server's default
+    applies. ``required``: the chart reads the value itself; it may not be null. ``note``: advice for
+    chart users, appended to the help in values.yaml.
+    """
+
+    path: str
+    pin: bool = False
+    required: bool = False
+    note: str = ""
+
+
+def _option(
+    default: Any,
+    parse: Callable[[str], Any],
+    help: str,
+    *,
+    kserve: bool = False,
+    chart: Chart | None = None,
+) -> Any:
     """A :class:`ServingOptions` field: its default, how its flag and env value are parsed, its help.
 
-    ``kserve``: the flag is KServe's own (only its default and help are ours).
+    ``kserve``: the flag is KServe's own (only its default and help are ours). ``chart``: the Helm
+    chart value that sets it, if any.
     """
-    return field(default=default, metadata={"parse": parse, "help": help, "kserve": kserve})
-
-
-_PRECISION_DTYPES = {"none": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+    metadata = {"parse": parse, "help": help, "kserve": kserve, "chart": chart}
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -114,65 +163,91 @@ class ServingOptions:
         fraction,
         "Default minimum class score of a detection; requests may override it (default: the model "
         "manifest's, 0.5 for balancap).",
+        chart=Chart("predictor.scoreThreshold"),
     )
     nms_threshold: float | None = _option(
         None,
         fraction,
         "IoU at or above which a lower-scoring box of the same class is suppressed (default: the "
         "manifest's, 0.45).",
+        chart=Chart("predictor.nmsThreshold"),
     )
     top_k: int | None = _option(
-        None, positive_int, "Candidates kept before NMS per image (default: the manifest's, 400)."
+        None,
+        positive_int,
+        "Candidates kept before NMS per image (default: the manifest's, 400).",
+        chart=Chart("predictor.topK"),
     )
     max_detections: int | None = _option(
         None,
         positive_int,
         "Most detections returned per image, and the largest max_detections a request may ask for "
         "(default: the manifest's, 200).",
+        chart=Chart("predictor.maxDetections"),
     )
-    max_batch_size: int = _option(32, positive_int, "Most images per request and per model call.")
+    max_batch_size: int = _option(
+        32,
+        positive_int,
+        "Most images per request and per model call.",
+        chart=Chart("predictor.maxBatchSize", pin=True),
+    )
     batch_wait_ms: float = _option(
         2.0,
         non_negative_float,
         "How long the dynamic batcher waits for more images before running a model call, in ms.",
+        chart=Chart("predictor.batchWaitMs", pin=True),
     )
     max_image_bytes: int = _option(
-        16 * 1024 * 1024, positive_int, "Largest encoded image accepted, in bytes."
+        16 * 1024 * 1024,
+        positive_int,
+        "Largest encoded image accepted, in bytes.",
+        chart=Chart("predictor.maxImageBytes", pin=True),
     )
     max_image_pixels: int = _option(
         40_000_000,
         positive_int,
         "Largest decoded image accepted, in pixels (decompression-bomb guard).",
+        chart=Chart("predictor.maxImagePixels"),
     )
     max_request_bytes: int = _option(
         64 * 1024 * 1024,
         positive_int,
         "Largest REST request body accepted, in bytes (413 before it is read; gRPC messages are bounded "
         "by --grpc_max_receive_message_length, which defaults to this).",
+        chart=Chart("predictor.maxRequestBytes"),
     )
     grpc_max_receive_message_length: int | None = _option(
         None,
         positive_int,
         "Largest gRPC request message accepted, in bytes (RESOURCE_EXHAUSTED above it; default: "
-        "--max_request_bytes).",
+        "--max_request_bytes, where KServe's own is 8 MiB).",
         kserve=True,
+        chart=Chart("predictor.grpcMaxMessageBytes"),
     )
     request_timeout_s: float = _option(
         30.0,
         non_negative_float,
         "Per-request time limit in seconds; past it the request gets 503 (0 disables).",
+        chart=Chart("predictor.requestTimeoutSeconds", pin=True),
     )
     max_queue_images: int = _option(
         256,
         positive_int,
         "Images admitted at once (decoding, queued or in the model); a request that would exceed it gets "
         "503 at once.",
+        chart=Chart(
+            "predictor.maxQueueImages",
+            pin=True,
+            note="In Knative mode it must cover the hard limit (autoscaling.containerConcurrency "
+            "requests), so that Knative, not the server, queues bursts.",
+        ),
     )
     max_queue_delay_ms: float = _option(
         0.0,
         non_negative_float,
         "Most model time admitted at once, in ms at the model's measured rate (images/s): past it "
         "requests get 503 at once; 0: no such bound.",
+        chart=Chart("predictor.maxQueueDelayMs"),
     )
     shed_standing_queue: bool = _option(
         True,
@@ -183,32 +258,40 @@ class ServingOptions:
         "so admitted requests stay fast and the rest get 503 at once (bench/overload.py measures it). "
         "Bursts are still absorbed up to --max_queue_images, and a load the image bound serves without a "
         "503 is never shed.",
+        chart=Chart("predictor.shedStandingQueue", pin=True),
     )
     shutdown_grace_s: float = _option(
         25.0,
         non_negative_float,
         "On SIGTERM, how long in-flight requests may take to finish (REST, then gRPC) before the server "
         "exits, in seconds. Keep it below the pod's terminationGracePeriodSeconds.",
+        chart=Chart("predictor.shutdownGraceSeconds", required=True),
     )
     decode_threads: int = _option(
         0,
         non_negative_int,
         "Threads decoding and resizing images in parallel with the model; 0: the CPUs the container may "
         "use (cgroup CPU quota and affinity).",
+        chart=Chart("predictor.decodeThreads"),
     )
     compute_nice: int = _option(
         10,
         _nice,
         "Nice value (0-19) of the compute threads (TensorFlow, model call, decode), so that the event loop "
         "reading requests and refusing what admission refuses runs first; 0: equal priority.",
+        chart=Chart("predictor.computeNice"),
     )
     tf_intra_op_threads: int = _option(
-        0, non_negative_int, "TensorFlow threads within one op; 0: the CPUs the container may use."
+        0,
+        non_negative_int,
+        "TensorFlow threads within one op; 0: the CPUs the container may use.",
+        chart=Chart("predictor.tfIntraOpThreads"),
     )
     tf_inter_op_threads: int = _option(
         0,
         non_negative_int,
         "TensorFlow threads running independent ops; 0: min(2, the CPUs the container may use).",
+        chart=Chart("predictor.tfInterOpThreads"),
     )
     max_inflight_bytes: int = _option(
         0,
@@ -217,6 +300,7 @@ class ServingOptions:
         "requests get 503 with Retry-After (gRPC RESOURCE_EXHAUSTED). A lone request is always admitted. "
         "0: 1/16 of the container's memory limit (cgroup), between 32 MiB and 1 GiB, or 128 MiB without "
         "a limit.",
+        chart=Chart("predictor.maxInflightBytes"),
     )
     malloc_mmap_threshold_bytes: int = _option(
         8 * 1024 * 1024,
@@ -224,6 +308,7 @@ class ServingOptions:
         "glibc malloc: allocations of at least this many bytes are mmap()ed and returned to the system "
         "when freed, smaller ones are reused from the heap. 1048576 keeps the resident size nearer its "
         "size at ready at about twice the decode CPU per 1080p image (see bench/RESULTS.md).",
+        chart=Chart("predictor.mallocMmapThresholdBytes"),
     )
     malloc_trim_idle_s: float = _option(
         2.0,
@@ -231,16 +316,23 @@ class ServingOptions:
         "Once no request has been in flight for this many seconds, give the heap's free memory back to "
         "the system (glibc malloc_trim), so an idle pod returns to about its resident size at ready; "
         "0: never.",
+        chart=Chart("predictor.mallocTrimIdleSeconds"),
     )
-    xla: bool = _option(False, _bool, "Compile the model with XLA (jit_compile).")
+    xla: bool = _option(
+        False, _bool, "Compile the model with XLA (jit_compile).", chart=Chart("predictor.xla", pin=True)
+    )
     mixed_precision: str = _option(
-        "none", _precision, "Compute dtype for the network: none (float32), float16 or bfloat16."
+        "none",
+        _precision,
+        "Compute dtype for the network: none (float32), float16 or bfloat16.",
+        chart=Chart("predictor.mixedPrecision", pin=True),
     )
     tracing: bool = _option(
         False,
         _bool,
         "OpenTelemetry spans per request stage, continuing incoming W3C traceparent headers; export via "
         "the OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT ...). Needs the [tracing] extra.",
+        chart=Chart("predictor.tracing"),
     )
     jpeg_draft: bool = _option(
         False,
@@ -248,6 +340,7 @@ class ServingOptions:
         "Decode JPEGs at least twice the network input per side at 1/2, 1/4 or 1/8 scale (libjpeg DCT "
         "scaling): 1.2x (1080p) to 3x (12 MP) less CPU per image, slightly different detections (see "
         "the README).",
+        chart=Chart("predictor.jpegDraft"),
     )
 
     @classmethod

@@ -1,10 +1,10 @@
 {{/* Autoscaling: batch size, Knative concurrency target and hard limit, the KEDA trigger. */}}
 
 {{/*
-Images per model call: predictor.maxBatchSize, or the server's default (32).
+Images per model call: predictor.maxBatchSize, or the server's default (from the generated flag table).
 */}}
 {{- define "ssd-detector.batchSize" -}}
-{{- .Values.predictor.maxBatchSize | default 32 | int64 }}
+{{- .Values.predictor.maxBatchSize | default (include "ssd-detector.flagDefault" (list . "predictor.maxBatchSize")) | int64 }}
 {{- end }}
 
 {{/*
