@@ -188,7 +188,7 @@ def apply_values(text: str) -> str:
 
 
 def first_sentence(text: str) -> str:
-    match = re.match(r"(.+?[.)])(\s+[A-Z0-9]|$)", text)
+    match = re.match(r"(.+?\.)(\s+[A-Z0-9]|$)", text)
     return match[1] if match else text
 
 
