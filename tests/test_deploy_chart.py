@@ -220,7 +220,13 @@ def _predictor_as_pod(isvc: dict[str, Any]) -> dict[str, Any]:
 def test_core_objects_validate_against_kubernetes_schemas(rendered, value_set):
     docs = rendered[value_set]
     core = [d for d in docs if d["kind"] not in CRD_KINDS]
-    assert {d["kind"] for d in core} <= {"ServiceAccount", "ConfigMap", "Pod", "PodDisruptionBudget"}
+    assert {d["kind"] for d in core} <= {
+        "ServiceAccount",
+        "ConfigMap",
+        "Pod",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    }
     for version in KUBE_VERSIONS:
         for doc in [*core, _predictor_as_pod(the_isvc(docs))]:
             _kube_validate(doc, version)
