@@ -434,6 +434,18 @@ def test_termination_grace_default_covers_the_worst_case_drain(rendered):
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_no_kubernetes_api_token_in_the_predictor(rendered, value_set):
+    """The server never calls the Kubernetes API (``ssd-detect --isvc`` does, from the caller's side, with
+    the caller's kubeconfig): no token is mounted, also when the chart does not create the account."""
+    docs = rendered[value_set]
+    assert the_isvc(docs)["spec"]["predictor"]["automountServiceAccountToken"] is False
+    for account in (d for d in docs if d["kind"] == "ServiceAccount"):
+        assert account["automountServiceAccountToken"] is False
+    for pod in (d for d in docs if d["kind"] == "Pod"):
+        assert pod["spec"]["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
 def test_container_is_non_root_with_read_only_root_filesystem(rendered, value_set):
     isvc = the_isvc(rendered[value_set])
     predictor = isvc["spec"]["predictor"]
