@@ -477,7 +477,6 @@ def test_readme_table_lists_every_value_set():
 # ---------------------------------------------------------------- network policy --------------------------
 
 GATEWAY = rules.Peer.pod("istio-system", app="istio-ingressgateway")
-KOURIER = rules.Peer.pod("kourier-system", app="3scale-kourier-gateway")
 ACTIVATOR = rules.Peer.pod("knative-serving", app="activator")
 AUTOSCALER = rules.Peer.pod("knative-serving", app="autoscaler")
 PROMETHEUS = rules.Peer.pod("monitoring", **{"app.kubernetes.io/name": "prometheus"})

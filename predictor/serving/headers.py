@@ -2,9 +2,9 @@
 
 KServe's code logs the request id it finds (``kserve.trace``: ``requestId: ...`` per request), our
 metrics middleware echoes it and logs it with every error, and the tracing propagator parses
-``traceparent`` / ``tracestate`` / ``baggage``. A client controls all of them, up to the server's header
-size limit (uvicorn: ~64 KiB per request line + headers; gRPC: 8 KiB of metadata by default). So before
-KServe's app or servicer sees a request:
+``traceparent`` / ``tracestate`` / ``baggage``. A client controls all of them, up to the HTTP server's header
+size limit (gRPC: about 8 KiB of metadata by default), so one request could put kilobytes of its own
+text into each log line. Before KServe's app or servicer sees a request:
 
 - ``x-request-id``: the first one only; cut to :data:`REQUEST_ID_MAX` characters; replaced by a fresh id
   when it is empty or holds anything but visible ASCII (control characters, spaces, non-ASCII bytes).
