@@ -65,7 +65,7 @@ def test_clean_headers_are_left_alone():
         (GOOD_PARENT, True),
         (GOOD_PARENT.upper(), False),  # W3C: lower-case hex only
         ("ff" + GOOD_PARENT[2:], False),  # version ff is invalid
-        ("01" + GOOD_PARENT[2:], False),  # only version 00 is understood
+        ("01" + GOOD_PARENT[2:], True),  # a later version: its first 55 characters are read
         ("00-" + "0" * 32 + GOOD_PARENT[35:], False),  # all-zero trace id
         (GOOD_PARENT[:36] + "0" * 16 + "-01", False),  # all-zero parent id
         (GOOD_PARENT + "-extra", False),
@@ -88,6 +88,13 @@ def test_trace_headers_past_their_w3c_limits_are_dropped():
     assert clean_pairs(pairs, fixed_id) == [("traceparent", GOOD_PARENT)]
     at_limit = [("traceparent", GOOD_PARENT), ("tracestate", "k" * headers.TRACESTATE_MAX)]
     assert clean_pairs(at_limit, fixed_id) is None
+
+
+def test_a_later_traceparent_version_is_cut_to_what_version_00_defines():
+    later = "cc" + GOOD_PARENT[2:]
+    assert clean_pairs([("traceparent", later + "-" + "x" * 5000)], fixed_id) == [("traceparent", later)]
+    assert clean_pairs([("traceparent", later + "x")], fixed_id) == []  # no "-" after the 55th
+    assert clean_pairs([("traceparent", GOOD_PARENT + "-x")], fixed_id) == []  # version 00 is exact
 
 
 def test_two_traceparents_are_both_dropped():

@@ -8,9 +8,10 @@ text into each log line. Before KServe's app or servicer sees a request:
 
 - ``x-request-id``: the first one only; cut to :data:`REQUEST_ID_MAX` characters; replaced by a fresh id
   when it is empty or holds anything but visible ASCII (control characters, spaces, non-ASCII bytes).
-- ``traceparent``: the first one only, and only when it is a valid W3C version-00 header (55 characters,
-  lower-case hex, neither id all zeros, version not ``ff``); otherwise it is dropped and the request starts
-  a new trace, as OpenTelemetry does for a header it cannot parse.
+- ``traceparent``: kept only when it is the one such header and valid W3C Trace Context (lower-case hex,
+  neither id all zeros, version not ``ff``; version 00 exactly 55 characters, a later version cut to its
+  first 55); otherwise it is dropped and the request starts a new trace, as OpenTelemetry does for a
+  header it cannot parse.
 - ``tracestate``: kept only with a valid ``traceparent`` and at most :data:`TRACESTATE_MAX` characters
   (W3C Trace Context, section 3.3.1.5); ``baggage``: at most :data:`BAGGAGE_MAX` (W3C Baggage limit).
 
@@ -54,10 +55,21 @@ def clean_request_id(value: str, new_id: Callable[[], str]) -> str:
     return cut if _VISIBLE_ASCII.fullmatch(cut) else new_id()
 
 
+def clean_traceparent(value: str) -> str | None:
+    """The ``traceparent`` to keep, or None to drop it (W3C Trace Context, section 3.2: lower-case hex,
+    version ``ff`` invalid, trace and parent ids not all zeros; version 00 is exactly 55 characters, a
+    later version is read from its first 55 characters when the next one is ``-``, and cut to them)."""
+    m = _TRACEPARENT.fullmatch(value[:55])
+    if m is None or m[1] == "ff" or m[2] == "0" * 32 or m[3] == "0" * 16:
+        return None
+    if len(value) > 55 and (m[1] == "00" or value[55] != "-"):
+        return None
+    return value[:55]
+
+
 def valid_traceparent(value: str) -> bool:
-    """Whether ``value`` is a W3C version-00 ``traceparent`` with non-zero trace and parent ids."""
-    m = _TRACEPARENT.fullmatch(value)
-    return m is not None and m[1] == "00" and m[2] != "0" * 32 and m[3] != "0" * 16
+    """Whether ``value`` is kept unchanged as a ``traceparent``."""
+    return clean_traceparent(value) == value
 
 
 def clean_pairs(pairs: Sequence[tuple[str, str]], new_id: Callable[[], str]) -> list[tuple[str, str]] | None:
@@ -72,8 +84,9 @@ def clean_pairs(pairs: Sequence[tuple[str, str]], new_id: Callable[[], str]) -> 
         kept[REQUEST_ID] = clean_request_id(seen[REQUEST_ID], new_id)
     parent = seen.get(TRACEPARENT)
     duplicate_parent = sum(1 for name, _ in pairs if name == TRACEPARENT) > 1
-    parent_ok = parent is not None and not duplicate_parent and valid_traceparent(parent)
-    kept[TRACEPARENT] = parent if parent_ok else None
+    parent = None if parent is None or duplicate_parent else clean_traceparent(parent)
+    parent_ok = parent is not None
+    kept[TRACEPARENT] = parent
     state = seen.get(TRACESTATE)
     kept[TRACESTATE] = state if parent_ok and state is not None and len(state) <= TRACESTATE_MAX else None
     baggage = seen.get(BAGGAGE)
