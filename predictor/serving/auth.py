@@ -11,8 +11,12 @@ is checked.
 A refused request gets REST 401 with ``WWW-Authenticate: Bearer`` and ``{"error": "unauthenticated"}``
 (gRPC ``UNAUTHENTICATED``, same message), whether the header was missing, malformed or wrong: nothing
 tells the caller which. The check runs before admission reads or counts the body (REST) or protobuf
-parses the message (gRPC), and compares SHA-256 digests with :func:`hmac.compare_digest` against every
-token, so its time depends on neither the token's content nor its length.
+parses the message (gRPC), and compares the SHA-256 digest of the token sent with each accepted
+token's digest by :func:`hmac.compare_digest`, always all of them: the time taken says neither how much
+of a token matched, nor how long the accepted tokens are, nor which one matched.
+
+gRPC refusals are counted in ``ssd_rejected_requests_total{reason="unauthenticated"}`` (REST ones there
+and, on the inference routes, in ``ssd_requests_total`` with status 401).
 
 The file is re-read when it changes (a mounted Secret is updated in place by the kubelet), checked at
 most once per :data:`RELOAD_INTERVAL_S`; a change that leaves it unreadable or empty keeps the tokens
