@@ -13,11 +13,14 @@ import re
 
 import grpc
 import httpx
+import numpy as np
+import orjson
 import pytest
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from serving_fixtures import MODEL_NAME, b64, encode_image
 
+from predictor.protocol.binary_ext import serialize_tensor
 from predictor.serving import headers
 from predictor.serving.headers import clean_pairs, valid_traceparent
 
@@ -130,11 +133,30 @@ def png(shapes_images) -> bytes:
 
 
 def rest_routes(png: bytes) -> list[tuple[str, str, dict, int]]:
-    """(method, path, request kwargs, expected status): inference (V1 raw, V1 JSON, V2 JSON), an error,
-    health, metadata and metrics."""
+    """(method, path, request kwargs, expected status): inference (V1 raw, V2 binary extension, V1 JSON,
+    V2 JSON), errors (V1, V2), health, readiness, metadata and metrics."""
     v2 = {"inputs": [{"name": "images", "shape": [1], "datatype": "BYTES", "data": [b64(png)]}]}
+    raw = serialize_tensor(np.array([png], dtype=object), "BYTES")
+    binary_head = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "images",
+                    "datatype": "BYTES",
+                    "shape": [1],
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ]
+        }
+    )
+    binary = {
+        "content": binary_head + raw,
+        "headers": {"inference-header-content-length": str(len(binary_head))},
+    }
     return [
         ("POST", V1, {"content": png}, 200),
+        ("POST", V2, binary, 200),  # the binary tensor extension (tritonclient's default)
+        ("POST", V2, {"json": {"inputs": "x"}}, 400),
         ("POST", V1, {"json": {"instances": [{"b64": b64(png)}]}}, 200),
         ("POST", V2, {"json": v2}, 200),
         ("POST", V1, {"json": {"instances": ["@@@"]}}, 400),
@@ -160,7 +182,8 @@ def test_rest_hostile_headers_on_every_route(ssd_server, png):
     start = len(ssd_server.log())
     with httpx.Client(base_url=ssd_server.url, timeout=120) as client:
         for method, path, kwargs, status in rest_routes(png):
-            r = client.request(method, path, headers=HOSTILE, **kwargs)
+            extra = kwargs.pop("headers", {})
+            r = client.request(method, path, headers={**HOSTILE, **extra}, **kwargs)
             assert r.status_code == status, (path, r.text[:300])
             assert r.headers["x-request-id"] == "A" * 128, path
             if path == "/metrics":  # no client-controlled text becomes a metric label
@@ -168,8 +191,8 @@ def test_rest_hostile_headers_on_every_route(ssd_server, png):
     log = new_log(ssd_server, start)
     assert_log_bounded(log)
     # KServe's own logger read the cut id (once per inference request that reached the model).
-    assert log.count("requestId: " + "A" * 128 + ",") == 3, log[-3000:]
-    assert '"request_id":"' + "A" * 128 + '"' in log  # our error line for the 400
+    assert log.count("requestId: " + "A" * 128 + ",") == 4, log[-3000:]
+    assert log.count('"request_id":"' + "A" * 128 + '"') == 2  # our error lines for the two 400s
 
 
 @pytest.mark.parametrize("value", [b"has space", b"caf\xe9", b"\xff" * 200])
