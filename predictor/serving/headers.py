@@ -43,6 +43,7 @@ TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 BAGGAGE = "baggage"
 _GUARDED = (REQUEST_ID, TRACEPARENT, TRACESTATE, BAGGAGE)
+_GUARDED_BYTES = frozenset(name.encode() for name in _GUARDED)
 
 _VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
@@ -115,8 +116,8 @@ class HeaderHygieneMiddleware:
         self.new_id = new_id or prometheus.new_request_id
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            raw = scope.get("headers") or []
+        raw = (scope.get("headers") or []) if scope["type"] == "http" else []
+        if any(k.lower() in _GUARDED_BYTES for k, _ in raw):  # most requests carry none of them
             pairs = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw]
             cleaned = clean_pairs(pairs, self.new_id)
             if cleaned is not None:
