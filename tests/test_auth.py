@@ -348,3 +348,19 @@ def test_the_server_refuses_to_start_with_an_empty_token_file(random_tiny_model_
     assert f"--auth_token_file {empty} holds no token" in server.log()
     assert "Traceback" not in server.log()
     assert os.path.exists(empty)
+
+
+def test_the_helm_test_script_sends_the_mounted_token(auth_server, token_file, capsys):
+    """helm/ssd-detector/files/smoke_test.py (the `helm test` pod) with the chart's --token-file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "smoke_test", REPO_ROOT / "helm/ssd-detector/files/smoke_test.py"
+    )
+    smoke = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(smoke)
+    base = ["--url", auth_server.url, "--model", MODEL_NAME, "--timeout", "60"]
+    assert smoke.main(base) == 1  # 401 is not retried
+    assert "status 401" in capsys.readouterr().err
+    assert smoke.main([*base, "--token-file", str(token_file)]) == 0
+    assert "ok:" in capsys.readouterr().out
