@@ -372,6 +372,7 @@ def knative_validate(pod_spec: dict[str, Any], features: frozenset[str]) -> list
         for key in set(pod_spec["securityContext"]) - KNATIVE_POD_SECURITY_FIELDS:
             errors.append(f"knative podspec: must not set the field(s): securityContext.{key}")
     errors += _knative_volumes(pod_spec.get("volumes", []), features)
+    errors += _knative_read_only_mounts(pod_spec)
     containers = pod_spec.get("containers", [])
     ports = [port for c in containers for port in c.get("ports", [])]
     if len(ports) > 1:
@@ -379,6 +380,21 @@ def knative_validate(pod_spec: dict[str, Any], features: frozenset[str]) -> list
     user_port = ports[0] if ports else {"name": "http", "containerPort": 8080}
     for container in containers:
         errors += _knative_container(container, user_port, {v["name"] for v in pod_spec.get("volumes", [])})
+    return errors
+
+
+def _knative_read_only_mounts(pod_spec: dict[str, Any]) -> list[str]:
+    """``validateVolumeMounts`` (k8s_validation.go): a mount of anything but an emptyDir (or a PVC with
+    kubernetes.podspec-persistent-volume-write) must be readOnly ("volume mount should be readOnly for
+    this type of volume")."""
+    kinds = {v["name"]: set(v) - {"name"} for v in pod_spec.get("volumes", [])}
+    errors = []
+    for container in pod_spec.get("containers", []):
+        for mount in container.get("volumeMounts", []):
+            if "emptyDir" not in kinds.get(mount["name"], set()) and not mount.get("readOnly"):
+                errors.append(
+                    f"knative volumeMounts: {mount['name']} should be readOnly for this type of volume"
+                )
     return errors
 
 
@@ -565,6 +581,140 @@ def kserve_pod_metrics_annotations(pod_annotations: dict[str, str], platform: Pl
         out["prometheus.io/port"] = "9088" if aggregation == "true" else "9091"
         out["prometheus.io/path"] = "/metrics"
     return out
+
+
+# ---------------------------------------------------------------- network policy ------------------------
+
+# knative/serving pkg/apis/networking/ports.go: the queue-proxy's ports in every Knative-mode pod.
+KNATIVE_QUEUE_HTTP1_PORT = 8012  # BackendHTTPPort: the revision's HTTP/1 traffic (activator, gateway)
+KNATIVE_QUEUE_H2C_PORT = 8013  # BackendHTTP2Port: the same for h2c
+KNATIVE_QUEUE_ADMIN_PORT = 8022  # QueueAdminPort: drain and health, called from inside the pod
+KNATIVE_AUTOSCALER_METRICS_PORT = 9090  # AutoscalingQueueMetricsPort: scraped by the autoscaler
+KNATIVE_USER_METRICS_PORT = 9091  # UserQueueMetricsPort: Prometheus
+# kserve/kserve pkg/constants/constants.go: InferenceServiceDefaultAgentPort, the agent (batcher, logger)
+# that fronts the server when spec.predictor.batcher or .logger is set.
+KSERVE_AGENT_PORT = 9081
+# Kubernetes labels every namespace with its name (NamespaceDefaultLabelName, since 1.22).
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+def kserve_predictor_pod_labels(isvc: dict[str, Any]) -> dict[str, str]:
+    """The labels KServe gives the predictor's pods: ``utils.Union(sRuntimeLabels, isvc.Labels,
+    predictorLabels, {InferenceServicePodLabelKey: isvc.Name, KServiceComponentLabel: "predictor"})``
+    (kserve/kserve pkg/controller/v1beta1/inferenceservice/components/predictor.go; the constants are
+    ``serving.kserve.io/inferenceservice`` and ``component`` in pkg/constants/constants.go)."""
+    return {
+        **(isvc["metadata"].get("labels") or {}),
+        **(predictor_of(isvc).get("labels") or {}),
+        "serving.kserve.io/inferenceservice": isvc["metadata"]["name"],
+        "component": "predictor",
+    }
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One end of a connection: a pod (namespace + labels) or, with ``namespace`` None, an address
+    outside the cluster (``ip``)."""
+
+    namespace: str | None
+    labels: tuple[tuple[str, str], ...] = ()
+    ip: str | None = None
+
+    @staticmethod
+    def pod(namespace: str, **labels: str) -> Peer:
+        return Peer(namespace, tuple(sorted(labels.items())))
+
+
+def label_selector_matches(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
+    """metav1.LabelSelector: matchLabels and matchExpressions all hold; an empty selector selects all
+    (k8s.io/apimachinery pkg/apis/meta/v1/helpers.go, LabelSelectorAsSelector)."""
+    selector = selector or {}
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
+        ok = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def _peer_matches(rule_peer: dict[str, Any], policy_namespace: str, peer: Peer) -> bool:
+    """networking/v1 NetworkPolicyPeer (k8s.io/api networking/v1/types.go): ipBlock alone, or pods chosen by
+    namespaceSelector AND podSelector; a podSelector alone means pods of the policy's namespace."""
+    if "ipBlock" in rule_peer:
+        import ipaddress
+
+        if peer.ip is None:
+            return False
+        block = rule_peer["ipBlock"]
+        address = ipaddress.ip_address(peer.ip)
+        inside = address in ipaddress.ip_network(block["cidr"])
+        return inside and not any(address in ipaddress.ip_network(c) for c in block.get("except") or [])
+    if peer.namespace is None:
+        return False
+    if "namespaceSelector" in rule_peer:
+        if not label_selector_matches(rule_peer["namespaceSelector"], {NAMESPACE_NAME_LABEL: peer.namespace}):
+            return False
+    elif peer.namespace != policy_namespace:
+        return False
+    return label_selector_matches(rule_peer.get("podSelector"), dict(peer.labels))
+
+
+def _port_matches(rule_ports: list[dict[str, Any]] | None, port: int, protocol: str) -> bool:
+    """NetworkPolicyPort: absent or empty ports allow every port; protocol defaults to TCP."""
+    if not rule_ports:
+        return True
+    for entry in rule_ports:
+        if entry.get("protocol", "TCP") != protocol:
+            continue
+        if "port" not in entry:
+            return True
+        low = entry["port"]
+        if isinstance(low, int) and low <= port <= entry.get("endPort", low):
+            return True
+    return False
+
+
+def network_policy_allows(
+    policies: list[dict[str, Any]],
+    pod_labels: dict[str, str],
+    namespace: str,
+    direction: str,
+    peer: Peer,
+    port: int,
+    protocol: str = "TCP",
+) -> bool:
+    """Whether a connection to (``Ingress``) or from (``Egress``) a pod with ``pod_labels`` in
+    ``namespace`` on ``port`` is allowed by ``policies`` (Kubernetes NetworkPolicy semantics, k8s.io/api
+    networking/v1/types.go): a pod no policy selects for that direction is not isolated; a selected one
+    accepts exactly what some rule of some selecting policy allows (rules and policies are ORed)."""
+    isolating = []
+    for policy in policies:
+        spec = policy["spec"]
+        if policy["metadata"].get("namespace", namespace) != namespace:
+            continue
+        if not label_selector_matches(spec.get("podSelector"), pod_labels):
+            continue
+        types = spec.get("policyTypes") or ["Ingress", *(["Egress"] if "egress" in spec else [])]
+        if direction in types:
+            isolating.append(spec)
+    if not isolating:
+        return True
+    key, peers_key = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
+    for spec in isolating:
+        for rule in spec.get(key) or []:
+            if not _port_matches(rule.get("ports"), port, protocol):
+                continue
+            peers = rule.get(peers_key)
+            if not peers or any(_peer_matches(p, namespace, peer) for p in peers):
+                return True
+    return False
 
 
 # ---------------------------------------------------------------- all of it -----------------------------

@@ -472,3 +472,229 @@ def test_readme_table_lists_every_value_set():
     section = readme[readme.index("## Deploy on Kubernetes") :]
     for value_set in VALUE_SETS[1:]:
         assert f"| `{value_set}-values.yaml` |" in section, f"README's value-set table lacks {value_set}"
+
+
+# ---------------------------------------------------------------- network policy --------------------------
+
+GATEWAY = rules.Peer.pod("istio-system", app="istio-ingressgateway")
+ACTIVATOR = rules.Peer.pod("knative-serving", app="activator")
+AUTOSCALER = rules.Peer.pod("knative-serving", app="autoscaler")
+PROMETHEUS = rules.Peer.pod("monitoring", **{"app.kubernetes.io/name": "prometheus"})
+NEIGHBOUR = rules.Peer.pod(NAMESPACE, app="something-else")
+OUTSIDER = rules.Peer.pod("default", app="curl")
+DNS = rules.Peer.pod("kube-system", **{"k8s-app": "kube-dns"})
+INTERNET = rules.Peer(None, ip="52.95.128.1")
+
+
+def policies_of(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == "NetworkPolicy"]
+
+
+def transformer_of(isvc: dict[str, Any]) -> rules.Peer:
+    """A transformer pod of the same InferenceService (KServe labels it like the predictor, component
+    transformer: components/transformer.go)."""
+    return rules.Peer.pod(
+        NAMESPACE,
+        **{"serving.kserve.io/inferenceservice": isvc["metadata"]["name"], "component": "transformer"},
+    )
+
+
+def serving_ports(isvc: dict[str, Any]) -> set[int]:
+    """Where callers' connections land: Knative mode, the queue-proxy's ports; Standard mode, the
+    container's declared ports, plus KServe's agent port when batcher or logger put it in front."""
+    predictor = isvc["spec"]["predictor"]
+    if rules.deployment_mode(isvc) == "Knative":
+        return {rules.KNATIVE_QUEUE_HTTP1_PORT, rules.KNATIVE_QUEUE_H2C_PORT}
+    ports = {p["containerPort"] for p in container_of(isvc)["ports"]}
+    if "batcher" in predictor or "logger" in predictor:
+        ports.add(rules.KSERVE_AGENT_PORT)
+    return ports
+
+
+def scraped_ports(docs: list[dict[str, Any]], isvc: dict[str, Any]) -> set[int]:
+    """The ports Prometheus scrapes: prometheus.io/port as KServe's pod mutator leaves it (stock config),
+    the PodMonitor's target, and in Knative mode the queue-proxy's user metrics."""
+    ports = set()
+    annotations = rules.kserve_pod_metrics_annotations(
+        isvc["spec"]["predictor"].get("annotations", {}), rules.Platform()
+    )
+    if annotations.get("prometheus.io/scrape") == "true":
+        ports.add(int(annotations["prometheus.io/port"]))
+    for monitor in (d for d in docs if d["kind"] == "PodMonitor"):
+        ports.add(
+            int(monitor["spec"]["podMetricsEndpoints"][0]["relabelings"][-1]["replacement"].split(":")[-1])
+        )
+    if rules.deployment_mode(isvc) == "Knative":
+        ports.add(rules.KNATIVE_USER_METRICS_PORT)
+    return ports
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_network_policy_rendered_by_mode(rendered, value_set):
+    """On by default in Standard mode; in Knative mode only when asked for (networkPolicy.enabled true)."""
+    enabled = merged_values(value_set)["networkPolicy"]["enabled"]
+    standard = rules.deployment_mode(the_isvc(rendered[value_set])) == "Standard"
+    expected = enabled is True or (enabled == "auto" and standard)
+    assert len(policies_of(rendered[value_set])) == (1 if expected else 0)
+
+
+def policy_sets(rendered) -> list[str]:
+    sets = [name for name in VALUE_SETS if policies_of(rendered[name])]
+    modes = {rules.deployment_mode(the_isvc(rendered[name])) for name in sets}
+    assert modes == {"Standard", "Knative"}, "the value sets must render a policy in both modes"
+    return sets
+
+
+def test_network_policy_selects_exactly_the_predictor_pods(rendered):
+    for name in policy_sets(rendered):
+        isvc = the_isvc(rendered[name])
+        (policy,) = policies_of(rendered[name])
+        pod = rules.kserve_predictor_pod_labels(isvc)
+        assert rules.label_selector_matches(policy["spec"]["podSelector"], pod), name
+        assert not rules.label_selector_matches(
+            policy["spec"]["podSelector"], dict(transformer_of(isvc).labels)
+        )
+        other_isvc = {**pod, "serving.kserve.io/inferenceservice": "another"}
+        assert not rules.label_selector_matches(policy["spec"]["podSelector"], other_isvc), name
+
+
+def test_network_policy_lets_callers_and_the_platform_in_and_no_one_else(rendered):
+    for name in policy_sets(rendered):
+        docs = rendered[name]
+        isvc, values = the_isvc(docs), merged_values(name)
+        pod = rules.kserve_predictor_pod_labels(isvc)
+        knative = rules.deployment_mode(isvc) == "Knative"
+
+        def allowed(peer: rules.Peer, port: int, docs=docs, pod=pod) -> bool:
+            return rules.network_policy_allows(policies_of(docs), pod, NAMESPACE, "Ingress", peer, port)
+
+        np = values["networkPolicy"]
+        gateways = [rules.Peer.pod(ns, app="gateway") for ns in np["gatewayNamespaces"]]
+        callers = [*gateways, transformer_of(isvc)] + ([ACTIVATOR] if knative else [])
+        if values["tests"]["enabled"]:
+            callers.append(
+                rules.Peer.pod(
+                    NAMESPACE,
+                    **{"app.kubernetes.io/instance": RELEASE, "app.kubernetes.io/component": "test"},
+                )
+            )
+        for extra in np["extraIngressFrom"]:
+            callers.append(rules.Peer.pod(NAMESPACE, **extra["podSelector"]["matchLabels"]))
+        serving, scraped = serving_ports(isvc), scraped_ports(docs, isvc)
+        for port in serving:
+            for caller in callers:
+                assert allowed(caller, port), (name, caller, port)
+            for stranger in (NEIGHBOUR, OUTSIDER, AUTOSCALER, *([] if port in scraped else [PROMETHEUS])):
+                assert not allowed(stranger, port), (name, stranger, port)
+        for port in scraped:  # the metrics scrape (annotation, PodMonitor, queue-proxy) still works
+            assert allowed(PROMETHEUS, port) is bool(np["monitoringNamespace"]), (name, port)
+            if port not in serving:
+                assert not any(allowed(p, port) for p in (*callers, NEIGHBOUR, OUTSIDER)), (name, port)
+        if knative:  # the queue-proxy's other ports: the autoscaler's statistics, the admin port for no one
+            assert allowed(AUTOSCALER, rules.KNATIVE_AUTOSCALER_METRICS_PORT), name
+            assert not allowed(PROMETHEUS, rules.KNATIVE_AUTOSCALER_METRICS_PORT), name
+            everyone = (*callers, AUTOSCALER, PROMETHEUS, NEIGHBOUR)
+            assert not any(allowed(p, rules.KNATIVE_QUEUE_ADMIN_PORT) for p in everyone), name
+            user_port = container_of(isvc)["ports"][0]["containerPort"]
+            if user_port not in scraped:  # reached through the queue-proxy only
+                assert not any(allowed(p, user_port) for p in callers), name
+
+
+def test_network_policy_serving_ports_are_the_containers_ports(rendered):
+    """The ports the policy opens to callers are exactly where connections land: no stale port after a
+    change of httpPort/grpcPort/exposeGrpc, none missing."""
+    for name in policy_sets(rendered):
+        isvc = the_isvc(rendered[name])
+        (policy,) = policies_of(rendered[name])
+        callers_rule = policy["spec"]["ingress"][0]
+        assert {p["port"] for p in callers_rule["ports"]} == serving_ports(isvc), name
+
+
+def test_network_policy_egress_is_what_the_pod_needs(rendered):
+    for name in policy_sets(rendered):
+        docs = rendered[name]
+        isvc, values = the_isvc(docs), merged_values(name)
+        pod = rules.kserve_predictor_pod_labels(isvc)
+
+        def allowed(peer: rules.Peer, port: int, protocol: str = "TCP", docs=docs, pod=pod) -> bool:
+            return rules.network_policy_allows(
+                policies_of(docs), pod, NAMESPACE, "Egress", peer, port, protocol
+            )
+
+        assert allowed(DNS, 53, "UDP") and allowed(DNS, 53, "TCP"), name
+        assert not allowed(NEIGHBOUR, 53, "UDP"), name
+        uri = values["model"]["storageUri"]
+        needs_storage = bool(uri) and not uri.startswith("pvc://")
+        assert allowed(INTERNET, 443) is needs_storage, name
+        if values["predictor"]["tracing"]:
+            collector = rules.Peer.pod("observability", app="otel-collector")
+            assert allowed(collector, values["networkPolicy"]["tracing"]["port"]), name
+        if values["logger"]["enabled"]:
+            sink = rules.Peer.pod("default", app="message-dumper")
+            assert all(allowed(sink, port) for port in values["networkPolicy"]["logger"]["ports"]), name
+        elsewhere = rules.Peer.pod("elsewhere", app="db")
+        for peer, port in ((INTERNET, 5432), (NEIGHBOUR, 8080), (elsewhere, 80), (INTERNET, 4318)):
+            assert not allowed(peer, port), (name, peer, port)
+
+
+def test_rule_network_policy_semantics():
+    """The evaluator follows Kubernetes: an unselected pod is open; a podSelector peer is namespace-local;
+    namespaceSelector + podSelector in one peer AND, separate peers OR; ports default to all, TCP."""
+    policy = {
+        "metadata": {"name": "p"},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "x"}},
+            "ingress": [
+                {"from": [{"podSelector": {"matchLabels": {"role": "client"}}}], "ports": [{"port": 80}]},
+                {
+                    "from": [
+                        {
+                            "namespaceSelector": {"matchLabels": {rules.NAMESPACE_NAME_LABEL: "mon"}},
+                            "podSelector": {"matchLabels": {"app": "prom"}},
+                        }
+                    ]
+                },
+            ],
+        },
+    }
+
+    def allowed(pod: dict[str, str], peer: rules.Peer, port: int, protocol: str = "TCP") -> bool:
+        return rules.network_policy_allows([policy], pod, "ns", "Ingress", peer, port, protocol)
+
+    x = {"app": "x"}
+    assert allowed({"app": "y"}, OUTSIDER, 1)  # not selected: not isolated
+    assert allowed(x, rules.Peer.pod("ns", role="client"), 80)
+    assert not allowed(x, rules.Peer.pod("ns", role="client"), 80, "UDP")
+    assert not allowed(x, rules.Peer.pod("other", role="client"), 80)  # podSelector alone: same namespace
+    assert not allowed(x, rules.Peer.pod("ns", role="client"), 81)
+    assert allowed(x, rules.Peer.pod("mon", app="prom"), 12345)  # no ports: every port
+    assert not allowed(x, rules.Peer.pod("mon", app="grafana"), 80)  # both selectors must match
+    assert not allowed(x, rules.Peer.pod("ns", app="prom"), 80)
+    assert rules.network_policy_allows([policy], x, "ns", "Egress", INTERNET, 443)  # no Egress type
+
+
+def test_rule_knative_secret_mounts_read_only(rendered):
+    """The token Secret (auth.tokenSecret) is mounted read-only, as Knative demands of non-emptyDir mounts."""
+    isvc = copy.deepcopy(the_isvc(rendered["default"]))
+    predictor = isvc["spec"]["predictor"]
+    predictor["volumes"].append({"name": "auth-token", "secret": {"secretName": "s"}})
+    mount = {"name": "auth-token", "mountPath": "/var/run/secrets/x"}
+    container_of(isvc)["volumeMounts"].append(mount)
+    assert any("should be readOnly" in p for p in rules.admit(isvc, rules.Platform()))
+    mount["readOnly"] = True
+    assert not rules.admit(isvc, rules.Platform())
+
+
+def test_token_secret_is_admitted_in_both_modes(helm):
+    for mode_args in ([], ["-f", str(CHART / "ci" / "standard-hpa-values.yaml")]):
+        docs = docs_of(helm, *mode_args, "--set", "auth.tokenSecret=ssd-tokens")
+        isvc = the_isvc(docs)
+        assert not rules.admit(isvc, rules.Platform()), mode_args
+        assert (
+            arg_value(container_of(isvc), "--auth_token_file") == "/var/run/secrets/ssd-detector/auth/token"
+        )
+        (test_pod,) = [d for d in docs if d["kind"] == "Pod"]
+        assert (
+            "--token-file=/var/run/secrets/ssd-detector/auth/token"
+            in test_pod["spec"]["containers"][0]["command"]
+        )

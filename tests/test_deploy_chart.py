@@ -220,7 +220,13 @@ def _predictor_as_pod(isvc: dict[str, Any]) -> dict[str, Any]:
 def test_core_objects_validate_against_kubernetes_schemas(rendered, value_set):
     docs = rendered[value_set]
     core = [d for d in docs if d["kind"] not in CRD_KINDS]
-    assert {d["kind"] for d in core} <= {"ServiceAccount", "ConfigMap", "Pod", "PodDisruptionBudget"}
+    assert {d["kind"] for d in core} <= {
+        "ServiceAccount",
+        "ConfigMap",
+        "Pod",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    }
     for version in KUBE_VERSIONS:
         for doc in [*core, _predictor_as_pod(the_isvc(docs))]:
             _kube_validate(doc, version)
@@ -465,6 +471,18 @@ def test_termination_grace_default_covers_the_worst_case_drain(rendered):
     explicit = the_isvc(rendered["pvc-external"])
     assert explicit["spec"]["predictor"]["terminationGracePeriodSeconds"] == 45
     assert "--shutdown_grace_s=10" in predictor_container(explicit)["args"]
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_no_kubernetes_api_token_in_the_predictor(rendered, value_set):
+    """The server never calls the Kubernetes API (``ssd-detect --isvc`` does, from the caller's side, with
+    the caller's kubeconfig): no token is mounted, also when the chart does not create the account."""
+    docs = rendered[value_set]
+    assert the_isvc(docs)["spec"]["predictor"]["automountServiceAccountToken"] is False
+    for account in (d for d in docs if d["kind"] == "ServiceAccount"):
+        assert account["automountServiceAccountToken"] is False
+    for pod in (d for d in docs if d["kind"] == "Pod"):
+        assert pod["spec"]["automountServiceAccountToken"] is False
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)

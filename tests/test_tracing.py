@@ -28,6 +28,7 @@ TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"  # the W3C Trace Context spec's own example
 GRPC_TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+V2_TRACEPARENT = "00-5cf92f3577b34da6a3ce929d0e0e4799-10f067aa0ba902b8-01"
 STAGES = ("ssd.decode", "ssd.queue_wait", "ssd.batch", "ssd.model", "ssd.postprocess", "ssd.encode")
 
 
@@ -140,14 +141,38 @@ def test_server_flag_exports_spans_of_the_callers_trace(random_tiny_model_dir, t
         )
         assert r.status_code == 200, r.text
         _grpc_infer(server.grpc_target, base64.b64decode(png), GRPC_TRACEPARENT)
+        # Header hygiene: an oversized tracestate is dropped, the trace still continued (V2 REST); a
+        # hostile traceparent starts a new trace (V1 again).
+        v2 = {"inputs": [{"name": "images", "shape": [1], "datatype": "BYTES", "data": [png]}]}
+        hostile_state = {"traceparent": V2_TRACEPARENT, "tracestate": "k=" + "c" * 600}
+        r = httpx.post(
+            f"{server.url}/v2/models/{MODEL_NAME}/infer", json=v2, headers=hostile_state, timeout=60
+        )
+        assert r.status_code == 200, r.text
+        r = httpx.post(
+            f"{server.url}/v1/models/{MODEL_NAME}:predict",
+            json={"instances": [png]},
+            headers={"traceparent": "B" * 4000},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and server.log().count('"name": "ssd.encode"') < 2:
+        while time.monotonic() < deadline and server.log().count('"name": "ssd.encode"') < 4:
             time.sleep(0.2)
     finally:
         server.terminate()
     spans = _console_spans(server.log())
-    roots = {s["attributes"]["ssd.protocol"]: s for s in spans if s["name"] == "ssd.infer"}
-    assert set(roots) == {"v1", "grpc"}
+    infers = [s for s in spans if s["name"] == "ssd.infer"]
+    fresh = [s for s in infers if s["parent_id"] is None]
+    assert [s["attributes"]["ssd.protocol"] for s in fresh] == ["v1"], "the hostile traceparent's request"
+    roots = {s["attributes"]["ssd.protocol"]: s for s in infers if s["parent_id"] is not None}
+    assert set(roots) == {"v1", "grpc", "v2"}
+    _, v2_trace, v2_parent, _ = V2_TRACEPARENT.split("-")
+    assert (
+        roots["v2"]["context"]["trace_id"] == f"0x{v2_trace}" and roots["v2"]["parent_id"] == f"0x{v2_parent}"
+    )
+    assert "ccccc" not in roots["v2"]["context"]["trace_state"]
+    assert "BBBB" not in server.log()
     for protocol, traceparent in (("v1", TRACEPARENT), ("grpc", GRPC_TRACEPARENT)):
         _, trace_id, parent_id, _ = traceparent.split("-")
         root = roots[protocol]

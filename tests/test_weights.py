@@ -145,6 +145,30 @@ def test_missing_path(tmp_path):
         load_model(tmp_path / "nope")
 
 
+class _Payload:
+    """Unpickling this would create ``path`` (what a malicious pickle in weights.npz would do)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_pickled_arrays_in_weights_are_refused_unrun(random_tiny_model_dir, tmp_path):
+    """weights.npz is read with allow_pickle=False: an object array (a pickle) is refused and never run."""
+    (tmp_path / "model.yaml").write_bytes((random_tiny_model_dir / "model.yaml").read_bytes())
+    with np.load(random_tiny_model_dir / "weights.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    first = next(iter(arrays))
+    marker = tmp_path / "pwned"
+    arrays[first] = np.array([_Payload(str(marker))], dtype=object)
+    np.savez(tmp_path / "weights.npz", **arrays)
+    with pytest.raises(ModelLoadError, match="allow_pickle=False"):
+        load_model(tmp_path)
+    assert not marker.exists()
+
+
 def test_truncated_weights(random_tiny_model_dir, tmp_path):
     for f in ("model.yaml", "weights.npz"):
         (tmp_path / f).write_bytes((random_tiny_model_dir / f).read_bytes())

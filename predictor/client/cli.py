@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,7 +58,28 @@ def endpoint_from_args(args: argparse.Namespace) -> Endpoint:
             url = isvc
     if not url:
         url = DEFAULT_GRPC_URL if args.protocol == "grpc" else DEFAULT_REST_URL
-    return Endpoint(url, args.model, host_header, args.timeout)
+    return Endpoint(url, args.model, host_header, args.timeout, token=read_token(args.token_file))
+
+
+#: Environment variable holding the bearer token when no --token-file is given.
+TOKEN_ENV = "SSD_DETECT_TOKEN"
+
+
+def read_token(path: str | None) -> str | None:
+    """The bearer token: the first non-empty line of ``path``, else ``$SSD_DETECT_TOKEN``, else None.
+
+    Raises:
+      ClientError: the file cannot be read or holds no token.
+    """
+    if path is None:
+        return os.environ.get(TOKEN_ENV, "").strip() or None
+    try:
+        lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+    except OSError as e:
+        raise ClientError(f"--token-file: cannot read {path}: {e.strerror or e}") from None
+    if not lines:
+        raise ClientError(f"--token-file: {path} holds no token")
+    return lines[0]
 
 
 def _timeout(raw: str) -> float | None:
@@ -97,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default: {DEFAULT_MODEL})")
     srv.add_argument(
         "--host-header", metavar="HOST", help="Host header for an ingress gateway (gRPC: the :authority)"
+    )
+    srv.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help=f"send the token in FILE as 'Authorization: Bearer <token>' (server --auth_token_file); "
+        f"default: ${TOKEN_ENV} when set. No --token: a command line is visible to every local user",
     )
     srv.add_argument(
         "--timeout",

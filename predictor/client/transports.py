@@ -7,6 +7,7 @@ V1 form (:func:`predictor.protocol.detections.detection_records`), whatever the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -72,13 +73,22 @@ class _Closing:
 @dataclass(frozen=True)
 class Endpoint:
     """Where requests go: base URL (REST) or ``host:port`` (gRPC), the model, an optional Host header
-    (gRPC: authority), TLS for gRPC, the per-request timeout in seconds (None: no limit)."""
+    (gRPC: authority), TLS for gRPC, the per-request timeout in seconds (None: no limit), and a bearer
+    token sent as ``Authorization: Bearer <token>`` (gRPC: metadata) when the server asks for one."""
 
     url: str
     model: str
     host_header: str | None = None
     timeout: float | None = 60.0
     secure: bool = False
+    token: str | None = None
+
+    def __repr__(self) -> str:  # the token never lands in a log or traceback
+        token = "<hidden>" if self.token else None
+        return (
+            f"Endpoint(url={self.url!r}, model={self.model!r}, host_header={self.host_header!r}, "
+            f"timeout={self.timeout!r}, secure={self.secure!r}, token={token})"
+        )
 
 
 class RestTransport(_Closing):
@@ -98,6 +108,8 @@ class RestTransport(_Closing):
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if endpoint.host_header:
             headers["Host"] = endpoint.host_header
+        if endpoint.token:
+            headers["Authorization"] = f"Bearer {endpoint.token}"
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self.client = httpx.Client(headers=headers, timeout=endpoint.timeout, limits=limits)
         self.timeout = endpoint.timeout
@@ -171,6 +183,7 @@ class GrpcTransport(_Closing):
 
         self._grpc, self._pb = grpc, grpc_v2
         self.target, self.model, self.timeout = endpoint.url, endpoint.model, endpoint.timeout
+        self.metadata = (("authorization", f"Bearer {endpoint.token}"),) if endpoint.token else None
         options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
         if endpoint.host_header:
             options.append(("grpc.default_authority", endpoint.host_header))
@@ -206,7 +219,9 @@ class GrpcTransport(_Closing):
     def detect(self, images: Sequence[bytes], params: DetectParams) -> list[list[Detection]]:
         grpc = self._grpc
         try:
-            response = self.model_infer(self.request(images, params), timeout=self.timeout)
+            response = self.model_infer(
+                self.request(images, params), timeout=self.timeout, metadata=self.metadata
+            )
         except grpc.RpcError as e:
             code = e.code().name if e.code() is not None else "UNKNOWN"
             if code == "DEADLINE_EXCEEDED":
@@ -242,11 +257,11 @@ def make_transport(protocol: str, endpoint: Endpoint, concurrency: int = 1) -> R
     """The transport for ``v1``, ``v2`` or ``grpc``."""
     if protocol == "grpc":
         target, secure = grpc_target(endpoint.url)
-        return GrpcTransport(Endpoint(target, endpoint.model, endpoint.host_header, endpoint.timeout, secure))
+        return GrpcTransport(dataclasses.replace(endpoint, url=target, secure=secure))
     if protocol in ("v1", "v2"):
         url = endpoint.url if "://" in endpoint.url else f"http://{endpoint.url}"
         return RestTransport(
-            Endpoint(url, endpoint.model, endpoint.host_header, endpoint.timeout),
+            dataclasses.replace(endpoint, url=url, secure=False),
             protocol,
             max_connections=concurrency,
         )
@@ -261,6 +276,7 @@ def connect(
     host_header: str | None = None,
     timeout: float | None = 60.0,
     concurrency: int = 1,
+    token: str | None = None,
 ) -> RestTransport | GrpcTransport:
     """A transport to the predictor at ``url`` (default: a local server, :data:`DEFAULT_REST_URL` or
     :data:`DEFAULT_GRPC_URL`); use it in a ``with`` block or ``close()`` it.
@@ -270,4 +286,4 @@ def connect(
     """
     if url is None:
         url = DEFAULT_GRPC_URL if protocol == "grpc" else DEFAULT_REST_URL
-    return make_transport(protocol, Endpoint(url, model, host_header, timeout), concurrency)
+    return make_transport(protocol, Endpoint(url, model, host_header, timeout, token=token), concurrency)

@@ -156,8 +156,9 @@ class GrpcAdmissionInterceptor(aio.ServerInterceptor):
         )
 
 
-def admitting_grpc_server(budget: ByteBudget) -> type:
-    """KServe's ``GRPCServer`` with :class:`GrpcAdmissionInterceptor` in front of its interceptors.
+def admitting_grpc_server(budget: ByteBudget, front: tuple[aio.ServerInterceptor, ...] = ()) -> type:
+    """KServe's ``GRPCServer`` with :class:`GrpcAdmissionInterceptor` in front of its interceptors,
+    and ``front`` (header hygiene, authentication) in front of that.
 
     ``GRPCServer.start`` builds its ``grpc.aio`` server with a fixed interceptor tuple
     (kserve/python/kserve/kserve/protocol/grpc/server.py, KServe 0.21); this is that method with ours
@@ -176,6 +177,7 @@ def admitting_grpc_server(budget: ByteBudget) -> type:
             self._server = aio.server(
                 futures.ThreadPoolExecutor(max_workers=max_workers),
                 interceptors=(
+                    *front,
                     GrpcAdmissionInterceptor(budget),
                     LoggingInterceptor(),
                     ExceptionToStatusInterceptor(),

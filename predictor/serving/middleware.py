@@ -1,16 +1,21 @@
 """The HTTP (ASGI) middlewares of the REST server, and :func:`install`, which puts them on KServe's app.
 
 Order, outermost first (``app.add_middleware`` puts the last one added outside the others; KServe
-adds its own ``TimingMiddleware`` when the server starts, outside all of ours):
+adds its own ``TimingMiddleware`` when the server starts, outside all of these, and the server adds
+:class:`~predictor.serving.headers.HeaderHygieneMiddleware` outside KServe's, so that every one of them
+reads cleaned ``x-request-id`` / trace headers):
 
 1. :class:`RestMetricsMiddleware`: gives every request an ``x-request-id`` and, on the inference
    routes, counts and logs the answer. Outermost of ours, so that it also sees the answers the
    admission middleware gives without calling the app (413, 503) and stamps them with the request id.
-2. :class:`AdmissionMiddleware`: refuses a request before its body is read (413 over
+2. :class:`~predictor.serving.auth.BearerAuthMiddleware` (only with ``--auth_token_file``): 401 for a
+   request without an accepted bearer token, before admission counts or reads its body; inside the
+   metrics, so refusals on the inference routes are counted and logged with their request id.
+3. :class:`AdmissionMiddleware`: refuses a request before its body is read (413 over
    ``--max_request_bytes``, 503 + ``Retry-After`` over the in-flight byte budget or while the image
    queue is full), counts a streamed body as it arrives, and adds ``Retry-After`` to every 503 from
    further in. Inside the metrics, outside FastAPI: nothing has read the body yet.
-3. KServe's FastAPI app: our routes (:mod:`predictor.serving.http_routes`), then KServe's; errors
+4. KServe's FastAPI app: our routes (:mod:`predictor.serving.http_routes`), then KServe's; errors
    raised there are answered from :data:`predictor.serving.errors.STATUSES`.
 
 The byte budget itself (shared with gRPC) and the gRPC interceptor live in
@@ -35,17 +40,29 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
     from predictor.serving.admission import ByteBudget
+    from predictor.serving.auth import TokenCheck
 
 
-def install(app: FastAPI, budget: ByteBudget, max_request_bytes: int, busy: Callable[[], str | None]) -> None:
+def install(
+    app: FastAPI,
+    budget: ByteBudget,
+    max_request_bytes: int,
+    busy: Callable[[], str | None],
+    tokens: TokenCheck | None = None,
+) -> None:
     """Add the middlewares to ``app`` in the order of the module docstring (call before the server starts).
 
     Args:
       budget: the in-flight request-bytes budget, shared with the gRPC server.
       max_request_bytes: the largest REST body (413 above it).
       busy: why an inference request would be refused now (the image queue is full), or None.
+      tokens: the accepted bearer tokens (``--auth_token_file``), or None for no check.
     """
     app.add_middleware(AdmissionMiddleware, budget=budget, max_request_bytes=max_request_bytes, busy=busy)
+    if tokens is not None:
+        from predictor.serving.auth import BearerAuthMiddleware
+
+        app.add_middleware(BearerAuthMiddleware, check=tokens)
     app.add_middleware(RestMetricsMiddleware)  # added last: outermost
 
 

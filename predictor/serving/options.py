@@ -343,6 +343,15 @@ class ServingOptions:
         chart=Chart("predictor.jpegDraft"),
     )
 
+    auth_token_file: str | None = _option(
+        None,
+        str,
+        "File of accepted bearer tokens, one per line (mount a Secret): every request but the health "
+        "routes and /metrics must then send 'Authorization: Bearer <token>' (gRPC: metadata "
+        "authorization), else 401 / UNAUTHENTICATED. Re-read when it changes. Empty: no check (the "
+        "mesh or gateway in front authenticates; see docs/security.md).",
+    )
+
     @classmethod
     def from_args(cls, args: argparse.Namespace, model_dir: str | None = None) -> ServingOptions:
         """The options :func:`build_parser` parsed; ``model_dir`` (when given) replaces ``--model_dir``."""

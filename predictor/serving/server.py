@@ -30,7 +30,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from predictor.serving import errors, heap, middleware, priority, resources
+from predictor.serving import auth, errors, headers, heap, middleware, priority, resources
 from predictor.serving.admission import ByteBudget, admitting_grpc_server
 from predictor.serving.options import ServingOptions, build_parser, resolve_automatic
 from predictor.serving.prometheus import QuietClientErrors
@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     from predictor.ssd.weights import ModelLoadError
 
     options = size_from_limits(ServingOptions.from_args(args, model_dir), malloc_tuned)
+    tokens = _token_check(options)
+    if options.auth_token_file and tokens is None:
+        return 1
     devices = configure_devices()
     model = SSDPredictor(options.model_name, options)
     try:
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot load the model from %s: %s", model_dir, reason)
         return 1
     _log_configuration(args, devices, detector, options)
-    return _serve(args, options, model)
+    return _serve(args, options, model, tokens)
 
 
 def resolve_model_dir(model_dir: str | None) -> str | None:
@@ -117,8 +120,11 @@ def _malloc_summary(options: ServingOptions, malloc_tuned: bool) -> str:
     )
 
 
-def _serve(args: argparse.Namespace, options: ServingOptions, model: SSDPredictor) -> int:
-    """Start KServe's REST and gRPC servers with ``model`` registered; warm it up in the background."""
+def _serve(
+    args: argparse.Namespace, options: ServingOptions, model: SSDPredictor, tokens: auth.TokenCheck | None
+) -> int:
+    """Start KServe's REST and gRPC servers with ``model`` registered; warm it up in the background.
+    ``tokens``: the bearer tokens every non-health request needs, or None."""
     import kserve.model_server
     from kserve import ModelServer, model_server
     from kserve.model_server import app
@@ -130,11 +136,13 @@ def _serve(args: argparse.Namespace, options: ServingOptions, model: SSDPredicto
             "--workers %d ignored: one process serves one TensorFlow model; scale with replicas", args.workers
         )
     budget = ByteBudget(options.max_inflight_bytes)
-    middleware.install(app, budget, options.max_request_bytes, busy=model.busy_reason)
-    # ModelServer.start builds its servers from these module attributes: our REST server answers errors
-    # from errors.STATUSES, our gRPC server counts message bytes.
-    kserve.model_server.RESTServer = _rest_server_answering_from_the_table()
-    kserve.model_server.GRPCServer = admitting_grpc_server(budget)
+    middleware.install(app, budget, options.max_request_bytes, busy=model.busy_reason, tokens=tokens)
+    # ModelServer.start builds its servers from these module attributes: our REST server cleans headers
+    # outermost and answers errors from errors.STATUSES; our gRPC server cleans metadata, checks tokens
+    # and counts message bytes.
+    kserve.model_server.RESTServer = _rest_server()
+    front = (headers.GrpcMetadataHygiene(),) + ((auth.GrpcBearerAuth(tokens),) if tokens else ())
+    kserve.model_server.GRPCServer = admitting_grpc_server(budget, front)
     server = ModelServer(
         http_port=args.http_port,
         grpc_port=args.grpc_port,
@@ -167,18 +175,39 @@ def _serve(args: argparse.Namespace, options: ServingOptions, model: SSDPredicto
     return status["exit"]
 
 
-def _rest_server_answering_from_the_table() -> type[RESTServer]:
-    """KServe's ``RESTServer`` that, after adding KServe's exception handlers, replaces them with
-    :func:`predictor.serving.errors.install_rest_handlers` (KServe adds them when the server starts,
+def _rest_server() -> type[RESTServer]:
+    """KServe's ``RESTServer`` that, after adding KServe's middlewares, adds
+    :class:`~predictor.serving.headers.HeaderHygieneMiddleware` outside them (the outermost: nothing,
+    KServe's ``TimingMiddleware`` and logging included, sees a raw ``x-request-id`` or trace header),
+    and after adding KServe's exception handlers replaces them with
+    :func:`predictor.serving.errors.install_rest_handlers` (KServe adds both when the server starts,
     kserve/python/kserve/kserve/protocol/rest/server.py, ``create_application``)."""
     from kserve.protocol.rest.server import RESTServer
 
-    class TableErrorsRESTServer(RESTServer):
+    class OurRESTServer(RESTServer):
+        def _add_middlewares(self, app: FastAPI) -> None:
+            super()._add_middlewares(app)
+            app.add_middleware(headers.HeaderHygieneMiddleware)  # added last: outermost
+
         def _add_exception_handlers(self, app: FastAPI) -> None:
             super()._add_exception_handlers(app)
             errors.install_rest_handlers(app)
 
-    return TableErrorsRESTServer
+    return OurRESTServer
+
+
+def _token_check(options: ServingOptions) -> auth.TokenCheck | None:
+    """The bearer-token check of ``--auth_token_file``; None when there is none or it cannot be read
+    (logged: the server then does not start)."""
+    if not options.auth_token_file:
+        return None
+    try:
+        check = auth.TokenCheck(options.auth_token_file)
+    except auth.AuthConfigError as e:
+        log.error("%s", e)
+        return None
+    log.info("bearer tokens required on all but the health routes and /metrics (--auth_token_file)")
+    return check
 
 
 def _warm_up(model: SSDPredictor, status: dict[str, int]) -> None:

@@ -69,13 +69,17 @@ def check_response(body: bytes) -> str | None:
     return None
 
 
-def predict(url: str, model: str, image: bytes, host_header: str, timeout: float) -> tuple[int, bytes]:
+def predict(
+    url: str, model: str, image: bytes, host_header: str, timeout: float, token: str = ""
+) -> tuple[int, bytes]:
     body = json.dumps({"instances": [{"b64": base64.b64encode(image).decode("ascii")}]}).encode()
+    headers = {"Content-Type": "application/json"}
+    if host_header:
+        headers["Host"] = host_header
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(
-        f"{url.rstrip('/')}/v1/models/{model}:predict",
-        data=body,
-        headers={"Content-Type": "application/json", **({"Host": host_header} if host_header else {})},
-        method="POST",
+        f"{url.rstrip('/')}/v1/models/{model}:predict", data=body, headers=headers, method="POST"
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -90,17 +94,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="model name")
     parser.add_argument("--host-header", default="", help="Host header (when going through an ingress)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds to keep retrying")
+    parser.add_argument("--token-file", default="", help="bearer token file (the server's --auth_token_file)")
     parser.add_argument("--retry-interval", type=float, default=5, help="seconds between tries")
     args = parser.parse_args(argv)
 
     image = make_png()
+    token = ""
+    if args.token_file:
+        with open(args.token_file, encoding="utf-8") as f:
+            token = next((line.strip() for line in f if line.strip()), "")
     deadline = time.monotonic() + args.timeout
     attempt = 0
     while True:
         attempt += 1
         remaining = max(1.0, deadline - time.monotonic())
         try:
-            status, body = predict(args.url, args.model, image, args.host_header, timeout=min(120, remaining))
+            status, body = predict(
+                args.url, args.model, image, args.host_header, timeout=min(120, remaining), token=token
+            )
         except (OSError, urllib.error.URLError) as e:
             status, body = 0, str(e).encode()
         if status == 200:
