@@ -88,7 +88,8 @@ def demo_repository(tmp_path_factory, demo_model_dir) -> Path:
     from predictor.ssd.export import main
 
     repo = tmp_path_factory.mktemp("triton")
-    assert main(["triton", "--model_dir", str(demo_model_dir), "--out", str(repo), "--max_batch_size", "8"]) == 0
+    argv = ["triton", "--model_dir", str(demo_model_dir), "--out", str(repo), "--max_batch_size", "8"]
+    assert main(argv) == 0
     return repo
 
 
@@ -132,8 +133,8 @@ def test_demo_real_images_agree_with_class_masks(demo, shapes_images):
     ours, ref = run_both(detector, session, images, hw, class_mask=mask, score_threshold=0.1)
     assert assert_agree(detector, ours, ref) > 0
     for i in range(len(images)):
-        allowed = np.flatnonzero(mask[i])
-        assert set(ours["detection_classes"][i, : ours["num_detections"][i]].tolist()) <= set(allowed.tolist())
+        found = ours["detection_classes"][i, : ours["num_detections"][i]]
+        assert set(found.tolist()) <= set(np.flatnonzero(mask[i]).tolist())
 
 
 def test_triton_repository_is_consistent_with_the_graph(demo_repository, demo):
