@@ -122,11 +122,16 @@ def test_demo_random_images_agree(demo, batch, controls):
         assert ours["num_detections"][0] == 0 and ours["num_detections"][1] == 1
 
 
-def test_demo_real_images_agree_with_class_masks(demo, shapes_images):
+def test_demo_real_images_agree_with_class_masks_and_nms_thresholds(demo, shapes_images):
     detector, session = demo
     images, hw = network_size_uint8(sample_images() + shapes_images[:4], detector.input_size)
     ours, ref = run_both(detector, session, images, hw)
     assert assert_agree(detector, ours, ref) >= 2 * len(images)  # the trained model finds the shapes
+    loose = np.float32([0.2, 0.9] * 4)  # per image: strict NMS, then hardly any
+    ours, ref_loose = run_both(detector, session, images, hw, score_threshold=0.05, nms_threshold=loose)
+    assert_agree(detector, ours, ref_loose)
+    strict = detector.run_batch(images.astype(np.float32), hw, 0.05, None, 0.2)["num_detections"]
+    assert (ref_loose["num_detections"][1::2] > strict[1::2]).all()  # the thresholds made a difference
     mask = np.ones((len(images), len(detector.class_names)), bool)
     mask[::2, 1:3] = False  # even images: no circle, no square
     mask[1::2, 3:] = False  # odd images: only circle and square
