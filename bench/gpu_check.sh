@@ -13,6 +13,8 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 "$PYTHON" -c "import jax; print('jax', jax.__version__, jax.devices())" || { echo "GPU CHECK FAILED: jax not importable by $PYTHON"; exit 2; }
 "$PYTHON" bench/gpu_deps.py --wheels bench/.wheels --target "$DEPS" || { echo "GPU CHECK FAILED: dependencies (see above)"; exit 3; }
 export PYTHONPATH="$DEPS${PYTHONPATH:+:$PYTHONPATH}"
+# nvImageCodec's nvJPEG extension loads libnvjpeg.so.12 from the nvidia-nvjpeg-cu12 wheel unpacked above.
+export LD_LIBRARY_PATH="$DEPS/nvidia/nvjpeg/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export KERAS_BACKEND=jax
 # Keep XLA from taking 75% of the card up front; batch 128 of SSD300 needs a few GiB only.
 export XLA_PYTHON_CLIENT_PREALLOCATE=${XLA_PYTHON_CLIENT_PREALLOCATE:-false}
