@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from predictor.ssd import Detector
-from predictor.ssd.preprocess import resize_warp_numpy
+from predictor.ssd.onnx_export import network_input, ort_feeds
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("tf2onnx")
@@ -32,12 +32,6 @@ ORT_TO_TRITON = {
 }
 
 
-def network_size_uint8(images: list[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Images of any sizes -> uint8 ``[N, S, S, 3]`` (the WARP resize, rounded) and their ``(h, w)``."""
-    resized = [np.clip(np.rint(resize_warp_numpy(im, size)), 0, 255).astype(np.uint8) for im in images]
-    return np.stack(resized), np.asarray([im.shape[:2] for im in images], np.float32)
-
-
 def sample_images() -> list[np.ndarray]:
     """The real photos of the repository's samples (the shapes JPEGs under docs/samples)."""
     paths = sorted(p for p in SAMPLES.glob("shapes-?.jpg"))
@@ -47,8 +41,6 @@ def sample_images() -> list[np.ndarray]:
 
 def run_both(detector: Detector, session, images: np.ndarray, image_hw: np.ndarray, **controls):
     """(ORT outputs by name, TF outputs by name) for uint8 ``images`` and the same controls."""
-    from predictor.ssd.onnx_export import ort_feeds
-
     feeds = ort_feeds(detector, images, image_hw, **controls)
     names = [o.name for o in session.get_outputs()]
     ours = dict(zip(names, session.run(None, feeds), strict=True))
@@ -124,7 +116,7 @@ def test_demo_random_images_agree(demo, batch, controls):
 
 def test_demo_real_images_agree_with_class_masks_and_nms_thresholds(demo, shapes_images):
     detector, session = demo
-    images, hw = network_size_uint8(sample_images() + shapes_images[:4], detector.input_size)
+    images, hw = network_input(sample_images() + shapes_images[:4], detector.input_size)
     ours, ref = run_both(detector, session, images, hw)
     assert assert_agree(detector, ours, ref) >= 2 * len(images)  # the trained model finds the shapes
     loose = np.float32([0.2, 0.9] * 4)  # per image: strict NMS, then hardly any
@@ -164,7 +156,7 @@ def test_triton_repository_is_consistent_with_the_graph(demo_repository, demo):
             assert arg.shape[0] == "N" and seen_by_model == arg.shape[1:], tensor.name
     assert (demo_repository / "ssd" / "labels.txt").read_text().splitlines() == list(detector.class_names)
     # The repository's graph serves a batch of the config's largest size.
-    images, hw = network_size_uint8(sample_images() * 2, detector.input_size)
+    images, hw = network_input(sample_images() * 2, detector.input_size)
     assert_agree(detector, *run_both(detector, session, images, hw))
 
 
@@ -188,7 +180,7 @@ def test_ssd300_random_and_real_images_agree(ssd300):
     assert detector.input_size == 300 and len(detector.class_names) == 21
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, (2, 300, 300, 3), dtype=np.uint8)
-    images, hw = network_size_uint8([*sample_images()[:2], *noise], 300)
+    images, hw = network_input([*sample_images()[:2], *noise], 300)
     mask = np.ones((4, 21), bool)
     mask[1, 8:] = False
     ours, ref = run_both(

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 from predictor.ssd.detector import Detector
+from predictor.ssd.preprocess import resize_warp_numpy
 
 #: ONNX opset of the exported graph (ONNX Runtime >= 1.12; Triton's ONNX Runtime backend since 22.x).
 OPSET = 17
@@ -229,6 +231,13 @@ def write_triton_repository(
     (model_dir / "config.pbtxt").write_text(triton_config(detector, model_name, max_batch_size))
     (model_dir / "labels.txt").write_text("".join(f"{name}\n" for name in detector.class_names))
     return exported
+
+
+def network_input(images: Sequence[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 RGB images ``[H, W, 3]`` of any sizes -> the graph's ``images`` uint8 ``[N, S, S, 3]`` (the
+    service's WARP resize, rounded to uint8) and ``image_hw`` float32 ``[N, 2]``."""
+    resized = [np.clip(np.rint(resize_warp_numpy(im, size)), 0, 255).astype(np.uint8) for im in images]
+    return np.stack(resized), np.asarray([im.shape[:2] for im in images], np.float32)
 
 
 def ort_feeds(
