@@ -240,6 +240,35 @@ def network_input(images: Sequence[np.ndarray], size: int) -> tuple[np.ndarray, 
     return np.stack(resized), np.asarray([im.shape[:2] for im in images], np.float32)
 
 
+def unmatched(
+    ours: dict[str, np.ndarray], ref: dict[str, np.ndarray], box_px: float = 1.0, score: float = 1e-3
+) -> list[int]:
+    """Per image, how many of the graph's detections (``ours``: :data:`OUTPUTS` by name) have no partner
+    in the Detector's (``ref``: ``run_batch`` keys) of the same class, boxes within ``box_px`` pixels and
+    score within ``score`` (one-to-one, greedy in score order). Detections are compared as sets, not by
+    rank: two scores equal up to float rounding (~1e-6) may come out in either order. Counts are
+    compared by the caller."""
+    result = []
+    for i, n_ref in enumerate(ref["num_detections"].tolist()):
+        n = int(ours["num_detections"][i])
+        free = list(range(n_ref))
+        missing = 0
+        for j in range(n):
+            close = [
+                k
+                for k in free
+                if ref["classes"][i, k] == ours["detection_classes"][i, j]
+                and abs(ref["scores"][i, k] - ours["detection_scores"][i, j]) <= score
+                and np.abs(ref["boxes"][i, k] - ours["detection_boxes"][i, j]).max() <= box_px
+            ]
+            if close:
+                free.remove(close[0])
+            else:
+                missing += 1
+        result.append(missing)
+    return result
+
+
 def ort_feeds(
     detector: Detector,
     images: np.ndarray,
