@@ -162,6 +162,30 @@ def test_triton_repository_is_consistent_with_the_graph(demo_repository, demo):
     assert_agree(detector, *run_both(detector, session, images, hw))
 
 
+def test_graph_uses_onnx_operators_only(demo_repository):
+    import onnx
+
+    from predictor.ssd.onnx_export import OPSET
+
+    model = onnx.load(str(demo_repository / "ssd" / "1" / "model.onnx"))
+    assert {(o.domain, o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")} == {("", OPSET)}
+
+    def ops(graph) -> set[tuple[str, str]]:
+        found = set()
+        for node in graph.node:
+            found.add((node.domain, node.op_type))
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    found |= ops(attr.g)
+        return found
+
+    used = ops(model.graph)
+    assert {domain for domain, _ in used} <= {"", "ai.onnx"}, used
+    # The seed's top-k and greedy per-class NMS (a Loop), not ONNX's NonMaxSuppression.
+    assert {"TopK", "Loop", "Softmax", "Conv"} <= {op for _, op in used}
+    assert "NonMaxSuppression" not in {op for _, op in used}
+
+
 @pytest.fixture(scope="module")
 def ssd300(tmp_path_factory):
     """A seed-style SSD300 (balancap's checkpoint layout, random weights) and its exported graph."""

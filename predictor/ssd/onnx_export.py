@@ -129,7 +129,7 @@ def detector_onnx(detector: Detector, opset: int = OPSET):
     for value in (*proto.graph.input, *proto.graph.output):
         value.type.tensor_type.shape.dim[0].dim_param = "N"  # one batch dimension for all
     order = {name: i for i, (name, _, _) in enumerate(OUTPUTS)}
-    outputs = sorted(proto.graph.output, key=lambda o: order[o.name])
+    outputs = [copy.deepcopy(o) for o in sorted(proto.graph.output, key=lambda o: order[o.name])]
     del proto.graph.output[:]
     proto.graph.output.extend(outputs)
     proto.doc_string = (
