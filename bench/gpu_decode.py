@@ -1,11 +1,11 @@
 """GPU JPEG decode + WARP resize to the network side, for the GPU check (``bench/gpu_check.py``).
 
 nvImageCodec (``nvidia-nvimgcodec-cu12`` + ``nvidia-nvjpeg-cu12``, carried in ``bench/.wheels``) decodes
-batches of JPEGs into device buffers; JAX takes them zero-copy over DLPack and resizes each to ``S x S``
-with the service's TF1 WARP bilinear arithmetic (:func:`warp_resize`, the same taps and order as
-``predictor.ssd.preprocess.resize_warp_numpy``, which cannot be imported here: that module imports
-TensorFlow). Rates are images/s for a whole batch, decode alone and decode + resize, per image size
-(VGA, 1080p, 12 MP) and batch size, per decoder backend.
+batches of JPEGs into device buffers; JAX takes them zero-copy over DLPack (through CuPy if JAX refuses
+nvImageCodec's capsule) and resizes each to ``S x S`` with the service's TF1 WARP bilinear arithmetic
+(:func:`warp_resize`, the same taps and order as ``predictor.ssd.preprocess.resize_warp_numpy``, which
+cannot be imported here: that module imports TensorFlow). Rates are images/s for a whole batch, decode
+alone and decode + resize, per image size (VGA, 1080p, 12 MP) and batch size, per decoder backend.
 
 The JPEGs are synthesised here (smooth gradients, shapes and mild noise, so they compress like photos
 rather than like noise) and encoded by nvImageCodec's own encoder, or by Pillow when present. Without
@@ -150,22 +150,42 @@ def bench_decode(
     return facts
 
 
+def device_importer(image: Any) -> tuple[Any, str]:
+    """How decoded images reach JAX: DLPack straight from nvImageCodec, else through CuPy
+    (``__cuda_array_interface__``, then CuPy's DLPack), which the GPU machine has. Tried on ``image``."""
+    import jax
+
+    try:
+        jax.block_until_ready(jax.dlpack.from_dlpack(image))
+        return jax.dlpack.from_dlpack, "dlpack"
+    except Exception:
+        import cupy
+
+        def via_cupy(im: Any) -> Any:
+            return jax.dlpack.from_dlpack(cupy.asarray(im))
+
+        jax.block_until_ready(via_cupy(image))
+        return via_cupy, "cupy"
+
+
 def measure_row(
     row: dict, decoder: Any, resize: Any, data: list[bytes], size: int, min_time_s: float
 ) -> None:
-    """Fill ``row`` with decode-only and decode+resize rates of one batch (or the error)."""
+    """Fill ``row`` with decode-only and decode+resize rates of one batch (or the error). Decode-only
+    includes the zero-copy hand-over to JAX, whose ``block_until_ready`` waits for the decode."""
     import jax
     import jax.numpy as jnp
 
-    def decode_only() -> list:
-        arrays = [jax.dlpack.from_dlpack(im) for im in decoder.decode(data)]
-        return jax.block_until_ready(arrays)
-
-    def decode_resize() -> Any:
-        arrays = [jax.dlpack.from_dlpack(im) for im in decoder.decode(data)]
-        return jax.block_until_ready(jnp.stack([resize(a, size) for a in arrays]))
-
     try:
+        to_jax, row["handover"] = device_importer(decoder.decode(data[:1])[0])
+
+        def decode_only() -> list:
+            return jax.block_until_ready([to_jax(im) for im in decoder.decode(data)])
+
+        def decode_resize() -> Any:
+            arrays = [to_jax(im) for im in decoder.decode(data)]
+            return jax.block_until_ready(jnp.stack([resize(a, size) for a in arrays]))
+
         first = decode_resize()  # compiles the resize for this image size
         assert first.shape == (len(data), size, size, 3), first.shape
         for key, fn in (("decode", decode_only), ("decode_resize", decode_resize)):
