@@ -7,6 +7,10 @@ jit-compiles ``model.stateless_call`` (weights passed as arguments, not baked in
 blocked calls on an input already on the device and reports images/s and achieved TFLOP/s, where the
 FLOPs are ``2 * conv_macs(model)`` per image, against large-``jnp.matmul`` peaks measured first.
 
+Before the networks, JPEG decode + resize to 300x300 on the GPU with nvImageCodec
+(:mod:`bench.gpu_decode`; VGA, 1080p and 12 MP at batch 1, 8 and 64), the ``decode`` rows; rows say
+why they were skipped where nvImageCodec or a GPU is missing.
+
 A deadline (``--deadline_s``) skips what would not finish in time; JSON is rewritten after every
 measurement, so a killed run still leaves its results. Run through ``bench/gpu_check.sh``.
 """
@@ -240,7 +244,29 @@ def markdown(result: dict[str, Any]) -> str:
         pct = f"{100 * frac:.1f}" if frac is not None else "-"
         lines.append(f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['images_per_s']:.1f} | "
                      f"{r['tflops']:.2f} | {pct} | {r['latency_ms_median']:.2f} |")  # fmt: skip
+    if result.get("decode_rows"):
+        lines += ["", *decode_markdown(result["decode_rows"])]
     return "\n".join(lines)
+
+
+def decode_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """One table row per nvImageCodec decode measurement (JPEG size, backend, batch), or why not."""
+    lines = [
+        "JPEG decode (nvImageCodec) + WARP resize to 300x300 on the GPU (bench/gpu_decode.py):",
+        "",
+        "| JPEG | backend | batch | decode images/s | decode + resize images/s | median ms/batch |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if "decode_resize_images_per_s" not in r:
+            why = (r.get("skipped") or r.get("error", ""))[:60]
+            lines.append(f"| {r['size']} | {r.get('backend', '-')} | {r['batch']} | - | - | {why} |")
+            continue
+        rates = f"{r['decode_images_per_s']:.1f} | {r['decode_resize_images_per_s']:.1f}"
+        lines.append(
+            f"| {r['size']} | {r['backend']} | {r['batch']} | {rates} | {r['decode_resize_ms_median']:.2f} |"
+        )
+    return lines
 
 
 def gpu_machine(result: dict[str, Any]) -> dict[str, Any]:
@@ -278,6 +304,20 @@ def environment() -> dict[str, Any]:
     }
 
 
+def decode_section(
+    gpu_decode: types.ModuleType, args: argparse.Namespace, deadline: float, rows: list, write: Any
+) -> dict[str, Any]:
+    """The GPU decode rows (:mod:`bench.gpu_decode`); an error there is recorded, never fatal."""
+    try:
+        return gpu_decode.bench_decode(
+            300, [int(b) for b in args.decode_batches.split(",")], args.decode_sizes.split(","),
+            args.decode_min_time_s, deadline, args.min_left_s, rows, write,
+        )  # fmt: skip
+    except Exception as e:
+        traceback.print_exc()
+        return {"error": f"{type(e).__name__}: {e}"[:500]}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="ssd300,demo", help="comma list of ssd300, demo")
@@ -291,12 +331,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--min_iters", type=int, default=5)
     parser.add_argument("--deadline_s", type=float, default=400.0, help="stop starting new work after this")
     parser.add_argument("--min_left_s", type=float, default=25.0, help="skip when less is left")
+    parser.add_argument("--decode_sizes", default="vga,1080p,12mp", help="JPEG sizes to decode; '' for none")
+    parser.add_argument("--decode_batches", default="1,8,64")
+    parser.add_argument("--decode_min_time_s", type=float, default=0.5, help="timed seconds per decode row")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny settings")
     parser.add_argument("--conv_probe", action="store_true", help="time each conv alone (first model, dtype)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default $OUT/gpu_check.json)")
     args = parser.parse_args(argv)
     if args.tiny:
         args.batches, args.highest_batches, args.matmul_n = "1,2", "1", 512
+        args.decode_sizes, args.decode_batches, args.decode_min_time_s = "vga", "1,2", 0.05
         args.min_time_s, args.min_iters = 0.05, 1
     if args.out is None:
         out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else REPO / "bench" / "out"
@@ -326,6 +370,12 @@ def main(argv: list[str] | None = None) -> int:
         config_mod, network_mod = load_ssd_modules()
         result["peaks"] = matmul_peaks(args.matmul_n, args.min_time_s)
         write()
+        if args.decode_sizes:
+            sys.path.insert(0, str(REPO / "bench"))
+            import gpu_decode
+
+            result["decode_rows"] = []
+            result["decode"] = decode_section(gpu_decode, args, deadline, result["decode_rows"], write)
         source: list[str] = []
         configs = {"ssd300": config_mod.ssd300_vgg16(), "demo": demo_config(config_mod, source)}
         result["demo_config_source"] = source[0]

@@ -28,21 +28,38 @@ DISTRIBUTIONS: dict[str, str] = {
     "rich": "rich",
     "optree": "optree",
     "keras": "keras",
+    # GPU JPEG decode (bench/gpu_decode.py): optional, the check goes on without them.
+    "nvidia_nvjpeg_cu12": "nvidia.nvjpeg",
+    "nvidia_nvimgcodec_cu12": "nvidia.nvimgcodec",
 }
 ALWAYS_FROM_WHEELS = {"keras"}
+OPTIONAL = {"nvidia_nvjpeg_cu12", "nvidia_nvimgcodec_cu12"}
 
 
 def wheel_fits(name: str) -> bool:
-    """Whether a wheel file name's tags fit this interpreter (pure ``py3-none-any`` or ``cpXY`` + machine)."""
+    """Whether a wheel file name's tags fit this interpreter: pure ``py3-none-any``, ``cpXY`` + machine, or
+    ``py3-none`` + machine (libraries that bundle one extension per Python, like nvImageCodec)."""
     parts = name[: -len(".whl")].split("-")
     if len(parts) < 5:
         return False
     py_tag, abi_tag, plat_tag = parts[-3], parts[-2], parts[-1]
+    py3 = any(t.startswith("py3") for t in py_tag.split("."))
     if abi_tag == "none" and plat_tag == "any":
-        return any(t.startswith("py3") for t in py_tag.split("."))
-    cp = f"cp{sys.version_info.major}{sys.version_info.minor}"
+        return py3
     machine = platform.machine()
-    return cp in py_tag.split(".") and abi_tag == cp and plat_tag.endswith(machine) and "linux" in plat_tag
+    on_this_machine = plat_tag.endswith(machine) and "linux" in plat_tag
+    if abi_tag == "none" and py3:
+        return on_this_machine
+    cp = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    return cp in py_tag.split(".") and abi_tag == cp and on_this_machine
+
+
+def importable(module: str) -> bool:
+    """Whether ``module`` (dotted names too) can be found, its parent package missing counting as no."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def find_wheel(wheels: Path, dist: str) -> Path | None:
@@ -63,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"python {platform.python_version()} on {platform.machine()}; wheels from {args.wheels}")
     missing = []
     for dist, module in DISTRIBUTIONS.items():
-        present = importlib.util.find_spec(module) is not None
+        present = importable(module)
         if present and dist not in ALWAYS_FROM_WHEELS:
             print(f"  {dist:18s} present on the machine")
             continue
@@ -72,15 +89,20 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  {dist:18s} NO FITTING WHEEL in {args.wheels}"
                 + (" (machine copy used)" if present else "")
+                + (
+                    " (optional: its part of the check is skipped)"
+                    if dist in OPTIONAL and not present
+                    else ""
+                )
             )
-            if not present:
+            if not present and dist not in OPTIONAL:
                 missing.append(module)
             continue
         with zipfile.ZipFile(wheel) as zf:
             zf.extractall(args.target)
         print(f"  {dist:18s} unpacked {wheel.name}")
     importlib.invalidate_caches()
-    still = [m for m in missing if importlib.util.find_spec(m) is None]
+    still = [m for m in missing if not importable(m)]
     if still:
         print(f"MISSING modules: {', '.join(still)} (add their wheels with `make gpu-check-prepare`)")
         return 1

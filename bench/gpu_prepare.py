@@ -5,7 +5,10 @@ the Keras the service runs. ``import keras`` (3.15, JAX backend) was checked in 
 absl-py, namex, rich, packaging and optree (+ typing_extensions); markdown-it-py, mdurl and pygments come
 along for rich; h5py and ml-dtypes are not needed at import (ml-dtypes ships with JAX). optree is the only
 compiled one: wheels for CPython 3.11-3.14 on x86_64 and aarch64 are fetched, since the device Python is
-unknown. Also writes ``demo_config.json`` (the demo architecture) and prints the carried size.
+unknown. For the GPU decode rows (bench/gpu_decode.py): nvImageCodec and nvJPEG for CUDA 12, x86_64 only
+(one wheel serves every Python; with aarch64 too the carried folder would pass 64 MiB). onnxruntime-gpu is
+not carried: its wheel alone is several times the 64 MiB a device call carries. Also writes
+``demo_config.json`` (the demo architecture) and prints the carried size.
 """
 
 from __future__ import annotations
@@ -32,6 +35,13 @@ PURE = (
 COMPILED = ("optree",)
 PYTHONS = ("3.11", "3.12", "3.13", "3.14")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_28_aarch64")
+#: GPU JPEG decode, pinned (not in the venv): (requirement, platform tag).
+DECODE_WHEELS = (
+    ("nvidia-nvimgcodec-cu12==0.9.0.20", "manylinux_2_28_x86_64"),
+    ("nvidia-nvjpeg-cu12==12.4.0.76", "manylinux2014_x86_64"),
+)
+#: What a device call carries at most.
+CARRY_LIMIT_MIB = 64
 
 
 def pip_download(dest: Path, *args: str) -> bool:
@@ -74,12 +84,19 @@ def main(argv: list[str] | None = None) -> int:
             for plat in PLATFORMS:
                 spec = ("--only-binary=:all:", "--python-version", py, "--platform", plat)
                 pip_download(args.dest, *spec, f"{dist}=={version}")  # a missing combination is not fatal
+    for requirement, plat in DECODE_WHEELS:  # missing: the decode rows say so on the device
+        pip_download(
+            args.dest, "--only-binary=:all:", "--python-version", "3.11", "--platform", plat, requirement
+        )
     (args.dest / "demo_config.json").write_text(json.dumps(demo_config_dict(), indent=1))
     files = sorted(p for p in args.dest.iterdir() if p.is_file())
     total = sum(p.stat().st_size for p in files)
     for p in files:
         print(f"  {p.stat().st_size / 1e6:7.2f} MB  {p.name}")
     print(f"{len(files)} files, {total / 2**20:.1f} MiB in {args.dest}")
+    if total > CARRY_LIMIT_MIB * 2**20:
+        print(f"OVER the {CARRY_LIMIT_MIB} MiB a device call carries (with the rest of the tree)")
+        return 1
     return 0 if ok else 1
 
 

@@ -37,7 +37,7 @@ SOAK_OUT ?= bench/out/soak.json
 
 .PHONY: bench bench-install bench-model bench-onnx bench-served bench-report bench-overload bench-hostile \
 	gpu-check-prepare gpu-check-cpu gpu-check bench-pipeline bench-draft bench-client-downscale \
-	bench-cold-start soak bench-results gpu-check-report
+	bench-cold-start soak bench-results gpu-check-report bench-onnx-detector
 
 $(BENCH_STAMP): pyproject.toml | $(STAMP)
 	$(PIP) install --quiet -e '.[test,bench]'
@@ -56,6 +56,9 @@ bench-model: $(BENCH_STAMP) ## Raw model benchmark: run_batch and network alone,
 bench-onnx: $(BENCH_STAMP) ## ONNX Runtime peer of the network (uses bench-model's JSON for ours/ORT)
 	$(PY) -m bench.onnx_peer --models $(BENCH_MODELS) --out_dir $(BENCH_OUT)
 	$(RESULTS_TABLES) onnx-peer
+
+bench-onnx-detector: $(BENCH_STAMP) ## The whole detector exported to ONNX: ORT vs TF agreement and time per call, batch 1 and 8
+	$(PY) -m bench.onnx_detector --models $(BENCH_MODELS) --out_dir $(BENCH_OUT)
 
 bench-served: $(BENCH_STAMP) ## End to end against a real server on loopback: V1, V2 REST, gRPC at concurrency 1/4/16
 	$(PY) -m bench.served --models $(BENCH_MODELS) --out_dir $(BENCH_OUT)

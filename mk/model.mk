@@ -7,7 +7,10 @@ DEMO_TRAIN_ARGS ?= --steps 2200 --batch-size 32 --learning-rate 3e-3 --warmup-st
 # Held-out images for `make eval`.
 EVAL_COUNT ?= 500
 
-.PHONY: demo-model demo-model-resume eval
+.PHONY: demo-model demo-model-resume eval triton-repo
+
+# Where `make triton-repo` writes the Triton model repository.
+TRITON_REPO ?= out/triton
 
 demo-model: $(STAMP) ## Retrain the shipped demo model from scratch (about 40 min on 2 CPU cores), then evaluate it
 	rm -rf $(DEMO_RUN)
@@ -17,6 +20,9 @@ demo-model-resume: $(STAMP) ## Continue an interrupted `make demo-model` from it
 	$(PY) -m predictor.tools.train --out $(DEMO_RUN) $(DEMO_TRAIN_ARGS) --export predictor/models/demo
 	cp $(DEMO_RUN)/training_curve.json predictor/models/demo/eval/training_curve.json
 	$(MAKE) model-card
+
+triton-repo: $(STAMP) ## Export a model (default the demo model; MODEL_DIR=...) as a Triton repository of its whole-detector ONNX graph in TRITON_REPO
+	$(PY) -m predictor.ssd.export triton --out $(TRITON_REPO) $(if $(MODEL_DIR),--model_dir $(MODEL_DIR),)
 
 eval: $(STAMP) ## COCO mAP of a model (default the demo model; MODEL_DIR=...) on EVAL_COUNT (500) held-out images
 	$(PY) -m predictor.tools.evaluate --count $(EVAL_COUNT) --out out/eval $(if $(MODEL_DIR),--model_dir $(MODEL_DIR),)

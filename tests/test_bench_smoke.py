@@ -33,6 +33,45 @@ def test_wheel_tags_select_the_interpreter():
     assert not deps.wheel_fits(f"optree-0.20.0-cp39-cp39-manylinux_2_28_{machine}.whl")
     assert not deps.wheel_fits(f"optree-0.20.0-{cp}-{cp}-manylinux_2_28_riscv64.whl")
     assert not deps.wheel_fits("py2only-1.0-py2-none-any.whl")
+    # One wheel for every Python, per machine (nvImageCodec, nvJPEG).
+    assert deps.wheel_fits(f"nvidia_nvimgcodec_cu12-0.9.0.20-py3-none-manylinux_2_28_{machine}.whl")
+    assert deps.wheel_fits(f"nvidia_nvjpeg_cu12-12.4.0.76-py3-none-manylinux2014_{machine}.whl")
+    assert not deps.wheel_fits("nvidia_nvimgcodec_cu12-0.9.0.20-py3-none-manylinux_2_28_riscv64.whl")
+    assert not deps.wheel_fits(f"nvidia_nvimgcodec_cu12-0.9.0.20-py3-none-win_{machine}.whl")
+
+
+def test_gpu_decode_resize_is_the_services_warp_resize():
+    """bench/gpu_decode.py's JAX resize (run here on the CPU) against the service's NumPy WARP resize,
+    on JPEGs of its synthetic photos (Pillow encodes here; nvImageCodec on the device)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from predictor.ssd.preprocess import resize_warp_numpy
+
+    decode = _load("gpu_decode")
+    photo = decode.synthetic_photo(481, 643, seed=1)
+    assert photo.shape == (481, 643, 3) and photo.dtype == np.uint8 and photo.std() > 20
+    jpegs, encoder = decode.encode_jpegs([photo], None)
+    assert encoder == "pillow" and len(jpegs[0]) < photo.nbytes / 5  # compresses like a photo
+    image = np.asarray(Image.open(io.BytesIO(jpegs[0])).convert("RGB"))
+    ours = np.asarray(decode.warp_resize(image, 300))
+    np.testing.assert_allclose(ours, resize_warp_numpy(image, 300), rtol=0, atol=1e-3)
+
+    # One measurement row end to end, with Pillow standing in for the GPU decoder (host buffers also
+    # speak DLPack): the hand-over, the resize's shape, both rates.
+    class PillowDecoder:
+        def decode(self, data: list[bytes]) -> list[np.ndarray]:
+            return [np.array(Image.open(io.BytesIO(d)).convert("RGB")) for d in data]
+
+    import jax
+
+    row: dict = {}
+    resize = jax.jit(decode.warp_resize, static_argnums=1)
+    decode.measure_row(row, PillowDecoder(), resize, jpegs * 3, 300, 0.01)
+    assert "error" not in row and row["handover"] == "dlpack", row
+    assert row["decode_images_per_s"] > row["decode_resize_images_per_s"] > 0
 
 
 @pytest.mark.timeout(600)
@@ -95,6 +134,12 @@ def test_gpu_check_runs_without_tensorflow(tmp_path):
 
     table = render_block("gpu-check", data)
     assert "\n| demo | float32 | 1 | " in table and "\n| demo | float32 | 2 | " in table
+    # The decode rows: measured where nvImageCodec and a GPU are there, else each says why not.
+    decode = data["decode_rows"]
+    assert [(r["size"], r["batch"]) for r in decode][:2] == [("vga", 1), ("vga", 2)]
+    for row in decode:
+        assert row.get("decode_resize_images_per_s", 0) > 0 or "nvImageCodec" in row.get("skipped", ""), row
+    assert "\n| vga | " in table
 
 
 @pytest.mark.timeout(600)

@@ -1,4 +1,16 @@
-"""TF SavedModel export for TF Serving / Triton users.
+"""Exports for TF Serving / Triton users: a TF SavedModel, the whole detector as ONNX, a Triton model
+repository (the ONNX ones: :mod:`predictor.ssd.onnx_export`).
+
+Command line (``ssd-export`` or ``python -m predictor.ssd.export``)::
+
+    ssd-export onnx --model_dir DIR --out detector.onnx
+    ssd-export triton --model_dir DIR --out model_repository [--model_name ssd] [--max_batch_size 32]
+    ssd-export saved_model --model_dir DIR --out saved_model_dir
+
+``--model_dir`` defaults to the shipped demo model; ``--top_k`` / ``--max_detections`` override the
+model's (they fix the graph's sizes), the thresholds are the ONNX graph's inputs.
+
+SavedModel
 
 Signatures (all outputs padded to ``max_detections``; boxes are pixel ``(xmin, ymin, xmax, ymax)``):
 
@@ -11,7 +23,9 @@ Outputs: ``detection_boxes float32 [N, D, 4]``, ``detection_scores float32 [N, D
 
 from __future__ import annotations
 
+import argparse
 import os
+from collections.abc import Sequence
 
 import tensorflow as tf
 
@@ -78,3 +92,51 @@ def export_saved_model(detector: Detector, path: str | os.PathLike) -> str:
     }
     tf.saved_model.save(module, str(path), signatures=signatures)
     return str(path)
+
+
+FORMATS = ("onnx", "triton", "saved_model")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ssd-export", description="Export an SSD model: ONNX, Triton, SavedModel"
+    )
+    p.add_argument("format", choices=FORMATS, help="onnx: one .onnx file; triton: a model repository")
+    p.add_argument("--model_dir", default=None, help="project model directory or balancap checkpoint "
+                   "(default: the shipped demo model)")  # fmt: skip
+    p.add_argument("--out", required=True, help="the .onnx file, the repository, or the SavedModel folder")
+    p.add_argument("--top_k", type=int, default=None, help="candidates before NMS (default: the model's)")
+    p.add_argument(
+        "--max_detections", type=int, default=None, help="output rows per image (default: the model's)"
+    )
+    p.add_argument("--model_name", default="ssd", help="triton: the model's name in the repository")
+    p.add_argument("--max_batch_size", type=int, default=32, help="triton: largest batch Triton forms")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from predictor.models import DEMO_MODEL_DIR
+
+    detector = Detector.from_dir(
+        str(args.model_dir or DEMO_MODEL_DIR), top_k=args.top_k, max_detections=args.max_detections
+    )
+    if args.format == "saved_model":
+        print(f"wrote SavedModel {export_saved_model(detector, args.out)}")
+        return 0
+    from predictor.ssd import onnx_export
+
+    if args.format == "onnx":
+        done = onnx_export.export_onnx(detector, args.out)
+    else:
+        done = onnx_export.write_triton_repository(
+            detector, args.out, args.model_name, max_batch_size=args.max_batch_size
+        )
+    print(f"wrote {done.path} ({done.bytes / 1e6:.1f} MB, opset {done.opset}, {done.nodes} nodes)")
+    if args.format == "triton":
+        print(f"serve it: tritonserver --model-repository={os.path.abspath(args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
