@@ -6,7 +6,7 @@ Usage (see the README)::
     ssd-detect --protocol grpc --url localhost:8081 --batch-size 8 --concurrency 4 --draw out/ photos/
     ssd-detect --url http://$INGRESS --isvc ssd --namespace demo photo.jpg   # Host header from the isvc
 
-Output: JSON Lines, one object per image in input order,
+Output: JSON Lines, one object per image in input order (``model_version``: the model version that answered),
 ``{"file": ..., "width": W, "height": H, "detections": [{label, class_id, score, xmin, ymin, xmax, ymax}]}``
 (``{"file": ..., "width": ..., "height": ..., "error": "..."}`` for an image the server refused).
 Every protocol's answer is normalised to the V1 detection dicts: scores rounded to 4 decimals and box

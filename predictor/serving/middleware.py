@@ -37,15 +37,27 @@ if TYPE_CHECKING:
     from predictor.serving.admission import ByteBudget
 
 
-def install(app: FastAPI, budget: ByteBudget, max_request_bytes: int, busy: Callable[[], str | None]) -> None:
+def install(
+    app: FastAPI,
+    budget: ByteBudget,
+    max_request_bytes: int,
+    busy: Callable[[], str | None],
+    model_version: str | None = None,
+) -> None:
     """Add the middlewares to ``app`` in the order of the module docstring (call before the server starts).
 
     Args:
       budget: the in-flight request-bytes budget, shared with the gRPC server.
       max_request_bytes: the largest REST body (413 above it).
       busy: why an inference request would be refused now (the image queue is full), or None.
+      model_version: the served model version, sent in every response's ``x-model-version`` header
+        (:class:`predictor.serving.versions.ModelVersionHeader`); None: no header.
     """
     app.add_middleware(AdmissionMiddleware, budget=budget, max_request_bytes=max_request_bytes, busy=busy)
+    if model_version:
+        from predictor.serving.versions import ModelVersionHeader
+
+        app.add_middleware(ModelVersionHeader, version=model_version)
     app.add_middleware(RestMetricsMiddleware)  # added last: outermost
 
 

@@ -130,7 +130,9 @@ def _serve(args: argparse.Namespace, options: ServingOptions, model: SSDPredicto
             "--workers %d ignored: one process serves one TensorFlow model; scale with replicas", args.workers
         )
     budget = ByteBudget(options.max_inflight_bytes)
-    middleware.install(app, budget, options.max_request_bytes, busy=model.busy_reason)
+    middleware.install(
+        app, budget, options.max_request_bytes, busy=model.busy_reason, model_version=model.version
+    )
     # ModelServer.start builds its servers from these module attributes: our REST server answers errors
     # from errors.STATUSES, our gRPC server counts message bytes.
     kserve.model_server.RESTServer = _rest_server_answering_from_the_table()
@@ -249,6 +251,7 @@ def _log_configuration(
         options.mixed_precision,
         options.dtype,
     )
+    log.info("model version: %s", detector.version)
     log.info(
         "thresholds: score %.3g, nms %.3g, top_k %d, max_detections %d",
         detector.score_threshold,
