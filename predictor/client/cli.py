@@ -12,6 +12,9 @@ Output: JSON Lines, one object per image in input order (``model_version``: the 
 Every protocol's answer is normalised to the V1 detection dicts: scores rounded to 4 decimals and box
 coordinates (pixels of the EXIF-oriented image) to 2, as the V1 endpoint does.
 
+``ssd-detect compare --url A --url B PATH...`` compares two predictors' detections
+(:mod:`predictor.client.compare`).
+
 Exit status: 0 when every image was answered, 1 when some were not (each error is printed on stderr
 as it happens; the other images are still sent), 2 for usage or configuration errors.
 """
@@ -72,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ssd-detect",
         description="Detect objects in images with an SSD predictor served by KServe (V1, V2 REST or "
         "gRPC). Prints JSON Lines: one object per image, in input order.",
-        epilog="Exit status: 0 all images answered, 1 some failed (errors on stderr), 2 usage errors.",
+        epilog="Exit status: 0 all images answered, 1 some failed (errors on stderr), 2 usage errors. "
+        "`ssd-detect compare --help`: compare two predictors' detections.",
     )
     p.add_argument(
         "inputs",
@@ -188,7 +192,14 @@ def _progress_bar(total: int, enabled: bool | None) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``ssd-detect`` / ``python -m predictor.client.cli``; returns the exit status."""
+    """Entry point of ``ssd-detect`` / ``python -m predictor.client.cli``; returns the exit status.
+    ``ssd-detect compare ...`` runs :func:`predictor.client.compare.main` (a file named ``compare`` is
+    ``./compare``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:
+        from predictor.client import compare
+
+        return compare.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
