@@ -504,7 +504,7 @@ def test_canary_sets_render_what_each_mode_needs(rendered):
     assert "canary" not in knative["spec"]
     assert knative["spec"]["predictor"]["canaryTrafficPercent"] == 10
     container = container_of(knative)
-    assert container["image"] == "ssd-predictor:0.1.1"  # the canary's, in the predictor: the new revision
+    assert container["image"] == "ssd-predictor:0.1.1-cpu"  # the canary's, in the predictor: the new revision
     assert {"name": "STORAGE_URI", "value": "s3://models/ssd/v2"} in container["env"]
     assert "--score_threshold=0.45" in container["args"]
     standard = the_isvc(rendered["standard-canary"])
