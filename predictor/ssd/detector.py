@@ -154,8 +154,8 @@ class Detector:
         from predictor.ssd.weights import load_model, model_version
 
         dtype = kwargs.pop("dtype", "float32")
-        version = model_version(path)  # a bad VERSION file fails before the weights are read
         config, model = load_model(path, dtype=dtype)
+        version = model_version(path)
         return cls(config, model, version=version, **kwargs)
 
     @property
