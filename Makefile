@@ -31,11 +31,15 @@ install: $(STAMP) ## Create .venv and install the package with test extras
 serve: $(STAMP) ## Serve the model (default: the shipped demo model; MODEL_DIR=... for another) on PORT (default 8080)
 	$(PY) -m predictor --http_port $(PORT) $(if $(MODEL_DIR),--model_dir $(MODEL_DIR),)
 
-system-deps: ## Install the Debian packages the tests need when missing: bubblewrap (apt, as root or with sudo)
+system-deps: ## Install the Debian packages the tests need when missing: bubblewrap, prometheus (promtool) (apt, as root or with sudo)
 	@command -v bwrap >/dev/null || { \
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; \
 		elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq bubblewrap; \
 		else echo "the pod-contract test needs bubblewrap: install the Debian package bubblewrap" >&2; exit 1; fi; }
+	@command -v promtool >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+		elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends prometheus; \
+		else echo "the recording-rule test needs promtool: install the Debian package prometheus" >&2; exit 1; fi; }
 
 test: $(STAMP) system-deps ## Install everything and run the whole test suite (what CI runs)
 	$(VENV)/bin/ruff check .

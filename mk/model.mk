@@ -4,6 +4,8 @@
 DEMO_RUN ?= runs/demo
 # The shipped demo model's recipe (see predictor/models/demo/MODEL_CARD.md).
 DEMO_TRAIN_ARGS ?= --steps 2200 --batch-size 32 --learning-rate 3e-3 --warmup-steps 100 --checkpoint-every 100 --seed 0 --default-score-threshold 0.4 --eval-every 100 --eval-count 100
+# VERSION of the exported demo model (served as its V2 model version); empty: the weights' digest.
+DEMO_VERSION ?=
 # Held-out images for `make eval`.
 EVAL_COUNT ?= 500
 
@@ -17,7 +19,8 @@ demo-model: $(STAMP) ## Retrain the shipped demo model from scratch (about 40 mi
 	$(MAKE) demo-model-resume
 
 demo-model-resume: $(STAMP) ## Continue an interrupted `make demo-model` from its last checkpoint
-	$(PY) -m predictor.tools.train --out $(DEMO_RUN) $(DEMO_TRAIN_ARGS) --export predictor/models/demo
+	$(PY) -m predictor.tools.train --out $(DEMO_RUN) $(DEMO_TRAIN_ARGS) --export predictor/models/demo \
+		$(if $(DEMO_VERSION),--model-version $(DEMO_VERSION),)
 	cp $(DEMO_RUN)/training_curve.json predictor/models/demo/eval/training_curve.json
 	$(MAKE) model-card
 

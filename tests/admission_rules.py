@@ -4,7 +4,8 @@ Each function re-states one webhook's defaulting or validation rule, read from t
 in its docstring; only the parts that apply to a custom predictor (one ``kserve-container`` in
 ``spec.predictor``) are kept. Sources (mirrored snapshots):
 
-* KServe ``kserve/kserve`` master ``aaac4e29`` (2026-08, the 0.21 line) and tag ``v0.14.0``;
+* KServe ``kserve/kserve`` master ``aaac4e29`` (2026-08, the 0.21 line; the RawDeployment canary of 0.20+,
+  kserve/kserve#5672, commit ``43ec86b5``) and tag ``v0.14.0``;
 * Knative ``knative/serving`` main ``98e5ef90`` (2026-08);
 * Kubernetes ``kubernetes/kubernetes`` ``pkg/apis/core/validation/validation.go`` and
   ``pkg/apis/core/v1/defaults.go``.
@@ -717,6 +718,115 @@ def network_policy_allows(
     return False
 
 
+# ---------------------------------------------------------------- KServe canary (0.20+) -----------------
+
+# kserve/kserve pkg/apis/serving/v1beta1/inference_service_validation.go, validateCanarySpecs: the fields a
+# canary's predictor must not set ("canary uses fixed replicas"; workerSpec: no multi-node canary).
+CANARY_FORBIDDEN_FIELDS = ("workerSpec", "maxReplicas", "scaleTarget", "scaleMetric", "autoScaling")
+# The predictor implementations validateExactlyOneImplementation counts (predictor.go, GetImplementations:
+# the framework specs, model, and the CustomPredictor's containers).
+PREDICTOR_IMPLEMENTATIONS = (
+    "sklearn", "xgboost", "tensorflow", "pytorch", "triton", "onnx", "huggingface", "pmml", "lightgbm",
+    "paddle", "model", "containers",
+)  # fmt: skip
+
+
+def custom_storage_uri(predictor: dict[str, Any]) -> str | None:
+    """``CustomPredictor.GetStorageUri`` (predictor_custom.go): the STORAGE_URI env of kserve-container."""
+    for container in predictor.get("containers") or []:
+        if container.get("name") == "kserve-container":
+            for env in container.get("env") or []:
+                if env.get("name") == "STORAGE_URI":
+                    return env.get("value")
+            return None
+    return None
+
+
+def kserve_validate_canary(isvc: dict[str, Any], platform: Platform) -> list[str]:
+    """``validateCanarySpecs`` (kserve/kserve pkg/apis/serving/v1beta1/inference_service_validation.go,
+    0.20+): Standard mode only; the stable predictor has a model; every canary has a unique
+    ``predictor.name`` other than the stable one, 0 <= trafficPercent <= 100 (sum <= 100), exactly one
+    implementation, a valid ComponentExtensionSpec, none of :data:`CANARY_FORBIDDEN_FIELDS` and
+    minReplicas at most the stable predictor's. v0.14.0's CRD has no ``spec.canary``: the API server
+    prunes it and no canary runs."""
+    canaries = isvc.get("spec", {}).get("canary") or []
+    if not canaries:
+        return []
+    if platform.kserve == KSERVE_V0_14:
+        return ["kserve v0.14.0 canary: spec.canary is not in its CRD (pruned: no canary would run)"]
+    errors = []
+    if annotations_of(isvc).get("serving.kserve.io/deploymentMode") != "Standard":
+        errors.append("kserve canary: canary is only supported in Standard deployment mode")
+    stable = predictor_of(isvc)
+    if custom_storage_uri(stable) is None and "model" not in stable:
+        errors.append("kserve canary: canary requires a stable predictor with a model")
+    names: set[str] = set()
+    total = 0
+    for i, canary in enumerate(canaries):
+        predictor = canary.get("predictor") or {}
+        name = predictor.get("name", "")
+        if not name:
+            errors.append(f"kserve canary[{i}]: predictor.name is required")
+            continue
+        if name in names:
+            errors.append(f"kserve canary: predictor.name {name!r} is duplicated")
+        names.add(name)
+        if name == stable.get("name", ""):
+            errors.append(f"kserve canary: predictor.name {name!r} conflicts with stable predictor name")
+        percent = canary.get("trafficPercent", 0)
+        if not 0 <= percent <= 100:
+            errors.append(f"kserve canary {name!r}: trafficPercent must be between 0 and 100, got {percent}")
+        total += percent
+        implementations = [k for k in PREDICTOR_IMPLEMENTATIONS if predictor.get(k)]
+        if len(implementations) != 1:
+            errors.append(f"kserve canary {name!r} predictor: one implementation, got {implementations}")
+        errors += [f"kserve canary {name!r}: {e}" for e in _validate_component_extension(predictor)]
+        for key in CANARY_FORBIDDEN_FIELDS:
+            if predictor.get(key):
+                errors.append(f"kserve canary {name!r}: must not set {key}")
+        if "minReplicas" in predictor and predictor["minReplicas"] > stable.get("minReplicas", 1):
+            errors.append(
+                f"kserve canary {name!r}: minReplicas ({predictor['minReplicas']}) must not exceed stable "
+                f"predictor minReplicas ({stable.get('minReplicas', 1)})"
+            )
+    if total > 100:
+        errors.append(f"kserve canary: sum of canary trafficPercent values ({total}) must be <= 100")
+    return errors
+
+
+def _mergo_override(dst: dict[str, Any], src: dict[str, Any]) -> None:
+    """``mergo.Merge(&dst, src, mergo.WithOverride)`` on JSON objects: a non-empty ``src`` value replaces
+    ``dst``'s (lists whole), objects merge key by key."""
+    for key, value in src.items():
+        if value in (None, "", 0, False, [], {}):
+            continue
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            _mergo_override(dst[key], value)
+        else:
+            dst[key] = copy.deepcopy(value)
+
+
+def kserve_canary_predictors(isvc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The predictor each canary's Deployment is built from, by canary name: ``buildCanaryPredictor``
+    (kserve/kserve pkg/controller/v1beta1/inferenceservice/components/predictor.go): the stable predictor
+    with the canary's non-empty fields laid over it (mergo WithOverride), no autoscaling fields, and
+    ``minReplicas`` from ``canaryReplicaCount`` (the canary's own, else ceil(stable * percent / 100))."""
+    stable = predictor_of(isvc)
+    out = {}
+    for canary in isvc.get("spec", {}).get("canary") or []:
+        predictor = copy.deepcopy(stable)
+        _mergo_override(predictor, canary["predictor"])
+        for key in ("maxReplicas", "scaleTarget", "scaleMetric", "autoScaling"):
+            predictor.pop(key, None)
+        replicas = canary["predictor"].get("minReplicas")
+        if replicas is None:
+            percent = Fraction(canary.get("trafficPercent", 0), 100)
+            replicas = -(-stable.get("minReplicas", 1) * percent // 1)
+        predictor["minReplicas"] = int(replicas)
+        out[canary["predictor"]["name"]] = predictor
+    return out
+
+
 # ---------------------------------------------------------------- all of it -----------------------------
 
 
@@ -730,4 +840,10 @@ def admit(isvc: dict[str, Any], platform: Platform) -> list[str]:
         errors += knative_validate_revision(predictor_of(defaulted))
     for container in pod_spec.get("containers", []):
         errors += kubernetes_validate_resources(container)
+    errors += kserve_validate_canary(defaulted, platform)
+    if platform.kserve != KSERVE_V0_14:
+        for name, canary in kserve_canary_predictors(defaulted).items():
+            canary_pod = {k: v for k, v in canary.items() if k not in COMPONENT_EXTENSION_FIELDS}
+            for container in canary_pod.get("containers", []):
+                errors += [f"canary {name!r}: {e}" for e in kubernetes_validate_resources(container)]
     return errors

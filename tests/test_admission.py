@@ -309,6 +309,17 @@ def test_a_tag_is_pulled_always_a_digest_if_not_present(rendered, value_set):
         (["knative.protocol=h2c"], "tests.enabled=false"),
         (["autoscaling.scaleMetric=rps"], "scaleTarget must be set"),
         (["timeoutSeconds=900"], "max-revision-timeout-seconds"),
+        (["canary.enabled=true", "canary.predictor.scoreTreshold=0.5"],
+         "canary.predictor.scoreTreshold: not a key of predictor"),
+        (["canary.enabled=true", "deploymentMode=Standard", "autoscaling.scaleMetric=cpu"],
+         "needs model.storageUri"),
+        (["canary.enabled=true", "deploymentMode=Standard", "autoscaling.scaleMetric=cpu",
+          "model.storageUri=s3://m/v1", "canary.replicas=2"], "must not exceed autoscaling.minReplicas"),
+        (["canary.enabled=true", "deploymentMode=Standard", "autoscaling.scaleMetric=cpu",
+          "model.storageUri=s3://m/v1", "kserveLegacyModeNames=true"], "needs KServe 0.20+"),
+        (["canary.enabled=true", "deploymentMode=Standard", "autoscaling.scaleMetric=cpu",
+          "model.storageUri=s3://m/v1", "fullnameOverride=" + "a" * 40, "canary.name=" + "b" * 20],
+         "longer than 63 characters"),
     ],
 )  # fmt: skip
 def test_chart_refuses_what_the_platform_would_reject_or_run_wrongly(helm, settings, complaint):
@@ -698,3 +709,132 @@ def test_token_secret_is_admitted_in_both_modes(helm):
             "--token-file=/var/run/secrets/ssd-detector/auth/token"
             in test_pod["spec"]["containers"][0]["command"]
         )
+
+
+# ---------------------------------------------------------------- canary (KServe 0.20+ spec.canary) ------
+
+
+@pytest.fixture()
+def canary_isvc(rendered) -> dict[str, Any]:
+    return copy.deepcopy(the_isvc(rendered["standard-canary"]))
+
+
+def _canary_problems(isvc: dict[str, Any], platform: rules.Platform | None = None) -> list[str]:
+    return rules.kserve_validate_canary(
+        rules.kserve_default(isvc, platform or rules.Platform()), platform or rules.Platform()
+    )
+
+
+def test_canary_sets_render_what_each_mode_needs(rendered):
+    knative = the_isvc(rendered["knative-canary"])
+    assert "canary" not in knative["spec"]
+    assert knative["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    container = container_of(knative)
+    assert container["image"] == "ssd-predictor:0.1.1-cpu"  # the canary's, in the predictor: the new revision
+    assert {"name": "STORAGE_URI", "value": "s3://models/ssd/v2"} in container["env"]
+    assert "--score_threshold=0.45" in container["args"]
+    standard = the_isvc(rendered["standard-canary"])
+    assert "canaryTrafficPercent" not in standard["spec"]["predictor"]
+    stable = container_of(standard)
+    assert stable["image"] == "ssd-predictor:0.1.0-cpu"
+    assert {"name": "STORAGE_URI", "value": "s3://models/ssd/v1"} in stable["env"]
+    assert not any(a.startswith("--score_threshold") for a in stable["args"])
+    (canary,) = standard["spec"]["canary"]
+    assert (canary["trafficPercent"], canary["predictor"]["name"], canary["predictor"]["minReplicas"]) == (
+        10,
+        "v2",
+        1,
+    )
+    (canary_container,) = canary["predictor"]["containers"]
+    assert canary_container["image"] == "ssd-predictor:0.1.1-cpu"
+    assert {"name": "STORAGE_URI", "value": "s3://models/ssd/v2"} in canary_container["env"]
+    assert {"--score_threshold=0.45", "--max_batch_size=16"} <= set(canary_container["args"])
+    # Everything else of the canary's container is the stable one's.
+    same = {k: v for k, v in canary_container.items() if k not in ("image", "env", "args")}
+    assert same == {k: v for k, v in stable.items() if k not in ("image", "env", "args")}
+
+
+def test_canary_pod_is_the_stable_pod_with_the_canary_container(canary_isvc):
+    """buildCanaryPredictor: the stable predictor's pod fields stay, the canary's containers replace the
+    stable ones, no autoscaling fields, the canary's fixed replicas."""
+    defaulted = rules.kserve_default(canary_isvc, rules.Platform())
+    (canary,) = rules.kserve_canary_predictors(defaulted).values()
+    stable = rules.predictor_of(defaulted)
+    assert canary["containers"] == canary_isvc["spec"]["canary"][0]["predictor"]["containers"]
+    assert (
+        canary["volumes"] == stable["volumes"]
+        and canary["serviceAccountName"] == stable["serviceAccountName"]
+    )
+    assert canary["minReplicas"] == 1 and canary["name"] == "v2"
+    assert not {"maxReplicas", "scaleMetric", "scaleTarget", "autoScaling"} & set(canary)
+    del canary_isvc["spec"]["canary"][0]["predictor"]["minReplicas"]
+    canary_isvc["spec"]["predictor"]["minReplicas"] = 3
+    canary_isvc["spec"]["canary"][0]["trafficPercent"] = 10
+    (derived,) = rules.kserve_canary_predictors(canary_isvc).values()
+    assert derived["minReplicas"] == 1  # ceil(3 * 10 / 100)
+    canary_isvc["spec"]["canary"][0]["trafficPercent"] = 50
+    assert rules.kserve_canary_predictors(canary_isvc)["v2"]["minReplicas"] == 2  # ceil(1.5)
+
+
+def test_rule_canary_names_traffic_and_fields(canary_isvc):
+    assert not _canary_problems(canary_isvc)
+    second = copy.deepcopy(canary_isvc["spec"]["canary"][0])
+    canary_isvc["spec"]["canary"].append(second)
+    assert "kserve canary: predictor.name 'v2' is duplicated" in _canary_problems(canary_isvc)
+    second["predictor"]["name"] = "v3"
+    assert not _canary_problems(canary_isvc)
+    second["trafficPercent"] = 91
+    assert "kserve canary: sum of canary trafficPercent values (101) must be <= 100" in _canary_problems(
+        canary_isvc
+    )
+    second["trafficPercent"] = 90
+    assert not _canary_problems(canary_isvc)  # 10 + 90: nothing left for the stable predictor, allowed
+    canary_isvc["spec"]["canary"].pop()
+    canary_isvc["spec"]["predictor"]["name"] = "v2"
+    assert "kserve canary: predictor.name 'v2' conflicts with stable predictor name" in _canary_problems(
+        canary_isvc
+    )
+    del canary_isvc["spec"]["predictor"]["name"]
+    del canary_isvc["spec"]["canary"][0]["predictor"]["name"]
+    assert "kserve canary[0]: predictor.name is required" in _canary_problems(canary_isvc)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("maxReplicas", 3), ("scaleTarget", 50), ("scaleMetric", "cpu"), ("autoScaling", {"metrics": []}),
+     ("workerSpec", {"pipelineParallelSize": 2})],
+)  # fmt: skip
+def test_rule_canary_fields_not_allowed(canary_isvc, field, value):
+    canary_isvc["spec"]["canary"][0]["predictor"][field] = value
+    assert f"kserve canary 'v2': must not set {field}" in _canary_problems(canary_isvc)
+
+
+def test_rule_canary_replicas_mode_and_model(canary_isvc):
+    canary_isvc["spec"]["canary"][0]["predictor"]["minReplicas"] = 3  # stable minReplicas is 2
+    assert any(
+        "minReplicas (3) must not exceed stable predictor minReplicas (2)" in p
+        for p in _canary_problems(canary_isvc)
+    )
+    canary_isvc["spec"]["canary"][0]["predictor"]["minReplicas"] = 2
+    assert not _canary_problems(canary_isvc)
+    canary_isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] = "Knative"
+    assert "kserve canary: canary is only supported in Standard deployment mode" in _canary_problems(
+        canary_isvc
+    )
+    canary_isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] = "RawDeployment"
+    assert not _canary_problems(canary_isvc)  # the legacy name, folded by KServe's defaulter
+    env = container_of(canary_isvc)["env"]
+    env[:] = [e for e in env if e["name"] != "STORAGE_URI"]
+    assert "kserve canary: canary requires a stable predictor with a model" in _canary_problems(canary_isvc)
+    v014 = rules.Platform(kserve=rules.KSERVE_V0_14)
+    assert "spec.canary is not in its CRD" in _canary_problems(canary_isvc, v014)[0]
+
+
+def test_canary_pod_resources_are_checked_too(canary_isvc):
+    canary_container = canary_isvc["spec"]["canary"][0]["predictor"]["containers"][0]
+    canary_container["resources"] = {"requests": {"cpu": "4"}, "limits": {"cpu": "2"}}
+    problems = rules.admit(canary_isvc, rules.Platform())
+    assert any(
+        p.startswith("canary 'v2': kubernetes") and "must be less than or equal to cpu limit" in p
+        for p in problems
+    )

@@ -692,6 +692,24 @@ def test_notes_print_curl_and_client_commands(helm):
     assert "/v1/models/ssd:predict" in notes and "curl " in notes
     assert "ssd-detect --url" in notes and f"--isvc {RELEASE}-ssd-detector --namespace {NAMESPACE}" in notes
     assert f"helm test {RELEASE} -n {NAMESPACE}" in notes
+    assert "Canary:" not in notes
+
+
+@pytest.mark.parametrize(
+    ("value_set", "where"),
+    [
+        ("standard-canary", f"Deployment {RELEASE}-ssd-detector-v2-predictor"),
+        ("knative-canary", "the new revision"),
+    ],
+)
+def test_notes_name_the_canary(helm, value_set, where):
+    proc = run_helm(
+        helm, "install", RELEASE, str(CHART), "-n", NAMESPACE, "--dry-run=client", *values_args(value_set)
+    )
+    assert proc.returncode == 0, proc.stderr
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    assert "Canary: 10% of the requests go to s3://models/ssd/v2" in notes and where in notes
+    assert "ssd-detect compare" in notes
 
 
 def test_yamllint_static_chart_files_and_manifests():

@@ -45,12 +45,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import admission_rules as rules
 import httpx
 import numpy as np
 import pytest
 import yaml
 from pinned_tools import pinned_helm
 from serving_fixtures import b64, encode_image
+
+from predictor.ssd.weights import model_version
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "ssd-detector"
@@ -262,6 +265,26 @@ def value_sets() -> dict[str, list[str]]:
     return sets
 
 
+def canary_cases() -> list[str]:
+    """``<value set>:canary``: the canary pod of each Standard-mode set with a canary (spec.canary, whose
+    pod KServe builds from the stable predictor and the canary's fields: ``rules.kserve_canary_predictors``).
+    A Knative canary is the predictor itself, run as its own value set."""
+    cases = []
+    for name, helm_args in value_sets().items():
+        values = yaml.safe_load(Path(helm_args[1]).read_text()) if helm_args else {}
+        if values.get("canary", {}).get("enabled") and values.get("deploymentMode") == "Standard":
+            cases.append(f"{name}:canary")
+    return cases
+
+
+def canary_contract(name: str, isvc: dict[str, Any]) -> PodContract:
+    """The contract of the (one) canary's pod of a rendered InferenceService."""
+    defaulted = rules.kserve_default(isvc, rules.Platform())
+    ((canary_name, predictor),) = rules.kserve_canary_predictors(defaulted).items()
+    canary_isvc = {**defaulted, "spec": {**defaulted["spec"], "predictor": predictor}}
+    return pod_contract(f"{name}:canary-{canary_name}", canary_isvc)
+
+
 # A case beyond the chart's own value sets: the first CPU set with a model from storage, so that the
 # /mnt/models mount is part of the contract even while no CPU set of the chart names a storageUri.
 WITH_STORAGE = "first-cpu-set+storageUri"
@@ -272,7 +295,10 @@ def contract_of(case: str) -> PodContract:
     """The rendered contract of a case; skips GPU containers and contracts already run by another case."""
     if not _contracts:
         for name, helm_args in value_sets().items():
-            _contracts[name] = pod_contract(name, render_isvc(*helm_args))
+            isvc = render_isvc(*helm_args)
+            _contracts[name] = pod_contract(name, isvc)
+            if isvc["spec"].get("canary"):
+                _contracts[f"{name}:canary"] = canary_contract(name, isvc)
         cpu = [name for name, c in _contracts.items() if not c.gpu_request]
         assert cpu, "no value set of the chart runs on a CPU (gpu.enabled: false)"
         storage = ["--set", "model.storageUri=pvc://contract-models/demo"]
@@ -475,7 +501,7 @@ def test_sandbox_enforces_what_the_pod_spec_says(tmp_path):
 
 
 @pytest.mark.timeout(1800)
-@pytest.mark.parametrize("case", [*value_sets(), WITH_STORAGE])
+@pytest.mark.parametrize("case", [*value_sets(), *canary_cases(), WITH_STORAGE])
 def test_container_serves_under_the_pod_contract(case, tmp_path, demo_model_dir):
     """Startup probe ready within its budget, readiness and liveness 200, a real prediction, /metrics,
     and exit 0 within the grace period after SIGTERM."""
@@ -492,8 +518,11 @@ def test_container_serves_under_the_pod_contract(case, tmp_path, demo_model_dir)
         metrics = pod.client.get("/metrics", timeout=10)
         assert metrics.status_code == 200
         assert 'ssd_requests_total{protocol="v1",status="200"}' in metrics.text
+        version = model_version(demo_model_dir)  # the model mounted (or baked in), whatever the set
+        assert f'ssd_model_info{{model="{contract_model(contract)}",version="{version}"}} 1.0' in metrics.text
         if contract.model_mount:
-            assert f"from {MODEL_MOUNT}" in pod.log(), "the server did not load the model from the mount"
+            whole_log = pod.log_path.read_text(errors="replace")  # pod.log() is its tail
+            assert f"from {MODEL_MOUNT}" in whole_log, "the server did not load the model from the mount"
         os.kill(pod.pid1, signal.SIGTERM)
         try:
             code = pod.proc.wait(timeout=contract.grace_s)
@@ -502,6 +531,11 @@ def test_container_serves_under_the_pod_contract(case, tmp_path, demo_model_dir)
         assert code == 0, f"exit status {code} after SIGTERM:\n{pod.log()}"
     finally:
         pod.stop()
+
+
+def contract_model(contract: PodContract) -> str:
+    """The model name the startup probe watches."""
+    return re.fullmatch(r"/v2/models/([^/]+)/ready", contract.probes["startup"].path)[1]
 
 
 def _check_prediction(pod: Pod, contract: PodContract, demo_model_dir: Path) -> None:

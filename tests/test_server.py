@@ -721,8 +721,8 @@ BAD_INPUTS: list[tuple[str, Callable[[str], tuple[str, dict]], int, str]] = [
     (
         "v2_versioned_route",
         lambda g: (f"/v2/models/{MODEL_NAME}/versions/1/infer", {"json": v2_body([g])}),
-        400,
-        "model_version '1': model 'ssd' has no versions",
+        404,
+        "model_version '1': model 'ssd' is served at version 'sha-",
     ),
     ("v2_binary_bad_base64", lambda g: (V2, binary_body([b"QUJD$"])), 400, "images[0]: not an image"),
 ]

@@ -207,7 +207,7 @@ def test_prometheus_rule_is_optional_and_renders(helm):
     assert (
         rule["kind"] == "PrometheusRule" and rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     )
-    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r}
     assert set(alerts) == {
         "SSDPredictorErrors",
         "SSDPredictorOverloaded",

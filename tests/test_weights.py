@@ -215,6 +215,8 @@ def test_saved_model_round_trip(random_tiny_model_dir, tmp_path, shapes_images):
 
     det = Detector.from_dir(str(random_tiny_model_dir))
     export_saved_model(det, tmp_path / "saved")
+    assert (tmp_path / "saved" / "VERSION").read_text() == det.version + "\n"  # the model's, beside the pb
+    assert det.version.startswith("sha-")
     loaded = tf.saved_model.load(str(tmp_path / "saved"))
     for image in shapes_images[:2]:
         buf = io.BytesIO()

@@ -16,8 +16,10 @@ The Python API, for detecting objects in image files or bytes from a program::
 
 - :func:`connect` -> a transport (V1 REST, V2 REST or V2 gRPC) with
   ``detect(images: Sequence[bytes], params: DetectParams) -> list[list[Detection]]``; it raises
-  :class:`RequestError` for a failed request (``.status``: the HTTP status or gRPC code name).
-- :func:`detect_paths` -> :class:`ImageResult` per image file (``detections`` or ``error``).
+  :class:`RequestError` for a failed request (``.status``: the HTTP status or gRPC code name);
+  ``infer(...)`` -> :class:`Answer` ``(detections, model_version)`` also says which model version answered.
+- :func:`detect_paths` -> :class:`ImageResult` per image file (``detections`` or ``error``, and
+  ``model_version``).
 - :func:`predictor.client.draw.draw_detections` draws the detections on a Pillow image.
 
 Boxes are ``(xmin, ymin, xmax, ymax)`` in pixels of the image as displayed (EXIF orientation applied).
@@ -37,10 +39,11 @@ from pathlib import Path
 from predictor.client.detect import ImageResult, RunOptions, run_detection
 from predictor.client.errors import ClientError, RequestError
 from predictor.client.files import collect_images
-from predictor.client.transports import DetectParams, Transport, connect
+from predictor.client.transports import Answer, DetectParams, Transport, connect
 from predictor.protocol.detections import Detection
 
 __all__ = [
+    "Answer",
     "ClientError",
     "DetectParams",
     "Detection",

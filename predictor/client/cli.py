@@ -6,11 +6,14 @@ Usage (see the README)::
     ssd-detect --protocol grpc --url localhost:8081 --batch-size 8 --concurrency 4 --draw out/ photos/
     ssd-detect --url http://$INGRESS --isvc ssd --namespace demo photo.jpg   # Host header from the isvc
 
-Output: JSON Lines, one object per image in input order,
+Output: JSON Lines, one object per image in input order (``model_version``: the model version that answered),
 ``{"file": ..., "width": W, "height": H, "detections": [{label, class_id, score, xmin, ymin, xmax, ymax}]}``
 (``{"file": ..., "width": ..., "height": ..., "error": "..."}`` for an image the server refused).
 Every protocol's answer is normalised to the V1 detection dicts: scores rounded to 4 decimals and box
 coordinates (pixels of the EXIF-oriented image) to 2, as the V1 endpoint does.
+
+``ssd-detect compare --url A --url B PATH...`` compares two predictors' detections
+(:mod:`predictor.client.compare`).
 
 Exit status: 0 when every image was answered, 1 when some were not (each error is printed on stderr
 as it happens; the other images are still sent), 2 for usage or configuration errors.
@@ -94,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ssd-detect",
         description="Detect objects in images with an SSD predictor served by KServe (V1, V2 REST or "
         "gRPC). Prints JSON Lines: one object per image, in input order.",
-        epilog="Exit status: 0 all images answered, 1 some failed (errors on stderr), 2 usage errors.",
+        epilog="Exit status: 0 all images answered, 1 some failed (errors on stderr), 2 usage errors. "
+        "`ssd-detect compare --help`: compare two predictors' detections.",
     )
     p.add_argument(
         "inputs",
@@ -216,7 +220,14 @@ def _progress_bar(total: int, enabled: bool | None) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``ssd-detect`` / ``python -m predictor.client.cli``; returns the exit status."""
+    """Entry point of ``ssd-detect`` / ``python -m predictor.client.cli``; returns the exit status.
+    ``ssd-detect compare ...`` runs :func:`predictor.client.compare.main` (a file named ``compare`` is
+    ``./compare``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:
+        from predictor.client import compare
+
+        return compare.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

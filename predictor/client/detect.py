@@ -11,7 +11,7 @@ from typing import Any
 
 from predictor.client.errors import RequestError
 from predictor.client.files import InputImage, downscale_image, image_size, scale_detections
-from predictor.client.transports import DetectParams, Transport
+from predictor.client.transports import Answer, DetectParams, Transport
 from predictor.protocol.detections import Detection
 
 
@@ -24,12 +24,16 @@ class ImageResult:
     height: int | None = None
     detections: list[Detection] | None = None
     error: str | None = None
+    #: The model version that answered (canary: images of one run may get different versions).
+    model_version: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"file": self.file, "width": self.width, "height": self.height}
         if self.error is not None:
             out["error"] = self.error
         else:
+            if self.model_version is not None:
+                out["model_version"] = self.model_version
             out["detections"] = self.detections
         return out
 
@@ -48,11 +52,11 @@ class RunOptions:
 
 def send_with_retries(
     transport: Transport, images: Sequence[bytes], params: DetectParams, retries: int
-) -> list[list[Detection]]:
-    """``transport.detect`` retried with exponential backoff (0.5 s, 1 s, ...) while retryable."""
+) -> Answer:
+    """``transport.infer`` retried with exponential backoff (0.5 s, 1 s, ...) while retryable."""
     for attempt in range(retries + 1):
         try:
-            return transport.detect(images, params)
+            return transport.infer(images, params)
         except RequestError as e:
             if not e.retryable or attempt == retries:
                 raise
@@ -97,7 +101,7 @@ def _answer(
     transport: Transport, payloads: list[tuple[int, bytes]], results: list[ImageResult], options: RunOptions
 ) -> None:
     try:
-        answers = send_with_retries(transport, [p for _, p in payloads], options.params, options.retries)
+        answer = send_with_retries(transport, [p for _, p in payloads], options.params, options.retries)
     except RequestError as e:
         if len(payloads) > 1 and e.is_client_error:
             for one in payloads:
@@ -106,8 +110,9 @@ def _answer(
         for i, _ in payloads:
             results[i].error = e.message
         return
-    for (i, _), dets in zip(payloads, answers, strict=True):
+    for (i, _), dets in zip(payloads, answer.detections, strict=True):
         results[i].detections = dets
+        results[i].model_version = answer.model_version
 
 
 def _draw_copy(item: InputImage, result: ImageResult, draw_dir: Path) -> None:

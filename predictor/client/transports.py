@@ -1,8 +1,10 @@
 """Senders of one request each: V1 REST ``:predict``, V2 REST ``/infer`` and V2 gRPC ``ModelInfer``.
 
 Every transport takes the encoded images of one request and returns the detections of each image in the
-V1 form (:func:`predictor.protocol.detections.detection_records`), whatever the protocol; errors are
-:class:`~predictor.client.errors.RequestError`. One transport is shared by the sending threads.
+V1 form (:func:`predictor.protocol.detections.detection_records`), whatever the protocol, with the model
+version that answered (:class:`Answer`; header :data:`~predictor.protocol.detections.MODEL_VERSION_HEADER`
+on REST and gRPC, V2's ``model_version``); errors are :class:`~predictor.client.errors.RequestError`.
+One transport is shared by the sending threads.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -19,7 +21,7 @@ import numpy as np
 from predictor.client.errors import ClientError, RequestError
 from predictor.protocol import detections, tensors
 from predictor.protocol.base64text import encode_base64
-from predictor.protocol.detections import INPUT_NAME, PARAMETER_NAMES, Detection
+from predictor.protocol.detections import INPUT_NAME, MODEL_VERSION_HEADER, PARAMETER_NAMES, Detection
 from predictor.protocol.errors import MalformedMessage
 from predictor.protocol.json_body import excerpt, load_json
 
@@ -49,8 +51,18 @@ class DetectParams:
         return {k: v for k, v in items.items() if v is not None}
 
 
+class Answer(NamedTuple):
+    """One request's answer: the detections per image, and the model version that computed them (None
+    when the server did not say: an older server)."""
+
+    detections: list[list[Detection]]
+    model_version: str | None
+
+
 class Transport(Protocol):
     """Sends the encoded images of one request and returns normalised detections per image."""
+
+    def infer(self, images: Sequence[bytes], params: DetectParams) -> Answer: ...
 
     def detect(self, images: Sequence[bytes], params: DetectParams) -> list[list[Detection]]: ...
 
@@ -115,12 +127,18 @@ class RestTransport(_Closing):
         self.timeout = endpoint.timeout
 
     def detect(self, images: Sequence[bytes], params: DetectParams) -> list[list[Detection]]:
+        return self.infer(images, params).detections
+
+    def infer(self, images: Sequence[bytes], params: DetectParams) -> Answer:
         body = self.request_body(images, params)
-        response = self._post(json.dumps(body).encode())
+        response, version = self._post(json.dumps(body).encode())
         try:
             if self.protocol == "v1":
-                return detections.detections_from_v1(response, len(images))
-            return detections.detections_from_v2(tensors.arrays_from_json_outputs(response), len(images))
+                return Answer(detections.detections_from_v1(response, len(images)), version)
+            if isinstance(response, dict) and isinstance(response.get("model_version"), str):
+                version = response["model_version"]
+            arrays = tensors.arrays_from_json_outputs(response)
+            return Answer(detections.detections_from_v2(arrays, len(images)), version)
         except MalformedMessage as e:
             raise RequestError(f"unexpected {self.protocol.upper()} response: {e}") from None
 
@@ -135,7 +153,8 @@ class RestTransport(_Closing):
             body["parameters"] = params.as_dict()
         return body
 
-    def _post(self, content: bytes) -> Any:
+    def _post(self, content: bytes) -> tuple[Any, str | None]:
+        """The JSON answer and its model version header."""
         httpx = self._httpx
         try:
             response = self.client.post(self.url, content=content)
@@ -150,7 +169,7 @@ class RestTransport(_Closing):
                 retryable=response.status_code in RETRY_HTTP_STATUSES,
             )
         try:
-            return load_json(response.content, "response")
+            return load_json(response.content, "response"), response.headers.get(MODEL_VERSION_HEADER)
         except MalformedMessage:
             raise RequestError(f"the answer is not JSON: {excerpt(response.text)}") from None
 
@@ -217,9 +236,12 @@ class GrpcTransport(_Closing):
         return request
 
     def detect(self, images: Sequence[bytes], params: DetectParams) -> list[list[Detection]]:
+        return self.infer(images, params).detections
+
+    def infer(self, images: Sequence[bytes], params: DetectParams) -> Answer:
         grpc = self._grpc
         try:
-            response = self.model_infer(
+            response, call = self.model_infer.with_call(
                 self.request(images, params), timeout=self.timeout, metadata=self.metadata
             )
         except grpc.RpcError as e:
@@ -231,9 +253,11 @@ class GrpcTransport(_Closing):
             raise RequestError(f"gRPC {code}: {e.details()}", code, code in RETRY_GRPC_CODES) from None
         try:
             arrays = tensors.arrays_from_grpc_outputs(response.outputs, response.raw_output_contents)
-            return detections.detections_from_v2(arrays, len(images))
+            answer = detections.detections_from_v2(arrays, len(images))
         except MalformedMessage as e:
             raise RequestError(f"unexpected gRPC response: {e}") from None
+        metadata = dict(call.initial_metadata() or ())
+        return Answer(answer, response.model_version or metadata.get(MODEL_VERSION_HEADER))
 
     def close(self) -> None:
         self.channel.close()

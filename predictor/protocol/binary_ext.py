@@ -222,9 +222,12 @@ def output_selection(
 
 
 def encode_body(
-    model_name: str, response_id: str | None, outputs: Sequence[OutputTensor]
+    model_name: str,
+    response_id: str | None,
+    outputs: Sequence[OutputTensor],
+    model_version: str | None = None,
 ) -> tuple[bytes, int | None]:
-    """A V2 REST response body -> ``(body, json_length)``.
+    """A V2 REST response body (``model_version`` included when given) -> ``(body, json_length)``.
 
     ``json_length`` is None for a plain JSON body, else the value of ``Inference-Header-Content-Length``.
     """
@@ -243,7 +246,10 @@ def encode_body(
         else:
             tensor["data"] = array.ravel().tolist()
         tensors.append(tensor)
-    head: dict[str, Any] = {"model_name": model_name, "outputs": tensors}
+    head: dict[str, Any] = {"model_name": model_name}
+    if model_version:
+        head["model_version"] = model_version
+    head["outputs"] = tensors
     if response_id:
         head["id"] = response_id
     header = orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -12,6 +12,9 @@ Responses, one entry per image, boxes ``(xmin, ymin, xmax, ymax)`` in pixels of 
 - V2 (REST and gRPC): the tensors :data:`V2_OUTPUTS`, ``num_detections [N]``, ``detection_boxes
   [N, K, 4]``, ``detection_scores [N, K]``, ``detection_classes [N, K]``, ``detection_labels [N, K]``;
   rows past ``num_detections[i]`` are padding.
+
+Every answer names the model version that computed it: the header :data:`MODEL_VERSION_HEADER` on every
+REST response and in the initial metadata of every gRPC call, and V2's ``model_version`` field.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ V2_OUTPUTS: tuple[tuple[str, str], ...] = (
 )
 #: The request ``parameters`` the predictor reads.
 PARAMETER_NAMES = ("score_threshold", "max_detections", "nms_threshold", "classes")
+#: Response header (REST) / initial metadata key (gRPC) carrying the served model version.
+MODEL_VERSION_HEADER = "x-model-version"
 SCORE_DECIMALS = 4
 BOX_DECIMALS = 2
 _REQUIRED_V2_OUTPUTS = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")

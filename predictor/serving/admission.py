@@ -162,18 +162,20 @@ def admitting_grpc_server(budget: ByteBudget, front: tuple[aio.ServerInterceptor
 
     ``GRPCServer.start`` builds its ``grpc.aio`` server with a fixed interceptor tuple
     (kserve/python/kserve/kserve/protocol/grpc/server.py, KServe 0.21); this is that method with ours
-    added first (outermost), everything else unchanged.
+    added first (outermost) and KServe's servicer replaced by
+    :class:`~predictor.serving.versions.VersionedServicer` (model versions), everything else unchanged.
     """
     from concurrent import futures
 
     from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
     from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
     from kserve.protocol.grpc.server import GRPCServer
-    from kserve.protocol.grpc.servicer import InferenceServicer
+
+    from predictor.serving.versions import VersionedServicer
 
     class AdmittingGRPCServer(GRPCServer):
         async def start(self, max_workers: int) -> None:
-            servicer = InferenceServicer(self._data_plane, self._model_repository_extension)
+            servicer = VersionedServicer(self._data_plane, self._model_repository_extension)
             self._server = aio.server(
                 futures.ThreadPoolExecutor(max_workers=max_workers),
                 interceptors=(

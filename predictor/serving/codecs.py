@@ -597,23 +597,30 @@ def v2_arrays(
 
 
 def encode_v2(
-    dets: ResponseDetections, class_names: Sequence[str], model_name: str, request: InferRequest | None
+    dets: ResponseDetections,
+    class_names: Sequence[str],
+    model_name: str,
+    request: InferRequest | None,
+    model_version: str | None = None,
 ) -> InferResponse:
     """V2 response: ``num_detections`` INT32 ``[N]``, ``detection_boxes`` FP32 ``[N, K, 4]``,
     ``detection_scores`` FP32 ``[N, K]``, ``detection_classes`` INT32 ``[N, K]``, ``detection_labels``
-    BYTES ``[N, K]``. gRPC answers carry every output in ``raw_output_contents``."""
+    BYTES ``[N, K]``, and ``model_version``. gRPC answers carry every output in ``raw_output_contents``."""
     arrays, label_index = v2_arrays(dets, class_names)
     request_id = (request.id if request is not None else None) or ""
     if request is not None and request.from_grpc:
         outputs = [InferOutput(n, list(arrays[n].shape), dt) for n, dt in V2_OUTPUTS]
         raw = [tensors.serialize_tensor(arrays[n], dt) for n, dt in V2_OUTPUTS[:-1]]
         raw.append(_raw_labels(label_index, class_names))
-        return InferResponse(request_id, model_name, outputs, raw_outputs=raw, from_grpc=True)
+        return InferResponse(
+            request_id, model_name, outputs, model_version=model_version, raw_outputs=raw, from_grpc=True
+        )
     outputs = [_JsonOutput(n, list(arrays[n].shape), dt, data=arrays[n]) for n, dt in V2_OUTPUTS]
     return InferResponse(
         request_id,
         model_name,
         outputs,
+        model_version=model_version,
         requested_outputs=request.request_outputs if request is not None else None,
         use_binary_outputs=bool(request is not None and request.use_binary_outputs),
     )

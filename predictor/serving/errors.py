@@ -12,6 +12,7 @@ Hierarchy (each a KServe class, so KServe's own handlers would answer the same):
                                                    codecs re-raise it as InvalidInput, this entry
                                                    is the backstop
     kserve ModelNotFound  404 / NOT_FOUND          no model of that name
+      ModelVersionNotFound                         the model is there, not that version
     NotImplementedError   501 / UNIMPLEMENTED
     kserve ServerNotReady 503 / UNAVAILABLE        retry later (``Retry-After``)
       Overloaded                                   too much work admitted (batcher.py)
@@ -53,6 +54,7 @@ __all__ = [
     "InvalidInput",
     "ModelNotFound",
     "ModelNotReady",
+    "ModelVersionNotFound",
     "NotReady",
     "Overloaded",
     "RequestTimeout",
@@ -71,6 +73,21 @@ RETRY_AFTER_S = 1
 
 class ImageError(InvalidInput):
     """The client's image bytes are unusable (400); ``reason`` says why, without the instance name."""
+
+
+class ModelVersionNotFound(ModelNotFound):
+    """A versioned V2 request (REST ``/versions/{v}/...``, gRPC ``model_version``) names a version this
+    server does not serve: 404 / NOT_FOUND, naming the version it does serve."""
+
+    def __init__(self, model_name: str, requested: str, served: str) -> None:
+        super().__init__(model_name)
+        self.reason = (
+            f"model_version {requested[:64]!r}: model {model_name!r} is served at version {served!r} "
+            "only (the other version may be served by another revision: canary)"
+        )
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 class Overloaded(ServerNotReady):

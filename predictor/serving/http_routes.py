@@ -10,6 +10,8 @@ KServe 0.21's own REST handlers get the most common clients wrong (kserve ``prot
 - V1 ``:predict`` parses a body without Content-Type as JSON: a raw image sent so is 400.
 - Server readiness (``DataPlane.ready``, behind REST ``/v2/health/ready`` and gRPC ``ServerReady``) is
   always true, although the protocol defines it as "all models ready".
+- Versioned V2 routes (``/versions/{v}/infer``, metadata, ready) answer 501; here they answer for the
+  served version and 404 for another (:mod:`predictor.serving.versions`).
 
 :func:`install` registers ``POST /v1/models/{name}:predict`` and ``POST /v2/models/{name}/infer`` before
 KServe registers its routes (Starlette matches routes in order), so ours answer; they parse the body
@@ -25,16 +27,19 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from kserve.protocol.dataplane import DataPlane
 
-from predictor.serving import v2_binary
-from predictor.serving.errors import InvalidInput, ModelNotReady
+from predictor.serving import v2_binary, versions
+from predictor.serving.errors import ModelNotReady
 
 V1_PREDICT = "/v1/models/{model_name}:predict"
 V2_INFER = "/v2/models/{model_name}/infer"
 V2_INFER_VERSION = "/v2/models/{model_name}/versions/{model_version}/infer"
+V2_METADATA_VERSION = "/v2/models/{model_name}/versions/{model_version}"
+V2_READY_VERSION = "/v2/models/{model_name}/versions/{model_version}/ready"
 
 
-class TruthfulDataPlane(DataPlane):
-    """KServe's data plane whose server readiness is "at least one model, and every model ready"."""
+class TruthfulDataPlane(versions.VersionedDataPlane):
+    """KServe's data plane whose server readiness is "at least one model, and every model ready" (and
+    whose model metadata lists the served version)."""
 
     async def ready(self) -> bool:
         models = list(self.model_registry.get_models().values())
@@ -62,9 +67,10 @@ class InferenceRoutes:
         response, response_headers = await model(body, headers=headers)
         return Response(response, media_type="application/json", headers=_extra(response_headers))
 
-    async def v2_infer(self, model_name: str, request: Request) -> Response:
+    async def v2_infer(self, model_name: str, request: Request, model_version: str | None = None) -> Response:
         """V2 ``/infer``: JSON, or JSON plus binary tensor data (:mod:`predictor.protocol.binary_ext`)."""
         model = await self._model(model_name)
+        versions.check(model_name, model_version, versions.version_of(model))
         body = await request.body()
         headers = dict(request.headers)
         output_names = [o["name"] for o in model.get_output_types()]
@@ -80,12 +86,22 @@ class InferenceRoutes:
         return Response(content, media_type="application/octet-stream", headers=extra)
 
     async def v2_infer_version(self, model_name: str, model_version: str, request: Request) -> Response:
-        """Versioned V2 ``/infer``: models here have no versions (400, not KServe's 501)."""
-        await self._model(model_name)
-        raise InvalidInput(
-            f"model_version {model_version[:32]!r}: model {model_name!r} has no versions; "
-            f"send to /v2/models/{model_name}/infer"
-        )
+        """Versioned V2 ``/infer``: the served version answers, another one gets 404 (not KServe's 501)."""
+        return await self.v2_infer(model_name, request, model_version)
+
+    async def v2_metadata_version(self, model_name: str, model_version: str) -> dict[str, Any]:
+        """Versioned V2 model metadata: the served version's, 404 for another."""
+        model = self.dataplane.get_model_from_registry(model_name)
+        versions.check(model_name, model_version, versions.version_of(model))
+        return await self.dataplane.model_metadata(model_name)
+
+    async def v2_ready_version(self, model_name: str, model_version: str) -> dict[str, Any]:
+        """Versioned V2 readiness: as ``/v2/models/{m}/ready`` for the served version, 404 for another."""
+        model = self.dataplane.get_model_from_registry(model_name)
+        versions.check(model_name, model_version, versions.version_of(model))
+        if not await self.dataplane.model_ready(model_name):
+            raise ModelNotReady(model_name)
+        return {"name": model_name, "ready": True}
 
 
 def _extra(headers: dict[str, str] | None) -> dict[str, str]:
@@ -100,3 +116,7 @@ def install(app: FastAPI, dataplane: DataPlane) -> None:
     app.add_api_route(V1_PREDICT, routes.v1_predict, methods=["POST"], include_in_schema=False)
     app.add_api_route(V2_INFER, routes.v2_infer, methods=["POST"], include_in_schema=False)
     app.add_api_route(V2_INFER_VERSION, routes.v2_infer_version, methods=["POST"], include_in_schema=False)
+    app.add_api_route(V2_READY_VERSION, routes.v2_ready_version, methods=["GET"], include_in_schema=False)
+    app.add_api_route(
+        V2_METADATA_VERSION, routes.v2_metadata_version, methods=["GET"], include_in_schema=False
+    )

@@ -49,6 +49,7 @@ def install(
     max_request_bytes: int,
     busy: Callable[[], str | None],
     tokens: TokenCheck | None = None,
+    model_version: str | None = None,
 ) -> None:
     """Add the middlewares to ``app`` in the order of the module docstring (call before the server starts).
 
@@ -57,12 +58,18 @@ def install(
       max_request_bytes: the largest REST body (413 above it).
       busy: why an inference request would be refused now (the image queue is full), or None.
       tokens: the accepted bearer tokens (``--auth_token_file``), or None for no check.
+      model_version: the served model version, sent in every response's ``x-model-version`` header
+        (:class:`predictor.serving.versions.ModelVersionHeader`); None: no header.
     """
     app.add_middleware(AdmissionMiddleware, budget=budget, max_request_bytes=max_request_bytes, busy=busy)
     if tokens is not None:
         from predictor.serving.auth import BearerAuthMiddleware
 
         app.add_middleware(BearerAuthMiddleware, check=tokens)
+    if model_version:
+        from predictor.serving.versions import ModelVersionHeader
+
+        app.add_middleware(ModelVersionHeader, version=model_version)
     app.add_middleware(RestMetricsMiddleware)  # added last: outermost
 
 

@@ -33,6 +33,7 @@ from predictor.serving.images import ImageLimits
 from predictor.serving.options import ServingOptions, resolve_automatic
 from predictor.serving.prepare import prepare_payload
 from predictor.ssd.detector import Detector
+from predictor.ssd.weights import UNVERSIONED
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class SSDPredictor(kserve.Model):
         self.warmup_seconds: float | None = None
         prometheus.MODEL.ready = lambda: self.ready
         prometheus.MODEL.trace_count = lambda: self._detector.trace_count if self._detector else 0
+        prometheus.MODEL.info = lambda: (self.name, self.version)
         if options.tracing and not tracing.enabled():
             tracing.configure()
 
@@ -164,6 +166,11 @@ class SSDPredictor(kserve.Model):
         return None if batcher is None else batcher.refusal(1)
 
     # ------------------------------------------------------------------ metadata
+    @property
+    def version(self) -> str:
+        """The served model version (:func:`predictor.ssd.weights.model_version` of the model directory)."""
+        return self._detector.version if self._detector is not None else UNVERSIONED
+
     def get_input_types(self) -> list[dict[str, Any]]:
         return codecs.input_types()
 
@@ -275,7 +282,7 @@ class SSDPredictor(kserve.Model):
                 if response_headers is not None:
                     response_headers["content-type"] = "application/json"
                 return codecs.encode_v1(dets, names)
-            return codecs.encode_v2(dets, names, self.name, request.infer_request)
+            return codecs.encode_v2(dets, names, self.name, request.infer_request, self.version)
 
     async def _detect(self, request: codecs.ParsedRequest, deadline: Deadline) -> codecs.ResponseDetections:
         n = len(request.images)

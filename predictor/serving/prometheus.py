@@ -21,6 +21,11 @@ Registered once, at import, in ``prometheus_client``'s default registry (the one
   resident bytes they gave back (:mod:`predictor.serving.heap`).
 - ``ssd_traces_total``: ``tf.function`` traces of the served detector (flat after warm-up).
 - ``ssd_model_ready``: 1 once the model is loaded and warmed up.
+- ``ssd_model_info{model, version}``: always 1; ``version`` is the served model version (one series per
+  server). Dashboards split any series by version with a join on the pod, which keeps the version
+  label off the other metrics:
+  ``sum by (version) (rate(ssd_requests_total[5m])``
+  ``* on (namespace, pod) group_left (version) ssd_model_info)``.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ class _ModelCollector(Collector):
     def __init__(self) -> None:
         self.trace_count: Callable[[], int] = lambda: 0
         self.ready: Callable[[], bool] = lambda: False
+        self.info: Callable[[], tuple[str, str] | None] = lambda: None
 
     def collect(self) -> Iterable[Any]:
         traces = CounterMetricFamily("ssd_traces", "tf.function traces of the served detector")
@@ -75,6 +81,13 @@ class _ModelCollector(Collector):
         ready = GaugeMetricFamily("ssd_model_ready", "1 once the model is loaded and warmed up")
         ready.add_metric([], 1.0 if self.ready() else 0.0)
         yield ready
+        info = self.info()
+        if info is not None:
+            family = GaugeMetricFamily(
+                "ssd_model_info", "The served model: name and version (always 1)", labels=["model", "version"]
+            )
+            family.add_metric(list(info), 1.0)
+            yield family
 
 
 MODEL = _ModelCollector()

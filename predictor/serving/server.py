@@ -136,7 +136,14 @@ def _serve(
             "--workers %d ignored: one process serves one TensorFlow model; scale with replicas", args.workers
         )
     budget = ByteBudget(options.max_inflight_bytes)
-    middleware.install(app, budget, options.max_request_bytes, busy=model.busy_reason, tokens=tokens)
+    middleware.install(
+        app,
+        budget,
+        options.max_request_bytes,
+        busy=model.busy_reason,
+        tokens=tokens,
+        model_version=model.version,
+    )
     # ModelServer.start builds its servers from these module attributes: our REST server cleans headers
     # outermost and answers errors from errors.STATUSES; our gRPC server cleans metadata, checks tokens
     # and counts message bytes.
@@ -278,6 +285,7 @@ def _log_configuration(
         options.mixed_precision,
         options.dtype,
     )
+    log.info("model version: %s", detector.version)
     log.info(
         "thresholds: score %.3g, nms %.3g, top_k %d, max_detections %d",
         detector.score_threshold,

@@ -71,4 +71,4 @@ def encode_response(response: InferResponse, request: InferRequest) -> tuple[byt
         output = by_name[name]
         array = np.asarray(output.data if output.data is not None else output.as_numpy())
         outputs.append(binary_ext.OutputTensor(name, output.datatype, array, binary))
-    return binary_ext.encode_body(response.model_name, response.id, outputs)
+    return binary_ext.encode_body(response.model_name, response.id, outputs, response.model_version)

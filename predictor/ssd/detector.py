@@ -35,6 +35,7 @@ from predictor.ssd.config import SSDConfig
 from predictor.ssd.network import build_network
 from predictor.ssd.postprocess import postprocess
 from predictor.ssd.preprocess import resize_warp_numpy, subtract_means
+from predictor.ssd.weights import UNVERSIONED
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,8 @@ class Detector:
       score_threshold, nms_threshold, top_k, max_detections: override the config's defaults.
       xla: compile with XLA (``jit_compile=True``).
       max_batch_size: largest batch per model call; bigger inputs are split.
+      version: the model version served (:func:`predictor.ssd.weights.model_version` of the model
+        directory); :data:`~predictor.ssd.weights.UNVERSIONED` when None.
     """
 
     def __init__(
@@ -112,8 +115,10 @@ class Detector:
         max_detections: int | None = None,
         xla: bool = False,
         max_batch_size: int = 32,
+        version: str | None = None,
     ) -> None:
         self.config = config
+        self.version = version or UNVERSIONED
         self.model = model if model is not None else build_network(config)
         self.score_threshold = config.score_threshold if score_threshold is None else float(score_threshold)
         self.nms_threshold = config.nms_threshold if nms_threshold is None else float(nms_threshold)
@@ -146,11 +151,12 @@ class Detector:
     @classmethod
     def from_dir(cls, path: str, **kwargs) -> Detector:
         """Load a project model directory or a balancap TF1 checkpoint (see :mod:`predictor.ssd.weights`)."""
-        from predictor.ssd.weights import load_model
+        from predictor.ssd.weights import load_model, model_version
 
         dtype = kwargs.pop("dtype", "float32")
         config, model = load_model(path, dtype=dtype)
-        return cls(config, model, **kwargs)
+        version = model_version(path)
+        return cls(config, model, version=version, **kwargs)
 
     @property
     def input_size(self) -> int:

@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from predictor.ssd.detector import Detector
 from predictor.ssd.preprocess import resize_warp
+from predictor.ssd.weights import write_version
 
 
 class _ServingModule(tf.Module):
@@ -83,7 +84,8 @@ class _ServingModule(tf.Module):
 
 
 def export_saved_model(detector: Detector, path: str | os.PathLike) -> str:
-    """Write a SavedModel of ``detector`` (weights, post-processing and thresholds baked in)."""
+    """Write a SavedModel of ``detector`` (weights, post-processing and thresholds baked in), with the
+    detector's model version in a ``VERSION`` file beside ``saved_model.pb``."""
     module = _ServingModule(detector)
     signatures = {
         "serving_default": module.detect_encoded,
@@ -91,6 +93,7 @@ def export_saved_model(detector: Detector, path: str | os.PathLike) -> str:
         "detect_images": module.detect_images,
     }
     tf.saved_model.save(module, str(path), signatures=signatures)
+    write_version(path, detector.version)
     return str(path)
 
 

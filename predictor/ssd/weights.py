@@ -4,6 +4,11 @@ Project model directory layout::
 
     model.yaml     manifest: format, architecture config (incl. class names and default thresholds)
     weights.npz    one array per Keras variable, keyed by its path ("conv1_1/kernel"); no pickle
+    VERSION        optional: the model version served (one line, ``[A-Za-z0-9][A-Za-z0-9._-]{0,63}``)
+
+The model version (:func:`model_version`) is the ``VERSION`` file's line, else ``sha-`` and the first 12
+hex digits of the SHA-256 of the weight files (``weights.npz``, or a checkpoint's ``.index`` and
+``.data-*`` files): the same weights give the same version on every replica.
 
 A balancap directory holds ``ssd_300_vgg.ckpt.index`` + ``ssd_300_vgg.ckpt.data-00000-of-00001`` (or the
 512 model); :func:`load_model` recognises both layouts.
@@ -11,6 +16,7 @@ A balancap directory holds ``ssd_300_vgg.ckpt.index`` + ``ssd_300_vgg.ckpt.data-
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import zipfile
@@ -27,6 +33,12 @@ from predictor.ssd.network import build_network
 MANIFEST = "model.yaml"
 WEIGHTS = "weights.npz"
 FORMAT = "ssd-predictor/v1"
+VERSION_FILE = "VERSION"
+#: What a model version may be: one URL path segment (``/v2/models/ssd/versions/{version}``), a
+#: Prometheus label value, an HTTP header value.
+VERSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: The version of a detector built without a model directory (tests, random weights).
+UNVERSIONED = "unversioned"
 _BALANCAP_CONFIGS = {"ssd_300_vgg": ssd300_vgg16, "ssd_512_vgg": ssd512_vgg16}
 # Checkpoint entries that are not model weights (training bookkeeping).
 _IGNORED = re.compile(r"^(global_step|.*/(ExponentialMovingAverage|Momentum|RMSProp|Adam(_1)?))$")
@@ -124,8 +136,11 @@ def load_balancap_checkpoint(model: keras.Model, config: SSDConfig, path: str | 
 
 
 # --------------------------------------------------------------------------- project model directory
-def save_model_dir(model: keras.Model, config: SSDConfig, path: str | os.PathLike, **extra) -> Path:
-    """Write ``model.yaml`` + ``weights.npz`` into ``path``; ``extra`` keys go into the manifest."""
+def save_model_dir(
+    model: keras.Model, config: SSDConfig, path: str | os.PathLike, version: str | None = None, **extra
+) -> Path:
+    """Write ``model.yaml`` + ``weights.npz`` + ``VERSION`` into ``path``; ``extra`` keys go into the
+    manifest. ``version`` defaults to the written weights' digest (:func:`write_version`)."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     arrays = {v.path: np.asarray(v.numpy()) for v in model.weights}
@@ -134,7 +149,62 @@ def save_model_dir(model: keras.Model, config: SSDConfig, path: str | os.PathLik
     np.savez_compressed(out / WEIGHTS, **arrays)
     manifest = {"format": FORMAT, "weights": WEIGHTS, "config": config.to_dict(), **extra}
     (out / MANIFEST).write_text(yaml.safe_dump(manifest, sort_keys=False))
+    write_version(out, version)
     return out
+
+
+def weight_files(path: str | os.PathLike) -> list[Path]:
+    """The files holding the weights of a model directory or a balancap checkpoint (directory or prefix)."""
+    p = Path(path)
+    if p.is_dir() and (p / MANIFEST).exists():
+        return [p / str(read_manifest(p).get("weights", WEIGHTS))]
+    prefix = find_checkpoint_prefix(p)
+    if prefix is None:
+        raise ModelLoadError(f"{p} holds neither {MANIFEST} nor a TF checkpoint (*.ckpt.index)")
+    return sorted(Path(prefix).parent.glob(Path(prefix).name + ".*"))
+
+
+def weights_digest(path: str | os.PathLike) -> str:
+    """``sha-`` + the first 12 hex digits of the SHA-256 over the weight files' bytes (in name order)."""
+    digest = hashlib.sha256()
+    for file in weight_files(path):
+        try:
+            with open(file, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+        except OSError as e:
+            raise ModelLoadError(f"cannot read weights {file}: {e}") from e
+    return "sha-" + digest.hexdigest()[:12]
+
+
+def check_version(version: str, source: str = "model version") -> str:
+    """``version`` if it matches :data:`VERSION_PATTERN`, else :class:`ModelLoadError` naming ``source``."""
+    if not VERSION_PATTERN.fullmatch(version):
+        raise ModelLoadError(
+            f"{source}: {version[:80]!r} is not a model version (1-64 characters of A-Z a-z 0-9 . _ -, "
+            "starting with a letter or digit)"
+        )
+    return version
+
+
+def model_version(path: str | os.PathLike) -> str:
+    """The version of the model at ``path``: its ``VERSION`` file's line, else :func:`weights_digest`."""
+    p = Path(path)
+    file = (p if p.is_dir() else p.parent) / VERSION_FILE
+    if file.is_file():
+        try:
+            lines = file.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ModelLoadError(f"cannot read {file}: {e}") from e
+        return check_version(lines[0].strip() if lines else "", str(file))
+    return weights_digest(p)
+
+
+def write_version(path: str | os.PathLike, version: str | None = None) -> str:
+    """Write ``VERSION`` into the model directory ``path``: ``version``, else the weights' digest."""
+    version = check_version(version) if version else weights_digest(path)
+    (Path(path) / VERSION_FILE).write_text(version + "\n")
+    return version
 
 
 def read_manifest(path: str | os.PathLike) -> dict:

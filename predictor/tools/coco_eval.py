@@ -237,7 +237,7 @@ def operating_point(
         n_det += len(scores)
         matched = np.zeros(len(gt_labels), bool)
         for i in np.argsort(-np.asarray(scores), kind="stable"):
-            iou = _iou_one_to_many(np.asarray(boxes[i], np.float64), gt_boxes)
+            iou = iou_one_to_many(np.asarray(boxes[i], np.float64), gt_boxes)
             iou[(gt_labels != labels[i]) | matched] = -1.0
             if len(iou) and iou.max() >= iou_threshold:
                 matched[int(iou.argmax())] = True
@@ -251,7 +251,7 @@ def operating_point(
     }
 
 
-def _iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+def iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """IoU of one ``(xmin, ymin, xmax, ymax)`` box with ``[G, 4]`` boxes -> ``[G]``."""
     iw = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
     ih = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)

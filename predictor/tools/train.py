@@ -23,7 +23,7 @@ import tensorflow as tf
 from predictor.ssd.config import ssd300_vgg16, ssd_tiny
 from predictor.ssd.network import build_network
 from predictor.ssd.trainer import TrainConfig, Trainer, write_json
-from predictor.ssd.weights import ModelLoadError, load_model
+from predictor.ssd.weights import ModelLoadError, check_version, load_model
 
 log = logging.getLogger("predictor.tools.train")
 
@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m predictor.tools.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="work directory (checkpoints, logs, model)")
     p.add_argument("--export", help="where to write the final model directory (default OUT/model)")
+    p.add_argument(
+        "--model-version",
+        help="the exported model's VERSION (served as its V2 model version); default: the weights' digest",
+    )
     p.add_argument("--arch", choices=("tiny", "ssd300"), default="tiny", help="architecture to train")
     p.add_argument("--width", type=int, default=32, help="tiny backbone base width")
     p.add_argument("--init-from", help="model directory or balancap checkpoint to start from (fine-tuning)")
@@ -130,6 +134,11 @@ class TrainingCurve:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    if args.model_version:
+        try:
+            check_version(args.model_version, "--model-version")
+        except ModelLoadError as e:
+            raise SystemExit(str(e)) from e
     train = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -170,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         "hardware": f"{platform.machine()} CPU x{os.cpu_count()}",
         "tensorflow": tf.__version__,
     }
-    trainer.export(out, trained=info)
+    trainer.export(out, version=args.model_version, trained=info)
     write_json(Path(args.out) / "train_info.json", info)
     log.info("model written to %s", out)
     return 0

@@ -1,0 +1,107 @@
+"""The served model version on every protocol (one server serves one version of one model).
+
+The version is :func:`predictor.ssd.weights.model_version` of the model directory (its ``VERSION`` file,
+else a digest of the weights), read once at start-up. It is reported:
+
+- in every REST response's :data:`~predictor.protocol.detections.MODEL_VERSION_HEADER` header
+  (:class:`ModelVersionHeader`, all routes: inference, metadata, health, errors);
+- in the initial metadata of every gRPC ``ModelInfer`` / ``ModelMetadata`` / ``ModelReady`` call, and in
+  ``ModelInferResponse.model_version`` (:class:`VersionedServicer`);
+- in V2 model metadata ``versions`` (REST via :meth:`VersionedDataPlane.model_metadata`, gRPC via
+  :class:`VersionedServicer`) and each V2 response's ``model_version``
+  (:func:`predictor.serving.codecs.encode_v2`);
+- in ``ssd_model_info{model, version}`` (:mod:`predictor.serving.prometheus`).
+
+A versioned V2 request (REST ``/v2/models/{m}/versions/{v}/...``, gRPC ``model_version``) is answered
+when ``v`` is the served version and gets 404 / NOT_FOUND (:class:`~.errors.ModelVersionNotFound`)
+otherwise; an empty gRPC ``model_version`` means "whatever is served". KServe 0.21 itself answers every
+versioned request with 501 (REST ``NotImplementedError``) and ignores gRPC's ``model_version``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.grpc.servicer import InferenceServicer
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from predictor.protocol.detections import MODEL_VERSION_HEADER
+from predictor.serving.errors import ModelNotFound, ModelVersionNotFound
+
+
+def version_of(model: Any) -> str | None:
+    """The version a registered model serves (None for a model without one)."""
+    version = getattr(model, "version", None)
+    return str(version) if version else None
+
+
+def check(model_name: str, requested: str | None, served: str | None) -> None:
+    """Nothing when ``requested`` is empty or the ``served`` version; else ModelVersionNotFound (404)."""
+    if requested and requested != served:
+        raise ModelVersionNotFound(model_name, requested, served or "(none)")
+
+
+class ModelVersionHeader:
+    """ASGI middleware: every HTTP response carries ``x-model-version: <version>``."""
+
+    def __init__(self, app: ASGIApp, version: str) -> None:
+        self.app = app
+        self.header = (MODEL_VERSION_HEADER.encode(), version.encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_version(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_version)
+
+
+class VersionedDataPlane(DataPlane):
+    """KServe's data plane whose model metadata lists the model's version (``versions: [v]``)."""
+
+    async def model_metadata(self, model_name: str) -> dict[str, Any]:
+        metadata = await super().model_metadata(model_name)
+        version = version_of(self.get_model_from_registry(model_name))
+        if version:
+            metadata["versions"] = [version]
+        return metadata
+
+
+class VersionedServicer(InferenceServicer):
+    """KServe's gRPC servicer that checks ``model_version`` / ``version`` (NOT_FOUND for another one),
+    sends the served version as initial metadata and fills ``versions`` and ``model_version``."""
+
+    async def _announce(self, model_name: str, requested: str, context: Any) -> str | None:
+        """Send the served version as initial metadata, then check the requested one."""
+        try:
+            version = version_of(self._data_plane.get_model_from_registry(model_name))
+        except ModelNotFound:
+            return None  # KServe's own call below answers NOT_FOUND for the name
+        if version:
+            await context.send_initial_metadata(((MODEL_VERSION_HEADER, version),))
+        check(model_name, requested, version)
+        return version
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        version = await self._announce(request.model_name, request.model_version, context)
+        response = await super().ModelInfer(request, context)
+        if version:
+            response.model_version = version
+        return response
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        version = await self._announce(request.name, request.version, context)
+        response = await super().ModelMetadata(request, context)
+        if version:
+            response.versions.append(version)
+        return response
+
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        await self._announce(request.name, request.version, context)
+        return await super().ModelReady(request, context)
