@@ -26,6 +26,7 @@ import numpy as np
 
 from bench.common import OUT_DIR, fmt_table, machine_info, model_dir, parse_ints, write_json
 from bench.draft_effect import upscaled_jpeg
+from predictor.protocol.wire import MODEL_NAME
 
 
 def run_mode(server: Any, jpegs: list[bytes], side: int | None) -> tuple[list[list[dict]], dict[str, float]]:
@@ -34,7 +35,7 @@ def run_mode(server: Any, jpegs: list[bytes], side: int | None) -> tuple[list[li
 
     from predictor.client.files import downscale_image, scale_detections
 
-    url = f"http://127.0.0.1:{server.http_port}/v1/models/model:predict"
+    url = f"http://127.0.0.1:{server.http_port}/v1/models/{MODEL_NAME}:predict"
     answers: list[list[dict]] = []
     body_bytes = 0
     client_cpu = 0.0

@@ -37,8 +37,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from predictor.protocol.wire import MODEL_NAME
+
 REPO = Path(__file__).resolve().parent.parent
-MODEL_NAME = "ssd"
 
 
 def phases_child(model_path: str, spawned_at: float) -> dict[str, Any]:

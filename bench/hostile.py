@@ -26,11 +26,10 @@ from typing import Any
 
 from bench.common import OUT_DIR, REPO, fmt_table, machine_info, write_json
 from bench.soak import process_rss
+from predictor.protocol.wire import MODEL_NAME
 
 sys.path.insert(0, str(REPO / "tests"))
 from serving_fixtures import encode_image, start_server  # shared server helpers (tests/)
-
-MODEL_NAME = "ssd"
 
 
 def hostile_body(mib: int) -> bytes:

@@ -50,11 +50,11 @@ from bench.common import OUT_DIR, REPO, fmt_table, machine_info, make_test_jpegs
 from bench.hostile import PeakSampler, read_hwm, reset_hwm
 from bench.loadgen import Generator, Phase, PhaseResult
 from bench.soak import process_rss
+from predictor.protocol.wire import MODEL_NAME
 
 sys.path.insert(0, str(REPO / "tests"))
 from serving_fixtures import start_server  # shared server helpers (tests/)
 
-MODEL_NAME = "ssd"
 #: Where the capacity search starts, as a fraction of the saturated throughput.
 SEARCH_START = 0.95
 #: Relative steps of the capacity search (down from the start).

@@ -41,9 +41,8 @@ from bench.common import (
     percentile,
     write_json,
 )
+from predictor.protocol.wire import INPUT_NAME, MODEL_NAME
 
-MODEL_NAME = "model"
-INPUT_NAME = "images"  # predictor.protocol.detections.INPUT_NAME; any name is accepted by the server
 PROTOCOLS = ("v1", "v2", "grpc")
 GRPC_MAX_MESSAGE = 64 * 1024 * 1024
 
@@ -70,7 +69,7 @@ class Server:
         self.ready_s: float | None = None
 
     def start(self, timeout_s: float) -> None:
-        """Start the server and wait for ``GET /v1/models/model`` to answer 200."""
+        """Start the server and wait for ``GET /v1/models/ssd`` to answer 200."""
         import httpx
 
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -39,11 +39,12 @@ from typing import Any
 import numpy as np
 
 from bench.common import OUT_DIR, REPO, fmt_table, machine_info, percentile, write_json
+from predictor.protocol.tensors import pack_bytes_elements
+from predictor.protocol.wire import INPUT_NAME, MODEL_NAME
 
 sys.path.insert(0, str(REPO / "tests"))
 from serving_fixtures import b64, encode_image, start_server  # shared server helpers (tests/)
 
-MODEL_NAME = "ssd"
 GRPC_SERVER_ERRORS = {"INTERNAL", "UNKNOWN", "UNAVAILABLE", "DEADLINE_EXCEEDED", "DATA_LOSS", "UNIMPLEMENTED"}
 BURST_SIZE = 16
 #: (kind, weight) of the schedule; "burst" expands into BURST_SIZE concurrent valid requests.
@@ -231,7 +232,7 @@ class Client:
         return {
             "inputs": [
                 {
-                    "name": "images",
+                    "name": INPUT_NAME,
                     "datatype": datatype,
                     "shape": [len(images)],
                     "data": [b64(i) for i in images],
@@ -250,15 +251,15 @@ class Client:
         pb = self.pb
         if raw:
             tensor = pb.ModelInferRequest.InferInputTensor(
-                name="images", datatype="BYTES", shape=[len(images)]
+                name=INPUT_NAME, datatype="BYTES", shape=[len(images)]
             )
-            raw_bytes = b"".join(len(b).to_bytes(4, "little") + b for b in images)  # length-prefixed
+            raw_bytes = pack_bytes_elements(images)
             request = pb.ModelInferRequest(
                 model_name=MODEL_NAME, inputs=[tensor], raw_input_contents=[raw_bytes]
             )
         else:
             tensor = pb.ModelInferRequest.InferInputTensor(
-                name="images",
+                name=INPUT_NAME,
                 datatype="BYTES",
                 shape=[len(images)],
                 contents=pb.InferTensorContents(bytes_contents=images),
@@ -321,7 +322,7 @@ class Client:
         return self._v1_invalid(content=self.p.oversize_body, headers={"content-type": "application/json"})
 
     def _v2_wrong_datatype(self):
-        body = {"inputs": [{"name": "images", "datatype": "FP32", "shape": [2], "data": [0.5, 1.5]}]}
+        body = {"inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [2], "data": [0.5, 1.5]}]}
         return "v2", False, self._post(f"/v2/models/{MODEL_NAME}/infer", None, "", json=body)
 
 

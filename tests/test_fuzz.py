@@ -25,8 +25,8 @@ from kserve.protocol.infer_type import InferInput, InferRequest
 from PIL import Image, ImageFile, WebPImagePlugin, features
 from serving_fixtures import MODEL_NAME, forge_gif_size, forge_jpeg_size, forge_png_size
 
-from predictor.protocol.detections import V2_OUTPUTS
 from predictor.protocol.tensors import serialize_tensor
+from predictor.protocol.wire import V2_OUTPUTS
 from predictor.serving import codecs, v2_binary
 from predictor.serving.images import ImageLimits, decode_base64, decode_image
 

@@ -25,8 +25,9 @@ from serving_fixtures import REPO_ROOT, server_env
 
 from predictor.client.cli import main
 from predictor.protocol import base64text, binary_ext, grpc_v2, json_body, tensors
-from predictor.protocol.detections import V2_OUTPUTS, detections_from_v1, detections_from_v2
+from predictor.protocol.detections import detections_from_v1, detections_from_v2
 from predictor.protocol.errors import MalformedMessage
+from predictor.protocol.wire import V2_OUTPUTS
 from predictor.serving import codecs, v2_binary
 
 CLASS_NAMES = ("background", "circle", "square", "triangle")

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from predictor._argtypes import fraction, positive_int
+from predictor.protocol.wire import MODEL_NAME
 
 if TYPE_CHECKING:
     from predictor.serving.resources import Limits
@@ -103,7 +104,7 @@ class ServingOptions:
         "(ssd_300_vgg.ckpt.*). Empty: the demo model shipped in the package.",
     )
     model_name: str = _option(
-        "ssd",
+        MODEL_NAME,
         str,
         "The model's name in the URLs (/v2/models/<name>/infer); KServe's default is 'model', ours matches "
         "the Helm chart and the client.",

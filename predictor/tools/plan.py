@@ -47,10 +47,10 @@ from typing import Any
 
 import numpy as np
 
+from predictor.protocol.wire import MODEL_NAME
 from predictor.serving.resources import cpu_model_name
 
 BENCHMARK_FORMAT = "ssd-predictor/plan-benchmark/v1"
-MODEL_NAME = "ssd"
 
 
 # --------------------------------------------------------------------------------------- measuring
