@@ -15,7 +15,8 @@ KServe 0.21's own REST handlers get the most common clients wrong (kserve ``prot
 KServe registers its routes (Starlette matches routes in order), so ours answer; they parse the body
 themselves (:mod:`predictor.serving.codecs`, :mod:`predictor.serving.v2_binary`) and call the model
 like KServe does.
-:class:`TruthfulDataPlane` makes server readiness mean "every registered model is ready".
+:class:`predictor.serving.kserve_workarounds.TruthfulDataPlane` makes server readiness mean "every
+registered model is ready".
 """
 
 from __future__ import annotations
@@ -31,14 +32,6 @@ from predictor.serving.errors import InvalidInput, ModelNotReady
 V1_PREDICT = "/v1/models/{model_name}:predict"
 V2_INFER = "/v2/models/{model_name}/infer"
 V2_INFER_VERSION = "/v2/models/{model_name}/versions/{model_version}/infer"
-
-
-class TruthfulDataPlane(DataPlane):
-    """KServe's data plane whose server readiness is "at least one model, and every model ready"."""
-
-    async def ready(self) -> bool:
-        models = list(self.model_registry.get_models().values())
-        return bool(models) and all(bool(getattr(m, "ready", False)) for m in models)
 
 
 class InferenceRoutes:
