@@ -372,15 +372,15 @@ def test_curl_v2_binary_extension(ssd_server, images, reference, tmp_path):
     check_same_detections(arrays, reference)
 
 
-# ----------------------------------------------------------------------------- README snippets
-README = REPO_ROOT / "README.md"
+# ----------------------------------------------------------------------------- docs/clients.md snippets
+CLIENTS_DOC = REPO_ROOT / "docs" / "clients.md"
 SAMPLE = REPO_ROOT / "docs" / "samples" / "shapes-0.jpg"
 SNIPPET = re.compile(r"<!-- client-snippet: ([\w-]+) -->\n```(\w+)\n(.*?)```", re.DOTALL)
 
 
 def readme_snippets() -> dict[str, tuple[str, str]]:
-    """``{name: (language, code)}`` of the README's marked client snippets."""
-    return {name: (lang, code) for name, lang, code in SNIPPET.findall(README.read_text())}
+    """``{name: (language, code)}`` of the marked client snippets of docs/clients.md."""
+    return {name: (lang, code) for name, lang, code in SNIPPET.findall(CLIENTS_DOC.read_text())}
 
 
 SNIPPETS = readme_snippets()
