@@ -137,7 +137,7 @@ TARGETS: tuple[Target, ...] = (
         "predictor/protocol/detections.py",
         (
             "tests/test_codecs.py",
-            "tests/test_client.py::test_v2_tensors_normalise_like_v1",
+            "tests/test_predictor_client.py::test_v2_tensors_normalise_like_v1",
             *_PROTOCOL_UNIT,
         ),
     ),

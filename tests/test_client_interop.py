@@ -157,7 +157,7 @@ def in_subprocess(function: str, *args: Any) -> Any:
     in the process-wide descriptor pool, so one process cannot import both.
     """
     code = (
-        "import pickle, sys; sys.path.insert(0, 'tests'); import test_clients as t; "
+        "import pickle, sys; sys.path.insert(0, 'tests'); import test_client_interop as t; "
         f"args = pickle.load(sys.stdin.buffer); pickle.dump(t.{function}(*args), sys.stdout.buffer)"
     )
     done = subprocess.run(
