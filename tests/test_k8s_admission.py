@@ -1,10 +1,11 @@
 """Every value set of helm/ssd-detector passes the admission chain of a stock KServe + Knative + Kubernetes.
 
-The chart is rendered (pinned helm) with its defaults and each ``ci/*-values.yaml``; the InferenceService
-goes through ``k8s_admission_rules.admit``: KServe's defaulting (resource defaults from inferenceservice-config)
-and validation (autoscaler class vs scale metric, replicas, mode rules), Knative's pod-spec field masks with
-the default config-features plus only the flags the value set declares in ``knative.features``, and
-Kubernetes' resource rules. Each rule cites its upstream source in ``tests/k8s_admission_rules.py``. The rules
+The chart is rendered (pinned helm) with its defaults and each ``ci/*-values.yaml``; the
+InferenceService goes through ``k8s_admission_rules.admit``: KServe's defaulting (resource defaults from
+inferenceservice-config) and validation (autoscaler class vs scale metric, replicas, mode rules), Knative's
+pod-spec field masks with the default config-features plus only the flags the value set declares in
+``knative.features``, and Kubernetes' resource rules. Each rule cites its upstream source in
+``tests/k8s_admission_rules.py``. The rules
 themselves are checked to reject what the platform rejects (the chart's earlier mistakes among them).
 """
 
