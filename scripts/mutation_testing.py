@@ -141,7 +141,9 @@ TARGETS: tuple[Target, ...] = (
             *_PROTOCOL_UNIT,
         ),
     ),
-    Target("v2_binary", "predictor/serving/v2_binary.py", ("tests/test_binary_ext.py", *_PROTOCOL_UNIT)),
+    Target(
+        "v2_binary", "predictor/serving/binary_ext_kserve.py", ("tests/test_binary_ext.py", *_PROTOCOL_UNIT)
+    ),
 )
 
 _FLOAT64 = "NumPy's default dtype (None) is float64, the dtype named"

@@ -13,7 +13,7 @@ KServe 0.21's own REST handlers get the most common clients wrong (kserve ``prot
 
 :func:`install` registers ``POST /v1/models/{name}:predict`` and ``POST /v2/models/{name}/infer`` before
 KServe registers its routes (Starlette matches routes in order), so ours answer; they parse the body
-themselves (:mod:`predictor.serving.codecs`, :mod:`predictor.serving.v2_binary`) and call the model
+themselves (:mod:`predictor.serving.codecs`, :mod:`predictor.serving.binary_ext_kserve`) and call the model
 like KServe does.
 :class:`predictor.serving.kserve_workarounds.TruthfulDataPlane` makes server readiness mean "every
 registered model is ready".
@@ -26,7 +26,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from kserve.protocol.dataplane import DataPlane
 
-from predictor.serving import v2_binary
+from predictor.serving import binary_ext_kserve
 from predictor.serving.errors import InvalidInput, ModelNotReady
 
 V1_PREDICT = "/v1/models/{model_name}:predict"
@@ -61,11 +61,11 @@ class InferenceRoutes:
         body = await request.body()
         headers = dict(request.headers)
         output_names = [o["name"] for o in model.get_output_types()]
-        infer_request = v2_binary.parse_request(
-            body, headers.get(v2_binary.HEADER_LENGTH), model_name, output_names
+        infer_request = binary_ext_kserve.parse_request(
+            body, headers.get(binary_ext_kserve.HEADER_LENGTH), model_name, output_names
         )
         response, response_headers = await model(infer_request, headers=headers)
-        content, json_length = v2_binary.encode_response(response, infer_request)
+        content, json_length = binary_ext_kserve.encode_response(response, infer_request)
         extra = _extra(response_headers)
         if json_length is None:
             return Response(content, media_type="application/json", headers=extra)
