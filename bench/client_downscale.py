@@ -30,7 +30,7 @@ from bench.common import (
     machine_info,
     model_dir,
     parse_ints,
-    start_ready_server,
+    start_bench_server,
     upscaled_jpeg,
     write_json,
 )
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         samples.append(sample._replace(boxes=np.asarray(sample.boxes, np.float32) * scale))
     gt = samples_to_coco(samples, CLASS_NAMES, image_ids=list(range(len(samples))))
     path, source = model_dir("demo", args.out_dir)
-    server = start_ready_server(path, args.out_dir / "client_downscale_server.log", [], 600)
+    server = start_bench_server(path, args.out_dir / "client_downscale_server.log", [], 600)
     data: dict[str, Any] = {"machine": machine_info(), "settings": vars(args).copy(), "model": source,
                             "modes": {}}  # fmt: skip
     try:

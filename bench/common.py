@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from predictor.protocol.wire import INPUT_NAME, MODEL_NAME
-from predictor.tools.localserver import LocalServer, server_env, start_server
+from predictor.tools.localserver import LocalServer, server_env, start_ready_server, start_server
 
 REPO = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO / "bench" / "out"
@@ -236,20 +236,17 @@ def start_cpu_server(model_dir: Path | str | None, log_path: Path, *args: str) -
     )
 
 
-def start_ready_server(
+def start_bench_server(
     model_dir: Path | str, log_path: Path, args: Sequence[str], timeout_s: float
 ) -> LocalServer:
     """``python -m predictor`` on loopback in a process group of its own (the served, pipeline and
     client-downscale benches), ready: its ``ready_s`` is the seconds from spawn to ready."""
-    server = start_server(model_dir, log_path, *args, own_session=True)
-    try:
-        server.wait_ready(timeout_s, interval_s=0.5)
-    except BaseException:
-        server.terminate()
-        raise
-    return server
+    return start_ready_server(
+        model_dir, log_path, *args, timeout_s=timeout_s, interval_s=0.5, own_session=True
+    )
 
 
+# ----------------------------------------------------------------------------- server memory
 def process_rss(pid: int) -> int:
     """RSS in bytes of ``pid`` and all its children."""
     import psutil

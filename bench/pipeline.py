@@ -58,7 +58,7 @@ from bench.common import (
     model_dir,
     parse_batch_histogram,
     run_cell,
-    start_ready_server,
+    start_bench_server,
     write_json,
 )
 
@@ -272,7 +272,7 @@ def served_rate(
     path, _ = model_dir("demo", args.out_dir)
     extra = ["--jpeg_draft" if draft else "--no-jpeg_draft", *args.server_args.split()]
     log_path = args.out_dir / f"pipeline_server{'_draft' if draft else ''}.log"
-    server = start_ready_server(path, log_path, extra, args.startup_timeout_s)
+    server = start_bench_server(path, log_path, extra, args.startup_timeout_s)
     metrics_url = f"http://127.0.0.1:{server.http_port}/metrics"
     result: dict[str, Any] = {"draft": draft}
     try:

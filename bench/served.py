@@ -33,7 +33,7 @@ from bench.common import (
     model_dir,
     parse_ints,
     run_cell,
-    start_ready_server,
+    start_bench_server,
     write_json,
 )
 from predictor.tools.localserver import LocalServer
@@ -81,7 +81,7 @@ def bench_model(name: str, args: argparse.Namespace, jpegs: list[bytes]) -> dict
     extra = ["--max_batch_size", str(args.max_batch_size), "--batch_wait_ms", str(args.batch_wait_ms),
              *args.server_args.split()]  # fmt: skip
     print(f"\n== {name}: {source}; starting the server", flush=True)
-    server = start_ready_server(path, args.out_dir / f"server_{name}.log", extra, args.startup_timeout_s)
+    server = start_bench_server(path, args.out_dir / f"server_{name}.log", extra, args.startup_timeout_s)
     print(f"  command: {' '.join(server.cmd[1:])}", flush=True)
     print(f"  ready after {server.ready_s:.1f} s", flush=True)
     try:

@@ -177,7 +177,7 @@ def test_predicted_p95_matches_a_measured_run_on_the_demo_model(demo_model_dir, 
     }
     assert all(c["errors"] == 0 for c in bench["cells"])
     log_path = tmp_path / "check.log"
-    server = plan.start_ready_server(str(demo_model_dir), chosen["max_batch_size"], 2.0, log_path)
+    server = plan.start_planner_server(str(demo_model_dir), chosen["max_batch_size"], 2.0, log_path)
     try:
         bodies = plan.request_bodies()
         runs = []

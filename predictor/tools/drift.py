@@ -227,9 +227,7 @@ def scrape(url: str, timeout: float = 10.0) -> str:
 
 # --------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m predictor.serving.telemetry", description=__doc__.split("\n\n")[0]
-    )
+    p = argparse.ArgumentParser(prog="python -m predictor.tools.drift", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     ref = sub.add_parser("reference", help="write the model's reference distributions (held-out images)")
     ref.add_argument("--model_dir", help="model directory (default: the shipped demo model)")

@@ -210,3 +210,22 @@ def start_server(
         own_session=own_session,
         started_at=started_at,
     )
+
+
+def start_ready_server(
+    model_dir: Path | str | None,
+    log_path: Path,
+    *args: str,
+    timeout_s: float = 600.0,
+    interval_s: float = 0.1,
+    **kwargs: Any,
+) -> LocalServer:
+    """:func:`start_server` (same arguments), then :meth:`LocalServer.wait_ready`; a server that does not
+    become ready is terminated before the error propagates."""
+    server = start_server(model_dir, log_path, *args, **kwargs)
+    try:
+        server.wait_ready(timeout_s, interval_s)
+    except BaseException:
+        server.terminate()
+        raise
+    return server

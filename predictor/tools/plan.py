@@ -47,7 +47,7 @@ import numpy as np
 
 from predictor.protocol.wire import MODEL_NAME
 from predictor.serving.resources import cpu_model_name
-from predictor.tools.localserver import LocalServer, start_server
+from predictor.tools.localserver import LocalServer, start_ready_server
 
 BENCHMARK_FORMAT = "ssd-predictor/plan-benchmark/v1"
 
@@ -68,19 +68,13 @@ class Cell:
     p99_ms: float
 
 
-def start_ready_server(
-    model_dir: str | None, max_batch_size: int, batch_wait_ms: float, log_path: Path, timeout_s: float = 600.0
+def start_planner_server(
+    model_dir: str | None, max_batch_size: int, batch_wait_ms: float, log_path: Path
 ) -> LocalServer:
     """``python -m predictor`` with these batcher settings on loopback ports, ready (its own process
     group, stopped with ``terminate()``)."""
     flags = ("--max_batch_size", str(max_batch_size), "--batch_wait_ms", str(batch_wait_ms))
-    server = start_server(model_dir, log_path, *flags, own_session=True)
-    try:
-        server.wait_ready(timeout_s, interval_s=0.3)
-    except BaseException:
-        server.terminate()
-        raise
-    return server
+    return start_ready_server(model_dir, log_path, *flags, interval_s=0.3, own_session=True)
 
 
 def request_bodies(count: int = 4, size: tuple[int, int] = (640, 480)) -> list[bytes]:
@@ -182,7 +176,7 @@ def measure(
     bodies = request_bodies()
     cells: list[Cell] = []
     for b in max_batch_sizes:
-        server = start_ready_server(model_dir, b, batch_wait_ms, out_dir / f"server_b{b}.log")
+        server = start_planner_server(model_dir, b, batch_wait_ms, out_dir / f"server_b{b}.log")
         log(f"max_batch_size {b}: server ready after {server.ready_s:.1f} s")
         try:
             for c in concurrencies:
