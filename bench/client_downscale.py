@@ -24,8 +24,17 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import OUT_DIR, fmt_table, machine_info, model_dir, parse_ints, write_json
-from bench.draft_effect import upscaled_jpeg
+from bench.common import (
+    OUT_DIR,
+    fmt_table,
+    machine_info,
+    model_dir,
+    parse_ints,
+    start_bench_server,
+    upscaled_jpeg,
+    write_json,
+)
+from predictor.protocol.wire import MODEL_NAME
 
 
 def run_mode(server: Any, jpegs: list[bytes], side: int | None) -> tuple[list[list[dict]], dict[str, float]]:
@@ -34,7 +43,7 @@ def run_mode(server: Any, jpegs: list[bytes], side: int | None) -> tuple[list[li
 
     from predictor.client.files import downscale_image, scale_detections
 
-    url = f"http://127.0.0.1:{server.http_port}/v1/models/model:predict"
+    url = f"http://127.0.0.1:{server.http_port}/v1/models/{MODEL_NAME}:predict"
     answers: list[list[dict]] = []
     body_bytes = 0
     client_cpu = 0.0
@@ -82,7 +91,6 @@ def markdown(data: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.served import Server
     from predictor.datasets.coco import samples_to_coco
     from predictor.datasets.shapes import CLASS_NAMES, EVAL_SEED, generate_sample
     from predictor.tools.coco_eval import coco_evaluate, detections_to_coco
@@ -102,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         samples.append(sample._replace(boxes=np.asarray(sample.boxes, np.float32) * scale))
     gt = samples_to_coco(samples, CLASS_NAMES, image_ids=list(range(len(samples))))
     path, source = model_dir("demo", args.out_dir)
-    server = Server(path, args.out_dir / "client_downscale_server.log", [])
-    server.start(600)
+    server = start_bench_server(path, args.out_dir / "client_downscale_server.log", [], 600)
     data: dict[str, Any] = {"machine": machine_info(), "settings": vars(args).copy(), "model": source,
                             "modes": {}}  # fmt: skip
     try:
@@ -122,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             print(name, data["modes"][name], flush=True)
             write_json(args.out_dir / "client_downscale.json", data)
     finally:
-        server.stop()
+        server.terminate()
     print("\n" + markdown(data))
     return 0
 

@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-MODEL_NAME = "ssd"
 
 
 def phases_child(model_path: str, spawned_at: float) -> dict[str, Any]:
@@ -48,6 +47,7 @@ def phases_child(model_path: str, spawned_at: float) -> dict[str, Any]:
     import kserve.model_server  # noqa: F401
     from kserve import ModelServer  # noqa: F401
 
+    from predictor.protocol.wire import MODEL_NAME
     from predictor.serving.model import SSDPredictor
     from predictor.serving.options import ServingOptions
     from predictor.serving.server import main  # noqa: F401
@@ -111,56 +111,20 @@ def run_phases(model_path: Path, env: dict[str, str], cwd: Path) -> dict[str, An
 
 def run_server(model_path: Path, env: dict[str, str], log_path: Path, timeout_s: float) -> dict[str, Any]:
     """Spawn the server with default flags; seconds from spawn to the first 200 of the ready probe."""
-    import httpx
-    import psutil
+    from predictor.tools.localserver import start_server
 
-    from bench.served import free_port
-
-    http_port, grpc_port = free_port(), free_port()
-    cmd = [
-        sys.executable, "-m", "predictor", "--model_dir", str(model_path), "--model_name", MODEL_NAME,
-        "--http_port", str(http_port), "--grpc_port", str(grpc_port),
-    ]  # fmt: skip
-    url = f"http://127.0.0.1:{http_port}/v2/models/{MODEL_NAME}/ready"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(
-            cmd, env=env, cwd=log_path.parent, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            try:
-                ready_s = _poll_ready(proc, url, t0, timeout_s, httpx)
-            except (RuntimeError, TimeoutError) as e:
-                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
-                raise RuntimeError(f"{e}; the end of {log_path}:\n{tail}") from None
-            cpu = psutil.Process(proc.pid).cpu_times()
-            ready_cpu_s = cpu.user + cpu.system
-        finally:
-            proc.terminate()
-            proc.wait(timeout=120)
-    warmup_line = next(
-        (line for line in log_path.read_text(errors="replace").splitlines() if "warm-up done" in line), ""
-    )
+    server = start_server(model_path, log_path, env=env, cwd=log_path.parent, own_session=True)
+    try:
+        server.wait_ready(timeout_s, interval_s=0.05)
+        ready_cpu_s = server.cpu_seconds()
+    finally:
+        server.terminate(120)
+    warmup_line = next((line for line in server.log().splitlines() if "warm-up done" in line), "")
     return {
-        "ready_s": ready_s,
+        "ready_s": server.ready_s,
         "ready_cpu_s": ready_cpu_s,
         "warmup_log": warmup_line.split("INFO", 1)[-1].strip(),
     }
-
-
-def _poll_ready(proc: subprocess.Popen, url: str, t0: float, timeout_s: float, httpx: Any) -> float:
-    with httpx.Client(timeout=2.0) as client:
-        while time.perf_counter() - t0 < timeout_s:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
-            try:
-                if client.get(url).status_code == 200:
-                    return time.perf_counter() - t0
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-    raise TimeoutError(f"server not ready after {timeout_s:.0f} s")
 
 
 def configurations(args: argparse.Namespace) -> dict[str, tuple[Path, dict[str, str]]]:

@@ -22,30 +22,17 @@ and for SSD300 >= 90 % of boxes matched with median IoU >= 0.9.
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.common import OUT_DIR, fmt_table, machine_info, model_dir, write_json
+from bench.common import OUT_DIR, fmt_table, machine_info, model_dir, upscaled_jpeg, write_json
 
 MAP_TOLERANCE = 0.01
 MIN_MATCHED = 0.90
 MIN_MEDIAN_IOU = 0.90
-
-
-def upscaled_jpeg(image: np.ndarray, short_side: int, quality: int = 90) -> tuple[bytes, float]:
-    """Bicubic upscale so the shorter side is ``short_side``; JPEG bytes and the scale factor."""
-    from PIL import Image
-
-    h, w = image.shape[:2]
-    scale = short_side / min(h, w)
-    big = Image.fromarray(image).resize((round(w * scale), round(h * scale)), Image.BICUBIC)
-    buf = io.BytesIO()
-    big.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue(), scale
 
 
 def detect_jpegs(detector: Any, jpegs: list[bytes], draft: bool, score_threshold: float | None) -> list:

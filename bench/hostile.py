@@ -24,58 +24,25 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.common import OUT_DIR, REPO, fmt_table, machine_info, write_json
-from bench.soak import process_rss
-
-sys.path.insert(0, str(REPO / "tests"))
-from serving_fixtures import encode_image, start_server  # shared server helpers (tests/)
-
-MODEL_NAME = "ssd"
+from bench.common import (
+    OUT_DIR,
+    PeakSampler,
+    encode_image,
+    fmt_table,
+    machine_info,
+    process_rss,
+    read_hwm,
+    reset_hwm,
+    start_cpu_server,
+    write_json,
+)
+from predictor.protocol.wire import MODEL_NAME
 
 
 def hostile_body(mib: int) -> bytes:
     """``mib`` MiB of V1 JSON whose one instance is base64 text that does not decode to an image."""
     filler = b"A" * (mib * 2**20 - 20)
     return b'{"instances": ["' + filler + b'"]}'
-
-
-def read_hwm(pid: int) -> int:
-    """Peak RSS (bytes) of ``pid`` since start or since :func:`reset_hwm` (``VmHWM``)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/PID/status")
-
-
-def reset_hwm(pid: int) -> bool:
-    try:
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-class PeakSampler(threading.Thread):
-    """Samples the RSS of a process tree every ``interval_s`` and keeps the peak."""
-
-    def __init__(self, pid: int, interval_s: float = 0.005) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.interval_s = pid, interval_s
-        self.peak = 0
-        self.stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop_event.is_set():
-            try:
-                self.peak = max(self.peak, process_rss(self.pid))
-            except Exception:  # the process is gone
-                return
-            time.sleep(self.interval_s)
-
-    def stop(self) -> int:
-        self.stop_event.set()
-        self.join(10)
-        return self.peak
 
 
 def post_all(url: str, body: bytes, clients: int, timeout_s: float) -> list[dict[str, Any]]:
@@ -111,7 +78,7 @@ def hostile(
     import numpy as np
 
     body = hostile_body(body_mib)
-    server = start_server(model_dir, log_path, *extra_args)
+    server = start_cpu_server(model_dir, log_path, *extra_args)
     try:
         server.wait_ready()
         pid = server.proc.pid

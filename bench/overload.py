@@ -46,15 +46,22 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.common import OUT_DIR, REPO, fmt_table, machine_info, make_test_jpegs, percentile, write_json
-from bench.hostile import PeakSampler, read_hwm, reset_hwm
+from bench.common import (
+    OUT_DIR,
+    PeakSampler,
+    fmt_table,
+    machine_info,
+    make_test_jpegs,
+    percentile,
+    process_rss,
+    read_hwm,
+    reset_hwm,
+    start_cpu_server,
+    write_json,
+)
 from bench.loadgen import Generator, Phase, PhaseResult
-from bench.soak import process_rss
+from predictor.protocol.wire import MODEL_NAME
 
-sys.path.insert(0, str(REPO / "tests"))
-from serving_fixtures import start_server  # shared server helpers (tests/)
-
-MODEL_NAME = "ssd"
 #: Where the capacity search starts, as a fraction of the saturated throughput.
 SEARCH_START = 0.95
 #: Relative steps of the capacity search (down from the start).
@@ -250,7 +257,7 @@ def verdict(cap: dict[str, Any], over: dict[str, Any], alive: bool) -> list[str]
 
 
 def overload(model_dir: Path, args: argparse.Namespace, log: Path) -> dict[str, Any]:
-    server = start_server(model_dir, log, *args.server_args)
+    server = start_cpu_server(model_dir, log, *args.server_args)
     bodies = tuple(make_test_jpegs()[:4])
     try:
         server.wait_ready()

@@ -49,7 +49,18 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import OUT_DIR, fmt_table, machine_info, model_dir, write_json
+from bench.common import (
+    OUT_DIR,
+    Clients,
+    batch_delta,
+    fmt_table,
+    machine_info,
+    model_dir,
+    parse_batch_histogram,
+    run_cell,
+    start_bench_server,
+    write_json,
+)
 
 IMAGES: tuple[tuple[str, str, int, int], ...] = (
     ("VGA JPEG", "JPEG", 640, 480),
@@ -234,10 +245,8 @@ def model_cpu_ms(detector: Any, min_time_s: float, max_images: int = BATCH) -> d
 
 def batch_calls(metrics_text: str) -> dict[int, float]:
     """Model calls per batch bucket so far, from the server's ``ssd_batch_size`` histogram
-    (:func:`bench.served.batch_delta` from an empty one): a call of ``n`` images is counted under the
+    (:func:`bench.common.batch_delta` from an empty one): a call of ``n`` images is counted under the
     smallest bound >= ``n``, the bucket it was padded to."""
-    from bench.served import batch_delta, parse_batch_histogram
-
     empty = {"buckets": {}, "sum": 0.0, "count": 0.0}
     return batch_delta(empty, parse_batch_histogram(metrics_text)).get("calls_by_bucket", {})
 
@@ -260,12 +269,10 @@ def served_rate(
     """
     import httpx
 
-    from bench.served import Clients, Server, run_cell
-
     path, _ = model_dir("demo", args.out_dir)
     extra = ["--jpeg_draft" if draft else "--no-jpeg_draft", *args.server_args.split()]
-    server = Server(path, args.out_dir / f"pipeline_server{'_draft' if draft else ''}.log", extra)
-    server.start(args.startup_timeout_s)
+    log_path = args.out_dir / f"pipeline_server{'_draft' if draft else ''}.log"
+    server = start_bench_server(path, log_path, extra, args.startup_timeout_s)
     metrics_url = f"http://127.0.0.1:{server.http_port}/metrics"
     result: dict[str, Any] = {"draft": draft}
     try:
@@ -296,7 +303,7 @@ def served_rate(
 
         asyncio.run(drive())
     finally:
-        server.stop()
+        server.terminate()
     return result
 
 

@@ -1,4 +1,4 @@
-"""Rewrite the generated tables of ``bench/RESULTS.md`` (and README.md's summary) from benchmark JSON.
+"""Rewrite the generated tables of ``bench/RESULTS.md`` (and docs/benchmarks.md's summary) from bench JSON.
 
 Every table sits in a block between two markers that name it and the make target that regenerates it::
 
@@ -33,7 +33,7 @@ from typing import Any
 from bench.common import OUT_DIR, REPO
 
 #: The documents holding generated blocks.
-DOCUMENTS: tuple[Path, ...] = (REPO / "bench" / "RESULTS.md", REPO / "README.md")
+DOCUMENTS: tuple[Path, ...] = (REPO / "bench" / "RESULTS.md", REPO / "docs" / "benchmarks.md")
 BEGIN = re.compile(r"<!-- generated: (?P<name>[\w-]+) \(make (?P<target>[\w.-]+)\) -->")
 
 
@@ -63,7 +63,7 @@ BLOCKS: dict[str, Block] = {
     "onnx-peer": Block("onnx_peer.json", "bench-onnx", "bench.onnx_peer:markdown"),
     "served": Block("served.json", "bench-served", "bench.served:markdown"),
     "ratios": Block("bench.json", "bench-report", "bench.run_all:ratios_markdown"),
-    "readme-summary": Block("bench.json", "bench-report", "bench.run_all:summary_markdown"),
+    "summary": Block("bench.json", "bench-report", "bench.run_all:summary_markdown"),
     "cold-start": Block("cold_start.json", "bench-cold-start", "bench.cold_start:markdown"),
     "pipeline-stages": Block("pipeline.json", "bench-pipeline", "bench.pipeline:stages_markdown"),
     "pipeline-per-core": Block("pipeline.json", "bench-pipeline", "bench.pipeline:per_core_markdown"),

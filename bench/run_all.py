@@ -230,7 +230,8 @@ SUMMARY_TITLES = {"ssd300": "SSD300-VGG16", "demo": "demo model"}
 
 
 def summary_markdown(combined: dict[str, Any]) -> str:
-    """README's table: batch-1 speed, ours / ORT at batch 16, served / raw, and lone-request p50 ratio."""
+    """docs/benchmarks.md's summary table: batch-1 speed, ours / ORT at batch 16, served / raw, and
+    lone-request p50 ratio."""
     raw, ratios = combined["raw"], combined["ratios"]
     if not raw:
         return "_No raw-model results in bench.json (`make bench` runs every stage)._"

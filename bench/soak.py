@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import json
 import random
 import sys
@@ -38,12 +37,21 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import OUT_DIR, REPO, fmt_table, machine_info, percentile, write_json
+from bench.common import (
+    OUT_DIR,
+    PeakSampler,
+    encode_image,
+    fmt_table,
+    machine_info,
+    percentile,
+    process_rss,
+    start_cpu_server,
+    write_json,
+)
+from predictor.protocol.base64text import encode_base64 as b64
+from predictor.protocol.tensors import pack_bytes_elements
+from predictor.protocol.wire import INPUT_NAME, MODEL_NAME
 
-sys.path.insert(0, str(REPO / "tests"))
-from serving_fixtures import b64, encode_image, start_server  # shared server helpers (tests/)
-
-MODEL_NAME = "ssd"
 GRPC_SERVER_ERRORS = {"INTERNAL", "UNKNOWN", "UNAVAILABLE", "DEADLINE_EXCEEDED", "DATA_LOSS", "UNIMPLEMENTED"}
 BURST_SIZE = 16
 #: (kind, weight) of the schedule; "burst" expands into BURST_SIZE concurrent valid requests.
@@ -231,7 +239,7 @@ class Client:
         return {
             "inputs": [
                 {
-                    "name": "images",
+                    "name": INPUT_NAME,
                     "datatype": datatype,
                     "shape": [len(images)],
                     "data": [b64(i) for i in images],
@@ -250,15 +258,15 @@ class Client:
         pb = self.pb
         if raw:
             tensor = pb.ModelInferRequest.InferInputTensor(
-                name="images", datatype="BYTES", shape=[len(images)]
+                name=INPUT_NAME, datatype="BYTES", shape=[len(images)]
             )
-            raw_bytes = b"".join(len(b).to_bytes(4, "little") + b for b in images)  # length-prefixed
+            raw_bytes = pack_bytes_elements(images)
             request = pb.ModelInferRequest(
                 model_name=MODEL_NAME, inputs=[tensor], raw_input_contents=[raw_bytes]
             )
         else:
             tensor = pb.ModelInferRequest.InferInputTensor(
-                name="images",
+                name=INPUT_NAME,
                 datatype="BYTES",
                 shape=[len(images)],
                 contents=pb.InferTensorContents(bytes_contents=images),
@@ -321,23 +329,11 @@ class Client:
         return self._v1_invalid(content=self.p.oversize_body, headers={"content-type": "application/json"})
 
     def _v2_wrong_datatype(self):
-        body = {"inputs": [{"name": "images", "datatype": "FP32", "shape": [2], "data": [0.5, 1.5]}]}
+        body = {"inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [2], "data": [0.5, 1.5]}]}
         return "v2", False, self._post(f"/v2/models/{MODEL_NAME}/infer", None, "", json=body)
 
 
 # ----------------------------------------------------------------------------- soak
-def process_rss(pid: int) -> int:
-    """RSS in bytes of ``pid`` and all its children."""
-    import psutil
-
-    proc = psutil.Process(pid)
-    total = proc.memory_info().rss
-    for child in proc.children(recursive=True):
-        with contextlib.suppress(psutil.Error):  # a child that just exited
-            total += child.memory_info().rss
-    return total
-
-
 def build_schedule(n_requests: int, seed: int) -> list[str]:
     """Request kinds totalling ``n_requests`` requests (a burst counts BURST_SIZE)."""
     rng = random.Random(seed)
@@ -413,30 +409,6 @@ def summarize(results: list[Result]) -> dict[str, Any]:
     }
 
 
-class RssSampler:
-    """The peak RSS of a process tree, sampled every ``interval_s`` in a thread while in a ``with``."""
-
-    def __init__(self, pid: int, interval_s: float = 0.5) -> None:
-        self.pid, self.interval_s, self.peak = pid, interval_s, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            with contextlib.suppress(Exception):  # the server may be gone: the run reports that
-                self.peak = max(self.peak, process_rss(self.pid))
-            if self._stop.wait(self.interval_s):
-                return
-
-
 def soak(
     model_dir: Path,
     n_requests: int = 3000,
@@ -456,7 +428,7 @@ def soak(
     payloads = Payloads(seed, max_batch_size, max_request_bytes)
     schedule = build_schedule(n_requests, seed)
     t0 = time.monotonic()
-    server = start_server(
+    server = start_cpu_server(
         model_dir,
         log_path,
         "--max_batch_size",
@@ -481,7 +453,7 @@ def soak(
         timeline: list[dict[str, Any]] = []
         t_run = time.monotonic()
         deadline = t0 + max_seconds
-        sampler = RssSampler(server.proc.pid)
+        sampler = PeakSampler(server.proc.pid, interval_s=0.5)
         try:
             prev = 0
             with sampler:

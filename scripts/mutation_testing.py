@@ -137,11 +137,13 @@ TARGETS: tuple[Target, ...] = (
         "predictor/protocol/detections.py",
         (
             "tests/test_codecs.py",
-            "tests/test_client.py::test_v2_tensors_normalise_like_v1",
+            "tests/test_predictor_client.py::test_v2_tensors_normalise_like_v1",
             *_PROTOCOL_UNIT,
         ),
     ),
-    Target("v2_binary", "predictor/serving/v2_binary.py", ("tests/test_binary_ext.py", *_PROTOCOL_UNIT)),
+    Target(
+        "v2_binary", "predictor/serving/binary_ext_kserve.py", ("tests/test_binary_ext.py", *_PROTOCOL_UNIT)
+    ),
 )
 
 _FLOAT64 = "NumPy's default dtype (None) is float64, the dtype named"

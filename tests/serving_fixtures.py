@@ -1,30 +1,29 @@
 """Fixtures that start real predictor servers (``python -m predictor`` subprocesses on loopback).
 
 ``ssd_server`` (session) serves ``random_tiny_model_dir`` as model ``ssd`` with small image caps so that
-the bad-input tests stay cheap. :func:`start_server` starts more (overload, shutdown tests).
+the bad-input tests stay cheap. :func:`start_server` starts more (overload, shutdown tests) through the
+package's harness, :mod:`predictor.tools.localserver`.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import os
-import re
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 import pytest
 
+from predictor.protocol.wire import MODEL_NAME
+from predictor.tools import localserver
+from predictor.tools.localserver import LocalServer
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MODEL_NAME = "ssd"
 #: Caps of the session server (small, so that oversize inputs are cheap to build).
 SERVER_MAX_IMAGE_BYTES = 2_000_000
 SERVER_TRIM_IDLE_S = 0.3
@@ -32,19 +31,9 @@ SERVER_MAX_IMAGE_PIXELS = 4_000_000
 SERVER_MAX_BATCH = 32
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def server_env() -> dict[str, str]:
     """The test environment without SSD_* overrides, TF quiet, CPU only."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SSD_")}
-    env.setdefault("CUDA_VISIBLE_DEVICES", "")
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return localserver.server_env(cpu_only=True)
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
@@ -90,68 +79,14 @@ class ModelGate:
 
 
 @dataclass
-class ServerProcess:
-    """A running ``python -m predictor`` with its ports and log file (and its gate, when gated)."""
+class ServerProcess(LocalServer):
+    """A server of :mod:`predictor.tools.localserver` with its gate, when gated."""
 
-    proc: subprocess.Popen
-    http_port: int
-    grpc_port: int
-    log_path: Path
-    model_name: str = MODEL_NAME
-    ready_statuses: list[int] = field(default_factory=list)
     gate: ModelGate | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 180.0) -> None:
-        """Poll ``/v2/models/{name}/ready`` until 200, recording every status seen (0: no answer)."""
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
-            try:
-                status = httpx.get(f"{self.url}/v2/models/{self.model_name}/ready", timeout=2).status_code
-            except httpx.HTTPError:
-                status = 0
-            if not self.ready_statuses or self.ready_statuses[-1] != status:
-                self.ready_statuses.append(status)
-            if status == 200:
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"server not ready after {timeout} s:\n{self.log()[-4000:]}")
-
-    def metric(self, name: str, labels: str = "") -> float:
-        """One Prometheus sample: ``metric("ssd_requests_total", 'protocol="v1",status="200"')``."""
-        import httpx
-
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" (\S+)"
-        m = re.search(r"^" + pattern + r"$", text, re.MULTILINE)
-        return float(m.group(1)) if m else 0.0
-
-    def terminate(self, timeout: float = 60.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
 
 
 def start_server(
-    model_dir: Path | str,
+    model_dir: Path | str | None,
     log_path: Path,
     *args: str,
     model_name: str = MODEL_NAME,
@@ -164,40 +99,27 @@ def start_server(
     test holds ``server.gate``; ``held``: the gate is held from the start, so the warm-up waits too
     (the server stays not ready until ``server.gate.release()``).
     """
-    http_port, grpc_port = free_port(), free_port()
-    entry = [str(REPO_ROOT / "tests" / "gated_server.py")] if gated else ["-m", "predictor"]
     env = server_env()
     state_file = log_path.with_suffix(".gate")
     if gated:
         env["GATE_STATE_FILE"] = str(state_file)
         env["GATE_START"] = "hold" if held else "open"
-    cmd = [
-        sys.executable,
-        *entry,
-        "--model_dir",
-        str(model_dir),
-        "--model_name",
-        model_name,
-        "--http_port",
-        str(http_port),
-        "--grpc_port",
-        str(grpc_port),
+    server = localserver.start_server(
+        model_dir,
+        log_path,
         "--decode_threads",
         "2",
         *args,
-    ]
-    log_file = open(log_path, "wb")  # noqa: SIM115  (closed with the process)
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO_ROOT,
+        model_name=model_name,
+        entry=[str(REPO_ROOT / "tests" / "gated_server.py")] if gated else localserver.PREDICTOR_ENTRY,
         env=env,
+        cwd=REPO_ROOT,
         stdin=subprocess.PIPE if gated else subprocess.DEVNULL,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
+        server_class=ServerProcess,
     )
-    log_file.close()
-    gate = ModelGate(proc.stdin, state_file) if gated else None
-    return ServerProcess(proc, http_port, grpc_port, log_path, model_name, gate=gate)
+    if gated:
+        server.gate = ModelGate(server.proc.stdin, state_file)
+    return server
 
 
 @pytest.fixture(scope="session")

@@ -252,7 +252,7 @@ def triton_grpc(target: str, png: bytes, headers: dict | None) -> object:
 
 def in_subprocess(function: str, *args: object) -> object:
     """``function(*args)`` of this module in a fresh interpreter: tritonclient.grpc and KServe register
-    the same protobuf names, so one process cannot import both (see tests/test_clients.py)."""
+    the same protobuf names, so one process cannot import both (see tests/test_client_interop.py)."""
     code = (
         "import pickle, sys; sys.path.insert(0, 'tests'); import test_auth as t; "
         f"args = pickle.load(sys.stdin.buffer); pickle.dump(t.{function}(*args), sys.stdout.buffer)"

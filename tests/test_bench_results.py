@@ -161,12 +161,12 @@ def test_every_results_table_is_a_generated_block():
     for name, target in blocks:
         assert name in BLOCKS, f"no renderer for block {name}"
         assert target == BLOCKS[name].target, f"block {name} names make {target}, not {BLOCKS[name].target}"
-    assert blocks_in((REPO / "README.md").read_text()) == [("readme-summary", "bench-report")]
+    assert blocks_in((REPO / "docs" / "benchmarks.md").read_text()) == [("summary", "bench-report")]
 
 
 def _targets() -> list[tuple[str, list[str]]]:
     by_target: dict[str, list[str]] = {}
-    for doc in (RESULTS_MD, REPO / "README.md"):
+    for doc in (RESULTS_MD, REPO / "docs" / "benchmarks.md"):
         for name, target in blocks_in(doc.read_text()):
             by_target.setdefault(target, []).append(name)
     return sorted(by_target.items())

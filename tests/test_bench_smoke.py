@@ -117,7 +117,7 @@ def test_run_all_quick_end_to_end(tmp_path):
     onnx_md = render_block("onnx-peer", json.loads((tmp_path / "onnx_peer.json").read_text()))
     assert "\n| demo | 1 | " in onnx_md and "\n| demo | 2 | " in onnx_md
     assert "| demo | ours / ONNX Runtime" in render_block("ratios", data)
-    assert "| compiled detection function, batch 1 | " in render_block("readme-summary", data)
+    assert "| compiled detection function, batch 1 | " in render_block("summary", data)
 
 
 @pytest.mark.timeout(300)

@@ -1,5 +1,5 @@
 """V2 REST bodies with Triton's binary tensor data extension (predictor.protocol.binary_ext, and
-predictor.serving.v2_binary building KServe's request and response objects from it), no server:
+predictor.serving.binary_ext_kserve building KServe's request and response objects from it), no server:
 exact parsed requests, exact error messages, exact response bodies, byte for byte.
 
 Layout checked against Triton ``docs/protocol/extension_binary_data.md`` (triton-inference-server/server):
@@ -19,7 +19,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, RequestedOutput
 
 from predictor.protocol import binary_ext, json_body, tensors
-from predictor.serving import v2_binary
+from predictor.serving import binary_ext_kserve
 
 OUTPUTS = ("num_detections", "detection_boxes")
 
@@ -28,7 +28,7 @@ def parse(head: object, binary: bytes = b"", header: bool | str = True) -> Infer
     """Parse a body made of ``head`` (JSON) and ``binary``; ``header``: send its length (or this text)."""
     json_part = head if isinstance(head, bytes) else orjson.dumps(head)
     length = str(len(json_part)) if header is True else (header or None)
-    return v2_binary.parse_request(json_part + binary, length, "ssd", OUTPUTS)
+    return binary_ext_kserve.parse_request(json_part + binary, length, "ssd", OUTPUTS)
 
 
 def refused(head: object, binary: bytes = b"", header: bool | str = True) -> str:
@@ -91,7 +91,7 @@ def test_binary_inputs_take_their_bytes_in_order():
 
 def test_header_length_may_carry_spaces_and_an_empty_binary_input():
     head = orjson.dumps({"inputs": [tensor(shape=[0], parameters={"binary_data_size": 0})]})
-    req = v2_binary.parse_request(head, f" {len(head)} ", "ssd", OUTPUTS)
+    req = binary_ext_kserve.parse_request(head, f" {len(head)} ", "ssd", OUTPUTS)
     assert req.inputs[0]._raw_data == b""
 
 
@@ -108,11 +108,11 @@ def test_extreme_but_valid_shapes_and_sizes():
 
 def test_the_json_part_is_exactly_the_header_length():
     head = orjson.dumps({"inputs": [tensor(parameters={"binary_data_size": 2})]})
-    req = v2_binary.parse_request(head + b"{}", str(len(head)), "ssd", OUTPUTS)
+    req = binary_ext_kserve.parse_request(head + b"{}", str(len(head)), "ssd", OUTPUTS)
     assert req.inputs[0]._raw_data == b"{}"
     # one byte short of the JSON: invalid JSON header
     with pytest.raises(InvalidInput, match=r"^invalid JSON inference header: "):
-        v2_binary.parse_request(head + b"{}", str(len(head) - 1), "ssd", OUTPUTS)
+        binary_ext_kserve.parse_request(head + b"{}", str(len(head) - 1), "ssd", OUTPUTS)
 
 
 def _trailing_message() -> tuple[bytes, str]:
@@ -127,7 +127,7 @@ def _trailing_message() -> tuple[bytes, str]:
 def test_bytes_after_the_binary_data_are_refused():
     head, message = _trailing_message()
     with pytest.raises(InvalidInput) as info:
-        v2_binary.parse_request(head + b"abcde", str(len(head)), "ssd", OUTPUTS)
+        binary_ext_kserve.parse_request(head + b"abcde", str(len(head)), "ssd", OUTPUTS)
     assert info.value.reason == message
 
 
@@ -144,7 +144,7 @@ def test_bytes_after_the_binary_data_are_refused():
 )
 def test_bad_header_lengths(header, message):
     with pytest.raises(InvalidInput) as info:
-        v2_binary.parse_request(b"{}", header, "ssd", OUTPUTS)
+        binary_ext_kserve.parse_request(b"{}", header, "ssd", OUTPUTS)
     assert info.value.reason == message
 
 
@@ -292,7 +292,7 @@ def request(parameters=None, outputs=None) -> InferRequest:
 
 
 def test_plain_json_response():
-    body, length = v2_binary.encode_response(response(), request())
+    body, length = binary_ext_kserve.encode_response(response(), request())
     assert length is None
     assert orjson.loads(body) == {
         "model_name": "ssd",
@@ -303,11 +303,11 @@ def test_plain_json_response():
         ],
         "id": "r-1",
     }
-    assert b'"id"' not in v2_binary.encode_response(response(""), request())[0]
+    assert b'"id"' not in binary_ext_kserve.encode_response(response(""), request())[0]
 
 
 def test_binary_data_output_makes_every_output_binary():
-    body, length = v2_binary.encode_response(response(), request({"binary_data_output": True}))
+    body, length = binary_ext_kserve.encode_response(response(), request({"binary_data_output": True}))
     head = orjson.loads(body[:length])
     sizes = [o["parameters"]["binary_data_size"] for o in head["outputs"]]
     assert sizes == [8, 8, 11]
@@ -328,14 +328,16 @@ def test_requested_outputs_choose_binary_one_by_one():
         RequestedOutput("num_detections"),
         RequestedOutput("detection_labels", {"binary_data": False}),
     ]
-    body, length = v2_binary.encode_response(response(), request(outputs=wanted))
+    body, length = binary_ext_kserve.encode_response(response(), request(outputs=wanted))
     head = orjson.loads(body[:length])
     assert [o["name"] for o in head["outputs"]] == ["detection_scores", "num_detections", "detection_labels"]
     assert head["outputs"][0]["parameters"] == {"binary_data_size": 8}
     assert head["outputs"][1]["data"] == [1, 0] and head["outputs"][2]["data"] == ["cat", ""]
     assert body[length:] == struct.pack("<2f", 0.5, 0.0)
     # the request-wide default applies to outputs that do not say
-    body, length = v2_binary.encode_response(response(), request({"binary_data_output": True}, wanted))
+    body, length = binary_ext_kserve.encode_response(
+        response(), request({"binary_data_output": True}, wanted)
+    )
     assert body[length:] == struct.pack("<2f", 0.5, 0.0) + struct.pack("<2i", 1, 0)
     assert orjson.loads(body[:length])["outputs"][2]["data"] == ["cat", ""]
 
@@ -344,7 +346,7 @@ def test_outputs_holding_raw_data_are_read_back():
     out = InferOutput("detection_scores", [2], "FP32")
     out.set_data_from_numpy(np.array([0.25, 1.0], np.float32), binary_data=True)
     assert out.data is None
-    body, length = v2_binary.encode_response(InferResponse("", "ssd", [out]), request())
+    body, length = binary_ext_kserve.encode_response(InferResponse("", "ssd", [out]), request())
     assert length is None
     assert orjson.loads(body)["outputs"][0]["data"] == [0.25, 1.0]
 
@@ -382,5 +384,5 @@ def test_header_constant_is_the_lower_case_http_header():
 
 def test_outputs_holding_python_lists_are_written_as_given():
     out = InferOutput("detection_scores", [2], "FP32", data=[0.1, 0.25])
-    body, _ = v2_binary.encode_response(InferResponse("", "ssd", [out]), request())
+    body, _ = binary_ext_kserve.encode_response(InferResponse("", "ssd", [out]), request())
     assert orjson.loads(body)["outputs"][0]["data"] == [0.1, 0.25]  # not re-rounded through float32

@@ -13,7 +13,7 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse, RequestedOutput
 
 from predictor.protocol import tensors
-from predictor.protocol.detections import V2_OUTPUTS
+from predictor.protocol.wire import V2_OUTPUTS
 from predictor.serving import codecs
 from predictor.serving.codecs import ImagePayload, ResponseDetections
 

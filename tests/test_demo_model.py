@@ -8,10 +8,11 @@ import sys
 import httpx
 import numpy as np
 import yaml
-from serving_fixtures import REPO_ROOT, ServerProcess, b64, free_port, server_env
+from serving_fixtures import REPO_ROOT, ServerProcess, b64, server_env
 
 from predictor.datasets.shapes import CLASS_NAMES, EVAL_SEED, TRAIN_SEED, generate_sample
 from predictor.ssd import boxes as box_ops
+from predictor.tools.localserver import free_port
 
 
 def test_demo_model_files(demo_model_dir):

@@ -97,9 +97,9 @@ def test_rest_handlers_answer_from_the_table(error, http, code, retry_after):
 
 def test_the_server_installs_the_table_after_kserve_handlers():
     """KServe adds its handlers when its REST server starts; ours must replace them, not be replaced."""
-    from predictor.serving.server import _rest_server
+    from predictor.serving.kserve_workarounds import rest_server_with_error_table
 
-    server_class = _rest_server()
+    server_class = rest_server_with_error_table()
     app = FastAPI()
     server_class._add_exception_handlers(object.__new__(server_class), app)
     for cls in errors.STATUSES:

@@ -25,9 +25,9 @@ from kserve.protocol.infer_type import InferInput, InferRequest
 from PIL import Image, ImageFile, WebPImagePlugin, features
 from serving_fixtures import MODEL_NAME, forge_gif_size, forge_jpeg_size, forge_png_size
 
-from predictor.protocol.detections import V2_OUTPUTS
 from predictor.protocol.tensors import serialize_tensor
-from predictor.serving import codecs, v2_binary
+from predictor.protocol.wire import V2_OUTPUTS
+from predictor.serving import binary_ext_kserve, codecs
 from predictor.serving.images import ImageLimits, decode_base64, decode_image
 
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -364,7 +364,7 @@ def test_the_active_profile_is_the_one_asked_for():
 @given(st.binary(max_size=300), st.one_of(st.none(), st.text(max_size=8)))
 def test_binary_extension_bodies(body, header_length):
     with contextlib.suppress(InvalidInput):
-        v2_binary.parse_request(body, header_length, "m", [n for n, _ in V2_OUTPUTS])
+        binary_ext_kserve.parse_request(body, header_length, "m", [n for n, _ in V2_OUTPUTS])
 
 
 # ----------------------------------------------------------------------------- the real server

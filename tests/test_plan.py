@@ -176,8 +176,8 @@ def test_predicted_p95_matches_a_measured_run_on_the_demo_model(demo_model_dir, 
         (b, c) for b in (1, 8) for c in (1, 2, 4, 8)
     }
     assert all(c["errors"] == 0 for c in bench["cells"])
-    server = plan.LocalServer(str(demo_model_dir), chosen["max_batch_size"], 2.0, tmp_path / "check.log")
-    server.start()
+    log_path = tmp_path / "check.log"
+    server = plan.start_planner_server(str(demo_model_dir), chosen["max_batch_size"], 2.0, log_path)
     try:
         bodies = plan.request_bodies()
         runs = []
@@ -190,7 +190,7 @@ def test_predicted_p95_matches_a_measured_run_on_the_demo_model(demo_model_dir, 
                 plan.summarize(chosen["max_batch_size"], chosen["concurrency"], latencies, errors, wall)
             )
     finally:
-        server.stop()
+        server.terminate()
     measured = statistics.median(r.p95_ms for r in runs)
     predicted = chosen["predicted_p95_ms"]
     assert abs(predicted - measured) <= 0.25 * measured, (predicted, [r.p95_ms for r in runs], chosen)

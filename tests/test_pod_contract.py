@@ -45,8 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import admission_rules as rules
 import httpx
+import k8s_admission_rules as rules
 import numpy as np
 import pytest
 import yaml

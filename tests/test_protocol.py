@@ -25,9 +25,10 @@ from serving_fixtures import REPO_ROOT, server_env
 
 from predictor.client.cli import main
 from predictor.protocol import base64text, binary_ext, grpc_v2, json_body, tensors
-from predictor.protocol.detections import V2_OUTPUTS, detections_from_v1, detections_from_v2
+from predictor.protocol.detections import detections_from_v1, detections_from_v2
 from predictor.protocol.errors import MalformedMessage
-from predictor.serving import codecs, v2_binary
+from predictor.protocol.wire import V2_OUTPUTS
+from predictor.serving import binary_ext_kserve, codecs
 
 CLASS_NAMES = ("background", "circle", "square", "triangle")
 #: Packages a client process must not need: the serving runtime and what it stands on.
@@ -63,7 +64,7 @@ def test_every_protocol_reads_back_to_the_v1_records():
 
     request = InferRequest("m", [InferInput("images", [3], "BYTES", data=["a", "b", "c"])], request_id="r")
     rest = codecs.encode_v2(dets, CLASS_NAMES, "m", request)
-    json_body, json_length = v2_binary.encode_response(rest, request)  # what the /infer route sends
+    json_body, json_length = binary_ext_kserve.encode_response(rest, request)  # what the /infer route sends
     assert json_length is None
     from_json = detections_from_v2(tensors.arrays_from_json_outputs(orjson.loads(json_body)), 3)
 

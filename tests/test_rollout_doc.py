@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import admission_rules as rules
+import k8s_admission_rules as rules
 import yaml
 from pinned_tools import pinned_helm
 

@@ -10,6 +10,7 @@ import dataclasses
 
 import pytest
 
+from predictor.protocol import wire
 from predictor.serving import resources
 from predictor.serving.options import (
     AUTOMATIC,
@@ -38,6 +39,17 @@ def test_every_flag_default_is_the_options_default(no_ssd_env):
         f.name: (getattr(args, f.name), f.default) for f in FIELDS if getattr(args, f.name) != f.default
     }
     assert not disagreeing, f"flag defaults (parsed, ServingOptions) disagree: {disagreeing}"
+
+
+def test_wire_defaults_are_the_servers(no_ssd_env):
+    """The model name and ports the client, bench and tools assume (:mod:`predictor.protocol.wire`) are
+    what a server started without flags uses (the ports are KServe's parser defaults)."""
+    args = build_parser().parse_args([])
+    assert (args.model_name, args.http_port, args.grpc_port) == (
+        wire.MODEL_NAME,
+        wire.DEFAULT_HTTP_PORT,
+        wire.DEFAULT_GRPC_PORT,
+    )
     assert ServingOptions.from_args(args) == ServingOptions()
 
 

@@ -1,5 +1,6 @@
-"""Detection telemetry: histogram counting, the /metrics exposition, reference distributions, the drift
-CLI against a real server, and the chart's optional PrometheusRule."""
+"""Detection telemetry: histogram counting, the /metrics exposition (:mod:`predictor.serving.telemetry`),
+reference distributions and the drift CLI against a real server (:mod:`predictor.tools.drift`), and the
+chart's optional PrometheusRule."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from serving_fixtures import MODEL_NAME, b64, encode_image, start_server
 
 from predictor.models import DEMO_MODEL_DIR
 from predictor.serving import telemetry
+from predictor.tools import drift
 
 CLASSES = ("background", "circle", "square")
 CHART = test_deploy_chart.CHART
@@ -75,7 +77,7 @@ def test_exposition_round_trips_through_the_drift_parser():
     assert 'ssd_detection_score_bucket{class="circle",le="0.95"} 1.0' in text
     assert 'ssd_detections_per_image_bucket{le="0.0"} 0.0' in text
     assert "ssd_detection_box_area_fraction_count" in text and "ssd_input_image_pixels_sum 22500.0" in text
-    live = telemetry.parse_live(text)
+    live = drift.parse_live(text)
     expected = hist.to_json()
     for field in ("score", "area_fraction", "detections_per_image", "image_pixels"):
         assert live[field] == expected[field], field
@@ -83,14 +85,14 @@ def test_exposition_round_trips_through_the_drift_parser():
 
 def test_psi_and_ks_on_equal_and_shifted_distributions():
     ref = [10, 40, 100, 40, 10]
-    assert telemetry.psi(ref, [2 * x for x in ref]) == pytest.approx(0.0)
-    assert telemetry.ks_binned(ref, [2 * x for x in ref]) == (0.0, 1.0)
+    assert drift.psi(ref, [2 * x for x in ref]) == pytest.approx(0.0)
+    assert drift.ks_binned(ref, [2 * x for x in ref]) == (0.0, 1.0)
     shifted = [100, 40, 10, 40, 10]
-    d, p = telemetry.ks_binned(ref, shifted)
+    d, p = drift.ks_binned(ref, shifted)
     assert d == pytest.approx(0.45) and p < 1e-6
-    assert telemetry.psi(ref, shifted) > 0.5
+    assert drift.psi(ref, shifted) > 0.5
     # Kolmogorov tail at its well-known 5% point (x = 1.358)
-    assert telemetry.kolmogorov_sf(1.358) == pytest.approx(0.05, abs=2e-3)
+    assert drift.kolmogorov_sf(1.358) == pytest.approx(0.05, abs=2e-3)
 
 
 def test_compare_verdicts():
@@ -106,7 +108,7 @@ def test_compare_verdicts():
         "detections_per_image": [50, 50, 50],
         "image_pixels": [0, 150, 0],
     }
-    rows = {(r["distribution"], r["class"]): r["verdict"] for r in telemetry.compare(ref, live)}
+    rows = {(r["distribution"], r["class"]): r["verdict"] for r in drift.compare(ref, live)}
     assert rows[("score", "circle")] == "ok"
     assert rows[("score", "square")] == "drift"
     assert rows[("area_fraction", "square")] == "too few"
@@ -115,7 +117,7 @@ def test_compare_verdicts():
 
 def test_shipped_reference_matches_the_bucket_bounds():
     data = json.loads((DEMO_MODEL_DIR / "reference_distributions.json").read_text())
-    assert data["format"] == telemetry.REFERENCE_FORMAT
+    assert data["format"] == drift.REFERENCE_FORMAT
     assert data["bounds"] == {
         "score": list(telemetry.SCORE_BUCKETS),
         "area_fraction": list(telemetry.AREA_BUCKETS),
@@ -130,9 +132,9 @@ def test_reference_command_is_what_was_shipped(tmp_path):
     """The shipped file is reproducible: the same command on its first 16 images gives the same counts
     as a fresh 16-image reference from the library function (same code path as the CLI)."""
     out = tmp_path / "ref.json"
-    assert telemetry.main(["reference", "--count", "16", "--out", str(out)]) == 0
+    assert drift.main(["reference", "--count", "16", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
-    again = telemetry.reference_distributions(None, 16)
+    again = drift.reference_distributions(None, 16)
     assert data["score"] == again["score"] and sum(data["detections_per_image"]) == 16
 
 
@@ -174,13 +176,13 @@ def test_drift_cli_against_a_live_server(demo_server, capsys):
     _send(demo_server, clean)
     text = httpx.get(url).text
     assert 'ssd_detection_score_bucket{class="circle",le="1.0"}' in text
-    assert telemetry.main(["drift", "--metrics-url", url, "--json"]) == 0
+    assert drift.main(["drift", "--metrics-url", url, "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert sum(r["live_n"] for r in rows if r["distribution"] == "detections_per_image") == 80
     assert not [r for r in rows if r["verdict"] == "drift"]
     # A zoomed camera: boxes cover 4x more of each image, and images are 4x smaller.
     _send(demo_server, [_zoomed(generate_sample(EVAL_SEED, first_unused + 80 + i).image) for i in range(160)])
-    assert telemetry.main(["drift", "--metrics-url", url]) == 1
+    assert drift.main(["drift", "--metrics-url", url]) == 1
     report = capsys.readouterr().out
     drifted = report.split("drifted: ")[-1]
     assert "image_pixels[*]" in drifted and "detections_per_image[*]" in drifted, report
@@ -188,9 +190,9 @@ def test_drift_cli_against_a_live_server(demo_server, capsys):
 
 
 def test_drift_cli_errors(tmp_path, capsys):
-    assert telemetry.main(["drift", "--metrics-file", str(tmp_path / "missing.txt")]) == 2
+    assert drift.main(["drift", "--metrics-file", str(tmp_path / "missing.txt")]) == 2
     (tmp_path / "other.txt").write_text("# just another exporter\nup 1\n")
-    assert telemetry.main(["drift", "--metrics-file", str(tmp_path / "other.txt")]) == 2
+    assert drift.main(["drift", "--metrics-file", str(tmp_path / "other.txt")]) == 2
     assert "no ssd_detection_" in capsys.readouterr().err
 
 
@@ -221,3 +223,26 @@ def test_prometheus_rule_is_optional_and_renders(helm):
     assert "{{ $labels.class }}" in alerts["SSDLowDetectionScores"]["annotations"]["summary"]
     bad = run_helm(helm, "template", "r", str(CHART), "--set", "prometheusRule.errorRatio=2")
     assert bad.returncode != 0 and "errorRatio" in bad.stderr
+
+
+def test_the_serving_package_imports_no_offline_code():
+    """The runtime keeps only what runs in the server: no module of predictor/serving/ imports the
+    datasets or the offline tools (the drift CLI lives in predictor/tools/drift.py), even lazily."""
+    import ast
+    from pathlib import Path
+
+    import predictor.serving
+
+    offline = ("predictor.datasets", "predictor.tools")
+    found = []
+    for path in sorted(Path(predictor.serving.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            found += [f"{path.name}:{node.lineno} {n}" for n in names if n.startswith(offline)]
+    assert not found, found

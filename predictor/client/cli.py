@@ -1,6 +1,6 @@
 """``ssd-detect``: send images to the SSD predictor over KServe V1, V2 REST or V2 gRPC.
 
-Usage (see the README)::
+Usage (see docs/clients.md)::
 
     ssd-detect --url http://localhost:8080 --model ssd photo.jpg photos/ > detections.jsonl
     ssd-detect --protocol grpc --url localhost:8081 --batch-size 8 --concurrency 4 --draw out/ photos/
@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SIDE",
         help="shrink images whose shorter side is over SIDE pixels to SIDE before sending (antialiased, "
         "EXIF orientation applied, JPEG q90): less upload and server CPU; boxes are still in pixels of "
-        "the original file. 600 suits SSD300 (see the README for the measured effect)",
+        "the original file. 600 suits SSD300 (see docs/clients.md for the measured effect)",
     )
     run.add_argument(
         "--progress",

@@ -2,7 +2,7 @@
 
 Every transport takes the encoded images of one request and returns the detections of each image in the
 V1 form (:func:`predictor.protocol.detections.detection_records`), whatever the protocol, with the model
-version that answered (:class:`Answer`; header :data:`~predictor.protocol.detections.MODEL_VERSION_HEADER`
+version that answered (:class:`Answer`; header :data:`~predictor.protocol.wire.MODEL_VERSION_HEADER`
 on REST and gRPC, V2's ``model_version``); errors are :class:`~predictor.client.errors.RequestError`.
 One transport is shared by the sending threads.
 """
@@ -21,14 +21,21 @@ import numpy as np
 from predictor.client.errors import ClientError, RequestError
 from predictor.protocol import detections, tensors
 from predictor.protocol.base64text import encode_base64
-from predictor.protocol.detections import INPUT_NAME, MODEL_VERSION_HEADER, PARAMETER_NAMES, Detection
+from predictor.protocol.detections import PARAMETER_NAMES, Detection
 from predictor.protocol.errors import MalformedMessage
 from predictor.protocol.json_body import excerpt, load_json
+from predictor.protocol.wire import (
+    DEFAULT_GRPC_PORT,
+    DEFAULT_HTTP_PORT,
+    INPUT_NAME,
+    MODEL_NAME,
+    MODEL_VERSION_HEADER,
+)
 
 PROTOCOLS = ("v1", "v2", "grpc")
-DEFAULT_MODEL = "ssd"
-DEFAULT_REST_URL = "http://localhost:8080"
-DEFAULT_GRPC_URL = "localhost:8081"
+DEFAULT_MODEL = MODEL_NAME
+DEFAULT_REST_URL = f"http://localhost:{DEFAULT_HTTP_PORT}"
+DEFAULT_GRPC_URL = f"localhost:{DEFAULT_GRPC_PORT}"
 #: HTTP statuses and gRPC codes worth retrying (server busy / scaling up).
 RETRY_HTTP_STATUSES = frozenset({429, 502, 503, 504})
 RETRY_GRPC_CODES = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED"})

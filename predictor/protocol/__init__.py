@@ -5,8 +5,10 @@ client runs with numpy, Pillow, orjson, httpx (REST) and grpcio + protobuf (gRPC
 raises :class:`~predictor.protocol.errors.MalformedMessage` naming the field; the server turns it into
 ``InvalidInput`` (HTTP 400, gRPC INVALID_ARGUMENT).
 
-- :mod:`~predictor.protocol.detections`: the predictor's messages: input name, ``parameters``, the V1
-  detection records and the V2 output tensors, written by the server and read by the client.
+- :mod:`~predictor.protocol.wire`: the names and defaults on the wire: model name, ports, the V2 input and
+  output names.
+- :mod:`~predictor.protocol.detections`: the predictor's messages: ``parameters``, the V1 detection
+  records and the V2 output tensors, written by the server and read by the client.
 - :mod:`~predictor.protocol.tensors`: V2 tensors <-> numpy (JSON ``data``, raw contents, BYTES framing).
 - :mod:`~predictor.protocol.binary_ext`: V2 REST bodies with the binary tensor data extension.
 - :mod:`~predictor.protocol.grpc_v2`: the V2 gRPC ``ModelInfer`` messages.

@@ -14,7 +14,7 @@ layout, ``parameters.binary_data_size`` in the header) and the response carries
 ``Inference-Header-Content-Length``. Otherwise the response is plain JSON.
 
 This module is the framing only (plain Python values and numpy arrays); the server builds KServe's
-request objects from it in :mod:`predictor.serving.v2_binary`.
+request objects from it in :mod:`predictor.serving.binary_ext_kserve`.
 
 Spec: Triton ``docs/protocol/extension_binary_data.md`` (triton-inference-server/server); the client
 side this must interoperate with: ``tritonclient/http/_utils.py`` (``_get_inference_request``) and

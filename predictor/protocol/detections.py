@@ -1,7 +1,7 @@
 """The SSD predictor's messages, as both the server and the client read and write them.
 
 Requests: one encoded image per instance (V1 ``instances``, V2 one BYTES input, any name, metadata
-name :data:`INPUT_NAME`) and optional ``parameters`` (:data:`PARAMETER_NAMES`).
+name :data:`~predictor.protocol.wire.INPUT_NAME`) and optional ``parameters`` (:data:`PARAMETER_NAMES`).
 
 Responses, one entry per image, boxes ``(xmin, ymin, xmax, ymax)`` in pixels of the original
 (EXIF-oriented) image:
@@ -9,12 +9,13 @@ Responses, one entry per image, boxes ``(xmin, ymin, xmax, ymax)`` in pixels of 
 - V1: ``{"predictions": [[{label, class_id, score, xmin, ymin, xmax, ymax}, ...], ...]}``, sorted by
   score, scores rounded to :data:`SCORE_DECIMALS` decimals and coordinates to :data:`BOX_DECIMALS`
   (:func:`detection_records`).
-- V2 (REST and gRPC): the tensors :data:`V2_OUTPUTS`, ``num_detections [N]``, ``detection_boxes
-  [N, K, 4]``, ``detection_scores [N, K]``, ``detection_classes [N, K]``, ``detection_labels [N, K]``;
-  rows past ``num_detections[i]`` are padding.
+- V2 (REST and gRPC): the tensors :data:`~predictor.protocol.wire.V2_OUTPUTS`, ``num_detections [N]``,
+  ``detection_boxes [N, K, 4]``, ``detection_scores [N, K]``, ``detection_classes [N, K]``,
+  ``detection_labels [N, K]``; rows past ``num_detections[i]`` are padding.
 
-Every answer names the model version that computed it: the header :data:`MODEL_VERSION_HEADER` on every
-REST response and in the initial metadata of every gRPC call, and V2's ``model_version`` field.
+Every answer names the model version that computed it: the header
+:data:`~predictor.protocol.wire.MODEL_VERSION_HEADER` on every REST response and in the initial metadata
+of every gRPC call, and V2's ``model_version`` field.
 """
 
 from __future__ import annotations
@@ -31,20 +32,8 @@ from predictor.protocol.json_body import excerpt
 #: ``{"label": str, "class_id": int, "score": float, "xmin": float, "ymin": ..., "xmax": ..., "ymax": ...}``.
 Detection = dict[str, Any]
 
-#: Name of the V2 input in the model metadata (any name is accepted in requests).
-INPUT_NAME = "images"
-#: The V2 outputs, in order, with their datatypes.
-V2_OUTPUTS: tuple[tuple[str, str], ...] = (
-    ("num_detections", "INT32"),
-    ("detection_boxes", "FP32"),
-    ("detection_scores", "FP32"),
-    ("detection_classes", "INT32"),
-    ("detection_labels", "BYTES"),
-)
 #: The request ``parameters`` the predictor reads.
 PARAMETER_NAMES = ("score_threshold", "max_detections", "nms_threshold", "classes")
-#: Response header (REST) / initial metadata key (gRPC) carrying the served model version.
-MODEL_VERSION_HEADER = "x-model-version"
 SCORE_DECIMALS = 4
 BOX_DECIMALS = 2
 _REQUIRED_V2_OUTPUTS = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
@@ -95,8 +84,8 @@ def detections_from_v1(body: Any, n_images: int) -> list[list[Detection]]:
 
 
 def detections_from_v2(arrays: Mapping[str, np.ndarray], n_images: int) -> list[list[Detection]]:
-    """V2 output arrays (:data:`V2_OUTPUTS`; ``detection_labels`` may be missing) -> detections per image,
-    normalised by :func:`detection_records`.
+    """V2 output arrays (:data:`~predictor.protocol.wire.V2_OUTPUTS`; ``detection_labels`` may be
+    missing) -> detections per image, normalised by :func:`detection_records`.
 
     Raises:
       MalformedMessage: a required output missing, or ``num_detections`` not of ``n_images`` values.

@@ -17,7 +17,8 @@ every check the model does comes after the memory is spent. This module checks f
   queue full, not ready, time limit) carries ``Retry-After``.
 - :class:`GrpcAdmissionInterceptor`: the gRPC core already refuses messages over
   ``--grpc_max_receive_message_length`` (RESOURCE_EXHAUSTED); this counts each ``ModelInfer``
-  message against the same budget before protobuf parses it, RESOURCE_EXHAUSTED when over.
+  message against the same budget before protobuf parses it, RESOURCE_EXHAUSTED when over (KServe's
+  gRPC server gets it through :func:`predictor.serving.kserve_workarounds.admitting_grpc_server`).
 """
 
 from __future__ import annotations
@@ -154,46 +155,3 @@ class GrpcAdmissionInterceptor(aio.ServerInterceptor):
             request_deserializer=deserialize,
             response_serializer=handler.response_serializer,
         )
-
-
-def admitting_grpc_server(budget: ByteBudget, front: tuple[aio.ServerInterceptor, ...] = ()) -> type:
-    """KServe's ``GRPCServer`` with :class:`GrpcAdmissionInterceptor` in front of its interceptors,
-    and ``front`` (header hygiene, authentication) in front of that.
-
-    ``GRPCServer.start`` builds its ``grpc.aio`` server with a fixed interceptor tuple
-    (kserve/python/kserve/kserve/protocol/grpc/server.py, KServe 0.21); this is that method with ours
-    added first (outermost) and KServe's servicer replaced by
-    :class:`~predictor.serving.versions.VersionedServicer` (model versions), everything else unchanged.
-    """
-    from concurrent import futures
-
-    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
-    from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
-    from kserve.protocol.grpc.server import GRPCServer
-
-    from predictor.serving.versions import VersionedServicer
-
-    class AdmittingGRPCServer(GRPCServer):
-        async def start(self, max_workers: int) -> None:
-            servicer = VersionedServicer(self._data_plane, self._model_repository_extension)
-            self._server = aio.server(
-                futures.ThreadPoolExecutor(max_workers=max_workers),
-                interceptors=(
-                    *front,
-                    GrpcAdmissionInterceptor(budget),
-                    LoggingInterceptor(),
-                    ExceptionToStatusInterceptor(),
-                ),
-                options=[
-                    ("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
-                    ("grpc.max_receive_message_length", self._kwargs.get("grpc_max_receive_message_length")),
-                ],
-            )
-            grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
-            listen_addr = f"[::]:{self._port}"
-            self._server.add_insecure_port(listen_addr)
-            log.info("gRPC server on %s, %d workers, admission by request bytes", listen_addr, max_workers)
-            await self._server.start()
-            await self._server.wait_for_termination()
-
-    return AdmittingGRPCServer

@@ -14,17 +14,9 @@ parameters share a batch.
 Load shedding: :meth:`DynamicBatcher.admit` bounds the images admitted (decoding, queued or running) to
 ``max_queue_images``, and (when set) to what the model can finish within ``max_queue_delay_s`` at
 its measured rate (images per second of model time, averaged over recent calls); past either bound
-requests fail at once with :class:`Overloaded` (HTTP 503, gRPC UNAVAILABLE). A burst is absorbed.
-A standing queue is not (the idea of CoDel): when requests keep waiting longer than two model calls
-for longer than a burst takes to drain, while ``max_queue_images`` refuses requests, more is offered
-than the model can do. Then the oldest queued requests past the tight bound get 503 at once (the
-backlog admitted under the burst allowance is not served seconds late), and until the overload ends
-(short waits, and no more images offered than the model does, for as long) at most two calls of the
-*efficient bucket* are admitted: the smallest batch size whose measured rate is within 10% of the
-best size's (as the warm-up timed each size, with the model alone). So under sustained overload
-admitted requests wait about two short calls, not seconds, the model keeps (nearly) its best rate,
-and it always has its next batch ready. (A request larger than the bound is admitted only when
-nothing else is in progress.)
+requests fail at once with :class:`Overloaded` (HTTP 503, gRPC UNAVAILABLE). A burst is absorbed; a
+standing queue is shed down to two calls of the efficient bucket (:meth:`DynamicBatcher.note_wait`,
+:attr:`DynamicBatcher.standing_limit`; why and what it measures: docs/serving.md, "Overload").
 A request cancelled while queued (client gone) leaves the queue.
 
 Deadlines: a request may carry a :class:`Deadline`. Once it has passed (its time came, or it was
@@ -248,12 +240,8 @@ class DynamicBatcher:
 
     def efficient_bucket(self) -> int | None:
         """The smallest bucket whose measured rate (images per second of a call) is within
-        ``1 - EFFICIENT_FRACTION`` of the best bucket's; None before any call was timed.
-
-        Under overload larger calls buy little: on a CPU a call of 32 images runs at about the rate of
-        one of 8 (often within 10%) and takes four times as long, and every admitted request waits for
-        about two calls. Calls of this size keep the throughput and the latency near what they are
-        just below capacity.
+        ``1 - EFFICIENT_FRACTION`` of the best bucket's; None before any call was timed (why this size:
+        docs/serving.md, "Overload").
 
         The choice uses the warm-up's timings only, all taken alike with the model alone. Calls timed
         while serving are slowed by decoding on the same cores, and only the sizes being run get
@@ -270,17 +258,10 @@ class DynamicBatcher:
     def note_wait(self, waited_s: float, now: float) -> None:
         """The oldest queued request waited ``waited_s`` when a model call was formed at ``now``.
 
-        A batch normally waits for at most the call in progress; waiting longer than two recent
-        calls means a backlog. A backlog that lasts ``max(1 s, 4 calls)`` (longer than a burst takes
-        to drain) while ``max_queue_images`` refuses requests is a standing queue: more is offered
-        than the model can do. (A deep queue that never fills the image bound, such as many clients
-        each waiting for their answer before sending again, is served as before: the tight bound only
-        ever applies where the plain one was already refusing.) It ends when a request
-        waited less than one call *and* the images offered (admitted or refused) over
-        ``max(1 s, 4 calls)`` came at most at the model's measured rate: under the bound itself
-        requests wait about one call, so a short wait alone does not show that the overload is over
-        (it only shows that the bound works); and a load back at capacity still meets the tight bound
-        with its bursts, so refusals alone do not show that it goes on.
+        A standing queue starts when waits over two recent calls last ``max(1 s, 4 calls)`` while
+        ``max_queue_images`` refuses requests, and ends when a request waited less than one call *and*
+        the images offered over ``max(1 s, 4 calls)`` came at most at the model's measured rate
+        (docs/serving.md, "Overload", says why both conditions).
         """
         if not self.shed_standing_queue or not self._ewma_seconds:
             return

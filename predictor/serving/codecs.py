@@ -28,15 +28,10 @@ import orjson
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from predictor.protocol import base64text, json_body, tensors
-from predictor.protocol.detections import (
-    INPUT_NAME,
-    PARAMETER_NAMES,
-    V2_OUTPUTS,
-    detection_records,
-    v1_response,
-)
+from predictor.protocol.detections import PARAMETER_NAMES, detection_records, v1_response
 from predictor.protocol.errors import MalformedMessage
 from predictor.protocol.json_body import json_type as _json_type
+from predictor.protocol.wire import INPUT_NAME, V2_OUTPUTS
 from predictor.serving.errors import InvalidInput
 from predictor.serving.images import decode_base64
 

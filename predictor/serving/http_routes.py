@@ -15,9 +15,10 @@ KServe 0.21's own REST handlers get the most common clients wrong (kserve ``prot
 
 :func:`install` registers ``POST /v1/models/{name}:predict`` and ``POST /v2/models/{name}/infer`` before
 KServe registers its routes (Starlette matches routes in order), so ours answer; they parse the body
-themselves (:mod:`predictor.serving.codecs`, :mod:`predictor.serving.v2_binary`) and call the model
+themselves (:mod:`predictor.serving.codecs`, :mod:`predictor.serving.binary_ext_kserve`) and call the model
 like KServe does.
-:class:`TruthfulDataPlane` makes server readiness mean "every registered model is ready".
+:class:`predictor.serving.kserve_workarounds.TruthfulDataPlane` makes server readiness mean "every
+registered model is ready".
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from kserve.protocol.dataplane import DataPlane
 
-from predictor.serving import v2_binary, versions
+from predictor.serving import binary_ext_kserve, versions
 from predictor.serving.errors import ModelNotReady
 
 V1_PREDICT = "/v1/models/{model_name}:predict"
@@ -35,15 +36,6 @@ V2_INFER = "/v2/models/{model_name}/infer"
 V2_INFER_VERSION = "/v2/models/{model_name}/versions/{model_version}/infer"
 V2_METADATA_VERSION = "/v2/models/{model_name}/versions/{model_version}"
 V2_READY_VERSION = "/v2/models/{model_name}/versions/{model_version}/ready"
-
-
-class TruthfulDataPlane(versions.VersionedDataPlane):
-    """KServe's data plane whose server readiness is "at least one model, and every model ready" (and
-    whose model metadata lists the served version)."""
-
-    async def ready(self) -> bool:
-        models = list(self.model_registry.get_models().values())
-        return bool(models) and all(bool(getattr(m, "ready", False)) for m in models)
 
 
 class InferenceRoutes:
@@ -74,11 +66,11 @@ class InferenceRoutes:
         body = await request.body()
         headers = dict(request.headers)
         output_names = [o["name"] for o in model.get_output_types()]
-        infer_request = v2_binary.parse_request(
-            body, headers.get(v2_binary.HEADER_LENGTH), model_name, output_names
+        infer_request = binary_ext_kserve.parse_request(
+            body, headers.get(binary_ext_kserve.HEADER_LENGTH), model_name, output_names
         )
         response, response_headers = await model(infer_request, headers=headers)
-        content, json_length = v2_binary.encode_response(response, infer_request)
+        content, json_length = binary_ext_kserve.encode_response(response, infer_request)
         extra = _extra(response_headers)
         if json_length is None:
             return Response(content, media_type="application/json", headers=extra)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from predictor._argtypes import fraction, positive_int
+from predictor.protocol.wire import MODEL_NAME
 
 if TYPE_CHECKING:
     from predictor.serving.resources import Limits
@@ -152,7 +153,7 @@ class ServingOptions:
         "(ssd_300_vgg.ckpt.*). Empty: the demo model shipped in the package.",
     )
     model_name: str = _option(
-        "ssd",
+        MODEL_NAME,
         str,
         "The model's name in the URLs (/v2/models/<name>/infer); KServe's default is 'model', ours matches "
         "the Helm chart and the client.",
@@ -252,12 +253,8 @@ class ServingOptions:
     shed_standing_queue: bool = _option(
         True,
         _bool,
-        "Under sustained overload (--max_queue_images refuses requests and requests keep waiting longer "
-        "than two model calls, for longer than a burst takes to drain) admit at most two calls of the "
-        "efficient batch size (the smallest whose measured rate is within 10%% of the best) until it ends, "
-        "so admitted requests stay fast and the rest get 503 at once (bench/overload.py measures it). "
-        "Bursts are still absorbed up to --max_queue_images, and a load the image bound serves without a "
-        "503 is never shed.",
+        "Under sustained overload admit at most two calls of the efficient batch size until it ends, so "
+        "admitted requests stay fast and the rest get 503 at once (docs/serving.md, Overload).",
         chart=Chart("predictor.shedStandingQueue", pin=True),
     )
     shutdown_grace_s: float = _option(
@@ -339,7 +336,7 @@ class ServingOptions:
         _bool,
         "Decode JPEGs at least twice the network input per side at 1/2, 1/4 or 1/8 scale (libjpeg DCT "
         "scaling): 1.2x (1080p) to 3x (12 MP) less CPU per image, slightly different detections (see "
-        "the README).",
+        "docs/serving.md).",
         chart=Chart("predictor.jpegDraft"),
     )
 

@@ -41,7 +41,7 @@ V1_UNLIMITED = 1 << 60
 INFLIGHT_FRACTION = 16
 MIN_INFLIGHT_BYTES = 32 * 1024 * 1024
 MAX_INFLIGHT_BYTES = 1024 * 1024 * 1024
-#: Budget when the container has no memory limit (documented in the README and ``--max_inflight_bytes``).
+#: Budget when the container has no memory limit (documented in docs/flags.md and ``--max_inflight_bytes``).
 UNLIMITED_INFLIGHT_BYTES = 128 * 1024 * 1024
 _V1_CPU_DIRS = ("cpu", "cpu,cpuacct", "cpuacct,cpu")
 

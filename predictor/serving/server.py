@@ -12,10 +12,10 @@ finish (up to ``--shutdown_grace_s``), then KServe stops the gRPC server with th
 process exits 0.
 
 Wiring done here on KServe's objects: the HTTP middlewares (:func:`predictor.serving.middleware.install`),
-our inference routes and truthful readiness (:mod:`predictor.serving.http_routes`), error answers from
-:data:`predictor.serving.errors.STATUSES` (a ``RESTServer`` that installs them after KServe's own
-handlers), and a gRPC server that counts message bytes
-(:func:`predictor.serving.admission.admitting_grpc_server`).
+our inference routes (:mod:`predictor.serving.http_routes`), and the changes to KServe's own behaviour,
+all in :mod:`predictor.serving.kserve_workarounds` (error answers from
+:data:`predictor.serving.errors.STATUSES`, a gRPC server that counts message bytes, its receive limit,
+truthful server readiness).
 """
 
 from __future__ import annotations
@@ -30,15 +30,12 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from predictor.serving import auth, errors, headers, heap, middleware, priority, resources
-from predictor.serving.admission import ByteBudget, admitting_grpc_server
+from predictor.serving import auth, heap, middleware, priority, resources
+from predictor.serving.admission import ByteBudget
 from predictor.serving.options import ServingOptions, build_parser, resolve_automatic
 from predictor.serving.prometheus import QuietClientErrors
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
-    from kserve.protocol.rest.server import RESTServer
-
     from predictor.serving.model import SSDPredictor
     from predictor.ssd.detector import Detector
 
@@ -125,11 +122,10 @@ def _serve(
 ) -> int:
     """Start KServe's REST and gRPC servers with ``model`` registered; warm it up in the background.
     ``tokens``: the bearer tokens every non-health request needs, or None."""
-    import kserve.model_server
-    from kserve import ModelServer, model_server
+    from kserve import ModelServer
     from kserve.model_server import app
 
-    from predictor.serving import http_routes
+    from predictor.serving import http_routes, kserve_workarounds
 
     if args.workers != 1:
         log.warning(
@@ -144,12 +140,12 @@ def _serve(
         tokens=tokens,
         model_version=model.version,
     )
-    # ModelServer.start builds its servers from these module attributes: our REST server cleans headers
-    # outermost and answers errors from errors.STATUSES; our gRPC server cleans metadata, checks tokens
-    # and counts message bytes.
-    kserve.model_server.RESTServer = _rest_server()
+    # Our REST server cleans headers outermost and answers errors from errors.STATUSES; our gRPC server
+    # cleans metadata, checks tokens and counts message bytes.
+    from predictor.serving import headers
+
     front = (headers.GrpcMetadataHygiene(),) + ((auth.GrpcBearerAuth(tokens),) if tokens else ())
-    kserve.model_server.GRPCServer = admitting_grpc_server(budget, front)
+    kserve_workarounds.install_server_classes(budget, front)
     server = ModelServer(
         http_port=args.http_port,
         grpc_port=args.grpc_port,
@@ -159,10 +155,9 @@ def _serve(
     )
     # Server readiness (REST /v2/health/ready, gRPC ServerReady) = every model ready; our REST inference
     # routes (binary tensor extension, raw V1 images) are matched before KServe's.
-    server.dataplane = http_routes.TruthfulDataPlane(model_registry=server.registered_models)
+    server.dataplane = kserve_workarounds.TruthfulDataPlane(model_registry=server.registered_models)
     http_routes.install(app, server.dataplane)
-    # KServe's gRPC server reads its limits from its own parse of the command line.
-    model_server.args.grpc_max_receive_message_length = options.grpc_limit
+    kserve_workarounds.set_grpc_receive_limit(options.grpc_limit)
     server.register_model(model)
     model.enable_latency_logging = server.enable_latency_logging
     status = {"exit": 0}
@@ -180,27 +175,6 @@ def _serve(
             trimmer.stop()
     log.info("server stopped")
     return status["exit"]
-
-
-def _rest_server() -> type[RESTServer]:
-    """KServe's ``RESTServer`` that, after adding KServe's middlewares, adds
-    :class:`~predictor.serving.headers.HeaderHygieneMiddleware` outside them (the outermost: nothing,
-    KServe's ``TimingMiddleware`` and logging included, sees a raw ``x-request-id`` or trace header),
-    and after adding KServe's exception handlers replaces them with
-    :func:`predictor.serving.errors.install_rest_handlers` (KServe adds both when the server starts,
-    kserve/python/kserve/kserve/protocol/rest/server.py, ``create_application``)."""
-    from kserve.protocol.rest.server import RESTServer
-
-    class OurRESTServer(RESTServer):
-        def _add_middlewares(self, app: FastAPI) -> None:
-            super()._add_middlewares(app)
-            app.add_middleware(headers.HeaderHygieneMiddleware)  # added last: outermost
-
-        def _add_exception_handlers(self, app: FastAPI) -> None:
-            super()._add_exception_handlers(app)
-            errors.install_rest_handlers(app)
-
-    return OurRESTServer
 
 
 def _token_check(options: ServingOptions) -> auth.TokenCheck | None:

@@ -3,7 +3,7 @@
 The version is :func:`predictor.ssd.weights.model_version` of the model directory (its ``VERSION`` file,
 else a digest of the weights), read once at start-up. It is reported:
 
-- in every REST response's :data:`~predictor.protocol.detections.MODEL_VERSION_HEADER` header
+- in every REST response's :data:`~predictor.protocol.wire.MODEL_VERSION_HEADER` header
   (:class:`ModelVersionHeader`, all routes: inference, metadata, health, errors);
 - in the initial metadata of every gRPC ``ModelInfer`` / ``ModelMetadata`` / ``ModelReady`` call, and in
   ``ModelInferResponse.model_version`` (:class:`VersionedServicer`);
@@ -26,7 +26,7 @@ from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.grpc.servicer import InferenceServicer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from predictor.protocol.detections import MODEL_VERSION_HEADER
+from predictor.protocol.wire import MODEL_VERSION_HEADER
 from predictor.serving.errors import ModelNotFound, ModelVersionNotFound
 
 

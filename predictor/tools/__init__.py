@@ -1,1 +1,1 @@
-"""Offline tools: training, COCO evaluation, capacity planning."""
+"""Offline tools: training, COCO evaluation, capacity planning, the local-server harness."""

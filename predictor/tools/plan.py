@@ -3,7 +3,8 @@
 Given a p95 latency SLO and a target request rate, it
 
 1. measures latency and throughput against concurrency for a few batcher sizes: for each
-   ``--max-batch-sizes`` value it starts a real ``python -m predictor`` on loopback with the model and runs
+   ``--max-batch-sizes`` value it starts a real ``python -m predictor`` on loopback with the model
+   (:mod:`predictor.tools.localserver`) and runs
    ``c`` closed-loop clients (one-image V1 requests) for each ``--concurrency`` value, after a warm-up;
    or reads such a benchmark (``--benchmark FILE``), e.g. measured on a GPU node with
    ``--measure-only``;
@@ -35,9 +36,6 @@ import json
 import math
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -47,10 +45,11 @@ from typing import Any
 
 import numpy as np
 
+from predictor.protocol.wire import MODEL_NAME
 from predictor.serving.resources import cpu_model_name
+from predictor.tools.localserver import LocalServer, start_ready_server
 
 BENCHMARK_FORMAT = "ssd-predictor/plan-benchmark/v1"
-MODEL_NAME = "ssd"
 
 
 # --------------------------------------------------------------------------------------- measuring
@@ -69,62 +68,13 @@ class Cell:
     p99_ms: float
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LocalServer:
-    """``python -m predictor`` on loopback ports, ready when :meth:`start` returns."""
-
-    def __init__(
-        self, model_dir: str | None, max_batch_size: int, batch_wait_ms: float, log_path: Path
-    ) -> None:
-        self.http_port, grpc_port = _free_port(), _free_port()
-        self.cmd = [
-            sys.executable, "-m", "predictor", "--model_name", MODEL_NAME,
-            "--http_port", str(self.http_port), "--grpc_port", str(grpc_port),
-            "--max_batch_size", str(max_batch_size), "--batch_wait_ms", str(batch_wait_ms),
-            *(["--model_dir", str(model_dir)] if model_dir else []),
-        ]  # fmt: skip
-        self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def start(self, timeout_s: float = 600.0) -> None:
-        import httpx
-
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SSD_")}
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                self.cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log_path}")
-            try:
-                if httpx.get(f"{self.url}/v2/models/{MODEL_NAME}/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise TimeoutError(f"server not ready after {timeout_s:.0f} s; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+def start_planner_server(
+    model_dir: str | None, max_batch_size: int, batch_wait_ms: float, log_path: Path
+) -> LocalServer:
+    """``python -m predictor`` with these batcher settings on loopback ports, ready (its own process
+    group, stopped with ``terminate()``)."""
+    flags = ("--max_batch_size", str(max_batch_size), "--batch_wait_ms", str(batch_wait_ms))
+    return start_ready_server(model_dir, log_path, *flags, interval_s=0.3, own_session=True)
 
 
 def request_bodies(count: int = 4, size: tuple[int, int] = (640, 480)) -> list[bytes]:
@@ -226,10 +176,8 @@ def measure(
     bodies = request_bodies()
     cells: list[Cell] = []
     for b in max_batch_sizes:
-        server = LocalServer(model_dir, b, batch_wait_ms, out_dir / f"server_b{b}.log")
-        t0 = time.perf_counter()
-        server.start()
-        log(f"max_batch_size {b}: server ready after {time.perf_counter() - t0:.1f} s")
+        server = start_planner_server(model_dir, b, batch_wait_ms, out_dir / f"server_b{b}.log")
+        log(f"max_batch_size {b}: server ready after {server.ready_s:.1f} s")
         try:
             for c in concurrencies:
                 cell = summarize(b, c, *asyncio.run(measure_cell(server.url, bodies, c, requests)))
@@ -239,7 +187,7 @@ def measure(
                     f"p95 {cell.p95_ms:7.1f} ms  ({cell.requests} requests, {cell.errors} errors)"
                 )
         finally:
-            server.stop()
+            server.terminate()
     return {
         "format": BENCHMARK_FORMAT,
         "model_dir": str(model_dir) if model_dir else "demo",

@@ -1,10 +1,11 @@
 """Every value set of helm/ssd-detector passes the admission chain of a stock KServe + Knative + Kubernetes.
 
-The chart is rendered (pinned helm) with its defaults and each ``ci/*-values.yaml``; the InferenceService
-goes through ``admission_rules.admit``: KServe's defaulting (resource defaults from inferenceservice-config)
-and validation (autoscaler class vs scale metric, replicas, mode rules), Knative's pod-spec field masks with
-the default config-features plus only the flags the value set declares in ``knative.features``, and
-Kubernetes' resource rules. Each rule cites its upstream source in ``tests/admission_rules.py``. The rules
+The chart is rendered (pinned helm) with its defaults and each ``ci/*-values.yaml``; the
+InferenceService goes through ``k8s_admission_rules.admit``: KServe's defaulting (resource defaults from
+inferenceservice-config) and validation (autoscaler class vs scale metric, replicas, mode rules), Knative's
+pod-spec field masks with the default config-features plus only the flags the value set declares in
+``knative.features``, and Kubernetes' resource rules. Each rule cites its upstream source in
+``tests/k8s_admission_rules.py``. The rules
 themselves are checked to reject what the platform rejects (the chart's earlier mistakes among them).
 """
 
@@ -16,7 +17,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import admission_rules as rules
+import k8s_admission_rules as rules
 import pytest
 import yaml
 from pinned_tools import pinned_helm
@@ -129,10 +130,10 @@ def test_non_default_knative_flags_are_named_in_the_set_and_the_readme(value_set
         return
     text = (CHART / "ci" / f"{value_set}-values.yaml").read_text()
     comments = "\n".join(line for line in text.splitlines() if line.startswith("#"))
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "deployment.md").read_text()
     for flag in flags:
         assert flag in comments, f"ci/{value_set}-values.yaml needs {flag} but its comment does not say so"
-        assert flag in readme, f"README does not name the Knative flag {flag} that {value_set} needs"
+        assert flag in readme, f"deployment.md does not name the Knative flag {flag} that {value_set} needs"
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
@@ -479,10 +480,10 @@ def test_parse_quantity():
 
 
 def test_readme_table_lists_every_value_set():
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Deploy on Kubernetes") :]
+    readme = (REPO / "docs" / "deployment.md").read_text()
+    section = readme[readme.index("# Deploy on Kubernetes") :]
     for value_set in VALUE_SETS[1:]:
-        assert f"| `{value_set}-values.yaml` |" in section, f"README's value-set table lacks {value_set}"
+        assert f"| `{value_set}-values.yaml` |" in section, f"deployment.md lacks {value_set}"
 
 
 # ---------------------------------------------------------------- network policy --------------------------

@@ -157,7 +157,7 @@ def in_subprocess(function: str, *args: Any) -> Any:
     in the process-wide descriptor pool, so one process cannot import both.
     """
     code = (
-        "import pickle, sys; sys.path.insert(0, 'tests'); import test_clients as t; "
+        "import pickle, sys; sys.path.insert(0, 'tests'); import test_client_interop as t; "
         f"args = pickle.load(sys.stdin.buffer); pickle.dump(t.{function}(*args), sys.stdout.buffer)"
     )
     done = subprocess.run(
@@ -372,15 +372,15 @@ def test_curl_v2_binary_extension(ssd_server, images, reference, tmp_path):
     check_same_detections(arrays, reference)
 
 
-# ----------------------------------------------------------------------------- README snippets
-README = REPO_ROOT / "README.md"
+# ----------------------------------------------------------------------------- docs/clients.md snippets
+CLIENTS_DOC = REPO_ROOT / "docs" / "clients.md"
 SAMPLE = REPO_ROOT / "docs" / "samples" / "shapes-0.jpg"
 SNIPPET = re.compile(r"<!-- client-snippet: ([\w-]+) -->\n```(\w+)\n(.*?)```", re.DOTALL)
 
 
 def readme_snippets() -> dict[str, tuple[str, str]]:
-    """``{name: (language, code)}`` of the README's marked client snippets."""
-    return {name: (lang, code) for name, lang, code in SNIPPET.findall(README.read_text())}
+    """``{name: (language, code)}`` of the marked client snippets of docs/clients.md."""
+    return {name: (lang, code) for name, lang, code in SNIPPET.findall(CLIENTS_DOC.read_text())}
 
 
 SNIPPETS = readme_snippets()
