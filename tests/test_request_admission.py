@@ -422,13 +422,13 @@ def test_call_limiter_admits_limit_queues_max_waiting_and_refuses_the_rest():
     assert asyncio.run(scenario()) == ["a in", "b in", "d refused", "c in"]
 
 
-def test_grpc_calls_past_the_concurrency_bound_wait_before_reading_their_message(
+def test_grpc_calls_past_the_concurrency_bound_are_refused_before_their_message_is_parsed(
     random_tiny_model_dir, tmp_path, shapes_images
 ):
     """gRPC turns a whole message into a buffer before a handler can look at it, so the server bounds
     the ModelInfer calls that read theirs (:func:`grpc_concurrency`: budget 1 MB / messages 1 MB + 1 =
-    2): with two calls held in the model, a third waits, unread (the model never sees it), and is
-    answered when they are done; health calls are not bounded."""
+    2): with two calls held in the model, a third is refused with RESOURCE_EXHAUSTED at once, health
+    calls are still answered, and ModelInfer is served again once the two are done."""
     from concurrent.futures import ThreadPoolExecutor
 
     from serving_fixtures import wait_until
@@ -449,13 +449,16 @@ def test_grpc_calls_past_the_concurrency_bound_wait_before_reading_their_message
         server.wait_ready()
         assert "at most 2 ModelInfer calls reading at once" in server.log()
         server.gate.hold()
-        with ThreadPoolExecutor(3) as pool:
+        with ThreadPoolExecutor(2) as pool:
             held = [pool.submit(grpc_infer, server, png) for _ in range(2)]
             wait_until(lambda: server.metric("ssd_queue_images") == 2, "both calls admitted")
-            third = pool.submit(grpc_infer, server, png)
-            time.sleep(1.0)  # not a timing assertion: whatever the delay, the third must not get in
-            assert server.metric("ssd_queue_images") == 2 and server.metric("ssd_inflight_request_bytes") > 0
-            assert not third.done() and all(not call.done() for call in held)
+            refused = server.metric("ssd_rejected_requests_total", 'reason="grpc_calls"')
+            with pytest.raises(grpc.RpcError) as info:
+                grpc_infer(server, png)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, info.value.details()
+            assert "overloaded: 2 gRPC calls are reading or holding their messages" in info.value.details()
+            assert server.metric("ssd_rejected_requests_total", 'reason="grpc_calls"') == refused + 1
+            assert server.metric("ssd_queue_images") == 2 and all(not call.done() for call in held)
             with grpc.insecure_channel(server.grpc_target) as channel:  # health is not bounded
                 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
                 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -463,7 +466,8 @@ def test_grpc_calls_past_the_concurrency_bound_wait_before_reading_their_message
                 stub = pb_grpc.GRPCInferenceServiceStub(channel)
                 assert stub.ServerLive(pb.ServerLiveRequest(), timeout=30).live
             server.gate.release()
-            assert all(call.result().outputs for call in [*held, third])
+            assert all(call.result().outputs for call in held)
+        assert grpc_infer(server, png).outputs
     finally:
         server.gate.release()
         server.terminate()

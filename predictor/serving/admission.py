@@ -21,10 +21,10 @@ every check the model does comes after the memory is spent. This module checks f
   against ``--max_request_bytes`` (413 naming the binary tensor extension and gRPC past it).
 - gRPC turns a whole message into one buffer before a handler can look at it, so the byte budget
   cannot refuse a message before it is in memory. :class:`CallLimiter` therefore lets at most
-  :func:`grpc_concurrency` ``ModelInfer`` calls read their message at once; the next ones wait their turn
-  without reading it (what the client already sent waits in HTTP/2 flow control), and past
-  ``GRPC_WAITING_PER_CALL`` waiting calls per admitted one, a call gets RESOURCE_EXHAUSTED at once,
-  its message never read. Messages in memory stay within the budget plus one message, as on REST.
+  :func:`grpc_concurrency` ``ModelInfer`` calls read their message at once; past them (and
+  ``GRPC_WAITING_PER_CALL`` waiting ones per place, none by default: the core receives a waiting call's
+  message anyway) a call gets RESOURCE_EXHAUSTED at once, its message never parsed. What the gRPC core
+  buffers of a refused call's message before the refusal reaches the client is not bounded here.
 - :class:`GrpcAdmissionInterceptor`: the gRPC core already refuses messages over
   ``--grpc_max_receive_message_length`` (RESOURCE_EXHAUSTED); this counts each ``ModelInfer``
   message against the same budget before protobuf parses it, RESOURCE_EXHAUSTED when over.
@@ -110,8 +110,10 @@ def json_parse_cost(chunk: bytes | bytearray | memoryview) -> int:
     return JSON_VALUE_COST * data.count(b",") + JSON_LIST_COST * data.count(b"[")
 
 
-#: Calls that may wait for their turn, per call admitted at once (:class:`CallLimiter`).
-GRPC_WAITING_PER_CALL = 8
+#: Calls that may wait for their turn, per call admitted at once (:class:`CallLimiter`). None: the gRPC
+#: core receives a waiting call's message anyway (``bench/hostile.py --form grpc-bytes``: +2060 MiB when
+#: 8 per place waited, +1058 MiB when none did; docs/request-model.md).
+GRPC_WAITING_PER_CALL = 0
 
 
 class CallLimiter:
