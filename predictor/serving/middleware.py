@@ -229,7 +229,7 @@ class AdmissionMiddleware:
                 return message
             chunk = message.get("body", b"")
             state["received"] += len(chunk)
-            state["json_cost"] += _charge_json(chunk, state, scope)
+            state["json_cost"] += _charge_json(chunk, state)
             received = state["received"]
             charged = received + state["json_cost"]  # what the body costs once parsed
             if received > self.max_request_bytes:
@@ -293,7 +293,7 @@ def _json_part(scope: dict) -> float | None:
     return 0 if media.startswith(("image/", "application/octet-stream")) else None
 
 
-def _charge_json(chunk: bytes, state: dict[str, Any], scope: dict) -> int:
+def _charge_json(chunk: bytes, state: dict[str, Any]) -> int:
     """:func:`~predictor.serving.admission.json_parse_cost` of the JSON bytes of ``chunk``; a V1 body
     without a telling Content-Type is JSON when its first non-blank byte is ``{``."""
     left = state["json_left"]
