@@ -1,17 +1,24 @@
-"""Hostile bodies: many clients POST huge V1 bodies at once to a real server; what does its memory do?
+"""Hostile bodies: many clients send huge requests at once to a real server; what does its memory do?
 
 Starts ``python -m predictor`` with default settings (the demo model unless ``--model_dir``) on
 loopback, waits until it is ready, resets the kernel's peak-RSS mark of the process
-(``/proc/PID/clear_refs`` = 5, see proc(5)), then ``--clients`` threads each POST one
-``--body_mib`` MiB V1 JSON body at the same moment (``{"instances": ["AAAA..."]}``: valid JSON
-whose instance is not an image). Reported: every answer's status (or transport error), the peak RSS
+(``/proc/PID/clear_refs`` = 5, see proc(5)), then ``--clients`` threads each send one
+``--body_mib`` MiB request of ``--form`` at the same moment:
+
+- ``v1-json``: a V1 JSON body (``{"instances": ["AAAA..."]}``: valid JSON whose instance is not an image);
+- ``v2-uint8-json``: a V2 JSON body of one ``UINT8`` tensor ``[1, H, W, 3]`` as JSON numbers
+  (``255,`` each: the form that costs most once parsed);
+- ``grpc-bytes``: a gRPC ``ModelInfer`` whose BYTES element is random bytes (not an image).
+
+Reported: every answer's status (or transport error), the peak RSS
 growth over the RSS at ready (the kernel's ``VmHWM`` and a 5 ms sampler, the larger of both), and
 whether a normal request is served afterwards.
 
 Pass: every answer is 200, 4xx or 503, no transport error (dropped connection), the normal request
 gets 200, and the peak RSS growth is at most ``--max_growth_mib`` (512).
 
-``python -m bench.hostile [--model_dir DIR] [--clients 24] [--body_mib 40] [--out bench/out/hostile.json]``
+``python -m bench.hostile [--model_dir DIR] [--form v1-json] [--clients 24] [--body_mib 40]
+[--out bench/out/hostile.json]``
 """
 
 from __future__ import annotations
@@ -36,7 +43,9 @@ from bench.common import (
     start_cpu_server,
     write_json,
 )
-from predictor.protocol.wire import MODEL_NAME
+from predictor.protocol.wire import INPUT_NAME, MODEL_NAME
+
+FORMS = ("v1-json", "v2-uint8-json", "grpc-bytes")
 
 
 def hostile_body(mib: int) -> bytes:
@@ -45,20 +54,76 @@ def hostile_body(mib: int) -> bytes:
     return b'{"instances": ["' + filler + b'"]}'
 
 
+def uint8_json_body(mib: int) -> bytes:
+    """About ``mib`` MiB of V2 JSON: one UINT8 tensor ``[1, H, W, 3]`` of JSON numbers ``255``."""
+    width = 2000
+    height = max(1, mib * 2**20 // (4 * 3 * width))
+    data = b"255," * (height * width * 3 - 1) + b"255"
+    head = b'{"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, %d, %d, 3], "data": [' % (
+        height,
+        width,
+    )
+    return head + data + b"]}]}"
+
+
 def post_all(url: str, body: bytes, clients: int, timeout_s: float) -> list[dict[str, Any]]:
     """``clients`` threads POST ``body`` at the same moment; status or error of each, with seconds."""
     import httpx
 
+    def send(client: httpx.Client) -> dict[str, Any]:
+        r = client.post(url, content=body, headers={"content-type": "application/json"})
+        return {"status": str(r.status_code), "error": r.text[:200]}
+
+    return _at_once(clients, lambda: httpx.Client(timeout=timeout_s), send)
+
+
+def grpc_all(target: str, mib: int, clients: int, timeout_s: float) -> list[dict[str, Any]]:
+    """``clients`` threads (one channel each) send a ``mib`` MiB ``ModelInfer`` of random BYTES at the
+    same moment; gRPC status code (``OK`` or e.g. ``RESOURCE_EXHAUSTED``) of each, with seconds."""
+    import os
+
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    tensor = pb.ModelInferRequest.InferInputTensor(
+        name=INPUT_NAME,
+        datatype="BYTES",
+        shape=[1],
+        contents=pb.InferTensorContents(bytes_contents=[os.urandom(mib * 2**20)]),
+    )
+    message = pb.ModelInferRequest(model_name=MODEL_NAME, inputs=[tensor]).SerializeToString()
+
+    def channel() -> Any:
+        return grpc.insecure_channel(target, options=[("grpc.max_send_message_length", -1)])
+
+    def send(ch: Any) -> dict[str, Any]:
+        infer = ch.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=lambda raw: raw,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+        try:
+            infer(message, timeout=timeout_s)
+            return {"status": "OK", "error": ""}
+        except grpc.RpcError as e:
+            return {"status": e.code().name, "error": (e.details() or "")[:200]}
+
+    assert pb_grpc  # the service module registers the method names
+    return _at_once(clients, channel, send)
+
+
+def _at_once(clients: int, connect: Any, send: Any) -> list[dict[str, Any]]:
+    """``clients`` threads, each with its own connection, call ``send`` at the same moment."""
     barrier = threading.Barrier(clients)
     results: list[dict[str, Any]] = [{} for _ in range(clients)]
 
     def one(i: int) -> None:
-        with httpx.Client(timeout=timeout_s) as client:
+        with connect() as connection:
             barrier.wait(60)
             start = time.perf_counter()
             try:
-                r = client.post(url, content=body, headers={"content-type": "application/json"})
-                results[i] = {"status": str(r.status_code), "error": r.text[:200]}
+                results[i] = send(connection)
             except Exception as exc:  # a dropped connection is a result here, not a crash
                 results[i] = {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:200]}
             results[i]["seconds"] = time.perf_counter() - start
@@ -72,12 +137,18 @@ def post_all(url: str, body: bytes, clients: int, timeout_s: float) -> list[dict
 
 
 def hostile(
-    model_dir: Path, clients: int, body_mib: int, max_growth_mib: float, extra_args: list[str], log_path: Path
+    model_dir: Path,
+    clients: int,
+    body_mib: int,
+    max_growth_mib: float,
+    extra_args: list[str],
+    log_path: Path,
+    form: str = "v1-json",
 ) -> dict[str, Any]:
     import httpx
     import numpy as np
 
-    body = hostile_body(body_mib)
+    body = uint8_json_body(body_mib) if form == "v2-uint8-json" else hostile_body(body_mib)
     server = start_cpu_server(model_dir, log_path, *extra_args)
     try:
         server.wait_ready()
@@ -87,7 +158,11 @@ def hostile(
         sampler = PeakSampler(pid)
         sampler.start()
         t0 = time.perf_counter()
-        results = post_all(f"{server.url}/v1/models/{MODEL_NAME}:predict", body, clients, timeout_s=300)
+        if form == "grpc-bytes":
+            results = grpc_all(server.grpc_target, body_mib, clients, timeout_s=300)
+        else:
+            route = "/v2/models/{}/infer" if form == "v2-uint8-json" else "/v1/models/{}:predict"
+            results = post_all(server.url + route.format(MODEL_NAME), body, clients, timeout_s=300)
         wall_s = time.perf_counter() - t0
         time.sleep(0.5)  # let the sampler see the tail
         sampled_peak = sampler.stop()
@@ -109,7 +184,12 @@ def hostile(
     peak = max(sampled_peak, hwm_peak)
     growth_mib = (peak - ready_rss) / 2**20
     statuses = Counter(r["status"] for r in results)
-    bad = [s for s in statuses if not (s == "200" or s == "503" or (s.isdigit() and 400 <= int(s) < 500))]
+    ok_grpc = ("OK", "RESOURCE_EXHAUSTED", "INVALID_ARGUMENT", "UNAVAILABLE")
+    bad = [
+        s
+        for s in statuses
+        if not (s in ok_grpc or s in ("200", "503") or (s.isdigit() and 400 <= int(s) < 500))
+    ]
     failures = []
     if bad:
         failures.append(f"answers other than 200/4xx/503: {bad}")
@@ -122,6 +202,7 @@ def hostile(
     return {
         "machine": machine_info(),
         "model_dir": str(model_dir),
+        "form": form,
         "clients": clients,
         "body_mib": body_mib,
         "server_args": extra_args,
@@ -150,7 +231,10 @@ def markdown(r: dict[str, Any]) -> str:
     """The report as a metric | value table (also what ``bench/RESULTS.md`` shows)."""
     rss = r["rss_mib"]
     rows = [
-        ("clients x body", f"{r['clients']} x {r['body_mib']} MiB"),
+        (
+            "clients x body",
+            f"{r['clients']} x {r['body_mib']} MiB" + (f" ({r['form']})" if "form" in r else ""),
+        ),
         ("answers", " ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()))),
         ("slowest answer (s)", f"{r['answer_seconds_max']:.1f}"),
         ("RSS ready / peak (VmHWM) / peak (sampled) / after (MiB)", _rss_row(rss)),
@@ -170,6 +254,7 @@ def _rss_row(rss: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_dir", type=Path, default=None, help="default: the shipped demo model")
+    parser.add_argument("--form", choices=FORMS, default="v1-json", help="what each client sends")
     parser.add_argument("--clients", type=int, default=24)
     parser.add_argument("--body_mib", type=int, default=40)
     parser.add_argument("--max_growth_mib", type=float, default=512.0)
@@ -188,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         args.max_growth_mib,
         args.server_args,
         args.out.with_name(args.out.stem + "_server.log"),
+        args.form,
     )
     print(markdown(report))
     write_json(args.out, report)

@@ -29,6 +29,7 @@ SERVER_MAX_IMAGE_BYTES = 2_000_000
 SERVER_TRIM_IDLE_S = 0.3
 SERVER_MAX_IMAGE_PIXELS = 4_000_000
 SERVER_MAX_BATCH = 32
+SERVER_GRPC_MESSAGE_BYTES = 8 * 2**20
 
 
 def server_env() -> dict[str, str]:
@@ -139,6 +140,13 @@ def ssd_server(random_tiny_model_dir, tmp_path_factory) -> Iterator[ServerProces
         str(SERVER_MAX_IMAGE_PIXELS),
         "--malloc_trim_idle_s",  # short, so the heap is trimmed between tests too, not only in its own test
         str(SERVER_TRIM_IDLE_S),
+        # 8 MiB gRPC messages and a 128 MiB budget (fixed, not sized from the CI container's memory):
+        # 128 / 8 + 1 = 17 ModelInfer calls at once (the concurrency tests send 16; with 64 MiB messages
+        # the server would take 3, predictor.serving.admission.grpc_concurrency)
+        "--grpc_max_receive_message_length",
+        str(SERVER_GRPC_MESSAGE_BYTES),
+        "--max_inflight_bytes",
+        str(128 * 2**20),
     )
     try:
         server.wait_ready()

@@ -41,7 +41,7 @@ def test_v1_forms():
     assert [p.data for p in req.images] == ["AAAA", "BBBB", "CCCC", "DDDD"]
     assert [p.field for p in req.images] == [f"instances[{i}]" for i in range(4)]
     assert all(p.is_base64 for p in req.images)
-    assert (req.protocol, req.score_threshold, req.max_detections) == ("v1", 0.25, 3)
+    assert (req.protocol, req.controls) == ("v1", codecs.Controls(score_threshold=0.25, max_detections=3))
 
 
 def test_v1_raw_body_and_json_bytes():
@@ -93,7 +93,7 @@ def test_v1_image_value_may_be_a_plain_string():
     ],
 )
 def test_parameters_valid(params, expected):
-    assert codecs.parse_parameters(params, 10, strict=True) == expected
+    assert codecs.parse_controls(params, 10, strict=True) == codecs.Controls(*expected)
 
 
 @pytest.mark.parametrize(
@@ -115,14 +115,12 @@ def test_parameters_valid(params, expected):
 )
 def test_parameters_invalid(params):
     with pytest.raises(InvalidInput, match=r"^parameters"):
-        codecs.parse_parameters(params, 10, strict=True)
+        codecs.parse_controls(params, 10, strict=True)
 
 
 def test_v2_parameters_ignore_protocol_keys():
-    assert codecs.parse_parameters({"binary_data_output": True, "max_detections": 2}, 10, strict=False) == (
-        None,
-        2,
-    )
+    params = {"binary_data_output": True, "max_detections": 2}
+    assert codecs.parse_controls(params, 10, strict=False) == codecs.Controls(max_detections=2)
 
 
 def test_grpc_parameters():
@@ -146,7 +144,7 @@ def test_v2_rest_and_grpc():
     rest = codecs.parse_v2(v2_request(["AAAA", "BBBB"], parameters={"score_threshold": 0.7}), **LIMITS)
     assert rest.protocol == "v2" and [p.data for p in rest.images] == ["AAAA", "BBBB"]
     assert rest.images[1].field == "images[1]" and rest.images[1].is_base64
-    assert rest.score_threshold == 0.7 and rest.infer_request.id == "r1"
+    assert rest.controls.score_threshold == 0.7 and rest.infer_request.id == "r1"
     grpc_req = codecs.parse_v2(
         v2_request(
             [b"\x89PNG"], from_grpc=True, parameters={"max_detections": pb.InferParameter(int64_param=3)}
@@ -154,7 +152,7 @@ def test_v2_rest_and_grpc():
         **LIMITS,
     )
     assert grpc_req.protocol == "grpc" and grpc_req.images[0] == ImagePayload("images[0]", b"\x89PNG", False)
-    assert grpc_req.max_detections == 3
+    assert grpc_req.controls == codecs.Controls(max_detections=3)
     nested = codecs.parse_v2(v2_request([["AAAA"], ["BBBB"]], shape=[2, 1]), **LIMITS)
     assert [p.data for p in nested.images] == ["AAAA", "BBBB"]
 
@@ -389,7 +387,7 @@ def test_protocol_of_and_parse_request_dispatch():
     assert codecs.protocol_of(v2_request([b"A"], from_grpc=True)) == "grpc"
     assert codecs.protocol_of({"instances": []}) == "v1" and codecs.protocol_of(b"") == "v1"
     v2 = codecs.parse_request(v2_request(["A"], parameters={"max_detections": 10}), None, **LIMITS)
-    assert (v2.protocol, v2.max_detections) == ("v2", 10)
+    assert (v2.protocol, v2.controls.max_detections) == ("v2", 10)
     assert reason(codecs.parse_request, v2_request(["A"] * 5), None, **LIMITS) == (
         "images: 5 images, the limit is 4 per request"
     )
@@ -401,7 +399,9 @@ def test_protocol_of_and_parse_request_dispatch():
     as_image = codecs.parse_request(body, {"content-type": "image/png"}, **LIMITS)
     assert as_image == codecs.ParsedRequest("v1", (ImagePayload("instances[0]", body, None),))
     as_json = codecs.parse_request(body, {"x-other": "1"}, **LIMITS)
-    assert as_json == codecs.ParsedRequest("v1", (ImagePayload("instances[0]", "AAAA", True),), None, 10)
+    assert as_json == codecs.ParsedRequest(
+        "v1", (ImagePayload("instances[0]", "AAAA", True),), codecs.Controls(max_detections=10)
+    )
     assert codecs.parse_request(body, None, **LIMITS) == as_json
     assert reason(codecs.parse_request, {"instances": ["A"] * 5}, None, **LIMITS) == (
         "instances: 5 images, the limit is 4 per request"
@@ -417,7 +417,7 @@ def test_v1_whole_parsed_request():
         "parameters": {"score_threshold": 0.5, "max_detections": 2, "nms_threshold": 0.25, "classes": "cat"},
     }
     assert codecs.parse_v1(body, **LIMITS) == codecs.ParsedRequest(
-        "v1", (ImagePayload("instances[0]", "QQ==", True),), 0.5, 2, None, 0.25, ("cat",)
+        "v1", (ImagePayload("instances[0]", "QQ==", True),), codecs.Controls(0.5, 2, 0.25, ("cat",))
     )
     for raw in (bytearray(b"\xff\xd8x"), memoryview(b"\xff\xd8x")):
         (payload,) = codecs.parse_v1(raw, "", **LIMITS).images
@@ -532,7 +532,7 @@ def test_v2_whole_parsed_requests():
     assert codecs.parse_v2(rest, **LIMITS) == codecs.ParsedRequest(
         "v2",
         (ImagePayload("images[0]", "QQ==", True), ImagePayload("images[1]", "Qg==", True)),
-        0.5, 3, rest, 0.7, ("cat", 2),
+        codecs.Controls(0.5, 3, 0.7, ("cat", 2)), rest,
     )  # fmt: skip
     grpc_params = {
         "nms_threshold": pb.InferParameter(string_param="0.2"),
@@ -543,7 +543,7 @@ def test_v2_whole_parsed_requests():
     assert parsed == codecs.ParsedRequest(
         "grpc",
         (ImagePayload("x" * 64 + "[0]", b"QQ==", None), ImagePayload("x" * 64 + "[1]", "Qg==", True)),
-        None, None, grpc_req, 0.2, ("dog",),
+        codecs.Controls(None, None, 0.2, ("dog",)), grpc_req,
     )  # fmt: skip
     assert type(parsed.images[0].data) is bytes
     # a single element given bare (not in a list) is one image
@@ -620,12 +620,12 @@ def test_uint8_whole_parsed_requests():
         **LIMITS,
     )
     np.testing.assert_array_equal(nested.images[1].pixels, pixels[1])
-    assert (nested.score_threshold, nested.max_detections) == (0.5, 2)
+    assert nested.controls == codecs.Controls(0.5, 2)
     grpc_params = {"max_detections": pb.InferParameter(int64_param=4)}
     raw = codecs.parse_v2(
         uint8_request([2, 2, 2, 3], raw=pixels.tobytes(), from_grpc=True, parameters=grpc_params), **LIMITS
     )
-    assert raw.protocol == "grpc" and raw.max_detections == 4
+    assert raw.protocol == "grpc" and raw.controls == codecs.Controls(max_detections=4)
     np.testing.assert_array_equal(raw.images[1].pixels, pixels[1])
     extremes = codecs.parse_v2(uint8_request([1, 1, 1, 3], data=[0, 255, 7]), **LIMITS)
     assert extremes.images[0].pixels.tolist() == [[[0, 255, 7]]]
@@ -681,7 +681,9 @@ def test_grpc_parameters_plain_values_pass_through():
     assert codecs.grpc_parameters({}) == {}
     assert codecs.grpc_parameters({"a": 3, "b": "x"}) == {"a": 3, "b": "x"}
     unset = pb.InferParameter()
-    assert codecs.grpc_parameters({"u": unset}) == {"u": unset}
+    assert codecs.grpc_parameters({"u": unset}) == {
+        "u": codecs.UnreadableParameter("an InferParameter with no value")
+    }
     assert codecs.grpc_parameters({"b": pb.InferParameter(bool_param=False)}) == {"b": False}
 
 
@@ -695,9 +697,9 @@ def test_grpc_parameters_plain_values_pass_through():
     ],
 )
 def test_parameters_exact_values(params, expected):
-    got = codecs.parse_parameters(params, 10, strict=True)
-    assert got == expected
-    assert got[1] is None or type(got[1]) is int
+    got = codecs.parse_controls(params, 10, strict=True)
+    assert got == codecs.Controls(*expected)
+    assert got.max_detections is None or type(got.max_detections) is int
 
 
 @pytest.mark.parametrize(
@@ -721,13 +723,12 @@ def test_parameters_exact_values(params, expected):
     ],
 )
 def test_parameters_exact_errors(params, message):
-    assert reason(codecs.parse_parameters, params, 10, strict=True) == message
+    assert reason(codecs.parse_controls, params, 10, strict=True) == message
 
 
 @pytest.mark.parametrize(
     ("params", "expected"),
     [
-        ([1], (None, None)),
         (None, (None, None)),
         ({"nms_threshold": 0, "classes": " cat , 12 ,dog"}, (0.0, ("cat", 12, "dog"))),
         ({"nms_threshold": " 1 ", "classes": [" cat ", 7, "3"]}, (1.0, ("cat", 7, 3))),
@@ -735,7 +736,8 @@ def test_parameters_exact_errors(params, message):
     ],
 )
 def test_controls_exact_values(params, expected):
-    assert codecs.parse_controls(params) == expected
+    got = codecs.parse_controls(params, 10, strict=False)
+    assert (got.nms_threshold, got.classes) == expected
 
 
 @pytest.mark.parametrize(
@@ -757,7 +759,7 @@ def test_controls_exact_values(params, expected):
     ],
 )
 def test_controls_exact_errors(params, message):
-    assert reason(codecs.parse_controls, params) == message
+    assert reason(codecs.parse_controls, params, 10, strict=False) == message
 
 
 def test_class_mask_exact():
@@ -948,7 +950,7 @@ def test_uint8_requests_keep_the_request_and_ignore_protocol_parameters():
         [1, 1, 1, 3], data=[1, 2, 3], parameters={"binary_data_output": True, "max_detections": 2}
     )
     parsed = codecs.parse_v2(request, **LIMITS)
-    assert parsed.infer_request is request and parsed.max_detections == 2
+    assert parsed.infer_request is request and parsed.controls.max_detections == 2
 
 
 def test_uint8_shape_messages_are_capped():
@@ -965,4 +967,82 @@ def test_uint8_shape_messages_are_capped():
 
 def test_v2_requests_ignore_protocol_parameters():
     request = v2_request(["A"], parameters={"binary_data_output": True, "score_threshold": 0.5})
-    assert codecs.parse_v2(request, **LIMITS).score_threshold == 0.5
+    assert codecs.parse_v2(request, **LIMITS).controls.score_threshold == 0.5
+
+
+# ----------------------------------------------------------------------------- one parse of the controls
+ALL_PARAMS = {"score_threshold": "0.5", "max_detections": 3, "nms_threshold": "0.25", "classes": "cat,2"}
+ALL_CONTROLS = codecs.Controls(0.5, 3, 0.25, ("cat", 2))
+
+
+def test_every_v2_input_form_gets_every_control():
+    """BYTES and UINT8, JSON and raw contents, REST and gRPC: one parse of the same parameters."""
+    grpc_params = {k: pb.InferParameter(string_param=str(v)) for k, v in ALL_PARAMS.items()}
+    pixels = np.zeros((1, 2, 2, 3), np.uint8)
+    forms = [
+        v2_request(["QQ=="], parameters=ALL_PARAMS),
+        v2_request([b"QQ=="], from_grpc=True, parameters=grpc_params),
+        uint8_request([1, 2, 2, 3], data=pixels.ravel().tolist(), parameters=ALL_PARAMS),
+        uint8_request([1, 2, 2, 3], raw=pixels.tobytes(), parameters=ALL_PARAMS),
+        uint8_request([1, 2, 2, 3], raw=pixels.tobytes(), from_grpc=True, parameters=grpc_params),
+    ]
+    for request in forms:
+        assert codecs.parse_v2(request, **LIMITS).controls == ALL_CONTROLS
+
+
+def test_raw_v1_body_takes_its_controls_from_the_query():
+    png = b"\x89PNG...."
+    query = tuple((k, str(v)) for k, v in ALL_PARAMS.items())
+    parsed = codecs.parse_v1(codecs.V1Body(png, query), "image/png", **LIMITS)
+    assert parsed.controls == ALL_CONTROLS and parsed.images[0].data == png
+    assert codecs.parse_v1(codecs.V1Body(png), "image/png", **LIMITS).controls == codecs.Controls()
+    repeated = codecs.V1Body(png, (("classes", "cat"), ("classes", "2")))
+    assert codecs.parse_v1(repeated, "", **LIMITS).controls == codecs.Controls(classes=("cat", 2))
+    assert reason(codecs.parse_v1, codecs.V1Body(png, (("nms", "1"),)), "", **LIMITS) == (
+        "parameters: unknown key 'nms' (known: score_threshold, max_detections, nms_threshold, classes)"
+    )
+    twice = codecs.V1Body(png, (("score_threshold", "0.1"), ("score_threshold", "0.2")))
+    assert (
+        reason(codecs.parse_v1, twice, "", **LIMITS)
+        == "parameters.score_threshold: given more than once in the query"
+    )
+    json_with_query = codecs.V1Body(b'{"instances": ["QQ=="]}', (("score_threshold", "0.1"),))
+    assert reason(codecs.parse_v1, json_with_query, "application/json", **LIMITS) == (
+        "query parameter 'score_threshold': a JSON body carries its controls in \"parameters\"; "
+        "query parameters are for a raw image body"
+    )
+
+
+def _triton_parameter(field: int, wire: bytes) -> pb.InferParameter:
+    """An InferParameter as tritonclient serialises it, read with KServe's proto (field 4/5 unknown)."""
+    return pb.InferParameter.FromString(bytes([field << 3 | (1 if field == 4 else 0)]) + wire)
+
+
+def test_triton_double_and_uint64_parameters_are_read_from_unknown_fields():
+    double = _triton_parameter(4, struct.pack("<d", 0.375))
+    uint64 = _triton_parameter(5, bytes([0x87, 0x01]))  # varint 135
+    assert double.WhichOneof("parameter_choice") is None  # KServe's proto does not know them
+    assert codecs.grpc_parameters({"a": double, "b": uint64}) == {"a": 0.375, "b": 135}
+    request = v2_request(
+        [b"QQ=="],
+        from_grpc=True,
+        parameters={"score_threshold": double, "max_detections": _triton_parameter(5, b"\x07")},
+    )
+    assert codecs.parse_v2(request, **LIMITS).controls == codecs.Controls(0.375, 7)
+
+
+def test_unreadable_grpc_parameter_kinds_are_400_naming_the_kinds_that_work():
+    kinds = "bool_param, int64_param, string_param, double_param, uint64_param"
+    bytes_kind = pb.InferParameter.FromString(b"\x32\x01x")  # field 6, length-delimited: no such kind
+    request = v2_request([b"QQ=="], from_grpc=True, parameters={"nms_threshold": bytes_kind})
+    assert reason(codecs.parse_v2, request, **LIMITS) == (
+        "parameters.nms_threshold: an InferParameter of unknown kind (field 6, wire type 2); "
+        f"send one of {kinds}"
+    )
+    unset = v2_request([b"QQ=="], from_grpc=True, parameters={"classes": pb.InferParameter()})
+    assert reason(codecs.parse_v2, unset, **LIMITS) == (
+        f"parameters.classes: an InferParameter with no value; send one of {kinds}"
+    )
+    # a parameter the server does not read may be of any kind
+    other = v2_request([b"QQ=="], from_grpc=True, parameters={"priority": bytes_kind})
+    assert codecs.parse_v2(other, **LIMITS).controls == codecs.Controls()

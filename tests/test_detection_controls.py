@@ -118,7 +118,8 @@ CLASS_NAMES = ("background", "circle", "square", "triangle")
     ],
 )
 def test_parse_controls(params, nms, classes):
-    assert codecs.parse_controls(params) == (nms, classes)
+    got = codecs.parse_controls(params, 10, strict=False)
+    assert (got.nms_threshold, got.classes) == (nms, classes)
 
 
 @pytest.mark.parametrize(
@@ -139,7 +140,7 @@ def test_parse_controls(params, nms, classes):
 )
 def test_bad_controls_name_the_field(params, field):
     with pytest.raises(InvalidInput, match=field):
-        codecs.parse_controls(params)
+        codecs.parse_controls(params, 10, strict=False)
 
 
 def test_class_mask_resolves_names_and_ids():
@@ -156,7 +157,7 @@ def test_class_mask_resolves_names_and_ids():
 def test_v1_strict_keys_accept_the_new_parameters():
     body = {"instances": ["AAAA"], "parameters": {"nms_threshold": 0.6, "classes": ["circle"]}}
     req = codecs.parse_v1(body, max_batch_size=4, max_detections=10)
-    assert (req.nms_threshold, req.classes) == (0.6, ("circle",))
+    assert (req.controls.nms_threshold, req.controls.classes) == (0.6, ("circle",))
 
 
 # ----------------------------------------------------------------------------- the real server

@@ -224,8 +224,8 @@ def test_v1_valid_bodies_round_trip(instances, parameters):
     assert [p.data for p in request.images] == [text for _, text in instances]
     assert all(p.is_base64 is True for p in request.images)
     params = parameters or {}
-    assert request.score_threshold == params.get("score_threshold")
-    assert request.max_detections == params.get("max_detections")
+    assert request.controls.score_threshold == params.get("score_threshold")
+    assert request.controls.max_detections == params.get("max_detections")
 
 
 @fuzz_settings
@@ -245,8 +245,8 @@ def test_v1_json_bodies(body):
         assert_names_a_field(e, ("instances", "parameters", "expected a JSON object", 'missing "instances"'))
         return
     assert [p.field for p in request.images] == [f"instances[{i}]" for i in range(len(body["instances"]))]
-    assert request.score_threshold is None or 0 <= request.score_threshold <= 1
-    assert request.max_detections is None or 1 <= request.max_detections <= 100
+    assert request.controls.score_threshold is None or 0 <= request.controls.score_threshold <= 1
+    assert request.controls.max_detections is None or 1 <= request.controls.max_detections <= 100
 
 
 def assert_names_a_field(error: InvalidInput, fields: tuple[str, ...]) -> None:
@@ -312,8 +312,8 @@ def test_v2_valid_requests_round_trip(elements, from_grpc, parameters):
     assert [p.data for p in parsed.images] == elements
     assert len({p.field for p in parsed.images}) == len(elements)
     params = parameters or {}
-    assert parsed.score_threshold == params.get("score_threshold")
-    assert parsed.max_detections == params.get("max_detections")
+    assert parsed.controls.score_threshold == params.get("score_threshold")
+    assert parsed.controls.max_detections == params.get("max_detections")
 
 
 @fuzz_settings

@@ -18,7 +18,14 @@ import pytest
 from serving_fixtures import encode_image, start_server
 
 from predictor.serving import prometheus
-from predictor.serving.admission import ByteBudget
+from predictor.serving.admission import (
+    JSON_LIST_COST,
+    JSON_VALUE_COST,
+    ByteBudget,
+    CallLimiter,
+    grpc_concurrency,
+    json_parse_cost,
+)
 from predictor.serving.middleware import AdmissionMiddleware
 
 V1 = "/v1/models/ssd:predict"
@@ -303,3 +310,164 @@ def test_start_up_logs_the_resources(budget_server):
     assert "max_inflight_bytes 1000000" in line
     assert "automatic: tf_intra_op_threads, tf_inter_op_threads" in line  # decode_threads given (2)
     assert "malloc mmap threshold 8388608, 2 arenas" in line
+
+
+# ----------------------------------------------------------------------------- JSON charged by parsed size
+def body_receive(body: bytes, pieces: int = 3):
+    """An ASGI ``receive`` streaming ``body`` in ``pieces`` chunks."""
+    step = -(-len(body) // pieces)
+    parts = [body[i : i + step] for i in range(0, len(body), step)]
+
+    async def receive() -> dict:
+        part = parts.pop(0)
+        return {"type": "http.request", "body": part, "more_body": bool(parts)}
+
+    return receive
+
+
+def budget_peak_app(peak: list[int], budget: ByteBudget):
+    async def app(scope: dict, receive, send) -> None:
+        await reading_app(scope, receive, send)
+        peak.append(budget.used)  # what the request holds once read, before it is parsed
+
+    return app
+
+
+def test_json_parse_cost_counts_values_and_lists():
+    assert json_parse_cost(b'{"instances": ["QUJD"]}') == JSON_LIST_COST
+    assert json_parse_cost(b"[[0,1,2],[3,4,5]]") == 3 * JSON_LIST_COST + 5 * JSON_VALUE_COST
+    assert json_parse_cost(memoryview(b",,")) == 2 * JSON_VALUE_COST
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "body", "json_bytes"),
+    [
+        # V2 JSON: every byte is JSON
+        (
+            "/v2/models/ssd/infer",
+            [(b"content-type", b"application/json")],
+            b'{"d": [' + b"0," * 999 + b"0]}",
+            None,
+        ),
+        # V2 binary extension: only the JSON header (its length in the header) is charged
+        (
+            "/v2/models/ssd/infer",
+            [(b"inference-header-content-length", b"10")],
+            b'{"d": [0]}' + b"," * 5000,
+            10,
+        ),
+        # V1 image: nothing is JSON, whatever its bytes
+        (V1, [(b"content-type", b"image/png")], b"\x89PNG" + b",[" * 3000, 0),
+        # V1 without Content-Type: JSON when it starts with "{", else one image
+        (V1, [], b'  {"instances": [' + b"0," * 500 + b"0]}", None),
+        (V1, [], b"\xff\xd8" + b"," * 3000, 0),
+    ],
+)
+def test_the_json_part_of_a_body_is_charged_by_its_parse_cost(path, headers, body, json_bytes):
+    budget, peak = ByteBudget(10**9), []
+    s = {"type": "http", "path": path, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
+    response = run(AdmissionMiddleware(budget_peak_app(peak, budget), budget, 10**8), s, body_receive(body))
+    assert response.status == 200 and budget.used == 0
+    json_part = body if json_bytes is None else body[:json_bytes]
+    assert peak == [len(body) + json_parse_cost(json_part)]
+
+
+def test_a_json_body_too_costly_to_parse_gets_413_pointing_to_binary_tensors():
+    body = b'{"inputs": [{"datatype": "UINT8", "data": [' + b"0," * 20_000 + b"0]}]}"  # 40 KB of text
+    budget = ByteBudget(BUDGET)
+    mw = AdmissionMiddleware(reading_app, budget, max_request_bytes=100_000)
+    s = {"type": "http", "path": "/v2/models/ssd/infer", "headers": [(b"content-type", b"application/json")]}
+    response = run(mw, s, body_receive(body, pieces=4))
+    assert response.status == 413 and budget.used == 0
+    assert response.error.startswith("the JSON of this request body would take over ")
+    assert "once parsed (JSON numbers cost about 8 times their text), the limit is 100000" in response.error
+    assert "binary tensor extension (Inference-Header-Content-Length) or over gRPC" in response.error
+    # the same values as binary tensor data: the bytes only
+    binary = b'{"inputs": []}' + bytes(20_001)
+    s["headers"] = [(b"inference-header-content-length", b"14")]
+    assert run(mw, s, body_receive(binary)).status == 200
+
+
+def test_grpc_concurrency_keeps_messages_within_the_budget_plus_one():
+    assert grpc_concurrency(128 * 2**20, 64 * 2**20) == 3
+    assert grpc_concurrency(128 * 2**20, 8 * 2**20) == 17
+    assert grpc_concurrency(1_000_000, 64 * 2**20) == 2
+    for budget, message in [(128 * 2**20, 40 * 2**20), (10**6, 10**6), (5, 3)]:
+        n = grpc_concurrency(budget, message)
+        assert (n - 1) * message <= budget < n * message
+
+
+def test_call_limiter_admits_limit_queues_max_waiting_and_refuses_the_rest():
+    async def scenario() -> list[str]:
+        limiter = CallLimiter(2, 1)
+        events: list[str] = []
+
+        async def call(name: str, hold: asyncio.Event) -> None:
+            if not await limiter.enter():
+                events.append(f"{name} refused")
+                return
+            events.append(f"{name} in")
+            await hold.wait()
+            limiter.leave()
+
+        hold = asyncio.Event()
+        tasks = [asyncio.create_task(call(n, hold)) for n in "abcd"]
+        await asyncio.sleep(0.01)
+        assert limiter.waiting == 1
+        assert "2 gRPC calls are reading or holding their messages and 1 wait" in limiter.refusal_reason()
+        hold.set()
+        await asyncio.gather(*tasks)
+        return events
+
+    assert asyncio.run(scenario()) == ["a in", "b in", "d refused", "c in"]
+
+
+def test_grpc_calls_past_the_concurrency_bound_are_refused_before_their_message_is_parsed(
+    random_tiny_model_dir, tmp_path, shapes_images
+):
+    """gRPC turns a whole message into a buffer before a handler can look at it, so the server bounds
+    the ModelInfer calls that read theirs (:func:`grpc_concurrency`: budget 1 MB / messages 1 MB + 1 =
+    2): with two calls held in the model, a third is refused with RESOURCE_EXHAUSTED at once, health
+    calls are still answered, and ModelInfer is served again once the two are done."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serving_fixtures import wait_until
+
+    server = start_server(
+        random_tiny_model_dir,
+        tmp_path / "server.log",
+        "--max_inflight_bytes",
+        "1000000",
+        "--grpc_max_receive_message_length",
+        "1000000",
+        "--batch_wait_ms",
+        "1",
+        gated=True,
+    )
+    png = encode_image(shapes_images[0], "PNG")
+    try:
+        server.wait_ready()
+        assert "at most 2 ModelInfer calls reading at once" in server.log()
+        server.gate.hold()
+        with ThreadPoolExecutor(2) as pool:
+            held = [pool.submit(grpc_infer, server, png) for _ in range(2)]
+            wait_until(lambda: server.metric("ssd_queue_images") == 2, "both calls admitted")
+            refused = server.metric("ssd_rejected_requests_total", 'reason="grpc_calls"')
+            with pytest.raises(grpc.RpcError) as info:
+                grpc_infer(server, png)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, info.value.details()
+            assert "overloaded: 2 gRPC calls are reading or holding their messages" in info.value.details()
+            assert server.metric("ssd_rejected_requests_total", 'reason="grpc_calls"') == refused + 1
+            assert server.metric("ssd_queue_images") == 2 and all(not call.done() for call in held)
+            with grpc.insecure_channel(server.grpc_target) as channel:  # health is not bounded
+                from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+                from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+                stub = pb_grpc.GRPCInferenceServiceStub(channel)
+                assert stub.ServerLive(pb.ServerLiveRequest(), timeout=30).live
+            server.gate.release()
+            assert all(call.result().outputs for call in held)
+        assert grpc_infer(server, png).outputs
+    finally:
+        server.gate.release()
+        server.terminate()

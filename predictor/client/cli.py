@@ -197,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
         "the original file. 600 suits SSD300 (see docs/clients.md for the measured effect)",
     )
     run.add_argument(
+        "--uint8",
+        action="store_true",
+        help="decode the images here and send their pixels as a V2 UINT8 [N, H, W, 3] tensor (binary "
+        "tensor extension / gRPC raw contents; v2 and grpc only): no decoding on the server, more bytes "
+        "on the wire",
+    )
+    run.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -233,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         images = collect_images(args.inputs)
         endpoint = endpoint_from_args(args)
-        transport = make_transport(args.protocol, endpoint, args.concurrency)
+        transport = make_transport(args.protocol, endpoint, args.concurrency, pixels=args.uint8)
     except ClientError as e:
         print(f"ssd-detect: error: {e}", file=sys.stderr)
         return 2

@@ -5,6 +5,10 @@ V1 form (:func:`predictor.protocol.detections.detection_records`), whatever the 
 version that answered (:class:`Answer`; header :data:`~predictor.protocol.wire.MODEL_VERSION_HEADER`
 on REST and gRPC, V2's ``model_version``); errors are :class:`~predictor.client.errors.RequestError`.
 One transport is shared by the sending threads.
+
+With ``pixels`` (``ssd-detect --uint8``) the V2 transports decode the images here and send them as one
+``UINT8 [N, H, W, 3]`` tensor per image size (binary tensor extension over REST, ``raw_input_contents``
+over gRPC): the server then only resizes. The controls (:class:`DetectParams`) travel the same way.
 """
 
 from __future__ import annotations
@@ -110,13 +114,58 @@ class Endpoint:
         )
 
 
-class RestTransport(_Closing):
-    """V1 ``:predict`` or V2 ``/infer`` over one shared, thread-safe ``httpx.Client``."""
+def decode_pixels(data: bytes) -> np.ndarray:
+    """An image file -> uint8 ``[H, W, 3]`` RGB, EXIF orientation applied (as the server decodes it).
 
-    def __init__(self, endpoint: Endpoint, protocol: str, max_connections: int = 1) -> None:
+    Raises:
+      RequestError: not an image (status 400, so a batch falls back to one request per image).
+    """
+    import io
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise RequestError(f"cannot decode the image here (--uint8): {e}", status=400) from None
+
+
+def _by_size(images: Sequence[bytes]) -> list[tuple[list[int], np.ndarray]]:
+    """Decoded images grouped by size: ``[(indices, uint8 [n, H, W, 3]), ...]`` in first-seen order."""
+    groups: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = {}
+    for i, data in enumerate(images):
+        pixels = decode_pixels(data)
+        groups.setdefault(pixels.shape, []).append((i, pixels))
+    return [([i for i, _ in g], np.stack([p for _, p in g])) for g in groups.values()]
+
+
+def _per_size(images: Sequence[bytes], send: Any) -> Answer:
+    """``send(uint8 [n, H, W, 3]) -> Answer of n images`` for each size group, the detections in the images'
+    order; the model version is the first group's that names one."""
+    out: list[list[Detection]] = [[] for _ in images]
+    version = None
+    for indices, batch in _by_size(images):
+        answer = send(batch)
+        version = version or answer.model_version
+        for i, dets in zip(indices, answer.detections, strict=True):
+            out[i] = dets
+    return Answer(out, version)
+
+
+class RestTransport(_Closing):
+    """V1 ``:predict`` or V2 ``/infer`` over one shared, thread-safe ``httpx.Client`` (V2 with ``pixels``:
+    decoded ``UINT8`` tensors in the binary tensor extension)."""
+
+    def __init__(
+        self, endpoint: Endpoint, protocol: str, max_connections: int = 1, pixels: bool = False
+    ) -> None:
         import httpx
 
+        if pixels and protocol == "v1":
+            raise ClientError("--uint8 sends decoded pixels as a V2 tensor: use --protocol v2 or grpc")
         self._httpx = httpx
+        self.pixels = pixels
         self.protocol = protocol
         base = endpoint.url.rstrip("/")
         self.url = (
@@ -137,6 +186,8 @@ class RestTransport(_Closing):
         return self.infer(images, params).detections
 
     def infer(self, images: Sequence[bytes], params: DetectParams) -> Answer:
+        if self.pixels:
+            return _per_size(images, lambda batch: self._infer_pixels(batch, params))
         body = self.request_body(images, params)
         response, version = self._post(json.dumps(body).encode())
         try:
@@ -160,11 +211,37 @@ class RestTransport(_Closing):
             body["parameters"] = params.as_dict()
         return body
 
-    def _post(self, content: bytes) -> tuple[Any, str | None]:
+    def pixel_request(self, batch: np.ndarray, params: DetectParams) -> tuple[bytes, dict[str, str]]:
+        """A V2 binary-extension body with one UINT8 ``[n, H, W, 3]`` input, and its extra headers."""
+        raw = np.ascontiguousarray(batch, np.uint8).tobytes()
+        tensor = {"name": INPUT_NAME, "datatype": "UINT8", "shape": list(batch.shape)}
+        tensor["parameters"] = {"binary_data_size": len(raw)}
+        header: dict[str, Any] = {"inputs": [tensor]}
+        if params.as_dict():
+            header["parameters"] = params.as_dict()
+        head = json.dumps(header).encode()
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(len(head)),
+        }
+        return head + raw, headers
+
+    def _infer_pixels(self, batch: np.ndarray, params: DetectParams) -> Answer:
+        content, headers = self.pixel_request(batch, params)
+        response, version = self._post(content, headers)
+        try:
+            if isinstance(response, dict) and isinstance(response.get("model_version"), str):
+                version = response["model_version"]
+            arrays = tensors.arrays_from_json_outputs(response)
+            return Answer(detections.detections_from_v2(arrays, len(batch)), version)
+        except MalformedMessage as e:
+            raise RequestError(f"unexpected V2 response: {e}") from None
+
+    def _post(self, content: bytes, headers: dict[str, str] | None = None) -> tuple[Any, str | None]:
         """The JSON answer and its model version header."""
         httpx = self._httpx
         try:
-            response = self.client.post(self.url, content=content)
+            response = self.client.post(self.url, content=content, headers=headers)
         except httpx.TimeoutException:
             raise RequestError(f"no answer from {self.url} within {self.timeout} s", retryable=True) from None
         except httpx.HTTPError as e:
@@ -202,12 +279,13 @@ class GrpcTransport(_Closing):
     """V2 ``ModelInfer`` over one gRPC channel (thread-safe); images travel as raw bytes. The messages are
     :mod:`predictor.protocol.grpc_v2` (``grpcio`` and ``protobuf``, no KServe)."""
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, pixels: bool = False) -> None:
         import grpc
 
         from predictor.protocol import grpc_v2
 
         self._grpc, self._pb = grpc, grpc_v2
+        self.pixels = pixels
         self.target, self.model, self.timeout = endpoint.url, endpoint.model, endpoint.timeout
         self.metadata = (("authorization", f"Bearer {endpoint.token}"),) if endpoint.token else None
         options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
@@ -234,23 +312,41 @@ class GrpcTransport(_Closing):
             contents=pb.InferTensorContents(bytes_contents=list(images)),
         )
         request = pb.ModelInferRequest(model_name=self.model, inputs=[tensor])
+        self._set_parameters(request, params)
+        return request
+
+    def pixel_request(self, batch: np.ndarray, params: DetectParams) -> Any:
+        """A ``ModelInferRequest`` with one UINT8 ``[n, H, W, 3]`` input in ``raw_input_contents``."""
+        pb = self._pb
+        tensor = pb.ModelInferRequest.InferInputTensor(
+            name=INPUT_NAME, datatype="UINT8", shape=list(batch.shape)
+        )
+        raw = np.ascontiguousarray(batch, np.uint8).tobytes()
+        request = pb.ModelInferRequest(model_name=self.model, inputs=[tensor], raw_input_contents=[raw])
+        self._set_parameters(request, params)
+        return request
+
+    @staticmethod
+    def _set_parameters(request: Any, params: DetectParams) -> None:
         for name, value in params.as_dict().items():
             if name == "max_detections":
                 request.parameters[name].int64_param = int(value)
             else:  # floats and the class list travel as strings, which the server accepts
                 text = value if isinstance(value, str) else repr(float(value))
                 request.parameters[name].string_param = text
-        return request
 
     def detect(self, images: Sequence[bytes], params: DetectParams) -> list[list[Detection]]:
         return self.infer(images, params).detections
 
     def infer(self, images: Sequence[bytes], params: DetectParams) -> Answer:
+        if self.pixels:
+            return _per_size(images, lambda batch: self._send(self.pixel_request(batch, params), len(batch)))
+        return self._send(self.request(images, params), len(images))
+
+    def _send(self, request: Any, n: int) -> Answer:
         grpc = self._grpc
         try:
-            response, call = self.model_infer.with_call(
-                self.request(images, params), timeout=self.timeout, metadata=self.metadata
-            )
+            response, call = self.model_infer.with_call(request, timeout=self.timeout, metadata=self.metadata)
         except grpc.RpcError as e:
             code = e.code().name if e.code() is not None else "UNKNOWN"
             if code == "DEADLINE_EXCEEDED":
@@ -260,7 +356,7 @@ class GrpcTransport(_Closing):
             raise RequestError(f"gRPC {code}: {e.details()}", code, code in RETRY_GRPC_CODES) from None
         try:
             arrays = tensors.arrays_from_grpc_outputs(response.outputs, response.raw_output_contents)
-            answer = detections.detections_from_v2(arrays, len(images))
+            answer = detections.detections_from_v2(arrays, n)
         except MalformedMessage as e:
             raise RequestError(f"unexpected gRPC response: {e}") from None
         metadata = dict(call.initial_metadata() or ())
@@ -284,17 +380,20 @@ def grpc_target(url: str) -> tuple[str, bool]:
     return f"{host}:{port}", secure
 
 
-def make_transport(protocol: str, endpoint: Endpoint, concurrency: int = 1) -> RestTransport | GrpcTransport:
-    """The transport for ``v1``, ``v2`` or ``grpc``."""
+def make_transport(
+    protocol: str, endpoint: Endpoint, concurrency: int = 1, pixels: bool = False
+) -> RestTransport | GrpcTransport:
+    """The transport for ``v1``, ``v2`` or ``grpc`` (``pixels``: send decoded UINT8 tensors, V2 only)."""
     if protocol == "grpc":
         target, secure = grpc_target(endpoint.url)
-        return GrpcTransport(dataclasses.replace(endpoint, url=target, secure=secure))
+        return GrpcTransport(dataclasses.replace(endpoint, url=target, secure=secure), pixels=pixels)
     if protocol in ("v1", "v2"):
         url = endpoint.url if "://" in endpoint.url else f"http://{endpoint.url}"
         return RestTransport(
             dataclasses.replace(endpoint, url=url, secure=False),
             protocol,
             max_connections=concurrency,
+            pixels=pixels,
         )
     raise ClientError(f"unknown protocol {protocol!r} (choose from {', '.join(PROTOCOLS)})")
 

@@ -15,6 +15,16 @@ every check the model does comes after the memory is spent. This module checks f
   been sent (the parsed body lives that long). uvicorn reads and discards the rest of a refused body, so
   the client gets its answer on an open connection. Every 503 (also those answered further in: image
   queue full, not ready, time limit) carries ``Retry-After``.
+- A JSON body costs more than its bytes once parsed (a Python list of numbers takes 8 bytes per value,
+  the NumPy array made of it 8 more; a JSON number is 2-4 bytes of text): the middleware charges the
+  JSON part of an inference body by :func:`json_parse_cost` as it streams, against the budget and
+  against ``--max_request_bytes`` (413 naming the binary tensor extension and gRPC past it).
+- gRPC turns a whole message into one buffer before a handler can look at it, so the byte budget
+  cannot refuse a message before it is in memory. :class:`CallLimiter` therefore lets at most
+  :func:`grpc_concurrency` ``ModelInfer`` calls read their message at once; past them (and
+  ``GRPC_WAITING_PER_CALL`` waiting ones per place, none by default: the core receives a waiting call's
+  message anyway) a call gets RESOURCE_EXHAUSTED at once, its message never parsed. What the gRPC core
+  buffers of a refused call's message before the refusal reaches the client is not bounded here.
 - :class:`GrpcAdmissionInterceptor`: the gRPC core already refuses messages over
   ``--grpc_max_receive_message_length`` (RESOURCE_EXHAUSTED); this counts each ``ModelInfer``
   message against the same budget before protobuf parses it, RESOURCE_EXHAUSTED when over (KServe's
@@ -23,6 +33,7 @@ every check the model does comes after the memory is spent. This module checks f
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import weakref
@@ -85,6 +96,68 @@ class ByteBudget:
         )
 
 
+#: Bytes charged per JSON value separator (``,``): the list slot and the int64 array element a value
+#: becomes (8 + 8), with room for the list's over-allocation and the uint8 copy.
+JSON_VALUE_COST = 24
+#: Bytes charged per JSON array opening (``[``): a Python list object (56 bytes empty) and its slot.
+JSON_LIST_COST = 64
+
+
+def json_parse_cost(chunk: bytes | bytearray | memoryview) -> int:
+    """What parsing these bytes of a JSON body may cost beyond the bytes themselves: each value
+    separator and each array are charged (:data:`JSON_VALUE_COST`, :data:`JSON_LIST_COST`). Strings (an
+    image's base64 text) cost about their bytes and contain neither character when base64."""
+    data = bytes(chunk)
+    return JSON_VALUE_COST * data.count(b",") + JSON_LIST_COST * data.count(b"[")
+
+
+#: Calls that may wait for their turn, per call admitted at once (:class:`CallLimiter`). None: the gRPC
+#: core receives a waiting call's message anyway (``bench/hostile.py --form grpc-bytes``: +2060 MiB when
+#: 8 per place waited, +1058 MiB when none did; docs/request-model.md).
+GRPC_WAITING_PER_CALL = 0
+
+
+class CallLimiter:
+    """At most ``limit`` calls inside at once, up to ``max_waiting`` more waiting their turn (FIFO),
+    others refused. Used on the event loop only (no locks)."""
+
+    def __init__(self, limit: int, max_waiting: int) -> None:
+        if limit <= 0 or max_waiting < 0:
+            raise ValueError(f"limit must be positive and max_waiting >= 0, got {limit}, {max_waiting}")
+        self.limit, self.max_waiting = limit, max_waiting
+        self.waiting = 0
+        self._semaphore: asyncio.Semaphore | None = None
+
+    async def enter(self) -> bool:
+        """Wait for a place (True), or False at once when ``max_waiting`` calls wait already."""
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self.limit)
+        if self._semaphore.locked() and self.waiting >= self.max_waiting:
+            return False
+        self.waiting += 1
+        try:
+            await self._semaphore.acquire()
+        finally:
+            self.waiting -= 1
+        return True
+
+    def leave(self) -> None:
+        assert self._semaphore is not None
+        self._semaphore.release()
+
+    def refusal_reason(self) -> str:
+        return (
+            f"overloaded: {self.limit} gRPC calls are reading or holding their messages and {self.waiting} "
+            "wait (--max_inflight_bytes / --grpc_max_receive_message_length + 1 at once); retry later"
+        )
+
+
+def grpc_concurrency(budget_bytes: int, max_message_bytes: int) -> int:
+    """The most gRPC calls served at once: messages of up to ``max_message_bytes`` in memory stay within
+    the in-flight budget plus one message (the REST rule: one request is always admitted)."""
+    return max(1, budget_bytes // max(1, max_message_bytes)) + 1
+
+
 # ----------------------------------------------------------------------------- gRPC
 class _Admitted:
     """A deserialized request that holds ``n`` bytes of the budget until released (or collected)."""
@@ -103,15 +176,19 @@ class _Refused:
 
 
 class GrpcAdmissionInterceptor(aio.ServerInterceptor):
-    """Counts each ``ModelInfer`` message against the :class:`ByteBudget` before it is parsed.
+    """Bounds the ``ModelInfer`` calls that read their message (``limiter``), and counts each message
+    against the :class:`ByteBudget` before it is parsed.
 
-    The message's bytes are reserved in its deserializer (the gRPC core has received it, protobuf has
-    not parsed it yet) and released when the call ends; over the budget the call ends with
-    RESOURCE_EXHAUSTED and the message is never parsed.
+    The handler is made request-streaming, so that it runs before the message is read: it takes its
+    turn from the :class:`CallLimiter` (or ends with RESOURCE_EXHAUSTED, the message unread), then reads
+    the one message. The message's bytes are reserved in its deserializer (the gRPC core has received
+    it, protobuf has not parsed it yet) and released when the call ends; over the budget the call ends
+    with RESOURCE_EXHAUSTED and the message is never parsed.
     """
 
-    def __init__(self, budget: ByteBudget) -> None:
+    def __init__(self, budget: ByteBudget, limiter: CallLimiter | None = None) -> None:
         self.budget = budget
+        self.limiter = limiter or CallLimiter(1_000_000, 0)
 
     async def intercept_service(
         self,
@@ -150,8 +227,21 @@ class GrpcAdmissionInterceptor(aio.ServerInterceptor):
             finally:
                 request.release()
 
-        return grpc.unary_unary_rpc_method_handler(
-            admitted_behavior,
+        limiter = self.limiter
+
+        async def limited_behavior(requests: Any, context: aio.ServicerContext) -> Any:
+            if not await limiter.enter():
+                prometheus.REJECTED.labels("grpc_calls").inc()
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, limiter.refusal_reason())
+            try:
+                async for request in requests:  # a unary call: one message, read only now
+                    return await admitted_behavior(request, context)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message")
+            finally:
+                limiter.leave()
+
+        return grpc.stream_unary_rpc_method_handler(
+            limited_behavior,
             request_deserializer=deserialize,
             response_serializer=handler.response_serializer,
         )

@@ -196,10 +196,12 @@ class GrpcBearerAuth(aio.ServerInterceptor):
 
         prometheus.REJECTED.labels("unauthenticated").inc()
 
-        async def refuse(request: Any, context: aio.ServicerContext) -> Any:
+        async def refuse(requests: Any, context: aio.ServicerContext) -> Any:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, REFUSAL)
 
-        return grpc.unary_unary_rpc_method_handler(
+        # Request-streaming, as the admission interceptor does: the refusal runs before the message is
+        # read, so an unauthenticated caller cannot make the server buffer messages past the call limit.
+        return grpc.stream_unary_rpc_method_handler(
             refuse,
             request_deserializer=lambda raw: None,  # not parsed
             response_serializer=handler.response_serializer,

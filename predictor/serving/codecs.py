@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
+from google.protobuf.internal import wire_format
+from google.protobuf.unknown_fields import UnknownFieldSet
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from predictor.protocol import base64text, json_body, tensors
@@ -80,30 +83,65 @@ class ImagePayload:
 
 
 @dataclass(frozen=True)
-class ParsedRequest:
-    """A validated request: its images (still encoded) and per-request detection parameters.
+class PixelPayload:
+    """One already decoded image of a V2 ``UINT8`` request (no decoding, only a resize).
 
     Attributes:
-      protocol: ``v1``, ``v2`` (REST) or ``grpc``.
-      images: one payload per instance, ``1 <= len <= max_batch_size``.
-      score_threshold: in ``[0, 1]``, or None for the server default.
-      max_detections: in ``1..server max``, or None for the server default.
-      infer_request: the V2 request (id, requested outputs), None for V1.
-      nms_threshold: in ``[0, 1]``, or None for the server default.
-      classes: the class filter as sent (names and/or ids, see :func:`class_mask`), None for all.
+      field: where it came from, for error messages (``images[3]``).
+      pixels: uint8 ``[H, W, 3]`` RGB (a view into the request's tensor).
     """
 
-    protocol: str
-    images: tuple[ImagePayload, ...]
+    field: str
+    pixels: np.ndarray
+
+
+@dataclass(frozen=True)
+class Controls:
+    """The detection controls of one request, whatever its protocol and input form; None: the server
+    default. Built by :func:`parse_controls` alone; the field names are the request parameter names
+    (:data:`predictor.protocol.detections.PARAMETER_NAMES`).
+
+    Attributes:
+      score_threshold: in ``[0, 1]``.
+      max_detections: in ``1..server max``.
+      nms_threshold: in ``[0, 1]``.
+      classes: the class filter as sent (names and/or ids, see :func:`class_mask`).
+    """
+
     score_threshold: float | None = None
     max_detections: int | None = None
-    infer_request: InferRequest | None = None
     nms_threshold: float | None = None
     classes: tuple[str | int, ...] | None = None
 
 
+@dataclass(frozen=True)
+class ParsedRequest:
+    """A validated request: its images (still encoded, or pixels) and its detection controls.
+
+    Attributes:
+      protocol: ``v1``, ``v2`` (REST) or ``grpc``.
+      images: one payload per instance, ``1 <= len <= max_batch_size``.
+      controls: what :func:`parse_controls` made of the request's parameters.
+      infer_request: the V2 request (id, requested outputs), None for V1.
+    """
+
+    protocol: str
+    images: tuple[ImagePayload | PixelPayload, ...]
+    controls: Controls = Controls()
+    infer_request: InferRequest | None = None
+
+
+@dataclass(frozen=True)
+class V1Body:
+    """A V1 ``:predict`` request as the HTTP route received it: the raw body and the URL's query
+    parameters (``[(key, value), ...]``), which carry the controls of a raw image body."""
+
+    body: bytes
+    query: tuple[tuple[str, str], ...] = ()
+
+
 def protocol_of(payload: Any) -> str:
-    """``grpc``, ``v2`` or ``v1`` for a request body as KServe hands it to ``preprocess``."""
+    """``grpc``, ``v2`` or ``v1`` for a body as KServe (or our V1 route) hands it to ``preprocess``."""
     if isinstance(payload, InferRequest):
         return "grpc" if payload.from_grpc else "v2"
     return "v1"
@@ -112,20 +150,56 @@ def protocol_of(payload: Any) -> str:
 def parse_request(
     payload: Any, headers: Mapping[str, str] | None, *, max_batch_size: int, max_detections: int
 ) -> ParsedRequest:
-    """Dispatch on what KServe decoded: ``InferRequest`` (V2/gRPC), dict or raw bytes (V1)."""
+    """Any request -> :class:`ParsedRequest`: its images by input form, then its controls by the one
+    :func:`parse_controls`, whatever the protocol and form (no form parser reads parameters).
+
+    ``payload`` is what KServe decoded (``InferRequest`` for V2 REST / gRPC, a dict for V1 JSON) or what
+    our V1 route passes (:class:`V1Body`, raw bytes).
+    """
     if isinstance(payload, InferRequest):
-        return parse_v2(payload, max_batch_size=max_batch_size, max_detections=max_detections)
-    content_type = (headers or {}).get("content-type", "")
-    return parse_v1(payload, content_type, max_batch_size=max_batch_size, max_detections=max_detections)
+        protocol = "grpc" if payload.from_grpc else "v2"
+        images = v2_images(payload, max_batch_size)
+        params, strict = v2_parameters(payload), False
+        infer_request: InferRequest | None = payload
+    else:
+        protocol, strict, infer_request = "v1", True, None
+        content_type = (headers or {}).get("content-type", "")
+        images, params = v1_images(payload, content_type, max_batch_size)
+    controls = parse_controls(params, max_detections, strict=strict)
+    return ParsedRequest(protocol, images, controls, infer_request)
 
 
 def parse_v1(body: Any, content_type: str = "", *, max_batch_size: int, max_detections: int) -> ParsedRequest:
-    """V1 body -> request. ``body`` is a decoded JSON value, or the raw HTTP body (see
-    :func:`v1_body_is_json` for when that is JSON and when one image)."""
+    """:func:`parse_request` of a V1 body (a decoded JSON value, raw bytes or :class:`V1Body`)."""
+    headers = {"content-type": content_type}
+    return parse_request(body, headers, max_batch_size=max_batch_size, max_detections=max_detections)
+
+
+def parse_v2(request: InferRequest, *, max_batch_size: int, max_detections: int) -> ParsedRequest:
+    """:func:`parse_request` of a V2 request (REST or gRPC)."""
+    return parse_request(request, None, max_batch_size=max_batch_size, max_detections=max_detections)
+
+
+def v1_images(body: Any, content_type: str, max_batch_size: int) -> tuple[tuple[ImagePayload, ...], Any]:
+    """V1 body -> ``(images, parameters)``. ``body`` is a decoded JSON value, the raw HTTP body, or a
+    :class:`V1Body` (see :func:`v1_body_is_json` for when that is JSON and when one image).
+
+    A JSON body's parameters are its ``"parameters"``; a raw image's are the URL's query parameters
+    (None when there are none: the server defaults). A JSON body with query parameters is a 400 (one
+    place for the controls of a request).
+    """
+    query: tuple[tuple[str, str], ...] = ()
+    if isinstance(body, V1Body):
+        body, query = body.body, body.query
     if isinstance(body, (bytes, bytearray, memoryview)):
         if not v1_body_is_json(body, content_type):
-            return ParsedRequest("v1", (bytes_payload("instances[0]", bytes(body)),))
+            return (bytes_payload("instances[0]", bytes(body)),), query_parameters(query)
         body = load_json(body)
+    if query:
+        raise InvalidInput(
+            f'query parameter {query[0][0][:64]!r}: a JSON body carries its controls in "parameters"; '
+            "query parameters are for a raw image body"
+        )
     if not isinstance(body, dict):
         raise InvalidInput(f'expected a JSON object {{"instances": [...]}}, got {_json_type(body)}')
     if "instances" not in body:
@@ -135,10 +209,23 @@ def parse_v1(body: Any, content_type: str = "", *, max_batch_size: int, max_dete
     if not isinstance(instances, list):
         raise InvalidInput(f"instances: expected a list of images, got {_json_type(instances)}")
     _check_count(len(instances), "instances", max_batch_size)
-    images = tuple(_v1_instance(item, i) for i, item in enumerate(instances))
-    threshold, cap = parse_parameters(body.get("parameters"), max_detections, strict=True)
-    nms, classes = parse_controls(body.get("parameters"))
-    return ParsedRequest("v1", images, threshold, cap, nms_threshold=nms, classes=classes)
+    return tuple(_v1_instance(item, i) for i, item in enumerate(instances)), body.get("parameters")
+
+
+def query_parameters(query: Sequence[tuple[str, str]]) -> dict[str, str] | None:
+    """URL query parameters -> the parameters of a raw V1 image (None when there are none).
+
+    ``classes`` may repeat (``?classes=circle&classes=star`` is ``"circle,star"``); any other key given
+    twice is a 400.
+    """
+    if not query:
+        return None
+    out: dict[str, str] = {}
+    for key, value in query:
+        if key in out and key != "classes":
+            raise InvalidInput(f"parameters.{key[:64]}: given more than once in the query")
+        out[key] = f"{out[key]},{value}" if key in out else value
+    return out
 
 
 def v1_body_is_json(body: bytes | bytearray | memoryview, content_type: str) -> bool:
@@ -201,19 +288,17 @@ def _v1_instance(item: Any, index: int) -> ImagePayload:
     return ImagePayload(field, value, True)
 
 
-def parse_v2(request: InferRequest, *, max_batch_size: int, max_detections: int) -> ParsedRequest:
-    """V2 request with one BYTES input of shape ``[N]`` (``[N, 1]`` is accepted too); elements are base64
-    strings (JSON) or bytes (binary extension, gRPC: the image file, or its base64 text)."""
-    protocol = "grpc" if request.from_grpc else "v2"
+def v2_images(request: InferRequest, max_batch_size: int) -> tuple[ImagePayload | PixelPayload, ...]:
+    """The images of a V2 request: one input, BYTES of shape ``[N]`` (``[N, 1]`` is accepted too) whose
+    elements are base64 strings (JSON) or bytes (binary extension, gRPC: the image file, or its base64
+    text), or UINT8 pixels (:func:`uint8_images`)."""
     inputs = request.inputs or []
     if len(inputs) != 1:
         raise InvalidInput(f"expected exactly one input (BYTES, shape [N]), got {len(inputs)}")
     inp = inputs[0]
     name = str(inp.name)[:64] or "inputs[0]"
     if inp.datatype == "UINT8":
-        return parse_uint8_images(
-            request, inp, name, max_batch_size=max_batch_size, max_detections=max_detections
-        )
+        return uint8_images(inp, name, max_batch_size)
     if inp.datatype != "BYTES":
         raise InvalidInput(f"{name}: datatype must be BYTES (encoded images), got {inp.datatype!r}")
     shape = _v2_shape(inp.shape, name)
@@ -230,28 +315,16 @@ def parse_v2(request: InferRequest, *, max_batch_size: int, max_detections: int)
             images.append(ImagePayload(field, item, True))
         else:
             raise InvalidInput(f"{field}: expected an image (base64 string or bytes), got {_json_type(item)}")
-    params = grpc_parameters(request.parameters) if request.from_grpc else request.parameters
-    threshold, cap = parse_parameters(params, max_detections, strict=False)
-    nms, classes = parse_controls(params)
-    return ParsedRequest(protocol, tuple(images), threshold, cap, request, nms_threshold=nms, classes=classes)
+    return tuple(images)
 
 
-@dataclass(frozen=True)
-class PixelPayload:
-    """One already decoded image of a V2 ``UINT8`` request (no decoding, only a resize).
-
-    Attributes:
-      field: where it came from, for error messages (``images[3]``).
-      pixels: uint8 ``[H, W, 3]`` RGB (a view into the request's tensor).
-    """
-
-    field: str
-    pixels: np.ndarray
+def v2_parameters(request: InferRequest) -> Any:
+    """The request-level parameters of a V2 request: a dict (REST), gRPC's map read by
+    :func:`grpc_parameters`."""
+    return grpc_parameters(request.parameters) if request.from_grpc else request.parameters
 
 
-def parse_uint8_images(
-    request: InferRequest, inp: Any, name: str, *, max_batch_size: int, max_detections: int
-) -> ParsedRequest:
+def uint8_images(inp: Any, name: str, max_batch_size: int) -> tuple[PixelPayload, ...]:
     """V2 ``UINT8`` input of shape ``[N, H, W, 3]``: decoded RGB pixels, from JSON ``data`` (flat or
     nested integers 0..255), the binary tensor extension or gRPC ``raw_input_contents`` (``N*H*W*3``
     bytes, row-major), or gRPC ``uint_contents``. Sides and pixel counts are checked against the image
@@ -266,11 +339,7 @@ def parse_uint8_images(
         pixels = np.frombuffer(raw, np.uint8).reshape(shape)
     else:
         pixels = _uint8_from_json(inp.data, shape, expected, name)
-    images = tuple(PixelPayload(f"{name}[{i}]", pixels[i]) for i in range(shape[0]))
-    params = grpc_parameters(request.parameters) if request.from_grpc else request.parameters
-    threshold, cap = parse_parameters(params, max_detections, strict=False)
-    protocol = "grpc" if request.from_grpc else "v2"
-    return ParsedRequest(protocol, images, threshold, cap, request)  # type: ignore[arg-type]
+    return tuple(PixelPayload(f"{name}[{i}]", pixels[i]) for i in range(shape[0]))
 
 
 def _uint8_shape(shape: Any, name: str) -> tuple[int, int, int, int]:
@@ -351,28 +420,87 @@ def _check_count(n: int, field: str, max_batch_size: int) -> None:
         raise InvalidInput(f"{field}: {n} images, the limit is {max_batch_size} per request")
 
 
+#: The ``InferParameter`` kinds a gRPC request's parameters may use: KServe's three, and the two that
+#: Triton's ``grpc_service.proto`` adds (tritonclient sends a Python float as ``double_param``).
+GRPC_PARAMETER_KINDS = ("bool_param", "int64_param", "string_param", "double_param", "uint64_param")
+#: Triton's ``InferParameter`` fields that KServe's proto lacks: field number -> (wire type, kind).
+_TRITON_PARAMETER_FIELDS = {
+    4: (wire_format.WIRETYPE_FIXED64, "double_param"),
+    5: (wire_format.WIRETYPE_VARINT, "uint64_param"),
+}
+
+
+@dataclass(frozen=True)
+class UnreadableParameter:
+    """A gRPC parameter whose value is of no kind this server reads (or is unset); an error only
+    when it is one of the parameters the server reads (:func:`parse_controls`)."""
+
+    what: str
+
+    def reason(self) -> str:
+        return f"{self.what}; send one of {', '.join(GRPC_PARAMETER_KINDS)}"
+
+
 def grpc_parameters(parameters: Any) -> dict[str, Any]:
-    """gRPC ``map<string, InferParameter>`` -> plain dict (string values stay strings)."""
+    """gRPC ``map<string, InferParameter>`` -> plain dict (string values stay strings).
+
+    KServe's ``InferParameter`` has ``bool_param``, ``int64_param`` and ``string_param``; Triton's
+    ``double_param`` (field 4) and ``uint64_param`` (field 5) arrive as unknown fields of it and are
+    read from there (:func:`grpc_parameter_value`).
+    """
     if not parameters:
         return {}
-    out: dict[str, Any] = {}
-    for key, value in parameters.items():
-        which = value.WhichOneof("parameter_choice") if hasattr(value, "WhichOneof") else None
-        out[key] = getattr(value, which) if which else value
-    return out
+    return {key: grpc_parameter_value(value) for key, value in parameters.items()}
 
 
-def parse_parameters(
-    params: Any, server_max_detections: int, *, strict: bool
-) -> tuple[float | None, int | None]:
-    """``{"score_threshold": float in [0, 1], "max_detections": int in 1..server max}``.
+def grpc_parameter_value(value: Any) -> Any:
+    """One ``InferParameter`` -> its Python value; :class:`UnreadableParameter` when it holds none of
+    :data:`GRPC_PARAMETER_KINDS`. A plain value (not a message) is returned as it is."""
+    if not hasattr(value, "WhichOneof"):
+        return value
+    which = value.WhichOneof("parameter_choice")
+    if which:
+        return getattr(value, which)
+    found: Any = UnreadableParameter("an InferParameter with no value")
+    for field in UnknownFieldSet(value):  # a oneof: the last one on the wire wins
+        wire_type, kind = _TRITON_PARAMETER_FIELDS.get(field.field_number, (None, None))
+        if kind is None or field.wire_type != wire_type:
+            found = UnreadableParameter(
+                f"an InferParameter of unknown kind (field {field.field_number}, wire type {field.wire_type})"
+            )
+        elif kind == "double_param":
+            found = struct.unpack("<d", struct.pack("<Q", field.data))[0]
+        else:
+            found = int(field.data)
+    return found
 
-    Missing keys give None (server default). ``strict`` rejects unknown keys (V1); V2 requests may carry
-    protocol parameters (``binary_data_output`` ...), so unknown keys are ignored there. Numeric strings
-    are accepted (gRPC ``InferParameter`` has no float field).
+
+#: How each control is read from its parameter value: ``(value, server max detections) -> control``.
+_CONTROL_PARSERS: dict[str, Any] = {
+    "score_threshold": lambda value, _: _fraction(value, "score_threshold"),
+    "max_detections": lambda value, limit: _max_detections(value, limit),
+    "nms_threshold": lambda value, _: _fraction(value, "nms_threshold"),
+    "classes": lambda value, _: _class_filter(value),
+}
+if tuple(_CONTROL_PARSERS) != PARAMETER_NAMES or tuple(f.name for f in fields(Controls)) != PARAMETER_NAMES:
+    raise ImportError("Controls, its parsers and protocol.detections.PARAMETER_NAMES disagree")
+
+
+def parse_controls(params: Any, server_max_detections: int, *, strict: bool) -> Controls:
+    """A request's parameters -> its :class:`Controls`, for every protocol and input form.
+
+    ``{"score_threshold": float in [0, 1], "max_detections": int in 1..server max, "nms_threshold":
+    float in [0, 1], "classes": [...]}``; ``classes`` is a non-empty list of class names (strings)
+    and/or class ids (integers), or one string of them separated by commas (``"circle,star"``,
+    ``"1,4"``: V2 and gRPC parameters cannot carry lists). Names are resolved against the model's
+    classes later (:func:`class_mask`). Numbers may be numeric strings (gRPC ``string_param``, URL
+    query parameters). Missing keys (or ``params`` None) give None: the server default.
+
+    ``strict`` rejects unknown keys (V1); V2 requests may carry protocol parameters
+    (``binary_data_output`` ...), so unknown keys are ignored there.
     """
     if params is None:
-        return None, None
+        return Controls()
     if not isinstance(params, Mapping):
         raise InvalidInput(f"parameters: expected an object, got {_json_type(params)}")
     if strict:
@@ -381,30 +509,13 @@ def parse_parameters(
             raise InvalidInput(
                 f"parameters: unknown key {unknown[0][:64]!r} (known: {', '.join(PARAMETER_NAMES)})"
             )
-    threshold = params.get("score_threshold")
-    cap = params.get("max_detections")
-    return (
-        None if threshold is None else _score_threshold(threshold),
-        None if cap is None else _max_detections(cap, server_max_detections),
-    )
-
-
-def parse_controls(params: Any) -> tuple[float | None, tuple[str | int, ...] | None]:
-    """``{"nms_threshold": float in [0, 1], "classes": [...]}`` -> ``(nms_threshold, classes)``.
-
-    ``classes`` is a non-empty list of class names (strings) and/or class ids (integers), or one string
-    of them separated by commas (``"circle,star"``, ``"1,4"``: gRPC parameters cannot carry lists).
-    Names are resolved against the model's classes later (:func:`class_mask`). Call after
-    :func:`parse_parameters` (which checks that ``params`` is an object). Missing keys give None.
-    """
-    if not isinstance(params, Mapping):
-        return None, None
-    nms = params.get("nms_threshold")
-    classes = params.get("classes")
-    return (
-        None if nms is None else _fraction(nms, "nms_threshold"),
-        None if classes is None else _class_filter(classes),
-    )
+    values: dict[str, Any] = {}
+    for name, parse in _CONTROL_PARSERS.items():
+        value = params.get(name)
+        if isinstance(value, UnreadableParameter):
+            raise InvalidInput(f"parameters.{name}: {value.reason()}")
+        values[name] = None if value is None else parse(value, server_max_detections)
+    return Controls(**values)
 
 
 def _class_filter(value: Any) -> tuple[str | int, ...]:
@@ -482,13 +593,6 @@ def _number(value: Any, field: str) -> float:
         return float(value)
     except OverflowError:
         return math.inf if value > 0 else -math.inf
-
-
-def _score_threshold(value: Any) -> float:
-    x = _number(value, "score_threshold")
-    if not (math.isfinite(x) and 0.0 <= x <= 1.0):
-        raise InvalidInput(f"parameters.score_threshold: must be within [0, 1], got {x}")
-    return x
 
 
 def _max_detections(value: Any, limit: int) -> int:

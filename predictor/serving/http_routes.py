@@ -28,7 +28,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from kserve.protocol.dataplane import DataPlane
 
-from predictor.serving import binary_ext_kserve, versions
+from predictor.serving import binary_ext_kserve, codecs, versions
 from predictor.serving.errors import ModelNotReady
 
 V1_PREDICT = "/v1/models/{model_name}:predict"
@@ -52,9 +52,10 @@ class InferenceRoutes:
 
     async def v1_predict(self, model_name: str, request: Request) -> Response:
         """V1 ``:predict``: JSON, or one raw image (any non-JSON or no Content-Type, see
-        :func:`predictor.serving.codecs.v1_body_is_json`)."""
+        :func:`predictor.serving.codecs.v1_body_is_json`) whose controls may come as query parameters
+        (``?score_threshold=0.3&classes=circle,star``)."""
         model = await self._model(model_name)
-        body = await request.body()
+        body = codecs.V1Body(await request.body(), tuple(request.query_params.multi_items()))
         headers = dict(request.headers)
         response, response_headers = await model(body, headers=headers)
         return Response(response, media_type="application/json", headers=_extra(response_headers))

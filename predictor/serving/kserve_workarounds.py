@@ -39,7 +39,13 @@ from typing import TYPE_CHECKING
 from grpc import aio
 
 from predictor.serving import errors
-from predictor.serving.admission import ByteBudget, GrpcAdmissionInterceptor
+from predictor.serving.admission import (
+    GRPC_WAITING_PER_CALL,
+    ByteBudget,
+    CallLimiter,
+    GrpcAdmissionInterceptor,
+    grpc_concurrency,
+)
 from predictor.serving.versions import VersionedDataPlane
 
 if TYPE_CHECKING:
@@ -237,23 +243,33 @@ def admitting_grpc_server(budget: ByteBudget, front: tuple[aio.ServerInterceptor
     class AdmittingGRPCServer(GRPCServer):
         async def start(self, max_workers: int) -> None:
             servicer = VersionedServicer(self._data_plane, self._model_repository_extension)
+            receive_limit = self._kwargs.get("grpc_max_receive_message_length")
+            concurrency = grpc_concurrency(budget.limit, receive_limit or budget.limit)
+            limiter = CallLimiter(concurrency, GRPC_WAITING_PER_CALL * concurrency)
             self._server = aio.server(
                 futures.ThreadPoolExecutor(max_workers=max_workers),
                 interceptors=(
                     *front,
-                    GrpcAdmissionInterceptor(budget),
+                    GrpcAdmissionInterceptor(budget, limiter),
                     LoggingInterceptor(),
                     ExceptionToStatusInterceptor(),
                 ),
                 options=[
                     ("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
-                    ("grpc.max_receive_message_length", self._kwargs.get("grpc_max_receive_message_length")),
+                    ("grpc.max_receive_message_length", receive_limit),
                 ],
             )
             grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
             listen_addr = f"[::]:{self._port}"
             self._server.add_insecure_port(listen_addr)
-            log.info("gRPC server on %s, %d workers, admission by request bytes", listen_addr, max_workers)
+            log.info(
+                "gRPC server on %s, %d workers, admission by request bytes, at most %d ModelInfer calls "
+                "reading at once (--max_inflight_bytes / --grpc_max_receive_message_length + 1), %d waiting",
+                listen_addr,
+                max_workers,
+                concurrency,
+                limiter.max_waiting,
+            )
             await self._server.start()
             await self._server.wait_for_termination()
 

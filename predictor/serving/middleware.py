@@ -26,6 +26,7 @@ All of this runs on the event loop; nothing here blocks.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from predictor.serving import prometheus
+from predictor.serving.admission import json_parse_cost
 from predictor.serving.errors import RETRY_AFTER_S
 
 if TYPE_CHECKING:
@@ -229,7 +231,14 @@ class AdmissionMiddleware:
             prometheus.REJECTED.labels("inflight_bytes").inc()
             await send_json(send, 503, self.budget.over_budget_reason(reserved), retry_after=True)
             return
-        state: dict[str, Any] = {"received": 0, "reserved": reserved, "rejection": None, "started": False}
+        state: dict[str, Any] = {
+            "received": 0,
+            "reserved": reserved,
+            "rejection": None,
+            "started": False,
+            "json_left": _json_part(scope),  # bytes of the body still to charge as JSON (None: undecided)
+            "json_cost": 0,
+        }
         try:
             await self._admitted(scope, receive, send, state)
         finally:
@@ -242,15 +251,22 @@ class AdmissionMiddleware:
             message = await receive()
             if message["type"] != "http.request" or state["rejection"] is not None:
                 return message
-            state["received"] += len(message.get("body", b""))
+            chunk = message.get("body", b"")
+            state["received"] += len(chunk)
+            state["json_cost"] += _charge_json(chunk, state)
             received = state["received"]
+            charged = received + state["json_cost"]  # what the body costs once parsed
             if received > self.max_request_bytes:
                 error = f"request body is over {self.max_request_bytes} bytes, {self._limit()}"
                 state["rejection"] = (413, error)
                 prometheus.REJECTED.labels("body_too_large").inc()
                 raise _Rejected()
-            if received > state["reserved"]:  # chunked (or longer than declared: the server stops it)
-                more = received - state["reserved"]
+            if charged > self.max_request_bytes:
+                state["rejection"] = (413, self._json_too_costly(charged))
+                prometheus.REJECTED.labels("body_too_large").inc()
+                raise _Rejected()
+            if charged > state["reserved"]:  # chunked, JSON values, or longer than declared
+                more = charged - state["reserved"]
                 if not self.budget.try_reserve(more):
                     state["rejection"] = (503, self.budget.over_budget_reason(more))
                     prometheus.REJECTED.labels("inflight_bytes").inc()
@@ -274,6 +290,48 @@ class AdmissionMiddleware:
 
     def _limit(self) -> str:
         return f"the limit is {self.max_request_bytes} (--max_request_bytes)"
+
+    def _json_too_costly(self, charged: int) -> str:
+        return (
+            f"the JSON of this request body would take over {charged} bytes once parsed (JSON numbers cost "
+            f"about 8 times their text), {self._limit()}; send pixels as UINT8 with the binary tensor "
+            "extension (Inference-Header-Content-Length) or over gRPC (raw_input_contents), or send "
+            "encoded images"
+        )
+
+
+def _json_part(scope: dict) -> float | None:
+    """How many leading bytes of an inference request's body are JSON: a V2 body's
+    ``Inference-Header-Content-Length`` (binary tensor extension), else all of it; a V1 body by its
+    Content-Type, None when only its first bytes can tell (:func:`~predictor.serving.codecs.v1_body_is_json`).
+    Other routes: none."""
+    protocol = rest_protocol(scope.get("path", ""))
+    if protocol is None:
+        return 0
+    if protocol == "v2":
+        length = _header(scope, b"inference-header-content-length")
+        return int(length) if length is not None and length.strip().isdigit() else math.inf
+    media = (_header(scope, b"content-type") or "").split(";", 1)[0].strip().lower()
+    if "json" in media:
+        return math.inf
+    return 0 if media.startswith(("image/", "application/octet-stream")) else None
+
+
+def _charge_json(chunk: bytes, state: dict[str, Any]) -> int:
+    """:func:`~predictor.serving.admission.json_parse_cost` of the JSON bytes of ``chunk``; a V1 body
+    without a telling Content-Type is JSON when its first non-blank byte is ``{``."""
+    left = state["json_left"]
+    if left is None:
+        if not chunk.strip():
+            return 0
+        from predictor.serving.codecs import v1_body_is_json
+
+        left = state["json_left"] = math.inf if v1_body_is_json(chunk, "") else 0
+    if left <= 0 or not chunk:
+        return 0
+    part = chunk if left >= len(chunk) else chunk[: int(left)]
+    state["json_left"] = left - len(part)
+    return json_parse_cost(part)
 
 
 def _with_retry_after(start: dict) -> dict:

@@ -286,8 +286,7 @@ class SSDPredictor(kserve.Model):
 
     async def _detect(self, request: codecs.ParsedRequest, deadline: Deadline) -> codecs.ResponseDetections:
         n = len(request.images)
-        detector = self.detector
-        controls = self._controls(request, n)  # a bad class filter fails before any decoding
+        controls = self.control_arrays(request.controls, n)  # a bad class filter fails before decoding
         timing = tracing.batcher_timing()
         with self.batcher.admit(n):  # held until the work has stopped, even after a timeout
             loop = asyncio.get_running_loop()
@@ -302,16 +301,13 @@ class SSDPredictor(kserve.Model):
             for item in prepared:  # the first failure, in instance order
                 if isinstance(item, BaseException):
                     raise item
-            threshold = (
-                detector.score_threshold if request.score_threshold is None else request.score_threshold
-            )
-            cap = detector.max_detections if request.max_detections is None else request.max_detections
             image_hw = np.asarray([hw for _, hw in prepared], np.float32)
+            score_threshold, max_detections = controls.pop("score_threshold"), controls.pop("max_detections")
             out = await self.batcher.run(
                 [image for image, _ in prepared],
                 image_hw,
-                np.full(n, threshold, np.float32),
-                np.full(n, cap, np.int32),
+                score_threshold,
+                max_detections,
                 controls,
                 timing=timing,
                 deadline=deadline,
@@ -323,13 +319,20 @@ class SSDPredictor(kserve.Model):
                 out["boxes"], out["scores"], out["classes"], out["num_detections"]
             )
 
-    def _controls(self, request: codecs.ParsedRequest, n: int) -> dict[str, np.ndarray]:
-        """Per-image ``nms_threshold [n]`` and ``class_mask [n, C]`` for ``Detector.run_batch``."""
+    def control_arrays(self, controls: codecs.Controls, n: int) -> dict[str, np.ndarray]:
+        """A request's :class:`~.codecs.Controls`, the server defaults filled in, as the per-image
+        arguments of ``Detector.run_batch``: ``score_threshold [n]``, ``max_detections [n]``,
+        ``nms_threshold [n]``, ``class_mask [n, C]``."""
         detector = self.detector
-        nms = detector.nms_threshold if request.nms_threshold is None else request.nms_threshold
-        mask = codecs.class_mask(request.classes, detector.class_names)
+        mask = codecs.class_mask(controls.classes, detector.class_names)
         return {
-            "nms_threshold": np.full(n, nms, np.float32),
+            "score_threshold": np.full(
+                n, _default(controls.score_threshold, detector.score_threshold), np.float32
+            ),
+            "max_detections": np.full(
+                n, _default(controls.max_detections, detector.max_detections), np.int32
+            ),
+            "nms_threshold": np.full(n, _default(controls.nms_threshold, detector.nms_threshold), np.float32),
             "class_mask": np.ones((n, len(detector.class_names)), bool)
             if mask is None
             else np.tile(mask, (n, 1)),
@@ -362,6 +365,10 @@ class SSDPredictor(kserve.Model):
             self._batcher.shutdown()
         self._decode_pool.shutdown(wait=False)
         self._model_thread.shutdown(wait=False)
+
+
+def _default(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 def _ms(start: float) -> float:
