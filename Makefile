@@ -31,11 +31,12 @@ install: $(STAMP) ## Create .venv and install the package with test extras
 serve: $(STAMP) ## Serve the model (default: the shipped demo model; MODEL_DIR=... for another) on PORT (default 8080)
 	$(PY) -m predictor --http_port $(PORT) $(if $(MODEL_DIR),--model_dir $(MODEL_DIR),)
 
-system-deps: ## Install the Debian packages the tests need when missing: bubblewrap (apt, as root or with sudo)
-	@command -v bwrap >/dev/null || { \
-		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; \
-		elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq bubblewrap; \
-		else echo "the pod-contract test needs bubblewrap: install the Debian package bubblewrap" >&2; exit 1; fi; }
+system-deps: ## Install the Debian packages the tests need when missing: bubblewrap, prometheus (apt, as root or with sudo)
+	@missing="$$(command -v bwrap >/dev/null || echo bubblewrap) $$(command -v promtool >/dev/null || echo prometheus)"; \
+	missing="$$(echo $$missing)"; [ -z "$$missing" ] || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
+		elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq $$missing; \
+		else echo "the tests need the Debian packages: $$missing (bubblewrap: pod contract; prometheus: real scrape, promtool)" >&2; exit 1; fi; }
 
 test: $(STAMP) system-deps ## Install everything and run the whole test suite (what CI runs)
 	$(VENV)/bin/ruff check .

@@ -210,13 +210,13 @@ class SSDPredictor(kserve.Model):
             result = await super().__call__(body, headers, verb)
         except Exception as e:
             status = status_of(e)
-            prometheus.record("grpc", status)
+            prometheus.record("grpc", status, time.perf_counter() - start)
             request_id = headers.get("x-request-id") or body.id or prometheus.new_request_id()
             prometheus.log_error(
                 "grpc", status, str(request_id)[:128], str(e), ms=_ms(start), model=self.name
             )
             raise
-        prometheus.record("grpc", 200)
+        prometheus.record("grpc", 200, time.perf_counter() - start)
         return result
 
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> codecs.ParsedRequest:
