@@ -45,7 +45,7 @@ access_log = logging.getLogger("predictor.access")
 
 REQUESTS = Counter("ssd_requests", "Inference requests answered", ["protocol", "status"])
 ERRORS = Counter("ssd_request_errors", "Inference requests answered with an error", ["protocol", "status"])
-#: Bucket bounds of ``ssd_request_seconds``; the chart's latency objective is one of them (values.schema.json).
+#: Bounds of ``ssd_request_seconds``; the chart's latency objective is one of them (values.schema.json).
 REQUEST_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 REQUEST_SECONDS = Histogram(
     "ssd_request_seconds",
