@@ -157,14 +157,16 @@ def start_server(
     model_name: str = MODEL_NAME,
     gated: bool = False,
     held: bool = False,
+    ports: tuple[int, int] | None = None,
 ) -> ServerProcess:
     """Start ``python -m predictor`` on free loopback ports (not waiting for readiness).
 
     ``gated``: start it through ``tests/gated_server.py`` instead, whose model calls wait while the
     test holds ``server.gate``; ``held``: the gate is held from the start, so the warm-up waits too
-    (the server stays not ready until ``server.gate.release()``).
+    (the server stays not ready until ``server.gate.release()``); ``ports``: (HTTP, gRPC) to use instead of
+    free ones picked here.
     """
-    http_port, grpc_port = free_port(), free_port()
+    http_port, grpc_port = ports or (free_port(), free_port())
     entry = [str(REPO_ROOT / "tests" / "gated_server.py")] if gated else ["-m", "predictor"]
     env = server_env()
     state_file = log_path.with_suffix(".gate")
