@@ -93,6 +93,12 @@ class Pod:
     container: str
     ports: list[int]
 
+    def label_values(self, label: str, match: str) -> list[str]:
+        """``/api/v1/label/<label>/values?match[]=<match>`` (what Grafana's ``label_values`` asks)."""
+        body = self._client.get(f"/api/v1/label/{label}/values", params={"match[]": match}).json()
+        assert body["status"] == "success", body
+        return body["data"]
+
     def targets(self) -> list[dict[str, Any]]:
         meta = {
             "__meta_kubernetes_namespace": NAMESPACE,
@@ -233,6 +239,12 @@ class Prometheus:
         result = self.query(expr, at)
         assert len(result) <= 1, f"{expr}: {result}"
         return float(result[0]["value"][1]) if result else None
+
+    def label_values(self, label: str, match: str) -> list[str]:
+        """``/api/v1/label/<label>/values?match[]=<match>`` (what Grafana's ``label_values`` asks)."""
+        body = self._client.get(f"/api/v1/label/{label}/values", params={"match[]": match}).json()
+        assert body["status"] == "success", body
+        return body["data"]
 
     def targets(self) -> list[dict[str, Any]]:
         return self._client.get("/api/v1/targets").json()["data"]["activeTargets"]

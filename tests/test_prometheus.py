@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 import time
 from collections import Counter
@@ -40,6 +41,7 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from pinned_tools import pinned_helm
 from prometheus_harness import (
+    CHART,
     NAMESPACE,
     Pod,
     Prometheus,
@@ -377,3 +379,64 @@ def test_keda_query_returns_the_exported_queue_and_crosses_its_threshold(scrape)
         value = scrape.prom.value(trigger["query"], scrape.ends[phase])
         assert value is not None and value <= trigger["threshold"], phase
     assert scrape.prom.value(trigger["query"], scrape.ends["idle"]) == 0
+
+
+# ----------------------------------------------------------------------------- the dashboard
+DASHBOARD = CHART / "files" / "dashboard.json"
+# Panels on NVIDIA dcgm-exporter's series, which nothing exports here: their queries must parse and
+# return nothing.
+GPU_PANELS = {"GPU utilisation by pod (DCGM)", "GPU memory used by pod (DCGM)"}
+RATE_INTERVAL = "15s"  # Grafana's $__rate_interval for a 1 s scrape is 4 x 1 s at least; 15 s smooths
+
+
+def dashboard_panels() -> list[dict[str, Any]]:
+    return [p for p in json.loads(DASHBOARD.read_text())["panels"] if p["type"] != "row"]
+
+
+def grafana_substitute(expr: str, pod: str = ".*") -> str:
+    """The dashboard's template variables as Grafana fills them: one namespace, all pods (allValue)."""
+    return (
+        expr.replace("$namespace", NAMESPACE).replace("$pod", pod).replace("$__rate_interval", RATE_INTERVAL)
+    )
+
+
+def test_dashboard_variables_list_the_scraped_pod(scrape):
+    variables = {v["name"]: v for v in json.loads(DASHBOARD.read_text())["templating"]["list"]}
+    assert set(variables) == {"datasource", "namespace", "pod"}
+    assert variables["pod"]["allValue"] == ".*"
+    for name, value in (("namespace", NAMESPACE), ("pod", scrape.pod)):
+        match = re.fullmatch(r"label_values\((.+), (\w+)\)", variables[name]["definition"])
+        assert match and match.group(2) == name
+        assert value in scrape.prom.label_values(name, grafana_substitute(match.group(1)))
+
+
+@pytest.mark.parametrize("panel", dashboard_panels(), ids=lambda p: p["title"])
+def test_every_dashboard_query_returns_data_from_the_scrape(scrape, panel):
+    assert panel["targets"] and panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+    for target in panel["targets"]:
+        assert "$pod" in target["expr"] or target["expr"].startswith("ssd:"), target["expr"]
+        series = scrape.prom.query_range(
+            grafana_substitute(target["expr"]), scrape.start, scrape.ends["idle"], 2
+        )
+        values = [float(v) for s in series for _, v in s["values"] if not math.isnan(float(v))]
+        if panel["title"] in GPU_PANELS:
+            assert series == [], target["expr"]
+        else:
+            assert values, f"{panel['title']}: {target['expr']} returned no data"
+        # another pod's name selects nothing (the panel follows the variable)
+        if "$pod" in target["expr"]:
+            other = grafana_substitute(target["expr"], pod="other-pod")
+            assert scrape.prom.query_range(other, scrape.start, scrape.ends["idle"], 2) == []
+
+
+def test_dashboard_configmap_is_optional_and_carries_the_file():
+    helm = pinned_helm()
+
+    def dashboards(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [d for d in docs if d["kind"] == "ConfigMap" and "ssd-detector.json" in d.get("data", {})]
+
+    assert dashboards(render(helm)) == []
+    (configmap,) = dashboards(render(helm, "--set", "metrics.grafanaDashboard.enabled=true"))
+    assert configmap["metadata"]["name"] == "ssd-ssd-detector-dashboard"
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(configmap["data"]["ssd-detector.json"]) == json.loads(DASHBOARD.read_text())
