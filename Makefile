@@ -14,7 +14,7 @@ RUN_SLOW ?= 0
 MODEL_DIR ?=
 PORT ?= 8080
 
-.PHONY: help install system-deps serve test test-all fuzz lint format clean
+.PHONY: help install system-deps serve test test-all fuzz dashboard-png lint format clean
 
 help: ## Show this help (the targets of each mk/<topic>.mk under its name)
 	@awk 'BEGIN {FS = ":.*## "} FNR == 1 && FILENAME != "Makefile" {printf "%s:\n", FILENAME} \
@@ -47,6 +47,9 @@ test-all: ## Run the test suite including slow tests
 
 fuzz: $(STAMP) ## Fuzz the request codecs and image decoder (hypothesis, 2000 examples per property)
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/test_fuzz.py
+
+dashboard-png: $(STAMP) system-deps ## Re-plot docs/operations-dashboard.png: the Grafana dashboard's queries on a real Prometheus scrape (matplotlib)
+	SSD_DASHBOARD_PNG=docs/operations-dashboard.png $(PY) -m pytest -q tests/test_prometheus.py -k dashboard_plot
 
 lint: $(STAMP) ## ruff lint and format check
 	$(VENV)/bin/ruff check .

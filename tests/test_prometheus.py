@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import threading
 import time
@@ -315,6 +316,13 @@ def test_counters_in_prometheus_are_the_servers(scrape):
         assert scrape.prom.value(f"sum(ssd_requests_total{{{sel}}})", scrape.ends["idle"]) == served
     total = sum(sum(c.values()) for c in scrape.statuses.values())
     assert scrape.prom.value("sum(ssd_requests_total)", scrape.ends["idle"]) == total
+    # every answered request is timed once, per protocol
+    timed = "sum by (protocol) (ssd_request_seconds_count) - sum by (protocol) (ssd_requests_total)"
+    assert [float(r["value"][1]) for r in scrape.prom.query(timed, scrape.ends["idle"])] == [0.0] * 3
+    # the requests that waited in the held queue took their whole time limit
+    within = f'ssd_request_seconds_bucket{{le="{TIMEOUT_S - 0.5}"}}'
+    slow = scrape.prom.value(f"sum(ssd_request_seconds_count) - sum({within})", scrape.ends["idle"])
+    assert slow is not None and slow >= QUEUE
 
 
 # ----------------------------------------------------------------------------- alerts
@@ -440,3 +448,79 @@ def test_dashboard_configmap_is_optional_and_carries_the_file():
     assert configmap["metadata"]["name"] == "ssd-ssd-detector-dashboard"
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(configmap["data"]["ssd-detector.json"]) == json.loads(DASHBOARD.read_text())
+
+
+# ----------------------------------------------------------------------------- the dashboard, plotted
+# Panels drawn into the PNG (docs/operations-dashboard.png): their queries as the dashboard has them.
+PLOTTED = (
+    "Requests per second by protocol",
+    "Errors per second by status (4xx, 5xx, 503)",
+    "Request latency by protocol (p50, p95, p99)",
+    "SLO: share of bad requests (recording rules; needs prometheusRule.enabled)",
+    "Images in progress by pod (queue; the KEDA trigger sums it)",
+    "Shed requests by reason",
+    "Cancelled and late images",
+    "Decode and resize time per image (p50, p95)",
+    "Detections per second by class",
+    "Drift signals: images without a detection, detections per image",
+)
+
+
+def legend(template: str, labels: dict[str, str]) -> str:
+    """Grafana's legendFormat: ``{{label}}`` replaced by the series' label."""
+    return re.sub(r"\{\{(\w+)\}\}", lambda m: labels.get(m.group(1), ""), template)
+
+
+def test_dashboard_plot_from_the_scrape(scrape, tmp_path):
+    """A matplotlib plot of the dashboard's queries over the run (not Grafana, which is not packaged
+    here), written to ``$SSD_DASHBOARD_PNG`` when set (``make dashboard-png``), else to a temp dir."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = {p["title"]: p for p in dashboard_panels()}
+    fig, axes = plt.subplots(len(PLOTTED) // 2, 2, figsize=(14, 3.2 * len(PLOTTED) // 2), sharex=True)
+    start, end = scrape.start, scrape.ends["idle"]
+    lines = 0
+    for ax, title in zip(axes.flat, PLOTTED, strict=True):
+        for target in panels[title]["targets"]:
+            for series in scrape.prom.query_range(grafana_substitute(target["expr"]), start, end, 1):
+                t = [float(ts) - start for ts, _ in series["values"]]
+                v = [float(x) for _, x in series["values"]]
+                label = legend(target["legendFormat"], series["metric"])
+                ax.plot(t, v, label=label[:40], linewidth=1)
+                lines += 1
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=6, loc="center left")
+        previous = 0.0
+        for i, (phase, phase_end) in enumerate(scrape.ends.items()):
+            if i % 2:
+                ax.axvspan(previous, phase_end - start, color="0.92", zorder=0)
+            ax.text(
+                (previous + phase_end - start) / 2,
+                0.97,
+                phase,
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                va="top",
+                fontsize=7,
+                color="0.4",
+            )
+            previous = phase_end - start
+    for ax in axes[-1]:
+        ax.set_xlabel("seconds since the first scrape")
+    fig.suptitle(
+        "SSD detector: the Grafana dashboard's queries on a real Prometheus scrape, plotted with matplotlib "
+        "(not Grafana) by tests/test_prometheus.py, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(start))}"
+        "\n"
+        "demo model on the CPU behind tests/gated_server.py; phases: normal, bad input, black frames, "
+        "overload (model held, queue full, timeouts), idle",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    out = Path(os.environ.get("SSD_DASHBOARD_PNG") or tmp_path / "operations-dashboard.png")
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    assert lines >= 2 * len(PLOTTED) and out.stat().st_size > 50_000
