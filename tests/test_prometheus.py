@@ -38,6 +38,7 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+import yaml
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from pinned_tools import pinned_helm
@@ -61,7 +62,7 @@ QUEUE = 16
 TIMEOUT_S = 3
 CHART_VALUES = [
     "-f",
-    "helm/ssd-detector/ci/standard-keda-values.yaml",
+    str(CHART / "ci" / "standard-keda-values.yaml"),
     "--set",
     "prometheusRule.enabled=true",
     "--set",
@@ -87,7 +88,8 @@ class Scrape:
     ends: dict[str, float] = field(default_factory=dict)
     statuses: dict[str, Counter] = field(default_factory=dict)
     start: float = 0.0
-    overload_queue: tuple[float, float | None] = (0.0, None)
+    # while the queue was full: (the server's ssd_queue_images, the KEDA query's value, unix time)
+    overload_queue: tuple[float, float | None, float] = (0.0, None, 0.0)
 
 
 def _server_args(docs: list[dict[str, Any]]) -> list[str]:
@@ -246,14 +248,14 @@ def _drive_phases(scrape: Scrape, traffic: Traffic, good: list[bytes]) -> None:
 
     assert scrape.server.gate is not None
     scrape.server.gate.hold()
-    seen: list[tuple[float, float | None]] = []
+    seen: list[tuple[float, float | None, float]] = []
 
     def watch_queue() -> None:  # while the queue is full: what Prometheus has and what the server says
         for _ in range(100):
             if scrape.server.metric("ssd_queue_images") == QUEUE:
                 time.sleep(SETTLE_S)
-                exported = scrape.server.metric("ssd_queue_images")
-                seen.append((exported, scrape.prom.value(keda_trigger(scrape.docs)["query"])))
+                exported, at = scrape.server.metric("ssd_queue_images"), time.time()
+                seen.append((exported, scrape.prom.value(keda_trigger(scrape.docs)["query"], at), at))
                 return
             time.sleep(0.1)
 
@@ -379,7 +381,7 @@ def test_bad_input_spends_no_availability_budget(scrape):
 def test_keda_query_returns_the_exported_queue_and_crosses_its_threshold(scrape):
     trigger = keda_trigger(scrape.docs)
     assert trigger["threshold"] == 2 * BATCH
-    exported, scraped = scrape.overload_queue
+    exported, scraped, _ = scrape.overload_queue
     assert exported == QUEUE and scraped == exported
     min_replicas = the(scrape.docs, "InferenceService")["spec"]["predictor"]["minReplicas"]
     assert math.ceil(scraped / trigger["threshold"]) > min_replicas  # KEDA's AverageValue: scale out
@@ -387,6 +389,35 @@ def test_keda_query_returns_the_exported_queue_and_crosses_its_threshold(scrape)
         value = scrape.prom.value(trigger["query"], scrape.ends[phase])
         assert value is not None and value <= trigger["threshold"], phase
     assert scrape.prom.value(trigger["query"], scrape.ends["idle"]) == 0
+
+
+HPA_EXAMPLE = CHART.parents[1] / "docs" / "examples" / "hpa-custom-metric.yaml"
+
+
+def test_hpa_custom_metric_example_reads_the_exported_queue(scrape):
+    """docs/examples/hpa-custom-metric.yaml: the prometheus-adapter rule's queries, filled in as the adapter
+    does for one pod, return what the server exported; its HPA target is the chart's KEDA threshold."""
+    rule, hpa = yaml.safe_load_all(HPA_EXAMPLE.read_text())
+    exported, _, at = scrape.overload_queue
+    found = scrape.prom.query(rule["seriesQuery"], at)
+    assert [s["metric"]["pod"] for s in found] == [scrape.pod]
+    assert set(rule["resources"]["overrides"]) <= set(found[0]["metric"])  # the labels it maps exist
+    query = (
+        rule["metricsQuery"]
+        .replace("<<.Series>>", rule["name"]["matches"])
+        .replace("<<.LabelMatchers>>", f'namespace="{NAMESPACE}",pod=~"{scrape.pod}"')
+        .replace("<<.GroupBy>>", "pod")
+    )
+    (per_pod,) = scrape.prom.query(query, at)
+    assert per_pod["metric"] == {"pod": scrape.pod} and float(per_pod["value"][1]) == exported == QUEUE
+    metric = hpa["spec"]["metrics"][0]["pods"]
+    assert metric["metric"]["name"] == rule["name"]["matches"]
+    target = float(metric["target"]["averageValue"])
+    default_keda = render(pinned_helm(), "-f", str(CHART / "ci" / "standard-keda-values.yaml"))
+    assert target == keda_trigger(default_keda)["threshold"] == 2 * 32
+    # the HPA's rule, ceil(replicas * average / target), at this run's batch size (target 2 * BATCH)
+    assert math.ceil(1 * exported / (2 * BATCH)) == 2
+    assert math.ceil(1 * scrape.prom.value(query, scrape.ends["normal"]) / (2 * BATCH)) <= 1
 
 
 # ----------------------------------------------------------------------------- the dashboard
