@@ -12,6 +12,7 @@ tests query at:
 - ``degraded``: a failing camera: black frames (no detection);
 - ``overload``: the model held at the gate; requests fill the image queue (``--max_queue_images``), time
   out (``--request_timeout_s``: 503, images cancelled in the queue) or are shed at once (503);
+- ``recovered``: clean shapes images again, four per request, until the drift window is clean again;
 - ``idle``: nothing.
 
 Then each alert's expression (and Prometheus's own ``ALERTS`` series) is checked: true in the phase
@@ -60,6 +61,7 @@ from serving_fixtures import MODEL_NAME, ServerProcess, b64, encode_image, free_
 BATCH = 4
 QUEUE = 16
 TIMEOUT_S = 3
+DRIFT_WINDOW = 400  # images in the live drift window (--drift_window_images)
 CHART_VALUES = [
     "-f",
     str(CHART / "ci" / "standard-keda-values.yaml"),
@@ -71,6 +73,8 @@ CHART_VALUES = [
     f"predictor.maxQueueImages={QUEUE}",
     "--set",
     f"predictor.requestTimeoutSeconds={TIMEOUT_S}",
+    "--set",
+    f"predictor.driftWindowImages={DRIFT_WINDOW}",
 ]
 # KServe's Standard mode names the predictor's pods <isvc>-predictor-<replicaset hash>-<pod hash>.
 POD_SUFFIX = "-predictor-6d8f9c7b5-x2k4q"
@@ -145,24 +149,35 @@ class Traffic:
         self.channel.close()
 
 
-def drive(seconds: float, send: Callable[[int], int], threads: int = 1, pause: float = 0.0) -> Counter:
-    """Call ``send(i)`` from ``threads`` threads until ``seconds`` have passed; the statuses it returned."""
+def drive(
+    seconds: float,
+    send: Callable[[int], int],
+    threads: int = 1,
+    pause: float = 0.0,
+    until: Callable[[], bool] | None = None,
+) -> Counter:
+    """Call ``send(i)`` from ``threads`` threads until ``seconds`` have passed (or, when given, until
+    ``until()`` is true: then ``seconds`` is a hang guard and must not be reached); the statuses."""
     deadline = time.monotonic() + seconds
     counts: Counter = Counter()
     lock = threading.Lock()
+    done = threading.Event()
 
     def loop(worker: int) -> None:
         i = worker
-        while time.monotonic() < deadline:
+        while not done.is_set() and time.monotonic() < deadline:
             status = send(i)
             with lock:
                 counts[status] += 1
             i += threads
+            if until is not None and until():
+                done.set()
             if pause:
                 time.sleep(pause)
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(loop, range(threads)))
+    assert until is None or done.is_set(), f"not done in {seconds} s"
     return counts
 
 
@@ -185,6 +200,7 @@ def scrape(demo_model_dir, tmp_path_factory) -> Iterator[Scrape]:
     prom = None
     traffic = None
     try:
+        good = held_out_images(demo_model_dir, DRIFT_WINDOW)  # while the server loads
         server.wait_ready()
         isvc = the(docs, "InferenceService")
         name = isvc["metadata"]["name"]
@@ -202,7 +218,7 @@ def scrape(demo_model_dir, tmp_path_factory) -> Iterator[Scrape]:
         prom = Prometheus(workdir, jobs, rule_file(docs, workdir / "rules.yaml"))
         result = Scrape(prom, server, docs, pod.name, start=time.time())
         traffic = Traffic(server)
-        _drive_phases(result, traffic, held_out_images(demo_model_dir, 40))
+        _drive_phases(result, traffic, good)
         yield result
     finally:
         if traffic is not None:
@@ -216,7 +232,8 @@ def scrape(demo_model_dir, tmp_path_factory) -> Iterator[Scrape]:
 
 def held_out_images(model_dir: Path, n: int) -> list[bytes]:
     """``n`` shapes images the model's reference distributions did not use, as PNG (a handful would
-    not do: six images gave the triangles a mean score of 0.53, against 0.78 on these 40)."""
+    not do: six images gave the triangles a mean score of 0.53, against 0.78 on 40; the drift window
+    must not see the same images twice either)."""
     from predictor.datasets.shapes import EVAL_SEED, generate_sample
 
     first = json.loads((model_dir / "reference_distributions.json").read_text())["images"]
@@ -275,6 +292,17 @@ def _drive_phases(scrape: Scrape, traffic: Traffic, good: list[bytes]) -> None:
     if seen:
         scrape.overload_queue = seen[0]
     _phase(scrape, "overload", counts)
+    # clean traffic until the drift window holds clean images only again
+    four = [good[i : i + BATCH] for i in range(0, len(good), BATCH)]
+    answered = Counter()
+
+    def clean(i: int) -> int:
+        status = senders[i % 3](four[i % len(four)])
+        answered[status] += BATCH
+        return status
+
+    refilled = lambda: answered[200] >= DRIFT_WINDOW  # noqa: E731
+    _phase(scrape, "recovered", drive(120, clean, 2, until=refilled))
     time.sleep(8)
     _phase(scrape, "idle", Counter())
 
@@ -307,6 +335,7 @@ def test_phases_got_the_answers_they_were_meant_to(scrape):
     assert set(s["bad"]) == {200, 400} and s["bad"][400] > 10, s
     assert set(s["degraded"]) == {200}, s
     assert set(s["overload"]) == {503} and s["overload"][503] >= QUEUE, s
+    assert set(s["recovered"]) == {200} and s["recovered"][200] * BATCH <= DRIFT_WINDOW + 2 * BATCH, s
 
 
 def test_counters_in_prometheus_are_the_servers(scrape):
@@ -337,6 +366,7 @@ TRIGGERED_BY = {
     "SSDAvailabilityBudgetBurnSlow": "overload",
     "SSDLatencyBudgetBurn": "overload",
     "SSDLatencyBudgetBurnSlow": "overload",
+    "SSDDetectionDrift": "degraded",
 }
 NEVER = {
     "SSDPredictorErrors": "a 5xx other than 503 needs a server fault; promtool's unit tests cover it",
@@ -359,7 +389,8 @@ def test_alert_is_true_in_its_phase_and_false_in_normal_traffic(scrape, alert):
     # Prometheus evaluated the rule itself: pending (its `for:` has not passed) at the phase's end
     series = f'ALERTS{{alertname="{alert}"}}'
     assert scrape.prom.query(series, scrape.ends["normal"]) == []
-    assert [r["metric"]["alertstate"] for r in scrape.prom.query(series, scrape.ends[phase])] == ["pending"]
+    states = [r["metric"]["alertstate"] for r in scrape.prom.query(series, scrape.ends[phase])]
+    assert states and set(states) == {"pending"}  # one per label set (drift: per distribution)
 
 
 @pytest.mark.parametrize("alert", sorted(NEVER))
@@ -377,6 +408,26 @@ def test_bad_input_spends_no_availability_budget(scrape):
     )
 
 
+def test_live_drift_gauge_rises_with_black_frames_and_falls_back(scrape):
+    """ssd_drift_psi over the last DRIFT_WINDOW images: under the alert's threshold for clean traffic,
+    far above it once black frames fill the window, under it again once clean images have replaced them."""
+    threshold = float(alerts(scrape.docs)["SSDDetectionDrift"]["expr"].split(">")[-1])
+    per_image = 'ssd_drift_psi{distribution="detections_per_image",class="*"}'
+    # after the normal phase the window may not hold MIN_IMAGES yet (then no PSI is exported)
+    normal = scrape.prom.value("max(ssd_drift_psi)", scrape.ends["normal"])
+    assert normal is None or normal < threshold
+    assert scrape.prom.value("max(ssd_drift_psi)", scrape.ends["recovered"]) < threshold
+    assert scrape.prom.value(per_image, scrape.ends["degraded"]) > 10 * threshold
+    assert scrape.prom.value("ssd_drift_window_images", scrape.ends["degraded"]) == DRIFT_WINDOW
+    assert scrape.prom.value("ssd_drift_window_images", scrape.ends["recovered"]) == DRIFT_WINDOW
+    # per-class rows come back once the window holds enough detections of each class
+    classes = {
+        r["metric"]["class"]
+        for r in scrape.prom.query('ssd_drift_psi{distribution="score"}', scrape.ends["recovered"])
+    }
+    assert classes == {"circle", "square", "triangle", "star", "hexagon", "cross"}
+
+
 # ----------------------------------------------------------------------------- autoscaling
 def test_keda_query_returns_the_exported_queue_and_crosses_its_threshold(scrape):
     trigger = keda_trigger(scrape.docs)
@@ -385,7 +436,7 @@ def test_keda_query_returns_the_exported_queue_and_crosses_its_threshold(scrape)
     assert exported == QUEUE and scraped == exported
     min_replicas = the(scrape.docs, "InferenceService")["spec"]["predictor"]["minReplicas"]
     assert math.ceil(scraped / trigger["threshold"]) > min_replicas  # KEDA's AverageValue: scale out
-    for phase in ("normal", "idle"):
+    for phase in ("normal", "recovered", "idle"):
         value = scrape.prom.value(trigger["query"], scrape.ends[phase])
         assert value is not None and value <= trigger["threshold"], phase
     assert scrape.prom.value(trigger["query"], scrape.ends["idle"]) == 0
@@ -494,6 +545,8 @@ PLOTTED = (
     "Decode and resize time per image (p50, p95)",
     "Detections per second by class",
     "Drift signals: images without a detection, detections per image",
+    "Live drift: PSI of the last N images against the model's reference",
+    "Images in the live drift window by pod",
 )
 
 

@@ -214,6 +214,7 @@ def test_prometheus_rule_is_optional_and_renders(helm):
         "SSDClientErrors",
         "SSDImagesWithoutDetections",
         "SSDLowDetectionScores",
+        "SSDDetectionDrift",
     }
     burn_alerts = {f"SSD{slo}BudgetBurn{s}" for slo in ("Availability", "Latency") for s in ("", "Slow")}
     assert set(alerts) == ratio_alerts | burn_alerts  # the burn-rate ones: tests/test_alert_rules.py

@@ -232,6 +232,13 @@ class ServingOptions:
         "the system (glibc malloc_trim), so an idle pod returns to about its resident size at ready; "
         "0: never.",
     )
+    drift_window_images: int = _option(
+        0,
+        non_negative_int,
+        "Keep the detection distributions of the last this many images and export their PSI against the "
+        "model directory's reference_distributions.json (gauge ssd_drift_psi{distribution,class}); "
+        "0: off.",
+    )
     xla: bool = _option(False, _bool, "Compile the model with XLA (jit_compile).")
     mixed_precision: str = _option(
         "none", _precision, "Compute dtype for the network: none (float32), float16 or bfloat16."

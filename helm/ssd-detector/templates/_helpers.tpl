@@ -142,6 +142,7 @@ defaults live in predictor.serving.options.ServingOptions. tests/test_deploy_cha
 - [mallocMmapThresholdBytes, --malloc_mmap_threshold_bytes, int]
 - [mallocTrimIdleSeconds, --malloc_trim_idle_s, num]
 - [maxQueueDelayMs, --max_queue_delay_ms, num]
+- [driftWindowImages, --drift_window_images, int]
 - [mixedPrecision, --mixed_precision, num]
 {{- end }}
 
