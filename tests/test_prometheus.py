@@ -329,6 +329,50 @@ def test_the_podmonitor_job_scrapes_the_server_and_nothing_else(scrape):
     assert target["scrapeUrl"] == f"http://127.0.0.1:{scrape.server.http_port}/metrics"
 
 
+def test_knative_h2c_podmonitor_scrapes_the_http_port(scrape, tmp_path):
+    """Knative with knative.protocol=h2c: the container declares only the gRPC port (Knative allows one),
+    so the PodMonitor keeps that target and rewrites its address to httpPort, where /metrics is. A
+    Prometheus with the job derived from that render scrapes the running server."""
+    docs = render(
+        pinned_helm(),
+        "-f",
+        str(CHART / "ci" / "knative-grpc-values.yaml"),
+        "--set",
+        "metrics.podMonitor.enabled=true",
+        "--set",
+        f"httpPort={scrape.server.http_port}",
+        "--set",
+        f"grpcPort={scrape.server.grpc_port}",
+    )
+    isvc = the(docs, "InferenceService")
+    container = isvc["spec"]["predictor"]["containers"][0]
+    assert [p["containerPort"] for p in container["ports"]] == [scrape.server.grpc_port]
+    pod = Pod(
+        isvc["metadata"]["name"] + "-predictor-00001-deployment-7f9c-abcde",
+        isvc["spec"]["predictor"]["labels"],
+        "127.0.0.1",
+        container["name"],
+        [scrape.server.grpc_port],
+    )
+    prom = Prometheus(tmp_path, podmonitor_scrape_config(the(docs, "PodMonitor"), [pod], "1s"))
+    try:
+        wait_until_scraped(prom)
+        (target,) = prom.targets()
+        assert target["health"] == "up", target
+        assert target["scrapeUrl"] == f"http://127.0.0.1:{scrape.server.http_port}/metrics"
+        assert prom.value(f'ssd_model_ready{{pod="{pod.name}"}}') == 1
+    finally:
+        prom.stop()
+
+
+def wait_until_scraped(prom: Prometheus, timeout: float = 30) -> None:
+    """Hang guard only: until every target has been scraped once."""
+    deadline = time.monotonic() + timeout
+    while not prom.targets() or any(t["health"] == "unknown" for t in prom.targets()):
+        assert time.monotonic() < deadline, prom.targets()
+        time.sleep(0.2)
+
+
 def test_phases_got_the_answers_they_were_meant_to(scrape):
     s = scrape.statuses
     assert set(s["normal"]) == {200} and s["normal"][200] > 30, s
