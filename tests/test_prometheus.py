@@ -414,8 +414,8 @@ TRIGGERED_BY = {
 }
 NEVER = {
     "SSDPredictorErrors": "a 5xx other than 503 needs a server fault; promtool's unit tests cover it",
-    # Measured on 40 held-out images: darkened (x0.25-0.5) and blurred ones lose detections but keep a mean
-    # score of 0.78-0.79 (0.78 clean): what is still found above the 0.4 threshold scores as before.
+    # python -m bench.drift_signals, 40 held-out images: darkened (x0.25-0.5) and blurred ones lose
+    # detections but keep a mean score of 0.78-0.79 (0.78 clean): what is still found scores as before.
     "SSDLowDetectionScores": "degraded frames lose detections, not score; promtool's unit tests cover it",
 }
 
