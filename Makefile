@@ -14,7 +14,7 @@ RUN_SLOW ?= 0
 MODEL_DIR ?=
 PORT ?= 8080
 
-.PHONY: help install system-deps serve test test-all fuzz lint format clean
+.PHONY: help install system-deps serve test test-all fuzz dashboard-png lint format clean
 
 help: ## Show this help (the targets of each mk/<topic>.mk under its name)
 	@awk 'BEGIN {FS = ":.*## "} FNR == 1 && FILENAME != "Makefile" {printf "%s:\n", FILENAME} \
@@ -31,15 +31,12 @@ install: $(STAMP) ## Create .venv and install the package with test extras
 serve: $(STAMP) ## Serve the model (default: the shipped demo model; MODEL_DIR=... for another) on PORT (default 8080)
 	$(PY) -m predictor --http_port $(PORT) $(if $(MODEL_DIR),--model_dir $(MODEL_DIR),)
 
-system-deps: ## Install the Debian packages the tests need when missing: bubblewrap, prometheus (promtool) (apt, as root or with sudo)
-	@command -v bwrap >/dev/null || { \
-		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; \
-		elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq bubblewrap; \
-		else echo "the pod-contract test needs bubblewrap: install the Debian package bubblewrap" >&2; exit 1; fi; }
-	@command -v promtool >/dev/null || { \
-		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
-		elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends prometheus; \
-		else echo "the recording-rule test needs promtool: install the Debian package prometheus" >&2; exit 1; fi; }
+system-deps: ## Install the Debian packages the tests need when missing: bubblewrap, prometheus (apt, as root or with sudo)
+	@missing="$$(command -v bwrap >/dev/null || echo bubblewrap) $$(command -v promtool >/dev/null || echo prometheus)"; \
+	missing="$$(echo $$missing)"; [ -z "$$missing" ] || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+		elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends $$missing; \
+		else echo "the tests need the Debian packages: $$missing (bubblewrap: pod contract; prometheus: real scrape, promtool)" >&2; exit 1; fi; }
 
 test: $(STAMP) system-deps ## Install everything and run the whole test suite (what CI runs)
 	$(VENV)/bin/ruff check .
@@ -50,6 +47,9 @@ test-all: ## Run the test suite including slow tests
 
 fuzz: $(STAMP) ## Fuzz the request codecs and image decoder (hypothesis, 2000 examples per property)
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/test_fuzz.py
+
+dashboard-png: $(STAMP) system-deps ## Re-plot docs/operations-dashboard.png: the Grafana dashboard's queries on a real Prometheus scrape (matplotlib)
+	SSD_DASHBOARD_PNG=docs/operations-dashboard.png $(PY) -m pytest -q tests/test_prometheus.py -k dashboard_plot
 
 lint: $(STAMP) ## ruff lint and format check
 	$(VENV)/bin/ruff check .

@@ -93,12 +93,14 @@ def start_server(
     model_name: str = MODEL_NAME,
     gated: bool = False,
     held: bool = False,
+    ports: tuple[int, int] | None = None,
 ) -> ServerProcess:
     """Start ``python -m predictor`` on free loopback ports (not waiting for readiness).
 
     ``gated``: start it through ``tests/gated_server.py`` instead, whose model calls wait while the
     test holds ``server.gate``; ``held``: the gate is held from the start, so the warm-up waits too
-    (the server stays not ready until ``server.gate.release()``).
+    (the server stays not ready until ``server.gate.release()``); ``ports``: (HTTP, gRPC) to use instead of
+    free ones picked here.
     """
     env = server_env()
     state_file = log_path.with_suffix(".gate")
@@ -117,6 +119,7 @@ def start_server(
         cwd=REPO_ROOT,
         stdin=subprocess.PIPE if gated else subprocess.DEVNULL,
         server_class=ServerProcess,
+        ports=ports,
     )
     if gated:
         server.gate = ModelGate(server.proc.stdin, state_file)

@@ -210,14 +210,18 @@ def test_prometheus_rule_is_optional_and_renders(helm):
         rule["kind"] == "PrometheusRule" and rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     )
     alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r}
-    assert set(alerts) == {
+    ratio_alerts = {
         "SSDPredictorErrors",
         "SSDPredictorOverloaded",
+        "SSDClientErrors",
         "SSDImagesWithoutDetections",
         "SSDLowDetectionScores",
+        "SSDDetectionDrift",
     }
-    for alert in alerts.values():
-        assert 'namespace="vision"' in alert["expr"] and alert["for"] == "15m"
+    burn_alerts = {f"SSD{slo}BudgetBurn{s}" for slo in ("Availability", "Latency") for s in ("", "Slow")}
+    assert set(alerts) == ratio_alerts | burn_alerts  # the burn-rate ones: tests/test_alert_rules.py
+    for name in ratio_alerts:
+        assert 'namespace="vision"' in alerts[name]["expr"] and alerts[name]["for"] == "15m"
     # the metric names in the rules are the ones the server exports
     assert "ssd_detections_per_image_bucket" in alerts["SSDImagesWithoutDetections"]["expr"]
     assert "{{ $labels.class }}" in alerts["SSDLowDetectionScores"]["annotations"]["summary"]

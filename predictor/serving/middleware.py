@@ -116,9 +116,10 @@ class RestMetricsMiddleware:
                 return
             state["done"] = True
             status = int(state["status"])
-            prometheus.record(protocol, status)
+            seconds = time.perf_counter() - start
+            prometheus.record(protocol, status, seconds)
             if status >= 400:
-                ms = round((time.perf_counter() - start) * 1000, 1)
+                ms = round(seconds * 1000, 1)
                 path = scope.get("path", "")
                 prometheus.log_error(
                     protocol, status, request_id, _error_text(state["body"]), path=path, ms=ms

@@ -26,7 +26,7 @@ import kserve
 import numpy as np
 from kserve.model import InferenceVerb
 
-from predictor.serving import codecs, errors, priority, prometheus, telemetry, tracing
+from predictor.serving import codecs, drift, errors, priority, prometheus, telemetry, tracing
 from predictor.serving.batcher import Deadline, DynamicBatcher
 from predictor.serving.errors import NotReady, RequestTimeout, status_of
 from predictor.serving.images import ImageLimits
@@ -127,6 +127,10 @@ class SSDPredictor(kserve.Model):
             per_bucket = detector.warmup()
             self.warmup_seconds = time.perf_counter() - start
             telemetry.TELEMETRY.configure(detector.class_names)
+            if self.options.model_dir:
+                drift.DRIFT.configure(
+                    detector.class_names, self.options.model_dir, self.options.drift_window_images
+                )
             self._batcher = DynamicBatcher(
                 detector.run_batch,
                 max_batch_size=self.options.max_batch_size,
@@ -217,13 +221,13 @@ class SSDPredictor(kserve.Model):
             result = await super().__call__(body, headers, verb)
         except Exception as e:
             status = status_of(e)
-            prometheus.record("grpc", status)
+            prometheus.record("grpc", status, time.perf_counter() - start)
             request_id = headers.get("x-request-id") or body.id or prometheus.new_request_id()
             prometheus.log_error(
                 "grpc", status, str(request_id)[:128], str(e), ms=_ms(start), model=self.name
             )
             raise
-        prometheus.record("grpc", 200)
+        prometheus.record("grpc", 200, time.perf_counter() - start)
         return result
 
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> codecs.ParsedRequest:
@@ -315,6 +319,7 @@ class SSDPredictor(kserve.Model):
         tracing.record_batch(timing)
         with tracing.stage("ssd.postprocess"):
             telemetry.TELEMETRY.observe(out, image_hw)
+            drift.DRIFT.observe(out, image_hw)
             return codecs.ResponseDetections(
                 out["boxes"], out["scores"], out["classes"], out["num_detections"]
             )

@@ -318,6 +318,14 @@ class ServingOptions:
     xla: bool = _option(
         False, _bool, "Compile the model with XLA (jit_compile).", chart=Chart("predictor.xla", pin=True)
     )
+    drift_window_images: int = _option(
+        0,
+        non_negative_int,
+        "Keep the detection distributions of the last this many images and export their PSI against the "
+        "model directory's reference_distributions.json (gauge ssd_drift_psi{distribution,class}); "
+        "0: off.",
+        chart=Chart("predictor.driftWindowImages"),
+    )
     mixed_precision: str = _option(
         "none",
         _precision,

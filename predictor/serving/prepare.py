@@ -8,11 +8,12 @@ so boxes come back in pixels of the image the client sent, whatever size was dec
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
 
-from predictor.serving import codecs
+from predictor.serving import codecs, prometheus
 from predictor.serving.errors import InvalidInput
 from predictor.serving.images import ImageLimits, check_pixel_array, decode_image_reduced
 
@@ -33,6 +34,7 @@ def prepare_payload(
     Raises:
       InvalidInput: ``"<field>: <problem>"`` for anything wrong with the client's image.
     """
+    start = time.perf_counter()
     try:
         if isinstance(payload, codecs.PixelPayload):
             pixels = check_pixel_array(payload.pixels, limits)
@@ -42,4 +44,6 @@ def prepare_payload(
             pixels, original_hw = decode_image_reduced(data, limits, draft_size=draft_size)
     except InvalidInput as e:
         raise InvalidInput(f"{payload.field}: {e.reason}") from None
-    return resize(pixels), original_hw
+    resized = resize(pixels)
+    prometheus.DECODE_SECONDS.observe(time.perf_counter() - start)
+    return resized, original_hw

@@ -6,7 +6,11 @@ Registered once, at import, in ``prometheus_client``'s default registry (the one
   status is the HTTP code; a gRPC error is counted under the HTTP code its class has in
   :data:`predictor.serving.errors.STATUSES`: INVALID_ARGUMENT 400, UNAVAILABLE 503 ...).
 - ``ssd_request_errors_total{protocol, status}``: the subset with status >= 400.
+- ``ssd_request_seconds{protocol}``: histogram of the time from a request's arrival to its answer
+  (every answered request, errors included; the latency SLO of the chart's PrometheusRule counts the
+  share above one bucket bound, :data:`REQUEST_SECONDS_BUCKETS`).
 - ``ssd_images_total{protocol}``: images whose detections were returned.
+- ``ssd_decode_seconds``: histogram of one image's decode and resize (decode thread).
 - ``ssd_batch_size``: histogram of images per model call (before padding to a bucket).
 - ``ssd_batch_seconds``: histogram of model-call durations.
 - ``ssd_queue_images``: images admitted and not finished yet (decoding, queued or in the model).
@@ -46,6 +50,19 @@ access_log = logging.getLogger("predictor.access")
 
 REQUESTS = Counter("ssd_requests", "Inference requests answered", ["protocol", "status"])
 ERRORS = Counter("ssd_request_errors", "Inference requests answered with an error", ["protocol", "status"])
+#: Bounds of ``ssd_request_seconds``; the chart's latency objective is one of them (values.schema.json).
+REQUEST_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+REQUEST_SECONDS = Histogram(
+    "ssd_request_seconds",
+    "Time from an inference request's arrival to its answer",
+    ["protocol"],
+    buckets=REQUEST_SECONDS_BUCKETS,
+)
+DECODE_SECONDS = Histogram(
+    "ssd_decode_seconds",
+    "Decode and resize of one image",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
 IMAGES = Counter("ssd_images", "Images whose detections were returned", ["protocol"])
 BATCH_SIZE = Histogram("ssd_batch_size", "Images per model call", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 BATCH_SECONDS = Histogram(
@@ -98,9 +115,10 @@ def new_request_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
-def record(protocol: str, status: int) -> None:
-    """Count one answered inference request."""
+def record(protocol: str, status: int, seconds: float) -> None:
+    """Count one answered inference request that took ``seconds`` from arrival to answer."""
     REQUESTS.labels(protocol, str(status)).inc()
+    REQUEST_SECONDS.labels(protocol).observe(seconds)
     if status >= 400:
         ERRORS.labels(protocol, str(status)).inc()
 

@@ -191,3 +191,12 @@ class TelemetryCollector(Collector):
 
 TELEMETRY = TelemetryCollector()
 REGISTRY.register(TELEMETRY)
+
+
+def psi(expected: Sequence[float], actual: Sequence[float], eps: float = 1e-4) -> float:
+    """Population stability index ``sum((a - e) * ln(a / e))`` of two binned distributions (counts)."""
+    e = np.asarray(expected, np.float64)
+    a = np.asarray(actual, np.float64)
+    e = np.maximum(e / max(e.sum(), 1.0), eps)
+    a = np.maximum(a / max(a.sum(), 1.0), eps)
+    return float(np.sum((a - e) * np.log(a / e)))

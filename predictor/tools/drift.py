@@ -33,6 +33,7 @@ from predictor.serving.telemetry import (
     PIXELS,
     SCORE,
     Histograms,
+    psi,
 )
 
 REFERENCE_FORMAT = "ssd-predictor/reference-distributions/v1"
@@ -99,15 +100,6 @@ def parse_live(metrics_text: str) -> dict[str, Any]:
         series = cumulative.get(metric, {}).get("")
         live[field] = counts(series) if series else []
     return live
-
-
-def psi(expected: Sequence[float], actual: Sequence[float], eps: float = 1e-4) -> float:
-    """Population stability index ``sum((a - e) * ln(a / e))`` of two binned distributions (counts)."""
-    e = np.asarray(expected, np.float64)
-    a = np.asarray(actual, np.float64)
-    e = np.maximum(e / max(e.sum(), 1.0), eps)
-    a = np.maximum(a / max(a.sum(), 1.0), eps)
-    return float(np.sum((a - e) * np.log(a / e)))
 
 
 def ks_binned(expected: Sequence[float], actual: Sequence[float]) -> tuple[float, float]:

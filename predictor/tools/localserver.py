@@ -165,6 +165,7 @@ def start_server(
     stdin: int | IO[Any] | None = subprocess.DEVNULL,
     own_session: bool = False,
     server_class: type[LocalServer] = LocalServer,
+    ports: tuple[int, int] | None = None,
 ) -> LocalServer:
     """Spawn ``python <entry> [--model_dir DIR] --model_name NAME --http_port P --grpc_port Q *args`` on
     free loopback ports (not waiting for readiness: :meth:`LocalServer.wait_ready`).
@@ -173,9 +174,9 @@ def start_server(
     :func:`server_env`. ``entry``: another script taking the server's flags (the tests' gated server).
     ``own_session``: a process group of its own, so that :meth:`LocalServer.terminate` reaches its children
     and a Ctrl-C of the caller does not. ``server_class``: a subclass to return (its extra fields keep
-    their defaults).
+    their defaults). ``ports``: (HTTP, gRPC) to use instead of free ones picked here.
     """
-    http_port, grpc_port = free_port(), free_port()
+    http_port, grpc_port = ports or (free_port(), free_port())
     cmd = [
         sys.executable,
         *entry,
