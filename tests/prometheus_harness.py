@@ -23,7 +23,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from serving_fixtures import free_port
+
+from predictor.tools.localserver import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "helm" / "ssd-detector"

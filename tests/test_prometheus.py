@@ -54,7 +54,9 @@ from prometheus_harness import (
     rule_file,
     the,
 )
-from serving_fixtures import MODEL_NAME, ServerProcess, b64, encode_image, free_port, start_server
+from serving_fixtures import MODEL_NAME, ServerProcess, b64, encode_image, start_server
+
+from predictor.tools.localserver import free_port
 
 # The chart's values for this run (Standard mode, KEDA on the queue, rules on); small limits so a test
 # can fill the queue and time requests out.
