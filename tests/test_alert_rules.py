@@ -40,7 +40,7 @@ def test_promtool_check_rules(helm, tmp_path, values):
     docs = render(helm, "--set", "prometheusRule.enabled=true", *values)
     proc = promtool("check", "rules", str(rule_file(docs, tmp_path / "rules.yaml")))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 24 rules found" in proc.stdout  # 10 alerts, 2 x 7 recording rules
+    assert "SUCCESS: 26 rules found" in proc.stdout  # 10 alerts, 2 x 7 recording rules, 2 per-version rules
 
 
 def run_unit_tests(helm, tmp_path, *values: str) -> subprocess.CompletedProcess[str]:

@@ -50,7 +50,7 @@ def test_the_copied_grpc_start_differs_from_upstream_only_by_our_interceptor():
     upstream = inspect.getsource(GRPCServer.start)
     ours = inspect.getsource(kw.admitting_grpc_server)
     assert "interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor())" in upstream
-    assert "GrpcAdmissionInterceptor(budget),\n                    LoggingInterceptor(),\n" in ours
+    assert "GrpcAdmissionInterceptor(budget, limiter),\n                    LoggingInterceptor(),\n" in ours
     for option in ("grpc.max_send_message_length", "grpc.max_receive_message_length"):
         assert option in upstream and option in ours
 
