@@ -10,6 +10,7 @@ here and loaded like a user's).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -136,11 +137,30 @@ def test_demo_real_images_agree_with_class_masks_and_nms_thresholds(demo, shapes
         assert set(found.tolist()) <= set(np.flatnonzero(mask[i]).tolist())
 
 
+def triton_model_config_pb2() -> Any:
+    """tritonclient's ``model_config_pb2`` loaded on its own: importing ``tritonclient.grpc`` would register
+    Triton's ``inference.*`` service messages, which clash with KServe's of the same names already loaded
+    by other tests in this process (ModelConfig itself is not among KServe's)."""
+    import importlib.util
+    import sys
+
+    import tritonclient
+
+    if "tritonclient.grpc.model_config_pb2" in sys.modules:
+        return sys.modules["tritonclient.grpc.model_config_pb2"]
+    path = Path(tritonclient.__path__[0]) / "grpc" / "model_config_pb2.py"
+    spec = importlib.util.spec_from_file_location("_triton_model_config_pb2", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_triton_repository_is_consistent_with_the_graph(demo_repository, demo):
     from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
 
-    from predictor.protocol.detections import V2_OUTPUTS
+    from predictor.protocol.wire import V2_OUTPUTS
+
+    model_config_pb2 = triton_model_config_pb2()
 
     detector, session = demo
     config = text_format.Parse(

@@ -22,6 +22,7 @@ exported and crosses its threshold under overload; every dashboard panel's query
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -263,7 +264,21 @@ def _drive_phases(scrape: Scrape, traffic: Traffic, good: list[bytes]) -> None:
         ][(i // 2) % 3]()
 
     _phase(scrape, "bad", drive(10, bad, threads=2, pause=0.2))
-    _phase(scrape, "degraded", drive(12, lambda i: senders[i % 3](black), threads=2))
+    # At least 12 s (the alerts' rate windows) and until the drift window holds black frames only,
+    # however slowly the machine serves them.
+    black_sent = itertools.count(1)
+    degraded_from = time.monotonic()
+    black_total = [0]
+
+    def send_black(i: int) -> int:
+        status = senders[i % 3](black)
+        black_total[0] = next(black_sent) * len(black)  # images
+        return status
+
+    def window_full_of_black() -> bool:
+        return black_total[0] >= DRIFT_WINDOW and time.monotonic() - degraded_from >= 12
+
+    _phase(scrape, "degraded", drive(300, send_black, threads=2, until=window_full_of_black))
 
     assert scrape.server.gate is not None
     scrape.server.gate.hold()
