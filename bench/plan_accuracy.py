@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="plan-accuracy-"))
     out = work / "plan"
     plan_args = ["--slo-p95-ms", "2000", "--rate", "50", "--model_dir", args.model_dir, "--out", str(out),
-                 "--max-batch-sizes", "1,8", "--concurrency", "1,2,4,8", "--requests", str(args.requests)]  # fmt: skip
+                 "--max-batch-sizes", "1,8", "--concurrency", "1,2,4,8",
+                 "--requests", str(args.requests)]  # fmt: skip
     if plan.main(plan_args) != 0:
         return 1
     chosen = json.loads((out / "plan.json").read_text())["plan"]

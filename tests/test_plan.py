@@ -1,11 +1,9 @@
 """Capacity planner: fitting, choice, Helm overlay (checked against the chart) from synthetic benchmarks;
-and, marked slow, a real sweep of the demo model (whose prediction `make bench-plan` checks by measurement)."""
+and, marked slow, a real sweep of the demo model (`make bench-plan` checks its prediction by measurement)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import statistics
 from dataclasses import asdict
 
 import jsonschema
