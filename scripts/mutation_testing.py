@@ -85,6 +85,34 @@ _UINT8_UNIT = tuple(
     )
 )
 
+#: The request admission tests that need no server (the ASGI middleware driven by hand, the byte budget).
+_ADMISSION_UNIT = tuple(
+    f"tests/test_request_admission.py::{name}"
+    for name in (
+        "test_a_declared_body_over_the_limit_gets_413_unread",
+        "test_a_declared_body_over_the_budget_gets_503_with_retry_after_unread",
+        "test_a_lone_request_is_admitted_whatever_its_size_and_released_after",
+        "test_a_streamed_body_over_the_limit_gets_413_and_is_not_read_further",
+        "test_a_chunked_body_is_counted_as_it_streams",
+        "test_a_full_image_queue_refuses_inference_requests_before_reading",
+        "test_a_503_from_the_app_gets_retry_after",
+        "test_budget_accounting",
+    )
+)
+_IMAGE_FUZZ = tuple(
+    f"tests/test_fuzz.py::{name}"
+    for name in (
+        "test_arbitrary_bytes",
+        "test_truncated_images",
+        "test_bit_flips",
+        "test_spliced_bytes",
+        "test_forged_dimensions",
+        "test_forged_huge_png_dimensions",
+        "test_forged_bmp_dimensions",
+        "test_base64_text",
+    )
+)
+
 #: The one list of what is mutated and by which tests (re-point it when a module moves).
 TARGETS: tuple[Target, ...] = (
     Target("boxes", "predictor/ssd/boxes.py", ("tests/test_boxes.py",)),
@@ -142,6 +170,10 @@ TARGETS: tuple[Target, ...] = (
         ),
     ),
     Target("v2_binary", "predictor/serving/v2_binary.py", ("tests/test_binary_ext.py", *_PROTOCOL_UNIT)),
+    Target("images", "predictor/serving/images.py", ("tests/test_images.py", *_IMAGE_FUZZ)),
+    Target("batcher", "predictor/serving/batcher.py", ("tests/test_batcher.py",)),
+    Target("admission", "predictor/serving/admission.py", (*_ADMISSION_UNIT, "tests/test_heap.py")),
+    Target("middleware", "predictor/serving/middleware.py", _ADMISSION_UNIT),
 )
 
 _FLOAT64 = "NumPy's default dtype (None) is float64, the dtype named"
@@ -278,35 +310,29 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         )
     },
     **{
-        ("predictor/ssd/postprocess.py", "greedy_nms_mask", line): "suppresses is [B, K, K]: axes 1, -2 "
+        ("predictor/ssd/postprocess.py", "greedy_nms", line): "suppresses is [B, K, K]: axes 1, -2 "
         "and -1 all have K entries"
         for line in ("k = tf.shape(suppresses)[+1]", "k = tf.shape(suppresses)[-2]")
     },
     (
         "predictor/ssd/postprocess.py",
-        "greedy_nms_mask",
+        "greedy_nms",
         'hit = tf.einsum("BI,BIJ->BJ", tf.cast(keep, tf.float32), m) > 0',
     ): "einsum subscripts are labels: upper case names the same contraction",
-    (
-        "predictor/ssd/postprocess.py",
-        "greedy_nms_mask",
-        "return new_keep, tf.reduce_any(new_keep == keep)",
-    ): "the loop then runs to maximum_iterations instead of stopping at the fixed point; iterating past "
-    "a fixed point changes nothing, so only the time differs",
     **{
-        ("predictor/ssd/postprocess.py", "greedy_nms_mask", line): "candidate j is final after j "
+        ("predictor/ssd/postprocess.py", "greedy_nms", line): "candidate j is final after j "
         "iterations (it depends only on candidates before it, and candidate 0 is final from the start), so "
-        "k - 1 iterations always reach the fixed point; any larger or no cap gives the same result"
+        "the loop stops after at most k runs (k - 1 to the fixed point, one to see nothing change): a cap "
+        "above k + 1, or none, is never reached (k - 1 is: the 6-chain test counts 6 runs)"
         for line in (
             "maximum_iterations=None,",
             ")",
-            "maximum_iterations=k - 1,",
             "maximum_iterations=k + 2,",
         )
     },
     (
         "predictor/ssd/postprocess.py",
-        "greedy_nms_mask",
+        "greedy_nms",
         "upper = tf.linalg.band_part(tf.ones([k, k], tf.bool), 0, -2) & ~tf.eye(k, dtype=tf.bool)",
     ): "tf.linalg.band_part keeps the whole upper triangle for any negative num_upper",
     (
@@ -396,12 +422,6 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
             ("detections_from_v2", 'num = np.asarray(arrays["num_detections"]).reshape(-2).astype(int)'),
         )
     },
-    (
-        "predictor/protocol/detections.py",
-        "detection_records",
-        "values[:, 0] = np.round(np.asarray(scores, np.float64).reshape(None), SCORE_DECIMALS)",
-    ): "scores are [n] (documented; every caller passes one row of scores), so reshape(-1) and "
-    "reshape(None) both leave them as they are",
     (
         "predictor/protocol/detections.py",
         "_text",
