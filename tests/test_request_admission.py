@@ -282,12 +282,18 @@ def test_the_server_refuses_over_budget_before_reading_and_recovers(budget_serve
 def test_a_refused_body_is_drained_and_the_connection_stays_usable(budget_server):
     import httpx
 
-    with httpx.Client(timeout=60) as client:
+    def local_address(response) -> tuple[str, int]:
+        return response.extensions["network_stream"].get_extra_info("client_addr")
+
+    with httpx.Client(timeout=60, limits=httpx.Limits(max_connections=1)) as client:
         big = b'{"instances": ["' + b"A" * (70 * 2**20) + b'"]}'  # over --max_request_bytes (64 MiB)
         r = client.post(budget_server.url + V1, content=big, headers={"content-type": "application/json"})
-        assert r.status_code == 413
-        r = client.get(budget_server.url + "/v2/health/live")  # same connection (keep-alive)
+        assert r.status_code == 413 and r.headers.get("connection", "").lower() != "close"
+        refused_on = r.extensions["network_stream"], local_address(r)
+        r = client.get(budget_server.url + "/v2/health/live")
         assert r.status_code == 200
+        # the same TCP connection (keep-alive): httpx's pool handed back the same stream, same local port
+        assert (r.extensions["network_stream"], local_address(r)) == refused_on
 
 
 def test_grpc_messages_over_the_receive_limit_are_refused(budget_server):
