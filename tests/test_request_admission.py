@@ -282,8 +282,12 @@ def test_the_server_refuses_over_budget_before_reading_and_recovers(budget_serve
 def test_a_refused_body_is_drained_and_the_connection_stays_usable(budget_server):
     import httpx
 
-    def local_address(response) -> tuple[str, int]:
-        return response.extensions["network_stream"].get_extra_info("client_addr")
+    def local_address(response) -> tuple[str, int] | None:
+        """The connection's local (address, port); None once the connection is closed."""
+        try:
+            return response.extensions["network_stream"].get_extra_info("client_addr")
+        except OSError:
+            return None
 
     with httpx.Client(timeout=60, limits=httpx.Limits(max_connections=1)) as client:
         big = b'{"instances": ["' + b"A" * (70 * 2**20) + b'"]}'  # over --max_request_bytes (64 MiB)
