@@ -433,6 +433,32 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         'array = np.asarray(array, dtype=object if (datatype == "BYTES") or True else None)',
     ): "a numeric array converted to object dtype holds the same Python scalars that tolist() makes of it "
     "(checked: float32 0.5 becomes float 0.5 either way), so data is the same list",
+    **{
+        ("predictor/serving/images.py", "to_rgb_array", line): "an RGB image converted to RGB has the same "
+        "pixels: the test only saves a conversion"
+        for line in ('if image.mode == "XXRGBXX":', 'if image.mode == "rgb":')
+    },
+    **{
+        ("predictor/serving/images.py", "to_rgb_array", line): "Pillow converts LA, PA and the other "
+        "decoded modes to RGB directly with the same pixels as through RGBA (colour kept, alpha dropped: "
+        "checked by tests/test_images.py for L, 1, P, LA, PA, RGBA, CMYK), and no decoder gives La"
+        for line in (
+            'if image.mode not in ("LA", "La", "PA"):',
+            'if image.mode in ("XXLAXX", "La", "PA"):',
+            'if image.mode in ("la", "La", "PA"):',
+            'if image.mode in ("LA", "XXLaXX", "PA"):',
+            'if image.mode in ("LA", "la", "PA"):',
+            'if image.mode in ("LA", "LA", "PA"):',
+            'if image.mode in ("LA", "La", "XXPAXX"):',
+            'if image.mode in ("LA", "La", "pa"):',
+            "image = image.convert(None)",
+        )
+    },
+    (
+        "predictor/serving/images.py",
+        "to_rgb_array",
+        "gray8 = (np.clip(gray.astype(np.int64), 1, 65535) >> 8).astype(np.uint8)",
+    ): "0 and 1 have the same high byte (0)",
 }
 
 
