@@ -421,6 +421,12 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
                 "values[:, 1:] = np.round(np.asarray(boxes, np.float64).reshape(-2, 4), BOX_DECIMALS)",
             ),
             ("detections_from_v2", 'num = np.asarray(arrays["num_detections"]).reshape(-2).astype(int)'),
+            (
+                "detections_from_v2",
+                "[_text(x) for x in np.asarray(labels[i, :n]).reshape(-2)] "
+                'if labels is not None else [""] * n',
+            ),
+            ("detections_from_v2", "classes[i, :n].reshape(-2).astype(int).tolist(),"),
         )
     },
     (
