@@ -466,6 +466,31 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "to_rgb_array",
         "gray8 = (np.clip(gray.astype(np.int64), 1, 65535) >> 8).astype(np.uint8)",
     ): "0 and 1 have the same high byte (0)",
+    **{
+        ("predictor/serving/images.py", "decode_image_reduced", line): "a missing EXIF orientation reads "
+        "as 1, None or 2 alike: none of them turns the image by 90 degrees (2 is a mirror)"
+        for line in (
+            "swaps_sides = image.getexif().get(_ORIENTATION, None) in _TRANSPOSING_ORIENTATIONS",
+            "swaps_sides = image.getexif().get(_ORIENTATION, ) in _TRANSPOSING_ORIENTATIONS",
+            "swaps_sides = image.getexif().get(_ORIENTATION, 2) in _TRANSPOSING_ORIENTATIONS",
+        )
+    },
+    **{
+        ("predictor/serving/images.py", "decode_image_reduced", line): "a defensive check no decoded "
+        "image reaches: to_rgb_array always returns [H, W, 3] and _check_dimensions has already refused a "
+        "zero side, so the condition is False however it is mutated and its message is never built"
+        for line in (
+            "if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 and rgb.shape[1] == 0:",
+            "if rgb.ndim != 3 or rgb.shape[2] != 3 and rgb.shape[0] == 0 or rgb.shape[1] == 0:",
+            "if rgb.ndim != 3 and rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:",
+            "if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[1] == 0 or rgb.shape[1] == 0:",
+            "if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 1 or rgb.shape[1] == 0:",
+            "if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[2] == 0:",
+            "if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 1:",
+            "raise ImageError(None)",
+            'raise ImageError(f"decoded image has unusable shape {list(None)}")',
+        )
+    },
 }
 
 

@@ -342,3 +342,26 @@ def test_decoder_errors_are_described_in_one_line():
     assert _describe(OSError(" first line\nsecond")) == "OSError: first line"
     long = _describe(ValueError("x" * 300))
     assert long == "ValueError: " + "x" * 188 and len(long) == 200
+
+
+def test_decoder_messages_exact():
+    formats = ", ".join(FORMATS)
+    with pytest.raises(ImageError, match=r"^empty image \(0 bytes\)$"):
+        decode_image(b"")
+    png = encode_image(RGB, "PNG")
+    assert decode_image(png, ImageLimits(max_bytes=len(png))).shape == (12, 16, 3)  # at the cap: decoded
+    with pytest.raises(
+        ImageError, match=rf"^encoded image is {len(png)} bytes, the limit is {len(png) - 1}$"
+    ):
+        decode_image(png, ImageLimits(max_bytes=len(png) - 1))
+    with pytest.raises(ImageError) as info:
+        decode_image(b"hello world")
+    assert info.value.reason == f"not an image in a supported format ({formats})"
+    with pytest.raises(ImageError) as info:
+        decode_image(encode_image(RGB, "JPEG")[:300])
+    assert info.value.reason.startswith(f"not a decodable image ({formats}): ")
+    assert "NoneType" not in info.value.reason and len(info.value.reason) > len(formats) + 26
+    with pytest.raises(ImageError) as info:
+        decode_image(png[:60])
+    reason = info.value.reason
+    assert reason.startswith("corrupt or truncated PNG image: ") and "NoneType" not in reason, reason
