@@ -475,22 +475,6 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
             "swaps_sides = image.getexif().get(_ORIENTATION, 2) in _TRANSPOSING_ORIENTATIONS",
         )
     },
-    **{
-        ("predictor/serving/images.py", "decode_image_reduced", line): "a defensive check no decoded "
-        "image reaches: to_rgb_array always returns [H, W, 3] and _check_dimensions has already refused a "
-        "zero side, so the condition is False however it is mutated and its message is never built"
-        for line in (
-            "if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 and rgb.shape[1] == 0:",
-            "if rgb.ndim != 3 or rgb.shape[2] != 3 and rgb.shape[0] == 0 or rgb.shape[1] == 0:",
-            "if rgb.ndim != 3 and rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:",
-            "if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[1] == 0 or rgb.shape[1] == 0:",
-            "if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 1 or rgb.shape[1] == 0:",
-            "if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[2] == 0:",
-            "if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 1:",
-            "raise ImageError(None)",
-            'raise ImageError(f"decoded image has unusable shape {list(None)}")',
-        )
-    },
 }
 
 

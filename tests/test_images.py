@@ -365,3 +365,26 @@ def test_decoder_messages_exact():
         decode_image(png[:60])
     reason = info.value.reason
     assert reason.startswith("corrupt or truncated PNG image: ") and "NoneType" not in reason, reason
+
+
+@pytest.mark.parametrize(
+    ("shape", "refused"),
+    [
+        ((2, 2), True),
+        ((2, 2, 4), True),
+        ((0, 2, 3), True),
+        ((2, 0, 3), True),
+        ((1, 2, 3), False),
+        ((2, 1, 3), False),
+    ],
+)
+def test_a_conversion_of_an_unusable_shape_is_refused(shape, refused):
+    """The last guard after decoding: whatever the conversion returned must be a non-empty [H, W, 3]."""
+    png = encode_image(RGB, "PNG")
+    with mock.patch("predictor.serving.images.to_rgb_array", lambda image: np.zeros(shape, np.uint8)):
+        if not refused:
+            assert decode_image(png).shape == shape
+            return
+        with pytest.raises(ImageError) as info:
+            decode_image(png)
+    assert info.value.reason == f"decoded image has unusable shape {list(shape)}"
