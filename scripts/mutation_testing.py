@@ -86,7 +86,8 @@ _UINT8_UNIT = tuple(
     )
 )
 
-#: The request admission tests that need no server (the ASGI middleware driven by hand, the byte budget).
+#: The request admission tests that need no model server (the ASGI middleware driven by hand, the byte
+#: budget, the gRPC interceptor on an in-process grpc.aio server).
 _ADMISSION_UNIT = tuple(
     f"tests/test_request_admission.py::{name}"
     for name in (
@@ -98,6 +99,9 @@ _ADMISSION_UNIT = tuple(
         "test_a_full_image_queue_refuses_inference_requests_before_reading",
         "test_a_503_from_the_app_gets_retry_after",
         "test_budget_accounting",
+        "test_grpc_messages_are_counted_while_their_call_runs_and_released_after",
+        "test_grpc_messages_over_the_budget_are_refused_unparsed",
+        "test_a_message_that_fails_to_parse_gives_its_bytes_back",
     )
 )
 _IMAGE_FUZZ = tuple(

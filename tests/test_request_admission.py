@@ -194,6 +194,88 @@ def test_budget_accounting():
         ByteBudget(0)
 
 
+# ----------------------------------------------------------------------------- gRPC interceptor, in process
+COUNTED = "/inference.GRPCInferenceService/ModelInfer"
+NOT_COUNTED = "/inference.GRPCInferenceService/ServerReady"
+
+
+def run_interceptor(budget: ByteBudget, calls, parse=None) -> list:
+    """A grpc.aio server on loopback with only :class:`GrpcAdmissionInterceptor` in front of two raw-bytes
+    methods (the counted ModelInfer and an uncounted one) whose handler records ``budget.used`` while it
+    runs; ``calls`` is a list of (method, payload). Returns per call the reply, or the RpcError's
+    (code, details)."""
+    from predictor.serving.admission import GrpcAdmissionInterceptor
+
+    async def echo(request: bytes, context) -> bytes:
+        return b"%d:%d" % (len(request), budget.used)
+
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(echo, request_deserializer=parse)
+        for name in ("ModelInfer", "ServerReady")
+    }
+
+    async def main() -> list:
+        server = grpc.aio.server(interceptors=(GrpcAdmissionInterceptor(budget),))
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers),)
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        out = []
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                for method, payload in calls:
+                    try:
+                        out.append(await channel.unary_unary(method)(payload, timeout=30))
+                    except grpc.aio.AioRpcError as e:
+                        out.append((e.code(), e.details()))
+        finally:
+            await server.stop(None)
+        return out
+
+    return asyncio.run(main())
+
+
+def test_grpc_messages_are_counted_while_their_call_runs_and_released_after():
+    budget = ByteBudget(1000)
+    replies = run_interceptor(
+        budget, [(COUNTED, b"x" * 700), (COUNTED, b"y" * 2000), (NOT_COUNTED, b"z" * 5)]
+    )
+    # the handler saw its own 700 bytes reserved; a lone message passes whatever its size; uncounted: 0
+    assert replies == [b"700:700", b"2000:2000", b"5:0"]
+    assert budget.used == 0 and budget.activity() == (False, 2)
+
+
+def test_grpc_messages_over_the_budget_are_refused_unparsed():
+    budget = ByteBudget(1000)
+    assert budget.try_reserve(600)  # another request in flight
+    parsed: list[bytes] = []
+    before = rejected("inflight_bytes")
+    replies = run_interceptor(
+        budget, [(COUNTED, b"x" * 500), (COUNTED, b"y" * 400)], parse=lambda raw: parsed.append(raw) or raw
+    )
+    assert replies == [
+        (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "overloaded: 600 request bytes in flight, 500 more would pass the limit of 1000 "
+            "(--max_inflight_bytes); retry later",
+        ),
+        b"400:1000",
+    ]
+    assert parsed == [b"y" * 400] and rejected("inflight_bytes") == before + 1
+    assert budget.used == 600
+
+
+def test_a_message_that_fails_to_parse_gives_its_bytes_back():
+    budget = ByteBudget(1000)
+
+    def parse(raw: bytes) -> bytes:
+        raise ValueError("not a ModelInferRequest")
+
+    (reply,) = run_interceptor(budget, [(COUNTED, b"x" * 300)], parse=parse)
+    assert reply[0] != grpc.StatusCode.OK and budget.used == 0
+
+
 # ----------------------------------------------------------------------------- real server
 @pytest.fixture(scope="module")
 def budget_server(random_tiny_model_dir, tmp_path_factory):
