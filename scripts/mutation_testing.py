@@ -102,6 +102,7 @@ _ADMISSION_UNIT = tuple(
         "test_grpc_messages_are_counted_while_their_call_runs_and_released_after",
         "test_grpc_messages_over_the_budget_are_refused_unparsed",
         "test_a_message_that_fails_to_parse_gives_its_bytes_back",
+        "test_the_admitting_grpc_server_is_kserves_with_the_interceptor_first",
     )
 )
 _IMAGE_FUZZ = tuple(
@@ -444,6 +445,11 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         'array = np.asarray(array, dtype=object if (datatype == "BYTES") or True else None)',
     ): "a numeric array converted to object dtype holds the same Python scalars that tolist() makes of it "
     "(checked: float32 0.5 becomes float 0.5 either way), so data is the same list",
+    (
+        "predictor/serving/admission.py",
+        "_Admitted.__init__",
+        "self.request = None",
+    ): "its one caller passes None and sets the request once it is parsed",
     **{
         ("predictor/serving/images.py", "to_rgb_array", line): "an RGB image converted to RGB has the same "
         "pixels: the test only saves a conversion"

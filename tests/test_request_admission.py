@@ -186,11 +186,15 @@ def test_a_503_from_the_app_gets_retry_after():
 
 def test_budget_accounting():
     budget = ByteBudget(100)
+    assert budget.activity() == (False, 0)
+    assert budget.try_reserve(1) and budget.activity() == (True, 1)
+    budget.release(1)
+    assert budget.activity() == (False, 1)
     assert budget.try_reserve(500)  # alone: admitted
     assert not budget.try_reserve(1)
     budget.release(500)
     assert budget.try_reserve(60) and budget.try_reserve(40) and not budget.try_reserve(1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^the in-flight bytes limit must be positive, got 0$"):
         ByteBudget(0)
 
 
@@ -207,10 +211,13 @@ def run_interceptor(budget: ByteBudget, calls, parse=None) -> list:
     from predictor.serving.admission import GrpcAdmissionInterceptor
 
     async def echo(request: bytes, context) -> bytes:
+        assert context.peer().startswith("ipv4:127.0.0.1:")  # the call's own context is handed on
         return b"%d:%d" % (len(request), budget.used)
 
     handlers = {
-        name: grpc.unary_unary_rpc_method_handler(echo, request_deserializer=parse)
+        name: grpc.unary_unary_rpc_method_handler(
+            echo, request_deserializer=parse, response_serializer=lambda reply: b"reply " + reply
+        )
         for name in ("ModelInfer", "ServerReady")
     }
 
@@ -242,7 +249,7 @@ def test_grpc_messages_are_counted_while_their_call_runs_and_released_after():
         budget, [(COUNTED, b"x" * 700), (COUNTED, b"y" * 2000), (NOT_COUNTED, b"z" * 5)]
     )
     # the handler saw its own 700 bytes reserved; a lone message passes whatever its size; uncounted: 0
-    assert replies == [b"700:700", b"2000:2000", b"5:0"]
+    assert replies == [b"reply 700:700", b"reply 2000:2000", b"reply 5:0"]
     assert budget.used == 0 and budget.activity() == (False, 2)
 
 
@@ -260,7 +267,7 @@ def test_grpc_messages_over_the_budget_are_refused_unparsed():
             "overloaded: 600 request bytes in flight, 500 more would pass the limit of 1000 "
             "(--max_inflight_bytes); retry later",
         ),
-        b"400:1000",
+        b"reply 400:1000",
     ]
     assert parsed == [b"y" * 400] and rejected("inflight_bytes") == before + 1
     assert budget.used == 600
@@ -274,6 +281,84 @@ def test_a_message_that_fails_to_parse_gives_its_bytes_back():
 
     (reply,) = run_interceptor(budget, [(COUNTED, b"x" * 300)], parse=parse)
     assert reply[0] != grpc.StatusCode.OK and budget.used == 0
+
+
+def test_the_admitting_grpc_server_is_kserves_with_the_interceptor_first():
+    """KServe's gRPC server class with the interceptor in front (no model loaded): liveness answers, the
+    receive limit it is given holds, a ModelInfer over the budget is refused by the interceptor before
+    KServe sees it, and one within it reaches KServe's servicer (which knows no model)."""
+    from kserve.model_repository import ModelRepository
+    from kserve.protocol.dataplane import DataPlane
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+    from kserve.protocol.model_repository_extension import ModelRepositoryExtension
+
+    from predictor.serving.admission import admitting_grpc_server
+
+    repository = ModelRepository()
+    budget = ByteBudget(100_000)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    limits = {"grpc_max_send_message_length": 10_000, "grpc_max_receive_message_length": 5_000}
+    server = admitting_grpc_server(budget)(
+        port,
+        DataPlane(model_registry=repository),
+        ModelRepositoryExtension(model_registry=repository),
+        limits,
+    )
+
+    def infer(size: int) -> grpc.StatusCode:
+        tensor = pb.ModelInferRequest.InferInputTensor(name="images", datatype="BYTES", shape=[1])
+        tensor.contents.bytes_contents.append(b"x" * size)
+        request = pb.ModelInferRequest(model_name="ssd", inputs=[tensor])
+        try:
+            stub.ModelInfer(request, timeout=30)
+        except grpc.RpcError as e:
+            return e.code(), e.details()
+        return grpc.StatusCode.OK, ""
+
+    async def main():
+        task = asyncio.ensure_future(server.start(max_workers=2))
+        try:
+            await until_started()
+            return await asyncio.to_thread(calls)
+        finally:
+            await server._server.stop(None)
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def until_started():
+        for _ in range(600):
+            if server._server is not None:
+                return
+            await asyncio.sleep(0.05)
+
+    def calls():
+        nonlocal stub
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            live = stub.ServerLive(pb.ServerLiveRequest(), timeout=30).live
+            too_big = infer(6_000)
+            within = infer(100)
+            # released when the call's handler returns, which may be just after the client has its
+            # answer (KServe aborts the call before its handler unwinds): wait for it (hang guard 60 s)
+            deadline = time.monotonic() + 60
+            while budget.used and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert budget.try_reserve(99_990)  # another request holds nearly all of the budget
+            refused = infer(100)
+            budget.release(99_990)
+            return live, too_big, within, refused
+
+    stub = None
+    live, too_big, within, refused = asyncio.run(main())
+    assert live
+    assert too_big[0] == grpc.StatusCode.RESOURCE_EXHAUSTED and "5000" in too_big[1]
+    assert within[0] not in (grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED), within
+    assert "ssd" in within[1]  # KServe's own answer: no such model
+    assert refused[0] == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max_inflight_bytes" in refused[1]
+    assert budget.used == 0
 
 
 # ----------------------------------------------------------------------------- real server
