@@ -179,7 +179,22 @@ TARGETS: tuple[Target, ...] = (
     Target("images", "predictor/serving/images.py", ("tests/test_images.py", *_IMAGE_FUZZ)),
     Target("batcher", "predictor/serving/batcher.py", ("tests/test_batcher.py",)),
     Target("admission", "predictor/serving/admission.py", (*_ADMISSION_UNIT, "tests/test_heap.py")),
-    Target("middleware", "predictor/serving/middleware.py", _ADMISSION_UNIT),
+    Target(
+        "middleware",
+        "predictor/serving/middleware.py",
+        (
+            *_ADMISSION_UNIT,
+            *(
+                f"tests/test_request_admission.py::{name}"
+                for name in (
+                    "test_every_request_gets_an_id_kept_when_the_client_sent_one",
+                    "test_rest_protocol_of_a_path",
+                    "test_inference_answers_are_counted_and_errors_logged_once",
+                    "test_an_app_that_raises_is_counted_as_a_500_with_its_error",
+                )
+            ),
+        ),
+    ),
 )
 
 _FLOAT64 = "NumPy's default dtype (None) is float64, the dtype named"

@@ -198,6 +198,128 @@ def test_budget_accounting():
         ByteBudget(0)
 
 
+# ----------------------------------------------------------------------------- request ids and counts
+def requests_counted(protocol: str, status: int) -> tuple[float, float]:
+    """(ssd_requests_total, ssd_request_errors_total) of one protocol and status."""
+    return (
+        prometheus.REQUESTS.labels(protocol, str(status))._value.get(),
+        prometheus.ERRORS.labels(protocol, str(status))._value.get(),
+    )
+
+
+def answering(status: int, body: bytes, chunked: bool = False, headers=()):
+    """An ASGI app answering ``status`` with ``body`` (in two pieces when ``chunked``)."""
+
+    async def app(scope: dict, receive, send) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": list(headers)})
+        if chunked:
+            await send({"type": "http.response.body", "body": body[:3], "more_body": True})
+            body_rest = body[3:]
+        else:
+            body_rest = body
+        await send({"type": "http.response.body", "body": body_rest})
+
+    return app
+
+
+def with_id(s: dict, request_id: bytes) -> dict:
+    return {**s, "headers": [*s["headers"], (b"x-request-id", request_id)]}
+
+
+def test_every_request_gets_an_id_kept_when_the_client_sent_one():
+    from predictor.serving.middleware import RestMetricsMiddleware
+
+    seen: list[str] = []
+
+    async def app(scope: dict, receive, send) -> None:
+        seen.append(dict(scope["headers"]).get(b"x-request-id", b"").decode())
+        await answering(200, b"{}")(scope, receive, send)
+
+    for path in (V1, "/v2/models/ssd/infer", "/v2/health/ready"):
+        response = run(RestMetricsMiddleware(app), scope(2, path), chunks([2]))
+        assert (
+            response.status == 200
+            and len(seen[-1]) == 16
+            and response.headers[b"x-request-id"] == seen[-1].encode()
+        )
+        response = run(RestMetricsMiddleware(app), with_id(scope(2, path), b"client-id-7"), chunks([2]))
+        assert response.headers[b"x-request-id"] == b"client-id-7" and seen[-1] == "client-id-7"
+    long = run(RestMetricsMiddleware(app), with_id(scope(2), b"x" * 300), chunks([2]))
+    assert long.headers[b"x-request-id"] == b"x" * 128  # echoed cut to 128 characters
+    # an id the app set itself is not doubled
+    own = run(
+        RestMetricsMiddleware(answering(200, b"{}", headers=[(b"x-request-id", b"app")])),
+        scope(2),
+        chunks([2]),
+    )
+    assert own.headers[b"x-request-id"] == b"app"
+
+
+@pytest.mark.parametrize(
+    ("path", "protocol"),
+    [(V1, "v1"), ("/v2/models/ssd/infer", "v2"), ("/v2/models/ssd", None), ("/v1/models/ssd", None),
+     ("/v2/models/ssd/ready", None), ("/metrics", None)],
+)  # fmt: skip
+def test_rest_protocol_of_a_path(path, protocol):
+    from predictor.serving.middleware import rest_protocol
+
+    assert rest_protocol(path) == protocol
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_inference_answers_are_counted_and_errors_logged_once(chunked, caplog):
+    from predictor.serving.middleware import RestMetricsMiddleware
+
+    cases = [
+        (V1, "v1", 200, b'{"predictions": []}', None),
+        ("/v2/models/ssd/infer", "v2", 400, b'{"error": "instances[0]: bad"}', "instances[0]: bad"),
+        (V1, "v1", 422, b'{"detail": [{"loc": ["body"]}]}', '[{"loc":["body"]}]'),
+        (V1, "v1", 503, b"not json", "not json"),
+        (V1, "v1", 404, b'["a list"]', '["a list"]'),
+    ]
+    for path, protocol, status, body, logged in cases:
+        before = requests_counted(protocol, status)
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            response = run(
+                RestMetricsMiddleware(answering(status, body, chunked)),
+                with_id(scope(2, path), b"r1"),
+                chunks([2]),
+            )
+        assert response.status == status and response.body == body
+        after = requests_counted(protocol, status)
+        assert after[0] - before[0] == 1 and after[1] - before[1] == (1 if status >= 400 else 0)
+        lines = [orjson.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
+        if logged is None:
+            assert lines == []
+            continue
+        (line,) = lines
+        assert {k: line[k] for k in ("event", "request_id", "protocol", "status", "path", "error")} == {
+            "event": "request_error", "request_id": "r1", "protocol": protocol, "status": status,
+            "path": path, "error": logged,
+        }  # fmt: skip
+        assert isinstance(line["ms"], float) and line["ms"] >= 0
+    # other routes are not counted
+    before = requests_counted("v1", 200), requests_counted("v2", 200)
+    run(RestMetricsMiddleware(answering(200, b"{}")), scope(2, "/v2/health/ready"), chunks([2]))
+    assert (requests_counted("v1", 200), requests_counted("v2", 200)) == before
+
+
+def test_an_app_that_raises_is_counted_as_a_500_with_its_error(caplog):
+    from predictor.serving.middleware import RestMetricsMiddleware
+
+    async def broken(scope, receive, send):
+        raise RuntimeError("boom")
+
+    before = requests_counted("v1", 500)
+    with caplog.at_level("WARNING"), pytest.raises(RuntimeError):
+        run(RestMetricsMiddleware(broken), with_id(scope(2), b"r2"), chunks([2]))
+    after = requests_counted("v1", 500)
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
+    (line,) = [orjson.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
+    assert line["error"] == "RuntimeError: boom" and line["status"] == 500 and line["request_id"] == "r2"
+
+
 # ----------------------------------------------------------------------------- gRPC interceptor, in process
 COUNTED = "/inference.GRPCInferenceService/ModelInfer"
 NOT_COUNTED = "/inference.GRPCInferenceService/ServerReady"
