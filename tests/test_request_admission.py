@@ -405,7 +405,7 @@ def test_a_message_that_fails_to_parse_gives_its_bytes_back():
     assert reply[0] != grpc.StatusCode.OK and budget.used == 0
 
 
-def test_the_admitting_grpc_server_is_kserves_with_the_interceptor_first():
+def test_the_admitting_grpc_server_is_kserves_with_the_interceptor_first(caplog):
     """KServe's gRPC server class with the interceptor in front (no model loaded): liveness answers, the
     receive limit it is given holds, a ModelInfer over the budget is refused by the interceptor before
     KServe sees it, and one within it reaches KServe's servicer (which knows no model)."""
@@ -474,7 +474,9 @@ def test_the_admitting_grpc_server_is_kserves_with_the_interceptor_first():
             return live, too_big, within, refused
 
     stub = None
-    live, too_big, within, refused = asyncio.run(main())
+    with caplog.at_level("INFO", logger="predictor.serving.admission"):
+        live, too_big, within, refused = asyncio.run(main())
+    assert f"gRPC server on [::]:{port}, 2 workers, admission by request bytes" in caplog.messages
     assert live
     assert too_big[0] == grpc.StatusCode.RESOURCE_EXHAUSTED and "5000" in too_big[1]
     assert within[0] not in (grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED), within
