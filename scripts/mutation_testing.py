@@ -187,6 +187,7 @@ TARGETS: tuple[Target, ...] = (
             *(
                 f"tests/test_request_admission.py::{name}"
                 for name in (
+                    "test_admission_edges_counts_and_the_refusal_body",
                     "test_every_request_gets_an_id_kept_when_the_client_sent_one",
                     "test_rest_protocol_of_a_path",
                     "test_inference_answers_are_counted_and_errors_logged_once",

@@ -198,6 +198,55 @@ def test_budget_accounting():
         ByteBudget(0)
 
 
+def test_admission_edges_counts_and_the_refusal_body():
+    """Bodies of exactly --max_request_bytes pass (declared and streamed); each refusal is counted under
+    its reason; a refusal is a complete JSON answer; other scope types pass through both middlewares."""
+    from predictor.serving.middleware import RestMetricsMiddleware
+
+    assert (
+        run(AdmissionMiddleware(reading_app, ByteBudget(BUDGET), 1000), scope(1000), chunks([1000])).status
+        == 200
+    )
+    assert (
+        run(
+            AdmissionMiddleware(reading_app, ByteBudget(BUDGET), 1000), scope(None), chunks([600, 400])
+        ).status
+        == 200
+    )
+    before = rejected("body_too_large")
+    response = run(AdmissionMiddleware(reading_app, ByteBudget(BUDGET), 1000), scope(1001), never_receive)
+    assert rejected("body_too_large") == before + 1
+    assert response.headers[b"content-type"] == b"application/json"
+    assert (
+        response.headers[b"content-length"] == str(len(response.body)).encode()
+        and b"retry-after" not in response.headers
+    )
+    run(AdmissionMiddleware(reading_app, ByteBudget(BUDGET), 1000), scope(None), chunks([800, 800]))
+    assert rejected("body_too_large") == before + 2
+    before = rejected("queue_full")
+    run(
+        AdmissionMiddleware(reading_app, ByteBudget(BUDGET), 10**7, busy=lambda: "full"),
+        scope(5),
+        never_receive,
+    )
+    assert rejected("queue_full") == before + 1
+    seen = []
+
+    async def app(s, receive, send):
+        seen.append((s, receive, send))
+
+    async def receive():
+        return {}
+
+    async def send(message):
+        return None
+
+    lifespan = {"type": "lifespan"}
+    for middleware in (AdmissionMiddleware(app, ByteBudget(BUDGET), 10), RestMetricsMiddleware(app)):
+        asyncio.run(middleware(lifespan, receive, send))
+        assert seen.pop() == (lifespan, receive, send)
+
+
 # ----------------------------------------------------------------------------- request ids and counts
 def requests_counted(protocol: str, status: int) -> tuple[float, float]:
     """(ssd_requests_total, ssd_request_errors_total) of one protocol and status."""
