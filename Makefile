@@ -11,6 +11,11 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 # Set RUN_SLOW=1 to include tests marked `slow` (they are skipped by default).
 RUN_SLOW ?= 0
+# `make test` shuffles the tests (pytest-random-order: modules in a random order, and the tests within
+# each module) with this seed: a test that passes only after another one fails here. The seed is fixed,
+# so CI runs one reproducible order; `make test TEST_ORDER_SEED=$RANDOM` tries another (pytest prints
+# the seed it used), `make test TEST_ORDER_SEED=` keeps the file order.
+TEST_ORDER_SEED ?= 26
 MODEL_DIR ?=
 PORT ?= 8080
 
@@ -40,7 +45,9 @@ system-deps: ## Install the Debian packages the tests need when missing: bubblew
 
 test: $(STAMP) system-deps ## Install everything and run the whole test suite (what CI runs)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest $(if $(filter 1,$(RUN_SLOW)),,-m 'not slow') $(PYTEST_ARGS)
+	$(PY) -m pytest $(if $(filter 1,$(RUN_SLOW)),,-m 'not slow') \
+		$(if $(TEST_ORDER_SEED),-p random_order --random-order-bucket=module --random-order-seed=$(TEST_ORDER_SEED),) \
+		$(PYTEST_ARGS)
 
 test-all: ## Run the test suite including slow tests
 	$(MAKE) test RUN_SLOW=1

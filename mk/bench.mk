@@ -37,7 +37,7 @@ SOAK_OUT ?= bench/out/soak.json
 
 .PHONY: bench bench-install bench-model bench-onnx bench-served bench-report bench-overload bench-hostile \
 	gpu-check-prepare gpu-check-cpu gpu-check bench-pipeline bench-draft bench-client-downscale \
-	bench-cold-start soak bench-results gpu-check-report bench-onnx-detector
+	bench-cold-start soak bench-results gpu-check-report bench-onnx-detector bench-plan
 
 $(BENCH_STAMP): pyproject.toml | $(STAMP)
 	$(PIP) install --quiet -e '.[test,bench]'
@@ -105,6 +105,9 @@ bench-draft: $(BENCH_STAMP) ## Effect of --jpeg_draft on SSD300 detections (IoU,
 bench-client-downscale: $(BENCH_STAMP) ## ssd-detect --downscale: detections, upload bytes and server CPU per image
 	$(PY) -m bench.client_downscale --out_dir $(BENCH_OUT)
 	$(RESULTS_TABLES) client-downscale
+
+bench-plan: $(STAMP) ## Capacity planner accuracy: sweep the demo model, plan, re-measure the chosen setting (p95 within 25%; quiet machine)
+	$(PY) -m bench.plan_accuracy --out_dir $(BENCH_OUT)
 
 bench-cold-start: $(STAMP) ## Cold start, process spawn to ready: imports, model load, warm-up per bucket (demo, SSD300)
 	$(PY) -m bench.cold_start --models $(COLD_START_MODELS) --repeats $(COLD_START_REPEATS) \

@@ -8,7 +8,7 @@ MUTATION_BASELINE ?=
 
 .PHONY: mutation mutation-report
 
-mutation: $(STAMP) ## Mutation testing (mutmut; ~1 h on 2 shared cores) of box coding, anchors, post-processing, wire formats -> docs/mutation/*.json, docs/mutation-testing.md
+mutation: $(STAMP) ## Mutation testing (mutmut; hours on 2 shared cores) of box coding, anchors, post-processing, wire formats, request parsing, images, batcher, admission -> docs/mutation/*.json, docs/mutation-testing.md
 	$(PIP) install --quiet -e '.[mutation]'
 	$(PY) scripts/mutation_testing.py run $(if $(MUTATION_ONLY),--only $(MUTATION_ONLY),)
 	$(PY) scripts/mutation_testing.py report --check $(if $(MUTATION_BASELINE),--baseline $(MUTATION_BASELINE),)

@@ -1,4 +1,5 @@
-"""Mutation testing of the box coding, anchors, post-processing and wire formats (``make mutation``).
+"""Mutation testing of the box coding, anchors, post-processing, wire formats, request parsing, image
+decoding, batcher and request admission (``make mutation``).
 
 ``python scripts/mutation_testing.py run [--only NAME ...]`` runs mutmut 3 on each target of
 :data:`TARGETS`, one module at a time, each in its own scratch folder ``build/mutation/NAME`` (a copy of
@@ -85,6 +86,39 @@ _UINT8_UNIT = tuple(
     )
 )
 
+#: The request admission tests that need no model server (the ASGI middleware driven by hand, the byte
+#: budget, the gRPC interceptor on an in-process grpc.aio server).
+_ADMISSION_UNIT = tuple(
+    f"tests/test_request_admission.py::{name}"
+    for name in (
+        "test_a_declared_body_over_the_limit_gets_413_unread",
+        "test_a_declared_body_over_the_budget_gets_503_with_retry_after_unread",
+        "test_a_lone_request_is_admitted_whatever_its_size_and_released_after",
+        "test_a_streamed_body_over_the_limit_gets_413_and_is_not_read_further",
+        "test_a_chunked_body_is_counted_as_it_streams",
+        "test_a_full_image_queue_refuses_inference_requests_before_reading",
+        "test_a_503_from_the_app_gets_retry_after",
+        "test_budget_accounting",
+        "test_grpc_messages_are_counted_while_their_call_runs_and_released_after",
+        "test_grpc_messages_over_the_budget_are_refused_unparsed",
+        "test_a_message_that_fails_to_parse_gives_its_bytes_back",
+        "test_the_admitting_grpc_server_is_kserves_with_the_interceptor_first",
+    )
+)
+_IMAGE_FUZZ = tuple(
+    f"tests/test_fuzz.py::{name}"
+    for name in (
+        "test_arbitrary_bytes",
+        "test_truncated_images",
+        "test_bit_flips",
+        "test_spliced_bytes",
+        "test_forged_dimensions",
+        "test_forged_huge_png_dimensions",
+        "test_forged_bmp_dimensions",
+        "test_base64_text",
+    )
+)
+
 #: The one list of what is mutated and by which tests (re-point it when a module moves).
 TARGETS: tuple[Target, ...] = (
     Target("boxes", "predictor/ssd/boxes.py", ("tests/test_boxes.py",)),
@@ -143,6 +177,26 @@ TARGETS: tuple[Target, ...] = (
     ),
     Target(
         "v2_binary", "predictor/serving/binary_ext_kserve.py", ("tests/test_binary_ext.py", *_PROTOCOL_UNIT)
+    ),
+    Target("images", "predictor/serving/images.py", ("tests/test_images.py", *_IMAGE_FUZZ)),
+    Target("batcher", "predictor/serving/batcher.py", ("tests/test_batcher.py",)),
+    Target("admission", "predictor/serving/admission.py", (*_ADMISSION_UNIT, "tests/test_heap.py")),
+    Target(
+        "middleware",
+        "predictor/serving/middleware.py",
+        (
+            *_ADMISSION_UNIT,
+            *(
+                f"tests/test_request_admission.py::{name}"
+                for name in (
+                    "test_admission_edges_counts_and_the_refusal_body",
+                    "test_every_request_gets_an_id_kept_when_the_client_sent_one",
+                    "test_rest_protocol_of_a_path",
+                    "test_inference_answers_are_counted_and_errors_logged_once",
+                    "test_an_app_that_raises_is_counted_as_a_500_with_its_error",
+                )
+            ),
+        ),
     ),
 )
 
@@ -280,35 +334,29 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         )
     },
     **{
-        ("predictor/ssd/postprocess.py", "greedy_nms_mask", line): "suppresses is [B, K, K]: axes 1, -2 "
+        ("predictor/ssd/postprocess.py", "greedy_nms", line): "suppresses is [B, K, K]: axes 1, -2 "
         "and -1 all have K entries"
         for line in ("k = tf.shape(suppresses)[+1]", "k = tf.shape(suppresses)[-2]")
     },
     (
         "predictor/ssd/postprocess.py",
-        "greedy_nms_mask",
+        "greedy_nms",
         'hit = tf.einsum("BI,BIJ->BJ", tf.cast(keep, tf.float32), m) > 0',
     ): "einsum subscripts are labels: upper case names the same contraction",
-    (
-        "predictor/ssd/postprocess.py",
-        "greedy_nms_mask",
-        "return new_keep, tf.reduce_any(new_keep == keep)",
-    ): "the loop then runs to maximum_iterations instead of stopping at the fixed point; iterating past "
-    "a fixed point changes nothing, so only the time differs",
     **{
-        ("predictor/ssd/postprocess.py", "greedy_nms_mask", line): "candidate j is final after j "
+        ("predictor/ssd/postprocess.py", "greedy_nms", line): "candidate j is final after j "
         "iterations (it depends only on candidates before it, and candidate 0 is final from the start), so "
-        "k - 1 iterations always reach the fixed point; any larger or no cap gives the same result"
+        "the loop stops after at most k runs (k - 1 to the fixed point, one to see nothing change): a cap "
+        "above k + 1, or none, is never reached (k - 1 is: the 6-chain test counts 6 runs)"
         for line in (
             "maximum_iterations=None,",
             ")",
-            "maximum_iterations=k - 1,",
             "maximum_iterations=k + 2,",
         )
     },
     (
         "predictor/ssd/postprocess.py",
-        "greedy_nms_mask",
+        "greedy_nms",
         "upper = tf.linalg.band_part(tf.ones([k, k], tf.bool), 0, -2) & ~tf.eye(k, dtype=tf.bool)",
     ): "tf.linalg.band_part keeps the whole upper triangle for any negative num_upper",
     (
@@ -396,14 +444,14 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
                 "values[:, 1:] = np.round(np.asarray(boxes, np.float64).reshape(-2, 4), BOX_DECIMALS)",
             ),
             ("detections_from_v2", 'num = np.asarray(arrays["num_detections"]).reshape(-2).astype(int)'),
+            (
+                "detections_from_v2",
+                "[_text(x) for x in np.asarray(labels[i, :n]).reshape(-2)] "
+                'if labels is not None else [""] * n',
+            ),
+            ("detections_from_v2", "classes[i, :n].reshape(-2).astype(int).tolist(),"),
         )
     },
-    (
-        "predictor/protocol/detections.py",
-        "detection_records",
-        "values[:, 0] = np.round(np.asarray(scores, np.float64).reshape(None), SCORE_DECIMALS)",
-    ): "scores are [n] (documented; every caller passes one row of scores), so reshape(-1) and "
-    "reshape(None) both leave them as they are",
     (
         "predictor/protocol/detections.py",
         "_text",
@@ -415,6 +463,46 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         'array = np.asarray(array, dtype=object if (datatype == "BYTES") or True else None)',
     ): "a numeric array converted to object dtype holds the same Python scalars that tolist() makes of it "
     "(checked: float32 0.5 becomes float 0.5 either way), so data is the same list",
+    (
+        "predictor/serving/admission.py",
+        "_Admitted.__init__",
+        "self.request = None",
+    ): "its one caller passes None and sets the request once it is parsed",
+    **{
+        ("predictor/serving/images.py", "to_rgb_array", line): "an RGB image converted to RGB has the same "
+        "pixels: the test only saves a conversion"
+        for line in ('if image.mode == "XXRGBXX":', 'if image.mode == "rgb":')
+    },
+    **{
+        ("predictor/serving/images.py", "to_rgb_array", line): "Pillow converts LA, PA and the other "
+        "decoded modes to RGB directly with the same pixels as through RGBA (colour kept, alpha dropped: "
+        "checked by tests/test_images.py for L, 1, P, LA, PA, RGBA, CMYK), and no decoder gives La"
+        for line in (
+            'if image.mode not in ("LA", "La", "PA"):',
+            'if image.mode in ("XXLAXX", "La", "PA"):',
+            'if image.mode in ("la", "La", "PA"):',
+            'if image.mode in ("LA", "XXLaXX", "PA"):',
+            'if image.mode in ("LA", "la", "PA"):',
+            'if image.mode in ("LA", "LA", "PA"):',
+            'if image.mode in ("LA", "La", "XXPAXX"):',
+            'if image.mode in ("LA", "La", "pa"):',
+            "image = image.convert(None)",
+        )
+    },
+    (
+        "predictor/serving/images.py",
+        "to_rgb_array",
+        "gray8 = (np.clip(gray.astype(np.int64), 1, 65535) >> 8).astype(np.uint8)",
+    ): "0 and 1 have the same high byte (0)",
+    **{
+        ("predictor/serving/images.py", "decode_image_reduced", line): "a missing EXIF orientation reads "
+        "as 1, None or 2 alike: none of them turns the image by 90 degrees (2 is a mirror)"
+        for line in (
+            "swaps_sides = image.getexif().get(_ORIENTATION, None) in _TRANSPOSING_ORIENTATIONS",
+            "swaps_sides = image.getexif().get(_ORIENTATION, ) in _TRANSPOSING_ORIENTATIONS",
+            "swaps_sides = image.getexif().get(_ORIENTATION, 2) in _TRANSPOSING_ORIENTATIONS",
+        )
+    },
 }
 
 
@@ -775,7 +863,7 @@ Generated by `make mutation` (`scripts/mutation_testing.py`) from the results it
 - Date: runs started {min(starts, default="-")} to {max(starts, default="-")}
 - Machine: {", ".join(machines)}
 - Tool: {", ".join(tools)}, `process_isolation = "forkserver"` (one module at a time, one or two
-  workers, `nice -n 10`; run time is wall time on a machine shared with other jobs)
+  workers, under `nice`; run time is wall time on a machine shared with other jobs)
 - What: every mutant mutmut makes of each module below, each run against the listed tests (the fastest
   ones that exercise the module; no real-server test). The target list is `TARGETS` in the script.
 
@@ -789,6 +877,18 @@ reviewed `EQUIVALENT` table with the reason no test can kill them; they are not 
 {chr(10).join(rows)}
 
 Overall: {killed} of {scored} non-equivalent mutants killed ({100.0 * killed / max(scored, 1):.1f}%){scope}.
+
+## What mutation testing cannot see
+
+A mutant is a change to code that exists. Code that is *missing* has nothing to mutate: a request
+control that the V1 JSON path honours but the gRPC raw-contents path never reads, or an input form that
+skips a check the others make, leaves every line above killable while one protocol x input-form
+combination is simply wrong. The scores also speak only for each module against its own fast tests,
+not for how the modules compose (parser -> batcher -> detector -> encoder). That gap is guarded by
+`tests/test_request_matrix.py` (issue 24): a Hypothesis test that draws random request controls and
+sends them through every protocol (V1, V2 REST, the binary extension, gRPC) and every input form (the
+JSON forms, raw body, BYTES, UINT8), comparing each answer with the `Detector` run directly on the same
+images and controls, so a branch one form lacks shows as an answer that differs.
 
 {_baseline_table(baseline_data) if baseline_data else ""}
 ## Surviving mutants

@@ -102,7 +102,16 @@ def test_run_all_quick_end_to_end(tmp_path):
         "p50_c1_over_raw_plus_decode",
         "served_over_raw_ceiling",
     }
-    assert 0 < ratios["served_over_raw_ceiling"]["ceiling"] < 1.5
+    # The ceiling is arithmetic on measured numbers (its size depends on the machine's load, so it is a
+    # benchmark's figure, not a test's): recomputed here from the components the JSON records.
+    ceiling = ratios["served_over_raw_ceiling"]
+    ref = next(r for r in demo["detector"] if r["batch"] == ceiling["raw_batch"])
+    model_ms = 1000.0 * ref["process_cores_used"] / ref["images_per_s"]
+    decode_ms = sum(demo["decode_resize_ms"].values()) / len(demo["decode_resize_ms"])
+    assert ceiling["model_cpu_ms_per_image"] == pytest.approx(model_ms, rel=1e-9)
+    assert ceiling["decode_resize_ms_per_image"] == pytest.approx(decode_ms, rel=1e-9)
+    expected = 1000.0 * ceiling["cores"] / (model_ms + decode_ms) / ref["images_per_s"]
+    assert ceiling["ceiling"] == pytest.approx(expected, rel=1e-9) and ceiling["ceiling"] > 0
     assert (tmp_path / "bench.png").stat().st_size > 0
     assert "##### ratios" in proc.stdout
 

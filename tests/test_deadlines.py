@@ -134,32 +134,55 @@ def test_a_request_waiting_for_the_model_is_dropped_at_its_deadline(
     assert counter(prometheus.LATE) == late_before
 
 
-def test_a_request_timing_out_inside_the_model_is_counted_late(direct_detector, random_tiny_model_dir, png):
+@pytest.mark.parametrize("how", ["its time came", "expired by the time limit"])
+def test_a_request_timing_out_inside_the_model_is_counted_late(
+    direct_detector, random_tiny_model_dir, png, how
+):
+    """A request whose deadline passes while the model holds its images is counted in LATE, once per
+    image; one whose deadline has not passed is not. The model is held at a gate and the deadline runs on
+    a clock the test sets (or is expired as ``predict`` expires it at ``--request_timeout_s``), so the
+    deadline passes exactly while the model runs, whatever the machine's speed."""
     gate = threading.Event()
     gated = GatedDetector(direct_detector, gate)
-    options = ServingOptions(model_dir=str(random_tiny_model_dir), max_batch_size=4, request_timeout_s=0.05)
+    options = ServingOptions(model_dir=str(random_tiny_model_dir), max_batch_size=4, batch_wait_ms=0)
     model = SSDPredictor("ssd", options, detector=gated)
     assert model.load()
-    late_before = counter(prometheus.LATE)
-    decoded: list[str] = []
-    real_prepare = model.prepare_image
-    model.prepare_image = lambda payload: decoded.append(payload.field) or real_prepare(payload)
+    now = [100.0]
+
+    def clock() -> float:
+        return now[0]
+
+    async def through_the_gate(body: dict, deadline: Deadline, pass_it: bool):
+        gate.clear()
+        gated.entered.clear()
+        parsed = await model.preprocess(body, headers={})
+        work = asyncio.ensure_future(model._detect(parsed, deadline))
+        await model_entered(gated)
+        assert not deadline.expired(), "the deadline passed before the model call"
+        if pass_it:
+            if how == "its time came":
+                now[0] = deadline.at
+            else:
+                deadline.expire()
+        gate.set()
+        return await asyncio.gather(work, return_exceptions=True)
 
     async def main():
-        # The decode may outlast the 50 ms on a busy machine; then the request never reaches the
-        # model (the other tests cover that). Either way it gets its 503 and its slot comes back.
-        with pytest.raises(RequestTimeout):
-            await model({"instances": [png]}, headers={})
-        await until(lambda: gated.entered.is_set() or model.batcher.admitted_images == 0, "work settled")
-        gate.set()
-        await until(lambda: model.batcher.admitted_images == 0, "the model call ended")
+        before = counter(prometheus.LATE)
+        await through_the_gate({"instances": [png]}, Deadline(now[0] + 1.0, clock), pass_it=False)
+        on_time = counter(prometheus.LATE) - before
+        await through_the_gate({"instances": [png, png]}, Deadline(now[0] + 1.0, clock), pass_it=True)
+        late = counter(prometheus.LATE) - before - on_time
+        await until(lambda: model.batcher.admitted_images == 0, "the model calls ended")
+        return on_time, late
 
     try:
-        asyncio.run(main())
+        on_time, late = asyncio.run(main())
     finally:
         gate.set()
         model.close()
-    assert counter(prometheus.LATE) - late_before == len(gated.batch_sizes)
+    assert gated.batch_sizes == [1, 2]
+    assert (on_time, late) == (0, 2)
 
 
 def test_close_answers_requests_waiting_for_the_model(direct_detector, random_tiny_model_dir, png):

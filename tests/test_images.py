@@ -16,9 +16,12 @@ from predictor.serving.images import (
     FORMATS,
     ImageError,
     ImageLimits,
+    _describe,
+    check_pixel_array,
     decode_base64,
     decode_image,
     decode_image_reduced,
+    to_rgb_array,
 )
 
 RNG = np.random.default_rng(3)
@@ -284,3 +287,104 @@ def test_numpy_warp_resize_matches_tensorflow(hw, size):
     np.testing.assert_allclose(
         out, resize_warp(tf.convert_to_tensor(image[:, ::-1]), size).numpy(), atol=1e-3
     )
+
+
+# ----------------------------------------------------------------------------- exact conversions and caps
+def test_high_bit_gray_is_scaled_exactly():
+    """32-bit float gray: NaN -> 0, clipped to [0, 255], truncated; 16/32-bit integer gray: clipped to
+    [0, 65535], then the high byte."""
+    floats = np.array([[-5.0, 0.5, 100.7, 300.0, np.nan, 255.0]], np.float32)
+    out = to_rgb_array(Image.fromarray(floats, mode="F"))
+    assert out.dtype == np.uint8 and out.shape == (1, 6, 3)
+    assert out[..., 0].tolist() == [[0, 0, 100, 255, 0, 255]]
+    assert (out == out[..., :1]).all()  # gray: the three channels equal
+    ints = np.array([[-7, 0, 255, 256, 65535, 70000, 511]], np.int32)
+    out = to_rgb_array(Image.fromarray(ints, mode="I"))
+    assert out.dtype == np.uint8 and out[..., 0].tolist() == [[0, 0, 0, 1, 255, 255, 1]]
+    sixteen = Image.fromarray(np.array([[0, 255, 256, 65535, 32768]], np.uint16))
+    assert sixteen.mode.startswith("I;16")
+    assert to_rgb_array(sixteen)[..., 2].tolist() == [[0, 0, 1, 255, 128]]
+
+
+def test_alpha_modes_drop_their_alpha():
+    """LA and PA keep their colour and lose the alpha channel."""
+    la = Image.fromarray(np.array([[[10, 0], [200, 255]]], np.uint8), mode="LA")
+    assert to_rgb_array(la).tolist() == [[[10, 10, 10], [200, 200, 200]]]
+    pa = Image.new("PA", (2, 1))
+    pa.putpalette([0, 0, 0, 30, 60, 90])
+    pa.putdata([(1, 0), (0, 255)])
+    assert to_rgb_array(pa).tolist() == [[[30, 60, 90], [0, 0, 0]]]
+
+
+def test_pixel_arrays_are_checked_exactly():
+    limits = ImageLimits(max_bytes=10, max_pixels=12, max_side=4)
+    ok = np.zeros((3, 4, 3), np.uint8)  # 4 x 3 = 12 pixels, a side of 4: both at their limit
+    assert check_pixel_array(ok, limits) is ok
+    cases = [
+        (np.zeros((3, 4, 3), np.float32), "expected uint8 pixels, got float32"),
+        (np.zeros((3, 4), np.uint8), r"expected an RGB image \[H, W, 3\], got shape \[3, 4\]"),
+        (np.zeros((3, 4, 4), np.uint8), r"expected an RGB image \[H, W, 3\], got shape \[3, 4, 4\]"),
+        (np.zeros((0, 4, 3), np.uint8), "image has zero size 4x0"),
+        (np.zeros((3, 0, 3), np.uint8), "image has zero size 0x3"),
+        (np.zeros((2, 5, 3), np.uint8), "image is 5x2, a side is larger than 4 pixels"),
+        (np.zeros((5, 2, 3), np.uint8), "image is 2x5, a side is larger than 4 pixels"),
+        (np.zeros((4, 4, 3), np.uint8), "image has too many pixels: 4x4 = 16, the limit is 12"),
+    ]
+    for pixels, message in cases:
+        with pytest.raises(ImageError, match=f"^{message}$"):
+            check_pixel_array(pixels, limits)
+    assert check_pixel_array(np.zeros((1, 1, 3), np.uint8), limits).shape == (1, 1, 3)
+
+
+def test_decoder_errors_are_described_in_one_line():
+    assert _describe(ValueError("")) == "ValueError"
+    assert _describe(ValueError("  \n ")) == "ValueError"
+    assert _describe(OSError(" first line\nsecond")) == "OSError: first line"
+    long = _describe(ValueError("x" * 300))
+    assert long == "ValueError: " + "x" * 188 and len(long) == 200
+
+
+def test_decoder_messages_exact():
+    formats = ", ".join(FORMATS)
+    with pytest.raises(ImageError, match=r"^empty image \(0 bytes\)$"):
+        decode_image(b"")
+    png = encode_image(RGB, "PNG")
+    assert decode_image(png, ImageLimits(max_bytes=len(png))).shape == (12, 16, 3)  # at the cap: decoded
+    with pytest.raises(
+        ImageError, match=rf"^encoded image is {len(png)} bytes, the limit is {len(png) - 1}$"
+    ):
+        decode_image(png, ImageLimits(max_bytes=len(png) - 1))
+    with pytest.raises(ImageError) as info:
+        decode_image(b"hello world")
+    assert info.value.reason == f"not an image in a supported format ({formats})"
+    with pytest.raises(ImageError) as info:
+        decode_image(encode_image(RGB, "JPEG")[:300])
+    assert info.value.reason.startswith(f"not a decodable image ({formats}): ")
+    assert "NoneType" not in info.value.reason and len(info.value.reason) > len(formats) + 26
+    with pytest.raises(ImageError) as info:
+        decode_image(png[:60])
+    reason = info.value.reason
+    assert reason.startswith("corrupt or truncated PNG image: ") and "NoneType" not in reason, reason
+
+
+@pytest.mark.parametrize(
+    ("shape", "refused"),
+    [
+        ((2, 2), True),
+        ((2, 2, 4), True),
+        ((0, 2, 3), True),
+        ((2, 0, 3), True),
+        ((1, 2, 3), False),
+        ((2, 1, 3), False),
+    ],
+)
+def test_a_conversion_of_an_unusable_shape_is_refused(shape, refused):
+    """The last guard after decoding: whatever the conversion returned must be a non-empty [H, W, 3]."""
+    png = encode_image(RGB, "PNG")
+    with mock.patch("predictor.serving.images.to_rgb_array", lambda image: np.zeros(shape, np.uint8)):
+        if not refused:
+            assert decode_image(png).shape == shape
+            return
+        with pytest.raises(ImageError) as info:
+            decode_image(png)
+    assert info.value.reason == f"decoded image has unusable shape {list(shape)}"

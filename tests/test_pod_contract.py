@@ -175,6 +175,10 @@ class PodContract:
     probes: dict[str, Probe]
     grace_s: int
     gpu_request: bool
+    cap_drop: list[str] = field(default_factory=list)  # securityContext.capabilities.drop, as written
+    cap_add: list[str] = field(default_factory=list)
+    no_new_privs: bool = False  # allowPrivilegeEscalation: false (Kubernetes' default is true)
+    privileged: bool = False
     mounts_left: list[str] = field(default_factory=list)
 
 
@@ -253,8 +257,43 @@ def pod_contract(value_set: str, isvc: dict[str, Any]) -> PodContract:
         probes={kind: _probe(container, kind) for kind in ("startup", "readiness", "liveness")},
         grace_s=grace,
         gpu_request=any(re.search(r"gpu", name) for name in limits),
+        cap_drop=[str(c) for c in (security.get("capabilities") or {}).get("drop") or []],
+        cap_add=[str(c) for c in (security.get("capabilities") or {}).get("add") or []],
+        no_new_privs=security.get("allowPrivilegeEscalation") is False,
+        privileged=bool(security.get("privileged", False)),
         mounts_left=left,
     )
+
+
+#: Linux capability numbers (include/uapi/linux/capability.h), for the bits of /proc/<pid>/status.
+CAPABILITIES = (
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
+    "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW",
+    "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT",
+    "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD",
+    "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG",
+    "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
+)  # fmt: skip
+#: What containerd and CRI-O give a container that drops nothing (containerd pkg/oci/spec.go
+#: defaultUnixCaps): the starting set when the chart does not drop ALL.
+RUNTIME_DEFAULT_CAPABILITIES = (
+    "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID", "SETFCAP",
+    "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE",
+)  # fmt: skip
+
+
+def effective_capabilities(contract: PodContract) -> list[str]:
+    """The capabilities the chart's securityContext gives the container (names without ``CAP_``)."""
+    if contract.privileged:
+        return list(CAPABILITIES)
+    names = {c.upper().removeprefix("CAP_") for c in contract.cap_drop}
+    start = set() if "ALL" in names else set(RUNTIME_DEFAULT_CAPABILITIES) - names
+    add = {c.upper().removeprefix("CAP_") for c in contract.cap_add}
+    return sorted(start | add, key=CAPABILITIES.index)
+
+
+def capability_names(mask: int) -> list[str]:
+    return [name for bit, name in enumerate(CAPABILITIES) if mask >> bit & 1]
 
 
 def value_sets() -> dict[str, list[str]]:
@@ -369,6 +408,11 @@ def sandbox_command(
     cmd += ["--bind", str(relay_dir), RELAY_DIR]
     if contract.read_only_root:
         cmd += ["--remount-ro", "/"]
+    # the capabilities the chart asks for (bwrap always sets no_new_privs: a chart allowing privilege
+    # escalation asks for what this sandbox cannot give, and the contract test says so)
+    cmd += ["--cap-drop", "ALL"] + [
+        a for c in effective_capabilities(contract) for a in ("--cap-add", f"CAP_{c}")
+    ]
     cmd += ["--chdir", image.workdir, "--clearenv"]
     for key, value in sandbox_env(contract, image).items():
         cmd += ["--setenv", key, value]
@@ -491,8 +535,19 @@ def test_sandbox_enforces_what_the_pod_spec_says(tmp_path):
         contract, tmp_path, f"test -f {MODEL_MOUNT}/model.yaml && ! touch {MODEL_MOUNT}/x 2>/dev/null"
     )
     assert models.returncode == 0, f"{MODEL_MOUNT} must hold the model, read-only"
-    status = inside(contract, tmp_path, "grep -E '^(CapEff|NoNewPrivs):' /proc/self/status").stdout.split()
-    assert status == ["CapEff:", "0" * 16, "NoNewPrivs:", "1"], "capabilities: drop ALL, no escalation"
+    # What the rendered chart asks for, then what a process in the sandbox built from it really has.
+    asked = (contract.cap_drop, contract.cap_add, contract.no_new_privs, contract.privileged)
+    assert asked == (["ALL"], [], True, False), "capabilities: drop ALL, add none; no escalation"
+    status = dict(
+        line.split(":\t", 1)
+        for line in inside(
+            contract, tmp_path, "grep -E '^(Cap...|NoNewPrivs):' /proc/self/status"
+        ).stdout.splitlines()
+    )
+    wanted = effective_capabilities(contract)
+    for field_name in ("CapEff", "CapPrm", "CapBnd"):
+        assert capability_names(int(status[field_name], 16)) == wanted, (field_name, status)
+    assert status["NoNewPrivs"] == ("1" if contract.no_new_privs else "0"), status
     devices = inside(contract, tmp_path, "tail -n +3 /proc/net/dev | cut -d: -f1").stdout.split()
     assert devices == ["lo"], "the pod's own network namespace"
     env = inside(contract, tmp_path, "env -0").stdout.split("\0")

@@ -193,12 +193,356 @@ def test_a_503_from_the_app_gets_retry_after():
 
 def test_budget_accounting():
     budget = ByteBudget(100)
+    assert budget.activity() == (False, 0)
+    assert budget.try_reserve(1) and budget.activity() == (True, 1)
+    budget.release(1)
+    assert budget.activity() == (False, 1)
     assert budget.try_reserve(500)  # alone: admitted
     assert not budget.try_reserve(1)
     budget.release(500)
     assert budget.try_reserve(60) and budget.try_reserve(40) and not budget.try_reserve(1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^the in-flight bytes limit must be positive, got 0$"):
         ByteBudget(0)
+
+
+def test_admission_edges_counts_and_the_refusal_body():
+    """Bodies of exactly --max_request_bytes pass (declared and streamed); each refusal is counted under
+    its reason; a refusal is a complete JSON answer; other scope types pass through both middlewares."""
+    from predictor.serving.middleware import RestMetricsMiddleware
+
+    assert (
+        run(AdmissionMiddleware(reading_app, ByteBudget(BUDGET), 1000), scope(1000), chunks([1000])).status
+        == 200
+    )
+    assert (
+        run(
+            AdmissionMiddleware(reading_app, ByteBudget(BUDGET), 1000), scope(None), chunks([600, 400])
+        ).status
+        == 200
+    )
+    before = rejected("body_too_large")
+    response = run(AdmissionMiddleware(reading_app, ByteBudget(BUDGET), 1000), scope(1001), never_receive)
+    assert rejected("body_too_large") == before + 1
+    assert response.headers[b"content-type"] == b"application/json"
+    assert (
+        response.headers[b"content-length"] == str(len(response.body)).encode()
+        and b"retry-after" not in response.headers
+    )
+    run(AdmissionMiddleware(reading_app, ByteBudget(BUDGET), 1000), scope(None), chunks([800, 800]))
+    assert rejected("body_too_large") == before + 2
+    before = rejected("queue_full")
+    run(
+        AdmissionMiddleware(reading_app, ByteBudget(BUDGET), 10**7, busy=lambda: "full"),
+        scope(5),
+        never_receive,
+    )
+    assert rejected("queue_full") == before + 1
+    seen = []
+
+    async def app(s, receive, send):
+        seen.append((s, receive, send))
+
+    async def receive():
+        return {}
+
+    async def send(message):
+        return None
+
+    lifespan = {"type": "lifespan"}
+    for middleware in (AdmissionMiddleware(app, ByteBudget(BUDGET), 10), RestMetricsMiddleware(app)):
+        asyncio.run(middleware(lifespan, receive, send))
+        assert seen.pop() == (lifespan, receive, send)
+
+
+# ----------------------------------------------------------------------------- request ids and counts
+def requests_counted(protocol: str, status: int) -> tuple[float, float]:
+    """(ssd_requests_total, ssd_request_errors_total) of one protocol and status."""
+    return (
+        prometheus.REQUESTS.labels(protocol, str(status))._value.get(),
+        prometheus.ERRORS.labels(protocol, str(status))._value.get(),
+    )
+
+
+def answering(status: int, body: bytes, chunked: bool = False, headers=()):
+    """An ASGI app answering ``status`` with ``body`` (in two pieces when ``chunked``)."""
+
+    async def app(scope: dict, receive, send) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": list(headers)})
+        if chunked:
+            await send({"type": "http.response.body", "body": body[:3], "more_body": True})
+            body_rest = body[3:]
+        else:
+            body_rest = body
+        await send({"type": "http.response.body", "body": body_rest})
+
+    return app
+
+
+def with_id(s: dict, request_id: bytes) -> dict:
+    return {**s, "headers": [*s["headers"], (b"x-request-id", request_id)]}
+
+
+def test_every_request_gets_an_id_kept_when_the_client_sent_one():
+    from predictor.serving.middleware import RestMetricsMiddleware
+
+    seen: list[str] = []
+
+    async def app(scope: dict, receive, send) -> None:
+        seen.append(dict(scope["headers"]).get(b"x-request-id", b"").decode())
+        await answering(200, b"{}")(scope, receive, send)
+
+    for path in (V1, "/v2/models/ssd/infer", "/v2/health/ready"):
+        response = run(RestMetricsMiddleware(app), scope(2, path), chunks([2]))
+        assert (
+            response.status == 200
+            and len(seen[-1]) == 16
+            and response.headers[b"x-request-id"] == seen[-1].encode()
+        )
+        response = run(RestMetricsMiddleware(app), with_id(scope(2, path), b"client-id-7"), chunks([2]))
+        assert response.headers[b"x-request-id"] == b"client-id-7" and seen[-1] == "client-id-7"
+    long = run(RestMetricsMiddleware(app), with_id(scope(2), b"x" * 300), chunks([2]))
+    assert long.headers[b"x-request-id"] == b"x" * 128  # echoed cut to 128 characters
+    # an id the app set itself is not doubled
+    own = run(
+        RestMetricsMiddleware(answering(200, b"{}", headers=[(b"x-request-id", b"app")])),
+        scope(2),
+        chunks([2]),
+    )
+    assert own.headers[b"x-request-id"] == b"app"
+
+
+@pytest.mark.parametrize(
+    ("path", "protocol"),
+    [(V1, "v1"), ("/v2/models/ssd/infer", "v2"), ("/v2/models/ssd", None), ("/v1/models/ssd", None),
+     ("/v2/models/ssd/ready", None), ("/metrics", None)],
+)  # fmt: skip
+def test_rest_protocol_of_a_path(path, protocol):
+    from predictor.serving.middleware import rest_protocol
+
+    assert rest_protocol(path) == protocol
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_inference_answers_are_counted_and_errors_logged_once(chunked, caplog):
+    from predictor.serving.middleware import RestMetricsMiddleware
+
+    cases = [
+        (V1, "v1", 200, b'{"predictions": []}', None),
+        ("/v2/models/ssd/infer", "v2", 400, b'{"error": "instances[0]: bad"}', "instances[0]: bad"),
+        (V1, "v1", 422, b'{"detail": [{"loc": ["body"]}]}', '[{"loc":["body"]}]'),
+        (V1, "v1", 503, b"not json", "not json"),
+        (V1, "v1", 404, b'["a list"]', '["a list"]'),
+    ]
+    for path, protocol, status, body, logged in cases:
+        before = requests_counted(protocol, status)
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            response = run(
+                RestMetricsMiddleware(answering(status, body, chunked)),
+                with_id(scope(2, path), b"r1"),
+                chunks([2]),
+            )
+        assert response.status == status and response.body == body
+        after = requests_counted(protocol, status)
+        assert after[0] - before[0] == 1 and after[1] - before[1] == (1 if status >= 400 else 0)
+        lines = [orjson.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
+        if logged is None:
+            assert lines == []
+            continue
+        (line,) = lines
+        assert {k: line[k] for k in ("event", "request_id", "protocol", "status", "path", "error")} == {
+            "event": "request_error", "request_id": "r1", "protocol": protocol, "status": status,
+            "path": path, "error": logged,
+        }  # fmt: skip
+        assert isinstance(line["ms"], float) and line["ms"] >= 0
+    # other routes are not counted
+    before = requests_counted("v1", 200), requests_counted("v2", 200)
+    run(RestMetricsMiddleware(answering(200, b"{}")), scope(2, "/v2/health/ready"), chunks([2]))
+    assert (requests_counted("v1", 200), requests_counted("v2", 200)) == before
+
+
+def test_an_app_that_raises_is_counted_as_a_500_with_its_error(caplog):
+    from predictor.serving.middleware import RestMetricsMiddleware
+
+    async def broken(scope, receive, send):
+        raise RuntimeError("boom")
+
+    before = requests_counted("v1", 500)
+    with caplog.at_level("WARNING"), pytest.raises(RuntimeError):
+        run(RestMetricsMiddleware(broken), with_id(scope(2), b"r2"), chunks([2]))
+    after = requests_counted("v1", 500)
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
+    (line,) = [orjson.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
+    assert line["error"] == "RuntimeError: boom" and line["status"] == 500 and line["request_id"] == "r2"
+
+
+# ----------------------------------------------------------------------------- gRPC interceptor, in process
+COUNTED = "/inference.GRPCInferenceService/ModelInfer"
+NOT_COUNTED = "/inference.GRPCInferenceService/ServerReady"
+
+
+def run_interceptor(budget: ByteBudget, calls, parse=None) -> list:
+    """A grpc.aio server on loopback with only :class:`GrpcAdmissionInterceptor` in front of two raw-bytes
+    methods (the counted ModelInfer and an uncounted one) whose handler records ``budget.used`` while it
+    runs; ``calls`` is a list of (method, payload). Returns per call the reply, or the RpcError's
+    (code, details)."""
+    from predictor.serving.admission import GrpcAdmissionInterceptor
+
+    async def echo(request: bytes, context) -> bytes:
+        assert context.peer().startswith("ipv4:127.0.0.1:")  # the call's own context is handed on
+        return b"%d:%d" % (len(request), budget.used)
+
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            echo, request_deserializer=parse, response_serializer=lambda reply: b"reply " + reply
+        )
+        for name in ("ModelInfer", "ServerReady")
+    }
+
+    async def main() -> list:
+        server = grpc.aio.server(interceptors=(GrpcAdmissionInterceptor(budget),))
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers),)
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        out = []
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                for method, payload in calls:
+                    try:
+                        out.append(await channel.unary_unary(method)(payload, timeout=30))
+                    except grpc.aio.AioRpcError as e:
+                        out.append((e.code(), e.details()))
+        finally:
+            await server.stop(None)
+        return out
+
+    return asyncio.run(main())
+
+
+def test_grpc_messages_are_counted_while_their_call_runs_and_released_after():
+    budget = ByteBudget(1000)
+    replies = run_interceptor(
+        budget, [(COUNTED, b"x" * 700), (COUNTED, b"y" * 2000), (NOT_COUNTED, b"z" * 5)]
+    )
+    # the handler saw its own 700 bytes reserved; a lone message passes whatever its size; uncounted: 0
+    assert replies == [b"reply 700:700", b"reply 2000:2000", b"reply 5:0"]
+    assert budget.used == 0 and budget.activity() == (False, 2)
+
+
+def test_grpc_messages_over_the_budget_are_refused_unparsed():
+    budget = ByteBudget(1000)
+    assert budget.try_reserve(600)  # another request in flight
+    parsed: list[bytes] = []
+    before = rejected("inflight_bytes")
+    replies = run_interceptor(
+        budget, [(COUNTED, b"x" * 500), (COUNTED, b"y" * 400)], parse=lambda raw: parsed.append(raw) or raw
+    )
+    assert replies == [
+        (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "overloaded: 600 request bytes in flight, 500 more would pass the limit of 1000 "
+            "(--max_inflight_bytes); retry later",
+        ),
+        b"reply 400:1000",
+    ]
+    assert parsed == [b"y" * 400] and rejected("inflight_bytes") == before + 1
+    assert budget.used == 600
+
+
+def test_a_message_that_fails_to_parse_gives_its_bytes_back():
+    budget = ByteBudget(1000)
+
+    def parse(raw: bytes) -> bytes:
+        raise ValueError("not a ModelInferRequest")
+
+    (reply,) = run_interceptor(budget, [(COUNTED, b"x" * 300)], parse=parse)
+    assert reply[0] != grpc.StatusCode.OK and budget.used == 0
+
+
+def test_the_admitting_grpc_server_is_kserves_with_the_interceptor_first(caplog):
+    """KServe's gRPC server class with the interceptor in front (no model loaded): liveness answers, the
+    receive limit it is given holds, a ModelInfer over the budget is refused by the interceptor before
+    KServe sees it, and one within it reaches KServe's servicer (which knows no model)."""
+    from kserve.model_repository import ModelRepository
+    from kserve.protocol.dataplane import DataPlane
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+    from kserve.protocol.model_repository_extension import ModelRepositoryExtension
+
+    from predictor.serving.kserve_workarounds import admitting_grpc_server
+
+    repository = ModelRepository()
+    budget = ByteBudget(100_000)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    limits = {"grpc_max_send_message_length": 10_000, "grpc_max_receive_message_length": 5_000}
+    server = admitting_grpc_server(budget)(
+        port,
+        DataPlane(model_registry=repository),
+        ModelRepositoryExtension(model_registry=repository),
+        limits,
+    )
+
+    def infer(size: int) -> grpc.StatusCode:
+        tensor = pb.ModelInferRequest.InferInputTensor(name="images", datatype="BYTES", shape=[1])
+        tensor.contents.bytes_contents.append(b"x" * size)
+        request = pb.ModelInferRequest(model_name="ssd", inputs=[tensor])
+        try:
+            stub.ModelInfer(request, timeout=30)
+        except grpc.RpcError as e:
+            return e.code(), e.details()
+        return grpc.StatusCode.OK, ""
+
+    async def main():
+        task = asyncio.ensure_future(server.start(max_workers=2))
+        try:
+            await until_started()
+            return await asyncio.to_thread(calls)
+        finally:
+            await server._server.stop(None)
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def until_started():
+        for _ in range(600):
+            if server._server is not None:
+                return
+            await asyncio.sleep(0.05)
+
+    def calls():
+        nonlocal stub
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            live = stub.ServerLive(pb.ServerLiveRequest(), timeout=30).live
+            too_big = infer(6_000)
+            within = infer(100)
+            # released when the call's handler returns, which may be just after the client has its
+            # answer (KServe aborts the call before its handler unwinds): wait for it (hang guard 60 s)
+            deadline = time.monotonic() + 60
+            while budget.used and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert budget.try_reserve(99_990)  # another request holds nearly all of the budget
+            refused = infer(100)
+            budget.release(99_990)
+            return live, too_big, within, refused
+
+    stub = None
+    with caplog.at_level("INFO", logger="predictor.serving.kserve_workarounds"):
+        live, too_big, within, refused = asyncio.run(main())
+    # 100,000 budget bytes / 5,000-byte messages + 1: at most 21 ModelInfer calls read at once
+    started = (
+        f"gRPC server on [::]:{port}, 2 workers, admission by request bytes, at most 21 ModelInfer calls"
+    )
+    assert any(m.startswith(started) for m in caplog.messages), caplog.messages
+    assert live
+    assert too_big[0] == grpc.StatusCode.RESOURCE_EXHAUSTED and "5000" in too_big[1]
+    assert within[0] not in (grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED), within
+    assert "ssd" in within[1]  # KServe's own answer: no such model
+    assert refused[0] == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max_inflight_bytes" in refused[1]
+    assert budget.used == 0
 
 
 # ----------------------------------------------------------------------------- real server
@@ -289,12 +633,22 @@ def test_the_server_refuses_over_budget_before_reading_and_recovers(budget_serve
 def test_a_refused_body_is_drained_and_the_connection_stays_usable(budget_server):
     import httpx
 
-    with httpx.Client(timeout=60) as client:
+    def local_address(response) -> tuple[str, int] | None:
+        """The connection's local (address, port); None once the connection is closed."""
+        try:
+            return response.extensions["network_stream"].get_extra_info("client_addr")
+        except OSError:
+            return None
+
+    with httpx.Client(timeout=60, limits=httpx.Limits(max_connections=1)) as client:
         big = b'{"instances": ["' + b"A" * (70 * 2**20) + b'"]}'  # over --max_request_bytes (64 MiB)
         r = client.post(budget_server.url + V1, content=big, headers={"content-type": "application/json"})
-        assert r.status_code == 413
-        r = client.get(budget_server.url + "/v2/health/live")  # same connection (keep-alive)
+        assert r.status_code == 413 and r.headers.get("connection", "").lower() != "close"
+        refused_on = r.extensions["network_stream"], local_address(r)
+        r = client.get(budget_server.url + "/v2/health/live")
         assert r.status_code == 200
+        # the same TCP connection (keep-alive): httpx's pool handed back the same stream, same local port
+        assert (r.extensions["network_stream"], local_address(r)) == refused_on
 
 
 def test_grpc_messages_over_the_receive_limit_are_refused(budget_server):
