@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from predictor.ssd import boxes as box_ops
-from predictor.ssd.postprocess import greedy_nms_mask, postprocess
+from predictor.ssd.postprocess import greedy_nms, greedy_nms_mask, postprocess
 
 
 def _nms(boxes, classes, thr):
@@ -122,6 +123,58 @@ def test_nms_long_chain_and_batch_rows_are_independent():
     sup = (classes[:, :, None] == classes[:, None, :]) & (box_ops.iou_xyxy(boxes, boxes) >= 0.4)
     keep = greedy_nms_mask(sup, tf.ones([2, 6], tf.bool)).numpy().tolist()
     assert keep == [[True, False, True, False, True, False], [True] * 6]
+
+
+def _longest_chain(sup: np.ndarray, valid: np.ndarray) -> int:
+    """Edges of the longest chain ``i0 -> i1 -> ...`` (``i < j``, both valid, ``i`` suppresses ``j``)."""
+    depth = np.zeros(len(valid), int)
+    for j in range(len(valid)):
+        preds = [depth[i] + 1 for i in range(j) if valid[i] and valid[j] and sup[i, j]]
+        depth[j] = max(preds, default=0)
+    return int(depth.max(initial=0))
+
+
+def _greedy(sup: np.ndarray, valid: np.ndarray) -> list[bool]:
+    """Textbook greedy NMS over score-sorted candidates (the loop the fixed point replaces)."""
+    keep: list[bool] = []
+    for j in range(len(valid)):
+        keep.append(bool(valid[j]) and not any(keep[i] and sup[i, j] for i in range(j)))
+    return keep
+
+
+def test_nms_iterations_reach_the_fixed_point_bound_exactly():
+    """The loop runs (longest suppression chain + 1) times: a chain of 6 takes 6 runs, boxes that suppress
+    nothing take 1 (the run that finds nothing changed). A loop that runs to its cap (K + 1 = 7), or
+    stops one short of the chain, fails here without any clock."""
+    chain = [[4 * i, 0, 4 * i + 10, 10] for i in range(6)]  # each box overlaps the next (IoU 6/14)
+    boxes = tf.constant([chain], tf.float32)
+    sup = box_ops.iou_xyxy(boxes, boxes) >= 0.4
+    result = greedy_nms(sup, tf.ones([1, 6], tf.bool))
+    assert result.keep.numpy().tolist() == [[True, False, True, False, True, False]]
+    assert int(result.iterations) == 6 and result.iterations.dtype == tf.int32
+    apart = tf.constant([[[20 * i, 0, 20 * i + 10, 10] for i in range(6)]], tf.float32)
+    alone = greedy_nms(box_ops.iou_xyxy(apart, apart) >= 0.4, tf.ones([1, 6], tf.bool))
+    assert alone.keep.numpy().tolist() == [[True] * 6] and int(alone.iterations) == 1
+    # a batch loops until its slowest image is done: the chain's 6, whatever the other row needs
+    both = greedy_nms(tf.concat([sup, sup & False], 0), tf.ones([2, 6], tf.bool))
+    assert int(both.iterations) == 6 and both.keep.numpy()[1].all()
+    # an invalid link breaks the chain: 0 -> 1 -> 2 and 4 -> 5 are left, the longest has 2 edges
+    cut = greedy_nms(sup, tf.constant([[True, True, True, False, True, True]]))
+    assert int(cut.iterations) == 3
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_nms_iterations_within_the_bound_on_random_overlaps(seed):
+    """Random sparse suppression graphs of 40 candidates: the textbook greedy answer, in at most
+    (longest chain + 1) iterations and at least 1, far fewer than the cap of 41."""
+    rng = np.random.default_rng(seed)
+    k = 40
+    sup = rng.random((k, k)) < 0.08
+    valid = rng.random(k) < 0.9
+    result = greedy_nms(tf.constant(sup[None]), tf.constant(valid[None]))
+    assert result.keep.numpy()[0].tolist() == _greedy(np.triu(sup, 1), valid)
+    bound = _longest_chain(np.triu(sup, 1), valid) + 1
+    assert 1 <= int(result.iterations) <= bound < k
 
 
 def _run(max_detections=5, **kwargs):

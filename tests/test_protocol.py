@@ -161,6 +161,26 @@ def test_detections_read_back_exact():
     assert detections_from_v2(_v2_answer(detection_labels=labels), 1)[0][0]["label"] == "\ufffddog"
     # num_detections [N, 1] (as some servers shape it) is read as [N]
     assert len(detections_from_v2(_v2_answer(num_detections=np.array([[1]])), 1)[0]) == 1
+    # detection_scores, detection_classes and detection_labels [N, K, 1] (likewise) are read as [N, K]
+    column = _v2_answer(
+        num_detections=np.array([2, 1]),
+        detection_boxes=np.array([[[1, 2, 3, 4], [5, 6, 7, 8]], [[9, 8, 7, 6], [0, 0, 0, 0]]], np.float32),
+        detection_scores=np.array([[0.9, 0.25], [0.75, 0.0]], np.float32),
+        detection_classes=np.array([[3, 1], [2, 0]], np.int32),
+        detection_labels=np.array([[b"c", b"a"], [b"b", b""]], object),
+    )
+    expected = detections_from_v2(column, 2)
+    assert [[(d["label"], d["class_id"], d["score"], d["xmax"]) for d in image] for image in expected] == [
+        [("c", 3, 0.9, 3.0), ("a", 1, 0.25, 7.0)],
+        [("b", 2, 0.75, 7.0)],
+    ]
+    for names in (["detection_scores"], ["detection_classes", "detection_labels"], list(column)[2:]):
+        unit = {k: v[..., None] if k in names else v for k, v in column.items()}
+        assert detections_from_v2(unit, 2) == expected, names
+    # any other extra axis holds more than one value a detection: refused, naming the image
+    wide = {**column, "detection_scores": np.repeat(column["detection_scores"][..., None], 2, axis=2)}
+    with pytest.raises(MalformedMessage, match=r"^image 0: outputs do not hold 2 detections"):
+        detections_from_v2(wide, 2)
     with pytest.raises(MalformedMessage, match=r"^predictions: expected a list of 2 lists, got \{'x': 1\}$"):
         detections_from_v1({"x": 1}, 2)
     with pytest.raises(MalformedMessage, match=r"^predictions: expected a list of 1 lists, got \[\]$"):

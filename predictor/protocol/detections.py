@@ -42,8 +42,12 @@ _REQUIRED_V2_OUTPUTS = ("num_detections", "detection_boxes", "detection_scores",
 def detection_records(
     labels: Sequence[str], class_ids: Sequence[int], scores: Any, boxes: Any
 ) -> list[Detection]:
-    """Columns of detections (``scores [n]``, ``boxes [n, 4]``) -> V1 dicts, the scores and coordinates
-    rounded in float64. ``labels`` and ``class_ids`` are used as given (``str`` and ``int``)."""
+    """Columns of detections (``scores [n]`` or ``[n, 1]``, ``boxes [n, 4]``) -> V1 dicts, the scores and
+    coordinates rounded in float64. ``labels`` and ``class_ids`` are used as given (``str`` and ``int``).
+
+    Raises:
+      ValueError: the columns do not hold the same number ``n`` of detections.
+    """
     values = np.empty((len(class_ids), 5), np.float64)
     values[:, 0] = np.round(np.asarray(scores, np.float64).reshape(-1), SCORE_DECIMALS)
     values[:, 1:] = np.round(np.asarray(boxes, np.float64).reshape(-1, 4), BOX_DECIMALS)
@@ -85,7 +89,9 @@ def detections_from_v1(body: Any, n_images: int) -> list[list[Detection]]:
 
 def detections_from_v2(arrays: Mapping[str, np.ndarray], n_images: int) -> list[list[Detection]]:
     """V2 output arrays (:data:`~predictor.protocol.wire.V2_OUTPUTS`; ``detection_labels`` may be
-    missing) -> detections per image, normalised by :func:`detection_records`.
+    missing) -> detections per image, normalised by :func:`detection_records`. As some servers shape
+    them, ``num_detections`` may be ``[N, 1]`` and ``detection_scores``, ``detection_classes`` and
+    ``detection_labels`` ``[N, K, 1]``.
 
     Raises:
       MalformedMessage: a required output missing, or ``num_detections`` not of ``n_images`` values.
@@ -101,11 +107,13 @@ def detections_from_v2(arrays: Mapping[str, np.ndarray], n_images: int) -> list[
     out = []
     for i, n in enumerate(num.tolist()):
         try:
-            names = [_text(x) for x in labels[i, :n]] if labels is not None else [""] * n
+            names = (
+                [_text(x) for x in np.asarray(labels[i, :n]).reshape(-1)] if labels is not None else [""] * n
+            )
             out.append(
                 detection_records(
                     names,
-                    classes[i, :n].astype(int).tolist(),
+                    classes[i, :n].reshape(-1).astype(int).tolist(),
                     arrays["detection_scores"][i, :n],
                     arrays["detection_boxes"][i, :n],
                 )

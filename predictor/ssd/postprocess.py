@@ -16,7 +16,8 @@ For every image of the batch, in one graph:
 
 Greedy NMS is computed as the fixed point of ``keep[j] = not any_i<j(keep[i] and suppresses[i, j])``
 over the score-sorted candidates: that recursion has exactly one solution (the greedy one), and iterating
-it from "keep all" reaches it in at most ``top_k`` steps (usually a handful).
+it from "keep all" reaches it in at most ``top_k`` steps (usually a handful): :func:`greedy_nms` returns
+how many (tests hold it to the bound on known inputs, so a loop that runs to its cap is caught).
 """
 
 from __future__ import annotations
@@ -45,32 +46,53 @@ class BatchedDetections(NamedTuple):
     num_detections: tf.Tensor
 
 
-def greedy_nms_mask(suppresses: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
-    """Greedy NMS over score-sorted candidates.
+class NmsResult(NamedTuple):
+    """What :func:`greedy_nms` computes.
+
+    Attributes:
+      keep: bool ``[B, K]``, the kept candidates.
+      iterations: int32 scalar, how many times the loop body ran: one more than the steps to the fixed
+        point (the last run finds nothing changed), so at most ``1 +`` the longest chain of suppressions
+        ``i0 -> i1 -> ...`` among the valid candidates (candidate ``j`` is final once every candidate that
+        may suppress it is), and at most ``K``. One count for the batch: the loop runs until no image
+        changes.
+    """
+
+    keep: tf.Tensor
+    iterations: tf.Tensor
+
+
+def greedy_nms(suppresses: tf.Tensor, valid: tf.Tensor) -> NmsResult:
+    """Greedy NMS over score-sorted candidates, and the loop's iteration count.
 
     Args:
       suppresses: bool ``[B, K, K]``; ``[b, i, j]`` is True when candidate ``i`` would suppress ``j``
         (only meaningful for ``i < j``; the rest is ignored).
       valid: bool ``[B, K]`` candidates taking part.
     Returns:
-      bool ``[B, K]``: the kept candidates.
+      the kept candidates and the number of iterations (:class:`NmsResult`).
     """
     k = tf.shape(suppresses)[-1]
     upper = tf.linalg.band_part(tf.ones([k, k], tf.bool), 0, -1) & ~tf.eye(k, dtype=tf.bool)
     m = tf.cast(suppresses & upper[None] & valid[:, :, None] & valid[:, None, :], tf.float32)
 
-    def body(keep: tf.Tensor, _changed: tf.Tensor):
+    def body(keep: tf.Tensor, _changed: tf.Tensor, iterations: tf.Tensor):
         hit = tf.einsum("bi,bij->bj", tf.cast(keep, tf.float32), m) > 0
         new_keep = valid & ~hit
-        return new_keep, tf.reduce_any(new_keep != keep)
+        return new_keep, tf.reduce_any(new_keep != keep), iterations + 1
 
-    keep, _ = tf.while_loop(
-        lambda _keep, changed: changed,
+    keep, _, iterations = tf.while_loop(
+        lambda _keep, changed, _iterations: changed,
         body,
-        (valid, tf.constant(True)),
+        (valid, tf.constant(True), tf.constant(0)),
         maximum_iterations=k + 1,
     )
-    return keep
+    return NmsResult(keep, iterations)
+
+
+def greedy_nms_mask(suppresses: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
+    """The kept candidates of :func:`greedy_nms`: bool ``[B, K]`` (arguments as there)."""
+    return greedy_nms(suppresses, valid).keep
 
 
 def postprocess(
