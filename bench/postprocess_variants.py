@@ -20,7 +20,8 @@ Variants:
 * ``no_nms``: threshold + top-32 candidates only, no IoU and no NMS: the floor of the part that does not
   depend on ``K``.
 
-``python -m bench.postprocess_variants [--models demo,ssd300] [--batches 1,8,32] [--reps 9]``
+``python -m bench.postprocess_variants [--models demo,ssd300] [--batches 1,4,8,16,32] [--reps 9]
+[--ssd300_batches 1,8] [--ssd300_reps 3]``
 -> table + JSON (``bench/out/postprocess_variants.json``).
 """
 
@@ -145,8 +146,10 @@ def bench_model(name: str, args: argparse.Namespace, jpegs: list[bytes]) -> dict
 
     full = {v: whole(v) for v in VARIANTS}
     result: dict[str, Any] = {"model_dir": str(path), "source": source, "rows": []}
+    batches, reps = (args.ssd300_batches, args.ssd300_reps) if name == "ssd300" else (args.batches, args.reps)
+    result["reps"] = reps
     print(f"\n== {name}: {source}", flush=True)
-    for batch in args.batches:
+    for batch in batches:
         images, hw = resized_batch(detector, jpegs, batch)
         x, image_hw = tf.constant(images), tf.constant(hw)
         controls = (
@@ -169,7 +172,7 @@ def bench_model(name: str, args: argparse.Namespace, jpegs: list[bytes]) -> dict
         for v in VARIANTS:
             fns[f"post:{v}"] = lambda v=v, a=post_args: post[v](*a)[3].numpy()
             fns[f"whole:{v}"] = lambda v=v, a=whole_args: full[v](*a)[3].numpy()
-        times = interleaved(fns, args.reps)
+        times = interleaved(fns, reps)
         ms = {
             k: {"min": 1e3 * min(t) / batch, "median": 1e3 * statistics.median(t) / batch}
             for k, t in times.items()
@@ -207,16 +210,21 @@ def markdown(data: dict) -> str:
                     100 * p["min"] / w["min"], 100 * (1 - n["min"] / w["min"]), SAME[r["agrees"][v]],
                 ])  # fmt: skip
         passed = ", ".join(f"{r['candidates_passed_max']} (batch {r['batch']})" for r in m["rows"])
-        parts.append(f"{name} ({m['source']}); most candidates passing the threshold in one image: {passed}")
+        parts.append(
+            f"{name} ({m['source']}), {m['reps']} interleaved rounds; ms per image, min and median over the"
+            f" rounds; the most candidates that passed the score threshold in one image: {passed}."
+        )
         parts.append(fmt_table(headers, rows))
     return "\n\n".join(parts)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="demo")
-    parser.add_argument("--batches", type=parse_ints, default=[1, 8, 32])
+    parser.add_argument("--models", default="demo,ssd300")
+    parser.add_argument("--batches", type=parse_ints, default=[1, 4, 8, 16, 32])
     parser.add_argument("--reps", type=int, default=9, help="interleaved rounds (each times every function)")
+    parser.add_argument("--ssd300_batches", type=parse_ints, default=[1, 8], help="SSD300's (0.4 s/image)")
+    parser.add_argument("--ssd300_reps", type=int, default=3)
     parser.add_argument("--out_dir", type=Path, default=OUT_DIR)
     parser.add_argument(
         "--out", type=Path, default=None, help="JSON (default OUT_DIR/postprocess_variants.json)"
