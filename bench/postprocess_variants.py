@@ -215,6 +215,11 @@ def markdown(data: dict) -> str:
             f" rounds; the most candidates that passed the score threshold in one image: {passed}."
         )
         parts.append(fmt_table(headers, rows))
+    parts.append(
+        "`same as top400`: the same detections on these images. `combined_nms` matches here only because"
+        " every image had the same thresholds and fewer candidates than its per-class limit: it takes scalar"
+        " thresholds, keeps `top_k` per class (not over all classes) and suppresses at IoU `>` (not `>=`)."
+    )
     return "\n\n".join(parts)
 
 
