@@ -140,7 +140,7 @@ def test_triton_repository_is_consistent_with_the_graph(demo_repository, demo):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    from predictor.protocol.detections import V2_OUTPUTS
+    from predictor.protocol.wire import V2_OUTPUTS
 
     detector, session = demo
     config = text_format.Parse(

@@ -81,6 +81,9 @@ def detector_function(detector: Detector) -> tf.types.experimental.GenericFuncti
     """
     clone = copy.copy(detector)
     clone.anchors = detector.anchors.numpy()
+    # Every candidate through the top_k path (postprocess's candidate_slots=()): tf2onnx 1.17 converts
+    # neither tf.switch_case (_SwitchN) nor, with the shapes it needs, the branches of tf.cond.
+    clone.candidate_slots = ()
     signature = [
         tf.TensorSpec([None, *io_dims(shape, detector)], _TF_DTYPES[dtype], name=name)
         for name, dtype, shape in INPUTS
