@@ -11,9 +11,11 @@ passes them (``[B]`` thresholds and caps, ``[B, C]`` class mask), it times in on
 
 Variants:
 
-* ``top400``: ``postprocess(..., candidate_slots=(top_k,))``: the ``top_k x top_k`` IoU matrix and the
-  fixed-point NMS over it (the code before candidate sizing);
-* ``sized``: ``postprocess`` as shipped: ``K`` sized to the candidates that passed (32, 128 or ``top_k``);
+* ``top400``: ``postprocess(..., candidate_slots=())``: every anchor decoded, the ``top_k x top_k`` IoU
+  matrix and the fixed-point NMS over it (the code before candidate sizing; the ONNX export's path);
+* ``sized_decode_all``: ``K`` sized to the candidates that passed (32, 128 or ``top_k``) but every
+  anchor decoded (the first try; built here from the module's private helpers);
+* ``sized``: ``postprocess`` as shipped: ``K`` sized, and only the ``K`` candidates decoded;
 * ``combined_nms``: ``tf.image.combined_non_max_suppression`` (TF's CPU kernel), scalar thresholds only;
   per-class ``top_k`` *before* NMS, IoU ``>`` (not ``>=``) and no per-image controls, so not the seed's
   semantics: timed for comparison, its agreement with ``top400`` reported;
