@@ -60,6 +60,9 @@ class Block:
 BLOCKS: dict[str, Block] = {
     "gpu-check": Block("gpu_check.json", "gpu-check-report", "bench.gpu_check:markdown"),
     "raw-model": Block("raw_model.json", "bench-model", "bench.raw_model:markdown"),
+    "postprocess-variants": Block(
+        "postprocess_variants.json", "bench-postprocess", "bench.postprocess_variants:markdown"
+    ),
     "onnx-peer": Block("onnx_peer.json", "bench-onnx", "bench.onnx_peer:markdown"),
     "served": Block("served.json", "bench-served", "bench.served:markdown"),
     "ratios": Block("bench.json", "bench-report", "bench.run_all:ratios_markdown"),

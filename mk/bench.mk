@@ -35,7 +35,7 @@ SOAK_MAX_SECONDS ?= 800
 SOAK_MAX_RSS_GROWTH_PCT ?= 5
 SOAK_OUT ?= bench/out/soak.json
 
-.PHONY: bench bench-install bench-model bench-onnx bench-served bench-report bench-overload bench-hostile \
+.PHONY: bench bench-install bench-model bench-postprocess bench-onnx bench-served bench-report bench-overload bench-hostile \
 	gpu-check-prepare gpu-check-cpu gpu-check bench-pipeline bench-draft bench-client-downscale \
 	bench-cold-start soak bench-results gpu-check-report bench-onnx-detector bench-plan
 
@@ -52,6 +52,10 @@ bench: $(BENCH_STAMP) ## All CPU benchmarks: raw model, ONNX Runtime peer, serve
 bench-model: $(BENCH_STAMP) ## Raw model benchmark: run_batch and network alone, batch 1-32, GFLOP/s vs matmul peak
 	$(PY) -m bench.raw_model --models $(BENCH_MODELS) --out_dir $(BENCH_OUT)
 	$(RESULTS_TABLES) raw-model
+
+bench-postprocess: $(BENCH_STAMP) ## Post-processing variants vs the network: ms/image, share of the call, same detections (demo 1-32, SSD300 1/8)
+	$(PY) -m bench.postprocess_variants --models $(BENCH_MODELS) --out_dir $(BENCH_OUT)
+	$(RESULTS_TABLES) postprocess-variants
 
 bench-onnx: $(BENCH_STAMP) ## ONNX Runtime peer of the network (uses bench-model's JSON for ours/ORT)
 	$(PY) -m bench.onnx_peer --models $(BENCH_MODELS) --out_dir $(BENCH_OUT)

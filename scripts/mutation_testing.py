@@ -130,6 +130,7 @@ TARGETS: tuple[Target, ...] = (
             "tests/test_postprocess.py",
             "tests/test_postprocess_reference.py::test_postprocess_matches_the_numpy_reference",
             "tests/test_postprocess_reference.py::test_per_image_thresholds_and_caps_match_the_reference",
+            "tests/test_postprocess_reference.py::test_each_candidate_size_matches_the_reference_and_the_unsized_path",
         ),
     ),
     Target(
@@ -324,13 +325,19 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         )
     },
     **{
-        ("predictor/ssd/postprocess.py", "postprocess", line): "sorted=True is tf.math.top_k's default, and "
+        ("predictor/ssd/postprocess.py", function, line): "sorted=True is tf.math.top_k's default, and "
         "None stands for the default (checked: same order as sorted=True; sorted=False differs and is killed)"
-        for line in (
-            "cand_scores, cand_idx = tf.math.top_k(flat, k=k, sorted=None)",
-            "cand_scores, cand_idx = tf.math.top_k(flat, k=k, )",
-            "out_scores, order = tf.math.top_k(kept_scores, k=d, sorted=None)",
-            "out_scores, order = tf.math.top_k(kept_scores, k=d, )",
+        for function, line in (
+            *(
+                (
+                    function,
+                    f"scores, idx = tf.math.top_k(flat, k=k, {arg})  # stable: ties keep the lower index",
+                )
+                for function in ("_candidates_decoded_first", "_candidates_decoded_after")
+                for arg in ("sorted=None", "")
+            ),
+            ("_nms_select", "out_scores, order = tf.math.top_k(kept_scores, k=d, sorted=None)"),
+            ("_nms_select", "out_scores, order = tf.math.top_k(kept_scores, k=d, )"),
         )
     },
     **{

@@ -170,3 +170,27 @@ def test_cold_start_breakdown(tmp_path):
     from bench.results import render_block
 
     assert "\n| demo | this | 1 | " in render_block("cold-start", data)
+
+
+@pytest.mark.timeout(300)
+def test_postprocess_variants_smoke(tmp_path):
+    """bench.postprocess_variants at batch 1, one round: every variant timed, the shipped one agreeing
+    with the unsized one, and the RESULTS.md block rendered from its JSON."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = tmp_path / "postprocess_variants.json"
+    cmd = [sys.executable, "-m", "bench.postprocess_variants", "--models", "demo", "--batches", "1",
+           "--reps", "1", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    data = json.loads(out.read_text())
+    (row,) = data["models"]["demo"]["rows"]
+    assert row["batch"] == 1 and row["candidates_passed_max"] > 0
+    assert row["agrees"] == {
+        "top400": True, "sized_decode_all": True, "sized": True, "combined_nms": True, "no_nms": None
+    }  # fmt: skip
+    assert all(t["min"] > 0 for t in row["ms_per_image"].values()) and len(row["ms_per_image"]) == 11
+
+    from bench.results import render_block
+
+    md = render_block("postprocess-variants", data)
+    assert md.startswith("_`make bench-postprocess`, ") and "\n| 1 | sized | " in md

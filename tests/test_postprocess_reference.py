@@ -140,3 +140,36 @@ def test_detector_matches_the_reference_on_raw_network_outputs(random_tiny_model
         production = {"num_detections": [len(got.scores)], "classes": got.classes[None],
                       "scores": got.scores[None], "boxes": got.boxes[None]}  # fmt: skip
         assert_same(production, 0, expected)
+
+
+@pytest.mark.parametrize(
+    ("thresholds", "counts"),
+    [
+        ((0.9, 0.99), (32, None)),  # exactly 32 candidates in image 0 (4 of them leave the image): 32 slots
+        ((0.9, 0.9), (32, 33)),  # one more than 32: 128 slots
+        ((0.6, 0.6), (111, 126)),  # 128 slots
+        ((0.5, 0.5), (152, 153)),  # more than the largest slot: every anchor decoded, top 400
+    ],
+)
+def test_each_candidate_size_matches_the_reference_and_the_unsized_path(thresholds, counts):
+    """Post-processing sizes its candidates to the most any image has (32, 128 or every anchor; module
+    docstring's "Sizing"), testing box size after top-k on the sized branches: each branch, at its
+    boundaries, gives the reference's detections and exactly those of ``candidate_slots=()``."""
+    loc, logits, anchors = random_case(21)
+    image_hw = np.array([[480.0, 640.0], [333.0, 250.0]], np.float32)
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    passed = ((exp / exp.sum(-1, keepdims=True))[..., 1:] > np.array(thresholds)[:, None, None]).sum((1, 2))
+    assert [c for c, want in zip(passed.tolist(), counts, strict=True) if want is not None] == [
+        c for c in counts if c is not None
+    ]
+    det = postprocess(loc, logits, anchors, image_hw, list(thresholds), top_k=400, max_detections=200)
+    unsized = postprocess(
+        loc, logits, anchors, image_hw, list(thresholds), top_k=400, max_detections=200, candidate_slots=()
+    )
+    production = {k: v.numpy() for k, v in det._asdict().items()}
+    for key, value in unsized._asdict().items():
+        np.testing.assert_array_equal(production[key], value.numpy(), err_msg=key)
+    for b in range(2):
+        expected = reference_postprocess(loc[b], logits[b], anchors, tuple(image_hw[b]), thresholds[b])
+        assert expected
+        assert_same(production, b, expected)

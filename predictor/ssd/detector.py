@@ -131,6 +131,9 @@ class Detector:
                 "nvidia-cuda-nvcc-cu12 (the GPU image has it), set XLA_FLAGS=--xla_gpu_cuda_data_dir=<dir>, "
                 "or serve without --xla"
             )
+        # None: post-processing sizes its candidates (predictor.ssd.postprocess.CANDIDATE_SLOTS); the
+        # ONNX export sets () (tf2onnx cannot convert the branches).
+        self.candidate_slots: tuple[int, ...] | None = None
         self.buckets = buckets_up_to(max_batch_size)
         self.anchors = tf.constant(generate_anchors(config))
         self.trace_count = 0
@@ -181,6 +184,7 @@ class Detector:
             class_mask=class_mask,
             top_k=self.top_k,
             max_detections=self.max_detections,
+            candidate_slots=self.candidate_slots,
         )
         return det._asdict()
 

@@ -3,7 +3,9 @@
 The graph is the :class:`~predictor.ssd.detector.Detector`'s own inference function, converted by
 tf2onnx (:data:`OPSET`): mean subtraction, the network, box decoding, clipping to the image, score
 threshold, class mask, top-k over all classes, greedy per-class NMS (the fixed point of
-:func:`predictor.ssd.postprocess.greedy_nms_mask`, an ONNX ``Loop``), per-image caps and the labels.
+:func:`predictor.ssd.postprocess.greedy_nms_mask`, an ONNX ``Loop``), per-image caps and the labels,
+on ``top_k`` candidates (the TensorFlow detector sizes them to what passed the threshold, with the same
+detections; tf2onnx cannot convert those branches).
 Nothing is reformulated: ONNX's ``NonMaxSuppression`` is not used (it runs NMS per class *before* a
 top-k, where the seed keeps the ``top_k`` best pairs over all classes first), so the ONNX answers are
 the TensorFlow answers up to float rounding.
@@ -81,6 +83,9 @@ def detector_function(detector: Detector) -> tf.types.experimental.GenericFuncti
     """
     clone = copy.copy(detector)
     clone.anchors = detector.anchors.numpy()
+    # Every candidate through the top_k path (postprocess's candidate_slots=()): tf2onnx 1.17 converts
+    # neither tf.switch_case (_SwitchN) nor, with the shapes it needs, the branches of tf.cond.
+    clone.candidate_slots = ()
     signature = [
         tf.TensorSpec([None, *io_dims(shape, detector)], _TF_DTYPES[dtype], name=name)
         for name, dtype, shape in INPUTS

@@ -1,0 +1,256 @@
+"""Post-processing variants against the network: CPU ms per image and share of the whole call.
+
+For each model and batch size, on the network's real outputs for the benchmark's shapes-dataset JPEGs
+(:func:`bench.common.make_test_jpegs`, cycled to fill the batch), with per-image controls as the server
+passes them (``[B]`` thresholds and caps, ``[B, C]`` class mask), it times in one process, interleaved
+(every repetition calls every function once, in a rotated order; min and median reported):
+
+* ``network``: the Keras network alone (means subtracted inside, as in :class:`Detector`);
+* for each variant, its post-processing alone on the precomputed network outputs, and the whole call
+  (network + that post-processing in one ``tf.function``, what ``Detector.run_batch`` compiles).
+
+Variants:
+
+* ``top400``: ``postprocess(..., candidate_slots=())``: every anchor decoded, the ``top_k x top_k`` IoU
+  matrix and the fixed-point NMS over it (the code before candidate sizing; the ONNX export's path);
+* ``sized_decode_all``: ``K`` sized to the candidates that passed (32, 128 or ``top_k``) but every
+  anchor decoded (the first try; built here from the module's private helpers);
+* ``sized``: ``postprocess`` as shipped: ``K`` sized, and only the ``K`` candidates decoded;
+* ``combined_nms``: ``tf.image.combined_non_max_suppression`` (TF's CPU kernel), scalar thresholds only;
+  per-class ``top_k`` *before* NMS, IoU ``>`` (not ``>=``) and no per-image controls, so not the seed's
+  semantics: timed for comparison, its agreement with ``top400`` reported;
+* ``no_nms``: threshold + top-32 candidates only, no IoU and no NMS: the floor of the part that does not
+  depend on ``K``.
+
+``python -m bench.postprocess_variants [--models demo,ssd300] [--batches 1,4,8,16,32] [--reps 9]
+[--ssd300_batches 1,8] [--ssd300_reps 3]``
+-> table + JSON (``bench/out/postprocess_variants.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import OUT_DIR, fmt_table, machine_info, make_test_jpegs, model_dir, parse_ints, write_json
+from bench.raw_model import resized_batch
+
+VARIANTS = ("top400", "sized_decode_all", "sized", "combined_nms", "no_nms")
+
+
+def make_variant(name: str, detector: Any) -> Callable[..., Any]:
+    """``fn(loc, logits, image_hw, thr, caps, nms, mask) -> (boxes, scores, classes, num)`` for ``name``."""
+    import tensorflow as tf
+
+    from predictor.ssd import postprocess as pp
+    from predictor.ssd.boxes import decode, normalized_to_pixels
+
+    cfg, anchors = detector.config, detector.anchors
+    top_k, max_det = detector.top_k, detector.max_detections
+
+    def softmax_passed(logits, thr, mask):
+        scores = tf.nn.softmax(logits, axis=-1)[:, :, 1:]
+        return tf.where((scores > thr[:, None, None]) & mask[:, None, 1:], scores, 0.0)
+
+    def run(loc, logits, image_hw, thr, caps, nms, mask):
+        if name in ("top400", "sized"):
+            slots = () if name == "top400" else None
+            det = pp.postprocess(
+                loc, logits, anchors, image_hw, thr, caps, prior_scaling=cfg.prior_scaling, nms_threshold=nms,
+                class_mask=mask, top_k=top_k, max_detections=max_det, candidate_slots=slots,
+            )  # fmt: skip
+            return tuple(det)
+        scores = softmax_passed(logits, thr, mask)  # [B, A, C-1]
+        flat = tf.reshape(scores, [tf.shape(scores)[0], -1])
+        num_fg = scores.shape[-1]
+        if name == "sized_decode_all":  # sized K, but every anchor decoded (the first sized try)
+            geometry = (loc, anchors, image_hw, cfg.prior_scaling)
+            count = tf.reduce_max(tf.reduce_sum(tf.cast(flat > 0, tf.int32), axis=1))
+            sizes = [*pp.CANDIDATE_SLOTS, top_k]
+            index = tf.reduce_sum(tf.cast(count > tf.constant(sizes[:-1], tf.int32), tf.int32))
+
+            def branch(k):
+                return lambda: tuple(
+                    pp._nms_select(
+                        *pp._candidates_decoded_first(flat, *geometry, num_fg, k), nms, caps, max_det
+                    )
+                )
+
+            return tf.switch_case(index, [branch(k) for k in sizes])
+        if name == "combined_nms":  # scalar thresholds only: the first image's
+            boxes = normalized_to_pixels(decode(loc, anchors, cfg.prior_scaling), image_hw)
+            out = tf.image.combined_non_max_suppression(
+                boxes[:, :, None, :], scores, top_k, max_det,
+                iou_threshold=nms[0], score_threshold=thr[0], clip_boxes=False,
+            )  # fmt: skip
+            classes = tf.cast(out.nmsed_classes, tf.int32) + 1
+            return out.nmsed_boxes, out.nmsed_scores, classes, out.valid_detections
+        top, idx = tf.math.top_k(flat, k=pp.CANDIDATE_SLOTS[0])  # no_nms: the part every variant pays
+        return idx, top, idx, tf.reduce_sum(tf.cast(top > 0, tf.int32), 1)
+
+    return run
+
+
+def agreement(out: tuple, ref: tuple) -> bool:
+    """Same detections as ``ref`` (counts, classes exactly; scores and boxes to float32 rounding)."""
+    num = np.asarray(out[3])
+    if not np.array_equal(num, np.asarray(ref[3])):
+        return False
+    for b, n in enumerate(num.tolist()):
+        if not np.array_equal(np.asarray(out[2])[b, :n], np.asarray(ref[2])[b, :n]):
+            return False
+        if not np.allclose(np.asarray(out[1])[b, :n], np.asarray(ref[1])[b, :n], atol=1e-6):
+            return False
+        if not np.allclose(np.asarray(out[0])[b, :n], np.asarray(ref[0])[b, :n], atol=1e-3):
+            return False
+    return True
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, list[float]]:
+    """Seconds of each call, ``reps`` rounds; each round calls every function once, rotated order."""
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(reps):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def bench_model(name: str, args: argparse.Namespace, jpegs: list[bytes]) -> dict:
+    import tensorflow as tf
+
+    from predictor.ssd import Detector, load_model
+    from predictor.ssd.preprocess import subtract_means
+
+    path, source = model_dir(name, args.out_dir)
+    config, model = load_model(path)
+    detector = Detector(config, model)
+    network = tf.function(lambda x: model(subtract_means(x, config.means), training=False))
+    post = {v: tf.function(make_variant(v, detector)) for v in VARIANTS}
+
+    def whole(variant: str):
+        fn = make_variant(variant, detector)
+
+        def call(images, image_hw, thr, caps, nms, mask):
+            out = model(subtract_means(images, config.means), training=False)
+            return fn(out["loc"], out["logits"], image_hw, thr, caps, nms, mask)
+
+        return tf.function(call)
+
+    full = {v: whole(v) for v in VARIANTS}
+    result: dict[str, Any] = {"model_dir": str(path), "source": source, "rows": []}
+    batches, reps = (args.ssd300_batches, args.ssd300_reps) if name == "ssd300" else (args.batches, args.reps)
+    result["reps"] = reps
+    print(f"\n== {name}: {source}", flush=True)
+    for batch in batches:
+        images, hw = resized_batch(detector, jpegs, batch)
+        x, image_hw = tf.constant(images), tf.constant(hw)
+        controls = (
+            tf.fill([batch], np.float32(detector.score_threshold)),
+            tf.fill([batch], np.int32(detector.max_detections)),
+            tf.fill([batch], np.float32(detector.nms_threshold)),
+            tf.ones([batch, len(config.class_names)], tf.bool),
+        )
+        raw = network(x)
+        loc, logits = raw["loc"], raw["logits"]
+        passed = tf.reduce_sum(
+            tf.cast(tf.nn.softmax(logits)[:, :, 1:] > detector.score_threshold, tf.int32), axis=[1, 2]
+        ).numpy()
+        outs = {v: post[v](loc, logits, image_hw, *controls) for v in VARIANTS}
+        same = {v: agreement(outs[v], outs["top400"]) if v != "no_nms" else None for v in VARIANTS}
+        for v in VARIANTS:
+            full[v](x, image_hw, *controls)  # trace
+        post_args, whole_args = (loc, logits, image_hw, *controls), (x, image_hw, *controls)
+        fns: dict[str, Callable[[], Any]] = {"network": lambda x=x: network(x)["loc"].numpy()}
+        for v in VARIANTS:
+            fns[f"post:{v}"] = lambda v=v, a=post_args: post[v](*a)[3].numpy()
+            fns[f"whole:{v}"] = lambda v=v, a=whole_args: full[v](*a)[3].numpy()
+        times = interleaved(fns, reps)
+        ms = {
+            k: {"min": 1e3 * min(t) / batch, "median": 1e3 * statistics.median(t) / batch}
+            for k, t in times.items()
+        }
+        row = {"batch": batch, "candidates_passed_max": int(passed.max()), "ms_per_image": ms, "agrees": same}
+        result["rows"].append(row)
+        net = ms["network"]["min"]
+        for v in VARIANTS:
+            p, w = ms[f"post:{v}"]["min"], ms[f"whole:{v}"]["min"]
+            print(
+                f"  batch {batch:2d} {v:12s}: post {p:6.2f} ms/img, whole {w:6.2f}, network {net:6.2f}; "
+                f"share {100 * p / w:5.1f}% (post/whole), {100 * (1 - net / w):5.1f}% (1 - network/whole); "
+                f"agrees with top400: {same[v]}",
+                flush=True,
+            )
+    return result
+
+
+SAME = {True: "yes", False: "no", None: "n/a (no detections)"}
+
+
+def markdown(data: dict) -> str:
+    """One table per model: per batch and variant, ms per image (min / median) and the shares."""
+    parts = []
+    headers = ["batch", "variant", "post ms/img min", "median", "whole ms/img min", "median",
+               "network ms/img min", "post / whole %", "1 - network/whole %", "same as top400"]  # fmt: skip
+    for name, m in data["models"].items():
+        rows = []
+        for r in m["rows"]:
+            ms = r["ms_per_image"]
+            for v in VARIANTS:
+                p, w, n = ms[f"post:{v}"], ms[f"whole:{v}"], ms["network"]
+                rows.append([
+                    r["batch"], v, p["min"], p["median"], w["min"], w["median"], n["min"],
+                    100 * p["min"] / w["min"], 100 * (1 - n["min"] / w["min"]), SAME[r["agrees"][v]],
+                ])  # fmt: skip
+        passed = ", ".join(f"{r['candidates_passed_max']} (batch {r['batch']})" for r in m["rows"])
+        parts.append(
+            f"{name} ({m['source']}), {m['reps']} interleaved rounds; ms per image, min and median over the"
+            f" rounds; the most candidates that passed the score threshold in one image: {passed}."
+        )
+        parts.append(fmt_table(headers, rows))
+    parts.append(
+        "`same as top400`: the same detections on these images. `combined_nms` matches here only because"
+        " every image had the same thresholds and fewer candidates than its per-class limit: it takes scalar"
+        " thresholds, keeps `top_k` per class (not over all classes) and suppresses at IoU `>` (not `>=`)."
+    )
+    return "\n\n".join(parts)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="demo,ssd300")
+    parser.add_argument("--batches", type=parse_ints, default=[1, 4, 8, 16, 32])
+    parser.add_argument("--reps", type=int, default=9, help="interleaved rounds (each times every function)")
+    parser.add_argument("--ssd300_batches", type=parse_ints, default=[1, 8], help="SSD300's (0.4 s/image)")
+    parser.add_argument("--ssd300_reps", type=int, default=3)
+    parser.add_argument("--out_dir", type=Path, default=OUT_DIR)
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON (default OUT_DIR/postprocess_variants.json)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = args.out or args.out_dir / "postprocess_variants.json"
+    data: dict[str, Any] = {"machine": machine_info(), "settings": vars(args).copy(), "models": {}}
+    jpegs = make_test_jpegs()
+    for name in args.models.split(","):
+        data["models"][name] = bench_model(name, args, jpegs)
+        write_json(out, data)
+    print("\n" + markdown(data))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
