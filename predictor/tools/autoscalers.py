@@ -80,7 +80,7 @@ class WindowAverage:
     def average(self, now_s: int, window_s: float) -> float:
         if self.first is None:
             return 0.0
-        width = int(round(window_s))
+        width = round(window_s)
         total = sum(self.buckets.get(s, 0.0) for s in range(now_s - width + 1, now_s + 1))
         seen = min(now_s - self.first + 1, width)
         return total / seen if seen > 0 else 0.0
@@ -107,9 +107,7 @@ class Kpa:
         stable_pods = int(min(max(dspc, max_down), max_up))
         panic_pods = int(min(max(dppc, max_down), max_up))
         over = dppc / ready_f >= cfg.panic_threshold_percentage / 100.0
-        if self.panic_time is None and over:
-            self.panic_time = now
-        elif over:
+        if over:  # begin panicking, or extend the panic
             self.panic_time = now
         elif self.panic_time is not None and self.panic_time + cfg.stable_window_s < now:
             self.panic_time = None
