@@ -212,7 +212,10 @@ def test_knative_activator_holds_requests_past_container_concurrency():
                       initial_replicas=2, kpa=KpaConfig(min_scale=2, max_scale=2))  # fmt: skip
     reqs = _run(cfg, _fixed(100, 1), [0.0, 0.0, 0.0])
     assert [round(r.done, 6) for r in reqs] == [0.1, 0.1, 0.2]
-    assert [r.replica for r in reqs] == [0, 1, 0]  # first available (cc <= 3)
+    assert [r.replica for r in reqs] == [0, 1, 0]
+    # first available (cc <= 3): an idle replica 0 takes every request, none goes round to 1
+    spaced = _run(cfg, _fixed(100, 1), [0.0, 0.2, 0.4])
+    assert [r.replica for r in spaced] == [0, 0, 0]
 
 
 def test_knative_round_robin_above_cc_3():
