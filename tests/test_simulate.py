@@ -159,13 +159,20 @@ def test_service_model_from_cells():
         {"max_batch_size": 8, "concurrency": 4, "requests": 10, "p50_ms": 100.0, "p95_ms": 100.0},
         {"max_batch_size": 1, "concurrency": 1, "requests": 10, "p50_ms": 999.0, "p95_ms": 999.0},
     ]
-    m = ServiceModel.from_cells(cells, 8, "test")
+    m = ServiceModel.from_cells(cells, 8, "test", overlap=1)
     assert m.median_s[0] == pytest.approx(0.040)
     assert m.median_s[1] == pytest.approx(0.060)  # linear between c=1 and c=4
     assert m.median_s[3] == pytest.approx(0.100)
     assert m.median_s[7] == pytest.approx(0.180)  # +20 ms per request past c=4
     assert m.sigma[0] == pytest.approx(1 / 1.6448536269514722)
     assert m.sigma[3] == 0.0
+    # two stages: a call of b takes latency(2b) / 2; a call of 2 is the c=4 cell: 100 / 2 ms
+    m2 = ServiceModel.from_cells(cells, 8, "test", overlap=2)
+    assert m2.median_s[0] == pytest.approx(0.060 / 2)
+    assert m2.median_s[1] == pytest.approx(0.050)
+    assert m2.median_s[3] == pytest.approx((0.100 + 0.020 * 4) / 2)
+    # the c=4 cell's closed-loop throughput is kept: a call of 2 leaves the model every 50 ms
+    assert 2 / m2.median_s[1] == pytest.approx(4 / 0.100)
 
 
 # --------------------------------------------------------------------------------------- engine

@@ -54,11 +54,15 @@ EFFICIENT_FRACTION = 0.9  # batcher.py EFFICIENT_FRACTION
 # --------------------------------------------------------------------------------------- service times
 @dataclass(frozen=True)
 class ServiceModel:
-    """Log-normal model-call time per batch size: ``median_s[b]``, ``sigma[b]`` for b = 1..len.
+    """Log-normal model-call time per batch size: ``median_s[b - 1]``, ``sigma[b - 1]`` for b = 1..len.
 
-    From a benchmark: the cell at concurrency c gives batch size c (closed-loop clients with no think
-    time send together): median = p50, sigma = ln(p95 / p50) / z95. Between measured sizes both are
-    interpolated linearly; past the largest, the median grows by the last measured per-image slope.
+    From a benchmark (:meth:`from_cells`): ``c`` closed-loop clients keep ``overlap`` stages busy at
+    once (decode of the next requests while the model runs: the served benchmark's "mean batch" is
+    c / 2 for the demo model on CPU, bench/RESULTS.md), so a call of ``b`` requests takes
+    ``latency(overlap x b) / overlap``: median from that cell's p50, sigma = ln(p95 / p50) / z95.
+    This reproduces each cell's throughput, ``c / latency(c)``, by construction. Between measured
+    sizes both are interpolated linearly; past the largest, the median grows by the last measured
+    per-request slope.
     """
 
     median_s: tuple[float, ...]
@@ -80,8 +84,10 @@ class ServiceModel:
         return cls(med, (sigma,) * max_batch, f"parametric {a_ms:g} + {b_ms:g} ms x batch, sigma {sigma:g}")
 
     @classmethod
-    def from_cells(cls, cells: Sequence[dict[str, Any]], max_batch: int, source: str) -> ServiceModel:
-        """From planner benchmark cells of one max batch size (the largest measured <= ``max_batch``,
+    def from_cells(
+        cls, cells: Sequence[dict[str, Any]], max_batch: int, source: str, overlap: float = 2.0
+    ) -> ServiceModel:
+        """From planner benchmark cells of one max batch size (the smallest measured >= ``max_batch``,
         or the largest of all)."""
         sizes = sorted({int(c["max_batch_size"]) for c in cells})
         fit = [b for b in sizes if b >= max_batch] or sizes[-1:]
@@ -92,13 +98,14 @@ class ServiceModel:
         conc = np.array([r["concurrency"] for r in rows], np.float64)
         p50 = np.array([r["p50_ms"] for r in rows], np.float64) / 1e3
         sig = np.log(np.maximum(np.array([r["p95_ms"] for r in rows]) / 1e3, p50) / p50) / Z95
-        ks = np.arange(1, max_batch + 1, dtype=np.float64)
-        med = np.interp(ks, conc, p50)
+        ks = overlap * np.arange(1, max_batch + 1, dtype=np.float64)  # the cell of each batch size
+        lat = np.interp(ks, conc, p50)
         if len(conc) >= 2:
             slope = max(0.0, (p50[-1] - p50[-2]) / (conc[-1] - conc[-2]))
-            med = np.where(ks > conc[-1], p50[-1] + slope * (ks - conc[-1]), med)
+            lat = np.where(ks > conc[-1], p50[-1] + slope * (ks - conc[-1]), lat)
         sigma = np.interp(ks, conc, sig)
-        return cls(tuple(float(v) for v in med), tuple(float(v) for v in sigma), source)
+        label = f"{source}, overlap {overlap:g}"
+        return cls(tuple(float(v) for v in lat / overlap), tuple(float(v) for v in sigma), label)
 
 
 # --------------------------------------------------------------------------------------- traces
@@ -660,7 +667,9 @@ def service_model(args: argparse.Namespace) -> ServiceModel:
         from predictor.tools.plan import load_benchmark
 
         data = load_benchmark(args.benchmark)
-        return ServiceModel.from_cells(data["cells"], args.max_batch_size, f"benchmark {args.benchmark}")
+        return ServiceModel.from_cells(
+            data["cells"], args.max_batch_size, f"benchmark {args.benchmark}", args.overlap
+        )
     a, _, b = args.service_ms.partition("+")
     return ServiceModel.parametric(float(a), float(b or 0), args.service_sigma, args.max_batch_size)
 
@@ -673,6 +682,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("knative", "hpa", "keda"), default="knative")
     p.add_argument(
         "--benchmark", type=Path, help="planner benchmark JSON (plan --measure-only) for service times"
+    )
+    p.add_argument(
+        "--overlap", type=float, default=2.0, help="stages a closed-loop cell keeps busy (decode, model)"
     )
     p.add_argument("--service-ms", default="25+9", help="parametric model call time A+B: A + B x batch ms")
     p.add_argument(
