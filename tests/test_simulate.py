@@ -299,3 +299,38 @@ def test_cli_writes_summary_timeline_and_plot(tmp_path, capsys):
     assert summary["statuses"]["200"] == summary["requests"]
     assert (tmp_path / "simulate.png").stat().st_size > 10_000
     assert (tmp_path / "timeline.csv").read_text().startswith("t,arrived,replicas")
+
+
+def test_search_ranks_meeting_candidates_by_cost_and_writes_the_chart_overlay(tmp_path):
+    import json
+
+    import yaml
+
+    args = ["--trace", "step:10:60:120:30", "--search", "--slo-p95-ms", "300", "--max-replicas", "8",
+            "--search-min-replicas", "1,3", "--search-targets", "4,32", "--search-panic", "200",
+            "--cost-per-replica-hour", "2", "--out", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+    cands = json.loads((tmp_path / "search.json").read_text())
+    assert len(cands) == 4
+    meeting = [c for c in cands if c["meets"]]
+    assert meeting and cands[: len(meeting)] == meeting  # meeting ones first
+    assert [c["cost"] for c in meeting] == sorted(c["cost"] for c in meeting)
+    for c in cands:
+        assert c["cost"] == pytest.approx(2 * c["replica_hours"])
+        assert c["meets"] == (c["p95_ms"] <= 300 and c["share_503"] <= 0.001)
+    best = meeting[0]
+    overlay = yaml.safe_load((tmp_path / "values-sim.yaml").read_text())
+    assert overlay == {
+        "predictor": {"maxBatchSize": 32},
+        "autoscaling": {"minReplicas": best["min_replicas"], "maxReplicas": 8, "scaleMetric": "concurrency",
+                        "scaleTarget": int(best["scale_target"]), "containerConcurrency": 64},
+    }  # fmt: skip
+    # every key is one of the chart's values
+    from pathlib import Path
+
+    chart = yaml.safe_load((Path(__file__).parents[1] / "helm/ssd-detector/values.yaml").read_text())
+    for section, values in overlay.items():
+        assert set(values) <= set(chart[section]), section
+    # the summary written beside it is the best candidate's run
+    summary = json.loads((tmp_path / "summary.json").read_text())["summary"]
+    assert summary["replica_hours"] == pytest.approx(best["replica_hours"])

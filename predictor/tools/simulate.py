@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import collections
 import csv
+import dataclasses
 import heapq
 import json
 import math
@@ -624,6 +625,101 @@ def simulate(cfg: FleetConfig, svc: ServiceModel, rates: np.ndarray, seed: int =
     return Simulation(cfg, svc, seed).run(arrivals(rates, seed), horizon_s=float(len(rates)))
 
 
+# --------------------------------------------------------------------------------------- search
+@dataclass(frozen=True)
+class Candidate:
+    """One setting tried by :func:`search` and what the simulated trace gave."""
+
+    max_batch_size: int
+    min_replicas: int
+    scale_target: float
+    panic_threshold: float
+    p95_ms: float
+    slo_attainment: float
+    share_503: float
+    replica_hours: float
+    cost: float
+    meets: bool
+
+
+def search(
+    base: FleetConfig,
+    services: dict[int, ServiceModel],
+    rates: np.ndarray,
+    *,
+    slo_p95_ms: float,
+    min_replicas: Sequence[int],
+    scale_targets: Sequence[float],
+    panic_thresholds: Sequence[float],
+    max_503_share: float = 0.001,
+    cost_per_replica_hour: float = 1.0,
+    seed: int = 0,
+) -> list[Candidate]:
+    """Every (max batch, minReplicas, scaleTarget, panic threshold) through the trace (Knative mode),
+    sorted cheapest first; ``meets``: p95 of the 200s <= the objective and 503s (and 504s) at most
+    ``max_503_share`` of the requests."""
+    out = []
+    for b, svc in sorted(services.items()):
+        for m in min_replicas:
+            for target in scale_targets:
+                for panic in panic_thresholds:
+                    kpa = dataclasses.replace(
+                        base.kpa, target=target, container_concurrency=base.container_concurrency,
+                        panic_threshold_percentage=panic, min_scale=m, max_scale=max(base.kpa.max_scale, m),
+                    )  # fmt: skip
+                    cfg = FleetConfig(
+                        **{**base.__dict__, "max_batch_size": b, "kpa": kpa, "initial_replicas": m}
+                    )
+                    s = simulate(cfg, svc, rates, seed).summary(slo_p95_ms)
+                    refused = s["statuses"].get("503", 0) + s["statuses"].get("504", 0)
+                    share = refused / max(s["requests"], 1)
+                    p95 = s["p95_ms"]
+                    meets = bool(p95 <= slo_p95_ms and share <= max_503_share)
+                    hours = s["replica_hours"]
+                    out.append(Candidate(b, m, target, panic, p95, s.get("slo_attainment", math.nan), share,
+                                         hours, hours * cost_per_replica_hour, meets))  # fmt: skip
+    return sorted(out, key=lambda c: (not c.meets, c.cost, c.p95_ms))
+
+
+def search_overlay_yaml(best: Candidate, base: FleetConfig, trace: str, slo_p95_ms: float) -> str:
+    """The chart values of the cheapest candidate that met the objective (helm -f)."""
+    panic = ""
+    if best.panic_threshold != 200:
+        panic = (
+            "# Knative's panic threshold (KServe passes InferenceService annotations to the revision).\n"
+            "annotations:\n"
+            f'  autoscaling.knative.dev/panic-threshold-percentage: "{best.panic_threshold:g}"\n'
+        )
+    return f"""\
+# Simulated plan (python -m predictor.tools.simulate --search): trace {trace}, p95 <= {slo_p95_ms:g} ms.
+# Cheapest candidate that met it: p95 {best.p95_ms:.0f} ms, {best.share_503:.2%} 503/504,
+# {best.replica_hours:.2f} replica-hours over the trace. search.md lists every candidate.
+predictor:
+  maxBatchSize: {best.max_batch_size}
+autoscaling:
+  minReplicas: {best.min_replicas}
+  maxReplicas: {max(base.kpa.max_scale, best.min_replicas)}
+  scaleMetric: concurrency
+  scaleTarget: {best.scale_target:g}
+  containerConcurrency: {base.container_concurrency}
+{panic}"""
+
+
+def search_table(cands: Sequence[Candidate]) -> str:
+    lines = [
+        "| max batch | minReplicas | scaleTarget | panic % | p95 ms | within SLO | 503/504 | replica-h "
+        "| cost | meets |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for c in cands:
+        lines.append(
+            f"| {c.max_batch_size} | {c.min_replicas} | {c.scale_target:g} | {c.panic_threshold:g} | "
+            f"{c.p95_ms:.0f} | {c.slo_attainment:.2%} | {c.share_503:.2%} | {c.replica_hours:.3f} | "
+            f"{c.cost:.3f} | {'yes' if c.meets else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------------------- output
 def plot(result: Result, rates: np.ndarray, path: Path, slo_ms: float | None, title: str) -> None:
     """Offered load, replicas (all and ready) and p95 per 10 s window, against time."""
@@ -711,6 +807,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slo-p95-ms", type=float, help="latency objective for the attainment figures")
     p.add_argument("--cost-per-replica-hour", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--search", action="store_true", help="search the settings below (Knative), write values-sim.yaml"
+    )
+    p.add_argument("--search-min-replicas", default="1,2,4", help="minReplicas candidates")
+    p.add_argument("--search-targets", default="8,16,32", help="scaleTarget candidates")
+    p.add_argument("--search-panic", default="200,400", help="panic threshold (%%) candidates")
+    p.add_argument("--search-max-batch", help="max batch size candidates (default: --max_batch_size)")
+    p.add_argument(
+        "--max-503-share", type=float, default=0.001, help="most 503/504 share a candidate may have"
+    )
     p.add_argument("--out", type=Path, default=Path("out/simulate"))
     return p
 
@@ -751,11 +857,60 @@ def config_from_args(args: argparse.Namespace) -> FleetConfig:
     )
 
 
+def _numbers(text: str) -> list[float]:
+    return [float(t) for t in text.split(",") if t.strip()]
+
+
+def run_search(
+    args: argparse.Namespace, rates: np.ndarray, cfg: FleetConfig
+) -> tuple[FleetConfig, ServiceModel]:
+    """``--search``: every candidate through the trace; writes search.md, search.json and
+    values-sim.yaml; returns the cheapest candidate that met the objective (or the best p95)."""
+    services = {}
+    for b in (int(v) for v in _numbers(args.search_max_batch or str(args.max_batch_size))):
+        args.max_batch_size = b
+        services[b] = service_model(args)
+    cands = search(
+        cfg, services, rates, slo_p95_ms=args.slo_p95_ms,
+        min_replicas=[int(v) for v in _numbers(args.search_min_replicas)],
+        scale_targets=_numbers(args.search_targets), panic_thresholds=_numbers(args.search_panic),
+        max_503_share=args.max_503_share, cost_per_replica_hour=args.cost_per_replica_hour or 1.0,
+        seed=args.seed,
+    )  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    head = f"# Simulated search\n\nTrace `{args.trace}`, seed {args.seed}, "
+    head += (
+        f"p95 objective {args.slo_p95_ms:g} ms, at most {args.max_503_share:.2%} 503/504; cheapest first.\n\n"
+    )
+    (args.out / "search.md").write_text(head + search_table(cands))
+    (args.out / "search.json").write_text(json.dumps([asdict(c) for c in cands], indent=1) + "\n")
+    best = cands[0] if cands[0].meets else min(cands, key=lambda c: c.p95_ms)
+    if cands[0].meets:
+        (args.out / "values-sim.yaml").write_text(search_overlay_yaml(best, cfg, args.trace, args.slo_p95_ms))
+        print(f"cheapest setting meeting the objective: {best}")
+    else:
+        print(f"no candidate met the objective; lowest p95: {best}", file=sys.stderr)
+    kpa = dataclasses.replace(
+        cfg.kpa, target=best.scale_target, panic_threshold_percentage=best.panic_threshold,
+        min_scale=best.min_replicas, max_scale=max(cfg.kpa.max_scale, best.min_replicas),
+    )  # fmt: skip
+    best_cfg = dataclasses.replace(
+        cfg, max_batch_size=best.max_batch_size, kpa=kpa, initial_replicas=best.min_replicas
+    )
+    return best_cfg, services[best.max_batch_size]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     rates = trace_rates(args.trace, args.seed)
-    svc = service_model(args)
     cfg = config_from_args(args)
+    if args.search:
+        if args.slo_p95_ms is None or args.mode != "knative":
+            print("error: --search needs --slo-p95-ms and --mode knative", file=sys.stderr)
+            return 2
+        cfg, svc = run_search(args, rates, cfg)
+    else:
+        svc = service_model(args)
     result = simulate(cfg, svc, rates, args.seed)
     summary = result.summary(args.slo_p95_ms)
     summary["cost"] = summary["replica_hours"] * args.cost_per_replica_hour
