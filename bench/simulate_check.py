@@ -138,19 +138,21 @@ def main(argv: list[str] | None = None) -> int:
         report = json.loads(args.out.read_text())
         compare(report, args.overlap)
         args.out.write_text(json.dumps(report, indent=1) + "\n")
-        print(format_table(report))
+        print(markdown(report))
         return 0
     from predictor.models import DEMO_MODEL_DIR
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     server = start_cpu_server(DEMO_MODEL_DIR, args.out.with_name("simulate_check_server.log"))
     bodies = tuple(make_test_jpegs()[:4])
-    load0 = os.getloadavg()[0]
     report: dict[str, Any] = {
-        "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "cpu": cpu_model_name(),
-        "cpu_count": os.cpu_count(),
-        "load_average_1m_start": load0,
+        "machine": {
+            "cpu": cpu_model_name(),
+            "cpu_count": os.cpu_count(),
+            "affinity": len(os.sched_getaffinity(0)),
+            "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "load_average_at_start": list(os.getloadavg()),
+        }
     }
     try:
         server.wait_ready()
@@ -172,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 "cells": cells,
             }
             report["saturated_rps"] = sat
+            report["seconds_per_phase"] = args.seconds
             report["scenarios"] = {}
             for name, fracs in (("step", args.step), ("ramp", args.ramp), ("overload", args.overload)):
                 rates = [float(f) * sat for f in fracs.split(",")]
@@ -190,10 +193,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(name, json.dumps(phases))
     finally:
         server.terminate()
-    report["load_average_1m_end"] = os.getloadavg()[0]
     compare(report, args.overlap)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print(format_table(report))
+    print(markdown(report))
     print(f"JSON: {args.out}")
     return 0
 
@@ -204,19 +206,18 @@ def _err(sim: float, real: float) -> str:
     return f"{100 * (sim - real) / real:+.0f}%"
 
 
-def format_table(report: dict[str, Any]) -> str:
+def markdown(report: dict[str, Any]) -> str:
+    """The comparison table (bench/results.py adds the date and machine line above it)."""
+    loads = ", ".join(f"{n} {sc['load_average_1m']:.1f}" for n, sc in report["scenarios"].items())
     lines = [
-        f"_`python -m bench.simulate_check`, {report['utc']}, {report['cpu']}, {report['cpu_count']} cores, "
-        f"1-minute load {report['load_average_1m_start']:.1f} at the start, "
-        f"{report['load_average_1m_end']:.1f} at the end; saturated closed-loop throughput "
-        f"{report['saturated_rps']:.1f} req/s._",
+        f"Saturated closed-loop throughput {report['saturated_rps']:.1f} req/s; simulator `--overlap "
+        f"{report['overlap']:g}`; {report['seconds_per_phase']:g} s per phase; 1-minute load average after "
+        f"each scenario: {loads}; err = (simulated - real) / real.",
         "",
         "| scenario | offered req/s | p50 ms real / sim (err) | p95 ms real / sim (err) | "
         "throughput real / sim (err) | 503 real / sim |",
         "|---|---:|---|---|---|---|",
     ]
-    loads = ", ".join(f"{n} {sc['load_average_1m']:.1f}" for n, sc in report["scenarios"].items())
-    lines[0] = lines[0][:-2] + f"; simulator overlap {report['overlap']:g}; 1-minute load after: {loads}._"
     for name, sc in report["scenarios"].items():
         for ph in sc["phases"]:
             m, s = ph["measured"], ph["simulated"]
