@@ -334,3 +334,12 @@ def test_search_ranks_meeting_candidates_by_cost_and_writes_the_chart_overlay(tm
     # the summary written beside it is the best candidate's run
     summary = json.loads((tmp_path / "summary.json").read_text())["summary"]
     assert summary["replica_hours"] == pytest.approx(best["replica_hours"])
+
+
+def test_kpa_rps_metric_target_ignores_container_concurrency_and_counts_arrivals():
+    assert KpaConfig(target=200, container_concurrency=64, metric="rps").target_value == pytest.approx(140)
+    # 45 req/s for 120 s, target 10 req/s per replica at 100%: the stable window asks ceil(4.5) = 5
+    kpa = KpaConfig(target=10, target_utilization=1.0, metric="rps", min_scale=1, max_scale=20)
+    cfg = FleetConfig(mode="knative", cold_start_s=1.0, kpa=kpa)
+    result = simulate(cfg, _fixed(1, 32), trace_rates("constant:45:120"), seed=2)
+    assert [t["replicas"] for t in result.timeline[-30:]] == [5] * 30

@@ -33,12 +33,14 @@ from dataclasses import dataclass, field
 class KpaConfig:
     """A revision's KPA settings; defaults are Knative's ``defaultConfig``.
 
-    ``target`` is the per-replica concurrency target *before* utilisation (KServe's ``scaleTarget`` =
-    the ``autoscaling.knative.dev/target`` annotation); ``container_concurrency`` 0 = unlimited.
+    ``target`` is the per-replica target *before* utilisation (KServe's ``scaleTarget`` = the
+    ``autoscaling.knative.dev/target`` annotation) of ``metric``, concurrency (requests in flight) or
+    rps (requests per second); ``container_concurrency`` 0 = unlimited.
     """
 
     target: float = 100.0
     container_concurrency: int = 0
+    metric: str = "concurrency"  # or "rps": requests per second per replica
     target_utilization: float = 0.7
     stable_window_s: float = 60.0
     panic_window_percentage: float = 10.0
@@ -53,9 +55,10 @@ class KpaConfig:
 
     @property
     def target_value(self) -> float:
-        """``ResolveMetricTarget``: min(target, containerConcurrency) x utilisation, at least 0.01."""
+        """``ResolveMetricTarget``: target (for concurrency at most containerConcurrency) x utilisation,
+        at least 0.01."""
         total = self.target
-        if self.container_concurrency:
+        if self.metric == "concurrency" and self.container_concurrency:
             total = min(total, float(self.container_concurrency))
         return max(0.01, total * self.target_utilization)
 

@@ -344,6 +344,7 @@ class Simulation:
         self.kpa = Kpa(cfg.kpa)
         self.hpa = Hpa(cfg.hpa)
         self.conc = WindowAverage()
+        self.rps = WindowAverage()
         self.conc_area = 0.0
         self.conc_last = 0.0
         self.conc_value = 0
@@ -383,6 +384,7 @@ class Simulation:
     # ------------------------------------------------------------------ routing
     def arrive(self, req: _Request) -> None:
         self._concurrency(+1)
+        self.rps.record(int(self.now), 1.0)
         if self.cfg.mode == "knative":
             self.pending.append(req)
             if not self.live():
@@ -525,8 +527,9 @@ class Simulation:
         self._flush_concurrency(self.now)
         sec = int(self.now) - 1
         cfg = self.cfg.kpa
-        stable = self.conc.average(sec, cfg.stable_window_s)
-        panic = self.conc.average(sec, cfg.panic_window_s)
+        metric = self.rps if cfg.metric == "rps" else self.conc
+        stable = metric.average(sec, cfg.stable_window_s)
+        panic = metric.average(sec, cfg.panic_window_s)
         want = self.kpa.desired(self.now, len(self.ready()), stable, panic)
         if want == 0 and self.conc_value > 0:
             want = 1
@@ -699,7 +702,7 @@ predictor:
 autoscaling:
   minReplicas: {best.min_replicas}
   maxReplicas: {max(base.kpa.max_scale, best.min_replicas)}
-  scaleMetric: concurrency
+  scaleMetric: {base.kpa.metric}
   scaleTarget: {best.scale_target:g}
   containerConcurrency: {base.container_concurrency}
 {panic}"""
@@ -782,7 +785,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overlap", type=float, default=2.0, help="stages a closed-loop cell keeps busy (decode, model)"
     )
-    p.add_argument("--service-ms", default="25+9", help="parametric model call time A+B: A + B x batch ms")
+    p.add_argument(
+        "--service-ms",
+        default="5+23",
+        help="parametric call time A+B: A + B x batch ms (default: demo, 2 cores)",
+    )
     p.add_argument(
         "--service-sigma", type=float, default=0.15, help="log-normal spread of the parametric model"
     )
@@ -797,7 +804,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--initial-replicas", type=int, help="replicas at t=0 (default: min replicas, at least 1)")
     p.add_argument("--container-concurrency", type=int, default=64, help="Knative hard limit (0 unlimited)")
     p.add_argument(
-        "--scale-target", type=float, help="KPA target / HPA target (default: 32 KPA, 64 KEDA, 70 busy %%)"
+        "--scale-metric",
+        choices=("concurrency", "rps"),
+        default="concurrency",
+        help="KPA metric (Knative mode)",
+    )
+    p.add_argument(
+        "--scale-target",
+        type=float,
+        help="KPA / HPA target (default: 32 concurrency, 200 rps, 64 KEDA images, 70 busy %%)",
     )
     p.add_argument("--target-utilization", type=float, default=0.7)
     p.add_argument("--panic-threshold", type=float, default=200.0, help="KPA panic threshold, %%")
@@ -824,8 +839,9 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> FleetConfig:
     target = args.scale_target
     kpa = KpaConfig(
-        target=target if target is not None else 32.0,
+        target=target if target is not None else (32.0 if args.scale_metric == "concurrency" else 200.0),
         container_concurrency=args.container_concurrency,
+        metric=args.scale_metric,
         target_utilization=args.target_utilization,
         stable_window_s=args.stable_window_s,
         panic_threshold_percentage=args.panic_threshold,
