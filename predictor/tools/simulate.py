@@ -192,7 +192,7 @@ class FleetConfig:
     activator_timeout_s: float = 300.0  # Knative's revision timeoutSeconds default
 
 
-@dataclass
+@dataclass(slots=True)
 class _Request:
     rid: int
     arrival: float
@@ -564,8 +564,8 @@ class Simulation:
             rep = _Replica(len(self.replicas), 0.0, 0.0, self.cfg, self.svc)
             rep.ready = True
             self.replicas.append(rep)
-        for r in reqs:
-            self.push(r.arrival, "arrive", r)
+        if reqs:
+            self.push(reqs[0].arrival, "arrive", 0)  # each arrival schedules the next (a small heap)
         step = self.cfg.kpa.tick_s if self.cfg.mode == "knative" else self.cfg.hpa.sync_s
         t = step
         while t <= horizon:
@@ -588,7 +588,9 @@ class Simulation:
             self.now = t
             if kind == "arrive":
                 arrived += 1
-                self.arrive(payload)
+                if payload + 1 < len(reqs):
+                    self.push(reqs[payload + 1].arrival, "arrive", payload + 1)
+                self.arrive(reqs[payload])
             elif kind == "done":
                 self.on_done(*payload)
             elif kind == "wake":
