@@ -7,6 +7,7 @@ Rules and their sources: predictor/tools/autoscalers.py (Knative ``pkg/autoscale
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -343,3 +344,39 @@ def test_kpa_rps_metric_target_ignores_container_concurrency_and_counts_arrivals
     cfg = FleetConfig(mode="knative", cold_start_s=1.0, kpa=kpa)
     result = simulate(cfg, _fixed(1, 32), trace_rates("constant:45:120"), seed=2)
     assert [t["replicas"] for t in result.timeline[-30:]] == [5] * 30
+
+
+def test_planner_trace_searches_around_its_plan(tmp_path):
+    import json
+
+    import yaml
+
+    from predictor.tools import plan
+
+    cells = []
+    for c in (1, 2, 4, 8, 16):
+        mean = 20.0 + 10.0 * (c - 1)  # a replica of ~100 req/s at most
+        cells.append(asdict(plan.Cell(8, c, 200, 0, c / (mean / 1e3), mean, mean, 1.3 * mean, 1.5 * mean)))
+    bench = {"format": plan.BENCHMARK_FORMAT, "model_dir": "synthetic", "batch_wait_ms": 2.0, "cells": cells,
+             "machine": {"cpu": "synthetic"}, "request": "none"}  # fmt: skip
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    out = tmp_path / "plan"
+    argv = ["--slo-p95-ms", "300", "--rate", "40", "--benchmark", str(tmp_path / "bench.json"),
+            "--trace", "step:10:80:120:30", "--cold-start-s", "2", "--out", str(out)]  # fmt: skip
+    assert plan.main(argv) == 0
+    chosen = json.loads((out / "plan.json").read_text())["plan"]
+    cands = json.loads((out / "simulated" / "search.json").read_text())
+    mins = {1, chosen["min_replicas"], 2 * chosen["min_replicas"]}
+    targets = {float(chosen["scale_target"]), float(chosen["concurrency"])}
+    assert {(c["min_replicas"], c["scale_target"], c["panic_threshold"]) for c in cands} == {
+        (m, t, p) for m in mins for t in targets for p in (200.0, 400.0)
+    }
+    overlay = yaml.safe_load((out / "simulated" / "values-sim.yaml").read_text())
+    best = next(c for c in cands if c["meets"])
+    assert overlay["autoscaling"]["containerConcurrency"] == chosen["concurrency"]
+    assert overlay["autoscaling"]["maxReplicas"] == max(chosen["max_replicas"], best["min_replicas"])
+    assert (overlay["autoscaling"]["minReplicas"], overlay["autoscaling"]["scaleTarget"]) == (
+        best["min_replicas"],
+        best["scale_target"],
+    )
+    assert (out / "simulated" / "simulate.png").stat().st_size > 10_000

@@ -895,16 +895,26 @@ def run_search(
         max_503_share=args.max_503_share, cost_per_replica_hour=args.cost_per_replica_hour or 1.0,
         seed=args.seed,
     )  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    head = f"# Simulated search\n\nTrace `{args.trace}`, seed {args.seed}, "
-    head += (
-        f"p95 objective {args.slo_p95_ms:g} ms, at most {args.max_503_share:.2%} 503/504; cheapest first.\n\n"
+    best, best_cfg = write_search(
+        args.out, cands, cfg, args.trace, args.seed, args.slo_p95_ms, args.max_503_share
     )
-    (args.out / "search.md").write_text(head + search_table(cands))
-    (args.out / "search.json").write_text(json.dumps([asdict(c) for c in cands], indent=1) + "\n")
+    return best_cfg, services[best.max_batch_size]
+
+
+def write_search(
+    out: Path, cands: Sequence[Candidate], cfg: FleetConfig, trace: str, seed: int, slo_p95_ms: float,
+    max_503_share: float,
+) -> tuple[Candidate, FleetConfig]:  # fmt: skip
+    """search.md, search.json and (when a candidate met the objective) values-sim.yaml in ``out``;
+    returns the cheapest candidate that met it (else the lowest p95) and its fleet configuration."""
+    out.mkdir(parents=True, exist_ok=True)
+    head = f"# Simulated search\n\nTrace `{trace}`, seed {seed}, "
+    head += f"p95 objective {slo_p95_ms:g} ms, at most {max_503_share:.2%} 503/504; cheapest first.\n\n"
+    (out / "search.md").write_text(head + search_table(cands))
+    (out / "search.json").write_text(json.dumps([asdict(c) for c in cands], indent=1) + "\n")
     best = cands[0] if cands[0].meets else min(cands, key=lambda c: c.p95_ms)
     if cands[0].meets:
-        (args.out / "values-sim.yaml").write_text(search_overlay_yaml(best, cfg, args.trace, args.slo_p95_ms))
+        (out / "values-sim.yaml").write_text(search_overlay_yaml(best, cfg, trace, slo_p95_ms))
         print(f"cheapest setting meeting the objective: {best}")
     else:
         print(f"no candidate met the objective; lowest p95: {best}", file=sys.stderr)
@@ -915,7 +925,50 @@ def run_search(
     best_cfg = dataclasses.replace(
         cfg, max_batch_size=best.max_batch_size, kpa=kpa, initial_replicas=best.min_replicas
     )
-    return best_cfg, services[best.max_batch_size]
+    return best, best_cfg
+
+
+def search_for_plan(
+    cells: Sequence[dict[str, Any]],
+    *,
+    max_batch_sizes: Sequence[int],
+    batch_wait_ms: float,
+    container_concurrency: int,
+    max_replicas: int,
+    min_replicas: Sequence[int],
+    scale_targets: Sequence[float],
+    trace: str,
+    slo_p95_ms: float,
+    cold_start_s: float,
+    cost_per_replica_hour: float,
+    out: Path,
+    seed: int = 0,
+) -> Candidate:
+    """What ``predictor.tools.plan --trace`` runs: the planner's benchmark as service times, its hard
+    limit and maxReplicas fixed, minReplicas x scaleTarget x panic threshold (200, 400 %) x the measured
+    max batch sizes through the trace; writes :func:`write_search`'s files plus simulate.png and
+    summary.json of the chosen candidate."""
+    rates = trace_rates(trace, seed)
+    services = {b: ServiceModel.from_cells(cells, b, "planner benchmark") for b in max_batch_sizes}
+    kpa = KpaConfig(container_concurrency=container_concurrency, max_scale=max_replicas)
+    base = FleetConfig(
+        mode="knative", batch_wait_s=batch_wait_ms / 1e3, container_concurrency=container_concurrency,
+        cold_start_s=cold_start_s, kpa=kpa,
+    )  # fmt: skip
+    cands = search(
+        base, services, rates, slo_p95_ms=slo_p95_ms, min_replicas=min_replicas, scale_targets=scale_targets,
+        panic_thresholds=(200.0, 400.0), cost_per_replica_hour=cost_per_replica_hour, seed=seed,
+    )  # fmt: skip
+    best, cfg = write_search(out, cands, base, trace, seed, slo_p95_ms, 0.001)
+    result = simulate(cfg, services[best.max_batch_size], rates, seed)
+    summary = {**result.summary(slo_p95_ms), "trace": trace, "seed": seed}
+    (out / "summary.json").write_text(json.dumps({"summary": summary, **result.config}, indent=1) + "\n")
+    title = (
+        f"chosen: minReplicas {best.min_replicas}, target {best.scale_target:g}, panic "
+        f"{best.panic_threshold:g}%, max batch {best.max_batch_size}; {trace}"
+    )
+    plot(result, rates, out / "simulate.png", slo_p95_ms, title)
+    return best
 
 
 def main(argv: list[str] | None = None) -> int:
