@@ -349,7 +349,7 @@ class Simulation:
         self.conc_last = 0.0
         self.conc_value = 0
         self.scraped_queue = 0.0
-        self.busy_marks: dict[int, float] = {}
+        self.busy_marks: dict[int, tuple[float, float]] = {}  # replica -> (time, busy_s) at the last sync
         self.replica_seconds = 0.0
 
     # ------------------------------------------------------------------ bookkeeping
