@@ -380,3 +380,20 @@ def test_planner_trace_searches_around_its_plan(tmp_path):
         best["scale_target"],
     )
     assert (out / "simulated" / "simulate.png").stat().st_size > 10_000
+
+
+def test_keda_on_the_queue_is_blind_under_standing_queue_shedding():
+    """docs/simulator.md: the shedding holds a replica's images at 2 x the efficient bucket (2 here:
+    5 + 23 ms x batch), so the default threshold of 64 never triggers; one below the bound does."""
+    svc = ServiceModel.parametric(5, 23, 0.15, 32)
+    rates = trace_rates("step:20:200:120:30")
+
+    def run(threshold: float, shed: bool = True) -> dict:
+        hpa = HpaConfig(metric="average_value", target=threshold, min_replicas=1, max_replicas=20)
+        cfg = FleetConfig(mode="keda", hpa=hpa, shed_standing_queue=shed)
+        return simulate(cfg, svc, rates, seed=1).summary()
+
+    assert run(64)["peak_replicas"] == 1
+    low = run(3)
+    assert low["peak_replicas"] > 1
+    assert run(64, shed=False)["peak_replicas"] > 1
