@@ -397,3 +397,16 @@ def test_keda_on_the_queue_is_blind_under_standing_queue_shedding():
     low = run(3)
     assert low["peak_replicas"] > 1
     assert run(64, shed=False)["peak_replicas"] > 1
+
+
+def test_scale_down_removes_unready_replicas_first_and_bills_until_removal():
+    sim = Simulation(FleetConfig(mode="hpa", cold_start_s=10.0), _fixed(10, 1))
+    sim.scale_to(3)
+    sim.replicas[0].ready = sim.replicas[2].ready = True
+    sim.replicas[2].in_flight = 1  # busy: the idle ready one goes first among the ready
+    sim.now = 4.0
+    sim.scale_to(2)
+    assert [r.gone_at for r in sim.replicas] == [None, 4.0, None]  # the one still starting
+    sim.scale_to(1)
+    assert [r.gone_at for r in sim.replicas] == [4.0, 4.0, None]
+    assert sim.replica_seconds == 8.0
