@@ -389,7 +389,7 @@ def test_keda_on_the_queue_is_blind_under_standing_queue_shedding():
     rates = trace_rates("step:20:200:120:30")
 
     def run(threshold: float, shed: bool = True) -> dict:
-        hpa = HpaConfig(metric="average_value", target=threshold, min_replicas=1, max_replicas=20)
+        hpa = HpaConfig(target=threshold, min_replicas=1, max_replicas=20)
         cfg = FleetConfig(mode="keda", hpa=hpa, shed_standing_queue=shed)
         return simulate(cfg, svc, rates, seed=1).summary()
 
@@ -410,3 +410,17 @@ def test_scale_down_removes_unready_replicas_first_and_bills_until_removal():
     sim.scale_to(1)
     assert [r.gone_at for r in sim.replicas] == [4.0, 4.0, None]
     assert sim.replica_seconds == 8.0
+
+
+def test_docs_at_scale_tables_are_what_bench_at_scale_prints():
+    from pathlib import Path
+
+    from bench import at_scale
+
+    doc = (Path(__file__).parents[1] / "docs" / "simulator.md").read_text()
+    for dtype in ("float32", "bfloat16"):
+        assert at_scale.table(12, dtype, 20000.0, 0.7, 60.0) in doc, (
+            f"docs/simulator.md: rerun bench.at_scale {dtype}"
+        )
+    # 1080p over V1 on 12 cores: 12 x 40.7 img/s, CPU-bound below the GPU's 3,356
+    assert "| 1080p JPEG, CPU decode (served, V1) | 488 (CPU) | 488 | 4,884 | 48,840 | 59 | 6 -> 59 |" in doc

@@ -168,9 +168,9 @@ DEFAULT_SCALE_DOWN = HpaRules(300.0, (HpaPolicy("Percent", 100, 15.0),))
 
 @dataclass(frozen=True)
 class HpaConfig:
-    """``metric``: "utilization" (Resource, target in %) or "average_value" (External/KEDA AverageValue)."""
+    """An HPA's settings; ``target`` is per replica, in the unit of the metric the fleet feeds it
+    (:func:`replicas_for_average_value`: KEDA's AverageValue; :func:`replicas_for_utilization`: %)."""
 
-    metric: str = "average_value"
     target: float = 64.0
     tolerance: float = 0.1
     min_replicas: int = 1

@@ -853,7 +853,6 @@ def config_from_args(args: argparse.Namespace) -> FleetConfig:
     )
     default_target = 64.0 if args.hpa_metric == "queue" else 70.0
     hpa = HpaConfig(
-        metric="average_value" if args.hpa_metric == "queue" else "utilization",
         target=target if target is not None else default_target,
         min_replicas=max(1, args.min_replicas),
         max_replicas=args.max_replicas,
