@@ -79,6 +79,7 @@ BLOCKS: dict[str, Block] = {
     "hostile": Block("hostile.json", "bench-hostile", "bench.hostile:markdown"),
     "soak": Block("soak.json", "soak", "bench.soak:markdown"),
     "overload": Block("overload.json", "bench-overload", "bench.overload:markdown"),
+    "simulate-check": Block("simulate_check.json", "bench-simulate", "bench.simulate_check:markdown"),
 }
 
 

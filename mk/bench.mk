@@ -35,9 +35,9 @@ SOAK_MAX_SECONDS ?= 800
 SOAK_MAX_RSS_GROWTH_PCT ?= 5
 SOAK_OUT ?= bench/out/soak.json
 
-.PHONY: bench bench-install bench-model bench-postprocess bench-onnx bench-served bench-report bench-overload bench-hostile \
-	gpu-check-prepare gpu-check-cpu gpu-check bench-pipeline bench-draft bench-client-downscale \
-	bench-cold-start soak bench-results gpu-check-report bench-onnx-detector bench-plan
+.PHONY: bench bench-install bench-model bench-postprocess bench-onnx bench-served bench-report bench-overload \
+	bench-hostile 	gpu-check-prepare gpu-check-cpu gpu-check bench-pipeline bench-draft bench-client-downscale \
+	bench-cold-start soak bench-results gpu-check-report bench-onnx-detector bench-plan bench-simulate
 
 $(BENCH_STAMP): pyproject.toml | $(STAMP)
 	$(PIP) install --quiet -e '.[test,bench]'
@@ -79,6 +79,10 @@ bench-overload: $(STAMP) ## Overload a real server (MODEL_DIR=... or demo) at 4x
 	$(PY) -m bench.overload $(if $(MODEL_DIR),--model_dir $(MODEL_DIR),) --clients $(OVERLOAD_CLIENTS) \
 		--factor $(OVERLOAD_FACTOR) --seconds $(OVERLOAD_SECONDS) --rounds $(OVERLOAD_ROUNDS) --out $(BENCH_OUT)/overload.json; \
 		rc=$$?; $(RESULTS_TABLES) overload=$(BENCH_OUT)/overload.json && exit $$rc
+
+bench-simulate: $(STAMP) ## The fleet simulator against one real replica (demo): step, ramp and overload, p50/p95/throughput/503s
+	$(PY) -m bench.simulate_check --out $(BENCH_OUT)/simulate_check.json; \
+		rc=$$?; $(RESULTS_TABLES) simulate-check=$(BENCH_OUT)/simulate_check.json && exit $$rc
 
 bench-hostile: $(STAMP) ## 24 clients POST 40 MiB bodies at once to a real server: peak RSS growth, statuses, serves after
 	$(PY) -m bench.hostile $(if $(MODEL_DIR),--model_dir $(MODEL_DIR),) --clients $(HOSTILE_CLIENTS) \

@@ -529,6 +529,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--peak-factor", type=float, default=2.0, help="maxReplicas serve this multiple of the rate"
     )
     p.add_argument("--out", type=Path, default=Path("out/plan"), help="output folder")
+    p.add_argument(
+        "--trace",
+        help="also simulate this burst profile (predictor.tools.simulate --trace syntax) and write "
+        "values-sim.yaml: the cheapest minReplicas, scaleTarget, panic threshold, max batch meeting the SLO",
+    )
+    p.add_argument("--cold-start-s", type=float, default=6.8, help="replica cold start for --trace")
+    p.add_argument("--cost-per-replica-hour", type=float, default=1.0, help="cost unit for --trace")
     return p
 
 
@@ -573,7 +580,37 @@ def main(argv: list[str] | None = None) -> int:
     plot(benchmark, fits, plan, args.out / "plan.png")
     print(report(benchmark, fits, plan))
     print(f"wrote {args.out}/values-plan.yaml, plan.md, plan.png, plan.json")
+    if args.trace:
+        return simulate_plan(benchmark, plan, args)
     return 0
+
+
+def simulate_plan(benchmark: dict[str, Any], plan: Plan, args: argparse.Namespace) -> int:
+    """``--trace``: the plan's hard limit and maxReplicas kept, minReplicas (1, the plan's, twice it) x
+    scaleTarget (the plan's, the hard limit) x panic threshold x the measured max batch sizes simulated
+    through the trace (:func:`predictor.tools.simulate.search_for_plan`) into ``out/simulated``."""
+    from predictor.tools.simulate import search_for_plan
+
+    out = args.out / "simulated"
+    best = search_for_plan(
+        benchmark["cells"],
+        max_batch_sizes=sorted({int(c["max_batch_size"]) for c in benchmark["cells"]}),
+        batch_wait_ms=plan.batch_wait_ms,
+        container_concurrency=plan.concurrency,
+        max_replicas=plan.max_replicas,
+        min_replicas=sorted({1, plan.min_replicas, 2 * plan.min_replicas}),
+        scale_targets=sorted({float(plan.scale_target), float(plan.concurrency)}),
+        trace=args.trace,
+        slo_p95_ms=plan.slo_p95_ms,
+        cold_start_s=args.cold_start_s,
+        cost_per_replica_hour=args.cost_per_replica_hour,
+        out=out,
+    )
+    print(
+        f"wrote {out}/search.md, search.json, simulate.png, summary.json"
+        + (", values-sim.yaml" if best.meets else "")
+    )
+    return 0 if best.meets else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1004 @@
+"""Fleet simulator: ``python -m predictor.tools.simulate --trace step:40:400:60 --mode knative``.
+
+A seeded discrete-event simulation of an autoscaled fleet of predictor replicas under a traffic trace
+(docs/simulator.md says what is modelled, from where, and what is not):
+
+- **Replicas**: each is the server's dynamic batcher (one model call at a time; a call takes the
+  oldest queued requests, up to ``max_batch_size``, once that many wait or the oldest waited
+  ``batch_wait_ms``), with the call's duration drawn from a log-normal per batch size fitted to the
+  planner's benchmark (``predictor.tools.plan --measure-only``: median = p50 and spread from p95 of
+  the cell whose concurrency is that size), or from the parametric model ``--service-ms A+B``.
+- **Admission** as ``predictor/serving/batcher.py``: ``--max_queue_images`` (503 at once, always admits
+  into an empty replica), the standing-queue bound (two calls of the efficient bucket, the backlog
+  shed), and ``--request_timeout_s`` (503 at the deadline, queued or running).
+- **Cold starts**: a replica added at ``t`` takes requests from ``t + cold_start_s``.
+- **Load balancing**: Knative mode: the activator holds requests and sends each to a ready replica
+  with fewer than ``containerConcurrency`` in flight (round robin above 3, first available at 1-3:
+  knative/serving ``pkg/activator/net/throttler.go``); Standard mode: a Kubernetes Service picks a
+  ready endpoint uniformly at random (kube-proxy), no limit; with no endpoint the request fails.
+- **Autoscalers**: :mod:`predictor.tools.autoscalers` (Knative KPA on concurrency; HPA on the
+  server's images in progress through KEDA's AverageValue, or on busy %).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import dataclasses
+import heapq
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from predictor.tools.autoscalers import (
+    Hpa,
+    HpaConfig,
+    Kpa,
+    KpaConfig,
+    WindowAverage,
+    replicas_for_average_value,
+    replicas_for_utilization,
+)
+
+Z95 = 1.6448536269514722  # standard normal quantile of 0.95
+EWMA = 0.2  # batcher.py _EWMA
+EFFICIENT_FRACTION = 0.9  # batcher.py EFFICIENT_FRACTION
+
+
+# --------------------------------------------------------------------------------------- service times
+@dataclass(frozen=True)
+class ServiceModel:
+    """Log-normal model-call time per batch size: ``median_s[b - 1]``, ``sigma[b - 1]`` for b = 1..len.
+
+    From a benchmark (:meth:`from_cells`): ``c`` closed-loop clients keep ``overlap`` stages busy at
+    once (decode of the next requests while the model runs: the served benchmark's "mean batch" is
+    c / 2 for the demo model on CPU, bench/RESULTS.md), so a call of ``b`` requests takes
+    ``latency(overlap x b) / overlap``: median from that cell's p50, sigma = ln(p95 / p50) / z95.
+    This reproduces each cell's throughput, ``c / latency(c)``, by construction. Between measured
+    sizes both are interpolated linearly; past the largest, the median grows by the last measured
+    per-request slope.
+    """
+
+    median_s: tuple[float, ...]
+    sigma: tuple[float, ...]
+    source: str = "parametric"
+
+    def sample(self, b: int, rng: np.random.Generator) -> float:
+        i = min(b, len(self.median_s)) - 1
+        s = self.sigma[i]
+        return self.median_s[i] * (math.exp(s * rng.standard_normal()) if s > 0 else 1.0)
+
+    def median(self, b: int) -> float:
+        return self.median_s[min(b, len(self.median_s)) - 1]
+
+    @classmethod
+    def parametric(cls, a_ms: float, b_ms: float, sigma: float, max_batch: int) -> ServiceModel:
+        """``median(b) = a + b x batch`` ms, one spread for every size."""
+        med = tuple((a_ms + b_ms * k) / 1e3 for k in range(1, max_batch + 1))
+        return cls(med, (sigma,) * max_batch, f"parametric {a_ms:g} + {b_ms:g} ms x batch, sigma {sigma:g}")
+
+    @classmethod
+    def from_cells(
+        cls, cells: Sequence[dict[str, Any]], max_batch: int, source: str, overlap: float = 2.0
+    ) -> ServiceModel:
+        """From planner benchmark cells of one max batch size (the smallest measured >= ``max_batch``,
+        or the largest of all)."""
+        sizes = sorted({int(c["max_batch_size"]) for c in cells})
+        fit = [b for b in sizes if b >= max_batch] or sizes[-1:]
+        rows = sorted(
+            (c for c in cells if int(c["max_batch_size"]) == fit[0] and c["requests"] > 0),
+            key=lambda c: c["concurrency"],
+        )
+        conc = np.array([r["concurrency"] for r in rows], np.float64)
+        p50 = np.array([r["p50_ms"] for r in rows], np.float64) / 1e3
+        sig = np.log(np.maximum(np.array([r["p95_ms"] for r in rows]) / 1e3, p50) / p50) / Z95
+        ks = overlap * np.arange(1, max_batch + 1, dtype=np.float64)  # the cell of each batch size
+        lat = np.interp(ks, conc, p50)
+        if len(conc) >= 2:
+            slope = max(0.0, (p50[-1] - p50[-2]) / (conc[-1] - conc[-2]))
+            lat = np.where(ks > conc[-1], p50[-1] + slope * (ks - conc[-1]), lat)
+        sigma = np.interp(ks, conc, sig)
+        label = f"{source}, overlap {overlap:g}"
+        return cls(tuple(float(v) for v in lat / overlap), tuple(float(v) for v in sigma), label)
+
+
+# --------------------------------------------------------------------------------------- traces
+def arrivals(rates: np.ndarray, seed: int) -> np.ndarray:
+    """Poisson arrival times (s) for per-second rates: Poisson counts per second, uniform inside it."""
+    rng = np.random.default_rng(seed)
+    counts = rng.poisson(np.maximum(rates, 0.0))
+    times = [s + np.sort(rng.random(n)) for s, n in enumerate(counts) if n]
+    return np.concatenate(times) if times else np.zeros(0)
+
+
+def trace_rates(spec: str, seed: int = 0) -> np.ndarray:
+    """Per-second request rates from a trace spec (docs/simulator.md, "Traces"):
+
+    ``constant:R:SECONDS``; ``step:R0:R1:SECONDS[:AT]`` (R1 from AT, default half-way);
+    ``ramp:R0:R1:SECONDS`` (linear); ``diurnal:MEAN:AMPLITUDE:SECONDS[:PERIOD]`` (sine, trough at 0, peak
+    at half the period; period default SECONDS); ``mmpp:LOW:HIGH:SECONDS:MEAN_LOW_S:MEAN_HIGH_S`` (a
+    two-state Markov-modulated Poisson process, seeded); ``csv:PATH`` (one rate per line, or
+    ``second,rate`` rows; a header is skipped).
+    """
+    kind, _, rest = spec.partition(":")
+    if kind == "csv":
+        return _csv_rates(Path(rest))
+    args = [float(v) for v in rest.split(":")] if rest else []
+    if kind == "constant" and len(args) == 2:
+        return np.full(int(args[1]), args[0])
+    if kind == "step" and len(args) in (3, 4):
+        n = int(args[2])
+        at = int(args[3]) if len(args) == 4 else n // 2
+        return np.where(np.arange(n) < at, args[0], args[1]).astype(np.float64)
+    if kind == "ramp" and len(args) == 3:
+        n = int(args[2])
+        return np.linspace(args[0], args[1], n)
+    if kind == "diurnal" and len(args) in (3, 4):
+        n = int(args[2])
+        period = args[3] if len(args) == 4 else float(n)
+        t = np.arange(n, dtype=np.float64)
+        return np.maximum(0.0, args[0] - args[1] * np.cos(2 * math.pi * t / period))
+    if kind == "mmpp" and len(args) == 5:
+        low, high, n, m_low, m_high = args
+        rng = np.random.default_rng(seed + 7919)
+        out, state, left = np.empty(int(n)), 0, rng.exponential(m_low)
+        for s in range(int(n)):
+            while left <= 0:
+                state = 1 - state
+                left += rng.exponential(m_high if state else m_low)
+            out[s] = high if state else low
+            left -= 1.0
+        return out
+    raise ValueError(f"unknown or malformed trace {spec!r} (see --help)")
+
+
+def _csv_rates(path: Path) -> np.ndarray:
+    rows = [r for r in csv.reader(path.read_text().splitlines()) if r and r[0].strip()]
+    values = []
+    for r in rows:
+        try:
+            values.append(float(r[-1]))
+        except ValueError:
+            if values:
+                raise ValueError(f"{path}: not a number: {r!r}") from None
+    return np.asarray(values, np.float64)
+
+
+# --------------------------------------------------------------------------------------- fleet
+@dataclass
+class FleetConfig:
+    """What is simulated (defaults: the server's and Knative's)."""
+
+    mode: str = "knative"  # knative | hpa | keda
+    max_batch_size: int = 32
+    batch_wait_s: float = 0.002
+    max_queue_images: int = 256
+    request_timeout_s: float = 30.0
+    shed_standing_queue: bool = True
+    container_concurrency: int = 64
+    cold_start_s: float = 6.8
+    initial_replicas: int = 1
+    kpa: KpaConfig = field(default_factory=KpaConfig)
+    hpa: HpaConfig = field(default_factory=HpaConfig)
+    hpa_metric: str = "queue"  # queue (KEDA AverageValue on ssd_queue_images) | busy (% of time in model)
+    scrape_s: float = 15.0  # Prometheus scrape interval behind KEDA's query
+    activator_timeout_s: float = 300.0  # Knative's revision timeoutSeconds default
+
+
+@dataclass(slots=True)
+class _Request:
+    rid: int
+    arrival: float
+    status: str = ""
+    done: float = math.nan
+    replica: int = -1
+    admitted_at: float = math.nan
+    queued: bool = False
+
+
+class _Replica:
+    """One server: admission, the batcher's queue, one model call at a time."""
+
+    def __init__(self, rid: int, created: float, ready_at: float, cfg: FleetConfig, svc: ServiceModel):
+        self.rid, self.created, self.ready_at = rid, created, ready_at
+        self.cfg, self.svc = cfg, svc
+        self.ready = False
+        self.draining = False
+        self.gone_at: float | None = None
+        self.queue: collections.deque[_Request] = collections.deque()
+        self.busy = False
+        self.admitted = 0  # images admitted (queued or running), as DynamicBatcher.admitted_images
+        self.in_flight = 0  # requests sent to it and not answered (Knative's breaker)
+        self.busy_s = 0.0
+        self.wake_at: float | None = None
+        self.ewma_images = 0.0
+        self.ewma_seconds = 0.0
+        self.standing = False
+        self.waiting_since: float | None = None
+        self.full_refusals = 0
+        self.refusals_at_backlog = 0
+        self.offered = 0
+        self.window = (0.0, 0)
+        buckets = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b < cfg.max_batch_size]
+        buckets.append(cfg.max_batch_size)
+        rates = {b: b / svc.median(b) for b in buckets}
+        best = max(rates.values())
+        self.efficient = min(b for b, r in rates.items() if r >= EFFICIENT_FRACTION * best)
+
+    # batcher.refusal
+    def refusal(self) -> bool:
+        if not self.admitted:
+            return False
+        if self.admitted + 1 > self.cfg.max_queue_images:
+            self.full_refusals += 1
+            return True
+        if self.standing and self.admitted + 1 > 2 * self.efficient:
+            self.offered += 1
+            return True
+        return False
+
+    def rate(self) -> float:
+        return self.ewma_images / self.ewma_seconds if self.ewma_seconds > 0 else 0.0
+
+    # batcher.note_wait
+    def note_wait(self, waited: float, now: float) -> list[_Request]:
+        """Returns the requests shed from the queue when a standing queue is recognised."""
+        if not self.cfg.shed_standing_queue or not self.ewma_seconds:
+            return []
+        call = self.ewma_seconds
+        hold = max(1.0, 4 * call)
+        if waited > 2 * call:
+            if self.waiting_since is None:
+                self.waiting_since = now
+                self.refusals_at_backlog = self.full_refusals
+            elif (
+                now - self.waiting_since >= hold
+                and not self.standing
+                and self.full_refusals > self.refusals_at_backlog
+            ):
+                self.standing = True
+                self.window = (now, self.offered)
+                shed = []
+                while self.queue and len(self.queue) > 2 * self.efficient:
+                    shed.append(self.queue.popleft())
+                return shed
+        else:
+            self.waiting_since = None
+            if self.standing and waited < call and now - self.window[0] >= hold:
+                start, offered = self.window
+                if self.offered - offered <= self.rate() * (now - start):
+                    self.standing = False
+                self.window = (now, self.offered)
+        return []
+
+
+@dataclass
+class Result:
+    """Per request: arrival, done, status, replica; per second: the fleet's state."""
+
+    requests: list[_Request]
+    timeline: list[dict[str, float]]
+    replica_seconds: float
+    config: dict[str, Any]
+    horizon_s: float = 0.0
+
+    def summary(self, slo_ms: float | None = None, window_s: int = 60) -> dict[str, Any]:
+        ok = np.array([r.done - r.arrival for r in self.requests if r.status == "200"]) * 1e3
+        statuses = collections.Counter(r.status or "unfinished" for r in self.requests)
+        span = max(int(self.horizon_s) or len(self.timeline), 1)
+        out: dict[str, Any] = {
+            "requests": len(self.requests),
+            "statuses": dict(sorted(statuses.items())),
+            "p50_ms": float(np.percentile(ok, 50)) if len(ok) else math.nan,
+            "p95_ms": float(np.percentile(ok, 95)) if len(ok) else math.nan,
+            "p99_ms": float(np.percentile(ok, 99)) if len(ok) else math.nan,
+            "throughput_rps": len(ok) / span,
+            "rejected_503": statuses.get("503", 0),
+            "replica_hours": self.replica_seconds / 3600.0,
+            "peak_replicas": max((t["replicas"] for t in self.timeline), default=0),
+        }
+        if slo_ms is not None:
+            within = sum(
+                1 for r in self.requests if r.status == "200" and (r.done - r.arrival) * 1e3 <= slo_ms
+            )
+            out["slo_ms"] = slo_ms
+            out["slo_attainment"] = within / max(len(self.requests), 1)
+            p95s = [t["p95_ms"] for t in _windows(self.requests, span, window_s)]
+            met = [p <= slo_ms for p in p95s if not math.isnan(p)]
+            out["windows_p95_met"] = f"{sum(met)}/{len(met)} windows of {window_s} s"
+        return out
+
+
+def _windows(requests: Sequence[_Request], span: int, width: int) -> list[dict[str, float]]:
+    """p95 of the 200s by arrival window (NaN for an empty window)."""
+    groups: dict[int, list[float]] = collections.defaultdict(list)
+    for r in requests:
+        if r.status == "200":
+            groups[int(r.arrival // width)].append((r.done - r.arrival) * 1e3)
+    return [
+        {"t": w * width, "p95_ms": float(np.percentile(groups[w], 95)) if groups[w] else math.nan}
+        for w in range(math.ceil(span / width))
+    ]
+
+
+class Simulation:
+    """The event loop: arrivals, model calls, batcher waits, deadlines, cold starts, autoscaler ticks."""
+
+    def __init__(self, cfg: FleetConfig, svc: ServiceModel, seed: int = 0):
+        self.cfg, self.svc = cfg, svc
+        self.rng = np.random.default_rng(seed + 1)
+        self.lb_rng = np.random.default_rng(seed + 2)
+        self.events: list[tuple[float, int, str, Any]] = []
+        self.seq = 0
+        self.now = 0.0
+        self.replicas: list[_Replica] = []
+        self.pending: collections.deque[_Request] = collections.deque()  # Knative activator buffer
+        self.rr = 0
+        self.kpa = Kpa(cfg.kpa)
+        self.hpa = Hpa(cfg.hpa)
+        self.conc = WindowAverage()
+        self.rps = WindowAverage()
+        self.conc_area = 0.0
+        self.conc_last = 0.0
+        self.conc_value = 0
+        self.scraped_queue = 0.0
+        self.busy_marks: dict[int, tuple[float, float]] = {}  # replica -> (time, busy_s) at the last sync
+        self.replica_seconds = 0.0
+
+    # ------------------------------------------------------------------ bookkeeping
+    def push(self, t: float, kind: str, payload: Any = None) -> None:
+        self.seq += 1
+        heapq.heappush(self.events, (t, self.seq, kind, payload))
+
+    def _concurrency(self, delta: int) -> None:
+        """Total in-flight requests (replicas + activator): time-weighted into 1 s buckets."""
+        self._flush_concurrency(self.now)
+        self.conc_value += delta
+
+    def _flush_concurrency(self, t: float) -> None:
+        while int(self.conc_last) < int(t):
+            edge = math.floor(self.conc_last) + 1
+            self.conc_area += self.conc_value * (edge - self.conc_last)
+            self.conc.record(int(edge) - 1, self.conc_area)
+            self.conc_area, self.conc_last = 0.0, float(edge)
+        self.conc_area += self.conc_value * (t - self.conc_last)
+        self.conc_last = t
+
+    def live(self) -> list[_Replica]:
+        return [r for r in self.replicas if not r.draining and r.gone_at is None]
+
+    def ready(self) -> list[_Replica]:
+        return [r for r in self.replicas if r.ready and not r.draining]
+
+    def finish(self, req: _Request, status: str, t: float) -> None:
+        req.status, req.done = status, t
+        self._concurrency(-1)
+
+    # ------------------------------------------------------------------ routing
+    def arrive(self, req: _Request) -> None:
+        self._concurrency(+1)
+        self.rps.record(int(self.now), 1.0)
+        if self.cfg.mode == "knative":
+            self.pending.append(req)
+            if not self.live():
+                self.scale_to(max(1, self.cfg.kpa.min_scale))  # the activator pokes the autoscaler
+            self.dispatch()
+            return
+        ready = self.ready()
+        if not ready:
+            self.finish(req, "503", self.now)  # no endpoint: connection refused
+            return
+        self.send(ready[int(self.lb_rng.integers(len(ready)))], req)
+
+    def dispatch(self) -> None:
+        """Knative activator: FIFO buffer, each request to a replica with a free slot."""
+        cc = self.cfg.container_concurrency
+        while self.pending:
+            head = self.pending[0]
+            if self.now - head.arrival >= self.cfg.activator_timeout_s:
+                self.pending.popleft()
+                self.finish(head, "504", self.now)
+                continue
+            ready = self.ready()
+            if not ready:
+                return
+            if cc == 0:
+                target = ready[int(self.lb_rng.integers(len(ready)))]
+            else:
+                target = None
+                start = 0 if cc <= 3 else self.rr % len(ready)
+                for i in range(len(ready)):
+                    cand = ready[(start + i) % len(ready)]
+                    if cand.in_flight < cc:
+                        target = cand
+                        if cc > 3:
+                            self.rr = (start + i) + 1
+                        break
+                if target is None:
+                    return
+            self.pending.popleft()
+            self.send(target, head)
+
+    def send(self, rep: _Replica, req: _Request) -> None:
+        req.replica = rep.rid
+        rep.in_flight += 1
+        if rep.refusal():
+            self.answer(rep, req, "503")
+            return
+        rep.admitted += 1
+        if rep.standing:
+            rep.offered += 1
+        req.admitted_at, req.queued = self.now, True
+        rep.queue.append(req)
+        if self.cfg.request_timeout_s > 0:
+            self.push(self.now + self.cfg.request_timeout_s, "deadline", (rep, req))
+        self.try_start(rep)
+
+    def answer(self, rep: _Replica, req: _Request, status: str) -> None:
+        rep.in_flight -= 1
+        self.finish(req, status, self.now)
+        if self.cfg.mode == "knative":
+            self.dispatch()
+        if rep.draining and rep.in_flight == 0 and not rep.busy:
+            self.retire(rep)
+
+    # ------------------------------------------------------------------ the batcher
+    def try_start(self, rep: _Replica) -> None:
+        if rep.busy or not rep.queue:
+            return
+        oldest = rep.queue[0]
+        due = oldest.admitted_at + self.cfg.batch_wait_s
+        if len(rep.queue) < self.cfg.max_batch_size and self.now < due - 1e-12:
+            if rep.wake_at is None or rep.wake_at > due:
+                rep.wake_at = due
+                self.push(due, "wake", rep)
+            return
+        for shed in rep.note_wait(self.now - oldest.admitted_at, self.now):
+            shed.queued = False
+            rep.admitted -= 1
+            self.answer(rep, shed, "503")
+        if not rep.queue:
+            return
+        batch = [rep.queue.popleft() for _ in range(min(self.cfg.max_batch_size, len(rep.queue)))]
+        for r in batch:
+            r.queued = False
+        seconds = self.svc.sample(len(batch), self.rng)
+        rep.busy = True
+        rep.busy_s += seconds
+        end = self.now + seconds
+        keep = []
+        for r in batch:
+            deadline = r.admitted_at + self.cfg.request_timeout_s
+            if self.cfg.request_timeout_s > 0 and deadline < end:
+                continue  # its "deadline" event answers it with 503; the model call goes on
+            keep.append(r)
+        self.push(end, "done", (rep, keep, len(batch), seconds))
+
+    def on_done(self, rep: _Replica, batch: list[_Request], n: int, seconds: float) -> None:
+        rep.busy = False
+        rep.ewma_images = n if not rep.ewma_seconds else (1 - EWMA) * rep.ewma_images + EWMA * n
+        rep.ewma_seconds = seconds if not rep.ewma_seconds else (1 - EWMA) * rep.ewma_seconds + EWMA * seconds
+        for r in batch:
+            rep.admitted -= 1
+            self.answer(rep, r, "200")
+        if rep.gone_at is None:
+            self.try_start(rep)
+            if rep.draining and rep.in_flight == 0:
+                self.retire(rep)
+
+    def on_deadline(self, rep: _Replica, req: _Request) -> None:
+        if req.status:
+            return
+        if req.queued:
+            rep.queue.remove(req)
+            req.queued = False
+        rep.admitted -= 1
+        self.answer(rep, req, "503")
+
+    # ------------------------------------------------------------------ scaling
+    def scale_to(self, n: int) -> None:
+        live = self.live()
+        for _ in range(n - len(live)):
+            rep = _Replica(len(self.replicas), self.now, self.now + self.cfg.cold_start_s, self.cfg, self.svc)
+            self.replicas.append(rep)
+            self.push(rep.ready_at, "ready", rep)
+        if n < len(live):
+            # Remove the not-yet-ready first, then the least loaded (Kubernetes' ReplicaSet prefers
+            # unready pods when it picks pods to delete).
+            victims = sorted(live, key=lambda r: (r.ready, r.in_flight, -r.created))[: len(live) - n]
+            for rep in victims:
+                rep.draining = True
+                if rep.in_flight == 0 and not rep.busy:
+                    self.retire(rep)
+
+    def retire(self, rep: _Replica) -> None:
+        if rep.gone_at is None:
+            rep.gone_at = self.now
+            self.replica_seconds += self.now - rep.created
+
+    def tick_kpa(self) -> None:
+        self._flush_concurrency(self.now)
+        sec = int(self.now) - 1
+        cfg = self.cfg.kpa
+        metric = self.rps if cfg.metric == "rps" else self.conc
+        stable = metric.average(sec, cfg.stable_window_s)
+        panic = metric.average(sec, cfg.panic_window_s)
+        want = self.kpa.desired(self.now, len(self.ready()), stable, panic)
+        if want == 0 and self.conc_value > 0:
+            want = 1
+        self.scale_to(want)
+
+    def tick_hpa(self) -> None:
+        live = self.live()
+        current = len(live)
+        ready = [r for r in live if r.ready]
+        if self.cfg.hpa_metric == "queue":
+            desired = replicas_for_average_value(
+                current, self.scraped_queue, self.cfg.hpa.target, self.cfg.hpa.tolerance
+            )
+        else:
+            usage = []
+            for r in ready:
+                since = self.busy_marks.get(r.rid, (r.ready_at, 0.0))
+                span = self.now - since[0]
+                usage.append(100.0 * (r.busy_s - since[1]) / span if span > 0 else 0.0)
+                self.busy_marks[r.rid] = (self.now, r.busy_s)
+            desired = replicas_for_utilization(
+                usage, current - len(ready), self.cfg.hpa.target, current, self.cfg.hpa.tolerance
+            )
+        self.scale_to(self.hpa.decide(self.now, current, desired))
+
+    # ------------------------------------------------------------------ run
+    def run(self, times: np.ndarray, horizon_s: float | None = None) -> Result:
+        reqs = [_Request(i, float(t)) for i, t in enumerate(times)]
+        horizon = float(horizon_s if horizon_s is not None else (math.ceil(times[-1]) if len(times) else 0))
+        n0 = self.cfg.initial_replicas
+        for _ in range(n0):
+            rep = _Replica(len(self.replicas), 0.0, 0.0, self.cfg, self.svc)
+            rep.ready = True
+            self.replicas.append(rep)
+        if reqs:
+            self.push(reqs[0].arrival, "arrive", 0)  # each arrival schedules the next (a small heap)
+        step = self.cfg.kpa.tick_s if self.cfg.mode == "knative" else self.cfg.hpa.sync_s
+        t = step
+        while t <= horizon:
+            self.push(t, "tick", None)
+            t += step
+        if self.cfg.mode != "knative":
+            t = 0.0
+            while t <= horizon:
+                self.push(t, "scrape", None)
+                t += self.cfg.scrape_s
+        for s in range(int(horizon) + 1):
+            self.push(float(s), "sample", None)
+        timeline: list[dict[str, float]] = []
+        arrived = 0
+        end = horizon + 4 * max(self.cfg.request_timeout_s, 1.0)
+        while self.events:
+            t, _, kind, payload = heapq.heappop(self.events)
+            if t > end:
+                break
+            self.now = t
+            if kind == "arrive":
+                arrived += 1
+                if payload + 1 < len(reqs):
+                    self.push(reqs[payload + 1].arrival, "arrive", payload + 1)
+                self.arrive(reqs[payload])
+            elif kind == "done":
+                self.on_done(*payload)
+            elif kind == "wake":
+                payload.wake_at = None
+                self.try_start(payload)
+            elif kind == "deadline":
+                self.on_deadline(*payload)
+            elif kind == "ready":
+                if not payload.draining and payload.gone_at is None:
+                    payload.ready = True
+                    if self.cfg.mode == "knative":
+                        self.dispatch()
+            elif kind == "tick":
+                self.tick_kpa() if self.cfg.mode == "knative" else self.tick_hpa()
+            elif kind == "scrape":
+                self.scraped_queue = float(sum(r.admitted for r in self.live()))
+            elif kind == "sample":
+                live = self.live()
+                timeline.append(
+                    {"t": t, "arrived": arrived, "replicas": len(live),
+                     "ready": sum(r.ready for r in live), "in_flight": self.conc_value,
+                     "activator": len(self.pending)}
+                )  # fmt: skip
+        for rep in self.replicas:
+            if rep.gone_at is None:
+                self.replica_seconds += min(self.now, horizon) - rep.created
+        info = {"fleet": _jsonable(asdict(self.cfg)), "service": self.svc.source}
+        return Result(reqs, timeline, self.replica_seconds, info, horizon)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def simulate(cfg: FleetConfig, svc: ServiceModel, rates: np.ndarray, seed: int = 0) -> Result:
+    """Run one trace (per-second rates) through the fleet."""
+    return Simulation(cfg, svc, seed).run(arrivals(rates, seed), horizon_s=float(len(rates)))
+
+
+# --------------------------------------------------------------------------------------- search
+@dataclass(frozen=True)
+class Candidate:
+    """One setting tried by :func:`search` and what the simulated trace gave."""
+
+    max_batch_size: int
+    min_replicas: int
+    scale_target: float
+    panic_threshold: float
+    p95_ms: float
+    slo_attainment: float
+    share_503: float
+    replica_hours: float
+    cost: float
+    meets: bool
+
+
+def search(
+    base: FleetConfig,
+    services: dict[int, ServiceModel],
+    rates: np.ndarray,
+    *,
+    slo_p95_ms: float,
+    min_replicas: Sequence[int],
+    scale_targets: Sequence[float],
+    panic_thresholds: Sequence[float],
+    max_503_share: float = 0.001,
+    cost_per_replica_hour: float = 1.0,
+    seed: int = 0,
+) -> list[Candidate]:
+    """Every (max batch, minReplicas, scaleTarget, panic threshold) through the trace (Knative mode),
+    sorted cheapest first; ``meets``: p95 of the 200s <= the objective and 503s (and 504s) at most
+    ``max_503_share`` of the requests."""
+    out = []
+    for b, svc in sorted(services.items()):
+        for m in min_replicas:
+            for target in scale_targets:
+                for panic in panic_thresholds:
+                    kpa = dataclasses.replace(
+                        base.kpa, target=target, container_concurrency=base.container_concurrency,
+                        panic_threshold_percentage=panic, min_scale=m, max_scale=max(base.kpa.max_scale, m),
+                    )  # fmt: skip
+                    cfg = FleetConfig(
+                        **{**base.__dict__, "max_batch_size": b, "kpa": kpa, "initial_replicas": m}
+                    )
+                    s = simulate(cfg, svc, rates, seed).summary(slo_p95_ms)
+                    refused = s["statuses"].get("503", 0) + s["statuses"].get("504", 0)
+                    share = refused / max(s["requests"], 1)
+                    p95 = s["p95_ms"]
+                    meets = bool(p95 <= slo_p95_ms and share <= max_503_share)
+                    hours = s["replica_hours"]
+                    out.append(Candidate(b, m, target, panic, p95, s.get("slo_attainment", math.nan), share,
+                                         hours, hours * cost_per_replica_hour, meets))  # fmt: skip
+    return sorted(out, key=lambda c: (not c.meets, c.cost, c.p95_ms))
+
+
+def search_overlay_yaml(best: Candidate, base: FleetConfig, trace: str, slo_p95_ms: float) -> str:
+    """The chart values of the cheapest candidate that met the objective (helm -f)."""
+    panic = ""
+    if best.panic_threshold != 200:
+        panic = (
+            "# Knative's panic threshold (KServe passes InferenceService annotations to the revision).\n"
+            "annotations:\n"
+            f'  autoscaling.knative.dev/panic-threshold-percentage: "{best.panic_threshold:g}"\n'
+        )
+    return f"""\
+# Simulated plan (python -m predictor.tools.simulate --search): trace {trace}, p95 <= {slo_p95_ms:g} ms.
+# Cheapest candidate that met it: p95 {best.p95_ms:.0f} ms, {best.share_503:.2%} 503/504,
+# {best.replica_hours:.2f} replica-hours over the trace. search.md lists every candidate.
+predictor:
+  maxBatchSize: {best.max_batch_size}
+autoscaling:
+  minReplicas: {best.min_replicas}
+  maxReplicas: {max(base.kpa.max_scale, best.min_replicas)}
+  scaleMetric: {base.kpa.metric}
+  scaleTarget: {best.scale_target:g}
+  containerConcurrency: {base.container_concurrency}
+{panic}"""
+
+
+def search_table(cands: Sequence[Candidate]) -> str:
+    lines = [
+        "| max batch | minReplicas | scaleTarget | panic % | p95 ms | within SLO | 503/504 | replica-h "
+        "| cost | meets |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for c in cands:
+        lines.append(
+            f"| {c.max_batch_size} | {c.min_replicas} | {c.scale_target:g} | {c.panic_threshold:g} | "
+            f"{c.p95_ms:.0f} | {c.slo_attainment:.2%} | {c.share_503:.2%} | {c.replica_hours:.3f} | "
+            f"{c.cost:.3f} | {'yes' if c.meets else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------- output
+def plot(result: Result, rates: np.ndarray, path: Path, slo_ms: float | None, title: str) -> None:
+    """Offered load, replicas (all and ready) and p95 per 10 s window, against time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(10, 7), sharex=True)
+    t = np.arange(len(rates))
+    axes[0].plot(t, rates, lw=0.8, label="offered (req/s)")
+    done = collections.Counter(int(r.done) for r in result.requests if r.status == "200")
+    shed = collections.Counter(int(r.done) for r in result.requests if r.status in ("503", "504"))
+    axes[0].plot(t, [done.get(s, 0) for s in t], lw=0.8, label="answered 200 (/s)")
+    axes[0].plot(t, [shed.get(s, 0) for s in t], lw=0.8, label="503/504 (/s)")
+    axes[0].set_ylabel("requests/s")
+    tl = result.timeline
+    axes[1].step([x["t"] for x in tl], [x["replicas"] for x in tl], where="post", label="replicas")
+    axes[1].step([x["t"] for x in tl], [x["ready"] for x in tl], where="post", label="ready")
+    axes[1].set_ylabel("replicas")
+    win = _windows(result.requests, len(rates), 10)
+    axes[2].plot(
+        [w["t"] for w in win], [w["p95_ms"] for w in win], ".-", lw=0.8, label="p95 of 200s, 10 s windows"
+    )
+    if slo_ms:
+        axes[2].axhline(slo_ms, color="red", ls="--", label=f"SLO {slo_ms:g} ms")
+    axes[2].set_ylabel("ms")
+    axes[2].set_xlabel("seconds")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------- CLI
+def service_model(args: argparse.Namespace) -> ServiceModel:
+    if args.benchmark:
+        from predictor.tools.plan import load_benchmark
+
+        data = load_benchmark(args.benchmark)
+        return ServiceModel.from_cells(
+            data["cells"], args.max_batch_size, f"benchmark {args.benchmark}", args.overlap
+        )
+    a, _, b = args.service_ms.partition("+")
+    return ServiceModel.parametric(float(a), float(b or 0), args.service_sigma, args.max_batch_size)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m predictor.tools.simulate", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument("--trace", required=True, help=trace_rates.__doc__.split("\n\n")[1].replace("%", "%%"))
+    p.add_argument("--mode", choices=("knative", "hpa", "keda"), default="knative")
+    p.add_argument(
+        "--benchmark", type=Path, help="planner benchmark JSON (plan --measure-only) for service times"
+    )
+    p.add_argument(
+        "--overlap", type=float, default=2.0, help="stages a closed-loop cell keeps busy (decode, model)"
+    )
+    p.add_argument(
+        "--service-ms",
+        default="5+23",
+        help="parametric call time A+B: A + B x batch ms (default: demo, 2 cores)",
+    )
+    p.add_argument(
+        "--service-sigma", type=float, default=0.15, help="log-normal spread of the parametric model"
+    )
+    p.add_argument("--max_batch_size", type=int, default=32)
+    p.add_argument("--batch_wait_ms", type=float, default=2.0)
+    p.add_argument("--max_queue_images", type=int, default=256)
+    p.add_argument("--request_timeout_s", type=float, default=30.0)
+    p.add_argument("--no-shed-standing-queue", action="store_true")
+    p.add_argument("--cold-start-s", type=float, default=6.8, help="seconds from a new replica to ready")
+    p.add_argument("--min-replicas", type=int, default=1)
+    p.add_argument("--max-replicas", type=int, default=4)
+    p.add_argument("--initial-replicas", type=int, help="replicas at t=0 (default: min replicas, at least 1)")
+    p.add_argument("--container-concurrency", type=int, default=64, help="Knative hard limit (0 unlimited)")
+    p.add_argument(
+        "--scale-metric",
+        choices=("concurrency", "rps"),
+        default="concurrency",
+        help="KPA metric (Knative mode)",
+    )
+    p.add_argument(
+        "--scale-target",
+        type=float,
+        help="KPA / HPA target (default: 32 concurrency, 200 rps, 64 KEDA images, 70 busy %%)",
+    )
+    p.add_argument("--target-utilization", type=float, default=0.7)
+    p.add_argument("--panic-threshold", type=float, default=200.0, help="KPA panic threshold, %%")
+    p.add_argument("--stable-window-s", type=float, default=60.0)
+    p.add_argument("--scale-down-delay-s", type=float, default=0.0)
+    p.add_argument("--hpa-metric", choices=("queue", "busy"), default="queue")
+    p.add_argument("--slo-p95-ms", type=float, help="latency objective for the attainment figures")
+    p.add_argument("--cost-per-replica-hour", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--search", action="store_true", help="search the settings below (Knative), write values-sim.yaml"
+    )
+    p.add_argument("--search-min-replicas", default="1,2,4", help="minReplicas candidates")
+    p.add_argument("--search-targets", default="8,16,32", help="scaleTarget candidates")
+    p.add_argument("--search-panic", default="200,400", help="panic threshold (%%) candidates")
+    p.add_argument("--search-max-batch", help="max batch size candidates (default: --max_batch_size)")
+    p.add_argument(
+        "--max-503-share", type=float, default=0.001, help="most 503/504 share a candidate may have"
+    )
+    p.add_argument("--out", type=Path, default=Path("out/simulate"))
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> FleetConfig:
+    target = args.scale_target
+    kpa = KpaConfig(
+        target=target if target is not None else (32.0 if args.scale_metric == "concurrency" else 200.0),
+        container_concurrency=args.container_concurrency,
+        metric=args.scale_metric,
+        target_utilization=args.target_utilization,
+        stable_window_s=args.stable_window_s,
+        panic_threshold_percentage=args.panic_threshold,
+        scale_down_delay_s=args.scale_down_delay_s,
+        min_scale=args.min_replicas,
+        max_scale=args.max_replicas,
+    )
+    default_target = 64.0 if args.hpa_metric == "queue" else 70.0
+    hpa = HpaConfig(
+        target=target if target is not None else default_target,
+        min_replicas=max(1, args.min_replicas),
+        max_replicas=args.max_replicas,
+    )
+    initial = args.initial_replicas if args.initial_replicas is not None else max(1, args.min_replicas)
+    return FleetConfig(
+        mode=args.mode,
+        max_batch_size=args.max_batch_size,
+        batch_wait_s=args.batch_wait_ms / 1e3,
+        max_queue_images=args.max_queue_images,
+        request_timeout_s=args.request_timeout_s,
+        shed_standing_queue=not args.no_shed_standing_queue,
+        container_concurrency=args.container_concurrency,
+        cold_start_s=args.cold_start_s,
+        initial_replicas=initial,
+        kpa=kpa,
+        hpa=hpa,
+        hpa_metric=args.hpa_metric,
+    )
+
+
+def _numbers(text: str) -> list[float]:
+    return [float(t) for t in text.split(",") if t.strip()]
+
+
+def run_search(
+    args: argparse.Namespace, rates: np.ndarray, cfg: FleetConfig
+) -> tuple[FleetConfig, ServiceModel]:
+    """``--search``: every candidate through the trace; writes search.md, search.json and
+    values-sim.yaml; returns the cheapest candidate that met the objective (or the best p95)."""
+    services = {}
+    for b in (int(v) for v in _numbers(args.search_max_batch or str(args.max_batch_size))):
+        args.max_batch_size = b
+        services[b] = service_model(args)
+    cands = search(
+        cfg, services, rates, slo_p95_ms=args.slo_p95_ms,
+        min_replicas=[int(v) for v in _numbers(args.search_min_replicas)],
+        scale_targets=_numbers(args.search_targets), panic_thresholds=_numbers(args.search_panic),
+        max_503_share=args.max_503_share, cost_per_replica_hour=args.cost_per_replica_hour or 1.0,
+        seed=args.seed,
+    )  # fmt: skip
+    best, best_cfg = write_search(
+        args.out, cands, cfg, args.trace, args.seed, args.slo_p95_ms, args.max_503_share
+    )
+    return best_cfg, services[best.max_batch_size]
+
+
+def write_search(
+    out: Path, cands: Sequence[Candidate], cfg: FleetConfig, trace: str, seed: int, slo_p95_ms: float,
+    max_503_share: float,
+) -> tuple[Candidate, FleetConfig]:  # fmt: skip
+    """search.md, search.json and (when a candidate met the objective) values-sim.yaml in ``out``;
+    returns the cheapest candidate that met it (else the lowest p95) and its fleet configuration."""
+    out.mkdir(parents=True, exist_ok=True)
+    head = f"# Simulated search\n\nTrace `{trace}`, seed {seed}, "
+    head += f"p95 objective {slo_p95_ms:g} ms, at most {max_503_share:.2%} 503/504; cheapest first.\n\n"
+    (out / "search.md").write_text(head + search_table(cands))
+    (out / "search.json").write_text(json.dumps([asdict(c) for c in cands], indent=1) + "\n")
+    best = cands[0] if cands[0].meets else min(cands, key=lambda c: c.p95_ms)
+    if cands[0].meets:
+        (out / "values-sim.yaml").write_text(search_overlay_yaml(best, cfg, trace, slo_p95_ms))
+        print(f"cheapest setting meeting the objective: {best}")
+    else:
+        print(f"no candidate met the objective; lowest p95: {best}", file=sys.stderr)
+    kpa = dataclasses.replace(
+        cfg.kpa, target=best.scale_target, panic_threshold_percentage=best.panic_threshold,
+        min_scale=best.min_replicas, max_scale=max(cfg.kpa.max_scale, best.min_replicas),
+    )  # fmt: skip
+    best_cfg = dataclasses.replace(
+        cfg, max_batch_size=best.max_batch_size, kpa=kpa, initial_replicas=best.min_replicas
+    )
+    return best, best_cfg
+
+
+def search_for_plan(
+    cells: Sequence[dict[str, Any]],
+    *,
+    max_batch_sizes: Sequence[int],
+    batch_wait_ms: float,
+    container_concurrency: int,
+    max_replicas: int,
+    min_replicas: Sequence[int],
+    scale_targets: Sequence[float],
+    trace: str,
+    slo_p95_ms: float,
+    cold_start_s: float,
+    cost_per_replica_hour: float,
+    out: Path,
+    seed: int = 0,
+) -> Candidate:
+    """What ``predictor.tools.plan --trace`` runs: the planner's benchmark as service times, its hard
+    limit and maxReplicas fixed, minReplicas x scaleTarget x panic threshold (200, 400 %) x the measured
+    max batch sizes through the trace; writes :func:`write_search`'s files plus simulate.png and
+    summary.json of the chosen candidate."""
+    rates = trace_rates(trace, seed)
+    services = {b: ServiceModel.from_cells(cells, b, "planner benchmark") for b in max_batch_sizes}
+    kpa = KpaConfig(container_concurrency=container_concurrency, max_scale=max_replicas)
+    base = FleetConfig(
+        mode="knative", batch_wait_s=batch_wait_ms / 1e3, container_concurrency=container_concurrency,
+        cold_start_s=cold_start_s, kpa=kpa,
+    )  # fmt: skip
+    cands = search(
+        base, services, rates, slo_p95_ms=slo_p95_ms, min_replicas=min_replicas, scale_targets=scale_targets,
+        panic_thresholds=(200.0, 400.0), cost_per_replica_hour=cost_per_replica_hour, seed=seed,
+    )  # fmt: skip
+    best, cfg = write_search(out, cands, base, trace, seed, slo_p95_ms, 0.001)
+    result = simulate(cfg, services[best.max_batch_size], rates, seed)
+    summary = {**result.summary(slo_p95_ms), "trace": trace, "seed": seed}
+    (out / "summary.json").write_text(json.dumps({"summary": summary, **result.config}, indent=1) + "\n")
+    title = (
+        f"chosen: minReplicas {best.min_replicas}, target {best.scale_target:g}, panic "
+        f"{best.panic_threshold:g}%, max batch {best.max_batch_size}; {trace}"
+    )
+    plot(result, rates, out / "simulate.png", slo_p95_ms, title)
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rates = trace_rates(args.trace, args.seed)
+    cfg = config_from_args(args)
+    if args.search:
+        if args.slo_p95_ms is None or args.mode != "knative":
+            print("error: --search needs --slo-p95-ms and --mode knative", file=sys.stderr)
+            return 2
+        cfg, svc = run_search(args, rates, cfg)
+    else:
+        svc = service_model(args)
+    result = simulate(cfg, svc, rates, args.seed)
+    summary = result.summary(args.slo_p95_ms)
+    summary["cost"] = summary["replica_hours"] * args.cost_per_replica_hour
+    summary["trace"] = args.trace
+    summary["seed"] = args.seed
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.json").write_text(json.dumps({"summary": summary, **result.config}, indent=1) + "\n")
+    with (args.out / "timeline.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(result.timeline[0]) if result.timeline else ["t"])
+        w.writeheader()
+        w.writerows(result.timeline)
+    plot(
+        result, rates, args.out / "simulate.png", args.slo_p95_ms, f"{args.mode}, {args.trace}, {svc.source}"
+    )
+    print(json.dumps(summary, indent=1))
+    print(f"wrote {args.out}/summary.json, timeline.csv, simulate.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
