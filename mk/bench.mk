@@ -36,7 +36,7 @@ SOAK_MAX_RSS_GROWTH_PCT ?= 5
 SOAK_OUT ?= bench/out/soak.json
 
 .PHONY: bench bench-install bench-model bench-postprocess bench-onnx bench-served bench-report bench-overload \
-	bench-hostile 	gpu-check-prepare gpu-check-cpu gpu-check bench-pipeline bench-draft bench-client-downscale \
+	bench-hostile gpu-check-prepare gpu-check-cpu gpu-check bench-pipeline bench-draft bench-client-downscale \
 	bench-cold-start soak bench-results gpu-check-report bench-onnx-detector bench-plan bench-simulate
 
 $(BENCH_STAMP): pyproject.toml | $(STAMP)
