@@ -190,13 +190,18 @@ class RestTransport(_Closing):
             return _per_size(images, lambda batch: self._infer_pixels(batch, params))
         body = self.request_body(images, params)
         response, version = self._post(json.dumps(body).encode())
+        return self._answer(response, version, len(images))
+
+    def _answer(self, response: Any, version: str | None, n: int) -> Answer:
+        """The detections of ``n`` images in a V1 or V2 JSON answer, with the model version (V2's
+        ``model_version``, else the header's)."""
         try:
             if self.protocol == "v1":
-                return Answer(detections.detections_from_v1(response, len(images)), version)
+                return Answer(detections.detections_from_v1(response, n), version)
             if isinstance(response, dict) and isinstance(response.get("model_version"), str):
                 version = response["model_version"]
             arrays = tensors.arrays_from_json_outputs(response)
-            return Answer(detections.detections_from_v2(arrays, len(images)), version)
+            return Answer(detections.detections_from_v2(arrays, n), version)
         except MalformedMessage as e:
             raise RequestError(f"unexpected {self.protocol.upper()} response: {e}") from None
 
@@ -229,13 +234,7 @@ class RestTransport(_Closing):
     def _infer_pixels(self, batch: np.ndarray, params: DetectParams) -> Answer:
         content, headers = self.pixel_request(batch, params)
         response, version = self._post(content, headers)
-        try:
-            if isinstance(response, dict) and isinstance(response.get("model_version"), str):
-                version = response["model_version"]
-            arrays = tensors.arrays_from_json_outputs(response)
-            return Answer(detections.detections_from_v2(arrays, len(batch)), version)
-        except MalformedMessage as e:
-            raise RequestError(f"unexpected V2 response: {e}") from None
+        return self._answer(response, version, len(batch))
 
     def _post(self, content: bytes, headers: dict[str, str] | None = None) -> tuple[Any, str | None]:
         """The JSON answer and its model version header."""
