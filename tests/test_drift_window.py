@@ -121,3 +121,26 @@ def test_reference_with_other_buckets_is_refused():
     ref["bounds"]["score"] = ref["bounds"]["score"][:-1]
     with pytest.raises(ValueError, match="score"):
         drift.DriftWindow(CLASSES, ref, size=10)
+
+
+def test_reference_with_other_count_lengths_is_refused():
+    ref = reference()
+    ref["detections_per_image"] = ref["detections_per_image"][:-1]
+    with pytest.raises(ValueError, match="detections_per_image has"):
+        drift.DriftWindow(CLASSES, ref, size=10)
+    ref = reference()
+    cls = next(iter(ref["score"]))
+    ref["score"][cls] = [*ref["score"][cls], 0]
+    with pytest.raises(ValueError, match=f"score of '{cls}' has"):
+        drift.DriftWindow(CLASSES, ref, size=10)
+
+
+@pytest.mark.parametrize("text", ["{not json", "{}", '{"bounds": {}}', "[]"])
+def test_an_unusable_reference_leaves_the_gauge_off_instead_of_failing_start_up(tmp_path, caplog, text):
+    """The server calls configure during its warm-up: a broken reference must not stop it."""
+    (tmp_path / "reference_distributions.json").write_text(text)
+    collector = drift.DriftCollector()
+    with caplog.at_level("ERROR", logger=drift.__name__):
+        assert collector.configure(CLASSES, tmp_path, 5) is None
+    assert collector.window is None
+    assert any("is not usable" in m for m in caplog.messages)

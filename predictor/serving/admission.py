@@ -147,7 +147,7 @@ class CallLimiter:
 
     def refusal_reason(self) -> str:
         return (
-            f"overloaded: {self.limit} gRPC calls are reading or holding their messages and {self.waiting} "
+            f"overloaded: {self.limit} gRPC calls are reading their messages and {self.waiting} "
             "wait (--max_inflight_bytes / --grpc_max_receive_message_length + 1 at once); retry later"
         )
 
@@ -171,8 +171,8 @@ class _Admitted:
 
 
 class _Refused:
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
+    def __init__(self, reason: str, code: grpc.StatusCode = grpc.StatusCode.RESOURCE_EXHAUSTED) -> None:
+        self.reason, self.code = reason, code
 
 
 class GrpcAdmissionInterceptor(aio.ServerInterceptor):
@@ -181,9 +181,10 @@ class GrpcAdmissionInterceptor(aio.ServerInterceptor):
 
     The handler is made request-streaming, so that it runs before the message is read: it takes its
     turn from the :class:`CallLimiter` (or ends with RESOURCE_EXHAUSTED, the message unread), then reads
-    the one message. The message's bytes are reserved in its deserializer (the gRPC core has received
-    it, protobuf has not parsed it yet) and released when the call ends; over the budget the call ends
-    with RESOURCE_EXHAUSTED and the message is never parsed.
+    the one message and gives its place back. The message's bytes are reserved in its deserializer (the
+    gRPC core has received it, protobuf has not parsed it yet) and released when the call ends; over the
+    budget the call ends with RESOURCE_EXHAUSTED and the message is never parsed; a message that does not
+    parse ends it with INVALID_ARGUMENT.
     """
 
     def __init__(self, budget: ByteBudget, limiter: CallLimiter | None = None) -> None:
@@ -214,6 +215,12 @@ class GrpcAdmissionInterceptor(aio.ServerInterceptor):
             admitted = _Admitted(None, budget, n)
             try:
                 admitted.request = parse(raw)
+            except Exception as e:  # not a message of this method: the client's fault, not ours
+                admitted.release()
+                return _Refused(
+                    f"the request message cannot be parsed ({type(e).__name__})",
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                )
             except BaseException:
                 admitted.release()
                 raise
@@ -221,7 +228,7 @@ class GrpcAdmissionInterceptor(aio.ServerInterceptor):
 
         async def admitted_behavior(request: _Admitted | _Refused, context: aio.ServicerContext) -> Any:
             if isinstance(request, _Refused):
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, request.reason)
+                await context.abort(request.code, request.reason)
             try:
                 return await behavior(request.request, context)
             finally:
@@ -233,12 +240,18 @@ class GrpcAdmissionInterceptor(aio.ServerInterceptor):
             if not await limiter.enter():
                 prometheus.REJECTED.labels("grpc_calls").inc()
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, limiter.refusal_reason())
+            request = None
             try:
-                async for request in requests:  # a unary call: one message, read only now
-                    return await admitted_behavior(request, context)
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message")
+                async for message in requests:  # a unary call: one message, read only now
+                    request = message
+                    break
             finally:
+                # The place bounds messages being read; once read, the byte budget holds the message's
+                # bytes until the call ends, so a call waiting in the queue or the model holds no place.
                 limiter.leave()
+            if request is None:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message")
+            return await admitted_behavior(request, context)
 
         return grpc.stream_unary_rpc_method_handler(
             limited_behavior,

@@ -77,6 +77,15 @@ class DriftWindow:
         ):
             if [float(b) for b in bounds[name]] != [float(b) for b in ours]:
                 raise ValueError(f"reference bounds of {name} are not the server's buckets")
+        for name, ours in (("detections_per_image", COUNT_BUCKETS), ("image_pixels", PIXEL_BUCKETS)):
+            if len(reference[name]) != len(ours) + 1:
+                raise ValueError(f"reference {name} has {len(reference[name])} counts, not {len(ours) + 1}")
+        for name, ours in (("score", SCORE_BUCKETS), ("area_fraction", AREA_BUCKETS)):
+            for cls, counts in reference[name].items():
+                if len(counts) != len(ours) + 1:
+                    raise ValueError(
+                        f"reference {name} of {cls!r} has {len(counts)} counts, not {len(ours) + 1}"
+                    )
         self.class_names = tuple(class_names)
         self.reference = reference
         self.size = size
@@ -154,7 +163,8 @@ class DriftCollector(Collector):
 
     def configure(self, class_names: Sequence[str], model_dir: str | Path, size: int) -> DriftWindow | None:
         """Start a window of ``size`` images against ``model_dir/reference_distributions.json``; None
-        (logged) when ``size`` is 0 or the model directory has no reference."""
+        (logged) when ``size`` is 0 or the model directory has no usable reference: the server then
+        serves without the gauge rather than failing its warm-up."""
         self.window = None
         if size <= 0:
             return None
@@ -162,7 +172,12 @@ class DriftCollector(Collector):
         if not path.is_file():
             log.warning("--drift_window_images %d: %s is missing; no ssd_drift_psi", size, path)
             return None
-        self.window = DriftWindow(class_names, json.loads(path.read_text()), size)
+        try:
+            self.window = DriftWindow(class_names, json.loads(path.read_text()), size)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # serve without the gauge
+            log.error("--drift_window_images %d: %s is not usable (%s: %s); no ssd_drift_psi",
+                      size, path, type(e).__name__, e)  # fmt: skip
+            return None
         return self.window
 
     def observe(self, out: Mapping[str, np.ndarray], image_hw: np.ndarray) -> None:

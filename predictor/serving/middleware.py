@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -227,6 +228,7 @@ class AdmissionMiddleware:
                 prometheus.REJECTED.labels("queue_full").inc()
                 await send_json(send, 503, reason, retry_after=True)
                 return
+        json_left = _json_part(scope)  # bytes of the body still to charge as JSON (None: undecided)
         reserved = declared or 0
         if reserved and not self.budget.try_reserve(reserved):
             prometheus.REJECTED.labels("inflight_bytes").inc()
@@ -237,7 +239,7 @@ class AdmissionMiddleware:
             "reserved": reserved,
             "rejection": None,
             "started": False,
-            "json_left": _json_part(scope),  # bytes of the body still to charge as JSON (None: undecided)
+            "json_left": json_left,
             "json_cost": 0,
         }
         try:
@@ -310,8 +312,9 @@ def _json_part(scope: dict) -> float | None:
     if protocol is None:
         return 0
     if protocol == "v2":
-        length = _header(scope, b"inference-header-content-length")
-        return int(length) if length is not None and length.strip().isdigit() else math.inf
+        length = (_header(scope, b"inference-header-content-length") or "").strip()
+        # ASCII digits only: str.isdigit() also takes "²", which int() refuses
+        return int(length) if re.fullmatch(r"[0-9]{1,18}", length) else math.inf
     media = (_header(scope, b"content-type") or "").split(";", 1)[0].strip().lower()
     if "json" in media:
         return math.inf
