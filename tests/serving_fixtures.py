@@ -219,3 +219,23 @@ def forge_gif_size(gif: bytes, width: int, height: int) -> bytes:
     if at < len(data) and data[at] == 0x2C:
         data[at + 5 : at + 9] = struct.pack("<HH", width, height)
     return bytes(data)
+
+
+@pytest.fixture(scope="module")
+def client(ssd_server):
+    """An HTTP client of the session server (REST); a module may define its own with other limits."""
+    import httpx
+
+    with httpx.Client(base_url=ssd_server.url, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def stub(ssd_server):
+    """A gRPC stub (KServe's V2 service) of the session server."""
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    channel = grpc.insecure_channel(ssd_server.grpc_target)
+    yield pb_grpc.GRPCInferenceServiceStub(channel)
+    channel.close()

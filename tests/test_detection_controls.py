@@ -4,12 +4,10 @@ post-processing up to the V1, V2 REST and gRPC APIs of a real server."""
 from __future__ import annotations
 
 import grpc
-import httpx
 import numpy as np
 import pytest
 from kserve.errors import InvalidInput
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
-from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from serving_fixtures import MODEL_NAME, b64, encode_image
 from test_postprocess import _setup
 
@@ -161,19 +159,6 @@ def test_v1_strict_keys_accept_the_new_parameters():
 
 
 # ----------------------------------------------------------------------------- the real server
-@pytest.fixture(scope="module")
-def client(ssd_server):
-    with httpx.Client(base_url=ssd_server.url, timeout=120) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def stub(ssd_server):
-    channel = grpc.insecure_channel(ssd_server.grpc_target)
-    yield pb_grpc.GRPCInferenceServiceStub(channel)
-    channel.close()
-
-
 @pytest.fixture(scope="module")
 def png(shapes_images) -> bytes:
     return encode_image(shapes_images[1], "PNG")

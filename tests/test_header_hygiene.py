@@ -17,7 +17,6 @@ import numpy as np
 import orjson
 import pytest
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
-from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from serving_fixtures import MODEL_NAME, b64, encode_image
 
 from predictor.protocol.binary_ext import serialize_tensor
@@ -208,13 +207,6 @@ def test_rest_malformed_request_id_is_replaced(ssd_server, png, value):
     assert f"requestId: {ok.headers['x-request-id']}," in log
     assert f'"request_id":"{bad.headers["x-request-id"]}"' in log
     assert value.decode("latin-1") not in log
-
-
-@pytest.fixture(scope="module")
-def stub(ssd_server):
-    channel = grpc.insecure_channel(ssd_server.grpc_target)
-    yield pb_grpc.GRPCInferenceServiceStub(channel)
-    channel.close()
 
 
 def infer_request(images: list[bytes]) -> pb.ModelInferRequest:

@@ -23,7 +23,6 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-import grpc
 import httpx
 import numpy as np
 import orjson
@@ -31,7 +30,6 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
-from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from serving_fixtures import MODEL_NAME, encode_image
 
 from predictor.protocol import detections, tensors
@@ -84,19 +82,6 @@ def pixels(shapes_images) -> np.ndarray:
 @pytest.fixture(scope="module")
 def pngs(pixels) -> list[bytes]:
     return [encode_image(im, "PNG") for im in pixels]  # lossless: the server decodes the same pixels
-
-
-@pytest.fixture(scope="module")
-def client(ssd_server):
-    with httpx.Client(base_url=ssd_server.url, timeout=120) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def stub(ssd_server):
-    channel = grpc.insecure_channel(ssd_server.grpc_target)
-    yield pb_grpc.GRPCInferenceServiceStub(channel)
-    channel.close()
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,12 @@ exactly the detections of a lossless PNG of the same image.
 from __future__ import annotations
 
 import grpc
-import httpx
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kserve.errors import InvalidInput
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
-from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse
 from serving_fixtures import MODEL_NAME, SERVER_MAX_IMAGE_PIXELS
 
@@ -105,19 +103,6 @@ def test_pixel_arrays_are_checked_against_the_image_caps():
 
 
 # ----------------------------------------------------------------------------- the real server
-@pytest.fixture(scope="module")
-def client(ssd_server):
-    with httpx.Client(base_url=ssd_server.url, timeout=120) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def stub(ssd_server):
-    channel = grpc.insecure_channel(ssd_server.grpc_target)
-    yield pb_grpc.GRPCInferenceServiceStub(channel)
-    channel.close()
-
-
 def rest_arrays(body: dict) -> dict[str, np.ndarray]:
     dtypes = {"FP32": np.float32, "INT32": np.int32, "BYTES": object}
     return {

@@ -30,7 +30,15 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from predictor.serving.telemetry import AREA_BUCKETS, COUNT_BUCKETS, PIXEL_BUCKETS, SCORE_BUCKETS, psi
+from predictor.serving.telemetry import (
+    AREA_BUCKETS,
+    COUNT_BUCKETS,
+    PIXEL_BUCKETS,
+    SCORE_BUCKETS,
+    area_fraction,
+    bucket_index,
+    psi,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +59,6 @@ class _Image(NamedTuple):
     area_bins: np.ndarray
     count_bin: int
     pixel_bin: int
-
-
-def _bins(values: np.ndarray, bounds: Sequence[float]) -> np.ndarray:
-    """Bucket index of each value in ``(-inf, b0], (b0, b1], ..., (b_last, +inf)`` (Prometheus ``le``)."""
-    return np.searchsorted(np.asarray(bounds, np.float64), np.asarray(values, np.float64), side="left")
 
 
 class DriftWindow:
@@ -110,17 +113,15 @@ class DriftWindow:
         hw = np.asarray(image_hw, np.float64).reshape(-1, 2)
         images = []
         for i, k in enumerate(np.asarray(num_detections, np.int64)):
-            b = np.asarray(boxes[i][:k], np.float64)
-            area = max(hw[i, 0] * hw[i, 1], 1.0)
-            frac = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) / area
+            frac = area_fraction(boxes[i][:k], hw[i, 0] * hw[i, 1])
             cls = np.clip(np.asarray(classes[i][:k], np.int64), 0, len(self.class_names) - 1)
             images.append(
                 _Image(
                     cls,
-                    _bins(scores[i][:k], SCORE_BUCKETS),
-                    _bins(frac, AREA_BUCKETS),
-                    int(_bins([k], COUNT_BUCKETS)[0]),
-                    int(_bins([hw[i, 0] * hw[i, 1]], PIXEL_BUCKETS)[0]),
+                    bucket_index(scores[i][:k], SCORE_BUCKETS),
+                    bucket_index(frac, AREA_BUCKETS),
+                    int(bucket_index([k], COUNT_BUCKETS)[0]),
+                    int(bucket_index([hw[i, 0] * hw[i, 1]], PIXEL_BUCKETS)[0]),
                 )
             )
         with self._lock:

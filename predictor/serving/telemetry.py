@@ -51,6 +51,17 @@ PER_IMAGE = "ssd_detections_per_image"
 PIXELS = "ssd_input_image_pixels"
 
 
+def bucket_index(values: Any, bounds: Sequence[float]) -> np.ndarray:
+    """Bucket of each value in ``(-inf, b0], (b0, b1], ..., (b_last, +inf)`` (Prometheus ``le``): ``[n]``."""
+    return np.searchsorted(np.asarray(bounds, np.float64), np.asarray(values, np.float64), side="left")
+
+
+def area_fraction(boxes: np.ndarray, image_area: Any) -> np.ndarray:
+    """Box area over image area: ``boxes [n, 4]`` pixel xyxy, ``image_area`` scalar or ``[n]`` -> ``[n]``."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) / np.maximum(image_area, 1.0)
+
+
 def bucket_counts(
     values: np.ndarray, bounds: Sequence[float], groups: np.ndarray | None = None, n_groups: int = 1
 ):
@@ -61,7 +72,7 @@ def bucket_counts(
     Returns:
       int64 ``[n_groups, len(bounds) + 1]`` (``[len(bounds) + 1]`` when ``groups`` is None).
     """
-    index = np.searchsorted(np.asarray(bounds, np.float64), np.asarray(values, np.float64), side="left")
+    index = bucket_index(values, bounds)
     width = len(bounds) + 1
     if groups is None:
         return np.bincount(index, minlength=width).astype(np.int64)
@@ -100,9 +111,7 @@ class Histograms:
         valid = np.arange(np.shape(scores)[1])[None, :] < num[:, None]
         cls = np.clip(np.asarray(classes)[valid].astype(np.int64), 0, len(self.class_names) - 1)
         sc = np.asarray(scores, np.float64)[valid]
-        b = np.asarray(boxes, np.float64)[valid]
-        image_area = np.repeat(hw[:, 0] * hw[:, 1], num)
-        frac = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) / np.maximum(image_area, 1.0)
+        frac = area_fraction(np.asarray(boxes, np.float64)[valid], np.repeat(hw[:, 0] * hw[:, 1], num))
         c = len(self.class_names)
         score_counts = bucket_counts(sc, SCORE_BUCKETS, cls, c)
         area_counts = bucket_counts(frac, AREA_BUCKETS, cls, c)
