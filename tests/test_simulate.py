@@ -390,13 +390,27 @@ def test_keda_on_the_queue_is_blind_under_standing_queue_shedding():
 
     def run(threshold: float, shed: bool = True) -> dict:
         hpa = HpaConfig(target=threshold, min_replicas=1, max_replicas=20)
-        cfg = FleetConfig(mode="keda", hpa=hpa, shed_standing_queue=shed)
+        cfg = FleetConfig(mode="keda", hpa=hpa, shed_standing_queue=shed, hpa_metric="queue")
         return simulate(cfg, svc, rates, seed=1).summary()
 
     assert run(64)["peak_replicas"] == 1
     low = run(3)
     assert low["peak_replicas"] > 1
     assert run(64, shed=False)["peak_replicas"] > 1
+
+
+def test_keda_on_the_offered_load_scales_through_the_shedding():
+    """The chart's default trigger (load: offered images/s in % of a replica's capacity, 70 % per
+    replica) sees the demand the shedding refuses: the same step scales out to about
+    200 / (0.7 x capacity) replicas and the 503s end once they are up."""
+    svc = ServiceModel.parametric(5, 23, 0.15, 32)  # efficient bucket 2: 2 / 51 ms = 39.2 images/s
+    rates = trace_rates("step:20:200:120:30")
+    hpa = HpaConfig(target=70, min_replicas=1, max_replicas=20)
+    result = simulate(FleetConfig(mode="keda", hpa=hpa), svc, rates, seed=1)
+    capacity = 2 / svc.median(2)
+    assert result.summary()["peak_replicas"] == math.ceil(200 / (0.7 * capacity))  # 8
+    late = [r for r in result.requests if r.arrival > 90]  # a minute after the step
+    assert late and all(r.status == "200" for r in late)
 
 
 def test_scale_down_removes_unready_replicas_first_and_bills_until_removal():

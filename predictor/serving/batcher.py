@@ -193,6 +193,7 @@ class DynamicBatcher:
         reason = self.refusal(n)
         if reason is not None:
             raise Overloaded(reason)
+        prometheus.OFFERED.labels("admitted").inc(n)
         self.admitted_images += n
         if self.standing_queue:
             self._offered_images += n
@@ -204,7 +205,17 @@ class DynamicBatcher:
             prometheus.QUEUE_IMAGES.set(self.admitted_images)
 
     def refusal(self, n: int) -> str | None:
-        """Why ``n`` more images would be refused now, or None (always None when nothing is admitted)."""
+        """Why ``n`` more images would be refused now, or None (always None when nothing is admitted).
+
+        The caller refuses them when a reason comes back: they are counted as offered and refused
+        (``ssd_offered_images_total{outcome="refused"}``, the shed demand the KEDA trigger must see).
+        """
+        reason = self._refusal(n)
+        if reason is not None:
+            prometheus.OFFERED.labels("refused").inc(n)
+        return reason
+
+    def _refusal(self, n: int) -> str | None:
         admitted = self.admitted_images
         if not admitted:
             return None
@@ -237,6 +248,13 @@ class DynamicBatcher:
         if bucket is None:
             return max(self.max_batch_size, round(2 * self._ewma_images))
         return 2 * bucket
+
+    @property
+    def capacity_images_per_second(self) -> float | None:
+        """Images per second of model time in calls of the :meth:`efficient_bucket` (the size run under
+        a standing queue), from the warm-up's timings; None before any call was timed."""
+        bucket = self.efficient_bucket()
+        return None if bucket is None else bucket / self._bucket_seconds[bucket]
 
     def efficient_bucket(self) -> int | None:
         """The smallest bucket whose measured rate (images per second of a call) is within

@@ -14,6 +14,13 @@ Registered once, at import, in ``prometheus_client``'s default registry (the one
 - ``ssd_batch_size``: histogram of images per model call (before padding to a bucket).
 - ``ssd_batch_seconds``: histogram of model-call durations.
 - ``ssd_queue_images``: images admitted and not finished yet (decoding, queued or in the model).
+- ``ssd_offered_images_total{outcome}``: images offered to the model's admission
+  (:meth:`~predictor.serving.batcher.DynamicBatcher.admit`): ``admitted``, or ``refused`` with 503 /
+  UNAVAILABLE because the image queue was full or overloaded (a REST request refused before its body
+  was read counts as one image). Their rate is the load offered to the replica, shed demand included:
+  the chart's KEDA trigger divides it by ``ssd_capacity_images_per_second``.
+- ``ssd_capacity_images_per_second``: images per second the model does in calls of the efficient
+  bucket, the size it runs under a standing queue (from the warm-up's timings; absent before them).
 - ``ssd_inflight_request_bytes``: request-body bytes admitted and not answered yet (REST and gRPC).
 - ``ssd_rejected_requests_total{reason}``: requests refused before their body was read or parsed
   (``body_too_large`` 413, ``inflight_bytes`` / ``queue_full`` 503).
@@ -71,6 +78,11 @@ BATCH_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 QUEUE_IMAGES = Gauge("ssd_queue_images", "Images admitted and not finished (decoding, queued, running)")
+OFFERED = Counter(
+    "ssd_offered_images", "Images offered to the model's admission: admitted or refused (503)", ["outcome"]
+)
+for _outcome in ("admitted", "refused"):  # both exported from the start: rate() sees the first refusal
+    OFFERED.labels(_outcome)
 INFLIGHT_BYTES = Gauge("ssd_inflight_request_bytes", "Request-body bytes admitted and not answered yet")
 REJECTED = Counter(
     "ssd_rejected_requests", "Requests refused before their body was read or parsed", ["reason"]
@@ -90,6 +102,7 @@ class _ModelCollector(Collector):
         self.trace_count: Callable[[], int] = lambda: 0
         self.ready: Callable[[], bool] = lambda: False
         self.info: Callable[[], tuple[str, str] | None] = lambda: None
+        self.capacity: Callable[[], float | None] = lambda: None
 
     def collect(self) -> Iterable[Any]:
         traces = CounterMetricFamily("ssd_traces", "tf.function traces of the served detector")
@@ -104,6 +117,14 @@ class _ModelCollector(Collector):
                 "ssd_model_info", "The served model: name and version (always 1)", labels=["model", "version"]
             )
             family.add_metric(list(info), 1.0)
+            yield family
+        capacity = self.capacity()
+        if capacity:  # absent (not 0) before the warm-up: a query dividing by it then has no series
+            family = GaugeMetricFamily(
+                "ssd_capacity_images_per_second",
+                "Images per second of model calls of the efficient bucket (warm-up timings)",
+            )
+            family.add_metric([], capacity)
             yield family
 
 

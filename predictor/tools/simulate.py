@@ -187,7 +187,9 @@ class FleetConfig:
     initial_replicas: int = 1
     kpa: KpaConfig = field(default_factory=KpaConfig)
     hpa: HpaConfig = field(default_factory=HpaConfig)
-    hpa_metric: str = "queue"  # queue (KEDA AverageValue on ssd_queue_images) | busy (% of time in model)
+    # KEDA AverageValue on load (the chart's default: offered images/s in % of capacity) or queue
+    # (ssd_queue_images); busy: % of time in model
+    hpa_metric: str = "load"
     scrape_s: float = 15.0  # Prometheus scrape interval behind KEDA's query
     activator_timeout_s: float = 300.0  # Knative's revision timeoutSeconds default
 
@@ -348,7 +350,8 @@ class Simulation:
         self.conc_area = 0.0
         self.conc_last = 0.0
         self.conc_value = 0
-        self.scraped_queue = 0.0
+        self.scraped_queue = 0.0  # the KEDA query's value at the last scrape (keda_metric)
+        self.arrived_marks: collections.deque[tuple[float, int]] = collections.deque()  # (t, arrivals)
         self.busy_marks: dict[int, tuple[float, float]] = {}  # replica -> (time, busy_s) at the last sync
         self.replica_seconds = 0.0
 
@@ -535,11 +538,30 @@ class Simulation:
             want = 1
         self.scale_to(want)
 
+    def keda_metric(self, arrived: int) -> float:
+        """The chart's KEDA query (helm/ssd-detector/templates/_autoscaling.tpl) as scraped now, from the
+        requests ``arrived`` so far. load: images offered per second over the last 60 s (the chart's
+        autoscaling.keda.window; admitted or refused: every arrival reaches a replica in Standard mode)
+        in % of a replica's capacity (ssd_capacity_images_per_second: the efficient bucket's median
+        call), summed over replicas; queue: the images in progress, summed."""
+        if self.cfg.hpa_metric != "load":
+            return float(sum(r.admitted for r in self.live()))
+        marks = self.arrived_marks
+        marks.append((self.now, arrived))
+        while marks[0][0] < self.now - 60.0:
+            marks.popleft()
+        span = self.now - marks[0][0]
+        live = self.live()
+        if not live or span <= 0:
+            return 0.0
+        capacity = live[0].efficient / self.svc.median(live[0].efficient)
+        return 100.0 * (arrived - marks[0][1]) / span / capacity
+
     def tick_hpa(self) -> None:
         live = self.live()
         current = len(live)
         ready = [r for r in live if r.ready]
-        if self.cfg.hpa_metric == "queue":
+        if self.cfg.hpa_metric in ("load", "queue"):
             desired = replicas_for_average_value(
                 current, self.scraped_queue, self.cfg.hpa.target, self.cfg.hpa.tolerance
             )
@@ -606,7 +628,7 @@ class Simulation:
             elif kind == "tick":
                 self.tick_kpa() if self.cfg.mode == "knative" else self.tick_hpa()
             elif kind == "scrape":
-                self.scraped_queue = float(sum(r.admitted for r in self.live()))
+                self.scraped_queue = self.keda_metric(arrived)
             elif kind == "sample":
                 live = self.live()
                 timeline.append(
@@ -814,13 +836,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scale-target",
         type=float,
-        help="KPA / HPA target (default: 32 concurrency, 200 rps, 64 KEDA images, 70 busy %%)",
+        help="KPA / HPA target (default: 32 concurrency, 200 rps, 70 %% KEDA load, 64 KEDA images, 70 busy %%)",
     )
     p.add_argument("--target-utilization", type=float, default=0.7)
     p.add_argument("--panic-threshold", type=float, default=200.0, help="KPA panic threshold, %%")
     p.add_argument("--stable-window-s", type=float, default=60.0)
     p.add_argument("--scale-down-delay-s", type=float, default=0.0)
-    p.add_argument("--hpa-metric", choices=("queue", "busy"), default="queue")
+    p.add_argument("--hpa-metric", choices=("load", "queue", "busy"), default="load")
     p.add_argument("--slo-p95-ms", type=float, help="latency objective for the attainment figures")
     p.add_argument("--cost-per-replica-hour", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
@@ -851,7 +873,7 @@ def config_from_args(args: argparse.Namespace) -> FleetConfig:
         min_scale=args.min_replicas,
         max_scale=args.max_replicas,
     )
-    default_target = 64.0 if args.hpa_metric == "queue" else 70.0
+    default_target = 64.0 if args.hpa_metric == "queue" else 70.0  # load: 70 % of capacity
     hpa = HpaConfig(
         target=target if target is not None else default_target,
         min_replicas=max(1, args.min_replicas),
