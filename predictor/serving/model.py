@@ -74,7 +74,9 @@ class SSDPredictor(kserve.Model):
         prometheus.MODEL.ready = lambda: self.ready
         prometheus.MODEL.trace_count = lambda: self._detector.trace_count if self._detector else 0
         prometheus.MODEL.info = lambda: (self.name, self.version)
-        prometheus.MODEL.capacity = lambda: self._batcher.capacity_images_per_second if self._batcher else None
+        prometheus.MODEL.capacity = lambda: (
+            self._batcher.capacity_images_per_second if self._batcher else None
+        )
         if options.tracing and not tracing.enabled():
             tracing.configure()
 

@@ -836,7 +836,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scale-target",
         type=float,
-        help="KPA / HPA target (default: 32 concurrency, 200 rps, 70 %% KEDA load, 64 KEDA images, 70 busy %%)",
+        help="KPA / HPA target (default: 32 concurrency, 200 rps, 70 %% load, 64 KEDA images, 70 busy %%)",
     )
     p.add_argument("--target-utilization", type=float, default=0.7)
     p.add_argument("--panic-threshold", type=float, default=200.0, help="KPA panic threshold, %%")
