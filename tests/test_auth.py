@@ -212,6 +212,12 @@ def test_grpc_methods_need_the_token_but_health(auth_server, png):
         assert grpc_call(target, "ModelMetadata", b"\n\x03ssd", metadata)[0] == "UNAUTHENTICATED"
         assert grpc_call(target, "ServerLive", b"", metadata)[0] == "OK"
         assert grpc_call(target, "ModelReady", b"\n\x03ssd", metadata)[0] == "OK"
+    # the refusal names the served model version, as REST's 401 does in its header
+    version = httpx.get(f"{auth_server.url}/v2/health/live", timeout=10).headers["x-model-version"]
+    with grpc.insecure_channel(target) as channel, pytest.raises(grpc.RpcError) as refused:
+        channel.unary_unary(SERVICE + "ModelInfer")(infer, timeout=60)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert dict(refused.value.initial_metadata())["x-model-version"] == version
     code, body = grpc_call(target, "ModelInfer", infer, good)
     assert code == "OK"
     assert grpc_v2.ModelInferResponse.FromString(body).model_name == MODEL_NAME

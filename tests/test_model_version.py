@@ -191,6 +191,23 @@ def test_grpc_reports_and_checks_the_version(ssd_server, served_version, png):
             assert dict(err.value.initial_metadata())[HEADER] == served_version
 
 
+def test_grpc_refusals_and_health_carry_the_version(ssd_server, served_version):
+    """As REST's errors carry the header: a message the admission interceptor cannot parse
+    (INVALID_ARGUMENT, before KServe's servicer runs) and a health call get the initial metadata too."""
+    with grpc.insecure_channel(ssd_server.grpc_target) as channel:
+        service = "/inference.GRPCInferenceService/"
+        infer = channel.unary_unary(service + "ModelInfer")
+        with pytest.raises(grpc.RpcError) as err:
+            infer(b"\xff\xff\xff", timeout=30)  # not a ModelInferRequest
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith("the request message cannot be parsed")
+        assert dict(err.value.initial_metadata())[HEADER] == served_version
+        _, call = pb_grpc.GRPCInferenceServiceStub(channel).ServerLive.with_call(
+            pb.ServerLiveRequest(), timeout=10
+        )
+        assert dict(call.initial_metadata())[HEADER] == served_version
+
+
 def test_metrics_name_the_version(ssd_server, served_version):
     assert ssd_server.metric("ssd_model_info", f'model="{MODEL_NAME}",version="{served_version}"') == 1.0
     text = httpx.get(f"{ssd_server.url}/metrics", timeout=10).text

@@ -24,9 +24,8 @@ def test_admitted_and_refused_images_are_counted_once_each():
     before = {o: offered(o) for o in ("admitted", "refused")}
     with batcher.admit(3):
         assert batcher.refusal(2) is not None  # the pre-body check of a 2-image request: refused
-        with batcher.admit(1):  # 4 of 4
-            with pytest.raises(Overloaded), batcher.admit(1):
-                pass
+        with batcher.admit(1), pytest.raises(Overloaded), batcher.admit(1):  # 4 of 4, then one more
+            pass
     with batcher.admit(5):  # alone: always admitted, whatever its size
         pass
     delta = {o: offered(o) - before[o] for o in before}

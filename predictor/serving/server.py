@@ -141,10 +141,11 @@ def _serve(
         model_version=model.version,
     )
     # Our REST server cleans headers outermost and answers errors from errors.STATUSES; our gRPC server
-    # cleans metadata, checks tokens and counts message bytes.
-    from predictor.serving import headers
+    # cleans metadata, announces the model version (refusals too), checks tokens and counts message bytes.
+    from predictor.serving import headers, versions
 
-    front = (headers.GrpcMetadataHygiene(),) + ((auth.GrpcBearerAuth(tokens),) if tokens else ())
+    front = (headers.GrpcMetadataHygiene(), versions.GrpcModelVersion(model.version))
+    front += (auth.GrpcBearerAuth(tokens),) if tokens else ()
     kserve_workarounds.install_server_classes(budget, front)
     server = ModelServer(
         http_port=args.http_port,

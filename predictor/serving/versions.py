@@ -5,8 +5,9 @@ else a digest of the weights), read once at start-up. It is reported:
 
 - in every REST response's :data:`~predictor.protocol.wire.MODEL_VERSION_HEADER` header
   (:class:`ModelVersionHeader`, all routes: inference, metadata, health, errors);
-- in the initial metadata of every gRPC ``ModelInfer`` / ``ModelMetadata`` / ``ModelReady`` call, and in
-  ``ModelInferResponse.model_version`` (:class:`VersionedServicer`);
+- in the initial metadata of every gRPC call, answers and refusals alike (:class:`GrpcModelVersion`, in
+  front of the interceptors that refuse: authentication UNAUTHENTICATED, admission RESOURCE_EXHAUSTED /
+  INVALID_ARGUMENT), and in ``ModelInferResponse.model_version`` (:class:`VersionedServicer`);
 - in V2 model metadata ``versions`` (REST via :meth:`VersionedDataPlane.model_metadata`, gRPC via
   :class:`VersionedServicer`) and each V2 response's ``model_version``
   (:func:`predictor.serving.codecs.encode_v2`);
@@ -20,8 +21,11 @@ versioned request with 501 (REST ``NotImplementedError``) and ignores gRPC's ``m
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import grpc
+from grpc import aio
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.grpc.servicer import InferenceServicer
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -62,6 +66,55 @@ class ModelVersionHeader:
         await self.app(scope, receive, send_with_version)
 
 
+class GrpcModelVersion(aio.ServerInterceptor):
+    """gRPC interceptor: every call sends ``x-model-version: <version>`` as its initial metadata before
+    anything else runs, so that a refusal by a later interceptor carries it as REST's errors carry the
+    header (put it in front of them; :class:`VersionedServicer` sends none of its own)."""
+
+    def __init__(self, version: str) -> None:
+        self.metadata = ((MODEL_VERSION_HEADER, version),)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        return handler if handler is None else _announcing(handler, self.metadata)
+
+
+def _announcing(handler: grpc.RpcMethodHandler, metadata: tuple) -> grpc.RpcMethodHandler:
+    """``handler`` whose behaviour (any kind) first sends ``metadata`` as the initial metadata."""
+    for kind, factory in (
+        ("unary_unary", grpc.unary_unary_rpc_method_handler),
+        ("unary_stream", grpc.unary_stream_rpc_method_handler),
+        ("stream_unary", grpc.stream_unary_rpc_method_handler),
+        ("stream_stream", grpc.stream_stream_rpc_method_handler),
+    ):
+        behavior = getattr(handler, kind)
+        if behavior is None:
+            continue
+        if kind.endswith("stream"):
+
+            async def announced(request: Any, context: Any, behavior: Callable = behavior) -> Any:
+                await context.send_initial_metadata(metadata)
+                async for item in behavior(request, context):
+                    yield item
+
+        else:
+
+            async def announced(request: Any, context: Any, behavior: Callable = behavior) -> Any:
+                await context.send_initial_metadata(metadata)
+                return await behavior(request, context)
+
+        return factory(
+            announced,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
+
+
 class VersionedDataPlane(DataPlane):
     """KServe's data plane whose model metadata lists the model's version (``versions: [v]``)."""
 
@@ -74,17 +127,15 @@ class VersionedDataPlane(DataPlane):
 
 
 class VersionedServicer(InferenceServicer):
-    """KServe's gRPC servicer that checks ``model_version`` / ``version`` (NOT_FOUND for another one),
-    sends the served version as initial metadata and fills ``versions`` and ``model_version``."""
+    """KServe's gRPC servicer that checks ``model_version`` / ``version`` (NOT_FOUND for another one) and
+    fills ``versions`` and ``model_version`` (the initial metadata: :class:`GrpcModelVersion`)."""
 
     async def _announce(self, model_name: str, requested: str, context: Any) -> str | None:
-        """Send the served version as initial metadata, then check the requested one."""
+        """The served version, after checking the requested one."""
         try:
             version = version_of(self._data_plane.get_model_from_registry(model_name))
         except ModelNotFound:
             return None  # KServe's own call below answers NOT_FOUND for the name
-        if version:
-            await context.send_initial_metadata(((MODEL_VERSION_HEADER, version),))
         check(model_name, requested, version)
         return version
 
