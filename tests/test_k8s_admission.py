@@ -205,25 +205,42 @@ def test_scale_to_zero_only_in_knative_mode(rendered, value_set):
         assert isvc["spec"]["predictor"]["minReplicas"] >= 1
 
 
-def test_keda_scales_on_the_servers_queue_depth(rendered):
+def test_keda_scales_on_the_offered_load(rendered):
     isvc = the_isvc(rendered["standard-keda"])
     predictor = isvc["spec"]["predictor"]
     assert "scaleMetric" not in predictor and predictor["minReplicas"] >= 1
     (metric,) = predictor["autoScaling"]["metrics"]
     query = metric["external"]["metric"]["query"]
-    assert (
-        query
-        == f'sum(ssd_queue_images{{namespace="{NAMESPACE}",pod=~"{RELEASE}-ssd-detector-predictor-.*"}})'
+    pods = f'namespace="{NAMESPACE}",pod=~"{RELEASE}-ssd-detector-predictor-.*"'
+    assert query == (
+        f"sum(100 * sum by (pod) (rate(ssd_offered_images_total{{{pods}}}[1m]))"
+        f" / sum by (pod) (ssd_capacity_images_per_second{{{pods}}}))"
     )
-    assert metric["external"]["target"]["value"] == "64"  # 2 * maxBatchSize images per replica
+    assert metric["external"]["target"]["value"] == "70"  # % of a replica's capacity
     assert any(d["kind"] == "PodMonitor" for d in rendered["standard-keda"])
     gpu = the_isvc(rendered["standard-keda-gpu"])["spec"]["predictor"]["autoScaling"]["metrics"][0]
     assert gpu["external"]["metric"]["query"].startswith("sum(DCGM_FI_DEV_GPU_UTIL{exported_namespace=")
     assert gpu["external"]["target"]["value"] == "70"
 
 
-def test_the_server_exports_the_queue_metric_keda_reads():
+def test_keda_queue_trigger_threshold(helm):
+    """trigger=queue: the threshold given, or 2 x maxBatchSize once the standing-queue shedding is off
+    (with it on the chart refuses a default: see test_chart_refuses_what_the_platform_would_reject...)."""
+    keda = [*values_args("standard-keda"), "--set", "autoscaling.keda.trigger=queue"]
+
+    def target(*more: str) -> str:
+        (metric,) = the_isvc(docs_of(helm, *keda, *more))["spec"]["predictor"]["autoScaling"]["metrics"]
+        assert metric["external"]["metric"]["query"].startswith("sum(ssd_queue_images{")
+        return metric["external"]["target"]["value"]
+
+    assert target("--set", "autoscaling.keda.threshold=6") == "6"
+    assert target("--set", "predictor.shedStandingQueue=false") == "64"
+
+
+def test_the_server_exports_the_metrics_keda_reads():
     source = (REPO / "predictor" / "serving" / "prometheus.py").read_text()
+    assert re.search(r'Counter\(\s*"ssd_offered_images"', source)  # _total appended by the client
+    assert '"ssd_capacity_images_per_second"' in source
     assert re.search(r'Gauge\(\s*"ssd_queue_images"', source)
 
 
@@ -299,6 +316,9 @@ def test_a_tag_is_pulled_always_a_digest_if_not_present(rendered, value_set):
         (["deploymentMode=Standard", "autoscaling.autoscalerClass=keda", "autoscaling.minReplicas=0"],
          "needs deploymentMode=Knative"),
         (["deploymentMode=Standard", "autoscaling.autoscalerClass=keda"], "autoscaling.keda.serverAddress"),
+        # under standing-queue shedding the queue never reaches 2 x maxBatchSize: no default threshold
+        (["deploymentMode=Standard", "autoscaling.autoscalerClass=keda", "autoscaling.keda.serverAddress=http://p",
+          "autoscaling.keda.trigger=queue"], "autoscaling.keda.threshold below 2 x the efficient batch size"),
         (["priorityClassName=high"], "kubernetes.podspec-priorityclassname"),
         (["gpu.nodeSelector.a=b"], "kubernetes.podspec-nodeselector"),
         (["topologySpreadConstraints[0].maxSkew=1", "topologySpreadConstraints[0].topologyKey=zone",

@@ -10,14 +10,18 @@ tests query at:
 - ``normal``: single shapes images over V1, V2 REST and gRPC, paced;
 - ``bad``: half of the requests malformed (400 / INVALID_ARGUMENT);
 - ``degraded``: a failing camera: black frames (no detection);
+- ``shed``: sustained overload with the model running: more clients than it can serve, back to back; the
+  server recognises a standing queue and sheds down to two efficient calls (503 at once);
 - ``overload``: the model held at the gate; requests fill the image queue (``--max_queue_images``), time
-  out (``--request_timeout_s``: 503, images cancelled in the queue) or are shed at once (503);
+  out (``--request_timeout_s``: 503, images cancelled in the queue) or are shed at once (503, retried at
+  once);
 - ``recovered``: clean shapes images again, four per request, until the drift window is clean again;
 - ``idle``: nothing.
 
 Then each alert's expression (and Prometheus's own ``ALERTS`` series) is checked: true in the phase
-meant to trigger it, false after the normal phase; the KEDA trigger's query returns what the server
-exported and crosses its threshold under overload; every dashboard panel's query returns data.
+meant to trigger it, false after the normal phase; the KEDA trigger's query (offered load in % of
+capacity) crosses its threshold in both overload phases (in the shed one the queue depth stays under its
+old threshold) and stays under it in normal traffic and idle; every dashboard panel's query returns data.
 """
 
 from __future__ import annotations
@@ -59,12 +63,13 @@ from serving_fixtures import MODEL_NAME, ServerProcess, b64, encode_image, start
 
 from predictor.tools.localserver import free_port
 
-# The chart's values for this run (Standard mode, KEDA on the queue, rules on); small limits so a test
-# can fill the queue and time requests out.
+# The chart's values for this run (Standard mode, KEDA on the offered load, rules on); small limits so a
+# test can fill the queue and time requests out.
 BATCH = 4
 QUEUE = 16
 TIMEOUT_S = 3
 DRIFT_WINDOW = 400  # images in the live drift window (--drift_window_images)
+KEDA_WINDOW = "10s"  # the KEDA trigger's rate window: 10 scrapes here (the chart's 1m is four of 15 s)
 CHART_VALUES = [
     "-f",
     str(CHART / "ci" / "standard-keda-values.yaml"),
@@ -78,6 +83,8 @@ CHART_VALUES = [
     f"predictor.requestTimeoutSeconds={TIMEOUT_S}",
     "--set",
     f"predictor.driftWindowImages={DRIFT_WINDOW}",
+    "--set",
+    f"autoscaling.keda.window={KEDA_WINDOW}",
 ]
 # KServe's Standard mode names the predictor's pods <isvc>-predictor-<replicaset hash>-<pod hash>.
 POD_SUFFIX = "-predictor-6d8f9c7b5-x2k4q"
@@ -95,8 +102,10 @@ class Scrape:
     ends: dict[str, float] = field(default_factory=dict)
     statuses: dict[str, Counter] = field(default_factory=dict)
     start: float = 0.0
-    # while the queue was full: (the server's ssd_queue_images, the KEDA query's value, unix time)
+    # while the queue was full: (the server's ssd_queue_images, the queue's sum in Prometheus, unix time)
     overload_queue: tuple[float, float | None, float] = (0.0, None, 0.0)
+    # the last moment of traffic of the shed and overload phases (before their settling pause)
+    busiest: dict[str, float] = field(default_factory=dict)
 
 
 def _server_args(docs: list[dict[str, Any]]) -> list[str]:
@@ -280,6 +289,13 @@ def _drive_phases(scrape: Scrape, traffic: Traffic, good: list[bytes]) -> None:
 
     _phase(scrape, "degraded", drive(300, send_black, threads=2, until=window_full_of_black))
 
+    def back_to_back(i: int) -> int:  # QUEUE clients, no pause: more than the model can serve
+        return traffic.v1([good[i % len(good)]])
+
+    shed = drive(12, back_to_back, threads=QUEUE)
+    scrape.busiest["shed"] = time.time()
+    _phase(scrape, "shed", shed)
+
     assert scrape.server.gate is not None
     scrape.server.gate.hold()
     seen: list[tuple[float, float | None, float]] = []
@@ -289,7 +305,7 @@ def _drive_phases(scrape: Scrape, traffic: Traffic, good: list[bytes]) -> None:
             if scrape.server.metric("ssd_queue_images") == QUEUE:
                 time.sleep(SETTLE_S)
                 exported, at = scrape.server.metric("ssd_queue_images"), time.time()
-                seen.append((exported, scrape.prom.value(keda_trigger(scrape.docs)["query"], at), at))
+                seen.append((exported, scrape.prom.value(queue_query(scrape.docs), at), at))
                 return
             time.sleep(0.1)
 
@@ -297,13 +313,10 @@ def _drive_phases(scrape: Scrape, traffic: Traffic, good: list[bytes]) -> None:
     watcher.start()
 
     def overload(i: int) -> int:  # QUEUE clients fill the queue and time out; two more are shed at once
-        start = time.monotonic()
-        status = traffic.v1([good[0]])
-        if status == 503 and time.monotonic() - start < 1:
-            time.sleep(1)
-        return status
+        return traffic.v1([good[0]])  # and retry at once, as clients without a backoff do
 
     counts = drive(12, overload, threads=QUEUE + 2)
+    scrape.busiest["overload"] = time.time()
     watcher.join()
     scrape.server.gate.release()
     if seen:
@@ -328,6 +341,12 @@ def keda_trigger(docs: list[dict[str, Any]]) -> dict[str, Any]:
     """The rendered KEDA trigger: ``query`` (PromQL) and ``threshold`` (per replica)."""
     metric = the(docs, "InferenceService")["spec"]["predictor"]["autoScaling"]["metrics"][0]["external"]
     return {"query": metric["metric"]["query"], "threshold": float(metric["target"]["value"])}
+
+
+def queue_query(docs: list[dict[str, Any]]) -> str:
+    """The chart's trigger=queue query (images in progress, summed over the predictor's pods)."""
+    extra = ["--set", "autoscaling.keda.trigger=queue", "--set", "autoscaling.keda.threshold=1"]
+    return keda_trigger(render(pinned_helm(), *CHART_VALUES, *extra))["query"]
 
 
 # ----------------------------------------------------------------------------- the scrape itself
@@ -395,6 +414,7 @@ def test_phases_got_the_answers_they_were_meant_to(scrape):
     assert set(s["normal"]) == {200} and s["normal"][200] > 30, s
     assert set(s["bad"]) == {200, 400} and s["bad"][400] > 10, s
     assert set(s["degraded"]) == {200}, s
+    assert set(s["shed"]) == {200, 503} and s["shed"][503] > s["shed"][200], s
     assert set(s["overload"]) == {503} and s["overload"][503] >= QUEUE, s
     assert set(s["recovered"]) == {200} and s["recovered"][200] * BATCH <= DRIFT_WINDOW + 2 * BATCH, s
 
@@ -490,46 +510,79 @@ def test_live_drift_gauge_rises_with_black_frames_and_falls_back(scrape):
 
 
 # ----------------------------------------------------------------------------- autoscaling
-def test_keda_query_returns_the_exported_queue_and_crosses_its_threshold(scrape):
+def test_keda_load_query_crosses_its_threshold_under_overload_only(scrape):
+    """The chart's default trigger, offered images per second in % of the pod's capacity (70 per
+    replica): over it in both overloads, with the model running and shedding (where the queue depth
+    stays at the standing bound, under its old threshold of 2 x batch size) and with the model held;
+    under it in paced normal traffic; 0 when idle."""
     trigger = keda_trigger(scrape.docs)
-    assert trigger["threshold"] == 2 * BATCH
+    assert trigger["threshold"] == 70
+    assert "ssd_offered_images_total" in trigger["query"] and f"[{KEDA_WINDOW}]" in trigger["query"]
+    min_replicas = the(scrape.docs, "InferenceService")["spec"]["predictor"]["minReplicas"]
+    values = {phase: scrape.prom.value(trigger["query"], at) for phase, at in scrape.busiest.items()}
+    values |= {p: scrape.prom.value(trigger["query"], scrape.ends[p]) for p in ("normal", "idle")}
+    print(f"KEDA load query (% of capacity, threshold 70): {values}")
+    for phase in ("shed", "overload"):
+        assert values[phase] > trigger["threshold"], values
+        assert math.ceil(values[phase] / trigger["threshold"]) > min_replicas  # KEDA's AverageValue
+    assert values["normal"] < trigger["threshold"], values
+    assert values["idle"] == 0
+    # the shed phase reached a standing queue, which held the queue depth under 2 x batch size
+    assert "standing queue: admitting at most" in scrape.server.log()
+    peak = f"max_over_time(({queue_query(scrape.docs)})[8s:1s])"
+    assert scrape.prom.value(peak, scrape.busiest["shed"]) <= 2 * BATCH
+
+
+def test_keda_load_query_is_the_servers_counters(scrape):
+    """The query's parts are what the server exported: offered images (admitted + refused) and its
+    capacity, the efficient bucket's warm-up rate; refusals were counted in both overload phases. The
+    trigger=queue query returned the exported queue depth while the held model's queue was full."""
     exported, scraped, _ = scrape.overload_queue
     assert exported == QUEUE and scraped == exported
-    min_replicas = the(scrape.docs, "InferenceService")["spec"]["predictor"]["minReplicas"]
-    assert math.ceil(scraped / trigger["threshold"]) > min_replicas  # KEDA's AverageValue: scale out
-    for phase in ("normal", "recovered", "idle"):
-        value = scrape.prom.value(trigger["query"], scrape.ends[phase])
-        assert value is not None and value <= trigger["threshold"], phase
-    assert scrape.prom.value(trigger["query"], scrape.ends["idle"]) == 0
+    at = scrape.ends["idle"]
+    sel = f'pod="{scrape.pod}"'
+    for outcome in ("admitted", "refused"):
+        exported = scrape.server.metric("ssd_offered_images_total", f'outcome="{outcome}"')
+        assert scrape.prom.value(f'ssd_offered_images_total{{{sel},outcome="{outcome}"}}', at) == exported
+    capacity = scrape.server.metric("ssd_capacity_images_per_second")
+    assert capacity > 0 and scrape.prom.value(f"ssd_capacity_images_per_second{{{sel}}}", at) == capacity
+    refused = 'sum(ssd_offered_images_total{outcome="refused"})'
+    for phase in ("shed", "overload"):
+        before = list(scrape.ends.values())[list(scrape.ends).index(phase) - 1]
+        grew = scrape.prom.value(refused, scrape.ends[phase]) - scrape.prom.value(refused, before)
+        assert grew > 0, phase
+    assert scrape.prom.value(refused, scrape.ends["normal"]) == 0
 
 
 HPA_EXAMPLE = CHART.parents[1] / "docs" / "examples" / "hpa-custom-metric.yaml"
 
 
-def test_hpa_custom_metric_example_reads_the_exported_queue(scrape):
-    """docs/examples/hpa-custom-metric.yaml: the prometheus-adapter rule's queries, filled in as the adapter
-    does for one pod, return what the server exported; its HPA target is the chart's KEDA threshold."""
+def test_hpa_custom_metric_example_is_the_keda_query_per_pod(scrape):
+    """docs/examples/hpa-custom-metric.yaml: the prometheus-adapter rule's query, filled in as the adapter
+    does for one pod, returns the chart's default KEDA query (1m window) for that pod; its HPA target is
+    the chart's default KEDA threshold."""
     rule, hpa = yaml.safe_load_all(HPA_EXAMPLE.read_text())
-    exported, _, at = scrape.overload_queue
+    at = scrape.busiest["overload"]
     found = scrape.prom.query(rule["seriesQuery"], at)
-    assert [s["metric"]["pod"] for s in found] == [scrape.pod]
+    assert {s["metric"]["pod"] for s in found} == {scrape.pod}
     assert set(rule["resources"]["overrides"]) <= set(found[0]["metric"])  # the labels it maps exist
     query = (
         rule["metricsQuery"]
-        .replace("<<.Series>>", rule["name"]["matches"])
+        .replace("<<.Series>>", found[0]["metric"]["__name__"])
         .replace("<<.LabelMatchers>>", f'namespace="{NAMESPACE}",pod=~"{scrape.pod}"')
         .replace("<<.GroupBy>>", "pod")
     )
+    default_keda = keda_trigger(render(pinned_helm(), "-f", str(CHART / "ci" / "standard-keda-values.yaml")))
     (per_pod,) = scrape.prom.query(query, at)
-    assert per_pod["metric"] == {"pod": scrape.pod} and float(per_pod["value"][1]) == exported == QUEUE
+    assert per_pod["metric"] == {"pod": scrape.pod}
+    assert float(per_pod["value"][1]) == pytest.approx(scrape.prom.value(default_keda["query"], at))
     metric = hpa["spec"]["metrics"][0]["pods"]
-    assert metric["metric"]["name"] == rule["name"]["matches"]
+    assert metric["metric"]["name"] == rule["name"]["as"]
     target = float(metric["target"]["averageValue"])
-    default_keda = render(pinned_helm(), "-f", str(CHART / "ci" / "standard-keda-values.yaml"))
-    assert target == keda_trigger(default_keda)["threshold"] == 2 * 32
-    # the HPA's rule, ceil(replicas * average / target), at this run's batch size (target 2 * BATCH)
-    assert math.ceil(1 * exported / (2 * BATCH)) == 2
-    assert math.ceil(1 * scrape.prom.value(query, scrape.ends["normal"]) / (2 * BATCH)) <= 1
+    assert target == default_keda["threshold"] == 70
+    # the HPA's rule, ceil(replicas * average / target): out under overload, not in normal traffic
+    assert math.ceil(float(per_pod["value"][1]) / target) >= 2
+    assert math.ceil(scrape.prom.value(query, scrape.ends["normal"]) / target) <= 1
 
 
 # ----------------------------------------------------------------------------- the dashboard
@@ -600,7 +653,7 @@ PLOTTED = (
     "Errors per second by status (4xx, 5xx, 503)",
     "Request latency by protocol (p50, p95, p99)",
     "SLO: share of bad requests (recording rules; needs prometheusRule.enabled)",
-    "Images in progress by pod (queue; the KEDA trigger sums it)",
+    "Offered load by pod, % of capacity (the KEDA trigger sums it)",
     "Shed requests by reason",
     "Cancelled and late images",
     "Decode and resize time per image (p50, p95)",
