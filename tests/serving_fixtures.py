@@ -55,7 +55,7 @@ class ModelGate:
     state_file: Path
 
     def state(self) -> tuple[str, int]:
-        """``("open" | "hold", model calls waiting at the gate)``."""
+        """``("open" | "hold" | "slow", model calls waiting at the gate)``."""
         try:
             word, waiting = self.state_file.read_text().split()
         except (FileNotFoundError, ValueError):
@@ -73,6 +73,10 @@ class ModelGate:
 
     def release(self) -> None:
         self._command("release", "open")
+
+    def slow(self, seconds: float) -> None:
+        """Open, and every later model call first sleeps ``seconds`` (a slower model)."""
+        self._command(f"slow {seconds}", "slow")
 
     def wait_for_waiting(self, calls: int) -> None:
         """Until exactly ``calls`` model calls are blocked at the held gate."""
