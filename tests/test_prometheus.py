@@ -1,6 +1,6 @@
 """The server scraped by a real Prometheus (Debian's ``prometheus``) configured from the chart.
 
-One module-scoped run (about a minute and a half): the chart is rendered (Standard mode with KEDA, the
+One module-scoped run (about three minutes): the chart is rendered (Standard mode with KEDA, the
 PodMonitor, the PrometheusRule), the demo model is served by ``tests/gated_server.py`` with the
 rendered container's own arguments and ports, and a Prometheus on loopback scrapes it with the job
 derived from the rendered PodMonitor (:mod:`prometheus_harness`; 1 s instead of the chart's interval)
@@ -12,9 +12,9 @@ tests query at:
 - ``degraded``: a failing camera: black frames (no detection);
 - ``overload``: the model held at the gate; requests fill the image queue (``--max_queue_images``), time
   out (``--request_timeout_s``: 503, images cancelled in the queue) or are shed at once (503);
-- ``shed``: sustained overload with the model running, slowed at the gate: more clients than it can
-  serve, back to back; the server recognises a standing queue and sheds down to two efficient calls
-  (503 at once);
+- ``shed``: sustained overload with the model running, slowed at the gate: more clients than the queue
+  holds, retrying 0.1 s after a 503; the server recognises a standing queue and sheds down to two
+  efficient calls (503 at once); then one paced client until the server leaves that state;
 - ``recovered``: clean shapes images again, four per request, until the drift window is clean again;
 - ``idle``: nothing.
 
