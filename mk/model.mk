@@ -29,15 +29,19 @@ demo-model-resume: $(STAMP) ## Continue an interrupted `make demo-model` from it
 triton-repo: $(STAMP) ## Export a model (default the demo model; MODEL_DIR=...) as a Triton repository of its whole-detector ONNX graph in TRITON_REPO
 	$(PY) -m predictor.ssd.export triton --out $(TRITON_REPO) $(if $(MODEL_DIR),--model_dir $(MODEL_DIR),)
 
-eval: $(STAMP) ## COCO mAP of a model (default the demo model; MODEL_DIR=...) on EVAL_COUNT (500) held-out images
+eval: $(STAMP) ## COCO mAP of a model (default the demo model; MODEL_DIR=...) on EVAL_COUNT (500) held-out images of each set (plain, photo-like)
 	$(PY) -m predictor.tools.evaluate --count $(EVAL_COUNT) --out out/eval $(if $(MODEL_DIR),--model_dir $(MODEL_DIR),)
+	$(PY) -m predictor.tools.evaluate --style photo --count $(EVAL_COUNT) --out out/eval/photo $(if $(MODEL_DIR),--model_dir $(MODEL_DIR),)
 
 .PHONY: model-card
-# Score thresholds of the model card's operating-point table (held-out images 200-399).
+# Score thresholds of the model card's operating-point tables (held-out images 200-399 of each set).
 CARD_THRESHOLDS ?= 0.2,0.3,0.4,0.5
 
-model-card: $(STAMP) ## Re-measure the demo model card's tables (COCO mAP, operating points) and rewrite them in MODEL_CARD.md
+model-card: $(STAMP) ## Re-measure the demo model card's tables (COCO mAP, operating points; plain and photo-like held-out sets) and rewrite them in MODEL_CARD.md
 	$(PY) -m predictor.tools.evaluate --count $(EVAL_COUNT) --out predictor/models/demo/eval
 	$(PY) -m predictor.tools.evaluate --start 200 --count 200 --operating-points $(CARD_THRESHOLDS) \
 		--out predictor/models/demo/eval
+	$(PY) -m predictor.tools.evaluate --style photo --count $(EVAL_COUNT) --out predictor/models/demo/eval/photo
+	$(PY) -m predictor.tools.evaluate --style photo --start 200 --count 200 --operating-points $(CARD_THRESHOLDS) \
+		--out predictor/models/demo/eval/photo
 	$(PY) scripts/model_card.py predictor/models/demo

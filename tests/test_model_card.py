@@ -98,12 +98,42 @@ def test_model_card_tables_match_their_json():
     points = json.loads((REPO_ROOT / "predictor/models/demo/eval/operating_points.json").read_text())
     default = next(p for p in points["operating_points"] if p["score_threshold"] == 0.4)
     assert f"**{default['precision']:.3f}**" in card and points["measured"]["utc"] in card
+    for folder in ("eval", "eval/photo"):  # per-class rows at the default and the max-F1 threshold
+        sweep = json.loads(
+            (REPO_ROOT / "predictor/models/demo" / folder / "operating_points.json").read_text()
+        )
+        sweep = sweep["sweep"]
+        assert sweep["agrees_with_runs"]
+        d, b = sweep["default"]["per_class"]["hexagon"], sweep["max_f1"]["per_class"]["hexagon"]
+        row = f"| hexagon | {d['precision']:.3f} | {d['recall']:.3f} | {d['f1']:.3f} | {b['precision']:.3f} |"
+        assert row in card
+    photo = json.loads((REPO_ROOT / "predictor/models/demo/eval/photo/metrics.json").read_text())
+    assert photo["data"]["style"] == "photo" and f"**{photo['AP50']:.3f}**" in card
+
+
+def test_training_curve_table_has_photo_rows_when_recorded():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("model_card", REPO_ROOT / "scripts/model_card.py")
+    card = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(card)
+    stamp = {"utc": "2026-12-07 09:00 UTC", "machine": "m"}
+    points = [
+        {"step": 200, "AP50": 0.5, "mAP": 0.25, "images": 100, "measured": stamp},
+        {"step": 400, "AP50": 0.75, "mAP": 0.5, "images": 100, "measured": stamp,
+         "photo": {"AP50": 0.625, "mAP": 0.375, "images": 100}},
+    ]  # fmt: skip
+    table = card.training_curve_table(points)
+    assert "| photo-like AP@0.5 | - | 0.625 |" in table
+    assert "| photo-like mAP@[.5:.95] | - | 0.375 |" in table
+    assert "photo" not in card.training_curve_table(points[:1])
 
 
 def test_train_records_a_training_curve(tmp_path):
     cmd = [
         sys.executable, "-m", "predictor.tools.train", "--out", str(tmp_path), "--steps", "2",
         "--batch-size", "2", "--width", "8", "--eval-every", "1", "--eval-count", "2", "--no-progress",
+        "--eval-photo-count", "2", "--photo-fraction", "0.5", "--ema-decay", "0.9",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=server_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -111,3 +141,4 @@ def test_train_records_a_training_curve(tmp_path):
     assert [p["step"] for p in curve] == [1, 2]
     assert all(0 <= p["AP50"] <= 1 and 0 <= p["mAP"] <= p["AP50"] and p["images"] == 2 for p in curve)
     assert all(p["measured"]["machine"] for p in curve)
+    assert all(0 <= p["photo"]["AP50"] <= 1 and p["photo"]["images"] == 2 for p in curve)

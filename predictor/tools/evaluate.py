@@ -97,11 +97,17 @@ def _detect_all(detector: Detector, samples: Sequence, threshold: float, batch_s
 
 
 def threshold_sweep(
-    detector: Detector, samples: Sequence, class_names: Sequence[str], batch_size: int = 16
+    detector: Detector,
+    samples: Sequence,
+    class_names: Sequence[str],
+    batch_size: int = 16,
+    runs: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """Precision/recall/F1 overall and per class (names) at the detector's default score threshold and
     at the F1-maximising threshold of :data:`SWEEP_THRESHOLDS` (overall: one threshold for all classes;
-    ``per_class_max_f1``: each class its own)."""
+    ``per_class_max_f1``: each class its own). ``runs``: :func:`operating_points` rows of the same
+    samples; ``agrees_with_runs`` says whether the sweep counts the same true positives and detections
+    at their thresholds (it does unless the detector's top-k or per-image cap dropped some)."""
     truth = [(s.boxes, s.labels) for s in samples]
     matched = MatchedDetections(truth, _detect_all(detector, samples, SWEEP_MIN_SCORE, batch_size))
     labels = range(1, len(class_names))
@@ -111,7 +117,13 @@ def threshold_sweep(
 
     default = float(detector.score_threshold)
     best = matched.max_f1(SWEEP_THRESHOLDS)
+    agrees = all(
+        (matched.at(r["score_threshold"])["true_positives"], matched.at(r["score_threshold"])["detections"])
+        == (r["true_positives"], r["detections"])
+        for r in runs
+    )
     return {
+        "agrees_with_runs": agrees,
         "min_score": SWEEP_MIN_SCORE,
         "thresholds": [SWEEP_THRESHOLDS[0], SWEEP_THRESHOLDS[-1], 0.01],
         "default": {
@@ -245,7 +257,7 @@ def _write_operating_points(
     out: Path,
 ) -> int:
     rows = operating_points(detector, samples, args.operating_points, args.batch_size)
-    sweep = threshold_sweep(detector, samples, class_names, args.batch_size)
+    sweep = threshold_sweep(detector, samples, class_names, args.batch_size, rows)
     print(f"model: {model_dir}\ndata: {source}\n")
     print("threshold  precision  recall  detections  ground truth")
     for r in rows:
