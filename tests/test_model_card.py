@@ -111,6 +111,33 @@ def test_model_card_tables_match_their_json():
     assert photo["data"]["style"] == "photo" and f"**{photo['AP50']:.3f}**" in card
 
 
+def test_evaluate_cli_operating_points_on_the_photo_like_set(tmp_path):
+    """``--style photo`` picks the photo-like held-out set; the sweep covers every class and agrees with
+    the detector run at the listed threshold."""
+    from predictor.datasets.shapes import CLASS_NAMES, PHOTO_EVAL_SEED
+
+    cmd = [
+        sys.executable, "-m", "predictor.tools.evaluate", "--style", "photo", "--start", "3", "--count", "6",
+        "--operating-points", "0.4", "--out", str(tmp_path),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=server_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "operating_points.json").read_text())
+    assert report["data"] == {
+        "kind": "shapes",
+        "style": "photo",
+        "seed": PHOTO_EVAL_SEED,
+        "start": 3,
+        "count": 6,
+    }
+    sweep = report["sweep"]
+    assert sweep["agrees_with_runs"] and sweep["default"]["score_threshold"] == 0.4
+    row = report["operating_points"][0]
+    assert sweep["default"]["overall"]["true_positives"] == row["true_positives"]
+    assert set(sweep["per_class_max_f1"]) == set(CLASS_NAMES[1:]) == set(sweep["max_f1"]["per_class"])
+    assert sweep["max_f1"]["overall"]["f1"] >= sweep["default"]["overall"]["f1"]
+
+
 def test_training_curve_table_has_photo_rows_when_recorded():
     import importlib.util
 
