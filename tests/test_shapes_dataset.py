@@ -284,6 +284,19 @@ def test_write_coco_roundtrip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(labels, sample.labels)
 
 
+def test_write_coco_photo_style(tmp_path: Path) -> None:
+    data = json.loads(write_coco(tmp_path, seed=PHOTO_EVAL_SEED, count=2, style="photo").read_text())
+    for image_id in (0, 1):
+        sample = generate_photo_sample(PHOTO_EVAL_SEED, image_id)
+        anns = [a for a in data["annotations"] if a["image_id"] == image_id]
+        assert [a["category_id"] for a in anns] == sample.labels.tolist()
+        xyxy = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]
+        np.testing.assert_allclose(xyxy, sample.boxes, atol=1e-2)
+    assert "style='photo'" in data["info"]["description"]
+    with pytest.raises(ValueError, match="style"):
+        write_coco(tmp_path, seed=0, count=1, style="sketch")
+
+
 def test_coco_dataset_remaps_and_filters(tmp_path: Path) -> None:
     from PIL import Image
 

@@ -12,9 +12,9 @@ flat, gradients, noise, stripes, checkerboards or blurred blobs; some images are
 textures (multi-octave value noise mapped through colour palettes, per-channel colour fields, wood rings,
 marble veins, warped stripes), with distractor strokes, uneven lighting, shaded shape fills, shapes down
 to 5% of the shorter side, shapes cut by the image border (at least :data:`MIN_INSIDE` of their area
-inside; their boxes are clipped to the image), then whole-image blur, sensor noise and JPEG at qualities
-down to 10. Its held-out set uses :data:`PHOTO_EVAL_SEED`; ``ShapesDataset(photo_fraction=f)`` mixes it
-into the training stream.
+inside; their box is the extent of the part inside the image), then whole-image blur, sensor noise and
+JPEG at qualities down to 10. Its held-out set uses :data:`PHOTO_EVAL_SEED`;
+``ShapesDataset(photo_fraction=f)`` mixes it into the training stream.
 
 Boxes are the tight axis-aligned extent of the whole (possibly occluded) shape, computed from the exact
 polygon, as ``(xmin, ymin, xmax, ymax)`` float32 in continuous pixel coordinates (pixel ``(col, row)``
@@ -717,10 +717,12 @@ class ShapesDataset:
 # ------------------------------------------------------------------------------------ COCO export
 
 
-def _write_one(args: tuple[Path, int, int, str, int]) -> tuple[int, str, int, int, np.ndarray, np.ndarray]:
+def _write_one(
+    args: tuple[Path, int, int, str, int, str],
+) -> tuple[int, str, int, int, np.ndarray, np.ndarray]:
     """Generate and save sample ``index``; returns ``(index, file name, W, H, boxes, labels)``."""
-    image_dir, seed, index, fmt, quality = args
-    sample = generate_sample(seed, index)
+    image_dir, seed, index, fmt, quality, style = args
+    sample = generate_sample_debug(seed, index, style).sample
     name = f"{index:06d}.{fmt}"
     im = Image.fromarray(sample.image)
     if fmt == "jpg":
@@ -739,6 +741,7 @@ def write_coco(
     image_format: str = "jpg",
     quality: int = 95,
     workers: int = 1,
+    style: str = "plain",
 ) -> Path:
     """Write samples ``start .. start + count - 1`` as a COCO dataset and return the annotation path.
 
@@ -751,7 +754,9 @@ def write_coco(
     out = Path(out_dir)
     image_dir = out / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(image_dir, int(seed), i, image_format, int(quality)) for i in range(start, start + count)]
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    jobs = [(image_dir, int(seed), i, image_format, int(quality), style) for i in range(start, start + count)]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             results = list(pool.map(_write_one, jobs, chunksize=16))
@@ -762,7 +767,7 @@ def write_coco(
         images.append({"id": index, "file_name": name, "width": w, "height": h})
         annotations += image_annotations(index, boxes, labels, len(annotations) + 1)
     data = {
-        "info": {"description": f"predictor synthetic shapes, seed={seed}, start={start}, count={count}"},
+        "info": {"description": f"predictor synthetic shapes, {style=}, {seed=}, {start=}, {count=}"},
         "images": images,
         "annotations": annotations,
         "categories": coco_categories(CLASS_NAMES),
@@ -782,8 +787,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--format", choices=("jpg", "png"), default="jpg", help="image file format")
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality of the written files")
     parser.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    parser.add_argument(
+        "--style",
+        choices=STYLES,
+        default="plain",
+        help=f"image style (photo-like held out: {PHOTO_EVAL_SEED})",
+    )
     args = parser.parse_args(argv)
-    path = write_coco(args.out, args.seed, args.count, args.start, args.format, args.quality, args.workers)
+    path = write_coco(
+        args.out, args.seed, args.count, args.start, args.format, args.quality, args.workers, args.style
+    )
     print(path)
 
 
