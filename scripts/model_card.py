@@ -5,8 +5,11 @@ Each table sits between ``<!-- generated: NAME -->`` and ``<!-- end: NAME -->`` 
 
 - ``metrics``: COCO summary and per-class AP, from ``eval/metrics.json``
   (``python -m predictor.tools.evaluate``);
-- ``operating-points``: precision/recall per score threshold, from ``eval/operating_points.json``
+- ``operating-points``: precision/recall per score threshold, and per class at the default threshold and
+  at the max-F1 thresholds, from ``eval/operating_points.json``
   (``python -m predictor.tools.evaluate --operating-points ...``);
+- ``metrics-photo`` and ``operating-points-photo``: the same on the photo-like held-out set, from
+  ``eval/photo/`` (``--style photo``);
 - ``training-curve``: AP during training, from ``eval/training_curve.json`` (``python -m predictor.tools.train
   --eval-every N``, copied there by ``make demo-model``).
 
@@ -33,9 +36,13 @@ def _stamp(measured: dict[str, str] | None, command: str) -> str:
     return f"_Made by `{command}` on {measured['utc']}, {measured['machine']}._"
 
 
+def _style_flag(data: dict[str, Any]) -> str:
+    return " --style photo" if data.get("style") == "photo" else ""
+
+
 def metrics_table(m: dict[str, Any]) -> str:
     data = m["data"]
-    command = f"python -m predictor.tools.evaluate --count {data['count']}"
+    command = f"python -m predictor.tools.evaluate{_style_flag(data)} --count {data['count']}"
     lines = [
         _stamp(m.get("measured"), command),
         "",
@@ -57,8 +64,8 @@ def operating_points_table(o: dict[str, Any], default_threshold: float | None) -
     data = o["data"]
     thresholds = ",".join(f"{r['score_threshold']:g}" for r in rows)
     command = (
-        f"python -m predictor.tools.evaluate --start {data['start']} --count {data['count']} "
-        f"--operating-points {thresholds}"
+        f"python -m predictor.tools.evaluate{_style_flag(data)} --start {data['start']} "
+        f"--count {data['count']} --operating-points {thresholds}"
     )
 
     def cell(r: dict[str, Any], key: str) -> str:
@@ -84,7 +91,45 @@ def operating_points_table(o: dict[str, Any], default_threshold: float | None) -
     ]
     for key in ("precision", "recall", "detections"):
         lines.append(f"| {key} | " + " | ".join(cell(r, key) for r in rows) + " |")
+    if "sweep" in o:
+        lines += ["", *sweep_table(o["sweep"])]
     return "\n".join(lines)
+
+
+def sweep_table(sweep: dict[str, Any]) -> list[str]:
+    """Per-class precision / recall / F1 at the default threshold, at the overall max-F1 threshold, and
+    each class's own max-F1 threshold."""
+    d, b, own = sweep["default"], sweep["max_f1"], sweep["per_class_max_f1"]
+    lo, hi, step = sweep["thresholds"]
+    t_d, t_b = d["score_threshold"], b["score_threshold"]
+
+    def prf(p: dict[str, Any]) -> str:
+        return f"{_pct(p['precision'])} | {_pct(p['recall'])} | {_pct(p['f1'])}"
+
+    lines = [
+        f"Per class, from one detector run at score {sweep['min_score']:g} (thresholds {lo:g}-{hi:g} in "
+        f"steps of {step:g}): precision / recall / F1 at the default threshold **{t_d:g}**, at the "
+        f"threshold that maximises the overall F1 (**{t_b:g}**), and at each class's own max-F1 threshold. "
+        + (
+            "At the table's thresholds above, the sweep counts the same detections and true positives as "
+            "the detector run at each."
+            if sweep.get("agrees_with_runs")
+            else "**At some of the table's thresholds above, the sweep's counts differ from the detector's "
+            "runs** (its top-k or per-image cap dropped detections)."
+        ),
+        "",
+        f"| class | P @{t_d:g} | R @{t_d:g} | F1 @{t_d:g} | P @{t_b:g} | R @{t_b:g} | F1 @{t_b:g} "
+        "| own max-F1 threshold | P | R | F1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| all classes | {prf(d['overall'])} | {prf(b['overall'])} | {t_b:g} | {prf(b['overall'])} |",
+    ]
+    for name in d["per_class"]:
+        mine = own[name]
+        lines.append(
+            f"| {name} | {prf(d['per_class'][name])} | {prf(b['per_class'][name])} | "
+            f"{mine['score_threshold']:g} | {prf(mine)} |"
+        )
+    return lines
 
 
 def training_curve_table(points: list[dict[str, Any]]) -> str:
@@ -99,6 +144,12 @@ def training_curve_table(points: list[dict[str, Any]]) -> str:
         "| AP@0.5 | " + " | ".join(_pct(p["AP50"]) for p in points) + " |",
         "| mAP@[.5:.95] | " + " | ".join(_pct(p["mAP"]) for p in points) + " |",
     ]  # fmt: skip
+    if any("photo" in p for p in points):
+        photo = [p.get("photo") or {} for p in points]
+        lines += [
+            "| photo-like AP@0.5 | " + " | ".join(_pct(q.get("AP50")) for q in photo) + " |",
+            "| photo-like mAP@[.5:.95] | " + " | ".join(_pct(q.get("mAP")) for q in photo) + " |",
+        ]
     return "\n".join(lines)
 
 
@@ -123,6 +174,15 @@ def render(model_dir: Path) -> str:
     )
     points = json.loads((eval_dir / "operating_points.json").read_text())
     card = replace_section(card, "operating-points", operating_points_table(points, default_threshold))
+    photo_dir = eval_dir / "photo"
+    if (photo_dir / "metrics.json").exists():
+        photo = json.loads((photo_dir / "metrics.json").read_text())
+        card = replace_section(card, "metrics-photo", metrics_table(photo))
+    if (photo_dir / "operating_points.json").exists():
+        photo_points = json.loads((photo_dir / "operating_points.json").read_text())
+        card = replace_section(
+            card, "operating-points-photo", operating_points_table(photo_points, default_threshold)
+        )
     curve_path = eval_dir / "training_curve.json"
     curve = json.loads(curve_path.read_text()) if curve_path.exists() else []
     return replace_section(card, "training-curve", training_curve_table(curve))

@@ -16,12 +16,21 @@ from predictor.datasets.shapes import (
     CLASS_NAMES,
     EVAL_SEED,
     MAX_SIDE,
+    MIN_INSIDE,
     MIN_SIDE,
     MIN_VISIBLE,
+    PHOTO_EVAL_SEED,
+    PHOTO_SIZE_RANGE,
     TRAIN_SEED,
     ShapesDataset,
+    clip_polygon,
+    generate_photo_sample,
     generate_sample,
     generate_sample_debug,
+    heldout_sample,
+    is_photo_index,
+    polygon_area,
+    polygon_box,
     render_shape,
     shape_polygon,
     write_coco,
@@ -113,6 +122,129 @@ def test_shape_geometry() -> None:
     np.testing.assert_allclose(cross[0, 0] * 2, span / 3)  # arm width = span / 3
 
 
+# ------------------------------------------------------------------------------- photo-like style
+
+
+@pytest.fixture(scope="module")
+def photo_samples() -> list:
+    return [generate_sample_debug(3, i, "photo") for i in range(N_SAMPLES)]
+
+
+def test_photo_style_is_deterministic_and_its_own_stream() -> None:
+    a, b = generate_photo_sample(7, 11), generate_photo_sample(7, 11)
+    assert a.image.tobytes() == b.image.tobytes()
+    np.testing.assert_array_equal(a.boxes, b.boxes)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    for other in (generate_photo_sample(7, 12), generate_photo_sample(8, 11), generate_sample(7, 11)):
+        assert other.image.shape != a.image.shape or other.image.tobytes() != a.image.tobytes()
+
+
+def test_photo_heldout_set_is_not_in_the_training_stream() -> None:
+    """Its own seed (not a training seed, not the plain held-out seed); the training stream's photo-like
+    items at the same positions are other images."""
+    assert PHOTO_EVAL_SEED >= 1000 and PHOTO_EVAL_SEED != EVAL_SEED
+    train = ShapesDataset(TRAIN_SEED, 100, photo_fraction=1.0)
+    for i in range(3):
+        held = heldout_sample("photo", i)
+        assert held.image.tobytes() == generate_photo_sample(PHOTO_EVAL_SEED, i).image.tobytes()
+        assert held.image.tobytes() != train[i].image.tobytes()
+    assert heldout_sample("plain", 2).image.tobytes() == generate_sample(EVAL_SEED, 2).image.tobytes()
+    with pytest.raises(ValueError, match="style"):
+        heldout_sample("oil-painting", 0)
+
+
+def test_photo_mix_gives_each_window_its_share() -> None:
+    flags = [is_photo_index(i, 0.25) for i in range(5000)]
+    assert abs(sum(flags) / len(flags) - 0.25) < 0.005
+    for start in range(0, 5000 - 32, 32):  # each training batch of 32: 8 +- 1 photo-like images
+        assert 7 <= sum(flags[start : start + 32]) <= 9
+    assert not any(is_photo_index(i, 0.0) for i in range(100))
+    assert all(is_photo_index(i, 1.0) for i in range(100))
+    mixed = ShapesDataset(4, 50, photo_fraction=0.25)
+    for i in range(8):
+        want = generate_photo_sample(4, i) if flags[i] else generate_sample(4, i)
+        assert mixed[i].image.tobytes() == want.image.tobytes()
+    with pytest.raises(ValueError, match="photo_fraction"):
+        ShapesDataset(0, 5, photo_fraction=1.5)
+
+
+def test_photo_sample_contract_and_small_objects(photo_samples: list) -> None:
+    sides = []
+    for debug in photo_samples:
+        image, boxes, labels = debug.sample
+        h, w = image.shape[:2]
+        assert image.dtype == np.uint8 and image.shape == (h, w, 3)
+        assert boxes.dtype == np.float32 and boxes.shape == (len(labels), 4) and len(labels) >= 1
+        assert np.all(boxes[:, :2] >= 0) and np.all(boxes[:, 2] <= w) and np.all(boxes[:, 3] <= h)
+        assert np.all(boxes[:, 2] > boxes[:, 0]) and np.all(boxes[:, 3] > boxes[:, 1])
+        inside = (boxes[:, 0] > 0) & (boxes[:, 1] > 0) & (boxes[:, 2] < w) & (boxes[:, 3] < h)
+        side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])[inside] / min(w, h)
+        sides += side.tolist()
+    sides = np.array(sides)
+    lo, hi = PHOTO_SIZE_RANGE
+    assert np.all(sides <= hi + 0.01) and np.all(sides >= lo * 0.5)
+    assert np.mean(sides < 0.08) > 0.1  # smaller than the plain style's smallest shapes
+    visible = [
+        np.bincount(d.instance_map.ravel(), minlength=len(d.full_pixels) + 1)[1:] for d in photo_samples
+    ]
+    assert all(np.all(v >= MIN_VISIBLE * d.full_pixels) for v, d in zip(visible, photo_samples, strict=True))
+
+
+def test_border_shapes_are_cut_and_their_boxes_clipped(photo_samples: list) -> None:
+    """Some shapes cross the border; the top (fully visible) shape's mask touches its box edges, the
+    clipped ones included."""
+    touching = 0
+    for debug in photo_samples:
+        image, boxes, labels = debug.sample
+        h, w = image.shape[:2]
+        touching += int(
+            np.sum((boxes[:, 0] == 0) | (boxes[:, 1] == 0) | (boxes[:, 2] == w) | (boxes[:, 3] == h))
+        )
+        # Half-covered pixels count in the mask: a vertex tip can end up to 2 px inside the box.
+        np.testing.assert_allclose(_mask_box(debug.instance_map == len(labels)), boxes[-1], atol=2.0)
+    assert touching >= 5
+
+
+def test_border_placement_keeps_min_inside() -> None:
+    """With every shape placed across a border: every polygon crosses the border, its box lies inside the
+    image and within the clipped polygon box, and each placed shape keeps MIN_INSIDE of its area in the
+    image."""
+    from predictor.datasets import shapes
+
+    style = shapes._Style((0.1, 0.5), 1.0, False)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        g = shapes._sample_geometry(rng, 400, 300, style)
+        lo, hi = g.polygon.min(axis=0), g.polygon.max(axis=0)
+        assert lo[0] < 0 or lo[1] < 0 or hi[0] > 400 or hi[1] > 300
+        clipped = np.clip(np.concatenate([lo, hi]), 0, [400, 300, 400, 300])
+        assert np.all(g.box[:2] >= clipped[:2] - 1e-4) and np.all(g.box[2:] <= clipped[2:] + 1e-4)
+    canvas = shapes._Canvas(np.zeros((300, 400, 3), np.uint8))
+    for _ in range(30):
+        shapes._place_shape(rng, canvas, style)
+    assert len(canvas.shapes) >= 3
+    for shape, full in zip(canvas.shapes, canvas.full, strict=True):
+        assert full >= MIN_INSIDE * polygon_area(shape.polygon) * 0.97  # mask >= 128 vs exact coverage
+
+
+def test_clip_polygon_hand_computed() -> None:
+    """A diamond centred on the left border keeps its right half; its box is the visible part's."""
+    diamond = np.array([[0.0, 0.0], [10.0, 10.0], [0.0, 20.0], [-10.0, 10.0]])
+    half = clip_polygon(diamond, 100, 100)
+    np.testing.assert_allclose(polygon_area(half), 100.0)
+    np.testing.assert_allclose(polygon_box(half), [0, 0, 10, 20])
+    # Cut by the bottom edge at y = 5: the part inside is the tip, 5 px tall and 10 px wide.
+    np.testing.assert_allclose(
+        polygon_box(clip_polygon(diamond + np.array([50.0, 0.0]), 100, 5)), [45, 0, 55, 5]
+    )
+    assert clip_polygon(diamond - np.array([50.0, 0.0]), 100, 100).shape == (0, 2)
+
+
+def test_polygon_area() -> None:
+    np.testing.assert_allclose(polygon_area(shape_polygon(2, 10.0, 0.3)), 200.0)  # square of diagonal 20
+    np.testing.assert_allclose(polygon_area(np.array([[0, 0], [4, 0], [0, 3]], float)), 6.0)
+
+
 def test_dataset_indexing() -> None:
     ds = ShapesDataset(seed=5, size=3)
     assert len(ds) == 3
@@ -150,6 +282,19 @@ def test_write_coco_roundtrip(tmp_path: Path) -> None:
     assert np.abs(image.astype(int) - sample.image).mean() < 4  # JPEG quality 95
     np.testing.assert_allclose(boxes, sample.boxes, atol=1e-2)
     np.testing.assert_array_equal(labels, sample.labels)
+
+
+def test_write_coco_photo_style(tmp_path: Path) -> None:
+    data = json.loads(write_coco(tmp_path, seed=PHOTO_EVAL_SEED, count=2, style="photo").read_text())
+    for image_id in (0, 1):
+        sample = generate_photo_sample(PHOTO_EVAL_SEED, image_id)
+        anns = [a for a in data["annotations"] if a["image_id"] == image_id]
+        assert [a["category_id"] for a in anns] == sample.labels.tolist()
+        xyxy = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]
+        np.testing.assert_allclose(xyxy, sample.boxes, atol=1e-2)
+    assert "style='photo'" in data["info"]["description"]
+    with pytest.raises(ValueError, match="style"):
+        write_coco(tmp_path, seed=0, count=1, style="sketch")
 
 
 def test_coco_dataset_remaps_and_filters(tmp_path: Path) -> None:

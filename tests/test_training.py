@@ -130,3 +130,38 @@ def test_init_from_copies_matching_variables_and_skips_other_heads(demo_model_di
             model.get_layer(name).kernel.numpy(), src.get_layer(name).kernel.numpy()
         )
     np.testing.assert_array_equal(model.get_layer("stage3_box_conv_cls").kernel.numpy(), fresh_head)
+
+
+def test_weight_average_by_hand_swaps_in_and_survives_resume(tiny_config, samples, tmp_path):
+    """EMA with decay min(d, (1 + t) / (10 + t)) after step t, checked against the live weights step by
+    step; ``averaged_weights`` puts it in the model and gives the live weights back; a checkpoint keeps
+    it; export writes it."""
+    import keras
+
+    from predictor.ssd.weights import load_model
+
+    keras.utils.set_random_seed(0)
+    train = TrainConfig(
+        steps=3, batch_size=2, warmup_steps=1, augment=False, ema_decay=0.5, checkpoint_every=3
+    )
+    trainer = Trainer(tiny_config, build_network(tiny_config), train, tmp_path / "run")
+    var = trainer.model.trainable_variables[0]
+    expected = var.numpy().copy()
+    images, labels, loc = next(iter(make_dataset(samples, tiny_config, train)))
+    for t in (1, 2, 3):
+        trainer._step_fn(images, labels, loc)
+        decay = min(0.5, (1 + t) / (10 + t))  # 2/11, 3/12, 4/13: all under 0.5
+        expected = decay * expected + (1 - decay) * var.numpy()
+    np.testing.assert_allclose(trainer.ema[0].numpy(), expected, rtol=1e-5, atol=1e-7)
+    live = var.numpy().copy()
+    assert not np.allclose(live, expected)
+    with trainer.averaged_weights():
+        np.testing.assert_allclose(var.numpy(), expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(var.numpy(), live)
+    trainer.manager.save(checkpoint_number=3)
+    again = Trainer(tiny_config, build_network(tiny_config), train, tmp_path / "run")
+    assert again.restore() == 3
+    np.testing.assert_array_equal(again.ema[0].numpy(), trainer.ema[0].numpy())
+    _, exported = load_model(trainer.export(tmp_path / "model"))
+    got = next(v for v in exported.trainable_variables if v.path == var.path)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-7)

@@ -8,21 +8,33 @@ fully inside the image, and may overlap, but every shape keeps at least half of 
 Shape colours stand out from the background under them and from nearby shapes. Backgrounds are
 flat, gradients, noise, stripes, checkerboards or blurred blobs; some images are JPEG re-encoded.
 
+**Photo-like style** (:func:`generate_photo_sample`): the same classes and box convention on procedural
+textures (multi-octave value noise mapped through colour palettes, per-channel colour fields, wood rings,
+marble veins, warped stripes), with distractor strokes, uneven lighting, shaded shape fills, shapes down
+to 5% of the shorter side, shapes cut by the image border (at least :data:`MIN_INSIDE` of their area
+inside; their box is the extent of the part inside the image), then whole-image blur, sensor noise and
+JPEG at qualities down to 10. Its held-out set uses :data:`PHOTO_EVAL_SEED`;
+``ShapesDataset(photo_fraction=f)`` mixes it into the training stream.
+
 Boxes are the tight axis-aligned extent of the whole (possibly occluded) shape, computed from the exact
 polygon, as ``(xmin, ymin, xmax, ymax)`` float32 in continuous pixel coordinates (pixel ``(col, row)``
 covers ``[col, col + 1) x [row, row + 1)``; see :mod:`predictor.datasets.coco`).
 
 Seed convention: sample ``index`` of dataset ``seed`` is fully determined by ``(seed, index)``
 (``np.random.default_rng([seed, index])``), so any worker can generate any item. Training uses seeds
-below 1000 (:data:`TRAIN_SEED` = 0 by default); the held-out evaluation set uses :data:`EVAL_SEED`
-(20261125) and must never be trained on.
+below 1000 (:data:`TRAIN_SEED` = 0 by default); the held-out evaluation sets use :data:`EVAL_SEED`
+(20261125) and :data:`PHOTO_EVAL_SEED` (20261207, photo-like style) and must never be trained on. A
+photo-like sample draws from ``np.random.default_rng([seed, index, 1])``, so it never repeats the plain
+sample with the same ``(seed, index)``.
 
-CLI: ``python -m predictor.datasets.shapes --out DIR --seed S --count N`` writes a COCO dataset.
+CLI: ``python -m predictor.datasets.shapes --out DIR --seed S --count N [--style photo]`` writes a COCO
+dataset.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import math
@@ -32,7 +44,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from predictor.datasets.coco import DetectionSample, coco_categories, image_annotations
 
@@ -40,6 +52,8 @@ CLASS_NAMES: tuple[str, ...] = ("background", "circle", "square", "triangle", "s
 NUM_CLASSES = len(CLASS_NAMES) - 1
 TRAIN_SEED = 0
 EVAL_SEED = 20261125
+PHOTO_EVAL_SEED = 20261207
+STYLES = ("plain", "photo")
 
 MIN_SIDE, MAX_SIDE = 300, 640
 MAX_SHAPES = 8
@@ -51,6 +65,13 @@ JPEG_PROB = 0.35
 JPEG_QUALITY = (30, 90)
 SUPERSAMPLE = 2
 _MAX_TRIES = 25
+# Photo-like style (see the module docstring).
+PHOTO_SIZE_RANGE = (0.05, 0.60)
+PHOTO_BORDER_PROB = 0.25  # per shape: placed across an image border
+MIN_INSIDE = 0.4  # fraction of a border-cut shape's polygon area inside the image
+PHOTO_BLUR_PROB, PHOTO_BLUR_RADIUS = 0.5, (0.4, 1.8)
+PHOTO_NOISE_PROB, PHOTO_NOISE_SIGMA = 0.6, (2.0, 12.0)
+PHOTO_JPEG_PROB, PHOTO_JPEG_QUALITY = 0.7, (10, 95)
 _COLOR_CANDIDATES = 32
 
 ShapeSample = DetectionSample
@@ -133,6 +154,34 @@ def shape_polygon(
 def polygon_box(polygon: np.ndarray) -> np.ndarray:
     """Tight ``(xmin, ymin, xmax, ymax)`` float32 box of a ``[V, 2]`` polygon."""
     return np.concatenate([polygon.min(axis=0), polygon.max(axis=0)]).astype(np.float32)
+
+
+def clip_polygon(polygon: np.ndarray, width: float, height: float) -> np.ndarray:
+    """The part ``[V', 2]`` of a convex-or-not simple polygon inside ``[0, width] x [0, height]``
+    (Sutherland-Hodgman against the four edges; ``[0, 2]`` when nothing is inside)."""
+    pts = np.asarray(polygon, np.float64)
+    for axis, limit, keep_below in ((0, 0.0, False), (0, width, True), (1, 0.0, False), (1, height, True)):
+        if len(pts) == 0:
+            break
+        d = (limit - pts[:, axis]) if keep_below else (pts[:, axis] - limit)  # >= 0: inside
+        out = []
+        for i in range(len(pts)):
+            j = (i + 1) % len(pts)
+            if d[i] >= 0:
+                out.append(pts[i])
+            if (d[i] >= 0) != (d[j] >= 0):
+                t = d[i] / (d[i] - d[j])
+                cut = pts[i] + t * (pts[j] - pts[i])
+                cut[axis] = limit  # exactly on the edge (no -1e-15 past it)
+                out.append(cut)
+        pts = np.array(out, np.float64).reshape(-1, 2)
+    return pts
+
+
+def polygon_area(polygon: np.ndarray) -> float:
+    """Area (pixels) of a simple ``[V, 2]`` polygon (shoelace formula)."""
+    x, y = polygon[:, 0], polygon[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
 # ---------------------------------------------------------------------------------------- rendering
@@ -263,6 +312,101 @@ def make_background(rng: np.random.Generator, width: int, height: int) -> np.nda
     return np.ascontiguousarray(kind(rng, width, height), dtype=np.uint8)
 
 
+# ---------------------------------------------------------------------------- photo-like backgrounds
+
+
+def value_noise(rng: np.random.Generator, width: int, height: int, octaves: int = 4) -> np.ndarray:
+    """Multi-octave value noise ``[H, W]`` float32 in ``[0, 1]``.
+
+    Octave ``k`` is a random grid with about ``base * 2**k`` cells across the longer side, bicubic
+    upsampled, weighted ``0.5**k``; the sum is min-max normalised.
+    """
+    base = float(rng.uniform(1.5, 5.0))
+    longer = max(width, height)
+    out = np.zeros((height, width), np.float32)
+    for k in range(octaves):
+        cells = base * 2**k
+        gw = max(2, round(cells * width / longer) + 1)
+        gh = max(2, round(cells * height / longer) + 1)
+        grid = Image.fromarray(rng.random((gh, gw), dtype=np.float32), mode="F")
+        out += np.asarray(grid.resize((width, height), Image.Resampling.BICUBIC)) * np.float32(0.5**k)
+    lo, hi = float(out.min()), float(out.max())
+    return (out - lo) * np.float32(1.0 / max(hi - lo, 1e-6))
+
+
+def _palette(rng: np.random.Generator, t: np.ndarray, stops: int | None = None) -> np.ndarray:
+    """Map ``t [H, W]`` in ``[0, 1]`` through a random 2..4-colour piecewise-linear palette -> uint8 RGB."""
+    n = int(rng.integers(2, 5)) if stops is None else stops
+    colors = _random_colors(rng, n).astype(np.float32)
+    xs = np.linspace(0.0, 1.0, 256, dtype=np.float32)
+    knots = np.linspace(0.0, 1.0, n, dtype=np.float32)
+    lut = np.stack([np.interp(xs, knots, colors[:, c]) for c in range(3)], axis=1).round().astype(np.uint8)
+    return lut[(np.clip(t, 0.0, 1.0) * 255.0).astype(np.uint8)]
+
+
+def _bg_texture(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    return _palette(rng, value_noise(rng, width, height, int(rng.integers(3, 6))))
+
+
+def _bg_color_field(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    lo = rng.uniform(0, 160, size=3).astype(np.float32)
+    span = rng.uniform(40, 255, size=3).astype(np.float32)
+    chans = [value_noise(rng, width, height, 3) for _ in range(3)]
+    return np.clip(lo + np.stack(chans, axis=-1) * span, 0, 255).astype(np.uint8)
+
+
+def _bg_wood(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    u, v = _rotated_coords(rng, width, height)
+    cx, cy = rng.uniform(-width, 2 * width), rng.uniform(-height, 2 * height)
+    r = np.sqrt((u - np.float32(cx)) ** 2 + (np.float32(rng.uniform(0.02, 0.3)) * (v - np.float32(cy))) ** 2)
+    warp = value_noise(rng, width, height, 3) * np.float32(rng.uniform(0.5, 3.0))
+    t = np.abs(np.sin(np.float32(np.pi) * (r / np.float32(rng.uniform(6, 30)) + warp)))
+    return _palette(rng, t**0.7, stops=2)
+
+
+def _bg_marble(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    u, _ = _rotated_coords(rng, width, height)
+    turb = value_noise(rng, width, height, 5) * np.float32(rng.uniform(4.0, 12.0))
+    t = 0.5 + 0.5 * np.sin(u * np.float32(2 * np.pi / rng.uniform(60, 250)) + turb)
+    return _palette(rng, t ** np.float32(rng.uniform(0.3, 3.0)), stops=int(rng.integers(2, 4)))
+
+
+def _bg_warped_stripes(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    u, _ = _rotated_coords(rng, width, height)
+    period = np.float32(rng.uniform(6, 60))
+    warp = value_noise(rng, width, height, 3) * np.float32(rng.uniform(0.5, 3.0)) * period
+    colors = _random_colors(rng, int(rng.integers(2, 4)))
+    return colors[np.floor((u + warp) / period).astype(np.int32) % len(colors)]
+
+
+_PHOTO_BACKGROUNDS: tuple[Callable[[np.random.Generator, int, int], np.ndarray], ...] = (
+    _bg_texture,
+    _bg_color_field,
+    _bg_wood,
+    _bg_marble,
+    _bg_warped_stripes,
+)
+
+
+def make_photo_background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """A random ``[H, W, 3]`` uint8 photo-like background: one of five procedural textures, with (p 0.5)
+    2..8 distractor strokes and (p 0.5) uneven lighting (a low-frequency gain of 0.55..1.25)."""
+    kind = _PHOTO_BACKGROUNDS[int(rng.integers(len(_PHOTO_BACKGROUNDS)))]
+    image = np.ascontiguousarray(kind(rng, width, height), dtype=np.uint8)
+    if rng.random() < 0.5:
+        pil = Image.fromarray(image)
+        draw = ImageDraw.Draw(pil)
+        for _ in range(int(rng.integers(2, 9))):
+            pts = rng.uniform(0, 1, size=(int(rng.integers(2, 5)), 2)) * (width, height)
+            color = tuple(int(c) for c in _random_colors(rng, 1)[0])
+            draw.line([tuple(p) for p in pts.tolist()], fill=color, width=int(rng.integers(1, 7)))
+        image = np.asarray(pil)
+    if rng.random() < 0.5:
+        gain = np.float32(0.55) + np.float32(0.7) * value_noise(rng, width, height, 2)
+        image = np.clip(image * gain[..., None], 0, 255).astype(np.uint8)
+    return image
+
+
 # ---------------------------------------------------------------------------------------- placement
 
 
@@ -298,14 +442,24 @@ class _Canvas:
         present = np.flatnonzero(np.bincount(region.ravel(), minlength=1)[1:])
         return [self.colors[i] for i in present]
 
-    def add(self, shape: ShapeGeometry, window, alpha: np.ndarray, mask: np.ndarray, color: np.ndarray):
-        """Draw ``shape`` on top and update the bookkeeping."""
+    def add(
+        self,
+        shape: ShapeGeometry,
+        window,
+        alpha: np.ndarray,
+        mask: np.ndarray,
+        color: np.ndarray,
+        fill: np.ndarray | None = None,
+    ):
+        """Draw ``shape`` on top (solid ``color``, or the ``window``-sized RGB ``fill``) and update the
+        bookkeeping."""
         x0, y0, x1, y1 = window
         region = self.instances[y0:y1, x0:x1]
         covered = np.bincount(region[mask], minlength=len(self.shapes) + 1)
         self.visible = [v - int(c) for v, c in zip(self.visible, covered[1:], strict=True)]
         region[mask] = len(self.shapes) + 1
-        self.image.paste(tuple(int(c) for c in color), window, Image.fromarray(alpha))
+        paint = tuple(int(c) for c in color) if fill is None else Image.fromarray(fill)
+        self.image.paste(paint, window, Image.fromarray(alpha))
         count = int(mask.sum())
         self.full.append(count)
         self.visible.append(count)
@@ -313,18 +467,60 @@ class _Canvas:
         self.shapes.append(shape)
 
 
-def _sample_geometry(rng: np.random.Generator, width: int, height: int) -> ShapeGeometry:
-    """A random shape of random class, size and rotation, placed fully inside the image."""
+class _Style(NamedTuple):
+    """Placement settings of one image style."""
+
+    size_range: tuple[float, float]
+    border_prob: float
+    shaded: bool
+
+
+_PLAIN = _Style(SIZE_RANGE, 0.0, False)
+_PHOTO = _Style(PHOTO_SIZE_RANGE, PHOTO_BORDER_PROB, True)
+
+
+def _sample_geometry(
+    rng: np.random.Generator, width: int, height: int, style: _Style = _PLAIN
+) -> ShapeGeometry:
+    """A random shape of random class, size and rotation, placed fully inside the image, or (with
+    probability ``style.border_prob``) across one image border: its centre from 0.3 x its extent outside
+    that border to where it touches it from inside. The box is the extent of the polygon's part inside
+    the image (of the whole polygon when it is all inside)."""
     label = int(rng.integers(1, NUM_CLASSES + 1))
-    lo, hi = SIZE_RANGE
+    lo, hi = style.size_range
     size = math.exp(rng.uniform(math.log(lo), math.log(hi))) * min(width, height)
     angle = rng.uniform(0, 2 * np.pi)
     poly = shape_polygon(label, size / 2, angle, rng.uniform(0.38, 0.5), rng.uniform(0.3, 0.36))
     lo_xy, hi_xy = poly.min(axis=0), poly.max(axis=0)
     cx = rng.uniform(-lo_xy[0], width - hi_xy[0])
     cy = rng.uniform(-lo_xy[1], height - hi_xy[1])
+    if style.border_prob and rng.random() < style.border_prob:
+        side = int(rng.integers(4))  # left, right, top, bottom
+        cut = rng.uniform(-0.3, 1.0)  # < 0: the centre is outside (then MIN_INSIDE decides)
+        if side == 0:
+            cx = -lo_xy[0] * cut
+        elif side == 1:
+            cx = width - hi_xy[0] * cut
+        elif side == 2:
+            cy = -lo_xy[1] * cut
+        else:
+            cy = height - hi_xy[1] * cut
     poly = poly + np.array([cx, cy])
-    return ShapeGeometry(label, poly, polygon_box(poly))
+    inside = clip_polygon(poly, width, height)
+    box = polygon_box(inside if len(inside) else poly)  # nothing inside: rejected by the caller
+    return ShapeGeometry(label, poly, box)
+
+
+def _shaded_fill(
+    rng: np.random.Generator, color: np.ndarray, window: tuple[int, int, int, int]
+) -> np.ndarray:
+    """``[h, w, 3]`` uint8 fill of ``window``: ``color`` times a linear light gradient (0.8..1.2 at most)."""
+    x0, y0, x1, y1 = window
+    t = rng.uniform(0, 2 * np.pi)
+    xs = np.linspace(-1.0, 1.0, x1 - x0, dtype=np.float32)[None, :]
+    ys = np.linspace(-1.0, 1.0, y1 - y0, dtype=np.float32)[:, None]
+    ramp = (xs * np.float32(math.cos(t)) + ys * np.float32(math.sin(t))) * np.float32(rng.uniform(0, 0.14))
+    return np.clip(color.astype(np.float32) * (1.0 + ramp[..., None]), 0, 255).astype(np.uint8)
 
 
 def _pick_color(rng: np.random.Generator, under: np.ndarray, neighbours: Sequence[np.ndarray]) -> np.ndarray:
@@ -351,18 +547,22 @@ def _sq_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("abk,abk->ab", d, d)
 
 
-def _place_shape(rng: np.random.Generator, canvas: _Canvas) -> bool:
-    """Try to add one shape that keeps every earlier shape half visible; ``False`` if none fits."""
+def _place_shape(rng: np.random.Generator, canvas: _Canvas, style: _Style = _PLAIN) -> bool:
+    """Try to add one shape that keeps every earlier shape half visible (and, when cut by the border,
+    :data:`MIN_INSIDE` of its own area inside the image); ``False`` if none fits."""
     for _ in range(_MAX_TRIES):
-        shape = _sample_geometry(rng, canvas.width, canvas.height)
+        shape = _sample_geometry(rng, canvas.width, canvas.height, style)
         window = _crop_bounds(shape.box, canvas.width, canvas.height)
         alpha = rasterize(shape.polygon, window)
         mask = alpha >= 128
         if not mask.any() or not canvas.occlusion_ok(window, mask):
             continue
+        if style.border_prob and alpha.sum(dtype=np.int64) / 255.0 < MIN_INSIDE * polygon_area(shape.polygon):
+            continue
         under = canvas.pixels_under(window, mask)
         color = _pick_color(rng, under, canvas.neighbour_colors(window))
-        canvas.add(shape, window, alpha, mask, color)
+        fill = _shaded_fill(rng, color, window) if style.shaded else None
+        canvas.add(shape, window, alpha, mask, color, fill)
         return True
     return False
 
@@ -376,20 +576,76 @@ def _jpeg(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
         return np.array(im.convert("RGB"), dtype=np.uint8)
 
 
+def _jpeg_at(image: np.ndarray, quality: int) -> np.ndarray:
+    """Round-trip through JPEG at ``quality``."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return np.array(im.convert("RGB"), dtype=np.uint8)
+
+
+_NOISE_POOL_SIDE = MAX_SIDE + 128
+_NOISE_POOL_SIGMA = 32
+
+
+@functools.cache
+def _noise_pool() -> np.ndarray:
+    """``[S, S, 3]`` int8 Gaussian noise of sigma :data:`_NOISE_POOL_SIGMA` (fixed seed), cut at +-127.
+
+    Sensor noise is a random window of it, scaled: 20x cheaper than drawing fresh normals per image.
+    """
+    rng = np.random.default_rng(20261207)
+    pool = rng.standard_normal((_NOISE_POOL_SIDE, _NOISE_POOL_SIDE, 3), dtype=np.float32) * _NOISE_POOL_SIGMA
+    return np.clip(pool, -127, 127).astype(np.int8)
+
+
+def _sensor_noise(rng: np.random.Generator, image: np.ndarray, sigma: float, grey: bool) -> np.ndarray:
+    """``image`` plus Gaussian noise of about ``sigma`` (grey: the same on all channels)."""
+    h, w = image.shape[:2]
+    y, x = (int(v) for v in rng.integers(0, _NOISE_POOL_SIDE - np.array([h, w]), endpoint=True))
+    noise = _noise_pool()[y : y + h, x : x + w, :1] if grey else _noise_pool()[y : y + h, x : x + w]
+    scale = round(sigma * 256 / _NOISE_POOL_SIGMA)
+    return np.clip(image.astype(np.int16) + ((noise.astype(np.int16) * scale) >> 8), 0, 255).astype(np.uint8)
+
+
+def _photo_effects(rng: np.random.Generator, pil: Image.Image) -> np.ndarray:
+    """Camera-like degradations of a finished image: box blur (p :data:`PHOTO_BLUR_PROB`), sensor
+    noise (p :data:`PHOTO_NOISE_PROB`; grey or per-channel) and JPEG (p :data:`PHOTO_JPEG_PROB`, quality
+    log-uniform in :data:`PHOTO_JPEG_QUALITY`, so low qualities are common)."""
+    if rng.random() < PHOTO_BLUR_PROB:
+        pil = pil.filter(ImageFilter.BoxBlur(float(rng.uniform(*PHOTO_BLUR_RADIUS))))
+    image = np.asarray(pil)
+    if rng.random() < PHOTO_NOISE_PROB:
+        image = _sensor_noise(rng, image, float(rng.uniform(*PHOTO_NOISE_SIGMA)), rng.random() < 0.5)
+    if rng.random() < PHOTO_JPEG_PROB:
+        lo, hi = PHOTO_JPEG_QUALITY
+        image = _jpeg_at(image, round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
+    return np.array(image, dtype=np.uint8)
+
+
 # --------------------------------------------------------------------------------------- public API
 
 
-def generate_sample_debug(seed: int, index: int) -> SampleDebug:
-    """:func:`generate_sample` plus the instance map and unoccluded pixel counts."""
-    rng = np.random.default_rng([int(seed), int(index)])
+def generate_sample_debug(seed: int, index: int, style: str = "plain") -> SampleDebug:
+    """:func:`generate_sample` (``style="plain"``) or :func:`generate_photo_sample` (``"photo"``) plus
+    the instance map and unoccluded (in-image) pixel counts."""
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    photo = style == "photo"
+    rng = np.random.default_rng([int(seed), int(index), 1] if photo else [int(seed), int(index)])
     width, height = (int(v) for v in rng.integers(MIN_SIDE, MAX_SIDE, size=2, endpoint=True))
-    canvas = _Canvas(make_background(rng, width, height))
+    background = make_photo_background if photo else make_background
+    canvas = _Canvas(background(rng, width, height))
     for _ in range(int(rng.integers(1, MAX_SHAPES, endpoint=True))):
-        _place_shape(rng, canvas)
-    image = np.asarray(canvas.image).copy()
-    if rng.random() < JPEG_PROB:
-        image = _jpeg(rng, image)
-    boxes = np.stack([s.box for s in canvas.shapes]).astype(np.float32)
+        _place_shape(rng, canvas, _PHOTO if photo else _PLAIN)
+    if photo:
+        image = _photo_effects(rng, canvas.image)
+    else:
+        image = np.asarray(canvas.image).copy()
+        if rng.random() < JPEG_PROB:
+            image = _jpeg(rng, image)
+    boxes = np.array([s.box for s in canvas.shapes], dtype=np.float32).reshape(-1, 4)
     labels = np.array([s.label for s in canvas.shapes], dtype=np.int32)
     return SampleDebug(ShapeSample(image, boxes, labels), canvas.instances, np.array(canvas.full))
 
@@ -400,14 +656,46 @@ def generate_sample(seed: int, index: int) -> ShapeSample:
     return generate_sample_debug(seed, index).sample
 
 
+def generate_photo_sample(seed: int, index: int) -> ShapeSample:
+    """Photo-like sample ``index`` of dataset ``seed`` (same contract as :func:`generate_sample`; boxes of
+    shapes cut by the border are clipped to the image), fully determined by ``(seed, index)``."""
+    return generate_sample_debug(seed, index, "photo").sample
+
+
+def is_photo_index(index: int, photo_fraction: float) -> bool:
+    """Whether stream position ``index`` is photo-like in a mix with ``photo_fraction`` of them.
+
+    A golden-ratio sequence: every run of ``n`` consecutive positions holds ``photo_fraction * n``
+    photo-like ones to within about 1, so each training batch gets its share.
+    """
+    return photo_fraction > 0 and (index * 0.6180339887498949) % 1.0 < photo_fraction
+
+
+def heldout_sample(style: str, index: int, seed: int | None = None) -> ShapeSample:
+    """Held-out sample ``index`` of a style (seed :data:`EVAL_SEED` or :data:`PHOTO_EVAL_SEED` unless
+    given)."""
+    if style == "photo":
+        return generate_photo_sample(PHOTO_EVAL_SEED if seed is None else seed, index)
+    if style == "plain":
+        return generate_sample(EVAL_SEED if seed is None else seed, index)
+    raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+
+
 class ShapesDataset:
-    """The first ``size`` samples of the shapes dataset with ``seed`` (generated on access)."""
+    """The first ``size`` samples of the shapes dataset with ``seed`` (generated on access).
+
+    ``photo_fraction``: the share of positions (:func:`is_photo_index`) that hold the photo-like sample
+    of the same ``(seed, index)`` instead of the plain one.
+    """
 
     class_names: tuple[str, ...] = CLASS_NAMES
 
-    def __init__(self, seed: int = TRAIN_SEED, size: int = 10_000) -> None:
+    def __init__(self, seed: int = TRAIN_SEED, size: int = 10_000, photo_fraction: float = 0.0) -> None:
+        if not 0.0 <= photo_fraction <= 1.0:
+            raise ValueError(f"photo_fraction must be in [0, 1], got {photo_fraction}")
         self.seed = int(seed)
         self.size = int(size)
+        self.photo_fraction = float(photo_fraction)
 
     @property
     def num_classes(self) -> int:
@@ -420,16 +708,21 @@ class ShapesDataset:
     def __getitem__(self, i: int) -> ShapeSample:
         if not -self.size <= i < self.size:
             raise IndexError(f"index {i} out of range for {self.size} samples")
-        return generate_sample(self.seed, i % self.size)
+        index = i % self.size
+        if is_photo_index(index, self.photo_fraction):
+            return generate_photo_sample(self.seed, index)
+        return generate_sample(self.seed, index)
 
 
 # ------------------------------------------------------------------------------------ COCO export
 
 
-def _write_one(args: tuple[Path, int, int, str, int]) -> tuple[int, str, int, int, np.ndarray, np.ndarray]:
+def _write_one(
+    args: tuple[Path, int, int, str, int, str],
+) -> tuple[int, str, int, int, np.ndarray, np.ndarray]:
     """Generate and save sample ``index``; returns ``(index, file name, W, H, boxes, labels)``."""
-    image_dir, seed, index, fmt, quality = args
-    sample = generate_sample(seed, index)
+    image_dir, seed, index, fmt, quality, style = args
+    sample = generate_sample_debug(seed, index, style).sample
     name = f"{index:06d}.{fmt}"
     im = Image.fromarray(sample.image)
     if fmt == "jpg":
@@ -448,6 +741,7 @@ def write_coco(
     image_format: str = "jpg",
     quality: int = 95,
     workers: int = 1,
+    style: str = "plain",
 ) -> Path:
     """Write samples ``start .. start + count - 1`` as a COCO dataset and return the annotation path.
 
@@ -460,7 +754,9 @@ def write_coco(
     out = Path(out_dir)
     image_dir = out / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(image_dir, int(seed), i, image_format, int(quality)) for i in range(start, start + count)]
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    jobs = [(image_dir, int(seed), i, image_format, int(quality), style) for i in range(start, start + count)]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             results = list(pool.map(_write_one, jobs, chunksize=16))
@@ -471,7 +767,7 @@ def write_coco(
         images.append({"id": index, "file_name": name, "width": w, "height": h})
         annotations += image_annotations(index, boxes, labels, len(annotations) + 1)
     data = {
-        "info": {"description": f"predictor synthetic shapes, seed={seed}, start={start}, count={count}"},
+        "info": {"description": f"predictor synthetic shapes, {style=}, {seed=}, {start=}, {count=}"},
         "images": images,
         "annotations": annotations,
         "categories": coco_categories(CLASS_NAMES),
@@ -491,8 +787,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--format", choices=("jpg", "png"), default="jpg", help="image file format")
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality of the written files")
     parser.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    parser.add_argument(
+        "--style",
+        choices=STYLES,
+        default="plain",
+        help=f"image style (photo-like held out: {PHOTO_EVAL_SEED})",
+    )
     args = parser.parse_args(argv)
-    path = write_coco(args.out, args.seed, args.count, args.start, args.format, args.quality, args.workers)
+    path = write_coco(
+        args.out, args.seed, args.count, args.start, args.format, args.quality, args.workers, args.style
+    )
     print(path)
 
 

@@ -1,5 +1,6 @@
 """SSD training loop: a reproducible ``tf.data`` pipeline, AdamW with warm-up + cosine decay,
-checkpoints with resume at the same step, and a progress bar with the loss.
+checkpoints with resume at the same step, a progress bar with the loss, and (optionally) an exponential
+moving average of the weights that evaluation and export use.
 
 Data sources are sequences (``len()``, ``[i]``) of samples with ``image`` (uint8 ``[H, W, 3]``),
 ``boxes`` (float32 ``[G, 4]`` pixel ``(xmin, ymin, xmax, ymax)``) and ``labels`` (int32 ``[G]``,
@@ -17,6 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,11 @@ class TrainConfig:
     checkpoint_every: int = 250
     max_expand: float = 2.0
     augment: bool = True
+    #: IoU at which an anchor becomes positive in matching (every object also gets its best anchor).
+    match_iou: float = 0.5
+    #: Decay of the exponential moving average of the trainable weights; 0 = none. With one, the
+    #: averaged weights are evaluated (:meth:`Trainer.averaged_weights`) and exported.
+    ema_decay: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -106,7 +113,9 @@ def make_dataset(
             x, boxes, labels = augment(image, boxes, labels, seed, size, config.means, train.max_expand)
         else:
             x = resize_warp(image, size)
-        cls, loc, _ = match_anchors(boxes, labels, anchors, prior_scaling=config.prior_scaling)
+        cls, loc, _ = match_anchors(
+            boxes, labels, anchors, iou_threshold=train.match_iou, prior_scaling=config.prior_scaling
+        )
         return x, cls, loc
 
     ds = tf.data.Dataset.from_generator(gen, output_signature=spec)
@@ -145,7 +154,15 @@ class Trainer:
         self.optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
         self.optimizer.build(model.trainable_variables)
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=self.optimizer, step=self.step)
+        tracked: dict[str, Any] = {"model": model, "optimizer": self.optimizer, "step": self.step}
+        self.ema: list[tf.Variable] = []
+        if train.ema_decay > 0:
+            self.ema = [
+                tf.Variable(v.value, trainable=False, name=f"ema_{i}")
+                for i, v in enumerate(model.trainable_variables)
+            ]
+            tracked["ema"] = self.ema
+        self.checkpoint = tf.train.Checkpoint(**tracked)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, str(self.workdir / "checkpoints"), max_to_keep=2
         )
@@ -166,7 +183,29 @@ class Trainer:
         grads = tape.gradient(losses["loss"], variables)
         self.optimizer.apply_gradients(zip(grads, variables, strict=True))
         self.step.assign_add(1)
+        if self.ema:
+            # The usual warm-up of the decay: early averages do not drag in the random initialisation.
+            step = tf.cast(self.step, tf.float32)
+            decay = tf.minimum(self.train.ema_decay, (1.0 + step) / (10.0 + step))
+            for avg, v in zip(self.ema, variables, strict=True):
+                avg.assign(decay * avg + (1.0 - decay) * tf.cast(v, avg.dtype))
         return losses
+
+    @contextmanager
+    def averaged_weights(self) -> Iterator[None]:
+        """Inside: the model holds the moving-average weights (if the run keeps them); restored after."""
+        if not self.ema:
+            yield
+            return
+        variables = self.model.trainable_variables
+        live = [v.numpy() for v in variables]
+        for v, avg in zip(variables, self.ema, strict=True):
+            v.assign(avg)
+        try:
+            yield
+        finally:
+            for v, value in zip(variables, live, strict=True):
+                v.assign(value)
 
     def fit(
         self,
@@ -213,8 +252,9 @@ class Trainer:
         return history
 
     def export(self, out_dir: str | Path, **extra: Any) -> Path:
-        """Write the trained model as a project model directory."""
-        return save_model_dir(self.model, self.config, out_dir, training=self.train.to_dict(), **extra)
+        """Write the trained model (the moving-average weights, if kept) as a project model directory."""
+        with self.averaged_weights():
+            return save_model_dir(self.model, self.config, out_dir, training=self.train.to_dict(), **extra)
 
 
 def _progress(start: int, end: int, enabled: bool):

@@ -251,6 +251,84 @@ def operating_point(
     }
 
 
+class MatchedDetections:
+    """Every detection of a set of images with its score, class and whether it is a true positive, plus
+    the ground-truth count per class: enough for precision/recall at any higher score threshold.
+
+    Matching is :func:`operating_point`'s (per image, descending score, same class, IoU >=
+    ``iou_threshold``, each ground-truth box matched once). A detection's status depends only on the
+    detections scored above it, so keeping the ones scored above ``t`` gives exactly what the detector
+    run at threshold ``t`` gives, as long as its top-k and per-image caps did not drop any of them.
+
+    Attributes: ``scores [N]`` float64, ``classes [N]`` int64, ``tp [N]`` bool, ``gt_counts``
+    ``{class id: ground-truth boxes}``.
+    """
+
+    def __init__(
+        self,
+        truth: Sequence[tuple[np.ndarray, np.ndarray]],
+        detections: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+        iou_threshold: float = 0.5,
+    ) -> None:
+        scores, classes, tp = [], [], []
+        gt_counts: dict[int, int] = {}
+        for (gt_boxes, gt_labels), (boxes, det_scores, labels) in zip(truth, detections, strict=True):
+            gt_boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4)
+            gt_labels = np.asarray(gt_labels).reshape(-1).astype(np.int64)
+            for c in gt_labels.tolist():
+                gt_counts[c] = gt_counts.get(c, 0) + 1
+            boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+            det_scores = np.asarray(det_scores, np.float64).reshape(-1)
+            labels = np.asarray(labels).reshape(-1).astype(np.int64)
+            matched = np.zeros(len(gt_labels), bool)
+            for i in np.argsort(-det_scores, kind="stable"):
+                iou = iou_one_to_many(boxes[i], gt_boxes)
+                iou[(gt_labels != labels[i]) | matched] = -1.0
+                hit = bool(len(iou) and iou.max() >= iou_threshold)
+                if hit:
+                    matched[int(iou.argmax())] = True
+                scores.append(det_scores[i])
+                classes.append(labels[i])
+                tp.append(hit)
+        self.scores = np.asarray(scores, np.float64)
+        self.classes = np.asarray(classes, np.int64)
+        self.tp = np.asarray(tp, bool)
+        self.gt_counts = gt_counts
+
+    def at(self, threshold: float, label: int | None = None) -> dict[str, float | int]:
+        """Precision, recall and F1 of the detections scored strictly above ``threshold`` (the serving
+        semantics), of class ``label`` or of all classes. Precision is 1.0 without detections; recall is
+        ``nan`` without ground truth; F1 is 0 when precision + recall is 0."""
+        keep = self.scores > threshold
+        if label is not None:
+            keep &= self.classes == label
+        n_gt = sum(self.gt_counts.values()) if label is None else self.gt_counts.get(label, 0)
+        tp, n_det = int(np.sum(self.tp & keep)), int(np.sum(keep))
+        precision = tp / n_det if n_det else 1.0
+        recall = tp / n_gt if n_gt else float("nan")
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+        return {
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "true_positives": tp,
+            "detections": n_det,
+            "ground_truth": n_gt,
+        }
+
+    def max_f1(self, thresholds: Sequence[float], label: int | None = None) -> dict[str, float | int]:
+        """:meth:`at` of the threshold among ``thresholds`` with the highest F1 (the lowest such one on a
+        tie), with ``score_threshold`` added."""
+        best: dict[str, float | int] | None = None
+        for t in sorted(thresholds):
+            point = self.at(t, label)
+            if best is None or point["f1"] > best["f1"]:
+                best = {"score_threshold": float(t), **point}
+        if best is None:
+            raise ValueError("no thresholds given")
+        return best
+
+
 def iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """IoU of one ``(xmin, ymin, xmax, ymax)`` box with ``[G, 4]`` boxes -> ``[G]``."""
     iw = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)

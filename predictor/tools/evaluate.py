@@ -1,13 +1,18 @@
 """Evaluate a detector with COCO metrics: ``python -m predictor.tools.evaluate [--model_dir DIR]``.
 
 By default: the shipped demo model on 500 held-out synthetic images generated with
-``predictor.datasets.shapes.EVAL_SEED`` (never used for training). ``--coco-annotations`` +
+``predictor.datasets.shapes.EVAL_SEED`` (never used for training); ``--style photo`` uses the photo-like
+held-out set instead (``PHOTO_EVAL_SEED``: procedural textures, blur, noise, low JPEG qualities, small and
+border-cut shapes). ``--coco-annotations`` +
 ``--coco-images`` evaluate on any COCO-format dataset instead. Prints a table and writes
 ``metrics.json`` and ``pr_curves.png`` to ``--out``.
 
 ``--operating-points 0.2,0.3,0.4,0.5`` instead measures precision and recall (IoU 0.5, same class) with
 the detector run at each of those score thresholds, and writes ``operating_points.json``: the model
-card's operating-threshold table (``make model-card``).
+card's operating-threshold tables (``make model-card``). It also runs the detector once at
+:data:`SWEEP_MIN_SCORE` and, from those detections (:class:`~predictor.tools.coco_eval.MatchedDetections`),
+gives precision/recall/F1 overall and per class at the model's default score threshold and at the
+threshold of :data:`SWEEP_THRESHOLDS` that maximises F1 (overall, and for each class its own).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 from predictor.datasets.coco import samples_to_coco
 from predictor.ssd.detector import Detector
 from predictor.tools.coco_eval import (
+    MatchedDetections,
     coco_evaluate,
     detections_to_coco,
     format_table,
@@ -36,6 +42,9 @@ log = logging.getLogger("predictor.tools.evaluate")
 
 #: Score threshold for mAP evaluation: low, so the precision-recall curve is complete (balancap: 0.01).
 EVAL_SCORE_THRESHOLD = 0.01
+#: The operating-point sweep: one detector run at this score, then thresholds 0.05, 0.06, ..., 0.95.
+SWEEP_MIN_SCORE = 0.05
+SWEEP_THRESHOLDS = tuple(round(0.05 + 0.01 * i, 2) for i in range(91))
 
 
 def evaluate_detector(
@@ -76,6 +85,61 @@ def operating_points(
     return rows
 
 
+def _detect_all(detector: Detector, samples: Sequence, threshold: float, batch_size: int) -> list[tuple]:
+    """``(boxes, scores, classes)`` per sample with the detector run at ``threshold``."""
+    dets = []
+    for start in range(0, len(samples), batch_size):
+        found = detector.detect(
+            [s.image for s in samples[start : start + batch_size]], score_threshold=threshold
+        )
+        dets += [(d.boxes, d.scores, d.classes) for d in found]
+    return dets
+
+
+def threshold_sweep(
+    detector: Detector,
+    samples: Sequence,
+    class_names: Sequence[str],
+    batch_size: int = 16,
+    runs: Sequence[dict[str, Any]] = (),
+) -> dict[str, Any]:
+    """Precision/recall/F1 overall and per class (names) at the detector's default score threshold and
+    at the F1-maximising threshold of :data:`SWEEP_THRESHOLDS` (overall: one threshold for all classes;
+    ``per_class_max_f1``: each class its own). ``runs``: :func:`operating_points` rows of the same
+    samples; ``agrees_with_runs`` says whether the sweep counts the same true positives and detections
+    at their thresholds (it does unless the detector's top-k or per-image cap dropped some)."""
+    truth = [(s.boxes, s.labels) for s in samples]
+    matched = MatchedDetections(truth, _detect_all(detector, samples, SWEEP_MIN_SCORE, batch_size))
+    labels = range(1, len(class_names))
+
+    def per_class(threshold: float) -> dict[str, Any]:
+        return {class_names[c]: matched.at(threshold, c) for c in labels}
+
+    default = float(detector.score_threshold)
+    best = matched.max_f1(SWEEP_THRESHOLDS)
+    agrees = all(
+        (matched.at(r["score_threshold"])["true_positives"], matched.at(r["score_threshold"])["detections"])
+        == (r["true_positives"], r["detections"])
+        for r in runs
+    )
+    return {
+        "agrees_with_runs": agrees,
+        "min_score": SWEEP_MIN_SCORE,
+        "thresholds": [SWEEP_THRESHOLDS[0], SWEEP_THRESHOLDS[-1], 0.01],
+        "default": {
+            "score_threshold": default,
+            "overall": matched.at(default),
+            "per_class": per_class(default),
+        },
+        "max_f1": {
+            "score_threshold": best["score_threshold"],
+            "overall": best,
+            "per_class": per_class(best["score_threshold"]),
+        },
+        "per_class_max_f1": {class_names[c]: matched.max_f1(SWEEP_THRESHOLDS, c) for c in labels},
+    }
+
+
 def measured_on() -> dict[str, str]:
     """When and where a result was measured (recorded beside every number in the JSON files)."""
     import os
@@ -108,7 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model_dir", help="model directory (default: the shipped demo model)")
     p.add_argument("--count", type=int, default=500, help="held-out synthetic images")
-    p.add_argument("--seed", type=int, help="synthetic data seed (default: EVAL_SEED)")
+    p.add_argument(
+        "--style",
+        choices=("plain", "photo"),
+        default="plain",
+        help="held-out synthetic set: plain (EVAL_SEED) or photo-like (PHOTO_EVAL_SEED)",
+    )
+    p.add_argument("--seed", type=int, help="synthetic data seed (default: the style's held-out seed)")
     p.add_argument("--start", type=int, default=0, help="index of the first held-out synthetic image")
     p.add_argument("--coco-annotations", help="COCO annotation JSON (with --coco-images)")
     p.add_argument("--coco-images", help="image folder of the COCO dataset")
@@ -140,16 +210,22 @@ def main(argv: list[str] | None = None) -> int:
         class_names, category_ids, image_ids = data.class_names, data.category_ids, data.image_ids
         source = {"kind": "coco", "annotations": args.coco_annotations, "count": len(samples)}
     else:
-        from predictor.datasets.shapes import CLASS_NAMES, EVAL_SEED, generate_sample
+        from predictor.datasets.shapes import CLASS_NAMES, EVAL_SEED, PHOTO_EVAL_SEED, heldout_sample
 
-        seed = EVAL_SEED if args.seed is None else args.seed
-        samples = [generate_sample(seed, i) for i in range(args.start, args.start + args.count)]
+        seed = args.seed if args.seed is not None else PHOTO_EVAL_SEED if args.style == "photo" else EVAL_SEED
+        samples = [heldout_sample(args.style, i, seed) for i in range(args.start, args.start + args.count)]
         class_names = CLASS_NAMES
-        source = {"kind": "shapes", "seed": seed, "start": args.start, "count": args.count}
+        source = {
+            "kind": "shapes",
+            "style": args.style,
+            "seed": seed,
+            "start": args.start,
+            "count": args.count,
+        }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.operating_points:
-        return _write_operating_points(detector, samples, args, model_dir, source, out)
+        return _write_operating_points(detector, samples, class_names, args, model_dir, source, out)
     t0 = time.time()
     result = evaluate_detector(
         detector, samples, class_names, category_ids, image_ids, args.batch_size, args.score_threshold
@@ -172,15 +248,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write_operating_points(
-    detector: Detector, samples: Sequence, args: argparse.Namespace, model_dir: str, source: dict, out: Path
+    detector: Detector,
+    samples: Sequence,
+    class_names: Sequence[str],
+    args: argparse.Namespace,
+    model_dir: str,
+    source: dict,
+    out: Path,
 ) -> int:
     rows = operating_points(detector, samples, args.operating_points, args.batch_size)
+    sweep = threshold_sweep(detector, samples, class_names, args.batch_size, rows)
     print(f"model: {model_dir}\ndata: {source}\n")
     print("threshold  precision  recall  detections  ground truth")
     for r in rows:
         print(
             f"{r['score_threshold']:9.2f}  {r['precision']:9.3f}  {r['recall']:6.3f}  "
             f"{r['detections']:10d}  {r['ground_truth']:12d}"
+        )
+    for key in ("default", "max_f1"):
+        o = sweep[key]["overall"]
+        print(
+            f"{key} threshold {sweep[key]['score_threshold']:g}: precision {o['precision']:.3f}, "
+            f"recall {o['recall']:.3f}, F1 {o['f1']:.3f}"
         )
     shown = args.model_dir or "the shipped demo model (predictor/models/demo)"
     report = {
@@ -189,6 +278,7 @@ def _write_operating_points(
         "measured": measured_on(),
         "iou_threshold": 0.5,
         "operating_points": rows,
+        "sweep": sweep,
     }
     (out / "operating_points.json").write_text(json.dumps(report, indent=2))
     print(f"\nwrote {out / 'operating_points.json'}")

@@ -55,6 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=defaults.seed, help="seed of weights, data order, augmentation"
     )
     p.add_argument("--no-augment", action="store_true", help="disable augmentation")
+    p.add_argument(
+        "--photo-fraction",
+        type=float,
+        default=0.0,
+        help="share of the synthetic training stream drawn in the photo-like style (0..1)",
+    )
+    p.add_argument(
+        "--match-iou", type=float, default=defaults.match_iou, help="anchor matching IoU for a positive"
+    )
+    p.add_argument(
+        "--ema-decay",
+        type=float,
+        default=defaults.ema_decay,
+        help="keep a moving average of the weights with this decay (0: none); evaluated and exported",
+    )
     p.add_argument("--max-steps", type=int, help="stop after this many steps in this run (resume later)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
@@ -64,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="every N steps: COCO AP on --eval-count held-out shapes images, into OUT/training_curve.json",
     )
     p.add_argument("--eval-count", type=int, default=100, help="held-out images per --eval-every evaluation")
+    p.add_argument(
+        "--eval-photo-count",
+        type=int,
+        default=0,
+        help="also evaluate on this many photo-like held-out images (PHOTO_EVAL_SEED) every --eval-every",
+    )
     p.add_argument(
         "--default-score-threshold",
         type=float,
@@ -83,8 +104,9 @@ def _source(args: argparse.Namespace):
     from predictor.datasets.shapes import CLASS_NAMES, ShapesDataset
 
     # Every position is a new generated image: no shuffling needed (identity order).
-    info = {"kind": "shapes", "seed": args.seed}
-    return ShapesDataset(args.seed, SHAPES_STREAM), tuple(CLASS_NAMES), info, (lambda pos: pos)
+    info = {"kind": "shapes", "seed": args.seed, "photo_fraction": args.photo_fraction}
+    data = ShapesDataset(args.seed, SHAPES_STREAM, photo_fraction=args.photo_fraction)
+    return data, tuple(CLASS_NAMES), info, (lambda pos: pos)
 
 
 def _init_weights(model: keras.Model, path: str) -> None:
@@ -103,17 +125,19 @@ def _init_weights(model: keras.Model, path: str) -> None:
 
 
 class TrainingCurve:
-    """``after_step`` hook: every ``--eval-every`` steps, COCO AP of the model being trained on the first
-    ``--eval-count`` held-out shapes images (``EVAL_SEED``), kept in a JSON list (one entry per step;
-    a resumed run replaces the entries it evaluates again). The model card's training-curve table
-    is made from it (``make model-card``)."""
+    """``after_step`` hook: every ``--eval-every`` steps, COCO AP of the model being trained (its moving
+    average when the run keeps one) on the first ``--eval-count`` held-out shapes images (``EVAL_SEED``)
+    and, with ``--eval-photo-count``, on photo-like held-out images (``PHOTO_EVAL_SEED``, under
+    ``"photo"``), kept in a JSON list (one entry per step; a resumed run replaces the entries it
+    evaluates again). The model card's training-curve table is made from it (``make model-card``)."""
 
-    def __init__(self, config: Any, model: keras.Model, path: Path, args: argparse.Namespace) -> None:
-        from predictor.datasets.shapes import CLASS_NAMES, EVAL_SEED, generate_sample
+    def __init__(self, config: Any, trainer: Trainer, path: Path, args: argparse.Namespace) -> None:
+        from predictor.datasets.shapes import CLASS_NAMES, heldout_sample
 
-        self.config, self.model, self.path, self.every = config, model, path, args.eval_every
+        self.config, self.trainer, self.path, self.every = config, trainer, path, args.eval_every
         self.class_names = CLASS_NAMES
-        self.samples = [generate_sample(EVAL_SEED, i) for i in range(args.eval_count)]
+        self.samples = [heldout_sample("plain", i) for i in range(args.eval_count)]
+        self.photo = [heldout_sample("photo", i) for i in range(args.eval_photo_count)]
         self.points = json.loads(path.read_text()) if path.exists() else []
 
     def __call__(self, step: int) -> None:
@@ -122,13 +146,24 @@ class TrainingCurve:
         from predictor.ssd.detector import Detector
         from predictor.tools.evaluate import evaluate_detector, measured_on
 
-        detector = Detector(self.config, self.model, max_batch_size=16)
-        result = evaluate_detector(detector, self.samples, self.class_names)
-        point = {"step": step, "AP50": result["AP50"], "mAP": result["mAP"], "images": len(self.samples)}
+        with self.trainer.averaged_weights():
+            detector = Detector(self.config, self.trainer.model, max_batch_size=16)
+            result = evaluate_detector(detector, self.samples, self.class_names)
+            photo = evaluate_detector(detector, self.photo, self.class_names) if self.photo else None
+        point: dict[str, Any] = {
+            "step": step,
+            "AP50": result["AP50"],
+            "mAP": result["mAP"],
+            "images": len(self.samples),
+        }
+        if photo is not None:
+            point["photo"] = {"AP50": photo["AP50"], "mAP": photo["mAP"], "images": len(self.photo)}
         point["measured"] = measured_on()
         self.points = [p for p in self.points if p["step"] != step] + [point]
         write_json(self.path, sorted(self.points, key=lambda p: p["step"]))
         log.info("step %d: AP50 %.3f, mAP %.3f on %d held-out images", *list(point.values())[:4])
+        if photo is not None:
+            log.info("step %d: photo-like AP50 %.3f, mAP %.3f", step, photo["AP50"], photo["mAP"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,7 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         augment=not args.no_augment,
+        match_iou=args.match_iou,
+        ema_decay=args.ema_decay,
     )
+    if not 0.0 <= args.photo_fraction <= 1.0:
+        raise SystemExit("--photo-fraction must be in [0, 1]")
     keras.utils.set_random_seed(args.seed)
     source, class_names, data_info, order = _source(args)
     config = ssd_tiny(class_names, width=args.width) if args.arch == "tiny" else ssd300_vgg16(class_names)
@@ -163,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer = Trainer(config, model, train, args.out)
     hook = None
     if args.eval_every > 0:
-        hook = TrainingCurve(config, model, Path(args.out) / "training_curve.json", args)
+        hook = TrainingCurve(config, trainer, Path(args.out) / "training_curve.json", args)
     t0 = time.time()
     progress = not args.no_progress
     trainer.fit(source, progress=progress, max_steps=args.max_steps, sample_index=order, after_step=hook)

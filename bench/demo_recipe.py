@@ -1,0 +1,124 @@
+"""Measurements behind the demo model's training recipe (issue 32; numbers in its MODEL_CARD.md):
+
+- ``generator``: images/s of the shapes generator, plain and photo-like style, on one core;
+- ``anchors``: how many anchors each held-out object gets as a positive at matching IoU 0.5 and 0.4,
+  by object size in the 300 px network input (``ssd_tiny`` anchors);
+- ``steps``: seconds per training step of 32 images for recipe variants (``name:photo:match:ema``),
+  after a trace and 5 warm-up steps. Run it alone: ``flock /work/quiet.lock nice -n -15 ...``.
+
+``python -m bench.demo_recipe generator --count 200``; ``... anchors --count 150``;
+``... steps --count 20 v1:0:0.5:0 v2:0.25:0.4:0.998``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def generator_speed(count: int) -> None:
+    """Images/s of :func:`generate_sample` and :func:`generate_photo_sample` (one process, one core)."""
+    from predictor.datasets.shapes import generate_photo_sample, generate_sample
+
+    for name, fn in (("plain", generate_sample), ("photo-like", generate_photo_sample)):
+        fn(0, 10**6)  # first-use costs (the noise pool) outside the timing
+        t = time.perf_counter()
+        for i in range(count):
+            fn(0, i)
+        dt = time.perf_counter() - t
+        print(f"{name}: {count} images in {dt:.2f} s = {count / dt:.1f} images/s", flush=True)
+
+
+def _corners(anchors: np.ndarray) -> np.ndarray:
+    """``(cy, cx, h, w)`` -> ``(xmin, ymin, xmax, ymax)``."""
+    cy, cx, h, w = anchors.T
+    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``[A, B]`` IoU of xyxy boxes."""
+    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
+
+
+def anchor_coverage(count: int) -> None:
+    """Per size bucket of held-out objects (sqrt of box area in the 300 px input): share whose best anchor
+    IoU is under 0.5 (only the forced match) and mean positive anchors at IoU 0.5 and 0.4."""
+    from predictor.datasets.shapes import CLASS_NAMES, heldout_sample
+    from predictor.ssd.anchors import generate_anchors
+    from predictor.ssd.config import ssd_tiny
+
+    anchors = _corners(generate_anchors(ssd_tiny(CLASS_NAMES)).astype(np.float64)) * 300.0
+    for style in ("plain", "photo"):
+        boxes = []
+        for i in range(count):
+            s = heldout_sample(style, i)
+            h, w = s.image.shape[:2]
+            boxes.append(s.boxes.astype(np.float64) / np.array([w, h, w, h]) * 300.0)
+        b = np.concatenate(boxes)
+        iou = _iou(b, anchors)
+        best, at5, at4 = iou.max(axis=1), (iou >= 0.5).sum(axis=1), (iou >= 0.4).sum(axis=1)
+        side = np.sqrt((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))
+        for lo, hi in ((0, 16), (16, 32), (32, 64), (64, 301)):
+            k = (side >= lo) & (side < hi)
+            if k.any():
+                print(
+                    f"{style} {lo}-{hi} px: {int(k.sum())} objects, "
+                    f"best IoU < 0.5: {np.mean(best[k] < 0.5):.2f}, "
+                    f"positives at 0.5: {at5[k].mean():.1f}, at 0.4: {at4[k].mean():.1f}",
+                    flush=True,
+                )
+
+
+def step_time(count: int, variants: list[str]) -> None:
+    """Seconds per step of batch 32 for each ``name:photo_fraction:match_iou:ema_decay``."""
+    import keras
+
+    from predictor.datasets.shapes import CLASS_NAMES, ShapesDataset
+    from predictor.ssd.config import ssd_tiny
+    from predictor.ssd.network import build_network
+    from predictor.ssd.trainer import TrainConfig, Trainer
+
+    for spec in variants:
+        name, photo, match, ema = spec.split(":")
+        keras.utils.set_random_seed(0)
+        config = ssd_tiny(CLASS_NAMES)
+        train = TrainConfig(
+            steps=10**6, batch_size=32, learning_rate=3e-3, warmup_steps=100, checkpoint_every=10**6,
+            match_iou=float(match), ema_decay=float(ema),
+        )  # fmt: skip
+        source = ShapesDataset(0, 10**7, photo_fraction=float(photo))
+        with tempfile.TemporaryDirectory() as work:
+            trainer = Trainer(config, build_network(config), train, work)
+            trainer.fit(source, progress=False, max_steps=5, sample_index=lambda p: p)
+            t = time.perf_counter()
+            trainer.fit(source, progress=False, max_steps=count, sample_index=lambda p: p)
+            dt = time.perf_counter() - t
+        print(f"{name}: {count} steps in {dt:.1f} s = {dt / count:.3f} s/step ({spec})", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("what", choices=("generator", "anchors", "steps"))
+    p.add_argument("--count", type=int, default=200, help="images (generator, anchors) or timed steps")
+    p.add_argument("variants", nargs="*", default=["v1:0:0.5:0", "v2:0.25:0.4:0.998"])
+    args = p.parse_args(argv)
+    if args.what == "generator":
+        generator_speed(args.count)
+    elif args.what == "anchors":
+        anchor_coverage(args.count)
+    else:
+        step_time(args.count, args.variants)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
