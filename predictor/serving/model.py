@@ -62,11 +62,11 @@ class SSDPredictor(kserve.Model):
         self._decode_pool = ThreadPoolExecutor(
             self.options.decode_threads,
             thread_name_prefix="ssd-decode",
-            initializer=priority.lower_this_thread,
+            initializer=priority.start_compute_thread,
         )
         self._work: set[asyncio.Task] = set()  # requests' work, also after their caller got a 503
         self._model_thread = ThreadPoolExecutor(
-            1, thread_name_prefix="ssd-model", initializer=priority.lower_this_thread
+            1, thread_name_prefix="ssd-model", initializer=priority.start_compute_thread
         )
         self._load_lock = threading.Lock()
         self._load_started = False
