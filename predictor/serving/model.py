@@ -294,7 +294,7 @@ class SSDPredictor(kserve.Model):
         timing = tracing.batcher_timing()
         with self.batcher.admit(n):  # held until the work has stopped, even after a timeout
             loop = asyncio.get_running_loop()
-            with tracing.stage("ssd.decode", **{"ssd.images": n}):
+            with tracing.stage("ssd.decode", **{"ssd.images": n}), self.batcher.decoding(n):
                 prepared = await asyncio.gather(
                     *(
                         loop.run_in_executor(self._decode_pool, self._prepare_before, p, deadline)
