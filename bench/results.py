@@ -104,6 +104,8 @@ def stamp(data: dict[str, Any], target: str) -> str:
         cores += f" ({m['affinity']} usable)"
     load = m.get("load_average_at_start")
     busy = f", load {load[0]:.1f} at the start" if load else ""
+    if m.get("nice"):
+        busy += f", run at nice {m['nice']}"
     return f"_`make {target}`, {utc} UTC, {m['cpu']}, {cores}{busy}._"
 
 
