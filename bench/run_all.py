@@ -287,15 +287,6 @@ def summary_markdown(combined: dict[str, Any]) -> str:
     return fmt_table(header, rows)
 
 
-def postprocess_shares(raw_m: dict) -> dict[int, float]:
-    """Post-processing's share of ``run_batch`` by batch, from the raw stage: 1 - network alone time /
-    run_batch time (the difference of two timings: noisy, can come out negative)."""
-    net = {x["batch"]: x["images_per_s"] for x in raw_m.get("network", [])}
-    return {
-        x["batch"]: 1 - x["images_per_s"] / net[x["batch"]] for x in raw_m["detector"] if x["batch"] in net
-    }
-
-
 def variant_shares(post: dict | None, name: str, variant: str) -> dict[int, float]:
     """``post / whole`` (min times) of one post-processing ``variant`` by batch, from
     ``bench/postprocess_variants.py``'s JSON (empty when absent)."""
@@ -343,8 +334,8 @@ def readme_markdown(combined: dict[str, Any]) -> str:
         after = variant_shares(combined.get("postprocess"), name, "sized")
         if before and after:
             post_row.append(f"{_shares(before)} -> {_shares(after)} (`make bench-postprocess`)")
-        else:
-            post_row.append(f"{_shares(postprocess_shares(raw['models'][name]))} (1 - network / run_batch)")
+        else:  # the raw stage's 1 - network / run_batch is the difference of two noisy timings
+            post_row.append("no `make bench-postprocess` results in the output folder")
     batch = next(
         (r["served_over_raw"]["raw_batch"] for r in ratios.values() if r.get("served_over_raw")), top
     )
