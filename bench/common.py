@@ -165,6 +165,7 @@ def machine_info() -> dict[str, Any]:
         "tensorflow": tf.__version__,
         "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "load_average_at_start": os.getloadavg(),
+        "nice": os.getpriority(os.PRIO_PROCESS, 0),  # the bench's own (a quiet run: -15 beside niced jobs)
     }
 
 

@@ -33,7 +33,11 @@ from typing import Any
 from bench.common import OUT_DIR, REPO
 
 #: The documents holding generated blocks.
-DOCUMENTS: tuple[Path, ...] = (REPO / "bench" / "RESULTS.md", REPO / "docs" / "benchmarks.md")
+DOCUMENTS: tuple[Path, ...] = (
+    REPO / "bench" / "RESULTS.md",
+    REPO / "docs" / "benchmarks.md",
+    REPO / "README.md",
+)
 BEGIN = re.compile(r"<!-- generated: (?P<name>[\w-]+) \(make (?P<target>[\w.-]+)\) -->")
 
 
@@ -67,6 +71,7 @@ BLOCKS: dict[str, Block] = {
     "served": Block("served.json", "bench-served", "bench.served:markdown"),
     "ratios": Block("bench.json", "bench-report", "bench.run_all:ratios_markdown"),
     "summary": Block("bench.json", "bench-report", "bench.run_all:summary_markdown"),
+    "readme-performance": Block("bench.json", "bench-report", "bench.run_all:readme_markdown"),
     "cold-start": Block("cold_start.json", "bench-cold-start", "bench.cold_start:markdown"),
     "pipeline-stages": Block("pipeline.json", "bench-pipeline", "bench.pipeline:stages_markdown"),
     "pipeline-per-core": Block("pipeline.json", "bench-pipeline", "bench.pipeline:per_core_markdown"),
@@ -104,6 +109,8 @@ def stamp(data: dict[str, Any], target: str) -> str:
         cores += f" ({m['affinity']} usable)"
     load = m.get("load_average_at_start")
     busy = f", load {load[0]:.1f} at the start" if load else ""
+    if m.get("nice"):
+        busy += f", run at nice {m['nice']}"
     return f"_`make {target}`, {utc} UTC, {m['cpu']}, {cores}{busy}._"
 
 

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import threads
 from bench.common import (
     MODELS,
     OUT_DIR,
@@ -49,6 +50,8 @@ async def run_protocols(server: LocalServer, args: argparse.Namespace, jpegs: li
         for protocol in args.protocols.split(","):
             send = clients.request_fn(protocol)
             for c in args.concurrency:
+                pid = server.proc.pid
+                threads0, machine0 = threads.thread_cpu(pid), threads.machine_cpu()
                 cpu0, client0, wall0 = server.cpu_seconds(), time.process_time(), time.perf_counter()
                 row = {
                     "protocol": protocol,
@@ -57,6 +60,11 @@ async def run_protocols(server: LocalServer, args: argparse.Namespace, jpegs: li
                 wall = time.perf_counter() - wall0
                 row["server_cores_used"] = (server.cpu_seconds() - cpu0) / wall
                 row["client_cores_used"] = (time.process_time() - client0) / wall
+                # Warm-up requests included (one per client): CPU per image over every request of the cell.
+                row["threads"] = threads.profile_delta(
+                    pid, threads0, threads.thread_cpu(pid), machine0, threads.machine_cpu(),
+                    row["requests"] + row["errors"] + c,
+                )  # fmt: skip
                 row["load_average_1m"] = os.getloadavg()[0]
                 rows.append(row)
                 print(
@@ -124,7 +132,31 @@ def markdown(data: dict) -> str:
                  r["server_cores_used"]] for r in m["rows"]]  # fmt: skip
         parts.append(f"{MODEL_TITLES.get(name, name)} ({m['source']}; ready after {m['ready_s']:.1f} s):")
         parts.append(fmt_table(headers, rows))
+    profile = threads_markdown(data)
+    if profile:
+        parts += ["Server CPU ms per image by thread (`bench/threads.py`) at the top concurrency, and the "
+                  "share of the machine's cores left idle meanwhile:", profile]  # fmt: skip
     return "\n\n".join(parts)
+
+
+def threads_markdown(data: dict) -> str:
+    """Per-thread-group CPU ms per image and the idle share, for each model and protocol at the highest
+    concurrency measured (rows without a thread profile are left out)."""
+    rows = []
+    for name, m in data["models"].items():
+        top = max((r["concurrency"] for r in m["rows"]), default=None)
+        for r in m["rows"]:
+            t = r.get("threads")
+            if r["concurrency"] != top or not t:
+                continue
+            ms = t["cpu_ms_per_image"]
+            idle = t.get("machine_idle_share")
+            rows.append([name, r["protocol"], r["concurrency"], *(ms[g] for g in threads.GROUPS),
+                         sum(ms.values()), None if idle is None else 100 * idle])  # fmt: skip
+    if not rows:
+        return ""
+    headers = ["model", "protocol", "concurrency", *threads.GROUPS, "total", "idle %"]
+    return fmt_table(headers, rows)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -47,7 +47,7 @@ bench-install: $(BENCH_STAMP) ## Install the benchmark extras (tf2onnx, onnx, on
 
 bench: $(BENCH_STAMP) ## All CPU benchmarks: raw model, ONNX Runtime peer, served V1/V2/gRPC; ratios + plot (~10 min)
 	$(PY) -m bench.run_all --models $(BENCH_MODELS) --out_dir $(BENCH_OUT)
-	$(RESULTS_TABLES) raw-model onnx-peer served ratios summary
+	$(RESULTS_TABLES) raw-model onnx-peer served ratios summary readme-performance
 
 bench-model: $(BENCH_STAMP) ## Raw model benchmark: run_batch and network alone, batch 1-32, GFLOP/s vs matmul peak
 	$(PY) -m bench.raw_model --models $(BENCH_MODELS) --out_dir $(BENCH_OUT)
@@ -70,7 +70,7 @@ bench-served: $(BENCH_STAMP) ## End to end against a real server on loopback: V1
 
 bench-report: $(BENCH_STAMP) ## Re-print the ratios, redraw the plot and rewrite the ratio tables from the JSON in BENCH_OUT
 	$(PY) -m bench.run_all --report_only --out_dir $(BENCH_OUT)
-	$(RESULTS_TABLES) ratios summary
+	$(RESULTS_TABLES) ratios summary readme-performance
 
 bench-results: $(STAMP) ## Rewrite every generated table of bench/RESULTS.md and docs/benchmarks.md whose JSON is in BENCH_OUT
 	$(PY) -m bench.results --out_dir $(BENCH_OUT)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.run_all import compute_ratios, ratios_markdown, served_ceiling, served_over_raw
+from bench.run_all import compute_ratios, ratios_markdown, readme_markdown, served_ceiling, served_over_raw
 
 RAW = {
     "machine": {"affinity": 2, "cpu_count": 8},
@@ -62,3 +62,37 @@ def test_compute_ratios_uses_the_cores_the_raw_stage_had():
         "| demo | ceiling of served / raw b=16 on 2 cores (model + decode/resize CPU only) | "
         "0.85 (16.7 + 4.0 CPU ms per image) |"
     ) in table
+
+
+def test_served_over_the_ceiling_and_the_readme_summary():
+    """Ceiling 2000 / (16.67 + 4) = 96.77 images/s: v1 91.2 / 96.77 = 0.94, grpc 45.6 / 96.77 = 0.47."""
+    r = compute_ratios(RAW, None, SERVED)
+    assert r["demo"]["served_over_raw_ceiling"]["images_per_s"] == pytest.approx(
+        2000 / (1000 * 1.9 / 114 + 4)
+    )
+    assert r["demo"]["served_over_ceiling"] == pytest.approx({"v1": 0.9425, "grpc": 0.4712}, abs=1e-4)
+    assert "| demo | served c=16 / that ceiling | v1: 0.94, grpc: 0.47 |" in ratios_markdown({"ratios": r})
+    raw = {**RAW, "models": {"demo": {**RAW["models"]["demo"], "network": [
+        {"batch": 1, "images_per_s": 62.5}, {"batch": 8, "images_per_s": 125.0},
+        {"batch": 16, "images_per_s": 120.0},
+    ]}}}  # fmt: skip
+    post = {"models": {"demo": {"rows": [{"batch": 8, "ms_per_image": {
+        "post:top400": {"min": 3.0}, "whole:top400": {"min": 12.0},
+        "post:sized": {"min": 0.5}, "whole:sized": {"min": 10.0},
+    }}]}}}  # fmt: skip
+    table = readme_markdown({"raw": raw, "served": SERVED, "ratios": r, "postprocess": None})
+    assert table.splitlines() == [
+        "|  | demo model |",
+        "|---|---|",
+        "| served img/s, v1, 16 clients | 91.2 |",
+        "| served img/s, grpc, 16 clients | 45.6 |",
+        "| raw `run_batch` img/s, batch 16 | 114 |",
+        "| ceiling: cores / (model + decode CPU per image) | 96.8 (0.85 x raw) |",
+        "| served / ceiling (v1 / grpc) | 0.94 / 0.47 |",
+        "| post-processing share of the call, by batch | no `make bench-postprocess` results in the output "
+        "folder |",
+    ]
+    table = readme_markdown({"raw": raw, "served": SERVED, "ratios": r, "postprocess": post})
+    assert table.splitlines()[-1] == (
+        "| post-processing share of the call, by batch | b8 25% -> b8 5% (`make bench-postprocess`) |"
+    )

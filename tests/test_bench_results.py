@@ -98,6 +98,28 @@ def test_renderer_writes_a_served_table_exactly():
     assert render_block("served", SERVED) == SERVED_MD
 
 
+def test_the_stamp_names_a_bench_run_at_another_priority():
+    hostile = {**HOSTILE, "machine": {**MACHINE, "nice": -15}}
+    assert render_block("hostile", hostile).startswith(
+        "_`make bench-hostile`, 2026-12-02 22:05 UTC, AMD EPYC, 2 cores, load 0.8 at the start, "
+        "run at nice -15._"
+    )
+
+
+def test_the_served_block_adds_the_per_thread_profile_of_the_top_concurrency():
+    profile = {"cpu_ms_per_image": {"event loop": 1.5, "decode": 6.0, "model call": 1.0, "TensorFlow": 12.0,
+                                    "gRPC I/O": 0.0, "other": 0.5}, "machine_idle_share": 0.125}  # fmt: skip
+    rows = [_served_row("v1", 1, 37.04), {**_served_row("v1", 16, 50.0), "threads": profile}]
+    data = {**SERVED, "models": {"demo": {**SERVED["models"]["demo"], "rows": rows}}}
+    text = render_block("served", data)
+    assert text.endswith(
+        "| model | protocol | concurrency | event loop | decode | model call | TensorFlow | gRPC I/O | other "
+        "| total | idle % |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| demo | v1 | 16 | 1.5 | 6 | 1 | 12.0 | 0 | 0.5 | 21.0 | 12.5 |"
+    )
+
+
 def test_a_json_without_machine_says_so():
     assert render_block("hostile", {k: v for k, v in HOSTILE.items() if k != "machine"}).startswith(
         "_`make bench-hostile`; the JSON recorded no date or machine._\n\n| metric | value |"
@@ -162,11 +184,12 @@ def test_every_results_table_is_a_generated_block():
         assert name in BLOCKS, f"no renderer for block {name}"
         assert target == BLOCKS[name].target, f"block {name} names make {target}, not {BLOCKS[name].target}"
     assert blocks_in((REPO / "docs" / "benchmarks.md").read_text()) == [("summary", "bench-report")]
+    assert blocks_in((REPO / "README.md").read_text()) == [("readme-performance", "bench-report")]
 
 
 def _targets() -> list[tuple[str, list[str]]]:
     by_target: dict[str, list[str]] = {}
-    for doc in (RESULTS_MD, REPO / "docs" / "benchmarks.md"):
+    for doc in results.DOCUMENTS:
         for name, target in blocks_in(doc.read_text()):
             by_target.setdefault(target, []).append(name)
     return sorted(by_target.items())

@@ -101,6 +101,7 @@ def test_run_all_quick_end_to_end(tmp_path):
         "served_over_raw",
         "p50_c1_over_raw_plus_decode",
         "served_over_raw_ceiling",
+        "served_over_ceiling",
     }
     # The ceiling is arithmetic on measured numbers (its size depends on the machine's load, so it is a
     # benchmark's figure, not a test's): recomputed here from the components the JSON records.
@@ -123,6 +124,11 @@ def test_run_all_quick_end_to_end(tmp_path):
     assert raw_md.startswith("_`make bench-model`, ") and "\n| 2 | " in raw_md
     served_md = render_block("served", json.loads((tmp_path / "served.json").read_text()))
     assert all(f"\n| {p} | {c} | " in served_md for p in ("v1", "v2", "grpc") for c in (1, 2))
+    # The per-thread profile of the top concurrency: the decode and model-call threads named by the server.
+    for row in (r for r in served if r["concurrency"] == 2):
+        ms = row["threads"]["cpu_ms_per_image"]
+        assert ms["decode"] > 0 and ms["model call"] > 0 and ms["event loop"] > 0, row["threads"]
+    assert all(f"\n| demo | {p} | 2 | " in served_md for p in ("v1", "v2", "grpc"))
     onnx_md = render_block("onnx-peer", json.loads((tmp_path / "onnx_peer.json").read_text()))
     assert "\n| demo | 1 | " in onnx_md and "\n| demo | 2 | " in onnx_md
     assert "| demo | ours / ONNX Runtime" in render_block("ratios", data)

@@ -7,7 +7,11 @@ has waited ``batch_wait_s``, then runs the model once, in a dedicated thread, on
 request exactly its own rows of the output. Where the queued requests would pad a bucket with at
 least as many images as they pass the bucket below by, and the warm-up showed that padding costs what
 real images do (a CPU), the call takes only the oldest ones, and the rest lead the next call
-(:meth:`DynamicBatcher._efficient_prefix`). A request's images are never split across model calls.
+(:meth:`DynamicBatcher._efficient_prefix`). Where images still being decoded (:meth:`DynamicBatcher.decoding`)
+would fit the slots the call would pad, the call waits for them, at most :data:`FILL_WAIT_FRACTION` of
+the bucket's call time (:meth:`DynamicBatcher._fill_wait`): in a closed loop of 8 clients, a request
+decoded just after a call of 7 had started ran alone next, at the cost of a whole call.
+A request's images are never split across model calls.
 Per-image score thresholds and detection caps travel with the images, so requests with different
 parameters share a batch.
 
@@ -56,6 +60,9 @@ EFFICIENT_FRACTION = 0.9
 #: Padding costs what real images do when the warm-up's call of a bucket took at least this many times
 #: as long as a call of the bucket below (half its size); see :meth:`DynamicBatcher._efficient_prefix`.
 PADDING_COSTS = 1.5
+#: Longest wait for images being decoded that would fill a call's padding, as a fraction of the warm-up's
+#: time of that call (see :meth:`DynamicBatcher._fill_wait`).
+FILL_WAIT_FRACTION = 0.25
 _SHUTTING_DOWN = "the server is shutting down; retry on another replica"
 _SHED_FROM_QUEUE = (
     "overloaded: more is offered than the model can do; shed from a standing queue; retry later"
@@ -173,6 +180,7 @@ class DynamicBatcher:
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="ssd-model")
         self._queue: collections.deque[_Item] = collections.deque()
         self._queued_images = 0
+        self._decoding_images = 0  # images of requests between decoding() and run()
         self.admitted_images = 0
         self.model_calls = 0
         self._wakeup: asyncio.Event | None = None
@@ -203,6 +211,18 @@ class DynamicBatcher:
         finally:
             self.admitted_images -= n
             prometheus.QUEUE_IMAGES.set(self.admitted_images)
+
+    @contextlib.contextmanager
+    def decoding(self, n: int) -> Iterator[None]:
+        """``n`` images are being decoded for a request that will call :meth:`run` right after the block
+        (with no ``await`` in between): a call that would pad may wait for them (:meth:`_fill_wait`)."""
+        self._decoding_images += n
+        try:
+            yield
+        finally:
+            self._decoding_images -= n
+            if self._wakeup is not None:  # a call waiting for these images need not wait any longer
+                self._wakeup.set()
 
     def refusal(self, n: int) -> str | None:
         """Why ``n`` more images would be refused now, or None (always None when nothing is admitted).
@@ -429,13 +449,33 @@ class DynamicBatcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            wait = self._queue[0].enqueued + self.batch_wait_s - loop.time()
+            now = loop.time()
+            wait = self._queue[0].enqueued + self.batch_wait_s - now
+            if self._queued_images < self.max_batch_size and wait <= 0:
+                wait = self._fill_wait(now)
             if self._queued_images < self.max_batch_size and wait > 0:
                 self._wakeup.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), wait)
                 continue
             await self._execute(self._take(), loop)
+
+    def _fill_wait(self, now: float) -> float:
+        """Seconds more the next call waits for images being decoded, or 0 to run now.
+
+        It waits while every image being decoded fits the slots the call would pad (queued images plus
+        decoding ones at most the queued images' bucket; padding is computed anyway), at most
+        :data:`FILL_WAIT_FRACTION` of the warm-up's time of that bucket after the oldest request was
+        queued. Without warm-up timings, or with nothing decoding, it never waits.
+        """
+        queued, decoding = self._queued_images, self._decoding_images
+        if not decoding or not self._buckets or queued >= self._buckets[-1]:
+            return 0.0
+        bucket = self._bucket_for(queued)
+        if queued + decoding > bucket:
+            return 0.0
+        until = self._queue[0].enqueued + FILL_WAIT_FRACTION * self._bucket_seconds[bucket]
+        return max(0.0, until - now)
 
     def _take(self) -> list[_Item]:
         batch: list[_Item] = []

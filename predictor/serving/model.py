@@ -62,11 +62,11 @@ class SSDPredictor(kserve.Model):
         self._decode_pool = ThreadPoolExecutor(
             self.options.decode_threads,
             thread_name_prefix="ssd-decode",
-            initializer=priority.lower_this_thread,
+            initializer=priority.start_compute_thread,
         )
         self._work: set[asyncio.Task] = set()  # requests' work, also after their caller got a 503
         self._model_thread = ThreadPoolExecutor(
-            1, thread_name_prefix="ssd-model", initializer=priority.lower_this_thread
+            1, thread_name_prefix="ssd-model", initializer=priority.start_compute_thread
         )
         self._load_lock = threading.Lock()
         self._load_started = False
@@ -297,7 +297,7 @@ class SSDPredictor(kserve.Model):
         timing = tracing.batcher_timing()
         with self.batcher.admit(n):  # held until the work has stopped, even after a timeout
             loop = asyncio.get_running_loop()
-            with tracing.stage("ssd.decode", **{"ssd.images": n}):
+            with tracing.stage("ssd.decode", **{"ssd.images": n}), self.batcher.decoding(n):
                 prepared = await asyncio.gather(
                     *(
                         loop.run_in_executor(self._decode_pool, self._prepare_before, p, deadline)

@@ -274,8 +274,9 @@ class ServingOptions:
     compute_nice: int = _option(
         10,
         _nice,
-        "Nice value (0-19) of the compute threads (TensorFlow, model call, decode), so that the event loop "
-        "reading requests and refusing what admission refuses runs first; 0: equal priority.",
+        "Nice levels (0-19) the compute threads (TensorFlow, model call, decode) run below the server "
+        "process's own, so that the event loop reading requests and refusing what admission refuses runs "
+        "first; 0: equal priority.",
         chart=Chart("predictor.computeNice"),
     )
     tf_intra_op_threads: int = _option(

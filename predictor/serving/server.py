@@ -215,7 +215,7 @@ def _lower_compute_threads() -> None:
     log.info(
         "compute threads at nice %d: %d native (TensorFlow) threads now, the decode and model threads as "
         "they start; the event loop and I/O threads at their own",
-        priority.COMPUTE_NICE,
+        priority.compute_nice(),
         len(lowered),
     )
 

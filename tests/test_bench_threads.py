@@ -1,0 +1,77 @@
+"""bench/threads.py: per-thread CPU by group from /proc, and the server's pool threads named in the kernel
+(predictor.serving.priority.name_this_thread); hand-made samples for the arithmetic."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import threads
+from predictor.serving import priority
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="Linux /proc")
+
+
+def test_profile_delta_gives_cpu_ms_per_image_by_group_and_the_idle_share():
+    pid = 100
+    before = {100: ("python", 1.0), 101: ("ssd-decode_0", 2.0), 102: ("tf_Compute", 0.5)}
+    after = {
+        100: ("python", 1.5),  # the event loop: 0.5 s
+        101: ("ssd-decode_0", 4.0),  # 2 s
+        102: ("tf_Compute", 0.5),  # idle meanwhile
+        103: ("ssd-model_0", 1.0),  # started meanwhile: all of its 1 s
+        104: ("event_engine", 0.25),
+        105: ("python", 0.75),  # an unnamed thread
+    }
+    p = threads.profile_delta(pid, before, after, (10.0, 100.0), (13.0, 120.0), images=250)
+    assert p["cpu_ms_per_image"] == pytest.approx(
+        {
+            "event loop": 2.0,
+            "decode": 8.0,
+            "model call": 4.0,
+            "TensorFlow": 0.0,
+            "gRPC I/O": 1.0,
+            "other": 3.0,
+        }
+    )
+    busy = {"event loop": 1, "decode": 1, "model call": 1, "TensorFlow": 0, "gRPC I/O": 1, "other": 1}
+    assert p["busy_threads"] == busy
+    assert p["machine_idle_share"] == pytest.approx(3.0 / 20.0)
+
+
+def test_a_named_pool_thread_is_found_in_proc_with_its_cpu():
+    """A thread named like the decode pool's burns CPU for a while; thread_cpu sees it under its name, in
+    the decode group, with the CPU it used."""
+    done, named, burned = threading.Event(), threading.Event(), threading.Event()
+    tid: list[int] = []
+
+    def burn() -> None:
+        priority.name_this_thread()
+        tid.append(threading.get_native_id())
+        named.set()
+        end = time.thread_time() + 0.3
+        while time.thread_time() < end:
+            pass
+        burned.set()
+        done.wait()
+
+    worker = threading.Thread(target=burn, name="ssd-decode_7")
+    before = threads.thread_cpu(os.getpid())
+    worker.start()
+    named.wait()
+    try:
+        assert burned.wait(60)
+        after = threads.thread_cpu(os.getpid())
+    finally:
+        done.set()
+        worker.join()
+    name, seconds = after[tid[0]]
+    assert name == "ssd-decode_7"
+    assert threads.group_of(os.getpid(), tid[0], name) == "decode"
+    assert seconds >= 0.28  # 0.3 s of CPU, in clock ticks of 10 ms
+    assert tid[0] not in before
+    assert threads.group_of(os.getpid(), os.getpid(), after[os.getpid()][0]) == "event loop"
