@@ -259,13 +259,7 @@ class Detector:
         n = len(images)
         b = self.bucket_for(n)
         images = self._bucket_images(images, b)
-        if b != n:  # padding rows detect nothing: threshold 1, cap 0, no class allowed
-            pad = b - n
-            image_hw = np.concatenate([image_hw, np.ones((pad, 2), np.float32)])
-            thr = np.concatenate([thr, np.ones(pad, np.float32)])
-            caps = np.concatenate([caps, np.zeros(pad, np.int32)])
-            nms = np.concatenate([nms, np.ones(pad, np.float32)])
-            mask = np.concatenate([mask, np.zeros((pad, mask.shape[1]), bool)])
+        image_hw, thr, caps, nms, mask = pad_controls(b - n, image_hw, thr, caps, nms, mask)
         out = self._fn(
             tf.constant(images, tf.float32),
             tf.constant(image_hw),
@@ -326,6 +320,22 @@ class Detector:
         hw = np.asarray([im.shape[:2] for im in images], np.float32)
         out = self.run_batch(resized, hw, score_threshold, max_detections, nms_threshold, class_mask)
         return split_detections(out)
+
+
+def pad_controls(
+    pad: int, image_hw: np.ndarray, thr: np.ndarray, caps: np.ndarray, nms: np.ndarray, mask: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """The per-image arguments of ``run_batch`` with ``pad`` rows more that detect nothing: image
+    ``(1, 1)``, threshold 1, cap 0, NMS threshold 1, no class allowed."""
+    if not pad:
+        return image_hw, thr, caps, nms, mask
+    return (
+        np.concatenate([image_hw, np.ones((pad, 2), np.float32)]),
+        np.concatenate([thr, np.ones(pad, np.float32)]),
+        np.concatenate([caps, np.zeros(pad, np.int32)]),
+        np.concatenate([nms, np.ones(pad, np.float32)]),
+        np.concatenate([mask, np.zeros((pad, mask.shape[1]), bool)]),
+    )
 
 
 def _timed(fn: Callable[..., object], *args: object) -> float:
