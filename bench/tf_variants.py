@@ -18,10 +18,11 @@ through the network (no post-processing) called as:
 * ``ort``: the network exported by :func:`predictor.ssd.onnx_export.network_onnx` in an ONNX Runtime
   CPU session (all graph optimisations, intra-op threads = usable CPUs), as ``make bench-onnx`` does.
 
-The ``server`` process also times the whole detector both ways: :meth:`Detector.run_batch` (TensorFlow,
-sized post-processing) and :class:`predictor.ssd.onnx_runtime.OrtDetector` (the ``--runtime
-onnxruntime`` path) on the same images. Every call mode's outputs are compared with ``function``'s
-of the ``server`` process (max absolute difference of ``loc`` and ``logits`` at batch 1).
+The ``server`` process also times the whole detector: :meth:`Detector.run_batch` (TensorFlow, sized
+post-processing), :class:`predictor.ssd.onnx_runtime.OrtDetector` (the ``--runtime onnxruntime``
+path) and, for ``--whole_graph_models``, ``ssd-export onnx``'s whole graph in ORT, on the same images.
+Every call mode's outputs are compared with ``function``'s of the ``server`` process (max absolute
+difference of ``loc`` and ``logits`` at batch 1).
 
 ``python -m bench.tf_variants [--models demo,ssd300] [--batches 1,4,8]`` -> table + JSON
 (``bench/out/tf_variants.json``); needs a quiet machine.
@@ -98,7 +99,16 @@ def _detector_rows(name: str, path: Path, batches: list[int], args: argparse.Nam
     from predictor.ssd.onnx_runtime import OrtDetector
 
     tf_det = Detector.from_dir(str(path), max_batch_size=max(batches))
-    ort_det = OrtDetector.from_detector(tf_det, threads=_threads("server")[0])
+    threads = _threads("server")[0]
+    ort_det = OrtDetector.from_detector(tf_det, threads=threads).open()
+    whole = None
+    if name in args.whole_graph_models.split(","):
+        from predictor.ssd.onnx_export import detector_onnx, ort_feeds
+        from predictor.ssd.onnx_runtime import cpu_session
+
+        session = cpu_session(detector_onnx(tf_det).SerializeToString(), threads)
+        outputs = ["num_detections", "detection_boxes", "detection_scores", "detection_classes"]
+        whole = lambda i, h: session.run(outputs, ort_feeds(tf_det, i.astype(np.uint8), h, 0.05))  # noqa: E731
     rng = np.random.default_rng(1)
     s = tf_det.input_size
     rows = []
@@ -115,10 +125,14 @@ def _detector_rows(name: str, path: Path, batches: list[int], args: argparse.Nam
             row[f"{label}_images_per_s"] = batch * len(times) / sum(times)
             row[f"{label}_cores"] = busy["process_cores_used"]
         row["same_counts"] = bool((outs["tf"]["num_detections"] == outs["ort"]["num_detections"]).all())
+        if whole is not None:
+            times, _ = time_calls_cpu(lambda i=images, h=hw: whole(i, h), args.min_time_s, 3)
+            row["whole_graph_images_per_s"] = batch * len(times) / sum(times)
         rows.append(row)
         print(
             f"  {name} detector batch {batch}: TF {row['tf_images_per_s']:.2f} img/s, "
-            f"ORT {row['ort_images_per_s']:.2f} img/s, same counts {row['same_counts']}",
+            f"ORT {row['ort_images_per_s']:.2f} img/s, same counts {row['same_counts']}, "
+            f"ORT whole graph {row.get('whole_graph_images_per_s')}",
             flush=True,
         )
     return rows
@@ -199,16 +213,20 @@ def markdown(data: dict[str, Any]) -> str:
             table.append([model, label, mode, *cells, f"{diff:.0e}" if diff is not None else "-"])
     det_rows = [
         [r["model"], r["batch"], r["tf_images_per_s"], r["ort_images_per_s"],
-         r["tf_images_per_s"] / r["ort_images_per_s"], "yes" if r["same_counts"] else "no"]
+         r["tf_images_per_s"] / r["ort_images_per_s"], "yes" if r["same_counts"] else "no",
+         r.get("whole_graph_images_per_s")]
         for s in data["settings"] for r in s["detector"]
     ]  # fmt: skip
-    det_headers = ["model", "batch", "TF run_batch img/s", "OrtDetector img/s", "TF / ORT", "same counts"]
+    det_headers = ["model", "batch", "TF run_batch img/s", "OrtDetector img/s", "TF / ORT", "same counts",
+                   "ORT whole graph img/s"]  # fmt: skip
     det = fmt_table(det_headers, det_rows)
     return (
         "Network alone (no post-processing), images/s and, in brackets, the ratio to ONNX Runtime of the "
         "same run; `max diff`: largest |loc, logits - server/function| at batch 1.\n\n"
         f"{fmt_table(headers, table)}\n\nWhole detector (score threshold 0.05, random pixels), "
-        f"`Detector.run_batch` against `OrtDetector` (`--runtime onnxruntime`):\n\n{det}"
+        "`Detector.run_batch` against `OrtDetector` (`--runtime onnxruntime`: the network in ORT, "
+        "TensorFlow's sized post-processing) and the whole detector graph of `ssd-export onnx` in ORT "
+        f"(uint8 images, NMS on all top-k candidates):\n\n{det}"
     )
 
 
@@ -217,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="demo,ssd300")
     parser.add_argument("--batches", type=parse_ints, default=[1, 4, 8])
     parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--whole_graph_models", default="demo", help="also time ssd-export's whole graph")
     parser.add_argument("--min_time_s", type=float, default=1.5)
     parser.add_argument("--min_iters", type=int, default=3)
     parser.add_argument("--out_dir", type=Path, default=OUT_DIR)
@@ -234,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, **SETTINGS[setting][2], "CUDA_VISIBLE_DEVICES": ""}
         cmd = [sys.executable, "-m", "bench.tf_variants", "--worker", setting, "--models", args.models,
                "--batches", ",".join(map(str, args.batches)), "--min_time_s", str(args.min_time_s),
-               "--min_iters", str(args.min_iters), "--out_dir", str(args.out_dir)]  # fmt: skip
+               "--min_iters", str(args.min_iters), "--out_dir", str(args.out_dir),
+               "--whole_graph_models", args.whole_graph_models]  # fmt: skip
         print(f"== {setting}", flush=True)
         proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=True)
         print("\n".join(line for line in proc.stdout.splitlines() if not line.startswith("RESULT ")))
