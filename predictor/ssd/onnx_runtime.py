@@ -26,6 +26,7 @@ import copy
 import logging
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -100,6 +101,13 @@ class OrtDetector(Detector):
             time.perf_counter() - start,
         )
         return self
+
+    def warmup(
+        self, buckets: Sequence[int] | None = None, retime_below_s: float = 1.0, retime_runs: int = 3
+    ) -> dict[int, float]:
+        """Open the session, then :meth:`Detector.warmup` (each bucket run once, and timed)."""
+        self.open()
+        return super().warmup(buckets, retime_below_s, retime_runs)
 
     def _postprocess(self, loc, logits, image_hw, score_threshold, max_detections, nms_threshold, class_mask):
         self.trace_count += 1  # Python side effect: runs only while tracing
