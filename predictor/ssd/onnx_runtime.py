@@ -79,7 +79,8 @@ class OrtDetector(Detector):
             tf.TensorSpec([None], tf.float32, name="nms_threshold"),
             tf.TensorSpec([None, classes], tf.bool, name="class_mask"),
         )
-        new._post = tf.function(new._postprocess, input_signature=signature)
+        new._post = tf.function(new._postprocess, input_signature=signature).get_concrete_function
+        new._graph = None
         return new
 
     def open(self) -> OrtDetector:
@@ -141,5 +142,7 @@ class OrtDetector(Detector):
             loc = np.concatenate([loc, np.zeros((pad, *loc.shape[1:]), np.float32)])
             logits = np.concatenate([logits, np.zeros((pad, *logits.shape[1:]), np.float32)])
         image_hw, thr, caps, nms, mask = pad_controls(pad, image_hw, thr, caps, nms, mask)
-        out = self._post(loc, logits, image_hw, thr, caps, nms, mask)
+        if self._graph is None:
+            self._graph = self._post()  # traced once, then called directly (as the Detector does)
+        out = self._graph(*map(tf.constant, (loc, logits, image_hw, thr, caps, nms, mask)))
         return {k: v.numpy()[:n] for k, v in out.items()}
