@@ -238,7 +238,7 @@ def markdown(data: dict[str, Any]) -> str:
             for b in batches:
                 r = next(r for r in s["rows"] if (r["model"], r["mode"], r["batch"]) == (model, mode, b))
                 ratio = "" if mode == "ort" else f" ({r['images_per_s'] / ort[(model, b)]:.2f})"
-                cells.append(f"{r['images_per_s']:.1f}{ratio}")
+                cells.append(f"{r['images_per_s']:.3g}{ratio}")
             diff = data["max_abs_diff"].get(f"{s['setting']}/{model}/{mode}")
             label = f"{s['setting']} ({s['intra']}/{s['inter']})"
             table.append([model, label, mode, *cells, f"{diff:.0e}" if diff is not None else "-"])

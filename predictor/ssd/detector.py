@@ -150,10 +150,10 @@ class Detector:
             tf.TensorSpec([None, len(config.class_names)], tf.bool, name="class_mask"),
         )
         self._fn = tf.function(self._infer, input_signature=signature, jit_compile=xla)
-        # Its one concrete function, traced at the first call and then called directly: tf.function's
-        # own call (argument binding, signature check, cache lookup) cost 0.9 ms against 0.2 ms on the
-        # shared 2-core VM (bench/RESULTS.md, "TensorFlow vs ONNX Runtime"). XLA is kept
-        # (_XlaMustCompile is an attribute of the traced function).
+        # Its one concrete function, traced at the first call and then called directly, without
+        # tf.function's own call (argument binding, signature check, cache lookup): the demo network
+        # ran 12-16% faster so at batch 1-8 (bench/RESULTS.md, "TensorFlow vs ONNX Runtime at batch
+        # 1-8"). XLA is kept (_XlaMustCompile is an attribute of the traced function).
         self._graph: Callable[..., dict[str, tf.Tensor]] | None = None
 
     @classmethod
