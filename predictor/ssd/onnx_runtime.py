@@ -10,7 +10,8 @@ serving batcher and model use it unchanged.
 
 Why not the whole detector's graph (``ssd-export onnx``)? tf2onnx cannot convert the sized
 post-processing, so that graph runs NMS on all ``top_k`` candidates: ONNX Runtime ran the demo model's
-whole graph 2-3x slower than ``Detector.run_batch`` (bench/RESULTS.md, "TensorFlow vs ONNX Runtime").
+whole graph as fast as ``Detector.run_batch`` at batch 1 and 4-5x slower at 4 and 8
+(bench/RESULTS.md, "TensorFlow vs ONNX Runtime at batch 1-8").
 
 The network is exported at :meth:`OrtDetector.open` (called by :meth:`warmup`, i.e. in the server's
 warm-up thread, after the server listens). The only difference from TensorFlow is the float rounding of
