@@ -68,6 +68,7 @@ BLOCKS: dict[str, Block] = {
         "postprocess_variants.json", "bench-postprocess", "bench.postprocess_variants:markdown"
     ),
     "onnx-peer": Block("onnx_peer.json", "bench-onnx", "bench.onnx_peer:markdown"),
+    "tf-variants": Block("tf_variants.json", "bench-tf-variants", "bench.tf_variants:markdown"),
     "served": Block("served.json", "bench-served", "bench.served:markdown"),
     "ratios": Block("bench.json", "bench-report", "bench.run_all:ratios_markdown"),
     "summary": Block("bench.json", "bench-report", "bench.run_all:summary_markdown"),

@@ -37,7 +37,8 @@ SOAK_OUT ?= bench/out/soak.json
 
 .PHONY: bench bench-install bench-model bench-postprocess bench-onnx bench-served bench-report bench-overload \
 	bench-hostile gpu-check-prepare gpu-check-cpu gpu-check bench-pipeline bench-draft bench-client-downscale \
-	bench-cold-start soak bench-results gpu-check-report bench-onnx-detector bench-plan bench-simulate
+	bench-cold-start soak bench-results gpu-check-report bench-onnx-detector bench-plan bench-simulate \
+	bench-tf-variants
 
 $(BENCH_STAMP): pyproject.toml | $(STAMP)
 	$(PIP) install --quiet -e '.[test,bench]'
@@ -60,6 +61,10 @@ bench-postprocess: $(BENCH_STAMP) ## Post-processing variants vs the network: ms
 bench-onnx: $(BENCH_STAMP) ## ONNX Runtime peer of the network (uses bench-model's JSON for ours/ORT)
 	$(PY) -m bench.onnx_peer --models $(BENCH_MODELS) --out_dir $(BENCH_OUT)
 	$(RESULTS_TABLES) onnx-peer
+
+bench-tf-variants: $(BENCH_STAMP) ## Network alone at batch 1-8: TF thread pools, call modes, XLA, oneDNN off vs ORT; TF vs --runtime onnxruntime (~6 min)
+	$(PY) -m bench.tf_variants --models $(BENCH_MODELS) --out_dir $(BENCH_OUT)
+	$(RESULTS_TABLES) tf-variants
 
 bench-onnx-detector: $(BENCH_STAMP) ## The whole detector exported to ONNX: ORT vs TF agreement and time per call, batch 1 and 8
 	$(PY) -m bench.onnx_detector --models $(BENCH_MODELS) --out_dir $(BENCH_OUT)

@@ -69,7 +69,7 @@ def test_only_the_detector_pads_to_buckets(random_tiny_model_dir, shapes_images)
     det.warmup()
     traced = det.trace_count
     given, compiled = [], []
-    run_batch, fn = det.run_batch, det._fn
+    run_batch, fn = det.run_batch, det._graph  # the traced function the detector calls
 
     def recording_run_batch(images, *args, **kwargs):
         given.append(len(images))
@@ -79,7 +79,7 @@ def test_only_the_detector_pads_to_buckets(random_tiny_model_dir, shapes_images)
         compiled.append(int(images.shape[0]))
         return fn(images, *args)
 
-    det._fn = recording_fn
+    det._graph = recording_fn
     batcher = DynamicBatcher(recording_run_batch, max_batch_size=8, batch_wait_s=0.001)
     c = len(det.class_names)
 

@@ -111,10 +111,13 @@ class SSDPredictor(kserve.Model):
                 max_batch_size=o.max_batch_size,
                 dtype=o.dtype,
             )
+            if o.runtime == "onnxruntime":
+                self._detector = onnx_runtime_detector(self._detector, o)
         return self._detector
 
     def load(self) -> bool:
-        """Build, trace every batch bucket once (warm-up), start the batcher; only then ``ready``.
+        """Build, trace every batch bucket once (warm-up; ``--runtime onnxruntime`` exports the network
+        first), start the batcher; only then ``ready``.
 
         Safe to call from several threads: while one call loads, the others return False at once
         (KServe's gRPC path calls ``load()`` on the event loop when a model is not ready).
@@ -381,3 +384,21 @@ def _default(value: Any, default: Any) -> Any:
 
 def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 1)
+
+
+def onnx_runtime_detector(detector: Detector, options: ServingOptions) -> Detector:
+    """``--runtime onnxruntime``: ``detector`` with its network run by ONNX Runtime on the CPU
+    (:class:`~predictor.ssd.onnx_runtime.OrtDetector`, ``--tf_intra_op_threads`` threads; the network
+    is exported at warm-up). Refuses the options that apply to TensorFlow's network only."""
+    if options.xla or options.mixed_precision != "none":
+        raise ValueError(
+            "--runtime onnxruntime runs the float32 network: leave --xla off and --mixed_precision none"
+        )
+    try:
+        import onnxruntime  # noqa: F401
+        import tf2onnx  # noqa: F401
+    except ImportError as e:
+        raise ValueError(f"--runtime onnxruntime needs the [onnx] extra (onnxruntime, tf2onnx): {e}") from e
+    from predictor.ssd.onnx_runtime import OrtDetector
+
+    return OrtDetector.from_detector(detector, threads=options.tf_intra_op_threads)

@@ -88,6 +88,17 @@ def _precision(raw: str) -> str:
     return value
 
 
+#: ``--runtime`` values: what runs the network.
+RUNTIMES = ("tensorflow", "onnxruntime")
+
+
+def _runtime(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in RUNTIMES:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(RUNTIMES)}")
+    return value
+
+
 #: What each flag type is in the Helm chart: its kind (int, float, string, bool) and the JSON-schema
 #: keywords (range, enum) of the values its parse function accepts; ``scripts/generate.py`` writes them
 #: into values.schema.json, and tests/test_generated.py probes each bound against the parse function.
@@ -99,6 +110,7 @@ VALUE_TYPES: dict[Callable[[str], Any], tuple[str, dict[str, Any]]] = {
     non_negative_float: ("float", {"minimum": 0}),
     _bool: ("bool", {}),
     _precision: ("string", {"enum": list(_PRECISION_DTYPES)}),
+    _runtime: ("string", {"enum": list(RUNTIMES)}),
     str: ("string", {}),
 }
 
@@ -318,6 +330,15 @@ class ServingOptions:
     )
     xla: bool = _option(
         False, _bool, "Compile the model with XLA (jit_compile).", chart=Chart("predictor.xla", pin=True)
+    )
+    runtime: str = _option(
+        "tensorflow",
+        _runtime,
+        "What runs the network: tensorflow, or onnxruntime (CPU nodes: the network exported to ONNX at "
+        "start-up and run by ONNX Runtime with --tf_intra_op_threads threads, post-processing still in "
+        "TensorFlow; needs the [onnx] extra, which the container image does not carry yet; see "
+        "docs/serving.md).",
+        chart=Chart("predictor.runtime", pin=True),
     )
     drift_window_images: int = _option(
         0,

@@ -254,8 +254,9 @@ def _log_configuration(
         cfg.input_size,
     )
     log.info(
-        "device: %s; xla %s; precision %s (dtype %s)",
+        "device: %s; runtime %s; xla %s; precision %s (dtype %s)",
         ", ".join(devices),
+        options.runtime,
         "on" if options.xla else "off",
         options.mixed_precision,
         options.dtype,

@@ -38,11 +38,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from predictor.ssd.detector import Detector
-from predictor.ssd.preprocess import resize_warp_numpy
+from predictor.ssd.preprocess import resize_warp_numpy, subtract_means
 
 #: ONNX opset of the exported graph (ONNX Runtime >= 1.12; Triton's ONNX Runtime backend since 22.x).
 OPSET = 17
@@ -143,6 +144,26 @@ def detector_onnx(detector: Detector, opset: int = OPSET):
         "predictor/ssd/onnx_export.py"
     )
     onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def network_onnx(
+    model: keras.Model, input_size: int, opset: int = OPSET, means: Sequence[float] | None = None
+):
+    """The Keras network alone as an ``onnx.ModelProto``: input ``images`` float32 ``[N, S, S, 3]``,
+    outputs ``loc`` and ``logits`` as the network returns them (no post-processing). Without ``means``
+    the input is mean-subtracted RGB (what ``make bench-onnx`` times against TensorFlow); with them it is
+    RGB 0..255 and the graph subtracts them first, as the Detector does."""
+    import tf2onnx
+
+    spec = (tf.TensorSpec((None, input_size, input_size, 3), tf.float32, name="images"),)
+
+    @tf.function(input_signature=spec)
+    def network(x: tf.Tensor) -> dict[str, tf.Tensor]:
+        out = model(x if means is None else subtract_means(x, means), training=False)
+        return {"loc": out["loc"], "logits": out["logits"]}
+
+    proto, _ = tf2onnx.convert.from_function(network, input_signature=spec, opset=opset)
     return proto
 
 
