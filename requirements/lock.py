@@ -4,7 +4,8 @@ One lock per image variant, resolved for the image's interpreter and platform (U
 3.12, glibc 2.39, x86-64) from PyPI with ``uv pip compile --generate-hashes``:
 
 - ``runtime-cpu.lock``: the package's dependencies with ``tensorflow`` swapped for ``tensorflow-cpu``
-  (same version, no CUDA code, about 500 MB smaller);
+  (same version, no CUDA code, about 500 MB smaller), plus the ``onnx`` extra for ``--runtime
+  onnxruntime`` on CPU nodes;
 - both carry the ``tracing`` extra (OpenTelemetry SDK and OTLP/HTTP exporter, a few MB), so that
   ``--tracing`` (chart value ``predictor.serving.tracing``) works in the image;
 - ``runtime-gpu.lock``: the dependencies as declared, plus ``nvidia-cuda-nvcc-cu12`` at the CUDA
@@ -42,12 +43,15 @@ VARIANTS = ("cpu", "gpu", "build")
 
 #: Optional extras the image carries, so that their flags work in the pod (``--tracing``).
 IMAGE_EXTRAS = ("tracing",)
+#: Extras only the CPU image carries: ``--runtime onnxruntime`` (tf2onnx exports the network at start-up,
+#: ONNX Runtime's CPU provider runs it), meant for CPU nodes; the GPU image runs TensorFlow on the GPU.
+CPU_IMAGE_EXTRAS = ("onnx",)
 
 
-def runtime_requirements() -> list[str]:
-    """``[project].dependencies`` of pyproject.toml, plus the extras in :data:`IMAGE_EXTRAS`."""
+def runtime_requirements(extra_names: tuple[str, ...] = IMAGE_EXTRAS) -> list[str]:
+    """``[project].dependencies`` of pyproject.toml, plus the extras ``extra_names``."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    extras = [r for name in IMAGE_EXTRAS for r in project["optional-dependencies"][name]]
+    extras = [r for name in extra_names for r in project["optional-dependencies"][name]]
     return [*project["dependencies"], *extras]
 
 
@@ -68,9 +72,10 @@ def variant_requirements(variant: str) -> list[str]:
     """The resolver's input for one lock: ``cpu`` or ``gpu`` (runtime), or ``build``."""
     if variant == "build":
         return build_requirements()
-    reqs = runtime_requirements()
     if variant == "cpu":
+        reqs = runtime_requirements(IMAGE_EXTRAS + CPU_IMAGE_EXTRAS)
         return [re.sub(r"^tensorflow(?=[=<>!~ \[]|$)", "tensorflow-cpu", r) for r in reqs]
+    reqs = runtime_requirements()
     major = cuda_release().split(".")[0]
     return [*reqs, f"nvidia-cuda-nvcc-cu{major}=={cuda_release()}.*"]
 

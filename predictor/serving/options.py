@@ -336,7 +336,7 @@ class ServingOptions:
         _runtime,
         "What runs the network: tensorflow, or onnxruntime (CPU nodes: the network exported to ONNX at "
         "start-up and run by ONNX Runtime with --tf_intra_op_threads threads, post-processing still in "
-        "TensorFlow; needs the [onnx] extra, which the container image does not carry yet; see "
+        "TensorFlow; the CPU image carries the [onnx] extra it needs, the GPU image does not; see "
         "docs/serving.md).",
         chart=Chart("predictor.runtime", pin=True),
     )
