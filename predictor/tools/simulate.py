@@ -109,6 +109,107 @@ class ServiceModel:
         return cls(tuple(float(v) for v in lat / overlap), tuple(float(v) for v in sigma), label)
 
 
+@dataclass(frozen=True)
+class CpuProfile:
+    """A replica whose request work and model calls share CPU cores (docs/simulator.md, "CPU replicas").
+
+    ``bucket_s``: one model call per bucket size with nothing else running (the server's warm-up, logged
+    as "seconds per bucket"); a call of ``n`` images runs the smallest bucket holding them, and takes
+    the batcher's efficient prefix of the queue (:meth:`DynamicBatcher._efficient_prefix`).
+    ``decode_s``: the median CPU work of one request outside the model call (HTTP, JPEG decode,
+    resize, the answer), from a closed-loop client at concurrency 1: its p50 minus the bucket-1 call and
+    the batch wait. Log-normal spreads ``decode_sigma``, ``model_sigma``. Both kinds of work run on
+    ``cores`` cores as threads (``decode_threads`` decoding at once, ``model_threads`` per call): every
+    job progresses at ``min(1, cores / runnable threads)`` of its alone speed (processor sharing).
+    """
+
+    bucket_s: tuple[tuple[int, float], ...]
+    decode_s: float
+    decode_sigma: float = 0.2
+    model_sigma: float = 0.1
+    decode_threads: int = 2
+    model_threads: int = 2
+    cores: float = 2.0
+    source: str = "cpu profile"
+
+    @property
+    def buckets(self) -> tuple[int, ...]:
+        return tuple(b for b, _ in self.bucket_s)
+
+    def call_s(self, n: int) -> float:
+        """Median seconds of a call of ``n`` images (the bucket holding them) alone on the cores."""
+        for b, t in self.bucket_s:
+            if b >= n:
+                return t
+        b, t = self.bucket_s[-1]
+        return t * math.ceil(n / b)
+
+    def up_to(self, max_batch: int) -> CpuProfile:
+        """The buckets a server with ``--max_batch_size max_batch`` has (``buckets_up_to``): the smaller
+        ones, and ``max_batch`` itself (its time interpolated when it was not measured)."""
+        times = dict(self.bucket_s)
+        if max_batch not in times:
+            bs = sorted(times)
+            times[max_batch] = float(np.interp(max_batch, bs, [times[b] for b in bs]))
+        kept = tuple((b, t) for b, t in sorted(times.items()) if b <= max_batch)
+        return dataclasses.replace(self, bucket_s=kept)
+
+    def batcher(self, max_batch: int) -> Any:
+        """A :class:`DynamicBatcher` with these warm-up timings: its efficient bucket and prefix rule."""
+        from predictor.serving.batcher import DynamicBatcher
+
+        return DynamicBatcher(
+            _no_model, max_batch_size=max_batch, bucket_seconds=dict(self.up_to(max_batch).bucket_s)
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "bucket_s": {str(b): t for b, t in self.bucket_s}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CpuProfile:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in data.items() if k in fields}
+        kw["bucket_s"] = tuple(sorted((int(b), float(t)) for b, t in data["bucket_s"].items()))
+        return cls(**kw)
+
+
+def _no_model(*args: Any, **kwargs: Any) -> dict[str, np.ndarray]:
+    raise RuntimeError("the simulator's batcher only chooses batch sizes")
+
+
+class _Cpu:
+    """Processor sharing on ``cores`` cores: the jobs' runnable threads (a decode: 1, a model call: its
+    intra-op threads) share them equally, so every job progresses at ``min(1, cores / threads)`` of
+    the speed it has alone. Jobs: ``[seconds of work left, threads, kind, payload]``."""
+
+    def __init__(self, cores: float) -> None:
+        self.cores = cores
+        self.jobs: list[list[Any]] = []
+        self.last = 0.0
+        self.version = 0
+
+    def speed(self) -> float:
+        threads = sum(j[1] for j in self.jobs)
+        return min(1.0, self.cores / threads) if threads else 1.0
+
+    def advance(self, now: float) -> None:
+        if self.jobs:
+            done = (now - self.last) * self.speed()
+            for j in self.jobs:
+                j[0] -= done
+        self.last = now
+
+    def next_done(self, now: float) -> float | None:
+        if not self.jobs:
+            return None
+        return now + max(0.0, min(j[0] for j in self.jobs)) / self.speed()
+
+    def pop_done(self) -> list[list[Any]]:
+        done = [j for j in self.jobs if j[0] <= 1e-9]
+        self.jobs = [j for j in self.jobs if j[0] > 1e-9]
+        return done
+
+
 # --------------------------------------------------------------------------------------- traces
 def arrivals(rates: np.ndarray, seed: int) -> np.ndarray:
     """Poisson arrival times (s) for per-second rates: Poisson counts per second, uniform inside it."""
@@ -190,6 +291,12 @@ class FleetConfig:
     hpa_metric: str = "queue"  # queue (KEDA AverageValue on ssd_queue_images) | busy (% of time in model)
     scrape_s: float = 15.0  # Prometheus scrape interval behind KEDA's query
     activator_timeout_s: float = 300.0  # Knative's revision timeoutSeconds default
+    # CPU replicas (a CpuProfile): None: each replica has the profile's cores to itself; a number: every
+    # replica's threads share one set of that many cores (several replicas on one machine).
+    shared_cores: float | None = None
+    # Standard mode's Service: "random" (kube-proxy's pick) or "round-robin" (a client in front of the
+    # replicas, as bench.simulate_check's).
+    balancer: str = "random"
 
 
 @dataclass(slots=True)
@@ -201,14 +308,21 @@ class _Request:
     replica: int = -1
     admitted_at: float = math.nan
     queued: bool = False
+    deadline: float = math.inf
 
 
 class _Replica:
     """One server: admission, the batcher's queue, one model call at a time."""
 
-    def __init__(self, rid: int, created: float, ready_at: float, cfg: FleetConfig, svc: ServiceModel):
+    def __init__(
+        self, rid: int, created: float, ready_at: float, cfg: FleetConfig, svc: ServiceModel | CpuProfile,
+        cpu: _Cpu | None = None,
+    ):  # fmt: skip
         self.rid, self.created, self.ready_at = rid, created, ready_at
         self.cfg, self.svc = cfg, svc
+        self.cpu = cpu  # CPU replicas: the cores its decodes and model calls share
+        self.decode_wait: collections.deque[_Request] = collections.deque()
+        self.decoding = 0
         self.ready = False
         self.draining = False
         self.gone_at: float | None = None
@@ -226,6 +340,10 @@ class _Replica:
         self.refusals_at_backlog = 0
         self.offered = 0
         self.window = (0.0, 0)
+        if isinstance(svc, CpuProfile):  # the server's own rule on its warm-up timings
+            self.batcher = svc.batcher(cfg.max_batch_size)
+            self.efficient = self.batcher.efficient_bucket()
+            return
         buckets = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b < cfg.max_batch_size]
         buckets.append(cfg.max_batch_size)
         rates = {b: b / svc.median(b) for b in buckets}
@@ -331,8 +449,10 @@ def _windows(requests: Sequence[_Request], span: int, width: int) -> list[dict[s
 class Simulation:
     """The event loop: arrivals, model calls, batcher waits, deadlines, cold starts, autoscaler ticks."""
 
-    def __init__(self, cfg: FleetConfig, svc: ServiceModel, seed: int = 0):
+    def __init__(self, cfg: FleetConfig, svc: ServiceModel | CpuProfile, seed: int = 0):
         self.cfg, self.svc = cfg, svc
+        self.cpu_model = isinstance(svc, CpuProfile)
+        self.shared_cpu = _Cpu(cfg.shared_cores) if self.cpu_model and cfg.shared_cores else None
         self.rng = np.random.default_rng(seed + 1)
         self.lb_rng = np.random.default_rng(seed + 2)
         self.events: list[tuple[float, int, str, Any]] = []
@@ -381,6 +501,61 @@ class Simulation:
         req.status, req.done = status, t
         self._concurrency(-1)
 
+    def new_replica(self, ready_at: float) -> _Replica:
+        cpu = None
+        if isinstance(self.svc, CpuProfile):
+            cpu = self.shared_cpu or _Cpu(self.svc.cores)
+        rep = _Replica(len(self.replicas), self.now, ready_at, self.cfg, self.svc, cpu)
+        self.replicas.append(rep)
+        return rep
+
+    # ------------------------------------------------------------------ CPU replicas
+    def cpu_add(self, cpu: _Cpu, work_s: float, threads: int, kind: str, payload: Any) -> None:
+        """Start a job of ``work_s`` seconds (alone) on ``cpu``; a ``cpu`` event ends it."""
+        cpu.advance(self.now)
+        cpu.jobs.append([work_s, threads, kind, payload])
+        self._cpu_next(cpu)
+
+    def _cpu_next(self, cpu: _Cpu) -> None:
+        cpu.version += 1
+        t = cpu.next_done(self.now)
+        if t is not None:
+            self.push(t, "cpu", (cpu, cpu.version))
+
+    def on_cpu(self, cpu: _Cpu, version: int) -> None:
+        if version != cpu.version:
+            return  # the jobs changed since this completion time was computed
+        cpu.advance(self.now)
+        done = cpu.pop_done()
+        self._cpu_next(cpu)
+        for _, _, kind, payload in done:
+            if kind == "decoded":
+                self.on_decoded(*payload)
+            else:
+                rep, batch, n, start = payload
+                self.on_done(rep, batch, n, self.now - start)
+
+    def start_decodes(self, rep: _Replica) -> None:
+        """The server's decode pool: up to ``decode_threads`` requests decode at once, in order."""
+        prof = self.svc
+        assert isinstance(prof, CpuProfile) and rep.cpu is not None
+        while rep.decode_wait and rep.decoding < prof.decode_threads:
+            req = rep.decode_wait.popleft()
+            if req.status:
+                continue  # its deadline passed while it waited
+            rep.decoding += 1
+            work = prof.decode_s * math.exp(prof.decode_sigma * self.rng.standard_normal())
+            self.cpu_add(rep.cpu, work, 1, "decoded", (rep, req))
+
+    def on_decoded(self, rep: _Replica, req: _Request) -> None:
+        rep.decoding -= 1
+        self.start_decodes(rep)
+        if req.status:
+            return  # answered 503 at its deadline meanwhile
+        req.admitted_at, req.queued = self.now, True  # the batcher's enqueue time
+        rep.queue.append(req)
+        self.try_start(rep)
+
     # ------------------------------------------------------------------ routing
     def arrive(self, req: _Request) -> None:
         self._concurrency(+1)
@@ -394,6 +569,10 @@ class Simulation:
         ready = self.ready()
         if not ready:
             self.finish(req, "503", self.now)  # no endpoint: connection refused
+            return
+        if self.cfg.balancer == "round-robin":
+            self.rr += 1
+            self.send(ready[(self.rr - 1) % len(ready)], req)
             return
         self.send(ready[int(self.lb_rng.integers(len(ready)))], req)
 
@@ -435,10 +614,15 @@ class Simulation:
         rep.admitted += 1
         if rep.standing:
             rep.offered += 1
+        if self.cfg.request_timeout_s > 0:
+            req.deadline = self.now + self.cfg.request_timeout_s
+            self.push(req.deadline, "deadline", (rep, req))
+        if self.cpu_model:  # decoded first, then queued for the batcher
+            rep.decode_wait.append(req)
+            self.start_decodes(rep)
+            return
         req.admitted_at, req.queued = self.now, True
         rep.queue.append(req)
-        if self.cfg.request_timeout_s > 0:
-            self.push(self.now + self.cfg.request_timeout_s, "deadline", (rep, req))
         self.try_start(rep)
 
     def answer(self, rep: _Replica, req: _Request, status: str) -> None:
@@ -467,22 +651,37 @@ class Simulation:
         if not rep.queue:
             return
         batch = [rep.queue.popleft() for _ in range(min(self.cfg.max_batch_size, len(rep.queue)))]
+        if isinstance(self.svc, CpuProfile):
+            keep = rep.batcher._efficient_prefix([1] * len(batch))  # the server's own rule
+            rep.queue.extendleft(reversed(batch[keep:]))
+            batch = batch[:keep]
+            for r in batch:
+                r.queued = False
+            prof = self.svc
+            work = prof.call_s(len(batch)) * math.exp(prof.model_sigma * self.rng.standard_normal())
+            rep.busy = True
+            assert rep.cpu is not None
+            self.cpu_add(rep.cpu, work, prof.model_threads, "model", (rep, batch, len(batch), self.now))
+            return
         for r in batch:
             r.queued = False
+        assert isinstance(self.svc, ServiceModel)
         seconds = self.svc.sample(len(batch), self.rng)
         rep.busy = True
         rep.busy_s += seconds
         end = self.now + seconds
         keep = []
         for r in batch:
-            deadline = r.admitted_at + self.cfg.request_timeout_s
-            if self.cfg.request_timeout_s > 0 and deadline < end:
+            if r.deadline < end:
                 continue  # its "deadline" event answers it with 503; the model call goes on
             keep.append(r)
         self.push(end, "done", (rep, keep, len(batch), seconds))
 
     def on_done(self, rep: _Replica, batch: list[_Request], n: int, seconds: float) -> None:
         rep.busy = False
+        if self.cpu_model:
+            rep.busy_s += seconds
+            batch = [r for r in batch if not r.status]  # the rest were answered at their deadline
         rep.ewma_images = n if not rep.ewma_seconds else (1 - EWMA) * rep.ewma_images + EWMA * n
         rep.ewma_seconds = seconds if not rep.ewma_seconds else (1 - EWMA) * rep.ewma_seconds + EWMA * seconds
         for r in batch:
@@ -499,6 +698,8 @@ class Simulation:
         if req.queued:
             rep.queue.remove(req)
             req.queued = False
+        elif req in rep.decode_wait:
+            rep.decode_wait.remove(req)
         rep.admitted -= 1
         self.answer(rep, req, "503")
 
@@ -506,8 +707,7 @@ class Simulation:
     def scale_to(self, n: int) -> None:
         live = self.live()
         for _ in range(n - len(live)):
-            rep = _Replica(len(self.replicas), self.now, self.now + self.cfg.cold_start_s, self.cfg, self.svc)
-            self.replicas.append(rep)
+            rep = self.new_replica(self.now + self.cfg.cold_start_s)
             self.push(rep.ready_at, "ready", rep)
         if n < len(live):
             # Remove the not-yet-ready first, then the least loaded (Kubernetes' ReplicaSet prefers
@@ -561,9 +761,7 @@ class Simulation:
         horizon = float(horizon_s if horizon_s is not None else (math.ceil(times[-1]) if len(times) else 0))
         n0 = self.cfg.initial_replicas
         for _ in range(n0):
-            rep = _Replica(len(self.replicas), 0.0, 0.0, self.cfg, self.svc)
-            rep.ready = True
-            self.replicas.append(rep)
+            self.new_replica(0.0).ready = True
         if reqs:
             self.push(reqs[0].arrival, "arrive", 0)  # each arrival schedules the next (a small heap)
         step = self.cfg.kpa.tick_s if self.cfg.mode == "knative" else self.cfg.hpa.sync_s
@@ -593,6 +791,8 @@ class Simulation:
                 self.arrive(reqs[payload])
             elif kind == "done":
                 self.on_done(*payload)
+            elif kind == "cpu":
+                self.on_cpu(*payload)
             elif kind == "wake":
                 payload.wake_at = None
                 self.try_start(payload)
@@ -625,7 +825,7 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def simulate(cfg: FleetConfig, svc: ServiceModel, rates: np.ndarray, seed: int = 0) -> Result:
+def simulate(cfg: FleetConfig, svc: ServiceModel | CpuProfile, rates: np.ndarray, seed: int = 0) -> Result:
     """Run one trace (per-second rates) through the fleet."""
     return Simulation(cfg, svc, seed).run(arrivals(rates, seed), horizon_s=float(len(rates)))
 
@@ -649,7 +849,7 @@ class Candidate:
 
 def search(
     base: FleetConfig,
-    services: dict[int, ServiceModel],
+    services: dict[int, ServiceModel | CpuProfile],
     rates: np.ndarray,
     *,
     slo_p95_ms: float,
@@ -763,7 +963,10 @@ def plot(result: Result, rates: np.ndarray, path: Path, slo_ms: float | None, ti
 
 
 # --------------------------------------------------------------------------------------- CLI
-def service_model(args: argparse.Namespace) -> ServiceModel:
+def service_model(args: argparse.Namespace) -> ServiceModel | CpuProfile:
+    if args.cpu_profile:
+        prof = CpuProfile.from_json(json.loads(args.cpu_profile.read_text()))
+        return prof.up_to(args.max_batch_size)
     if args.benchmark:
         from predictor.tools.plan import load_benchmark
 
@@ -783,6 +986,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("knative", "hpa", "keda"), default="knative")
     p.add_argument(
         "--benchmark", type=Path, help="planner benchmark JSON (plan --measure-only) for service times"
+    )
+    p.add_argument(
+        "--cpu-profile",
+        type=Path,
+        help="CPU replica profile JSON (bench.simulate_check writes one): decode and model calls sharing "
+        "cores, instead of --benchmark / --service-ms",
+    )
+    p.add_argument(
+        "--shared-cores",
+        type=float,
+        help="with --cpu-profile: every replica shares this many cores (default: each has its own)",
     )
     p.add_argument(
         "--overlap", type=float, default=2.0, help="stages a closed-loop cell keeps busy (decode, model)"
@@ -871,6 +1085,7 @@ def config_from_args(args: argparse.Namespace) -> FleetConfig:
         kpa=kpa,
         hpa=hpa,
         hpa_metric=args.hpa_metric,
+        shared_cores=args.shared_cores,
     )
 
 
