@@ -226,8 +226,15 @@ def trace_rates(spec: str, seed: int = 0) -> np.ndarray:
     ``ramp:R0:R1:SECONDS`` (linear); ``diurnal:MEAN:AMPLITUDE:SECONDS[:PERIOD]`` (sine, trough at 0, peak
     at half the period; period default SECONDS); ``mmpp:LOW:HIGH:SECONDS:MEAN_LOW_S:MEAN_HIGH_S`` (a
     two-state Markov-modulated Poisson process, seeded); ``csv:PATH`` (one rate per line, or
-    ``second,rate`` rows; a header is skipped).
+    ``second,rate`` rows; a header is skipped); ``A+B``: the sum of traces A and B, second by second
+    (the shorter one is 0 past its end), e.g. a diurnal day with MMPP bursts on top.
     """
+    if "+" in spec:
+        parts = [trace_rates(part, seed + 101 * i) for i, part in enumerate(spec.split("+"))]
+        total = np.zeros(max(len(r) for r in parts))
+        for r in parts:
+            total[: len(r)] += r
+        return total
     kind, _, rest = spec.partition(":")
     if kind == "csv":
         return _csv_rates(Path(rest))
@@ -859,11 +866,12 @@ def search(
     max_503_share: float = 0.001,
     cost_per_replica_hour: float = 1.0,
     seed: int = 0,
+    workers: int = 1,
 ) -> list[Candidate]:
     """Every (max batch, minReplicas, scaleTarget, panic threshold) through the trace (Knative mode),
-    sorted cheapest first; ``meets``: p95 of the 200s <= the objective and 503s (and 504s) at most
-    ``max_503_share`` of the requests."""
-    out = []
+    sorted by :func:`rank`; ``meets``: p95 of the 200s <= the objective and 503s (and 504s) at most
+    ``max_503_share`` of the requests. ``workers`` > 1: candidates simulated in that many processes."""
+    jobs = []
     for b, svc in sorted(services.items()):
         for m in min_replicas:
             for target in scale_targets:
@@ -875,18 +883,43 @@ def search(
                     cfg = FleetConfig(
                         **{**base.__dict__, "max_batch_size": b, "kpa": kpa, "initial_replicas": m}
                     )
-                    s = simulate(cfg, svc, rates, seed).summary(slo_p95_ms)
-                    refused = s["statuses"].get("503", 0) + s["statuses"].get("504", 0)
-                    share = refused / max(s["requests"], 1)
-                    p95 = s["p95_ms"]
-                    meets = bool(p95 <= slo_p95_ms and share <= max_503_share)
-                    hours = s["replica_hours"]
-                    out.append(Candidate(b, m, target, panic, p95, s.get("slo_attainment", math.nan), share,
-                                         hours, hours * cost_per_replica_hour, meets))  # fmt: skip
-    return sorted(out, key=lambda c: (not c.meets, c.cost, c.p95_ms))
+                    jobs.append((cfg, svc, rates, seed, slo_p95_ms))
+    if workers > 1:
+        import concurrent.futures
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            summaries = list(pool.map(_candidate_summary, *zip(*jobs, strict=True)))
+    else:
+        summaries = [_candidate_summary(*job) for job in jobs]
+    out = []
+    for (cfg, *_), s in zip(jobs, summaries, strict=True):
+        refused = s["statuses"].get("503", 0) + s["statuses"].get("504", 0)
+        share = refused / max(s["requests"], 1)
+        p95 = s["p95_ms"]
+        meets = bool(p95 <= slo_p95_ms and share <= max_503_share)
+        hours = s["replica_hours"]
+        out.append(Candidate(cfg.max_batch_size, cfg.kpa.min_scale, cfg.kpa.target,
+                             cfg.kpa.panic_threshold_percentage, p95, s.get("slo_attainment", math.nan),
+                             share, hours, hours * cost_per_replica_hour, meets))  # fmt: skip
+    return rank(out)
 
 
-def search_overlay_yaml(best: Candidate, base: FleetConfig, trace: str, slo_p95_ms: float) -> str:
+def rank(cands: Sequence[Candidate]) -> list[Candidate]:
+    """Those meeting the objective first, cheapest first (ties: lower p95); then the rest by cost."""
+    return sorted(cands, key=lambda c: (not c.meets, c.cost, c.p95_ms))
+
+
+def _candidate_summary(
+    cfg: FleetConfig, svc: ServiceModel | CpuProfile, rates: np.ndarray, seed: int, slo_p95_ms: float
+) -> dict[str, Any]:
+    return simulate(cfg, svc, rates, seed).summary(slo_p95_ms)
+
+
+def search_overlay_yaml(
+    best: Candidate, base: FleetConfig, trace: str, slo_p95_ms: float, source: str = ""
+) -> str:
     """The chart values of the cheapest candidate that met the objective (helm -f)."""
     panic = ""
     if best.panic_threshold != 200:
@@ -899,7 +932,7 @@ def search_overlay_yaml(best: Candidate, base: FleetConfig, trace: str, slo_p95_
 # Simulated plan (python -m predictor.tools.simulate --search): trace {trace}, p95 <= {slo_p95_ms:g} ms.
 # Cheapest candidate that met it: p95 {best.p95_ms:.0f} ms, {best.share_503:.2%} 503/504,
 # {best.replica_hours:.2f} replica-hours over the trace. search.md lists every candidate.
-predictor:
+{"# Service times: " + source + chr(10) if source else ""}predictor:
   maxBatchSize: {best.max_batch_size}
 autoscaling:
   minReplicas: {best.min_replicas}
@@ -927,36 +960,48 @@ def search_table(cands: Sequence[Candidate]) -> str:
 
 # --------------------------------------------------------------------------------------- output
 def plot(result: Result, rates: np.ndarray, path: Path, slo_ms: float | None, title: str) -> None:
-    """Offered load, replicas (all and ready) and p95 per 10 s window, against time."""
+    """Offered load, answers and 503s; replicas (all and ready); p95 of the 200s per window (10 s, or
+    5 minutes for a day), against time (hours from 4 h on). Rates are averaged over the window too."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    n = len(rates)
+    width = max(10, n // 288)
+    scale, unit = (3600.0, "hours") if n >= 4 * 3600 else (1.0, "seconds")
     fig, axes = plt.subplots(3, 1, figsize=(10, 7), sharex=True)
-    t = np.arange(len(rates))
-    axes[0].plot(t, rates, lw=0.8, label="offered (req/s)")
-    done = collections.Counter(int(r.done) for r in result.requests if r.status == "200")
-    shed = collections.Counter(int(r.done) for r in result.requests if r.status in ("503", "504"))
-    axes[0].plot(t, [done.get(s, 0) for s in t], lw=0.8, label="answered 200 (/s)")
-    axes[0].plot(t, [shed.get(s, 0) for s in t], lw=0.8, label="503/504 (/s)")
+    starts = np.arange(0, n, width)
+    edges = np.append(starts, n)
+    mid = (starts + np.diff(edges) / 2) / scale
+
+    def per_s(times: list[float]) -> np.ndarray:
+        return np.histogram(times, edges)[0] / np.diff(edges)
+
+    axes[0].plot(mid, np.add.reduceat(rates, starts) / np.diff(edges), lw=0.8, label="offered (req/s)")
+    axes[0].plot(mid, per_s([r.done for r in result.requests if r.status == "200"]), lw=0.8,
+                 label="answered 200 (/s)")  # fmt: skip
+    axes[0].plot(mid, per_s([r.done for r in result.requests if r.status in ("503", "504")]), lw=0.8,
+                 label="503/504 (/s)")  # fmt: skip
+    axes[0].set_title(f"per {width} s window", fontsize=7, loc="right")
     axes[0].set_ylabel("requests/s")
     tl = result.timeline
-    axes[1].step([x["t"] for x in tl], [x["replicas"] for x in tl], where="post", label="replicas")
-    axes[1].step([x["t"] for x in tl], [x["ready"] for x in tl], where="post", label="ready")
+    axes[1].step([x["t"] / scale for x in tl], [x["replicas"] for x in tl], where="post", label="replicas")
+    axes[1].step([x["t"] / scale for x in tl], [x["ready"] for x in tl], where="post", label="ready")
     axes[1].set_ylabel("replicas")
-    win = _windows(result.requests, len(rates), 10)
+    win = _windows(result.requests, n, width)
     axes[2].plot(
-        [w["t"] for w in win], [w["p95_ms"] for w in win], ".-", lw=0.8, label="p95 of 200s, 10 s windows"
-    )
+        [min(w["t"] + width / 2, n) / scale for w in win], [w["p95_ms"] for w in win], ".-", lw=0.8, ms=2,
+        label=f"p95 of 200s, {width} s windows",
+    )  # fmt: skip
     if slo_ms:
         axes[2].axhline(slo_ms, color="red", ls="--", label=f"SLO {slo_ms:g} ms")
     axes[2].set_ylabel("ms")
-    axes[2].set_xlabel("seconds")
+    axes[2].set_xlabel(unit)
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -1117,7 +1162,7 @@ def run_search(
 
 def write_search(
     out: Path, cands: Sequence[Candidate], cfg: FleetConfig, trace: str, seed: int, slo_p95_ms: float,
-    max_503_share: float,
+    max_503_share: float, source: str = "",
 ) -> tuple[Candidate, FleetConfig]:  # fmt: skip
     """search.md, search.json and (when a candidate met the objective) values-sim.yaml in ``out``;
     returns the cheapest candidate that met it (else the lowest p95) and its fleet configuration."""
@@ -1128,7 +1173,7 @@ def write_search(
     (out / "search.json").write_text(json.dumps([asdict(c) for c in cands], indent=1) + "\n")
     best = cands[0] if cands[0].meets else min(cands, key=lambda c: c.p95_ms)
     if cands[0].meets:
-        (out / "values-sim.yaml").write_text(search_overlay_yaml(best, cfg, trace, slo_p95_ms))
+        (out / "values-sim.yaml").write_text(search_overlay_yaml(best, cfg, trace, slo_p95_ms, source))
         print(f"cheapest setting meeting the objective: {best}")
     else:
         print(f"no candidate met the objective; lowest p95: {best}", file=sys.stderr)
@@ -1157,13 +1202,20 @@ def search_for_plan(
     cost_per_replica_hour: float,
     out: Path,
     seed: int = 0,
+    panic_thresholds: Sequence[float] = (200.0, 400.0),
+    profile: CpuProfile | None = None,
+    max_503_share: float = 0.001,
+    workers: int = 1,
 ) -> Candidate:
-    """What ``predictor.tools.plan --trace`` runs: the planner's benchmark as service times, its hard
-    limit and maxReplicas fixed, minReplicas x scaleTarget x panic threshold (200, 400 %) x the measured
-    max batch sizes through the trace; writes :func:`write_search`'s files plus simulate.png and
-    summary.json of the chosen candidate."""
+    """What ``predictor.tools.plan --trace`` runs: its hard limit and maxReplicas fixed, minReplicas x
+    scaleTarget x panic threshold x max batch size through the trace, with service times from the
+    planner's benchmark ``cells``, or from a CPU replica ``profile`` (each replica on its own cores);
+    writes :func:`write_search`'s files plus simulate.png and summary.json of the chosen candidate."""
     rates = trace_rates(trace, seed)
-    services = {b: ServiceModel.from_cells(cells, b, "planner benchmark") for b in max_batch_sizes}
+    services: dict[int, ServiceModel | CpuProfile] = {
+        b: profile.up_to(b) if profile else ServiceModel.from_cells(cells, b, "planner benchmark")
+        for b in max_batch_sizes
+    }
     kpa = KpaConfig(container_concurrency=container_concurrency, max_scale=max_replicas)
     base = FleetConfig(
         mode="knative", batch_wait_s=batch_wait_ms / 1e3, container_concurrency=container_concurrency,
@@ -1171,15 +1223,18 @@ def search_for_plan(
     )  # fmt: skip
     cands = search(
         base, services, rates, slo_p95_ms=slo_p95_ms, min_replicas=min_replicas, scale_targets=scale_targets,
-        panic_thresholds=(200.0, 400.0), cost_per_replica_hour=cost_per_replica_hour, seed=seed,
+        panic_thresholds=panic_thresholds, cost_per_replica_hour=cost_per_replica_hour, seed=seed,
+        max_503_share=max_503_share, workers=workers,
     )  # fmt: skip
-    best, cfg = write_search(out, cands, base, trace, seed, slo_p95_ms, 0.001)
+    source = services[max_batch_sizes[0]].source
+    best, cfg = write_search(out, cands, base, trace, seed, slo_p95_ms, max_503_share, source)
     result = simulate(cfg, services[best.max_batch_size], rates, seed)
-    summary = {**result.summary(slo_p95_ms), "trace": trace, "seed": seed}
+    summary = {**result.summary(slo_p95_ms), "trace": trace, "seed": seed, "service": source}
     (out / "summary.json").write_text(json.dumps({"summary": summary, **result.config}, indent=1) + "\n")
     title = (
         f"chosen: minReplicas {best.min_replicas}, target {best.scale_target:g}, panic "
-        f"{best.panic_threshold:g}%, max batch {best.max_batch_size}; {trace}"
+        f"{best.panic_threshold:g}%, max batch {best.max_batch_size}; {summary['replica_hours']:.1f} "
+        f"replica-hours, {summary.get('slo_attainment', 0):.2%} within {slo_p95_ms:g} ms\n{trace}\n{source}"
     )
     plot(result, rates, out / "simulate.png", slo_p95_ms, title)
     return best
