@@ -705,8 +705,6 @@ class Simulation:
         if req.queued:
             rep.queue.remove(req)
             req.queued = False
-        elif req in rep.decode_wait:
-            rep.decode_wait.remove(req)
         rep.admitted -= 1
         self.answer(rep, req, "503")
 
