@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -36,12 +37,13 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import OUT_DIR, make_test_jpegs, percentile, start_cpu_server
+from bench.common import OUT_DIR, REPO, make_test_jpegs, percentile, start_cpu_server
 from bench.loadgen import Generator, Phase, PhaseResult
 from predictor.protocol.wire import MODEL_NAME
 from predictor.serving.resources import cpu_model_name
+from predictor.tools.localserver import server_env
 from predictor.tools.plan import BENCHMARK_FORMAT
-from predictor.tools.simulate import CpuProfile, FleetConfig, Simulation
+from predictor.tools.simulate import CpuProfile, FleetConfig, Simulation, closed_loop_rps
 
 WARMUP_LINE = re.compile(r"seconds per bucket: ([0-9.:, ]+)\)")
 
@@ -129,17 +131,54 @@ def warmup_seconds(log_text: str) -> dict[int, float]:
     return {int(b): float(t) for b, t in pairs}
 
 
+TIME_BUCKETS = """
+import json, sys, time
+import numpy as np
+from predictor.models import DEMO_MODEL_DIR
+from predictor.serving.options import ServingOptions
+from predictor.ssd.detector import Detector
+
+d = Detector.from_dir(DEMO_MODEL_DIR, max_batch_size=32, xla=ServingOptions.xla)
+d.warmup()
+s, out = d.input_size, {}
+for b in d.buckets:
+    images, hw = np.zeros((b, s, s, 3), np.float32), np.full((b, 2), s, np.float32)
+    times = []
+    for _ in range(int(sys.argv[1])):
+        t0 = time.perf_counter()
+        d.run_batch(images, hw)
+        times.append(time.perf_counter() - t0)
+    out[b] = float(np.median(times))
+print(json.dumps(out))
+"""
+
+
+def time_buckets(cores: set[int], runs: int) -> dict[int, float]:
+    """Median seconds of ``runs`` model calls per bucket, the demo detector alone on ``cores`` (a
+    process of its own, as a replica placed there: the server's warm-up times each bucket once or
+    four times, too few for a median)."""
+    with affinity(cores):
+        proc = subprocess.run(
+            [sys.executable, "-c", TIME_BUCKETS, str(runs)], capture_output=True, text=True, check=True,
+            env=server_env(cpu_only=True), cwd=REPO,
+        )  # fmt: skip
+    return {int(b): t for b, t in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
+
+
 def profile(
-    warmups: list[dict[int, float]], c1: dict[str, Any], cores: int, batch_wait_ms: float, source: str
-) -> CpuProfile:
-    """The simulator's CPU replica: the replicas' mean warm-up time per bucket; the request's work
-    outside the model call = the concurrency-1 p50 minus the bucket-1 call and the batch wait."""
-    buckets = sorted(warmups[0])
-    bucket_s = tuple((b, float(np.mean([w[b] for w in warmups]))) for b in buckets)
-    decode_s = max(1e-4, c1["p50_ms"] / 1e3 - bucket_s[0][1] - batch_wait_ms / 1e3)
+    bucket_s: dict[int, float], warmups: list[dict[int, float]], c1: dict[str, Any], cores: int,
+    batch_wait_ms: float, source: str,
+) -> CpuProfile:  # fmt: skip
+    """The simulator's CPU replica: the median call per bucket alone on a replica's cores; the timings
+    the servers decide with: their warm-ups' (mean over the replicas); the request's work outside the
+    model call = the concurrency-1 p50 minus the bucket-1 call and the batch wait."""
+    rule = tuple((b, float(np.mean([w[b] for w in warmups]))) for b in sorted(warmups[0]))
+    calls = tuple(sorted(bucket_s.items()))
+    decode_s = max(1e-4, c1["p50_ms"] / 1e3 - calls[0][1] - batch_wait_ms / 1e3)
     return CpuProfile(
-        bucket_s, decode_s, decode_threads=cores, model_threads=cores, cores=float(cores), source=source
-    )
+        calls, decode_s, decode_threads=cores, model_threads=cores, cores=float(cores), source=source,
+        rule_bucket_s=rule,
+    )  # fmt: skip
 
 
 def simulate_replay(
@@ -174,6 +213,9 @@ def compare(report: dict[str, Any]) -> None:
         )
         for ph, rows in zip(sc["phases"], simulated, strict=True):
             ph["simulated"] = figures(rows, seconds)
+    for c in report["benchmark"]["cells"]:
+        n, shared = report["replicas"], report["shared_cores"]
+        c["simulated_rps"] = closed_loop_rps(prof, c["concurrency"], n, shared)
 
 
 def default_out(replicas: int) -> Path:
@@ -183,15 +225,17 @@ def default_out(replicas: int) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--replicas", type=int, default=1)
-    p.add_argument("--concurrency", default="1,2,4,8,16,32")
+    p.add_argument("--concurrency", default="1,2,4,8,16")
     p.add_argument("--cell_s", type=float, default=8.0)
     p.add_argument("--step", default="0.3,0.8", help="step: fractions of the saturated throughput")
     p.add_argument("--ramp", default="0.2,0.4,0.6,0.8,1.0", help="ramp: fractions, one phase each")
-    p.add_argument("--overload", default="0.5,1.5", help="a step into overload (503s)")
-    p.add_argument("--seconds", type=float, default=12.0, help="timed seconds per phase")
+    p.add_argument("--overload", default="0.5,1.5,3.0", help="steps into overload (503s)")
+    p.add_argument("--seconds", type=float, default=20.0, help="timed seconds per phase")
     p.add_argument("--warmup_s", type=float, default=3.0)
     p.add_argument("--out", type=Path, help="JSON (default bench/out/simulate_check[_N].json)")
     p.add_argument("--profile_out", type=Path, help="also write the CPU profile JSON here")
+    p.add_argument("--benchmark_out", type=Path, help="also write the closed-loop cells (planner format)")
+    p.add_argument("--timing_runs", type=int, default=9, help="model calls timed per bucket")
     p.add_argument("--replay", action="store_true", help="only re-simulate the arrivals recorded in --out")
     args = p.parse_args(argv)
     out = args.out or default_out(args.replicas)
@@ -220,6 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         "placement": [sorted(c) for c in places],
         "shared_cores": shared,
     }
+    calls = time_buckets(places[0], args.timing_runs)
+    print("model call per bucket alone (s):", calls)
+    one_core = time_buckets({min(places[0])}, args.timing_runs) if len(places[0]) > 1 else calls
+    print("... on one core (s):", one_core)
+    report["bucket_s_one_core"] = one_core
     try:
         for i, cores in enumerate(places):
             logs.append(out.with_name(f"{out.stem}_server{i}.log"))
@@ -244,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
             sat = max(c["throughput_rps"] for c in cells)
             c1 = min(cells, key=lambda c: c["concurrency"])
             source = f"demo, {len(places[0])} core(s) per replica, bench.simulate_check"
-            prof = profile(warmups, c1, len(places[0]), 2.0, f"{source} {report['machine']['utc']}")
+            source += f", {report['machine']['cpu']}, {report['machine']['utc']}"
+            prof = profile(calls, warmups, c1, len(places[0]), 2.0, source)
             report["warmup_bucket_s"] = warmups
             report["profile"] = prof.to_json()
             report["benchmark"] = {
@@ -281,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile_out:
         meta = {"written_by": "python -m bench.simulate_check", "machine": report["machine"]}
         args.profile_out.write_text(json.dumps({**prof.to_json(), **meta}, indent=1) + "\n")
+    if args.benchmark_out:
+        bench = {**report["benchmark"], "machine": report["machine"]}
+        args.benchmark_out.write_text(json.dumps(bench, indent=1) + "\n")
     print(markdown(report))
     print(f"JSON: {out}")
     return 0
@@ -297,6 +350,9 @@ def markdown(report: dict[str, Any]) -> str:
     loads = ", ".join(f"{n} {sc['load_average_1m']:.1f}" for n, sc in report["scenarios"].items())
     prof = report["profile"]
     buckets = ", ".join(f"{b}: {1e3 * t:.0f}" for b, t in prof["bucket_s"].items())
+    if prof.get("rule_bucket_s"):
+        rule = ", ".join(f"{b}: {1e3 * t:.0f}" for b, t in prof["rule_bucket_s"].items())
+        buckets += f" (the servers' warm-up, which their batchers decide with: {rule})"
     n = report["replicas"]
     where = "all cores" if n == 1 else (
         f"all sharing {report['shared_cores']:g} cores" if report["shared_cores"] else "one core each"
@@ -312,6 +368,11 @@ def markdown(report: dict[str, Any]) -> str:
         "throughput real / sim (err) | 503 real / sim |",
         "|---|---:|---|---|---|---|",
     ]
+    cells = report["benchmark"]["cells"]
+    closed = ", ".join(
+        f"c={c['concurrency']} {c['throughput_rps']:.1f} / {c['simulated_rps']:.1f}" for c in cells
+    )
+    lines[0] += f" Closed-loop cells, req/s real / simulated: {closed}."
     for name, sc in report["scenarios"].items():
         for ph in sc["phases"]:
             m, s = ph["measured"], ph["simulated"]

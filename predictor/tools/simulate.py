@@ -113,9 +113,10 @@ class ServiceModel:
 class CpuProfile:
     """A replica whose request work and model calls share CPU cores (docs/simulator.md, "CPU replicas").
 
-    ``bucket_s``: one model call per bucket size with nothing else running (the server's warm-up, logged
-    as "seconds per bucket"); a call of ``n`` images runs the smallest bucket holding them, and takes
-    the batcher's efficient prefix of the queue (:meth:`DynamicBatcher._efficient_prefix`).
+    ``bucket_s``: the median model call per bucket size with nothing else running; a call of ``n``
+    images runs the smallest bucket holding them. ``rule_bucket_s``: the timings the server decides
+    with (its warm-up, logged as "seconds per bucket"; default ``bucket_s``): the batcher's efficient
+    prefix of the queue (:meth:`DynamicBatcher._efficient_prefix`) and its efficient bucket.
     ``decode_s``: the median CPU work of one request outside the model call (HTTP, JPEG decode,
     resize, the answer), from a closed-loop client at concurrency 1: its p50 minus the bucket-1 call and
     the batch wait. Log-normal spreads ``decode_sigma``, ``model_sigma``. Both kinds of work run on
@@ -131,6 +132,7 @@ class CpuProfile:
     model_threads: int = 2
     cores: float = 2.0
     source: str = "cpu profile"
+    rule_bucket_s: tuple[tuple[int, float], ...] | None = None
 
     @property
     def buckets(self) -> tuple[int, ...]:
@@ -147,29 +149,38 @@ class CpuProfile:
     def up_to(self, max_batch: int) -> CpuProfile:
         """The buckets a server with ``--max_batch_size max_batch`` has (``buckets_up_to``): the smaller
         ones, and ``max_batch`` itself (its time interpolated when it was not measured)."""
-        times = dict(self.bucket_s)
-        if max_batch not in times:
-            bs = sorted(times)
-            times[max_batch] = float(np.interp(max_batch, bs, [times[b] for b in bs]))
-        kept = tuple((b, t) for b, t in sorted(times.items()) if b <= max_batch)
-        return dataclasses.replace(self, bucket_s=kept)
+
+        def cut(table: tuple[tuple[int, float], ...]) -> tuple[tuple[int, float], ...]:
+            times = dict(table)
+            if max_batch not in times:
+                bs = sorted(times)
+                times[max_batch] = float(np.interp(max_batch, bs, [times[b] for b in bs]))
+            return tuple((b, t) for b, t in sorted(times.items()) if b <= max_batch)
+
+        rule = cut(self.rule_bucket_s) if self.rule_bucket_s else None
+        return dataclasses.replace(self, bucket_s=cut(self.bucket_s), rule_bucket_s=rule)
 
     def batcher(self, max_batch: int) -> Any:
         """A :class:`DynamicBatcher` with these warm-up timings: its efficient bucket and prefix rule."""
         from predictor.serving.batcher import DynamicBatcher
 
+        cut = self.up_to(max_batch)
         return DynamicBatcher(
-            _no_model, max_batch_size=max_batch, bucket_seconds=dict(self.up_to(max_batch).bucket_s)
+            _no_model, max_batch_size=max_batch, bucket_seconds=dict(cut.rule_bucket_s or cut.bucket_s)
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "bucket_s": {str(b): t for b, t in self.bucket_s}}
+        out = {**asdict(self), "bucket_s": {str(b): t for b, t in self.bucket_s}}
+        out["rule_bucket_s"] = {str(b): t for b, t in self.rule_bucket_s} if self.rule_bucket_s else None
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CpuProfile:
         fields = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in data.items() if k in fields}
-        kw["bucket_s"] = tuple(sorted((int(b), float(t)) for b, t in data["bucket_s"].items()))
+        for key in ("bucket_s", "rule_bucket_s"):
+            if data.get(key):
+                kw[key] = tuple(sorted((int(b), float(t)) for b, t in data[key].items()))
         return cls(**kw)
 
 
@@ -459,7 +470,11 @@ class Simulation:
     def __init__(self, cfg: FleetConfig, svc: ServiceModel | CpuProfile, seed: int = 0):
         self.cfg, self.svc = cfg, svc
         self.cpu_model = isinstance(svc, CpuProfile)
-        self.shared_cpu = _Cpu(cfg.shared_cores) if self.cpu_model and cfg.shared_cores else None
+        self.shared_cpu = None
+        if isinstance(svc, CpuProfile) and cfg.shared_cores:
+            self.shared_cpu = _Cpu(cfg.shared_cores)
+        self.closed_until = -1.0  # closed-loop clients (run_closed): each answer sends the next request
+        self.more: list[_Request] = []
         self.rng = np.random.default_rng(seed + 1)
         self.lb_rng = np.random.default_rng(seed + 2)
         self.events: list[tuple[float, int, str, Any]] = []
@@ -507,6 +522,16 @@ class Simulation:
     def finish(self, req: _Request, status: str, t: float) -> None:
         req.status, req.done = status, t
         self._concurrency(-1)
+        if t < self.closed_until:
+            nxt = _Request(-1 - len(self.more), t)
+            self.more.append(nxt)
+            self.push(t, "client", nxt)
+
+    def run_closed(self, clients: int, seconds: float) -> Result:
+        """``clients`` closed-loop clients for ``seconds``: each sends its next request when the last is
+        answered (as bench.loadgen's closed loop)."""
+        self.closed_until = seconds
+        return self.run(np.zeros(clients), horizon_s=seconds)
 
     def new_replica(self, ready_at: float) -> _Replica:
         cpu = None
@@ -740,6 +765,12 @@ class Simulation:
             want = 1
         self.scale_to(want)
 
+    def keda_metric(self) -> float:
+        """What the chart's KEDA trigger queries, as Prometheus would have it at a scrape: the sum over
+        the replicas of ``ssd_queue_images`` (images admitted: decoding, queued or in the model). The
+        one place to change when the chart's query changes."""
+        return float(sum(r.admitted for r in self.live()))
+
     def tick_hpa(self) -> None:
         live = self.live()
         current = len(live)
@@ -798,6 +829,9 @@ class Simulation:
                 self.on_done(*payload)
             elif kind == "cpu":
                 self.on_cpu(*payload)
+            elif kind == "client":
+                arrived += 1
+                self.arrive(payload)
             elif kind == "wake":
                 payload.wake_at = None
                 self.try_start(payload)
@@ -811,7 +845,7 @@ class Simulation:
             elif kind == "tick":
                 self.tick_kpa() if self.cfg.mode == "knative" else self.tick_hpa()
             elif kind == "scrape":
-                self.scraped_queue = float(sum(r.admitted for r in self.live()))
+                self.scraped_queue = self.keda_metric()
             elif kind == "sample":
                 live = self.live()
                 timeline.append(
@@ -823,7 +857,7 @@ class Simulation:
             if rep.gone_at is None:
                 self.replica_seconds += min(self.now, horizon) - rep.created
         info = {"fleet": _jsonable(asdict(self.cfg)), "service": self.svc.source}
-        return Result(reqs, timeline, self.replica_seconds, info, horizon)
+        return Result(reqs + self.more, timeline, self.replica_seconds, info, horizon)
 
 
 def _jsonable(value: Any) -> Any:
@@ -833,6 +867,21 @@ def _jsonable(value: Any) -> Any:
 def simulate(cfg: FleetConfig, svc: ServiceModel | CpuProfile, rates: np.ndarray, seed: int = 0) -> Result:
     """Run one trace (per-second rates) through the fleet."""
     return Simulation(cfg, svc, seed).run(arrivals(rates, seed), horizon_s=float(len(rates)))
+
+
+def closed_loop_rps(
+    prof: CpuProfile, clients: int, replicas: int = 1, shared_cores: float | None = None,
+    seconds: float = 30.0, warm_s: float = 5.0,
+) -> float:  # fmt: skip
+    """Simulated throughput (200s answered per second after ``warm_s``) of ``replicas`` behind a
+    round-robin client under ``clients`` closed-loop clients."""
+    cfg = FleetConfig(
+        mode="hpa", initial_replicas=replicas, shared_cores=shared_cores, balancer="round-robin"
+    )
+    cfg.hpa = dataclasses.replace(cfg.hpa, min_replicas=replicas, max_replicas=replicas)
+    res = Simulation(cfg, prof, seed=3).run_closed(clients, seconds)
+    ok = sum(1 for r in res.requests if r.status == "200" and warm_s <= r.done < seconds)
+    return ok / (seconds - warm_s)
 
 
 # --------------------------------------------------------------------------------------- search
