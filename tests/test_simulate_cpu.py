@@ -19,6 +19,7 @@ from predictor.tools.simulate import (
     CpuProfile,
     FleetConfig,
     Simulation,
+    amdahl_speed,
     rank,
     trace_rates,
 )
@@ -193,3 +194,20 @@ def test_a_request_whose_deadline_passed_while_waiting_for_a_decode_thread_is_ne
     reqs = Simulation(cfg, prof).run(np.asarray([0.0, 0.0, 0.0, 1.9]), horizon_s=4.0).requests
     assert [r.status for r in reqs] == ["200", "503", "503", "200"]
     assert [r.done for r in reqs] == pytest.approx([1.102, 1.5, 1.5, 3.102])
+
+
+def test_a_model_call_with_fewer_cores_than_threads_slows_as_amdahls_law_says():
+    """Bucket 1: 0.1 s alone on 2 cores, 0.15 s on one: p = (1 - 0.1 / 0.15) / (1 - 1/2) = 2/3.
+    With 4/3 cores (two threads beside one decode on 2 cores): T = 0.15 (1/3 + (2/3) / (4/3)) = 0.125,
+    speed 0.8; with half a core: (1 - p + p/2) x 0.5 = 1/3."""
+    assert amdahl_speed(2 / 3, 2, 4 / 3) == pytest.approx(0.8)
+    assert amdahl_speed(2 / 3, 2, 0.5) == pytest.approx(1 / 3)
+    assert amdahl_speed(1.0, 2, 4 / 3) == pytest.approx(2 / 3)  # perfectly parallel: processor sharing
+    prof = CpuProfile(((1, 0.1),), 0.05, decode_sigma=0.0, model_sigma=0.0, model_threads=2, cores=2.0,
+                      one_core_bucket_s=((1, 0.15),))  # fmt: skip
+    assert prof.parallel_fraction(1) == pytest.approx(2 / 3)
+    # A at 0: decoded at 0.05, its call from 0.052 (alone: 0.1 s). B at 0.06 decodes beside it: the
+    # call at 0.8 and the decode at 2/3 until B is decoded at 0.135 (the call has 0.032 left), so A is
+    # answered at 0.167 (processor sharing alone would say 0.177); B's call runs 0.167-0.267.
+    reqs = _run(prof, [0.0, 0.06])
+    assert [r.done for r in reqs] == pytest.approx([0.167, 0.267])

@@ -121,7 +121,9 @@ class CpuProfile:
     resize, the answer), from a closed-loop client at concurrency 1: its p50 minus the bucket-1 call and
     the batch wait. Log-normal spreads ``decode_sigma``, ``model_sigma``. Both kinds of work run on
     ``cores`` cores as threads (``decode_threads`` decoding at once, ``model_threads`` per call): every
-    job progresses at ``min(1, cores / runnable threads)`` of its alone speed (processor sharing).
+    job progresses at ``min(1, cores / runnable threads)`` of its alone speed (processor sharing); a
+    model call with fewer cores than threads slows as Amdahl's law says, its parallel fraction from
+    ``one_core_bucket_s`` (the same calls on one core; without it: perfectly parallel).
     """
 
     bucket_s: tuple[tuple[int, float], ...]
@@ -133,6 +135,7 @@ class CpuProfile:
     cores: float = 2.0
     source: str = "cpu profile"
     rule_bucket_s: tuple[tuple[int, float], ...] | None = None
+    one_core_bucket_s: tuple[tuple[int, float], ...] | None = None
 
     @property
     def buckets(self) -> tuple[int, ...]:
@@ -146,6 +149,20 @@ class CpuProfile:
         b, t = self.bucket_s[-1]
         return t * math.ceil(n / b)
 
+    def parallel_fraction(self, n: int) -> float:
+        """Amdahl's ``p`` of a call of ``n`` images from its times on ``model_threads`` cores and on one:
+        ``t_m = t_1 (1 - p + p / m)``; 1 without one-core timings (or with one thread)."""
+        if not self.one_core_bucket_s or self.model_threads <= 1:
+            return 1.0
+        t1 = dict(self.one_core_bucket_s).get(self._bucket(n))
+        if not t1:
+            return 1.0
+        ratio = self.call_s(n) / t1
+        return min(1.0, max(0.0, (1.0 - ratio) / (1.0 - 1.0 / self.model_threads)))
+
+    def _bucket(self, n: int) -> int:
+        return next((b for b, _ in self.bucket_s if b >= n), self.bucket_s[-1][0])
+
     def up_to(self, max_batch: int) -> CpuProfile:
         """The buckets a server with ``--max_batch_size max_batch`` has (``buckets_up_to``): the smaller
         ones, and ``max_batch`` itself (its time interpolated when it was not measured)."""
@@ -158,7 +175,10 @@ class CpuProfile:
             return tuple((b, t) for b, t in sorted(times.items()) if b <= max_batch)
 
         rule = cut(self.rule_bucket_s) if self.rule_bucket_s else None
-        return dataclasses.replace(self, bucket_s=cut(self.bucket_s), rule_bucket_s=rule)
+        one = cut(self.one_core_bucket_s) if self.one_core_bucket_s else None
+        return dataclasses.replace(
+            self, bucket_s=cut(self.bucket_s), rule_bucket_s=rule, one_core_bucket_s=one
+        )
 
     def batcher(self, max_batch: int) -> Any:
         """A :class:`DynamicBatcher` with these warm-up timings: its efficient bucket and prefix rule."""
@@ -171,14 +191,16 @@ class CpuProfile:
 
     def to_json(self) -> dict[str, Any]:
         out = {**asdict(self), "bucket_s": {str(b): t for b, t in self.bucket_s}}
-        out["rule_bucket_s"] = {str(b): t for b, t in self.rule_bucket_s} if self.rule_bucket_s else None
+        for key in ("rule_bucket_s", "one_core_bucket_s"):
+            table = getattr(self, key)
+            out[key] = {str(b): t for b, t in table} if table else None
         return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CpuProfile:
         fields = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in data.items() if k in fields}
-        for key in ("bucket_s", "rule_bucket_s"):
+        for key in ("bucket_s", "rule_bucket_s", "one_core_bucket_s"):
             if data.get(key):
                 kw[key] = tuple(sorted((int(b), float(t)) for b, t in data[key].items()))
         return cls(**kw)
@@ -190,8 +212,11 @@ def _no_model(*args: Any, **kwargs: Any) -> dict[str, np.ndarray]:
 
 class _Cpu:
     """Processor sharing on ``cores`` cores: the jobs' runnable threads (a decode: 1, a model call: its
-    intra-op threads) share them equally, so every job progresses at ``min(1, cores / threads)`` of
-    the speed it has alone. Jobs: ``[seconds of work left, threads, kind, payload]``."""
+    intra-op threads) share them equally, ``share = min(1, cores / threads)`` of a core each. A
+    one-thread job progresses at ``share`` of its alone speed; a model call of ``m`` threads gets
+    ``k = m x share`` cores and progresses as Amdahl's law says with the parallel fraction ``p`` of its
+    bucket (:func:`amdahl_speed`). Jobs: ``[seconds of work left (alone), threads, kind, payload, p]``.
+    """
 
     def __init__(self, cores: float) -> None:
         self.cores = cores
@@ -199,26 +224,34 @@ class _Cpu:
         self.last = 0.0
         self.version = 0
 
-    def speed(self) -> float:
+    def speeds(self) -> list[float]:
         threads = sum(j[1] for j in self.jobs)
-        return min(1.0, self.cores / threads) if threads else 1.0
+        share = min(1.0, self.cores / threads) if threads else 1.0
+        return [amdahl_speed(j[4], j[1], j[1] * share) if j[1] > 1 else share for j in self.jobs]
 
     def advance(self, now: float) -> None:
         if self.jobs:
-            done = (now - self.last) * self.speed()
-            for j in self.jobs:
-                j[0] -= done
+            dt = now - self.last
+            for j, v in zip(self.jobs, self.speeds(), strict=True):
+                j[0] -= dt * v
         self.last = now
 
     def next_done(self, now: float) -> float | None:
         if not self.jobs:
             return None
-        return now + max(0.0, min(j[0] for j in self.jobs)) / self.speed()
+        return now + min(max(0.0, j[0]) / v for j, v in zip(self.jobs, self.speeds(), strict=True))
 
     def pop_done(self) -> list[list[Any]]:
         done = [j for j in self.jobs if j[0] <= 1e-9]
         self.jobs = [j for j in self.jobs if j[0] > 1e-9]
         return done
+
+
+def amdahl_speed(p: float, m: int, k: float) -> float:
+    """Speed, relative to alone on its ``m`` cores, of work whose parallel fraction is ``p`` when it
+    gets ``k`` cores: ``T(k) = T1 x (1 - p + p / k)`` for ``k >= 1``, ``T1 / k`` below one core."""
+    alone = 1.0 - p + p / m
+    return alone / (1.0 - p + p / k) if k >= 1.0 else alone * k
 
 
 # --------------------------------------------------------------------------------------- traces
@@ -542,10 +575,12 @@ class Simulation:
         return rep
 
     # ------------------------------------------------------------------ CPU replicas
-    def cpu_add(self, cpu: _Cpu, work_s: float, threads: int, kind: str, payload: Any) -> None:
+    def cpu_add(
+        self, cpu: _Cpu, work_s: float, threads: int, kind: str, payload: Any, p: float = 1.0
+    ) -> None:
         """Start a job of ``work_s`` seconds (alone) on ``cpu``; a ``cpu`` event ends it."""
         cpu.advance(self.now)
-        cpu.jobs.append([work_s, threads, kind, payload])
+        cpu.jobs.append([work_s, threads, kind, payload, p])
         self._cpu_next(cpu)
 
     def _cpu_next(self, cpu: _Cpu) -> None:
@@ -560,7 +595,7 @@ class Simulation:
         cpu.advance(self.now)
         done = cpu.pop_done()
         self._cpu_next(cpu)
-        for _, _, kind, payload in done:
+        for _, _, kind, payload, _ in done:
             if kind == "decoded":
                 self.on_decoded(*payload)
             else:
@@ -693,7 +728,8 @@ class Simulation:
             work = prof.call_s(len(batch)) * math.exp(prof.model_sigma * self.rng.standard_normal())
             rep.busy = True
             assert rep.cpu is not None
-            self.cpu_add(rep.cpu, work, prof.model_threads, "model", (rep, batch, len(batch), self.now))
+            p = prof.parallel_fraction(len(batch))
+            self.cpu_add(rep.cpu, work, prof.model_threads, "model", (rep, batch, len(batch), self.now), p)
             return
         for r in batch:
             r.queued = False
