@@ -167,7 +167,7 @@ def time_buckets(cores: set[int], runs: int) -> dict[int, float]:
 
 def profile(
     bucket_s: dict[int, float], warmups: list[dict[int, float]], c1: dict[str, Any], cores: int,
-    batch_wait_ms: float, source: str,
+    batch_wait_ms: float, source: str, one_core: dict[int, float] | None = None,
 ) -> CpuProfile:  # fmt: skip
     """The simulator's CPU replica: the median call per bucket alone on a replica's cores; the timings
     the servers decide with: their warm-ups' (mean over the replicas); the request's work outside the
@@ -177,7 +177,7 @@ def profile(
     decode_s = max(1e-4, c1["p50_ms"] / 1e3 - calls[0][1] - batch_wait_ms / 1e3)
     return CpuProfile(
         calls, decode_s, decode_threads=cores, model_threads=cores, cores=float(cores), source=source,
-        rule_bucket_s=rule,
+        rule_bucket_s=rule, one_core_bucket_s=tuple(sorted(one_core.items())) if one_core else None,
     )  # fmt: skip
 
 
@@ -205,7 +205,10 @@ def simulate_replay(
 
 def compare(report: dict[str, Any]) -> None:
     """Fill each phase's ``simulated`` figures from the recorded arrivals (``--replay`` redoes this)."""
-    prof = CpuProfile.from_json(report["profile"])
+    data = report["profile"]
+    if not data.get("one_core_bucket_s") and report.get("bucket_s_one_core"):
+        data["one_core_bucket_s"] = report["bucket_s_one_core"]
+    prof = CpuProfile.from_json(data)
     for sc in report["scenarios"].values():
         seconds = sc["seconds"]
         simulated = simulate_replay(
@@ -294,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             c1 = min(cells, key=lambda c: c["concurrency"])
             source = f"demo, {len(places[0])} core(s) per replica, bench.simulate_check"
             source += f", {report['machine']['cpu']}, {report['machine']['utc']}"
-            prof = profile(calls, warmups, c1, len(places[0]), 2.0, source)
+            prof = profile(calls, warmups, c1, len(places[0]), 2.0, source, one_core)
             report["warmup_bucket_s"] = warmups
             report["profile"] = prof.to_json()
             report["benchmark"] = {
