@@ -238,10 +238,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="JSON (default bench/out/simulate_check[_N].json)")
     p.add_argument("--profile_out", type=Path, help="also write the CPU profile JSON here")
     p.add_argument("--benchmark_out", type=Path, help="also write the closed-loop cells (planner format)")
+    p.add_argument(
+        "--write_plan_inputs",
+        action="store_true",
+        help="write the profile and cells where `make simulate-day` reads them (bench.simulate_day)",
+    )
     p.add_argument("--timing_runs", type=int, default=9, help="model calls timed per bucket")
     p.add_argument("--replay", action="store_true", help="only re-simulate the arrivals recorded in --out")
     args = p.parse_args(argv)
     out = args.out or default_out(args.replicas)
+    if args.write_plan_inputs:
+        from bench import simulate_day
+
+        args.profile_out, args.benchmark_out = simulate_day.PROFILE, simulate_day.BENCHMARK
     if args.replay:
         report = json.loads(out.read_text())
         compare(report)

@@ -181,7 +181,7 @@ def test_planner_simulates_cpu_replicas_from_a_profile(tmp_path):
     cands = json.loads((out / "simulated" / "search.json").read_text())
     assert sorted(c["max_batch_size"] for c in cands) == [8, 32]
     summary = json.loads((out / "simulated" / "summary.json").read_text())["summary"]
-    assert summary["service"] == prof.source
+    assert summary["service"].startswith(prof.source + "; simulated ")
     assert "# Service times: cpu profile" in (out / "simulated" / "values-sim.yaml").read_text()
 
 

@@ -1251,7 +1251,9 @@ def write_search(
     returns the cheapest candidate that met it (else the lowest p95) and its fleet configuration."""
     out.mkdir(parents=True, exist_ok=True)
     head = f"# Simulated search\n\nTrace `{trace}`, seed {seed}, "
-    head += f"p95 objective {slo_p95_ms:g} ms, at most {max_503_share:.2%} 503/504; cheapest first.\n\n"
+    head += f"p95 objective {slo_p95_ms:g} ms, at most {max_503_share:.2%} 503/504; cheapest first"
+    head += " (cost = replica-hours x the price per replica-hour)."
+    head += f" Service: {source}.\n\n" if source else "\n\n"
     (out / "search.md").write_text(head + search_table(cands))
     (out / "search.json").write_text(json.dumps([asdict(c) for c in cands], indent=1) + "\n")
     best = cands[0] if cands[0].meets else min(cands, key=lambda c: c.p95_ms)
@@ -1268,6 +1270,15 @@ def write_search(
         cfg, max_batch_size=best.max_batch_size, kpa=kpa, initial_replicas=best.min_replicas
     )
     return best, best_cfg
+
+
+def _stamp() -> str:
+    """When and where a simulation ran (for plots and overlays committed to the docs)."""
+    import time
+
+    from predictor.serving.resources import cpu_model_name
+
+    return f"simulated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {cpu_model_name()}"
 
 
 def search_for_plan(
@@ -1309,7 +1320,7 @@ def search_for_plan(
         panic_thresholds=panic_thresholds, cost_per_replica_hour=cost_per_replica_hour, seed=seed,
         max_503_share=max_503_share, workers=workers,
     )  # fmt: skip
-    source = services[max_batch_sizes[0]].source
+    source = f"{services[max_batch_sizes[0]].source}; {_stamp()}"
     best, cfg = write_search(out, cands, base, trace, seed, slo_p95_ms, max_503_share, source)
     result = simulate(cfg, services[best.max_batch_size], rates, seed)
     summary = {**result.summary(slo_p95_ms), "trace": trace, "seed": seed, "service": source}
