@@ -2,9 +2,9 @@
 
 ``predictor.tools.plan --trace`` with the demo replica's CPU profile and closed-loop cells measured by
 ``make bench-simulate`` (:data:`PROFILE`, :data:`BENCHMARK`, committed): a day of diurnal traffic
-(3 to 17 req/s) with MMPP bursts of +40 req/s (about hourly, about a minute each), a p95 objective and
-a cost per replica-hour; it searches minReplicas, scaleTarget, the panic threshold and the max batch
-size, and this script copies the results where the docs show them:
+(2 to 8 req/s) with MMPP bursts of +50 req/s (every 1.5 h on average, about a minute each), a p95
+objective and a cost per replica-hour; it searches minReplicas, scaleTarget, the panic threshold and
+the max batch size, and this script copies the results where the docs show them:
 
 - :data:`PLOT` (load, replicas and p95 over the day, of the cheapest setting meeting the objective),
 - :data:`SEARCH` (every candidate: p95, SLO attainment, 503s, replica-hours, cost),
@@ -30,7 +30,7 @@ PLOT = REPO / "docs" / "simulator-day.png"
 SEARCH = REPO / "docs" / "simulator-day-search.md"
 OVERLAY = REPO / "helm" / "ssd-detector" / "ci" / "simulated-day-values.yaml"
 
-TRACE = "diurnal:10:7:86400+mmpp:0:40:86400:3600:60"
+TRACE = "diurnal:5:3:86400+mmpp:0:50:86400:5400:60"
 
 
 def main(argv: list[str] | None = None) -> int:
