@@ -211,3 +211,21 @@ def test_a_model_call_with_fewer_cores_than_threads_slows_as_amdahls_law_says():
     # answered at 0.167 (processor sharing alone would say 0.177); B's call runs 0.167-0.267.
     reqs = _run(prof, [0.0, 0.06])
     assert [r.done for r in reqs] == pytest.approx([0.167, 0.267])
+
+
+def test_a_candidate_meets_only_with_the_least_share_within_the_objective():
+    """A burst from 5 to 80 req/s: minReplicas 2 keeps the run's p95 within 400 ms but answers under
+    99.9% of the requests within it (the burst's seconds), so with min_attainment 0.999 only
+    minReplicas 3 meets the objective; minReplicas 1 meets neither."""
+    from predictor.tools.simulate import KpaConfig, ServiceModel, search
+
+    base = FleetConfig(mode="knative", cold_start_s=3.0, kpa=KpaConfig(max_scale=6))
+    services = {8: ServiceModel.parametric(5, 23, 0.15, 8)}
+    rates = trace_rates("step:5:80:90:30")
+    kw = {"slo_p95_ms": 400.0, "min_replicas": [1, 2, 3], "scale_targets": [4.0], "panic_thresholds": [200.0]}
+    loose = {c.min_replicas: c for c in search(base, services, rates, **kw)}
+    strict = search(base, services, rates, min_attainment=0.999, **kw)
+    assert [m for m, c in sorted(loose.items()) if c.meets] == [2, 3]
+    assert loose[2].p95_ms <= 400 and loose[2].slo_attainment < 0.999 <= loose[3].slo_attainment
+    assert [c.min_replicas for c in strict if c.meets] == [3]
+    assert strict[0].min_replicas == 3  # the cheapest meeting it leads

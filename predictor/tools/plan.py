@@ -556,6 +556,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-503-share", type=float, default=0.001, help="--trace: most 503/504 share allowed")
     p.add_argument("--workers", type=int, default=1, help="--trace: candidates simulated in parallel")
+    p.add_argument(
+        "--min-attainment",
+        type=float,
+        default=0.0,
+        help="--trace: least share of requests answered within the objective (e.g. 0.995)",
+    )
     return p
 
 
@@ -633,6 +639,7 @@ def simulate_plan(benchmark: dict[str, Any], plan: Plan, args: argparse.Namespac
         profile=profile,
         max_503_share=args.max_503_share,
         workers=args.workers,
+        min_attainment=args.min_attainment,
     )
     print(
         f"wrote {out}/search.md, search.json, simulate.png, summary.json"

@@ -950,10 +950,13 @@ def search(
     cost_per_replica_hour: float = 1.0,
     seed: int = 0,
     workers: int = 1,
+    min_attainment: float = 0.0,
 ) -> list[Candidate]:
     """Every (max batch, minReplicas, scaleTarget, panic threshold) through the trace (Knative mode),
-    sorted by :func:`rank`; ``meets``: p95 of the 200s <= the objective and 503s (and 504s) at most
-    ``max_503_share`` of the requests. ``workers`` > 1: candidates simulated in that many processes."""
+    sorted by :func:`rank`; ``meets``: p95 of the 200s <= the objective, 503s (and 504s) at most
+    ``max_503_share`` of the requests, and at least ``min_attainment`` of the requests answered 200
+    within the objective (over a day with rare bursts the day's p95 hides them; this does not).
+    ``workers`` > 1: candidates simulated in that many processes."""
     jobs = []
     for b, svc in sorted(services.items()):
         for m in min_replicas:
@@ -981,10 +984,11 @@ def search(
         refused = s["statuses"].get("503", 0) + s["statuses"].get("504", 0)
         share = refused / max(s["requests"], 1)
         p95 = s["p95_ms"]
-        meets = bool(p95 <= slo_p95_ms and share <= max_503_share)
+        attained = s.get("slo_attainment", math.nan)
+        meets = bool(p95 <= slo_p95_ms and share <= max_503_share and attained >= min_attainment)
         hours = s["replica_hours"]
         out.append(Candidate(cfg.max_batch_size, cfg.kpa.min_scale, cfg.kpa.target,
-                             cfg.kpa.panic_threshold_percentage, p95, s.get("slo_attainment", math.nan),
+                             cfg.kpa.panic_threshold_percentage, p95, attained,
                              share, hours, hours * cost_per_replica_hour, meets))  # fmt: skip
     return rank(out)
 
@@ -1245,13 +1249,16 @@ def run_search(
 
 def write_search(
     out: Path, cands: Sequence[Candidate], cfg: FleetConfig, trace: str, seed: int, slo_p95_ms: float,
-    max_503_share: float, source: str = "",
+    max_503_share: float, source: str = "", min_attainment: float = 0.0,
 ) -> tuple[Candidate, FleetConfig]:  # fmt: skip
     """search.md, search.json and (when a candidate met the objective) values-sim.yaml in ``out``;
     returns the cheapest candidate that met it (else the lowest p95) and its fleet configuration."""
     out.mkdir(parents=True, exist_ok=True)
     head = f"# Simulated search\n\nTrace `{trace}`, seed {seed}, "
-    head += f"p95 objective {slo_p95_ms:g} ms, at most {max_503_share:.2%} 503/504; cheapest first"
+    head += f"p95 objective {slo_p95_ms:g} ms, at most {max_503_share:.2%} 503/504"
+    if min_attainment:
+        head += f", at least {min_attainment:.2%} of the requests within {slo_p95_ms:g} ms"
+    head += "; cheapest first"
     head += " (cost = replica-hours x the price per replica-hour)."
     head += f" Service: {source}.\n\n" if source else "\n\n"
     (out / "search.md").write_text(head + search_table(cands))
@@ -1300,6 +1307,7 @@ def search_for_plan(
     profile: CpuProfile | None = None,
     max_503_share: float = 0.001,
     workers: int = 1,
+    min_attainment: float = 0.0,
 ) -> Candidate:
     """What ``predictor.tools.plan --trace`` runs: its hard limit and maxReplicas fixed, minReplicas x
     scaleTarget x panic threshold x max batch size through the trace, with service times from the
@@ -1318,10 +1326,10 @@ def search_for_plan(
     cands = search(
         base, services, rates, slo_p95_ms=slo_p95_ms, min_replicas=min_replicas, scale_targets=scale_targets,
         panic_thresholds=panic_thresholds, cost_per_replica_hour=cost_per_replica_hour, seed=seed,
-        max_503_share=max_503_share, workers=workers,
+        max_503_share=max_503_share, workers=workers, min_attainment=min_attainment,
     )  # fmt: skip
     source = f"{services[max_batch_sizes[0]].source}; {_stamp()}"
-    best, cfg = write_search(out, cands, base, trace, seed, slo_p95_ms, max_503_share, source)
+    best, cfg = write_search(out, cands, base, trace, seed, slo_p95_ms, max_503_share, source, min_attainment)
     result = simulate(cfg, services[best.max_batch_size], rates, seed)
     summary = {**result.summary(slo_p95_ms), "trace": trace, "seed": seed, "service": source}
     (out / "summary.json").write_text(json.dumps({"summary": summary, **result.config}, indent=1) + "\n")
