@@ -381,6 +381,7 @@ def markdown(report: dict[str, Any]) -> str:
     loads = ", ".join(f"{n} {sc['load_average_1m']:.1f}" for n, sc in report["scenarios"].items())
     prof = report["profile"]
     buckets = ", ".join(f"{b}: {1e3 * t:.0f}" for b, t in prof["bucket_s"].items())
+    buckets += " (the servers' warm-up)"
     if prof.get("rule_bucket_s"):
         rule = ", ".join(f"{b}: {1e3 * t:.0f}" for b, t in prof["rule_bucket_s"].items())
         buckets += f" (the servers' warm-up, which their batchers decide with: {rule})"
