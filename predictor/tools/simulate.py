@@ -1019,7 +1019,7 @@ def search_overlay_yaml(
 # Simulated plan (python -m predictor.tools.simulate --search): trace {trace}, p95 <= {slo_p95_ms:g} ms.
 # Cheapest candidate that met it: p95 {best.p95_ms:.0f} ms, {best.share_503:.2%} 503/504,
 # {best.replica_hours:.2f} replica-hours over the trace. search.md lists every candidate.
-{"# Service times: " + source + chr(10) if source else ""}predictor:
+{_comment("Service times: " + source) if source else ""}predictor:
   maxBatchSize: {best.max_batch_size}
 autoscaling:
   minReplicas: {best.min_replicas}
@@ -1028,6 +1028,13 @@ autoscaling:
   scaleTarget: {best.scale_target:g}
   containerConcurrency: {base.container_concurrency}
 {panic}"""
+
+
+def _comment(text: str, width: int = 100) -> str:
+    """``text`` as YAML comment lines of at most ``width`` characters."""
+    import textwrap
+
+    return "".join(f"# {line}\n" for line in textwrap.wrap(text, width - 2))
 
 
 def search_table(cands: Sequence[Candidate]) -> str:
