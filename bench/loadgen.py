@@ -57,6 +57,9 @@ class Phase:
     seed: int = 0
     timeout_s: float = 120.0
     content_type: str = "image/jpeg"
+    #: More servers (ports on ``host``) besides ``port``: the requests go round robin over
+    #: ``(port, *more_ports)``, the k-th to the (k mod n)-th (a round-robin client in front of replicas).
+    more_ports: tuple[int, ...] = ()
 
 
 @dataclass
@@ -121,29 +124,38 @@ class _Connection(asyncio.Protocol):
 
 
 class _Client:
-    """Requests over a growing set of keep-alive connections (never waits for a free one)."""
+    """Requests over growing sets of keep-alive connections (never waits for a free one), round robin
+    over the phase's servers."""
 
     def __init__(self, phase: Phase) -> None:
         self.phase = phase
-        head = (
-            f"POST {phase.path} HTTP/1.1\r\nhost: {phase.host}:{phase.port}\r\n"
-            f"content-type: {phase.content_type}\r\ncontent-length: {{n}}\r\n\r\n"
-        )
-        self.messages = [head.format(n=len(b)).encode() + b for b in phase.bodies]
-        self.idle: list[_Connection] = []
+        self.ports = (phase.port, *phase.more_ports)
+        self.messages = {port: self._messages(port) for port in self.ports}
+        self.idle: dict[int, list[_Connection]] = {port: [] for port in self.ports}
         self.in_flight = 0
         self.k = 0
 
+    def _messages(self, port: int) -> list[bytes]:
+        phase = self.phase
+        head = (
+            f"POST {phase.path} HTTP/1.1\r\nhost: {phase.host}:{port}\r\n"
+            f"content-type: {phase.content_type}\r\ncontent-length: {{n}}\r\n\r\n"
+        )
+        return [head.format(n=len(b)).encode() + b for b in phase.bodies]
+
     async def one(self) -> str:
-        """Send the next body; its status (or ``error:<type>``)."""
+        """Send the next body to the next server; its status (or ``error:<type>``)."""
         if self.in_flight >= MAX_IN_FLIGHT:
             return "error:client_full"
-        data = self.messages[self.k % len(self.messages)]
+        port = self.ports[self.k % len(self.ports)]
+        messages = self.messages[port]
+        data = messages[(self.k // len(self.ports)) % len(messages)]
         self.k += 1
         self.in_flight += 1
+        idle = self.idle[port]
         conn = None
         try:
-            conn = self.idle.pop() if self.idle else await self._connect()
+            conn = idle.pop() if idle else await self._connect(port)
             status = await asyncio.wait_for(conn.request(data), self.phase.timeout_s)
         except Exception as exc:
             if conn is not None and conn.transport is not None:
@@ -155,19 +167,20 @@ class _Client:
             assert conn.transport is not None
             conn.transport.close()
         else:
-            self.idle.append(conn)
+            idle.append(conn)
         return status
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self, port: int) -> _Connection:
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(_Connection, self.phase.host, self.phase.port)
+        _, conn = await loop.create_connection(_Connection, self.phase.host, port)
         return conn
 
     def close(self) -> None:
-        for conn in self.idle:
-            if conn.transport is not None:
-                conn.transport.close()
-        self.idle.clear()
+        for idle in self.idle.values():
+            for conn in idle:
+                if conn.transport is not None:
+                    conn.transport.close()
+            idle.clear()
 
 
 async def _timed(

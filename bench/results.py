@@ -86,6 +86,8 @@ BLOCKS: dict[str, Block] = {
     "soak": Block("soak.json", "soak", "bench.soak:markdown"),
     "overload": Block("overload.json", "bench-overload", "bench.overload:markdown"),
     "simulate-check": Block("simulate_check.json", "bench-simulate", "bench.simulate_check:markdown"),
+    "simulate-check-2": Block("simulate_check_2.json", "bench-simulate", "bench.simulate_check:markdown"),
+    "simulate-check-3": Block("simulate_check_3.json", "bench-simulate", "bench.simulate_check:markdown"),
 }
 
 

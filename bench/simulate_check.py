@@ -1,25 +1,34 @@
-"""The fleet simulator against one real replica: ``python -m bench.simulate_check``.
+"""The fleet simulator against real replicas: ``python -m bench.simulate_check [--replicas N]``.
 
-1. Starts one real ``python -m predictor`` (demo model, CPU, the overload bench's settings) on loopback.
-2. Measures closed-loop cells (``--concurrency`` clients, the overload bench's open-loop generator
-   :mod:`bench.loadgen` in closed-loop mode, same JPEG bodies) and turns them into a planner benchmark
-   (``predictor.tools.plan``'s format), from which the simulator takes its service times.
-3. Offers open-loop scenarios to the real server: a step (``--step`` fractions of the closed-loop
-   saturated throughput) and a ramp (``--ramp``), each phase ``--seconds`` long.
-4. Replays the very arrival times the generator was due to send through the simulator (one replica,
-   no autoscaling, the server's defaults), and compares p50/p95 of the 200s, throughput (200s
-   answered in the timed windows per second) and the 503 count, per scenario.
+1. Starts ``N`` real ``python -m predictor`` (demo model, CPU) on loopback, one after the other (each
+   warm-up alone), pinned by :func:`placement`: one replica on every core; ``N`` <= cores: one core
+   each (``taskset`` through the affinity it inherits); more replicas than cores: all share every core.
+2. Measures closed-loop cells (``--concurrency`` clients of the overload bench's generator,
+   :mod:`bench.loadgen`, round robin over the replicas, same JPEG bodies). The simulator's CPU
+   profile (:class:`predictor.tools.simulate.CpuProfile`) comes from the replicas' warm-up timings per
+   bucket (their log) and the concurrency-1 cell (the work of a request outside the model call).
+3. Offers open-loop scenarios to the real replicas through the same round-robin client: a step
+   (``--step`` fractions of the saturated closed-loop throughput), a ramp (``--ramp``) and a step into
+   overload (``--overload``), each phase ``--seconds`` long.
+4. Replays the very arrival times the generator was due to send through the simulator (``N``
+   replicas, round robin, no autoscaling, the server's defaults, the profile's cores as placed in 1),
+   and compares p50/p95 of the 200s, throughput (200s answered in the timed windows per second) and
+   the 503 count, per phase.
 
-Writes ``bench/out/simulate_check.json`` and prints the comparison as a Markdown table. The replica
-and the generator share this machine's cores; the simulator's replica has the cores of the cells
-measured in step 2, taken on the same machine minutes apart (docs/simulator.md, "Validation").
+Writes ``bench/out/simulate_check.json`` (``simulate_check_N.json`` for N > 1) and prints the
+comparison as a Markdown table. The replicas run with ``--compute_nice 0``: under the quiet lock's
+``nice -n -15`` their compute threads then keep -15 (the default, 10, would put them behind every
+other nice-0 process on a shared machine). The generator shares the cores (its CPU time is recorded).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -28,12 +37,15 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import OUT_DIR, make_test_jpegs, percentile, start_cpu_server
+from bench.common import OUT_DIR, REPO, make_test_jpegs, percentile, start_cpu_server
 from bench.loadgen import Generator, Phase, PhaseResult
 from predictor.protocol.wire import MODEL_NAME
 from predictor.serving.resources import cpu_model_name
+from predictor.tools.localserver import server_env
 from predictor.tools.plan import BENCHMARK_FORMAT
-from predictor.tools.simulate import FleetConfig, ServiceModel, Simulation
+from predictor.tools.simulate import CpuProfile, FleetConfig, Simulation, closed_loop_rps
+
+WARMUP_LINE = re.compile(r"seconds per bucket: ([0-9.:, ]+)\)")
 
 
 def cell(c: int, r: PhaseResult) -> dict[str, Any]:
@@ -91,73 +103,222 @@ def arrivals_of(results: list[PhaseResult], offsets: list[float]) -> list[float]
     return sorted(times)
 
 
+def placement(replicas: int, cpus: list[int]) -> tuple[list[set[int]], float | None]:
+    """Each replica's CPU affinity and the cores they share (None: each its own). One replica: every
+    core; at most one per core: one core each; more replicas than cores: all share every core."""
+    if replicas == 1 or replicas > len(cpus):
+        return [set(cpus)] * replicas, (None if replicas == 1 else float(len(cpus)))
+    return [{c} for c in cpus[:replicas]], None
+
+
+@contextlib.contextmanager
+def affinity(cores: set[int]):
+    """Run the block (a child process spawned in it) on ``cores``: children inherit the affinity."""
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, old)
+
+
+def warmup_seconds(log_text: str) -> dict[int, float]:
+    """The warm-up's seconds per bucket from a server log ("seconds per bucket: 1: 0.0212, 2: ...")."""
+    m = WARMUP_LINE.search(log_text)
+    if not m:
+        raise ValueError("no warm-up line in the server log")
+    pairs = (item.split(":") for item in m.group(1).split(","))
+    return {int(b): float(t) for b, t in pairs}
+
+
+TIME_BUCKETS = """
+import json, sys, time
+import numpy as np
+from predictor.models import DEMO_MODEL_DIR
+from predictor.serving.options import ServingOptions
+from predictor.ssd.detector import Detector
+
+d = Detector.from_dir(DEMO_MODEL_DIR, max_batch_size=32, xla=ServingOptions.xla)
+d.warmup()
+s, out = d.input_size, {}
+for b in d.buckets:
+    images, hw = np.zeros((b, s, s, 3), np.float32), np.full((b, 2), s, np.float32)
+    times = []
+    for _ in range(int(sys.argv[1])):
+        t0 = time.perf_counter()
+        d.run_batch(images, hw)
+        times.append(time.perf_counter() - t0)
+    out[b] = float(np.median(times))
+print(json.dumps(out))
+"""
+
+
+def time_buckets(cores: set[int], runs: int) -> dict[int, float]:
+    """Median seconds of ``runs`` model calls per bucket, the demo detector alone on ``cores`` (a
+    process of its own, as a replica placed there: the server's warm-up times each bucket once or
+    four times, too few for a median)."""
+    with affinity(cores):
+        proc = subprocess.run(
+            [sys.executable, "-c", TIME_BUCKETS, str(runs)], capture_output=True, text=True, check=True,
+            env=server_env(cpu_only=True), cwd=REPO,
+        )  # fmt: skip
+    return {int(b): t for b, t in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
+
+
+def profile(
+    bucket_s: dict[int, float], warmups: list[dict[int, float]], c1: dict[str, Any], cores: int,
+    batch_wait_ms: float, source: str, one_core: dict[int, float] | None = None,
+) -> CpuProfile:  # fmt: skip
+    """The simulator's CPU replica: a call per bucket takes what the servers' warm-ups timed (mean over
+    the replicas: ``run_batch`` in the serving process, the time the batcher decides with too; a
+    separate process timing the detector alone, ``bucket_s``, ran 20-40% faster than the served
+    calls and is only recorded); the parallel fraction from ``one_core`` (the same separate timing on
+    one core); the request's work outside the model call = the concurrency-1 p50 minus the bucket-1
+    call and the batch wait."""
+    del bucket_s  # recorded in the report as "bucket_s_alone"
+    calls = tuple((b, float(np.mean([w[b] for w in warmups]))) for b in sorted(warmups[0]))
+    decode_s = max(1e-4, c1["p50_ms"] / 1e3 - calls[0][1] - batch_wait_ms / 1e3)
+    return CpuProfile(
+        calls, decode_s, decode_threads=cores, model_threads=cores, cores=float(cores), source=source,
+        one_core_bucket_s=tuple(sorted(one_core.items())) if one_core else None,
+    )  # fmt: skip
+
+
 def simulate_replay(
-    cells: list[dict[str, Any]],
+    prof: CpuProfile,
+    replicas: int,
+    shared_cores: float | None,
     times: list[float],
     offsets: list[float],
     seconds: float,
     seed: int,
-    overlap: float,
 ) -> list[list[tuple[float, float, str]]]:
-    """The same arrivals through one simulated replica; per phase ``(due, done, status)`` in its window."""
-    svc = ServiceModel.from_cells(cells, 32, "closed-loop cells of this run", overlap)
-    cfg = FleetConfig(mode="hpa", initial_replicas=1)
-    cfg.hpa = type(cfg.hpa)(min_replicas=1, max_replicas=1)
-    sim = Simulation(cfg, svc, seed).run(np.asarray(times), horizon_s=offsets[-1] + seconds)
+    """The same arrivals through the simulated replicas (round robin, as the client); per phase
+    ``(due, done, status)`` in its window."""
+    cfg = FleetConfig(
+        mode="hpa", initial_replicas=replicas, shared_cores=shared_cores, balancer="round-robin"
+    )
+    cfg.hpa = type(cfg.hpa)(min_replicas=replicas, max_replicas=replicas)
+    sim = Simulation(cfg, prof, seed).run(np.asarray(times), horizon_s=offsets[-1] + seconds)
     return [
         [(q.arrival - off, q.done - off, q.status) for q in sim.requests if off <= q.arrival < off + seconds]
         for off in offsets
     ]
 
 
-def compare(report: dict[str, Any], overlap: float) -> None:
-    """Fill each phase's ``simulated`` figures from the recorded arrivals (``--replay`` redoes this)."""
+def profile_of(report: dict[str, Any]) -> CpuProfile:
+    """The CPU profile from a report's raw measurements (so a ``--replay`` applies today's rule)."""
     cells = report["benchmark"]["cells"]
+    c1 = min(cells, key=lambda c: c["concurrency"])
+    warmups = [{int(b): t for b, t in w.items()} for w in report["warmup_bucket_s"]]
+    one_core = {int(b): t for b, t in (report.get("bucket_s_one_core") or {}).items()}
+    cores = len(report["placement"][0])
+    source = report["profile"]["source"]
+    return profile({}, warmups, c1, cores, 2.0, source, one_core or None)
+
+
+def compare(report: dict[str, Any]) -> None:
+    """Fill each phase's ``simulated`` figures from the recorded arrivals (``--replay`` redoes this)."""
+    prof = profile_of(report)
+    report["profile"] = prof.to_json()
     for sc in report["scenarios"].values():
         seconds = sc["seconds"]
-        simulated = simulate_replay(cells, sc["arrivals"], sc["offsets"], seconds, 5, overlap)
+        simulated = simulate_replay(
+            prof, report["replicas"], report["shared_cores"], sc["arrivals"], sc["offsets"], seconds, 5
+        )
         for ph, rows in zip(sc["phases"], simulated, strict=True):
             ph["simulated"] = figures(rows, seconds)
-    report["overlap"] = overlap
+    for c in report["benchmark"]["cells"]:
+        n, shared = report["replicas"], report["shared_cores"]
+        c["simulated_rps"] = closed_loop_rps(prof, c["concurrency"], n, shared)
+
+
+def write_plan_inputs(report: dict[str, Any], profile_out: Path | None, benchmark_out: Path | None) -> None:
+    """The CPU profile and the closed-loop cells (planner format) for ``make simulate-day``."""
+    if profile_out:
+        meta = {"written_by": "python -m bench.simulate_check", "machine": report["machine"]}
+        profile_out.write_text(json.dumps({**report["profile"], **meta}, indent=1) + "\n")
+    if benchmark_out:
+        bench = {**report["benchmark"], "machine": report["machine"]}
+        benchmark_out.write_text(json.dumps(bench, indent=1) + "\n")
+
+
+def default_out(replicas: int) -> Path:
+    return OUT_DIR / ("simulate_check.json" if replicas == 1 else f"simulate_check_{replicas}.json")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--concurrency", default="1,2,4,8,16,32")
+    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--concurrency", default="1,2,4,8,16")
     p.add_argument("--cell_s", type=float, default=8.0)
     p.add_argument("--step", default="0.3,0.8", help="step: fractions of the saturated throughput")
     p.add_argument("--ramp", default="0.2,0.4,0.6,0.8,1.0", help="ramp: fractions, one phase each")
-    p.add_argument("--overload", default="0.5,1.5", help="a step into overload (503s)")
-    p.add_argument("--seconds", type=float, default=12.0, help="timed seconds per phase")
+    p.add_argument("--overload", default="0.5,1.5,3.0", help="steps into overload (503s)")
+    p.add_argument("--seconds", type=float, default=20.0, help="timed seconds per phase")
     p.add_argument("--warmup_s", type=float, default=3.0)
-    p.add_argument("--out", type=Path, default=OUT_DIR / "simulate_check.json")
-    p.add_argument("--overlap", type=float, default=2.0, help="the simulator's --overlap")
+    p.add_argument("--out", type=Path, help="JSON (default bench/out/simulate_check[_N].json)")
+    p.add_argument("--profile_out", type=Path, help="also write the CPU profile JSON here")
+    p.add_argument("--benchmark_out", type=Path, help="also write the closed-loop cells (planner format)")
+    p.add_argument(
+        "--write_plan_inputs",
+        action="store_true",
+        help="write the profile and cells where `make simulate-day` reads them (bench.simulate_day)",
+    )
+    p.add_argument("--timing_runs", type=int, default=9, help="model calls timed per bucket")
     p.add_argument("--replay", action="store_true", help="only re-simulate the arrivals recorded in --out")
     args = p.parse_args(argv)
+    out = args.out or default_out(args.replicas)
+    if args.write_plan_inputs:
+        from bench import simulate_day
+
+        args.profile_out, args.benchmark_out = simulate_day.PROFILE, simulate_day.BENCHMARK
     if args.replay:
-        report = json.loads(args.out.read_text())
-        compare(report, args.overlap)
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
+        report = json.loads(out.read_text())
+        compare(report)
+        out.write_text(json.dumps(report, indent=1) + "\n")
+        write_plan_inputs(report, args.profile_out, args.benchmark_out)
         print(markdown(report))
         return 0
     from predictor.models import DEMO_MODEL_DIR
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    server = start_cpu_server(DEMO_MODEL_DIR, args.out.with_name("simulate_check_server.log"))
-    bodies = tuple(make_test_jpegs()[:4])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cpus = sorted(os.sched_getaffinity(0))
+    places, shared = placement(args.replicas, cpus)
+    servers, logs = [], []
     report: dict[str, Any] = {
         "machine": {
             "cpu": cpu_model_name(),
             "cpu_count": os.cpu_count(),
-            "affinity": len(os.sched_getaffinity(0)),
+            "affinity": len(cpus),
             "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "load_average_at_start": list(os.getloadavg()),
-        }
+            "nice": os.nice(0),
+        },
+        "replicas": args.replicas,
+        "placement": [sorted(c) for c in places],
+        "shared_cores": shared,
     }
+    calls = time_buckets(places[0], args.timing_runs)
+    print("model call per bucket alone (s):", calls)
+    one_core = time_buckets({min(places[0])}, args.timing_runs) if len(places[0]) > 1 else calls
+    print("... on one core (s):", one_core)
+    report["bucket_s_one_core"] = one_core
+    report["bucket_s_alone"] = calls
     try:
-        server.wait_ready()
-        base = {"host": "127.0.0.1", "port": server.http_port, "path": f"/v1/models/{MODEL_NAME}:predict",
-                "bodies": bodies}  # fmt: skip
+        for i, cores in enumerate(places):
+            logs.append(out.with_name(f"{out.stem}_server{i}.log"))
+            with affinity(cores):
+                server = start_cpu_server(
+                    DEMO_MODEL_DIR, logs[-1], "--decode_threads", str(len(cores)), "--compute_nice", "0"
+                )
+            servers.append(server)
+            server.wait_ready()
+        warmups = [warmup_seconds(log.read_text()) for log in logs]
+        ports = [s.http_port for s in servers]
+        base = {"host": "127.0.0.1", "port": ports[0], "more_ports": tuple(ports[1:]),
+                "path": f"/v1/models/{MODEL_NAME}:predict",
+                "bodies": tuple(make_test_jpegs()[:4])}  # fmt: skip
         with Generator() as gen:
             cells = []
             for c in (int(v) for v in args.concurrency.split(",")):
@@ -166,6 +327,12 @@ def main(argv: list[str] | None = None) -> int:
                 x, p50 = cells[-1]["throughput_rps"], cells[-1]["p50_ms"]
                 print(f"closed loop c={c}: {x:.1f} req/s, p50 {p50:.0f} ms")
             sat = max(c["throughput_rps"] for c in cells)
+            c1 = min(cells, key=lambda c: c["concurrency"])
+            source = f"demo, {len(places[0])} core(s) per replica, bench.simulate_check"
+            source += f", {report['machine']['cpu']}, {report['machine']['utc']}"
+            prof = profile(calls, warmups, c1, len(places[0]), 2.0, source, one_core)
+            report["warmup_bucket_s"] = warmups
+            report["profile"] = prof.to_json()
             report["benchmark"] = {
                 "format": BENCHMARK_FORMAT,
                 "model_dir": "demo",
@@ -180,9 +347,10 @@ def main(argv: list[str] | None = None) -> int:
                 rates = [float(f) * sat for f in fracs.split(",")]
                 results, offsets = scenario(gen, base, rates, args.seconds, args.warmup_s, seed=11)
                 phases = [
-                    {"rate": rate, "measured": figures([(d, e, s) for d, _, e, s in r.requests], r.seconds)}
+                    {"rate": rate, "measured": figures([(d, e, s) for d, _, e, s in r.requests], r.seconds),
+                     "client_cpu_s": r.client_cpu_s}
                     for rate, r in zip(rates, results, strict=True)
-                ]
+                ]  # fmt: skip
                 report["scenarios"][name] = {
                     "seconds": args.seconds,
                     "offsets": offsets,
@@ -192,11 +360,13 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 print(name, json.dumps(phases))
     finally:
-        server.terminate()
-    compare(report, args.overlap)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+        for server in servers:
+            server.terminate()
+    compare(report)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    write_plan_inputs(report, args.profile_out, args.benchmark_out)
     print(markdown(report))
-    print(f"JSON: {args.out}")
+    print(f"JSON: {out}")
     return 0
 
 
@@ -209,15 +379,32 @@ def _err(sim: float, real: float) -> str:
 def markdown(report: dict[str, Any]) -> str:
     """The comparison table (bench/results.py adds the date and machine line above it)."""
     loads = ", ".join(f"{n} {sc['load_average_1m']:.1f}" for n, sc in report["scenarios"].items())
+    prof = report["profile"]
+    buckets = ", ".join(f"{b}: {1e3 * t:.0f}" for b, t in prof["bucket_s"].items())
+    buckets += " (the servers' warm-up)"
+    if prof.get("rule_bucket_s"):
+        rule = ", ".join(f"{b}: {1e3 * t:.0f}" for b, t in prof["rule_bucket_s"].items())
+        buckets += f" (the servers' warm-up, which their batchers decide with: {rule})"
+    n = report["replicas"]
+    where = "all cores" if n == 1 else (
+        f"all sharing {report['shared_cores']:g} cores" if report["shared_cores"] else "one core each"
+    )  # fmt: skip
     lines = [
-        f"Saturated closed-loop throughput {report['saturated_rps']:.1f} req/s; simulator `--overlap "
-        f"{report['overlap']:g}`; {report['seconds_per_phase']:g} s per phase; 1-minute load average after "
-        f"each scenario: {loads}; err = (simulated - real) / real.",
+        f"{n} replica(s) ({where}) behind a round-robin client; saturated closed-loop throughput "
+        f"{report['saturated_rps']:.1f} req/s; simulator CPU profile: model call per bucket (ms) {buckets}, "
+        f"{1e3 * prof['decode_s']:.1f} ms of other work per request, {prof['cores']:g} core(s) per replica; "
+        f"{report['seconds_per_phase']:g} s per phase; 1-minute load average after each scenario: {loads}; "
+        "err = (simulated - real) / real.",
         "",
         "| scenario | offered req/s | p50 ms real / sim (err) | p95 ms real / sim (err) | "
         "throughput real / sim (err) | 503 real / sim |",
         "|---|---:|---|---|---|---|",
     ]
+    cells = report["benchmark"]["cells"]
+    closed = ", ".join(
+        f"c={c['concurrency']} {c['throughput_rps']:.1f} / {c['simulated_rps']:.1f}" for c in cells
+    )
+    lines[0] += f" Closed-loop cells, req/s real / simulated: {closed}."
     for name, sc in report["scenarios"].items():
         for ph in sc["phases"]:
             m, s = ph["measured"], ph["simulated"]

@@ -38,7 +38,7 @@ SOAK_OUT ?= bench/out/soak.json
 .PHONY: bench bench-install bench-model bench-postprocess bench-onnx bench-served bench-report bench-overload \
 	bench-hostile gpu-check-prepare gpu-check-cpu gpu-check bench-pipeline bench-draft bench-client-downscale \
 	bench-cold-start soak bench-results gpu-check-report bench-onnx-detector bench-plan bench-simulate \
-	bench-tf-variants
+	bench-tf-variants simulate-day
 
 $(BENCH_STAMP): pyproject.toml | $(STAMP)
 	$(PIP) install --quiet -e '.[test,bench]'
@@ -85,9 +85,14 @@ bench-overload: $(STAMP) ## Overload a real server (MODEL_DIR=... or demo) at 4x
 		--factor $(OVERLOAD_FACTOR) --seconds $(OVERLOAD_SECONDS) --rounds $(OVERLOAD_ROUNDS) --out $(BENCH_OUT)/overload.json; \
 		rc=$$?; $(RESULTS_TABLES) overload=$(BENCH_OUT)/overload.json && exit $$rc
 
-bench-simulate: $(STAMP) ## The fleet simulator against one real replica (demo): step, ramp and overload, p50/p95/throughput/503s
-	$(PY) -m bench.simulate_check --out $(BENCH_OUT)/simulate_check.json; \
-		rc=$$?; $(RESULTS_TABLES) simulate-check=$(BENCH_OUT)/simulate_check.json && exit $$rc
+bench-simulate: $(STAMP) ## The fleet simulator against 1, 2 and 3 real replicas (demo): step, ramp, overload; p50/p95/throughput/503s
+	$(PY) -m bench.simulate_check --replicas 1 --out $(BENCH_OUT)/simulate_check.json --write_plan_inputs; rc1=$$?; \
+	$(PY) -m bench.simulate_check --replicas 2 --out $(BENCH_OUT)/simulate_check_2.json; rc2=$$?; \
+	$(PY) -m bench.simulate_check --replicas 3 --out $(BENCH_OUT)/simulate_check_3.json; rc3=$$?; \
+	$(RESULTS_TABLES) simulate-check simulate-check-2 simulate-check-3 && exit $$((rc1 | rc2 | rc3))
+
+simulate-day: $(BENCH_STAMP) ## The planner's search over a simulated day with bursts: docs/simulator-day.png, ci/simulated-day-values.yaml
+	$(PY) -m bench.simulate_day
 
 bench-hostile: $(STAMP) ## 24 clients POST 40 MiB bodies at once to a real server: peak RSS growth, statuses, serves after
 	$(PY) -m bench.hostile $(if $(MODEL_DIR),--model_dir $(MODEL_DIR),) --clients $(HOSTILE_CLIENTS) \

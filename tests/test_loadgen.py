@@ -52,3 +52,45 @@ def test_open_and_closed_loops_count_every_answer_by_status(ssd_server):
     assert all(sent <= done for _, sent, done, _ in opened.requests)
     closed = loadgen.run_phase(loadgen.Phase(**base, seconds=1.0, clients=2))
     assert closed.requests and {s for *_, s in closed.requests} == {"200", "400"}
+
+
+def test_requests_go_round_robin_over_the_servers():
+    """Two plain HTTP servers (each answers its own status): 12 requests alternate 0, 1, 0, 1, ...,
+    and each server sees the bodies in the client's order, every body once per round."""
+    import http.server
+    import threading
+
+    seen: dict[int, list[bytes]] = {0: [], 1: []}
+
+    def handler(index: int, status: int) -> type:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                seen[index].append(self.rfile.read(int(self.headers["content-length"])))
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        return Handler
+
+    servers = [
+        http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler(i, s)) for i, s in ((0, 200), (1, 202))
+    ]
+    for s in servers:
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    try:
+        loadgen = _loadgen()
+        phase = loadgen.Phase(
+            host="127.0.0.1", port=servers[0].server_port, more_ports=(servers[1].server_port,), path="/",
+            bodies=(b"a", b"b", b"c"), seconds=1.0, rate=12.0, poisson=False,
+        )  # fmt: skip
+        result = loadgen.run_phase(phase)
+    finally:
+        for s in servers:
+            s.shutdown()
+    assert Counter(s for *_, s in result.requests) == {"200": 6, "202": 6}
+    assert seen[0] == [b"a", b"b", b"c"] * 2 and seen[1] == [b"a", b"b", b"c"] * 2

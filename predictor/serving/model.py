@@ -150,7 +150,7 @@ class SSDPredictor(kserve.Model):
             log.info(
                 "warm-up done in %.1f s (seconds per bucket: %s), %d traces",
                 self.warmup_seconds,
-                ", ".join(f"{b}: {s:.2f}" for b, s in per_bucket.items()),
+                ", ".join(f"{b}: {s:.4f}" for b, s in per_bucket.items()),
                 detector.trace_count,
             )
             self.ready = True

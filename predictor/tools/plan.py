@@ -505,6 +505,10 @@ def _formula(coef: Sequence[float]) -> str:
 
 
 # --------------------------------------------------------------------------------------- CLI
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
 def _ints(text: str) -> list[int]:
     values = [int(t) for t in text.split(",") if t.strip()]
     if not values or min(values) < 1:
@@ -536,6 +540,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cold-start-s", type=float, default=6.8, help="replica cold start for --trace")
     p.add_argument("--cost-per-replica-hour", type=float, default=1.0, help="cost unit for --trace")
+    p.add_argument(
+        "--cpu-profile",
+        type=Path,
+        help="--trace: replicas simulated as this CPU profile (bench.simulate_check writes one: decode and "
+        "model calls sharing each replica's cores) instead of from the benchmark's cells",
+    )
+    p.add_argument("--search-min-replicas", type=_ints, help="--trace: default 1, the plan's, twice it")
+    p.add_argument(
+        "--search-targets", type=_floats, help="--trace: scaleTarget candidates (default: plan, limit)"
+    )
+    p.add_argument("--search-panic", type=_floats, default=[200.0, 400.0], help="--trace: panic %%")
+    p.add_argument(
+        "--search-max-batch", type=_ints, help="--trace: max batch sizes (default: the measured ones)"
+    )
+    p.add_argument("--max-503-share", type=float, default=0.001, help="--trace: most 503/504 share allowed")
+    p.add_argument("--workers", type=int, default=1, help="--trace: candidates simulated in parallel")
+    p.add_argument(
+        "--min-attainment",
+        type=float,
+        default=0.0,
+        help="--trace: least share of requests answered within the objective (e.g. 0.995)",
+    )
     return p
 
 
@@ -589,22 +615,31 @@ def simulate_plan(benchmark: dict[str, Any], plan: Plan, args: argparse.Namespac
     """``--trace``: the plan's hard limit and maxReplicas kept, minReplicas (1, the plan's, twice it) x
     scaleTarget (the plan's, the hard limit) x panic threshold x the measured max batch sizes simulated
     through the trace (:func:`predictor.tools.simulate.search_for_plan`) into ``out/simulated``."""
-    from predictor.tools.simulate import search_for_plan
+    from predictor.tools.simulate import CpuProfile, search_for_plan
 
     out = args.out / "simulated"
+    profile = None
+    if args.cpu_profile:
+        profile = CpuProfile.from_json(json.loads(args.cpu_profile.read_text()))
     best = search_for_plan(
         benchmark["cells"],
-        max_batch_sizes=sorted({int(c["max_batch_size"]) for c in benchmark["cells"]}),
+        max_batch_sizes=args.search_max_batch
+        or sorted({int(c["max_batch_size"]) for c in benchmark["cells"]}),
         batch_wait_ms=plan.batch_wait_ms,
         container_concurrency=plan.concurrency,
         max_replicas=plan.max_replicas,
-        min_replicas=sorted({1, plan.min_replicas, 2 * plan.min_replicas}),
-        scale_targets=sorted({float(plan.scale_target), float(plan.concurrency)}),
+        min_replicas=args.search_min_replicas or sorted({1, plan.min_replicas, 2 * plan.min_replicas}),
+        scale_targets=args.search_targets or sorted({float(plan.scale_target), float(plan.concurrency)}),
         trace=args.trace,
         slo_p95_ms=plan.slo_p95_ms,
         cold_start_s=args.cold_start_s,
         cost_per_replica_hour=args.cost_per_replica_hour,
         out=out,
+        panic_thresholds=args.search_panic,
+        profile=profile,
+        max_503_share=args.max_503_share,
+        workers=args.workers,
+        min_attainment=args.min_attainment,
     )
     print(
         f"wrote {out}/search.md, search.json, simulate.png, summary.json"

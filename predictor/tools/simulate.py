@@ -109,6 +109,151 @@ class ServiceModel:
         return cls(tuple(float(v) for v in lat / overlap), tuple(float(v) for v in sigma), label)
 
 
+@dataclass(frozen=True)
+class CpuProfile:
+    """A replica whose request work and model calls share CPU cores (docs/simulator.md, "CPU replicas").
+
+    ``bucket_s``: the median model call per bucket size with nothing else running; a call of ``n``
+    images runs the smallest bucket holding them. ``rule_bucket_s``: the timings the server decides
+    with (its warm-up, logged as "seconds per bucket"; default ``bucket_s``): the batcher's efficient
+    prefix of the queue (:meth:`DynamicBatcher._efficient_prefix`) and its efficient bucket.
+    ``decode_s``: the median CPU work of one request outside the model call (HTTP, JPEG decode,
+    resize, the answer), from a closed-loop client at concurrency 1: its p50 minus the bucket-1 call and
+    the batch wait. Log-normal spreads ``decode_sigma``, ``model_sigma``. Both kinds of work run on
+    ``cores`` cores as threads (``decode_threads`` decoding at once, ``model_threads`` per call): every
+    job progresses at ``min(1, cores / runnable threads)`` of its alone speed (processor sharing); a
+    model call with fewer cores than threads slows as Amdahl's law says, its parallel fraction from
+    ``one_core_bucket_s`` (the same calls on one core; without it: perfectly parallel).
+    """
+
+    bucket_s: tuple[tuple[int, float], ...]
+    decode_s: float
+    decode_sigma: float = 0.2
+    model_sigma: float = 0.1
+    decode_threads: int = 2
+    model_threads: int = 2
+    cores: float = 2.0
+    source: str = "cpu profile"
+    rule_bucket_s: tuple[tuple[int, float], ...] | None = None
+    one_core_bucket_s: tuple[tuple[int, float], ...] | None = None
+
+    @property
+    def buckets(self) -> tuple[int, ...]:
+        return tuple(b for b, _ in self.bucket_s)
+
+    def call_s(self, n: int) -> float:
+        """Median seconds of a call of ``n`` images (the bucket holding them) alone on the cores."""
+        for b, t in self.bucket_s:
+            if b >= n:
+                return t
+        b, t = self.bucket_s[-1]
+        return t * math.ceil(n / b)
+
+    def parallel_fraction(self, n: int) -> float:
+        """Amdahl's ``p`` of a call of ``n`` images from its times on ``model_threads`` cores and on one:
+        ``t_m = t_1 (1 - p + p / m)``; 1 without one-core timings (or with one thread)."""
+        if not self.one_core_bucket_s or self.model_threads <= 1:
+            return 1.0
+        t1 = dict(self.one_core_bucket_s).get(self._bucket(n))
+        if not t1:
+            return 1.0
+        ratio = self.call_s(n) / t1
+        return min(1.0, max(0.0, (1.0 - ratio) / (1.0 - 1.0 / self.model_threads)))
+
+    def _bucket(self, n: int) -> int:
+        return next((b for b, _ in self.bucket_s if b >= n), self.bucket_s[-1][0])
+
+    def up_to(self, max_batch: int) -> CpuProfile:
+        """The buckets a server with ``--max_batch_size max_batch`` has (``buckets_up_to``): the smaller
+        ones, and ``max_batch`` itself (its time interpolated when it was not measured)."""
+
+        def cut(table: tuple[tuple[int, float], ...]) -> tuple[tuple[int, float], ...]:
+            times = dict(table)
+            if max_batch not in times:
+                bs = sorted(times)
+                times[max_batch] = float(np.interp(max_batch, bs, [times[b] for b in bs]))
+            return tuple((b, t) for b, t in sorted(times.items()) if b <= max_batch)
+
+        rule = cut(self.rule_bucket_s) if self.rule_bucket_s else None
+        one = cut(self.one_core_bucket_s) if self.one_core_bucket_s else None
+        return dataclasses.replace(
+            self, bucket_s=cut(self.bucket_s), rule_bucket_s=rule, one_core_bucket_s=one
+        )
+
+    def batcher(self, max_batch: int) -> Any:
+        """A :class:`DynamicBatcher` with these warm-up timings: its efficient bucket and prefix rule."""
+        from predictor.serving.batcher import DynamicBatcher
+
+        cut = self.up_to(max_batch)
+        return DynamicBatcher(
+            _no_model, max_batch_size=max_batch, bucket_seconds=dict(cut.rule_bucket_s or cut.bucket_s)
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out = {**asdict(self), "bucket_s": {str(b): t for b, t in self.bucket_s}}
+        for key in ("rule_bucket_s", "one_core_bucket_s"):
+            table = getattr(self, key)
+            out[key] = {str(b): t for b, t in table} if table else None
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CpuProfile:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in data.items() if k in fields}
+        for key in ("bucket_s", "rule_bucket_s", "one_core_bucket_s"):
+            if data.get(key):
+                kw[key] = tuple(sorted((int(b), float(t)) for b, t in data[key].items()))
+        return cls(**kw)
+
+
+def _no_model(*args: Any, **kwargs: Any) -> dict[str, np.ndarray]:
+    raise RuntimeError("the simulator's batcher only chooses batch sizes")
+
+
+class _Cpu:
+    """Processor sharing on ``cores`` cores: the jobs' runnable threads (a decode: 1, a model call: its
+    intra-op threads) share them equally, ``share = min(1, cores / threads)`` of a core each. A
+    one-thread job progresses at ``share`` of its alone speed; a model call of ``m`` threads gets
+    ``k = m x share`` cores and progresses as Amdahl's law says with the parallel fraction ``p`` of its
+    bucket (:func:`amdahl_speed`). Jobs: ``[seconds of work left (alone), threads, kind, payload, p]``.
+    """
+
+    def __init__(self, cores: float) -> None:
+        self.cores = cores
+        self.jobs: list[list[Any]] = []
+        self.last = 0.0
+        self.version = 0
+
+    def speeds(self) -> list[float]:
+        threads = sum(j[1] for j in self.jobs)
+        share = min(1.0, self.cores / threads) if threads else 1.0
+        return [amdahl_speed(j[4], j[1], j[1] * share) if j[1] > 1 else share for j in self.jobs]
+
+    def advance(self, now: float) -> None:
+        if self.jobs:
+            dt = now - self.last
+            for j, v in zip(self.jobs, self.speeds(), strict=True):
+                j[0] -= dt * v
+        self.last = now
+
+    def next_done(self, now: float) -> float | None:
+        if not self.jobs:
+            return None
+        return now + min(max(0.0, j[0]) / v for j, v in zip(self.jobs, self.speeds(), strict=True))
+
+    def pop_done(self) -> list[list[Any]]:
+        done = [j for j in self.jobs if j[0] <= 1e-9]
+        self.jobs = [j for j in self.jobs if j[0] > 1e-9]
+        return done
+
+
+def amdahl_speed(p: float, m: int, k: float) -> float:
+    """Speed, relative to alone on its ``m`` cores, of work whose parallel fraction is ``p`` when it
+    gets ``k`` cores: ``T(k) = T1 x (1 - p + p / k)`` for ``k >= 1``, ``T1 / k`` below one core."""
+    alone = 1.0 - p + p / m
+    return alone / (1.0 - p + p / k) if k >= 1.0 else alone * k
+
+
 # --------------------------------------------------------------------------------------- traces
 def arrivals(rates: np.ndarray, seed: int) -> np.ndarray:
     """Poisson arrival times (s) for per-second rates: Poisson counts per second, uniform inside it."""
@@ -125,8 +270,15 @@ def trace_rates(spec: str, seed: int = 0) -> np.ndarray:
     ``ramp:R0:R1:SECONDS`` (linear); ``diurnal:MEAN:AMPLITUDE:SECONDS[:PERIOD]`` (sine, trough at 0, peak
     at half the period; period default SECONDS); ``mmpp:LOW:HIGH:SECONDS:MEAN_LOW_S:MEAN_HIGH_S`` (a
     two-state Markov-modulated Poisson process, seeded); ``csv:PATH`` (one rate per line, or
-    ``second,rate`` rows; a header is skipped).
+    ``second,rate`` rows; a header is skipped); ``A+B``: the sum of traces A and B, second by second
+    (the shorter one is 0 past its end), e.g. a diurnal day with MMPP bursts on top.
     """
+    if "+" in spec:
+        parts = [trace_rates(part, seed + 101 * i) for i, part in enumerate(spec.split("+"))]
+        total = np.zeros(max(len(r) for r in parts))
+        for r in parts:
+            total[: len(r)] += r
+        return total
     kind, _, rest = spec.partition(":")
     if kind == "csv":
         return _csv_rates(Path(rest))
@@ -192,6 +344,12 @@ class FleetConfig:
     hpa_metric: str = "load"
     scrape_s: float = 15.0  # Prometheus scrape interval behind KEDA's query
     activator_timeout_s: float = 300.0  # Knative's revision timeoutSeconds default
+    # CPU replicas (a CpuProfile): None: each replica has the profile's cores to itself; a number: every
+    # replica's threads share one set of that many cores (several replicas on one machine).
+    shared_cores: float | None = None
+    # Standard mode's Service: "random" (kube-proxy's pick) or "round-robin" (a client in front of the
+    # replicas, as bench.simulate_check's).
+    balancer: str = "random"
 
 
 @dataclass(slots=True)
@@ -203,14 +361,21 @@ class _Request:
     replica: int = -1
     admitted_at: float = math.nan
     queued: bool = False
+    deadline: float = math.inf
 
 
 class _Replica:
     """One server: admission, the batcher's queue, one model call at a time."""
 
-    def __init__(self, rid: int, created: float, ready_at: float, cfg: FleetConfig, svc: ServiceModel):
+    def __init__(
+        self, rid: int, created: float, ready_at: float, cfg: FleetConfig, svc: ServiceModel | CpuProfile,
+        cpu: _Cpu | None = None,
+    ):  # fmt: skip
         self.rid, self.created, self.ready_at = rid, created, ready_at
         self.cfg, self.svc = cfg, svc
+        self.cpu = cpu  # CPU replicas: the cores its decodes and model calls share
+        self.decode_wait: collections.deque[_Request] = collections.deque()
+        self.decoding = 0
         self.ready = False
         self.draining = False
         self.gone_at: float | None = None
@@ -228,11 +393,22 @@ class _Replica:
         self.refusals_at_backlog = 0
         self.offered = 0
         self.window = (0.0, 0)
+        if isinstance(svc, CpuProfile):  # the server's own rule on its warm-up timings
+            self.batcher = svc.batcher(cfg.max_batch_size)
+            self.efficient = self.batcher.efficient_bucket()
+            return
         buckets = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b < cfg.max_batch_size]
         buckets.append(cfg.max_batch_size)
         rates = {b: b / svc.median(b) for b in buckets}
         best = max(rates.values())
         self.efficient = min(b for b, r in rates.items() if r >= EFFICIENT_FRACTION * best)
+
+    def capacity(self) -> float:
+        """``ssd_capacity_images_per_second``: images per second of the efficient bucket's call, from the
+        timings the server decides with (a CPU replica's warm-up; else the median call)."""
+        if isinstance(self.svc, CpuProfile):
+            return float(self.batcher.capacity_images_per_second or 0.0)
+        return self.efficient / self.svc.median(self.efficient)
 
     # batcher.refusal
     def refusal(self) -> bool:
@@ -333,8 +509,14 @@ def _windows(requests: Sequence[_Request], span: int, width: int) -> list[dict[s
 class Simulation:
     """The event loop: arrivals, model calls, batcher waits, deadlines, cold starts, autoscaler ticks."""
 
-    def __init__(self, cfg: FleetConfig, svc: ServiceModel, seed: int = 0):
+    def __init__(self, cfg: FleetConfig, svc: ServiceModel | CpuProfile, seed: int = 0):
         self.cfg, self.svc = cfg, svc
+        self.cpu_model = isinstance(svc, CpuProfile)
+        self.shared_cpu = None
+        if isinstance(svc, CpuProfile) and cfg.shared_cores:
+            self.shared_cpu = _Cpu(cfg.shared_cores)
+        self.closed_until = -1.0  # closed-loop clients (run_closed): each answer sends the next request
+        self.more: list[_Request] = []
         self.rng = np.random.default_rng(seed + 1)
         self.lb_rng = np.random.default_rng(seed + 2)
         self.events: list[tuple[float, int, str, Any]] = []
@@ -383,6 +565,73 @@ class Simulation:
     def finish(self, req: _Request, status: str, t: float) -> None:
         req.status, req.done = status, t
         self._concurrency(-1)
+        if t < self.closed_until:
+            nxt = _Request(-1 - len(self.more), t)
+            self.more.append(nxt)
+            self.push(t, "client", nxt)
+
+    def run_closed(self, clients: int, seconds: float) -> Result:
+        """``clients`` closed-loop clients for ``seconds``: each sends its next request when the last is
+        answered (as bench.loadgen's closed loop)."""
+        self.closed_until = seconds
+        return self.run(np.zeros(clients), horizon_s=seconds)
+
+    def new_replica(self, ready_at: float) -> _Replica:
+        cpu = None
+        if isinstance(self.svc, CpuProfile):
+            cpu = self.shared_cpu or _Cpu(self.svc.cores)
+        rep = _Replica(len(self.replicas), self.now, ready_at, self.cfg, self.svc, cpu)
+        self.replicas.append(rep)
+        return rep
+
+    # ------------------------------------------------------------------ CPU replicas
+    def cpu_add(
+        self, cpu: _Cpu, work_s: float, threads: int, kind: str, payload: Any, p: float = 1.0
+    ) -> None:
+        """Start a job of ``work_s`` seconds (alone) on ``cpu``; a ``cpu`` event ends it."""
+        cpu.advance(self.now)
+        cpu.jobs.append([work_s, threads, kind, payload, p])
+        self._cpu_next(cpu)
+
+    def _cpu_next(self, cpu: _Cpu) -> None:
+        cpu.version += 1
+        t = cpu.next_done(self.now)
+        if t is not None:
+            self.push(t, "cpu", (cpu, cpu.version))
+
+    def on_cpu(self, cpu: _Cpu, version: int) -> None:
+        if version != cpu.version:
+            return  # the jobs changed since this completion time was computed
+        cpu.advance(self.now)
+        done = cpu.pop_done()
+        self._cpu_next(cpu)
+        for _, _, kind, payload, _ in done:
+            if kind == "decoded":
+                self.on_decoded(*payload)
+            else:
+                rep, batch, n, start = payload
+                self.on_done(rep, batch, n, self.now - start)
+
+    def start_decodes(self, rep: _Replica) -> None:
+        """The server's decode pool: up to ``decode_threads`` requests decode at once, in order."""
+        prof = self.svc
+        assert isinstance(prof, CpuProfile) and rep.cpu is not None
+        while rep.decode_wait and rep.decoding < prof.decode_threads:
+            req = rep.decode_wait.popleft()
+            if req.status:
+                continue  # its deadline passed while it waited
+            rep.decoding += 1
+            work = prof.decode_s * math.exp(prof.decode_sigma * self.rng.standard_normal())
+            self.cpu_add(rep.cpu, work, 1, "decoded", (rep, req))
+
+    def on_decoded(self, rep: _Replica, req: _Request) -> None:
+        rep.decoding -= 1
+        self.start_decodes(rep)
+        if req.status:
+            return  # answered 503 at its deadline meanwhile
+        req.admitted_at, req.queued = self.now, True  # the batcher's enqueue time
+        rep.queue.append(req)
+        self.try_start(rep)
 
     # ------------------------------------------------------------------ routing
     def arrive(self, req: _Request) -> None:
@@ -397,6 +646,10 @@ class Simulation:
         ready = self.ready()
         if not ready:
             self.finish(req, "503", self.now)  # no endpoint: connection refused
+            return
+        if self.cfg.balancer == "round-robin":
+            self.rr += 1
+            self.send(ready[(self.rr - 1) % len(ready)], req)
             return
         self.send(ready[int(self.lb_rng.integers(len(ready)))], req)
 
@@ -438,10 +691,15 @@ class Simulation:
         rep.admitted += 1
         if rep.standing:
             rep.offered += 1
+        if self.cfg.request_timeout_s > 0:
+            req.deadline = self.now + self.cfg.request_timeout_s
+            self.push(req.deadline, "deadline", (rep, req))
+        if self.cpu_model:  # decoded first, then queued for the batcher
+            rep.decode_wait.append(req)
+            self.start_decodes(rep)
+            return
         req.admitted_at, req.queued = self.now, True
         rep.queue.append(req)
-        if self.cfg.request_timeout_s > 0:
-            self.push(self.now + self.cfg.request_timeout_s, "deadline", (rep, req))
         self.try_start(rep)
 
     def answer(self, rep: _Replica, req: _Request, status: str) -> None:
@@ -470,22 +728,38 @@ class Simulation:
         if not rep.queue:
             return
         batch = [rep.queue.popleft() for _ in range(min(self.cfg.max_batch_size, len(rep.queue)))]
+        if isinstance(self.svc, CpuProfile):
+            keep = rep.batcher._efficient_prefix([1] * len(batch))  # the server's own rule
+            rep.queue.extendleft(reversed(batch[keep:]))
+            batch = batch[:keep]
+            for r in batch:
+                r.queued = False
+            prof = self.svc
+            work = prof.call_s(len(batch)) * math.exp(prof.model_sigma * self.rng.standard_normal())
+            rep.busy = True
+            assert rep.cpu is not None
+            p = prof.parallel_fraction(len(batch))
+            self.cpu_add(rep.cpu, work, prof.model_threads, "model", (rep, batch, len(batch), self.now), p)
+            return
         for r in batch:
             r.queued = False
+        assert isinstance(self.svc, ServiceModel)
         seconds = self.svc.sample(len(batch), self.rng)
         rep.busy = True
         rep.busy_s += seconds
         end = self.now + seconds
         keep = []
         for r in batch:
-            deadline = r.admitted_at + self.cfg.request_timeout_s
-            if self.cfg.request_timeout_s > 0 and deadline < end:
+            if r.deadline < end:
                 continue  # its "deadline" event answers it with 503; the model call goes on
             keep.append(r)
         self.push(end, "done", (rep, keep, len(batch), seconds))
 
     def on_done(self, rep: _Replica, batch: list[_Request], n: int, seconds: float) -> None:
         rep.busy = False
+        if self.cpu_model:
+            rep.busy_s += seconds
+            batch = [r for r in batch if not r.status]  # the rest were answered at their deadline
         rep.ewma_images = n if not rep.ewma_seconds else (1 - EWMA) * rep.ewma_images + EWMA * n
         rep.ewma_seconds = seconds if not rep.ewma_seconds else (1 - EWMA) * rep.ewma_seconds + EWMA * seconds
         for r in batch:
@@ -509,8 +783,7 @@ class Simulation:
     def scale_to(self, n: int) -> None:
         live = self.live()
         for _ in range(n - len(live)):
-            rep = _Replica(len(self.replicas), self.now, self.now + self.cfg.cold_start_s, self.cfg, self.svc)
-            self.replicas.append(rep)
+            rep = self.new_replica(self.now + self.cfg.cold_start_s)
             self.push(rep.ready_at, "ready", rep)
         if n < len(live):
             # Remove the not-yet-ready first, then the least loaded (Kubernetes' ReplicaSet prefers
@@ -543,7 +816,8 @@ class Simulation:
         requests ``arrived`` so far. load: images offered per second over the last 60 s (the chart's
         autoscaling.keda.window; admitted or refused: every arrival reaches a replica in Standard mode)
         in % of a replica's capacity (ssd_capacity_images_per_second: the efficient bucket's median
-        call), summed over replicas; queue: the images in progress, summed."""
+        call), summed over replicas; queue: the images in progress, summed. The one place to change when the
+        chart's query changes."""
         if self.cfg.hpa_metric != "load":
             return float(sum(r.admitted for r in self.live()))
         marks = self.arrived_marks
@@ -554,7 +828,9 @@ class Simulation:
         live = self.live()
         if not live or span <= 0:
             return 0.0
-        capacity = live[0].efficient / self.svc.median(live[0].efficient)
+        capacity = live[0].capacity()
+        if capacity <= 0:
+            return 0.0
         return 100.0 * (arrived - marks[0][1]) / span / capacity
 
     def tick_hpa(self) -> None:
@@ -583,9 +859,7 @@ class Simulation:
         horizon = float(horizon_s if horizon_s is not None else (math.ceil(times[-1]) if len(times) else 0))
         n0 = self.cfg.initial_replicas
         for _ in range(n0):
-            rep = _Replica(len(self.replicas), 0.0, 0.0, self.cfg, self.svc)
-            rep.ready = True
-            self.replicas.append(rep)
+            self.new_replica(0.0).ready = True
         if reqs:
             self.push(reqs[0].arrival, "arrive", 0)  # each arrival schedules the next (a small heap)
         step = self.cfg.kpa.tick_s if self.cfg.mode == "knative" else self.cfg.hpa.sync_s
@@ -615,6 +889,11 @@ class Simulation:
                 self.arrive(reqs[payload])
             elif kind == "done":
                 self.on_done(*payload)
+            elif kind == "cpu":
+                self.on_cpu(*payload)
+            elif kind == "client":
+                arrived += 1
+                self.arrive(payload)
             elif kind == "wake":
                 payload.wake_at = None
                 self.try_start(payload)
@@ -640,16 +919,31 @@ class Simulation:
             if rep.gone_at is None:
                 self.replica_seconds += min(self.now, horizon) - rep.created
         info = {"fleet": _jsonable(asdict(self.cfg)), "service": self.svc.source}
-        return Result(reqs, timeline, self.replica_seconds, info, horizon)
+        return Result(reqs + self.more, timeline, self.replica_seconds, info, horizon)
 
 
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def simulate(cfg: FleetConfig, svc: ServiceModel, rates: np.ndarray, seed: int = 0) -> Result:
+def simulate(cfg: FleetConfig, svc: ServiceModel | CpuProfile, rates: np.ndarray, seed: int = 0) -> Result:
     """Run one trace (per-second rates) through the fleet."""
     return Simulation(cfg, svc, seed).run(arrivals(rates, seed), horizon_s=float(len(rates)))
+
+
+def closed_loop_rps(
+    prof: CpuProfile, clients: int, replicas: int = 1, shared_cores: float | None = None,
+    seconds: float = 30.0, warm_s: float = 5.0,
+) -> float:  # fmt: skip
+    """Simulated throughput (200s answered per second after ``warm_s``) of ``replicas`` behind a
+    round-robin client under ``clients`` closed-loop clients."""
+    cfg = FleetConfig(
+        mode="hpa", initial_replicas=replicas, shared_cores=shared_cores, balancer="round-robin"
+    )
+    cfg.hpa = dataclasses.replace(cfg.hpa, min_replicas=replicas, max_replicas=replicas)
+    res = Simulation(cfg, prof, seed=3).run_closed(clients, seconds)
+    ok = sum(1 for r in res.requests if r.status == "200" and warm_s <= r.done < seconds)
+    return ok / (seconds - warm_s)
 
 
 # --------------------------------------------------------------------------------------- search
@@ -671,7 +965,7 @@ class Candidate:
 
 def search(
     base: FleetConfig,
-    services: dict[int, ServiceModel],
+    services: dict[int, ServiceModel | CpuProfile],
     rates: np.ndarray,
     *,
     slo_p95_ms: float,
@@ -681,11 +975,15 @@ def search(
     max_503_share: float = 0.001,
     cost_per_replica_hour: float = 1.0,
     seed: int = 0,
+    workers: int = 1,
+    min_attainment: float = 0.0,
 ) -> list[Candidate]:
     """Every (max batch, minReplicas, scaleTarget, panic threshold) through the trace (Knative mode),
-    sorted cheapest first; ``meets``: p95 of the 200s <= the objective and 503s (and 504s) at most
-    ``max_503_share`` of the requests."""
-    out = []
+    sorted by :func:`rank`; ``meets``: p95 of the 200s <= the objective, 503s (and 504s) at most
+    ``max_503_share`` of the requests, and at least ``min_attainment`` of the requests answered 200
+    within the objective (over a day with rare bursts the day's p95 hides them; this does not).
+    ``workers`` > 1: candidates simulated in that many processes."""
+    jobs = []
     for b, svc in sorted(services.items()):
         for m in min_replicas:
             for target in scale_targets:
@@ -697,18 +995,44 @@ def search(
                     cfg = FleetConfig(
                         **{**base.__dict__, "max_batch_size": b, "kpa": kpa, "initial_replicas": m}
                     )
-                    s = simulate(cfg, svc, rates, seed).summary(slo_p95_ms)
-                    refused = s["statuses"].get("503", 0) + s["statuses"].get("504", 0)
-                    share = refused / max(s["requests"], 1)
-                    p95 = s["p95_ms"]
-                    meets = bool(p95 <= slo_p95_ms and share <= max_503_share)
-                    hours = s["replica_hours"]
-                    out.append(Candidate(b, m, target, panic, p95, s.get("slo_attainment", math.nan), share,
-                                         hours, hours * cost_per_replica_hour, meets))  # fmt: skip
-    return sorted(out, key=lambda c: (not c.meets, c.cost, c.p95_ms))
+                    jobs.append((cfg, svc, rates, seed, slo_p95_ms))
+    if workers > 1:
+        import concurrent.futures
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            summaries = list(pool.map(_candidate_summary, *zip(*jobs, strict=True)))
+    else:
+        summaries = [_candidate_summary(*job) for job in jobs]
+    out = []
+    for (cfg, *_), s in zip(jobs, summaries, strict=True):
+        refused = s["statuses"].get("503", 0) + s["statuses"].get("504", 0)
+        share = refused / max(s["requests"], 1)
+        p95 = s["p95_ms"]
+        attained = s.get("slo_attainment", math.nan)
+        meets = bool(p95 <= slo_p95_ms and share <= max_503_share and attained >= min_attainment)
+        hours = s["replica_hours"]
+        out.append(Candidate(cfg.max_batch_size, cfg.kpa.min_scale, cfg.kpa.target,
+                             cfg.kpa.panic_threshold_percentage, p95, attained,
+                             share, hours, hours * cost_per_replica_hour, meets))  # fmt: skip
+    return rank(out)
 
 
-def search_overlay_yaml(best: Candidate, base: FleetConfig, trace: str, slo_p95_ms: float) -> str:
+def rank(cands: Sequence[Candidate]) -> list[Candidate]:
+    """Those meeting the objective first, cheapest first (ties: lower p95); then the rest by cost."""
+    return sorted(cands, key=lambda c: (not c.meets, c.cost, c.p95_ms))
+
+
+def _candidate_summary(
+    cfg: FleetConfig, svc: ServiceModel | CpuProfile, rates: np.ndarray, seed: int, slo_p95_ms: float
+) -> dict[str, Any]:
+    return simulate(cfg, svc, rates, seed).summary(slo_p95_ms)
+
+
+def search_overlay_yaml(
+    best: Candidate, base: FleetConfig, trace: str, slo_p95_ms: float, source: str = ""
+) -> str:
     """The chart values of the cheapest candidate that met the objective (helm -f)."""
     panic = ""
     if best.panic_threshold != 200:
@@ -721,7 +1045,7 @@ def search_overlay_yaml(best: Candidate, base: FleetConfig, trace: str, slo_p95_
 # Simulated plan (python -m predictor.tools.simulate --search): trace {trace}, p95 <= {slo_p95_ms:g} ms.
 # Cheapest candidate that met it: p95 {best.p95_ms:.0f} ms, {best.share_503:.2%} 503/504,
 # {best.replica_hours:.2f} replica-hours over the trace. search.md lists every candidate.
-predictor:
+{_comment("Service times: " + source) if source else ""}predictor:
   maxBatchSize: {best.max_batch_size}
 autoscaling:
   minReplicas: {best.min_replicas}
@@ -730,6 +1054,13 @@ autoscaling:
   scaleTarget: {best.scale_target:g}
   containerConcurrency: {base.container_concurrency}
 {panic}"""
+
+
+def _comment(text: str, width: int = 100) -> str:
+    """``text`` as YAML comment lines of at most ``width`` characters."""
+    import textwrap
+
+    return "".join(f"# {line}\n" for line in textwrap.wrap(text, width - 2))
 
 
 def search_table(cands: Sequence[Candidate]) -> str:
@@ -749,43 +1080,58 @@ def search_table(cands: Sequence[Candidate]) -> str:
 
 # --------------------------------------------------------------------------------------- output
 def plot(result: Result, rates: np.ndarray, path: Path, slo_ms: float | None, title: str) -> None:
-    """Offered load, replicas (all and ready) and p95 per 10 s window, against time."""
+    """Offered load, answers and 503s; replicas (all and ready); p95 of the 200s per window (10 s, or
+    5 minutes for a day), against time (hours from 4 h on). Rates are averaged over the window too."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    n = len(rates)
+    width = max(10, n // 288)
+    scale, unit = (3600.0, "hours") if n >= 4 * 3600 else (1.0, "seconds")
     fig, axes = plt.subplots(3, 1, figsize=(10, 7), sharex=True)
-    t = np.arange(len(rates))
-    axes[0].plot(t, rates, lw=0.8, label="offered (req/s)")
-    done = collections.Counter(int(r.done) for r in result.requests if r.status == "200")
-    shed = collections.Counter(int(r.done) for r in result.requests if r.status in ("503", "504"))
-    axes[0].plot(t, [done.get(s, 0) for s in t], lw=0.8, label="answered 200 (/s)")
-    axes[0].plot(t, [shed.get(s, 0) for s in t], lw=0.8, label="503/504 (/s)")
+    starts = np.arange(0, n, width)
+    edges = np.append(starts, n)
+    mid = (starts + np.diff(edges) / 2) / scale
+
+    def per_s(times: list[float]) -> np.ndarray:
+        return np.histogram(times, edges)[0] / np.diff(edges)
+
+    axes[0].plot(mid, np.add.reduceat(rates, starts) / np.diff(edges), lw=0.8, label="offered (req/s)")
+    axes[0].plot(mid, per_s([r.done for r in result.requests if r.status == "200"]), lw=0.8,
+                 label="answered 200 (/s)")  # fmt: skip
+    axes[0].plot(mid, per_s([r.done for r in result.requests if r.status in ("503", "504")]), lw=0.8,
+                 label="503/504 (/s)")  # fmt: skip
+    axes[0].set_title(f"per {width} s window", fontsize=7, loc="right")
     axes[0].set_ylabel("requests/s")
     tl = result.timeline
-    axes[1].step([x["t"] for x in tl], [x["replicas"] for x in tl], where="post", label="replicas")
-    axes[1].step([x["t"] for x in tl], [x["ready"] for x in tl], where="post", label="ready")
+    axes[1].step([x["t"] / scale for x in tl], [x["replicas"] for x in tl], where="post", label="replicas")
+    axes[1].step([x["t"] / scale for x in tl], [x["ready"] for x in tl], where="post", label="ready")
     axes[1].set_ylabel("replicas")
-    win = _windows(result.requests, len(rates), 10)
+    win = _windows(result.requests, n, width)
     axes[2].plot(
-        [w["t"] for w in win], [w["p95_ms"] for w in win], ".-", lw=0.8, label="p95 of 200s, 10 s windows"
-    )
+        [min(w["t"] + width / 2, n) / scale for w in win], [w["p95_ms"] for w in win], ".-", lw=0.8, ms=2,
+        label=f"p95 of 200s, {width} s windows",
+    )  # fmt: skip
     if slo_ms:
         axes[2].axhline(slo_ms, color="red", ls="--", label=f"SLO {slo_ms:g} ms")
     axes[2].set_ylabel("ms")
-    axes[2].set_xlabel("seconds")
+    axes[2].set_xlabel(unit)
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 # --------------------------------------------------------------------------------------- CLI
-def service_model(args: argparse.Namespace) -> ServiceModel:
+def service_model(args: argparse.Namespace) -> ServiceModel | CpuProfile:
+    if args.cpu_profile:
+        prof = CpuProfile.from_json(json.loads(args.cpu_profile.read_text()))
+        return prof.up_to(args.max_batch_size)
     if args.benchmark:
         from predictor.tools.plan import load_benchmark
 
@@ -805,6 +1151,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("knative", "hpa", "keda"), default="knative")
     p.add_argument(
         "--benchmark", type=Path, help="planner benchmark JSON (plan --measure-only) for service times"
+    )
+    p.add_argument(
+        "--cpu-profile",
+        type=Path,
+        help="CPU replica profile JSON (bench.simulate_check writes one): decode and model calls sharing "
+        "cores, instead of --benchmark / --service-ms",
+    )
+    p.add_argument(
+        "--shared-cores",
+        type=float,
+        help="with --cpu-profile: every replica shares this many cores (default: each has its own)",
     )
     p.add_argument(
         "--overlap", type=float, default=2.0, help="stages a closed-loop cell keeps busy (decode, model)"
@@ -893,6 +1250,7 @@ def config_from_args(args: argparse.Namespace) -> FleetConfig:
         kpa=kpa,
         hpa=hpa,
         hpa_metric=args.hpa_metric,
+        shared_cores=args.shared_cores,
     )
 
 
@@ -924,18 +1282,23 @@ def run_search(
 
 def write_search(
     out: Path, cands: Sequence[Candidate], cfg: FleetConfig, trace: str, seed: int, slo_p95_ms: float,
-    max_503_share: float,
+    max_503_share: float, source: str = "", min_attainment: float = 0.0,
 ) -> tuple[Candidate, FleetConfig]:  # fmt: skip
     """search.md, search.json and (when a candidate met the objective) values-sim.yaml in ``out``;
     returns the cheapest candidate that met it (else the lowest p95) and its fleet configuration."""
     out.mkdir(parents=True, exist_ok=True)
     head = f"# Simulated search\n\nTrace `{trace}`, seed {seed}, "
-    head += f"p95 objective {slo_p95_ms:g} ms, at most {max_503_share:.2%} 503/504; cheapest first.\n\n"
+    head += f"p95 objective {slo_p95_ms:g} ms, at most {max_503_share:.2%} 503/504"
+    if min_attainment:
+        head += f", at least {min_attainment:.2%} of the requests within {slo_p95_ms:g} ms"
+    head += "; cheapest first"
+    head += " (cost = replica-hours x the price per replica-hour)."
+    head += f" Service: {source}.\n\n" if source else "\n\n"
     (out / "search.md").write_text(head + search_table(cands))
     (out / "search.json").write_text(json.dumps([asdict(c) for c in cands], indent=1) + "\n")
     best = cands[0] if cands[0].meets else min(cands, key=lambda c: c.p95_ms)
     if cands[0].meets:
-        (out / "values-sim.yaml").write_text(search_overlay_yaml(best, cfg, trace, slo_p95_ms))
+        (out / "values-sim.yaml").write_text(search_overlay_yaml(best, cfg, trace, slo_p95_ms, source))
         print(f"cheapest setting meeting the objective: {best}")
     else:
         print(f"no candidate met the objective; lowest p95: {best}", file=sys.stderr)
@@ -947,6 +1310,15 @@ def write_search(
         cfg, max_batch_size=best.max_batch_size, kpa=kpa, initial_replicas=best.min_replicas
     )
     return best, best_cfg
+
+
+def _stamp() -> str:
+    """When and where a simulation ran (for plots and overlays committed to the docs)."""
+    import time
+
+    from predictor.serving.resources import cpu_model_name
+
+    return f"simulated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {cpu_model_name()}"
 
 
 def search_for_plan(
@@ -964,13 +1336,21 @@ def search_for_plan(
     cost_per_replica_hour: float,
     out: Path,
     seed: int = 0,
+    panic_thresholds: Sequence[float] = (200.0, 400.0),
+    profile: CpuProfile | None = None,
+    max_503_share: float = 0.001,
+    workers: int = 1,
+    min_attainment: float = 0.0,
 ) -> Candidate:
-    """What ``predictor.tools.plan --trace`` runs: the planner's benchmark as service times, its hard
-    limit and maxReplicas fixed, minReplicas x scaleTarget x panic threshold (200, 400 %) x the measured
-    max batch sizes through the trace; writes :func:`write_search`'s files plus simulate.png and
-    summary.json of the chosen candidate."""
+    """What ``predictor.tools.plan --trace`` runs: its hard limit and maxReplicas fixed, minReplicas x
+    scaleTarget x panic threshold x max batch size through the trace, with service times from the
+    planner's benchmark ``cells``, or from a CPU replica ``profile`` (each replica on its own cores);
+    writes :func:`write_search`'s files plus simulate.png and summary.json of the chosen candidate."""
     rates = trace_rates(trace, seed)
-    services = {b: ServiceModel.from_cells(cells, b, "planner benchmark") for b in max_batch_sizes}
+    services: dict[int, ServiceModel | CpuProfile] = {
+        b: profile.up_to(b) if profile else ServiceModel.from_cells(cells, b, "planner benchmark")
+        for b in max_batch_sizes
+    }
     kpa = KpaConfig(container_concurrency=container_concurrency, max_scale=max_replicas)
     base = FleetConfig(
         mode="knative", batch_wait_s=batch_wait_ms / 1e3, container_concurrency=container_concurrency,
@@ -978,15 +1358,18 @@ def search_for_plan(
     )  # fmt: skip
     cands = search(
         base, services, rates, slo_p95_ms=slo_p95_ms, min_replicas=min_replicas, scale_targets=scale_targets,
-        panic_thresholds=(200.0, 400.0), cost_per_replica_hour=cost_per_replica_hour, seed=seed,
+        panic_thresholds=panic_thresholds, cost_per_replica_hour=cost_per_replica_hour, seed=seed,
+        max_503_share=max_503_share, workers=workers, min_attainment=min_attainment,
     )  # fmt: skip
-    best, cfg = write_search(out, cands, base, trace, seed, slo_p95_ms, 0.001)
+    source = f"{services[max_batch_sizes[0]].source}; {_stamp()}"
+    best, cfg = write_search(out, cands, base, trace, seed, slo_p95_ms, max_503_share, source, min_attainment)
     result = simulate(cfg, services[best.max_batch_size], rates, seed)
-    summary = {**result.summary(slo_p95_ms), "trace": trace, "seed": seed}
+    summary = {**result.summary(slo_p95_ms), "trace": trace, "seed": seed, "service": source}
     (out / "summary.json").write_text(json.dumps({"summary": summary, **result.config}, indent=1) + "\n")
     title = (
         f"chosen: minReplicas {best.min_replicas}, target {best.scale_target:g}, panic "
-        f"{best.panic_threshold:g}%, max batch {best.max_batch_size}; {trace}"
+        f"{best.panic_threshold:g}%, max batch {best.max_batch_size}; {summary['replica_hours']:.1f} "
+        f"replica-hours, {summary.get('slo_attainment', 0):.2%} within {slo_p95_ms:g} ms\n{trace}\n{source}"
     )
     plot(result, rates, out / "simulate.png", slo_p95_ms, title)
     return best

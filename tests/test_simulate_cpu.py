@@ -1,0 +1,231 @@
+"""The simulator's CPU replicas (decode pool and bucket-padded model calls sharing cores), composed
+traces, and the planner's simulated search, each against a hand-computed case (pure Python, no server).
+
+The CPU rules and where they come from: ``predictor.tools.simulate.CpuProfile`` (docs/simulator.md,
+"CPU replicas"); the batch size chosen is ``predictor/serving/batcher.py``'s own rule.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import yaml
+
+from predictor.tools.simulate import (
+    Candidate,
+    CpuProfile,
+    FleetConfig,
+    Simulation,
+    amdahl_speed,
+    rank,
+    trace_rates,
+)
+
+
+def _run(prof: CpuProfile, times: list[float], replicas: int = 1, shared: float | None = None) -> list:
+    cfg = FleetConfig(mode="hpa", initial_replicas=replicas, shared_cores=shared, balancer="round-robin")
+    cfg.hpa = type(cfg.hpa)(min_replicas=replicas, max_replicas=replicas)
+    return Simulation(cfg, prof, seed=0).run(np.asarray(times), horizon_s=1.0).requests
+
+
+def _exact(bucket_s: dict[int, float], decode_s: float, cores: float, decode_threads: int = 2) -> CpuProfile:
+    """No spread: every duration is its median."""
+    return CpuProfile(
+        tuple(bucket_s.items()), decode_s, decode_sigma=0.0, model_sigma=0.0,
+        decode_threads=decode_threads, model_threads=1, cores=cores,
+    )  # fmt: skip
+
+
+def test_decodes_and_the_model_share_one_core_by_processor_sharing():
+    """1 core; A at 0, B at 0.01 s; decode 0.05 s, model call 0.1 s, batch wait 2 ms.
+
+    0-0.01: A decodes alone (0.04 left). Then A and B at half speed: A ends at 0.01 + 0.08 = 0.09
+    (B has 0.01 left). 0.09-0.092: B alone (0.008 left), A waits the batch wait. 0.092: A's call
+    starts beside B's decode, both at half speed: B ends at 0.108 (the call did 0.008, 0.092 left),
+    the call alone ends at 0.2. B, queued since 0.108, runs 0.2-0.3.
+    """
+    reqs = _run(_exact({1: 0.1}, 0.05, cores=1.0), [0.0, 0.01])
+    assert [r.status for r in reqs] == ["200", "200"]
+    assert reqs[0].done == pytest.approx(0.2)
+    assert reqs[1].done == pytest.approx(0.3)
+
+
+def test_two_cores_run_a_decode_and_a_call_at_full_speed():
+    # same arrivals on 2 cores: A decoded at 0.05, B at 0.06; A's call 0.052-0.152; B's 0.152-0.252
+    reqs = _run(_exact({1: 0.1}, 0.05, cores=2.0), [0.0, 0.01])
+    assert [r.done for r in reqs] == pytest.approx([0.152, 0.252])
+
+
+def test_replicas_sharing_cores_slow_each_other():
+    """Two replicas, round robin, one request each at 0: decode 0.05, call 0.1 (batch wait 2 ms).
+    Each on a core of its own: 0.152. Both on one shared core: the two decodes end at 0.1, the two
+    calls (0.102-) at half speed end at 0.302."""
+    prof = _exact({1: 0.1}, 0.05, cores=1.0)
+    own = _run(prof, [0.0, 0.0], replicas=2)
+    assert [r.replica for r in own] == [0, 1]
+    assert [r.done for r in own] == pytest.approx([0.152, 0.152])
+    shared = _run(prof, [0.0, 0.0], replicas=2, shared=1.0)
+    assert [r.done for r in shared] == pytest.approx([0.302, 0.302])
+
+
+def test_calls_are_padded_to_a_bucket_and_take_the_batchers_efficient_prefix():
+    """Buckets 1/2/4/8 at 10 ms per image (padding costs what an image does: a CPU). Three requests
+    decoded at once (8 cores, decode ~0) are queued when the 2 ms wait ends: the server's rule runs 2
+    (bucket 2, 20 ms) and leaves the third for the next call (bucket 1, 10 ms), instead of padding 3
+    to 4 (40 ms). Five: 4 then 1."""
+    prof = _exact({1: 0.01, 2: 0.02, 4: 0.04, 8: 0.08}, 1e-9, cores=8.0, decode_threads=8)
+    assert [r.done for r in _run(prof, [0.0] * 3)] == pytest.approx([0.022, 0.022, 0.032])
+    assert [r.done for r in _run(prof, [0.0] * 5)] == pytest.approx([0.042] * 4 + [0.052])
+    # seven pad to eight (the prefix rule would leave 3 for a call of 4: more computed than 8)
+    assert [r.done for r in _run(prof, [0.0] * 7)] == pytest.approx([0.082] * 7)
+
+
+def test_the_standing_bound_is_the_servers_efficient_bucket_from_the_profile():
+    # rates 50, 100, 160, 190, 200 img/s: within 90% of the best from bucket 8 on -> 2 x 8 admitted
+    prof = _exact({1: 0.02, 2: 0.02, 4: 0.025, 8: 8 / 190, 16: 0.08}, 0.001, cores=2.0)
+    sim = Simulation(FleetConfig(mode="hpa", max_batch_size=16), prof)
+    assert sim.new_replica(0.0).efficient == 8
+    # a server with --max_batch_size 8 has buckets 1-8 only
+    small = Simulation(FleetConfig(mode="hpa", max_batch_size=8), prof.up_to(8))
+    assert small.new_replica(0.0).efficient == 8
+
+
+def test_profile_round_trips_through_json_and_picks_buckets_up_to_the_max_batch():
+    prof = _exact({1: 0.02, 2: 0.03, 4: 0.05, 8: 0.09, 16: 0.18, 32: 0.36}, 0.008, cores=2.0)
+    assert CpuProfile.from_json(json.loads(json.dumps(prof.to_json()))) == prof
+    assert prof.up_to(8).buckets == (1, 2, 4, 8)
+    assert prof.up_to(12).bucket_s[-1] == (12, pytest.approx(0.09 + 4 * (0.18 - 0.09) / 8))
+    assert prof.call_s(5) == 0.09 and prof.call_s(64) == pytest.approx(2 * 0.36)
+
+
+def test_a_deadline_during_decode_answers_503_and_frees_the_slot():
+    # 1 core, one decode thread; decode 2 s > the 1 s time limit: 503 at 1.0, never reaches the model
+    cfg = FleetConfig(mode="hpa", request_timeout_s=1.0)
+    prof = _exact({1: 0.1}, 2.0, cores=1.0, decode_threads=1)
+    sim = Simulation(cfg, prof)
+    res = sim.run(np.asarray([0.0]), horizon_s=3.0)
+    (req,) = res.requests
+    assert (req.status, req.done) == ("503", pytest.approx(1.0))
+    assert sim.replicas[0].admitted == 0 and sim.replicas[0].busy_s == 0.0
+
+
+# --------------------------------------------------------------------------------------- traces
+def test_traces_add_up_second_by_second():
+    # constant 5 for 3 s + step 1 -> 2 at second 2 of 4: [5+1, 5+1, 5+2, 0+2]
+    assert trace_rates("constant:5:3+step:1:2:4:2").tolist() == [6.0, 6.0, 7.0, 2.0]
+
+
+# --------------------------------------------------------------------------------------- the planner
+def test_rank_puts_the_cheapest_candidate_meeting_the_objective_first():
+    def cand(cost: float, meets: bool, p95: float = 100.0) -> Candidate:
+        return Candidate(8, 1, 10.0, 200.0, p95, 0.99, 0.0, cost, cost, meets)
+
+    cheap_miss, a, b, tie = cand(1.0, False), cand(3.0, True), cand(2.0, True, 200.0), cand(2.0, True, 150.0)
+    assert rank([cheap_miss, a, b, tie]) == [tie, b, a, cheap_miss]
+
+
+def test_planner_picks_the_cheapest_candidate_meeting_the_objective(tmp_path):
+    """Synthetic curves (a replica of ~60 req/s), a burst from 10 to 70 req/s: one replica alone is
+    cheapest and misses p95 <= 300 ms; the overlay is the cheapest that meets it, recomputed here from
+    every candidate's figures rather than taken from the file's order."""
+    from predictor.tools import plan
+
+    cells = []
+    for c in (1, 2, 4, 8, 16):
+        mean = 20.0 + 15.0 * (c - 1)
+        cells.append(asdict(plan.Cell(8, c, 200, 0, c / (mean / 1e3), mean, mean, 1.3 * mean, 1.5 * mean)))
+    bench = {"format": plan.BENCHMARK_FORMAT, "model_dir": "synthetic", "batch_wait_ms": 2.0, "cells": cells,
+             "machine": {"cpu": "synthetic"}, "request": "none"}  # fmt: skip
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    out = tmp_path / "plan"
+    argv = ["--slo-p95-ms", "300", "--rate", "20", "--benchmark", str(tmp_path / "bench.json"),
+            "--trace", "step:10:70:120:20", "--cold-start-s", "2", "--cost-per-replica-hour", "3",
+            "--search-min-replicas", "1,2,3", "--search-targets", "2,8", "--search-panic", "200",
+            "--out", str(out)]  # fmt: skip
+    assert plan.main(argv) == 0
+    cands = json.loads((out / "simulated" / "search.json").read_text())
+    assert len(cands) == 6
+    for c in cands:
+        assert c["meets"] == (c["p95_ms"] <= 300 and c["share_503"] <= 0.001)
+        assert c["cost"] == pytest.approx(3 * c["replica_hours"])
+    meeting = [c for c in cands if c["meets"]]
+    cheapest = min(meeting, key=lambda c: (c["cost"], c["p95_ms"]))
+    assert min(c["cost"] for c in cands) < cheapest["cost"]  # something cheaper missed the objective
+    overlay = yaml.safe_load((out / "simulated" / "values-sim.yaml").read_text())
+    assert overlay["autoscaling"]["minReplicas"] == cheapest["min_replicas"]
+    assert overlay["autoscaling"]["scaleTarget"] == cheapest["scale_target"]
+    assert overlay["predictor"]["maxBatchSize"] == cheapest["max_batch_size"]
+    md = (out / "simulated" / "search.md").read_text()
+    assert md.count("| yes |") == len(meeting) and md.count("| no |") == len(cands) - len(meeting)
+
+
+def test_planner_simulates_cpu_replicas_from_a_profile(tmp_path):
+    from predictor.tools import plan
+
+    prof = _exact({1: 0.02, 2: 0.03, 4: 0.05, 8: 0.09, 16: 0.18, 32: 0.36}, 0.008, cores=2.0)
+    (tmp_path / "prof.json").write_text(json.dumps(prof.to_json()))
+    cells = [asdict(plan.Cell(32, c, 200, 0, c / (0.03 * c), 30.0 * c, 30.0 * c, 40.0 * c, 50.0 * c))
+             for c in (1, 2, 4, 8)]  # fmt: skip
+    bench = {"format": plan.BENCHMARK_FORMAT, "model_dir": "synthetic", "batch_wait_ms": 2.0, "cells": cells,
+             "machine": {"cpu": "synthetic"}, "request": "none"}  # fmt: skip
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    out = tmp_path / "plan"
+    argv = ["--slo-p95-ms", "400", "--rate", "20", "--benchmark", str(tmp_path / "bench.json"),
+            "--cpu-profile", str(tmp_path / "prof.json"), "--trace", "constant:20:60",
+            "--search-max-batch", "8,32", "--search-min-replicas", "1", "--search-targets", "4",
+            "--search-panic", "200", "--out", str(out)]  # fmt: skip
+    assert plan.main(argv) == 0
+    cands = json.loads((out / "simulated" / "search.json").read_text())
+    assert sorted(c["max_batch_size"] for c in cands) == [8, 32]
+    summary = json.loads((out / "simulated" / "summary.json").read_text())["summary"]
+    assert summary["service"].startswith(prof.source + "; simulated ")
+    assert "# Service times: cpu profile" in (out / "simulated" / "values-sim.yaml").read_text()
+
+
+def test_a_request_whose_deadline_passed_while_waiting_for_a_decode_thread_is_never_decoded():
+    """One decode thread (1 s a request), 2 cores, time limit 1.5 s; A, B, C at 0, D at 1.9. A decodes
+    0-1 and is answered at 1.102; B decodes 1-2 but gets 503 at 1.5; C's time passes while it waits
+    (503 at 1.5) and it is skipped, so D decodes 2-3 and is answered at 3.102, inside its 3.4."""
+    cfg = FleetConfig(mode="hpa", request_timeout_s=1.5)
+    prof = _exact({1: 0.1}, 1.0, cores=2.0, decode_threads=1)
+    reqs = Simulation(cfg, prof).run(np.asarray([0.0, 0.0, 0.0, 1.9]), horizon_s=4.0).requests
+    assert [r.status for r in reqs] == ["200", "503", "503", "200"]
+    assert [r.done for r in reqs] == pytest.approx([1.102, 1.5, 1.5, 3.102])
+
+
+def test_a_model_call_with_fewer_cores_than_threads_slows_as_amdahls_law_says():
+    """Bucket 1: 0.1 s alone on 2 cores, 0.15 s on one: p = (1 - 0.1 / 0.15) / (1 - 1/2) = 2/3.
+    With 4/3 cores (two threads beside one decode on 2 cores): T = 0.15 (1/3 + (2/3) / (4/3)) = 0.125,
+    speed 0.8; with half a core: (1 - p + p/2) x 0.5 = 1/3."""
+    assert amdahl_speed(2 / 3, 2, 4 / 3) == pytest.approx(0.8)
+    assert amdahl_speed(2 / 3, 2, 0.5) == pytest.approx(1 / 3)
+    assert amdahl_speed(1.0, 2, 4 / 3) == pytest.approx(2 / 3)  # perfectly parallel: processor sharing
+    prof = CpuProfile(((1, 0.1),), 0.05, decode_sigma=0.0, model_sigma=0.0, model_threads=2, cores=2.0,
+                      one_core_bucket_s=((1, 0.15),))  # fmt: skip
+    assert prof.parallel_fraction(1) == pytest.approx(2 / 3)
+    # A at 0: decoded at 0.05, its call from 0.052 (alone: 0.1 s). B at 0.06 decodes beside it: the
+    # call at 0.8 and the decode at 2/3 until B is decoded at 0.135 (the call has 0.032 left), so A is
+    # answered at 0.167 (processor sharing alone would say 0.177); B's call runs 0.167-0.267.
+    reqs = _run(prof, [0.0, 0.06])
+    assert [r.done for r in reqs] == pytest.approx([0.167, 0.267])
+
+
+def test_a_candidate_meets_only_with_the_least_share_within_the_objective():
+    """A burst from 5 to 80 req/s: minReplicas 2 keeps the run's p95 within 400 ms but answers under
+    99.9% of the requests within it (the burst's seconds), so with min_attainment 0.999 only
+    minReplicas 3 meets the objective; minReplicas 1 meets neither."""
+    from predictor.tools.simulate import KpaConfig, ServiceModel, search
+
+    base = FleetConfig(mode="knative", cold_start_s=3.0, kpa=KpaConfig(max_scale=6))
+    services = {8: ServiceModel.parametric(5, 23, 0.15, 8)}
+    rates = trace_rates("step:5:80:90:30")
+    kw = {"slo_p95_ms": 400.0, "min_replicas": [1, 2, 3], "scale_targets": [4.0], "panic_thresholds": [200.0]}
+    loose = {c.min_replicas: c for c in search(base, services, rates, **kw)}
+    strict = search(base, services, rates, min_attainment=0.999, **kw)
+    assert [m for m, c in sorted(loose.items()) if c.meets] == [2, 3]
+    assert loose[2].p95_ms <= 400 and loose[2].slo_attainment < 0.999 <= loose[3].slo_attainment
+    assert [c.min_replicas for c in strict if c.meets] == [3]
+    assert strict[0].min_replicas == 3  # the cheapest meeting it leads
