@@ -1,9 +1,15 @@
 """DynamicBatcher with a fake model (no TensorFlow): coalescing, slicing, no padding, shedding, cancellation,
-deadlines and shutdown (the last two with a gate holding the model: no timing in the outcome)."""
+deadlines and shutdown.
+
+Every test runs on a virtual clock (tests/virtual_clock.py): the batching window, deadlines and hang guards
+are timers that end at exact virtual times in microseconds of real time, so no outcome depends on the
+machine's speed and code that never finishes fails within seconds. Where a test must hold the model inside
+a call it holds it on a gate (an event), never with a sleep."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 
@@ -14,13 +20,37 @@ from kserve.errors import ServerNotReady
 from predictor.serving import batcher as batcher_module
 from predictor.serving import prometheus
 from predictor.serving.batcher import Deadline, DynamicBatcher, Overloaded, RequestTimeout, ShuttingDown
+from virtual_clock import run
 
 S = 4  # image side
+HANG_S = 5.0  # real seconds a held model call waits for its gate before it fails (a hang guard only)
+
+
+class InlineExecutor(concurrent.futures.Executor):
+    """Runs the model call at once on the event loop's thread: no thread, so the virtual clock never
+    waits for one and the model's call happens at an exact virtual time."""
+
+    def submit(self, fn, /, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
+        future = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as e:  # noqa: BLE001  (handed to the awaiting batcher, as a thread would)
+            future.set_exception(e)
+        return future
+
+
+def loop_time() -> float | None:
+    """The running loop's (virtual) time on its thread; None in a thread of the model's own pool."""
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return None
 
 
 class FakeModel:
     """Echoes each row's identity: ``boxes[i, 0, 0]`` = the image's marker value, scores = thresholds,
-    ``num_detections`` = caps. Records every call; while ``gate`` is cleared, calls wait for it."""
+    ``num_detections`` = caps. Records every call (with the loop's time ``t`` when run inline); while
+    ``gate`` is cleared, calls wait for it."""
 
     def __init__(self, delay: float = 0.0, fail: bool = False, gate: threading.Event | None = None) -> None:
         self.delay = delay
@@ -33,10 +63,12 @@ class FakeModel:
         self.calls: list[dict[str, np.ndarray]] = []
         self.lock = threading.Lock()
 
-    def __call__(self, images, image_hw, score_threshold, max_detections):
+    def __call__(self, images, image_hw, score_threshold, max_detections, **extra):
         with self.lock:
             self.calls.append(
                 {
+                    "t": loop_time(),
+                    "extra": {k: v.copy() for k, v in extra.items()},
                     "n": len(images),
                     "markers": [float(image[0, 0, 0]) for image in images],
                     "thr": score_threshold.copy(),
@@ -45,7 +77,7 @@ class FakeModel:
                 }
             )
         self.entered.set()
-        if not self.gate.wait(120):
+        if not self.gate.wait(HANG_S):
             raise RuntimeError("the test never opened the gate")
         if self.delay:
             time.sleep(self.delay)
@@ -62,8 +94,12 @@ class FakeModel:
         }
 
 
-def make_batcher(model: FakeModel, **kwargs) -> DynamicBatcher:
+def make_batcher(model: FakeModel, threaded: bool = False, **kwargs) -> DynamicBatcher:
+    """A batcher of ``model``, run inline (``threaded``: in the batcher's own model thread, for tests
+    that hold a call on the model's gate)."""
     options = {"max_batch_size": 8, "batch_wait_s": 0.02, "max_queue_images": 64, **kwargs}
+    if not threaded:
+        options.setdefault("executor", InlineExecutor())
     return DynamicBatcher(model, **options)
 
 
@@ -84,7 +120,10 @@ async def submit(batcher: DynamicBatcher, markers: list[float], threshold: float
 
 
 def test_concurrent_requests_share_model_calls_and_get_their_own_rows():
-    model = FakeModel(delay=0.01)
+    """Ten requests (17 images) arrive at once, up to 8 images a call, oldest first, never split: 1 + 2 + 3
+    + 1 at once (the next, 2, would make 9), then 2 + 1 + 3 + 2 = 8 at once, then the last two (2 images)
+    when the oldest of them has waited the 20 ms window."""
+    model = FakeModel()
     batcher = make_batcher(model)
     sizes = [1, 2, 3, 1, 2, 1, 3, 2, 1, 1]
 
@@ -98,15 +137,16 @@ def test_concurrent_requests_share_model_calls_and_get_their_own_rows():
         outs = await asyncio.gather(*(submit(batcher, m, t, c) for m, t, c in jobs))
         return jobs, outs
 
-    jobs, outs = asyncio.run(main())
+    jobs, outs = run(main())
     for (markers, threshold, cap), out in zip(jobs, outs, strict=True):
         assert out["boxes"][:, 0, 0].tolist() == markers
         np.testing.assert_allclose(out["scores"][:, 0], threshold, atol=1e-6)
         assert out["num_detections"].tolist() == [cap] * len(markers)
-    assert len(model.calls) < len(sizes)
-    seen = sorted(m for call in model.calls for m in call["markers"])
-    assert seen == [float(m) for m in range(sum(sizes))], "every image given to the model exactly once"
-    assert batcher.queued_images == 0 and batcher.admitted_images == 0
+    assert [call["n"] for call in model.calls] == [7, 8, 2]
+    assert [call["t"] for call in model.calls] == pytest.approx([0.0, 0.0, 0.02], abs=1e-9)
+    seen = [m for call in model.calls for m in call["markers"]]
+    assert seen == [float(m) for m in range(sum(sizes))], "every image given to the model once, in order"
+    assert batcher.queued_images == 0 and batcher.admitted_images == 0 and batcher.model_calls == 3
 
 
 def test_the_model_gets_exactly_the_queued_images_no_padding():
@@ -118,7 +158,7 @@ def test_the_model_gets_exactly_the_queued_images_no_padding():
     async def main():
         return await asyncio.gather(*(submit(batcher, [float(i)] * 3, 0.1 * i, 1 + i) for i in range(4)))
 
-    asyncio.run(main())
+    run(main())
     assert sorted(m for call in model.calls for m in call["markers"]) == sorted([0.0, 1.0, 2.0, 3.0] * 3)
     for call in model.calls:
         assert call["n"] in (3, 6) and call["n"] == len(call["markers"]) == len(call["thr"])
@@ -142,24 +182,47 @@ def test_a_lone_request_waits_for_the_batching_window_then_runs_alone():
 
     async def main():
         loop = asyncio.get_running_loop()
-        start = loop.time()
-        await asyncio.wait_for(submit(batcher, [1.0]), 120)  # the deadline only guards against a hang
-        return loop.time() - start
+        await asyncio.sleep(1.0)  # the window counts from the request's arrival, not the loop's start
+        await submit(batcher, [1.0])
+        return loop.time()
 
-    # A lower bound only: a slower machine takes longer, never less than the window.
-    assert asyncio.run(main()) >= 0.05 - 1e-3
-    assert [call["n"] for call in model.calls] == [1]
+    assert run(main()) == pytest.approx(1.05, abs=1e-9)
+    assert [(call["n"], call["t"]) for call in model.calls] == [(1, pytest.approx(1.05, abs=1e-9))]
+
+
+def test_requests_arriving_within_the_window_join_the_oldest_ones_call():
+    """The window counts from the oldest queued request: one arriving 30 ms later (of a 50 ms window)
+    joins its call at 50 ms, and one arriving after it opens the next window."""
+    model = FakeModel()
+    batcher = make_batcher(model, batch_wait_s=0.05)
+
+    async def later(delay: float, marker: float):
+        await asyncio.sleep(delay)
+        return await submit(batcher, [marker])
+
+    async def main():
+        return await asyncio.gather(later(0.0, 1.0), later(0.03, 2.0), later(0.06, 3.0))
+
+    outs = run(main())
+    assert [out["boxes"][0, 0, 0] for out in outs] == [1.0, 2.0, 3.0]
+    assert [(call["markers"], call["t"]) for call in model.calls] == [
+        ([1.0, 2.0], pytest.approx(0.05, abs=1e-9)),
+        ([3.0], pytest.approx(0.11, abs=1e-9)),
+    ]
 
 
 def test_a_full_batch_does_not_wait_for_the_window():
     model = FakeModel()
-    batcher = make_batcher(model, batch_wait_s=3600.0)  # a full batch that waited would hang here
+    batcher = make_batcher(model, batch_wait_s=3600.0)  # a full batch that waited would wait an hour
 
     async def main():
-        return await asyncio.wait_for(submit(batcher, [1.0] * 8), 120)
+        loop = asyncio.get_running_loop()
+        out = await asyncio.gather(submit(batcher, [1.0] * 5), submit(batcher, [2.0] * 3))
+        return out, loop.time()
 
-    assert asyncio.run(main())["boxes"][:, 0, 0].tolist() == [1.0] * 8
-    assert [call["n"] for call in model.calls] == [8]
+    (five, three), now = run(main())
+    assert five["boxes"][:, 0, 0].tolist() == [1.0] * 5 and three["boxes"][:, 0, 0].tolist() == [2.0] * 3
+    assert [(call["n"], call["t"]) for call in model.calls] == [(8, 0.0)] and now == 0.0
 
 
 def test_admission_sheds_load_and_recovers():
@@ -179,7 +242,7 @@ def test_admission_sheds_load_and_recovers():
 
 def test_a_request_cancelled_while_queued_leaves_the_queue():
     model = FakeModel()
-    batcher = make_batcher(model, max_batch_size=2, batch_wait_s=0.0)
+    batcher = make_batcher(model, threaded=True, max_batch_size=2, batch_wait_s=0.0)
 
     async def main():
         model.gate.clear()
@@ -195,7 +258,7 @@ def test_a_request_cancelled_while_queued_leaves_the_queue():
         assert (await first)["boxes"][:, 0, 0].tolist() == [1.0, 2.0]
         return await submit(batcher, [3.0])
 
-    last = asyncio.run(main())
+    last = run(main())
     assert last["boxes"][0, 0, 0] == 3.0
     assert [call["n"] for call in model.calls] == [2, 1], "the cancelled request reached the model"
     assert batcher.admitted_images == 0
@@ -246,7 +309,7 @@ def test_requests_a_bucket_would_fill_badly_lead_the_next_call(timings, calls):
     eight oldest (a bucket of 8, no padding) and the ninth runs next; on a GPU all nine run at once.
     Every request gets its own row either way."""
     model = FakeModel()
-    batcher = make_batcher(model, max_batch_size=16, batch_wait_s=0.0, bucket_seconds=timings)
+    batcher = make_batcher(model, threaded=True, max_batch_size=16, batch_wait_s=0.0, bucket_seconds=timings)
 
     async def main():
         model.gate.clear()
@@ -257,7 +320,7 @@ def test_requests_a_bucket_would_fill_badly_lead_the_next_call(timings, calls):
         model.gate.set()
         return await first, await asyncio.gather(*queued)
 
-    first, rest = asyncio.run(main())
+    first, rest = run(main())
     assert [call["n"] for call in model.calls] == calls
     assert [m for call in model.calls for m in call["markers"]] == [100.0, *map(float, range(9))]  # FIFO
     assert first["boxes"][0, 0, 0] == 100.0
@@ -274,7 +337,7 @@ def test_a_failing_model_call_fails_only_its_batch():
         model.fail = False
         return results, await submit(batcher, [3.0])
 
-    results, after = asyncio.run(main())
+    results, after = run(main())
     assert all(isinstance(r, RuntimeError) for r in results)
     assert after["boxes"][0, 0, 0] == 3.0
 
@@ -287,20 +350,20 @@ def test_a_model_answering_other_row_counts_fails_its_batch():
 
     batcher = make_batcher(padded_model)
     with pytest.raises(RuntimeError, match="rows for 1 images"):
-        asyncio.run(submit(batcher, [1.0]))
+        run(submit(batcher, [1.0]))
 
 
 def test_requests_larger_than_a_batch_are_refused():
     batcher = make_batcher(FakeModel(), max_batch_size=2)
     with pytest.raises(ValueError, match=r"expected 1\.\.2"):
-        asyncio.run(batcher.run(*request([1.0, 2.0, 3.0])))
+        run(batcher.run(*request([1.0, 2.0, 3.0])))
 
 
 def test_the_worker_restarts_on_a_new_event_loop():
     model = FakeModel()
     batcher = make_batcher(model)
     for marker in (1.0, 2.0):
-        out = asyncio.run(submit(batcher, [marker]))
+        out = run(submit(batcher, [marker]))
         assert out["boxes"][0, 0, 0] == marker
 
 
@@ -309,8 +372,8 @@ def markers_seen(model: FakeModel) -> list[int]:
 
 
 async def model_entered(model: FakeModel) -> None:
-    """Wait (hang guard: 60 s) until the model thread is inside a call."""
-    await asyncio.wait_for(asyncio.to_thread(model.entered.wait, 60), 60)
+    """Wait until the model thread is inside a call."""
+    await until(model.entered.is_set, "the model thread to enter a call")
 
 
 def cancelled(stage: str) -> float:
@@ -320,7 +383,7 @@ def cancelled(stage: str) -> float:
 def test_a_request_whose_deadline_is_expired_leaves_the_queue_unseen_by_the_model():
     gate = threading.Event()
     model = FakeModel(gate=gate)
-    batcher = make_batcher(model, max_batch_size=2, batch_wait_s=0.0)
+    batcher = make_batcher(model, threaded=True, max_batch_size=2, batch_wait_s=0.0)
     before = cancelled("queue")
 
     async def main():
@@ -339,7 +402,7 @@ def test_a_request_whose_deadline_is_expired_leaves_the_queue_unseen_by_the_mode
         await submit(batcher, [3.0], cap=3)
 
     try:
-        asyncio.run(main())
+        run(main())
     finally:
         gate.set()
     assert markers_seen(model) == [1, 3], "the expired request reached the model"
@@ -349,7 +412,7 @@ def test_a_request_whose_deadline_is_expired_leaves_the_queue_unseen_by_the_mode
 def test_a_deadline_that_passes_while_queued_is_dropped_when_the_batch_is_formed():
     gate = threading.Event()
     model = FakeModel(gate=gate)
-    batcher = make_batcher(model, max_batch_size=4, batch_wait_s=0.0)
+    batcher = make_batcher(model, threaded=True, max_batch_size=4, batch_wait_s=0.0)
     now = [100.0]
     clock = lambda: now[0]  # noqa: E731  (a fake clock: the test moves time)
 
@@ -367,7 +430,7 @@ def test_a_deadline_that_passes_while_queued_is_dropped_when_the_batch_is_formed
         return await on_time
 
     try:
-        out = asyncio.run(main())
+        out = run(main())
     finally:
         gate.set()
     assert out["num_detections"].tolist() == [3]
@@ -378,14 +441,14 @@ def test_a_request_already_past_its_deadline_is_not_queued():
     model = FakeModel()
     batcher = make_batcher(model)
     with pytest.raises(RequestTimeout):
-        asyncio.run(batcher.run(*request([1.0]), deadline=Deadline(0.0, lambda: 1.0)))
+        run(batcher.run(*request([1.0]), deadline=Deadline(0.0, lambda: 1.0)))
     assert model.calls == [] and batcher.queued_images == 0
 
 
 def test_shutdown_answers_queued_and_running_requests_and_refuses_new_ones():
     gate = threading.Event()
     model = FakeModel(gate=gate)
-    batcher = make_batcher(model, max_batch_size=2, batch_wait_s=0.0)
+    batcher = make_batcher(model, threaded=True, max_batch_size=2, batch_wait_s=0.0)
 
     async def main():
         running = asyncio.create_task(submit(batcher, [1.0, 1.0]))
@@ -400,7 +463,7 @@ def test_shutdown_answers_queued_and_running_requests_and_refuses_new_ones():
         return results
 
     try:
-        results = asyncio.run(main())
+        results = run(main())
     finally:
         gate.set()
     assert len(results) == 4
@@ -412,7 +475,7 @@ def test_shutdown_answers_queued_and_running_requests_and_refuses_new_ones():
 def test_shutdown_from_another_thread_answers_the_waiting_requests():
     gate = threading.Event()
     model = FakeModel(gate=gate)
-    batcher = make_batcher(model, max_batch_size=1, batch_wait_s=0.0)
+    batcher = make_batcher(model, threaded=True, max_batch_size=1, batch_wait_s=0.0)
 
     async def main():
         running = asyncio.create_task(submit(batcher, [1.0]))
@@ -423,7 +486,7 @@ def test_shutdown_from_another_thread_answers_the_waiting_requests():
         return await asyncio.wait_for(asyncio.gather(running, queued, return_exceptions=True), 60)
 
     try:
-        results = asyncio.run(main())
+        results = run(main())
     finally:
         gate.set()
     assert all(isinstance(r, ShuttingDown) for r in results), results
