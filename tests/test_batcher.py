@@ -16,11 +16,11 @@ import time
 import numpy as np
 import pytest
 from kserve.errors import ServerNotReady
+from virtual_clock import run
 
 from predictor.serving import batcher as batcher_module
 from predictor.serving import prometheus
 from predictor.serving.batcher import Deadline, DynamicBatcher, Overloaded, RequestTimeout, ShuttingDown
-from virtual_clock import run
 
 S = 4  # image side
 HANG_S = 5.0  # real seconds a held model call waits for its gate before it fails (a hang guard only)
@@ -30,11 +30,11 @@ class InlineExecutor(concurrent.futures.Executor):
     """Runs the model call at once on the event loop's thread: no thread, so the virtual clock never
     waits for one and the model's call happens at an exact virtual time."""
 
-    def submit(self, fn, /, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
+    def submit(self, fn, /, *args, **kwargs):
         future = concurrent.futures.Future()
         try:
             future.set_result(fn(*args, **kwargs))
-        except Exception as e:  # noqa: BLE001  (handed to the awaiting batcher, as a thread would)
+        except Exception as e:
             future.set_exception(e)
         return future
 

@@ -75,7 +75,7 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
     def advance(self, seconds: float) -> None:
         self._now += max(0.0, seconds)
 
-    def run_in_executor(self, executor, func, *args):  # noqa: ANN001, ANN201  (asyncio's signature)
+    def run_in_executor(self, executor, func, *args):
         future = super().run_in_executor(executor, func, *args)
         self.threads_working += 1
         future.add_done_callback(self._thread_done)
