@@ -643,3 +643,405 @@ def test_standing_queue_shedding_is_off_by_default():
     for now in (10.0, 11.0, 12.0, 13.0):
         batcher.note_wait(5.0, now=now)
     assert not batcher.standing_queue
+
+
+# ---------------------------------------------------------------------------------------- exact values
+def metric(m, *labels: str) -> float:
+    """A counter's or gauge's value, or a histogram's sum (``_sum``)."""
+    m = m.labels(*labels) if labels else m
+    return (m._sum if hasattr(m, "_sum") else m._value).get()
+
+
+def histogram_count(h) -> float:
+    """Observations of a histogram (its +Inf bucket)."""
+    return sum(b.get() for b in h._buckets)
+
+
+def test_deadline_after_expires_at_exactly_its_time_and_runs_each_callback_once():
+    now = [10.0]
+    clock = lambda: now[0]  # noqa: E731
+    assert Deadline.after(None, clock).at is None and Deadline.after(0, clock).at is None
+    deadline = Deadline.after(2.5, clock)
+    assert deadline.at == 12.5
+    now[0] = 12.499
+    assert not deadline.expired()
+    now[0] = 12.5
+    assert deadline.expired()
+    now[0] = 1e12
+    assert not Deadline(None, clock).expired()  # only expire() ends it
+    assert not Deadline.after(3600.0).expired()  # the default clock is time.monotonic
+    assert Deadline.after(-1.0).expired()
+
+    calls = []
+    manual = Deadline(None, clock)
+    manual.on_expire(lambda: calls.append("a"))
+    remove_b = manual.on_expire(lambda: calls.append("b"))
+    manual.on_expire(lambda: calls.append("c"))
+    remove_b()
+    remove_b()  # a second removal is harmless
+    manual.expire()
+    manual.expire()  # once
+    assert calls == ["a", "c"] and manual.expired()
+
+
+def test_admission_counts_images_in_progress_and_the_gauge_to_the_exact_limit():
+    batcher = make_batcher(FakeModel(), max_queue_images=4)
+    assert batcher.refusal(100) is None  # nothing admitted: anything is
+    with batcher.admit(3):
+        assert batcher.admitted_images == 3 and metric(prometheus.QUEUE_IMAGES) == 3
+        assert batcher.refusal(1) is None  # 3 + 1 = the limit: admitted
+        assert batcher._full_refusals == 0
+        assert batcher.refusal(2) == (
+            "overloaded: 3 images in progress, the limit is 4 (--max_queue_images); retry later"
+        )
+        assert batcher._full_refusals == 1  # what recognises a standing queue
+        with batcher.admit(1):
+            assert batcher.admitted_images == 4 and metric(prometheus.QUEUE_IMAGES) == 4
+        assert metric(prometheus.QUEUE_IMAGES) == 3
+        with pytest.raises(Overloaded) as refused, batcher.admit(2):
+            pass
+        assert refused.value.reason == batcher.refusal(2)
+    assert batcher.admitted_images == 0 and metric(prometheus.QUEUE_IMAGES) == 0
+
+
+def test_the_model_time_bound_is_off_at_zero_and_its_message_exact():
+    unbounded = make_batcher(FakeModel(), max_queue_images=64, max_queue_delay_s=0.0)
+    unbounded._observe_call(1, 1.0)  # 1 image/s: 60 images are a minute of model time
+    with unbounded.admit(30):
+        assert unbounded.refusal(30) is None
+    bounded = make_batcher(FakeModel(), max_queue_images=64, max_queue_delay_s=0.25)
+    bounded._observe_call(8, 2.0)  # 4 images/s
+    with bounded.admit(1):
+        assert bounded.refusal(0) is None  # 1 image: 0.25 s, the limit
+        assert bounded.refusal(1) == (
+            "overloaded: 1 images in progress take 0.25 s of model time, the limit is 0.25 s "
+            "(--max_queue_delay_ms); retry later"
+        )
+        assert bounded._full_refusals == 0  # not the image bound
+
+
+def test_the_rate_is_a_moving_average_of_images_and_seconds():
+    batcher = make_batcher(FakeModel())
+    assert batcher.images_per_second is None
+    batcher._observe_call(10, 1.0)  # the first call sets both
+    assert (batcher._ewma_images, batcher._ewma_seconds, batcher.images_per_second) == (10.0, 1.0, 10.0)
+    batcher._observe_call(30, 2.0)  # then each moves a fifth of the way: 14 images in 1.2 s
+    assert batcher._ewma_images == pytest.approx(14.0) and batcher._ewma_seconds == pytest.approx(1.2)
+    assert batcher.images_per_second == pytest.approx(14.0 / 1.2)
+
+
+def test_the_standing_limit_before_any_timing_is_two_recent_calls_at_least_a_full_one():
+    batcher = make_batcher(FakeModel(), max_batch_size=4)
+    assert batcher.efficient_bucket() is None
+    batcher._observe_call(1, 0.1)
+    assert batcher.standing_limit == 4  # two calls of 1 image: less than a full batch
+    batcher._observe_call(11, 0.1)  # the average call: 1 + 0.2 * 10 = 3 images
+    assert batcher.standing_limit == 6
+
+
+@pytest.mark.parametrize(
+    ("timings", "bucket"),
+    [
+        ({9: 1.0, 10: 1.0}, 9),  # 9 images/s is exactly 90% of the best 10: efficient
+        ({9: 1.0, 10: 0.99}, 10),  # 10.1/s: 9 is below 90% of it
+        ({1: 0.0, 2: 0.1, 4: 0.2}, 2),  # an untimed (0 s) bucket is ignored; 2 and 4 both do 20/s
+        ({4: 0.0}, None),
+    ],
+)
+def test_the_efficient_bucket_is_the_smallest_within_a_tenth_of_the_best_rate(timings, bucket):
+    batcher = make_batcher(FakeModel(), max_batch_size=16, bucket_seconds=timings)
+    assert batcher.efficient_bucket() == bucket
+    if bucket is not None:
+        assert batcher.standing_limit == 2 * bucket
+
+
+def standing_batcher(call_s: float = 0.1) -> DynamicBatcher:
+    """Calls of 4 images in ``call_s`` seconds, shedding on, nothing timed by a warm-up."""
+    batcher = make_batcher(FakeModel(), max_batch_size=4, max_queue_images=64, shed_standing_queue=True)
+    batcher._observe_call(4, call_s)
+    return batcher
+
+
+def test_a_standing_queue_starts_when_the_backlog_lasts_exactly_its_hold_time(caplog):
+    """Calls of 0.5 s: a wait counts as a backlog above 2 calls (1 s), and the backlog must last
+    max(1 s, 4 calls) = 2 s with the image bound refusing since it began."""
+    batcher = standing_batcher(call_s=0.5)
+    batcher.note_wait(1.0, now=10.0)  # exactly two calls: no backlog
+    assert batcher._waiting_since is None
+    batcher.note_wait(1.01, now=10.0)
+    assert batcher._waiting_since == 10.0
+    with batcher.admit(60):
+        assert batcher.refusal(5) is not None
+    batcher.note_wait(1.01, now=11.99)
+    assert not batcher.standing_queue
+    with caplog.at_level("INFO", logger=batcher_module.__name__):
+        batcher.note_wait(1.01, now=12.0)
+    assert batcher.standing_queue and batcher.standing_limit == 8
+    assert batcher._window == (12.0, 0)
+    assert caplog.messages == [
+        "standing queue: admitting at most 8 images until it drains; 0 queued images shed"
+    ]
+
+
+def test_refusals_from_before_the_backlog_do_not_start_a_standing_queue():
+    batcher = standing_batcher()
+    with batcher.admit(60):
+        assert batcher.refusal(5) is not None  # refused before the backlog
+    batcher.note_wait(0.3, now=10.0)
+    batcher.note_wait(0.3, now=11.0)
+    assert not batcher.standing_queue
+    with batcher.admit(60):
+        assert batcher.refusal(5) is not None  # refused during it
+    batcher.note_wait(0.3, now=11.5)
+    assert batcher.standing_queue
+
+
+def test_no_standing_queue_before_a_call_was_timed():
+    batcher = make_batcher(FakeModel(), max_batch_size=4, max_queue_images=64, shed_standing_queue=True)
+    with batcher.admit(60):
+        assert batcher.refusal(5) is not None
+    for now in (10.0, 11.0, 12.0):
+        batcher.note_wait(100.0, now=now)
+    assert not batcher.standing_queue and batcher._waiting_since is None
+
+
+def in_standing_queue(offered_in_window: int) -> DynamicBatcher:
+    """A standing queue recognised at t=11 (40 images/s, calls of 0.1 s), then ``offered_in_window``
+    images admitted under its bound before a short wait at t=12."""
+    batcher = standing_batcher()
+    recognise_standing_queue(batcher, admitted=4, refused=61)
+    start, offered = batcher._window
+    assert start == 11.0
+    for _ in range(offered_in_window):
+        with batcher.admit(1):
+            pass
+    assert batcher._offered_images - offered == offered_in_window
+    return batcher
+
+
+def test_a_standing_queue_ends_when_a_window_was_offered_at_most_the_models_rate(caplog):
+    batcher = in_standing_queue(40)  # 40 images in 1 s: exactly the rate
+    batcher.note_wait(0.1, now=12.0)  # waited one call: not less than one call
+    assert batcher.standing_queue
+    batcher.note_wait(0.09, now=11.99)  # short, but the window (1 s) is not over
+    assert batcher.standing_queue
+    caplog.clear()
+    with caplog.at_level("INFO", logger=batcher_module.__name__):
+        batcher.note_wait(0.09, now=12.0)
+    assert not batcher.standing_queue and caplog.messages == ["the queue drained"]
+    assert batcher._window == (12.0, batcher._offered_images)
+
+    busier = in_standing_queue(41)  # 41 images in 1 s: more than the model does
+    busier.note_wait(0.09, now=12.0)
+    assert busier.standing_queue and busier._window == (12.0, busier._offered_images)
+    busier.note_wait(0.09, now=13.0)  # nothing offered in the next window
+    assert not busier.standing_queue
+
+
+def test_refusals_by_the_tight_bound_count_as_offered():
+    batcher = in_standing_queue(0)
+    offered = batcher._offered_images
+    with batcher.admit(8):
+        assert batcher.refusal(3) == (
+            "overloaded: more is offered than the model can do; 8 images in progress, the limit is 8 until "
+            "the queue drains; retry later"
+        )
+    assert batcher._offered_images == offered + 8 + 3
+
+
+def test_shedding_a_backlog_logs_the_images_shed(caplog):
+    loop = asyncio.new_event_loop()
+    try:
+        batcher = make_batcher(
+            FakeModel(),
+            max_batch_size=4,
+            max_queue_images=12,
+            shed_standing_queue=True,
+            bucket_seconds={4: 0.1},
+        )
+        items = []
+        for k, n in enumerate([3, 2, 1, 4, 2]):  # 12 images queued, the bound is 8
+            images, hw, thr, caps = request([float(k)] * n)
+            items.append(batcher_module._Item(images, hw, thr, caps, loop.create_future(), enqueued=float(k)))
+            batcher._queue.append(items[-1])
+            batcher._queued_images += n
+        with caplog.at_level("WARNING", logger=batcher_module.__name__):
+            recognise_standing_queue(batcher, admitted=12, refused=1)
+        assert caplog.messages == [
+            "standing queue: admitting at most 8 images until it drains; 5 queued images shed"
+        ]
+        assert [item.future.done() for item in items] == [True, True, False, False, False]
+        assert batcher.queued_images == 7 and list(batcher._queue) == items[2:]
+    finally:
+        loop.close()
+
+
+def test_zero_images_are_refused_and_the_model_gets_every_parameter_as_its_dtype():
+    model = FakeModel()
+    batcher = make_batcher(model, max_batch_size=3)
+    with pytest.raises(ValueError, match=r"^0 images per request, expected 1\.\.3$"):
+        run(batcher.run([], np.zeros((0, 2)), np.zeros(0), np.zeros(0)))
+    timing: dict[str, int] = {}
+
+    async def main():
+        one = batcher.run(
+            *request([1.0]), extra={"nms_threshold": np.array([0.25], np.float32)}, timing=timing
+        )
+        images, _, _, _ = request([2.0, 3.0])
+        two = batcher.run(
+            images,
+            np.array([[480, 640], [10, 20]], np.int64),  # not float32: converted for the model
+            np.array([0.125, 0.5], np.float64),
+            np.array([7, 9], np.int64),
+            extra={"nms_threshold": np.array([0.5, 0.75], np.float32)},
+        )
+        return await asyncio.gather(one, two)
+
+    before = time.time_ns()
+    one, two = run(main())
+    (call,) = model.calls
+    assert call["markers"] == [1.0, 2.0, 3.0]
+    assert call["hw"].dtype == np.float32 and call["hw"].tolist() == [[10, 10], [480, 640], [10, 20]]
+    assert call["thr"].dtype == np.float32 and call["thr"].tolist() == [0.5, 0.125, 0.5]
+    assert call["caps"].dtype == np.int32 and call["caps"].tolist() == [3, 7, 9]
+    assert call["extra"]["nms_threshold"].tolist() == [0.25, 0.5, 0.75]
+    assert two["num_detections"].tolist() == [7, 9] and one["num_detections"].tolist() == [3]
+    assert set(timing) == {"enqueued", "batch_start", "model_start", "model_end", "batch_images"}
+    assert timing["batch_images"] == 3
+    assert (
+        before <= timing["enqueued"] <= timing["batch_start"] <= timing["model_start"] <= timing["model_end"]
+    )
+
+
+def test_every_waiter_of_a_failed_call_gets_its_error_and_the_call_is_counted(caplog):
+    model = FakeModel(fail=True)
+    batcher = make_batcher(model)
+    sizes_before = (metric(prometheus.BATCH_SIZE), histogram_count(prometheus.BATCH_SECONDS))
+
+    async def main():
+        return await asyncio.gather(
+            submit(batcher, [1.0, 2.0]), submit(batcher, [3.0]), return_exceptions=True
+        )
+
+    with caplog.at_level("ERROR", logger=batcher_module.__name__):
+        first, second = run(main())
+    assert isinstance(first, RuntimeError) and str(first) == "model exploded" and second is first
+    assert caplog.messages == ["model call on 3 images failed"]
+    assert batcher.model_calls == 1 and batcher._ewma_images == 3.0 and batcher._running == []
+    assert metric(prometheus.BATCH_SIZE) - sizes_before[0] == 3
+    assert histogram_count(prometheus.BATCH_SECONDS) - sizes_before[1] == 1
+
+
+def test_a_request_cancelled_while_its_call_runs_still_moves_the_others_rows():
+    """Two requests in one held call; the first is cancelled (client gone) while the model runs: the
+    second still gets its own rows, not the first's."""
+    gate = threading.Event()
+    model = FakeModel(gate=gate)
+    batcher = make_batcher(model, threaded=True, max_batch_size=3, batch_wait_s=0.0)
+
+    async def main():
+        first = asyncio.create_task(submit(batcher, [1.0, 2.0]))
+        second = asyncio.create_task(submit(batcher, [3.0]))
+        await model_entered(model)
+        assert len(batcher._running) == 2 and batcher.queued_images == 0
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        gate.set()
+        return await second
+
+    try:
+        out = run(main())
+    finally:
+        gate.set()
+    assert out["boxes"][:, 0, 0].tolist() == [3.0] and out["num_detections"].tolist() == [3]
+    assert [call["n"] for call in model.calls] == [3] and batcher._running == []
+
+
+def test_a_deadline_passing_while_the_model_runs_gets_the_answer_counted_late():
+    gate = threading.Event()
+    model = FakeModel(gate=gate)
+    batcher = make_batcher(model, threaded=True, max_batch_size=2, batch_wait_s=0.0)
+    late_before, queue_before = metric(prometheus.LATE), cancelled("queue")
+
+    async def main():
+        deadline = Deadline()
+        task = asyncio.create_task(batcher.run(*request([1.0, 2.0]), deadline=deadline))
+        on_time = asyncio.create_task(batcher.run(*request([3.0]), deadline=Deadline()))
+        await model_entered(model)
+        deadline.expire()  # the model has the images: too late to take them back
+        gate.set()
+        return await task, await on_time
+
+    try:
+        out, other = run(main())
+    finally:
+        gate.set()
+    assert out["boxes"][:, 0, 0].tolist() == [1.0, 2.0] and other["boxes"][0, 0, 0] == 3.0
+    assert metric(prometheus.LATE) - late_before == 2 and cancelled("queue") == queue_before
+    assert deadline_callbacks_left(batcher) == 0
+
+
+def deadline_callbacks_left(batcher: DynamicBatcher) -> int:
+    return sum(len(item.deadline._callbacks) for item in batcher._queue if item.deadline)
+
+
+def test_a_deadline_past_before_queueing_counts_every_image_and_a_deadline_callback_is_removed():
+    model = FakeModel()
+    batcher = make_batcher(model)
+    before = cancelled("queue")
+    with pytest.raises(RequestTimeout, match=r"^the request.s deadline passed before the model"):
+        run(batcher.run(*request([1.0, 2.0, 3.0]), deadline=Deadline(5.0, lambda: 5.0)))
+    assert cancelled("queue") - before == 3 and model.calls == []
+    deadline = Deadline()
+    assert run(batcher.run(*request([4.0]), deadline=deadline))["boxes"][0, 0, 0] == 4.0
+    assert deadline._callbacks == []  # answered: the batcher no longer listens
+
+
+def test_requests_expired_when_the_batch_is_formed_are_counted_and_the_rest_run():
+    model = FakeModel()
+    batcher = make_batcher(model, max_batch_size=8, batch_wait_s=0.05)
+    now = [0.0]
+    clock = lambda: now[0]  # noqa: E731
+    before = cancelled("queue")
+
+    async def main():
+        expiring = batcher.run(*request([1.0, 1.0]), deadline=Deadline(1.0, clock))
+        fine = batcher.run(*request([2.0]), deadline=Deadline(100.0, clock))
+        now[0] = 1.0  # both queued; request 1's time comes before the window ends
+        return await asyncio.gather(expiring, fine, return_exceptions=True)
+
+    expired, out = run(main())
+    assert isinstance(expired, RequestTimeout) and out["boxes"][0, 0, 0] == 2.0
+    assert cancelled("queue") - before == 2
+    assert [call["markers"] for call in model.calls] == [[2.0]]
+
+
+def test_a_batch_whose_every_request_expired_calls_no_model():
+    model = FakeModel()
+    batcher = make_batcher(model, batch_wait_s=0.05)
+    now = [0.0]
+
+    async def main():
+        task = asyncio.create_task(batcher.run(*request([1.0]), deadline=Deadline(1.0, lambda: now[0])))
+        await asyncio.sleep(0)
+        now[0] = 2.0
+        with pytest.raises(RequestTimeout):
+            await task
+        return await submit(batcher, [2.0])
+
+    assert run(main())["boxes"][0, 0, 0] == 2.0
+    assert [call["markers"] for call in model.calls] == [[2.0]] and batcher.model_calls == 1
+
+
+def test_shutdown_before_any_request_and_after_the_loop_closed():
+    batcher = make_batcher(FakeModel())
+    batcher.shutdown()  # no loop yet
+    with pytest.raises(ShuttingDown, match=r"^the server is shutting down; retry on another replica$"):
+        run(batcher.run(*request([1.0])))
+    other = make_batcher(FakeModel())
+    assert run(submit(other, [1.0]))["boxes"][0, 0, 0] == 1.0
+    other.shutdown()  # its loop is closed now: nothing to answer, no error
+    assert other._closed and other._worker.done()
+    with pytest.raises(ShuttingDown):
+        run(other.run(*request([2.0])))
