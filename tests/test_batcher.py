@@ -1006,8 +1006,10 @@ def test_requests_expired_when_the_batch_is_formed_are_counted_and_the_rest_run(
     before = cancelled("queue")
 
     async def main():
-        expiring = batcher.run(*request([1.0, 1.0]), deadline=Deadline(1.0, clock))
-        fine = batcher.run(*request([2.0]), deadline=Deadline(100.0, clock))
+        expiring = asyncio.create_task(batcher.run(*request([1.0, 1.0]), deadline=Deadline(1.0, clock)))
+        fine = asyncio.create_task(batcher.run(*request([2.0]), deadline=Deadline(100.0, clock)))
+        await asyncio.sleep(0)
+        assert batcher.queued_images == 3
         now[0] = 1.0  # both queued; request 1's time comes before the window ends
         return await asyncio.gather(expiring, fine, return_exceptions=True)
 
