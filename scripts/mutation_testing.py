@@ -107,6 +107,12 @@ _ADMISSION_UNIT = tuple(
         "test_grpc_messages_over_the_budget_are_refused_unparsed",
         "test_a_message_that_fails_to_parse_gives_its_bytes_back",
         "test_the_admitting_grpc_server_is_kserves_with_the_interceptor_first",
+        "test_json_parse_cost_counts_values_and_lists",
+        "test_the_json_part_of_a_body_is_charged_by_its_parse_cost",
+        "test_a_malformed_binary_header_length_charges_the_whole_body_and_releases_it",
+        "test_a_json_body_too_costly_to_parse_gets_413_pointing_to_binary_tensors",
+        "test_grpc_concurrency_keeps_messages_within_the_budget_plus_one",
+        "test_call_limiter_admits_limit_queues_max_waiting_and_refuses_the_rest",
     )
 )
 _IMAGE_FUZZ = tuple(
@@ -185,7 +191,12 @@ TARGETS: tuple[Target, ...] = (
     ),
     Target("images", "predictor/serving/images.py", ("tests/test_images.py", *_IMAGE_FUZZ)),
     Target("batcher", "predictor/serving/batcher.py", ("tests/test_batcher.py",), timeout_multiplier=8.0),
-    Target("admission", "predictor/serving/admission.py", (*_ADMISSION_UNIT, "tests/test_heap.py")),
+    Target(
+        "admission",
+        "predictor/serving/admission.py",
+        (*_ADMISSION_UNIT, "tests/test_heap.py"),
+        timeout_multiplier=5.0,
+    ),
     Target(
         "middleware",
         "predictor/serving/middleware.py",
@@ -202,6 +213,7 @@ TARGETS: tuple[Target, ...] = (
                 )
             ),
         ),
+        timeout_multiplier=5.0,
     ),
 )
 
