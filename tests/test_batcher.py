@@ -456,6 +456,7 @@ def test_shutdown_answers_queued_and_running_requests_and_refuses_new_ones():
         queued = [asyncio.create_task(submit(batcher, [m])) for m in (2.0, 3.0, 4.0)]
         await asyncio.sleep(0)
         batcher.shutdown()
+        assert batcher.queued_images == 0 and not batcher._queue and not batcher._running  # at once
         # Hang guard only: every future must already be answered, with no model progress.
         results = await asyncio.wait_for(asyncio.gather(running, *queued, return_exceptions=True), 60)
         with pytest.raises(ShuttingDown):
@@ -482,11 +483,13 @@ def test_shutdown_from_another_thread_answers_the_waiting_requests():
         await model_entered(model)
         queued = asyncio.create_task(submit(batcher, [2.0]))
         await asyncio.sleep(0)
-        await asyncio.to_thread(batcher.shutdown)  # e.g. the main thread after the server stopped
+        # e.g. the main thread after the server stopped: the requests are answered on the loop's thread
+        # (debug mode: answering them from this thread would raise)
+        await asyncio.to_thread(batcher.shutdown)
         return await asyncio.wait_for(asyncio.gather(running, queued, return_exceptions=True), 60)
 
     try:
-        results = run(main())
+        results = run(main(), debug=True)
     finally:
         gate.set()
     assert all(isinstance(r, ShuttingDown) for r in results), results
@@ -833,9 +836,16 @@ def test_a_standing_queue_ends_when_a_window_was_offered_at_most_the_models_rate
 
     busier = in_standing_queue(41)  # 41 images in 1 s: more than the model does
     busier.note_wait(0.09, now=12.0)
-    assert busier.standing_queue and busier._window == (12.0, busier._offered_images)
+    assert busier.standing_queue is True and busier._window == (12.0, busier._offered_images)
     busier.note_wait(0.09, now=13.0)  # nothing offered in the next window
-    assert not busier.standing_queue
+    assert busier.standing_queue is False
+
+    longer = in_standing_queue(80)  # 80 images in a window of 2 s: the model's 40/s
+    longer.note_wait(0.09, now=13.0)
+    assert longer.standing_queue is False
+    longest = in_standing_queue(81)
+    longest.note_wait(0.09, now=13.0)
+    assert longest.standing_queue is True
 
 
 def test_refusals_by_the_tight_bound_count_as_offered():

@@ -85,7 +85,8 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         self.threads_working -= 1
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run`` on a fresh :class:`VirtualClockLoop`."""
-    with asyncio.Runner(loop_factory=VirtualClockLoop) as runner:
+def run(coro: Coroutine[Any, Any, T], debug: bool = False) -> T:
+    """``asyncio.run`` on a fresh :class:`VirtualClockLoop` (``debug``: asyncio's debug mode, in which
+    a callback scheduled from a thread other than the loop's raises)."""
+    with asyncio.Runner(debug=debug, loop_factory=VirtualClockLoop) as runner:
         return runner.run(coro)
