@@ -362,9 +362,12 @@ def test_requests_larger_than_a_batch_are_refused():
 def test_the_worker_restarts_on_a_new_event_loop():
     model = FakeModel()
     batcher = make_batcher(model)
+    workers = []
     for marker in (1.0, 2.0):
         out = run(submit(batcher, [marker]))
         assert out["boxes"][0, 0, 0] == marker
+        workers.append(batcher._worker)
+    assert workers[0] is not workers[1] and workers[1].get_name() == "ssd-batcher"  # named in task dumps
 
 
 def markers_seen(model: FakeModel) -> list[int]:
@@ -457,6 +460,7 @@ def test_shutdown_answers_queued_and_running_requests_and_refuses_new_ones():
         await asyncio.sleep(0)
         batcher.shutdown()
         assert batcher.queued_images == 0 and not batcher._queue and not batcher._running  # at once
+        batcher.shutdown()  # again (a second signal): nothing left to answer, no error
         # Hang guard only: every future must already be answered, with no model progress.
         results = await asyncio.wait_for(asyncio.gather(running, *queued, return_exceptions=True), 60)
         with pytest.raises(ShuttingDown):
@@ -469,6 +473,7 @@ def test_shutdown_answers_queued_and_running_requests_and_refuses_new_ones():
         gate.set()
     assert len(results) == 4
     assert all(isinstance(r, ShuttingDown) and isinstance(r, Overloaded) for r in results), results
+    assert {str(r) for r in results} == {"the server is shutting down; retry on another replica"}
     assert batcher.admitted_images == 0 and batcher.queued_images == 0
     assert [call["n"] for call in model.calls] == [2]  # only the call already running
 
@@ -1057,3 +1062,17 @@ def test_shutdown_before_any_request_and_after_the_loop_closed():
     assert other._closed and other._worker.done()
     with pytest.raises(ShuttingDown):
         run(other.run(*request([2.0])))
+
+
+def test_shutdown_after_the_loop_closed_answers_its_requests_without_raising():
+    """Requests still queued when their event loop closed (the server's loop ended first): shutdown
+    cannot schedule their callbacks on it any more; nobody waits for them, and shutdown must not fail."""
+    loop = asyncio.new_event_loop()
+    batcher = make_batcher(FakeModel())
+    item = batcher_module._Item(*request([1.0]), loop.create_future(), enqueued=0.0)
+    item.future.add_done_callback(lambda _: None)  # an awaiting task would be called back on the loop
+    batcher._queue.append(item)
+    batcher._queued_images += 1
+    loop.close()
+    batcher.shutdown()
+    assert isinstance(item.future.exception(), ShuttingDown) and batcher.queued_images == 0
