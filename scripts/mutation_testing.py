@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
 import re
@@ -595,6 +596,7 @@ def _finish_run(
     _mutmut(work, target, ["--max-children", str(max_children)])
     result = {
         "module": target.module,
+        "module_sha256": module_hash(work / target.module),  # the code mutated ("stale" once it changes)
         "tests": list(target.tests),
         "tests_rev": tests_rev,
         "started": started.strftime("%Y-%m-%d %H:%M UTC"),
@@ -643,6 +645,11 @@ def rerun_survivors(target: Target, out: Path = WORK) -> dict:
     result["mutants"] = _collect(work, target)
     _save(work, result, commit=out == WORK)
     return result
+
+
+def module_hash(path: Path) -> str:
+    """SHA-256 of a module's text: tells whether a committed result is of today's code."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _machine() -> str:
@@ -817,6 +824,17 @@ def _baseline_table(baseline: dict) -> str:
     return "\n".join(["## Before the added tests", "", *note, header, *rows, ""])
 
 
+def _stale_note(stale: list[str]) -> str:
+    """A paragraph naming the modules changed since their run ('' when none)."""
+    if not stale:
+        return ""
+    names = ", ".join(f"`{m}`" for m in stale)
+    return (
+        f"\nChanged since their run (the module's SHA-256 differs from the one recorded): {names}; "
+        "their rows are of the code as it was then: run them again.\n"
+    )
+
+
 def write_report(results_dir: Path = RESULTS, baseline: Path | None = None) -> list[str]:
     """Write docs/mutation-testing.md from the committed ``results_dir/NAME.json`` (and
     ``results_dir/baseline.json``; ``baseline``: first rewrite that from the runs in this folder);
@@ -843,10 +861,17 @@ def write_report(results_dir: Path = RESULTS, baseline: Path | None = None) -> l
     machines = sorted({r["machine"] for r in results})
     rows, sections = [], []
     below = [f"{t.module}: not measured (run `{Path(__file__).name} run --only {t.name}`)" for t in missing]
+    stale = [
+        r["module"]
+        for r in results
+        if r.get("module_sha256") and r["module_sha256"] != module_hash(REPO / r["module"])
+    ]
     for result in results:
         s = summarise(result)
         c = s["counts"]
         resumed = " (resumed part)" if result.get("resumed") else ""
+        if result["module"] in stale:
+            resumed += " (module changed since)"
         rows.append(
             f"| `{result['module']}` | {c['total']} | {c['killed']} | {c['timeout']} | {c['survived']} "
             f"| {c['equivalent']} | {c['other']} | {c['score']:.1f}% | {result['seconds']} s{resumed} |"
@@ -902,7 +927,7 @@ reviewed `EQUIVALENT` table with the reason no test can kill them; they are not 
 {chr(10).join(rows)}
 
 Overall: {killed} of {scored} non-equivalent mutants killed ({100.0 * killed / max(scored, 1):.1f}%){scope}.
-
+{_stale_note(stale)}
 ## What mutation testing cannot see
 
 A mutant is a change to code that exists. Code that is *missing* has nothing to mutate: a request
