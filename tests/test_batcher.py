@@ -1076,3 +1076,97 @@ def test_shutdown_after_the_loop_closed_answers_its_requests_without_raising():
     loop.close()
     batcher.shutdown()
     assert isinstance(item.future.exception(), ShuttingDown) and batcher.queued_images == 0
+
+
+def queue_items(batcher: DynamicBatcher, loop: asyncio.AbstractEventLoop, sizes: list[int]) -> list:
+    """Queue requests of these sizes by hand (marker = position), as ``run`` does."""
+    items = []
+    for k, n in enumerate(sizes):
+        images, hw, thr, caps = request([float(k)] * n)
+        items.append(batcher_module._Item(images, hw, thr, caps, loop.create_future(), enqueued=0.0))
+        batcher._queue.append(items[-1])
+        batcher._queued_images += n
+    return items
+
+
+def test_taking_a_batch_puts_the_requests_left_back_at_the_head_in_order_and_still_queued():
+    """CPU timings, twelve one-image requests: the call takes the eight oldest; the four left go back to
+    the head of the queue in their order, counted and marked queued (so that a deadline or a cancelled
+    client can still take them out)."""
+    batcher = make_batcher(FakeModel(), max_batch_size=16, bucket_seconds=CPU_TIMINGS)
+
+    async def main():
+        items = queue_items(batcher, asyncio.get_running_loop(), [1] * 12)
+        late = queue_items(batcher, asyncio.get_running_loop(), [5])  # 17 > 16 images: stays behind
+        return items + late, batcher._take()
+
+    items, taken = run(main())
+    assert taken == items[:8] and not any(item.queued for item in taken)
+    assert list(batcher._queue) == items[8:] and batcher.queued_images == 4 + 5
+    assert all(item.queued is True for item in items[8:])
+
+
+def test_an_expired_request_between_two_others_leaves_them_one_call():
+    model = FakeModel()
+    batcher = make_batcher(model, batch_wait_s=0.05)
+    now = [0.0]
+
+    async def main():
+        first = asyncio.create_task(submit(batcher, [1.0]))
+        expiring = asyncio.create_task(batcher.run(*request([2.0]), deadline=Deadline(1.0, lambda: now[0])))
+        last = asyncio.create_task(submit(batcher, [3.0]))
+        await asyncio.sleep(0)
+        now[0] = 1.0
+        return await asyncio.gather(first, expiring, last, return_exceptions=True)
+
+    first, expired, last = run(main())
+    assert (
+        isinstance(expired, RequestTimeout)
+        and first["boxes"][0, 0, 0] == 1.0
+        and last["boxes"][0, 0, 0] == 3.0
+    )
+    assert [call["markers"] for call in model.calls] == [[1.0, 3.0]]
+
+
+@pytest.mark.parametrize(("window", "backlog"), [(0.3, True), (0.15, False)])
+def test_the_wait_noted_when_a_batch_is_formed_is_the_oldest_requests(window, backlog):
+    """Calls of 0.1 s; a request arriving at t=1 runs alone after the window: waiting 0.3 s (over two
+    calls) notes a backlog from the time the batch was formed (1.3 s); 0.15 s notes none."""
+    batcher = make_batcher(FakeModel(), batch_wait_s=window, shed_standing_queue=True)
+    batcher._observe_call(4, 0.1)
+
+    async def main():
+        await asyncio.sleep(1.0)
+        return await submit(batcher, [1.0])
+
+    run(main())
+    assert batcher._waiting_since == (pytest.approx(1.0 + window, abs=1e-9) if backlog else None)
+
+
+def test_each_call_is_timed_and_counted(monkeypatch):
+    """The model takes 0.25 s (a fake ``perf_counter``): the rate, the histograms and the counter get
+    exactly that."""
+    clock = [1000.0]
+
+    class FakeTime:
+        time_ns = staticmethod(time.time_ns)
+
+        @staticmethod
+        def perf_counter() -> float:
+            return clock[0]
+
+    def slow_model(images, image_hw, score_threshold, max_detections):
+        clock[0] += 0.25
+        return {"num_detections": max_detections.copy()}
+
+    monkeypatch.setattr(batcher_module, "time", FakeTime)
+    batcher = make_batcher(slow_model)
+    seconds_before, sizes_before = metric(prometheus.BATCH_SECONDS), metric(prometheus.BATCH_SIZE)
+
+    async def main():
+        return await asyncio.gather(submit(batcher, [1.0, 2.0]), submit(batcher, [3.0]))
+
+    run(main())
+    assert batcher.model_calls == 1 and batcher._ewma_seconds == 0.25 and batcher.images_per_second == 12.0
+    assert metric(prometheus.BATCH_SECONDS) - seconds_before == pytest.approx(0.25)
+    assert metric(prometheus.BATCH_SIZE) - sizes_before == 3
