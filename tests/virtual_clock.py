@@ -8,7 +8,9 @@ nothing, and a hang guard such as ``asyncio.wait_for(x, 120)`` fails at once ins
 While a thread started with ``run_in_executor`` (or ``asyncio.to_thread``) works, for example a model
 call a test holds on a gate, the loop waits for it in real time and the clock moves with real time
 (timers may fire, as on a real loop). A loop that keeps running past :data:`REAL_LIMIT_S` of real time
-raises :class:`Hang` from inside the loop, so a test whose code never finishes fails fast.
+raises :class:`Hang` from inside the loop, and so does one that has sat for :data:`IDLE_LIMIT_S` with
+no timer, nothing ready and no thread working (nothing can ever wake it), so a test whose code never
+finishes fails fast.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ T = TypeVar("T")
 
 #: Real seconds one ``run`` may take before :class:`Hang` (every test here needs milliseconds).
 REAL_LIMIT_S = 5.0
+#: Real seconds the loop may sit with no timer, nothing ready and no thread working before :class:`Hang`:
+#: then nothing can ever wake it (an awaited future that no code will set).
+IDLE_LIMIT_S = 1.0
 _SLICE_S = 0.01  # real wait per poll while a thread works (the watchdog is checked between polls)
 
 
@@ -43,7 +48,15 @@ class _Selector:
             raise Hang(f"still running after {REAL_LIMIT_S:g} s of real time (virtual t={loop.time():.3f})")
         events = self._inner.select(0)
         if events or timeout == 0:
+            loop.idle_since = None
             return events
+        if timeout is None and not loop.threads_working:
+            now = time.monotonic()
+            loop.idle_since = loop.idle_since or now
+            if now - loop.idle_since > IDLE_LIMIT_S:
+                raise Hang(f"nothing scheduled, ready or running for {IDLE_LIMIT_S:g} s: nothing can wake it")
+        else:
+            loop.idle_since = None
         if loop.threads_working or timeout is None:
             # a thread will call back (or, with no timer and no thread, something outside may): real wait
             wait = _SLICE_S if timeout is None else min(timeout, _SLICE_S)
@@ -67,6 +80,7 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         self._now = 0.0
         self.threads_working = 0
         self.real_start = time.monotonic()
+        self.idle_since: float | None = None  # real time since when nothing could happen
         self._selector = _Selector(self._selector, self)  # type: ignore[assignment]
 
     def time(self) -> float:
