@@ -538,6 +538,51 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
             ("DynamicBatcher._fail_pending", "item.queued = None"),
         )
     },
+    **{
+        ("predictor/serving/batcher.py", "DynamicBatcher.__init__", line): why
+        for why, lines in (
+            (
+                "the flag is only ever tested for truth: None is False",
+                ["self._closed = None"],
+            ),
+            (
+                "the backlog's refusal count is set by note_wait when a backlog begins, before it is "
+                "ever compared",
+                [
+                    "self._full_refusals_at_backlog = None  # ... when the current backlog began",
+                    "self._full_refusals_at_backlog = 1  # ... when the current backlog began",
+                ],
+            ),
+            (
+                "the window is set when a standing queue begins, and only read while one lasts",
+                [
+                    f"self._window = {value}  # (start, offered images) of the current window of the "
+                    "standing state"
+                    for value in ("None", "(1.0, 0)", "(0.0, 1)")
+                ],
+            ),
+            (
+                "_ensure_worker sets the event before the worker or run() uses it",
+                ['self._wakeup: asyncio.Event | None = ""'],
+            ),
+            (
+                "the worker awaits each model call before it submits the next, so a pool of more threads "
+                "runs every call on its first thread, ssd-model_0, alike",
+                [
+                    'self._executor = executor or ThreadPoolExecutor(None, thread_name_prefix="ssd-model")',
+                    'self._executor = executor or ThreadPoolExecutor(thread_name_prefix="ssd-model")',
+                    'self._executor = executor or ThreadPoolExecutor(2, thread_name_prefix="ssd-model")',
+                ],
+            ),
+        )
+        for line in lines
+    },
+    (
+        "predictor/serving/batcher.py",
+        "DynamicBatcher._efficient_prefix",
+        "if hi == total and i == 0:",
+    ): "with i == 0 and hi > total the rule goes on with lo = the largest bucket, which every prefix of "
+    "the requests fits: keep is all of them, the same answer",
     (
         "predictor/serving/batcher.py",
         "DynamicBatcher._end_standing_queue_if_quiet",

@@ -68,6 +68,7 @@ class FakeModel:
             self.calls.append(
                 {
                     "t": loop_time(),
+                    "thread": threading.current_thread().name,
                     "extra": {k: v.copy() for k, v in extra.items()},
                     "n": len(images),
                     "markers": [float(image[0, 0, 0]) for image in images],
@@ -296,6 +297,9 @@ GPU_TIMINGS = {1: 0.009, 2: 0.009, 4: 0.0095, 8: 0.010, 16: 0.0105}
         # buckets 4, 5, 8: 6 as 8 pads 2, 5 + 1 leave 1, but would run as 5 + 4 = 9 > 8 images: as it is
         ({4: 0.04, 5: 0.05, 8: 0.08}, [1] * 6, 6),
         ({1: 0.01, 2: 0.02, 4: 0.04, 8: 0.08, 16: 0.11}, [1] * 9, 9),  # 16 takes only 1.4x as long as 8
+        ({8: 1.0, 16: 1.5}, [1] * 9, 8),  # exactly 1.5x: padding costs
+        ({2: 0.02, 4: 0.04}, [1] * 3, 2),  # 3 between the two smallest buckets: as 2 + 1
+        ({4: 4.0, 8: 8.0, 12: 12.0}, [1] * 10, 8),  # 8 + 2 run as 8 + 4 = 12: exactly the 12 of one call
     ],
 )
 def test_a_call_that_would_pad_as_much_as_it_leaves_takes_the_oldest_requests(timings, sizes, taken):
@@ -323,6 +327,7 @@ def test_requests_a_bucket_would_fill_badly_lead_the_next_call(timings, calls):
     first, rest = run(main())
     assert [call["n"] for call in model.calls] == calls
     assert [m for call in model.calls for m in call["markers"]] == [100.0, *map(float, range(9))]  # FIFO
+    assert {call["thread"] for call in model.calls} == {"ssd-model_0"}  # the batcher's own model thread
     assert first["boxes"][0, 0, 0] == 100.0
     assert [r["boxes"][0, 0, 0] for r in rest] == list(map(float, range(9)))
     assert batcher.queued_images == 0 and batcher.admitted_images == 0
@@ -739,8 +744,10 @@ def test_the_rate_is_a_moving_average_of_images_and_seconds():
 
 
 def test_the_standing_limit_before_any_timing_is_two_recent_calls_at_least_a_full_one():
+    assert make_batcher(FakeModel(), max_batch_size=1).standing_limit == 1  # nothing timed: one batch
     batcher = make_batcher(FakeModel(), max_batch_size=4)
-    assert batcher.efficient_bucket() is None
+    assert batcher.efficient_bucket() is None and batcher.standing_limit == 4
+    assert batcher.standing_queue is False
     batcher._observe_call(1, 0.1)
     assert batcher.standing_limit == 4  # two calls of 1 image: less than a full batch
     batcher._observe_call(11, 0.1)  # the average call: 1 + 0.2 * 10 = 3 images
