@@ -580,6 +580,12 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     (
         "predictor/serving/batcher.py",
         "DynamicBatcher._efficient_prefix",
+        "if len(sizes) < 2 or not buckets or total >= buckets[-1]:",
+    ): "when the requests fill the largest bucket exactly, hi == total two lines below returns the same "
+    "len(sizes)",
+    (
+        "predictor/serving/batcher.py",
+        "DynamicBatcher._efficient_prefix",
         "if hi == total and i == 0:",
     ): "with i == 0 and hi > total the rule goes on with lo = the largest bucket, which every prefix of "
     "the requests fits: keep is all of them, the same answer",
