@@ -114,6 +114,8 @@ _ADMISSION_UNIT = tuple(
         "test_a_json_body_too_costly_to_parse_gets_413_pointing_to_binary_tensors",
         "test_grpc_concurrency_keeps_messages_within_the_budget_plus_one",
         "test_call_limiter_admits_limit_queues_max_waiting_and_refuses_the_rest",
+        "test_grpc_calls_past_the_limiter_are_refused_and_an_empty_call_is_invalid",
+        "test_call_limiter_arguments_are_checked",
     )
 )
 _IMAGE_FUZZ = tuple(
@@ -492,6 +494,15 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "_Admitted.__init__",
         "self.request = None",
     ): "its one caller passes None and sets the request once it is parsed",
+    **{
+        ("predictor/serving/admission.py", "GrpcAdmissionInterceptor.__init__", line): "the default "
+        "limiter stands for no limit: a million calls reading at once is never reached (gRPC serves far "
+        "fewer), and while it is not, max_waiting is never consulted"
+        for line in (
+            "self.limiter = limiter or CallLimiter(1000001, 0)",
+            "self.limiter = limiter or CallLimiter(1_000_000, 1)",
+        )
+    },
     **{
         ("predictor/serving/images.py", "to_rgb_array", line): "an RGB image converted to RGB has the same "
         "pixels: the test only saves a conversion"

@@ -462,6 +462,71 @@ def test_a_message_that_fails_to_parse_gives_its_bytes_back():
     assert budget.used == 0
 
 
+def test_grpc_calls_past_the_limiter_are_refused_and_an_empty_call_is_invalid():
+    """One place, none waiting: while a ModelInfer call holds the place (its message not sent yet), the
+    next is refused with RESOURCE_EXHAUSTED and the limiter's reason (counted as ``grpc_calls``); once
+    the message is read the place is free again. A call that sends no message gets INVALID_ARGUMENT."""
+    from predictor.serving.admission import GrpcAdmissionInterceptor
+
+    budget, limiter = ByteBudget(10_000), CallLimiter(1, 0)
+    before = rejected("grpc_calls")
+
+    async def echo(request: bytes, context) -> bytes:
+        return request
+
+    async def outcome(call) -> bytes | tuple:
+        try:
+            return await call
+        except grpc.aio.AioRpcError as e:
+            return e.code(), e.details()
+
+    async def main() -> list:
+        handler = grpc.unary_unary_rpc_method_handler(echo)
+        server = grpc.aio.server(interceptors=(GrpcAdmissionInterceptor(budget, limiter),))
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {"ModelInfer": handler}),)
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                infer, stream = channel.unary_unary(COUNTED), channel.stream_unary(COUNTED)
+                held = stream(timeout=30)  # a call whose message has not come yet: it holds the place
+                for _ in range(3000):
+                    if limiter._semaphore is not None and limiter._semaphore.locked():
+                        break
+                    await asyncio.sleep(0.01)
+                refused = await outcome(infer(b"b", timeout=30))
+                refused_empty = await outcome(stream(iter(()), timeout=30))
+                await held.write(b"a")
+                await held.done_writing()
+                return [
+                    refused,
+                    refused_empty,
+                    await outcome(held),
+                    await outcome(stream(iter(()), timeout=30)),
+                ]
+        finally:
+            await server.stop(None)
+
+    refused, refused_empty, first, empty = asyncio.run(main())
+    reason = (
+        "overloaded: 1 gRPC calls are reading their messages and 0 wait (--max_inflight_bytes / "
+        "--grpc_max_receive_message_length + 1 at once); retry later"
+    )
+    assert refused == refused_empty == (grpc.StatusCode.RESOURCE_EXHAUSTED, reason)
+    assert first == b"a" and empty == (grpc.StatusCode.INVALID_ARGUMENT, "no request message")
+    assert rejected("grpc_calls") - before == 2 and budget.used == 0 and limiter.waiting == 0
+
+
+def test_call_limiter_arguments_are_checked():
+    for limit, waiting in ((0, 0), (1, -1), (-1, 5)):
+        with pytest.raises(ValueError, match=rf"^limit must be positive and max_waiting >= 0, got {limit}, "):
+            CallLimiter(limit, waiting)
+    assert (CallLimiter(1, 0).limit, CallLimiter(1, 0).max_waiting) == (1, 0)
+    assert grpc_concurrency(10, 1) == 11 and grpc_concurrency(10, 0) == 11  # 10 one-byte messages + 1
+
+
 def test_the_admitting_grpc_server_is_kserves_with_the_interceptor_first(caplog):
     """KServe's gRPC server class with the interceptor in front (no model loaded): liveness answers, the
     receive limit it is given holds, a ModelInfer over the budget is refused by the interceptor before
