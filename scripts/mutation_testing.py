@@ -116,6 +116,7 @@ _ADMISSION_UNIT = tuple(
         "test_call_limiter_admits_limit_queues_max_waiting_and_refuses_the_rest",
         "test_grpc_calls_past_the_limiter_are_refused_and_an_empty_call_is_invalid",
         "test_call_limiter_arguments_are_checked",
+        "test_call_limiter_counts_every_waiting_call",
     )
 )
 _IMAGE_FUZZ = tuple(

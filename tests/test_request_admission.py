@@ -519,6 +519,31 @@ def test_grpc_calls_past_the_limiter_are_refused_and_an_empty_call_is_invalid():
     assert rejected("grpc_calls") - before == 2 and budget.used == 0 and limiter.waiting == 0
 
 
+def test_call_limiter_counts_every_waiting_call():
+    async def scenario() -> tuple[list[str], int, int]:
+        limiter = CallLimiter(1, 2)
+        events: list[str] = []
+        hold = asyncio.Event()
+
+        async def call(name: str) -> None:
+            if not await limiter.enter():
+                events.append(f"{name} refused")
+                return
+            events.append(f"{name} in")
+            await hold.wait()
+            limiter.leave()
+
+        tasks = [asyncio.create_task(call(n)) for n in "abcd"]
+        for _ in range(100):
+            await asyncio.sleep(0)
+        waiting = limiter.waiting
+        hold.set()
+        await asyncio.gather(*tasks)
+        return events, waiting, limiter.waiting
+
+    assert asyncio.run(scenario()) == (["a in", "d refused", "b in", "c in"], 2, 0)
+
+
 def test_call_limiter_arguments_are_checked():
     for limit, waiting in ((0, 0), (1, -1), (-1, 5)):
         with pytest.raises(ValueError, match=rf"^limit must be positive and max_waiting >= 0, got {limit}, "):
