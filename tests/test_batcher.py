@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 from kserve.errors import ServerNotReady
-from virtual_clock import run
+from virtual_clock import VirtualClockLoop, run
 
 from predictor.serving import batcher as batcher_module
 from predictor.serving import prometheus
@@ -1177,3 +1177,17 @@ def test_each_call_is_timed_and_counted(monkeypatch):
     assert batcher.model_calls == 1 and batcher._ewma_seconds == 0.25 and batcher.images_per_second == 12.0
     assert metric(prometheus.BATCH_SECONDS) - seconds_before == pytest.approx(0.25)
     assert metric(prometheus.BATCH_SIZE) - sizes_before == 3
+
+
+def test_shutdown_after_a_loop_closed_with_the_worker_pending():
+    """A loop closed without asyncio.run's clean-up leaves the worker task pending on it: cancelling it
+    cannot be scheduled any more, and shutdown must not fail for that."""
+    loop = VirtualClockLoop()
+    batcher = make_batcher(FakeModel())
+    try:
+        assert loop.run_until_complete(submit(batcher, [1.0]))["boxes"][0, 0, 0] == 1.0
+    finally:
+        loop.close()
+    assert not batcher._worker.done()
+    batcher.shutdown()
+    assert batcher._closed
