@@ -214,6 +214,7 @@ TARGETS: tuple[Target, ...] = (
                     "test_rest_protocol_of_a_path",
                     "test_inference_answers_are_counted_and_errors_logged_once",
                     "test_an_app_that_raises_is_counted_as_a_500_with_its_error",
+                    "test_install_adds_the_middlewares_outermost_first",
                 )
             ),
         ),

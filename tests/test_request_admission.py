@@ -924,3 +924,32 @@ def test_grpc_calls_in_the_model_hold_no_reading_place(random_tiny_model_dir, tm
     finally:
         server.gate.release()
         server.terminate()
+
+
+def test_install_adds_the_middlewares_outermost_first(tmp_path):
+    """Metrics and request ids outermost (they see every answer, refusals included), then the version
+    header, then the token check, then admission innermost (nearest the app); each with its arguments."""
+    from fastapi import FastAPI
+
+    from predictor.serving.auth import BearerAuthMiddleware, TokenCheck
+    from predictor.serving.middleware import RestMetricsMiddleware, install
+    from predictor.serving.versions import ModelVersionHeader
+
+    tokens_file = tmp_path / "tokens"
+    tokens_file.write_text("secret\n")
+    budget, tokens = ByteBudget(BUDGET), TokenCheck(tokens_file)
+
+    def busy() -> None:
+        return None
+
+    app = FastAPI()
+    install(app, budget, 1234, busy, tokens=tokens, model_version="7")
+    assert [(m.cls, m.kwargs) for m in app.user_middleware] == [
+        (RestMetricsMiddleware, {}),
+        (ModelVersionHeader, {"version": "7"}),
+        (BearerAuthMiddleware, {"check": tokens}),
+        (AdmissionMiddleware, {"budget": budget, "max_request_bytes": 1234, "busy": busy}),
+    ]
+    plain = FastAPI()
+    install(plain, budget, 1234, busy)  # no tokens, no version: neither middleware
+    assert [m.cls for m in plain.user_middleware] == [RestMetricsMiddleware, AdmissionMiddleware]
