@@ -215,6 +215,9 @@ TARGETS: tuple[Target, ...] = (
                     "test_inference_answers_are_counted_and_errors_logged_once",
                     "test_an_app_that_raises_is_counted_as_a_500_with_its_error",
                     "test_install_adds_the_middlewares_outermost_first",
+                    "test_header_helpers_exact",
+                    "test_error_text_of_each_body_form",
+                    "test_send_json_sends_exactly_one_json_answer",
                 )
             ),
         ),

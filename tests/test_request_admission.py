@@ -953,3 +953,70 @@ def test_install_adds_the_middlewares_outermost_first(tmp_path):
     plain = FastAPI()
     install(plain, budget, 1234, busy)  # no tokens, no version: neither middleware
     assert [m.cls for m in plain.user_middleware] == [RestMetricsMiddleware, AdmissionMiddleware]
+
+
+def test_header_helpers_exact():
+    """The ASGI header helpers on their edge cases: no headers at all, other letter cases, latin-1
+    bytes, non-digit lengths, an app's own Retry-After or request id kept."""
+    from predictor.serving import middleware as mw
+
+    assert mw._header({}, b"x-request-id") is None
+    long_id = {"headers": [(b"X-Request-Id", b"\xe9" + b"a" * 200)]}
+    assert mw._header(long_id, b"x-request-id") == "\xe9" + "a" * 127  # latin-1, cut to 128 characters
+    assert mw._content_length({}) is None
+    assert mw._content_length({"headers": [(b"Content-Length", b"12")]}) == 12
+    assert mw._content_length({"headers": [(b"content-length", b"1e3")]}) is None
+
+    retry = (b"retry-after", str(mw.RETRY_AFTER_S).encode())
+    bare = {"type": "http.response.start", "status": 503}
+    assert mw._with_retry_after(bare) == {**bare, "headers": [retry]}
+    own = {"type": "http.response.start", "status": 503, "headers": [(b"Retry-After", b"9")]}
+    assert mw._with_retry_after(own) is own
+    fine = {"type": "http.response.start", "status": 200, "headers": []}
+    assert mw._with_retry_after(fine) is fine
+
+    assert mw._add_request_id({"type": "http.response.start", "status": 200}, "r1")["headers"] == [
+        (b"x-request-id", b"r1")
+    ]
+    app_id = {"type": "http.response.start", "status": 200, "headers": [(b"X-Request-ID", b"app")]}
+    assert mw._add_request_id(app_id, "r1")["headers"] == [(b"X-Request-ID", b"app")]
+
+
+def test_error_text_of_each_body_form():
+    from predictor.serving.middleware import _error_text
+
+    assert _error_text(b'{"error": "bad image"}') == "bad image"
+    assert _error_text(b'{"detail": [{"loc": ["body"]}]}') == '[{"loc":["body"]}]'  # FastAPI's 422
+    assert _error_text(b'["detail"]') == '["detail"]'  # JSON, but no object: as it is
+    assert _error_text(b'{"message": "x"}') == '{"message": "x"}'
+    assert _error_text(b"\xff not json") == "\ufffd not json"
+
+
+def test_send_json_sends_exactly_one_json_answer():
+    from predictor.serving.middleware import RETRY_AFTER_S, send_json
+
+    messages: list[dict] = []
+
+    async def send(message: dict) -> None:
+        messages.append(message)
+
+    asyncio.run(send_json(send, 413, "too big"))
+    asyncio.run(send_json(send, 503, "busy", retry_after=True))
+    assert messages == [
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", b"19")],
+        },
+        {"type": "http.response.body", "body": b'{"error":"too big"}'},
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"16"),
+                (b"retry-after", str(RETRY_AFTER_S).encode()),
+            ],
+        },
+        {"type": "http.response.body", "body": b'{"error":"busy"}'},
+    ]
