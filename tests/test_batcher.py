@@ -52,8 +52,7 @@ class FakeModel:
     ``num_detections`` = caps. Records every call (with the loop's time ``t`` when run inline); while
     ``gate`` is cleared, calls wait for it."""
 
-    def __init__(self, delay: float = 0.0, fail: bool = False, gate: threading.Event | None = None) -> None:
-        self.delay = delay
+    def __init__(self, fail: bool = False, gate: threading.Event | None = None) -> None:
         self.fail = fail
         if gate is None:  # open unless the test clears it
             gate = threading.Event()
@@ -80,8 +79,6 @@ class FakeModel:
         self.entered.set()
         if not self.gate.wait(HANG_S):
             raise RuntimeError("the test never opened the gate")
-        if self.delay:
-            time.sleep(self.delay)
         if self.fail:
             raise RuntimeError("model exploded")
         b = len(images)
@@ -169,7 +166,8 @@ def test_the_model_gets_exactly_the_queued_images_no_padding():
 
 
 async def until(condition, what: str) -> None:
-    """Yield to the event loop until ``condition()``; the 120 s deadline only guards against a hang."""
+    """Yield to the event loop until ``condition()``; the deadline (120 s of the loop's clock, virtual
+    while no thread works) only guards against a hang."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 120
     while not condition():
