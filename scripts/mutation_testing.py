@@ -483,6 +483,27 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
             ("detections_from_v2", "classes[i, :n].reshape(-2).astype(int).tolist(),"),
         )
     },
+    **{
+        ("predictor/serving/middleware.py", "_error_text", line): why
+        for why, lines in (
+            (
+                "Python's codec names are case-insensitive",
+                [
+                    'return body.decode("UTF-8", "replace")',
+                ],
+            ),
+            (
+                "the body reaching the last line parsed as JSON, and orjson accepts only valid UTF-8: "
+                "the errors handler is never used",
+                [
+                    'return body.decode("utf-8", )',
+                    'return body.decode("utf-8", "XXreplaceXX")',
+                    'return body.decode("utf-8", "REPLACE")',
+                ],
+            ),
+        )
+        for line in lines
+    },
     (
         "predictor/protocol/detections.py",
         "_text",

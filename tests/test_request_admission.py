@@ -840,6 +840,7 @@ def test_a_json_body_too_costly_to_parse_gets_413_pointing_to_binary_tensors():
     assert response.error.startswith("the JSON of this request body would take over ")
     assert "once parsed (JSON numbers cost about 8 times their text), the limit is 100000" in response.error
     assert "binary tensor extension (Inference-Header-Content-Length) or over gRPC" in response.error
+    assert response.error.endswith("over gRPC (raw_input_contents), or send encoded images")
     # the same values as binary tensor data: the bytes only
     binary = b'{"inputs": []}' + bytes(20_001)
     s["headers"] = [(b"inference-header-content-length", b"14")]
