@@ -1021,3 +1021,58 @@ def test_send_json_sends_exactly_one_json_answer():
         },
         {"type": "http.response.body", "body": b'{"error":"busy"}'},
     ]
+
+
+def test_metrics_middleware_times_counts_and_bounds_what_it_logs(monkeypatch, caplog):
+    """A fake ``perf_counter``: the request took 12.3456 ms, logged as 12.3 and observed in seconds; an app
+    that answers nothing counts as a 500; only the first 2 KB of an error body are kept for the log (a
+    JSON error cut there is logged as raw text); other routes still read their body."""
+    from predictor.serving import middleware as mw
+
+    ticks = iter([1000.0, 1000.0123456, 2000.0, 2000.5, 3000.0, 3000.0])
+
+    class FakeTime:
+        @staticmethod
+        def perf_counter() -> float:
+            return next(ticks)
+
+    monkeypatch.setattr(mw, "time", FakeTime)
+    seconds = prometheus.REQUEST_SECONDS.labels("v1")
+    seconds_before = seconds._sum.get()
+    with caplog.at_level("WARNING"):
+        run(
+            mw.RestMetricsMiddleware(answering(400, b'{"error": "bad"}')),
+            with_id(scope(2), b"r3"),
+            chunks([2]),
+        )
+    (line,) = [orjson.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
+    assert line["ms"] == 12.3 and line["error"] == "bad"
+    assert seconds._sum.get() - seconds_before == pytest.approx(0.0123456)
+
+    async def silent(scope, receive, send) -> None:
+        return None  # no answer at all: uvicorn sends a 500
+
+    before = requests_counted("v1", 500)
+    run(mw.RestMetricsMiddleware(silent), scope(2), chunks([2]))
+    assert requests_counted("v1", 500)[0] - before[0] == 1
+
+    head = b'{"pad": "' + b"x" * (2048 - 9)  # exactly 2048 bytes, then the rest of the JSON
+    assert len(head) == 2048
+
+    async def long_error(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 400, "headers": []})
+        await send({"type": "http.response.body", "body": head, "more_body": True})
+        await send({"type": "http.response.body", "body": b'", "error": "hidden"}'})
+
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        run(mw.RestMetricsMiddleware(long_error), scope(2), chunks([2]))
+    (line,) = [orjson.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
+    assert line["error"] == head[:500].decode()
+
+    async def echo(scope, receive, send) -> None:
+        body = (await receive())["body"]
+        await answering(200, body)(scope, receive, send)
+
+    response = run(mw.RestMetricsMiddleware(echo), scope(2, "/v2/repository/index"), chunks([2]))
+    assert response.status == 200 and response.body == b"xx"
