@@ -1029,7 +1029,7 @@ def test_metrics_middleware_times_counts_and_bounds_what_it_logs(monkeypatch, ca
     JSON error cut there is logged as raw text); other routes still read their body."""
     from predictor.serving import middleware as mw
 
-    ticks = iter([1000.0, 1000.0123456, 2000.0, 2000.5, 3000.0, 3000.0])
+    ticks = iter([1000.0, 1000.0123456, 2000.0, 2000.5, 3000.0, 3000.0, 4000.0, 4000.0])
 
     class FakeTime:
         @staticmethod
@@ -1074,5 +1074,38 @@ def test_metrics_middleware_times_counts_and_bounds_what_it_logs(monkeypatch, ca
         body = (await receive())["body"]
         await answering(200, body)(scope, receive, send)
 
-    response = run(mw.RestMetricsMiddleware(echo), scope(2, "/v2/repository/index"), chunks([2]))
-    assert response.status == 200 and response.body == b"xx"
+    for path in ("/v2/repository/index", V1):
+        response = run(mw.RestMetricsMiddleware(echo), scope(2, path), chunks([2]))
+        assert response.status == 200 and response.body == b"xx"
+
+
+def test_an_answer_is_counted_before_its_last_message_leaves(caplog):
+    """The last body message may carry no ``body`` and no ``more_body`` (ASGI's defaults: b"" and
+    False): the answer is counted, and its error logged, before that message is sent; one body of 2049
+    bytes is kept to its first 2048 (a JSON error cut there is logged as raw text)."""
+    from predictor.serving.middleware import RestMetricsMiddleware
+
+    async def app(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 400, "headers": []})
+        await send({"type": "http.response.body", "body": b'{"error": "e"}', "more_body": True})
+        await send({"type": "http.response.body"})
+
+    before = requests_counted("v1", 400)[0]
+    counted_at_last: list[float] = []
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.body" and "body" not in message:
+            counted_at_last.append(requests_counted("v1", 400)[0] - before)
+
+    with caplog.at_level("WARNING"):
+        asyncio.run(RestMetricsMiddleware(app)(scope(2), chunks([2]), send))
+    (line,) = [orjson.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
+    assert counted_at_last == [1] and line["error"] == "e"
+
+    whole = b'{"pad": "' + b"x" * (2049 - 25) + b'", "error": "E"}'
+    assert len(whole) == 2049
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        run(RestMetricsMiddleware(answering(400, whole)), scope(2), chunks([2]))
+    (line,) = [orjson.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
+    assert line["error"] == whole[:500].decode()
