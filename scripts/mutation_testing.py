@@ -219,6 +219,10 @@ TARGETS: tuple[Target, ...] = (
                     "test_send_json_sends_exactly_one_json_answer",
                     "test_metrics_middleware_times_counts_and_bounds_what_it_logs",
                     "test_an_answer_is_counted_before_its_last_message_leaves",
+                    "test_streamed_refusals_are_exact_and_counted",
+                    "test_an_answer_already_started_is_not_replaced_and_a_silent_app_gets_none",
+                    "test_charge_json_per_chunk",
+                    "test_a_request_message_without_a_body_counts_as_empty",
                 )
             ),
         ),
@@ -501,6 +505,24 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         for line in (
             'if not message.get("more_body", None):',
             'if not message.get("more_body", ):',
+        )
+    },
+    **{
+        ("predictor/serving/middleware.py", "_charge_json", line): why
+        for line, why in (
+            (
+                "if left <= 0 and not chunk:",
+                "with nothing left the slice below is empty, and an empty chunk costs nothing: 0 either way",
+            ),
+            ("if left < 0 or not chunk:", "with 0 left the slice below is empty: it costs 0"),
+            (
+                "part = chunk if left > len(chunk) else chunk[: int(left)]",
+                "when left == len(chunk) the slice is the whole chunk",
+            ),
+            (
+                'left = state["json_left"] = math.inf if v1_body_is_json(chunk, "XXXX") else 0',
+                "an unknown Content-Type and none are read alike: the body's first bytes decide",
+            ),
         )
     },
     (

@@ -1109,3 +1109,83 @@ def test_an_answer_is_counted_before_its_last_message_leaves(caplog):
         run(RestMetricsMiddleware(answering(400, whole)), scope(2), chunks([2]))
     (line,) = [orjson.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
     assert line["error"] == whole[:500].decode()
+
+
+def test_streamed_refusals_are_exact_and_counted():
+    """A streamed body refused part-way: over the budget (503, the exact reason, ``inflight_bytes``) and
+    JSON too costly once parsed (413 naming the exact charge, ``body_too_large``)."""
+    budget = ByteBudget(100)
+    assert budget.try_reserve(60)  # another request in flight
+    before = rejected("inflight_bytes")
+    png = {"type": "http", "path": V1, "headers": [(b"content-type", b"image/png")]}
+    response = run(AdmissionMiddleware(reading_app, budget, 10**6), png, chunks([50]))
+    assert response.status == 503 and response.error == (
+        "overloaded: 60 request bytes in flight, 50 more would pass the limit of 100 (--max_inflight_bytes); "
+        "retry later"
+    )
+    assert rejected("inflight_bytes") - before == 1 and budget.used == 60
+
+    before = rejected("body_too_large")
+    body = b"[" + b"0," * 10 + b"0]"  # 23 bytes: 10 value separators, 1 list
+    charged = len(body) + 10 * JSON_VALUE_COST + JSON_LIST_COST
+    response = run(
+        AdmissionMiddleware(reading_app, ByteBudget(10**6), 100), scope(None), body_receive(body, 1)
+    )
+    assert response.status == 413
+    assert response.error.startswith(
+        f"the JSON of this request body would take over {charged} bytes once parsed"
+    )
+    assert rejected("body_too_large") - before == 1
+
+
+def test_an_answer_already_started_is_not_replaced_and_a_silent_app_gets_none():
+    """An app that started its answer before the body passed a bound keeps it (a second answer cannot
+    be sent on the same request); an app that answers nothing gets nothing added."""
+
+    async def starts_then_reads(s: dict, receive, send) -> None:
+        assert s["path"] == V1
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            while (await receive()).get("more_body"):
+                pass
+        except Exception:  # the middleware's refusal of the read
+            return
+
+    budget = ByteBudget(BUDGET)
+    response = run(AdmissionMiddleware(starts_then_reads, budget, 10), scope(None), chunks([50]))
+    assert (response.status, response.body, budget.used) == (200, b"", 0)
+
+    async def silent(s: dict, receive, send) -> None:
+        return None
+
+    response = run(AdmissionMiddleware(silent, budget, 10), scope(None), chunks([5]))
+    assert (response.status, response.body, budget.used) == (None, b"", 0)
+
+
+def test_charge_json_per_chunk():
+    """What each chunk of a body is charged as JSON: a V1 body without a telling Content-Type is decided
+    by its first non-blank chunk; a binary-extension header charges exactly its last byte."""
+    import math
+
+    from predictor.serving.middleware import _charge_json
+
+    v1 = {"json_left": None}
+    assert _charge_json(b"  \n", v1) == 0 and v1["json_left"] is None  # blank: still undecided
+    assert _charge_json(b' {"a": [1,2]}', v1) == JSON_LIST_COST + JSON_VALUE_COST
+    assert v1["json_left"] == math.inf
+    image = {"json_left": None}
+    assert _charge_json(b"[,", image) == 0 and image["json_left"] == 0  # not "{": one image, no JSON
+    assert _charge_json(b",,", image) == 0
+    header = {"json_left": 1}  # one byte of the JSON header left in this chunk
+    assert _charge_json(b",,", header) == JSON_VALUE_COST and header["json_left"] == 0
+
+
+def test_a_request_message_without_a_body_counts_as_empty():
+    """ASGI lets ``http.request`` omit ``body`` (b"")."""
+
+    async def receive() -> dict:
+        return {"type": "http.request"}
+
+    budget = ByteBudget(BUDGET)
+    response = run(AdmissionMiddleware(reading_app, budget, 10), scope(None), receive)
+    assert (response.status, response.body, budget.used) == (200, b"ok", 0)
