@@ -507,6 +507,11 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
             'if not message.get("more_body", ):',
         )
     },
+    (
+        "predictor/serving/middleware.py",
+        "_json_part",
+        'length = (_header(scope, b"inference-header-content-length") or "XXXX").strip()',
+    ): "a missing header and 'XXXX' are both not digits: the whole body is JSON either way",
     **{
         ("predictor/serving/middleware.py", "_charge_json", line): why
         for line, why in (

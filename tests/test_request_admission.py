@@ -121,9 +121,20 @@ def test_a_declared_body_over_the_budget_gets_503_with_retry_after_unread():
         AdmissionMiddleware(reading_app, budget, max_request_bytes=10**7), scope(500_000), never_receive
     )
     assert response.status == 503 and response.headers[b"retry-after"] == b"1"
-    assert "--max_inflight_bytes" in response.error
+    assert response.error == (
+        "overloaded: 600000 request bytes in flight, 500000 more would pass the limit of 1000000 "
+        "(--max_inflight_bytes); retry later"
+    )
     assert rejected("inflight_bytes") == before + 1
     assert budget.used == 600_000
+    # a request without a body (a health check) is never refused by the budget, even a full one
+    assert budget.try_reserve(400_000) and budget.used == BUDGET
+    health = {"type": "http", "path": "/v2/health/ready", "headers": []}
+    assert (
+        run(AdmissionMiddleware(reading_app, budget, max_request_bytes=10**7), health, chunks([0])).status
+        == 200
+    )
+    assert budget.used == BUDGET
 
 
 def test_a_lone_request_is_admitted_whatever_its_size_and_released_after():
@@ -801,8 +812,13 @@ def test_json_parse_cost_counts_values_and_lists():
             b'{"d": [0]}' + b"," * 5000,
             10,
         ),
-        # V1 image: nothing is JSON, whatever its bytes
+        # V1 image: nothing is JSON, whatever its bytes (the Content-Type decides, not the first byte)
         (V1, [(b"content-type", b"image/png")], b"\x89PNG" + b",[" * 3000, 0),
+        (V1, [(b"content-type", b"image/png")], b",[" * 3000, 0),
+        (V1, [(b"content-type", b"image/png")], b'{"a": [' + b"0," * 500, 0),
+        (V1, [(b"content-type", b"application/octet-stream")], b'{"a": [' + b"0," * 500, 0),
+        # not an inference route: nothing is JSON
+        ("/v2/repository/index", [(b"content-type", b"application/json")], b"[,[" * 100, 0),
         # V1 without Content-Type: JSON when it starts with "{", else one image
         (V1, [], b'  {"instances": [' + b"0," * 500 + b"0]}", None),
         (V1, [], b"\xff\xd8" + b"," * 3000, 0),
