@@ -1046,3 +1046,15 @@ def test_unreadable_grpc_parameter_kinds_are_400_naming_the_kinds_that_work():
     # a parameter the server does not read may be of any kind
     other = v2_request([b"QQ=="], from_grpc=True, parameters={"priority": bytes_kind})
     assert codecs.parse_v2(other, **LIMITS).controls == codecs.Controls()
+
+
+def test_query_parameters_join_classes_and_refuse_other_repeats():
+    assert codecs.query_parameters([]) is None
+    assert codecs.query_parameters([("classes", "circle"), ("score_threshold", "0.5"), ("classes", "7")]) == {
+        "classes": "circle,7",
+        "score_threshold": "0.5",
+    }
+    long = "k" * 100
+    with pytest.raises(InvalidInput) as refused:
+        codecs.query_parameters([(long, "1"), (long, "2")])
+    assert str(refused.value) == f"parameters.{'k' * 64}: given more than once in the query"
