@@ -513,6 +513,28 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         'length = (_header(scope, b"inference-header-content-length") or "XXXX").strip()',
     ): "a missing header and 'XXXX' are both not digits: the whole body is JSON either way",
     **{
+        ("predictor/serving/middleware.py", "_json_part", line): why
+        for line, why in (
+            (
+                'media = (_header(scope, b"content-type") or "").split(";", )[0].strip().lower()',
+                "only the first piece of the split is used, the same however many pieces there are",
+            ),
+            (
+                'media = (_header(scope, b"content-type") or "").split(";", 2)[0].strip().lower()',
+                "only the first piece of the split is used, the same however many pieces there are",
+            ),
+            (
+                'media = (_header(scope, b"content-type") or "XXXX").split(";", 1)[0].strip().lower()',
+                "no Content-Type and the unknown media type 'xxxx' are read alike: the first bytes decide",
+            ),
+        )
+    },
+    (
+        "predictor/serving/middleware.py",
+        "_header",
+        'return value.decode("LATIN-1")[:128]',
+    ): "Python's codec names are case-insensitive",
+    **{
         ("predictor/serving/middleware.py", "_charge_json", line): why
         for line, why in (
             (

@@ -383,8 +383,18 @@ def test_an_app_that_raises_is_counted_as_a_500_with_its_error(caplog):
         run(RestMetricsMiddleware(broken), with_id(scope(2), b"r2"), chunks([2]))
     after = requests_counted("v1", 500)
     assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
+
     (line,) = [orjson.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
     assert line["error"] == "RuntimeError: boom" and line["status"] == 500 and line["request_id"] == "r2"
+
+    async def broken_midway(scope, receive, send):  # a 200 started, then the app fails: a 500 for us
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise RuntimeError("midway")
+
+    before_200, before_500 = requests_counted("v1", 200), requests_counted("v1", 500)
+    with pytest.raises(RuntimeError):
+        run(RestMetricsMiddleware(broken_midway), scope(2), chunks([2]))
+    assert requests_counted("v1", 500)[0] - before_500[0] == 1 and requests_counted("v1", 200) == before_200
 
 
 # ----------------------------------------------------------------------------- gRPC interceptor, in process
@@ -817,6 +827,8 @@ def test_json_parse_cost_counts_values_and_lists():
         (V1, [(b"content-type", b"image/png")], b",[" * 3000, 0),
         (V1, [(b"content-type", b"image/png")], b'{"a": [' + b"0," * 500, 0),
         (V1, [(b"content-type", b"application/octet-stream")], b'{"a": [' + b"0," * 500, 0),
+        # a parameter that names JSON does not make the media type JSON: the first bytes decide
+        (V1, [(b"content-type", b"text/plain; profile=json; q=1")], b"\xff\xd8" + b"," * 3000, 0),
         # not an inference route: nothing is JSON
         ("/v2/repository/index", [(b"content-type", b"application/json")], b"[,[" * 100, 0),
         # V1 without Content-Type: JSON when it starts with "{", else one image
@@ -1203,5 +1215,5 @@ def test_a_request_message_without_a_body_counts_as_empty():
         return {"type": "http.request"}
 
     budget = ByteBudget(BUDGET)
-    response = run(AdmissionMiddleware(reading_app, budget, 10), scope(None), receive)
+    response = run(AdmissionMiddleware(reading_app, budget, 3), scope(None), receive)  # 0 bytes <= 3
     assert (response.status, response.body, budget.used) == (200, b"ok", 0)
