@@ -333,6 +333,12 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     },
     (
         "predictor/serving/codecs.py",
+        "v1_images",
+        "query: tuple[tuple[str, str], ...] = None",
+    ): "query is only tested for truth and handed to query_parameters, which returns None for any empty "
+    "value: None and () are read alike",
+    (
+        "predictor/serving/codecs.py",
         "_uint8_from_json",
         'if values.dtype.kind not in "XXiuXX":',
     ): "X is no NumPy dtype kind, so the same kinds pass",

@@ -1011,6 +1011,10 @@ def test_raw_v1_body_takes_its_controls_from_the_query():
         "query parameter 'score_threshold': a JSON body carries its controls in \"parameters\"; "
         "query parameters are for a raw image body"
     )
+    long_key = codecs.V1Body(b'{"instances": ["QQ=="]}', (("k" * 100, "1"),))
+    assert reason(codecs.parse_v1, long_key, "application/json", **LIMITS).startswith(
+        f"query parameter '{'k' * 64}': a JSON body"
+    )
 
 
 def _triton_parameter(field: int, wire: bytes) -> pb.InferParameter:
