@@ -333,6 +333,12 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     },
     (
         "predictor/serving/codecs.py",
+        "v2_parameters",
+        "return grpc_parameters(request.parameters) if (request.from_grpc) or True else request.parameters",
+    ): "grpc_parameters passes plain values through and turns None into {}, which parse_controls reads the "
+    "same way",
+    (
+        "predictor/serving/codecs.py",
         "v1_images",
         "query: tuple[tuple[str, str], ...] = None",
     ): "query is only tested for truth and handed to query_parameters, which returns None for any empty "

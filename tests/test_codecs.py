@@ -1062,3 +1062,20 @@ def test_query_parameters_join_classes_and_refuse_other_repeats():
     with pytest.raises(InvalidInput) as refused:
         codecs.query_parameters([(long, "1"), (long, "2")])
     assert str(refused.value) == f"parameters.{'k' * 64}: given more than once in the query"
+
+
+def test_grpc_parameter_edge_kinds():
+    """A negative double (its sign bit set in the unsigned 64-bit field) reads back; a known field number
+    on the wrong wire type is unreadable, not misread."""
+    assert codecs.grpc_parameter_value(_triton_parameter(4, struct.pack("<d", -0.5))) == -0.5
+    double_as_varint = pb.InferParameter.FromString(bytes([4 << 3 | 0]) + b"\x07")
+    request = v2_request([b"QQ=="], from_grpc=True, parameters={"nms_threshold": double_as_varint})
+    assert reason(codecs.parse_v2, request, **LIMITS).startswith(
+        "parameters.nms_threshold: an InferParameter of unknown kind (field 4, wire type 0); send one of "
+    )
+
+
+@pytest.mark.parametrize("from_grpc", [False, True])
+def test_encode_v2_names_the_model_version(from_grpc):
+    request = v2_request([b"QQ==", b"QQ=="], from_grpc=from_grpc)
+    assert codecs.encode_v2(detections(), NAMES, "m", request, model_version="7").model_version == "7"
