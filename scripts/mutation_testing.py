@@ -335,8 +335,9 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "predictor/serving/codecs.py",
         "v2_parameters",
         "return grpc_parameters(request.parameters) if (request.from_grpc) or True else request.parameters",
-    ): "grpc_parameters passes plain values through and turns None into {}, which parse_controls reads the "
-    "same way",
+    ): "REST parameters arrive as a dict or None (KServe's pydantic request model types them so): "
+    "grpc_parameters passes a dict's plain values through and turns None into {}, which parse_controls "
+    "reads the same way",
     (
         "predictor/serving/codecs.py",
         "v1_images",
