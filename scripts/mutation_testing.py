@@ -303,7 +303,7 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     **{
         ("predictor/serving/codecs.py", function, 'raw = getattr(inp, "_raw_data", )'): "every kserve "
         "InferInput has a _raw_data attribute (None unless binary), so the default is never used"
-        for function in ("_v2_items", "parse_uint8_images")
+        for function in ("_v2_items", "uint8_images")
     },
     **{
         (
