@@ -304,6 +304,10 @@ def test_plain_json_response():
         "id": "r-1",
     }
     assert b'"id"' not in binary_ext_kserve.encode_response(response(""), request())[0]
+    versioned = response()
+    versioned.model_version = "7"  # what the versioned data plane sets
+    body, _ = binary_ext_kserve.encode_response(versioned, request())
+    assert orjson.loads(body)["model_version"] == "7"
 
 
 def test_binary_data_output_makes_every_output_binary():

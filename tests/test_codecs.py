@@ -1011,6 +1011,10 @@ def test_raw_v1_body_takes_its_controls_from_the_query():
         "query parameter 'score_threshold': a JSON body carries its controls in \"parameters\"; "
         "query parameters are for a raw image body"
     )
+    long_key = codecs.V1Body(b'{"instances": ["QQ=="]}', (("k" * 100, "1"),))
+    assert reason(codecs.parse_v1, long_key, "application/json", **LIMITS).startswith(
+        f"query parameter '{'k' * 64}': a JSON body"
+    )
 
 
 def _triton_parameter(field: int, wire: bytes) -> pb.InferParameter:
@@ -1046,3 +1050,32 @@ def test_unreadable_grpc_parameter_kinds_are_400_naming_the_kinds_that_work():
     # a parameter the server does not read may be of any kind
     other = v2_request([b"QQ=="], from_grpc=True, parameters={"priority": bytes_kind})
     assert codecs.parse_v2(other, **LIMITS).controls == codecs.Controls()
+
+
+def test_query_parameters_join_classes_and_refuse_other_repeats():
+    assert codecs.query_parameters([]) is None
+    assert codecs.query_parameters([("classes", "circle"), ("score_threshold", "0.5"), ("classes", "7")]) == {
+        "classes": "circle,7",
+        "score_threshold": "0.5",
+    }
+    long = "k" * 100
+    with pytest.raises(InvalidInput) as refused:
+        codecs.query_parameters([(long, "1"), (long, "2")])
+    assert str(refused.value) == f"parameters.{'k' * 64}: given more than once in the query"
+
+
+def test_grpc_parameter_edge_kinds():
+    """A negative double (its sign bit set in the unsigned 64-bit field) reads back; a known field number
+    on the wrong wire type is unreadable, not misread."""
+    assert codecs.grpc_parameter_value(_triton_parameter(4, struct.pack("<d", -0.5))) == -0.5
+    double_as_varint = pb.InferParameter.FromString(bytes([4 << 3 | 0]) + b"\x07")
+    request = v2_request([b"QQ=="], from_grpc=True, parameters={"nms_threshold": double_as_varint})
+    assert reason(codecs.parse_v2, request, **LIMITS).startswith(
+        "parameters.nms_threshold: an InferParameter of unknown kind (field 4, wire type 0); send one of "
+    )
+
+
+@pytest.mark.parametrize("from_grpc", [False, True])
+def test_encode_v2_names_the_model_version(from_grpc):
+    request = v2_request([b"QQ==", b"QQ=="], from_grpc=from_grpc)
+    assert codecs.encode_v2(detections(), NAMES, "m", request, model_version="7").model_version == "7"

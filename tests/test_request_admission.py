@@ -121,9 +121,20 @@ def test_a_declared_body_over_the_budget_gets_503_with_retry_after_unread():
         AdmissionMiddleware(reading_app, budget, max_request_bytes=10**7), scope(500_000), never_receive
     )
     assert response.status == 503 and response.headers[b"retry-after"] == b"1"
-    assert "--max_inflight_bytes" in response.error
+    assert response.error == (
+        "overloaded: 600000 request bytes in flight, 500000 more would pass the limit of 1000000 "
+        "(--max_inflight_bytes); retry later"
+    )
     assert rejected("inflight_bytes") == before + 1
     assert budget.used == 600_000
+    # a request without a body (a health check) is never refused by the budget, even a full one
+    assert budget.try_reserve(400_000) and budget.used == BUDGET
+    health = {"type": "http", "path": "/v2/health/ready", "headers": []}
+    assert (
+        run(AdmissionMiddleware(reading_app, budget, max_request_bytes=10**7), health, chunks([0])).status
+        == 200
+    )
+    assert budget.used == BUDGET
 
 
 def test_a_lone_request_is_admitted_whatever_its_size_and_released_after():
@@ -372,8 +383,18 @@ def test_an_app_that_raises_is_counted_as_a_500_with_its_error(caplog):
         run(RestMetricsMiddleware(broken), with_id(scope(2), b"r2"), chunks([2]))
     after = requests_counted("v1", 500)
     assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
+
     (line,) = [orjson.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
     assert line["error"] == "RuntimeError: boom" and line["status"] == 500 and line["request_id"] == "r2"
+
+    async def broken_midway(scope, receive, send):  # a 200 started, then the app fails: a 500 for us
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise RuntimeError("midway")
+
+    before_200, before_500 = requests_counted("v1", 200), requests_counted("v1", 500)
+    with pytest.raises(RuntimeError):
+        run(RestMetricsMiddleware(broken_midway), scope(2), chunks([2]))
+    assert requests_counted("v1", 500)[0] - before_500[0] == 1 and requests_counted("v1", 200) == before_200
 
 
 # ----------------------------------------------------------------------------- gRPC interceptor, in process
@@ -460,6 +481,96 @@ def test_a_message_that_fails_to_parse_gives_its_bytes_back():
     (reply,) = run_interceptor(budget, [(COUNTED, b"x" * 300)], parse=parse)
     assert reply == (grpc.StatusCode.INVALID_ARGUMENT, "the request message cannot be parsed (ValueError)")
     assert budget.used == 0
+
+
+def test_grpc_calls_past_the_limiter_are_refused_and_an_empty_call_is_invalid():
+    """One place, none waiting: while a ModelInfer call holds the place (its message not sent yet), the
+    next is refused with RESOURCE_EXHAUSTED and the limiter's reason (counted as ``grpc_calls``); once
+    the message is read the place is free again. A call that sends no message gets INVALID_ARGUMENT."""
+    from predictor.serving.admission import GrpcAdmissionInterceptor
+
+    budget, limiter = ByteBudget(10_000), CallLimiter(1, 0)
+    before = rejected("grpc_calls")
+
+    async def echo(request: bytes, context) -> bytes:
+        return request
+
+    async def outcome(call) -> bytes | tuple:
+        try:
+            return await call
+        except grpc.aio.AioRpcError as e:
+            return e.code(), e.details()
+
+    async def main() -> list:
+        handler = grpc.unary_unary_rpc_method_handler(echo)
+        server = grpc.aio.server(interceptors=(GrpcAdmissionInterceptor(budget, limiter),))
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {"ModelInfer": handler}),)
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                infer, stream = channel.unary_unary(COUNTED), channel.stream_unary(COUNTED)
+                held = stream(timeout=30)  # a call whose message has not come yet: it holds the place
+                for _ in range(3000):
+                    if limiter._semaphore is not None and limiter._semaphore.locked():
+                        break
+                    await asyncio.sleep(0.01)
+                refused = await outcome(infer(b"b", timeout=30))
+                refused_empty = await outcome(stream(iter(()), timeout=30))
+                await held.write(b"a")
+                await held.done_writing()
+                return [
+                    refused,
+                    refused_empty,
+                    await outcome(held),
+                    await outcome(stream(iter(()), timeout=30)),
+                ]
+        finally:
+            await server.stop(None)
+
+    refused, refused_empty, first, empty = asyncio.run(main())
+    reason = (
+        "overloaded: 1 gRPC calls are reading their messages and 0 wait (--max_inflight_bytes / "
+        "--grpc_max_receive_message_length + 1 at once); retry later"
+    )
+    assert refused == refused_empty == (grpc.StatusCode.RESOURCE_EXHAUSTED, reason)
+    assert first == b"a" and empty == (grpc.StatusCode.INVALID_ARGUMENT, "no request message")
+    assert rejected("grpc_calls") - before == 2 and budget.used == 0 and limiter.waiting == 0
+
+
+def test_call_limiter_counts_every_waiting_call():
+    async def scenario() -> tuple[list[str], int, int]:
+        limiter = CallLimiter(1, 2)
+        events: list[str] = []
+        hold = asyncio.Event()
+
+        async def call(name: str) -> None:
+            if not await limiter.enter():
+                events.append(f"{name} refused")
+                return
+            events.append(f"{name} in")
+            await hold.wait()
+            limiter.leave()
+
+        tasks = [asyncio.create_task(call(n)) for n in "abcd"]
+        for _ in range(100):
+            await asyncio.sleep(0)
+        waiting = limiter.waiting
+        hold.set()
+        await asyncio.gather(*tasks)
+        return events, waiting, limiter.waiting
+
+    assert asyncio.run(scenario()) == (["a in", "d refused", "b in", "c in"], 2, 0)
+
+
+def test_call_limiter_arguments_are_checked():
+    for limit, waiting in ((0, 0), (1, -1), (-1, 5)):
+        with pytest.raises(ValueError, match=rf"^limit must be positive and max_waiting >= 0, got {limit}, "):
+            CallLimiter(limit, waiting)
+    assert (CallLimiter(1, 0).limit, CallLimiter(1, 0).max_waiting) == (1, 0)
+    assert grpc_concurrency(10, 1) == 11 and grpc_concurrency(10, 0) == 11  # 10 one-byte messages + 1
 
 
 def test_the_admitting_grpc_server_is_kserves_with_the_interceptor_first(caplog):
@@ -713,8 +824,15 @@ def test_json_parse_cost_counts_values_and_lists():
             b'{"d": [0]}' + b"," * 5000,
             10,
         ),
-        # V1 image: nothing is JSON, whatever its bytes
+        # V1 image: nothing is JSON, whatever its bytes (the Content-Type decides, not the first byte)
         (V1, [(b"content-type", b"image/png")], b"\x89PNG" + b",[" * 3000, 0),
+        (V1, [(b"content-type", b"image/png")], b",[" * 3000, 0),
+        (V1, [(b"content-type", b"image/png")], b'{"a": [' + b"0," * 500, 0),
+        (V1, [(b"content-type", b"application/octet-stream")], b'{"a": [' + b"0," * 500, 0),
+        # a parameter that names JSON does not make the media type JSON: the first bytes decide
+        (V1, [(b"content-type", b"text/plain; profile=json; q=1")], b"\xff\xd8" + b"," * 3000, 0),
+        # not an inference route: nothing is JSON
+        ("/v2/repository/index", [(b"content-type", b"application/json")], b"[,[" * 100, 0),
         # V1 without Content-Type: JSON when it starts with "{", else one image
         (V1, [], b'  {"instances": [' + b"0," * 500 + b"0]}", None),
         (V1, [], b"\xff\xd8" + b"," * 3000, 0),
@@ -752,6 +870,7 @@ def test_a_json_body_too_costly_to_parse_gets_413_pointing_to_binary_tensors():
     assert response.error.startswith("the JSON of this request body would take over ")
     assert "once parsed (JSON numbers cost about 8 times their text), the limit is 100000" in response.error
     assert "binary tensor extension (Inference-Header-Content-Length) or over gRPC" in response.error
+    assert response.error.endswith("over gRPC (raw_input_contents), or send encoded images")
     # the same values as binary tensor data: the bytes only
     binary = b'{"inputs": []}' + bytes(20_001)
     s["headers"] = [(b"inference-header-content-length", b"14")]
@@ -836,3 +955,267 @@ def test_grpc_calls_in_the_model_hold_no_reading_place(random_tiny_model_dir, tm
     finally:
         server.gate.release()
         server.terminate()
+
+
+def test_install_adds_the_middlewares_outermost_first(tmp_path):
+    """Metrics and request ids outermost (they see every answer, refusals included), then the version
+    header, then the token check, then admission innermost (nearest the app); each with its arguments."""
+    from fastapi import FastAPI
+
+    from predictor.serving.auth import BearerAuthMiddleware, TokenCheck
+    from predictor.serving.middleware import RestMetricsMiddleware, install
+    from predictor.serving.versions import ModelVersionHeader
+
+    tokens_file = tmp_path / "tokens"
+    tokens_file.write_text("secret\n")
+    budget, tokens = ByteBudget(BUDGET), TokenCheck(tokens_file)
+
+    def busy() -> None:
+        return None
+
+    app = FastAPI()
+    install(app, budget, 1234, busy, tokens=tokens, model_version="7")
+    assert [(m.cls, m.kwargs) for m in app.user_middleware] == [
+        (RestMetricsMiddleware, {}),
+        (ModelVersionHeader, {"version": "7"}),
+        (BearerAuthMiddleware, {"check": tokens}),
+        (AdmissionMiddleware, {"budget": budget, "max_request_bytes": 1234, "busy": busy}),
+    ]
+    plain = FastAPI()
+    install(plain, budget, 1234, busy)  # no tokens, no version: neither middleware
+    assert [m.cls for m in plain.user_middleware] == [RestMetricsMiddleware, AdmissionMiddleware]
+
+
+def test_header_helpers_exact():
+    """The ASGI header helpers on their edge cases: no headers at all, other letter cases, latin-1
+    bytes, non-digit lengths, an app's own Retry-After or request id kept."""
+    from predictor.serving import middleware as mw
+
+    assert mw._header({}, b"x-request-id") is None
+    long_id = {"headers": [(b"X-Request-Id", b"\xe9" + b"a" * 200)]}
+    assert mw._header(long_id, b"x-request-id") == "\xe9" + "a" * 127  # latin-1, cut to 128 characters
+    assert mw._content_length({}) is None
+    assert mw._content_length({"headers": [(b"Content-Length", b"12")]}) == 12
+    assert mw._content_length({"headers": [(b"content-length", b"1e3")]}) is None
+
+    retry = (b"retry-after", str(mw.RETRY_AFTER_S).encode())
+    bare = {"type": "http.response.start", "status": 503}
+    assert mw._with_retry_after(bare) == {**bare, "headers": [retry]}
+    own = {"type": "http.response.start", "status": 503, "headers": [(b"Retry-After", b"9")]}
+    assert mw._with_retry_after(own) is own
+    fine = {"type": "http.response.start", "status": 200, "headers": []}
+    assert mw._with_retry_after(fine) is fine
+
+    assert mw._add_request_id({"type": "http.response.start", "status": 200}, "r1")["headers"] == [
+        (b"x-request-id", b"r1")
+    ]
+    app_id = {"type": "http.response.start", "status": 200, "headers": [(b"X-Request-ID", b"app")]}
+    assert mw._add_request_id(app_id, "r1")["headers"] == [(b"X-Request-ID", b"app")]
+
+
+def test_error_text_of_each_body_form():
+    from predictor.serving.middleware import _error_text
+
+    assert _error_text(b'{"error": "bad image"}') == "bad image"
+    assert _error_text(b'{"detail": [{"loc": ["body"]}]}') == '[{"loc":["body"]}]'  # FastAPI's 422
+    assert _error_text(b'["detail"]') == '["detail"]'  # JSON, but no object: as it is
+    assert _error_text(b'{"message": "x"}') == '{"message": "x"}'
+    assert _error_text(b"\xff not json") == "\ufffd not json"
+
+
+def test_send_json_sends_exactly_one_json_answer():
+    from predictor.serving.middleware import RETRY_AFTER_S, send_json
+
+    messages: list[dict] = []
+
+    async def send(message: dict) -> None:
+        messages.append(message)
+
+    asyncio.run(send_json(send, 413, "too big"))
+    asyncio.run(send_json(send, 503, "busy", retry_after=True))
+    assert messages == [
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", b"19")],
+        },
+        {"type": "http.response.body", "body": b'{"error":"too big"}'},
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"16"),
+                (b"retry-after", str(RETRY_AFTER_S).encode()),
+            ],
+        },
+        {"type": "http.response.body", "body": b'{"error":"busy"}'},
+    ]
+
+
+def test_metrics_middleware_times_counts_and_bounds_what_it_logs(monkeypatch, caplog):
+    """A fake ``perf_counter``: the request took 12.3456 ms, logged as 12.3 and observed in seconds; an app
+    that answers nothing counts as a 500; only the first 2 KB of an error body are kept for the log (a
+    JSON error cut there is logged as raw text); other routes still read their body."""
+    from predictor.serving import middleware as mw
+
+    ticks = iter([1000.0, 1000.0123456, 2000.0, 2000.5, 3000.0, 3000.0, 4000.0, 4000.0])
+
+    class FakeTime:
+        @staticmethod
+        def perf_counter() -> float:
+            return next(ticks)
+
+    monkeypatch.setattr(mw, "time", FakeTime)
+    seconds = prometheus.REQUEST_SECONDS.labels("v1")
+    seconds_before = seconds._sum.get()
+    with caplog.at_level("WARNING"):
+        run(
+            mw.RestMetricsMiddleware(answering(400, b'{"error": "bad"}')),
+            with_id(scope(2), b"r3"),
+            chunks([2]),
+        )
+    (line,) = [orjson.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
+    assert line["ms"] == 12.3 and line["error"] == "bad"
+    assert seconds._sum.get() - seconds_before == pytest.approx(0.0123456)
+
+    async def silent(scope, receive, send) -> None:
+        return None  # no answer at all: uvicorn sends a 500
+
+    before = requests_counted("v1", 500)
+    run(mw.RestMetricsMiddleware(silent), scope(2), chunks([2]))
+    assert requests_counted("v1", 500)[0] - before[0] == 1
+
+    head = b'{"pad": "' + b"x" * (2048 - 9)  # exactly 2048 bytes, then the rest of the JSON
+    assert len(head) == 2048
+
+    async def long_error(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 400, "headers": []})
+        await send({"type": "http.response.body", "body": head, "more_body": True})
+        await send({"type": "http.response.body", "body": b'", "error": "hidden"}'})
+
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        run(mw.RestMetricsMiddleware(long_error), scope(2), chunks([2]))
+    (line,) = [orjson.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
+    assert line["error"] == head[:500].decode()
+
+    async def echo(scope, receive, send) -> None:
+        body = (await receive())["body"]
+        await answering(200, body)(scope, receive, send)
+
+    for path in ("/v2/repository/index", V1):
+        response = run(mw.RestMetricsMiddleware(echo), scope(2, path), chunks([2]))
+        assert response.status == 200 and response.body == b"xx"
+
+
+def test_an_answer_is_counted_before_its_last_message_leaves(caplog):
+    """The last body message may carry no ``body`` and no ``more_body`` (ASGI's defaults: b"" and
+    False): the answer is counted, and its error logged, before that message is sent; one body of 2049
+    bytes is kept to its first 2048 (a JSON error cut there is logged as raw text)."""
+    from predictor.serving.middleware import RestMetricsMiddleware
+
+    async def app(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 400, "headers": []})
+        await send({"type": "http.response.body", "body": b'{"error": "e"}', "more_body": True})
+        await send({"type": "http.response.body"})
+
+    before = requests_counted("v1", 400)[0]
+    counted_at_last: list[float] = []
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.body" and "body" not in message:
+            counted_at_last.append(requests_counted("v1", 400)[0] - before)
+
+    with caplog.at_level("WARNING"):
+        asyncio.run(RestMetricsMiddleware(app)(scope(2), chunks([2]), send))
+    (line,) = [orjson.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
+    assert counted_at_last == [1] and line["error"] == "e"
+
+    whole = b'{"pad": "' + b"x" * (2049 - 25) + b'", "error": "E"}'
+    assert len(whole) == 2049
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        run(RestMetricsMiddleware(answering(400, whole)), scope(2), chunks([2]))
+    (line,) = [orjson.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
+    assert line["error"] == whole[:500].decode()
+
+
+def test_streamed_refusals_are_exact_and_counted():
+    """A streamed body refused part-way: over the budget (503, the exact reason, ``inflight_bytes``) and
+    JSON too costly once parsed (413 naming the exact charge, ``body_too_large``)."""
+    budget = ByteBudget(100)
+    assert budget.try_reserve(60)  # another request in flight
+    before = rejected("inflight_bytes")
+    png = {"type": "http", "path": V1, "headers": [(b"content-type", b"image/png")]}
+    response = run(AdmissionMiddleware(reading_app, budget, 10**6), png, chunks([50]))
+    assert response.status == 503 and response.error == (
+        "overloaded: 60 request bytes in flight, 50 more would pass the limit of 100 (--max_inflight_bytes); "
+        "retry later"
+    )
+    assert rejected("inflight_bytes") - before == 1 and budget.used == 60
+
+    before = rejected("body_too_large")
+    body = b"[" + b"0," * 10 + b"0]"  # 23 bytes: 10 value separators, 1 list
+    charged = len(body) + 10 * JSON_VALUE_COST + JSON_LIST_COST
+    response = run(
+        AdmissionMiddleware(reading_app, ByteBudget(10**6), 100), scope(None), body_receive(body, 1)
+    )
+    assert response.status == 413
+    assert response.error.startswith(
+        f"the JSON of this request body would take over {charged} bytes once parsed"
+    )
+    assert rejected("body_too_large") - before == 1
+
+
+def test_an_answer_already_started_is_not_replaced_and_a_silent_app_gets_none():
+    """An app that started its answer before the body passed a bound keeps it (a second answer cannot
+    be sent on the same request); an app that answers nothing gets nothing added."""
+
+    async def starts_then_reads(s: dict, receive, send) -> None:
+        assert s["path"] == V1
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            while (await receive()).get("more_body"):
+                pass
+        except Exception:  # the middleware's refusal of the read
+            return
+
+    budget = ByteBudget(BUDGET)
+    response = run(AdmissionMiddleware(starts_then_reads, budget, 10), scope(None), chunks([50]))
+    assert (response.status, response.body, budget.used) == (200, b"", 0)
+
+    async def silent(s: dict, receive, send) -> None:
+        return None
+
+    response = run(AdmissionMiddleware(silent, budget, 10), scope(None), chunks([5]))
+    assert (response.status, response.body, budget.used) == (None, b"", 0)
+
+
+def test_charge_json_per_chunk():
+    """What each chunk of a body is charged as JSON: a V1 body without a telling Content-Type is decided
+    by its first non-blank chunk; a binary-extension header charges exactly its last byte."""
+    import math
+
+    from predictor.serving.middleware import _charge_json
+
+    v1 = {"json_left": None}
+    assert _charge_json(b"  \n", v1) == 0 and v1["json_left"] is None  # blank: still undecided
+    assert _charge_json(b' {"a": [1,2]}', v1) == JSON_LIST_COST + JSON_VALUE_COST
+    assert v1["json_left"] == math.inf
+    image = {"json_left": None}
+    assert _charge_json(b"[,", image) == 0 and image["json_left"] == 0  # not "{": one image, no JSON
+    assert _charge_json(b",,", image) == 0
+    header = {"json_left": 1}  # one byte of the JSON header left in this chunk
+    assert _charge_json(b",,", header) == JSON_VALUE_COST and header["json_left"] == 0
+
+
+def test_a_request_message_without_a_body_counts_as_empty():
+    """ASGI lets ``http.request`` omit ``body`` (b"")."""
+
+    async def receive() -> dict:
+        return {"type": "http.request"}
+
+    budget = ByteBudget(BUDGET)
+    response = run(AdmissionMiddleware(reading_app, budget, 3), scope(None), receive)  # 0 bytes <= 3
+    assert (response.status, response.body, budget.used) == (200, b"ok", 0)
