@@ -194,7 +194,12 @@ TARGETS: tuple[Target, ...] = (
         "v2_binary", "predictor/serving/binary_ext_kserve.py", ("tests/test_binary_ext.py", *_PROTOCOL_UNIT)
     ),
     Target("images", "predictor/serving/images.py", ("tests/test_images.py", *_IMAGE_FUZZ)),
-    Target("batcher", "predictor/serving/batcher.py", ("tests/test_batcher.py",), timeout_multiplier=8.0),
+    Target(
+        "batcher",
+        "predictor/serving/batcher.py",
+        ("tests/test_batcher.py", "tests/test_batcher_fill.py", "tests/test_scale_signal.py"),
+        timeout_multiplier=8.0,
+    ),
     Target(
         "admission",
         "predictor/serving/admission.py",
