@@ -217,7 +217,7 @@ def test_grpc_methods_need_the_token_but_health(auth_server, png):
     with grpc.insecure_channel(target) as channel, pytest.raises(grpc.RpcError) as refused:
         channel.unary_unary(SERVICE + "ModelInfer")(infer, timeout=60)
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert dict(refused.value.initial_metadata())["x-model-version"] == version
+    assert dict(refused.value.trailing_metadata())["x-model-version"] == version
     code, body = grpc_call(target, "ModelInfer", infer, good)
     assert code == "OK"
     assert grpc_v2.ModelInferResponse.FromString(body).model_name == MODEL_NAME

@@ -213,7 +213,7 @@ def test_keda_scales_on_the_offered_load(rendered):
     query = metric["external"]["metric"]["query"]
     pods = f'namespace="{NAMESPACE}",pod=~"{RELEASE}-ssd-detector-predictor-.*"'
     assert query == (
-        f"sum(100 * sum by (pod) (rate(ssd_offered_images_total{{{pods}}}[1m]))"
+        f"sum(100 * sum by (pod) (rate(ssd_offered_images_total{{{pods}}}[2m]))"
         f" / sum by (pod) (ssd_capacity_images_per_second{{{pods}}}))"
     )
     assert metric["external"]["target"]["value"] == "70"  # % of a replica's capacity

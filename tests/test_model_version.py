@@ -188,12 +188,14 @@ def test_grpc_reports_and_checks_the_version(ssd_server, served_version, png):
                 call_it()
             assert err.value.code() == grpc.StatusCode.NOT_FOUND
             assert err.value.details().startswith(f"model_version '1': model '{MODEL_NAME}' is served at")
-            assert dict(err.value.initial_metadata())[HEADER] == served_version
+            assert dict(err.value.trailing_metadata())[HEADER] == served_version
+            assert HEADER not in dict(err.value.initial_metadata() or ())  # Trailers-Only: retriable
 
 
 def test_grpc_refusals_and_health_carry_the_version(ssd_server, served_version):
     """As REST's errors carry the header: a message the admission interceptor cannot parse
-    (INVALID_ARGUMENT, before KServe's servicer runs) and a health call get the initial metadata too."""
+    (INVALID_ARGUMENT, before KServe's servicer runs) in its trailing metadata, sent without headers (a
+    Trailers-Only answer, which gRPC retry policies may retry: gRFC A6), and a health call."""
     with grpc.insecure_channel(ssd_server.grpc_target) as channel:
         service = "/inference.GRPCInferenceService/"
         infer = channel.unary_unary(service + "ModelInfer")
@@ -201,7 +203,8 @@ def test_grpc_refusals_and_health_carry_the_version(ssd_server, served_version):
             infer(b"\xff\xff\xff", timeout=30)  # not a ModelInferRequest
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert err.value.details().startswith("the request message cannot be parsed")
-        assert dict(err.value.initial_metadata())[HEADER] == served_version
+        assert dict(err.value.trailing_metadata())[HEADER] == served_version
+        assert HEADER not in dict(err.value.initial_metadata() or ())
         _, call = pb_grpc.GRPCInferenceServiceStub(channel).ServerLive.with_call(
             pb.ServerLiveRequest(), timeout=10
         )

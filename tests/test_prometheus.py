@@ -69,7 +69,7 @@ BATCH = 4
 QUEUE = 16
 TIMEOUT_S = 3
 DRIFT_WINDOW = 400  # images in the live drift window (--drift_window_images)
-KEDA_WINDOW = "10s"  # the KEDA trigger's rate window: 10 scrapes here (the chart's 1m is four of 15 s)
+KEDA_WINDOW = "10s"  # the KEDA rate window: 10 scrapes here (the chart's 2m is four of its 30 s scrapes)
 SLOW_CALL_S = 0.5  # the shed phase's model: each call 0.5 s slower than at warm-up (< 8 images/s)
 CHART_VALUES = [
     "-f",
@@ -573,7 +573,7 @@ HPA_EXAMPLE = CHART.parents[1] / "docs" / "examples" / "hpa-custom-metric.yaml"
 
 def test_hpa_custom_metric_example_is_the_keda_query_per_pod(scrape):
     """docs/examples/hpa-custom-metric.yaml: the prometheus-adapter rule's query, filled in as the adapter
-    does for one pod, returns the chart's default KEDA query (1m window) for that pod; its HPA target is
+    does for one pod, returns the chart's default KEDA query (2m window) for that pod; its HPA target is
     the chart's default KEDA threshold."""
     rule, hpa = yaml.safe_load_all(HPA_EXAMPLE.read_text())
     at = scrape.busiest["shed"]

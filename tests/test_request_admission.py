@@ -731,7 +731,7 @@ def test_the_server_refuses_over_budget_before_reading_and_recovers(budget_serve
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "--max_inflight_bytes" in info.value.details()
         # the refusal names the served model version, as the REST 503 does in its header
-        assert dict(info.value.initial_metadata())["x-model-version"] == headers[b"x-model-version"].decode()
+        assert dict(info.value.trailing_metadata())["x-model-version"] == headers[b"x-model-version"].decode()
         assert budget_server.metric("ssd_rejected_requests_total", 'reason="inflight_bytes"') >= 2
     finally:
         holder.close()  # the client goes away mid-body: its reservation is released

@@ -39,3 +39,20 @@ def test_capacity_is_the_efficient_buckets_warm_up_rate():
     assert batcher.efficient_bucket() == 4
     assert batcher.capacity_images_per_second == 4 / 0.2
     assert DynamicBatcher(unused_model, max_batch_size=8).capacity_images_per_second is None
+
+
+def test_capacity_is_bounded_by_the_decode_pool():
+    """A replica whose decode pool is slower than its model (a GPU node with big JPEGs) reads as full
+    at the decode pool's rate: 2 threads x 1 / 0.010 s = 200 images/s under a model rate of 3,000."""
+    from predictor.serving.prepare import DecodeTime, capacity_images_per_second
+
+    assert capacity_images_per_second(None, 2, 0.01) is None  # before the warm-up: no series
+    assert capacity_images_per_second(3000.0, 2, None) == 3000.0  # nothing decoded yet
+    assert capacity_images_per_second(3000.0, 2, 0.01) == pytest.approx(200.0)
+    assert capacity_images_per_second(50.0, 2, 0.01) == 50.0  # the model bounds a CPU replica
+    timer = DecodeTime(alpha=0.5)
+    assert timer.seconds is None
+    timer.observe(0.02)
+    assert timer.seconds == 0.02  # the first image sets it
+    timer.observe(0.04)
+    assert timer.seconds == pytest.approx(0.03)  # 0.02 + 0.5 * (0.04 - 0.02)

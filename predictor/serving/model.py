@@ -26,7 +26,7 @@ import kserve
 import numpy as np
 from kserve.model import InferenceVerb
 
-from predictor.serving import codecs, drift, errors, priority, prometheus, telemetry, tracing
+from predictor.serving import codecs, drift, errors, prepare, priority, prometheus, telemetry, tracing
 from predictor.serving.batcher import Deadline, DynamicBatcher
 from predictor.serving.errors import NotReady, RequestTimeout, status_of
 from predictor.serving.images import ImageLimits
@@ -74,8 +74,10 @@ class SSDPredictor(kserve.Model):
         prometheus.MODEL.ready = lambda: self.ready
         prometheus.MODEL.trace_count = lambda: self._detector.trace_count if self._detector else 0
         prometheus.MODEL.info = lambda: (self.name, self.version)
-        prometheus.MODEL.capacity = lambda: (
-            self._batcher.capacity_images_per_second if self._batcher else None
+        prometheus.MODEL.capacity = lambda: prepare.capacity_images_per_second(
+            self._batcher.capacity_images_per_second if self._batcher else None,
+            self.options.decode_threads,
+            prepare.DECODE_TIME.seconds,
         )
         if options.tracing and not tracing.enabled():
             tracing.configure()

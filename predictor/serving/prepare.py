@@ -20,6 +20,42 @@ from predictor.serving.images import ImageLimits, check_pixel_array, decode_imag
 #: ``resize(uint8 [H, W, 3]) -> float32 [S, S, 3]`` (``Detector.resize``).
 Resize = Callable[[np.ndarray], np.ndarray]
 
+#: Weight of the newest image in :data:`DECODE_TIME`'s moving average (about the last 50 images count).
+DECODE_EWMA_ALPHA = 0.02
+
+
+class DecodeTime:
+    """Moving average of one image's decode + resize seconds (every image :func:`prepare_payload`
+    prepares), for the decode pool's share of the replica's capacity."""
+
+    def __init__(self, alpha: float = DECODE_EWMA_ALPHA) -> None:
+        self.alpha = alpha
+        self.seconds: float | None = None  # None until an image was prepared
+
+    def observe(self, seconds: float) -> None:
+        # Decode threads race here: a lost update drops one sample of a moving average, nothing more.
+        last = self.seconds
+        self.seconds = seconds if last is None else last + self.alpha * (seconds - last)
+
+
+#: The process's decode times (the server has one decode pool).
+DECODE_TIME = DecodeTime()
+
+
+def capacity_images_per_second(
+    model_rate: float | None, decode_threads: int, decode_s: float | None
+) -> float | None:
+    """A replica's images per second: the smaller of what its model does (``model_rate``: the efficient
+    bucket's warm-up rate; None before the warm-up) and what its decode pool does (``decode_threads`` /
+    mean seconds per image; not counted before an image was prepared). On a GPU node the two run side by
+    side on different hardware, so the slower one bounds the replica; on a CPU node they share the cores
+    and the replica does less than either (the 70 % target's headroom). None before the warm-up."""
+    if model_rate is None:
+        return None
+    if not decode_s or decode_s <= 0:
+        return model_rate
+    return min(model_rate, decode_threads / decode_s)
+
 
 def prepare_payload(
     payload: codecs.ImagePayload | codecs.PixelPayload,
@@ -45,5 +81,7 @@ def prepare_payload(
     except InvalidInput as e:
         raise InvalidInput(f"{payload.field}: {e.reason}") from None
     resized = resize(pixels)
-    prometheus.DECODE_SECONDS.observe(time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    prometheus.DECODE_SECONDS.observe(seconds)
+    DECODE_TIME.observe(seconds)
     return resized, original_hw

@@ -19,8 +19,10 @@ Registered once, at import, in ``prometheus_client``'s default registry (the one
   UNAVAILABLE because the image queue was full or overloaded (a REST request refused before its body
   was read counts as one image). Their rate is the load offered to the replica, shed demand included:
   the chart's KEDA trigger divides it by ``ssd_capacity_images_per_second``.
-- ``ssd_capacity_images_per_second``: images per second the model does in calls of the efficient
-  bucket, the size it runs under a standing queue (from the warm-up's timings; absent before them).
+- ``ssd_capacity_images_per_second``: images per second the replica can take: the smaller of what the
+  model does in calls of the efficient bucket, the size it runs under a standing queue (from the
+  warm-up's timings; absent before them), and what the decode pool does (``--decode_threads`` / the
+  moving average of one image's decode + resize), so a replica bound by decoding reads as full.
 - ``ssd_inflight_request_bytes``: request-body bytes admitted and not answered yet (REST and gRPC).
 - ``ssd_rejected_requests_total{reason}``: requests refused before their body was read or parsed
   (``body_too_large`` 413, ``inflight_bytes`` / ``queue_full`` 503).

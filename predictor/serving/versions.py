@@ -22,7 +22,7 @@ versioned request with 501 (REST ``NotImplementedError``) and ignores gRPC's ``m
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from grpc import aio
@@ -66,13 +66,24 @@ class ModelVersionHeader:
         await self.app(scope, receive, send_with_version)
 
 
+class Metadatum(NamedTuple):
+    """One metadata pair, shaped like gRPC's (a tuple with ``key`` and ``value``)."""
+
+    key: str
+    value: str
+
+
 class GrpcModelVersion(aio.ServerInterceptor):
-    """gRPC interceptor: every call sends ``x-model-version: <version>`` as its initial metadata before
-    anything else runs, so that a refusal by a later interceptor carries it as REST's errors carry the
-    header (put it in front of them; :class:`VersionedServicer` sends none of its own)."""
+    """gRPC interceptor: every call carries ``x-model-version: <version>``, in its trailing metadata (set
+    before anything else runs, so a refusal by a later interceptor carries it as REST's errors carry the
+    header) and in its initial metadata with a response (put it in front of the other interceptors;
+    :class:`VersionedServicer` sends none of its own)."""
 
     def __init__(self, version: str) -> None:
-        self.metadata = ((MODEL_VERSION_HEADER, version),)
+        # Key/value pairs with .key and .value, as gRPC's own metadata: KServe's servicer reads the
+        # context's trailing metadata into the request headers by attribute (kserve/utils/utils.py
+        # to_headers).
+        self.metadata = (Metadatum(MODEL_VERSION_HEADER, version),)
 
     async def intercept_service(
         self,
@@ -84,7 +95,11 @@ class GrpcModelVersion(aio.ServerInterceptor):
 
 
 def _announcing(handler: grpc.RpcMethodHandler, metadata: tuple) -> grpc.RpcMethodHandler:
-    """``handler`` whose behaviour (any kind) first sends ``metadata`` as the initial metadata."""
+    """``handler`` whose behaviour (any kind) carries ``metadata`` on every answer: in the trailing
+    metadata of every call (set first, so a refusal by a later interceptor or the servicer has it), and
+    in the initial metadata once there is a response to send. A call refused before any response stays
+    a Trailers-Only answer, which gRPC's retry policies (gRFC A6) and proxies may still retry; sending
+    headers first would commit it."""
     for kind, factory in (
         ("unary_unary", grpc.unary_unary_rpc_method_handler),
         ("unary_stream", grpc.unary_stream_rpc_method_handler),
@@ -97,15 +112,21 @@ def _announcing(handler: grpc.RpcMethodHandler, metadata: tuple) -> grpc.RpcMeth
         if kind.endswith("stream"):
 
             async def announced(request: Any, context: Any, behavior: Callable = behavior) -> Any:
-                await context.send_initial_metadata(metadata)
+                context.set_trailing_metadata(metadata)
+                first = True
                 async for item in behavior(request, context):
+                    if first:
+                        await context.send_initial_metadata(metadata)
+                        first = False
                     yield item
 
         else:
 
             async def announced(request: Any, context: Any, behavior: Callable = behavior) -> Any:
+                context.set_trailing_metadata(metadata)
+                response = await behavior(request, context)
                 await context.send_initial_metadata(metadata)
-                return await behavior(request, context)
+                return response
 
         return factory(
             announced,
