@@ -643,6 +643,7 @@ def test_values_schema_rejects_bad_values(helm, setting, complaint):
         (["deploymentMode=Standard", "autoscaling.minReplicas=0"], "needs deploymentMode=Knative"),
         (["deploymentMode=Standard"], "scaleMetric=concurrency needs deploymentMode=Knative"),
         (["logger.enabled=true"], "logger.url"),
+        (["predictor.runtime=onnxruntime"], "predictor.runtime=onnxruntime is for CPU nodes"),
         (["predictor.terminationGracePeriodSeconds=60"], "needs deploymentMode=Standard"),
         (["timeoutSeconds=20"], "shutdownGraceSeconds (25) must stay below"),
         (

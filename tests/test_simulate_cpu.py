@@ -158,6 +158,7 @@ def test_planner_picks_the_cheapest_candidate_meeting_the_objective(tmp_path):
     assert overlay["autoscaling"]["minReplicas"] == cheapest["min_replicas"]
     assert overlay["autoscaling"]["scaleTarget"] == cheapest["scale_target"]
     assert overlay["predictor"]["maxBatchSize"] == cheapest["max_batch_size"]
+    assert "gpu" not in overlay and "resources" not in overlay  # curves of unstated hardware: chart's pod
     md = (out / "simulated" / "search.md").read_text()
     assert md.count("| yes |") == len(meeting) and md.count("| no |") == len(cands) - len(meeting)
 
@@ -183,6 +184,10 @@ def test_planner_simulates_cpu_replicas_from_a_profile(tmp_path):
     summary = json.loads((out / "simulated" / "summary.json").read_text())["summary"]
     assert summary["service"].startswith(prof.source + "; simulated ")
     assert "# Service times: cpu profile" in (out / "simulated" / "values-sim.yaml").read_text()
+    overlay = yaml.safe_load((out / "simulated" / "values-sim.yaml").read_text())
+    # The plan is for the profile's pod, 2 cores without a GPU, not the chart's default GPU pod.
+    assert overlay["gpu"] == {"enabled": False}
+    assert overlay["resources"] == {"requests": {"cpu": "2"}, "limits": {"cpu": "2"}}
 
 
 def test_a_request_whose_deadline_passed_while_waiting_for_a_decode_thread_is_never_decoded():

@@ -1031,9 +1031,24 @@ def _candidate_summary(
 
 
 def search_overlay_yaml(
-    best: Candidate, base: FleetConfig, trace: str, slo_p95_ms: float, source: str = ""
+    best: Candidate,
+    base: FleetConfig,
+    trace: str,
+    slo_p95_ms: float,
+    source: str = "",
+    cpu_cores: float | None = None,
 ) -> str:
-    """The chart values of the cheapest candidate that met the objective (helm -f)."""
+    """The chart values of the cheapest candidate that met the objective (helm -f). ``cpu_cores``: the
+    service times are a CPU replica's with that many cores, so the overlay deploys that pod (the CPU
+    image, no GPU, those cores) rather than the chart's default GPU pod, for which the plan says
+    nothing."""
+    hardware = ""
+    if cpu_cores is not None:
+        hardware = (
+            f"# The service times are a CPU replica's ({cpu_cores:g} cores): the plan holds for that pod.\n"
+            "gpu:\n  enabled: false\nresources:\n"
+            f'  requests:\n    cpu: "{cpu_cores:g}"\n  limits:\n    cpu: "{cpu_cores:g}"\n'
+        )
     panic = ""
     if best.panic_threshold != 200:
         panic = (
@@ -1053,7 +1068,7 @@ autoscaling:
   scaleMetric: {base.kpa.metric}
   scaleTarget: {best.scale_target:g}
   containerConcurrency: {base.container_concurrency}
-{panic}"""
+{hardware}{panic}"""
 
 
 def _comment(text: str, width: int = 100) -> str:
@@ -1282,7 +1297,7 @@ def run_search(
 
 def write_search(
     out: Path, cands: Sequence[Candidate], cfg: FleetConfig, trace: str, seed: int, slo_p95_ms: float,
-    max_503_share: float, source: str = "", min_attainment: float = 0.0,
+    max_503_share: float, source: str = "", min_attainment: float = 0.0, cpu_cores: float | None = None,
 ) -> tuple[Candidate, FleetConfig]:  # fmt: skip
     """search.md, search.json and (when a candidate met the objective) values-sim.yaml in ``out``;
     returns the cheapest candidate that met it (else the lowest p95) and its fleet configuration."""
@@ -1298,7 +1313,8 @@ def write_search(
     (out / "search.json").write_text(json.dumps([asdict(c) for c in cands], indent=1) + "\n")
     best = cands[0] if cands[0].meets else min(cands, key=lambda c: c.p95_ms)
     if cands[0].meets:
-        (out / "values-sim.yaml").write_text(search_overlay_yaml(best, cfg, trace, slo_p95_ms, source))
+        overlay = search_overlay_yaml(best, cfg, trace, slo_p95_ms, source, cpu_cores)
+        (out / "values-sim.yaml").write_text(overlay)
         print(f"cheapest setting meeting the objective: {best}")
     else:
         print(f"no candidate met the objective; lowest p95: {best}", file=sys.stderr)
@@ -1362,7 +1378,10 @@ def search_for_plan(
         max_503_share=max_503_share, workers=workers, min_attainment=min_attainment,
     )  # fmt: skip
     source = f"{services[max_batch_sizes[0]].source}; {_stamp()}"
-    best, cfg = write_search(out, cands, base, trace, seed, slo_p95_ms, max_503_share, source, min_attainment)
+    best, cfg = write_search(
+        out, cands, base, trace, seed, slo_p95_ms, max_503_share, source, min_attainment,
+        cpu_cores=profile.cores if profile else None,
+    )  # fmt: skip
     result = simulate(cfg, services[best.max_batch_size], rates, seed)
     summary = {**result.summary(slo_p95_ms), "trace": trace, "seed": seed, "service": source}
     (out / "summary.json").write_text(json.dumps({"summary": summary, **result.config}, indent=1) + "\n")

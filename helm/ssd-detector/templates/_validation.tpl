@@ -66,4 +66,7 @@ Configuration errors that the values schema cannot express.
 {{- if and .Values.logger.enabled (not .Values.logger.url) }}
 {{- fail "logger.enabled=true needs logger.url" }}
 {{- end }}
+{{- if and .Values.gpu.enabled (eq (toString .Values.predictor.runtime) "onnxruntime") }}
+{{- fail "predictor.runtime=onnxruntime is for CPU nodes: the GPU image does not carry ONNX Runtime, and on a GPU node TensorFlow runs the network on the GPU; set gpu.enabled=false (the CPU image) or predictor.runtime=tensorflow" }}
+{{- end }}
 {{- end }}
