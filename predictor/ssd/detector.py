@@ -175,11 +175,18 @@ class Detector:
         return self.config.class_names
 
     def _infer(self, images, image_hw, score_threshold, max_detections, nms_threshold, class_mask):
-        self.trace_count += 1  # Python side effect: runs only while tracing
         out = self.model(subtract_means(images, self.config.means), training=False)
+        return self._postprocess(
+            out["loc"], out["logits"], image_hw, score_threshold, max_detections, nms_threshold, class_mask
+        )
+
+    def _postprocess(self, loc, logits, image_hw, score_threshold, max_detections, nms_threshold, class_mask):
+        """The network's ``loc`` / ``logits`` -> detections (dict of tensors), with this detector's anchors,
+        top-k, caps and candidate slots; traced inside :meth:`_infer` (and by ``OrtDetector`` alone)."""
+        self.trace_count += 1  # Python side effect: runs only while tracing
         det = postprocess(
-            out["loc"],
-            out["logits"],
+            loc,
+            logits,
             self.anchors,
             image_hw,
             score_threshold,

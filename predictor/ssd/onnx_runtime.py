@@ -34,7 +34,6 @@ import numpy as np
 import tensorflow as tf
 
 from predictor.ssd.detector import Detector, pad_controls
-from predictor.ssd.postprocess import postprocess
 
 log = logging.getLogger(__name__)
 
@@ -110,24 +109,6 @@ class OrtDetector(Detector):
         """Open the session, then :meth:`Detector.warmup` (each bucket run once, and timed)."""
         self.open()
         return super().warmup(buckets, retime_below_s, retime_runs)
-
-    def _postprocess(self, loc, logits, image_hw, score_threshold, max_detections, nms_threshold, class_mask):
-        self.trace_count += 1  # Python side effect: runs only while tracing
-        det = postprocess(
-            loc,
-            logits,
-            self.anchors,
-            image_hw,
-            score_threshold,
-            max_detections,
-            prior_scaling=self.config.prior_scaling,
-            nms_threshold=nms_threshold,
-            class_mask=class_mask,
-            top_k=self.top_k,
-            max_detections=self.max_detections,
-            candidate_slots=self.candidate_slots,
-        )
-        return det._asdict()
 
     def _run_bucket(self, images, image_hw, thr, caps, nms, mask) -> dict[str, np.ndarray]:
         """At most one bucket of images: the network on the ``n`` real images (no padding), then
