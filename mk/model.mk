@@ -3,9 +3,10 @@
 # Training run folder (checkpoints, logs) of `make demo-model`.
 DEMO_RUN ?= runs/demo
 # The shipped demo model's recipe (see predictor/models/demo/MODEL_CARD.md).
-# v2 (issue 32): 2600 steps (about 50 min at 1.1 s/step on 2 cores), a quarter of the stream photo-like,
-# anchors positive from IoU 0.4, an EMA of the weights (evaluated and exported), curves on both held-out sets.
-DEMO_TRAIN_ARGS ?= --steps 2600 --batch-size 32 --learning-rate 3e-3 --warmup-steps 100 --checkpoint-every 100 --seed 0 --default-score-threshold 0.4 --photo-fraction 0.25 --match-iou 0.4 --ema-decay 0.998 --eval-every 200 --eval-count 100 --eval-photo-count 100
+# v3 (issue 32): 2800 steps (about 55 min on 2 cores), a quarter of the stream photo-like, anchors positive
+# from IoU 0.4, localisation loss weighted 1.5, an EMA of the weights and batch-norm statistics (evaluated
+# and exported), curves on both held-out sets.
+DEMO_TRAIN_ARGS ?= --steps 2800 --batch-size 32 --learning-rate 3e-3 --warmup-steps 100 --checkpoint-every 100 --seed 0 --default-score-threshold 0.4 --photo-fraction 0.25 --match-iou 0.4 --loc-weight 1.5 --ema-decay 0.998 --eval-every 200 --eval-count 100 --eval-photo-count 100
 # VERSION of the exported demo model (served as its V2 model version); empty: the weights' digest.
 DEMO_VERSION ?=
 # Held-out images for `make eval`.

@@ -146,13 +146,22 @@ def test_weight_average_by_hand_swaps_in_and_survives_resume(tiny_config, sample
     )
     trainer = Trainer(tiny_config, build_network(tiny_config), train, tmp_path / "run")
     var = trainer.model.trainable_variables[0]
-    expected = var.numpy().copy()
+    # The batch-norm statistics are averaged too, after the trainable weights.
+    stat = trainer.model.get_layer("stem_bn").moving_mean
+    stat_index = len(trainer.model.trainable_variables)
+    assert trainer._averaged_variables()[stat_index] is stat
+    expected, expected_stat = var.numpy().copy(), stat.numpy().copy()
     images, labels, loc = next(iter(make_dataset(samples, tiny_config, train)))
     for t in (1, 2, 3):
         trainer._step_fn(images, labels, loc)
         decay = min(0.5, (1 + t) / (10 + t))  # 2/11, 3/12, 4/13: all under 0.5
         expected = decay * expected + (1 - decay) * var.numpy()
+        expected_stat = decay * expected_stat + (1 - decay) * stat.numpy()
     np.testing.assert_allclose(trainer.ema[0].numpy(), expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(trainer.ema[stat_index].numpy(), expected_stat, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(stat.numpy(), expected_stat)
+    with trainer.averaged_weights():
+        np.testing.assert_allclose(stat.numpy(), expected_stat, rtol=1e-5, atol=1e-7)
     live = var.numpy().copy()
     assert not np.allclose(live, expected)
     with trainer.averaged_weights():
@@ -165,3 +174,34 @@ def test_weight_average_by_hand_swaps_in_and_survives_resume(tiny_config, sample
     _, exported = load_model(trainer.export(tmp_path / "model"))
     got = next(v for v in exported.trainable_variables if v.path == var.path)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_resuming_with_an_average_added_starts_it_from_the_restored_weights(tiny_config, samples, tmp_path):
+    """A run checkpointed without a moving average and resumed with one: the average starts at the
+    restored (trained) weights, not at the new Trainer's random initialisation."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    plain = TrainConfig(steps=2, batch_size=2, warmup_steps=1, augment=False, checkpoint_every=2)
+    first = Trainer(tiny_config, build_network(tiny_config), plain, tmp_path / "run")
+    first.fit(samples, progress=False)
+    trained = [v.numpy() for v in first._averaged_variables()]
+    averaged = TrainConfig(**{**plain.to_dict(), "steps": 4, "ema_decay": 0.9})
+    again = Trainer(tiny_config, build_network(tiny_config), averaged, tmp_path / "run")
+    assert not np.allclose(again.ema[0].numpy(), trained[0])
+    assert again.restore() == 2
+    for avg, value in zip(again.ema, trained, strict=True):
+        np.testing.assert_array_equal(avg.numpy(), value)
+
+
+def test_localisation_weight_reaches_the_loss(tiny_config, samples, tmp_path):
+    """``loc_weight`` scales the localisation term of the step's loss: loss = cls + w * loc."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    train = TrainConfig(steps=1, batch_size=2, warmup_steps=1, augment=False, loc_weight=2.5)
+    trainer = Trainer(tiny_config, build_network(tiny_config), train, tmp_path / "run")
+    images, labels, loc = next(iter(make_dataset(samples, tiny_config, train)))
+    out = {k: float(v) for k, v in trainer._step_fn(images, labels, loc).items()}
+    assert out["loc_loss"] > 0
+    assert out["loss"] == pytest.approx(out["cls_loss"] + 2.5 * out["loc_loss"], rel=1e-6)

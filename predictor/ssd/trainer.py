@@ -53,9 +53,12 @@ class TrainConfig:
     augment: bool = True
     #: IoU at which an anchor becomes positive in matching (every object also gets its best anchor).
     match_iou: float = 0.5
-    #: Decay of the exponential moving average of the trainable weights; 0 = none. With one, the
-    #: averaged weights are evaluated (:meth:`Trainer.averaged_weights`) and exported.
+    #: Decay of the exponential moving average of the weights (trainable ones and batch-norm
+    #: statistics); 0 = none. With one, the averaged weights are evaluated
+    #: (:meth:`Trainer.averaged_weights`) and exported.
     ema_decay: float = 0.0
+    #: Weight of the smooth-L1 localisation loss against the classification loss.
+    loc_weight: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -159,7 +162,7 @@ class Trainer:
         if train.ema_decay > 0:
             self.ema = [
                 tf.Variable(v.value, trainable=False, name=f"ema_{i}")
-                for i, v in enumerate(model.trainable_variables)
+                for i, v in enumerate(self._averaged_variables())
             ]
             tracked["ema"] = self.ema
         self.checkpoint = tf.train.Checkpoint(**tracked)
@@ -168,17 +171,44 @@ class Trainer:
         )
         self._step_fn = tf.function(self._train_step)
 
+    def _averaged_variables(self) -> list:
+        """What the moving average covers: the trainable weights, then the batch-norm statistics (the
+        average of the weights needs the statistics of those weights, not of the last step's)."""
+        stats = [
+            v
+            for layer in self.model._flatten_layers()
+            if isinstance(layer, keras.layers.BatchNormalization)
+            for v in (layer.moving_mean, layer.moving_variance)
+        ]
+        return list(self.model.trainable_variables) + stats
+
     def restore(self) -> int:
-        """Resume from the latest checkpoint if there is one; returns the step to continue from."""
-        if self.manager.latest_checkpoint:
-            self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
-            log.info("resumed from %s at step %d", self.manager.latest_checkpoint, int(self.step))
+        """Resume from the latest checkpoint if there is one; returns the step to continue from.
+
+        A checkpoint written without a moving average (a run resumed with ``ema_decay`` added) starts
+        the average from the restored weights, not from the initialisation."""
+        latest = self.manager.latest_checkpoint
+        if not latest:
+            return int(self.step)
+        saved = tf.train.load_checkpoint(latest).get_variable_to_shape_map()
+        if self.ema and not any(name.startswith("ema/") for name in saved):
+            tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step).restore(
+                latest
+            ).assert_existing_objects_matched()
+            for avg, v in zip(self.ema, self._averaged_variables(), strict=True):
+                avg.assign(v)
+            log.info("the checkpoint has no moving average: it starts from the restored weights")
+        else:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        log.info("resumed from %s at step %d", latest, int(self.step))
         return int(self.step)
 
     def _train_step(self, images, labels, loc_targets):
         with tf.GradientTape() as tape:
             out = self.model(subtract_means(images, self.config.means), training=True)
-            losses = ssd_loss(labels, loc_targets, out["logits"], out["loc"])
+            losses = ssd_loss(
+                labels, loc_targets, out["logits"], out["loc"], loc_weight=self.train.loc_weight
+            )
         variables = self.model.trainable_variables
         grads = tape.gradient(losses["loss"], variables)
         self.optimizer.apply_gradients(zip(grads, variables, strict=True))
@@ -187,7 +217,7 @@ class Trainer:
             # The usual warm-up of the decay: early averages do not drag in the random initialisation.
             step = tf.cast(self.step, tf.float32)
             decay = tf.minimum(self.train.ema_decay, (1.0 + step) / (10.0 + step))
-            for avg, v in zip(self.ema, variables, strict=True):
+            for avg, v in zip(self.ema, self._averaged_variables(), strict=True):
                 avg.assign(decay * avg + (1.0 - decay) * tf.cast(v, avg.dtype))
         return losses
 
@@ -197,7 +227,7 @@ class Trainer:
         if not self.ema:
             yield
             return
-        variables = self.model.trainable_variables
+        variables = self._averaged_variables()
         live = [v.numpy() for v in variables]
         for v, avg in zip(variables, self.ema, strict=True):
             v.assign(avg)

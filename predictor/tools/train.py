@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.ema_decay,
         help="keep a moving average of the weights with this decay (0: none); evaluated and exported",
     )
+    p.add_argument(
+        "--loc-weight",
+        type=float,
+        default=defaults.loc_weight,
+        help="weight of the localisation loss against the classification loss",
+    )
     p.add_argument("--max-steps", type=int, help="stop after this many steps in this run (resume later)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
@@ -185,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         augment=not args.no_augment,
         match_iou=args.match_iou,
         ema_decay=args.ema_decay,
+        loc_weight=args.loc_weight,
     )
     if not 0.0 <= args.photo_fraction <= 1.0:
         raise SystemExit("--photo-fraction must be in [0, 1]")
