@@ -17,7 +17,7 @@ EVAL_COUNT ?= 500
 # Where `make triton-repo` writes the Triton model repository.
 TRITON_REPO ?= out/triton
 
-demo-model: $(STAMP) ## Retrain the shipped demo model from scratch (about 55 min on 2 CPU cores), then evaluate it
+demo-model: $(STAMP) ## Retrain the shipped demo model from scratch (under 60 min on 2 CPU cores): weights, model card, drift references, docs/samples
 	rm -rf $(DEMO_RUN)
 	$(MAKE) demo-model-resume
 
@@ -26,6 +26,8 @@ demo-model-resume: $(STAMP) ## Continue an interrupted `make demo-model` from it
 		$(if $(DEMO_VERSION),--model-version $(DEMO_VERSION),)
 	cp $(DEMO_RUN)/training_curve.json predictor/models/demo/eval/training_curve.json
 	$(MAKE) model-card
+	$(PY) -m predictor.tools.drift reference --model_dir predictor/models/demo --count 500
+	$(PY) scripts/make_samples.py --out docs/samples
 
 triton-repo: $(STAMP) ## Export a model (default the demo model; MODEL_DIR=...) as a Triton repository of its whole-detector ONNX graph in TRITON_REPO
 	$(PY) -m predictor.ssd.export triton --out $(TRITON_REPO) $(if $(MODEL_DIR),--model_dir $(MODEL_DIR),)
@@ -45,4 +47,4 @@ model-card: $(STAMP) ## Re-measure the demo model card's tables (COCO mAP, opera
 	$(PY) -m predictor.tools.evaluate --style photo --count $(EVAL_COUNT) --out predictor/models/demo/eval/photo
 	$(PY) -m predictor.tools.evaluate --style photo --start 200 --count 200 --operating-points $(CARD_THRESHOLDS) \
 		--out predictor/models/demo/eval/photo
-	$(PY) scripts/model_card.py predictor/models/demo
+	$(PY) scripts/model_card.py predictor/models/demo --readme README.md

@@ -90,7 +90,8 @@ def test_sweep_precision_recall_f1_by_hand():
 
 def test_model_card_tables_match_their_json():
     proc = subprocess.run(
-        [sys.executable, "scripts/model_card.py", "predictor/models/demo", "--check"],
+        [sys.executable, "scripts/model_card.py", "predictor/models/demo", "--readme", "README.md",
+         "--check"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
