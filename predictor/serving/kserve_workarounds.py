@@ -233,6 +233,11 @@ def rest_server_with_error_table() -> type[RESTServer]:
     return TableErrorsRESTServer
 
 
+#: gRPC server options beyond KServe's: BDP probing off, so that every HTTP/2 stream's window stays at
+#: 64 KiB until its call asks for its message (:func:`admitting_grpc_server`; ``bench/grpc_waiting.py``).
+GRPC_SERVER_OPTIONS: tuple[tuple[str, int], ...] = (("grpc.http2.bdp_probe", 0),)
+
+
 def admitting_grpc_server(
     budget: ByteBudget,
     front: tuple[aio.ServerInterceptor, ...] = (),
@@ -275,7 +280,7 @@ def admitting_grpc_server(
                 options=[
                     ("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
                     ("grpc.max_receive_message_length", receive_limit),
-                    ("grpc.http2.bdp_probe", 0),
+                    *GRPC_SERVER_OPTIONS,
                 ],
             )
             grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
