@@ -147,6 +147,7 @@ class SSDPredictor(kserve.Model):
                 max_queue_delay_s=self.options.max_queue_delay_ms / 1000.0,
                 shed_standing_queue=self.options.shed_standing_queue,
                 bucket_seconds=per_bucket,
+                pads_to_bucket=detector.pads_to_bucket,
                 executor=self._model_thread,
             )
             log.info(
