@@ -156,6 +156,8 @@ class SSDPredictor(kserve.Model):
                 ", ".join(f"{b}: {s:.4f}" for b, s in per_bucket.items()),
                 detector.trace_count,
             )
+            if not self._batcher.pads_to_bucket:
+                log.info("the network runs the real images only (no padding): calls are not split for it")
             self.ready = True
         finally:
             self._load_lock.release()
