@@ -1045,12 +1045,14 @@ def hold_reading_place(channel, payload: bytes, release):
 def test_small_grpc_calls_wait_for_a_reading_place_and_the_waiting_are_bounded(
     random_tiny_model_dir, tmp_path, shapes_images
 ):
-    """Two calls read at once (budget 1 MB / messages 1 MB + 1), six may wait, each up to 8 s
-    (--request_timeout_s). 32 clients sending a small image at the same moment are all served; with both
-    places held by calls whose message has not come, six small calls wait (``ssd_grpc_waiting_calls``),
-    a seventh is refused at once with RESOURCE_EXHAUSTED naming both limits, and all eight held or waiting
-    calls are served once the held messages come; a call that waits past 8 s is refused naming
-    --request_timeout_s. Every refusal counts one refused image of offered load."""
+    """Two calls read at once (budget 1 MB / messages 1 MB + 1), 30 may wait, each up to
+    --request_timeout_s (300 s: no outcome here may depend on the machine's speed; the timeout itself is
+    test_a_waiting_call_is_refused_past_its_wait_and_a_cancelled_one_leaves_no_trace). 32 clients
+    sending a small image at the same moment (places + waiting places) are all served, however their
+    reads interleave; with both places held by calls whose message has not come, 30 small calls wait
+    (``ssd_grpc_waiting_calls``), the next is refused at once with RESOURCE_EXHAUSTED naming both limits,
+    and all 32 held or waiting calls are served once the held messages come. The refusal counts one
+    refused image of offered load."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
@@ -1064,16 +1066,16 @@ def test_small_grpc_calls_wait_for_a_reading_place_and_the_waiting_are_bounded(
         "--grpc_max_receive_message_length",
         "1000000",
         "--grpc_max_waiting_calls",
-        "6",
+        "30",
         "--request_timeout_s",
-        "8",
+        "300",
     )
     png = encode_image(shapes_images[0], "PNG")
     try:
         server.wait_ready()
         assert (
             "at most 2 ModelInfer calls reading at once (--max_inflight_bytes / "
-            "--grpc_max_receive_message_length + 1), 6 waiting (--grpc_max_waiting_calls) up to 8 s"
+            "--grpc_max_receive_message_length + 1), 30 waiting (--grpc_max_waiting_calls) up to 300 s"
         ) in server.log()
 
         def counts() -> tuple[float, float]:
@@ -1082,7 +1084,7 @@ def test_small_grpc_calls_wait_for_a_reading_place_and_the_waiting_are_bounded(
                 server.metric("ssd_offered_images_total", 'outcome="refused"'),
             )
 
-        # a burst of small calls: more than the places and the waiting room together, all served
+        # a burst of small calls, 16 times the places: all served
         start = counts()
         barrier = threading.Barrier(32)
 
@@ -1096,20 +1098,20 @@ def test_small_grpc_calls_wait_for_a_reading_place_and_the_waiting_are_bounded(
             assert all(r.outputs for r in pool.map(burst_call, range(32)))
         assert counts() == start
 
-        # both places held: six small calls wait, the seventh is refused at once
+        # both places held: 30 small calls wait, the next is refused at once
         release = threading.Event()
-        with ThreadPoolExecutor(8) as pool, grpc.insecure_channel(server.grpc_target) as channel:
+        with ThreadPoolExecutor(30) as pool, grpc.insecure_channel(server.grpc_target) as channel:
             holders = [hold_reading_place(channel, png, release) for _ in range(2)]
             waiters = [pool.submit(grpc_infer, server, png)]
             wait_until(lambda: server.metric("ssd_grpc_waiting_calls") == 1, "a small call waiting")
-            waiters += [pool.submit(grpc_infer, server, png) for _ in range(5)]
-            wait_until(lambda: server.metric("ssd_grpc_waiting_calls") == 6, "six small calls waiting")
+            waiters += [pool.submit(grpc_infer, server, png) for _ in range(29)]
+            wait_until(lambda: server.metric("ssd_grpc_waiting_calls") == 30, "30 small calls waiting")
             with pytest.raises(grpc.RpcError) as info:
                 grpc_infer(server, png)
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert info.value.details() == (
                 "overloaded: 2 gRPC calls are reading their messages (at most 2: --max_inflight_bytes / "
-                "--grpc_max_receive_message_length + 1) and 6 wait for a place (at most 6: "
+                "--grpc_max_receive_message_length + 1) and 30 wait for a place (at most 30: "
                 "--grpc_max_waiting_calls); retry later"
             )
             assert counts() == (start[0] + 1, start[1] + 1)
@@ -1117,21 +1119,6 @@ def test_small_grpc_calls_wait_for_a_reading_place_and_the_waiting_are_bounded(
             assert all(h.result().outputs for h in holders) and all(w.result().outputs for w in waiters)
         assert server.metric("ssd_grpc_waiting_calls") == 0
 
-        # a call that waits longer than --request_timeout_s for a place is refused
-        release = threading.Event()
-        with grpc.insecure_channel(server.grpc_target) as channel:
-            holders = [hold_reading_place(channel, png, release) for _ in range(2)]
-            try:
-                with pytest.raises(grpc.RpcError) as info:
-                    grpc_infer(server, png)
-            finally:
-                release.set()
-            assert all(h.result().outputs for h in holders)
-        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert info.value.details().startswith(
-            "overloaded: no place to read this call's message came within 8 s (--request_timeout_s): 2 gRPC"
-        )
-        assert counts() == (start[0] + 2, start[1] + 2)
         assert grpc_infer(server, png).outputs
     finally:
         server.terminate()
