@@ -112,6 +112,8 @@ def test_served_with_onnxruntime_matches_the_tensorflow_detector(ort_server, tf_
     log = ort_server.log()
     assert "runtime onnxruntime;" in log  # the start-up configuration line
     assert "runtime onnxruntime 1." in log and "CPUExecutionProvider" in log  # the session really ran
+    # the batcher knows the network does not pad: it sends whole calls (tests/test_batcher_runtime.py)
+    assert "the network runs the real images only (no padding): calls are not split for it" in log
     images = shapes_images[:4]
     pngs = [encode_image(im, "PNG") for im in images]
     seen = 0

@@ -106,6 +106,11 @@ def rejected(reason: str) -> float:
     return prometheus.REJECTED.labels(reason)._value.get()
 
 
+def refused_offers() -> float:
+    """``ssd_offered_images_total{outcome="refused"}`` of this process."""
+    return prometheus.OFFERED.labels("refused")._value.get()
+
+
 def test_a_declared_body_over_the_limit_gets_413_unread():
     mw = AdmissionMiddleware(reading_app, ByteBudget(BUDGET), max_request_bytes=1000)
     response = run(mw, scope(1001), never_receive)
@@ -116,7 +121,7 @@ def test_a_declared_body_over_the_limit_gets_413_unread():
 def test_a_declared_body_over_the_budget_gets_503_with_retry_after_unread():
     budget = ByteBudget(BUDGET)
     assert budget.try_reserve(600_000)  # another request in flight
-    before = rejected("inflight_bytes")
+    before, offers = rejected("inflight_bytes"), refused_offers()
     response = run(
         AdmissionMiddleware(reading_app, budget, max_request_bytes=10**7), scope(500_000), never_receive
     )
@@ -126,6 +131,7 @@ def test_a_declared_body_over_the_budget_gets_503_with_retry_after_unread():
         "(--max_inflight_bytes); retry later"
     )
     assert rejected("inflight_bytes") == before + 1
+    assert refused_offers() == offers + 1  # offered load: one image, its body unread
     assert budget.used == 600_000
     # a request without a body (a health check) is never refused by the budget, even a full one
     assert budget.try_reserve(400_000) and budget.used == BUDGET
@@ -456,7 +462,7 @@ def test_grpc_messages_over_the_budget_are_refused_unparsed():
     budget = ByteBudget(1000)
     assert budget.try_reserve(600)  # another request in flight
     parsed: list[bytes] = []
-    before = rejected("inflight_bytes")
+    before, offers = rejected("inflight_bytes"), refused_offers()
     replies = run_interceptor(
         budget, [(COUNTED, b"x" * 500), (COUNTED, b"y" * 400)], parse=lambda raw: parsed.append(raw) or raw
     )
@@ -469,7 +475,7 @@ def test_grpc_messages_over_the_budget_are_refused_unparsed():
         b"reply 400:1000",
     ]
     assert parsed == [b"y" * 400] and rejected("inflight_bytes") == before + 1
-    assert budget.used == 600
+    assert budget.used == 600 and refused_offers() == offers + 1  # offered load: one image, unparsed
 
 
 def test_a_message_that_fails_to_parse_gives_its_bytes_back():
@@ -490,7 +496,7 @@ def test_grpc_calls_past_the_limiter_are_refused_and_an_empty_call_is_invalid():
     from predictor.serving.admission import GrpcAdmissionInterceptor
 
     budget, limiter = ByteBudget(10_000), CallLimiter(1, 0)
-    before = rejected("grpc_calls")
+    before, offers = rejected("grpc_calls"), refused_offers()
 
     async def echo(request: bytes, context) -> bytes:
         return request
@@ -514,7 +520,7 @@ def test_grpc_calls_past_the_limiter_are_refused_and_an_empty_call_is_invalid():
                 infer, stream = channel.unary_unary(COUNTED), channel.stream_unary(COUNTED)
                 held = stream(timeout=30)  # a call whose message has not come yet: it holds the place
                 for _ in range(3000):
-                    if limiter._semaphore is not None and limiter._semaphore.locked():
+                    if limiter.inside == 1:
                         break
                     await asyncio.sleep(0.01)
                 refused = await outcome(infer(b"b", timeout=30))
@@ -532,12 +538,15 @@ def test_grpc_calls_past_the_limiter_are_refused_and_an_empty_call_is_invalid():
 
     refused, refused_empty, first, empty = asyncio.run(main())
     reason = (
-        "overloaded: 1 gRPC calls are reading their messages and 0 wait (--max_inflight_bytes / "
-        "--grpc_max_receive_message_length + 1 at once); retry later"
+        "overloaded: 1 gRPC calls are reading their messages (at most 1: --max_inflight_bytes / "
+        "--grpc_max_receive_message_length + 1) and 0 wait for a place (at most 0: "
+        "--grpc_max_waiting_calls); retry later"
     )
     assert refused == refused_empty == (grpc.StatusCode.RESOURCE_EXHAUSTED, reason)
     assert first == b"a" and empty == (grpc.StatusCode.INVALID_ARGUMENT, "no request message")
     assert rejected("grpc_calls") - before == 2 and budget.used == 0 and limiter.waiting == 0
+    # each refusal is offered load the KEDA trigger sees: one image each (their messages were not read)
+    assert refused_offers() - offers == 2 and limiter.inside == 0
 
 
 def test_call_limiter_counts_every_waiting_call():
@@ -547,7 +556,7 @@ def test_call_limiter_counts_every_waiting_call():
         hold = asyncio.Event()
 
         async def call(name: str) -> None:
-            if not await limiter.enter():
+            if await limiter.enter() is not None:
                 events.append(f"{name} refused")
                 return
             events.append(f"{name} in")
@@ -571,6 +580,43 @@ def test_call_limiter_arguments_are_checked():
             CallLimiter(limit, waiting)
     assert (CallLimiter(1, 0).limit, CallLimiter(1, 0).max_waiting) == (1, 0)
     assert grpc_concurrency(10, 1) == 11 and grpc_concurrency(10, 0) == 11  # 10 one-byte messages + 1
+
+
+def test_a_waiting_call_is_refused_past_its_wait_and_a_cancelled_one_leaves_no_trace():
+    """A call waits at most ``max_wait_s`` (the timeout reason names --request_timeout_s); a waiting
+    call cancelled (its client gone, its deadline passed) leaves the queue; a place handed to a call
+    just as it is cancelled goes to the next one."""
+
+    async def scenario() -> tuple:
+        limiter = CallLimiter(1, 5, max_wait_s=0.05)
+        assert await limiter.enter() is None  # the one place, never given back during the wait
+        timed_out = await limiter.enter()
+        after_timeout = (limiter.waiting, prometheus.GRPC_WAITING._value.get())
+
+        cancelled = asyncio.create_task(limiter.enter())
+        await asyncio.sleep(0)
+        assert limiter.waiting == 1
+        cancelled.cancel()
+        await asyncio.gather(cancelled, return_exceptions=True)
+        after_cancel = limiter.waiting
+
+        handed = asyncio.create_task(limiter.enter())
+        nxt = asyncio.create_task(limiter.enter())
+        await asyncio.sleep(0)
+        limiter.leave()  # the place goes to `handed`, which is cancelled before it runs: on to `nxt`
+        handed.cancel()
+        results = await asyncio.gather(handed, nxt, return_exceptions=True)
+        return timed_out, after_timeout, after_cancel, results, limiter.inside, limiter.waiting
+
+    timed_out, after_timeout, after_cancel, results, inside, waiting = asyncio.run(scenario())
+    assert timed_out == (
+        "overloaded: no place to read this call's message came within 0.05 s (--request_timeout_s): "
+        "1 gRPC calls read theirs at once (--max_inflight_bytes / --grpc_max_receive_message_length + 1); "
+        "retry later"
+    )
+    assert after_timeout == (0, 0.0) and after_cancel == 0
+    assert isinstance(results[0], asyncio.CancelledError) and results[1] is None
+    assert (inside, waiting) == (1, 0)  # `nxt` holds the one place
 
 
 def test_the_admitting_grpc_server_is_kserves_with_the_interceptor_first(caplog):
@@ -669,11 +715,13 @@ def budget_server(random_tiny_model_dir, tmp_path_factory):
         server.terminate()
 
 
-def open_request(server, length: int) -> socket.socket:
-    """A V1 request whose headers are sent and whose body is not (it holds ``length`` bytes)."""
+def open_request(server, length: int, path: str = V1) -> socket.socket:
+    """A request (V1 unless ``path``) whose headers are sent and whose body is not (it holds ``length``
+    bytes)."""
     s = socket.create_connection(("127.0.0.1", server.http_port), timeout=30)
     head = (
-        f"POST {V1} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n\r\n"
     )
     s.sendall(head.encode())
     return s
@@ -698,32 +746,36 @@ def wait_for_metric(server, name: str, value: float) -> None:
 
 
 def grpc_infer(server, payload: bytes, **options):
-    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
-    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
-
     opts = [("grpc.max_send_message_length", 128 * 2**20)]
     with grpc.insecure_channel(server.grpc_target, options=opts) as channel:
-        tensor = pb.ModelInferRequest.InferInputTensor(
-            name="images",
-            datatype="BYTES",
-            shape=[1],
-            contents=pb.InferTensorContents(bytes_contents=[payload]),
-        )
-        request = pb.ModelInferRequest(model_name="ssd", inputs=[tensor])
-        return pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
+        return grpc_infer_on(channel, payload)
+
+
+def grpc_infer_on(channel, payload: bytes):
+    """One ModelInfer of ``payload`` as a BYTES element, on ``channel``."""
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    return pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(small_infer_request(payload), timeout=60)
 
 
 def test_the_server_refuses_over_budget_before_reading_and_recovers(budget_server, shapes_images):
     import httpx
 
+    offered = 'outcome="refused"'
     holder = open_request(budget_server, 900_000)  # admitted: its 900 KB are reserved
     try:
         wait_for_metric(budget_server, "ssd_inflight_request_bytes", 900_000)
+        offers = budget_server.metric("ssd_offered_images_total", offered)
         second = open_request(budget_server, 200_000)  # headers only: the answer cannot need the body
         status, headers, body = read_response(second)
         second.close()
         assert status == 503 and headers[b"retry-after"] == b"1"
         assert body["error"].startswith("overloaded: 900000 request bytes in flight")
+        v2 = open_request(budget_server, 200_000, "/v2/models/ssd/infer")
+        assert read_response(v2)[0] == 503
+        v2.close()
+        # each refusal is offered load the KEDA trigger sees, one image each (their bodies unread)
+        assert budget_server.metric("ssd_offered_images_total", offered) == offers + 2
 
         png = encode_image(shapes_images[0], "PNG")
         with pytest.raises(grpc.RpcError) as info:
@@ -732,7 +784,13 @@ def test_the_server_refuses_over_budget_before_reading_and_recovers(budget_serve
         assert "--max_inflight_bytes" in info.value.details()
         # the refusal names the served model version, as the REST 503 does in its header
         assert dict(info.value.trailing_metadata())["x-model-version"] == headers[b"x-model-version"].decode()
-        assert budget_server.metric("ssd_rejected_requests_total", 'reason="inflight_bytes"') >= 2
+        assert budget_server.metric("ssd_rejected_requests_total", 'reason="inflight_bytes"') >= 3
+        assert budget_server.metric("ssd_offered_images_total", offered) == offers + 3
+        # not an inference route: refused by the budget all the same, but not offered load
+        index = open_request(budget_server, 200_000, "/v2/repository/index")
+        assert read_response(index)[0] == 503
+        index.close()
+        assert budget_server.metric("ssd_offered_images_total", offered) == offers + 3
     finally:
         holder.close()  # the client goes away mid-body: its reservation is released
     wait_for_metric(budget_server, "ssd_inflight_request_bytes", 0)
@@ -892,7 +950,7 @@ def test_call_limiter_admits_limit_queues_max_waiting_and_refuses_the_rest():
         events: list[str] = []
 
         async def call(name: str, hold: asyncio.Event) -> None:
-            if not await limiter.enter():
+            if await limiter.enter() is not None:
                 events.append(f"{name} refused")
                 return
             events.append(f"{name} in")
@@ -903,7 +961,8 @@ def test_call_limiter_admits_limit_queues_max_waiting_and_refuses_the_rest():
         tasks = [asyncio.create_task(call(n, hold)) for n in "abcd"]
         await asyncio.sleep(0.01)
         assert limiter.waiting == 1
-        assert "2 gRPC calls are reading their messages and 1 wait" in limiter.refusal_reason()
+        assert "2 gRPC calls are reading their messages (at most 2: " in limiter.full_reason()
+        assert "and 1 wait for a place (at most 1: --grpc_max_waiting_calls)" in limiter.full_reason()
         hold.set()
         await asyncio.gather(*tasks)
         return events
@@ -954,6 +1013,114 @@ def test_grpc_calls_in_the_model_hold_no_reading_place(random_tiny_model_dir, tm
         assert grpc_infer(server, png).outputs
     finally:
         server.gate.release()
+        server.terminate()
+
+
+def small_infer_request(payload: bytes):
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+
+    tensor = pb.ModelInferRequest.InferInputTensor(
+        name="images", datatype="BYTES", shape=[1], contents=pb.InferTensorContents(bytes_contents=[payload])
+    )
+    return pb.ModelInferRequest(model_name="ssd", inputs=[tensor])
+
+
+def hold_reading_place(channel, payload: bytes, release):
+    """A ModelInfer call that takes a reading place and sends its message only once ``release`` is set
+    (a stream-unary call on the wire is the same as a unary one); its future."""
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+
+    def message():
+        release.wait(120)
+        yield small_infer_request(payload)
+
+    call = channel.stream_unary(
+        "/inference.GRPCInferenceService/ModelInfer",
+        request_serializer=pb.ModelInferRequest.SerializeToString,
+        response_deserializer=pb.ModelInferResponse.FromString,
+    )
+    return call.future(message(), timeout=120)
+
+
+def test_small_grpc_calls_wait_for_a_reading_place_and_the_waiting_are_bounded(
+    random_tiny_model_dir, tmp_path, shapes_images
+):
+    """Two calls read at once (budget 1 MB / messages 1 MB + 1), 30 may wait, each up to
+    --request_timeout_s (300 s: no outcome here may depend on the machine's speed; the timeout itself is
+    test_a_waiting_call_is_refused_past_its_wait_and_a_cancelled_one_leaves_no_trace). 32 clients
+    sending a small image at the same moment (places + waiting places) are all served, however their
+    reads interleave; with both places held by calls whose message has not come, 30 small calls wait
+    (``ssd_grpc_waiting_calls``), the next is refused at once with RESOURCE_EXHAUSTED naming both limits,
+    and all 32 held or waiting calls are served once the held messages come. The refusal counts one
+    refused image of offered load."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serving_fixtures import wait_until
+
+    server = start_server(
+        random_tiny_model_dir,
+        tmp_path / "server.log",
+        "--max_inflight_bytes",
+        "1000000",
+        "--grpc_max_receive_message_length",
+        "1000000",
+        "--grpc_max_waiting_calls",
+        "30",
+        "--request_timeout_s",
+        "300",
+    )
+    png = encode_image(shapes_images[0], "PNG")
+    try:
+        server.wait_ready()
+        assert (
+            "at most 2 ModelInfer calls reading at once (--max_inflight_bytes / "
+            "--grpc_max_receive_message_length + 1), 30 waiting (--grpc_max_waiting_calls) up to 300 s"
+        ) in server.log()
+
+        def counts() -> tuple[float, float]:
+            return (
+                server.metric("ssd_rejected_requests_total", 'reason="grpc_calls"'),
+                server.metric("ssd_offered_images_total", 'outcome="refused"'),
+            )
+
+        # a burst of small calls, 16 times the places: all served
+        start = counts()
+        barrier = threading.Barrier(32)
+
+        def burst_call(_: int):
+            with grpc.insecure_channel(server.grpc_target) as channel:
+                grpc.channel_ready_future(channel).result(timeout=60)
+                barrier.wait(60)
+                return grpc_infer_on(channel, png)
+
+        with ThreadPoolExecutor(32) as pool:
+            assert all(r.outputs for r in pool.map(burst_call, range(32)))
+        assert counts() == start
+
+        # both places held: 30 small calls wait, the next is refused at once
+        release = threading.Event()
+        with ThreadPoolExecutor(30) as pool, grpc.insecure_channel(server.grpc_target) as channel:
+            holders = [hold_reading_place(channel, png, release) for _ in range(2)]
+            waiters = [pool.submit(grpc_infer, server, png)]
+            wait_until(lambda: server.metric("ssd_grpc_waiting_calls") == 1, "a small call waiting")
+            waiters += [pool.submit(grpc_infer, server, png) for _ in range(29)]
+            wait_until(lambda: server.metric("ssd_grpc_waiting_calls") == 30, "30 small calls waiting")
+            with pytest.raises(grpc.RpcError) as info:
+                grpc_infer(server, png)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert info.value.details() == (
+                "overloaded: 2 gRPC calls are reading their messages (at most 2: --max_inflight_bytes / "
+                "--grpc_max_receive_message_length + 1) and 30 wait for a place (at most 30: "
+                "--grpc_max_waiting_calls); retry later"
+            )
+            assert counts() == (start[0] + 1, start[1] + 1)
+            release.set()
+            assert all(h.result().outputs for h in holders) and all(w.result().outputs for w in waiters)
+        assert server.metric("ssd_grpc_waiting_calls") == 0
+
+        assert grpc_infer(server, png).outputs
+    finally:
         server.terminate()
 
 
@@ -1155,6 +1322,14 @@ def test_streamed_refusals_are_exact_and_counted():
     )
     assert rejected("inflight_bytes") - before == 1 and budget.used == 60
 
+    # the same refusal is offered load on an inference route, not on another route; a 413 is not
+    offers = refused_offers()
+    run(AdmissionMiddleware(reading_app, budget, 10**6), png, chunks([50]))
+    other = {**png, "path": "/v2/repository/index"}
+    assert run(AdmissionMiddleware(reading_app, budget, 10**6), other, chunks([50])).status == 503
+    assert refused_offers() - offers == 1
+
+    offers = refused_offers()
     before = rejected("body_too_large")
     body = b"[" + b"0," * 10 + b"0]"  # 23 bytes: 10 value separators, 1 list
     charged = len(body) + 10 * JSON_VALUE_COST + JSON_LIST_COST
@@ -1165,7 +1340,7 @@ def test_streamed_refusals_are_exact_and_counted():
     assert response.error.startswith(
         f"the JSON of this request body would take over {charged} bytes once parsed"
     )
-    assert rejected("body_too_large") - before == 1
+    assert rejected("body_too_large") - before == 1 and refused_offers() == offers
 
 
 def test_an_answer_already_started_is_not_replaced_and_a_silent_app_gets_none():

@@ -21,10 +21,12 @@ every check the model does comes after the memory is spent. This module checks f
   against ``--max_request_bytes`` (413 naming the binary tensor extension and gRPC past it).
 - gRPC turns a whole message into one buffer before a handler can look at it, so the byte budget
   cannot refuse a message before it is in memory. :class:`CallLimiter` therefore lets at most
-  :func:`grpc_concurrency` ``ModelInfer`` calls read their message at once; past them (and
-  ``GRPC_WAITING_PER_CALL`` waiting ones per place, none by default: the core receives a waiting call's
-  message anyway) a call gets RESOURCE_EXHAUSTED at once, its message never parsed. What the gRPC core
-  buffers of a refused call's message before the refusal reaches the client is not bounded here.
+  :func:`grpc_concurrency` ``ModelInfer`` calls read their message at once; up to
+  ``--grpc_max_waiting_calls`` more wait for a place (FIFO, each up to ``--request_timeout_s``), past them
+  a call gets RESOURCE_EXHAUSTED at once, its message never parsed. A call that has no place has not asked
+  for its message, so the gRPC core holds at most the HTTP/2 stream window of it: 64 KiB, because the
+  server turns BDP probing off (with it the window grows to 4 MiB or more, which every waiting or
+  refused call would fill; docs/request-model.md has the measurements).
 - :class:`GrpcAdmissionInterceptor`: the gRPC core already refuses messages over
   ``--grpc_max_receive_message_length`` (RESOURCE_EXHAUSTED); this counts each ``ModelInfer``
   message against the same budget before protobuf parses it, RESOURCE_EXHAUSTED when over (KServe's
@@ -34,6 +36,8 @@ every check the model does comes after the memory is spent. This module checks f
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 import threading
 import weakref
@@ -111,44 +115,73 @@ def json_parse_cost(chunk: bytes | bytearray | memoryview) -> int:
     return JSON_VALUE_COST * data.count(b",") + JSON_LIST_COST * data.count(b"[")
 
 
-#: Calls that may wait for their turn, per call admitted at once (:class:`CallLimiter`). None: the gRPC
-#: core receives a waiting call's message anyway (``bench/hostile.py --form grpc-bytes``: +2060 MiB when
-#: 8 per place waited, +1058 MiB when none did; docs/request-model.md).
-GRPC_WAITING_PER_CALL = 0
-
-
 class CallLimiter:
-    """At most ``limit`` calls inside at once, up to ``max_waiting`` more waiting their turn (FIFO),
-    others refused. Used on the event loop only (no locks)."""
+    """At most ``limit`` calls inside at once; up to ``max_waiting`` more wait their turn (FIFO), each
+    for at most ``max_wait_s`` (None: until its own deadline); others are refused at once. Used on the
+    event loop only (no locks). ``ssd_grpc_waiting_calls`` is the number waiting."""
 
-    def __init__(self, limit: int, max_waiting: int) -> None:
+    def __init__(self, limit: int, max_waiting: int, max_wait_s: float | None = None) -> None:
         if limit <= 0 or max_waiting < 0:
             raise ValueError(f"limit must be positive and max_waiting >= 0, got {limit}, {max_waiting}")
-        self.limit, self.max_waiting = limit, max_waiting
-        self.waiting = 0
-        self._semaphore: asyncio.Semaphore | None = None
+        self.limit, self.max_waiting, self.max_wait_s = limit, max_waiting, max_wait_s or None
+        self.inside = 0
+        self._waiters: collections.deque[asyncio.Future[bool]] = collections.deque()
 
-    async def enter(self) -> bool:
-        """Wait for a place (True), or False at once when ``max_waiting`` calls wait already."""
-        if self._semaphore is None:
-            self._semaphore = asyncio.Semaphore(self.limit)
-        if self._semaphore.locked() and self.waiting >= self.max_waiting:
-            return False
-        self.waiting += 1
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def enter(self) -> str | None:
+        """Take a place (None), or the reason this call is refused: ``max_waiting`` calls wait already,
+        or no place came within ``max_wait_s``. A call cancelled while it waits leaves no trace."""
+        if self.inside < self.limit:  # a place is free only when nobody waits (leave hands it over)
+            self.inside += 1
+            return None
+        if self.waiting >= self.max_waiting:
+            return self.full_reason()
+        loop = asyncio.get_running_loop()
+        place: asyncio.Future[bool] = loop.create_future()
+        timer = None
+        if self.max_wait_s is not None:
+            timer = loop.call_later(self.max_wait_s, lambda: place.done() or place.set_result(False))
+        self._waiters.append(place)
+        prometheus.GRPC_WAITING.inc()
         try:
-            await self._semaphore.acquire()
+            granted = await place
+        except asyncio.CancelledError:
+            if place.done() and not place.cancelled() and place.result():
+                self.leave()  # handed a place just as the call was cancelled: pass it on
+            raise
         finally:
-            self.waiting -= 1
-        return True
+            if timer is not None:
+                timer.cancel()
+            with contextlib.suppress(ValueError):  # still queued: timed out or cancelled
+                self._waiters.remove(place)
+            prometheus.GRPC_WAITING.dec()
+        return None if granted else self.timeout_reason()
 
     def leave(self) -> None:
-        assert self._semaphore is not None
-        self._semaphore.release()
+        """Give the place back: to the first call still waiting, else free it."""
+        while self._waiters:
+            place = self._waiters.popleft()
+            if not place.done():
+                place.set_result(True)
+                return
+        assert self.inside > 0, "leave() without enter()"
+        self.inside -= 1
 
-    def refusal_reason(self) -> str:
+    def full_reason(self) -> str:
         return (
-            f"overloaded: {self.limit} gRPC calls are reading their messages and {self.waiting} "
-            "wait (--max_inflight_bytes / --grpc_max_receive_message_length + 1 at once); retry later"
+            f"overloaded: {self.inside} gRPC calls are reading their messages (at most {self.limit}: "
+            f"--max_inflight_bytes / --grpc_max_receive_message_length + 1) and {self.waiting} wait for "
+            f"a place (at most {self.max_waiting}: --grpc_max_waiting_calls); retry later"
+        )
+
+    def timeout_reason(self) -> str:
+        return (
+            f"overloaded: no place to read this call's message came within {self.max_wait_s:g} s "
+            f"(--request_timeout_s): {self.limit} gRPC calls read theirs at once "
+            "(--max_inflight_bytes / --grpc_max_receive_message_length + 1); retry later"
         )
 
 
@@ -211,6 +244,7 @@ class GrpcAdmissionInterceptor(aio.ServerInterceptor):
             n = len(raw)
             if not budget.try_reserve(n):
                 prometheus.REJECTED.labels("inflight_bytes").inc()
+                prometheus.refused_unread()
                 return _Refused(budget.over_budget_reason(n))
             admitted = _Admitted(None, budget, n)
             try:
@@ -237,9 +271,11 @@ class GrpcAdmissionInterceptor(aio.ServerInterceptor):
         limiter = self.limiter
 
         async def limited_behavior(requests: Any, context: aio.ServicerContext) -> Any:
-            if not await limiter.enter():
+            refusal = await limiter.enter()
+            if refusal is not None:
                 prometheus.REJECTED.labels("grpc_calls").inc()
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, limiter.refusal_reason())
+                prometheus.refused_unread()
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
             request = None
             try:
                 async for message in requests:  # a unary call: one message, read only now

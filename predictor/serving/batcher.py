@@ -146,6 +146,9 @@ class DynamicBatcher:
       shed_standing_queue: under sustained overload admit at most two efficient calls (see above).
       bucket_seconds: seconds of one call per bucket size, measured by the warm-up with nothing else
         running; they choose the call size used under a standing queue (see :meth:`efficient_bucket`).
+      pads_to_bucket: the model computes a call's whole bucket, padding included
+        (``Detector.pads_to_bucket``); when False the batcher never splits a call or waits to fill its
+        padding (:meth:`_efficient_prefix`, :meth:`_fill_wait`).
       executor: where ``run_batch`` runs; a dedicated one-thread pool when None.
     """
 
@@ -159,6 +162,7 @@ class DynamicBatcher:
         max_queue_delay_s: float = ServingOptions.max_queue_delay_ms / 1000.0,
         shed_standing_queue: bool = ServingOptions.shed_standing_queue,
         bucket_seconds: Mapping[int, float] | None = None,
+        pads_to_bucket: bool = True,
         executor: Executor | None = None,
     ) -> None:
         self._run_batch = run_batch
@@ -170,6 +174,7 @@ class DynamicBatcher:
         self._ewma_images = 0.0  # recent model calls: images per call and seconds per call
         self._bucket_seconds: dict[int, float] = dict(bucket_seconds or {})  # per bucket size, fixed
         self._buckets = sorted(self._bucket_seconds)
+        self.pads_to_bucket = pads_to_bucket
         self._ewma_seconds = 0.0
         self._waiting_since: float | None = None  # since when requests wait longer than the target
         self.standing_queue = False  # sustained overload: the tight bound applies
@@ -466,10 +471,11 @@ class DynamicBatcher:
         It waits while every image being decoded fits the slots the call would pad (queued images plus
         decoding ones at most the queued images' bucket; padding is computed anyway), at most
         :data:`FILL_WAIT_FRACTION` of the warm-up's time of that bucket after the oldest request was
-        queued. Without warm-up timings, or with nothing decoding, it never waits.
+        queued. Without warm-up timings, with nothing decoding, or for a model that does not pad
+        (``pads_to_bucket`` False), it never waits.
         """
         queued, decoding = self._queued_images, self._decoding_images
-        if not decoding or not self._buckets or queued >= self._buckets[-1]:
+        if not self.pads_to_bucket or not decoding or not self._buckets or queued >= self._buckets[-1]:
             return 0.0
         bucket = self._bucket_for(queued)
         if queued + decoding > bucket:
@@ -511,13 +517,14 @@ class DynamicBatcher:
         as 8 (the 9th leads the next call) instead of 16, 12 as 8 + 4, 3 as 2 + 1; 7 still run as 8.
         The images computed never grow (the two calls' buckets together are at most the larger one),
         and in a steady stream the ones left are joined by new arrivals. Where the larger bucket costs
-        about what the smaller does (a GPU), or without warm-up timings, every request taken runs.
+        about what the smaller does (a GPU), without warm-up timings, or for a model that does not pad
+        (``pads_to_bucket`` False: ONNX Runtime runs the real images only), every request taken runs.
         Only a rule this coarse is safe on warm-up timings: on a busy CPU two sizes' rates differ by
         20% from one start to the next.
         """
         total = sum(sizes)
         buckets = self._buckets
-        if len(sizes) < 2 or not buckets or total > buckets[-1]:
+        if not self.pads_to_bucket or len(sizes) < 2 or not buckets or total > buckets[-1]:
             return len(sizes)
         i = bisect.bisect_left(buckets, total)
         hi = buckets[i]

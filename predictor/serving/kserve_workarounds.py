@@ -40,12 +40,12 @@ from grpc import aio
 
 from predictor.serving import errors
 from predictor.serving.admission import (
-    GRPC_WAITING_PER_CALL,
     ByteBudget,
     CallLimiter,
     GrpcAdmissionInterceptor,
     grpc_concurrency,
 )
+from predictor.serving.options import ServingOptions
 from predictor.serving.versions import VersionedDataPlane
 
 if TYPE_CHECKING:
@@ -195,13 +195,19 @@ def installed_hashes() -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------- 1. server classes
-def install_server_classes(budget: ByteBudget, grpc_front: tuple[aio.ServerInterceptor, ...] = ()) -> None:
+def install_server_classes(
+    budget: ByteBudget,
+    grpc_front: tuple[aio.ServerInterceptor, ...] = (),
+    grpc_waiting: int = ServingOptions.grpc_max_waiting_calls,
+    grpc_wait_s: float | None = None,
+) -> None:
     """Make ``ModelServer.start`` build our REST and gRPC servers (call before it starts); ``grpc_front``:
-    interceptors run before admission (metadata hygiene, authentication)."""
+    interceptors run before admission (metadata hygiene, authentication); ``grpc_waiting`` calls may
+    wait up to ``grpc_wait_s`` for a place to read their message (:func:`admitting_grpc_server`)."""
     import kserve.model_server
 
     kserve.model_server.RESTServer = rest_server_with_error_table()
-    kserve.model_server.GRPCServer = admitting_grpc_server(budget, grpc_front)
+    kserve.model_server.GRPCServer = admitting_grpc_server(budget, grpc_front, grpc_waiting, grpc_wait_s)
 
 
 def rest_server_with_error_table() -> type[RESTServer]:
@@ -227,11 +233,28 @@ def rest_server_with_error_table() -> type[RESTServer]:
     return TableErrorsRESTServer
 
 
-def admitting_grpc_server(budget: ByteBudget, front: tuple[aio.ServerInterceptor, ...] = ()) -> type:
+#: gRPC server options beyond KServe's: BDP probing off, so that every HTTP/2 stream's window stays at
+#: 64 KiB until its call asks for its message (:func:`admitting_grpc_server`; ``bench/grpc_waiting.py``).
+GRPC_SERVER_OPTIONS: tuple[tuple[str, int], ...] = (("grpc.http2.bdp_probe", 0),)
+
+
+def admitting_grpc_server(
+    budget: ByteBudget,
+    front: tuple[aio.ServerInterceptor, ...] = (),
+    max_waiting: int = ServingOptions.grpc_max_waiting_calls,
+    max_wait_s: float | None = None,
+) -> type:
     """KServe's ``GRPCServer`` with :class:`GrpcAdmissionInterceptor` in front of its interceptors, and
     ``front`` (header hygiene, authentication) in front of that: its ``start`` copied with ours added first
     (outermost) and KServe's servicer replaced by :class:`~predictor.serving.versions.VersionedServicer`
-    (model versions), everything else unchanged."""
+    (model versions), everything else unchanged but two server options:
+
+    - ``grpc.http2.bdp_probe`` 0: the HTTP/2 stream window stays 64 KiB, so a call that has not been
+      given a place to read its message (waiting, or refused) holds at most that much of it in the server
+      (BDP probing raises every stream's window to at least 4 MiB, which a waiting call then fills; a
+      call that reads opens its window to its whole message either way: docs/request-model.md);
+    - at most ``max_waiting`` ``ModelInfer`` calls wait, each up to ``max_wait_s``, for one of the
+      :func:`grpc_concurrency` places (:class:`CallLimiter`)."""
     from concurrent import futures
 
     from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
@@ -245,7 +268,7 @@ def admitting_grpc_server(budget: ByteBudget, front: tuple[aio.ServerInterceptor
             servicer = VersionedServicer(self._data_plane, self._model_repository_extension)
             receive_limit = self._kwargs.get("grpc_max_receive_message_length")
             concurrency = grpc_concurrency(budget.limit, receive_limit or budget.limit)
-            limiter = CallLimiter(concurrency, GRPC_WAITING_PER_CALL * concurrency)
+            limiter = CallLimiter(concurrency, max_waiting, max_wait_s)
             self._server = aio.server(
                 futures.ThreadPoolExecutor(max_workers=max_workers),
                 interceptors=(
@@ -257,6 +280,7 @@ def admitting_grpc_server(budget: ByteBudget, front: tuple[aio.ServerInterceptor
                 options=[
                     ("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
                     ("grpc.max_receive_message_length", receive_limit),
+                    *GRPC_SERVER_OPTIONS,
                 ],
             )
             grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
@@ -264,11 +288,13 @@ def admitting_grpc_server(budget: ByteBudget, front: tuple[aio.ServerInterceptor
             self._server.add_insecure_port(listen_addr)
             log.info(
                 "gRPC server on %s, %d workers, admission by request bytes, at most %d ModelInfer calls "
-                "reading at once (--max_inflight_bytes / --grpc_max_receive_message_length + 1), %d waiting",
+                "reading at once (--max_inflight_bytes / --grpc_max_receive_message_length + 1), %d waiting "
+                "(--grpc_max_waiting_calls) up to %s",
                 listen_addr,
                 max_workers,
                 concurrency,
                 limiter.max_waiting,
+                "their deadline" if max_wait_s is None else f"{max_wait_s:g} s",
             )
             await self._server.start()
             await self._server.wait_for_termination()

@@ -222,8 +222,9 @@ class AdmissionMiddleware:
             prometheus.REJECTED.labels("body_too_large").inc()
             await send_json(send, 413, f"request body is {declared} bytes, {self._limit()}")
             return
-        if rest_protocol(scope.get("path", "")) is not None:
-            reason = self.busy()
+        inference = rest_protocol(scope.get("path", "")) is not None
+        if inference:
+            reason = self.busy()  # counted as offered and refused by the batcher
             if reason is not None:
                 prometheus.REJECTED.labels("queue_full").inc()
                 await send_json(send, 503, reason, retry_after=True)
@@ -232,9 +233,12 @@ class AdmissionMiddleware:
         reserved = declared or 0
         if reserved and not self.budget.try_reserve(reserved):
             prometheus.REJECTED.labels("inflight_bytes").inc()
+            if inference:
+                prometheus.refused_unread()
             await send_json(send, 503, self.budget.over_budget_reason(reserved), retry_after=True)
             return
         state: dict[str, Any] = {
+            "inference": inference,
             "received": 0,
             "reserved": reserved,
             "rejection": None,
@@ -273,6 +277,8 @@ class AdmissionMiddleware:
                 if not self.budget.try_reserve(more):
                     state["rejection"] = (503, self.budget.over_budget_reason(more))
                     prometheus.REJECTED.labels("inflight_bytes").inc()
+                    if state["inference"]:
+                        prometheus.refused_unread()
                     raise _Rejected()
                 state["reserved"] += more
             return message

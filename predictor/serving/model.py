@@ -147,6 +147,7 @@ class SSDPredictor(kserve.Model):
                 max_queue_delay_s=self.options.max_queue_delay_ms / 1000.0,
                 shed_standing_queue=self.options.shed_standing_queue,
                 bucket_seconds=per_bucket,
+                pads_to_bucket=detector.pads_to_bucket,
                 executor=self._model_thread,
             )
             log.info(
@@ -155,6 +156,8 @@ class SSDPredictor(kserve.Model):
                 ", ".join(f"{b}: {s:.4f}" for b, s in per_bucket.items()),
                 detector.trace_count,
             )
+            if not self._batcher.pads_to_bucket:
+                log.info("the network runs the real images only (no padding): calls are not split for it")
             self.ready = True
         finally:
             self._load_lock.release()

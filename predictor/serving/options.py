@@ -237,6 +237,15 @@ class ServingOptions:
         kserve=True,
         chart=Chart("predictor.grpcMaxMessageBytes"),
     )
+    grpc_max_waiting_calls: int = _option(
+        64,
+        non_negative_int,
+        "gRPC ModelInfer calls that may wait for a place to read their message (at most "
+        "--max_inflight_bytes / --grpc_max_receive_message_length + 1 read at once), each for at most "
+        "--request_timeout_s; past them a call gets RESOURCE_EXHAUSTED at once. A waiting call's unread "
+        "message holds at most the HTTP/2 stream window (64 KiB) in the server.",
+        chart=Chart("predictor.grpcMaxWaitingCalls"),
+    )
     request_timeout_s: float = _option(
         30.0,
         non_negative_float,

@@ -16,16 +16,21 @@ Registered once, at import, in ``prometheus_client``'s default registry (the one
 - ``ssd_queue_images``: images admitted and not finished yet (decoding, queued or in the model).
 - ``ssd_offered_images_total{outcome}``: images offered to the model's admission
   (:meth:`~predictor.serving.batcher.DynamicBatcher.admit`): ``admitted``, or ``refused`` with 503 /
-  UNAVAILABLE because the image queue was full or overloaded (a REST request refused before its body
-  was read counts as one image). Their rate is the load offered to the replica, shed demand included:
-  the chart's KEDA trigger divides it by ``ssd_capacity_images_per_second``.
+  UNAVAILABLE because the image queue was full or overloaded. A request refused before its images
+  could be counted (REST: before its body was read, image queue full or past ``--max_inflight_bytes``;
+  gRPC: RESOURCE_EXHAUSTED by the byte budget or the call limiter) counts as one refused image
+  (:func:`refused_unread`). Their rate is the load offered to the replica, shed demand included: the
+  chart's KEDA trigger divides it by ``ssd_capacity_images_per_second``. (413s and other client errors
+  are not offered load.)
 - ``ssd_capacity_images_per_second``: images per second the replica can take: the smaller of what the
   model does in calls of the efficient bucket, the size it runs under a standing queue (from the
   warm-up's timings; absent before them), and what the decode pool does (``--decode_threads`` / the
   moving average of one image's decode + resize), so a replica bound by decoding reads as full.
 - ``ssd_inflight_request_bytes``: request-body bytes admitted and not answered yet (REST and gRPC).
 - ``ssd_rejected_requests_total{reason}``: requests refused before their body was read or parsed
-  (``body_too_large`` 413, ``inflight_bytes`` / ``queue_full`` 503).
+  (``body_too_large`` 413, ``inflight_bytes`` / ``queue_full`` 503, ``grpc_calls``: RESOURCE_EXHAUSTED by
+  the gRPC call limiter, :class:`~predictor.serving.admission.CallLimiter`).
+- ``ssd_grpc_waiting_calls``: ``ModelInfer`` calls waiting for a place to read their message.
 - ``ssd_cancelled_images_total{stage}``: images whose work was skipped because their request's
   deadline had passed: ``decode`` (never decoded), ``queue`` (decoded, dropped from the batch queue).
 - ``ssd_late_images_total``: images the model had already started on when their deadline passed
@@ -85,6 +90,9 @@ OFFERED = Counter(
 )
 for _outcome in ("admitted", "refused"):  # both exported from the start: rate() sees the first refusal
     OFFERED.labels(_outcome)
+GRPC_WAITING = Gauge(
+    "ssd_grpc_waiting_calls", "gRPC ModelInfer calls waiting for a place to read their message"
+)
 INFLIGHT_BYTES = Gauge("ssd_inflight_request_bytes", "Request-body bytes admitted and not answered yet")
 REJECTED = Counter(
     "ssd_rejected_requests", "Requests refused before their body was read or parsed", ["reason"]
@@ -93,8 +101,15 @@ CANCELLED = Counter(
     "ssd_cancelled_images", "Images whose work was skipped because their deadline had passed", ["stage"]
 )
 LATE = Counter("ssd_late_images", "Images computed by the model after their request's deadline had passed")
+
 HEAP_TRIMS = Counter("ssd_heap_trims", "malloc_trim calls after the server went idle")
 HEAP_TRIMMED_BYTES = Counter("ssd_heap_trimmed_bytes", "Resident bytes given back by idle malloc_trim calls")
+
+
+def refused_unread() -> None:
+    """A request refused before its images could be counted (its body unread or unparsed): one image
+    offered and refused (``ssd_offered_images_total{outcome="refused"}``)."""
+    OFFERED.labels("refused").inc()
 
 
 class _ModelCollector(Collector):

@@ -146,7 +146,9 @@ def _serve(
 
     front = (headers.GrpcMetadataHygiene(), versions.GrpcModelVersion(model.version))
     front += (auth.GrpcBearerAuth(tokens),) if tokens else ()
-    kserve_workarounds.install_server_classes(budget, front)
+    kserve_workarounds.install_server_classes(
+        budget, front, options.grpc_max_waiting_calls, options.request_timeout_s or None
+    )
     server = ModelServer(
         http_port=args.http_port,
         grpc_port=args.grpc_port,

@@ -200,6 +200,10 @@ class Detector:
         )
         return det._asdict()
 
+    #: Whether a call of ``n`` images computes its whole bucket (:meth:`bucket_for`), padding included:
+    #: the network runs on the padded batch. The batcher avoids calls that would pad only where it does.
+    pads_to_bucket: bool = True
+
     def bucket_for(self, n: int) -> int:
         """Smallest bucket holding ``n`` images (``n <= max bucket``)."""
         return self.buckets[bisect.bisect_left(self.buckets, n)]

@@ -60,6 +60,8 @@ class OrtDetector(Detector):
 
     threads: int
     session: Any
+    #: The network runs the ``n`` real images only (post-processing still pads, at a small cost).
+    pads_to_bucket = False
 
     @classmethod
     def from_detector(cls, detector: Detector, threads: int = 0) -> OrtDetector:

@@ -15,6 +15,7 @@ a string as given, a bool as --flag or --no-flag.
 - {value: predictor.maxImagePixels, flag: --max_image_pixels, kind: int, default: 40000000}
 - {value: predictor.maxRequestBytes, flag: --max_request_bytes, kind: int, default: 67108864}
 - {value: predictor.grpcMaxMessageBytes, flag: --grpc_max_receive_message_length, kind: int, default: null}
+- {value: predictor.grpcMaxWaitingCalls, flag: --grpc_max_waiting_calls, kind: int, default: 64}
 - {value: predictor.requestTimeoutSeconds, flag: --request_timeout_s, kind: float, default: 30}
 - {value: predictor.maxQueueImages, flag: --max_queue_images, kind: int, default: 256}
 - {value: predictor.maxQueueDelayMs, flag: --max_queue_delay_ms, kind: float, default: 0}
