@@ -81,6 +81,13 @@ def test_ort_detector_matches_tensorflow_with_per_image_controls(tf_detector, or
     assert ort_detector.trace_count == 1  # one post-processing trace for every batch size and control
 
 
+def test_ort_detector_threads_do_not_spin(ort_detector):
+    """The served session's idle intra-op threads sleep instead of busy-waiting: a server's decode
+    threads and event loop share its cores (ONNX Runtime's ``session.intra_op.allow_spinning``)."""
+    options = ort_detector.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 def test_ort_options_that_only_tensorflow_has_are_refused(demo_model_dir):
     for flags in (["--xla"], ["--mixed_precision", "float16"]):
         args = build_parser().parse_args(["--runtime", "onnxruntime", *flags])

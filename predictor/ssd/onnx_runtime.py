@@ -38,9 +38,12 @@ from predictor.ssd.detector import Detector, pad_controls
 log = logging.getLogger(__name__)
 
 
-def cpu_session(model: str | os.PathLike | bytes, threads: int) -> Any:
+def cpu_session(model: str | os.PathLike | bytes, threads: int, spinning: bool = True) -> Any:
     """An ONNX Runtime CPU session (all graph optimisations, ``threads`` intra-op threads, 0: ONNX
-    Runtime's choice; ops run in sequence) of a model file or a serialized ``ModelProto``."""
+    Runtime's choice; ops run in sequence) of a model file or a serialized ``ModelProto``.
+
+    ``spinning=False`` stops idle intra-op threads from busy-waiting for the next op (ONNX Runtime's
+    ``session.intra_op.allow_spinning``): a server's decode threads and event loop share the cores."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -48,6 +51,8 @@ def cpu_session(model: str | os.PathLike | bytes, threads: int) -> Any:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
@@ -95,7 +100,7 @@ class OrtDetector(Detector):
 
         start = time.perf_counter()
         proto = network_onnx(self.model, self.input_size, means=self.config.means)
-        self.session = cpu_session(proto.SerializeToString(), self.threads)
+        self.session = cpu_session(proto.SerializeToString(), self.threads, spinning=False)
         log.info(
             "runtime onnxruntime %s (CPUExecutionProvider, %s intra-op threads): network exported and "
             "loaded in %.1f s; post-processing in TensorFlow",
