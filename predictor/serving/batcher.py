@@ -15,7 +15,9 @@ A request's images are never split across model calls.
 
 Calls in flight: up to ``max_calls_in_flight`` model calls run at once, each in a thread of its own
 (``--model_calls_in_flight``). With one, the next call is formed only when the running one has ended;
-with two, the next call is formed (by the same rules) while one runs, and the two share the cores and
+with two, the next call may start while one runs, once the queue holds as many images as the running
+call (:meth:`DynamicBatcher._overlap_waits`; else at the running call's end, as with one), and the two
+share the cores and
 TensorFlow's thread pools, so that one call's serial stretches and the decode threads' gaps are filled
 by the other's work (on a 2-core CPU a demo-model call of 8 keeps 1.0-1.6 cores busy alone). Calls
 start in queue order; each request gets its rows whatever call ends first. The images admitted
@@ -28,7 +30,8 @@ Load shedding: :meth:`DynamicBatcher.admit` bounds the images admitted (decoding
 ``max_queue_images``, and (when set) to what the model can finish within ``max_queue_delay_s`` at
 its measured rate (images per second of model time, averaged over recent calls); past either bound
 requests fail at once with :class:`Overloaded` (HTTP 503, gRPC UNAVAILABLE). A burst is absorbed; a
-standing queue is shed down to two calls of the efficient bucket (:meth:`DynamicBatcher.note_wait`,
+standing queue is shed down to one call of the efficient bucket per call in flight plus one waiting
+(:meth:`DynamicBatcher.note_wait`,
 :attr:`DynamicBatcher.standing_limit`; why and what it measures: docs/serving.md, "Overload").
 A request cancelled while queued (client gone) leaves the queue.
 
@@ -202,7 +205,7 @@ class DynamicBatcher:
         self._worker: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running: list[_Item] = []  # the requests of every running call
-        self._calls: set[asyncio.Task] = set()  # the running calls
+        self._calls: dict[asyncio.Task, int] = {}  # the running calls and their images
         self._last_call_end: float | None = None  # perf_counter() when the last call ended
         self._closed = False
 
@@ -464,7 +467,7 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         assert self._wakeup is not None
         while True:
-            if not self._queue or len(self._calls) >= self.max_calls_in_flight:
+            if not self._queue or len(self._calls) >= self.max_calls_in_flight or self._overlap_waits():
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -480,12 +483,19 @@ class DynamicBatcher:
             batch = self._take()
             if batch:  # else every request taken had expired
                 call = loop.create_task(self._execute(batch, loop), name="ssd-model-call")
-                self._calls.add(call)
+                self._calls[call] = sum(item.n for item in batch)
                 call.add_done_callback(self._call_done)
+
+    def _overlap_waits(self) -> bool:
+        """While a call runs, the next one starts only once the queue holds as many images as the
+        smallest running call (at most a full batch): a call of 1 beside a call of 8 would cost nearly what
+        a call of 8 does. Before that the queue waits, at most until a running call ends (the rules
+        for a lone call then apply)."""
+        return bool(self._calls) and self._queued_images < min(self._calls.values())
 
     def _call_done(self, call: asyncio.Task) -> None:
         """Event loop: a call ended; the worker may form the next one."""
-        self._calls.discard(call)
+        self._calls.pop(call, None)
         if self._wakeup is not None:
             self._wakeup.set()
 

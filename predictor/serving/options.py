@@ -214,8 +214,8 @@ class ServingOptions:
         1,
         positive_int,
         "Model calls the dynamic batcher runs at once, each in a thread of its own: with 2 the next call "
-        "is formed and started while one runs, so the two share the cores (docs/serving.md, Calls in "
-        "flight).",
+        "may start while one runs, once as many images are queued, and the two share the cores "
+        "(docs/serving.md, Calls in flight).",
         chart=Chart("predictor.modelCallsInFlight"),
     )
     max_image_bytes: int = _option(
