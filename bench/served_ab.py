@@ -1,12 +1,14 @@
 """Served A/B: the same served cells (``bench/served.py``) for several server flag sets, alternating.
 
-A busy machine changes its speed from one minute to the next; alternating the variants (A, B, A, B ...)
-in one run and comparing each round's pair keeps the ratio meaningful when the absolute numbers are
-not. Each round starts one server per variant in turn (the order rotates between rounds), runs every
-(protocol, concurrency) cell against it, and stops it. Printed: each variant's images/s per cell and
-round, the median over rounds, B / A per round, and, when a raw-model JSON
-(``bench/raw_model.py``, e.g. ``--batches 16``) is given, served / the bench's ceiling (the ceiling
-row of ``bench/run_all.py``: cores / (``run_batch`` CPU ms per image + decode/resize ms per image)).
+A busy machine changes its speed from one minute to the next; alternating the variants (A, B, A, B ...) in one
+run and comparing each round's pair keeps the ratio meaningful when the absolute numbers are not. A variant's
+flags may start with ``@DIR``: its server runs the ``predictor`` package of the checkout in DIR (another
+commit, e.g. ``git archive BASE | tar -x -C DIR``), so one run compares before and after. Each round starts
+one server per variant in turn (the order rotates between rounds), runs every (protocol, concurrency) cell
+against it, and stops it. Printed: each variant's images/s per cell and round, the median over rounds, B / A
+per round, and, when a raw-model JSON (``bench/raw_model.py``, e.g. ``--batches 16``) is given, served / the
+bench's ceiling (the ceiling row of ``bench/run_all.py``: cores / (``run_batch`` CPU ms per image +
+decode/resize ms per image)).
 
 ``python -m bench.served_ab --models demo --concurrency 16 --rounds 2 --raw bench/out/raw_model.json
 --variants 'calls1=--model_calls_in_flight 1;calls2=--model_calls_in_flight 2'``
@@ -15,15 +17,46 @@ row of ``bench/run_all.py``: cores / (``run_batch`` CPU ms per image + decode/re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from bench import served
 from bench.common import OUT_DIR, fmt_table, machine_info, make_test_jpegs, parse_ints, write_json
 from bench.run_all import served_ceiling
+
+
+@contextlib.contextmanager
+def in_tree(tree: str | None) -> Iterator[None]:
+    """Servers started inside run ``python -m predictor`` from ``tree`` (a checkout of another commit:
+    it is their working directory and ``PYTHONPATH``); None: from this one."""
+    if tree is None:
+        yield
+        return
+    cwd, path = os.getcwd(), os.environ.get("PYTHONPATH")
+    os.chdir(tree)
+    os.environ["PYTHONPATH"] = tree
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+        if path is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = path
+
+
+def split_tree(flags: str) -> tuple[str | None, str]:
+    """``'@/tree --flag x'`` -> ``('/tree', '--flag x')``; flags without ``@`` -> ``(None, flags)``."""
+    if not flags.startswith("@"):
+        return None, flags
+    tree, _, rest = flags[1:].partition(" ")
+    return str(Path(tree).resolve()), rest.strip()
 
 
 def parse_variants(text: str) -> dict[str, str]:
@@ -107,10 +140,13 @@ def main(argv: list[str] | None = None) -> int:
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             for model in models:
+                tree, flags = split_tree(variants[name])
                 run_args = argparse.Namespace(**vars(args))
-                run_args.server_args = f"{args.common_args} {variants[name]}"
-                print(f"\n#### round {r + 1}, variant {name}: {run_args.server_args.strip()}", flush=True)
-                result = served.bench_model(model, run_args, jpegs)
+                run_args.server_args = f"{args.common_args} {flags}"
+                print(f"\n#### round {r + 1}, variant {name}: {run_args.server_args.strip()}"
+                      f" (tree {tree or os.getcwd()})", flush=True)  # fmt: skip
+                with in_tree(tree):
+                    result = served.bench_model(model, run_args, jpegs)
                 data["runs"].append({"round": r, "variant": name, "model": model, **result})
                 for row in result["rows"]:
                     key = f"{model}|{row['protocol']}|{row['concurrency']}"
