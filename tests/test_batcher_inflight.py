@@ -251,3 +251,34 @@ def test_shutdown_answers_the_requests_of_both_running_calls_and_the_queued_ones
     assert len(results) == 4 and all(isinstance(r, ShuttingDown) for r in results), results
     assert model.calls == [[1.0], [2.0]]  # only the calls already running
     assert batcher.admitted_images == 0
+
+
+@pytest.mark.parametrize("calls", [1, 2])
+def test_the_next_call_is_formed_before_the_answered_callers_run_again(calls):
+    """Call 0 ([1]) runs while [2] queues. When it ends, the worker forms call 1 from the queue before
+    the answered caller's code runs again: the request that caller sends at once ([3]) is not in call 1
+    (it runs as call 2), so the model never waits for the event loop's answering of a whole batch."""
+    model = GatedCalls()
+    batcher = make_batcher(model, calls)
+
+    async def caller():
+        first = await submit(batcher, [1.0])
+        return first, await submit(batcher, [3.0])
+
+    async def main():
+        a = asyncio.create_task(caller())
+        await until(model.entered[0].is_set, "call 0")
+        b = asyncio.create_task(submit(batcher, [2.0, 2.0]))  # 2 > call 0's 1 image: it may overlap
+        if calls == 2:
+            await until(model.entered[1].is_set, "call 1")
+        await settle()
+        model.gates[0].set()
+        model.gates[1].set()
+        model.gates[2].set()
+        return await a, await b
+
+    try:
+        assert run(main()) == (([1.0], [3.0]), [2.0, 2.0])
+    finally:
+        model.open_all()
+    assert model.calls == [[1.0], [2.0, 2.0], [3.0]]

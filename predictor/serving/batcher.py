@@ -598,6 +598,11 @@ class DynamicBatcher:
                     item.future.set_exception(e)
             return
         finally:
+            # The slot is free now, and the worker is woken before the callers' answers are: it forms
+            # the next call from what queued meanwhile before the event loop encodes their responses.
+            self._calls.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+            if self._wakeup is not None:
+                self._wakeup.set()
             running = set(map(id, batch))
             self._running = [item for item in self._running if id(item) not in running]
             self.model_calls += 1
