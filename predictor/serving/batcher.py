@@ -17,12 +17,11 @@ Calls in flight: up to ``max_calls_in_flight`` model calls run at once, each in 
 (``--model_calls_in_flight``). With one, the next call is formed only when the running one has ended;
 with two, the next call may start while one runs, once the queue holds as many images as the running
 call (:meth:`DynamicBatcher._overlap_waits`; else at the running call's end, as with one), and the two
-share the cores and
-TensorFlow's thread pools, so that one call's serial stretches and the decode threads' gaps are filled
-by the other's work (on a 2-core CPU a demo-model call of 8 keeps 1.0-1.6 cores busy alone). Calls
-start in queue order; each request gets its rows whatever call ends first. The images admitted
-(:meth:`admit`) still bound everything in progress, running calls included, so the memory a second
-call adds is at most one call's buffers (its input bucket and activations).
+share the cores and TensorFlow's thread pools, so that one call's serial stretches and the decode
+threads' gaps are filled by the other's work (on a 2-core CPU a demo-model call of 8 keeps 1.0-1.6
+cores busy alone). Calls start in queue order; each request gets its rows whatever call ends first.
+The images admitted (:meth:`admit`) still bound everything in progress, running calls included, so
+the memory a second call adds is at most one call's buffers (its input bucket and activations).
 Per-image score thresholds and detection caps travel with the images, so requests with different
 parameters share a batch.
 
@@ -155,7 +154,8 @@ class DynamicBatcher:
       batch_wait_s: how long the oldest queued request may wait for company.
       max_queue_images: most images admitted at once (see :meth:`admit`).
       max_queue_delay_s: most seconds of model work admitted at once (0: no such bound).
-      shed_standing_queue: under sustained overload admit at most two efficient calls (see above).
+      shed_standing_queue: under sustained overload admit at most one efficient call per call in
+        flight plus one (see above).
       bucket_seconds: seconds of one call per bucket size, measured by the warm-up with nothing else
         running; they choose the call size used under a standing queue (see :meth:`efficient_bucket`).
       max_calls_in_flight: most model calls running at once (see the module docstring).
@@ -488,9 +488,9 @@ class DynamicBatcher:
 
     def _overlap_waits(self) -> bool:
         """While a call runs, the next one starts only once the queue holds as many images as the
-        smallest running call (at most a full batch): a call of 1 beside a call of 8 would cost nearly what
-        a call of 8 does. Before that the queue waits, at most until a running call ends (the rules
-        for a lone call then apply)."""
+        smallest running call: on a CPU a call of 1 beside a call of 8 costs nearly what a call of 8
+        does. Until then the queue waits, at most until a running call ends (then the rules for a lone
+        call apply)."""
         return bool(self._calls) and self._queued_images < min(self._calls.values())
 
     def _call_done(self, call: asyncio.Task) -> None:
