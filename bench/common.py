@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from predictor.protocol.wire import INPUT_NAME, MODEL_NAME
-from predictor.tools.localserver import LocalServer, server_env, start_ready_server, start_server
+from predictor.tools.localserver import LocalServer, server_env, start_server
 
 REPO = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO / "bench" / "out"
@@ -241,10 +241,31 @@ def start_bench_server(
     model_dir: Path | str, log_path: Path, args: Sequence[str], timeout_s: float
 ) -> LocalServer:
     """``python -m predictor`` on loopback in a process group of its own (the served, pipeline and
-    client-downscale benches), ready: its ``ready_s`` is the seconds from spawn to ready."""
-    return start_ready_server(
-        model_dir, log_path, *args, timeout_s=timeout_s, interval_s=0.5, own_session=True
-    )
+    client-downscale benches), ready: its ``ready_s`` is the seconds from spawn to ready. Its session's
+    scheduling group gets the bench's own (:func:`share_autogroup`) before it warms up."""
+    server = start_server(model_dir, log_path, *args, own_session=True)
+    try:
+        share_autogroup(server.proc.pid)
+        server.wait_ready(timeout_s, 0.5)
+    except BaseException:
+        server.terminate()
+        raise
+    return server
+
+
+def share_autogroup(pid: int) -> int | None:
+    """Give process ``pid``'s session the nice value of this process's own session group (Linux
+    autogroup, on when ``/proc/sys/kernel/sched_autogroup_enabled`` is 1: nice values rank threads only
+    within a session, so a bench run at ``nice -15`` in a group at -15 would otherwise see its server,
+    in a session of its own, compete at 0). Returns the value set, or None (no autogroup, or 0)."""
+    try:
+        nice = int(Path("/proc/self/autogroup").read_text().split()[-1])  # "/autogroup-12 nice -15"
+        if nice:
+            Path(f"/proc/{pid}/autogroup").write_text(str(nice))
+            return nice
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 # ----------------------------------------------------------------------------- server memory

@@ -128,6 +128,26 @@ def test_queue_bound_sheds_load_and_recovers(loaded, random_tiny_model_dir, png)
     small.close()
 
 
+def test_two_model_calls_in_flight_answer_what_one_does(loaded, random_tiny_model_dir, shapes_images, png):
+    """``--model_calls_in_flight 2``: two model threads on the one detector, the batcher allowed two
+    calls; a burst of requests of 1-3 images gets the same detections as with one call in flight."""
+    options = ServingOptions(model_dir=str(random_tiny_model_dir), max_batch_size=4, model_calls_in_flight=2)
+    twice = SSDPredictor("ssd", options, detector=loaded.detector)
+    assert twice.load()
+    assert twice.batcher.max_calls_in_flight == 2 and twice._model_thread._max_workers == 2
+    other = b64(encode_image(shapes_images[0], "PNG"))
+    bodies = [{"instances": [png, other, png][i % 2 : i % 2 + 1 + i % 3]} for i in range(8)]
+
+    async def burst(model: SSDPredictor) -> list:
+        answers = await asyncio.gather(*(model(body, headers={}) for body in bodies))
+        return [orjson.loads(response)["predictions"] for response, _ in answers]
+
+    try:
+        assert asyncio.run(burst(twice)) == asyncio.run(burst(loaded))
+    finally:
+        twice.close()
+
+
 def test_decode_failures_name_the_instance(loaded, png):
     with pytest.raises(InvalidInput, match=r"instances\[2\]: invalid base64"):
         asyncio.run(loaded({"instances": [png, png, "###"]}, headers={}))

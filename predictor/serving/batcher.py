@@ -12,6 +12,16 @@ would fit the slots the call would pad, the call waits for them, at most :data:`
 the bucket's call time (:meth:`DynamicBatcher._fill_wait`): in a closed loop of 8 clients, a request
 decoded just after a call of 7 had started ran alone next, at the cost of a whole call.
 A request's images are never split across model calls.
+
+Calls in flight: up to ``max_calls_in_flight`` model calls run at once, each in a thread of its own
+(``--model_calls_in_flight``). With one, the next call is formed only when the running one has ended;
+with two, the next call may start while one runs, once the queue holds as many images as the running
+call (:meth:`DynamicBatcher._overlap_waits`; else at the running call's end, as with one), and the two
+share the cores and TensorFlow's thread pools, so that one call's serial stretches and the decode
+threads' gaps are filled by the other's work (on a 2-core CPU a demo-model call of 8 keeps 1.0-1.6
+cores busy alone). Calls start in queue order; each request gets its rows whatever call ends first.
+The images admitted (:meth:`admit`) still bound everything in progress, running calls included, so
+the memory a second call adds is at most one call's buffers (its input bucket and activations).
 Per-image score thresholds and detection caps travel with the images, so requests with different
 parameters share a batch.
 
@@ -19,7 +29,8 @@ Load shedding: :meth:`DynamicBatcher.admit` bounds the images admitted (decoding
 ``max_queue_images``, and (when set) to what the model can finish within ``max_queue_delay_s`` at
 its measured rate (images per second of model time, averaged over recent calls); past either bound
 requests fail at once with :class:`Overloaded` (HTTP 503, gRPC UNAVAILABLE). A burst is absorbed; a
-standing queue is shed down to two calls of the efficient bucket (:meth:`DynamicBatcher.note_wait`,
+standing queue is shed down to one call of the efficient bucket per call in flight plus one waiting
+(:meth:`DynamicBatcher.note_wait`,
 :attr:`DynamicBatcher.standing_limit`; why and what it measures: docs/serving.md, "Overload").
 A request cancelled while queued (client gone) leaves the queue.
 
@@ -143,13 +154,16 @@ class DynamicBatcher:
       batch_wait_s: how long the oldest queued request may wait for company.
       max_queue_images: most images admitted at once (see :meth:`admit`).
       max_queue_delay_s: most seconds of model work admitted at once (0: no such bound).
-      shed_standing_queue: under sustained overload admit at most two efficient calls (see above).
+      shed_standing_queue: under sustained overload admit at most one efficient call per call in
+        flight plus one (see above).
       bucket_seconds: seconds of one call per bucket size, measured by the warm-up with nothing else
         running; they choose the call size used under a standing queue (see :meth:`efficient_bucket`).
       pads_to_bucket: the model computes a call's whole bucket, padding included
         (``Detector.pads_to_bucket``); when False the batcher never splits a call or waits to fill its
         padding (:meth:`_efficient_prefix`, :meth:`_fill_wait`).
-      executor: where ``run_batch`` runs; a dedicated one-thread pool when None.
+      max_calls_in_flight: most model calls running at once (see the module docstring).
+      executor: where ``run_batch`` runs (it needs ``max_calls_in_flight`` threads); a dedicated pool
+        of that many threads when None.
     """
 
     def __init__(
@@ -163,8 +177,11 @@ class DynamicBatcher:
         shed_standing_queue: bool = ServingOptions.shed_standing_queue,
         bucket_seconds: Mapping[int, float] | None = None,
         pads_to_bucket: bool = True,
+        max_calls_in_flight: int = ServingOptions.model_calls_in_flight,
         executor: Executor | None = None,
     ) -> None:
+        if max_calls_in_flight < 1:
+            raise ValueError(f"max_calls_in_flight must be >= 1, got {max_calls_in_flight}")
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
@@ -182,7 +199,8 @@ class DynamicBatcher:
         self._full_refusals = 0  # requests refused by max_queue_images (counted by refusal())
         self._full_refusals_at_backlog = 0  # ... when the current backlog began
         self._window = (0.0, 0)  # (start, offered images) of the current window of the standing state
-        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="ssd-model")
+        self.max_calls_in_flight = max_calls_in_flight
+        self._executor = executor or ThreadPoolExecutor(max_calls_in_flight, thread_name_prefix="ssd-model")
         self._queue: collections.deque[_Item] = collections.deque()
         self._queued_images = 0
         self._decoding_images = 0  # images of requests between decoding() and run()
@@ -191,7 +209,9 @@ class DynamicBatcher:
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._running: list[_Item] = []
+        self._running: list[_Item] = []  # the requests of every running call
+        self._calls: dict[asyncio.Task, int] = {}  # the running calls and their images
+        self._last_call_end: float | None = None  # perf_counter() when the last call ended
         self._closed = False
 
     # ------------------------------------------------------------------ admission
@@ -266,13 +286,13 @@ class DynamicBatcher:
 
     @property
     def standing_limit(self) -> int:
-        """Images admitted while a standing queue lasts: two calls of the :meth:`efficient_bucket`
-        (one running, one waiting), or two recent batches (at least one full one) before any call
-        was timed."""
+        """Images admitted while a standing queue lasts: one call of the :meth:`efficient_bucket` per
+        call that may run plus one waiting (two with one call in flight), or two recent batches (at
+        least one full one) before any call was timed."""
         bucket = self.efficient_bucket()
         if bucket is None:
             return max(self.max_batch_size, round(2 * self._ewma_images))
-        return 2 * bucket
+        return (self.max_calls_in_flight + 1) * bucket
 
     @property
     def capacity_images_per_second(self) -> float | None:
@@ -362,6 +382,8 @@ class DynamicBatcher:
         return self._ewma_images / self._ewma_seconds if self._ewma_seconds > 0 else None
 
     def _observe_call(self, n: int, seconds: float) -> None:
+        """A call of ``n`` images ended, after ``seconds`` of model time (for overlapping calls only the
+        time no earlier call ended in, so the rate counts busy time once; see :meth:`_execute`)."""
         if self._ewma_seconds == 0:
             self._ewma_images, self._ewma_seconds = float(n), seconds
         else:
@@ -450,7 +472,7 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         assert self._wakeup is not None
         while True:
-            if not self._queue:
+            if not self._queue or len(self._calls) >= self.max_calls_in_flight or self._overlap_waits():
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -463,7 +485,24 @@ class DynamicBatcher:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), wait)
                 continue
-            await self._execute(self._take(), loop)
+            batch = self._take()
+            if batch:  # else every request taken had expired
+                call = loop.create_task(self._execute(batch, loop), name="ssd-model-call")
+                self._calls[call] = sum(item.n for item in batch)
+                call.add_done_callback(self._call_done)
+
+    def _overlap_waits(self) -> bool:
+        """While a call runs, the next one starts only once the queue holds as many images as the
+        smallest running call: on a CPU a call of 1 beside a call of 8 costs nearly what a call of 8
+        does. Until then the queue waits, at most until a running call ends (then the rules for a lone
+        call apply)."""
+        return bool(self._calls) and self._queued_images < min(self._calls.values())
+
+    def _call_done(self, call: asyncio.Task) -> None:
+        """Event loop: a call ended; the worker may form the next one."""
+        self._calls.pop(call, None)
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     def _fill_wait(self, now: float) -> float:
         """Seconds more the next call waits for images being decoded, or 0 to run now.
@@ -547,12 +586,16 @@ class DynamicBatcher:
         return self._buckets[bisect.bisect_left(self._buckets, n)]
 
     async def _execute(self, batch: list[_Item], loop: asyncio.AbstractEventLoop) -> None:
-        if not batch:  # every request taken had expired
-            return
+        """One model call on ``batch`` (a task of its own; up to ``max_calls_in_flight`` run at once).
+
+        ``ssd_batch_seconds`` gets the call's own time; the rate (:meth:`_observe_call`) gets the time
+        since the later of its start and the previous call's end, so calls that overlap add up to the
+        model's busy time, not to the sum of their durations.
+        """
         n = sum(item.n for item in batch)
         start = time.perf_counter()
         stamps: dict[str, int] = {"batch_start": time.time_ns(), "batch_images": n}
-        self._running = batch
+        self._running.extend(batch)
         try:
             out = await loop.run_in_executor(self._executor, self._call_model, batch, n, stamps)
         except Exception as e:
@@ -562,12 +605,19 @@ class DynamicBatcher:
                     item.future.set_exception(e)
             return
         finally:
-            self._running = []
+            # The slot is free now, and the worker is woken before the callers' answers are: it forms
+            # the next call from what queued meanwhile before the event loop encodes their responses.
+            self._calls.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+            if self._wakeup is not None:
+                self._wakeup.set()
+            running = set(map(id, batch))
+            self._running = [item for item in self._running if id(item) not in running]
             self.model_calls += 1
-            seconds = time.perf_counter() - start
-            self._observe_call(n, seconds)
+            end = time.perf_counter()
+            last, self._last_call_end = self._last_call_end, end
+            self._observe_call(n, end - max(start, last if last is not None else start))
             prometheus.BATCH_SIZE.observe(n)
-            prometheus.BATCH_SECONDS.observe(seconds)
+            prometheus.BATCH_SECONDS.observe(end - start)
         offset = 0
         for item in batch:
             if item.timing is not None:
@@ -622,9 +672,10 @@ class DynamicBatcher:
 
     def _fail_pending(self) -> None:
         """Event loop: answer queued and running requests with 503 and stop the worker."""
-        if self._worker is not None:
-            with contextlib.suppress(RuntimeError):  # its loop is already closed
-                self._worker.cancel()
+        for task in (self._worker, *self._calls):  # a running call's thread still runs to its end
+            if task is not None:
+                with contextlib.suppress(RuntimeError):  # its loop is already closed
+                    task.cancel()
         pending = [*self._queue, *self._running]
         self._queue.clear()
         self._queued_images = 0

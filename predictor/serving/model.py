@@ -66,7 +66,9 @@ class SSDPredictor(kserve.Model):
         )
         self._work: set[asyncio.Task] = set()  # requests' work, also after their caller got a 503
         self._model_thread = ThreadPoolExecutor(
-            1, thread_name_prefix="ssd-model", initializer=priority.start_compute_thread
+            self.options.model_calls_in_flight,
+            thread_name_prefix="ssd-model",
+            initializer=priority.start_compute_thread,
         )
         self._load_lock = threading.Lock()
         self._load_started = False
@@ -148,6 +150,7 @@ class SSDPredictor(kserve.Model):
                 shed_standing_queue=self.options.shed_standing_queue,
                 bucket_seconds=per_bucket,
                 pads_to_bucket=detector.pads_to_bucket,
+                max_calls_in_flight=self.options.model_calls_in_flight,
                 executor=self._model_thread,
             )
             log.info(

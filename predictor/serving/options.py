@@ -210,6 +210,14 @@ class ServingOptions:
         "How long the dynamic batcher waits for more images before running a model call, in ms.",
         chart=Chart("predictor.batchWaitMs", pin=True),
     )
+    model_calls_in_flight: int = _option(
+        1,
+        positive_int,
+        "Model calls the dynamic batcher runs at once, each in a thread of its own: with 2 the next call "
+        "may start while one runs, once as many images are queued, and the two share the cores "
+        "(docs/serving.md, Calls in flight).",
+        chart=Chart("predictor.modelCallsInFlight"),
+    )
     max_image_bytes: int = _option(
         16 * 1024 * 1024,
         positive_int,

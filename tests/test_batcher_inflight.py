@@ -1,0 +1,284 @@
+"""DynamicBatcher with more than one model call in flight (``max_calls_in_flight``,
+``--model_calls_in_flight``), with a fake model (no TensorFlow) whose every call is held by a gate of
+its own, on a virtual clock (tests/virtual_clock.py).
+
+Which call takes which images, when a second call may start, how the rate counts overlapping calls,
+the standing-queue bound and shutdown with two calls running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+from virtual_clock import run
+
+from predictor.serving import batcher as batcher_module
+from predictor.serving import prometheus
+from predictor.serving.batcher import DynamicBatcher, ShuttingDown
+from predictor.serving.options import ServingOptions
+
+S = 4  # image side
+HANG_S = 5.0  # real seconds a held call waits for its gate (a hang guard only)
+
+
+class GatedCalls:
+    """Each call ``i`` records its markers (``image[0, 0, 0]``), sets ``entered[i]`` and waits for
+    ``gates[i]``; rows echo the markers in ``boxes[:, 0, 0]``."""
+
+    def __init__(self, calls: int = 4) -> None:
+        self.gates = [threading.Event() for _ in range(calls)]
+        self.entered = [threading.Event() for _ in range(calls)]
+        self.calls: list[list[float]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, images, image_hw, score_threshold, max_detections):
+        with self.lock:
+            i = len(self.calls)
+            self.calls.append([float(image[0, 0, 0]) for image in images])
+        self.entered[i].set()
+        if not self.gates[i].wait(HANG_S):
+            raise RuntimeError(f"the test never opened call {i}'s gate")
+        boxes = np.zeros((len(images), 1, 4), np.float32)
+        boxes[:, 0, 0] = [image[0, 0, 0] for image in images]
+        return {"boxes": boxes, "num_detections": max_detections.copy()}
+
+    def open_all(self) -> None:
+        for gate in self.gates:
+            gate.set()
+
+
+def make_batcher(model: GatedCalls, calls: int, **kwargs) -> DynamicBatcher:
+    options = {"max_batch_size": 8, "batch_wait_s": 0.0, "max_queue_images": 64, **kwargs}
+    return DynamicBatcher(model, max_calls_in_flight=calls, **options)
+
+
+async def submit(batcher: DynamicBatcher, markers: list[float]) -> list[float]:
+    """One request of ``len(markers)`` images; returns the markers of the rows it got back."""
+    n = len(markers)
+    images = [np.full((S, S, 3), m, np.float32) for m in markers]
+    with batcher.admit(n):
+        out = await batcher.run(
+            images, np.full((n, 2), 10, np.float32), np.full(n, 0.5, np.float32), np.full(n, 3, np.int32)
+        )
+    return out["boxes"][:, 0, 0].tolist()
+
+
+async def until(condition, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60  # a hang guard only
+    while not condition():
+        assert loop.time() < deadline, f"gave up waiting for {what}"
+        await asyncio.sleep(0.001)
+
+
+async def settle() -> None:
+    """Let the event loop run everything ready (the worker forms any call it may)."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def test_the_default_is_one_call_in_flight():
+    assert ServingOptions.model_calls_in_flight == 1
+    assert DynamicBatcher(GatedCalls()).max_calls_in_flight == 1
+    with pytest.raises(ValueError, match="max_calls_in_flight must be >= 1, got 0"):
+        DynamicBatcher(GatedCalls(), max_calls_in_flight=0)
+
+
+@pytest.mark.parametrize("calls", [1, 2])
+def test_a_second_call_starts_while_one_runs_once_the_queue_holds_as_many_images(calls):
+    """Call 0 takes 2 images and is held. One more queued image is fewer than call 0's: it waits. A
+    second one makes 2: with two calls in flight call 1 starts beside call 0 (one call: they wait for
+    call 0's end). Each request gets its own rows whatever call ends first."""
+    model = GatedCalls()
+    batcher = make_batcher(model, calls)
+
+    async def main():
+        first = asyncio.create_task(submit(batcher, [1.0, 2.0]))
+        await until(model.entered[0].is_set, "call 0")
+        third = asyncio.create_task(submit(batcher, [3.0]))
+        await settle()
+        assert model.calls == [[1.0, 2.0]] and batcher.queued_images == 1  # 1 < 2: waits
+        fourth = asyncio.create_task(submit(batcher, [4.0]))
+        if calls == 2:
+            await until(model.entered[1].is_set, "call 1")
+            assert model.calls == [[1.0, 2.0], [3.0, 4.0]] and batcher.queued_images == 0
+            assert len(batcher._running) == 3  # both calls' requests
+            model.gates[1].set()  # the later call ends first
+            assert await third == [3.0] and await fourth == [4.0]
+            assert not first.done()
+            model.gates[0].set()
+        else:
+            await settle()
+            assert model.calls == [[1.0, 2.0]] and batcher.queued_images == 2
+            model.open_all()
+        return await first, await third, await fourth
+
+    try:
+        results = run(main())
+    finally:
+        model.open_all()
+    assert results == ([1.0, 2.0], [3.0], [4.0])
+    assert model.calls == [[1.0, 2.0], [3.0, 4.0]]
+    assert batcher.model_calls == 2 and batcher._running == [] and batcher.admitted_images == 0
+
+
+def test_no_third_call_starts_while_two_run_and_a_queue_left_waiting_runs_when_a_call_ends():
+    """Calls 0 (1 image) and 1 (1 image) run; 3 more images queue (3 requests): no third call. Call 1
+    ends: the queue (3 >= nothing smaller running than call 0's 1 image) runs as call 2 at once."""
+    model = GatedCalls()
+    batcher = make_batcher(model, 2)
+
+    async def main():
+        a = asyncio.create_task(submit(batcher, [1.0]))
+        await until(model.entered[0].is_set, "call 0")
+        b = asyncio.create_task(submit(batcher, [2.0]))
+        await until(model.entered[1].is_set, "call 1")
+        rest = [asyncio.create_task(submit(batcher, [m])) for m in (3.0, 4.0, 5.0)]
+        await settle()
+        assert model.calls == [[1.0], [2.0]] and batcher.queued_images == 3
+        model.gates[1].set()
+        await until(model.entered[2].is_set, "call 2")
+        assert model.calls == [[1.0], [2.0], [3.0, 4.0, 5.0]]
+        model.open_all()
+        return await asyncio.gather(a, b, *rest)
+
+    try:
+        assert run(main()) == [[1.0], [2.0], [3.0], [4.0], [5.0]]
+    finally:
+        model.open_all()
+
+
+def test_a_queue_smaller_than_the_running_call_waits_for_its_end_then_the_lone_rules_apply():
+    """Call 0 holds 4 images; 1 image queues: it waits (1 < 4) until call 0 ends, then runs alone
+    after the batching window (0.05 s of virtual time after it was queued, long passed)."""
+    model = GatedCalls()
+    batcher = make_batcher(model, 2, batch_wait_s=0.05)
+
+    async def main():
+        first = asyncio.create_task(submit(batcher, [1.0, 1.0, 1.0, 1.0]))
+        await until(model.entered[0].is_set, "call 0")
+        lone = asyncio.create_task(submit(batcher, [2.0]))
+        await asyncio.sleep(0.2)  # virtual: long past the window, still no second call
+        assert model.calls == [[1.0] * 4] and batcher.queued_images == 1
+        model.gates[0].set()
+        await until(model.entered[1].is_set, "call 1")
+        model.gates[1].set()
+        return await first, await lone
+
+    try:
+        assert run(main()) == ([1.0] * 4, [2.0])
+    finally:
+        model.open_all()
+    assert model.calls == [[1.0] * 4, [2.0]]
+
+
+def test_overlapping_calls_add_their_busy_time_once_to_the_rate(monkeypatch):
+    """Call 0 (2 images) runs from t=1000.0 to 1000.3, call 1 (2 images) from 1000.1 to 1000.5 (a fake
+    ``perf_counter``): the rate gets 0.3 s for call 0 and 0.2 s for call 1 (only the time after call
+    0 ended), the call-time histogram each call's own 0.3 and 0.4 s."""
+    clock = [1000.0]
+
+    class FakeTime:
+        time_ns = staticmethod(time.time_ns)
+
+        @staticmethod
+        def perf_counter() -> float:
+            return clock[0]
+
+    monkeypatch.setattr(batcher_module, "time", FakeTime)
+    model = GatedCalls()
+    batcher = make_batcher(model, 2)
+    seconds_before = prometheus.BATCH_SECONDS._sum.get()
+
+    async def main():
+        first = asyncio.create_task(submit(batcher, [1.0, 2.0]))
+        await until(model.entered[0].is_set, "call 0")
+        clock[0] = 1000.1
+        second = asyncio.create_task(submit(batcher, [3.0, 4.0]))
+        await until(model.entered[1].is_set, "call 1")
+        clock[0] = 1000.3
+        model.gates[0].set()
+        await first
+        assert (batcher._ewma_images, batcher._ewma_seconds) == (2.0, pytest.approx(0.3))
+        clock[0] = 1000.5
+        model.gates[1].set()
+        await second
+
+    try:
+        run(main())
+    finally:
+        model.open_all()
+    # 0.3 + 0.2 * (0.2 - 0.3): the second call's 0.2 s moved the average a fifth of the way
+    assert batcher._ewma_images == 2.0 and batcher._ewma_seconds == pytest.approx(0.28)
+    assert batcher.images_per_second == pytest.approx(2.0 / 0.28)
+    assert prometheus.BATCH_SECONDS._sum.get() - seconds_before == pytest.approx(0.7)
+
+
+@pytest.mark.parametrize(("calls", "limit"), [(1, 8), (2, 12), (3, 16)])
+def test_a_standing_queue_admits_one_efficient_call_per_call_in_flight_plus_one(calls, limit):
+    batcher = make_batcher(GatedCalls(), calls, bucket_seconds={2: 0.1, 4: 0.1, 8: 0.25})
+    assert batcher.efficient_bucket() == 4  # 40 images/s, 32 at 8, 20 at 2
+    assert batcher.standing_limit == limit
+
+
+def test_shutdown_answers_the_requests_of_both_running_calls_and_the_queued_ones():
+    model = GatedCalls()
+    batcher = make_batcher(model, 2, max_batch_size=2)
+
+    async def main():
+        running = [asyncio.create_task(submit(batcher, [1.0]))]
+        await until(model.entered[0].is_set, "call 0")
+        running.append(asyncio.create_task(submit(batcher, [2.0])))
+        await until(model.entered[1].is_set, "call 1")
+        queued = [asyncio.create_task(submit(batcher, [m])) for m in (3.0, 4.0)]
+        await settle()
+        assert batcher.queued_images == 2 and len(batcher._running) == 2
+        batcher.shutdown()
+        assert not batcher._queue and not batcher._running
+        results = await asyncio.wait_for(asyncio.gather(*running, *queued, return_exceptions=True), 60)
+        await settle()
+        assert not batcher._calls  # the call tasks were cancelled; their threads still hold the gates
+        return results
+
+    try:
+        results = run(main())
+    finally:
+        model.open_all()
+    assert len(results) == 4 and all(isinstance(r, ShuttingDown) for r in results), results
+    assert model.calls == [[1.0], [2.0]]  # only the calls already running
+    assert batcher.admitted_images == 0
+
+
+@pytest.mark.parametrize("calls", [1, 2])
+def test_the_next_call_is_formed_before_the_answered_callers_run_again(calls):
+    """Call 0 ([1]) runs while [2] queues. When it ends, the worker forms call 1 from the queue before
+    the answered caller's code runs again: the request that caller sends at once ([3]) is not in call 1
+    (it runs as call 2), so the model never waits for the event loop's answering of a whole batch."""
+    model = GatedCalls()
+    batcher = make_batcher(model, calls)
+
+    async def caller():
+        first = await submit(batcher, [1.0])
+        return first, await submit(batcher, [3.0])
+
+    async def main():
+        a = asyncio.create_task(caller())
+        await until(model.entered[0].is_set, "call 0")
+        b = asyncio.create_task(submit(batcher, [2.0, 2.0]))  # 2 > call 0's 1 image: it may overlap
+        if calls == 2:
+            await until(model.entered[1].is_set, "call 1")
+        await settle()
+        model.gates[0].set()
+        model.gates[1].set()
+        model.gates[2].set()
+        return await a, await b
+
+    try:
+        assert run(main()) == (([1.0], [3.0]), [2.0, 2.0])
+    finally:
+        model.open_all()
+    assert model.calls == [[1.0], [2.0, 2.0], [3.0]]
