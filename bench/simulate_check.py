@@ -78,21 +78,81 @@ def figures(rows: list[tuple[float, float, str]], seconds: float) -> dict[str, A
     }
 
 
+METRIC_LINE = re.compile(
+    r"^(ssd_(?:batch_size|batch_seconds|decode_seconds|request_seconds)_(?:bucket|sum|count))"
+    r"(\{[^}]*\})? (\S+)$"
+)
+
+
+def scrape(urls: list[str]) -> dict[str, float]:
+    """The servers' model-call and decode histograms (``ssd_batch_size``, ``ssd_batch_seconds``,
+    ``ssd_decode_seconds``: buckets, sums, counts), summed over the servers."""
+    import urllib.request
+
+    out: dict[str, float] = Counter()
+    for url in urls:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+            for line in r.read().decode().splitlines():
+                m = METRIC_LINE.match(line)
+                if m:
+                    out[m.group(1) + (m.group(2) or "")] += float(m.group(3))
+    return dict(out)
+
+
+def thread_cpu(pids: list[int]) -> dict[str, float]:
+    """CPU seconds (user + system) the servers' threads used so far, by kind, summed over the servers:
+    ``event_loop`` (the main thread: HTTP, KServe, admission, JSON), ``decode`` (``ssd-decode_*``),
+    ``model`` (``ssd-model_*`` and TensorFlow's ``tf_*`` pools), ``other``. CPU time, unlike wall time,
+    is what a request costs whatever else runs on the machine."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = Counter()
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                name = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
+                kind = (
+                    "event_loop" if int(task.name) == pid else "decode" if name.startswith("ssd-decode")
+                    else "model" if name.startswith(("ssd-model", "tf_")) else "other"
+                )  # fmt: skip
+                out[kind] += ticks / tick
+    return dict(out)
+
+
+def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: round(v - before.get(k, 0.0), 6) for k, v in after.items() if v - before.get(k, 0.0)}
+
+
 def scenario(
-    gen: Generator, base: dict[str, Any], rates: list[float], seconds: float, warmup_s: float, seed: int
-):
-    """Open-loop phases back to back (warm-up only before the first); returns the phases' results and
-    the arrival times laid end to end (the first phase's warm-up starts at 0)."""
-    results, offsets = [], []
+    gen: Generator, base: dict[str, Any], rates: list[float], seconds: float, warmup_s: float, seed: int,
+    urls: list[str] | None = None, pids: list[int] | None = None,
+):  # fmt: skip
+    """Open-loop phases back to back (warm-up only before the first); returns the phases' results, the
+    arrival times laid end to end (the first phase's warm-up starts at 0) and, with the servers'
+    ``urls`` and ``pids``, each phase's change of their batch and decode histograms (:func:`scrape`)
+    and of their threads' CPU seconds (:func:`thread_cpu`, keys ``cpu_s:<kind>``)."""
+    results, offsets, metrics = [], [], []
     offset = 0.0
     for i, rate in enumerate(rates):
         w = warmup_s if i == 0 else 0.0
         phase = Phase(**base, seconds=seconds, warmup_s=w, rate=rate, seed=seed + 2 * i)
+        before = {**scrape(urls), **_cpu_keys(pids)} if urls else {}
         r = gen.run(phase)
+        metrics.append(delta({**scrape(urls), **_cpu_keys(pids)}, before) if urls else {})
         offsets.append(offset + w)
         offset += w + seconds
         results.append(r)
-    return results, offsets
+    return results, offsets, metrics
+
+
+def _cpu_keys(pids: list[int] | None) -> dict[str, float]:
+    return {f"cpu_s:{k}": v for k, v in thread_cpu(pids).items()} if pids else {}
+
+
+def rows_json(r: PhaseResult) -> list[list[Any]]:
+    """A phase's requests ``[due, sent, done, status]`` (ms precision: 0.1) for offline replays."""
+    return [[round(d, 4), round(s, 4), round(e, 4), st] for d, s, e, st in r.requests]
 
 
 def arrivals_of(results: list[PhaseResult], offsets: list[float]) -> list[float]:
@@ -322,8 +382,11 @@ def main(argv: list[str] | None = None) -> int:
         with Generator() as gen:
             cells = []
             for c in (int(v) for v in args.concurrency.split(",")):
+                urls, pids = [s.url for s in servers], [s.proc.pid for s in servers]
+                before = {**scrape(urls), **_cpu_keys(pids)}
                 r = gen.run(Phase(**base, seconds=args.cell_s, warmup_s=2.0, clients=c))
                 cells.append(cell(c, r))
+                cells[-1]["server_metrics"] = delta({**scrape(urls), **_cpu_keys(pids)}, before)
                 x, p50 = cells[-1]["throughput_rps"], cells[-1]["p50_ms"]
                 print(f"closed loop c={c}: {x:.1f} req/s, p50 {p50:.0f} ms")
             sat = max(c["throughput_rps"] for c in cells)
@@ -345,11 +408,20 @@ def main(argv: list[str] | None = None) -> int:
             report["scenarios"] = {}
             for name, fracs in (("step", args.step), ("ramp", args.ramp), ("overload", args.overload)):
                 rates = [float(f) * sat for f in fracs.split(",")]
-                results, offsets = scenario(gen, base, rates, args.seconds, args.warmup_s, seed=11)
+                results, offsets, metrics = scenario(
+                    gen,
+                    base,
+                    rates,
+                    args.seconds,
+                    args.warmup_s,
+                    seed=11,
+                    urls=[s.url for s in servers],
+                    pids=[s.proc.pid for s in servers],
+                )
                 phases = [
                     {"rate": rate, "measured": figures([(d, e, s) for d, _, e, s in r.requests], r.seconds),
-                     "client_cpu_s": r.client_cpu_s}
-                    for rate, r in zip(rates, results, strict=True)
+                     "client_cpu_s": r.client_cpu_s, "server_metrics": m, "rows": rows_json(r)}
+                    for rate, r, m in zip(rates, results, metrics, strict=True)
                 ]  # fmt: skip
                 report["scenarios"][name] = {
                     "seconds": args.seconds,
@@ -358,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
                     "phases": phases,
                     "load_average_1m": os.getloadavg()[0],
                 }
-                print(name, json.dumps(phases))
+                print(name, json.dumps([{k: v for k, v in ph.items() if k != "rows"} for ph in phases]))
     finally:
         for server in servers:
             server.terminate()

@@ -124,6 +124,15 @@ class CpuProfile:
     job progresses at ``min(1, cores / runnable threads)`` of its alone speed (processor sharing); a
     model call with fewer cores than threads slows as Amdahl's law says, its parallel fraction from
     ``one_core_bucket_s`` (the same calls on one core; without it: perfectly parallel).
+
+    The event loop (``loop_in_s`` > 0; docs/simulator.md, "The event loop"): the server's main thread
+    reads each request (HTTP, KServe's routing, the codec) before admission decides on it
+    (``predictor/serving/model.py`` ``_detect``: ``batcher.admit`` comes after the body was parsed), and
+    writes each answer after the model call; one thread, first come first served, so ``loop_in_s``
+    seconds of it per request (a refused one costs that and is answered), ``loop_out_s`` per 200. It
+    runs on the replica's cores like a decode thread. ``decode_s`` is then the decode thread's work alone,
+    and ``net_s`` the rest of a request's time at concurrency 1 that no server thread spends (client,
+    loopback), added to every answer.
     """
 
     bucket_s: tuple[tuple[int, float], ...]
@@ -136,6 +145,9 @@ class CpuProfile:
     source: str = "cpu profile"
     rule_bucket_s: tuple[tuple[int, float], ...] | None = None
     one_core_bucket_s: tuple[tuple[int, float], ...] | None = None
+    loop_in_s: float = 0.0
+    loop_out_s: float = 0.0
+    net_s: float = 0.0
 
     @property
     def buckets(self) -> tuple[int, ...]:
@@ -204,6 +216,24 @@ class CpuProfile:
             if data.get(key):
                 kw[key] = tuple(sorted((int(b), float(t)) for b, t in data[key].items()))
         return cls(**kw)
+
+
+def fill_wait(batcher: Any, queued: int, decoding: int, oldest_enqueued: float, now: float) -> float:
+    """Seconds the server's next call waits for images being decoded (``DynamicBatcher._fill_wait``, the
+    server's own code, on this state): ``queued`` images (one per request), ``decoding`` images between
+    admission and the queue (waiting for a decode thread or decoding), the oldest queued at
+    ``oldest_enqueued``."""
+    batcher._queued_images, batcher._decoding_images = queued, decoding
+    batcher._queue = collections.deque([_Queued(oldest_enqueued)])
+    try:
+        return float(batcher._fill_wait(now))
+    finally:
+        batcher._queue, batcher._queued_images, batcher._decoding_images = collections.deque(), 0, 0
+
+
+@dataclass(frozen=True)
+class _Queued:
+    enqueued: float  # the only field of batcher._Item that _fill_wait reads
 
 
 def _no_model(*args: Any, **kwargs: Any) -> dict[str, np.ndarray]:
@@ -376,6 +406,8 @@ class _Replica:
         self.cpu = cpu  # CPU replicas: the cores its decodes and model calls share
         self.decode_wait: collections.deque[_Request] = collections.deque()
         self.decoding = 0
+        self.loop_wait: collections.deque[tuple[str, _Request]] = collections.deque()  # the event loop
+        self.loop_busy = False
         self.ready = False
         self.draining = False
         self.gone_at: float | None = None
@@ -536,6 +568,7 @@ class Simulation:
         self.arrived_marks: collections.deque[tuple[float, int]] = collections.deque()  # (t, arrivals)
         self.busy_marks: dict[int, tuple[float, float]] = {}  # replica -> (time, busy_s) at the last sync
         self.replica_seconds = 0.0
+        self.calls: list[tuple[float, int, float]] = []  # CPU replicas: (start, images, seconds) per call
 
     # ------------------------------------------------------------------ bookkeeping
     def push(self, t: float, kind: str, payload: Any = None) -> None:
@@ -608,9 +641,38 @@ class Simulation:
         for _, _, kind, payload, _ in done:
             if kind == "decoded":
                 self.on_decoded(*payload)
+            elif kind == "loop":
+                self.on_loop(*payload)
             else:
                 rep, batch, n, start = payload
                 self.on_done(rep, batch, n, self.now - start)
+
+    def loop_job(self, rep: _Replica, stage: str, req: _Request) -> None:
+        """Queue ``req``'s ``stage`` ("in": read before admission, "out": the answer) on the replica's
+        event loop: one thread, first come first served."""
+        rep.loop_wait.append((stage, req))
+        self.start_loop(rep)
+
+    def start_loop(self, rep: _Replica) -> None:
+        prof = self.svc
+        assert isinstance(prof, CpuProfile) and rep.cpu is not None
+        if rep.loop_busy or not rep.loop_wait:
+            return
+        stage, req = rep.loop_wait.popleft()
+        rep.loop_busy = True
+        work = (prof.loop_in_s if stage == "in" else prof.loop_out_s) * self._spread(prof.decode_sigma)
+        self.cpu_add(rep.cpu, work, 1, "loop", (rep, stage, req))
+
+    def on_loop(self, rep: _Replica, stage: str, req: _Request) -> None:
+        rep.loop_busy = False
+        if stage == "in":
+            self.admit(rep, req)
+        else:
+            self.answer(rep, req, "200")
+        self.start_loop(rep)
+
+    def _spread(self, sigma: float) -> float:
+        return math.exp(sigma * self.rng.standard_normal()) if sigma > 0 else 1.0
 
     def start_decodes(self, rep: _Replica) -> None:
         """The server's decode pool: up to ``decode_threads`` requests decode at once, in order."""
@@ -685,6 +747,13 @@ class Simulation:
     def send(self, rep: _Replica, req: _Request) -> None:
         req.replica = rep.rid
         rep.in_flight += 1
+        if isinstance(self.svc, CpuProfile) and self.svc.loop_in_s > 0:
+            self.loop_job(rep, "in", req)  # read by the event loop before admission decides
+            return
+        self.admit(rep, req)
+
+    def admit(self, rep: _Replica, req: _Request) -> None:
+        """The server's admission (``DynamicBatcher.admit``), then decode or queue."""
         if rep.refusal():
             self.answer(rep, req, "503")
             return
@@ -704,7 +773,8 @@ class Simulation:
 
     def answer(self, rep: _Replica, req: _Request, status: str) -> None:
         rep.in_flight -= 1
-        self.finish(req, status, self.now)
+        net = self.svc.net_s if isinstance(self.svc, CpuProfile) else 0.0
+        self.finish(req, status, self.now + net)
         if self.cfg.mode == "knative":
             self.dispatch()
         if rep.draining and rep.in_flight == 0 and not rep.busy:
@@ -717,10 +787,14 @@ class Simulation:
         oldest = rep.queue[0]
         due = oldest.admitted_at + self.cfg.batch_wait_s
         if len(rep.queue) < self.cfg.max_batch_size and self.now < due - 1e-12:
-            if rep.wake_at is None or rep.wake_at > due:
-                rep.wake_at = due
-                self.push(due, "wake", rep)
+            self._wake(rep, due)
             return
+        if self.cpu_model and len(rep.queue) < self.cfg.max_batch_size:
+            decoding = rep.decoding + sum(1 for r in rep.decode_wait if not r.status)
+            wait = fill_wait(rep.batcher, len(rep.queue), decoding, oldest.admitted_at, self.now)
+            if wait > 1e-12:
+                self._wake(rep, self.now + wait)
+                return
         for shed in rep.note_wait(self.now - oldest.admitted_at, self.now):
             shed.queued = False
             rep.admitted -= 1
@@ -755,23 +829,36 @@ class Simulation:
             keep.append(r)
         self.push(end, "done", (rep, keep, len(batch), seconds))
 
+    def _wake(self, rep: _Replica, at: float) -> None:
+        if rep.wake_at is None or rep.wake_at > at:
+            rep.wake_at = at
+            self.push(at, "wake", rep)
+
     def on_done(self, rep: _Replica, batch: list[_Request], n: int, seconds: float) -> None:
         rep.busy = False
+        out_s = 0.0
         if self.cpu_model:
             rep.busy_s += seconds
+            self.calls.append((self.now - seconds, n, seconds))
             batch = [r for r in batch if not r.status]  # the rest were answered at their deadline
+            assert isinstance(self.svc, CpuProfile)
+            out_s = self.svc.loop_out_s
         rep.ewma_images = n if not rep.ewma_seconds else (1 - EWMA) * rep.ewma_images + EWMA * n
         rep.ewma_seconds = seconds if not rep.ewma_seconds else (1 - EWMA) * rep.ewma_seconds + EWMA * seconds
         for r in batch:
             rep.admitted -= 1
-            self.answer(rep, r, "200")
+            if out_s > 0:
+                r.deadline = math.inf  # answered: the time limit no longer applies
+                self.loop_job(rep, "out", r)
+            else:
+                self.answer(rep, r, "200")
         if rep.gone_at is None:
             self.try_start(rep)
             if rep.draining and rep.in_flight == 0:
                 self.retire(rep)
 
     def on_deadline(self, rep: _Replica, req: _Request) -> None:
-        if req.status:
+        if req.status or req.deadline == math.inf:
             return
         if req.queued:
             rep.queue.remove(req)
