@@ -7,6 +7,7 @@ The CPU rules and where they come from: ``predictor.tools.simulate.CpuProfile`` 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict
 
@@ -295,3 +296,24 @@ def test_fill_wait_is_the_servers_own_rule():
     assert fill_wait(b, 3, 0, 0.01, 0.012) == 0.0  # nothing decoding
     assert fill_wait(b, 2, 0, 0.01, 0.012) == 0.0
     assert fill_wait(b, 3, 1, 0.01, 0.03) == 0.0  # waited long enough
+
+
+def test_the_load_generators_cpu_slows_the_replica_it_shares_cores_with():
+    """1 core; one request at 0: the generator's 20 ms and the decode's 50 ms share the core from 0, the
+    generator's job ends at 0.04 (the decode has 30 ms left), the decode at 0.07; call 0.072-0.172."""
+    prof = dataclasses.replace(_exact({1: 0.1}, 0.05, cores=1.0), client_s=0.02)
+    assert [r.done for r in _run(prof, [0.0])] == pytest.approx([0.172])
+
+
+def test_job_durations_follow_the_measured_spread():
+    class Draw:  # rng.random() returning fixed probabilities
+        def __init__(self, *u: float) -> None:
+            self.u = list(u)
+
+        def random(self) -> float:
+            return self.u.pop(0)
+
+    prof = dataclasses.replace(_exact({1: 0.1}, 0.05, cores=1.0), spread=(0.5, 1.0, 4.0))
+    # quantiles at p = 0, 0.5, 1: p 0.25 -> 0.75, p 0.75 -> 2.5, p 1 -> 4 (linear in between)
+    assert [prof.factor(Draw(p), 0.0) for p in (0.25, 0.75, 1.0)] == pytest.approx([0.75, 2.5, 4.0])
+    assert CpuProfile.from_json(json.loads(json.dumps(prof.to_json()))) == prof

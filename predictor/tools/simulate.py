@@ -132,7 +132,8 @@ class CpuProfile:
     seconds of it per request (a refused one costs that and is answered), ``loop_out_s`` per 200. It
     runs on the replica's cores like a decode thread. ``decode_s`` is then the decode thread's work alone,
     and ``net_s`` the rest of a request's time at concurrency 1 that no server thread spends (client,
-    loopback), added to every answer.
+    loopback), added to every answer. ``client_s``: the load generator's CPU per request, a job on the
+    cores of the replica it sends to (the generator shares the machine; not in the request's path).
     """
 
     bucket_s: tuple[tuple[int, float], ...]
@@ -148,6 +149,17 @@ class CpuProfile:
     loop_in_s: float = 0.0
     loop_out_s: float = 0.0
     net_s: float = 0.0
+    spread: tuple[float, ...] | None = None
+    client_s: float = 0.0
+
+    def factor(self, rng: np.random.Generator, sigma: float) -> float:
+        """A job's duration over its median: drawn from ``spread`` (the quantiles, at equally spaced
+        probabilities from 0 to 1, of a request's time at concurrency 1 over its median: the measured
+        distribution, tail included) when given, else log-normal with ``sigma``."""
+        if self.spread:
+            q = self.spread
+            return float(np.interp(rng.random() * (len(q) - 1), np.arange(len(q)), q))
+        return math.exp(sigma * rng.standard_normal()) if sigma > 0 else 1.0
 
     @property
     def buckets(self) -> tuple[int, ...]:
@@ -215,6 +227,8 @@ class CpuProfile:
         for key in ("bucket_s", "rule_bucket_s", "one_core_bucket_s"):
             if data.get(key):
                 kw[key] = tuple(sorted((int(b), float(t)) for b, t in data[key].items()))
+        if kw.get("spread"):
+            kw["spread"] = tuple(float(v) for v in kw["spread"])
         return cls(**kw)
 
 
@@ -643,6 +657,8 @@ class Simulation:
                 self.on_decoded(*payload)
             elif kind == "loop":
                 self.on_loop(*payload)
+            elif kind == "client":
+                pass  # the load generator's CPU: it only slowed the others
             else:
                 rep, batch, n, start = payload
                 self.on_done(rep, batch, n, self.now - start)
@@ -660,7 +676,9 @@ class Simulation:
             return
         stage, req = rep.loop_wait.popleft()
         rep.loop_busy = True
-        work = (prof.loop_in_s if stage == "in" else prof.loop_out_s) * self._spread(prof.decode_sigma)
+        work = (prof.loop_in_s if stage == "in" else prof.loop_out_s) * prof.factor(
+            self.rng, prof.decode_sigma
+        )
         self.cpu_add(rep.cpu, work, 1, "loop", (rep, stage, req))
 
     def on_loop(self, rep: _Replica, stage: str, req: _Request) -> None:
@@ -671,9 +689,6 @@ class Simulation:
             self.answer(rep, req, "200")
         self.start_loop(rep)
 
-    def _spread(self, sigma: float) -> float:
-        return math.exp(sigma * self.rng.standard_normal()) if sigma > 0 else 1.0
-
     def start_decodes(self, rep: _Replica) -> None:
         """The server's decode pool: up to ``decode_threads`` requests decode at once, in order."""
         prof = self.svc
@@ -683,7 +698,7 @@ class Simulation:
             if req.status:
                 continue  # its deadline passed while it waited
             rep.decoding += 1
-            work = prof.decode_s * math.exp(prof.decode_sigma * self.rng.standard_normal())
+            work = prof.decode_s * prof.factor(self.rng, prof.decode_sigma)
             self.cpu_add(rep.cpu, work, 1, "decoded", (rep, req))
 
     def on_decoded(self, rep: _Replica, req: _Request) -> None:
@@ -747,6 +762,9 @@ class Simulation:
     def send(self, rep: _Replica, req: _Request) -> None:
         req.replica = rep.rid
         rep.in_flight += 1
+        if isinstance(self.svc, CpuProfile) and self.svc.client_s > 0:
+            assert rep.cpu is not None
+            self.cpu_add(rep.cpu, self.svc.client_s, 1, "client", None)
         if isinstance(self.svc, CpuProfile) and self.svc.loop_in_s > 0:
             self.loop_job(rep, "in", req)  # read by the event loop before admission decides
             return
@@ -809,7 +827,7 @@ class Simulation:
             for r in batch:
                 r.queued = False
             prof = self.svc
-            work = prof.call_s(len(batch)) * math.exp(prof.model_sigma * self.rng.standard_normal())
+            work = prof.call_s(len(batch)) * prof.factor(self.rng, prof.model_sigma)
             rep.busy = True
             assert rep.cpu is not None
             p = prof.parallel_fraction(len(batch))
