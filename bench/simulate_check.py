@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
+import math
 import os
 import re
 import subprocess
@@ -61,6 +63,7 @@ def cell(c: int, r: PhaseResult) -> dict[str, Any]:
         "p50_ms": percentile(ok, 50),
         "p95_ms": percentile(ok, 95),
         "p99_ms": percentile(ok, 99),
+        "latencies_ms": [round(v, 2) for v in ok],
     }
 
 
@@ -79,7 +82,7 @@ def figures(rows: list[tuple[float, float, str]], seconds: float) -> dict[str, A
 
 
 METRIC_LINE = re.compile(
-    r"^(ssd_(?:batch_size|batch_seconds|decode_seconds|request_seconds)_(?:bucket|sum|count))"
+    r"^(ssd_(?:batch_size|batch_seconds|decode_seconds|request_seconds)_(?:bucket|sum|count)|ssd_requests_total)"
     r"(\{[^}]*\})? (\S+)$"
 )
 
@@ -252,18 +255,41 @@ def simulate_replay(
     offsets: list[float],
     seconds: float,
     seed: int,
-) -> list[list[tuple[float, float, str]]]:
+) -> tuple[list[list[tuple[float, float, str]]], list[dict[str, float]]]:
     """The same arrivals through the simulated replicas (round robin, as the client); per phase
-    ``(due, done, status)`` in its window."""
+    ``(due, done, status)`` in its window, and the model calls started in it (:func:`calls_in`)."""
     cfg = FleetConfig(
         mode="hpa", initial_replicas=replicas, shared_cores=shared_cores, balancer="round-robin"
     )
     cfg.hpa = type(cfg.hpa)(min_replicas=replicas, max_replicas=replicas)
-    sim = Simulation(cfg, prof, seed).run(np.asarray(times), horizon_s=offsets[-1] + seconds)
-    return [
-        [(q.arrival - off, q.done - off, q.status) for q in sim.requests if off <= q.arrival < off + seconds]
+    sim = Simulation(cfg, prof, seed)
+    res = sim.run(np.asarray(times), horizon_s=offsets[-1] + seconds)
+    rows = [
+        [(q.arrival - off, q.done - off, q.status) for q in res.requests if off <= q.arrival < off + seconds]
         for off in offsets
     ]
+    return rows, [calls_in([c for c in sim.calls if off <= c[0] < off + seconds]) for off in offsets]
+
+
+def calls_in(calls: list[tuple[float, int, float]]) -> dict[str, float]:
+    """Mean images and seconds of model calls ``(start, images, seconds)``."""
+    if not calls:
+        return {"mean_batch": math.nan, "mean_call_ms": math.nan}
+    return {
+        "mean_batch": float(np.mean([n for _, n, _ in calls])),
+        "mean_call_ms": 1e3 * float(np.mean([t for *_, t in calls])),
+    }
+
+
+def real_calls(metrics: dict[str, float]) -> dict[str, float]:
+    """The same from the servers' histograms (``ssd_batch_size``, ``ssd_batch_seconds``)."""
+    n = metrics.get("ssd_batch_size_count", 0.0)
+    if not n:
+        return {"mean_batch": math.nan, "mean_call_ms": math.nan}
+    return {
+        "mean_batch": metrics.get("ssd_batch_size_sum", 0.0) / n,
+        "mean_call_ms": 1e3 * metrics.get("ssd_batch_seconds_sum", 0.0) / n,
+    }
 
 
 def profile_of(report: dict[str, Any]) -> CpuProfile:
@@ -274,7 +300,76 @@ def profile_of(report: dict[str, Any]) -> CpuProfile:
     one_core = {int(b): t for b, t in (report.get("bucket_s_one_core") or {}).items()}
     cores = len(report["placement"][0])
     source = report["profile"]["source"]
-    return profile({}, warmups, c1, cores, 2.0, source, one_core or None)
+    prof = profile({}, warmups, c1, cores, 2.0, source, one_core or None)
+    if "cpu_s:event_loop" not in c1.get("server_metrics", {}):
+        return prof  # a report from before the threads' CPU was recorded: the request work as one
+    return measured_work(prof, c1, report, 2.0)
+
+
+def served(metrics: dict[str, float]) -> float:
+    """Requests the servers answered (any status) in a cell or phase."""
+    return sum(v for k, v in metrics.items() if k.startswith("ssd_request_seconds_count"))
+
+
+def answered(metrics: dict[str, float], status: str) -> float:
+    return sum(v for k, v in metrics.items() if k.startswith("ssd_requests_total") and f'"{status}"' in k)
+
+
+def refusal_share(report: dict[str, Any]) -> float:
+    """A refused request's event-loop CPU over a served one's: least squares over the phases,
+    ``loop CPU = a x 200s + b x 503s`` (the servers' CPU seconds, not the latencies compared); 1 when no
+    phase refused anything (every request's loop work counted before admission)."""
+    rows, cpu = [], []
+    for sc in report["scenarios"].values():
+        for ph in sc["phases"]:
+            m = ph.get("server_metrics", {})
+            if "cpu_s:event_loop" not in m:
+                continue
+            ok, refused = answered(m, "200"), answered(m, "503")
+            if not ok and not refused:  # no server-side counts: the client's
+                ok, refused = (
+                    ph["measured"]["statuses"].get("200", 0),
+                    ph["measured"]["statuses"].get("503", 0),
+                )
+            rows.append((ok, refused))
+            cpu.append(m["cpu_s:event_loop"])
+    if not any(r for _, r in rows):
+        return 1.0
+    (a, b), *_ = np.linalg.lstsq(np.asarray(rows, np.float64), np.asarray(cpu), rcond=None)
+    return float(min(1.0, max(0.0, b / a))) if a > 0 else 1.0
+
+
+def measured_work(
+    prof: CpuProfile, c1: dict[str, Any], report: dict[str, Any], batch_wait_ms: float
+) -> CpuProfile:
+    """The request work outside the model call split as the servers' threads spent it at concurrency 1
+    (CPU seconds per request: docs/simulator.md, "The event loop"): the main thread's (the event loop;
+    its share before admission: :func:`refusal_share`), the decode threads'; what is left of the
+    concurrency-1 p50 after those, the bucket-1 call and the batch wait is time no server thread spent
+    (``net_s``). The spread: the concurrency-1 latencies less that fixed part, over their median. The
+    load generator's CPU per request: the median over the phases after a scenario's first (no warm-up
+    in them)."""
+    m = c1["server_metrics"]
+    n = served(m)
+    loop_s = m.get("cpu_s:event_loop", 0.0) / n
+    decode_s = m.get("cpu_s:decode", 0.0) / n
+    call1 = prof.call_s(1)
+    net_s = max(0.0, c1["p50_ms"] / 1e3 - call1 - batch_wait_ms / 1e3 - loop_s - decode_s)
+    share = refusal_share(report)
+    lat = np.asarray(c1.get("latencies_ms") or [], np.float64) / 1e3
+    spread = None
+    if len(lat) >= 20:
+        fixed = net_s + batch_wait_ms / 1e3
+        ratio = np.maximum(lat - fixed, 1e-6) / max(np.median(lat) - fixed, 1e-6)
+        spread = tuple(round(float(v), 4) for v in np.quantile(ratio, np.linspace(0, 1, 41)))
+    client = [
+        ph["client_cpu_s"] / len(ph["rows"])
+        for sc in report["scenarios"].values() for ph in sc["phases"][1:] if ph.get("rows")
+    ]  # fmt: skip
+    return dataclasses.replace(
+        prof, decode_s=decode_s, loop_in_s=share * loop_s, loop_out_s=(1 - share) * loop_s, net_s=net_s,
+        spread=spread, client_s=float(np.median(client)) if client else 0.0,
+    )  # fmt: skip
 
 
 def compare(report: dict[str, Any]) -> None:
@@ -283,11 +378,13 @@ def compare(report: dict[str, Any]) -> None:
     report["profile"] = prof.to_json()
     for sc in report["scenarios"].values():
         seconds = sc["seconds"]
-        simulated = simulate_replay(
+        simulated, calls = simulate_replay(
             prof, report["replicas"], report["shared_cores"], sc["arrivals"], sc["offsets"], seconds, 5
         )
-        for ph, rows in zip(sc["phases"], simulated, strict=True):
-            ph["simulated"] = figures(rows, seconds)
+        for ph, rows, sim_calls in zip(sc["phases"], simulated, calls, strict=True):
+            ph["simulated"] = {**figures(rows, seconds), **sim_calls}
+            if ph.get("server_metrics"):
+                ph["measured"].update(real_calls(ph["server_metrics"]))
     for c in report["benchmark"]["cells"]:
         n, shared = report["replicas"], report["shared_cores"]
         c["simulated_rps"] = closed_loop_rps(prof, c["concurrency"], n, shared)
@@ -464,13 +561,13 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"{n} replica(s) ({where}) behind a round-robin client; saturated closed-loop throughput "
         f"{report['saturated_rps']:.1f} req/s; simulator CPU profile: model call per bucket (ms) {buckets}, "
-        f"{1e3 * prof['decode_s']:.1f} ms of other work per request, {prof['cores']:g} core(s) per replica; "
+        f"{work(prof)}, {prof['cores']:g} core(s) per replica; "
         f"{report['seconds_per_phase']:g} s per phase; 1-minute load average after each scenario: {loads}; "
         "err = (simulated - real) / real.",
         "",
         "| scenario | offered req/s | p50 ms real / sim (err) | p95 ms real / sim (err) | "
-        "throughput real / sim (err) | 503 real / sim |",
-        "|---|---:|---|---|---|---|",
+        "throughput real / sim (err) | 503 real / sim | within 20% | mean call: images, ms real / sim |",
+        "|---|---:|---|---|---|---|---|---|",
     ]
     cells = report["benchmark"]["cells"]
     closed = ", ".join(
@@ -485,9 +582,49 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{m['p50_ms']:.0f} / {s['p50_ms']:.0f} ({_err(s['p50_ms'], m['p50_ms'])}) | "
                 f"{m['p95_ms']:.0f} / {s['p95_ms']:.0f} ({_err(s['p95_ms'], m['p95_ms'])}) | "
                 f"{m['throughput_rps']:.1f} / {s['throughput_rps']:.1f} "
-                f"({_err(s['throughput_rps'], m['throughput_rps'])}) | {m['n503']} / {s['n503']} |"
+                f"({_err(s['throughput_rps'], m['throughput_rps'])}) | {m['n503']} / {s['n503']} | "
+                f"{' '.join(within(m, s)) or '-'} | {_calls(m)} / {_calls(s)} |"
             )
     return "\n".join(lines)
+
+
+CHECKS = (("p50", "p50_ms"), ("p95", "p95_ms"), ("throughput", "throughput_rps"), ("503s", "n503"))
+
+
+def within(measured: dict[str, Any], simulated: dict[str, Any], tolerance: float = 0.2) -> list[str]:
+    """The checks whose simulated figure is within ``tolerance`` of the measured one (no 503s on either
+    side counts as within)."""
+    out = []
+    for name, key in CHECKS:
+        real, sim = measured[key], simulated[key]
+        if (
+            real == real
+            and sim == sim
+            and abs(sim - real) <= tolerance * abs(real) + (1e-9 if key == "n503" else 0)
+        ):
+            out.append(name)
+    return out
+
+
+def _calls(figures: dict[str, Any]) -> str:
+    if figures.get("mean_batch", math.nan) != figures.get("mean_batch", math.nan):
+        return "-"
+    return f"{figures['mean_batch']:.1f}, {figures['mean_call_ms']:.0f}"
+
+
+def work(prof: dict[str, Any]) -> str:
+    """The profile's request work outside the model call, in words."""
+    if not prof.get("loop_in_s") and not prof.get("loop_out_s"):
+        return f"{1e3 * prof['decode_s']:.1f} ms of other work per request"
+    text = (
+        f"per request {1e3 * prof['decode_s']:.1f} ms decoding, event loop {1e3 * prof['loop_in_s']:.2f} ms "
+        f"before admission + {1e3 * prof['loop_out_s']:.2f} ms after, {1e3 * prof['net_s']:.1f} ms outside "
+        f"the server, generator {1e3 * prof.get('client_s', 0.0):.2f} ms CPU"
+    )
+    if prof.get("spread"):
+        q = prof["spread"]
+        text += f"; spread (work / median at c=1) p5 {q[2]:.2f}, p95 {q[38]:.2f}, max {q[-1]:.2f}"
+    return text
 
 
 if __name__ == "__main__":
