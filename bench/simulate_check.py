@@ -343,8 +343,9 @@ def measured_work(
     prof: CpuProfile, c1: dict[str, Any], report: dict[str, Any], batch_wait_ms: float
 ) -> CpuProfile:
     """The request work outside the model call split as the servers' threads spent it at concurrency 1
-    (CPU seconds per request: docs/simulator.md, "The event loop"): the main thread's (the event loop;
-    its share before admission: :func:`refusal_share`), the decode threads'; what is left of the
+    (CPU seconds per request: docs/simulator.md, "The event loop"): the main thread's (the event loop:
+    up to the admission middleware's check, :func:`refusal_share` of it; the rest, not measured apart,
+    half before the batcher's admission and half for the answer), the decode threads'; what is left of the
     concurrency-1 p50 after those, the bucket-1 call and the batch wait is time no server thread spent
     (``net_s``). The spread: the concurrency-1 latencies less that fixed part, over their median. The
     load generator's CPU per request: the median over the phases after a scenario's first (no warm-up
@@ -367,7 +368,8 @@ def measured_work(
         for sc in report["scenarios"].values() for ph in sc["phases"][1:] if ph.get("rows")
     ]  # fmt: skip
     return dataclasses.replace(
-        prof, decode_s=decode_s, loop_in_s=share * loop_s, loop_out_s=(1 - share) * loop_s, net_s=net_s,
+        prof, decode_s=decode_s, loop_head_s=share * loop_s, loop_in_s=(1 - share) * loop_s / 2,
+        loop_out_s=(1 - share) * loop_s / 2, net_s=net_s,
         spread=spread, client_s=float(np.median(client)) if client else 0.0,
     )  # fmt: skip
 
@@ -614,11 +616,12 @@ def _calls(figures: dict[str, Any]) -> str:
 
 def work(prof: dict[str, Any]) -> str:
     """The profile's request work outside the model call, in words."""
-    if not prof.get("loop_in_s") and not prof.get("loop_out_s"):
+    loop = [prof.get(k, 0.0) for k in ("loop_head_s", "loop_in_s", "loop_out_s")]
+    if not any(loop):
         return f"{1e3 * prof['decode_s']:.1f} ms of other work per request"
     text = (
-        f"per request {1e3 * prof['decode_s']:.1f} ms decoding, event loop {1e3 * prof['loop_in_s']:.2f} ms "
-        f"before admission + {1e3 * prof['loop_out_s']:.2f} ms after, {1e3 * prof['net_s']:.1f} ms outside "
+        f"per request {1e3 * prof['decode_s']:.1f} ms decoding, event loop {1e3 * sum(loop):.2f} ms "
+        f"({1e3 * loop[0]:.2f} up to the middleware's refusal), {1e3 * prof['net_s']:.1f} ms outside "
         f"the server, generator {1e3 * prof.get('client_s', 0.0):.2f} ms CPU"
     )
     if prof.get("spread"):

@@ -125,15 +125,18 @@ class CpuProfile:
     model call with fewer cores than threads slows as Amdahl's law says, its parallel fraction from
     ``one_core_bucket_s`` (the same calls on one core; without it: perfectly parallel).
 
-    The event loop (``loop_in_s`` > 0; docs/simulator.md, "The event loop"): the server's main thread
-    reads each request (HTTP, KServe's routing, the codec) before admission decides on it
-    (``predictor/serving/model.py`` ``_detect``: ``batcher.admit`` comes after the body was parsed), and
-    writes each answer after the model call; one thread, first come first served, so ``loop_in_s``
-    seconds of it per request (a refused one costs that and is answered), ``loop_out_s`` per 200. It
-    runs on the replica's cores like a decode thread. ``decode_s`` is then the decode thread's work alone,
-    and ``net_s`` the rest of a request's time at concurrency 1 that no server thread spends (client,
-    loopback), added to every answer. ``client_s``: the load generator's CPU per request, a job on the
-    cores of the replica it sends to (the generator shares the machine; not in the request's path).
+    The event loop (any ``loop_*_s`` > 0; docs/simulator.md, "The event loop"): the server's main
+    thread, one thread, first come first served, running on the replica's cores like a decode thread.
+    It reads a request's head (``loop_head_s``), and the admission middleware refuses it there, before
+    the body is read, when the batcher would refuse one image (``predictor/serving/middleware.py``
+    ``AdmissionMiddleware`` asking ``SsdModel.busy_reason``: ``DynamicBatcher.refusal(1)``): a refused
+    request costs that much of the loop. Else it reads the body and runs KServe's route and the codec
+    (``loop_in_s``) up to the batcher's own admission (``SsdModel._detect``: ``batcher.admit``, which may
+    still refuse), and after the model call writes the answer (``loop_out_s``). ``decode_s`` is then the
+    decode thread's work alone, and ``net_s`` the rest of a request's time at concurrency 1 that no server
+    thread spends (client, loopback), added to every answer. ``client_s``: the load generator's CPU per
+    request, a job on the cores of the replica it sends to (the generator shares the machine; not in
+    the request's path).
     """
 
     bucket_s: tuple[tuple[int, float], ...]
@@ -146,6 +149,7 @@ class CpuProfile:
     source: str = "cpu profile"
     rule_bucket_s: tuple[tuple[int, float], ...] | None = None
     one_core_bucket_s: tuple[tuple[int, float], ...] | None = None
+    loop_head_s: float = 0.0
     loop_in_s: float = 0.0
     loop_out_s: float = 0.0
     net_s: float = 0.0
@@ -664,8 +668,8 @@ class Simulation:
                 self.on_done(rep, batch, n, self.now - start)
 
     def loop_job(self, rep: _Replica, stage: str, req: _Request) -> None:
-        """Queue ``req``'s ``stage`` ("in": read before admission, "out": the answer) on the replica's
-        event loop: one thread, first come first served."""
+        """Queue ``req``'s ``stage`` ("head": up to the middleware's check, "in": up to the batcher's
+        admission, "out": the answer) on the replica's event loop: one thread, first come first served."""
         rep.loop_wait.append((stage, req))
         self.start_loop(rep)
 
@@ -676,14 +680,18 @@ class Simulation:
             return
         stage, req = rep.loop_wait.popleft()
         rep.loop_busy = True
-        work = (prof.loop_in_s if stage == "in" else prof.loop_out_s) * prof.factor(
-            self.rng, prof.decode_sigma
-        )
+        median = {"head": prof.loop_head_s, "in": prof.loop_in_s, "out": prof.loop_out_s}[stage]
+        work = median * prof.factor(self.rng, prof.decode_sigma)
         self.cpu_add(rep.cpu, work, 1, "loop", (rep, stage, req))
 
     def on_loop(self, rep: _Replica, stage: str, req: _Request) -> None:
         rep.loop_busy = False
-        if stage == "in":
+        if stage == "head":
+            if rep.refusal():  # AdmissionMiddleware: busy_reason() = batcher.refusal(1)
+                self.answer(rep, req, "503")
+            else:
+                self.loop_job(rep, "in", req)
+        elif stage == "in":
             self.admit(rep, req)
         else:
             self.answer(rep, req, "200")
@@ -765,8 +773,8 @@ class Simulation:
         if isinstance(self.svc, CpuProfile) and self.svc.client_s > 0:
             assert rep.cpu is not None
             self.cpu_add(rep.cpu, self.svc.client_s, 1, "client", None)
-        if isinstance(self.svc, CpuProfile) and self.svc.loop_in_s > 0:
-            self.loop_job(rep, "in", req)  # read by the event loop before admission decides
+        if isinstance(self.svc, CpuProfile) and self.svc.loop_head_s + self.svc.loop_in_s > 0:
+            self.loop_job(rep, "head", req)  # the event loop reads it before admission decides
             return
         self.admit(rep, req)
 
