@@ -158,12 +158,14 @@ def rows_json(r: PhaseResult) -> list[list[Any]]:
     return [[round(d, 4), round(s, 4), round(e, 4), st] for d, s, e, st in r.requests]
 
 
-def arrivals_of(results: list[PhaseResult], offsets: list[float]) -> list[float]:
-    """Every due time of the phases (warm-ups included), on one clock."""
-    times = []
+def arrivals_of(results: list[PhaseResult], offsets: list[float]) -> tuple[list[float], list[float]]:
+    """Every due time of the phases (warm-ups included), on one clock, in order, and when the generator
+    sent each (it lags when it gets no CPU)."""
+    pairs = []
     for r, off in zip(results, offsets, strict=True):
-        times += [off + due for due, *_ in r.warmup] + [off + due for due, *_ in r.requests]
-    return sorted(times)
+        pairs += [(off + due, off + sent) for due, sent, *_ in (*r.warmup, *r.requests)]
+    pairs.sort()
+    return [round(d, 5) for d, _ in pairs], [round(s, 5) for _, s in pairs]
 
 
 def placement(replicas: int, cpus: list[int]) -> tuple[list[set[int]], float | None]:
@@ -255,17 +257,28 @@ def simulate_replay(
     offsets: list[float],
     seconds: float,
     seed: int,
+    sent: list[float] | None = None,
 ) -> tuple[list[list[tuple[float, float, str]]], list[dict[str, float]]]:
     """The same arrivals through the simulated replicas (round robin, as the client); per phase
-    ``(due, done, status)`` in its window, and the model calls started in it (:func:`calls_in`)."""
+    ``(due, done, status)`` in its window, and the model calls started in it (:func:`calls_in`).
+    ``sent``: when the generator sent each (same order as ``times``): the simulated replicas get them
+    then, and latencies count from ``times`` (due), as the generator counts them."""
     cfg = FleetConfig(
         mode="hpa", initial_replicas=replicas, shared_cores=shared_cores, balancer="round-robin"
     )
     cfg.hpa = type(cfg.hpa)(min_replicas=replicas, max_replicas=replicas)
+    due = np.asarray(times, np.float64)
+    order = np.argsort(sent, kind="stable") if sent else np.arange(len(due))
+    at = np.asarray(sent, np.float64)[order] if sent else due
     sim = Simulation(cfg, prof, seed)
-    res = sim.run(np.asarray(times), horizon_s=offsets[-1] + seconds)
+    res = sim.run(at, horizon_s=offsets[-1] + seconds)
+    due_of = due[order]  # the i-th request simulated was due then
     rows = [
-        [(q.arrival - off, q.done - off, q.status) for q in res.requests if off <= q.arrival < off + seconds]
+        [
+            (due_of[q.rid] - off, q.done - off, q.status)
+            for q in res.requests
+            if off <= due_of[q.rid] < off + seconds
+        ]
         for off in offsets
     ]
     return rows, [calls_in([c for c in sim.calls if off <= c[0] < off + seconds]) for off in offsets]
@@ -381,7 +394,14 @@ def compare(report: dict[str, Any]) -> None:
     for sc in report["scenarios"].values():
         seconds = sc["seconds"]
         simulated, calls = simulate_replay(
-            prof, report["replicas"], report["shared_cores"], sc["arrivals"], sc["offsets"], seconds, 5
+            prof,
+            report["replicas"],
+            report["shared_cores"],
+            sc["arrivals"],
+            sc["offsets"],
+            seconds,
+            5,
+            sc.get("sent"),
         )
         for ph, rows, sim_calls in zip(sc["phases"], simulated, calls, strict=True):
             ph["simulated"] = {**figures(rows, seconds), **sim_calls}
@@ -525,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
                 report["scenarios"][name] = {
                     "seconds": args.seconds,
                     "offsets": offsets,
-                    "arrivals": arrivals_of(results, offsets),
+                    **dict(zip(("arrivals", "sent"), arrivals_of(results, offsets), strict=True)),
                     "phases": phases,
                     "load_average_1m": os.getloadavg()[0],
                 }

@@ -1,0 +1,74 @@
+"""bench/simulate_check.py's pure parts: the CPU profile's request work from the servers' threads' CPU,
+the refusal's share of the event loop, the generator's lag replayed, and the 20% checks; each against a
+hand-computed case (no server)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.simulate_check import measured_work, refusal_share, simulate_replay, within
+from predictor.tools.simulate import CpuProfile
+
+
+def _phase(ok: int, refused: int, loop_cpu_s: float, client_cpu_s: float = 0.0, rows: int = 0) -> dict:
+    metrics = {
+        'ssd_requests_total{protocol="v1",status="200"}': float(ok),
+        'ssd_requests_total{protocol="v1",status="503"}': float(refused),
+        "cpu_s:event_loop": loop_cpu_s,
+    }
+    return {"server_metrics": metrics, "client_cpu_s": client_cpu_s, "rows": [[0, 0, 0, "200"]] * rows}
+
+
+def _report() -> dict:
+    # loop CPU = a x 200s + b x 503s: 0.2 = 100 a; 0.15 = 50 a + 100 b -> a = 2 ms, b = 0.5 ms: share 0.25
+    phases = [_phase(100, 0, 0.2, 0.05, 100), _phase(50, 100, 0.15, 0.06, 150)]
+    return {"scenarios": {"overload": {"phases": phases}}}
+
+
+def test_a_refusals_share_of_the_event_loop_is_fitted_from_the_phases_cpu():
+    assert refusal_share(_report()) == pytest.approx(0.25)
+    # no refusals anywhere: the whole loop work counts before the middleware's check
+    assert refusal_share({"scenarios": {"s": {"phases": [_phase(100, 0, 0.2)]}}}) == 1.0
+
+
+def test_the_request_work_is_split_as_the_servers_threads_spent_it():
+    """100 requests at concurrency 1: event loop 0.2 s CPU (2 ms each), decode threads 0.4 s (4 ms);
+    p50 30 ms = call 17 + batch wait 2 + loop 2 + decode 4 + 5 ms outside the server. The loop: 0.25
+    of it up to the middleware (0.5 ms), the rest half before admission, half after (0.75 ms each).
+    Latencies 17 ms x 10 and 27 ms x 10, less the fixed 7 ms, over their median (22 - 7): 2/3 and
+    4/3, quantile 0.5 between them. Generator: the second phase's 0.06 s CPU over 150 requests."""
+    c1 = {
+        "p50_ms": 30.0,
+        "latencies_ms": [17.0] * 10 + [27.0] * 10,
+        "server_metrics": {
+            'ssd_request_seconds_count{protocol="v1"}': 100.0, "cpu_s:event_loop": 0.2, "cpu_s:decode": 0.4,
+        },
+    }  # fmt: skip
+    base = CpuProfile(((1, 0.017), (2, 0.03)), 0.0068)
+    prof = measured_work(base, c1, _report(), batch_wait_ms=2.0)
+    assert prof.decode_s == pytest.approx(0.004)
+    assert (prof.loop_head_s, prof.loop_in_s, prof.loop_out_s) == pytest.approx((0.0005, 0.00075, 0.00075))
+    assert prof.net_s == pytest.approx(0.005)
+    assert prof.spread[0] == pytest.approx(2 / 3, abs=1e-4) and prof.spread[-1] == pytest.approx(
+        4 / 3, abs=1e-4
+    )
+    assert prof.spread[20] == pytest.approx(1.0, abs=1e-4)
+    assert prof.client_s == pytest.approx(0.0004)
+
+
+def test_the_generators_lag_is_replayed_and_latency_counts_from_due():
+    """One replica, no spread: decode 10 ms, call 20 ms, batch wait 2 ms: 32 ms from arrival. Due at
+    0.0 but sent at 0.1: answered at 0.132, 132 ms after it was due."""
+    prof = CpuProfile(((1, 0.02),), 0.01, decode_sigma=0.0, model_sigma=0.0, cores=2.0)
+    (rows,), _ = simulate_replay(prof, 1, None, [0.0], [0.0], 1.0, 0, sent=[0.1])
+    assert rows == [(0.0, pytest.approx(0.132), "200")]
+    (rows,), _ = simulate_replay(prof, 1, None, [0.0], [0.0], 1.0, 0)
+    assert rows == [(0.0, pytest.approx(0.032), "200")]
+
+
+def test_within_twenty_percent():
+    real = {"p50_ms": 100.0, "p95_ms": 200.0, "throughput_rps": 50.0, "n503": 0}
+    sim = {"p50_ms": 120.0, "p95_ms": 150.0, "throughput_rps": 41.0, "n503": 0}
+    # +20% within, -25% not, -18% within, no 503s on either side within; 1 against 0 is not
+    assert within(real, sim) == ["p50", "throughput", "503s"]
+    assert within(real, {**sim, "n503": 1}) == ["p50", "throughput"]
