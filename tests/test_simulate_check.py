@@ -72,3 +72,25 @@ def test_within_twenty_percent():
     # +20% within, -25% not, -18% within, no 503s on either side within; 1 against 0 is not
     assert within(real, sim) == ["p50", "throughput", "503s"]
     assert within(real, {**sim, "n503": 1}) == ["p50", "throughput"]
+
+
+def test_model_calls_take_the_served_bucket_1_calls_median_and_the_batcher_decides_with_the_warm_up():
+    """Warm-up: bucket 1 17 ms, 2 30 ms (its fastest of four runs). The concurrency-1 cell's 100 calls
+    of one image took 2.55 s: 25.5 ms each, 1.5 times the warm-up's; no latencies, so no spread. Calls
+    take 25.5 and 45 ms, the batcher's rule keeps 17 and 30; p50 40 ms = 25.5 + 2 + loop 2 + decode 4
+    + 6.5 ms outside the server."""
+    c1 = {
+        "p50_ms": 40.0,
+        "server_metrics": {
+            'ssd_request_seconds_count{protocol="v1"}': 100.0, "cpu_s:event_loop": 0.2, "cpu_s:decode": 0.4,
+            "ssd_batch_size_count": 100.0, "ssd_batch_size_sum": 100.0, "ssd_batch_seconds_sum": 2.55,
+        },
+    }  # fmt: skip
+    base = CpuProfile(((1, 0.017), (2, 0.03)), 0.0068, one_core_bucket_s=((1, 0.03), (2, 0.05)))
+    prof = measured_work(base, c1, _report(), batch_wait_ms=2.0)
+    assert dict(prof.bucket_s) == pytest.approx({1: 0.0255, 2: 0.045})
+    assert prof.rule_bucket_s == ((1, 0.017), (2, 0.03))
+    assert dict(prof.one_core_bucket_s) == pytest.approx({1: 0.045, 2: 0.075})  # p unchanged
+    assert prof.parallel_fraction(2) == pytest.approx(base.parallel_fraction(2))
+    assert prof.net_s == pytest.approx(0.0065)
+    assert prof.batcher(2).efficient_bucket() == base.batcher(2).efficient_bucket()
