@@ -448,7 +448,9 @@ def write_plan_inputs(report: dict[str, Any], profile_out: Path | None, benchmar
     """The CPU profile and the closed-loop cells (planner format) for ``make simulate-day``."""
     if profile_out:
         meta = {"written_by": "python -m bench.simulate_check", "machine": report["machine"]}
-        profile_out.write_text(json.dumps({**report["profile"], **meta}, indent=1) + "\n")
+        # a pod serves without the bench's load generator beside it on its cores
+        planned = {**report["profile"], "client_s": 0.0}
+        profile_out.write_text(json.dumps({**planned, **meta}, indent=1) + "\n")
     if benchmark_out:
         bench = {**report["benchmark"], "machine": report["machine"]}
         benchmark_out.write_text(json.dumps(bench, indent=1) + "\n")
