@@ -317,3 +317,20 @@ def test_job_durations_follow_the_measured_spread():
     # quantiles at p = 0, 0.5, 1: p 0.25 -> 0.75, p 0.75 -> 2.5, p 1 -> 4 (linear in between)
     assert [prof.factor(Draw(p), 0.0) for p in (0.25, 0.75, 1.0)] == pytest.approx([0.75, 2.5, 4.0])
     assert CpuProfile.from_json(json.loads(json.dumps(prof.to_json()))) == prof
+
+
+def test_decoded_requests_and_the_batchers_worker_wait_their_turn_on_the_event_loop():
+    """As the middleware test on 4 cores (nothing slows anything), A at 0, B at 0.058, C at 0.161.
+    A: head -0.004, body -0.01, decoded at 0.06, but B's head holds the loop until 0.062: queued then,
+    call 0.064-0.164. B: body 0.062-0.068, decoded 0.118 (queued at once). C's head 0.161-0.165 holds
+    the loop when A's call ends (0.164): the batcher's worker resumes at 0.165 (A's call counts 0.101
+    s, as _execute times it), B's call 0.165-0.265; C's body 0.165-0.171 was queued before A's answer:
+    A 0.171-0.191 (+5 ms: 0.196). C decoded 0.221, call 0.265-0.365. B answers 0.265-0.285 (0.29), C
+    0.365-0.385 (0.39)."""
+    prof, cfg = _looped()
+    prof = dataclasses.replace(prof, loop_head_s=0.004, loop_in_s=0.006, cores=4.0)
+    sim = Simulation(cfg, prof)
+    reqs = sim.run(np.asarray([0.0, 0.058, 0.161]), horizon_s=1.0).requests
+    assert [r.done for r in reqs] == pytest.approx([0.196, 0.29, 0.39])
+    assert [start for start, _, _ in sim.calls] == pytest.approx([0.064, 0.165, 0.265])
+    assert sim.calls[0][2] == pytest.approx(0.101)

@@ -424,7 +424,8 @@ class _Replica:
         self.cpu = cpu  # CPU replicas: the cores its decodes and model calls share
         self.decode_wait: collections.deque[_Request] = collections.deque()
         self.decoding = 0
-        self.loop_wait: collections.deque[tuple[str, _Request]] = collections.deque()  # the event loop
+        self.decoded = 0  # decoded, waiting for the event loop to queue them
+        self.loop_wait: collections.deque[tuple[str, Any]] = collections.deque()  # the event loop
         self.loop_busy = False
         self.ready = False
         self.draining = False
@@ -562,6 +563,7 @@ class Simulation:
     def __init__(self, cfg: FleetConfig, svc: ServiceModel | CpuProfile, seed: int = 0):
         self.cfg, self.svc = cfg, svc
         self.cpu_model = isinstance(svc, CpuProfile)
+        self.loop_on = isinstance(svc, CpuProfile) and svc.loop_head_s + svc.loop_in_s + svc.loop_out_s > 0
         self.shared_cpu = None
         if isinstance(svc, CpuProfile) and cfg.shared_cores:
             self.shared_cpu = _Cpu(cfg.shared_cores)
@@ -663,14 +665,20 @@ class Simulation:
                 self.on_loop(*payload)
             elif kind == "client":
                 pass  # the load generator's CPU: it only slowed the others
+            elif self.loop_on:  # the batcher's worker resumes on the event loop (batcher._execute)
+                self.loop_job(payload[0], "call", payload)
             else:
                 rep, batch, n, start = payload
                 self.on_done(rep, batch, n, self.now - start)
 
-    def loop_job(self, rep: _Replica, stage: str, req: _Request) -> None:
-        """Queue ``req``'s ``stage`` ("head": up to the middleware's check, "in": up to the batcher's
-        admission, "out": the answer) on the replica's event loop: one thread, first come first served."""
-        rep.loop_wait.append((stage, req))
+    def loop_job(self, rep: _Replica, stage: str, payload: Any) -> None:
+        """Queue ``stage`` on the replica's event loop (one thread, first come first served): a request's
+        "head" (up to the middleware's check), "in" (up to the batcher's admission), "out" (the answer),
+        each ``loop_*_s`` of work; and, with no work of their own but waiting their turn, "queued" (a
+        decoded request's coroutine resumes and queues it: ``SsdModel._detect``) and "call" (the
+        batcher's worker, an asyncio task, resumes after a model call: ``DynamicBatcher._execute``
+        answers the batch, and only then forms the next call)."""
+        rep.loop_wait.append((stage, payload))
         self.start_loop(rep)
 
     def start_loop(self, rep: _Replica) -> None:
@@ -680,13 +688,20 @@ class Simulation:
             return
         stage, req = rep.loop_wait.popleft()
         rep.loop_busy = True
-        median = {"head": prof.loop_head_s, "in": prof.loop_in_s, "out": prof.loop_out_s}[stage]
-        work = median * prof.factor(self.rng, prof.decode_sigma)
+        median = {"head": prof.loop_head_s, "in": prof.loop_in_s, "out": prof.loop_out_s}.get(stage, 0.0)
+        work = median * prof.factor(self.rng, prof.decode_sigma) if median else 0.0
         self.cpu_add(rep.cpu, work, 1, "loop", (rep, stage, req))
 
-    def on_loop(self, rep: _Replica, stage: str, req: _Request) -> None:
+    def on_loop(self, rep: _Replica, stage: str, req: Any) -> None:
         rep.loop_busy = False
-        if stage == "head":
+        if stage == "call":
+            _, batch, n, start = req
+            self.on_done(rep, batch, n, self.now - start)  # seconds as _execute times them
+        elif stage == "queued":
+            rep.decoded -= 1
+            if not req.status:  # else answered 503 at its deadline meanwhile
+                self.enqueue(rep, req)
+        elif stage == "head":
             if rep.refusal():  # AdmissionMiddleware: busy_reason() = batcher.refusal(1)
                 self.answer(rep, req, "503")
             else:
@@ -714,6 +729,13 @@ class Simulation:
         self.start_decodes(rep)
         if req.status:
             return  # answered 503 at its deadline meanwhile
+        if self.loop_on:
+            rep.decoded += 1  # still inside batcher.decoding() until its coroutine resumes
+            self.loop_job(rep, "queued", req)
+            return
+        self.enqueue(rep, req)
+
+    def enqueue(self, rep: _Replica, req: _Request) -> None:
         req.admitted_at, req.queued = self.now, True  # the batcher's enqueue time
         rep.queue.append(req)
         self.try_start(rep)
@@ -773,7 +795,7 @@ class Simulation:
         if isinstance(self.svc, CpuProfile) and self.svc.client_s > 0:
             assert rep.cpu is not None
             self.cpu_add(rep.cpu, self.svc.client_s, 1, "client", None)
-        if isinstance(self.svc, CpuProfile) and self.svc.loop_head_s + self.svc.loop_in_s > 0:
+        if self.loop_on:
             self.loop_job(rep, "head", req)  # the event loop reads it before admission decides
             return
         self.admit(rep, req)
@@ -816,7 +838,7 @@ class Simulation:
             self._wake(rep, due)
             return
         if self.cpu_model and len(rep.queue) < self.cfg.max_batch_size:
-            decoding = rep.decoding + sum(1 for r in rep.decode_wait if not r.status)
+            decoding = rep.decoding + rep.decoded + sum(1 for r in rep.decode_wait if not r.status)
             wait = fill_wait(rep.batcher, len(rep.queue), decoding, oldest.admitted_at, self.now)
             if wait > 1e-12:
                 self._wake(rep, self.now + wait)
