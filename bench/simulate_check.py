@@ -480,6 +480,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--timing_runs", type=int, default=9, help="model calls timed per bucket")
     p.add_argument("--replay", action="store_true", help="only re-simulate the arrivals recorded in --out")
+    p.add_argument(
+        "--before", type=Path, help="with --replay: print which checks were within 20%% per phase in this "
+        "report (the same run replayed by an older simulator) beside --out's",
+    )  # fmt: skip
     args = p.parse_args(argv)
     out = args.out or default_out(args.replicas)
     if args.write_plan_inputs:
@@ -492,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(json.dumps(report, indent=1) + "\n")
         write_plan_inputs(report, args.profile_out, args.benchmark_out)
         print(markdown(report))
+        if args.before:
+            print("\n" + checks_table(json.loads(args.before.read_text()), report))
         return 0
     from predictor.models import DEMO_MODEL_DIR
 
@@ -663,6 +669,21 @@ def within(measured: dict[str, Any], simulated: dict[str, Any], tolerance: float
         ):
             out.append(name)
     return out
+
+
+def checks_table(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """Per phase, the checks within 20% in two replays of one run (``before``, ``after``)."""
+    lines = ["| scenario | offered req/s | within 20% before | within 20% after |", "|---|---:|---|---|"]
+    count = [0, 0]
+    for name, sc in after["scenarios"].items():
+        for old, new in zip(before["scenarios"][name]["phases"], sc["phases"], strict=True):
+            checks = [within(ph["measured"], ph["simulated"]) for ph in (old, new)]
+            count = [c + len(k) for c, k in zip(count, checks, strict=True)]
+            was, now = (" ".join(k) or "-" for k in checks)
+            lines.append(f"| {name} | {new['rate']:.1f} | {was} | {now} |")
+    total = 4 * sum(len(sc["phases"]) for sc in after["scenarios"].values())
+    lines.append(f"| all | | {count[0]} of {total} | {count[1]} of {total} |")
+    return "\n".join(lines)
 
 
 def _calls(figures: dict[str, Any]) -> str:

@@ -94,3 +94,18 @@ def test_model_calls_take_the_served_bucket_1_calls_median_and_the_batcher_decid
     assert prof.parallel_fraction(2) == pytest.approx(base.parallel_fraction(2))
     assert prof.net_s == pytest.approx(0.0065)
     assert prof.batcher(2).efficient_bucket() == base.batcher(2).efficient_bucket()
+
+
+def test_checks_table_counts_the_checks_within_20_percent_in_two_replays():
+    from bench.simulate_check import checks_table
+
+    real = {"p50_ms": 100.0, "p95_ms": 200.0, "throughput_rps": 50.0, "n503": 10}
+    old = {"p50_ms": 50.0, "p95_ms": 100.0, "throughput_rps": 50.0, "n503": 0}
+    new = {"p50_ms": 90.0, "p95_ms": 230.0, "throughput_rps": 52.0, "n503": 9}
+
+    def report(sim: dict) -> dict:
+        return {"scenarios": {"step": {"phases": [{"rate": 20.0, "measured": real, "simulated": sim}]}}}
+
+    table = checks_table(report(old), report(new)).splitlines()
+    assert table[2] == "| step | 20.0 | throughput | p50 p95 throughput 503s |"
+    assert table[3] == "| all | | 1 of 4 | 4 of 4 |"
