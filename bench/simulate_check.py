@@ -349,11 +349,13 @@ def answered(metrics: dict[str, float], status: str) -> float:
     return sum(v for k, v in metrics.items() if k.startswith("ssd_requests_total") and f'"{status}"' in k)
 
 
-def refusal_share(report: dict[str, Any]) -> float:
-    """A refused request's event-loop CPU over a served one's: least squares over the phases,
-    ``loop CPU = a x 200s + b x 503s`` (the servers' CPU seconds, not the latencies compared); 1 when no
-    phase refused anything (every request's loop work counted before admission)."""
-    rows, cpu = [], []
+def thread_costs(report: dict[str, Any]) -> dict[str, float] | None:
+    """What a request costs the servers' threads under the open-loop phases' load (their CPU seconds,
+    not the latencies compared): the event loop's per 200 (``a``) and per refusal (``b``) from a least
+    squares fit ``loop CPU = a x 200s + b x 503s`` over the phases (``b = a`` when nothing was refused:
+    every request's loop work counted before the middleware's check), and the decode threads' CPU per
+    200. None for a report without the threads' CPU."""
+    rows, loop, decode = [], [], []
     for sc in report["scenarios"].values():
         for ph in sc["phases"]:
             m = ph.get("server_metrics", {})
@@ -361,34 +363,46 @@ def refusal_share(report: dict[str, Any]) -> float:
                 continue
             ok, refused = answered(m, "200"), answered(m, "503")
             if not ok and not refused:  # no server-side counts: the client's
-                ok, refused = (
-                    ph["measured"]["statuses"].get("200", 0),
-                    ph["measured"]["statuses"].get("503", 0),
-                )
+                statuses = ph["measured"]["statuses"]
+                ok, refused = statuses.get("200", 0), statuses.get("503", 0)
             rows.append((ok, refused))
-            cpu.append(m["cpu_s:event_loop"])
-    if not any(r for _, r in rows):
-        return 1.0
-    (a, b), *_ = np.linalg.lstsq(np.asarray(rows, np.float64), np.asarray(cpu), rcond=None)
-    return float(min(1.0, max(0.0, b / a))) if a > 0 else 1.0
+            loop.append(m["cpu_s:event_loop"])
+            decode.append(m.get("cpu_s:decode", 0.0))
+    ok_total = sum(r[0] for r in rows)
+    if not ok_total:
+        return None
+    if any(r[1] for r in rows):
+        (a, b), *_ = np.linalg.lstsq(np.asarray(rows, np.float64), np.asarray(loop), rcond=None)
+    else:
+        a = b = sum(loop) / ok_total
+    if a <= 0:
+        a = b = sum(loop) / (ok_total + sum(r[1] for r in rows))
+    return {
+        "loop_s": float(a),
+        "loop_refused_s": float(min(a, max(0.0, b))),
+        "decode_s": sum(decode) / ok_total,
+    }
 
 
 def measured_work(
     prof: CpuProfile, c1: dict[str, Any], report: dict[str, Any], batch_wait_ms: float
 ) -> CpuProfile:
-    """The request work outside the model call split as the servers' threads spent it at concurrency 1
-    (CPU seconds per request: docs/simulator.md, "The event loop"): the main thread's (the event loop:
-    up to the admission middleware's check, :func:`refusal_share` of it; the rest, not measured apart,
-    half before the batcher's admission and half for the answer), the decode threads'; what is left of the
+    """The request work outside the model call split as the servers' threads spent it (CPU seconds per
+    request under the phases' load, :func:`thread_costs`, else at concurrency 1; docs/simulator.md,
+    "The event loop"): the main thread's (the event loop: up to the admission middleware's check, what
+    a refusal costs; the rest, not measured apart, half before the batcher's admission and half for the
+    answer), the decode threads'; what is left of the
     concurrency-1 p50 after those, the bucket-1 call and the batch wait is time no server thread spent
     (``net_s``). The spread: the concurrency-1 latencies less that fixed part, over their median. The
     load generator's CPU per request: the median over the phases after a scenario's first (no warm-up
     in them)."""
     m = c1["server_metrics"]
     n = served(m)
-    loop_s = m.get("cpu_s:event_loop", 0.0) / n
-    decode_s = m.get("cpu_s:decode", 0.0) / n
-    share = refusal_share(report)
+    costs = thread_costs(report) or {
+        "loop_s": m.get("cpu_s:event_loop", 0.0) / n, "decode_s": m.get("cpu_s:decode", 0.0) / n,
+    }  # fmt: skip
+    loop_s, decode_s = costs["loop_s"], costs["decode_s"]
+    head_s = costs.get("loop_refused_s", loop_s)
     lat = np.asarray(c1.get("latencies_ms") or [], np.float64) / 1e3
     calls, images = m.get("ssd_batch_size_count", 0.0), m.get("ssd_batch_size_sum", 0.0)
     mean_call = m.get("ssd_batch_seconds_sum", 0.0) / calls if calls and images <= 1.05 * calls else None
@@ -413,8 +427,8 @@ def measured_work(
         for sc in report["scenarios"].values() for ph in sc["phases"][1:] if ph.get("rows")
     ]  # fmt: skip
     return dataclasses.replace(
-        prof, decode_s=decode_s, loop_head_s=share * loop_s, loop_in_s=(1 - share) * loop_s / 2,
-        loop_out_s=(1 - share) * loop_s / 2, net_s=net_s,
+        prof, decode_s=decode_s, loop_head_s=head_s, loop_in_s=(loop_s - head_s) / 2,
+        loop_out_s=(loop_s - head_s) / 2, net_s=net_s,
         spread=spread, client_s=float(np.median(client)) if client else 0.0,
     )  # fmt: skip
 

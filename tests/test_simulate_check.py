@@ -6,42 +6,55 @@ from __future__ import annotations
 
 import pytest
 
-from bench.simulate_check import measured_work, refusal_share, simulate_replay, within
+from bench.simulate_check import measured_work, simulate_replay, thread_costs, within
 from predictor.tools.simulate import CpuProfile
 
 
-def _phase(ok: int, refused: int, loop_cpu_s: float, client_cpu_s: float = 0.0, rows: int = 0) -> dict:
+def _phase(
+    ok: int,
+    refused: int,
+    loop_cpu_s: float,
+    client_cpu_s: float = 0.0,
+    rows: int = 0,
+    decode_cpu_s: float = 0.0,
+) -> dict:
     metrics = {
         'ssd_requests_total{protocol="v1",status="200"}': float(ok),
         'ssd_requests_total{protocol="v1",status="503"}': float(refused),
         "cpu_s:event_loop": loop_cpu_s,
+        "cpu_s:decode": decode_cpu_s,
     }
     return {"server_metrics": metrics, "client_cpu_s": client_cpu_s, "rows": [[0, 0, 0, "200"]] * rows}
 
 
 def _report() -> dict:
-    # loop CPU = a x 200s + b x 503s: 0.2 = 100 a; 0.15 = 50 a + 100 b -> a = 2 ms, b = 0.5 ms: share 0.25
-    phases = [_phase(100, 0, 0.2, 0.05, 100), _phase(50, 100, 0.15, 0.06, 150)]
+    # loop CPU = a x 200s + b x 503s: 0.2 = 100 a; 0.15 = 50 a + 100 b -> a = 2 ms, b = 0.5 ms;
+    # decode 0.4 + 0.2 s over 150 200s: 4 ms
+    phases = [_phase(100, 0, 0.2, 0.05, 100, 0.4), _phase(50, 100, 0.15, 0.06, 150, 0.2)]
     return {"scenarios": {"overload": {"phases": phases}}}
 
 
-def test_a_refusals_share_of_the_event_loop_is_fitted_from_the_phases_cpu():
-    assert refusal_share(_report()) == pytest.approx(0.25)
+def test_the_threads_costs_per_request_are_fitted_from_the_phases_cpu():
+    costs = thread_costs(_report())
+    assert costs == pytest.approx({"loop_s": 0.002, "loop_refused_s": 0.0005, "decode_s": 0.004})
     # no refusals anywhere: the whole loop work counts before the middleware's check
-    assert refusal_share({"scenarios": {"s": {"phases": [_phase(100, 0, 0.2)]}}}) == 1.0
+    only = thread_costs({"scenarios": {"s": {"phases": [_phase(100, 0, 0.2, decode_cpu_s=0.3)]}}})
+    assert only == pytest.approx({"loop_s": 0.002, "loop_refused_s": 0.002, "decode_s": 0.003})
+    assert thread_costs({"scenarios": {"s": {"phases": [{"measured": {}}]}}}) is None
 
 
 def test_the_request_work_is_split_as_the_servers_threads_spent_it():
-    """100 requests at concurrency 1: event loop 0.2 s CPU (2 ms each), decode threads 0.4 s (4 ms);
-    p50 30 ms = call 17 + batch wait 2 + loop 2 + decode 4 + 5 ms outside the server. The loop: 0.25
-    of it up to the middleware (0.5 ms), the rest half before admission, half after (0.75 ms each).
+    """Under the phases' load (_report) the loop costs 2 ms per 200, 0.5 ms per refusal, decoding 4 ms
+    (at concurrency 1 more: 3 and 5 ms, not used); p50 30 ms = call 17 + batch wait 2 + loop 2 +
+    decode 4 + 5 ms outside the server. The loop: 0.5 ms up to the middleware, the other 1.5 half
+    before admission, half after (0.75 ms each).
     Latencies 17 ms x 10 and 27 ms x 10, less the fixed 7 ms, over their median (22 - 7): 2/3 and
     4/3, quantile 0.5 between them. Generator: the second phase's 0.06 s CPU over 150 requests."""
     c1 = {
         "p50_ms": 30.0,
         "latencies_ms": [17.0] * 10 + [27.0] * 10,
         "server_metrics": {
-            'ssd_request_seconds_count{protocol="v1"}': 100.0, "cpu_s:event_loop": 0.2, "cpu_s:decode": 0.4,
+            'ssd_request_seconds_count{protocol="v1"}': 100.0, "cpu_s:event_loop": 0.3, "cpu_s:decode": 0.5,
         },
     }  # fmt: skip
     base = CpuProfile(((1, 0.017), (2, 0.03)), 0.0068)
