@@ -607,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for server in servers:
             server.terminate()
+    out.write_text(json.dumps(report, indent=1) + "\n")  # the measurements, before any simulation
     compare(report)
     out.write_text(json.dumps(report, indent=1) + "\n")
     write_plan_inputs(report, args.profile_out, args.benchmark_out)

@@ -122,3 +122,15 @@ def test_checks_table_counts_the_checks_within_20_percent_in_two_replays():
     table = checks_table(report(old), report(new)).splitlines()
     assert table[2] == "| step | 20.0 | throughput | p50 p95 throughput 503s |"
     assert table[3] == "| all | | 1 of 4 | 4 of 4 |"
+
+
+def test_arrivals_are_laid_end_to_end_with_when_they_were_sent():
+    from bench.loadgen import PhaseResult
+    from bench.simulate_check import arrivals_of
+
+    # phase 1 (offset 3 after its warm-up): a warm-up request due -1 sent -0.9, one due 0.5 sent 0.6;
+    # phase 2 (offset 8): due 0.2 sent 0.25
+    first = PhaseResult(5.0, requests=[(0.5, 0.6, 0.7, "200")], warmup=[(-1.0, -0.9, -0.8, "200")])
+    second = PhaseResult(5.0, requests=[(0.2, 0.25, 0.3, "503")])
+    due, sent = arrivals_of([first, second], [3.0, 8.0])
+    assert due == pytest.approx([2.0, 3.5, 8.2]) and sent == pytest.approx([2.1, 3.6, 8.25])
