@@ -134,3 +134,22 @@ def test_arrivals_are_laid_end_to_end_with_when_they_were_sent():
     second = PhaseResult(5.0, requests=[(0.2, 0.25, 0.3, "503")])
     due, sent = arrivals_of([first, second], [3.0, 8.0])
     assert due == pytest.approx([2.0, 3.5, 8.2]) and sent == pytest.approx([2.1, 3.6, 8.25])
+
+
+def test_amdahls_p_comes_from_one_processes_pair_of_timings():
+    """Warm-up (served) calls 20 and 40 ms; the detector alone on the replica's 2 cores 10 and 20 ms,
+    on one core 18 and 36 ms. p from the alone pair: t2 / t1 = 20 / 36 = 1 - p + p / 2, p = 8/9, on
+    the warm-up's scale (one-core 36 and 72 ms). Served against one-core alone (40 > 36) said p = 0."""
+    from bench.simulate_check import profile_of
+
+    report = {
+        "benchmark": {"cells": [{"concurrency": 1, "p50_ms": 30.0}]},
+        "warmup_bucket_s": [{"1": 0.02, "2": 0.04}],
+        "bucket_s_alone": {"1": 0.01, "2": 0.02},
+        "bucket_s_one_core": {"1": 0.018, "2": 0.036},
+        "placement": [[0, 1]],
+        "profile": {"source": "test"},
+    }
+    prof = profile_of(report)
+    assert dict(prof.one_core_bucket_s) == pytest.approx({1: 0.036, 2: 0.072})
+    assert prof.parallel_fraction(2) == pytest.approx(8 / 9)
