@@ -153,3 +153,17 @@ def test_amdahls_p_comes_from_one_processes_pair_of_timings():
     prof = profile_of(report)
     assert dict(prof.one_core_bucket_s) == pytest.approx({1: 0.036, 2: 0.072})
     assert prof.parallel_fraction(2) == pytest.approx(8 / 9)
+
+
+def test_model_calls_are_as_slow_per_image_as_in_the_saturated_closed_loop_cell():
+    """One client on 8 cores (nothing shares them, no spread): every simulated call is one image of
+    the bucket-1 time, 10 ms. The servers' calls in that cell took 2 s for 100 images: 20 ms each, so
+    every bucket takes twice as long; the batcher still decides with the warm-up's."""
+    from bench.simulate_check import saturated_calls
+
+    prof = CpuProfile(((1, 0.01), (2, 0.02)), 0.001, decode_sigma=0.0, model_sigma=0.0, cores=8.0)
+    cell = {"concurrency": 1, "server_metrics": {"ssd_batch_size_sum": 100.0, "ssd_batch_seconds_sum": 2.0}}
+    report = {"benchmark": {"cells": [cell]}, "replicas": 1, "shared_cores": None}
+    out = saturated_calls(prof, report)
+    assert dict(out.bucket_s) == pytest.approx({1: 0.02, 2: 0.04})
+    assert out.rule_bucket_s == ((1, 0.01), (2, 0.02))
