@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
+import math
 import os
 import re
 import subprocess
@@ -61,6 +63,7 @@ def cell(c: int, r: PhaseResult) -> dict[str, Any]:
         "p50_ms": percentile(ok, 50),
         "p95_ms": percentile(ok, 95),
         "p99_ms": percentile(ok, 99),
+        "latencies_ms": [round(v, 2) for v in ok],
     }
 
 
@@ -78,29 +81,91 @@ def figures(rows: list[tuple[float, float, str]], seconds: float) -> dict[str, A
     }
 
 
+METRIC_LINE = re.compile(
+    r"^(ssd_(?:batch_size|batch_seconds|decode_seconds|request_seconds)_(?:bucket|sum|count)|ssd_requests_total)"
+    r"(\{[^}]*\})? (\S+)$"
+)
+
+
+def scrape(urls: list[str]) -> dict[str, float]:
+    """The servers' model-call and decode histograms (``ssd_batch_size``, ``ssd_batch_seconds``,
+    ``ssd_decode_seconds``: buckets, sums, counts), summed over the servers."""
+    import urllib.request
+
+    out: dict[str, float] = Counter()
+    for url in urls:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+            for line in r.read().decode().splitlines():
+                m = METRIC_LINE.match(line)
+                if m:
+                    out[m.group(1) + (m.group(2) or "")] += float(m.group(3))
+    return dict(out)
+
+
+def thread_cpu(pids: list[int]) -> dict[str, float]:
+    """CPU seconds (user + system) the servers' threads used so far, by kind, summed over the servers:
+    ``event_loop`` (the main thread: HTTP, KServe, admission, JSON), ``decode`` (``ssd-decode_*``),
+    ``model`` (``ssd-model_*`` and TensorFlow's ``tf_*`` pools), ``other``. CPU time, unlike wall time,
+    is what a request costs whatever else runs on the machine."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = Counter()
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                name = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
+                kind = (
+                    "event_loop" if int(task.name) == pid else "decode" if name.startswith("ssd-decode")
+                    else "model" if name.startswith(("ssd-model", "tf_")) else "other"
+                )  # fmt: skip
+                out[kind] += ticks / tick
+    return dict(out)
+
+
+def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: round(v - before.get(k, 0.0), 6) for k, v in after.items() if v - before.get(k, 0.0)}
+
+
 def scenario(
-    gen: Generator, base: dict[str, Any], rates: list[float], seconds: float, warmup_s: float, seed: int
-):
-    """Open-loop phases back to back (warm-up only before the first); returns the phases' results and
-    the arrival times laid end to end (the first phase's warm-up starts at 0)."""
-    results, offsets = [], []
+    gen: Generator, base: dict[str, Any], rates: list[float], seconds: float, warmup_s: float, seed: int,
+    urls: list[str] | None = None, pids: list[int] | None = None,
+):  # fmt: skip
+    """Open-loop phases back to back (warm-up only before the first); returns the phases' results, the
+    arrival times laid end to end (the first phase's warm-up starts at 0) and, with the servers'
+    ``urls`` and ``pids``, each phase's change of their batch and decode histograms (:func:`scrape`)
+    and of their threads' CPU seconds (:func:`thread_cpu`, keys ``cpu_s:<kind>``)."""
+    results, offsets, metrics = [], [], []
     offset = 0.0
     for i, rate in enumerate(rates):
         w = warmup_s if i == 0 else 0.0
         phase = Phase(**base, seconds=seconds, warmup_s=w, rate=rate, seed=seed + 2 * i)
+        before = {**scrape(urls), **_cpu_keys(pids)} if urls else {}
         r = gen.run(phase)
+        metrics.append(delta({**scrape(urls), **_cpu_keys(pids)}, before) if urls else {})
         offsets.append(offset + w)
         offset += w + seconds
         results.append(r)
-    return results, offsets
+    return results, offsets, metrics
 
 
-def arrivals_of(results: list[PhaseResult], offsets: list[float]) -> list[float]:
-    """Every due time of the phases (warm-ups included), on one clock."""
-    times = []
+def _cpu_keys(pids: list[int] | None) -> dict[str, float]:
+    return {f"cpu_s:{k}": v for k, v in thread_cpu(pids).items()} if pids else {}
+
+
+def rows_json(r: PhaseResult) -> list[list[Any]]:
+    """A phase's requests ``[due, sent, done, status]`` (ms precision: 0.1) for offline replays."""
+    return [[round(d, 4), round(s, 4), round(e, 4), st] for d, s, e, st in r.requests]
+
+
+def arrivals_of(results: list[PhaseResult], offsets: list[float]) -> tuple[list[float], list[float]]:
+    """Every due time of the phases (warm-ups included), on one clock, in order, and when the generator
+    sent each (it lags when it gets no CPU)."""
+    pairs = []
     for r, off in zip(results, offsets, strict=True):
-        times += [off + due for due, *_ in r.warmup] + [off + due for due, *_ in r.requests]
-    return sorted(times)
+        pairs += [(off + due, off + sent) for due, sent, *_ in (*r.warmup, *r.requests)]
+    pairs.sort()
+    return [round(d, 5) for d, _ in pairs], [round(s, 5) for _, s in pairs]
 
 
 def placement(replicas: int, cpus: list[int]) -> tuple[list[set[int]], float | None]:
@@ -192,18 +257,52 @@ def simulate_replay(
     offsets: list[float],
     seconds: float,
     seed: int,
-) -> list[list[tuple[float, float, str]]]:
+    sent: list[float] | None = None,
+) -> tuple[list[list[tuple[float, float, str]]], list[dict[str, float]]]:
     """The same arrivals through the simulated replicas (round robin, as the client); per phase
-    ``(due, done, status)`` in its window."""
+    ``(due, done, status)`` in its window, and the model calls started in it (:func:`calls_in`).
+    ``sent``: when the generator sent each (same order as ``times``): the simulated replicas get them
+    then, and latencies count from ``times`` (due), as the generator counts them."""
     cfg = FleetConfig(
         mode="hpa", initial_replicas=replicas, shared_cores=shared_cores, balancer="round-robin"
     )
     cfg.hpa = type(cfg.hpa)(min_replicas=replicas, max_replicas=replicas)
-    sim = Simulation(cfg, prof, seed).run(np.asarray(times), horizon_s=offsets[-1] + seconds)
-    return [
-        [(q.arrival - off, q.done - off, q.status) for q in sim.requests if off <= q.arrival < off + seconds]
+    due = np.asarray(times, np.float64)
+    order = np.argsort(sent, kind="stable") if sent else np.arange(len(due))
+    at = np.asarray(sent, np.float64)[order] if sent else due
+    sim = Simulation(cfg, prof, seed)
+    res = sim.run(at, horizon_s=offsets[-1] + seconds)
+    due_of = due[order]  # the i-th request simulated was due then
+    rows = [
+        [
+            (due_of[q.rid] - off, q.done - off, q.status)
+            for q in res.requests
+            if off <= due_of[q.rid] < off + seconds
+        ]
         for off in offsets
     ]
+    return rows, [calls_in([c for c in sim.calls if off <= c[0] < off + seconds]) for off in offsets]
+
+
+def calls_in(calls: list[tuple[float, int, float]]) -> dict[str, float]:
+    """Mean images and seconds of model calls ``(start, images, seconds)``."""
+    if not calls:
+        return {"mean_batch": math.nan, "mean_call_ms": math.nan}
+    return {
+        "mean_batch": float(np.mean([n for _, n, _ in calls])),
+        "mean_call_ms": 1e3 * float(np.mean([t for *_, t in calls])),
+    }
+
+
+def real_calls(metrics: dict[str, float]) -> dict[str, float]:
+    """The same from the servers' histograms (``ssd_batch_size``, ``ssd_batch_seconds``)."""
+    n = metrics.get("ssd_batch_size_count", 0.0)
+    if not n:
+        return {"mean_batch": math.nan, "mean_call_ms": math.nan}
+    return {
+        "mean_batch": metrics.get("ssd_batch_size_sum", 0.0) / n,
+        "mean_call_ms": 1e3 * metrics.get("ssd_batch_seconds_sum", 0.0) / n,
+    }
 
 
 def profile_of(report: dict[str, Any]) -> CpuProfile:
@@ -214,7 +313,153 @@ def profile_of(report: dict[str, Any]) -> CpuProfile:
     one_core = {int(b): t for b, t in (report.get("bucket_s_one_core") or {}).items()}
     cores = len(report["placement"][0])
     source = report["profile"]["source"]
-    return profile({}, warmups, c1, cores, 2.0, source, one_core or None)
+    alone = {int(b): t for b, t in (report.get("bucket_s_alone") or {}).items()}
+    if one_core and alone and cores > 1:
+        # Amdahl's p from one timing of both (the separate process on the replica's cores and on one),
+        # put on the warm-up's scale: the warm-up against the separate one-core timing mixed two
+        # processes (bucket 16 of the 09:10 run: 202 ms served, 187 ms on one core alone: p = 0)
+        warm = dict(profile({}, warmups, c1, cores, 2.0, source).bucket_s)
+        one_core = {b: t * warm[b] / alone[b] for b, t in one_core.items() if b in warm and b in alone}
+    prof = profile({}, warmups, c1, cores, 2.0, source, one_core or None)
+    if "cpu_s:event_loop" not in c1.get("server_metrics", {}):
+        return prof  # a report from before the threads' CPU was recorded: the request work as one
+    return measured_work(prof, c1, report, 2.0)
+
+
+def scaled_calls(prof: CpuProfile, scale: float) -> CpuProfile:
+    """Model calls ``scale`` times the warm-up's (``bucket_s``, and the one-core timings with them so
+    that Amdahl's p stays); the batcher still decides with the warm-up's (``rule_bucket_s``): the warm-up
+    keeps each bucket's fastest of four runs (``Detector.warmup``), while served calls take their
+    median, which the concurrency-1 cell measures for bucket 1 (``ssd_batch_seconds``)."""
+    if scale == 1.0:
+        return prof
+    table = lambda t: tuple((b, v * scale) for b, v in t) if t else None  # noqa: E731
+    return dataclasses.replace(
+        prof, bucket_s=table(prof.bucket_s), rule_bucket_s=prof.rule_bucket_s or prof.bucket_s,
+        one_core_bucket_s=table(prof.one_core_bucket_s),
+    )  # fmt: skip
+
+
+def served(metrics: dict[str, float]) -> float:
+    """Requests the servers answered (any status) in a cell or phase."""
+    return sum(v for k, v in metrics.items() if k.startswith("ssd_request_seconds_count"))
+
+
+def answered(metrics: dict[str, float], status: str) -> float:
+    return sum(v for k, v in metrics.items() if k.startswith("ssd_requests_total") and f'"{status}"' in k)
+
+
+def thread_costs(report: dict[str, Any]) -> dict[str, float] | None:
+    """What a request costs the servers' threads under the open-loop phases' load (their CPU seconds,
+    not the latencies compared): the event loop's per 200 (``a``) and per refusal (``b``) from a least
+    squares fit ``loop CPU = a x 200s + b x 503s`` over the phases (``b = a`` when nothing was refused:
+    every request's loop work counted before the middleware's check), and the decode threads' CPU per
+    200. None for a report without the threads' CPU."""
+    rows, loop, decode = [], [], []
+    for sc in report["scenarios"].values():
+        for ph in sc["phases"]:
+            m = ph.get("server_metrics", {})
+            if "cpu_s:event_loop" not in m:
+                continue
+            ok, refused = answered(m, "200"), answered(m, "503")
+            if not ok and not refused:  # no server-side counts: the client's
+                statuses = ph["measured"]["statuses"]
+                ok, refused = statuses.get("200", 0), statuses.get("503", 0)
+            rows.append((ok, refused))
+            loop.append(m["cpu_s:event_loop"])
+            decode.append(m.get("cpu_s:decode", 0.0))
+    ok_total = sum(r[0] for r in rows)
+    if not ok_total:
+        return None
+    if any(r[1] for r in rows):
+        (a, b), *_ = np.linalg.lstsq(np.asarray(rows, np.float64), np.asarray(loop), rcond=None)
+    else:
+        a = b = sum(loop) / ok_total
+    if a <= 0:
+        a = b = sum(loop) / (ok_total + sum(r[1] for r in rows))
+    return {
+        "loop_s": float(a),
+        "loop_refused_s": float(min(a, max(0.0, b))),
+        "decode_s": sum(decode) / ok_total,
+    }
+
+
+def measured_work(
+    prof: CpuProfile, c1: dict[str, Any], report: dict[str, Any], batch_wait_ms: float
+) -> CpuProfile:
+    """The request work outside the model call split as the servers' threads spent it (CPU seconds per
+    request under the phases' load, :func:`thread_costs`, else at concurrency 1; docs/simulator.md,
+    "The event loop"): the main thread's (the event loop: up to the admission middleware's check, what
+    a refusal costs; the rest, not measured apart, half before the batcher's admission and half for the
+    answer), the decode threads'; what is left of the
+    concurrency-1 p50 after those, the bucket-1 call and the batch wait is time no server thread spent
+    (``net_s``). The spread: the concurrency-1 latencies less that fixed part, over their median. The
+    load generator's CPU per request: the median over the phases after a scenario's first (no warm-up
+    in them)."""
+    m = c1["server_metrics"]
+    n = served(m)
+    costs = thread_costs(report) or {
+        "loop_s": m.get("cpu_s:event_loop", 0.0) / n, "decode_s": m.get("cpu_s:decode", 0.0) / n,
+    }  # fmt: skip
+    loop_s, decode_s = costs["loop_s"], costs["decode_s"]
+    head_s = costs.get("loop_refused_s", loop_s)
+    lat = np.asarray(c1.get("latencies_ms") or [], np.float64) / 1e3
+    calls, images = m.get("ssd_batch_size_count", 0.0), m.get("ssd_batch_size_sum", 0.0)
+    mean_call = m.get("ssd_batch_seconds_sum", 0.0) / calls if calls and images <= 1.05 * calls else None
+    warm = prof
+    scale, spread, net_s = 1.0, None, 0.0
+    for _ in range(4):  # the call's scale, the fixed part and the spread depend on each other
+        prof = scaled_calls(warm, scale)
+        net_s = max(0.0, c1["p50_ms"] / 1e3 - prof.call_s(1) - batch_wait_ms / 1e3 - loop_s - decode_s)
+        if len(lat) >= 20:
+            fixed = net_s + batch_wait_ms / 1e3
+            ratio = np.maximum(lat - fixed, 1e-6) / max(np.median(lat) - fixed, 1e-6)
+            spread = tuple(round(float(v), 4) for v in np.quantile(ratio, np.linspace(0, 1, 41)))
+        if mean_call:  # the served bucket-1 calls' median = their mean over the spread's mean
+            mean_factor = (
+                float(np.mean(np.interp(np.linspace(0, 1, 401), np.linspace(0, 1, 41), spread)))
+                if spread
+                else 1.0
+            )
+            scale = mean_call / mean_factor / warm.call_s(1)
+    client = [
+        ph["client_cpu_s"] / len(ph["rows"])
+        for sc in report["scenarios"].values() for ph in sc["phases"][1:] if ph.get("rows")
+    ]  # fmt: skip
+    prof = dataclasses.replace(
+        prof, decode_s=decode_s, loop_head_s=head_s, loop_in_s=(loop_s - head_s) / 2,
+        loop_out_s=(loop_s - head_s) / 2, net_s=net_s,
+        spread=spread, client_s=float(np.median(client)) if client else 0.0,
+    )  # fmt: skip
+    return saturated_calls(prof, report)
+
+
+def saturated_calls(prof: CpuProfile, report: dict[str, Any]) -> CpuProfile:
+    """Model calls as slow per image as the servers' were in the saturated closed-loop cell (the
+    largest concurrency; ``ssd_batch_seconds`` over ``ssd_batch_size``), the batcher still deciding
+    with the warm-up's times: the simulated cell is run and every bucket scaled by real over simulated
+    (processor sharing with Amdahl's law slows a call beside decodes, the event loop and the generator
+    less than the real server's calls were slowed)."""
+    cells = [
+        c
+        for c in report.get("benchmark", {}).get("cells", [])
+        if c.get("server_metrics", {}).get("ssd_batch_size_sum")
+    ]
+    if not cells:
+        return prof
+    top = max(cells, key=lambda c: c["concurrency"])
+    m = top["server_metrics"]
+    real = m["ssd_batch_seconds_sum"] / m["ssd_batch_size_sum"]
+    cfg = FleetConfig(mode="hpa", initial_replicas=report["replicas"], shared_cores=report["shared_cores"],
+                      balancer="round-robin")  # fmt: skip
+    cfg.hpa = type(cfg.hpa)(min_replicas=report["replicas"], max_replicas=report["replicas"])
+    sim = Simulation(cfg, prof, seed=3)
+    sim.run_closed(top["concurrency"], 10.0)
+    calls = [c for c in sim.calls if c[0] >= 2.0]
+    if not calls:
+        return prof
+    simulated = sum(t for *_, t in calls) / sum(n for _, n, _ in calls)
+    return scaled_calls(prof, real / simulated) if simulated > 0 else prof
 
 
 def compare(report: dict[str, Any]) -> None:
@@ -223,11 +468,20 @@ def compare(report: dict[str, Any]) -> None:
     report["profile"] = prof.to_json()
     for sc in report["scenarios"].values():
         seconds = sc["seconds"]
-        simulated = simulate_replay(
-            prof, report["replicas"], report["shared_cores"], sc["arrivals"], sc["offsets"], seconds, 5
+        simulated, calls = simulate_replay(
+            prof,
+            report["replicas"],
+            report["shared_cores"],
+            sc["arrivals"],
+            sc["offsets"],
+            seconds,
+            5,
+            sc.get("sent"),
         )
-        for ph, rows in zip(sc["phases"], simulated, strict=True):
-            ph["simulated"] = figures(rows, seconds)
+        for ph, rows, sim_calls in zip(sc["phases"], simulated, calls, strict=True):
+            ph["simulated"] = {**figures(rows, seconds), **sim_calls}
+            if ph.get("server_metrics"):
+                ph["measured"].update(real_calls(ph["server_metrics"]))
     for c in report["benchmark"]["cells"]:
         n, shared = report["replicas"], report["shared_cores"]
         c["simulated_rps"] = closed_loop_rps(prof, c["concurrency"], n, shared)
@@ -237,7 +491,9 @@ def write_plan_inputs(report: dict[str, Any], profile_out: Path | None, benchmar
     """The CPU profile and the closed-loop cells (planner format) for ``make simulate-day``."""
     if profile_out:
         meta = {"written_by": "python -m bench.simulate_check", "machine": report["machine"]}
-        profile_out.write_text(json.dumps({**report["profile"], **meta}, indent=1) + "\n")
+        # a pod serves without the bench's load generator beside it on its cores
+        planned = {**report["profile"], "client_s": 0.0}
+        profile_out.write_text(json.dumps({**planned, **meta}, indent=1) + "\n")
     if benchmark_out:
         bench = {**report["benchmark"], "machine": report["machine"]}
         benchmark_out.write_text(json.dumps(bench, indent=1) + "\n")
@@ -267,6 +523,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--timing_runs", type=int, default=9, help="model calls timed per bucket")
     p.add_argument("--replay", action="store_true", help="only re-simulate the arrivals recorded in --out")
+    p.add_argument(
+        "--before", type=Path, help="with --replay: print which checks were within 20%% per phase in this "
+        "report (the same run replayed by an older simulator) beside --out's",
+    )  # fmt: skip
     args = p.parse_args(argv)
     out = args.out or default_out(args.replicas)
     if args.write_plan_inputs:
@@ -279,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(json.dumps(report, indent=1) + "\n")
         write_plan_inputs(report, args.profile_out, args.benchmark_out)
         print(markdown(report))
+        if args.before:
+            print("\n" + checks_table(json.loads(args.before.read_text()), report))
         return 0
     from predictor.models import DEMO_MODEL_DIR
 
@@ -322,8 +584,11 @@ def main(argv: list[str] | None = None) -> int:
         with Generator() as gen:
             cells = []
             for c in (int(v) for v in args.concurrency.split(",")):
+                urls, pids = [s.url for s in servers], [s.proc.pid for s in servers]
+                before = {**scrape(urls), **_cpu_keys(pids)}
                 r = gen.run(Phase(**base, seconds=args.cell_s, warmup_s=2.0, clients=c))
                 cells.append(cell(c, r))
+                cells[-1]["server_metrics"] = delta({**scrape(urls), **_cpu_keys(pids)}, before)
                 x, p50 = cells[-1]["throughput_rps"], cells[-1]["p50_ms"]
                 print(f"closed loop c={c}: {x:.1f} req/s, p50 {p50:.0f} ms")
             sat = max(c["throughput_rps"] for c in cells)
@@ -345,23 +610,33 @@ def main(argv: list[str] | None = None) -> int:
             report["scenarios"] = {}
             for name, fracs in (("step", args.step), ("ramp", args.ramp), ("overload", args.overload)):
                 rates = [float(f) * sat for f in fracs.split(",")]
-                results, offsets = scenario(gen, base, rates, args.seconds, args.warmup_s, seed=11)
+                results, offsets, metrics = scenario(
+                    gen,
+                    base,
+                    rates,
+                    args.seconds,
+                    args.warmup_s,
+                    seed=11,
+                    urls=[s.url for s in servers],
+                    pids=[s.proc.pid for s in servers],
+                )
                 phases = [
                     {"rate": rate, "measured": figures([(d, e, s) for d, _, e, s in r.requests], r.seconds),
-                     "client_cpu_s": r.client_cpu_s}
-                    for rate, r in zip(rates, results, strict=True)
+                     "client_cpu_s": r.client_cpu_s, "server_metrics": m, "rows": rows_json(r)}
+                    for rate, r, m in zip(rates, results, metrics, strict=True)
                 ]  # fmt: skip
                 report["scenarios"][name] = {
                     "seconds": args.seconds,
                     "offsets": offsets,
-                    "arrivals": arrivals_of(results, offsets),
+                    **dict(zip(("arrivals", "sent"), arrivals_of(results, offsets), strict=True)),
                     "phases": phases,
                     "load_average_1m": os.getloadavg()[0],
                 }
-                print(name, json.dumps(phases))
+                print(name, json.dumps([{k: v for k, v in ph.items() if k != "rows"} for ph in phases]))
     finally:
         for server in servers:
             server.terminate()
+    out.write_text(json.dumps(report, indent=1) + "\n")  # the measurements, before any simulation
     compare(report)
     out.write_text(json.dumps(report, indent=1) + "\n")
     write_plan_inputs(report, args.profile_out, args.benchmark_out)
@@ -384,7 +659,10 @@ def markdown(report: dict[str, Any]) -> str:
     buckets += " (the servers' warm-up)"
     if prof.get("rule_bucket_s"):
         rule = ", ".join(f"{b}: {1e3 * t:.0f}" for b, t in prof["rule_bucket_s"].items())
-        buckets += f" (the servers' warm-up, which their batchers decide with: {rule})"
+        buckets = buckets.replace(
+            "(the servers' warm-up)", "(served medians: the warm-up's times the served bucket-1 calls' ratio)"
+        )
+        buckets += f"; the batchers decide with the warm-up's: {rule}"
     n = report["replicas"]
     where = "all cores" if n == 1 else (
         f"all sharing {report['shared_cores']:g} cores" if report["shared_cores"] else "one core each"
@@ -392,13 +670,13 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"{n} replica(s) ({where}) behind a round-robin client; saturated closed-loop throughput "
         f"{report['saturated_rps']:.1f} req/s; simulator CPU profile: model call per bucket (ms) {buckets}, "
-        f"{1e3 * prof['decode_s']:.1f} ms of other work per request, {prof['cores']:g} core(s) per replica; "
+        f"{work(prof)}, {prof['cores']:g} core(s) per replica; "
         f"{report['seconds_per_phase']:g} s per phase; 1-minute load average after each scenario: {loads}; "
         "err = (simulated - real) / real.",
         "",
         "| scenario | offered req/s | p50 ms real / sim (err) | p95 ms real / sim (err) | "
-        "throughput real / sim (err) | 503 real / sim |",
-        "|---|---:|---|---|---|---|",
+        "throughput real / sim (err) | 503 real / sim | within 20% | mean call: images, ms real / sim |",
+        "|---|---:|---|---|---|---|---|---|",
     ]
     cells = report["benchmark"]["cells"]
     closed = ", ".join(
@@ -413,9 +691,65 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{m['p50_ms']:.0f} / {s['p50_ms']:.0f} ({_err(s['p50_ms'], m['p50_ms'])}) | "
                 f"{m['p95_ms']:.0f} / {s['p95_ms']:.0f} ({_err(s['p95_ms'], m['p95_ms'])}) | "
                 f"{m['throughput_rps']:.1f} / {s['throughput_rps']:.1f} "
-                f"({_err(s['throughput_rps'], m['throughput_rps'])}) | {m['n503']} / {s['n503']} |"
+                f"({_err(s['throughput_rps'], m['throughput_rps'])}) | {m['n503']} / {s['n503']} | "
+                f"{' '.join(within(m, s)) or '-'} | {_calls(m)} / {_calls(s)} |"
             )
     return "\n".join(lines)
+
+
+CHECKS = (("p50", "p50_ms"), ("p95", "p95_ms"), ("throughput", "throughput_rps"), ("503s", "n503"))
+
+
+def within(measured: dict[str, Any], simulated: dict[str, Any], tolerance: float = 0.2) -> list[str]:
+    """The checks whose simulated figure is within ``tolerance`` of the measured one (no 503s on either
+    side counts as within)."""
+    out = []
+    for name, key in CHECKS:
+        real, sim = measured[key], simulated[key]
+        if (
+            real == real
+            and sim == sim
+            and abs(sim - real) <= tolerance * abs(real) + (1e-9 if key == "n503" else 0)
+        ):
+            out.append(name)
+    return out
+
+
+def checks_table(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """Per phase, the checks within 20% in two replays of one run (``before``, ``after``)."""
+    lines = ["| scenario | offered req/s | within 20% before | within 20% after |", "|---|---:|---|---|"]
+    count = [0, 0]
+    for name, sc in after["scenarios"].items():
+        for old, new in zip(before["scenarios"][name]["phases"], sc["phases"], strict=True):
+            checks = [within(ph["measured"], ph["simulated"]) for ph in (old, new)]
+            count = [c + len(k) for c, k in zip(count, checks, strict=True)]
+            was, now = (" ".join(k) or "-" for k in checks)
+            lines.append(f"| {name} | {new['rate']:.1f} | {was} | {now} |")
+    total = 4 * sum(len(sc["phases"]) for sc in after["scenarios"].values())
+    lines.append(f"| all | | {count[0]} of {total} | {count[1]} of {total} |")
+    return "\n".join(lines)
+
+
+def _calls(figures: dict[str, Any]) -> str:
+    if figures.get("mean_batch", math.nan) != figures.get("mean_batch", math.nan):
+        return "-"
+    return f"{figures['mean_batch']:.1f}, {figures['mean_call_ms']:.0f}"
+
+
+def work(prof: dict[str, Any]) -> str:
+    """The profile's request work outside the model call, in words."""
+    loop = [prof.get(k, 0.0) for k in ("loop_head_s", "loop_in_s", "loop_out_s")]
+    if not any(loop):
+        return f"{1e3 * prof['decode_s']:.1f} ms of other work per request"
+    text = (
+        f"per request {1e3 * prof['decode_s']:.1f} ms decoding, event loop {1e3 * sum(loop):.2f} ms "
+        f"({1e3 * loop[0]:.2f} up to the middleware's refusal), {1e3 * prof['net_s']:.1f} ms outside "
+        f"the server, generator {1e3 * prof.get('client_s', 0.0):.2f} ms CPU"
+    )
+    if prof.get("spread"):
+        q = prof["spread"]
+        text += f"; spread (work / median at c=1) p5 {q[2]:.2f}, p95 {q[38]:.2f}, max {q[-1]:.2f}"
+    return text
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ The CPU rules and where they come from: ``predictor.tools.simulate.CpuProfile`` 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict
 
@@ -234,3 +235,102 @@ def test_a_candidate_meets_only_with_the_least_share_within_the_objective():
     assert loose[2].p95_ms <= 400 and loose[2].slo_attainment < 0.999 <= loose[3].slo_attainment
     assert [c.min_replicas for c in strict if c.meets] == [3]
     assert strict[0].min_replicas == 3  # the cheapest meeting it leads
+
+
+# ------------------------------------------------------------------------------ event loop, fill wait
+def _looped(max_queue_images: int = 256) -> tuple[CpuProfile, FleetConfig]:
+    """2 cores (so nothing below slows anything), one decode thread, one model thread: decode 50 ms,
+    call 100 ms, the event loop 10 ms in and 20 ms out, 5 ms outside the server."""
+    prof = CpuProfile(
+        ((1, 0.1),), 0.05, decode_sigma=0.0, model_sigma=0.0, decode_threads=1, model_threads=1,
+        cores=2.0, loop_in_s=0.01, loop_out_s=0.02, net_s=0.005,
+    )  # fmt: skip
+    cfg = FleetConfig(mode="hpa", max_queue_images=max_queue_images, balancer="round-robin")
+    cfg.hpa = type(cfg.hpa)(min_replicas=1, max_replicas=1)
+    return prof, cfg
+
+
+def test_the_event_loop_reads_requests_one_at_a_time_before_admission_and_writes_answers():
+    """A and B at 0. The loop reads A 0-0.01, B 0.01-0.02. A decodes 0.01-0.06, B (one decode thread)
+    0.06-0.11. A's call: 0.062 (batch wait) - 0.162, its answer on the loop 0.162-0.182, + 5 ms: 0.187.
+    B's call 0.162-0.262, answer 0.262-0.282: 0.287."""
+    prof, cfg = _looped()
+    reqs = Simulation(cfg, prof).run(np.asarray([0.0, 0.0]), horizon_s=1.0).requests
+    assert [r.status for r in reqs] == ["200", "200"]
+    assert [r.done for r in reqs] == pytest.approx([0.187, 0.287])
+
+
+def test_a_refused_request_costs_its_read_on_the_event_loop():
+    # --max_queue_images 1: B is read 0.01-0.02 while A is admitted, refused then: 503 at 0.025
+    prof, cfg = _looped(max_queue_images=1)
+    reqs = Simulation(cfg, prof).run(np.asarray([0.0, 0.0]), horizon_s=1.0).requests
+    assert [(r.status, r.done) for r in reqs] == [
+        ("200", pytest.approx(0.187)),
+        ("503", pytest.approx(0.025)),
+    ]
+
+
+def test_a_call_that_would_pad_waits_for_an_image_being_decoded():
+    """Buckets 1/2/4 at 10 ms per image (padding costs), 4 decode threads on 8 cores, decode 10 ms.
+    Three requests at 0 are queued at 0.01, a fourth (at 0.005) is decoding until 0.015. When the 2 ms
+    batch wait ends (0.012), 3 queued + 1 decoding fit bucket 4: the server waits for it (at most a
+    quarter of the 40 ms call after the oldest was queued: until 0.02), so at 0.015 one call of 4 runs:
+    all done at 0.055. Without that wait the prefix rule would run 2 at 0.012 (done 0.032), then 2."""
+    prof = CpuProfile(
+        ((1, 0.01), (2, 0.02), (4, 0.04)), 0.01, decode_sigma=0.0, model_sigma=0.0, decode_threads=4,
+        model_threads=1, cores=8.0,
+    )  # fmt: skip
+    reqs = _run(prof, [0.0, 0.0, 0.0, 0.005])
+    assert [r.done for r in reqs] == pytest.approx([0.055] * 4)
+
+
+def test_fill_wait_is_the_servers_own_rule():
+    from predictor.serving.batcher import FILL_WAIT_FRACTION
+    from predictor.tools.simulate import fill_wait
+
+    b = CpuProfile(((1, 0.01), (2, 0.02), (4, 0.04)), 0.01).batcher(4)
+    # 3 queued (bucket 4) + 1 decoding fit: wait until 0.01 + 0.25 x 0.04 = 0.02
+    assert FILL_WAIT_FRACTION == 0.25
+    assert fill_wait(b, 3, 1, 0.01, 0.012) == pytest.approx(0.008)
+    assert fill_wait(b, 3, 2, 0.01, 0.012) == 0.0  # 5 do not fit bucket 4
+    assert fill_wait(b, 3, 0, 0.01, 0.012) == 0.0  # nothing decoding
+    assert fill_wait(b, 2, 0, 0.01, 0.012) == 0.0
+    assert fill_wait(b, 3, 1, 0.01, 0.03) == 0.0  # waited long enough
+
+
+def test_the_load_generators_cpu_slows_the_replica_it_shares_cores_with():
+    """1 core; one request at 0: the generator's 20 ms and the decode's 50 ms share the core from 0, the
+    generator's job ends at 0.04 (the decode has 30 ms left), the decode at 0.07; call 0.072-0.172."""
+    prof = dataclasses.replace(_exact({1: 0.1}, 0.05, cores=1.0), client_s=0.02)
+    assert [r.done for r in _run(prof, [0.0])] == pytest.approx([0.172])
+
+
+def test_job_durations_follow_the_measured_spread():
+    class Draw:  # rng.random() returning fixed probabilities
+        def __init__(self, *u: float) -> None:
+            self.u = list(u)
+
+        def random(self) -> float:
+            return self.u.pop(0)
+
+    prof = dataclasses.replace(_exact({1: 0.1}, 0.05, cores=1.0), spread=(0.5, 1.0, 4.0))
+    # quantiles at p = 0, 0.5, 1: p 0.25 -> 0.75, p 0.75 -> 2.5, p 1 -> 4 (linear in between)
+    assert [prof.factor(Draw(p), 0.0) for p in (0.25, 0.75, 1.0)] == pytest.approx([0.75, 2.5, 4.0])
+    assert CpuProfile.from_json(json.loads(json.dumps(prof.to_json()))) == prof
+
+
+def test_decoded_requests_and_the_batchers_worker_wait_their_turn_on_the_event_loop():
+    """As the middleware test on 4 cores (nothing slows anything), A at 0, B at 0.058, C at 0.161.
+    A: head -0.004, body -0.01, decoded at 0.06, but B's head holds the loop until 0.062: queued then,
+    call 0.064-0.164. B: body 0.062-0.068, decoded 0.118 (queued at once). C's head 0.161-0.165 holds
+    the loop when A's call ends (0.164): the batcher's worker resumes at 0.165 (A's call counts 0.101
+    s, as _execute times it), B's call 0.165-0.265; C's body 0.165-0.171 was queued before A's answer:
+    A 0.171-0.191 (+5 ms: 0.196). C decoded 0.221, call 0.265-0.365. B answers 0.265-0.285 (0.29), C
+    0.365-0.385 (0.39)."""
+    prof, cfg = _looped()
+    prof = dataclasses.replace(prof, loop_head_s=0.004, loop_in_s=0.006, cores=4.0)
+    sim = Simulation(cfg, prof)
+    reqs = sim.run(np.asarray([0.0, 0.058, 0.161]), horizon_s=1.0).requests
+    assert [r.done for r in reqs] == pytest.approx([0.196, 0.29, 0.39])
+    assert [start for start, _, _ in sim.calls] == pytest.approx([0.064, 0.165, 0.265])
+    assert sim.calls[0][2] == pytest.approx(0.101)

@@ -124,6 +124,19 @@ class CpuProfile:
     job progresses at ``min(1, cores / runnable threads)`` of its alone speed (processor sharing); a
     model call with fewer cores than threads slows as Amdahl's law says, its parallel fraction from
     ``one_core_bucket_s`` (the same calls on one core; without it: perfectly parallel).
+
+    The event loop (any ``loop_*_s`` > 0; docs/simulator.md, "The event loop"): the server's main
+    thread, one thread, first come first served, running on the replica's cores like a decode thread.
+    It reads a request's head (``loop_head_s``), and the admission middleware refuses it there, before
+    the body is read, when the batcher would refuse one image (``predictor/serving/middleware.py``
+    ``AdmissionMiddleware`` asking ``SsdModel.busy_reason``: ``DynamicBatcher.refusal(1)``): a refused
+    request costs that much of the loop. Else it reads the body and runs KServe's route and the codec
+    (``loop_in_s``) up to the batcher's own admission (``SsdModel._detect``: ``batcher.admit``, which may
+    still refuse), and after the model call writes the answer (``loop_out_s``). ``decode_s`` is then the
+    decode thread's work alone, and ``net_s`` the rest of a request's time at concurrency 1 that no server
+    thread spends (client, loopback), added to every answer. ``client_s``: the load generator's CPU per
+    request, a job on the cores of the replica it sends to (the generator shares the machine; not in
+    the request's path).
     """
 
     bucket_s: tuple[tuple[int, float], ...]
@@ -136,6 +149,21 @@ class CpuProfile:
     source: str = "cpu profile"
     rule_bucket_s: tuple[tuple[int, float], ...] | None = None
     one_core_bucket_s: tuple[tuple[int, float], ...] | None = None
+    loop_head_s: float = 0.0
+    loop_in_s: float = 0.0
+    loop_out_s: float = 0.0
+    net_s: float = 0.0
+    spread: tuple[float, ...] | None = None
+    client_s: float = 0.0
+
+    def factor(self, rng: np.random.Generator, sigma: float) -> float:
+        """A job's duration over its median: drawn from ``spread`` (the quantiles, at equally spaced
+        probabilities from 0 to 1, of a request's time at concurrency 1 over its median: the measured
+        distribution, tail included) when given, else log-normal with ``sigma``."""
+        if self.spread:
+            q = self.spread
+            return float(np.interp(rng.random() * (len(q) - 1), np.arange(len(q)), q))
+        return math.exp(sigma * rng.standard_normal()) if sigma > 0 else 1.0
 
     @property
     def buckets(self) -> tuple[int, ...]:
@@ -203,7 +231,27 @@ class CpuProfile:
         for key in ("bucket_s", "rule_bucket_s", "one_core_bucket_s"):
             if data.get(key):
                 kw[key] = tuple(sorted((int(b), float(t)) for b, t in data[key].items()))
+        if kw.get("spread"):
+            kw["spread"] = tuple(float(v) for v in kw["spread"])
         return cls(**kw)
+
+
+def fill_wait(batcher: Any, queued: int, decoding: int, oldest_enqueued: float, now: float) -> float:
+    """Seconds the server's next call waits for images being decoded (``DynamicBatcher._fill_wait``, the
+    server's own code, on this state): ``queued`` images (one per request), ``decoding`` images between
+    admission and the queue (waiting for a decode thread or decoding), the oldest queued at
+    ``oldest_enqueued``."""
+    batcher._queued_images, batcher._decoding_images = queued, decoding
+    batcher._queue = collections.deque([_Queued(oldest_enqueued)])
+    try:
+        return float(batcher._fill_wait(now))
+    finally:
+        batcher._queue, batcher._queued_images, batcher._decoding_images = collections.deque(), 0, 0
+
+
+@dataclass(frozen=True)
+class _Queued:
+    enqueued: float  # the only field of batcher._Item that _fill_wait reads
 
 
 def _no_model(*args: Any, **kwargs: Any) -> dict[str, np.ndarray]:
@@ -376,6 +424,9 @@ class _Replica:
         self.cpu = cpu  # CPU replicas: the cores its decodes and model calls share
         self.decode_wait: collections.deque[_Request] = collections.deque()
         self.decoding = 0
+        self.decoded = 0  # decoded, waiting for the event loop to queue them
+        self.loop_wait: collections.deque[tuple[str, Any]] = collections.deque()  # the event loop
+        self.loop_busy = False
         self.ready = False
         self.draining = False
         self.gone_at: float | None = None
@@ -512,6 +563,7 @@ class Simulation:
     def __init__(self, cfg: FleetConfig, svc: ServiceModel | CpuProfile, seed: int = 0):
         self.cfg, self.svc = cfg, svc
         self.cpu_model = isinstance(svc, CpuProfile)
+        self.loop_on = isinstance(svc, CpuProfile) and svc.loop_head_s + svc.loop_in_s + svc.loop_out_s > 0
         self.shared_cpu = None
         if isinstance(svc, CpuProfile) and cfg.shared_cores:
             self.shared_cpu = _Cpu(cfg.shared_cores)
@@ -536,6 +588,7 @@ class Simulation:
         self.arrived_marks: collections.deque[tuple[float, int]] = collections.deque()  # (t, arrivals)
         self.busy_marks: dict[int, tuple[float, float]] = {}  # replica -> (time, busy_s) at the last sync
         self.replica_seconds = 0.0
+        self.calls: list[tuple[float, int, float]] = []  # CPU replicas: (start, images, seconds) per call
 
     # ------------------------------------------------------------------ bookkeeping
     def push(self, t: float, kind: str, payload: Any = None) -> None:
@@ -608,9 +661,56 @@ class Simulation:
         for _, _, kind, payload, _ in done:
             if kind == "decoded":
                 self.on_decoded(*payload)
+            elif kind == "loop":
+                self.on_loop(*payload)
+            elif kind == "client":
+                pass  # the load generator's CPU: it only slowed the others
+            elif self.loop_on:  # the batcher's worker resumes on the event loop (batcher._execute)
+                self.loop_job(payload[0], "call", payload)
             else:
                 rep, batch, n, start = payload
                 self.on_done(rep, batch, n, self.now - start)
+
+    def loop_job(self, rep: _Replica, stage: str, payload: Any) -> None:
+        """Queue ``stage`` on the replica's event loop (one thread, first come first served): a request's
+        "head" (up to the middleware's check), "in" (up to the batcher's admission), "out" (the answer),
+        each ``loop_*_s`` of work; and, with no work of their own but waiting their turn, "queued" (a
+        decoded request's coroutine resumes and queues it: ``SsdModel._detect``) and "call" (the
+        batcher's worker, an asyncio task, resumes after a model call: ``DynamicBatcher._execute``
+        answers the batch, and only then forms the next call)."""
+        rep.loop_wait.append((stage, payload))
+        self.start_loop(rep)
+
+    def start_loop(self, rep: _Replica) -> None:
+        prof = self.svc
+        assert isinstance(prof, CpuProfile) and rep.cpu is not None
+        if rep.loop_busy or not rep.loop_wait:
+            return
+        stage, req = rep.loop_wait.popleft()
+        rep.loop_busy = True
+        median = {"head": prof.loop_head_s, "in": prof.loop_in_s, "out": prof.loop_out_s}.get(stage, 0.0)
+        work = median * prof.factor(self.rng, prof.decode_sigma) if median else 0.0
+        self.cpu_add(rep.cpu, work, 1, "loop", (rep, stage, req))
+
+    def on_loop(self, rep: _Replica, stage: str, req: Any) -> None:
+        rep.loop_busy = False
+        if stage == "call":
+            _, batch, n, start = req
+            self.on_done(rep, batch, n, self.now - start)  # seconds as _execute times them
+        elif stage == "queued":
+            rep.decoded -= 1
+            if not req.status:  # else answered 503 at its deadline meanwhile
+                self.enqueue(rep, req)
+        elif stage == "head":
+            if rep.refusal():  # AdmissionMiddleware: busy_reason() = batcher.refusal(1)
+                self.answer(rep, req, "503")
+            else:
+                self.loop_job(rep, "in", req)
+        elif stage == "in":
+            self.admit(rep, req)
+        else:
+            self.answer(rep, req, "200")
+        self.start_loop(rep)
 
     def start_decodes(self, rep: _Replica) -> None:
         """The server's decode pool: up to ``decode_threads`` requests decode at once, in order."""
@@ -621,7 +721,7 @@ class Simulation:
             if req.status:
                 continue  # its deadline passed while it waited
             rep.decoding += 1
-            work = prof.decode_s * math.exp(prof.decode_sigma * self.rng.standard_normal())
+            work = prof.decode_s * prof.factor(self.rng, prof.decode_sigma)
             self.cpu_add(rep.cpu, work, 1, "decoded", (rep, req))
 
     def on_decoded(self, rep: _Replica, req: _Request) -> None:
@@ -629,6 +729,13 @@ class Simulation:
         self.start_decodes(rep)
         if req.status:
             return  # answered 503 at its deadline meanwhile
+        if self.loop_on:
+            rep.decoded += 1  # still inside batcher.decoding() until its coroutine resumes
+            self.loop_job(rep, "queued", req)
+            return
+        self.enqueue(rep, req)
+
+    def enqueue(self, rep: _Replica, req: _Request) -> None:
         req.admitted_at, req.queued = self.now, True  # the batcher's enqueue time
         rep.queue.append(req)
         self.try_start(rep)
@@ -685,6 +792,16 @@ class Simulation:
     def send(self, rep: _Replica, req: _Request) -> None:
         req.replica = rep.rid
         rep.in_flight += 1
+        if isinstance(self.svc, CpuProfile) and self.svc.client_s > 0:
+            assert rep.cpu is not None
+            self.cpu_add(rep.cpu, self.svc.client_s, 1, "client", None)
+        if self.loop_on:
+            self.loop_job(rep, "head", req)  # the event loop reads it before admission decides
+            return
+        self.admit(rep, req)
+
+    def admit(self, rep: _Replica, req: _Request) -> None:
+        """The server's admission (``DynamicBatcher.admit``), then decode or queue."""
         if rep.refusal():
             self.answer(rep, req, "503")
             return
@@ -704,7 +821,8 @@ class Simulation:
 
     def answer(self, rep: _Replica, req: _Request, status: str) -> None:
         rep.in_flight -= 1
-        self.finish(req, status, self.now)
+        net = self.svc.net_s if isinstance(self.svc, CpuProfile) else 0.0
+        self.finish(req, status, self.now + net)
         if self.cfg.mode == "knative":
             self.dispatch()
         if rep.draining and rep.in_flight == 0 and not rep.busy:
@@ -717,10 +835,14 @@ class Simulation:
         oldest = rep.queue[0]
         due = oldest.admitted_at + self.cfg.batch_wait_s
         if len(rep.queue) < self.cfg.max_batch_size and self.now < due - 1e-12:
-            if rep.wake_at is None or rep.wake_at > due:
-                rep.wake_at = due
-                self.push(due, "wake", rep)
+            self._wake(rep, due)
             return
+        if self.cpu_model and len(rep.queue) < self.cfg.max_batch_size:
+            decoding = rep.decoding + rep.decoded + sum(1 for r in rep.decode_wait if not r.status)
+            wait = fill_wait(rep.batcher, len(rep.queue), decoding, oldest.admitted_at, self.now)
+            if wait > 1e-12:
+                self._wake(rep, self.now + wait)
+                return
         for shed in rep.note_wait(self.now - oldest.admitted_at, self.now):
             shed.queued = False
             rep.admitted -= 1
@@ -735,7 +857,7 @@ class Simulation:
             for r in batch:
                 r.queued = False
             prof = self.svc
-            work = prof.call_s(len(batch)) * math.exp(prof.model_sigma * self.rng.standard_normal())
+            work = prof.call_s(len(batch)) * prof.factor(self.rng, prof.model_sigma)
             rep.busy = True
             assert rep.cpu is not None
             p = prof.parallel_fraction(len(batch))
@@ -755,23 +877,36 @@ class Simulation:
             keep.append(r)
         self.push(end, "done", (rep, keep, len(batch), seconds))
 
+    def _wake(self, rep: _Replica, at: float) -> None:
+        if rep.wake_at is None or rep.wake_at > at:
+            rep.wake_at = at
+            self.push(at, "wake", rep)
+
     def on_done(self, rep: _Replica, batch: list[_Request], n: int, seconds: float) -> None:
         rep.busy = False
+        out_s = 0.0
         if self.cpu_model:
             rep.busy_s += seconds
+            self.calls.append((self.now - seconds, n, seconds))
             batch = [r for r in batch if not r.status]  # the rest were answered at their deadline
+            assert isinstance(self.svc, CpuProfile)
+            out_s = self.svc.loop_out_s
         rep.ewma_images = n if not rep.ewma_seconds else (1 - EWMA) * rep.ewma_images + EWMA * n
         rep.ewma_seconds = seconds if not rep.ewma_seconds else (1 - EWMA) * rep.ewma_seconds + EWMA * seconds
         for r in batch:
             rep.admitted -= 1
-            self.answer(rep, r, "200")
+            if out_s > 0:
+                r.deadline = math.inf  # answered: the time limit no longer applies
+                self.loop_job(rep, "out", r)
+            else:
+                self.answer(rep, r, "200")
         if rep.gone_at is None:
             self.try_start(rep)
             if rep.draining and rep.in_flight == 0:
                 self.retire(rep)
 
     def on_deadline(self, rep: _Replica, req: _Request) -> None:
-        if req.status:
+        if req.status or req.deadline == math.inf:
             return
         if req.queued:
             rep.queue.remove(req)

@@ -1,0 +1,169 @@
+"""bench/simulate_check.py's pure parts: the CPU profile's request work from the servers' threads' CPU,
+the refusal's share of the event loop, the generator's lag replayed, and the 20% checks; each against a
+hand-computed case (no server)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.simulate_check import measured_work, simulate_replay, thread_costs, within
+from predictor.tools.simulate import CpuProfile
+
+
+def _phase(
+    ok: int,
+    refused: int,
+    loop_cpu_s: float,
+    client_cpu_s: float = 0.0,
+    rows: int = 0,
+    decode_cpu_s: float = 0.0,
+) -> dict:
+    metrics = {
+        'ssd_requests_total{protocol="v1",status="200"}': float(ok),
+        'ssd_requests_total{protocol="v1",status="503"}': float(refused),
+        "cpu_s:event_loop": loop_cpu_s,
+        "cpu_s:decode": decode_cpu_s,
+    }
+    return {"server_metrics": metrics, "client_cpu_s": client_cpu_s, "rows": [[0, 0, 0, "200"]] * rows}
+
+
+def _report() -> dict:
+    # loop CPU = a x 200s + b x 503s: 0.2 = 100 a; 0.15 = 50 a + 100 b -> a = 2 ms, b = 0.5 ms;
+    # decode 0.4 + 0.2 s over 150 200s: 4 ms
+    phases = [_phase(100, 0, 0.2, 0.05, 100, 0.4), _phase(50, 100, 0.15, 0.06, 150, 0.2)]
+    return {"scenarios": {"overload": {"phases": phases}}}
+
+
+def test_the_threads_costs_per_request_are_fitted_from_the_phases_cpu():
+    costs = thread_costs(_report())
+    assert costs == pytest.approx({"loop_s": 0.002, "loop_refused_s": 0.0005, "decode_s": 0.004})
+    # no refusals anywhere: the whole loop work counts before the middleware's check
+    only = thread_costs({"scenarios": {"s": {"phases": [_phase(100, 0, 0.2, decode_cpu_s=0.3)]}}})
+    assert only == pytest.approx({"loop_s": 0.002, "loop_refused_s": 0.002, "decode_s": 0.003})
+    assert thread_costs({"scenarios": {"s": {"phases": [{"measured": {}}]}}}) is None
+
+
+def test_the_request_work_is_split_as_the_servers_threads_spent_it():
+    """Under the phases' load (_report) the loop costs 2 ms per 200, 0.5 ms per refusal, decoding 4 ms
+    (at concurrency 1 more: 3 and 5 ms, not used); p50 30 ms = call 17 + batch wait 2 + loop 2 +
+    decode 4 + 5 ms outside the server. The loop: 0.5 ms up to the middleware, the other 1.5 half
+    before admission, half after (0.75 ms each).
+    Latencies 17 ms x 10 and 27 ms x 10, less the fixed 7 ms, over their median (22 - 7): 2/3 and
+    4/3, quantile 0.5 between them. Generator: the second phase's 0.06 s CPU over 150 requests."""
+    c1 = {
+        "p50_ms": 30.0,
+        "latencies_ms": [17.0] * 10 + [27.0] * 10,
+        "server_metrics": {
+            'ssd_request_seconds_count{protocol="v1"}': 100.0, "cpu_s:event_loop": 0.3, "cpu_s:decode": 0.5,
+        },
+    }  # fmt: skip
+    base = CpuProfile(((1, 0.017), (2, 0.03)), 0.0068)
+    prof = measured_work(base, c1, _report(), batch_wait_ms=2.0)
+    assert prof.decode_s == pytest.approx(0.004)
+    assert (prof.loop_head_s, prof.loop_in_s, prof.loop_out_s) == pytest.approx((0.0005, 0.00075, 0.00075))
+    assert prof.net_s == pytest.approx(0.005)
+    assert prof.spread[0] == pytest.approx(2 / 3, abs=1e-4) and prof.spread[-1] == pytest.approx(
+        4 / 3, abs=1e-4
+    )
+    assert prof.spread[20] == pytest.approx(1.0, abs=1e-4)
+    assert prof.client_s == pytest.approx(0.0004)
+
+
+def test_the_generators_lag_is_replayed_and_latency_counts_from_due():
+    """One replica, no spread: decode 10 ms, call 20 ms, batch wait 2 ms: 32 ms from arrival. Due at
+    0.0 but sent at 0.1: answered at 0.132, 132 ms after it was due."""
+    prof = CpuProfile(((1, 0.02),), 0.01, decode_sigma=0.0, model_sigma=0.0, cores=2.0)
+    (rows,), _ = simulate_replay(prof, 1, None, [0.0], [0.0], 1.0, 0, sent=[0.1])
+    assert rows == [(0.0, pytest.approx(0.132), "200")]
+    (rows,), _ = simulate_replay(prof, 1, None, [0.0], [0.0], 1.0, 0)
+    assert rows == [(0.0, pytest.approx(0.032), "200")]
+
+
+def test_within_twenty_percent():
+    real = {"p50_ms": 100.0, "p95_ms": 200.0, "throughput_rps": 50.0, "n503": 0}
+    sim = {"p50_ms": 120.0, "p95_ms": 150.0, "throughput_rps": 41.0, "n503": 0}
+    # +20% within, -25% not, -18% within, no 503s on either side within; 1 against 0 is not
+    assert within(real, sim) == ["p50", "throughput", "503s"]
+    assert within(real, {**sim, "n503": 1}) == ["p50", "throughput"]
+
+
+def test_model_calls_take_the_served_bucket_1_calls_median_and_the_batcher_decides_with_the_warm_up():
+    """Warm-up: bucket 1 17 ms, 2 30 ms (its fastest of four runs). The concurrency-1 cell's 100 calls
+    of one image took 2.55 s: 25.5 ms each, 1.5 times the warm-up's; no latencies, so no spread. Calls
+    take 25.5 and 45 ms, the batcher's rule keeps 17 and 30; p50 40 ms = 25.5 + 2 + loop 2 + decode 4
+    + 6.5 ms outside the server."""
+    c1 = {
+        "p50_ms": 40.0,
+        "server_metrics": {
+            'ssd_request_seconds_count{protocol="v1"}': 100.0, "cpu_s:event_loop": 0.2, "cpu_s:decode": 0.4,
+            "ssd_batch_size_count": 100.0, "ssd_batch_size_sum": 100.0, "ssd_batch_seconds_sum": 2.55,
+        },
+    }  # fmt: skip
+    base = CpuProfile(((1, 0.017), (2, 0.03)), 0.0068, one_core_bucket_s=((1, 0.03), (2, 0.05)))
+    prof = measured_work(base, c1, _report(), batch_wait_ms=2.0)
+    assert dict(prof.bucket_s) == pytest.approx({1: 0.0255, 2: 0.045})
+    assert prof.rule_bucket_s == ((1, 0.017), (2, 0.03))
+    assert dict(prof.one_core_bucket_s) == pytest.approx({1: 0.045, 2: 0.075})  # p unchanged
+    assert prof.parallel_fraction(2) == pytest.approx(base.parallel_fraction(2))
+    assert prof.net_s == pytest.approx(0.0065)
+    assert prof.batcher(2).efficient_bucket() == base.batcher(2).efficient_bucket()
+
+
+def test_checks_table_counts_the_checks_within_20_percent_in_two_replays():
+    from bench.simulate_check import checks_table
+
+    real = {"p50_ms": 100.0, "p95_ms": 200.0, "throughput_rps": 50.0, "n503": 10}
+    old = {"p50_ms": 50.0, "p95_ms": 100.0, "throughput_rps": 50.0, "n503": 0}
+    new = {"p50_ms": 90.0, "p95_ms": 230.0, "throughput_rps": 52.0, "n503": 9}
+
+    def report(sim: dict) -> dict:
+        return {"scenarios": {"step": {"phases": [{"rate": 20.0, "measured": real, "simulated": sim}]}}}
+
+    table = checks_table(report(old), report(new)).splitlines()
+    assert table[2] == "| step | 20.0 | throughput | p50 p95 throughput 503s |"
+    assert table[3] == "| all | | 1 of 4 | 4 of 4 |"
+
+
+def test_arrivals_are_laid_end_to_end_with_when_they_were_sent():
+    from bench.loadgen import PhaseResult
+    from bench.simulate_check import arrivals_of
+
+    # phase 1 (offset 3 after its warm-up): a warm-up request due -1 sent -0.9, one due 0.5 sent 0.6;
+    # phase 2 (offset 8): due 0.2 sent 0.25
+    first = PhaseResult(5.0, requests=[(0.5, 0.6, 0.7, "200")], warmup=[(-1.0, -0.9, -0.8, "200")])
+    second = PhaseResult(5.0, requests=[(0.2, 0.25, 0.3, "503")])
+    due, sent = arrivals_of([first, second], [3.0, 8.0])
+    assert due == pytest.approx([2.0, 3.5, 8.2]) and sent == pytest.approx([2.1, 3.6, 8.25])
+
+
+def test_amdahls_p_comes_from_one_processes_pair_of_timings():
+    """Warm-up (served) calls 20 and 40 ms; the detector alone on the replica's 2 cores 10 and 20 ms,
+    on one core 18 and 36 ms. p from the alone pair: t2 / t1 = 20 / 36 = 1 - p + p / 2, p = 8/9, on
+    the warm-up's scale (one-core 36 and 72 ms). Served against one-core alone (40 > 36) said p = 0."""
+    from bench.simulate_check import profile_of
+
+    report = {
+        "benchmark": {"cells": [{"concurrency": 1, "p50_ms": 30.0}]},
+        "warmup_bucket_s": [{"1": 0.02, "2": 0.04}],
+        "bucket_s_alone": {"1": 0.01, "2": 0.02},
+        "bucket_s_one_core": {"1": 0.018, "2": 0.036},
+        "placement": [[0, 1]],
+        "profile": {"source": "test"},
+    }
+    prof = profile_of(report)
+    assert dict(prof.one_core_bucket_s) == pytest.approx({1: 0.036, 2: 0.072})
+    assert prof.parallel_fraction(2) == pytest.approx(8 / 9)
+
+
+def test_model_calls_are_as_slow_per_image_as_in_the_saturated_closed_loop_cell():
+    """One client on 8 cores (nothing shares them, no spread): every simulated call is one image of
+    the bucket-1 time, 10 ms. The servers' calls in that cell took 2 s for 100 images: 20 ms each, so
+    every bucket takes twice as long; the batcher still decides with the warm-up's."""
+    from bench.simulate_check import saturated_calls
+
+    prof = CpuProfile(((1, 0.01), (2, 0.02)), 0.001, decode_sigma=0.0, model_sigma=0.0, cores=8.0)
+    cell = {"concurrency": 1, "server_metrics": {"ssd_batch_size_sum": 100.0, "ssd_batch_seconds_sum": 2.0}}
+    report = {"benchmark": {"cells": [cell]}, "replicas": 1, "shared_cores": None}
+    out = saturated_calls(prof, report)
+    assert dict(out.bucket_s) == pytest.approx({1: 0.02, 2: 0.04})
+    assert out.rule_bucket_s == ((1, 0.01), (2, 0.02))
