@@ -4,10 +4,13 @@
 - ``anchors``: how many anchors each held-out object gets as a positive at matching IoU 0.5 and 0.4,
   by object size in the 300 px network input (``ssd_tiny`` anchors);
 - ``steps``: seconds per training step of 32 images for recipe variants (``name:photo:match:ema``),
-  after a trace and 5 warm-up steps. Run it alone: ``flock /work/quiet.lock nice -n -15 ...``.
+  after a trace and 5 warm-up steps. Run it alone: ``flock /work/quiet.lock nice -n -15 ...``;
+- ``localisation``: for a trained model (``--model_dir``), the share of plain held-out objects whose best
+  same-class detection (score > 0.01) reaches IoU 0.5, 0.75 and 0.9, by object size (side over the
+  image's shorter side): whether AP is limited by recall or by box precision.
 
 ``python -m bench.demo_recipe generator --count 200``; ``... anchors --count 150``;
-``... steps --count 20 v1:0:0.5:0 v2:0.25:0.4:0.998``.
+``... steps --count 20 v1:0:0.5:0 v2:0.25:0.4:0.998``; ``... localisation --count 500 --model_dir DIR``.
 """
 
 from __future__ import annotations
@@ -105,9 +108,35 @@ def step_time(count: int, variants: list[str]) -> None:
         print(f"{name}: {count} steps in {dt:.1f} s = {dt / count:.3f} s/step ({spec})", flush=True)
 
 
+def localisation(count: int, model_dir: str | None) -> None:
+    from predictor.datasets.shapes import heldout_sample
+    from predictor.models import DEMO_MODEL_DIR
+    from predictor.ssd.detector import Detector
+
+    detector = Detector.from_dir(str(model_dir or DEMO_MODEL_DIR), max_batch_size=16)
+    rows = []  # (object side / shorter image side, best same-class IoU)
+    samples = [heldout_sample("plain", i) for i in range(count)]
+    for start in range(0, count, 16):
+        chunk = samples[start : start + 16]
+        found = detector.detect([s.image for s in chunk], score_threshold=0.01)
+        for s, (boxes, _, classes) in zip(chunk, found, strict=True):
+            truth = np.asarray(s.boxes, np.float32).reshape(-1, 4)
+            side = np.sqrt((truth[:, 2] - truth[:, 0]) * (truth[:, 3] - truth[:, 1])) / min(s.image.shape[:2])
+            for gt, label, size in zip(truth, s.labels, side, strict=True):
+                same = np.asarray(boxes)[np.asarray(classes) == label]
+                rows.append((size, float(_iou(gt[None], same).max()) if len(same) else 0.0))
+    table = np.asarray(rows)
+    print("object side   objects  IoU>=0.5  IoU>=0.75  IoU>=0.9")
+    for lo, hi in ((0, 0.08), (0.08, 0.12), (0.12, 0.2), (0.2, 0.35), (0.35, 1.5)):
+        sel = table[(table[:, 0] >= lo) & (table[:, 0] < hi), 1]
+        shares = "  ".join(f"{np.mean(sel >= t):8.3f}" for t in (0.5, 0.75, 0.9))
+        print(f"{lo:.2f}-{hi:.2f}    {len(sel):7d}  {shares}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=("generator", "anchors", "steps"))
+    p.add_argument("what", choices=("generator", "anchors", "steps", "localisation"))
+    p.add_argument("--model_dir", help="localisation: the model (default: the shipped demo model)")
     p.add_argument("--count", type=int, default=200, help="images (generator, anchors) or timed steps")
     p.add_argument("variants", nargs="*", default=["v1:0:0.5:0", "v2:0.25:0.4:0.998"])
     args = p.parse_args(argv)
@@ -115,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         generator_speed(args.count)
     elif args.what == "anchors":
         anchor_coverage(args.count)
+    elif args.what == "localisation":
+        localisation(args.count, args.model_dir)
     else:
         step_time(args.count, args.variants)
     return 0
