@@ -205,3 +205,27 @@ def test_localisation_weight_reaches_the_loss(tiny_config, samples, tmp_path):
     out = {k: float(v) for k, v in trainer._step_fn(images, labels, loc).items()}
     assert out["loc_loss"] > 0
     assert out["loss"] == pytest.approx(out["cls_loss"] + 2.5 * out["loc_loss"], rel=1e-6)
+
+
+def test_resuming_a_checkpoint_that_averaged_the_trainable_weights_only(
+    tiny_config, samples, tmp_path, monkeypatch
+):
+    """A checkpoint written when the average covered the trainable weights only: those entries are
+    restored as saved, the batch-norm statistics' entries start from the restored statistics."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    train = TrainConfig(
+        steps=2, batch_size=2, warmup_steps=1, augment=False, checkpoint_every=2, ema_decay=0.9
+    )
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "_averaged_variables", lambda self: list(self.model.trainable_variables))
+        old = Trainer(tiny_config, build_network(tiny_config), train, tmp_path / "run")
+        old.fit(samples, progress=False)
+        old_ema = [v.numpy() for v in old.ema]
+    stats = [v.numpy() for v in old._averaged_variables()[len(old_ema) :]]
+    again = Trainer(tiny_config, build_network(tiny_config), train, tmp_path / "run")
+    assert len(again.ema) == len(old_ema) + len(stats) > len(old_ema)
+    assert again.restore() == 2
+    for avg, value in zip(again.ema, old_ema + stats, strict=True):
+        np.testing.assert_array_equal(avg.numpy(), value)

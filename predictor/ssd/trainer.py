@@ -185,19 +185,28 @@ class Trainer:
     def restore(self) -> int:
         """Resume from the latest checkpoint if there is one; returns the step to continue from.
 
-        A checkpoint written without a moving average (a run resumed with ``ema_decay`` added) starts
-        the average from the restored weights, not from the initialisation."""
+        A checkpoint with a shorter moving average than this run keeps (none: a run resumed with
+        ``ema_decay`` added; the trainable weights only: written before the batch-norm statistics were
+        averaged) restores the entries it has, and the rest start from the restored variables, not
+        from the initialisation."""
         latest = self.manager.latest_checkpoint
         if not latest:
             return int(self.step)
         saved = tf.train.load_checkpoint(latest).get_variable_to_shape_map()
-        if self.ema and not any(name.startswith("ema/") for name in saved):
-            tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step).restore(
-                latest
-            ).assert_existing_objects_matched()
-            for avg, v in zip(self.ema, self._averaged_variables(), strict=True):
+        kept = len({name.split("/")[1] for name in saved if name.startswith("ema/")})
+        if self.ema and kept < len(self.ema):
+            averaged = self._averaged_variables()
+            tracked = {"model": self.model, "optimizer": self.optimizer, "step": self.step}
+            if kept:
+                tracked["ema"] = self.ema[:kept]
+            tf.train.Checkpoint(**tracked).restore(latest).assert_existing_objects_matched()
+            for avg, v in zip(self.ema[kept:], averaged[kept:], strict=True):
                 avg.assign(v)
-            log.info("the checkpoint has no moving average: it starts from the restored weights")
+            log.info(
+                "the checkpoint averages %d of %d variables; the rest start from their values",
+                kept,
+                len(self.ema),
+            )
         else:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
         log.info("resumed from %s at step %d", latest, int(self.step))
