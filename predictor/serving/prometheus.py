@@ -152,8 +152,7 @@ REGISTRY.register(MODEL)
 
 #: Request ids come from a generator seeded once from the OS: ``uuid4()`` read ``os.urandom`` for each
 #: request, a system call during which the event loop gives up the GIL and then waits to get it back
-#: from the decode and model threads (py-spy, V1 at 16 clients: 31 of the loop's ~205 samples outside
-#: epoll).
+#: from the decode and model threads (seen in a hand-run py-spy profile of V1 at 16 clients).
 #: Ids name log lines; they are not secrets.
 _IDS = random.Random(os.urandom(16))
 
