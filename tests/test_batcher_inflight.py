@@ -282,3 +282,32 @@ def test_the_next_call_is_formed_before_the_answered_callers_run_again(calls):
     finally:
         model.open_all()
     assert model.calls == [[1.0], [2.0, 2.0], [3.0]]
+
+
+@pytest.mark.parametrize("calls", [1, 2])
+def test_a_shutdown_between_forming_a_call_and_its_first_step_answers_its_requests(calls):
+    """``_fail_pending`` (what ``shutdown()`` from another thread schedules) runs after the worker
+    took the batch off the queue but before the call task's first step: it cancels the task (no
+    ``finally`` of ``_execute`` runs), and still every request of the batch gets ShuttingDown."""
+    model = GatedCalls()
+    batcher = make_batcher(model, calls)
+    take = batcher._take
+
+    def take_then_shut_down():
+        batch = take()
+        asyncio.get_running_loop().call_soon(batcher._fail_pending)  # before the task's first step
+        batcher._closed = True
+        return batch
+
+    batcher._take = take_then_shut_down
+
+    async def main():
+        requests = [asyncio.create_task(submit(batcher, [m])) for m in (1.0, 2.0)]
+        return await asyncio.wait_for(asyncio.gather(*requests, return_exceptions=True), 60)
+
+    try:
+        results = run(main())
+    finally:
+        model.open_all()
+    assert len(results) == 2 and all(isinstance(r, ShuttingDown) for r in results), results
+    assert model.calls == [] and batcher._running == [] and batcher.admitted_images == 0

@@ -487,6 +487,9 @@ class DynamicBatcher:
                 continue
             batch = self._take()
             if batch:  # else every request taken had expired
+                # Running from now: a shutdown before the task's first step (which cancels it, so no
+                # finally of _execute runs) still answers these requests (_fail_pending).
+                self._running.extend(batch)
                 call = loop.create_task(self._execute(batch, loop), name="ssd-model-call")
                 self._calls[call] = sum(item.n for item in batch)
                 call.add_done_callback(self._call_done)
@@ -595,7 +598,6 @@ class DynamicBatcher:
         n = sum(item.n for item in batch)
         start = time.perf_counter()
         stamps: dict[str, int] = {"batch_start": time.time_ns(), "batch_images": n}
-        self._running.extend(batch)
         try:
             out = await loop.run_in_executor(self._executor, self._call_model, batch, n, stamps)
         except Exception as e:
