@@ -282,3 +282,189 @@ def test_the_next_call_is_formed_before_the_answered_callers_run_again(calls):
     finally:
         model.open_all()
     assert model.calls == [[1.0], [2.0, 2.0], [3.0]]
+
+
+@pytest.mark.parametrize("calls", [1, 2])
+def test_a_shutdown_between_forming_a_call_and_its_first_step_answers_its_requests(calls):
+    """``_fail_pending`` (what ``shutdown()`` from another thread schedules) runs after the worker
+    took the batch off the queue but before the call task's first step: it cancels the task (no
+    ``finally`` of ``_execute`` runs), and still every request of the batch gets ShuttingDown."""
+    model = GatedCalls()
+    batcher = make_batcher(model, calls)
+    take = batcher._take
+
+    def take_then_shut_down():
+        batch = take()
+        asyncio.get_running_loop().call_soon(batcher._fail_pending)  # before the task's first step
+        batcher._closed = True
+        return batch
+
+    batcher._take = take_then_shut_down
+
+    async def main():
+        requests = [asyncio.create_task(submit(batcher, [m])) for m in (1.0, 2.0)]
+        return await asyncio.wait_for(asyncio.gather(*requests, return_exceptions=True), 60)
+
+    try:
+        results = run(main())
+    finally:
+        model.open_all()
+    assert len(results) == 2 and all(isinstance(r, ShuttingDown) for r in results), results
+    assert model.calls == [] and batcher._running == [] and batcher.admitted_images == 0
+    assert batcher._calls == {}  # the cancelled task ran no finally: _fail_pending let it go
+
+
+class FakeTime:
+    """``batcher.time`` with ``perf_counter`` reading ``clock[0]``."""
+
+    time_ns = staticmethod(time.time_ns)
+
+    def __init__(self, clock: list[float]) -> None:
+        self.perf_counter = lambda: clock[0]
+
+
+def overlapping_calls(monkeypatch, times: list[tuple[float, float]], **kwargs) -> tuple[DynamicBatcher, list]:
+    """Call 0 and call 1 (2 images each) run over ``times[i] = (start, end)`` of a fake
+    ``perf_counter``, call 1 starting while call 0 runs; ends in the order of their times. Returns the
+    batcher and each ``_observe_call``'s ``(images, busy seconds, call seconds)``."""
+    clock = [times[0][0]]
+    monkeypatch.setattr(batcher_module, "time", FakeTime(clock))
+    model = GatedCalls()
+    batcher = make_batcher(model, 2, **kwargs)
+    observed = []
+    observe = batcher._observe_call
+
+    def record(n, seconds, call_seconds=None):
+        observed.append((n, seconds, call_seconds))
+        observe(n, seconds, call_seconds)
+
+    batcher._observe_call = record
+
+    async def main():
+        first = asyncio.create_task(submit(batcher, [1.0, 2.0]))
+        await until(model.entered[0].is_set, "call 0")
+        clock[0] = times[1][0]
+        second = asyncio.create_task(submit(batcher, [3.0, 4.0]))
+        await until(model.entered[1].is_set, "call 1")
+        for i in sorted((0, 1), key=lambda i: times[i][1]):
+            clock[0] = times[i][1]
+            model.gates[i].set()
+            await (first, second)[i]
+
+    try:
+        run(main())
+    finally:
+        model.open_all()
+    return batcher, observed
+
+
+def test_when_the_later_call_ends_first_the_busy_time_since_the_earlier_start_counts():
+    """Call 0 runs 1000.0 to 1000.6, call 1 from 1000.1 to 1000.4: call 1's end counts 0.4 s of busy
+    time (since call 0 began; the time before call 1's start was lost), call 0's the 0.2 s after:
+    0.6 s in all, the span the model was busy. The per-call average gets their own 0.3 and 0.6 s."""
+    mp = pytest.MonkeyPatch()
+    try:
+        batcher, observed = overlapping_calls(mp, [(1000.0, 1000.6), (1000.1, 1000.4)])
+    finally:
+        mp.undo()
+    assert [n for n, _, _ in observed] == [2, 2]
+    assert [busy for _, busy, _ in observed] == [pytest.approx(0.4), pytest.approx(0.2)]
+    assert [own for _, _, own in observed] == [pytest.approx(0.3), pytest.approx(0.6)]
+    assert batcher.model_calls == 2
+
+
+def test_a_busy_spell_after_an_idle_gap_counts_from_its_own_start(monkeypatch):
+    """A lone call 10.0 to 10.5, idle, then calls 20.0 to 20.6 and 20.1 to 20.4 (the later ends
+    first): 0.5, then 0.4 and 0.2 s of busy time; the idle 9.5 s count nowhere."""
+    clock = [10.0]
+    monkeypatch.setattr(batcher_module, "time", FakeTime(clock))
+    batcher = make_batcher(GatedCalls(), 2)
+    batcher._busy_since = 10.0  # the lone call, as _execute records its start and end
+    clock[0] = 10.5
+    batcher._observe_end(1, 10.0)
+    assert batcher._last_call_end == 10.5 and batcher._ewma_seconds == pytest.approx(0.5)
+    batcher._busy_since = 20.0  # the next spell begins with none running
+    clock[0] = 20.4
+    batcher._observe_end(2, 20.1)
+    assert batcher._ewma_seconds == pytest.approx(0.5 + 0.2 * (0.4 - 0.5))
+    assert batcher._ewma_call_seconds == pytest.approx(0.5 + 0.2 * (0.3 - 0.5))
+
+
+def test_the_standing_queue_times_one_call_by_its_own_duration_not_the_shared_busy_time(monkeypatch):
+    """Calls 1000.0 to 1000.4 and 1000.1 to 1000.5: busy time 0.4 then 0.1 s (average 0.34 s), each
+    call's own 0.4 s (average 0.4 s). A backlog needs waits over 2 calls (0.8 s, not 0.68 s) lasting
+    max(1 s, 4 calls) = 1.6 s (not 1.36 s) before it is a standing queue."""
+    batcher, observed = overlapping_calls(
+        monkeypatch, [(1000.0, 1000.4), (1000.1, 1000.5)], shed_standing_queue=True
+    )
+    assert [(busy, own) for _, busy, own in observed] == [
+        (pytest.approx(0.4), pytest.approx(0.4)),
+        (pytest.approx(0.1), pytest.approx(0.4)),
+    ]
+    assert batcher._ewma_seconds == pytest.approx(0.34) and batcher._ewma_call_seconds == pytest.approx(0.4)
+    batcher.note_wait(0.75, now=10.0)  # over 2 * 0.34, under 2 * 0.4: no backlog
+    assert batcher._waiting_since is None
+    batcher.note_wait(0.81, now=10.0)
+    assert batcher._waiting_since == 10.0
+    with batcher.admit(60):
+        assert batcher.refusal(8) is not None  # the image bound refuses
+    batcher.note_wait(0.81, now=11.5)  # 1.5 s: past 4 * 0.34, short of 4 * 0.4
+    assert not batcher.standing_queue
+    batcher.note_wait(0.81, now=11.6)
+    assert batcher.standing_queue
+
+
+def test_a_call_cancelled_by_a_shutdown_counts_in_no_call_statistics(monkeypatch):
+    """Call 0 runs from t=5.0; a shutdown at 5.3 cancels it: no model call, rate, per-call time or
+    ``ssd_batch_seconds`` observation is recorded for it, and the call leaves ``_calls`` once."""
+    clock = [5.0]
+    monkeypatch.setattr(batcher_module, "time", FakeTime(clock))
+    model = GatedCalls()
+    batcher = make_batcher(model, 2)
+    seconds_before = prometheus.BATCH_SECONDS._sum.get()
+
+    async def main():
+        request = asyncio.create_task(submit(batcher, [1.0]))
+        await until(model.entered[0].is_set, "call 0")
+        clock[0] = 5.3
+        batcher.shutdown()
+        result = await asyncio.gather(request, return_exceptions=True)
+        await settle()
+        return result
+
+    try:
+        (result,) = run(main())
+    finally:
+        model.open_all()
+    assert isinstance(result, ShuttingDown)
+    assert batcher.model_calls == 0 and batcher._ewma_seconds == 0 and batcher._ewma_call_seconds == 0
+    assert batcher._calls == {} and batcher._calls_running == 0
+    assert prometheus.BATCH_SECONDS._sum.get() == seconds_before  # it would have added 0.3 s
+
+
+def test_a_call_starting_after_the_executor_shut_down_answers_shutting_down():
+    """``shutdown()`` from another thread has closed the batcher and shut its executor down, and the
+    event loop has not yet run ``_fail_pending``, when a just-formed call starts: its requests get
+    ShuttingDown (a 503), not the executor's RuntimeError (a 500)."""
+    model = GatedCalls()
+    batcher = make_batcher(model, 2)
+    take = batcher._take
+
+    def take_then_close():
+        batch = take()
+        batcher._closed = True  # shutdown()'s first and last steps, done by another thread
+        batcher._executor.shutdown(wait=False, cancel_futures=True)
+        return batch
+
+    batcher._take = take_then_close
+
+    async def main():
+        request = asyncio.create_task(submit(batcher, [1.0]))
+        return await asyncio.wait_for(asyncio.gather(request, return_exceptions=True), 60)
+
+    try:
+        (result,) = run(main())
+    finally:
+        model.open_all()
+    assert isinstance(result, ShuttingDown), repr(result)
+    assert model.calls == [] and batcher._running == [] and batcher.model_calls == 0

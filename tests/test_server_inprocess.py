@@ -4,6 +4,7 @@ tracing, time limits and load shedding."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 import orjson
@@ -128,13 +129,42 @@ def test_queue_bound_sheds_load_and_recovers(loaded, random_tiny_model_dir, png)
     small.close()
 
 
+class Overlapping:
+    """Wraps a batcher's ``run_batch``: counts the calls running at once (``most``); a call waits (at
+    most ``wait_s`` real seconds, once) until a second one has entered, so two calls surely overlap
+    when the batcher allows two."""
+
+    def __init__(self, run_batch, wait_s: float = 10.0) -> None:
+        self.run_batch, self.wait_s = run_batch, wait_s
+        self.lock = threading.Lock()
+        self.now = self.most = 0
+        self.second = threading.Event()
+
+    def __call__(self, *args, **kwargs):
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            if self.now >= 2:
+                self.second.set()
+        try:
+            if not self.second.wait(self.wait_s):
+                self.second.set()  # no second call came: wait no more (``most`` stays 1)
+            return self.run_batch(*args, **kwargs)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
 def test_two_model_calls_in_flight_answer_what_one_does(loaded, random_tiny_model_dir, shapes_images, png):
     """``--model_calls_in_flight 2``: two model threads on the one detector, the batcher allowed two
-    calls; a burst of requests of 1-3 images gets the same detections as with one call in flight."""
+    calls; a burst of requests of 1-3 images, during which two calls ran at once, gets the same
+    detections as with one call in flight."""
     options = ServingOptions(model_dir=str(random_tiny_model_dir), max_batch_size=4, model_calls_in_flight=2)
     twice = SSDPredictor("ssd", options, detector=loaded.detector)
     assert twice.load()
     assert twice.batcher.max_calls_in_flight == 2 and twice._model_thread._max_workers == 2
+    overlapping = Overlapping(twice.batcher._run_batch)
+    twice.batcher._run_batch = overlapping
     other = b64(encode_image(shapes_images[0], "PNG"))
     bodies = [{"instances": [png, other, png][i % 2 : i % 2 + 1 + i % 3]} for i in range(8)]
 
@@ -144,6 +174,7 @@ def test_two_model_calls_in_flight_answer_what_one_does(loaded, random_tiny_mode
 
     try:
         assert asyncio.run(burst(twice)) == asyncio.run(burst(loaded))
+        assert overlapping.most == 2  # two model calls did run at once
     finally:
         twice.close()
 

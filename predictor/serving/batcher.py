@@ -188,11 +188,12 @@ class DynamicBatcher:
         self.max_queue_images = max_queue_images
         self.max_queue_delay_s = max_queue_delay_s
         self.shed_standing_queue = shed_standing_queue
-        self._ewma_images = 0.0  # recent model calls: images per call and seconds per call
+        self._ewma_images = 0.0  # recent model calls: images per call (the seconds: below)
         self._bucket_seconds: dict[int, float] = dict(bucket_seconds or {})  # per bucket size, fixed
         self._buckets = sorted(self._bucket_seconds)
         self.pads_to_bucket = pads_to_bucket
-        self._ewma_seconds = 0.0
+        self._ewma_seconds = 0.0  # model busy time per call (overlapping calls' time counted once)
+        self._ewma_call_seconds = 0.0  # each call's own duration (start to end)
         self._waiting_since: float | None = None  # since when requests wait longer than the target
         self.standing_queue = False  # sustained overload: the tight bound applies
         self._offered_images = 0  # images admitted or refused while the tight bound applies
@@ -212,6 +213,8 @@ class DynamicBatcher:
         self._running: list[_Item] = []  # the requests of every running call
         self._calls: dict[asyncio.Task, int] = {}  # the running calls and their images
         self._last_call_end: float | None = None  # perf_counter() when the last call ended
+        self._calls_running = 0  # call tasks between their start and their end
+        self._busy_since = 0.0  # perf_counter() when the running calls went from none to one
         self._closed = False
 
     # ------------------------------------------------------------------ admission
@@ -326,9 +329,9 @@ class DynamicBatcher:
         the images offered over ``max(1 s, 4 calls)`` came at most at the model's measured rate
         (docs/serving.md, "Overload", says why both conditions).
         """
-        if not self.shed_standing_queue or not self._ewma_seconds:
+        if not self.shed_standing_queue or not self._ewma_call_seconds:
             return
-        call_s = self._ewma_seconds
+        call_s = self._ewma_call_seconds  # one call's own time, however many run at once
         hold_s = max(1.0, 4 * call_s)
         if waited_s > 2 * call_s:
             if self._waiting_since is None:
@@ -381,14 +384,20 @@ class DynamicBatcher:
         """The model's recent rate (None before the first call)."""
         return self._ewma_images / self._ewma_seconds if self._ewma_seconds > 0 else None
 
-    def _observe_call(self, n: int, seconds: float) -> None:
-        """A call of ``n`` images ended, after ``seconds`` of model time (for overlapping calls only the
+    def _observe_call(self, n: int, seconds: float, call_seconds: float | None = None) -> None:
+        """A call of ``n`` images ended after ``call_seconds`` of its own (default ``seconds``: a call
+        that overlapped none), adding ``seconds`` of model busy time (for overlapping calls only the
         time no earlier call ended in, so the rate counts busy time once; see :meth:`_execute`)."""
+        call_seconds = seconds if call_seconds is None else call_seconds
         if self._ewma_seconds == 0:
             self._ewma_images, self._ewma_seconds = float(n), seconds
         else:
             self._ewma_images += _EWMA * (n - self._ewma_images)
             self._ewma_seconds += _EWMA * (seconds - self._ewma_seconds)
+        if self._ewma_call_seconds == 0:
+            self._ewma_call_seconds = call_seconds
+        else:
+            self._ewma_call_seconds += _EWMA * (call_seconds - self._ewma_call_seconds)
 
     # ------------------------------------------------------------------ requests
     async def run(
@@ -487,9 +496,11 @@ class DynamicBatcher:
                 continue
             batch = self._take()
             if batch:  # else every request taken had expired
+                # Running from now: a shutdown before the task's first step (which cancels it, so no
+                # finally of _execute runs) still answers these requests (_fail_pending).
+                self._running.extend(batch)
                 call = loop.create_task(self._execute(batch, loop), name="ssd-model-call")
-                self._calls[call] = sum(item.n for item in batch)
-                call.add_done_callback(self._call_done)
+                self._calls[call] = sum(item.n for item in batch)  # _execute's finally removes it
 
     def _overlap_waits(self) -> bool:
         """While a call runs, the next one starts only once the queue holds as many images as the
@@ -497,12 +508,6 @@ class DynamicBatcher:
         does. Until then the queue waits, at most until a running call ends (then the rules for a lone
         call apply)."""
         return bool(self._calls) and self._queued_images < min(self._calls.values())
-
-    def _call_done(self, call: asyncio.Task) -> None:
-        """Event loop: a call ended; the worker may form the next one."""
-        self._calls.pop(call, None)
-        if self._wakeup is not None:
-            self._wakeup.set()
 
     def _fill_wait(self, now: float) -> float:
         """Seconds more the next call waits for images being decoded, or 0 to run now.
@@ -588,18 +593,29 @@ class DynamicBatcher:
     async def _execute(self, batch: list[_Item], loop: asyncio.AbstractEventLoop) -> None:
         """One model call on ``batch`` (a task of its own; up to ``max_calls_in_flight`` run at once).
 
-        ``ssd_batch_seconds`` gets the call's own time; the rate (:meth:`_observe_call`) gets the time
-        since the later of its start and the previous call's end, so calls that overlap add up to the
-        model's busy time, not to the sum of their durations.
+        ``ssd_batch_seconds`` and the per-call average (:meth:`note_wait`) get the call's own time;
+        the rate (:meth:`_observe_call`) gets the time since the later of the previous call's end and
+        the start of the current busy spell (since calls went from none running to one), so calls that
+        overlap add up to the model's busy time, not to the sum of their durations, whichever ends
+        first. A call cancelled by a shutdown counts in none of these.
         """
         n = sum(item.n for item in batch)
         start = time.perf_counter()
+        if self._calls_running == 0:
+            self._busy_since = start
+        self._calls_running += 1
         stamps: dict[str, int] = {"batch_start": time.time_ns(), "batch_images": n}
-        self._running.extend(batch)
+        uncounted = False  # a call cancelled by a shutdown, or one the shut-down executor refused
         try:
             out = await loop.run_in_executor(self._executor, self._call_model, batch, n, stamps)
+        except asyncio.CancelledError:
+            uncounted = True
+            raise
         except Exception as e:
-            log.exception("model call on %d images failed", n)
+            if self._closed and isinstance(e, RuntimeError) and "shutdown" in str(e):
+                e, uncounted = ShuttingDown(_SHUTTING_DOWN), True  # the executor shut down first
+            else:
+                log.exception("model call on %d images failed", n)
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(e)
@@ -612,12 +628,9 @@ class DynamicBatcher:
                 self._wakeup.set()
             running = set(map(id, batch))
             self._running = [item for item in self._running if id(item) not in running]
-            self.model_calls += 1
-            end = time.perf_counter()
-            last, self._last_call_end = self._last_call_end, end
-            self._observe_call(n, end - max(start, last if last is not None else start))
-            prometheus.BATCH_SIZE.observe(n)
-            prometheus.BATCH_SECONDS.observe(end - start)
+            self._calls_running -= 1
+            if not uncounted:
+                self._observe_end(n, start)
         offset = 0
         for item in batch:
             if item.timing is not None:
@@ -627,6 +640,16 @@ class DynamicBatcher:
             if not item.future.done():  # done: cancelled while running
                 item.future.set_result({k: v[offset : offset + item.n] for k, v in out.items()})
             offset += item.n
+
+    def _observe_end(self, n: int, start: float) -> None:
+        """Event loop: a call of ``n`` images that started at ``start`` (``perf_counter``) ended now."""
+        end = time.perf_counter()
+        self.model_calls += 1
+        last, self._last_call_end = self._last_call_end, end
+        busy_from = self._busy_since if last is None else max(self._busy_since, last)
+        self._observe_call(n, end - busy_from, end - start)
+        prometheus.BATCH_SIZE.observe(n)
+        prometheus.BATCH_SECONDS.observe(end - start)
 
     def _call_model(self, batch: list[_Item], n: int, stamps: dict[str, int]) -> dict[str, np.ndarray]:
         """Model thread: the batch's ``n`` images and their parameters, in request order, to the model."""
@@ -676,6 +699,7 @@ class DynamicBatcher:
             if task is not None:
                 with contextlib.suppress(RuntimeError):  # its loop is already closed
                     task.cancel()
+        self._calls.clear()  # one cancelled before its first step runs no finally to remove it
         pending = [*self._queue, *self._running]
         self._queue.clear()
         self._queued_images = 0
