@@ -155,7 +155,16 @@ REGISTRY.register(MODEL)
 #: from the decode and model threads (py-spy, V1 at 16 clients: 31 of the loop's ~205 samples outside
 #: epoll).
 #: Ids name log lines; they are not secrets.
+#: Reseeded in a forked child (os.register_at_fork), so that processes forked from one parent do not
+#: produce the same ids.
 _IDS = random.Random(os.urandom(16))
+
+
+def _reseed_ids() -> None:
+    _IDS.seed(os.urandom(16))
+
+
+os.register_at_fork(after_in_child=_reseed_ids)
 
 
 def new_request_id() -> str:
