@@ -184,6 +184,12 @@ class CallLimiter:
             "(--max_inflight_bytes / --grpc_max_receive_message_length + 1); retry later"
         )
 
+    def read_timeout_reason(self) -> str:
+        return (
+            f"the request message did not arrive within {self.max_wait_s:g} s of the call taking its "
+            "place to read it (--request_timeout_s); the place was given to other calls"
+        )
+
 
 def grpc_concurrency(budget_bytes: int, max_message_bytes: int) -> int:
     """The most gRPC calls served at once: messages of up to ``max_message_bytes`` in memory stay within
@@ -192,6 +198,16 @@ def grpc_concurrency(budget_bytes: int, max_message_bytes: int) -> int:
 
 
 # ----------------------------------------------------------------------------- gRPC
+_STALLED = object()
+
+
+async def _first(requests: Any) -> Any:
+    """The first message of a request stream, or None when it ends without one."""
+    async for message in requests:
+        return message
+    return None
+
+
 class _Admitted:
     """A deserialized request that holds ``n`` bytes of the budget until released (or collected)."""
 
@@ -276,15 +292,19 @@ class GrpcAdmissionInterceptor(aio.ServerInterceptor):
                 prometheus.REJECTED.labels("grpc_calls").inc()
                 prometheus.refused_unread()
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
-            request = None
-            try:
-                async for message in requests:  # a unary call: one message, read only now
-                    request = message
-                    break
+            try:  # a unary call: one message, read only now, within max_wait_s (a stalled client
+                # that never sends it would otherwise hold the place for good: calls without a client
+                # deadline are never cancelled)
+                request = await asyncio.wait_for(_first(requests), limiter.max_wait_s)
+            except TimeoutError:
+                request = _STALLED
             finally:
                 # The place bounds messages being read; once read, the byte budget holds the message's
                 # bytes until the call ends, so a call waiting in the queue or the model holds no place.
                 limiter.leave()
+            if request is _STALLED:
+                prometheus.REJECTED.labels("grpc_read_timeout").inc()
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, limiter.read_timeout_reason())
             if request is None:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message")
             return await admitted_behavior(request, context)
