@@ -38,8 +38,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -184,10 +186,17 @@ class CallLimiter:
             "(--max_inflight_bytes / --grpc_max_receive_message_length + 1); retry later"
         )
 
+    def time_left(self, arrived: float) -> float | None:
+        """Seconds left of ``max_wait_s`` for a call that arrived at ``arrived`` (``time.monotonic()``),
+        at least 0; None without a limit."""
+        if self.max_wait_s is None:
+            return None
+        return max(0.0, arrived + self.max_wait_s - time.monotonic())
+
     def read_timeout_reason(self) -> str:
         return (
-            f"the request message did not arrive within {self.max_wait_s:g} s of the call taking its "
-            "place to read it (--request_timeout_s); the place was given to other calls"
+            f"the request message did not arrive within {self.max_wait_s:g} s of the call's arrival "
+            "(--request_timeout_s); its reading place was given to other calls"
         )
 
 
@@ -198,6 +207,11 @@ def grpc_concurrency(budget_bytes: int, max_message_bytes: int) -> int:
 
 
 # ----------------------------------------------------------------------------- gRPC
+#: When the ``ModelInfer`` call being handled arrived (``time.monotonic()``), set by
+#: :class:`GrpcAdmissionInterceptor` before the call waits for a place: its time limit
+#: (``--request_timeout_s``) counts from then, through the wait, the read and the model. None outside
+#: such a call (REST requests).
+CALL_ARRIVAL: contextvars.ContextVar[float | None] = contextvars.ContextVar("ssd_call_arrival", default=None)
 _STALLED = object()
 
 
@@ -287,6 +301,8 @@ class GrpcAdmissionInterceptor(aio.ServerInterceptor):
         limiter = self.limiter
 
         async def limited_behavior(requests: Any, context: aio.ServicerContext) -> Any:
+            arrived = time.monotonic()
+            CALL_ARRIVAL.set(arrived)  # this call's own task: the model's deadline counts from here
             refusal = await limiter.enter()
             if refusal is not None:
                 prometheus.REJECTED.labels("grpc_calls").inc()
@@ -295,7 +311,7 @@ class GrpcAdmissionInterceptor(aio.ServerInterceptor):
             try:  # a unary call: one message, read only now, within max_wait_s (a stalled client
                 # that never sends it would otherwise hold the place for good: calls without a client
                 # deadline are never cancelled)
-                request = await asyncio.wait_for(_first(requests), limiter.max_wait_s)
+                request = await asyncio.wait_for(_first(requests), limiter.time_left(arrived))
             except TimeoutError:
                 request = _STALLED
             finally:

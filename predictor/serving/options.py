@@ -257,7 +257,8 @@ class ServingOptions:
     request_timeout_s: float = _option(
         30.0,
         non_negative_float,
-        "Per-request time limit in seconds; past it the request gets 503 (0 disables).",
+        "Per-request time limit in seconds; past it the request gets 503 (0 disables). A gRPC call's "
+        "counts from its arrival, through its wait for a place to read its message.",
         chart=Chart("predictor.requestTimeoutSeconds", pin=True),
     )
     max_queue_images: int = _option(
