@@ -97,6 +97,38 @@ def test_images_not_decoded_before_the_deadline_are_never_decoded(
     assert counter(prometheus.CANCELLED, "decode") - before == 2
 
 
+def test_a_grpc_calls_time_limit_counts_from_its_arrival(direct_detector, random_tiny_model_dir, png):
+    """The model's deadline starts when the gRPC call arrived (``admission.CALL_ARRIVAL``, set by the
+    interceptor before the call waits for a reading place), not when its message was read: a call that
+    arrived ``--request_timeout_s`` ago gets 503 at once; one that just arrived, and a REST request
+    (no arrival set), are answered."""
+    from predictor.serving import admission
+
+    options = ServingOptions(model_dir=str(random_tiny_model_dir), max_batch_size=4, request_timeout_s=30)
+    model = SSDPredictor("ssd", options, detector=direct_detector)
+    assert model.load()
+
+    async def call(arrived: float | None):
+        admission.CALL_ARRIVAL.set(arrived)  # this task's context only, as in the interceptor
+        return await model({"instances": [png]}, headers={})
+
+    async def main():
+        with pytest.raises(
+            RequestTimeout, match=r"^request not answered within 30 s \(--request_timeout_s\)"
+        ):
+            await asyncio.create_task(call(time.monotonic() - 30.5))
+        fresh = await asyncio.create_task(call(time.monotonic()))
+        rest = await asyncio.create_task(call(None))
+        return fresh, rest
+
+    try:
+        fresh, rest = asyncio.run(main())
+    finally:
+        model.close()
+    assert type(fresh) is type(rest) and fresh == rest, (fresh, rest)  # the same image, the same answer
+    assert model.batcher.admitted_images == 0
+
+
 def test_a_request_waiting_for_the_model_is_dropped_at_its_deadline(
     direct_detector, random_tiny_model_dir, png
 ):

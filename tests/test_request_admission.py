@@ -549,6 +549,69 @@ def test_grpc_calls_past_the_limiter_are_refused_and_an_empty_call_is_invalid():
     assert refused_offers() - offers == 2 and limiter.inside == 0
 
 
+def test_a_call_that_never_sends_its_message_gives_its_place_back_after_the_wait():
+    """A ModelInfer call without a client deadline that takes the one place and never sends its message
+    is ended with DEADLINE_EXCEEDED after ``max_wait_s`` (the reason names --request_timeout_s, counted
+    as ``grpc_read_timeout``), its place given back: a small call waiting behind it is then served."""
+    from predictor.serving.admission import CALL_ARRIVAL, GrpcAdmissionInterceptor
+
+    budget, limiter = ByteBudget(10_000), CallLimiter(1, 4, max_wait_s=1.0)
+    before = rejected("grpc_read_timeout")
+
+    seen: list[tuple[float | None, float]] = []  # the call's arrival as the handler sees it, and now
+
+    async def echo(request: bytes, context) -> bytes:
+        seen.append((CALL_ARRIVAL.get(), time.monotonic()))
+        return request
+
+    async def outcome(call) -> bytes | tuple:
+        try:
+            return await call
+        except grpc.aio.AioRpcError as e:
+            return e.code(), e.details()
+
+    async def main() -> tuple:
+        handler = grpc.unary_unary_rpc_method_handler(echo)
+        server = grpc.aio.server(interceptors=(GrpcAdmissionInterceptor(budget, limiter),))
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {"ModelInfer": handler}),)
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stalled = channel.stream_unary(COUNTED)()  # no deadline, no message: ever
+                for _ in range(3000):
+                    if limiter.inside == 1:
+                        break
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.3)  # the small call's own wait ends well after the stalled read's
+                sent = time.monotonic()
+                small = asyncio.ensure_future(outcome(channel.unary_unary(COUNTED)(b"small")))
+                for _ in range(3000):
+                    if limiter.waiting == 1:
+                        break
+                    await asyncio.sleep(0.01)
+                # the small call waits behind the stalled one; the stalled one is ended first
+                stalled_outcome = await asyncio.wait_for(outcome(stalled), 20)
+                return stalled_outcome, await asyncio.wait_for(small, 20), sent
+        finally:
+            await server.stop(None)
+
+    stalled, small, sent = asyncio.run(main())
+    assert stalled == (
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        "the request message did not arrive within 1 s of the call's arrival "
+        "(--request_timeout_s); its reading place was given to other calls",
+    )
+    assert small == b"small"
+    # the small call's time counts from its arrival, before it waited the stalled call's second
+    ((arrived, handled),) = seen
+    assert arrived is not None and sent <= arrived and handled - arrived >= 0.5 * (handled - sent)
+    assert rejected("grpc_read_timeout") - before == 1
+    assert limiter.inside == 0 and limiter.waiting == 0 and budget.used == 0
+
+
 def test_call_limiter_counts_every_waiting_call():
     async def scenario() -> tuple[list[str], int, int]:
         limiter = CallLimiter(1, 2)

@@ -38,8 +38,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -184,6 +186,19 @@ class CallLimiter:
             "(--max_inflight_bytes / --grpc_max_receive_message_length + 1); retry later"
         )
 
+    def time_left(self, arrived: float) -> float | None:
+        """Seconds left of ``max_wait_s`` for a call that arrived at ``arrived`` (``time.monotonic()``),
+        at least 0; None without a limit."""
+        if self.max_wait_s is None:
+            return None
+        return max(0.0, arrived + self.max_wait_s - time.monotonic())
+
+    def read_timeout_reason(self) -> str:
+        return (
+            f"the request message did not arrive within {self.max_wait_s:g} s of the call's arrival "
+            "(--request_timeout_s); its reading place was given to other calls"
+        )
+
 
 def grpc_concurrency(budget_bytes: int, max_message_bytes: int) -> int:
     """The most gRPC calls served at once: messages of up to ``max_message_bytes`` in memory stay within
@@ -192,6 +207,21 @@ def grpc_concurrency(budget_bytes: int, max_message_bytes: int) -> int:
 
 
 # ----------------------------------------------------------------------------- gRPC
+#: When the ``ModelInfer`` call being handled arrived (``time.monotonic()``), set by
+#: :class:`GrpcAdmissionInterceptor` before the call waits for a place: its time limit
+#: (``--request_timeout_s``) counts from then, through the wait, the read and the model. None outside
+#: such a call (REST requests).
+CALL_ARRIVAL: contextvars.ContextVar[float | None] = contextvars.ContextVar("ssd_call_arrival", default=None)
+_STALLED = object()
+
+
+async def _first(requests: Any) -> Any:
+    """The first message of a request stream, or None when it ends without one."""
+    async for message in requests:
+        return message
+    return None
+
+
 class _Admitted:
     """A deserialized request that holds ``n`` bytes of the budget until released (or collected)."""
 
@@ -271,20 +301,26 @@ class GrpcAdmissionInterceptor(aio.ServerInterceptor):
         limiter = self.limiter
 
         async def limited_behavior(requests: Any, context: aio.ServicerContext) -> Any:
+            arrived = time.monotonic()
+            CALL_ARRIVAL.set(arrived)  # this call's own task: the model's deadline counts from here
             refusal = await limiter.enter()
             if refusal is not None:
                 prometheus.REJECTED.labels("grpc_calls").inc()
                 prometheus.refused_unread()
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
-            request = None
-            try:
-                async for message in requests:  # a unary call: one message, read only now
-                    request = message
-                    break
+            try:  # a unary call: one message, read only now, within max_wait_s (a stalled client
+                # that never sends it would otherwise hold the place for good: calls without a client
+                # deadline are never cancelled)
+                request = await asyncio.wait_for(_first(requests), limiter.time_left(arrived))
+            except TimeoutError:
+                request = _STALLED
             finally:
                 # The place bounds messages being read; once read, the byte budget holds the message's
                 # bytes until the call ends, so a call waiting in the queue or the model holds no place.
                 limiter.leave()
+            if request is _STALLED:
+                prometheus.REJECTED.labels("grpc_read_timeout").inc()
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, limiter.read_timeout_reason())
             if request is None:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message")
             return await admitted_behavior(request, context)

@@ -27,6 +27,7 @@ import numpy as np
 from kserve.model import InferenceVerb
 
 from predictor.serving import codecs, drift, errors, prepare, priority, prometheus, telemetry, tracing
+from predictor.serving.admission import CALL_ARRIVAL
 from predictor.serving.batcher import Deadline, DynamicBatcher
 from predictor.serving.errors import NotReady, RequestTimeout, status_of
 from predictor.serving.images import ImageLimits
@@ -262,8 +263,12 @@ class SSDPredictor(kserve.Model):
         response_headers: dict[str, str] | None = None,
     ) -> _Result:
         """Decode, batch and detect within ``--request_timeout_s`` (503 past it; the work stops too)."""
-        timeout = self.options.request_timeout_s or None
-        deadline = Deadline.after(timeout)
+        now = time.monotonic()
+        # a gRPC call's time counts from its arrival, before it waited for a place to read its message
+        arrived = CALL_ARRIVAL.get()
+        limit = self.options.request_timeout_s or None
+        deadline = Deadline((now if arrived is None else arrived) + limit if limit else None)
+        timeout = None if deadline.at is None else max(0.0, deadline.at - now)
         work = asyncio.ensure_future(self._detect(payload, deadline))
         self._work.add(work)
         work.add_done_callback(self._work_done)

@@ -250,14 +250,15 @@ class ServingOptions:
         non_negative_int,
         "gRPC ModelInfer calls that may wait for a place to read their message (at most "
         "--max_inflight_bytes / --grpc_max_receive_message_length + 1 read at once), each for at most "
-        "--request_timeout_s; past them a call gets RESOURCE_EXHAUSTED at once. A waiting call's unread "
-        "message holds at most the HTTP/2 stream window (64 KiB) in the server.",
+        "--request_timeout_s from its arrival; past them a call gets RESOURCE_EXHAUSTED at once. Memory "
+        "per waiting call: docs/request-model.md.",
         chart=Chart("predictor.grpcMaxWaitingCalls"),
     )
     request_timeout_s: float = _option(
         30.0,
         non_negative_float,
-        "Per-request time limit in seconds; past it the request gets 503 (0 disables).",
+        "Per-request time limit in seconds; past it the request gets 503 (0 disables). A gRPC call's "
+        "counts from its arrival, through its wait for a place to read its message.",
         chart=Chart("predictor.requestTimeoutSeconds", pin=True),
     )
     max_queue_images: int = _option(

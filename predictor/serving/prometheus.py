@@ -154,7 +154,16 @@ REGISTRY.register(MODEL)
 #: request, a system call during which the event loop gives up the GIL and then waits to get it back
 #: from the decode and model threads (seen in a hand-run py-spy profile of V1 at 16 clients).
 #: Ids name log lines; they are not secrets.
+#: Reseeded in a forked child (os.register_at_fork), so that processes forked from one parent do not
+#: produce the same ids.
 _IDS = random.Random(os.urandom(16))
+
+
+def _reseed_ids() -> None:
+    _IDS.seed(os.urandom(16))
+
+
+os.register_at_fork(after_in_child=_reseed_ids)
 
 
 def new_request_id() -> str:
