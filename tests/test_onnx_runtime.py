@@ -44,6 +44,7 @@ def tf_detector(demo_model_dir) -> Detector:
 def ort_detector(tf_detector):
     from predictor.ssd.onnx_runtime import OrtDetector
 
+    tf_detector.detect([np.zeros((8, 8, 3), np.uint8)])  # traced first: the count must not carry over
     return OrtDetector.from_detector(tf_detector, threads=2).open()
 
 

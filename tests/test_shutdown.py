@@ -8,6 +8,7 @@ SIGTERM test is last and stops the server.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import subprocess
@@ -28,13 +29,13 @@ V2 = f"/v2/models/{MODEL_NAME}/infer"
 QUEUE_LIMIT = 8
 
 
-@pytest.fixture(scope="module")
-def small_server(random_tiny_model_dir, tmp_path_factory):
+@contextlib.contextmanager
+def _small_server(model_dir, log_dir):
     """At most 8 images in progress, batches of at most 8; its model calls wait while the test holds
-    ``small_server.gate`` (see tests/gated_server.py)."""
+    ``server.gate`` (see tests/gated_server.py)."""
     server = start_server(
-        random_tiny_model_dir,
-        tmp_path_factory.mktemp("small_server") / "server.log",
+        model_dir,
+        log_dir / "server.log",
         "--max_batch_size",
         "8",
         "--max_queue_images",
@@ -52,6 +53,20 @@ def small_server(random_tiny_model_dir, tmp_path_factory):
         if server.gate is not None and server.proc.poll() is None:
             server.gate.release()
         server.terminate()
+
+
+@pytest.fixture(scope="module")
+def small_server(random_tiny_model_dir, tmp_path_factory):
+    """The module's shared gated server (:func:`_small_server`)."""
+    with _small_server(random_tiny_model_dir, tmp_path_factory.mktemp("small_server")) as server:
+        yield server
+
+
+@pytest.fixture
+def stopping_server(random_tiny_model_dir, tmp_path):
+    """A gated server of its own for a test that stops it (tests run in random order)."""
+    with _small_server(random_tiny_model_dir, tmp_path) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -130,27 +145,27 @@ def test_overload_sheds_exactly_what_is_past_the_limit_then_serves_the_queue(sma
     assert again.status_code == 200 and len(again.json()["predictions"]) == QUEUE_LIMIT
 
 
-def test_sigterm_finishes_in_flight_requests_and_exits_0(small_server, png_b64):
-    """Runs last in this module: it stops ``small_server``. Four requests are held inside the model
+def test_sigterm_finishes_in_flight_requests_and_exits_0(stopping_server, png_b64):
+    """It stops its own server (``stopping_server``). Four requests are held inside the model
     when SIGTERM arrives; the server stops listening, yet answers all four once the model goes on."""
-    gate = small_server.gate
+    gate = stopping_server.gate
     gate.hold()
     with ThreadPoolExecutor(4) as pool:
         futures = [
-            pool.submit(httpx.post, small_server.url + V1, json={"instances": [png_b64]}, timeout=120)
+            pool.submit(httpx.post, stopping_server.url + V1, json={"instances": [png_b64]}, timeout=120)
             for _ in range(4)
         ]
-        wait_until(lambda: small_server.metric("ssd_queue_images") == 4, "all four requests admitted")
+        wait_until(lambda: stopping_server.metric("ssd_queue_images") == 4, "all four requests admitted")
         gate.wait_for_waiting(1)
-        small_server.proc.send_signal(signal.SIGTERM)
-        wait_until(lambda: not _accepts_connections(small_server), "the server to stop listening")
+        stopping_server.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: not _accepts_connections(stopping_server), "the server to stop listening")
         assert not any(f.done() for f in futures), "an in-flight request ended before the model ran"
         gate.release()
         responses = [f.result() for f in futures]
     assert [r.status_code for r in responses] == [200] * 4
     assert all(len(r.json()["predictions"]) == 1 for r in responses)
-    assert small_server.proc.wait(60) == 0
-    log = small_server.log()
+    assert stopping_server.proc.wait(60) == 0
+    log = stopping_server.log()
     assert "server stopped" in log and "Traceback" not in log
 
 

@@ -76,6 +76,7 @@ class OrtDetector(Detector):
         new.__dict__.update(copy.copy(detector.__dict__))
         new.threads = threads
         new.session = None
+        new.trace_count = 0  # its own post-processing traces, not the TensorFlow detector's
         anchors, classes = int(detector.anchors.shape[0]), len(detector.class_names)
         signature = (
             tf.TensorSpec([None, anchors, 4], tf.float32, name="loc"),
