@@ -305,6 +305,18 @@ def test_a_call_that_would_pad_as_much_as_it_leaves_takes_the_oldest_requests(ti
     assert batcher._efficient_prefix(sizes) == taken
 
 
+async def nine_queued_behind_a_held_call(batcher: DynamicBatcher, model: FakeModel) -> tuple:
+    """One request (marker 100) reaches the model, which holds it while nine one-image requests
+    (markers 0-8) queue; then the model goes on. Returns (first answer, the nine answers)."""
+    model.gate.clear()
+    first = asyncio.create_task(submit(batcher, [100.0]))
+    await until(lambda: len(model.calls) == 1, "the first request to reach the model")
+    queued = [asyncio.create_task(submit(batcher, [float(k)])) for k in range(9)]
+    await until(lambda: batcher.queued_images == 9, "nine requests to be queued")
+    model.gate.set()
+    return await first, await asyncio.gather(*queued)
+
+
 @pytest.mark.parametrize(("timings", "calls"), [(CPU_TIMINGS, [1, 8, 1]), (GPU_TIMINGS, [1, 9])])
 def test_requests_a_bucket_would_fill_badly_lead_the_next_call(timings, calls):
     """Nine one-image requests queue while the model holds a call: on a CPU the next call takes the
@@ -313,16 +325,7 @@ def test_requests_a_bucket_would_fill_badly_lead_the_next_call(timings, calls):
     model = FakeModel()
     batcher = make_batcher(model, threaded=True, max_batch_size=16, batch_wait_s=0.0, bucket_seconds=timings)
 
-    async def main():
-        model.gate.clear()
-        first = asyncio.create_task(submit(batcher, [100.0]))
-        await until(lambda: len(model.calls) == 1, "the first request to reach the model")
-        queued = [asyncio.create_task(submit(batcher, [float(k)])) for k in range(9)]
-        await until(lambda: batcher.queued_images == 9, "nine requests to be queued")
-        model.gate.set()
-        return await first, await asyncio.gather(*queued)
-
-    first, rest = run(main())
+    first, rest = run(nine_queued_behind_a_held_call(batcher, model))
     assert [call["n"] for call in model.calls] == calls
     assert [m for call in model.calls for m in call["markers"]] == [100.0, *map(float, range(9))]  # FIFO
     assert {call["thread"] for call in model.calls} == {"ssd-model_0"}  # the batcher's own model thread

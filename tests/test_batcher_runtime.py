@@ -4,11 +4,9 @@ wait to fill it. On the virtual clock (tests/virtual_clock.py), with the fake mo
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 import pytest
-from test_batcher import CPU_TIMINGS, FakeModel, make_batcher, submit, until
+from test_batcher import CPU_TIMINGS, FakeModel, make_batcher, nine_queued_behind_a_held_call
 from virtual_clock import run
 
 from predictor.serving.batcher import DynamicBatcher
@@ -36,16 +34,7 @@ def test_nine_queued_images_run_as_one_call_when_the_model_does_not_pad(pads, ca
     )
     assert batcher._efficient_prefix([1] * 9) == (8 if pads else 9)
 
-    async def main():
-        model.gate.clear()
-        first = asyncio.create_task(submit(batcher, [100.0]))
-        await until(lambda: len(model.calls) == 1, "the first request to reach the model")
-        queued = [asyncio.create_task(submit(batcher, [float(k)])) for k in range(9)]
-        await until(lambda: batcher.queued_images == 9, "nine requests to be queued")
-        model.gate.set()
-        return await first, await asyncio.gather(*queued)
-
-    _, rest = run(main())
+    _, rest = run(nine_queued_behind_a_held_call(batcher, model))
     assert [call["n"] for call in model.calls] == calls
     assert [r["boxes"][0, 0, 0] for r in rest] == list(map(float, range(9)))
     assert batcher.queued_images == 0 and batcher.admitted_images == 0

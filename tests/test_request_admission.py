@@ -9,6 +9,7 @@ after the answer (uvicorn/protocols/http/httptools_impl.py, ``on_body`` once ``r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 
@@ -405,6 +406,41 @@ def test_an_app_that_raises_is_counted_as_a_500_with_its_error(caplog):
 
 # ----------------------------------------------------------------------------- gRPC interceptor, in process
 COUNTED = "/inference.GRPCInferenceService/ModelInfer"
+
+
+@contextlib.asynccontextmanager
+async def interceptor_channel(interceptor, handlers: dict):
+    """A grpc.aio server on loopback with only ``interceptor`` in front of ``handlers`` (method name ->
+    handler of ``inference.GRPCInferenceService``); yields a channel to it."""
+    server = grpc.aio.server(interceptors=(interceptor,))
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield channel
+    finally:
+        await server.stop(None)
+
+
+async def outcome(call) -> bytes | tuple:
+    """A call's reply, or its RpcError's (code, details)."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as e:
+        return e.code(), e.details()
+
+
+async def until_inside(limiter: CallLimiter, calls: int = 1) -> None:
+    """Wait (at most 30 s) until ``calls`` calls hold a reading place."""
+    for _ in range(3000):
+        if limiter.inside == calls:
+            return
+        await asyncio.sleep(0.01)
+
+
 NOT_COUNTED = "/inference.GRPCInferenceService/ServerReady"
 
 
@@ -427,23 +463,10 @@ def run_interceptor(budget: ByteBudget, calls, parse=None) -> list:
     }
 
     async def main() -> list:
-        server = grpc.aio.server(interceptors=(GrpcAdmissionInterceptor(budget),))
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers),)
-        )
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        out = []
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                for method, payload in calls:
-                    try:
-                        out.append(await channel.unary_unary(method)(payload, timeout=30))
-                    except grpc.aio.AioRpcError as e:
-                        out.append((e.code(), e.details()))
-        finally:
-            await server.stop(None)
-        return out
+        async with interceptor_channel(GrpcAdmissionInterceptor(budget), handlers) as channel:
+            return [
+                await outcome(channel.unary_unary(method)(payload, timeout=30)) for method, payload in calls
+            ]
 
     return asyncio.run(main())
 
@@ -501,40 +524,22 @@ def test_grpc_calls_past_the_limiter_are_refused_and_an_empty_call_is_invalid():
     async def echo(request: bytes, context) -> bytes:
         return request
 
-    async def outcome(call) -> bytes | tuple:
-        try:
-            return await call
-        except grpc.aio.AioRpcError as e:
-            return e.code(), e.details()
-
     async def main() -> list:
-        handler = grpc.unary_unary_rpc_method_handler(echo)
-        server = grpc.aio.server(interceptors=(GrpcAdmissionInterceptor(budget, limiter),))
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {"ModelInfer": handler}),)
-        )
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                infer, stream = channel.unary_unary(COUNTED), channel.stream_unary(COUNTED)
-                held = stream(timeout=30)  # a call whose message has not come yet: it holds the place
-                for _ in range(3000):
-                    if limiter.inside == 1:
-                        break
-                    await asyncio.sleep(0.01)
-                refused = await outcome(infer(b"b", timeout=30))
-                refused_empty = await outcome(stream(iter(()), timeout=30))
-                await held.write(b"a")
-                await held.done_writing()
-                return [
-                    refused,
-                    refused_empty,
-                    await outcome(held),
-                    await outcome(stream(iter(()), timeout=30)),
-                ]
-        finally:
-            await server.stop(None)
+        handlers = {"ModelInfer": grpc.unary_unary_rpc_method_handler(echo)}
+        async with interceptor_channel(GrpcAdmissionInterceptor(budget, limiter), handlers) as channel:
+            infer, stream = channel.unary_unary(COUNTED), channel.stream_unary(COUNTED)
+            held = stream(timeout=30)  # a call whose message has not come yet: it holds the place
+            await until_inside(limiter)
+            refused = await outcome(infer(b"b", timeout=30))
+            refused_empty = await outcome(stream(iter(()), timeout=30))
+            await held.write(b"a")
+            await held.done_writing()
+            return [
+                refused,
+                refused_empty,
+                await outcome(held),
+                await outcome(stream(iter(()), timeout=30)),
+            ]
 
     refused, refused_empty, first, empty = asyncio.run(main())
     reason = (
@@ -564,39 +569,21 @@ def test_a_call_that_never_sends_its_message_gives_its_place_back_after_the_wait
         seen.append((CALL_ARRIVAL.get(), time.monotonic()))
         return request
 
-    async def outcome(call) -> bytes | tuple:
-        try:
-            return await call
-        except grpc.aio.AioRpcError as e:
-            return e.code(), e.details()
-
     async def main() -> tuple:
-        handler = grpc.unary_unary_rpc_method_handler(echo)
-        server = grpc.aio.server(interceptors=(GrpcAdmissionInterceptor(budget, limiter),))
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {"ModelInfer": handler}),)
-        )
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                stalled = channel.stream_unary(COUNTED)()  # no deadline, no message: ever
-                for _ in range(3000):
-                    if limiter.inside == 1:
-                        break
-                    await asyncio.sleep(0.01)
-                await asyncio.sleep(0.3)  # the small call's own wait ends well after the stalled read's
-                sent = time.monotonic()
-                small = asyncio.ensure_future(outcome(channel.unary_unary(COUNTED)(b"small")))
-                for _ in range(3000):
-                    if limiter.waiting == 1:
-                        break
-                    await asyncio.sleep(0.01)
-                # the small call waits behind the stalled one; the stalled one is ended first
-                stalled_outcome = await asyncio.wait_for(outcome(stalled), 20)
-                return stalled_outcome, await asyncio.wait_for(small, 20), sent
-        finally:
-            await server.stop(None)
+        handlers = {"ModelInfer": grpc.unary_unary_rpc_method_handler(echo)}
+        async with interceptor_channel(GrpcAdmissionInterceptor(budget, limiter), handlers) as channel:
+            stalled = channel.stream_unary(COUNTED)()  # no deadline, no message: ever
+            await until_inside(limiter)
+            await asyncio.sleep(0.3)  # the small call's own wait ends well after the stalled read's
+            sent = time.monotonic()
+            small = asyncio.ensure_future(outcome(channel.unary_unary(COUNTED)(b"small")))
+            for _ in range(3000):
+                if limiter.waiting == 1:
+                    break
+                await asyncio.sleep(0.01)
+            # the small call waits behind the stalled one; the stalled one is ended first
+            stalled_outcome = await asyncio.wait_for(outcome(stalled), 20)
+            return stalled_outcome, await asyncio.wait_for(small, 20), sent
 
     stalled, small, sent = asyncio.run(main())
     assert stalled == (
