@@ -321,6 +321,9 @@ def profile_of(report: dict[str, Any]) -> CpuProfile:
         warm = dict(profile({}, warmups, c1, cores, 2.0, source).bucket_s)
         one_core = {b: t * warm[b] / alone[b] for b, t in one_core.items() if b in warm and b in alone}
     prof = profile({}, warmups, c1, cores, 2.0, source, one_core or None)
+    # the model's threads in lockstep (docs/simulator.md, "Model calls under load"): at 1.5x and 3x the
+    # 12:33 run's replica used 1.43 of its 2 cores while refusing work, its calls ~1 core
+    prof = dataclasses.replace(prof, lockstep=True)
     if "cpu_s:event_loop" not in c1.get("server_metrics", {}):
         return prof  # a report from before the threads' CPU was recorded: the request work as one
     return measured_work(prof, c1, report, 2.0)
@@ -435,11 +438,12 @@ def measured_work(
 
 
 def saturated_calls(prof: CpuProfile, report: dict[str, Any]) -> CpuProfile:
-    """Model calls as slow per image as the servers' were in the saturated closed-loop cell (the
-    largest concurrency; ``ssd_batch_seconds`` over ``ssd_batch_size``), the batcher still deciding
-    with the warm-up's times: the simulated cell is run and every bucket scaled by real over simulated
-    (processor sharing with Amdahl's law slows a call beside decodes, the event loop and the generator
-    less than the real server's calls were slowed)."""
+    """Model calls per bucket as slow as the servers' were under load (docs/simulator.md, "Model calls
+    under load"): every closed-loop cell with at least 2 clients (calls overlapping other requests'
+    work) is simulated, and its real time per image in a call (``ssd_batch_seconds`` over
+    ``ssd_batch_size``) over the simulated one is that cell's scale, at the cell's real mean call size;
+    each bucket gets the scale interpolated at its size (the nearest cell's past the measured sizes).
+    The batcher still decides with the warm-up's times. One cell (or one with calls): one scale."""
     cells = [
         c
         for c in report.get("benchmark", {}).get("cells", [])
@@ -447,19 +451,49 @@ def saturated_calls(prof: CpuProfile, report: dict[str, Any]) -> CpuProfile:
     ]
     if not cells:
         return prof
-    top = max(cells, key=lambda c: c["concurrency"])
-    m = top["server_metrics"]
-    real = m["ssd_batch_seconds_sum"] / m["ssd_batch_size_sum"]
+    cells = [c for c in cells if c["concurrency"] >= 2] or cells
+    points = []
+    for top in cells:
+        m = top["server_metrics"]
+        real = m["ssd_batch_seconds_sum"] / m["ssd_batch_size_sum"]
+        sim_calls = _simulated_cell(prof, report, top["concurrency"])
+        if not sim_calls:
+            continue
+        simulated = sum(t for *_, t in sim_calls) / sum(n for _, n, _ in sim_calls)
+        if simulated > 0:
+            images = m["ssd_batch_size_sum"] / (m.get("ssd_batch_size_count") or m["ssd_batch_size_sum"])
+            points.append((images, real / simulated))
+    if not points:
+        return prof
+    if len(points) == 1:
+        return scaled_calls(prof, points[0][1])
+    return per_bucket_calls(prof, bucket_scales(points, prof.buckets))
+
+
+def bucket_scales(points: list[tuple[float, float]], buckets: tuple[int, ...]) -> dict[int, float]:
+    """Each bucket's scale from ``(mean images per call, scale)`` points: linear in the images between
+    points, the nearest point's outside them."""
+    images, ratios = zip(*sorted(points), strict=True)
+    return {b: float(np.interp(b, images, ratios)) for b in buckets}
+
+
+def _simulated_cell(prof: CpuProfile, report: dict[str, Any], clients: int) -> list[tuple[float, int, float]]:
     cfg = FleetConfig(mode="hpa", initial_replicas=report["replicas"], shared_cores=report["shared_cores"],
                       balancer="round-robin")  # fmt: skip
     cfg.hpa = type(cfg.hpa)(min_replicas=report["replicas"], max_replicas=report["replicas"])
     sim = Simulation(cfg, prof, seed=3)
-    sim.run_closed(top["concurrency"], 10.0)
-    calls = [c for c in sim.calls if c[0] >= 2.0]
-    if not calls:
-        return prof
-    simulated = sum(t for *_, t in calls) / sum(n for _, n, _ in calls)
-    return scaled_calls(prof, real / simulated) if simulated > 0 else prof
+    sim.run_closed(clients, 10.0)
+    return [c for c in sim.calls if c[0] >= 2.0]
+
+
+def per_bucket_calls(prof: CpuProfile, scale: dict[int, float]) -> CpuProfile:
+    """Each bucket's calls (and one-core timings) ``scale[b]`` times the profile's; the batcher still
+    decides with the warm-up's (``rule_bucket_s``)."""
+    table = lambda t: tuple((b, v * scale[b]) for b, v in t if b in scale) if t else None  # noqa: E731
+    return dataclasses.replace(
+        prof, bucket_s=table(prof.bucket_s), rule_bucket_s=prof.rule_bucket_s or prof.bucket_s,
+        one_core_bucket_s=table(prof.one_core_bucket_s),
+    )  # fmt: skip
 
 
 def compare(report: dict[str, Any]) -> None:

@@ -167,3 +167,16 @@ def test_model_calls_are_as_slow_per_image_as_in_the_saturated_closed_loop_cell(
     out = saturated_calls(prof, report)
     assert dict(out.bucket_s) == pytest.approx({1: 0.02, 2: 0.04})
     assert out.rule_bucket_s == ((1, 0.01), (2, 0.02))
+
+
+def test_each_bucket_is_scaled_by_the_cells_of_its_call_size():
+    """Cells whose real calls averaged 1 and 4 images were 2x and 1x the simulated: bucket 2 gets
+    2 - (1/3), bucket 8 (past the cells) the 4-image cell's 1."""
+    from bench.simulate_check import bucket_scales, per_bucket_calls
+
+    scale = bucket_scales([(4.0, 1.0), (1.0, 2.0)], (1, 2, 4, 8))
+    assert scale == pytest.approx({1: 2.0, 2: 5 / 3, 4: 1.0, 8: 1.0})
+    prof = CpuProfile(((1, 0.01), (2, 0.02), (4, 0.03), (8, 0.05)), 0.001)
+    out = per_bucket_calls(prof, scale)
+    assert dict(out.bucket_s) == pytest.approx({1: 0.02, 2: 0.02 * 5 / 3, 4: 0.03, 8: 0.05})
+    assert out.rule_bucket_s == prof.bucket_s

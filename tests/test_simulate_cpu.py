@@ -334,3 +334,79 @@ def test_decoded_requests_and_the_batchers_worker_wait_their_turn_on_the_event_l
     assert [r.done for r in reqs] == pytest.approx([0.196, 0.29, 0.39])
     assert [start for start, _, _ in sim.calls] == pytest.approx([0.064, 0.165, 0.265])
     assert sim.calls[0][2] == pytest.approx(0.101)
+
+
+def test_a_call_in_lockstep_gets_the_cores_of_its_shard_on_the_busiest_run_queue():
+    """``m / ceil(threads / cores)``: 2 threads alone on 2 cores keep both; beside one decode (3 threads,
+    2 deep) 1 core (processor sharing: 4/3); beside 3 decodes (5 threads, 3 deep) 2/3 (sharing: 0.8);
+    two calls of 2 (4 threads) 1 each, as sharing; one thread on one core beside 2 others: 1/3."""
+    from predictor.tools.simulate import lockstep_cores
+
+    assert lockstep_cores(2, 2, 2.0) == 2.0
+    assert lockstep_cores(2, 3, 2.0) == pytest.approx(1.0)
+    assert lockstep_cores(2, 5, 2.0) == pytest.approx(2 / 3)
+    assert lockstep_cores(2, 4, 2.0) == pytest.approx(1.0)
+    assert lockstep_cores(1, 3, 1.0) == pytest.approx(1 / 3)
+
+
+def test_a_decode_beside_a_call_in_lockstep_halves_the_calls_speed():
+    """2 cores, a perfectly parallel call of 2 threads (0.1 s alone), decode 0.05 s. A at 0: decoded at
+    0.05, call from 0.052. B at 0.06 (the call has 0.092 left) decodes beside it: 3 threads, the call
+    at 1 core of 2 (half speed), the decode at 2/3 of a core until 0.135 (the call did 0.0375, 0.0545
+    left): A at 0.1895; B's call 0.1895-0.2895. Processor sharing (4/3 cores): 0.177 and 0.277."""
+    prof = CpuProfile(((1, 0.1),), 0.05, decode_sigma=0.0, model_sigma=0.0, model_threads=2, cores=2.0)
+    assert [r.done for r in _run(prof, [0.0, 0.06])] == pytest.approx([0.177, 0.277])
+    locked = dataclasses.replace(prof, lockstep=True)
+    assert [r.done for r in _run(locked, [0.0, 0.06])] == pytest.approx([0.1895, 0.2895])
+    assert CpuProfile.from_json(json.loads(json.dumps(locked.to_json()))).lockstep
+
+
+def _in_flight(n: int, times: list[float]) -> tuple[list, Simulation]:
+    """Service times 0.1 s per image, no spread, max batch 2, batch wait 2 ms, ``n`` calls in flight."""
+    from predictor.tools.simulate import ServiceModel
+
+    cfg = FleetConfig(mode="hpa", max_batch_size=2, model_calls_in_flight=n, balancer="round-robin")
+    sim = Simulation(cfg, ServiceModel.parametric(0.0, 100.0, 0.0, 2))
+    return sim.run(np.asarray(times), horizon_s=1.0).requests, sim
+
+
+def test_a_second_call_starts_once_the_queue_holds_as_many_images_as_the_running_one():
+    """``DynamicBatcher._overlap_waits``. A, B at 0: a full call of 2, 0-0.2. C at 0.05 waits (1 queued <
+    2 running); D at 0.06 makes 2: the second call 0.06-0.26 (its oldest waited the batch wait). E at
+    0.07: both calls run; when the first ends (0.2) the second (2 images) still runs and 1 < 2, so E
+    waits for it: 0.26-0.36. With one call in flight: C, D 0.2-0.4 and E 0.4-0.5."""
+    times = [0.0, 0.0, 0.05, 0.06, 0.07]
+    two, _ = _in_flight(2, times)
+    assert [r.done for r in two] == pytest.approx([0.2, 0.2, 0.26, 0.26, 0.36])
+    one, _ = _in_flight(1, times)
+    assert [r.done for r in one] == pytest.approx([0.2, 0.2, 0.4, 0.4, 0.5])
+
+
+def test_overlapping_calls_count_their_busy_time_once():
+    """``DynamicBatcher._observe_end``: above, calls 0-0.2, 0.06-0.26, 0.26-0.36 keep the model busy 0.36
+    s; the rate's seconds are 0.2, then 0.26 - 0.2 = 0.06, then 0.1 (a new busy spell), while each
+    call's own time (the standing-queue detector's) is 0.2, 0.2, 0.1."""
+    _, sim = _in_flight(2, [0.0, 0.0, 0.05, 0.06, 0.07])
+    rep = sim.replicas[0]
+    assert rep.busy_s == pytest.approx(0.36)
+    ewma = 0.2
+    ewma += 0.2 * (0.06 - ewma)
+    ewma += 0.2 * (0.1 - ewma)
+    assert rep.ewma_seconds == pytest.approx(ewma)
+    call = 0.2 + 0.2 * (0.1 - 0.2)
+    assert rep.ewma_call_seconds == pytest.approx(call)
+
+
+def test_the_standing_bound_is_one_efficient_call_per_call_in_flight_plus_one():
+    """``DynamicBatcher.standing_limit`` with the same warm-up timings, 1 and 2 calls in flight."""
+    from predictor.serving.batcher import DynamicBatcher
+    from predictor.tools.simulate import _Replica
+
+    timings = {1: 0.014, 2: 0.017, 4: 0.028, 8: 0.056}
+    prof = _exact(timings, 0.004, cores=2.0)
+    for n in (1, 2):
+        cfg = FleetConfig(max_batch_size=8, model_calls_in_flight=n)
+        server = DynamicBatcher(
+            lambda *a: {}, max_batch_size=8, bucket_seconds=timings, max_calls_in_flight=n
+        )
+        assert _Replica(0, 0.0, 0.0, cfg, prof).standing_limit == server.standing_limit == (n + 1) * 4

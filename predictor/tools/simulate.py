@@ -3,7 +3,8 @@
 A seeded discrete-event simulation of an autoscaled fleet of predictor replicas under a traffic trace
 (docs/simulator.md says what is modelled, from where, and what is not):
 
-- **Replicas**: each is the server's dynamic batcher (one model call at a time; a call takes the
+- **Replicas**: each is the server's dynamic batcher (``--model_calls_in_flight`` model calls at once,
+  a second one starting once the queue holds as many images as the running one; a call takes the
   oldest queued requests, up to ``max_batch_size``, once that many wait or the oldest waited
   ``batch_wait_ms``), with the call's duration drawn from a log-normal per batch size fitted to the
   planner's benchmark (``predictor.tools.plan --measure-only``: median = p50 and spread from p95 of
@@ -37,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from predictor.serving.options import ServingOptions
 from predictor.tools.autoscalers import (
     Hpa,
     HpaConfig,
@@ -155,6 +157,7 @@ class CpuProfile:
     net_s: float = 0.0
     spread: tuple[float, ...] | None = None
     client_s: float = 0.0
+    lockstep: bool = False
 
     def factor(self, rng: np.random.Generator, sigma: float) -> float:
         """A job's duration over its median: drawn from ``spread`` (the quantiles, at equally spaced
@@ -264,10 +267,18 @@ class _Cpu:
     one-thread job progresses at ``share`` of its alone speed; a model call of ``m`` threads gets
     ``k = m x share`` cores and progresses as Amdahl's law says with the parallel fraction ``p`` of its
     bucket (:func:`amdahl_speed`). Jobs: ``[seconds of work left (alone), threads, kind, payload, p]``.
+
+    ``lockstep`` (docs/simulator.md, "Model calls under load"): a model call's threads work in lockstep
+    (each TensorFlow op is split over the intra-op pool and waits for its last shard), and the kernel
+    keeps each runnable thread on one core's run queue, so a call advances at the pace of its shard on
+    the busiest core, ``ceil(threads / cores)`` threads deep: ``k = m / ceil(threads / cores)`` cores
+    (instead of ``m x share``) while one-thread jobs keep their ``share``; the rest of the cores idles
+    (processor sharing wastes none). :func:`lockstep_cores`.
     """
 
-    def __init__(self, cores: float) -> None:
+    def __init__(self, cores: float, lockstep: bool = False) -> None:
         self.cores = cores
+        self.lockstep = lockstep
         self.jobs: list[list[Any]] = []
         self.last = 0.0
         self.version = 0
@@ -275,7 +286,11 @@ class _Cpu:
     def speeds(self) -> list[float]:
         threads = sum(j[1] for j in self.jobs)
         share = min(1.0, self.cores / threads) if threads else 1.0
-        return [amdahl_speed(j[4], j[1], j[1] * share) if j[1] > 1 else share for j in self.jobs]
+        if self.lockstep and threads > self.cores:
+            gang = lambda m: lockstep_cores(m, threads, self.cores)  # noqa: E731
+        else:
+            gang = lambda m: m * share  # noqa: E731
+        return [amdahl_speed(j[4], j[1], gang(j[1])) if j[1] > 1 else share for j in self.jobs]
 
     def advance(self, now: float) -> None:
         if self.jobs:
@@ -293,6 +308,17 @@ class _Cpu:
         done = [j for j in self.jobs if j[0] <= 1e-9]
         self.jobs = [j for j in self.jobs if j[0] > 1e-9]
         return done
+
+
+def lockstep_cores(m: int, threads: int, cores: float) -> float:
+    """Cores a call of ``m`` threads working in lockstep gets among ``threads`` runnable threads on
+    ``cores`` cores: its slowest thread shares the busiest run queue, ``ceil(threads / cores)`` deep
+    (the threads spread as evenly as the kernel's load balancing puts them), so ``m / ceil(...)``; all
+    ``m`` when every thread has a core. E.g. 2 threads beside one decode on 2 cores: 1 core (processor
+    sharing: 4/3)."""
+    if threads <= cores:
+        return float(m)
+    return m / math.ceil(threads / cores - 1e-9)
 
 
 def amdahl_speed(p: float, m: int, k: float) -> float:
@@ -395,6 +421,8 @@ class FleetConfig:
     # CPU replicas (a CpuProfile): None: each replica has the profile's cores to itself; a number: every
     # replica's threads share one set of that many cores (several replicas on one machine).
     shared_cores: float | None = None
+    # the server's --model_calls_in_flight (DynamicBatcher.max_calls_in_flight)
+    model_calls_in_flight: int = ServingOptions.model_calls_in_flight
     # Standard mode's Service: "random" (kube-proxy's pick) or "round-robin" (a client in front of the
     # replicas, as bench.simulate_check's).
     balancer: str = "random"
@@ -413,7 +441,7 @@ class _Request:
 
 
 class _Replica:
-    """One server: admission, the batcher's queue, one model call at a time."""
+    """One server: admission, the batcher's queue, up to ``model_calls_in_flight`` model calls at once."""
 
     def __init__(
         self, rid: int, created: float, ready_at: float, cfg: FleetConfig, svc: ServiceModel | CpuProfile,
@@ -431,13 +459,17 @@ class _Replica:
         self.draining = False
         self.gone_at: float | None = None
         self.queue: collections.deque[_Request] = collections.deque()
-        self.busy = False
+        self.running: list[int] = []  # images of each model call running (DynamicBatcher._calls)
+        self.busy_since = 0.0  # when calls went from none running to one (DynamicBatcher._busy_since)
+        self.last_end: float | None = None  # the last call's end (DynamicBatcher._last_call_end)
+        self.busy_until = 0.0  # ServiceModel replicas: the latest running call's end
         self.admitted = 0  # images admitted (queued or running), as DynamicBatcher.admitted_images
         self.in_flight = 0  # requests sent to it and not answered (Knative's breaker)
         self.busy_s = 0.0
         self.wake_at: float | None = None
         self.ewma_images = 0.0
-        self.ewma_seconds = 0.0
+        self.ewma_seconds = 0.0  # busy seconds (overlapping calls counted once): the rate's
+        self.ewma_call_seconds = 0.0  # one call's own seconds: the standing-queue detector's
         self.standing = False
         self.waiting_since: float | None = None
         self.full_refusals = 0
@@ -454,6 +486,40 @@ class _Replica:
         best = max(rates.values())
         self.efficient = min(b for b, r in rates.items() if r >= EFFICIENT_FRACTION * best)
 
+    @property
+    def busy(self) -> bool:
+        return bool(self.running)
+
+    @property
+    def standing_limit(self) -> int:
+        """``DynamicBatcher.standing_limit``: one call of the efficient bucket per call that may run,
+        plus one waiting."""
+        return (self.cfg.model_calls_in_flight + 1) * self.efficient
+
+    def may_start(self) -> bool:
+        """A call may be formed now (``DynamicBatcher._work``): fewer than ``model_calls_in_flight``
+        run, and while one runs the queue holds as many images as the smallest running call
+        (``DynamicBatcher._overlap_waits``; else it waits for a call's end)."""
+        if len(self.running) >= self.cfg.model_calls_in_flight:
+            return False
+        return not self.running or len(self.queue) >= min(self.running)
+
+    def observe_call(self, n: int, start: float, now: float) -> None:
+        """``DynamicBatcher._observe_end`` / ``_observe_call``: the rate gets the busy time since the later
+        of the last call's end and the busy spell's start; the detector a call's own time."""
+        busy = now - (self.busy_since if self.last_end is None else max(self.busy_since, self.last_end))
+        self.last_end = now
+        call = now - start
+        if not self.ewma_seconds:
+            self.ewma_images, self.ewma_seconds = float(n), busy
+        else:
+            self.ewma_images += EWMA * (n - self.ewma_images)
+            self.ewma_seconds += EWMA * (busy - self.ewma_seconds)
+        first = not self.ewma_call_seconds
+        self.ewma_call_seconds = (
+            call if first else self.ewma_call_seconds + EWMA * (call - self.ewma_call_seconds)
+        )
+
     def capacity(self) -> float:
         """``ssd_capacity_images_per_second``: images per second of the efficient bucket's call, from the
         timings the server decides with (a CPU replica's warm-up; else the median call)."""
@@ -468,7 +534,7 @@ class _Replica:
         if self.admitted + 1 > self.cfg.max_queue_images:
             self.full_refusals += 1
             return True
-        if self.standing and self.admitted + 1 > 2 * self.efficient:
+        if self.standing and self.admitted + 1 > self.standing_limit:
             self.offered += 1
             return True
         return False
@@ -479,9 +545,9 @@ class _Replica:
     # batcher.note_wait
     def note_wait(self, waited: float, now: float) -> list[_Request]:
         """Returns the requests shed from the queue when a standing queue is recognised."""
-        if not self.cfg.shed_standing_queue or not self.ewma_seconds:
+        if not self.cfg.shed_standing_queue or not self.ewma_call_seconds:
             return []
-        call = self.ewma_seconds
+        call = self.ewma_call_seconds
         hold = max(1.0, 4 * call)
         if waited > 2 * call:
             if self.waiting_since is None:
@@ -495,7 +561,7 @@ class _Replica:
                 self.standing = True
                 self.window = (now, self.offered)
                 shed = []
-                while self.queue and len(self.queue) > 2 * self.efficient:
+                while self.queue and len(self.queue) > self.standing_limit:
                     shed.append(self.queue.popleft())
                 return shed
         else:
@@ -566,7 +632,7 @@ class Simulation:
         self.loop_on = isinstance(svc, CpuProfile) and svc.loop_head_s + svc.loop_in_s + svc.loop_out_s > 0
         self.shared_cpu = None
         if isinstance(svc, CpuProfile) and cfg.shared_cores:
-            self.shared_cpu = _Cpu(cfg.shared_cores)
+            self.shared_cpu = _Cpu(cfg.shared_cores, svc.lockstep)
         self.closed_until = -1.0  # closed-loop clients (run_closed): each answer sends the next request
         self.more: list[_Request] = []
         self.rng = np.random.default_rng(seed + 1)
@@ -632,7 +698,7 @@ class Simulation:
     def new_replica(self, ready_at: float) -> _Replica:
         cpu = None
         if isinstance(self.svc, CpuProfile):
-            cpu = self.shared_cpu or _Cpu(self.svc.cores)
+            cpu = self.shared_cpu or _Cpu(self.svc.cores, self.svc.lockstep)
         rep = _Replica(len(self.replicas), self.now, ready_at, self.cfg, self.svc, cpu)
         self.replicas.append(rep)
         return rep
@@ -830,7 +896,7 @@ class Simulation:
 
     # ------------------------------------------------------------------ the batcher
     def try_start(self, rep: _Replica) -> None:
-        if rep.busy or not rep.queue:
+        if not rep.queue or not rep.may_start():
             return
         oldest = rep.queue[0]
         due = oldest.admitted_at + self.cfg.batch_wait_s
@@ -858,24 +924,32 @@ class Simulation:
                 r.queued = False
             prof = self.svc
             work = prof.call_s(len(batch)) * prof.factor(self.rng, prof.model_sigma)
-            rep.busy = True
+            self._call_starts(rep, len(batch))
             assert rep.cpu is not None
             p = prof.parallel_fraction(len(batch))
             self.cpu_add(rep.cpu, work, prof.model_threads, "model", (rep, batch, len(batch), self.now), p)
+            self.try_start(rep)  # with a call in flight to spare, the rest of the queue may start one
             return
         for r in batch:
             r.queued = False
         assert isinstance(self.svc, ServiceModel)
         seconds = self.svc.sample(len(batch), self.rng)
-        rep.busy = True
-        rep.busy_s += seconds
+        self._call_starts(rep, len(batch))
         end = self.now + seconds
+        rep.busy_s += max(0.0, end - max(self.now, rep.busy_until))  # overlapping calls counted once
+        rep.busy_until = max(rep.busy_until, end)
         keep = []
         for r in batch:
             if r.deadline < end:
                 continue  # its "deadline" event answers it with 503; the model call goes on
             keep.append(r)
         self.push(end, "done", (rep, keep, len(batch), seconds))
+        self.try_start(rep)  # with a call in flight to spare, the rest of the queue may start one
+
+    def _call_starts(self, rep: _Replica, n: int) -> None:
+        if not rep.running:
+            rep.busy_since = self.now
+        rep.running.append(n)
 
     def _wake(self, rep: _Replica, at: float) -> None:
         if rep.wake_at is None or rep.wake_at > at:
@@ -883,16 +957,17 @@ class Simulation:
             self.push(at, "wake", rep)
 
     def on_done(self, rep: _Replica, batch: list[_Request], n: int, seconds: float) -> None:
-        rep.busy = False
+        if self.cpu_model:
+            since = self.now - (rep.busy_since if rep.last_end is None else max(rep.busy_since, rep.last_end))
+            rep.busy_s += min(seconds, since)  # overlapping calls counted once
+        rep.running.remove(n)
+        rep.observe_call(n, self.now - seconds, self.now)
         out_s = 0.0
         if self.cpu_model:
-            rep.busy_s += seconds
             self.calls.append((self.now - seconds, n, seconds))
             batch = [r for r in batch if not r.status]  # the rest were answered at their deadline
             assert isinstance(self.svc, CpuProfile)
             out_s = self.svc.loop_out_s
-        rep.ewma_images = n if not rep.ewma_seconds else (1 - EWMA) * rep.ewma_images + EWMA * n
-        rep.ewma_seconds = seconds if not rep.ewma_seconds else (1 - EWMA) * rep.ewma_seconds + EWMA * seconds
         for r in batch:
             rep.admitted -= 1
             if out_s > 0:
@@ -1329,6 +1404,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_queue_images", type=int, default=256)
     p.add_argument("--request_timeout_s", type=float, default=30.0)
     p.add_argument("--no-shed-standing-queue", action="store_true")
+    p.add_argument(
+        "--model_calls_in_flight",
+        type=int,
+        default=ServingOptions.model_calls_in_flight,
+        help="the server's --model_calls_in_flight: model calls a replica runs at once",
+    )
     p.add_argument("--cold-start-s", type=float, default=6.8, help="seconds from a new replica to ready")
     p.add_argument("--min-replicas", type=int, default=1)
     p.add_argument("--max-replicas", type=int, default=4)
@@ -1394,6 +1475,7 @@ def config_from_args(args: argparse.Namespace) -> FleetConfig:
         max_queue_images=args.max_queue_images,
         request_timeout_s=args.request_timeout_s,
         shed_standing_queue=not args.no_shed_standing_queue,
+        model_calls_in_flight=args.model_calls_in_flight,
         container_concurrency=args.container_concurrency,
         cold_start_s=args.cold_start_s,
         initial_replicas=initial,
