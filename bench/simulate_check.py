@@ -437,13 +437,17 @@ def measured_work(
     return saturated_calls(prof, report)
 
 
+CALIBRATION_PASSES = 3
+
+
 def saturated_calls(prof: CpuProfile, report: dict[str, Any]) -> CpuProfile:
     """Model calls per bucket as slow as the servers' were under load (docs/simulator.md, "Model calls
     under load"): every closed-loop cell with at least 2 clients (calls overlapping other requests'
     work) is simulated, and its real time per image in a call (``ssd_batch_seconds`` over
     ``ssd_batch_size``) over the simulated one is that cell's scale, at the cell's real mean call size;
     each bucket gets the scale interpolated at its size (the nearest cell's past the measured sizes).
-    The batcher still decides with the warm-up's times. One cell (or one with calls): one scale."""
+    The batcher still decides with the warm-up's times. One cell (or one with calls): one scale.
+    :data:`CALIBRATION_PASSES` passes, each on the last one's calls."""
     cells = [
         c
         for c in report.get("benchmark", {}).get("cells", [])
@@ -452,22 +456,23 @@ def saturated_calls(prof: CpuProfile, report: dict[str, Any]) -> CpuProfile:
     if not cells:
         return prof
     cells = [c for c in cells if c["concurrency"] >= 2] or cells
-    points = []
-    for top in cells:
-        m = top["server_metrics"]
-        real = m["ssd_batch_seconds_sum"] / m["ssd_batch_size_sum"]
-        sim_calls = _simulated_cell(prof, report, top["concurrency"])
-        if not sim_calls:
-            continue
-        simulated = sum(t for *_, t in sim_calls) / sum(n for _, n, _ in sim_calls)
-        if simulated > 0:
-            images = m["ssd_batch_size_sum"] / (m.get("ssd_batch_size_count") or m["ssd_batch_size_sum"])
-            points.append((images, real / simulated))
-    if not points:
-        return prof
-    if len(points) == 1:
-        return scaled_calls(prof, points[0][1])
-    return per_bucket_calls(prof, bucket_scales(points, prof.buckets))
+    for _ in range(CALIBRATION_PASSES):  # a slower call changes the cells' batch sizes and contention
+        points = []
+        for top in cells:
+            m = top["server_metrics"]
+            real = m["ssd_batch_seconds_sum"] / m["ssd_batch_size_sum"]
+            sim_calls = _simulated_cell(prof, report, top["concurrency"])
+            simulated = sum(t for *_, t in sim_calls) / max(sum(n for _, n, _ in sim_calls), 1)
+            if simulated > 0:
+                images = m["ssd_batch_size_sum"] / (m.get("ssd_batch_size_count") or m["ssd_batch_size_sum"])
+                points.append((images, real / simulated))
+        if not points:
+            return prof
+        if len(points) == 1:
+            prof = scaled_calls(prof, points[0][1])
+        else:
+            prof = per_bucket_calls(prof, bucket_scales(points, prof.buckets))
+    return prof
 
 
 def bucket_scales(points: list[tuple[float, float]], buckets: tuple[int, ...]) -> dict[int, float]:
