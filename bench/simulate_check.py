@@ -534,7 +534,9 @@ def write_plan_inputs(report: dict[str, Any], profile_out: Path | None, benchmar
         planned = {**report["profile"], "client_s": 0.0}
         profile_out.write_text(json.dumps({**planned, **meta}, indent=1) + "\n")
     if benchmark_out:
-        bench = {**report["benchmark"], "machine": report["machine"]}
+        raw = ("latencies_ms", "server_metrics")  # the replay's inputs; the planner reads the figures
+        cells = [{k: v for k, v in c.items() if k not in raw} for c in report["benchmark"]["cells"]]
+        bench = {**report["benchmark"], "cells": cells, "machine": report["machine"]}
         benchmark_out.write_text(json.dumps(bench, indent=1) + "\n")
 
 

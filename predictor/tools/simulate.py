@@ -10,7 +10,7 @@ A seeded discrete-event simulation of an autoscaled fleet of predictor replicas 
   planner's benchmark (``predictor.tools.plan --measure-only``: median = p50 and spread from p95 of
   the cell whose concurrency is that size), or from the parametric model ``--service-ms A+B``.
 - **Admission** as ``predictor/serving/batcher.py``: ``--max_queue_images`` (503 at once, always admits
-  into an empty replica), the standing-queue bound (two calls of the efficient bucket, the backlog
+  into an empty replica), the standing-queue bound (an efficient call per call in flight plus one, the backlog
   shed), and ``--request_timeout_s`` (503 at the deadline, queued or running).
 - **Cold starts**: a replica added at ``t`` takes requests from ``t + cold_start_s``.
 - **Load balancing**: Knative mode: the activator holds requests and sends each to a ready replica
