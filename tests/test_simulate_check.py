@@ -153,6 +153,7 @@ def test_amdahls_p_comes_from_one_processes_pair_of_timings():
     prof = profile_of(report)
     assert dict(prof.one_core_bucket_s) == pytest.approx({1: 0.036, 2: 0.072})
     assert prof.parallel_fraction(2) == pytest.approx(8 / 9)
+    assert prof.lockstep  # the validation's replicas run their calls in lockstep (docs/simulator.md)
 
 
 def test_model_calls_are_as_slow_per_image_as_in_the_saturated_closed_loop_cell():
@@ -179,4 +180,26 @@ def test_each_bucket_is_scaled_by_the_cells_of_its_call_size():
     prof = CpuProfile(((1, 0.01), (2, 0.02), (4, 0.03), (8, 0.05)), 0.001)
     out = per_bucket_calls(prof, scale)
     assert dict(out.bucket_s) == pytest.approx({1: 0.02, 2: 0.02 * 5 / 3, 4: 0.03, 8: 0.05})
+    assert out.rule_bucket_s == prof.bucket_s
+
+
+def test_each_bucket_is_calibrated_on_the_loaded_cell_of_its_size():
+    """8 cores (nothing shares them), no spread, decode 1 ms on 2 threads: 2 closed-loop clients always
+    make calls of 2 (20 ms alone: 10 ms per image), 4 clients calls of 4 (40 ms: 10 ms). The servers'
+    calls there took 15 and 12 ms per image, so bucket 2 (and bucket 1, below the cells) is 1.5x,
+    bucket 4 1.2x; the next passes find the simulated cells as slow as the real ones and change
+    nothing. The concurrency-1 cell (no other request beside a call) is not used."""
+    from bench.simulate_check import saturated_calls
+
+    prof = CpuProfile(((1, 0.01), (2, 0.02), (4, 0.04)), 0.001, decode_sigma=0.0, model_sigma=0.0, cores=8.0)
+
+    def cell(c: int, calls: int, images: int, seconds: float) -> dict:
+        metrics = {"ssd_batch_size_sum": float(images), "ssd_batch_size_count": float(calls),
+                   "ssd_batch_seconds_sum": seconds}  # fmt: skip
+        return {"concurrency": c, "server_metrics": metrics}
+
+    cells = [cell(1, 100, 100, 5.0), cell(2, 100, 200, 3.0), cell(4, 50, 200, 2.4)]
+    report = {"benchmark": {"cells": cells}, "replicas": 1, "shared_cores": None}
+    out = saturated_calls(prof, report)
+    assert dict(out.bucket_s) == pytest.approx({1: 0.015, 2: 0.03, 4: 0.048})
     assert out.rule_bucket_s == prof.bucket_s
