@@ -410,3 +410,21 @@ def test_the_standing_bound_is_one_efficient_call_per_call_in_flight_plus_one():
             lambda *a: {}, max_batch_size=8, bucket_seconds=timings, max_calls_in_flight=n
         )
         assert _Replica(0, 0.0, 0.0, cfg, prof).standing_limit == server.standing_limit == (n + 1) * 4
+
+
+def test_calls_in_flight_share_their_replicas_intra_op_pool():
+    """4 cores, perfectly parallel calls of 2 threads: two calls of one replica are its one pool of 2
+    threads, 1 thread each (half speed: the pair takes what the two would one after the other); calls
+    of two replicas have 2 threads each and run at full speed."""
+    from predictor.tools.simulate import _Cpu
+
+    a, b = object(), object()
+    cpu = _Cpu(4.0)
+    cpu.jobs = [[0.1, 2, "model", (a, [], 1, 0.0), 1.0], [0.1, 2, "model", (a, [], 1, 0.0), 1.0]]
+    assert cpu.speeds() == pytest.approx([0.5, 0.5])
+    cpu.jobs[1][3] = (b, [], 1, 0.0)
+    assert cpu.speeds() == pytest.approx([1.0, 1.0])
+    # one call of one replica on 1 core beside a decode: processor sharing, lockstep or not
+    one = _Cpu(1.0, lockstep=True)
+    one.jobs = [[0.1, 1, "model", (a, [], 1, 0.0), 1.0], [0.05, 1, "decoded", None, 1.0]]
+    assert one.speeds() == pytest.approx([0.5, 0.5])

@@ -284,13 +284,24 @@ class _Cpu:
         self.version = 0
 
     def speeds(self) -> list[float]:
-        threads = sum(j[1] for j in self.jobs)
+        # a replica's calls in flight share its one TensorFlow intra-op pool: r calls of m threads
+        # are m threads, m / r each (each call still normalised to its m threads alone)
+        calls = collections.Counter(id(j[3][0]) for j in self.jobs if j[2] == "model")
+        pools = {id(j[3][0]): j[1] for j in self.jobs if j[2] == "model"}
+        threads = sum(j[1] for j in self.jobs if j[2] != "model") + sum(pools.values())
         share = min(1.0, self.cores / threads) if threads else 1.0
         if self.lockstep and threads > self.cores:
             gang = lambda m: lockstep_cores(m, threads, self.cores)  # noqa: E731
         else:
             gang = lambda m: m * share  # noqa: E731
-        return [amdahl_speed(j[4], j[1], gang(j[1])) if j[1] > 1 else share for j in self.jobs]
+        out = []
+        for j in self.jobs:
+            if j[1] <= 1 and j[2] != "model":
+                out.append(share)
+                continue
+            own = j[1] / calls[id(j[3][0])] if j[2] == "model" else j[1]
+            out.append(amdahl_speed(j[4], j[1], gang(own) if own > 1 else own * share))
+        return out
 
     def advance(self, now: float) -> None:
         if self.jobs:
@@ -310,7 +321,7 @@ class _Cpu:
         return done
 
 
-def lockstep_cores(m: int, threads: int, cores: float) -> float:
+def lockstep_cores(m: float, threads: float, cores: float) -> float:
     """Cores a call of ``m`` threads working in lockstep gets among ``threads`` runnable threads on
     ``cores`` cores: its slowest thread shares the busiest run queue, ``ceil(threads / cores)`` deep
     (the threads spread as evenly as the kernel's load balancing puts them), so ``m / ceil(...)``; all
