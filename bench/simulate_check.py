@@ -258,14 +258,17 @@ def simulate_replay(
     seconds: float,
     seed: int,
     sent: list[float] | None = None,
+    calls_in_flight: int = 1,
 ) -> tuple[list[list[tuple[float, float, str]]], list[dict[str, float]]]:
     """The same arrivals through the simulated replicas (round robin, as the client); per phase
     ``(due, done, status)`` in its window, and the model calls started in it (:func:`calls_in`).
     ``sent``: when the generator sent each (same order as ``times``): the simulated replicas get them
-    then, and latencies count from ``times`` (due), as the generator counts them."""
+    then, and latencies count from ``times`` (due), as the generator counts them. ``calls_in_flight``:
+    the servers' ``--model_calls_in_flight``."""
     cfg = FleetConfig(
-        mode="hpa", initial_replicas=replicas, shared_cores=shared_cores, balancer="round-robin"
-    )
+        mode="hpa", initial_replicas=replicas, shared_cores=shared_cores, balancer="round-robin",
+        model_calls_in_flight=calls_in_flight,
+    )  # fmt: skip
     cfg.hpa = type(cfg.hpa)(min_replicas=replicas, max_replicas=replicas)
     due = np.asarray(times, np.float64)
     order = np.argsort(sent, kind="stable") if sent else np.arange(len(due))
@@ -484,7 +487,7 @@ def bucket_scales(points: list[tuple[float, float]], buckets: tuple[int, ...]) -
 
 def _simulated_cell(prof: CpuProfile, report: dict[str, Any], clients: int) -> list[tuple[float, int, float]]:
     cfg = FleetConfig(mode="hpa", initial_replicas=report["replicas"], shared_cores=report["shared_cores"],
-                      balancer="round-robin")  # fmt: skip
+                      balancer="round-robin", model_calls_in_flight=calls_in_flight(report))  # fmt: skip
     cfg.hpa = type(cfg.hpa)(min_replicas=report["replicas"], max_replicas=report["replicas"])
     sim = Simulation(cfg, prof, seed=3)
     sim.run_closed(clients, 10.0)
@@ -516,6 +519,7 @@ def compare(report: dict[str, Any]) -> None:
             seconds,
             5,
             sc.get("sent"),
+            calls_in_flight(report),
         )
         for ph, rows, sim_calls in zip(sc["phases"], simulated, calls, strict=True):
             ph["simulated"] = {**figures(rows, seconds), **sim_calls}
@@ -523,7 +527,14 @@ def compare(report: dict[str, Any]) -> None:
                 ph["measured"].update(real_calls(ph["server_metrics"]))
     for c in report["benchmark"]["cells"]:
         n, shared = report["replicas"], report["shared_cores"]
-        c["simulated_rps"] = closed_loop_rps(prof, c["concurrency"], n, shared)
+        c["simulated_rps"] = closed_loop_rps(
+            prof, c["concurrency"], n, shared, calls_in_flight=calls_in_flight(report)
+        )
+
+
+def calls_in_flight(report: dict[str, Any]) -> int:
+    """The servers' ``--model_calls_in_flight`` (reports from before it was recorded: the default, 1)."""
+    return int(report.get("model_calls_in_flight", 1))
 
 
 def write_plan_inputs(report: dict[str, Any], profile_out: Path | None, benchmark_out: Path | None) -> None:
@@ -563,6 +574,9 @@ def main(argv: list[str] | None = None) -> int:
         help="write the profile and cells where `make simulate-day` reads them (bench.simulate_day)",
     )
     p.add_argument("--timing_runs", type=int, default=9, help="model calls timed per bucket")
+    p.add_argument(
+        "--model_calls_in_flight", type=int, default=1, help="the servers' --model_calls_in_flight"
+    )
     p.add_argument("--replay", action="store_true", help="only re-simulate the arrivals recorded in --out")
     p.add_argument(
         "--before", type=Path, help="with --replay: print which checks were within 20%% per phase in this "
@@ -601,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         "replicas": args.replicas,
         "placement": [sorted(c) for c in places],
         "shared_cores": shared,
+        "model_calls_in_flight": args.model_calls_in_flight,
     }
     calls = time_buckets(places[0], args.timing_runs)
     print("model call per bucket alone (s):", calls)
@@ -613,8 +628,9 @@ def main(argv: list[str] | None = None) -> int:
             logs.append(out.with_name(f"{out.stem}_server{i}.log"))
             with affinity(cores):
                 server = start_cpu_server(
-                    DEMO_MODEL_DIR, logs[-1], "--decode_threads", str(len(cores)), "--compute_nice", "0"
-                )
+                    DEMO_MODEL_DIR, logs[-1], "--decode_threads", str(len(cores)), "--compute_nice", "0",
+                    "--model_calls_in_flight", str(args.model_calls_in_flight),
+                )  # fmt: skip
             servers.append(server)
             server.wait_ready()
         warmups = [warmup_seconds(log.read_text()) for log in logs]
@@ -708,6 +724,8 @@ def markdown(report: dict[str, Any]) -> str:
     where = "all cores" if n == 1 else (
         f"all sharing {report['shared_cores']:g} cores" if report["shared_cores"] else "one core each"
     )  # fmt: skip
+    if calls_in_flight(report) > 1:
+        where += f", --model_calls_in_flight {calls_in_flight(report)}"
     lines = [
         f"{n} replica(s) ({where}) behind a round-robin client; saturated closed-loop throughput "
         f"{report['saturated_rps']:.1f} req/s; simulator CPU profile: model call per bucket (ms) {buckets}, "

@@ -1154,13 +1154,14 @@ def simulate(cfg: FleetConfig, svc: ServiceModel | CpuProfile, rates: np.ndarray
 
 def closed_loop_rps(
     prof: CpuProfile, clients: int, replicas: int = 1, shared_cores: float | None = None,
-    seconds: float = 30.0, warm_s: float = 5.0,
+    seconds: float = 30.0, warm_s: float = 5.0, calls_in_flight: int = 1,
 ) -> float:  # fmt: skip
     """Simulated throughput (200s answered per second after ``warm_s``) of ``replicas`` behind a
     round-robin client under ``clients`` closed-loop clients."""
     cfg = FleetConfig(
-        mode="hpa", initial_replicas=replicas, shared_cores=shared_cores, balancer="round-robin"
-    )
+        mode="hpa", initial_replicas=replicas, shared_cores=shared_cores, balancer="round-robin",
+        model_calls_in_flight=calls_in_flight,
+    )  # fmt: skip
     cfg.hpa = dataclasses.replace(cfg.hpa, min_replicas=replicas, max_replicas=replicas)
     res = Simulation(cfg, prof, seed=3).run_closed(clients, seconds)
     ok = sum(1 for r in res.requests if r.status == "200" and warm_s <= r.done < seconds)
