@@ -532,6 +532,38 @@ def compare(report: dict[str, Any]) -> None:
         )
 
 
+def call_cores(report: dict[str, Any]) -> str:
+    """Per closed-loop cell and phase, from the servers' own counts (docs/simulator.md, "Model calls
+    under load"): images per call, ms per call, the model's CPU per image (model and TensorFlow pool
+    threads: ``cpu_s:model`` + ``cpu_s:other``), the cores a call got (that CPU over the calls' time,
+    ``ssd_batch_seconds``) and, for the phases, the cores the servers used in all (every thread's CPU
+    over the phase, warm-up included in a scenario's first phase)."""
+    rows = [("closed loop", f"c={c['concurrency']}", c.get("server_metrics") or {}, None)
+            for c in report["benchmark"]["cells"]]  # fmt: skip
+    for name, sc in report["scenarios"].items():
+        for i, ph in enumerate(sc["phases"]):
+            span = sc["seconds"] + (sc["offsets"][0] if i == 0 else 0.0)
+            rows.append((name, f"{ph['rate']:.1f} req/s", ph.get("server_metrics") or {}, span))
+    lines = [
+        "| scenario | load | images per call | ms per call | model CPU ms per image | cores per call "
+        "| server cores used |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, load, m, span in rows:
+        calls, images = m.get("ssd_batch_size_count", 0.0), m.get("ssd_batch_size_sum", 0.0)
+        busy = m.get("ssd_batch_seconds_sum", 0.0)
+        if not calls or not busy:
+            continue
+        model = m.get("cpu_s:model", 0.0) + m.get("cpu_s:other", 0.0)
+        cpu = sum(v for k, v in m.items() if k.startswith("cpu_s:"))
+        used = f"{cpu / span:.2f}" if span else "-"
+        lines.append(
+            f"| {name} | {load} | {images / calls:.2f} | {1e3 * busy / calls:.1f} | "
+            f"{1e3 * model / images:.1f} | {model / busy:.2f} | {used} |"
+        )
+    return "\n".join(lines)
+
+
 def calls_in_flight(report: dict[str, Any]) -> int:
     """The servers' ``--model_calls_in_flight`` (reports from before it was recorded: the default, 1)."""
     return int(report.get("model_calls_in_flight", 1))
@@ -579,6 +611,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--replay", action="store_true", help="only re-simulate the arrivals recorded in --out")
     p.add_argument(
+        "--call_cores", action="store_true", help="only print the cores the model calls got per phase (--out)"
+    )
+    p.add_argument(
         "--before", type=Path, help="with --replay: print which checks were within 20%% per phase in this "
         "report (the same run replayed by an older simulator) beside --out's",
     )  # fmt: skip
@@ -588,6 +623,9 @@ def main(argv: list[str] | None = None) -> int:
         from bench import simulate_day
 
         args.profile_out, args.benchmark_out = simulate_day.PROFILE, simulate_day.BENCHMARK
+    if args.call_cores:
+        print(call_cores(json.loads(out.read_text())))
+        return 0
     if args.replay:
         report = json.loads(out.read_text())
         compare(report)
