@@ -536,8 +536,9 @@ def call_cores(report: dict[str, Any]) -> str:
     """Per closed-loop cell and phase, from the servers' own counts (docs/simulator.md, "Model calls
     under load"): images per call, ms per call, the model's CPU per image (model and TensorFlow pool
     threads: ``cpu_s:model`` + ``cpu_s:other``), the cores a call got (that CPU over the calls' time,
-    ``ssd_batch_seconds``) and, for the phases, the cores the servers used in all (every thread's CPU
-    over the phase, warm-up included in a scenario's first phase)."""
+    ``ssd_batch_seconds``), the decode threads' and event loop's CPU per second of calls (the work
+    beside them) and, for the phases, the cores the servers used in all (every thread's CPU over the
+    phase, warm-up included in a scenario's first phase)."""
     rows = [("closed loop", f"c={c['concurrency']}", c.get("server_metrics") or {}, None)
             for c in report["benchmark"]["cells"]]  # fmt: skip
     for name, sc in report["scenarios"].items():
@@ -546,8 +547,8 @@ def call_cores(report: dict[str, Any]) -> str:
             rows.append((name, f"{ph['rate']:.1f} req/s", ph.get("server_metrics") or {}, span))
     lines = [
         "| scenario | load | images per call | ms per call | model CPU ms per image | cores per call "
-        "| server cores used |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| decode + loop CPU per call second | server cores used |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, load, m, span in rows:
         calls, images = m.get("ssd_batch_size_count", 0.0), m.get("ssd_batch_size_sum", 0.0)
@@ -557,9 +558,10 @@ def call_cores(report: dict[str, Any]) -> str:
         model = m.get("cpu_s:model", 0.0) + m.get("cpu_s:other", 0.0)
         cpu = sum(v for k, v in m.items() if k.startswith("cpu_s:"))
         used = f"{cpu / span:.2f}" if span else "-"
+        beside = (m.get("cpu_s:decode", 0.0) + m.get("cpu_s:event_loop", 0.0)) / busy
         lines.append(
             f"| {name} | {load} | {images / calls:.2f} | {1e3 * busy / calls:.1f} | "
-            f"{1e3 * model / images:.1f} | {model / busy:.2f} | {used} |"
+            f"{1e3 * model / images:.1f} | {model / busy:.2f} | {beside:.2f} | {used} |"
         )
     return "\n".join(lines)
 
