@@ -34,7 +34,7 @@ from predictor.ssd.anchors import generate_anchors
 from predictor.ssd.config import SSDConfig
 from predictor.ssd.network import build_network
 from predictor.ssd.postprocess import postprocess
-from predictor.ssd.preprocess import resize_warp_numpy, subtract_means
+from predictor.ssd.preprocess import resize_warp_uint8, subtract_means
 from predictor.ssd.weights import UNVERSIONED
 
 log = logging.getLogger(__name__)
@@ -318,9 +318,10 @@ class Detector:
         return seconds
 
     def resize(self, image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """uint8 ``[H, W, 3]`` -> float32 ``[S, S, 3]`` (TF1 bilinear WARP, in NumPy from the uint8
-        pixels: no TensorFlow call and no float copy of the source), written into ``out`` when given."""
-        return resize_warp_numpy(image, self.input_size, out)
+        """uint8 ``[H, W, 3]`` -> float32 ``[S, S, 3]`` (TF1 bilinear WARP from the uint8 pixels, no
+        float copy of the source: :func:`~predictor.ssd.preprocess.resize_warp_uint8`), written into
+        ``out`` when given."""
+        return resize_warp_uint8(image, self.input_size, out)
 
     def detect(
         self,
