@@ -298,7 +298,7 @@ def test_served_resize_equals_numpy_resize_bit_for_bit(hw, monkeypatch):
 
     image = RNG.integers(0, 256, (*hw, 3), dtype=np.uint8)
     expected = resize_warp_numpy(image, 300).view(np.uint32)
-    for limit in (preprocess.TF_RESIZE_MAX_PIXELS, 0):  # the TensorFlow path (below 3.5 MP), then NumPy's
+    for limit in (preprocess.TF_RESIZE_MAX_PIXELS, 0):  # the TensorFlow path (up to 3.2 MP), then NumPy's
         monkeypatch.setattr(preprocess, "TF_RESIZE_MAX_PIXELS", limit)
         got = resize_warp_uint8(image, 300)
         assert got.dtype == np.float32 and got.shape == (300, 300, 3)
@@ -310,7 +310,7 @@ def test_served_resize_equals_numpy_resize_bit_for_bit(hw, monkeypatch):
 
 def test_served_resize_takes_tensorflow_path_up_to_the_limit(monkeypatch):
     """Which implementation runs: TensorFlow's kernel at and below ``TF_RESIZE_MAX_PIXELS`` source
-    pixels, NumPy above it (``bench/resize_paths.py``: the kernel copies its whole source first)."""
+    pixels, NumPy above it (``bench/prepare_paths.py``: the kernel copies its whole source first)."""
     from predictor.ssd import preprocess
 
     calls = []

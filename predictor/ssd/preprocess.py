@@ -39,10 +39,11 @@ def resize_warp(image: tf.Tensor, size: int) -> tf.Tensor:
 
 
 #: Largest source (``H * W``) that :func:`resize_warp_uint8` resizes with TensorFlow's kernel. The kernel
-#: costs 2.4-2.8x less CPU than :func:`resize_warp_numpy` up to 1280x720 and 1.7x at 1080p, but TensorFlow
-#: copies its whole input first (an eager tensor never shares a NumPy buffer), which makes it 3x slower
-#: at 12 MP; they cost the same near 3.6 MP (``python -m bench.resize_paths``).
-TF_RESIZE_MAX_PIXELS = 3_500_000
+#: costs 2.6-2.8x less CPU than :func:`resize_warp_numpy` up to 1280x720 and 1.7-1.9x at 1080p, but
+#: TensorFlow copies its whole input first (an eager tensor never shares a NumPy buffer; past the server's
+#: 8 MiB mmap threshold that copy also page-faults), which makes it 3x slower at 12 MP; 2048x1536 (3.1 MP)
+#: is still cheaper with the kernel, 2560x1440 (3.7 MP) no longer (``python -m bench.prepare_paths``).
+TF_RESIZE_MAX_PIXELS = 3_200_000
 
 
 def resize_warp_uint8(image: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
