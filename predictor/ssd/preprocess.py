@@ -48,9 +48,10 @@ TF_RESIZE_MAX_PIXELS = 3_200_000
 
 def resize_warp_uint8(image: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
     """:func:`resize_warp` of one uint8 ``[H, W, C]`` image to float32 ``[S, S, C]``, bit-identical to
-    :func:`resize_warp_numpy`, at the least CPU: TensorFlow's fused kernel (one eager op, run in the
-    calling thread, which holds the GIL only to enter and leave it) up to :data:`TF_RESIZE_MAX_PIXELS`
-    source pixels, NumPy beyond (it reads only the ``4 * S * S`` source pixels it needs).
+    :func:`resize_warp_numpy`, at the least CPU: TensorFlow's fused CPU kernel (one eager op, run in the
+    calling thread, which holds the GIL only to enter and leave it; on the CPU even where a GPU is
+    visible) up to :data:`TF_RESIZE_MAX_PIXELS` source pixels, NumPy beyond (it reads only the
+    ``4 * S * S`` source pixels it needs).
 
     Args:
       image: uint8 ``[H, W, C]``.
@@ -62,9 +63,10 @@ def resize_warp_uint8(image: np.ndarray, size: int, out: np.ndarray | None = Non
     h, w, _ = image.shape
     if h * w > TF_RESIZE_MAX_PIXELS:
         return resize_warp_numpy(image, size, out)
-    resized = tf.raw_ops.ResizeBilinear(
-        images=image[None], size=[size, size], align_corners=False, half_pixel_centers=False
-    )[0].numpy()
+    with tf.device("/CPU:0"):  # a GPU's kernel may fuse the multiply-adds: not the same bits
+        resized = tf.raw_ops.ResizeBilinear(
+            images=image[None], size=[size, size], align_corners=False, half_pixel_centers=False
+        ).numpy()[0]  # a view of the result, no slice op
     if out is None:
         return resized
     out[...] = resized
