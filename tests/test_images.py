@@ -425,3 +425,21 @@ def test_a_conversion_of_an_unusable_shape_is_refused(shape, refused):
         with pytest.raises(ImageError) as info:
             decode_image(png)
     assert info.value.reason == f"decoded image has unusable shape {list(shape)}"
+
+
+def test_served_resize_runs_on_the_cpu_kernel(monkeypatch):
+    """The TensorFlow path is pinned to the CPU: where a GPU is visible, eager ops would run there, and
+    a GPU kernel may fuse the multiply-adds (not the NumPy resize's bits)."""
+    import tensorflow as tf
+
+    from predictor.ssd import preprocess
+
+    devices, real = [], tf.device
+
+    def device(name: str):
+        devices.append(name)
+        return real(name)
+
+    monkeypatch.setattr(tf, "device", device)
+    preprocess.resize_warp_uint8(np.zeros((20, 30, 3), np.uint8), 8)
+    assert devices == ["/CPU:0"]
