@@ -10,8 +10,9 @@ thread pools counts too; nothing else runs in the process meanwhile):
   base64     ``images.decode_base64`` (``base64_tolerant``: its slower path for line breaks, URL-safe ...)
   decode     Pillow open + decode at full size (``draft``: at the reduced JPEG scale)
   exif+mode  EXIF orientation + RGB array (``decode_image`` minus the bare decode)
-  resize     ``Detector.resize`` (NumPy TF1 bilinear from uint8); ``resize_tf``: the former TF call
-  assembly   rows into one contiguous bucket buffer + the tensor handed to the model (batch 8)
+  resize     ``Detector.resize`` (TF1 bilinear from uint8: TensorFlow's kernel up to 3.2 MP, NumPy beyond);
+             ``resize_tf``: ``resize_warp`` after ``tf.convert_to_tensor`` (the call before the NumPy resize)
+  assembly   rows into one aligned bucket buffer + the tensor handed to the model, sharing it (batch 8)
   post       detections -> V2 arrays (20 detections per image)
   encode     V1 JSON response bytes
 
@@ -115,6 +116,7 @@ def stage_costs(data: bytes, detector: Any, min_time_s: float) -> dict[str, floa
 
     from predictor.serving import codecs
     from predictor.serving.images import ImageLimits, decode_base64, decode_image_reduced
+    from predictor.ssd.detector import aligned_empty, input_tensor
     from predictor.ssd.preprocess import resize_warp
 
     s = detector.input_size
@@ -137,11 +139,11 @@ def stage_costs(data: bytes, detector: Any, min_time_s: float) -> dict[str, floa
     rows = np.stack([detector.resize(full)] * BATCH)
     dets = _fake_detections(BATCH, full.shape[:2])
 
-    def assemble() -> None:
-        buffer = np.empty((BATCH, s, s, 3), np.float32)
+    def assemble() -> None:  # Detector._bucket_images + _run_bucket's input
+        buffer = aligned_empty((BATCH, s, s, 3))
         for i in range(BATCH):
             buffer[i] = rows[i]
-        tf.constant(buffer, tf.float32)
+        input_tensor(buffer)
 
     c: dict[str, float] = {}
     c["parse"] = cpu_ms(lambda: codecs.parse_v1(orjson.loads(body), max_batch_size=32, max_detections=200),

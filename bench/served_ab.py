@@ -8,7 +8,8 @@ one server per variant in turn (the order rotates between rounds), runs every (p
 against it, and stops it. Printed: each variant's images/s per cell and round, the median over rounds, B / A
 per round, and, when a raw-model JSON (``bench/raw_model.py``, e.g. ``--batches 16``) is given, served / the
 bench's ceiling (the ceiling row of ``bench/run_all.py``: cores / (``run_batch`` CPU ms per image +
-decode/resize ms per image)).
+decode/resize ms per image)); then each variant's server CPU ms per image by thread group
+(``bench/threads.py``) and server cores used per cell, medians over rounds.
 
 ``python -m bench.served_ab --models demo --concurrency 16 --rounds 2 --raw bench/out/raw_model.json
 --variants 'calls1=--model_calls_in_flight 1;calls2=--model_calls_in_flight 2'``
@@ -26,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import served
+from bench import served, threads
 from bench.common import OUT_DIR, fmt_table, machine_info, make_test_jpegs, parse_ints, write_json
 from bench.run_all import served_ceiling
 
@@ -110,6 +111,31 @@ def markdown(data: dict) -> str:
     return fmt_table(headers, rows)
 
 
+def threads_markdown(data: dict) -> str:
+    """Per cell and variant: the server's CPU ms per image by thread group (:data:`bench.threads.GROUPS`),
+    their total and the server cores used, each the median over the variant's rounds ("" without
+    profiles)."""
+    per: dict[tuple[str, str, int, str], list[dict]] = {}
+    for run in data.get("runs", []):
+        for row in run["rows"]:
+            if row.get("threads"):
+                key = (run["model"], row["protocol"], row["concurrency"], run["variant"])
+                per.setdefault(key, []).append(row)
+    order = {name: i for i, name in enumerate(data["variants"])}
+    rows = []
+    for (model, protocol, c, variant), cells in sorted(
+        per.items(), key=lambda kv: (*kv[0][:3], order[kv[0][3]])
+    ):
+        ms = [cell["threads"]["cpu_ms_per_image"] for cell in cells]
+        groups = [statistics.median(m[g] for m in ms) for g in threads.GROUPS]
+        total = statistics.median(sum(m.values()) for m in ms)
+        cores = statistics.median(cell["server_cores_used"] for cell in cells)
+        rows.append([model, protocol, c, variant, *groups, total, cores])
+    if not rows:
+        return ""
+    return fmt_table(["model", "protocol", "c", "variant", *threads.GROUPS, "total", "server cores"], rows)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", required=True, help="'name=server flags;name=server flags;...'")
@@ -158,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
                         cell["ceiling"] = ceiling
                 write_json(out, data)
     print("\n" + markdown(data))
+    profile = threads_markdown(data)
+    if profile:
+        print("\nServer CPU ms per image by thread group, medians over rounds:\n\n" + profile)
     print(f"\nwrote {out}")
     return 0
 

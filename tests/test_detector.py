@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from predictor.ssd.detector import Detector, buckets_up_to
+from predictor.ssd.detector import TENSOR_ALIGN, Detector, aligned_empty, buckets_up_to, input_tensor
 
 
 def test_buckets():
@@ -105,6 +105,54 @@ def test_only_the_detector_pads_to_buckets(random_tiny_model_dir, shapes_images)
         assert out["num_detections"].tolist() == [len(d.scores) for d in direct]
         for i, d in enumerate(direct):
             np.testing.assert_allclose(out["scores"][i, : len(d.scores)], d.scores, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 300, 300, 3), (3, 7, 5, 3), (1,), (16, 300, 300, 3)])
+def test_aligned_buffers_start_on_the_tensor_boundary(shape):
+    for _ in range(5):  # several allocations: a lucky one is not enough
+        buffer = aligned_empty(shape)
+        assert buffer.shape == shape and buffer.dtype == np.float32 and buffer.flags.c_contiguous
+        assert buffer.flags.writeable and buffer.ctypes.data % TENSOR_ALIGN == 0
+
+
+def test_the_network_input_shares_an_aligned_buffer_and_copies_anything_else():
+    """An aligned float32 buffer is taken over (a later write shows in the tensor); a misaligned, strided,
+    read-only or float64 array is copied (TensorFlow would abort the process on a misaligned buffer)."""
+    buffer = aligned_empty((2, 4, 4, 3))
+    buffer[...] = 1.0
+    tensor = input_tensor(buffer)
+    buffer[0, 0, 0, 0] = 42.0
+    assert tensor.dtype.name == "float32" and tensor.shape == (2, 4, 4, 3)
+    assert float(tensor[0, 0, 0, 0]) == 42.0  # the same memory
+    raw = aligned_empty((2 * 4 * 4 * 3 + 1,))
+    misaligned = raw[1:].reshape(2, 4, 4, 3)  # 4 bytes past the boundary
+    readonly = aligned_empty((2, 4, 4, 3))
+    readonly.flags.writeable = False
+    for array in (misaligned, aligned_empty((2, 4, 8, 3))[:, :, ::2], readonly, np.ones((2, 4, 4, 3))):
+        if array.flags.writeable:
+            array[...] = 1.0
+        tensor = input_tensor(array)
+        if array.flags.writeable:
+            array[0, 0, 0, 0] = 42.0
+        assert tensor.dtype.name == "float32" and float(tensor[0, 0, 0, 0]) != 42.0  # a copy
+
+
+def test_bucket_buffers_are_aligned_and_give_the_same_detections(random_tiny_model_dir, shapes_images):
+    """``run_batch`` on a list of rows (stacked into an aligned bucket buffer fed without a copy) gives
+    the detections of the same rows as one whole-bucket array (fed through ``tf.constant``), bit for bit."""
+    det = Detector.from_dir(str(random_tiny_model_dir), max_batch_size=8)
+    rows = [det.resize(im) for im in shapes_images[:3]]
+    bucket = det._bucket_images(rows, 4)
+    assert bucket.ctypes.data % TENSOR_ALIGN == 0 and (bucket[3] == 0).all()
+    hw = np.asarray([im.shape[:2] for im in shapes_images[:3]], np.float32)
+    listed = det.run_batch(rows, hw)
+    whole = np.zeros((4, *rows[0].shape), np.float32)
+    whole[:3] = rows
+    if whole.ctypes.data % TENSOR_ALIGN == 0:  # make sure this one takes the tf.constant path
+        whole = np.concatenate([np.zeros(1, np.float32), whole.ravel()])[1:].reshape(whole.shape)
+    arrays = det.run_batch(whole, np.concatenate([hw, hw[:1]]))
+    for key in listed:
+        assert np.array_equal(listed[key], arrays[key][:3]), key
 
 
 def test_boxes_valid_unique_and_bounded(random_tiny_model_dir, shapes_images):

@@ -289,6 +289,43 @@ def test_numpy_warp_resize_matches_tensorflow(hw, size):
     )
 
 
+@pytest.mark.parametrize("hw", [(375, 500), (720, 1280), (1, 1), (300, 300), (7, 500), (1500, 2500)])
+def test_served_resize_equals_numpy_resize_bit_for_bit(hw, monkeypatch):
+    """``resize_warp_uint8`` (the decode threads' resize: TensorFlow's kernel up to TF_RESIZE_MAX_PIXELS,
+    NumPy beyond) gives the NumPy resize's float32 values exactly, on both paths, into ``out`` too."""
+    from predictor.ssd import preprocess
+    from predictor.ssd.preprocess import resize_warp_numpy, resize_warp_uint8
+
+    image = RNG.integers(0, 256, (*hw, 3), dtype=np.uint8)
+    expected = resize_warp_numpy(image, 300).view(np.uint32)
+    for limit in (preprocess.TF_RESIZE_MAX_PIXELS, 0):  # the TensorFlow path (up to 3.2 MP), then NumPy's
+        monkeypatch.setattr(preprocess, "TF_RESIZE_MAX_PIXELS", limit)
+        got = resize_warp_uint8(image, 300)
+        assert got.dtype == np.float32 and got.shape == (300, 300, 3)
+        assert np.array_equal(got.view(np.uint32), expected)
+        out = np.full((300, 300, 3), -1, np.float32)
+        assert resize_warp_uint8(image[:, ::-1], 300, out=out) is out  # non-contiguous input
+        assert np.array_equal(out.view(np.uint32), resize_warp_numpy(image[:, ::-1], 300).view(np.uint32))
+
+
+def test_served_resize_takes_tensorflow_path_up_to_the_limit(monkeypatch):
+    """Which implementation runs: TensorFlow's kernel at and below ``TF_RESIZE_MAX_PIXELS`` source
+    pixels, NumPy above it (``bench/prepare_paths.py``: the kernel copies its whole source first)."""
+    from predictor.ssd import preprocess
+
+    calls = []
+
+    def numpy_resize(image: np.ndarray, size: int, out: np.ndarray | None = None) -> None:
+        calls.append(image.shape)
+
+    monkeypatch.setattr(preprocess, "resize_warp_numpy", numpy_resize)
+    monkeypatch.setattr(preprocess, "TF_RESIZE_MAX_PIXELS", 20 * 30)
+    preprocess.resize_warp_uint8(np.zeros((20, 30, 3), np.uint8), 8)
+    assert calls == []
+    preprocess.resize_warp_uint8(np.zeros((20, 31, 3), np.uint8), 8)
+    assert calls == [(20, 31, 3)]
+
+
 # ----------------------------------------------------------------------------- exact conversions and caps
 def test_high_bit_gray_is_scaled_exactly():
     """32-bit float gray: NaN -> 0, clipped to [0, 255], truncated; 16/32-bit integer gray: clipped to
@@ -388,3 +425,21 @@ def test_a_conversion_of_an_unusable_shape_is_refused(shape, refused):
         with pytest.raises(ImageError) as info:
             decode_image(png)
     assert info.value.reason == f"decoded image has unusable shape {list(shape)}"
+
+
+def test_served_resize_runs_on_the_cpu_kernel(monkeypatch):
+    """The TensorFlow path is pinned to the CPU: where a GPU is visible, eager ops would run there, and
+    a GPU kernel may fuse the multiply-adds (not the NumPy resize's bits)."""
+    import tensorflow as tf
+
+    from predictor.ssd import preprocess
+
+    devices, real = [], tf.device
+
+    def device(name: str):
+        devices.append(name)
+        return real(name)
+
+    monkeypatch.setattr(tf, "device", device)
+    preprocess.resize_warp_uint8(np.zeros((20, 30, 3), np.uint8), 8)
+    assert devices == ["/CPU:0"]

@@ -7,6 +7,7 @@ checked, naming what to re-read upstream.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from predictor.serving import kserve_workarounds as kw
@@ -77,3 +78,39 @@ def test_the_grpc_limit_is_written_where_kserve_reads_it(monkeypatch):
     monkeypatch.setattr(model_server.args, "grpc_max_receive_message_length", 1)
     kw.set_grpc_receive_limit(12345)
     assert vars(model_server.args)["grpc_max_receive_message_length"] == 12345
+
+
+def test_the_rest_app_has_header_hygiene_outermost_and_no_kserve_timing():
+    """KServe's ``_add_middlewares`` adds its ``TimingMiddleware`` (two getrusage calls and two log lines
+    per request: ``kw.KSERVE_TIMING``); ours takes it out again and puts header hygiene outermost."""
+    from fastapi import FastAPI
+    from timing_asgi import TimingMiddleware
+
+    from predictor.serving.headers import HeaderHygieneMiddleware
+
+    server_class = kw.rest_server_with_error_table()
+    server = object.__new__(server_class)
+    server.access_log_format = None
+    plain = FastAPI()
+    server_class.__mro__[1]._add_middlewares(server, plain)  # KServe's own
+    assert [m.cls for m in plain.user_middleware] == [TimingMiddleware]
+    app = FastAPI()
+    server_class._add_middlewares(server, app)
+    assert [m.cls for m in app.user_middleware] == [HeaderHygieneMiddleware]
+
+
+def test_a_served_request_logs_no_kserve_timing_lines(ssd_server):
+    """End to end: a V1 request and a metadata request leave none of the ``kserve.trace`` timing lines
+    (``... ['http_status:200', 'http_method:POST', 'time:wall']``) KServe's TimingMiddleware writes."""
+    import httpx
+    from serving_fixtures import MODEL_NAME, b64, encode_image
+
+    start = len(ssd_server.log())
+    image = encode_image(np.zeros((40, 60, 3), np.uint8), "PNG")
+    with httpx.Client(base_url=ssd_server.url, timeout=120) as client:
+        r = client.post(f"/v1/models/{MODEL_NAME}:predict", json={"instances": [{"b64": b64(image)}]})
+        assert r.status_code == 200, r.text[:300]
+        assert client.get(f"/v2/models/{MODEL_NAME}").status_code == 200
+    log = ssd_server.log()[start:]
+    assert "requestId: " in log  # KServe's trace logger writes to this log: the check below can fail
+    assert "time:wall" not in log and "time:cpu" not in log, log[-2000:]

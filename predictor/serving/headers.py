@@ -15,8 +15,8 @@ text into each log line. Before KServe's app or servicer sees a request:
 - ``tracestate``: kept only with a valid ``traceparent`` and at most :data:`TRACESTATE_MAX` characters
   (W3C Trace Context, section 3.3.1.5); ``baggage``: at most :data:`BAGGAGE_MAX` (W3C Baggage limit).
 
-:class:`HeaderHygieneMiddleware` does this to the ASGI scope (it is the outermost middleware, outside
-KServe's own ``TimingMiddleware``: :func:`predictor.serving.server._rest_server`), and
+:class:`HeaderHygieneMiddleware` does this to the ASGI scope (it is the outermost middleware:
+:func:`predictor.serving.kserve_workarounds.rest_server_with_error_table`), and
 :class:`GrpcMetadataHygiene` to the gRPC invocation metadata (the outermost interceptor), so handlers,
 KServe's included, read the cleaned values. Pure functions, no I/O.
 """

@@ -1,9 +1,9 @@
 """The HTTP (ASGI) middlewares of the REST server, and :func:`install`, which puts them on KServe's app.
 
-Order, outermost first (``app.add_middleware`` puts the last one added outside the others; KServe
-adds its own ``TimingMiddleware`` when the server starts, outside all of these, and the server adds
-:class:`~predictor.serving.headers.HeaderHygieneMiddleware` outside KServe's, so that every one of them
-reads cleaned ``x-request-id`` / trace headers):
+Order, outermost first (``app.add_middleware`` puts the last one added outside the others; when the
+server starts it adds :class:`~predictor.serving.headers.HeaderHygieneMiddleware` outside all of these,
+so that every one of them reads cleaned ``x-request-id`` / trace headers, and leaves KServe's own
+``TimingMiddleware`` out: :func:`predictor.serving.kserve_workarounds.rest_server_with_error_table`):
 
 1. :class:`RestMetricsMiddleware`: gives every request an ``x-request-id`` and, on the inference
    routes, counts and logs the answer. Outermost of ours, so that it also sees the answers the

@@ -5,6 +5,10 @@ uint8 RGB ``[H, W, 3]`` -> float32, bilinear resize to ``S x S`` ignoring aspect
 Balancap subtracts before resizing; bilinear weights sum to one, so both orders agree up to float
 rounding, and resizing first lets the serving layer resize images of any size in parallel and batch
 the results.
+
+Two implementations of the same arithmetic, bit for bit: TensorFlow's ``ResizeBilinear`` kernel
+(:func:`resize_warp`) and :func:`resize_warp_numpy`. :func:`resize_warp_uint8` (the server's, via
+``Detector.resize``) picks the cheaper one for the image's size.
 """
 
 from __future__ import annotations
@@ -32,6 +36,41 @@ def resize_warp(image: tf.Tensor, size: int) -> tf.Tensor:
         x = tf.cast(x, tf.float32)
     y = tf.raw_ops.ResizeBilinear(images=x, size=[size, size], align_corners=False, half_pixel_centers=False)
     return y if batched else y[0]
+
+
+#: Largest source (``H * W``) that :func:`resize_warp_uint8` resizes with TensorFlow's kernel. It costs
+#: 2.8-3.4x less CPU than :func:`resize_warp_numpy` up to 1080p (0.6-0.9 ms against 2.1-2.5), but
+#: TensorFlow copies its whole input first (an eager tensor never shares a NumPy buffer; past the server's
+#: 8 MiB mmap threshold that copy also page-faults), which makes it 3x slower at 12 MP; 2048x1536 (3.1 MP)
+#: is still cheaper with the kernel, 2560x1440 (3.7 MP) no longer (``python -m bench.prepare_paths``).
+TF_RESIZE_MAX_PIXELS = 3_200_000
+
+
+def resize_warp_uint8(image: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """:func:`resize_warp` of one uint8 ``[H, W, C]`` image to float32 ``[S, S, C]``, bit-identical to
+    :func:`resize_warp_numpy`, at the least CPU: TensorFlow's fused CPU kernel (one eager op, run in the
+    calling thread, which holds the GIL only to enter and leave it; on the CPU even where a GPU is
+    visible) up to :data:`TF_RESIZE_MAX_PIXELS` source pixels, NumPy beyond (it reads only the
+    ``4 * S * S`` source pixels it needs).
+
+    Args:
+      image: uint8 ``[H, W, C]``.
+      size: output side ``S``.
+      out: optional float32 ``[S, S, C]`` to write into (e.g. a row of a batch buffer).
+    Returns:
+      float32 ``[S, S, C]`` (``out`` when given).
+    """
+    h, w, _ = image.shape
+    if h * w > TF_RESIZE_MAX_PIXELS:
+        return resize_warp_numpy(image, size, out)
+    with tf.device("/CPU:0"):  # a GPU's kernel may fuse the multiply-adds: not the same bits
+        resized = tf.raw_ops.ResizeBilinear(
+            images=image[None], size=[size, size], align_corners=False, half_pixel_centers=False
+        ).numpy()[0]  # a view of the result, no slice op
+    if out is None:
+        return resized
+    out[...] = resized
+    return out
 
 
 def subtract_means(images: tf.Tensor, means: Sequence[float]) -> tf.Tensor:
