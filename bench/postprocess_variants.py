@@ -11,16 +11,24 @@ passes them (``[B]`` thresholds and caps, ``[B, C]`` class mask), it times in on
 
 Variants:
 
-* ``top400``: ``postprocess(..., candidate_slots=())``: every anchor decoded, the ``top_k x top_k`` IoU
-  matrix and the fixed-point NMS over it (the code before candidate sizing; the ONNX export's path);
+* ``top400``: ``postprocess(..., candidate_slots=())``: every anchor scored and decoded, the
+  ``top_k x top_k`` IoU matrix and the fixed-point NMS over it (the code before candidate sizing; the
+  ONNX export's path);
 * ``sized_decode_all``: ``K`` sized to the candidates that passed (32, 128 or ``top_k``) but every
   anchor decoded (the first try; built here from the module's private helpers);
-* ``sized``: ``postprocess`` as shipped: ``K`` sized, and only the ``K`` candidates decoded;
+* ``sized_softmax_all``: ``K`` sized (32, 128 or ``top_k``), only the ``K`` candidates decoded, but the
+  softmax and threshold over every anchor, and the IoU as it was computed before (each corner pair
+  broadcast as a trailing ``[..., 2]``): ``postprocess`` as shipped until 2026-12-07 14:00;
+* ``sized_iou``: the same with today's IoU (each coordinate broadcast on its own, the same bits) and
+  today's :data:`~predictor.ssd.postprocess.CANDIDATE_SLOTS` (32, 64, 96, 128): what scoring only the
+  anchors that may pass adds is ``sized_iou`` minus ``sized``;
+* ``sized``: ``postprocess`` as shipped: softmax and threshold only on the anchors whose best class's
+  bound ``sigmoid(l_c - l_0)`` clears the threshold, ``K`` sized, only the ``K`` candidates decoded;
 * ``combined_nms``: ``tf.image.combined_non_max_suppression`` (TF's CPU kernel), scalar thresholds only;
   per-class ``top_k`` *before* NMS, IoU ``>`` (not ``>=``) and no per-image controls, so not the seed's
   semantics: timed for comparison, its agreement with ``top400`` reported;
-* ``no_nms``: threshold + top-32 candidates only, no IoU and no NMS: the floor of the part that does not
-  depend on ``K``.
+* ``no_nms``: softmax and threshold over every anchor + top-32 candidates only, no IoU and no NMS: the
+  floor of the variants that score every anchor.
 
 ``python -m bench.postprocess_variants [--models demo,ssd300] [--batches 1,4,8,16,32] [--reps 9]
 [--ssd300_batches 1,8] [--ssd300_reps 3]``
@@ -30,6 +38,7 @@ Variants:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -42,7 +51,7 @@ import numpy as np
 from bench.common import OUT_DIR, fmt_table, machine_info, make_test_jpegs, model_dir, parse_ints, write_json
 from bench.raw_model import resized_batch
 
-VARIANTS = ("top400", "sized_decode_all", "sized", "combined_nms", "no_nms")
+VARIANTS = ("top400", "sized_decode_all", "sized_softmax_all", "sized_iou", "sized", "combined_nms", "no_nms")
 
 
 def make_variant(name: str, detector: Any) -> Callable[..., Any]:
@@ -70,20 +79,23 @@ def make_variant(name: str, detector: Any) -> Callable[..., Any]:
         scores = softmax_passed(logits, thr, mask)  # [B, A, C-1]
         flat = tf.reshape(scores, [tf.shape(scores)[0], -1])
         num_fg = scores.shape[-1]
-        if name == "sized_decode_all":  # sized K, but every anchor decoded (the first sized try)
-            geometry = (loc, anchors, image_hw, cfg.prior_scaling)
+        geometry = (loc, anchors, image_hw, cfg.prior_scaling)
+        if name in ("sized_decode_all", "sized_softmax_all", "sized_iou"):
+            first_try = name == "sized_decode_all"
+            sizes = [*(pp.CANDIDATE_SLOTS if name == "sized_iou" else (32, 128)), top_k]
             count = tf.reduce_max(tf.reduce_sum(tf.cast(flat > 0, tf.int32), axis=1))
-            sizes = [*pp.CANDIDATE_SLOTS, top_k]
             index = tf.reduce_sum(tf.cast(count > tf.constant(sizes[:-1], tf.int32), tf.int32))
 
             def branch(k):
-                return lambda: tuple(
-                    pp._nms_select(
-                        *pp._candidates_decoded_first(flat, *geometry, num_fg, k), nms, caps, max_det
-                    )
-                )
+                def candidates():
+                    if first_try or k == top_k:  # every anchor decoded
+                        return pp._candidates_decoded_first(flat, *geometry, num_fg, k)
+                    return pp._candidates_decoded_after(flat, *geometry, num_fg, k)
 
-            return tf.switch_case(index, [branch(k) for k in sizes])
+                return lambda: tuple(pp._nms_select(*candidates(), nms, caps, max_det))
+
+            with pair_broadcast_iou() if name != "sized_iou" else contextlib.nullcontext():
+                return tf.switch_case(index, [branch(k) for k in sizes])
         if name == "combined_nms":  # scalar thresholds only: the first image's
             boxes = normalized_to_pixels(decode(loc, anchors, cfg.prior_scaling), image_hw)
             out = tf.image.combined_non_max_suppression(
@@ -92,10 +104,38 @@ def make_variant(name: str, detector: Any) -> Callable[..., Any]:
             )  # fmt: skip
             classes = tf.cast(out.nmsed_classes, tf.int32) + 1
             return out.nmsed_boxes, out.nmsed_scores, classes, out.valid_detections
-        top, idx = tf.math.top_k(flat, k=pp.CANDIDATE_SLOTS[0])  # no_nms: the part every variant pays
+        top, idx = tf.math.top_k(flat, k=32)  # no_nms: what every variant scoring every anchor pays
         return idx, top, idx, tf.reduce_sum(tf.cast(top > 0, tf.int32), 1)
 
     return run
+
+
+def _iou_pair_broadcast(a, b):
+    """``predictor.ssd.boxes.iou_xyxy`` as it was until 2026-12-07: corner pairs broadcast as ``[..., 2]``
+    (the same values as today's, 3-4x slower on the CPU)."""
+    import tensorflow as tf
+
+    a1, a2 = a[..., :, None, :2], a[..., :, None, 2:]
+    b1, b2 = b[..., None, :, :2], b[..., None, :, 2:]
+    inter_wh = tf.maximum(tf.minimum(a2, b2) - tf.maximum(a1, b1), 0.0)
+    inter = inter_wh[..., 0] * inter_wh[..., 1]
+    area_a = tf.reduce_prod(tf.maximum(a[..., 2:] - a[..., :2], 0.0), axis=-1)[..., :, None]
+    area_b = tf.reduce_prod(tf.maximum(b[..., 2:] - b[..., :2], 0.0), axis=-1)[..., None, :]
+    union = area_a + area_b - inter
+    return tf.where(union > 0, inter / tf.maximum(union, 1e-12), 0.0)
+
+
+@contextlib.contextmanager
+def pair_broadcast_iou():
+    """While tracing: post-processing's IoU computed as before (:func:`_iou_pair_broadcast`)."""
+    from predictor.ssd import boxes
+
+    saved = boxes.iou_xyxy
+    boxes.iou_xyxy = _iou_pair_broadcast
+    try:
+        yield
+    finally:
+        boxes.iou_xyxy = saved
 
 
 def agreement(out: tuple, ref: tuple) -> bool:
