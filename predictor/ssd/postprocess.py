@@ -36,12 +36,13 @@ Sizing: a trained model passes a few dozen candidates per image, not ``top_k``, 
   same). When an image has more than the largest slot, every anchor is decoded, tested and the
   ``top_k`` best kept, as the steps read.
 
-The branches are ``tf.switch_case`` on the counts (the anchors' inside the candidates' when an image has
-too many anchors): shapes stay static (XLA) and only the chosen branch runs. ``tf.math.top_k`` is stable
-(equal scores keep the lower index whatever ``K``), so the detections are those of the ``top_k`` path,
-at ``(K / top_k)^2`` of its IoU matrix and NMS loop, ``K / A`` of its decoding and, on the first
-branches, ``CANDIDATE_ANCHORS / A`` of its softmax (``candidate_slots=()`` turns sizing off: the ONNX
-export's path). ``bench/postprocess_variants.py`` times each step's cost.
+Each choice is a ``tf.switch_case`` on the counts (one over the slots and "score every anchor", and
+inside the latter one over the slots and "decode every anchor"): shapes stay static (XLA) and only the
+chosen branch runs. ``tf.math.top_k`` is stable (equal scores keep the lower index whatever ``K``), so
+the detections are those of the ``top_k`` path, at ``(K / top_k)^2`` of its IoU matrix and NMS loop,
+``K / A`` of its decoding and ``CANDIDATE_ANCHORS / A`` of its softmax (``candidate_slots=()`` turns
+sizing off: the ONNX export's path). ``bench/postprocess_variants.py`` times it against the code
+before each step (bench/RESULTS.md, "Post-processing variants").
 """
 
 from __future__ import annotations
