@@ -18,10 +18,10 @@ Variants:
   anchor decoded (the first try; built here from the module's private helpers);
 * ``sized_softmax_all``: ``K`` sized (32, 128 or ``top_k``), only the ``K`` candidates decoded, but the
   softmax and threshold over every anchor, and the IoU as it was computed before (each corner pair
-  broadcast as a trailing ``[..., 2]``): ``postprocess`` as shipped until 2026-12-07 14:00;
-* ``sized_iou``: the same with today's IoU (each coordinate broadcast on its own, the same bits) and
-  today's :data:`~predictor.ssd.postprocess.CANDIDATE_SLOTS` (32, 64, 96, 128): what scoring only the
-  anchors that may pass adds is ``sized_iou`` minus ``sized``;
+  broadcast as a trailing ``[..., 2]``): ``postprocess`` as shipped before 2026-12-07 14:30;
+* ``sized_iou``: the same with the shipped IoU (each coordinate broadcast on its own, the same bits)
+  and the shipped :data:`~predictor.ssd.postprocess.CANDIDATE_SLOTS` (32, 64, 96, 128): what scoring
+  only the anchors that may pass saves is ``sized_iou`` minus ``sized``;
 * ``sized``: ``postprocess`` as shipped: softmax and threshold only on the anchors whose best class's
   bound ``sigmoid(l_c - l_0)`` clears the threshold, ``K`` sized, only the ``K`` candidates decoded;
 * ``combined_nms``: ``tf.image.combined_non_max_suppression`` (TF's CPU kernel), scalar thresholds only;
