@@ -26,9 +26,10 @@ Sizing: a trained model passes a few dozen candidates per image, not ``top_k``, 
   against the background's alone), so step 3's threshold is first tested on that bound for each
   anchor's best allowed class (a max over classes, no softmax), with a slack for float rounding
   (:func:`_anchors_that_may_pass`). When no image has more than :data:`CANDIDATE_ANCHORS` such anchors,
-  steps 1 and 3 run on those anchors alone; the softmax works row by row, so their scores and
-  threshold decisions are bit for bit those of the softmax over every anchor, and their (anchor,
-  class) pairs keep the anchor-major order. Otherwise every anchor is scored.
+  steps 1 and 3 run on those anchors alone; ``tf.nn.softmax`` computes each row on its own, so their
+  scores and threshold decisions are those of the softmax over every anchor (bit for bit on the CPU:
+  the tests compare the detections with ``candidate_slots=()``'s exactly), and their (anchor, class)
+  pairs keep the anchor-major order. Otherwise every anchor is scored.
 * **How many candidates.** Steps 4-6 run on ``K`` candidates, the smallest of :data:`CANDIDATE_SLOTS`
   that holds every candidate that passed the score threshold and class mask in every image of the
   batch; only those ``K`` boxes are decoded and tested for positive size (step 3's box test, after
@@ -229,8 +230,8 @@ def postprocess(
 def _passed_scores(logits: tf.Tensor, score_threshold: tf.Tensor, allowed: tf.Tensor | None) -> tf.Tensor:
     """Step 3's score test: float32 ``[B, N*(C-1)]`` softmax scores of the (anchor, class >= 1) pairs
     (anchor-major, class-minor) that are ``> score_threshold`` ``[B]`` and allowed (bool ``[B, C-1]``
-    or None), 0 elsewhere, from logits ``[B, N, C]``. ``tf.nn.softmax`` works row by row, so a row's
-    scores are the same bits whichever other rows are in ``logits``."""
+    or None), 0 elsewhere, from logits ``[B, N, C]``. ``tf.nn.softmax`` computes each row on its own:
+    a row's scores do not depend on the other rows in ``logits`` (the same bits on the CPU)."""
     scores = tf.nn.softmax(logits, axis=-1)[:, :, 1:]  # [B, A, C-1]
     passed = scores > score_threshold[:, None, None]
     if allowed is not None:
