@@ -27,6 +27,8 @@ Variants:
   only the anchors that may pass saves is ``sized_iou`` minus ``sized``;
 * ``sized``: ``postprocess`` as shipped: softmax and threshold only on the anchors whose best class's
   bound ``sigmoid(l_c - l_0)`` clears the threshold, ``K`` sized, only the ``K`` candidates decoded;
+* ``sized_xla``: ``sized`` compiled alone by XLA (``tf.function(jit_compile=True)`` inside the call):
+  not the same bits as ``sized`` (XLA fuses the softmax and the decoding), compiled per batch size;
 * ``combined_nms``: ``tf.image.combined_non_max_suppression`` (TF's CPU kernel), scalar thresholds only;
   per-class ``top_k`` *before* NMS, IoU ``>`` (not ``>=``) and no per-image controls, so not the seed's
   semantics: timed for comparison, its agreement with ``top400`` reported;
@@ -54,7 +56,10 @@ import numpy as np
 from bench.common import OUT_DIR, fmt_table, machine_info, make_test_jpegs, model_dir, parse_ints, write_json
 from bench.raw_model import resized_batch
 
-VARIANTS = ("top400", "sized_decode_all", "sized_softmax_all", "sized_iou", "sized", "combined_nms", "no_nms")
+VARIANTS = (
+    "top400", "sized_decode_all", "sized_softmax_all", "sized_iou", "sized", "sized_xla", "combined_nms",
+    "no_nms",
+)  # fmt: skip
 
 
 def make_variant(name: str, detector: Any) -> Callable[..., Any]:
@@ -71,14 +76,21 @@ def make_variant(name: str, detector: Any) -> Callable[..., Any]:
         scores = tf.nn.softmax(logits, axis=-1)[:, :, 1:]
         return tf.where((scores > thr[:, None, None]) & mask[:, None, 1:], scores, 0.0)
 
+    def shipped(loc, logits, image_hw, thr, caps, nms, mask):
+        slots = () if name == "top400" else None
+        det = pp.postprocess(
+            loc, logits, anchors, image_hw, thr, caps, prior_scaling=cfg.prior_scaling, nms_threshold=nms,
+            class_mask=mask, top_k=top_k, max_detections=max_det, candidate_slots=slots,
+        )  # fmt: skip
+        return tuple(det)
+
+    xla = tf.function(shipped, jit_compile=True)
+
     def run(loc, logits, image_hw, thr, caps, nms, mask):
         if name in ("top400", "sized"):
-            slots = () if name == "top400" else None
-            det = pp.postprocess(
-                loc, logits, anchors, image_hw, thr, caps, prior_scaling=cfg.prior_scaling, nms_threshold=nms,
-                class_mask=mask, top_k=top_k, max_detections=max_det, candidate_slots=slots,
-            )  # fmt: skip
-            return tuple(det)
+            return shipped(loc, logits, image_hw, thr, caps, nms, mask)
+        if name == "sized_xla":  # one XLA cluster inside the caller's graph
+            return xla(loc, logits, image_hw, thr, caps, nms, mask)
         scores = softmax_passed(logits, thr, mask)  # [B, A, C-1]
         flat = tf.reshape(scores, [tf.shape(scores)[0], -1])
         num_fg = scores.shape[-1]

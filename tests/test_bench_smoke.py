@@ -193,9 +193,9 @@ def test_postprocess_variants_smoke(tmp_path):
     assert row["batch"] == 1 and row["candidates_passed_max"] > 0
     assert row["agrees"] == {
         "top400": True, "sized_decode_all": True, "sized_softmax_all": True, "sized_iou": True, "sized": True,
-        "combined_nms": True, "no_nms": None,
+        "sized_xla": True, "combined_nms": True, "no_nms": None,
     }  # fmt: skip
-    assert all(t["min"] > 0 for t in row["ms_per_image"].values()) and len(row["ms_per_image"]) == 15
+    assert all(t["min"] > 0 for t in row["ms_per_image"].values()) and len(row["ms_per_image"]) == 17
 
     from bench.results import render_block
 
