@@ -9,18 +9,31 @@ passes them (``[B]`` thresholds and caps, ``[B, C]`` class mask), it times in on
 * for each variant, its post-processing alone on the precomputed network outputs, and the whole call
   (network + that post-processing in one ``tf.function``, what ``Detector.run_batch`` compiles).
 
+Each is called through its concrete function, as ``Detector.run_batch`` calls its own (since
+2026-12-07 14:40; before, through ``tf.function``, whose per-call binding counted in every time).
+
 Variants:
 
-* ``top400``: ``postprocess(..., candidate_slots=())``: every anchor decoded, the ``top_k x top_k`` IoU
-  matrix and the fixed-point NMS over it (the code before candidate sizing; the ONNX export's path);
+* ``top400``: ``postprocess(..., candidate_slots=())``: every anchor scored and decoded, the
+  ``top_k x top_k`` IoU matrix and the fixed-point NMS over it (the code before candidate sizing; the
+  ONNX export's path);
 * ``sized_decode_all``: ``K`` sized to the candidates that passed (32, 128 or ``top_k``) but every
   anchor decoded (the first try; built here from the module's private helpers);
-* ``sized``: ``postprocess`` as shipped: ``K`` sized, and only the ``K`` candidates decoded;
+* ``sized_softmax_all``: ``K`` sized (32, 128 or ``top_k``), only the ``K`` candidates decoded, but the
+  softmax and threshold over every anchor, and the IoU as it was computed before (each corner pair
+  broadcast as a trailing ``[..., 2]``): ``postprocess`` as shipped before 2026-12-07 14:30;
+* ``sized_iou``: the same with the shipped IoU (each coordinate broadcast on its own, the same bits)
+  and the shipped :data:`~predictor.ssd.postprocess.CANDIDATE_SLOTS` (32, 64, 96, 128): what scoring
+  only the anchors that may pass saves is ``sized_iou`` minus ``sized``;
+* ``sized``: ``postprocess`` as shipped: softmax and threshold only on the anchors whose best class's
+  bound ``sigmoid(l_c - l_0)`` clears the threshold, ``K`` sized, only the ``K`` candidates decoded;
+* ``sized_xla``: ``sized`` compiled alone by XLA (``tf.function(jit_compile=True)`` inside the call):
+  not the same bits as ``sized`` (XLA fuses the softmax and the decoding), compiled per batch size;
 * ``combined_nms``: ``tf.image.combined_non_max_suppression`` (TF's CPU kernel), scalar thresholds only;
   per-class ``top_k`` *before* NMS, IoU ``>`` (not ``>=``) and no per-image controls, so not the seed's
   semantics: timed for comparison, its agreement with ``top400`` reported;
-* ``no_nms``: threshold + top-32 candidates only, no IoU and no NMS: the floor of the part that does not
-  depend on ``K``.
+* ``no_nms``: softmax and threshold over every anchor + top-32 candidates only, no IoU and no NMS: the
+  floor of the variants that score every anchor.
 
 ``python -m bench.postprocess_variants [--models demo,ssd300] [--batches 1,4,8,16,32] [--reps 9]
 [--ssd300_batches 1,8] [--ssd300_reps 3]``
@@ -30,6 +43,7 @@ Variants:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -42,7 +56,10 @@ import numpy as np
 from bench.common import OUT_DIR, fmt_table, machine_info, make_test_jpegs, model_dir, parse_ints, write_json
 from bench.raw_model import resized_batch
 
-VARIANTS = ("top400", "sized_decode_all", "sized", "combined_nms", "no_nms")
+VARIANTS = (
+    "top400", "sized_decode_all", "sized_softmax_all", "sized_iou", "sized", "sized_xla", "combined_nms",
+    "no_nms",
+)  # fmt: skip
 
 
 def make_variant(name: str, detector: Any) -> Callable[..., Any]:
@@ -59,31 +76,41 @@ def make_variant(name: str, detector: Any) -> Callable[..., Any]:
         scores = tf.nn.softmax(logits, axis=-1)[:, :, 1:]
         return tf.where((scores > thr[:, None, None]) & mask[:, None, 1:], scores, 0.0)
 
+    def shipped(loc, logits, image_hw, thr, caps, nms, mask):
+        slots = () if name == "top400" else None
+        det = pp.postprocess(
+            loc, logits, anchors, image_hw, thr, caps, prior_scaling=cfg.prior_scaling, nms_threshold=nms,
+            class_mask=mask, top_k=top_k, max_detections=max_det, candidate_slots=slots,
+        )  # fmt: skip
+        return tuple(det)
+
+    xla = tf.function(shipped, jit_compile=True)
+
     def run(loc, logits, image_hw, thr, caps, nms, mask):
         if name in ("top400", "sized"):
-            slots = () if name == "top400" else None
-            det = pp.postprocess(
-                loc, logits, anchors, image_hw, thr, caps, prior_scaling=cfg.prior_scaling, nms_threshold=nms,
-                class_mask=mask, top_k=top_k, max_detections=max_det, candidate_slots=slots,
-            )  # fmt: skip
-            return tuple(det)
+            return shipped(loc, logits, image_hw, thr, caps, nms, mask)
+        if name == "sized_xla":  # one XLA cluster inside the caller's graph
+            return xla(loc, logits, image_hw, thr, caps, nms, mask)
         scores = softmax_passed(logits, thr, mask)  # [B, A, C-1]
         flat = tf.reshape(scores, [tf.shape(scores)[0], -1])
         num_fg = scores.shape[-1]
-        if name == "sized_decode_all":  # sized K, but every anchor decoded (the first sized try)
-            geometry = (loc, anchors, image_hw, cfg.prior_scaling)
+        geometry = (loc, anchors, image_hw, cfg.prior_scaling)
+        if name in ("sized_decode_all", "sized_softmax_all", "sized_iou"):
+            first_try = name == "sized_decode_all"
+            sizes = [*(pp.CANDIDATE_SLOTS if name == "sized_iou" else (32, 128)), top_k]
             count = tf.reduce_max(tf.reduce_sum(tf.cast(flat > 0, tf.int32), axis=1))
-            sizes = [*pp.CANDIDATE_SLOTS, top_k]
             index = tf.reduce_sum(tf.cast(count > tf.constant(sizes[:-1], tf.int32), tf.int32))
 
             def branch(k):
-                return lambda: tuple(
-                    pp._nms_select(
-                        *pp._candidates_decoded_first(flat, *geometry, num_fg, k), nms, caps, max_det
-                    )
-                )
+                def candidates():
+                    if first_try or k == top_k:  # every anchor decoded
+                        return pp._candidates_decoded_first(flat, *geometry, num_fg, k)
+                    return pp._candidates_decoded_after(flat, *geometry, num_fg, k)
 
-            return tf.switch_case(index, [branch(k) for k in sizes])
+                return lambda: tuple(pp._nms_select(*candidates(), nms, caps, max_det))
+
+            with pair_broadcast_iou() if name != "sized_iou" else contextlib.nullcontext():
+                return tf.switch_case(index, [branch(k) for k in sizes])
         if name == "combined_nms":  # scalar thresholds only: the first image's
             boxes = normalized_to_pixels(decode(loc, anchors, cfg.prior_scaling), image_hw)
             out = tf.image.combined_non_max_suppression(
@@ -92,10 +119,38 @@ def make_variant(name: str, detector: Any) -> Callable[..., Any]:
             )  # fmt: skip
             classes = tf.cast(out.nmsed_classes, tf.int32) + 1
             return out.nmsed_boxes, out.nmsed_scores, classes, out.valid_detections
-        top, idx = tf.math.top_k(flat, k=pp.CANDIDATE_SLOTS[0])  # no_nms: the part every variant pays
+        top, idx = tf.math.top_k(flat, k=32)  # no_nms: what every variant scoring every anchor pays
         return idx, top, idx, tf.reduce_sum(tf.cast(top > 0, tf.int32), 1)
 
     return run
+
+
+def _iou_pair_broadcast(a, b):
+    """``predictor.ssd.boxes.iou_xyxy`` as it was until 2026-12-07: corner pairs broadcast as ``[..., 2]``
+    (the same values as today's, 3-4x slower on the CPU)."""
+    import tensorflow as tf
+
+    a1, a2 = a[..., :, None, :2], a[..., :, None, 2:]
+    b1, b2 = b[..., None, :, :2], b[..., None, :, 2:]
+    inter_wh = tf.maximum(tf.minimum(a2, b2) - tf.maximum(a1, b1), 0.0)
+    inter = inter_wh[..., 0] * inter_wh[..., 1]
+    area_a = tf.reduce_prod(tf.maximum(a[..., 2:] - a[..., :2], 0.0), axis=-1)[..., :, None]
+    area_b = tf.reduce_prod(tf.maximum(b[..., 2:] - b[..., :2], 0.0), axis=-1)[..., None, :]
+    union = area_a + area_b - inter
+    return tf.where(union > 0, inter / tf.maximum(union, 1e-12), 0.0)
+
+
+@contextlib.contextmanager
+def pair_broadcast_iou():
+    """While tracing: post-processing's IoU computed as before (:func:`_iou_pair_broadcast`)."""
+    from predictor.ssd import boxes
+
+    saved = boxes.iou_xyxy
+    boxes.iou_xyxy = _iou_pair_broadcast
+    try:
+        yield
+    finally:
+        boxes.iou_xyxy = saved
 
 
 def agreement(out: tuple, ref: tuple) -> bool:
@@ -170,10 +225,15 @@ def bench_model(name: str, args: argparse.Namespace, jpegs: list[bytes]) -> dict
         for v in VARIANTS:
             full[v](x, image_hw, *controls)  # trace
         post_args, whole_args = (loc, logits, image_hw, *controls), (x, image_hw, *controls)
-        fns: dict[str, Callable[[], Any]] = {"network": lambda x=x: network(x)["loc"].numpy()}
+        # Each function's graph for these shapes, called directly as Detector.run_batch calls its own: no
+        # tf.function argument binding or cache lookup (~0.1-0.3 ms a call) in the times.
+        net_graph = network.get_concrete_function(x)
+        post_graph = {v: post[v].get_concrete_function(*post_args) for v in VARIANTS}
+        whole_graph = {v: full[v].get_concrete_function(*whole_args) for v in VARIANTS}
+        fns: dict[str, Callable[[], Any]] = {"network": lambda x=x, g=net_graph: g(x)["loc"].numpy()}
         for v in VARIANTS:
-            fns[f"post:{v}"] = lambda v=v, a=post_args: post[v](*a)[3].numpy()
-            fns[f"whole:{v}"] = lambda v=v, a=whole_args: full[v](*a)[3].numpy()
+            fns[f"post:{v}"] = lambda a=post_args, g=post_graph[v]: g(*a)[3].numpy()
+            fns[f"whole:{v}"] = lambda a=whole_args, g=whole_graph[v]: g(*a)[3].numpy()
         times = interleaved(fns, reps)
         ms = {
             k: {"min": 1e3 * min(t) / batch, "median": 1e3 * statistics.median(t) / batch}

@@ -145,6 +145,8 @@ TARGETS: tuple[Target, ...] = (
             "tests/test_postprocess_reference.py::test_postprocess_matches_the_numpy_reference",
             "tests/test_postprocess_reference.py::test_per_image_thresholds_and_caps_match_the_reference",
             "tests/test_postprocess_reference.py::test_each_candidate_size_matches_the_reference_and_the_unsized_path",
+            "tests/test_postprocess_reference.py::"
+            "test_scoring_the_anchors_that_may_pass_matches_the_reference_and_the_unsized_path",
         ),
     ),
     Target(

@@ -192,9 +192,10 @@ def test_postprocess_variants_smoke(tmp_path):
     (row,) = data["models"]["demo"]["rows"]
     assert row["batch"] == 1 and row["candidates_passed_max"] > 0
     assert row["agrees"] == {
-        "top400": True, "sized_decode_all": True, "sized": True, "combined_nms": True, "no_nms": None
+        "top400": True, "sized_decode_all": True, "sized_softmax_all": True, "sized_iou": True, "sized": True,
+        "sized_xla": True, "combined_nms": True, "no_nms": None,
     }  # fmt: skip
-    assert all(t["min"] > 0 for t in row["ms_per_image"].values()) and len(row["ms_per_image"]) == 11
+    assert all(t["min"] > 0 for t in row["ms_per_image"].values()) and len(row["ms_per_image"]) == 17
 
     from bench.results import render_block
 

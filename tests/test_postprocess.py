@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from predictor.ssd import boxes as box_ops
-from predictor.ssd.postprocess import greedy_nms, greedy_nms_mask, postprocess
+from predictor.ssd.postprocess import _anchors_that_may_pass, greedy_nms, greedy_nms_mask, postprocess
 
 
 def _nms(boxes, classes, thr):
@@ -299,3 +299,40 @@ def test_default_top_k_is_400_candidates():
         max_detections=450,
     )
     assert int(det.num_detections[0]) == 400
+
+
+def test_anchors_that_may_pass_by_hand():
+    """The bound that picks the anchors to score: sigmoid(best allowed class's logit - background's)
+    above the threshold; masked classes do not count, and an anchor may pass the bound yet not the
+    softmax (anchor 2: sigmoid(1) = 0.73, softmax e / (1 + 2e) = 0.42)."""
+    logits = tf.constant(
+        [[[0.0, 3.0, -5.0], [0.0, -5.0, 3.0], [0.0, 1.0, 1.0], [3.0, 0.0, 0.0]]], tf.float32
+    )  # (background, class 1, class 2) per anchor
+    idx, count = _anchors_that_may_pass(logits, tf.constant([0.5]), None, 3)
+    assert idx.numpy().tolist() == [[0, 1, 2]] and int(count) == 3  # anchor 3: sigmoid(-3) = 0.05
+    idx, count = _anchors_that_may_pass(logits, tf.constant([0.5]), tf.constant([[True, False]]), 4)
+    assert idx.numpy().tolist()[0][:2] == [0, 2] and int(count) == 2  # class 2 masked: anchor 1 cannot pass
+    idx, count = _anchors_that_may_pass(logits, tf.constant([0.96]), None, 4)  # sigmoid(3) = 0.9526
+    assert int(count) == 0
+    idx, count = _anchors_that_may_pass(tf.concat([logits, logits], 0), tf.constant([0.5, 1.0]), None, 4)
+    assert int(count) == 3  # the most in one image; the second image's threshold 1 passes nothing
+
+
+def test_anchors_that_may_pass_keep_every_anchor_one_float_above_the_threshold():
+    """Thresholds one float32 below a softmax score, where the bound is tight (the other classes' logits
+    40 below: the softmax is the two-class one, the sigmoid): that pair passes by one unit in the last
+    place, and its anchor is among the anchors to score whichever way the sigmoid rounds."""
+    rng = np.random.default_rng(5)
+    batch, anchors = 64, 300
+    logits = rng.normal(0, 3, (batch, anchors, 4)).astype(np.float32)
+    logits[:, :, 2:] -= 40
+    scores = tf.nn.softmax(logits).numpy()
+    pick = rng.integers(0, anchors, batch)
+    thresholds = np.nextafter(scores[np.arange(batch), pick, 1], np.float32(0))
+    passing = (scores[:, :, 1:] > thresholds[:, None, None]).any(-1)  # [B, A]
+    assert passing[np.arange(batch), pick].all()
+    _, count = _anchors_that_may_pass(tf.constant(logits), tf.constant(thresholds), None, anchors)
+    idx, _ = _anchors_that_may_pass(tf.constant(logits), tf.constant(thresholds), None, int(count))
+    for b in range(batch):
+        want = np.flatnonzero(passing[b]).tolist()
+        assert [a for a in idx.numpy()[b].tolist() if passing[b, a]] == want, b  # all of them, ascending

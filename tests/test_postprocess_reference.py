@@ -146,15 +146,18 @@ def test_detector_matches_the_reference_on_raw_network_outputs(random_tiny_model
     ("thresholds", "counts"),
     [
         ((0.9, 0.99), (32, None)),  # exactly 32 candidates in image 0 (4 of them leave the image): 32 slots
-        ((0.9, 0.9), (32, 33)),  # one more than 32: 128 slots
+        ((0.9, 0.9), (32, 33)),  # one more than 32: 64 slots
+        ((0.8, 0.8), (58, 65)),  # 96 slots
         ((0.6, 0.6), (111, 126)),  # 128 slots
         ((0.5, 0.5), (152, 153)),  # more than the largest slot: every anchor decoded, top 400
     ],
 )
 def test_each_candidate_size_matches_the_reference_and_the_unsized_path(thresholds, counts):
-    """Post-processing sizes its candidates to the most any image has (32, 128 or every anchor; module
-    docstring's "Sizing"), testing box size after top-k on the sized branches: each branch, at its
-    boundaries, gives the reference's detections and exactly those of ``candidate_slots=()``."""
+    """Post-processing sizes its candidates to the most any image has (32, 64, 96, 128 or every anchor;
+    module docstring's "Sizing"), testing box size after top-k on the sized branches: each branch, at
+    its boundaries, gives the reference's detections and exactly those of ``candidate_slots=()``.
+    (240 anchors, fewer than ``CANDIDATE_ANCHORS``: only the pairs of the anchors that may pass are
+    scored; the next test covers images with more such anchors.)"""
     loc, logits, anchors = random_case(21)
     image_hw = np.array([[480.0, 640.0], [333.0, 250.0]], np.float32)
     exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
@@ -162,6 +165,46 @@ def test_each_candidate_size_matches_the_reference_and_the_unsized_path(threshol
     assert [c for c, want in zip(passed.tolist(), counts, strict=True) if want is not None] == [
         c for c in counts if c is not None
     ]
+    det = postprocess(loc, logits, anchors, image_hw, list(thresholds), top_k=400, max_detections=200)
+    unsized = postprocess(
+        loc, logits, anchors, image_hw, list(thresholds), top_k=400, max_detections=200, candidate_slots=()
+    )
+    production = {k: v.numpy() for k, v in det._asdict().items()}
+    for key, value in unsized._asdict().items():
+        np.testing.assert_array_equal(production[key], value.numpy(), err_msg=key)
+    for b in range(2):
+        expected = reference_postprocess(loc[b], logits[b], anchors, tuple(image_hw[b]), thresholds[b])
+        assert expected
+        assert_same(production, b, expected)
+
+
+@pytest.mark.parametrize(
+    ("thresholds", "anchors_to_score", "may_pass", "counts"),
+    [
+        ((0.99, 0.99), 100, (70, 69), (8, 5)),  # those anchors' pairs scored alone: 32 slots
+        ((0.8, 0.8), 170, (163, 170), (58, 65)),  # exactly as many anchors as scored: 96 slots
+        ((0.8, 0.8), 169, (163, 170), (58, 65)),  # one more: every anchor scored, then 96 slots
+        ((0.95, 0.99), 100, (118, 69), (22, 5)),  # every anchor scored, 32 slots
+        ((0.5, 0.5), 210, (201, 199), (152, 153)),  # more candidates than the largest slot: every anchor
+    ],
+)
+def test_scoring_the_anchors_that_may_pass_matches_the_reference_and_the_unsized_path(
+    monkeypatch, thresholds, anchors_to_score, may_pass, counts
+):
+    """Only the anchors whose best class's sigmoid(l_c - l_0) clears the threshold are scored when no
+    image has more than ``CANDIDATE_ANCHORS`` of them (module docstring's "Sizing"; here 100-210 of 240,
+    these random logits have many close classes), else every anchor: each way, at the boundary, the
+    reference's detections and exactly those of ``candidate_slots=()``."""
+    from predictor.ssd import postprocess as module
+
+    monkeypatch.setattr(module, "CANDIDATE_ANCHORS", anchors_to_score)
+    loc, logits, anchors = random_case(21)
+    image_hw = np.array([[480.0, 640.0], [333.0, 250.0]], np.float32)
+    gap = logits[..., 1:].max(-1).astype(np.float64) - logits[..., 0]
+    assert tuple((1 / (1 + np.exp(-gap)) > np.array(thresholds)[:, None]).sum(1).tolist()) == may_pass
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    passed = (exp / exp.sum(-1, keepdims=True))[..., 1:] > np.array(thresholds)[:, None, None]
+    assert tuple(passed.sum((1, 2)).tolist()) == counts
     det = postprocess(loc, logits, anchors, image_hw, list(thresholds), top_k=400, max_detections=200)
     unsized = postprocess(
         loc, logits, anchors, image_hw, list(thresholds), top_k=400, max_detections=200, candidate_slots=()

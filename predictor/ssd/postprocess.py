@@ -19,19 +19,36 @@ over the score-sorted candidates: that recursion has exactly one solution (the g
 it from "keep all" reaches it in at most ``top_k`` steps (usually a handful): :func:`greedy_nms` returns
 how many (tests hold it to the bound on known inputs, so a loop that runs to its cap is caught).
 
-Sizing: a trained model passes a few dozen candidates per image, not ``top_k``. So steps 4-6 run on
-``K`` candidates, the smallest of :data:`CANDIDATE_SLOTS` that holds every candidate that passed the
-score threshold and class mask in every image of the batch; only those ``K`` boxes are decoded and
-tested for positive size (step 3's box test, after top-k instead of before: every candidate is in the
-list, so the valid ones and their order are the same). When an image has more than the largest slot,
-every anchor is decoded, tested and the ``top_k`` best kept, as the steps read. The branch is a
-``tf.switch_case`` on the count: shapes stay static (XLA) and only the chosen branch runs. ``tf.math.top_k``
-is stable (equal scores keep the lower index whatever ``K``), so the detections are those of the
-``top_k`` path, at ``(K / top_k)^2`` of its IoU matrix and NMS loop and ``K / A`` of its decoding.
+Sizing: a trained model passes a few dozen candidates per image, not ``top_k``, from a few dozen of the
+``A`` anchors. So, with exactly the detections of the steps as read:
+
+* **Which anchors to score.** A class's softmax score is at most ``sigmoid(l_c - l_0)`` (its logit
+  against the background's alone), so step 3's threshold is first tested on that bound for each
+  anchor's best allowed class (a max over classes, no softmax), with a slack for float rounding
+  (:func:`_anchors_that_may_pass`). When no image has more than :data:`CANDIDATE_ANCHORS` such anchors,
+  steps 1 and 3 run on those anchors alone; ``tf.nn.softmax`` computes each row on its own, so their
+  scores and threshold decisions are those of the softmax over every anchor (bit for bit on the CPU:
+  the tests compare the detections with ``candidate_slots=()``'s exactly), and their (anchor, class)
+  pairs keep the anchor-major order. Otherwise every anchor is scored.
+* **How many candidates.** Steps 4-6 run on ``K`` candidates, the smallest of :data:`CANDIDATE_SLOTS`
+  that holds every candidate that passed the score threshold and class mask in every image of the
+  batch; only those ``K`` boxes are decoded and tested for positive size (step 3's box test, after
+  top-k instead of before: every candidate is in the list, so the valid ones and their order are the
+  same). When an image has more than the largest slot, every anchor is decoded, tested and the
+  ``top_k`` best kept, as the steps read.
+
+Each choice is a ``tf.switch_case`` on the counts (one over the slots and "score every anchor", and
+inside the latter one over the slots and "decode every anchor"): shapes stay static (XLA) and only the
+chosen branch runs. ``tf.math.top_k`` is stable (equal scores keep the lower index whatever ``K``), so
+the detections are those of the ``top_k`` path, at ``(K / top_k)^2`` of its IoU matrix and NMS loop,
+``K / A`` of its decoding and ``CANDIDATE_ANCHORS / A`` of its softmax (``candidate_slots=()`` turns
+sizing off: the ONNX export's path). ``bench/postprocess_variants.py`` times it against the code
+before each step (bench/RESULTS.md, "Post-processing variants").
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import tensorflow as tf
@@ -40,7 +57,14 @@ from predictor.ssd import boxes as box_ops
 
 #: Candidate counts (below ``top_k``) that post-processing sizes its top-k, decoding and IoU matrix to
 #: when every image of the batch has at most that many candidates (the module docstring's "Sizing").
-CANDIDATE_SLOTS = (32, 128)
+CANDIDATE_SLOTS = (32, 64, 96, 128)
+
+#: How many anchors post-processing scores exactly when no image has more that may pass the threshold
+#: (the module docstring's "Sizing"); more than the largest slot, so several classes of one anchor fit.
+CANDIDATE_ANCHORS = 256
+
+#: Slack on the score bound that picks the anchors to score (:func:`_anchors_that_may_pass`).
+MAY_PASS_SLACK = 1e-5
 
 
 class BatchedDetections(NamedTuple):
@@ -139,8 +163,9 @@ def postprocess(
       top_k: candidates kept before NMS.
       max_detections: static output width ``D``.
       candidate_slots: the candidate counts to size to (those ``< top_k`` are used); default
-        :data:`CANDIDATE_SLOTS`. ``()``: always decode every anchor and compute the ``top_k x top_k``
-        IoU matrix (the cost before sizing; ``bench/postprocess_variants.py`` measures both).
+        :data:`CANDIDATE_SLOTS`. ``()``: always score and decode every anchor and compute the
+        ``top_k x top_k`` IoU matrix (the cost before sizing, the ONNX export's path;
+        ``bench/postprocess_variants.py`` measures both).
     """
     loc = tf.cast(loc, tf.float32)
     logits = tf.cast(logits, tf.float32)
@@ -148,35 +173,102 @@ def postprocess(
     num_fg = logits.shape[-1] - 1
     score_threshold = tf.broadcast_to(tf.cast(score_threshold, tf.float32), [batch])
     nms_threshold = tf.broadcast_to(tf.cast(nms_threshold, tf.float32), [batch])
+    allowed = None if class_mask is None else tf.cast(class_mask, tf.bool)[:, 1:]  # [B, C-1]
 
-    scores = tf.nn.softmax(logits, axis=-1)[:, :, 1:]  # [B, A, C-1]
-    passed = scores > score_threshold[:, None, None]
-    if class_mask is not None:
-        passed &= tf.cast(class_mask, tf.bool)[:, None, 1:]  # [B, 1, C-1]
-    flat = tf.reshape(tf.where(passed, scores, 0.0), [batch, -1])  # [B, A*(C-1)], 0: not a candidate
-
-    k = min(top_k, int(logits.shape[1]) * num_fg) if logits.shape[1] is not None else top_k
+    num_anchors = logits.shape[1]
+    k = min(top_k, int(num_anchors) * num_fg) if num_anchors is not None else top_k
     slots = CANDIDATE_SLOTS if candidate_slots is None else candidate_slots
     sizes = sorted({s for s in slots if s < k})
     caps = None if max_detections_per_image is None else tf.cast(max_detections_per_image, tf.int32)
     geometry = (loc, anchors, image_hw, prior_scaling)
 
-    def branch(size: int | None):
+    def select(cand: _Candidates) -> tuple:
+        return tuple(_nms_select(*cand, nms_threshold, caps, max_detections))
+
+    def every_anchor() -> tuple:
+        """Steps 1-6 on every anchor's scores, sized to the candidates that passed (module docstring)."""
+        flat = _passed_scores(logits, score_threshold, allowed)  # [B, A*(C-1)]
+
+        def branch(size: int | None):
+            def run() -> tuple:
+                if size is None:  # more candidates than the largest size: decode every anchor
+                    return select(_candidates_decoded_first(flat, *geometry, num_fg, k))
+                return select(_candidates_decoded_after(flat, *geometry, num_fg, size))
+
+            return run
+
+        if not sizes:
+            return branch(None)()
+        # the most candidates any image of the batch has -> the smallest size that holds them all
+        count = tf.reduce_max(tf.reduce_sum(tf.cast(flat > 0, tf.int32), axis=1))
+        index = tf.reduce_sum(tf.cast(count > tf.constant(sizes, tf.int32), tf.int32))
+        return tf.switch_case(index, [branch(s) for s in sizes] + [branch(None)])
+
+    if not sizes or num_anchors is None:
+        return BatchedDetections(*every_anchor())
+
+    # Few anchors can pass: score only those (module docstring, "Sizing"), unless an image has more.
+    n = min(CANDIDATE_ANCHORS, int(num_anchors))
+    anchor_idx, anchor_count = _anchors_that_may_pass(logits, score_threshold, allowed, n)
+    pairs = _passed_scores(tf.gather(logits, anchor_idx, batch_dims=1), score_threshold, allowed)
+
+    def few(size: int):
         def run() -> tuple:
-            if size is None:  # more candidates than the largest size: decode every anchor
-                cand = _candidates_decoded_first(flat, *geometry, num_fg, k)
-            else:
-                cand = _candidates_decoded_after(flat, *geometry, num_fg, size)
-            return tuple(_nms_select(*cand, nms_threshold, caps, max_detections))
+            scores, idx = tf.math.top_k(pairs, k=size, sorted=True)  # stable: ties keep the lower index
+            anchor = tf.gather(anchor_idx, idx // num_fg, batch_dims=1)
+            return select(_decoded(scores, anchor, idx % num_fg + 1, *geometry))
 
         return run
 
-    if not sizes:
-        return BatchedDetections(*branch(None)())
-    # the most candidates any image of the batch has -> the smallest size that holds them all
-    count = tf.reduce_max(tf.reduce_sum(tf.cast(flat > 0, tf.int32), axis=1))
-    index = tf.reduce_sum(tf.cast(count > tf.constant(sizes, tf.int32), tf.int32))
-    return BatchedDetections(*tf.switch_case(index, [branch(s) for s in sizes] + [branch(None)]))
+    count = tf.reduce_max(tf.reduce_sum(tf.cast(pairs > 0, tf.int32), axis=1))
+    index = tf.where(
+        anchor_count > n, len(sizes), tf.reduce_sum(tf.cast(count > tf.constant(sizes, tf.int32), tf.int32))
+    )
+    return BatchedDetections(*tf.switch_case(index, [few(s) for s in sizes] + [every_anchor]))
+
+
+def _passed_scores(logits: tf.Tensor, score_threshold: tf.Tensor, allowed: tf.Tensor | None) -> tf.Tensor:
+    """Step 3's score test: float32 ``[B, N*(C-1)]`` softmax scores of the (anchor, class >= 1) pairs
+    (anchor-major, class-minor) that are ``> score_threshold`` ``[B]`` and allowed (bool ``[B, C-1]``
+    or None), 0 elsewhere, from logits ``[B, N, C]``. ``tf.nn.softmax`` computes each row on its own:
+    a row's scores do not depend on the other rows in ``logits`` (the same bits on the CPU)."""
+    scores = tf.nn.softmax(logits, axis=-1)[:, :, 1:]  # [B, A, C-1]
+    passed = scores > score_threshold[:, None, None]
+    if allowed is not None:
+        passed &= allowed[:, None, :]  # [B, 1, C-1]
+    return tf.reshape(tf.where(passed, scores, 0.0), [tf.shape(logits)[0], -1])
+
+
+def _anchors_that_may_pass(
+    logits: tf.Tensor, score_threshold: tf.Tensor, allowed: tf.Tensor | None, n: int
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """The anchors that may have a pair passing step 3's score test, without a softmax over every anchor.
+
+    A class's softmax score is at most the sigmoid of its logit minus the background's
+    (``e^l_c / sum_j e^l_j <= e^l_c / (e^l_0 + e^l_c)``), so an anchor whose best allowed class has
+    ``sigmoid(l_c - l_0) <= t - MAY_PASS_SLACK`` has no pair above ``t``. The slack (absolute, on a
+    score) covers float32 rounding of the softmax, the subtraction and the sigmoid (each well under
+    1e-6 of a score), so no anchor with a passing pair is left out.
+
+    Args:
+      logits: float32 ``[B, A, C]``; score_threshold: float32 ``[B]``; allowed: bool ``[B, C-1]`` or None.
+      n: how many anchors to return per image (``<= A``).
+    Returns:
+      int32 ``[B, n]`` anchor indices, ascending, the ones that may pass first (so every one of them when
+      an image has at most ``n``; the rest are other anchors), and int32 scalar: the most anchors that
+      may pass in one image of the batch.
+    """
+    num_classes = logits.shape[-1]
+    if allowed is None:
+        bias = tf.constant([-math.inf] + [0.0] * (num_classes - 1))[None, None, :]  # [1, 1, C]
+    else:
+        background = tf.fill([tf.shape(allowed)[0], 1], -math.inf)
+        bias = tf.concat([background, tf.where(allowed, 0.0, -math.inf)], axis=1)[:, None, :]  # [B, 1, C]
+    best = tf.reduce_max(logits + bias, axis=-1)  # [B, A] the best allowed class's logit
+    may_pass = tf.math.sigmoid(best - logits[:, :, 0]) > (score_threshold - MAY_PASS_SLACK)[:, None]
+    # top-k of 0/1 is stable: the anchors that may pass in ascending order, then the others
+    _, idx = tf.math.top_k(tf.cast(may_pass, tf.float32), k=n, sorted=True)
+    return idx, tf.reduce_max(tf.reduce_sum(tf.cast(may_pass, tf.int32), axis=1))
 
 
 class _Candidates(NamedTuple):
@@ -218,10 +310,15 @@ def _candidates_decoded_after(
     :func:`_candidates_decoded_first` when no image has more than ``k`` candidates (every one is in the
     list, and the order of the valid ones does not depend on the others), at ``k / A`` of the decoding."""
     scores, idx = tf.math.top_k(flat, k=k, sorted=True)  # stable: ties keep the lower index
-    anchor = idx // num_fg
+    return _decoded(scores, idx // num_fg, idx % num_fg + 1, loc, anchors, image_hw, prior_scaling)
+
+
+def _decoded(scores, anchor, classes, loc, anchors, image_hw, prior_scaling) -> _Candidates:
+    """``K`` candidates from their scores, anchor indices and classes (``[B, K]`` each): step 3's box
+    test on their decoded boxes alone."""
     gathered = (tf.gather(loc, anchor, batch_dims=1), tf.gather(anchors, anchor))  # [B, K, 4] each
     boxes, positive = _pixel_boxes(*gathered, image_hw, prior_scaling)
-    return _Candidates(scores, idx % num_fg + 1, boxes, (scores > 0) & positive)
+    return _Candidates(scores, classes, boxes, (scores > 0) & positive)
 
 
 def _nms_select(
