@@ -41,6 +41,7 @@ import numpy as np
 
 from bench.common import OUT_DIR, REPO, make_test_jpegs, percentile, start_cpu_server
 from bench.loadgen import Generator, Phase, PhaseResult
+from predictor._argtypes import positive_int
 from predictor.protocol.wire import MODEL_NAME
 from predictor.serving.resources import cpu_model_name
 from predictor.tools.localserver import server_env
@@ -326,7 +327,8 @@ def profile_of(report: dict[str, Any]) -> CpuProfile:
     prof = profile({}, warmups, c1, cores, 2.0, source, one_core or None)
     # the model's threads in lockstep (docs/simulator.md, "Model calls under load"): at 1.5x and 3x the
     # 12:33 run's replica used 1.43 of its 2 cores while refusing work, its calls ~1 core
-    prof = dataclasses.replace(prof, lockstep=True)
+    # and the servers' calls in flight the calls were measured with (the planner replays with them)
+    prof = dataclasses.replace(prof, lockstep=True, model_calls_in_flight=calls_in_flight(report))
     if "cpu_s:event_loop" not in c1.get("server_metrics", {}):
         return prof  # a report from before the threads' CPU was recorded: the request work as one
     return measured_work(prof, c1, report, 2.0)
@@ -480,8 +482,13 @@ def saturated_calls(prof: CpuProfile, report: dict[str, Any]) -> CpuProfile:
 
 def bucket_scales(points: list[tuple[float, float]], buckets: tuple[int, ...]) -> dict[int, float]:
     """Each bucket's scale from ``(mean images per call, scale)`` points: linear in the images between
-    points, the nearest point's outside them."""
-    images, ratios = zip(*sorted(points), strict=True)
+    points, the nearest point's outside them; points of the same size averaged (``np.interp`` needs
+    increasing sizes)."""
+    same: dict[float, list[float]] = {}
+    for size, ratio in points:
+        same.setdefault(size, []).append(ratio)
+    images = sorted(same)
+    ratios = [float(np.mean(same[size])) for size in images]
     return {b: float(np.interp(b, images, ratios)) for b in buckets}
 
 
@@ -609,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--timing_runs", type=int, default=9, help="model calls timed per bucket")
     p.add_argument(
-        "--model_calls_in_flight", type=int, default=1, help="the servers' --model_calls_in_flight"
+        "--model_calls_in_flight", type=positive_int, default=1, help="the servers' --model_calls_in_flight"
     )
     p.add_argument("--replay", action="store_true", help="only re-simulate the arrivals recorded in --out")
     p.add_argument(

@@ -179,3 +179,30 @@ def test_a_real_sweep_of_the_demo_model_gives_a_plan(demo_model_dir, tmp_path):
     assert chosen["predicted_p95_ms"] == pytest.approx(
         float(fits[chosen["max_batch_size"]].p95_ms(chosen["concurrency"])), rel=1e-9
     )
+
+
+def test_a_profile_measured_with_two_calls_in_flight_is_planned_and_deployed_with_them(tmp_path, helm):
+    """The profile records ``model_calls_in_flight`` 2 (bench.simulate_check): the simulated replicas run
+    2 and the overlay sets ``predictor.modelCallsInFlight``, which the chart renders as the flag."""
+    from predictor.tools.simulate import CpuProfile
+
+    prof = CpuProfile(((1, 0.02), (2, 0.03), (4, 0.05), (8, 0.09)), 0.008, decode_sigma=0.0, model_sigma=0.0,
+                      model_threads=1, cores=2.0, model_calls_in_flight=2)  # fmt: skip
+    (tmp_path / "prof.json").write_text(json.dumps(prof.to_json()))
+    (tmp_path / "bench.json").write_text(json.dumps(synthetic_benchmark()))
+    out = tmp_path / "plan"
+    argv = ["--slo-p95-ms", "400", "--rate", "20", "--benchmark", str(tmp_path / "bench.json"),
+            "--cpu-profile", str(tmp_path / "prof.json"), "--trace", "constant:20:30",
+            "--search-max-batch", "8", "--search-min-replicas", "1", "--search-targets", "4",
+            "--search-panic", "200", "--out", str(out)]  # fmt: skip
+    assert plan.main(argv) == 0
+    summary = json.loads((out / "simulated" / "summary.json").read_text())
+    assert summary["fleet"]["model_calls_in_flight"] == 2
+    overlay_path = out / "simulated" / "values-sim.yaml"
+    predictor = yaml.safe_load(overlay_path.read_text())["predictor"]
+    assert predictor == {"maxBatchSize": 8, "modelCallsInFlight": 2}
+    proc = run_helm(helm, "template", "r", str(CHART), "-f", str(overlay_path))
+    assert proc.returncode == 0, proc.stderr
+    isvc = next(d for d in yaml.safe_load_all(proc.stdout) if d and d["kind"] == "InferenceService")
+    args = isvc["spec"]["predictor"]["containers"][0]["args"]
+    assert "--model_calls_in_flight=2" in args and "--max_batch_size=8" in args

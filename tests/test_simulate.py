@@ -438,3 +438,25 @@ def test_docs_at_scale_tables_are_what_bench_at_scale_prints():
         )
     # 1080p over V1 on 12 cores: 12 x 40.7 img/s, CPU-bound below the GPU's 3,356
     assert "| 1080p JPEG, CPU decode (served, V1) | 488 (CPU) | 488 | 4,884 | 48,840 | 59 | 6 -> 59 |" in doc
+
+
+@pytest.mark.parametrize("service", [["--service-ms", "10+10"], ["--benchmark", "bench.json"]])
+def test_calls_in_flight_without_a_cpu_profile_are_refused(tmp_path, capsys, service):
+    """A parametric or benchmark call runs at its alone-time however many others overlap it, so 2 calls
+    in flight would be 2 servers (closed loop, 10+10 ms: 89, 178, 267 req/s for 1, 2, 3): refused by
+    the CLI and by :func:`simulate`, naming the flag."""
+    with pytest.raises(SystemExit) as exc:
+        main(["--trace", "constant:5:10", *service, "--model_calls_in_flight", "2", "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--model_calls_in_flight 2 needs --cpu-profile" in err
+    cfg = FleetConfig(mode="hpa", model_calls_in_flight=2)
+    with pytest.raises(ValueError, match="--model_calls_in_flight 2 needs --cpu-profile"):
+        simulate(cfg, ServiceModel.parametric(10.0, 10.0, 0.0, 32), trace_rates("constant:5:10"))
+
+
+def test_zero_calls_in_flight_is_refused_by_the_servers_own_rule(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--trace", "constant:5:10", "--model_calls_in_flight", "0", "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "--model_calls_in_flight: must be a positive integer, got 0" in capsys.readouterr().err

@@ -4,6 +4,8 @@ hand-computed case (no server)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bench.simulate_check import measured_work, simulate_replay, thread_costs, within
@@ -222,3 +224,42 @@ def test_call_cores_are_the_models_cpu_over_the_calls_time():
     lines = call_cores(report).splitlines()
     assert lines[2] == "| closed loop | c=8 | 4.00 | 60.0 | 15.0 | 1.00 | 0.53 | - |"
     assert lines[3] == "| step | 40.0 req/s | 4.00 | 60.0 | 15.0 | 1.00 | 0.53 | 0.38 |"
+
+
+def test_the_plan_inputs_record_the_calls_in_flight_the_calls_were_measured_with(tmp_path):
+    """A run with ``--model_calls_in_flight 2``: the profile written for ``make simulate-day`` says 2, so
+    the planner replays (and deploys) 2 calls in flight; a report from before it was recorded: 1."""
+    from bench.simulate_check import profile_of, write_plan_inputs
+
+    report = {
+        "benchmark": {"cells": [{"concurrency": 1, "p50_ms": 30.0}]},
+        "warmup_bucket_s": [{"1": 0.02, "2": 0.04}],
+        "placement": [[0, 1]],
+        "profile": {"source": "test"},
+        "machine": {"cpu": "test"},
+    }
+    assert profile_of(report).model_calls_in_flight == 1
+    report["model_calls_in_flight"] = 2
+    report["profile"] = profile_of(report).to_json()
+    write_plan_inputs(report, tmp_path / "profile.json", None)
+    written = json.loads((tmp_path / "profile.json").read_text())
+    assert written["model_calls_in_flight"] == 2
+    assert CpuProfile.from_json(written).model_calls_in_flight == 2
+
+
+def test_points_of_the_same_call_size_are_averaged_before_interpolating():
+    """Two cells whose calls both averaged 2 images (scales 1 and 3) count as one point of 2; with the
+    4-image point (1): bucket 1 (below) 2, bucket 3 halfway 1.5."""
+    from bench.simulate_check import bucket_scales
+
+    scale = bucket_scales([(2.0, 1.0), (4.0, 1.0), (2.0, 3.0)], (1, 2, 3, 4))
+    assert scale == pytest.approx({1: 2.0, 2: 2.0, 3: 1.5, 4: 1.0})
+
+
+def test_zero_calls_in_flight_is_refused_by_the_servers_own_rule(capsys):
+    from bench.simulate_check import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--model_calls_in_flight", "0"])
+    assert exc.value.code == 2
+    assert "--model_calls_in_flight: must be a positive integer, got 0" in capsys.readouterr().err

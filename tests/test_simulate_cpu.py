@@ -428,3 +428,30 @@ def test_calls_in_flight_share_their_replicas_intra_op_pool():
     one = _Cpu(1.0, lockstep=True)
     one.jobs = [[0.1, 1, "model", (a, [], 1, 0.0), 1.0], [0.05, 1, "decoded", None, 1.0]]
     assert one.speeds() == pytest.approx([0.5, 0.5])
+
+
+def test_two_calls_of_a_two_thread_pool_share_cores_by_processor_sharing_even_in_lockstep():
+    """2 cores, one replica's 2 perfectly parallel calls (pool of 2 threads: 1 each) beside a decode: 3
+    threads, 2/3 of a core each, so each call runs at 2/3 of the 2 cores it has alone: 1/3 speed.
+    Each call is a one-thread job, so lockstep does not apply (it would give 1 / ceil(3 / 2) = 0.5
+    cores: 1/4 speed)."""
+    from predictor.tools.simulate import _Cpu
+
+    a = object()
+    cpu = _Cpu(2.0, lockstep=True)
+    call = [0.1, 2, "model", (a, [], 1, 0.0), 1.0]
+    cpu.jobs = [list(call), list(call), [0.05, 1, "decoded", None, 1.0]]
+    assert cpu.speeds() == pytest.approx([1 / 3, 1 / 3, 2 / 3])
+
+
+def test_the_cli_replays_a_profile_with_the_calls_in_flight_it_was_measured_with(tmp_path):
+    """A profile measured with 2 calls in flight: the simulator runs 2 unless told otherwise."""
+    from predictor.tools.simulate import main
+
+    prof = dataclasses.replace(_exact({1: 0.02, 2: 0.03}, 0.008, cores=2.0), model_calls_in_flight=2)
+    (tmp_path / "prof.json").write_text(json.dumps(prof.to_json()))
+    base = ["--trace", "constant:5:5", "--cpu-profile", str(tmp_path / "prof.json"), "--max_batch_size", "2"]
+    for flag, expected in (([], 2), (["--model_calls_in_flight", "1"], 1)):
+        assert main([*base, *flag, "--out", str(tmp_path / str(expected))]) == 0
+        config = json.loads((tmp_path / str(expected) / "summary.json").read_text())
+        assert config["fleet"]["model_calls_in_flight"] == expected

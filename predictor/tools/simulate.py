@@ -4,7 +4,8 @@ A seeded discrete-event simulation of an autoscaled fleet of predictor replicas 
 (docs/simulator.md says what is modelled, from where, and what is not):
 
 - **Replicas**: each is the server's dynamic batcher (``--model_calls_in_flight`` model calls at once,
-  a second one starting once the queue holds as many images as the running one; a call takes the
+  more than one with a CPU profile only, a second one starting once the queue holds as many images
+  as the running one; a call takes the
   oldest queued requests, up to ``max_batch_size``, once that many wait or the oldest waited
   ``batch_wait_ms``), with the call's duration drawn from a log-normal per batch size fitted to the
   planner's benchmark (``predictor.tools.plan --measure-only``: median = p50 and spread from p95 of
@@ -38,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from predictor._argtypes import positive_int
 from predictor.serving.options import ServingOptions
 from predictor.tools.autoscalers import (
     Hpa,
@@ -125,7 +127,11 @@ class CpuProfile:
     ``cores`` cores as threads (``decode_threads`` decoding at once, ``model_threads`` per call): every
     job progresses at ``min(1, cores / runnable threads)`` of its alone speed (processor sharing); a
     model call with fewer cores than threads slows as Amdahl's law says, its parallel fraction from
-    ``one_core_bucket_s`` (the same calls on one core; without it: perfectly parallel).
+    ``one_core_bucket_s`` (the same calls on one core; without it: perfectly parallel). ``lockstep``:
+    once the runnable threads outnumber the cores, a call of more than one thread instead gets the
+    cores of its threads working in lockstep (:class:`_Cpu`, :func:`lockstep_cores`; one-thread jobs
+    keep processor sharing). ``model_calls_in_flight``: the servers' ``--model_calls_in_flight`` the
+    calls were measured with (:func:`search_for_plan` and the CLI replay with it by default).
 
     The event loop (any ``loop_*_s`` > 0; docs/simulator.md, "The event loop"): the server's main
     thread, one thread, first come first served, running on the replica's cores like a decode thread.
@@ -158,6 +164,9 @@ class CpuProfile:
     spread: tuple[float, ...] | None = None
     client_s: float = 0.0
     lockstep: bool = False
+    # the servers' --model_calls_in_flight when the profile was measured (its call times were
+    # calibrated so): the simulator and the planner replay with it unless told otherwise
+    model_calls_in_flight: int = 1
 
     def factor(self, rng: np.random.Generator, sigma: float) -> float:
         """A job's duration over its median: drawn from ``spread`` (the quantiles, at equally spaced
@@ -273,7 +282,10 @@ class _Cpu:
     keeps each runnable thread on one core's run queue, so a call advances at the pace of its shard on
     the busiest core, ``ceil(threads / cores)`` threads deep: ``k = m / ceil(threads / cores)`` cores
     (instead of ``m x share``) while one-thread jobs keep their ``share``; the rest of the cores idles
-    (processor sharing wastes none). :func:`lockstep_cores`.
+    (processor sharing wastes none). :func:`lockstep_cores`. With ``r`` >= 2 calls on a replica each
+    call's share of the pool is ``m / r`` threads; when that is at most one thread the call is a
+    one-thread job and gets processor sharing's ``share`` even with ``lockstep`` (e.g. 2 calls of a
+    2-thread pool: 1 thread each).
     """
 
     def __init__(self, cores: float, lockstep: bool = False) -> None:
@@ -1148,8 +1160,21 @@ def _jsonable(value: Any) -> Any:
 
 
 def simulate(cfg: FleetConfig, svc: ServiceModel | CpuProfile, rates: np.ndarray, seed: int = 0) -> Result:
-    """Run one trace (per-second rates) through the fleet."""
+    """Run one trace (per-second rates) through the fleet. More than one model call in flight needs a
+    CPU profile (:func:`check_calls_in_flight`)."""
+    check_calls_in_flight(cfg.model_calls_in_flight, svc)
     return Simulation(cfg, svc, seed).run(arrivals(rates, seed), horizon_s=float(len(rates)))
+
+
+def check_calls_in_flight(n: int, svc: ServiceModel | CpuProfile) -> None:
+    """Refuse ``--model_calls_in_flight`` ``n`` > 1 without a CPU profile: a parametric or
+    ``--benchmark`` call takes its alone-time however many others run, so N calls in flight would be N
+    servers (N x the capacity); only the CPU profile shares the replica's cores between them."""
+    if n > 1 and not isinstance(svc, CpuProfile):
+        raise ValueError(
+            f"--model_calls_in_flight {n} needs --cpu-profile: with --service-ms or --benchmark "
+            "overlapping calls would each run at their alone-time (N calls in flight = N servers)"
+        )
 
 
 def closed_loop_rps(
@@ -1278,13 +1303,16 @@ def search_overlay_yaml(
             "annotations:\n"
             f'  autoscaling.knative.dev/panic-threshold-percentage: "{best.panic_threshold:g}"\n'
         )
+    calls = ""
+    if base.model_calls_in_flight != ServingOptions.model_calls_in_flight:
+        calls = f"  modelCallsInFlight: {base.model_calls_in_flight}\n"  # the simulated replicas'
     return f"""\
 # Simulated plan (python -m predictor.tools.simulate --search): trace {trace}, p95 <= {slo_p95_ms:g} ms.
 # Cheapest candidate that met it: p95 {best.p95_ms:.0f} ms, {best.share_503:.2%} 503/504,
 # {best.replica_hours:.2f} replica-hours over the trace. search.md lists every candidate.
 {_comment("Service times: " + source) if source else ""}predictor:
   maxBatchSize: {best.max_batch_size}
-autoscaling:
+{calls}autoscaling:
   minReplicas: {best.min_replicas}
   maxReplicas: {max(base.kpa.max_scale, best.min_replicas)}
   scaleMetric: {base.kpa.metric}
@@ -1418,9 +1446,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-shed-standing-queue", action="store_true")
     p.add_argument(
         "--model_calls_in_flight",
-        type=int,
-        default=ServingOptions.model_calls_in_flight,
-        help="the server's --model_calls_in_flight: model calls a replica runs at once",
+        type=positive_int,
+        help="the server's --model_calls_in_flight: model calls a replica runs at once (default: the "
+        "--cpu-profile's, else the server's); more than 1 needs --cpu-profile",
     )
     p.add_argument("--cold-start-s", type=float, default=6.8, help="seconds from a new replica to ready")
     p.add_argument("--min-replicas", type=int, default=1)
@@ -1460,6 +1488,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def calls_in_flight_of(args: argparse.Namespace) -> int:
+    """``--model_calls_in_flight``, else the ``--cpu-profile``'s (what its calls were measured with),
+    else the server's default."""
+    if args.model_calls_in_flight is not None:
+        return int(args.model_calls_in_flight)
+    if args.cpu_profile:
+        return int(json.loads(args.cpu_profile.read_text()).get("model_calls_in_flight", 1))
+    return ServingOptions.model_calls_in_flight
+
+
 def config_from_args(args: argparse.Namespace) -> FleetConfig:
     target = args.scale_target
     kpa = KpaConfig(
@@ -1487,7 +1525,7 @@ def config_from_args(args: argparse.Namespace) -> FleetConfig:
         max_queue_images=args.max_queue_images,
         request_timeout_s=args.request_timeout_s,
         shed_standing_queue=not args.no_shed_standing_queue,
-        model_calls_in_flight=args.model_calls_in_flight,
+        model_calls_in_flight=calls_in_flight_of(args),
         container_concurrency=args.container_concurrency,
         cold_start_s=args.cold_start_s,
         initial_replicas=initial,
@@ -1597,9 +1635,11 @@ def search_for_plan(
         for b in max_batch_sizes
     }
     kpa = KpaConfig(container_concurrency=container_concurrency, max_scale=max_replicas)
+    # the profile's calls were measured with its calls in flight: plan (and deploy) with them
+    calls = profile.model_calls_in_flight if profile else ServingOptions.model_calls_in_flight
     base = FleetConfig(
         mode="knative", batch_wait_s=batch_wait_ms / 1e3, container_concurrency=container_concurrency,
-        cold_start_s=cold_start_s, kpa=kpa,
+        cold_start_s=cold_start_s, kpa=kpa, model_calls_in_flight=calls,
     )  # fmt: skip
     cands = search(
         base, services, rates, slo_p95_ms=slo_p95_ms, min_replicas=min_replicas, scale_targets=scale_targets,
@@ -1624,9 +1664,15 @@ def search_for_plan(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     rates = trace_rates(args.trace, args.seed)
     cfg = config_from_args(args)
+    if cfg.model_calls_in_flight > 1 and not args.cpu_profile:
+        parser.error(
+            f"--model_calls_in_flight {cfg.model_calls_in_flight} needs --cpu-profile (with --service-ms "
+            "or --benchmark each overlapping call would run at its alone-time: N servers, not one)"
+        )
     if args.search:
         if args.slo_p95_ms is None or args.mode != "knative":
             print("error: --search needs --slo-p95-ms and --mode knative", file=sys.stderr)
