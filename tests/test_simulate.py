@@ -443,7 +443,8 @@ def test_docs_at_scale_tables_are_what_bench_at_scale_prints():
 @pytest.mark.parametrize("service", [["--service-ms", "10+10"], ["--benchmark", "bench.json"]])
 def test_calls_in_flight_without_a_cpu_profile_are_refused(tmp_path, capsys, service):
     """A parametric or benchmark call runs at its alone-time however many others overlap it, so 2 calls
-    in flight would be 2 servers (closed loop, 10+10 ms: 89, 178, 267 req/s for 1, 2, 3): refused by
+    in flight would be 2 servers (32 closed-loop clients, 10+10 ms, max batch 8: 89, 178, 267 req/s for
+    1, 2, 3 before this refusal): refused by
     the CLI and by :func:`simulate`, naming the flag."""
     with pytest.raises(SystemExit) as exc:
         main(["--trace", "constant:5:10", *service, "--model_calls_in_flight", "2", "--out", str(tmp_path)])

@@ -256,10 +256,10 @@ def test_points_of_the_same_call_size_are_averaged_before_interpolating():
     assert scale == pytest.approx({1: 2.0, 2: 2.0, 3: 1.5, 4: 1.0})
 
 
-def test_zero_calls_in_flight_is_refused_by_the_servers_own_rule(capsys):
+def test_zero_calls_in_flight_is_refused_by_the_servers_own_rule(tmp_path, capsys):
     from bench.simulate_check import main
 
-    with pytest.raises(SystemExit) as exc:
-        main(["--model_calls_in_flight", "0"])
+    with pytest.raises(SystemExit) as exc:  # (--replay of no report: never starts a server)
+        main(["--model_calls_in_flight", "0", "--replay", "--out", str(tmp_path / "none.json")])
     assert exc.value.code == 2
     assert "--model_calls_in_flight: must be a positive integer, got 0" in capsys.readouterr().err
