@@ -5,8 +5,8 @@ A seeded discrete-event simulation of an autoscaled fleet of predictor replicas 
 
 - **Replicas**: each is the server's dynamic batcher (``--model_calls_in_flight`` model calls at once,
   more than one with a CPU profile only, a second one starting once the queue holds as many images
-  as the running one; a call takes the
-  oldest queued requests, up to ``max_batch_size``, once that many wait or the oldest waited
+  as the running one; a call takes the oldest queued requests, up to ``max_batch_size``, once that
+  many wait or the oldest waited
   ``batch_wait_ms``), with the call's duration drawn from a log-normal per batch size fitted to the
   planner's benchmark (``predictor.tools.plan --measure-only``: median = p50 and spread from p95 of
   the cell whose concurrency is that size), or from the parametric model ``--service-ms A+B``.
