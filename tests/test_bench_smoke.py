@@ -45,7 +45,6 @@ def test_gpu_decode_resize_is_the_services_warp_resize():
     on JPEGs of its synthetic photos (Pillow encodes here; nvImageCodec on the device)."""
     import io
 
-    import numpy as np
     from PIL import Image
 
     from predictor.ssd.preprocess import resize_warp_numpy
@@ -72,6 +71,43 @@ def test_gpu_decode_resize_is_the_services_warp_resize():
     decode.measure_row(row, PillowDecoder(), resize, jpegs * 3, 300, 0.01)
     assert "error" not in row and row["handover"] == "dlpack", row
     assert row["decode_images_per_s"] > row["decode_resize_images_per_s"] > 0
+
+
+def test_raw_model_times_run_batch_on_what_the_server_feeds(random_tiny_model_dir, monkeypatch):
+    """The raw bench's ``run_batch`` gets what the batcher gives it (a list of resized rows), so every
+    call reaches the network through an aligned bucket buffer (DLPack, no ``tf.constant`` copy)."""
+    import io
+
+    from PIL import Image
+
+    from bench import raw_model
+    from predictor.datasets.shapes import generate_sample
+    from predictor.ssd import detector as detector_module
+
+    given, fed = [], []
+    run_batch, input_tensor = detector_module.Detector.run_batch, detector_module.input_tensor
+
+    def spy_run_batch(self, images, *args, **kwargs):
+        given.append((type(images).__name__, len(images)))
+        return run_batch(self, images, *args, **kwargs)
+
+    def spy_input_tensor(images):
+        fed.append((images.ctypes.data % detector_module.TENSOR_ALIGN, images.flags.c_contiguous))
+        return input_tensor(images)
+
+    monkeypatch.setattr(detector_module.Detector, "run_batch", spy_run_batch)
+    monkeypatch.setattr(detector_module, "input_tensor", spy_input_tensor)
+    monkeypatch.setattr(raw_model, "model_dir", lambda name, out_dir: (random_tiny_model_dir, "tiny"))
+    jpegs = []
+    for i in range(2):
+        buf = io.BytesIO()
+        Image.fromarray(generate_sample(0, i).image).save(buf, format="JPEG")
+        jpegs.append(buf.getvalue())
+    args = raw_model.parse_args(["--batches", "1,2", "--min_time_s", "0.01", "--min_iters", "1"])
+    result = raw_model.bench_model("demo", args, 1.0, jpegs)
+    assert [r["batch"] for r in result["detector"]] == [1, 2]
+    assert given and {name for name, _ in given} == {"list"} and {n for _, n in given} == {1, 2}
+    assert fed and set(fed) == {(0, True)}, fed
 
 
 @pytest.mark.timeout(600)
