@@ -45,6 +45,7 @@ def test_gpu_decode_resize_is_the_services_warp_resize():
     on JPEGs of its synthetic photos (Pillow encodes here; nvImageCodec on the device)."""
     import io
 
+    import numpy as np
     from PIL import Image
 
     from predictor.ssd.preprocess import resize_warp_numpy
