@@ -229,11 +229,14 @@ def model_cpu_ms(detector: Any, min_time_s: float, max_images: int = BATCH) -> d
 
     The detector pads a batch of ``n`` images to its bucket, so a call costs what its bucket costs:
     ``{bucket: ms per call}`` for every bucket a server batch of at most ``max_images`` can land in.
+    Each call gets what the batcher gives it, a list of rows (copied into an aligned bucket buffer the
+    network takes over), not a whole stacked array (misaligned, so copied again by ``tf.constant``).
     """
     s = detector.input_size
+    row = np.zeros((s, s, 3), np.float32)
     out: dict[int, float] = {}
     for bucket in (b for b in detector.buckets if b <= detector.bucket_for(max_images)):
-        images = np.zeros((bucket, s, s, 3), np.float32)
+        images = [row] * bucket
         hw = np.full((bucket, 2), s, np.float32)
         detector.run_batch(images, hw)
         calls = 0

@@ -3,7 +3,11 @@
 For each model and batch size it times
 
 * ``detector``: :meth:`Detector.run_batch` (the ``tf.function`` network + in-graph post-processing the
-  server calls),
+  server calls), given what the server's batcher gives it: a list of resized float32 ``[S, S, 3]`` rows,
+  which ``run_batch`` copies into an aligned bucket buffer that TensorFlow takes over without copying
+  (:func:`predictor.ssd.detector.input_tensor`), inside the timed call as when serving (a stacked array
+  would be fed as it is: glibc starts a large block 16 bytes past a page boundary, so it would take the
+  ``tf.constant`` copy that serving no longer makes),
 * ``network``: the Keras network alone in a ``tf.function`` (no mean subtraction, no post-processing),
 
 and reports images/s, latency per call and achieved GFLOP/s (``2 * conv_macs(model)`` per image)
@@ -54,14 +58,15 @@ def decode_times_ms(detector: Any, jpegs: list[bytes], min_time_s: float) -> dic
     return {key: statistics.median(v) for key, v in by_size.items()}
 
 
-def resized_batch(detector: Any, jpegs: list[bytes], batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """``batch`` resized float32 images (cycling over ``jpegs``) and their original ``(H, W)``."""
+def resized_batch(detector: Any, jpegs: list[bytes], batch: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """``batch`` resized float32 ``[S, S, 3]`` rows (cycling over ``jpegs``), as a list (what the
+    batcher hands ``run_batch``), and their original ``(H, W)`` ``[batch, 2]``."""
     from predictor.serving.images import decode_image
 
     rgbs = [decode_image(jpegs[i % len(jpegs)]) for i in range(batch)]
-    images = np.stack([detector.resize(rgb) for rgb in rgbs]).astype(np.float32)
+    rows = [detector.resize(rgb) for rgb in rgbs]
     hw = np.asarray([rgb.shape[:2] for rgb in rgbs], np.float32)
-    return images, hw
+    return rows, hw
 
 
 def bench_model(name: str, args: argparse.Namespace, peak_gflops: float, jpegs: list[bytes]) -> dict:
@@ -95,7 +100,7 @@ def bench_model(name: str, args: argparse.Namespace, peak_gflops: float, jpegs: 
         det = {**batch_stats(times, batch, gflop, peak_gflops), "first_call_s": trace_s, **busy}
         result["detector"].append(det)
 
-        x = tf.constant(images - means)
+        x = tf.constant(np.stack(images) - means)  # built once, outside the timed calls
         network(x)["loc"].numpy()
         times, busy = time_calls_cpu(lambda x=x: network(x)["loc"].numpy(), args.min_time_s, args.min_iters)
         net = {**batch_stats(times, batch, gflop, peak_gflops), **busy}

@@ -74,6 +74,43 @@ def test_gpu_decode_resize_is_the_services_warp_resize():
     assert row["decode_images_per_s"] > row["decode_resize_images_per_s"] > 0
 
 
+def test_raw_model_times_run_batch_on_what_the_server_feeds(random_tiny_model_dir, monkeypatch):
+    """The raw bench's ``run_batch`` gets what the batcher gives it (a list of resized rows), so every
+    call reaches the network through an aligned bucket buffer (DLPack, no ``tf.constant`` copy)."""
+    import io
+
+    from PIL import Image
+
+    from bench import raw_model
+    from predictor.datasets.shapes import generate_sample
+    from predictor.ssd import detector as detector_module
+
+    given, fed = [], []
+    run_batch, input_tensor = detector_module.Detector.run_batch, detector_module.input_tensor
+
+    def spy_run_batch(self, images, *args, **kwargs):
+        given.append((type(images).__name__, len(images)))
+        return run_batch(self, images, *args, **kwargs)
+
+    def spy_input_tensor(images):
+        fed.append((images.ctypes.data % detector_module.TENSOR_ALIGN, images.flags.c_contiguous))
+        return input_tensor(images)
+
+    monkeypatch.setattr(detector_module.Detector, "run_batch", spy_run_batch)
+    monkeypatch.setattr(detector_module, "input_tensor", spy_input_tensor)
+    monkeypatch.setattr(raw_model, "model_dir", lambda name, out_dir: (random_tiny_model_dir, "tiny"))
+    jpegs = []
+    for i in range(2):
+        buf = io.BytesIO()
+        Image.fromarray(generate_sample(0, i).image).save(buf, format="JPEG")
+        jpegs.append(buf.getvalue())
+    args = raw_model.parse_args(["--batches", "1,2", "--min_time_s", "0.01", "--min_iters", "1"])
+    result = raw_model.bench_model("demo", args, 1.0, jpegs)
+    assert [r["batch"] for r in result["detector"]] == [1, 2]
+    assert given and {name for name, _ in given} == {"list"} and {n for _, n in given} == {1, 2}
+    assert fed and set(fed) == {(0, True)}, fed
+
+
 @pytest.mark.timeout(600)
 def test_run_all_quick_end_to_end(tmp_path):
     """raw model -> ONNX Runtime peer -> real server (V1, V2, gRPC) -> ratios, JSON and plot."""

@@ -60,6 +60,36 @@ def test_warmup_times_more_runs_where_the_first_paid_one_time_costs(
     assert calls == [b for b in (1, 2, 4, 8) for _ in range(4 if b in runs_again else 1)]
 
 
+def test_warmup_feeds_the_network_aligned_buffers_as_serving_does(random_tiny_model_dir, monkeypatch):
+    """Every warm-up call reaches :func:`input_tensor` with an aligned, writeable, C-contiguous float32
+    bucket (the DLPack path serving takes, no ``tf.constant`` copy), and the tensor is that memory."""
+    from predictor.ssd import detector as detector_module
+
+    fed = []
+
+    def spy(images):
+        tensor = input_tensor(images)
+        flags = images.flags
+        fed.append((images.shape[0], images.ctypes.data % TENSOR_ALIGN, images.dtype, flags.c_contiguous,
+                    flags.writeable, _shares_memory(tensor, images)))  # fmt: skip
+        return tensor
+
+    monkeypatch.setattr(detector_module, "input_tensor", spy)
+    det = Detector.from_dir(str(random_tiny_model_dir), max_batch_size=8)
+    det.warmup(retime_below_s=0.0)  # buckets 2-8 once; bucket 1 traces: four runs
+    assert [b for b, *_ in fed] == [1, 1, 1, 1, 2, 4, 8]
+    assert all(rest == [0, np.float32, True, True, True] for _, *rest in fed), fed
+
+
+def _shares_memory(tensor, images: np.ndarray) -> bool:
+    """Whether ``tensor`` is ``images``' memory (a write into ``images`` shows in it)."""
+    before = float(images.flat[0])
+    images.flat[0] = before + 1.0
+    shared = float(tensor[0, 0, 0, 0]) == before + 1.0
+    images.flat[0] = before
+    return shared
+
+
 def test_only_the_detector_pads_to_buckets(random_tiny_model_dir, shapes_images):
     """The batcher hands the detector exactly the real images (3, then 5); the detector alone pads them,
     so its compiled function still only sees bucket shapes (4, 8), and every request gets its own rows."""

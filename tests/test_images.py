@@ -289,23 +289,38 @@ def test_numpy_warp_resize_matches_tensorflow(hw, size):
     )
 
 
-@pytest.mark.parametrize("hw", [(375, 500), (720, 1280), (1, 1), (300, 300), (7, 500), (1500, 2500)])
+@pytest.mark.parametrize(
+    "hw", [(375, 500), (720, 1280), (1, 1), (300, 300), (7, 500), (1536, 2048), (1500, 2500)]
+)
 def test_served_resize_equals_numpy_resize_bit_for_bit(hw, monkeypatch):
     """``resize_warp_uint8`` (the decode threads' resize: TensorFlow's kernel up to TF_RESIZE_MAX_PIXELS,
-    NumPy beyond) gives the NumPy resize's float32 values exactly, on both paths, into ``out`` too."""
+    NumPy beyond) gives the NumPy resize's float32 values exactly, on both paths, into ``out`` too: with
+    the served limit (3.1 MP: the kernel; 3.75 MP: NumPy, the path asserted), then each path forced."""
     from predictor.ssd import preprocess
     from predictor.ssd.preprocess import resize_warp_numpy, resize_warp_uint8
 
     image = RNG.integers(0, 256, (*hw, 3), dtype=np.uint8)
     expected = resize_warp_numpy(image, 300).view(np.uint32)
-    for limit in (preprocess.TF_RESIZE_MAX_PIXELS, 0):  # the TensorFlow path (up to 3.2 MP), then NumPy's
+    flipped = resize_warp_numpy(image[:, ::-1], 300).view(np.uint32)
+    numpy_calls = []
+
+    def counted(*args, **kwargs):
+        numpy_calls.append(1)
+        return resize_warp_numpy(*args, **kwargs)
+
+    monkeypatch.setattr(preprocess, "resize_warp_numpy", counted)
+    served = "numpy" if hw[0] * hw[1] > preprocess.TF_RESIZE_MAX_PIXELS else "tf"
+    for limit, path in ((preprocess.TF_RESIZE_MAX_PIXELS, served), (hw[0] * hw[1], "tf"), (0, "numpy")):
         monkeypatch.setattr(preprocess, "TF_RESIZE_MAX_PIXELS", limit)
+        numpy_calls.clear()
         got = resize_warp_uint8(image, 300)
         assert got.dtype == np.float32 and got.shape == (300, 300, 3)
         assert np.array_equal(got.view(np.uint32), expected)
         out = np.full((300, 300, 3), -1, np.float32)
         assert resize_warp_uint8(image[:, ::-1], 300, out=out) is out  # non-contiguous input
-        assert np.array_equal(out.view(np.uint32), resize_warp_numpy(image[:, ::-1], 300).view(np.uint32))
+        assert np.array_equal(out.view(np.uint32), flipped)
+        assert len(numpy_calls) == (2 if path == "numpy" else 0), (limit, path)
+    assert (served == "numpy") == (hw == (1500, 2500))  # the one size above the 3.2 MP switch
 
 
 def test_served_resize_takes_tensorflow_path_up_to_the_limit(monkeypatch):

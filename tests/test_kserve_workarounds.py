@@ -82,7 +82,8 @@ def test_the_grpc_limit_is_written_where_kserve_reads_it(monkeypatch):
 
 def test_the_rest_app_has_header_hygiene_outermost_and_no_kserve_timing():
     """KServe's ``_add_middlewares`` adds its ``TimingMiddleware`` (two getrusage calls and two log lines
-    per request: ``kw.KSERVE_TIMING``); ours takes it out again and puts header hygiene outermost."""
+    per request: why in ``kw.rest_server_with_error_table``); ours takes it out again and puts header
+    hygiene outermost."""
     from fastapi import FastAPI
     from timing_asgi import TimingMiddleware
 

@@ -13,7 +13,7 @@ each object named there, adapt the workaround, and record the new hashes
    - :func:`rest_server_with_error_table`: a ``RESTServer`` whose ``_add_exception_handlers`` installs
      :func:`predictor.serving.errors.install_rest_handlers` after KServe's own (KServe adds them when the
      server starts, in ``create_application``), so every error answers from ``errors.STATUSES``, and
-     whose ``_add_middlewares`` leaves KServe's ``TimingMiddleware`` out (:data:`KSERVE_TIMING`).
+     whose ``_add_middlewares`` leaves KServe's ``TimingMiddleware`` out (why: its docstring).
    - :func:`admitting_grpc_server`: a ``GRPCServer`` whose ``start`` is KServe's, copied, with
      :class:`~predictor.serving.admission.GrpcAdmissionInterceptor` added first (KServe's ``start``
      builds its ``grpc.aio`` server with a fixed interceptor tuple).
@@ -211,23 +211,20 @@ def install_server_classes(
     kserve.model_server.GRPCServer = admitting_grpc_server(budget, grpc_front, grpc_waiting, grpc_wait_s)
 
 
-#: Why KServe's ``TimingMiddleware`` (``timing_asgi``) is left out of the REST app: per request it calls
-#: ``getrusage(RUSAGE_SELF)`` twice (the kernel sums the CPU time of every thread of the process,
-#: TensorFlow's busy ones included), matches the path against every route to name it, and logs two
-#: ``kserve.trace`` lines (wall seconds, and the whole process's CPU seconds over the request, which
-#: counts every concurrent request's work too). It was the event loop's largest single cost per request
-#: in a profile of the served demo model (``py-spy``, V1 c=16); request latency is in
-#: ``ssd_request_seconds`` and the error log line instead.
-KSERVE_TIMING = "timing_asgi.middleware:TimingMiddleware"
-
-
 def rest_server_with_error_table() -> type[RESTServer]:
     """KServe's ``RESTServer`` that, after adding KServe's middlewares, removes KServe's
-    ``TimingMiddleware`` (:data:`KSERVE_TIMING`) and adds
+    ``TimingMiddleware`` (``timing_asgi``) and adds
     :class:`~predictor.serving.headers.HeaderHygieneMiddleware` outside the others (the outermost:
     nothing, KServe's logging included, sees a raw ``x-request-id`` or trace header), and after adding
     KServe's exception handlers replaces them with :func:`predictor.serving.errors.install_rest_handlers`
-    (KServe adds both when the server starts, ``create_application``)."""
+    (KServe adds both when the server starts, ``create_application``).
+
+    Why ``TimingMiddleware`` is left out: per request it calls ``getrusage(RUSAGE_SELF)`` twice (the
+    kernel sums the CPU time of every thread of the process, TensorFlow's busy ones included), matches
+    the path against every route to name it, and logs two ``kserve.trace`` lines (wall seconds, and the
+    whole process's CPU seconds over the request, which counts every concurrent request's work too). It
+    was the event loop's largest single cost per request in a profile of the served demo model
+    (``py-spy``, V1 c=16); request latency is in ``ssd_request_seconds`` and the error log line instead."""
     from kserve.protocol.rest.server import RESTServer
     from timing_asgi import TimingMiddleware
 

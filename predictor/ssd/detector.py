@@ -303,13 +303,20 @@ class Detector:
         (repeating it is cheap), runs ``retime_runs`` more times and keeps the fastest; slow calls (a
         large model on a CPU) keep their first time, where those costs matter little.
 
+        Each call gets what the batcher hands :meth:`run_batch` when serving: a list of ``b`` resized rows
+        (zeros here), copied into an aligned bucket buffer that the network takes over
+        (:func:`input_tensor`), so the timing includes that copy and no ``tf.constant`` copy (a whole
+        ``np.zeros`` bucket would be fed as it is, and glibc starts a large block 16 bytes past a page
+        boundary: misaligned, copied).
+
         Returns:
           seconds of one call per bucket, ``{bucket: seconds}``, in bucket order.
         """
         s = self.input_size
+        row = np.zeros((s, s, 3), np.float32)
         seconds = {}
         for b in buckets or self.buckets:
-            images, hw = np.zeros((b, s, s, 3), np.float32), np.full((b, 2), s, np.float32)
+            images, hw = [row] * b, np.full((b, 2), s, np.float32)
             traces = self.trace_count
             seconds[b] = _timed(self.run_batch, images, hw)
             if self.trace_count > traces or seconds[b] < retime_below_s:

@@ -39,10 +39,11 @@ def resize_warp(image: tf.Tensor, size: int) -> tf.Tensor:
 
 
 #: Largest source (``H * W``) that :func:`resize_warp_uint8` resizes with TensorFlow's kernel. It costs
-#: 2.8-3.4x less CPU than :func:`resize_warp_numpy` up to 1080p (0.6-0.9 ms against 2.1-2.5), but
-#: TensorFlow copies its whole input first (an eager tensor never shares a NumPy buffer; past the server's
-#: 8 MiB mmap threshold that copy also page-faults), which makes it 3x slower at 12 MP; 2048x1536 (3.1 MP)
-#: is still cheaper with the kernel, 2560x1440 (3.7 MP) no longer (``python -m bench.prepare_paths``).
+#: 2.0-3.4x less CPU than :func:`resize_warp_numpy` up to 1080p (0.6-1.4 ms against 2.1-2.7, over the two
+#: runs in bench/RESULTS.md), but TensorFlow copies its whole input first (an eager tensor never shares a
+#: NumPy buffer; past the server's 8 MiB mmap threshold that copy also page-faults), which makes it 2.7x
+#: slower at 12 MP (the first run); 2048x1536 (3.1 MP) is still cheaper with the kernel, 2560x1440
+#: (3.7 MP) no longer (``python -m bench.prepare_paths``).
 TF_RESIZE_MAX_PIXELS = 3_200_000
 
 
