@@ -173,3 +173,15 @@ def test_iou_asymmetric_boxes_batched_and_degenerate():
     # zero-area boxes against each other: 0, not NaN
     zero = np.array([[1, 1, 1, 1]], np.float32)
     assert box_ops.iou_xyxy(zero, zero).numpy().tolist() == [[0.0]]
+
+
+def test_iou_takes_boxes_of_unknown_static_shape():
+    """``iou_xyxy`` inside a function traced for ``[None, None]`` inputs (only the values say there are
+    4 coordinates) gives the same values as with known shapes."""
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([None, None], tf.float32)
+    traced = tf.function(box_ops.iou_xyxy, input_signature=[spec, spec])
+    a = np.array([[0, 0, 2, 2], [1, 1, 3, 3]], np.float32)
+    b = np.array([[0, 0, 2, 2], [2, 2, 4, 4], [5, 5, 6, 6]], np.float32)
+    np.testing.assert_allclose(traced(a, b).numpy(), [[1, 0, 0], [1 / 7, 1 / 7, 0]], rtol=1e-6)

@@ -216,3 +216,45 @@ def test_scoring_the_anchors_that_may_pass_matches_the_reference_and_the_unsized
         expected = reference_postprocess(loc[b], logits[b], anchors, tuple(image_hw[b]), thresholds[b])
         assert expected
         assert_same(production, b, expected)
+
+
+def test_one_image_with_one_anchor_too_many_scores_every_anchor(monkeypatch):
+    """When one image has one more anchor that may pass than ``CANDIDATE_ANCHORS``, every anchor is
+    scored: that image's last such anchor (the one a sized pass would leave out) is made a sure
+    detection here, so leaving it out loses a detection the reference and ``candidate_slots=()`` keep."""
+    from predictor.ssd import postprocess as module
+
+    loc, logits, anchors = random_case(21)
+    thresholds = (0.8, 0.8)
+    gap = logits[..., 1:].max(-1).astype(np.float64) - logits[..., 0]
+    may_pass = np.flatnonzero(1 / (1 + np.exp(-gap[1])) > thresholds[1])
+    last = int(may_pass[-1])
+    logits[1, last] = -5.0
+    logits[1, last, 3] = 10.0  # softmax 0.9999 for class 3: the bound and the score both pass
+    loc[1, last] = 0.0  # the anchor's own box: inside the image, positive size
+    monkeypatch.setattr(module, "CANDIDATE_ANCHORS", len(may_pass) - 1)
+    image_hw = np.array([[480.0, 640.0], [333.0, 250.0]], np.float32)
+    det = postprocess(loc, logits, anchors, image_hw, list(thresholds), top_k=400, max_detections=200)
+    unsized = postprocess(
+        loc, logits, anchors, image_hw, list(thresholds), top_k=400, max_detections=200, candidate_slots=()
+    )
+    production = {k: v.numpy() for k, v in det._asdict().items()}
+    for key, value in unsized._asdict().items():
+        np.testing.assert_array_equal(production[key], value.numpy(), err_msg=key)
+    expected = reference_postprocess(loc[1], logits[1], anchors, tuple(image_hw[1]), thresholds[1])
+    assert any(d.score > 0.999 and d.label == 3 for d in expected)
+    assert_same(production, 1, expected)
+
+
+def test_a_slot_larger_than_the_scored_anchors_hold_is_shrunk_to_them():
+    """One foreground class and 600 anchors: ``CANDIDATE_ANCHORS`` (256) scored anchors hold at most 256
+    candidates, so a custom slot of 300 is sized to 256 there (``top_k`` of 300 out of 256 would fail);
+    the detections are those of ``candidate_slots=()``."""
+    loc, logits, anchors = random_case(5, anchors=600, classes=1)
+    image_hw = np.array([[480.0, 640.0], [333.0, 250.0]], np.float32)
+    kwargs = {"top_k": 400, "max_detections": 200}
+    det = postprocess(loc, logits, anchors, image_hw, [0.9, 0.9], candidate_slots=(300,), **kwargs)
+    unsized = postprocess(loc, logits, anchors, image_hw, [0.9, 0.9], candidate_slots=(), **kwargs)
+    assert int(det.num_detections.numpy().max()) > 0
+    for key, value in unsized._asdict().items():
+        np.testing.assert_array_equal(getattr(det, key).numpy(), value.numpy(), err_msg=key)

@@ -131,8 +131,8 @@ def iou_xyxy(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     """
     a = tf.convert_to_tensor(a, tf.float32)
     b = tf.convert_to_tensor(b, tf.float32)
-    ax1, ay1, ax2, ay2 = tf.unstack(a, axis=-1)  # [..., N] each
-    bx1, by1, bx2, by2 = tf.unstack(b, axis=-1)  # [..., M] each
+    ax1, ay1, ax2, ay2 = tf.unstack(a, num=4, axis=-1)  # [..., N] each
+    bx1, by1, bx2, by2 = tf.unstack(b, num=4, axis=-1)  # [..., M] each
 
     def col(t: tf.Tensor) -> tf.Tensor:
         return t[..., :, None]

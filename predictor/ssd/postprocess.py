@@ -211,6 +211,8 @@ def postprocess(
     n = min(CANDIDATE_ANCHORS, int(num_anchors))
     anchor_idx, anchor_count = _anchors_that_may_pass(logits, score_threshold, allowed, n)
     pairs = _passed_scores(tf.gather(logits, anchor_idx, batch_dims=1), score_threshold, allowed)
+    # n anchors hold at most n * num_fg candidates: larger slots shrink to that (custom slots, few classes)
+    few_sizes = sorted({min(s, n * num_fg) for s in sizes})
 
     def few(size: int):
         def run() -> tuple:
@@ -222,9 +224,11 @@ def postprocess(
 
     count = tf.reduce_max(tf.reduce_sum(tf.cast(pairs > 0, tf.int32), axis=1))
     index = tf.where(
-        anchor_count > n, len(sizes), tf.reduce_sum(tf.cast(count > tf.constant(sizes, tf.int32), tf.int32))
+        anchor_count > n,
+        len(few_sizes),
+        tf.reduce_sum(tf.cast(count > tf.constant(few_sizes, tf.int32), tf.int32)),
     )
-    return BatchedDetections(*tf.switch_case(index, [few(s) for s in sizes] + [every_anchor]))
+    return BatchedDetections(*tf.switch_case(index, [few(s) for s in few_sizes] + [every_anchor]))
 
 
 def _passed_scores(logits: tf.Tensor, score_threshold: tf.Tensor, allowed: tf.Tensor | None) -> tf.Tensor:
@@ -266,8 +270,10 @@ def _anchors_that_may_pass(
         bias = tf.concat([background, tf.where(allowed, 0.0, -math.inf)], axis=1)[:, None, :]  # [B, 1, C]
     best = tf.reduce_max(logits + bias, axis=-1)  # [B, A] the best allowed class's logit
     may_pass = tf.math.sigmoid(best - logits[:, :, 0]) > (score_threshold - MAY_PASS_SLACK)[:, None]
-    # top-k of 0/1 is stable: the anchors that may pass in ascending order, then the others
-    _, idx = tf.math.top_k(tf.cast(may_pass, tf.float32), k=n, sorted=True)
+    # keys without ties among the anchors that may pass (A - index, exact in float32 below 2^24 anchors):
+    # the top n are those anchors in ascending order, then others (key 0; their order does not matter)
+    descending = tf.cast(tf.shape(logits)[1] - tf.range(tf.shape(logits)[1]), tf.float32)  # [A]
+    _, idx = tf.math.top_k(tf.where(may_pass, descending[None, :], 0.0), k=n, sorted=True)
     return idx, tf.reduce_max(tf.reduce_sum(tf.cast(may_pass, tf.int32), axis=1))
 
 
