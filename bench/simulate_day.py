@@ -2,7 +2,8 @@
 
 ``predictor.tools.plan --trace`` with the demo replica's CPU profile and closed-loop cells measured by
 ``make bench-simulate`` (:data:`PROFILE`, :data:`BENCHMARK`, committed): a day of diurnal traffic
-(2 to 8 req/s) with MMPP bursts of +50 req/s (every 1.5 h on average, about a minute each), a p95
+(2 to 8 req/s) with MMPP bursts of +150 req/s (every 1.5 h on average, about a minute each: more than
+one replica serves), a p95
 objective (and 99.5% of the requests within it: the day's p95 alone hides the bursts) and a cost
 per replica-hour; it searches minReplicas, scaleTarget, the panic threshold and
 the max batch size, and this script copies the results where the docs show them:
@@ -31,7 +32,7 @@ PLOT = REPO / "docs" / "simulator-day.png"
 SEARCH = REPO / "docs" / "simulator-day-search.md"
 OVERLAY = REPO / "helm" / "ssd-detector" / "ci" / "simulated-day-values.yaml"
 
-TRACE = "diurnal:5:3:86400+mmpp:0:50:86400:5400:60"
+TRACE = "diurnal:5:3:86400+mmpp:0:150:86400:5400:60"
 
 
 def main(argv: list[str] | None = None) -> int:
