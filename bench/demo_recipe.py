@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         help="steps: name:photo:match:ema specs (default v1:0:0.5:0 v2:0.25:0.4:0.998); errors: model dirs",
     )
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # positionals after options: ``errors --count 300 DIR DIR``
     if args.what == "generator":
         generator_speed(args.count)
     elif args.what == "anchors":

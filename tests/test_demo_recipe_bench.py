@@ -55,3 +55,13 @@ def test_recall_never_reached_is_marked_and_kind_precedence():
     # wrong class (on another object at IoU >= 0.5) beats poor localisation when both hold
     iou, same = np.array([0.5, 0.3]), np.array([False, True])  # IoU 0.5 counts (COCO: >=)
     assert fp_kind(iou, same, np.zeros(2, bool)) == "wrong-class"
+
+
+def test_errors_takes_model_dirs_after_options(monkeypatch):
+    """``errors --count 300 A B``: the directories after the option reach :func:`errors`."""
+    import bench.demo_recipe as recipe
+
+    seen = []
+    monkeypatch.setattr(recipe, "errors", lambda count, dirs: seen.append((count, dirs)))
+    assert recipe.main(["errors", "--count", "300", "runs/a/model", "runs/b/model"]) == 0
+    assert seen == [(300, ["runs/a/model", "runs/b/model"])]
