@@ -124,7 +124,7 @@ def tiny_backbone(x, b: _Builder, width: int = 32, top_down: bool = False) -> di
     300 -> 150 (stem) -> 75 (stage1) -> 38 (stage2, stage3 end point) -> 19 (stage4 end point).
     ``top_down``: the stage3 end point also gets stage4's deeper features (a 1x1 conv to stage3's
     channels, BN + ReLU, nearest 2x upsampling cropped to 38 x 38, added): the smallest anchors
-    classify with more context (FPN-style; about 1% more MACs, none in the other end points). Its BN
+    classify with more context (FPN-style; +0.6% MACs at width 32, none in the other end points). Its BN
     scale starts at 0: the added branch starts as zeros, so a model started from one without it
     (``--init-from``) starts from that model's outputs.
     """

@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--top-down",
         action="store_true",
-        help="tiny: add stage4's features into the stage3 end point (smallest anchors; ~1%% more MACs)",
+        help="tiny: add stage4's features into the stage3 end point (smallest anchors; +0.6%% MACs)",
     )
     p.add_argument("--max-steps", type=int, help="stop after this many steps in this run (resume later)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
