@@ -7,10 +7,16 @@
   after a trace and 5 warm-up steps. Run it alone: ``flock /work/quiet.lock nice -n -15 ...``;
 - ``localisation``: for a trained model (``--model_dir``), the share of plain held-out objects whose best
   same-class detection (score > 0.01) reaches IoU 0.5, 0.75 and 0.9, by object size (side over the
-  image's shorter side): whether AP is limited by recall or by box precision.
+  image's shorter side): whether AP is limited by recall or by box precision;
+- ``errors``: for trained models (positional model directories), on the first ``--count`` plain held-out
+  images: AP@0.5, mAP@[.5:.95], per-class AP@0.5, the false positives ranked above the true positive
+  that reaches recall 0.9 by kind (wrong class on an object, poor localisation, a part of another
+  object, background, same-class duplicate) and the commonest wrong-class confusions with score > 0.2:
+  how the recipe proxies of issue 32 compare (bench/RESULTS.md).
 
 ``python -m bench.demo_recipe generator --count 200``; ``... anchors --count 150``;
-``... steps --count 20 v1:0:0.5:0 v2:0.25:0.4:0.998``; ``... localisation --count 500 --model_dir DIR``.
+``... steps --count 20 v1:0:0.5:0 v2:0.25:0.4:0.998``; ``... localisation --count 500 --model_dir DIR``;
+``... errors --count 300 DIR [DIR ...]``.
 """
 
 from __future__ import annotations
@@ -133,21 +139,119 @@ def localisation(count: int, model_dir: str | None) -> None:
         print(f"{lo:.2f}-{hi:.2f}    {len(sel):7d}  {shares}")
 
 
+#: Kinds of false positive, in the order :func:`fp_kind` tests them.
+FP_KINDS = ("wrong-class", "poor-loc", "part-other", "background", "dup-same")
+
+
+def fp_kind(iou: np.ndarray, same: np.ndarray, matched: np.ndarray) -> str:
+    """Why an unmatched detection is false: ``iou`` ``[G]`` with the image's objects, ``same`` ``[G]``
+    (object has the detection's class), ``matched`` ``[G]`` (already taken by a higher score)."""
+    if (same & matched & (iou >= 0.5)).any():
+        return "dup-same"
+    if (~same & (iou >= 0.5)).any():
+        return "wrong-class"
+    if (same & (iou >= 0.1)).any():
+        return "poor-loc"
+    if (iou >= 0.1).any():
+        return "part-other"
+    return "background"
+
+
+def ranked_outcomes(truth: list, found: list) -> tuple[list[tuple[float, str]], int]:
+    """Greedy IoU-0.5 same-class matching per image, highest score first (as COCO, one object per
+    detection): ``([(score, "TP" or a :func:`fp_kind`)] by falling score, number of objects)``.
+    ``truth``: ``(boxes [G, 4], labels [G])``; ``found``: ``(boxes [D, 4], scores [D], classes [D])``."""
+    rows: list[tuple[float, str]] = []
+    total = 0
+    for (gt, labels), (boxes, scores, classes) in zip(truth, found, strict=True):
+        gt = np.asarray(gt, np.float64).reshape(-1, 4)
+        labels, boxes = np.asarray(labels), np.asarray(boxes, np.float64).reshape(-1, 4)
+        total += len(gt)
+        matched = np.zeros(len(gt), bool)
+        ious = _iou(boxes, gt) if len(gt) else np.zeros((len(boxes), 0))
+        for k in np.argsort(-np.asarray(scores), kind="stable"):
+            same = labels == classes[k]
+            free = np.where(same & ~matched & (ious[k] >= 0.5))[0]
+            if len(free):
+                matched[free[ious[k, free].argmax()]] = True
+                rows.append((float(scores[k]), "TP"))
+            else:
+                rows.append((float(scores[k]), fp_kind(ious[k], same, matched)))
+    rows.sort(key=lambda r: -r[0])
+    return rows, total
+
+
+def false_positives_above(rows: list[tuple[float, str]], total: int, recall: float) -> dict[str, int]:
+    """False positives by kind ranked above the true positive that brings recall to ``recall``."""
+    need, tp, counts = int(np.ceil(recall * total - 1e-9)), 0, dict.fromkeys(FP_KINDS, 0)
+    for _, kind in rows:
+        if kind == "TP":
+            tp += 1
+            if tp >= need:
+                return counts
+        else:
+            counts[kind] += 1
+    return {k: -1 for k in counts}  # recall never reached
+
+
+def errors(count: int, model_dirs: list[str]) -> None:
+    """AP and false-positive kinds of each model on the first ``count`` plain held-out images."""
+    from collections import Counter
+
+    from predictor.datasets.coco import samples_to_coco
+    from predictor.datasets.shapes import CLASS_NAMES, heldout_sample
+    from predictor.ssd.detector import Detector
+    from predictor.tools.coco_eval import coco_evaluate, detections_to_coco
+
+    samples = [heldout_sample("plain", i) for i in range(count)]
+    truth = [(s.boxes, s.labels) for s in samples]
+    for model_dir in model_dirs:
+        detector = Detector.from_dir(model_dir, max_batch_size=16)
+        found, results = [], []
+        for start in range(0, count, 16):
+            for offset, d in enumerate(detector.detect([s.image for s in samples[start : start + 16]], 0.01)):
+                found.append((d.boxes, d.scores, d.classes))
+                results += detections_to_coco(start + offset, d.boxes, d.scores, d.classes)
+        gt = samples_to_coco(samples, CLASS_NAMES, image_ids=list(range(count)))
+        r = coco_evaluate(gt, results, class_names=CLASS_NAMES, max_dets=detector.max_detections)
+        per_class = " ".join(f"{k} {v:.3f}" for k, v in r["per_class_AP50"].items())
+        rows, total = ranked_outcomes(truth, found)
+        above = false_positives_above(rows, total, 0.9)
+        confusions: Counter = Counter()
+        for (gt_boxes, labels), (boxes, scores, classes) in zip(truth, found, strict=True):
+            iou = _iou(np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(gt_boxes, np.float64))
+            for k in np.where(np.asarray(scores) > 0.2)[0]:
+                j = int(iou[k].argmax()) if iou.shape[1] else -1
+                if j >= 0 and iou[k, j] >= 0.5 and labels[j] != classes[k]:
+                    confusions[(CLASS_NAMES[labels[j]], CLASS_NAMES[classes[k]])] += 1
+        top = ", ".join(f"{t}->{p} {n}" for (t, p), n in confusions.most_common(6))
+        print(f"{model_dir}: {count} images, AP50 {r['AP50']:.4f}, mAP {r['mAP']:.4f}", flush=True)
+        print(f"  per-class AP50: {per_class}")
+        print(f"  FPs above recall 0.9: {above}")
+        print(f"  wrong-class score > 0.2: {sum(confusions.values())} ({top})", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=("generator", "anchors", "steps", "localisation"))
+    p.add_argument("what", choices=("generator", "anchors", "steps", "localisation", "errors"))
     p.add_argument("--model_dir", help="localisation: the model (default: the shipped demo model)")
     p.add_argument("--count", type=int, default=200, help="images (generator, anchors) or timed steps")
-    p.add_argument("variants", nargs="*", default=["v1:0:0.5:0", "v2:0.25:0.4:0.998"])
-    args = p.parse_args(argv)
+    p.add_argument(
+        "variants",
+        nargs="*",
+        help="steps: name:photo:match:ema specs (default v1:0:0.5:0 v2:0.25:0.4:0.998); errors: model dirs",
+    )
+    args = p.parse_intermixed_args(argv)  # positionals after options: ``errors --count 300 DIR DIR``
     if args.what == "generator":
         generator_speed(args.count)
     elif args.what == "anchors":
         anchor_coverage(args.count)
     elif args.what == "localisation":
         localisation(args.count, args.model_dir)
+    elif args.what == "errors":
+        errors(args.count, args.variants or [args.model_dir or "predictor/models/demo"])
     else:
-        step_time(args.count, args.variants)
+        step_time(args.count, args.variants or ["v1:0:0.5:0", "v2:0.25:0.4:0.998"])
     return 0
 
 

@@ -55,6 +55,20 @@ def test_hard_negative_mining_ratio():
     assert float(out["num_positives"]) == 1.0
 
 
+def test_positive_classification_weight_scales_only_the_positives():
+    """One positive and seven negatives, all logits (0, 0): every cross-entropy is ln 2; three negatives
+    are mined. Default: (1 + 3) ln 2; positives weighted 2: (2 + 3) ln 2 (still over one positive)."""
+    labels = tf.constant([[1, 0, 0, 0, 0, 0, 0, 0]])
+    logits = tf.zeros([1, 8, 2])
+    zeros = tf.zeros([1, 8, 4])
+    default = ssd_loss(labels, zeros, logits, zeros)
+    weighted = ssd_loss(labels, zeros, logits, zeros, pos_cls_weight=2.0)
+    np.testing.assert_allclose(float(default["cls_loss"]), 4 * np.log(2.0), rtol=1e-6)
+    np.testing.assert_allclose(float(weighted["cls_loss"]), 5 * np.log(2.0), rtol=1e-6)
+    np.testing.assert_allclose(float(weighted["loss"]), 5 * np.log(2.0), rtol=1e-6)  # no loc error
+    assert TrainConfig().pos_cls_weight == 1.0  # v3's loss unless asked
+
+
 def test_augment_keeps_boxes_valid(tiny_config):
     from predictor.datasets.shapes import generate_sample
 
@@ -205,6 +219,56 @@ def test_localisation_weight_reaches_the_loss(tiny_config, samples, tmp_path):
     out = {k: float(v) for k, v in trainer._step_fn(images, labels, loc).items()}
     assert out["loc_loss"] > 0
     assert out["loss"] == pytest.approx(out["cls_loss"] + 2.5 * out["loc_loss"], rel=1e-6)
+
+
+def test_positive_classification_weight_reaches_the_step(tiny_config, samples, tmp_path):
+    """The step's loss is :func:`ssd_loss` with the run's ``pos_cls_weight`` on the same outputs."""
+    import keras
+
+    from predictor.ssd.preprocess import subtract_means
+
+    keras.utils.set_random_seed(0)
+    train = TrainConfig(steps=1, batch_size=2, warmup_steps=1, augment=False, pos_cls_weight=3.0)
+    trainer = Trainer(tiny_config, build_network(tiny_config), train, tmp_path / "run")
+    images, labels, loc = next(iter(make_dataset(samples, tiny_config, train)))
+    out = trainer.model(subtract_means(images, tiny_config.means), training=True)
+    want = ssd_loss(labels, loc, out["logits"], out["loc"], pos_cls_weight=3.0)
+    plain = ssd_loss(labels, loc, out["logits"], out["loc"])
+    got = {k: float(v) for k, v in trainer._step_fn(images, labels, loc).items()}
+    assert float(want["cls_loss"]) > float(plain["cls_loss"])
+    assert got["cls_loss"] == pytest.approx(float(want["cls_loss"]), rel=1e-5)
+
+
+def test_top_down_stage3_adds_one_1x1_conv_and_round_trips(tiny_config, tmp_path):
+    """``top_down`` (width 8): stage4 (19 x 19 x 32) -> 1x1 conv to 16 channels, upsampled and added to
+    stage3 (38 x 38 x 16). Extra MACs 19 * 19 * 32 * 16 = 184,832; extra weights 32 * 16 kernel + 4 * 16
+    batch-norm = 576; the outputs keep their shapes; the model directory rebuilds the same network."""
+    from predictor.ssd.config import ssd_tiny
+    from predictor.ssd.network import conv_macs
+    from predictor.ssd.weights import load_model, save_model_dir
+
+    fused = ssd_tiny(tiny_config.class_names, width=8, top_down=True)
+    assert tiny_config.backbone_options == {"width": 8}  # v3's architecture unless asked
+    plain_net, fused_net = build_network(tiny_config), build_network(fused)
+    assert conv_macs(fused_net) - conv_macs(plain_net) == 19 * 19 * 32 * 16
+    assert fused_net.count_params() - plain_net.count_params() == 32 * 16 + 4 * 16
+    for key in ("loc", "logits"):
+        assert fused_net.output[key].shape == plain_net.output[key].shape
+    # The branch's BN scale starts at 0: with the plain network's weights copied in, the same outputs;
+    # once the scale is 1, different ones.
+    shared = {v.path: v for v in plain_net.weights}
+    for v in fused_net.weights:
+        if v.path in shared:
+            v.assign(shared[v.path])
+    x = np.random.default_rng(0).uniform(-100, 100, (1, 300, 300, 3)).astype(np.float32)
+    np.testing.assert_allclose(fused_net(x)["logits"], plain_net(x)["logits"], atol=1e-5)
+    bn = fused_net.get_layer("stage3_topdown_bn")
+    bn.gamma.assign(np.ones(bn.gamma.shape, np.float32))
+    bn.beta.assign(np.full(bn.beta.shape, 0.5, np.float32))
+    assert not np.allclose(fused_net(x)["logits"], plain_net(x)["logits"], atol=1e-3)
+    config, loaded = load_model(save_model_dir(fused_net, fused, tmp_path / "model"))
+    assert config.backbone_options == {"width": 8, "top_down": True}
+    np.testing.assert_allclose(loaded(x)["logits"], fused_net(x)["logits"], atol=1e-5)
 
 
 def test_resuming_a_checkpoint_that_averaged_the_trainable_weights_only(

@@ -192,12 +192,15 @@ def ssd512_vgg16(class_names: tuple[str, ...] = VOC_LABELS) -> SSDConfig:
     return SSDConfig("ssd_512_vgg", "vgg16", 512, tuple(class_names), layers, extras)
 
 
-def ssd_tiny(class_names: tuple[str, ...], input_size: int = 300, width: int = 32) -> SSDConfig:
+def ssd_tiny(
+    class_names: tuple[str, ...], input_size: int = 300, width: int = 32, top_down: bool = False
+) -> SSDConfig:
     """A small batch-normalised SSD for the demo model (trainable from scratch on a CPU).
 
     Same feature-map grid and anchor machinery as SSD300 (38, 19, 10, 5, 3, 1); anchor sizes span
     4% to ~95% of the input since the demo objects cover 8% to 60% of the shorter image side and the
-    WARP resize stretches them.
+    WARP resize stretches them. ``top_down``: stage4 features added into the stage3 end point
+    (:func:`predictor.ssd.network.tiny_backbone`).
     """
     shapes = (38, 19, 10, 5, 3, 1)
     steps = (8, 16, 32, 64, 100, 300)
@@ -222,7 +225,7 @@ def ssd_tiny(class_names: tuple[str, ...], input_size: int = 300, width: int = 3
         tuple(class_names),
         layers,
         extras,
-        backbone_options={"width": width},
+        backbone_options={"width": width, **({"top_down": True} if top_down else {})},
         batch_norm=True,
         max_detections=100,
     )

@@ -20,12 +20,13 @@ def ssd_loss(
     neg_pos_ratio: float = 3.0,
     min_negatives: int = 3,
     loc_weight: float = 1.0,
+    pos_cls_weight: float = 1.0,
 ) -> dict[str, tf.Tensor]:
     """SSD multibox loss with hard-negative mining.
 
-    Softmax cross-entropy over positives plus the ``neg_pos_ratio * positives`` (at least ``min_negatives``)
-    negatives of highest loss per image, plus smooth-L1 on the encoded offsets of positives, both divided
-    by the number of positives in the batch.
+    Softmax cross-entropy over positives (each weighted ``pos_cls_weight``) plus the
+    ``neg_pos_ratio * positives`` (at least ``min_negatives``) negatives of highest loss per image, plus
+    smooth-L1 on the encoded offsets of positives, both divided by the number of positives in the batch.
 
     Args:
       labels: int32 ``[B, A]``; loc_targets: ``[B, A, 4]``; logits: ``[B, A, C]``; loc: ``[B, A, 4]``.
@@ -46,7 +47,7 @@ def ssd_loss(
         tf.cast(tf.cast(num_pos_per_image, tf.float32) * neg_pos_ratio, tf.int32), min_negatives
     )
     hard_negative = (~positive) & (rank < num_neg[:, None])
-    cls_loss = tf.reduce_sum(ce * (pos_f + tf.cast(hard_negative, tf.float32))) / num_pos
+    cls_loss = tf.reduce_sum(ce * (pos_cls_weight * pos_f + tf.cast(hard_negative, tf.float32))) / num_pos
     loc_loss = tf.reduce_sum(smooth_l1(loc - loc_targets) * pos_f[..., None]) / num_pos
     return {
         "loss": cls_loss + loc_weight * loc_loss,

@@ -59,6 +59,8 @@ class TrainConfig:
     ema_decay: float = 0.0
     #: Weight of the smooth-L1 localisation loss against the classification loss.
     loc_weight: float = 1.0
+    #: Weight of the positive anchors' cross-entropy (the object's class) against the mined negatives'.
+    pos_cls_weight: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -216,7 +218,12 @@ class Trainer:
         with tf.GradientTape() as tape:
             out = self.model(subtract_means(images, self.config.means), training=True)
             losses = ssd_loss(
-                labels, loc_targets, out["logits"], out["loc"], loc_weight=self.train.loc_weight
+                labels,
+                loc_targets,
+                out["logits"],
+                out["loc"],
+                loc_weight=self.train.loc_weight,
+                pos_cls_weight=self.train.pos_cls_weight,
             )
         variables = self.model.trainable_variables
         grads = tape.gradient(losses["loss"], variables)

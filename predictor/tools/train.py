@@ -76,6 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.loc_weight,
         help="weight of the localisation loss against the classification loss",
     )
+    p.add_argument(
+        "--pos-cls-weight",
+        type=float,
+        default=defaults.pos_cls_weight,
+        help="weight of the positive anchors' classification loss against the mined negatives'",
+    )
+    p.add_argument(
+        "--top-down",
+        action="store_true",
+        help="tiny: add stage4's features into the stage3 end point (smallest anchors; +0.6%% MACs)",
+    )
     p.add_argument("--max-steps", type=int, help="stop after this many steps in this run (resume later)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
@@ -192,12 +203,18 @@ def main(argv: list[str] | None = None) -> int:
         match_iou=args.match_iou,
         ema_decay=args.ema_decay,
         loc_weight=args.loc_weight,
+        pos_cls_weight=args.pos_cls_weight,
     )
     if not 0.0 <= args.photo_fraction <= 1.0:
         raise SystemExit("--photo-fraction must be in [0, 1]")
     keras.utils.set_random_seed(args.seed)
     source, class_names, data_info, order = _source(args)
-    config = ssd_tiny(class_names, width=args.width) if args.arch == "tiny" else ssd300_vgg16(class_names)
+    if args.top_down and args.arch != "tiny":
+        raise SystemExit("--top-down is an option of --arch tiny")
+    tiny = args.arch == "tiny"
+    config = (
+        ssd_tiny(class_names, width=args.width, top_down=args.top_down) if tiny else ssd300_vgg16(class_names)
+    )
     if args.default_score_threshold is not None:
         config = config.replace(score_threshold=args.default_score_threshold)
     model = build_network(config)
