@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from reference_postprocess import ReferenceDetection, reference_postprocess
 
 from predictor.ssd.postprocess import postprocess
@@ -258,3 +259,18 @@ def test_a_slot_larger_than_the_scored_anchors_hold_is_shrunk_to_them():
     assert int(det.num_detections.numpy().max()) > 0
     for key, value in unsized._asdict().items():
         np.testing.assert_array_equal(getattr(det, key).numpy(), value.numpy(), err_msg=key)
+
+
+def test_the_anchors_that_may_pass_come_first_in_ascending_order():
+    """``_anchors_that_may_pass``: the anchors whose bound clears the threshold, in ascending index order
+    (equal scores then keep the lower anchor first, as on the unsized path), then others; and their count."""
+    from predictor.ssd.postprocess import _anchors_that_may_pass
+
+    logits = np.zeros((1, 10, 3), np.float32)
+    logits[0, :, 0] = 5.0  # background everywhere ...
+    for anchor in (7, 2, 9, 4):
+        logits[0, anchor] = [0.0, 6.0, 0.0]  # ... except these: class 1's bound sigmoid(6) = 0.9975
+    idx, count = _anchors_that_may_pass(tf.constant(logits), tf.constant([0.5]), None, 6)
+    assert idx.numpy()[0, :4].tolist() == [2, 4, 7, 9]
+    assert set(idx.numpy()[0, 4:].tolist()) <= {0, 1, 3, 5, 6, 8}
+    assert int(count) == 4

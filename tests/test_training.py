@@ -271,6 +271,26 @@ def test_top_down_stage3_adds_one_1x1_conv_and_round_trips(tiny_config, tmp_path
     np.testing.assert_allclose(loaded(x)["logits"], fused_net(x)["logits"], atol=1e-5)
 
 
+def test_top_down_branch_trains_from_its_zero_start(tiny_config, samples, tmp_path):
+    """The branch starts as zeros (BN scale 0) and still gets gradients: after one training step its BN
+    scale has moved after the first step, its conv kernel after the second (once the scale is not 0);
+    behind a ReLU a zero output passes no gradient, and neither would move."""
+    import keras
+
+    from predictor.ssd.config import ssd_tiny
+
+    keras.utils.set_random_seed(0)
+    fused = ssd_tiny(tiny_config.class_names, width=8, top_down=True)
+    net = build_network(fused)
+    kernel_before = net.get_layer("stage3_topdown").kernel.numpy().copy()
+    train = TrainConfig(steps=2, batch_size=2, warmup_steps=1, augment=False, weight_decay=0.0)
+    trainer = Trainer(fused, net, train, tmp_path / "run")
+    trainer.fit(samples, progress=False, max_steps=1)
+    assert np.abs(net.get_layer("stage3_topdown_bn").gamma.numpy()).max() > 0
+    trainer.fit(samples, progress=False, max_steps=1)
+    assert not np.array_equal(net.get_layer("stage3_topdown").kernel.numpy(), kernel_before)
+
+
 def test_resuming_a_checkpoint_that_averaged_the_trainable_weights_only(
     tiny_config, samples, tmp_path, monkeypatch
 ):

@@ -189,6 +189,19 @@ def test_wrong_architecture_weights(random_tiny_model_dir, tmp_path):
         load_model(tmp_path)
 
 
+def test_a_backbone_option_its_builder_does_not_take_is_one_clear_error(random_tiny_model_dir, tmp_path):
+    """A model.yaml naming a backbone option the builder does not know (a newer model on an older server,
+    a typo) fails as ``ModelLoadError`` naming the manifest and the option, not a start-up traceback."""
+    import yaml
+
+    manifest = yaml.safe_load((random_tiny_model_dir / "model.yaml").read_text())
+    manifest["config"]["backbone_options"]["top_dwn"] = True
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(manifest))
+    (tmp_path / "weights.npz").write_bytes((random_tiny_model_dir / "weights.npz").read_bytes())
+    with pytest.raises(ModelLoadError, match=r"model\.yaml: invalid architecture config: .*top_dwn"):
+        load_model(tmp_path)
+
+
 def _assert_same(a, b):
     assert len(a) == len(b)
     for x, y in zip(a, b, strict=True):

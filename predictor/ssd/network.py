@@ -123,10 +123,11 @@ def tiny_backbone(x, b: _Builder, width: int = 32, top_down: bool = False) -> di
 
     300 -> 150 (stem) -> 75 (stage1) -> 38 (stage2, stage3 end point) -> 19 (stage4 end point).
     ``top_down``: the stage3 end point also gets stage4's deeper features (a 1x1 conv to stage3's
-    channels, BN + ReLU, nearest 2x upsampling cropped to 38 x 38, added): the smallest anchors
+    channels and BN, no ReLU, nearest 2x upsampling cropped to 38 x 38, added): the smallest anchors
     classify with more context (FPN-style; +0.6% MACs at width 32, none in the other end points). Its BN
     scale starts at 0: the added branch starts as zeros, so a model started from one without it
-    (``--init-from``) starts from that model's outputs.
+    (``--init-from``) starts from that model's outputs; the branch is linear because a ReLU after a
+    zero output passes no gradient (its scale, shift and kernel would never train).
     """
     x = b.conv(x, width // 2, 3, "stem", stride=2)
     x = b.conv(x, width, 3, "stage1_1", stride=2)
@@ -141,7 +142,7 @@ def tiny_backbone(x, b: _Builder, width: int = 32, top_down: bool = False) -> di
     x = b.conv(x, 4 * width, 3, "stage4_3")
     ends["stage4"] = x
     if top_down:
-        up = b.conv(x, 2 * width, 1, "stage3_topdown", zero_gamma=True)
+        up = b.conv(x, 2 * width, 1, "stage3_topdown", relu=False, zero_gamma=True)  # linear, as FPN's
         up = layers.UpSampling2D(2, name="stage3_topdown_up", dtype=b.dtype)(up)
         size = ends["stage3"].shape[1]
         up = layers.Cropping2D(((0, 2 * x.shape[1] - size),) * 2, name="stage3_topdown_crop", dtype=b.dtype)(

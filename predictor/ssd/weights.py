@@ -260,7 +260,10 @@ def load_model(path: str | os.PathLike, dtype: str = "float32") -> tuple[SSDConf
             config = SSDConfig.from_dict(manifest["config"])
         except (KeyError, TypeError, ValueError) as e:
             raise ModelLoadError(f"{p / MANIFEST}: invalid architecture config: {e}") from e
-        model = build_network(config, dtype=dtype)
+        try:
+            model = build_network(config, dtype=dtype)
+        except (TypeError, ValueError) as e:  # e.g. a backbone option its builder does not take
+            raise ModelLoadError(f"{p / MANIFEST}: invalid architecture config: {e}") from e
         load_weights_npz(model, p / str(manifest.get("weights", WEIGHTS)))
         return config, model
     prefix = find_checkpoint_prefix(p)
