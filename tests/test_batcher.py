@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 from kserve.errors import ServerNotReady
-from virtual_clock import VirtualClockLoop, run
+from virtual_clock import FakeTime, VirtualClockLoop, run
 
 from predictor.serving import batcher as batcher_module
 from predictor.serving import prometheus
@@ -1156,18 +1156,11 @@ def test_each_call_is_timed_and_counted(monkeypatch):
     exactly that."""
     clock = [1000.0]
 
-    class FakeTime:
-        time_ns = staticmethod(time.time_ns)
-
-        @staticmethod
-        def perf_counter() -> float:
-            return clock[0]
-
     def slow_model(images, image_hw, score_threshold, max_detections):
         clock[0] += 0.25
         return {"num_detections": max_detections.copy()}
 
-    monkeypatch.setattr(batcher_module, "time", FakeTime)
+    monkeypatch.setattr(batcher_module, "time", FakeTime(clock))
     batcher = make_batcher(slow_model)
     seconds_before, sizes_before = metric(prometheus.BATCH_SECONDS), metric(prometheus.BATCH_SIZE)
 

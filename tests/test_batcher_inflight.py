@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import numpy as np
 import pytest
-from virtual_clock import run
+from virtual_clock import FakeTime, run
 
 from predictor.serving import batcher as batcher_module
 from predictor.serving import prometheus
@@ -181,15 +180,7 @@ def test_overlapping_calls_add_their_busy_time_once_to_the_rate(monkeypatch):
     ``perf_counter``): the rate gets 0.3 s for call 0 and 0.2 s for call 1 (only the time after call
     0 ended), the call-time histogram each call's own 0.3 and 0.4 s."""
     clock = [1000.0]
-
-    class FakeTime:
-        time_ns = staticmethod(time.time_ns)
-
-        @staticmethod
-        def perf_counter() -> float:
-            return clock[0]
-
-    monkeypatch.setattr(batcher_module, "time", FakeTime)
+    monkeypatch.setattr(batcher_module, "time", FakeTime(clock))
     model = GatedCalls()
     batcher = make_batcher(model, 2)
     seconds_before = prometheus.BATCH_SECONDS._sum.get()
@@ -312,15 +303,6 @@ def test_a_shutdown_between_forming_a_call_and_its_first_step_answers_its_reques
     assert len(results) == 2 and all(isinstance(r, ShuttingDown) for r in results), results
     assert model.calls == [] and batcher._running == [] and batcher.admitted_images == 0
     assert batcher._calls == {}  # the cancelled task ran no finally: _fail_pending let it go
-
-
-class FakeTime:
-    """``batcher.time`` with ``perf_counter`` reading ``clock[0]``."""
-
-    time_ns = staticmethod(time.time_ns)
-
-    def __init__(self, clock: list[float]) -> None:
-        self.perf_counter = lambda: clock[0]
 
 
 def overlapping_calls(monkeypatch, times: list[tuple[float, float]], **kwargs) -> tuple[DynamicBatcher, list]:

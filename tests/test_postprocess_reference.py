@@ -24,6 +24,18 @@ def random_case(seed: int, anchors: int = 240, classes: int = 5):
     return loc, logits, anchor_array
 
 
+def sized_equals_unsized(loc, logits, anchors, image_hw, thresholds, **kwargs) -> dict[str, np.ndarray]:
+    """Production post-processing (top-k 400, 200 detections; ``kwargs`` e.g. ``candidate_slots``)
+    asserted equal, bit for bit, to the unsized path (``candidate_slots=()``); its outputs as NumPy."""
+    common = {"top_k": 400, "max_detections": 200}
+    det = postprocess(loc, logits, anchors, image_hw, list(thresholds), **common, **kwargs)
+    unsized = postprocess(loc, logits, anchors, image_hw, list(thresholds), **common, candidate_slots=())
+    production = {k: v.numpy() for k, v in det._asdict().items()}
+    for key, value in unsized._asdict().items():
+        np.testing.assert_array_equal(production[key], value.numpy(), err_msg=key)
+    return production
+
+
 def assert_same(production: dict, b: int, expected: list[ReferenceDetection]) -> None:
     n = int(production["num_detections"][b])
     assert n == len(expected), (n, len(expected))
@@ -166,13 +178,7 @@ def test_each_candidate_size_matches_the_reference_and_the_unsized_path(threshol
     assert [c for c, want in zip(passed.tolist(), counts, strict=True) if want is not None] == [
         c for c in counts if c is not None
     ]
-    det = postprocess(loc, logits, anchors, image_hw, list(thresholds), top_k=400, max_detections=200)
-    unsized = postprocess(
-        loc, logits, anchors, image_hw, list(thresholds), top_k=400, max_detections=200, candidate_slots=()
-    )
-    production = {k: v.numpy() for k, v in det._asdict().items()}
-    for key, value in unsized._asdict().items():
-        np.testing.assert_array_equal(production[key], value.numpy(), err_msg=key)
+    production = sized_equals_unsized(loc, logits, anchors, image_hw, thresholds)
     for b in range(2):
         expected = reference_postprocess(loc[b], logits[b], anchors, tuple(image_hw[b]), thresholds[b])
         assert expected
@@ -206,13 +212,7 @@ def test_scoring_the_anchors_that_may_pass_matches_the_reference_and_the_unsized
     exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
     passed = (exp / exp.sum(-1, keepdims=True))[..., 1:] > np.array(thresholds)[:, None, None]
     assert tuple(passed.sum((1, 2)).tolist()) == counts
-    det = postprocess(loc, logits, anchors, image_hw, list(thresholds), top_k=400, max_detections=200)
-    unsized = postprocess(
-        loc, logits, anchors, image_hw, list(thresholds), top_k=400, max_detections=200, candidate_slots=()
-    )
-    production = {k: v.numpy() for k, v in det._asdict().items()}
-    for key, value in unsized._asdict().items():
-        np.testing.assert_array_equal(production[key], value.numpy(), err_msg=key)
+    production = sized_equals_unsized(loc, logits, anchors, image_hw, thresholds)
     for b in range(2):
         expected = reference_postprocess(loc[b], logits[b], anchors, tuple(image_hw[b]), thresholds[b])
         assert expected
@@ -235,13 +235,7 @@ def test_one_image_with_one_anchor_too_many_scores_every_anchor(monkeypatch):
     loc[1, last] = 0.0  # the anchor's own box: inside the image, positive size
     monkeypatch.setattr(module, "CANDIDATE_ANCHORS", len(may_pass) - 1)
     image_hw = np.array([[480.0, 640.0], [333.0, 250.0]], np.float32)
-    det = postprocess(loc, logits, anchors, image_hw, list(thresholds), top_k=400, max_detections=200)
-    unsized = postprocess(
-        loc, logits, anchors, image_hw, list(thresholds), top_k=400, max_detections=200, candidate_slots=()
-    )
-    production = {k: v.numpy() for k, v in det._asdict().items()}
-    for key, value in unsized._asdict().items():
-        np.testing.assert_array_equal(production[key], value.numpy(), err_msg=key)
+    production = sized_equals_unsized(loc, logits, anchors, image_hw, thresholds)
     expected = reference_postprocess(loc[1], logits[1], anchors, tuple(image_hw[1]), thresholds[1])
     assert any(d.score > 0.999 and d.label == 3 for d in expected)
     assert_same(production, 1, expected)
@@ -253,12 +247,8 @@ def test_a_slot_larger_than_the_scored_anchors_hold_is_shrunk_to_them():
     the detections are those of ``candidate_slots=()``."""
     loc, logits, anchors = random_case(5, anchors=600, classes=1)
     image_hw = np.array([[480.0, 640.0], [333.0, 250.0]], np.float32)
-    kwargs = {"top_k": 400, "max_detections": 200}
-    det = postprocess(loc, logits, anchors, image_hw, [0.9, 0.9], candidate_slots=(300,), **kwargs)
-    unsized = postprocess(loc, logits, anchors, image_hw, [0.9, 0.9], candidate_slots=(), **kwargs)
-    assert int(det.num_detections.numpy().max()) > 0
-    for key, value in unsized._asdict().items():
-        np.testing.assert_array_equal(getattr(det, key).numpy(), value.numpy(), err_msg=key)
+    production = sized_equals_unsized(loc, logits, anchors, image_hw, (0.9, 0.9), candidate_slots=(300,))
+    assert int(production["num_detections"].max()) > 0
 
 
 def test_the_anchors_that_may_pass_come_first_in_ascending_order():

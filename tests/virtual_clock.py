@@ -104,3 +104,13 @@ def run(coro: Coroutine[Any, Any, T], debug: bool = False) -> T:
     a callback scheduled from a thread other than the loop's raises)."""
     with asyncio.Runner(debug=debug, loop_factory=VirtualClockLoop) as runner:
         return runner.run(coro)
+
+
+class FakeTime:
+    """A stand-in for a module's ``time`` whose ``perf_counter`` reads ``clock[0]`` (a test moves it by
+    hand); ``time_ns`` stays real."""
+
+    time_ns = staticmethod(time.time_ns)
+
+    def __init__(self, clock: list[float]) -> None:
+        self.perf_counter = lambda: clock[0]
