@@ -329,9 +329,23 @@ def profile_of(report: dict[str, Any]) -> CpuProfile:
     # 12:33 run's replica used 1.43 of its 2 cores while refusing work, its calls ~1 core
     # and the servers' calls in flight the calls were measured with (the planner replays with them)
     prof = dataclasses.replace(prof, lockstep=True, model_calls_in_flight=calls_in_flight(report))
+    prof = own_warmups(prof, warmups)
     if "cpu_s:event_loop" not in c1.get("server_metrics", {}):
         return prof  # a report from before the threads' CPU was recorded: the request work as one
     return measured_work(prof, c1, report, 2.0)
+
+
+def own_warmups(prof: CpuProfile, warmups: list[dict[int, float]]) -> CpuProfile:
+    """Each replica's batcher decides with its own warm-up's timings, as each server does
+    (``Detector.warmup`` -> ``DynamicBatcher`` ``bucket_seconds``: its efficient bucket, the standing
+    bound, the prefix rule), not with the replicas' mean (``rule_bucket_s`` stays the mean: what the
+    profile says for a replica to come). The 12:41 three-replica run: replica 0's warm-up made bucket
+    16 its efficient one (rate 144 of the best 148 img/s; bucket 8: 130, under 90%), so it admitted 32
+    images under a standing queue; the others', and the mean's, made it 4 (8 images)."""
+    if len(warmups) < 2:
+        return prof
+    own = tuple(tuple(sorted(w.items())) for w in warmups)
+    return dataclasses.replace(prof, replica_rule_bucket_s=own)
 
 
 def scaled_calls(prof: CpuProfile, scale: float) -> CpuProfile:
@@ -582,8 +596,9 @@ def write_plan_inputs(report: dict[str, Any], profile_out: Path | None, benchmar
     """The CPU profile and the closed-loop cells (planner format) for ``make simulate-day``."""
     if profile_out:
         meta = {"written_by": "python -m bench.simulate_check", "machine": report["machine"]}
-        # a pod serves without the bench's load generator beside it on its cores
-        planned = {**report["profile"], "client_s": 0.0}
+        # a pod serves without the bench's load generator beside it on its cores, and a replica to
+        # come decides with its own warm-up, not one of these servers': the mean (rule_bucket_s)
+        planned = {**report["profile"], "client_s": 0.0, "replica_rule_bucket_s": None}
         profile_out.write_text(json.dumps({**planned, **meta}, indent=1) + "\n")
     if benchmark_out:
         raw = ("latencies_ms", "server_metrics")  # the replay's inputs; the planner reads the figures
@@ -767,6 +782,13 @@ def markdown(report: dict[str, Any]) -> str:
             "(the servers' warm-up)", "(served medians: the warm-up's times the served bucket-1 calls' ratio)"
         )
         buckets += f"; the batchers decide with the warm-up's: {rule}"
+    if prof.get("replica_rule_bucket_s"):
+        cpu = CpuProfile.from_json(prof)
+        each = ", ".join(
+            str(cpu.batcher(FleetConfig.max_batch_size, i).efficient_bucket())
+            for i in range(len(prof["replica_rule_bucket_s"]))
+        )
+        buckets += f" (their mean; each replica decides with its own, efficient buckets {each})"
     n = report["replicas"]
     where = "all cores" if n == 1 else (
         f"all sharing {report['shared_cores']:g} cores" if report["shared_cores"] else "one core each"

@@ -6,7 +6,8 @@
 one replica serves), a p95
 objective (and 99.5% of the requests within it: the day's p95 alone hides the bursts) and a cost
 per replica-hour; it searches minReplicas, scaleTarget, the panic threshold and
-the max batch size, and this script copies the results where the docs show them:
+the max batch size (and maxReplicas with ``--search-max-replicas``), and this script copies the
+results where the docs show them:
 
 - :data:`PLOT` (load, replicas and p95 over the day, of the cheapest setting meeting the objective),
 - :data:`SEARCH` (every candidate: p95, SLO attainment, 503s, replica-hours, cost),
@@ -44,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", default="25", help="the steady plan's rate (its containerConcurrency)")
     p.add_argument("--peak-factor", default="5", help="maxReplicas = ceil(factor x rate / a replica's limit)")
     p.add_argument("--search-min-replicas", default="1,2")
+    p.add_argument(
+        "--search-max-replicas",
+        default="",
+        help="maxReplicas candidates (default: the plan's, --peak-factor)",
+    )
     p.add_argument("--search-targets", default="2,4")
     p.add_argument("--search-panic", default="200,400")
     p.add_argument("--search-max-batch", default="4,8")
@@ -58,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         "--search-min-replicas", args.search_min_replicas, "--search-targets", args.search_targets,
         "--search-panic", args.search_panic, "--search-max-batch", args.search_max_batch,
         "--workers", args.workers, "--out", str(args.out),
+        *(["--search-max-replicas", args.search_max_replicas] if args.search_max_replicas else []),
     ]  # fmt: skip
     rc = plan.main(argv_plan)
     sim = args.out / "simulated"

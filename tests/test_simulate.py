@@ -461,3 +461,66 @@ def test_zero_calls_in_flight_is_refused_by_the_servers_own_rule(tmp_path, capsy
         main(["--trace", "constant:5:10", "--model_calls_in_flight", "0", "--out", str(tmp_path)])
     assert exc.value.code == 2
     assert "--model_calls_in_flight: must be a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_search_tries_max_replicas_and_the_overlay_caps_the_fleet_at_the_chosen_one(tmp_path):
+    """80 req/s against replicas of at most 32 / (5 + 23 x 32 ms) = 43 req/s (the parametric model),
+    minReplicas 1, 2 x maxReplicas 1, 3: (2, 1) is no setting (skipped), so three candidates. Capped at
+    one replica the fleet is that replica for the whole 120 s (exactly 120 / 3600 replica-hours) and
+    its queue grows for the whole trace (misses p95 <= 1 s); the cheapest that meets it may add
+    replicas up to 3, and the overlay says maxReplicas 3."""
+    import json
+
+    import yaml
+
+    args = ["--trace", "constant:80:120", "--search", "--slo-p95-ms", "1000", "--max-replicas", "8",
+            "--search-min-replicas", "1,2", "--search-max-replicas", "1,3", "--search-targets", "4",
+            "--search-panic", "200", "--cold-start-s", "2", "--out", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+    cands = json.loads((tmp_path / "search.json").read_text())
+    assert sorted((c["min_replicas"], c["max_replicas"]) for c in cands) == [(1, 1), (1, 3), (2, 3)]
+    capped = next(c for c in cands if c["max_replicas"] == 1)
+    assert capped["replica_hours"] == pytest.approx(120 / 3600)
+    assert not capped["meets"]
+    best = cands[0]
+    assert best["meets"] and best["max_replicas"] == 3
+    overlay = yaml.safe_load((tmp_path / "values-sim.yaml").read_text())
+    assert overlay["autoscaling"]["maxReplicas"] == 3
+    assert overlay["autoscaling"]["minReplicas"] == best["min_replicas"]
+    assert "| maxReplicas |" in (tmp_path / "search.md").read_text()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["fleet"]["kpa"]["max_scale"] == 3
+    assert summary["summary"]["peak_replicas"] <= 3
+
+
+def test_rank_breaks_a_cost_and_p95_tie_with_the_lower_max_replicas():
+    from predictor.tools.simulate import Candidate, rank
+
+    wide = Candidate(8, 1, 4.0, 200.0, 100.0, 1.0, 0.0, 2.0, 2.0, True, 6)
+    narrow = Candidate(8, 1, 4.0, 200.0, 100.0, 1.0, 0.0, 2.0, 2.0, True, 3)
+    assert rank([wide, narrow]) == [narrow, wide]
+
+
+def test_planner_trace_searches_max_replicas_when_given(tmp_path):
+    """``plan --trace --search-max-replicas 1,3``: each candidate of minReplicas 1 is tried capped at 1
+    and at 3 replicas (the plan's own maxReplicas is then not a candidate); search.json says which."""
+    import json
+
+    from predictor.tools import plan
+
+    cells = []
+    for c in (1, 2, 4, 8, 16):
+        mean = 20.0 + 10.0 * (c - 1)
+        cells.append(asdict(plan.Cell(8, c, 200, 0, c / (mean / 1e3), mean, mean, 1.3 * mean, 1.5 * mean)))
+    bench = {"format": plan.BENCHMARK_FORMAT, "model_dir": "synthetic", "batch_wait_ms": 2.0, "cells": cells,
+             "machine": {"cpu": "synthetic"}, "request": "none"}  # fmt: skip
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    out = tmp_path / "plan"
+    argv = ["--slo-p95-ms", "300", "--rate", "40", "--benchmark", str(tmp_path / "bench.json"),
+            "--trace", "constant:20:60", "--cold-start-s", "2", "--search-min-replicas", "1",
+            "--search-max-replicas", "1,3", "--search-targets", "8", "--search-panic", "200",
+            "--out", str(out)]  # fmt: skip
+    plan.main(argv)
+    cands = json.loads((out / "simulated" / "search.json").read_text())
+    assert sorted(c["max_replicas"] for c in cands) == [1, 3]
+    assert {c["min_replicas"] for c in cands} == {1}

@@ -263,3 +263,29 @@ def test_zero_calls_in_flight_is_refused_by_the_servers_own_rule(tmp_path, capsy
         main(["--model_calls_in_flight", "0", "--replay", "--out", str(tmp_path / "none.json")])
     assert exc.value.code == 2
     assert "--model_calls_in_flight: must be a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_a_replay_gives_each_replica_its_own_warm_up_and_the_plan_inputs_the_mean(tmp_path):
+    """Two servers' warm-ups (the report's ``warmup_bucket_s``, in start order = round-robin order):
+    replica i decides with warm-up i; the profile written for ``make simulate-day`` has none of them
+    (a replica to come decides with its own warm-up: the mean, 1: 15 ms, 2: 25 ms, stands for it)."""
+    from bench.simulate_check import profile_of, write_plan_inputs
+
+    report = {
+        "benchmark": {"cells": [{"concurrency": 1, "p50_ms": 30.0}]},
+        "warmup_bucket_s": [{"1": 0.01, "2": 0.02}, {"1": 0.02, "2": 0.03}],
+        "placement": [[0], [1]],
+        "profile": {"source": "test"},
+        "machine": {"cpu": "test"},
+    }
+    prof = profile_of(report)
+    assert prof.replica_rule_bucket_s == (((1, 0.01), (2, 0.02)), ((1, 0.02), (2, 0.03)))
+    assert dict(prof.rule_bucket_s or prof.bucket_s) == pytest.approx({1: 0.015, 2: 0.025})
+    assert prof.rule_for(1) == ((1, 0.02), (2, 0.03))
+    report["profile"] = prof.to_json()
+    write_plan_inputs(report, tmp_path / "profile.json", None)
+    planned = CpuProfile.from_json(json.loads((tmp_path / "profile.json").read_text()))
+    assert planned.replica_rule_bucket_s is None
+    assert dict(planned.rule_for(1)) == pytest.approx({1: 0.015, 2: 0.025})
+    one = profile_of({**report, "warmup_bucket_s": report["warmup_bucket_s"][:1], "placement": [[0, 1]]})
+    assert one.replica_rule_bucket_s is None

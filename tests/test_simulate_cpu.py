@@ -455,3 +455,31 @@ def test_the_cli_replays_a_profile_with_the_calls_in_flight_it_was_measured_with
         assert main([*base, *flag, "--out", str(tmp_path / str(expected))]) == 0
         config = json.loads((tmp_path / str(expected) / "summary.json").read_text())
         assert config["fleet"]["model_calls_in_flight"] == expected
+
+
+def test_each_replica_decides_with_its_own_warm_up():
+    """Every server's batcher decides with its own warm-up's timings. Replica 0's: 50, 100, 160, 190,
+    200 img/s (bucket 8 the first within 90% of the best: efficient 8, standing bound 2 x 8 = 16);
+    replica 1's: 100, 182, 100, 100, 100 img/s (best 182, 90% = 164: bucket 2, bound 4); a third
+    replica takes entry 2 mod 2 = 0. Their mean (``rule_bucket_s``: 1: 15, 2: 15.5, 4: 32.5, 8: 61.1,
+    16: 120 ms; 67, 129, 123, 131, 133 img/s: bucket 2) is what a replica with no warm-up of its own
+    (and the profile written for the planner) decides with."""
+    r0 = {1: 0.02, 2: 0.02, 4: 0.025, 8: 8 / 190, 16: 0.08}
+    r1 = {1: 0.01, 2: 0.011, 4: 0.04, 8: 0.08, 16: 0.16}
+    mean = {b: (r0[b] + r1[b]) / 2 for b in r0}
+    prof = dataclasses.replace(
+        _exact(mean, 0.001, cores=2.0),
+        replica_rule_bucket_s=(tuple(r0.items()), tuple(r1.items())),
+    )
+    sim = Simulation(FleetConfig(mode="hpa", max_batch_size=16), prof)
+    reps = [sim.new_replica(0.0) for _ in range(3)]
+    assert [r.efficient for r in reps] == [8, 2, 8]
+    assert [r.standing_limit for r in reps] == [16, 4, 16]
+    averaged = Simulation(FleetConfig(mode="hpa", max_batch_size=16), _exact(mean, 0.001, 2.0))
+    assert averaged.new_replica(0.0).efficient == 2
+    # the calls themselves take the profile's times, whichever replica runs them
+    assert prof.call_s(8) == pytest.approx(mean[8])
+    # a server with --max_batch_size 8: each replica's own buckets cut too (replica 0: 8 is the best)
+    small = Simulation(FleetConfig(mode="hpa", max_batch_size=8), prof.up_to(8))
+    assert small.new_replica(0.0).efficient == 8
+    assert CpuProfile.from_json(json.loads(json.dumps(prof.to_json()))) == prof

@@ -548,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--search-min-replicas", type=_ints, help="--trace: default 1, the plan's, twice it")
     p.add_argument(
+        "--search-max-replicas", type=_ints, help="--trace: maxReplicas candidates (default: the plan's)"
+    )
+    p.add_argument(
         "--search-targets", type=_floats, help="--trace: scaleTarget candidates (default: plan, limit)"
     )
     p.add_argument("--search-panic", type=_floats, default=[200.0, 400.0], help="--trace: panic %%")
@@ -612,8 +615,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def simulate_plan(benchmark: dict[str, Any], plan: Plan, args: argparse.Namespace) -> int:
-    """``--trace``: the plan's hard limit and maxReplicas kept, minReplicas (1, the plan's, twice it) x
-    scaleTarget (the plan's, the hard limit) x panic threshold x the measured max batch sizes simulated
+    """``--trace``: the plan's hard limit kept, minReplicas (1, the plan's, twice it) x maxReplicas (the
+    plan's, or ``--search-max-replicas``) x scaleTarget (the plan's, the hard limit) x panic threshold x
+    the measured max batch sizes simulated
     through the trace (:func:`predictor.tools.simulate.search_for_plan`) into ``out/simulated``."""
     from predictor.tools.simulate import CpuProfile, search_for_plan
 
@@ -640,6 +644,7 @@ def simulate_plan(benchmark: dict[str, Any], plan: Plan, args: argparse.Namespac
         max_503_share=args.max_503_share,
         workers=args.workers,
         min_attainment=args.min_attainment,
+        search_max_replicas=args.search_max_replicas,
     )
     print(
         f"wrote {out}/search.md, search.json, simulate.png, summary.json"

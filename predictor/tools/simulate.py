@@ -167,6 +167,10 @@ class CpuProfile:
     # the servers' --model_calls_in_flight when the profile was measured (its call times were
     # calibrated so): the simulator and the planner replay with it unless told otherwise
     model_calls_in_flight: int = 1
+    # each real replica's own warm-up timings (replica i decides with entry i mod len): every server's
+    # batcher decides with its own warm-up's "seconds per bucket" (DynamicBatcher's bucket_seconds),
+    # not with the replicas' mean; None: every replica decides with ``rule_bucket_s``
+    replica_rule_bucket_s: tuple[tuple[tuple[int, float], ...], ...] | None = None
 
     def factor(self, rng: np.random.Generator, sigma: float) -> float:
         """A job's duration over its median: drawn from ``spread`` (the quantiles, at equally spaced
@@ -216,24 +220,35 @@ class CpuProfile:
 
         rule = cut(self.rule_bucket_s) if self.rule_bucket_s else None
         one = cut(self.one_core_bucket_s) if self.one_core_bucket_s else None
+        each = tuple(cut(t) for t in self.replica_rule_bucket_s) if self.replica_rule_bucket_s else None
         return dataclasses.replace(
-            self, bucket_s=cut(self.bucket_s), rule_bucket_s=rule, one_core_bucket_s=one
-        )
+            self, bucket_s=cut(self.bucket_s), rule_bucket_s=rule, one_core_bucket_s=one,
+            replica_rule_bucket_s=each,
+        )  # fmt: skip
 
-    def batcher(self, max_batch: int) -> Any:
-        """A :class:`DynamicBatcher` with these warm-up timings: its efficient bucket and prefix rule."""
+    def rule_for(self, replica: int) -> tuple[tuple[int, float], ...]:
+        """The timings replica ``replica``'s batcher decides with: its own warm-up's
+        (``replica_rule_bucket_s``, entry ``replica`` mod their number), else ``rule_bucket_s``, else
+        ``bucket_s``."""
+        if self.replica_rule_bucket_s:
+            return self.replica_rule_bucket_s[replica % len(self.replica_rule_bucket_s)]
+        return self.rule_bucket_s or self.bucket_s
+
+    def batcher(self, max_batch: int, replica: int = 0) -> Any:
+        """A :class:`DynamicBatcher` with replica ``replica``'s warm-up timings (:meth:`rule_for`): its
+        efficient bucket and prefix rule."""
         from predictor.serving.batcher import DynamicBatcher
 
         cut = self.up_to(max_batch)
-        return DynamicBatcher(
-            _no_model, max_batch_size=max_batch, bucket_seconds=dict(cut.rule_bucket_s or cut.bucket_s)
-        )
+        return DynamicBatcher(_no_model, max_batch_size=max_batch, bucket_seconds=dict(cut.rule_for(replica)))
 
     def to_json(self) -> dict[str, Any]:
         out = {**asdict(self), "bucket_s": {str(b): t for b, t in self.bucket_s}}
         for key in ("rule_bucket_s", "one_core_bucket_s"):
             table = getattr(self, key)
             out[key] = {str(b): t for b, t in table} if table else None
+        each = self.replica_rule_bucket_s
+        out["replica_rule_bucket_s"] = [{str(b): t for b, t in table} for table in each] if each else None
         return out
 
     @classmethod
@@ -245,6 +260,11 @@ class CpuProfile:
                 kw[key] = tuple(sorted((int(b), float(t)) for b, t in data[key].items()))
         if kw.get("spread"):
             kw["spread"] = tuple(float(v) for v in kw["spread"])
+        if kw.get("replica_rule_bucket_s"):
+            kw["replica_rule_bucket_s"] = tuple(
+                tuple(sorted((int(b), float(t)) for b, t in table.items()))
+                for table in kw["replica_rule_bucket_s"]
+            )
         return cls(**kw)
 
 
@@ -500,7 +520,7 @@ class _Replica:
         self.offered = 0
         self.window = (0.0, 0)
         if isinstance(svc, CpuProfile):  # the server's own rule on its warm-up timings
-            self.batcher = svc.batcher(cfg.max_batch_size)
+            self.batcher = svc.batcher(cfg.max_batch_size, rid)
             self.efficient = self.batcher.efficient_bucket()
             return
         buckets = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b < cfg.max_batch_size]
@@ -1208,6 +1228,7 @@ class Candidate:
     replica_hours: float
     cost: float
     meets: bool
+    max_replicas: int = 0  # 0: the fleet's (``FleetConfig.kpa.max_scale``), not searched
 
 
 def search(
@@ -1224,25 +1245,31 @@ def search(
     seed: int = 0,
     workers: int = 1,
     min_attainment: float = 0.0,
+    max_replicas: Sequence[int] | None = None,
 ) -> list[Candidate]:
-    """Every (max batch, minReplicas, scaleTarget, panic threshold) through the trace (Knative mode),
-    sorted by :func:`rank`; ``meets``: p95 of the 200s <= the objective, 503s (and 504s) at most
-    ``max_503_share`` of the requests, and at least ``min_attainment`` of the requests answered 200
-    within the objective (over a day with rare bursts the day's p95 hides them; this does not).
-    ``workers`` > 1: candidates simulated in that many processes."""
+    """Every (max batch, minReplicas, maxReplicas, scaleTarget, panic threshold) through the trace
+    (Knative mode; ``max_replicas`` None: the fleet's ``kpa.max_scale`` only, and a maxReplicas below
+    a minReplicas is not a setting: skipped), sorted by :func:`rank`; ``meets``: p95 of the 200s <= the
+    objective, 503s (and 504s) at most ``max_503_share`` of the requests, and at least
+    ``min_attainment`` of the requests answered 200 within the objective (over a day with rare bursts
+    the day's p95 hides them; this does not). ``workers`` > 1: candidates simulated in that many processes."""
     jobs = []
-    for b, svc in sorted(services.items()):
-        for m in min_replicas:
-            for target in scale_targets:
-                for panic in panic_thresholds:
-                    kpa = dataclasses.replace(
-                        base.kpa, target=target, container_concurrency=base.container_concurrency,
-                        panic_threshold_percentage=panic, min_scale=m, max_scale=max(base.kpa.max_scale, m),
-                    )  # fmt: skip
-                    cfg = FleetConfig(
-                        **{**base.__dict__, "max_batch_size": b, "kpa": kpa, "initial_replicas": m}
-                    )
-                    jobs.append((cfg, svc, rates, seed, slo_p95_ms))
+    settings = [
+        (b, m, top, target, panic)
+        for b in sorted(services)
+        for m in min_replicas
+        for top in (max_replicas or [max(base.kpa.max_scale, m)])
+        if top >= m
+        for target in scale_targets
+        for panic in panic_thresholds
+    ]
+    for b, m, top, target, panic in settings:
+        kpa = dataclasses.replace(
+            base.kpa, target=target, container_concurrency=base.container_concurrency,
+            panic_threshold_percentage=panic, min_scale=m, max_scale=top,
+        )  # fmt: skip
+        cfg = FleetConfig(**{**base.__dict__, "max_batch_size": b, "kpa": kpa, "initial_replicas": m})
+        jobs.append((cfg, services[b], rates, seed, slo_p95_ms))
     if workers > 1:
         import concurrent.futures
         import multiprocessing
@@ -1262,13 +1289,15 @@ def search(
         hours = s["replica_hours"]
         out.append(Candidate(cfg.max_batch_size, cfg.kpa.min_scale, cfg.kpa.target,
                              cfg.kpa.panic_threshold_percentage, p95, attained,
-                             share, hours, hours * cost_per_replica_hour, meets))  # fmt: skip
+                             share, hours, hours * cost_per_replica_hour, meets,
+                             cfg.kpa.max_scale))  # fmt: skip
     return rank(out)
 
 
 def rank(cands: Sequence[Candidate]) -> list[Candidate]:
-    """Those meeting the objective first, cheapest first (ties: lower p95); then the rest by cost."""
-    return sorted(cands, key=lambda c: (not c.meets, c.cost, c.p95_ms))
+    """Those meeting the objective first, cheapest first (ties: lower p95, then the lower maxReplicas:
+    the same service with a smaller worst-case bill); then the rest by cost."""
+    return sorted(cands, key=lambda c: (not c.meets, c.cost, c.p95_ms, c.max_replicas))
 
 
 def _candidate_summary(
@@ -1314,7 +1343,7 @@ def search_overlay_yaml(
   maxBatchSize: {best.max_batch_size}
 {calls}autoscaling:
   minReplicas: {best.min_replicas}
-  maxReplicas: {max(base.kpa.max_scale, best.min_replicas)}
+  maxReplicas: {max(best.max_replicas or base.kpa.max_scale, best.min_replicas)}
   scaleMetric: {base.kpa.metric}
   scaleTarget: {best.scale_target:g}
   containerConcurrency: {base.container_concurrency}
@@ -1330,13 +1359,14 @@ def _comment(text: str, width: int = 100) -> str:
 
 def search_table(cands: Sequence[Candidate]) -> str:
     lines = [
-        "| max batch | minReplicas | scaleTarget | panic % | p95 ms | within SLO | 503/504 | replica-h "
-        "| cost | meets |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| max batch | minReplicas | maxReplicas | scaleTarget | panic % | p95 ms | within SLO | 503/504 "
+        "| replica-h | cost | meets |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for c in cands:
+        top = c.max_replicas or "-"
         lines.append(
-            f"| {c.max_batch_size} | {c.min_replicas} | {c.scale_target:g} | {c.panic_threshold:g} | "
+            f"| {c.max_batch_size} | {c.min_replicas} | {top} | {c.scale_target:g} | {c.panic_threshold:g} | "
             f"{c.p95_ms:.0f} | {c.slo_attainment:.2%} | {c.share_503:.2%} | {c.replica_hours:.3f} | "
             f"{c.cost:.3f} | {'yes' if c.meets else 'no'} |"
         )
@@ -1478,6 +1508,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--search", action="store_true", help="search the settings below (Knative), write values-sim.yaml"
     )
     p.add_argument("--search-min-replicas", default="1,2,4", help="minReplicas candidates")
+    p.add_argument("--search-max-replicas", help="maxReplicas candidates (default: --max-replicas)")
     p.add_argument("--search-targets", default="8,16,32", help="scaleTarget candidates")
     p.add_argument("--search-panic", default="200,400", help="panic threshold (%%) candidates")
     p.add_argument("--search-max-batch", help="max batch size candidates (default: --max_batch_size)")
@@ -1555,6 +1586,7 @@ def run_search(
         scale_targets=_numbers(args.search_targets), panic_thresholds=_numbers(args.search_panic),
         max_503_share=args.max_503_share, cost_per_replica_hour=args.cost_per_replica_hour or 1.0,
         seed=args.seed,
+        max_replicas=[int(v) for v in _numbers(args.search_max_replicas or "")] or None,
     )  # fmt: skip
     best, best_cfg = write_search(
         args.out, cands, cfg, args.trace, args.seed, args.slo_p95_ms, args.max_503_share
@@ -1587,7 +1619,7 @@ def write_search(
         print(f"no candidate met the objective; lowest p95: {best}", file=sys.stderr)
     kpa = dataclasses.replace(
         cfg.kpa, target=best.scale_target, panic_threshold_percentage=best.panic_threshold,
-        min_scale=best.min_replicas, max_scale=max(cfg.kpa.max_scale, best.min_replicas),
+        min_scale=best.min_replicas, max_scale=max(best.max_replicas or cfg.kpa.max_scale, best.min_replicas),
     )  # fmt: skip
     best_cfg = dataclasses.replace(
         cfg, max_batch_size=best.max_batch_size, kpa=kpa, initial_replicas=best.min_replicas
@@ -1624,9 +1656,11 @@ def search_for_plan(
     max_503_share: float = 0.001,
     workers: int = 1,
     min_attainment: float = 0.0,
+    search_max_replicas: Sequence[int] | None = None,
 ) -> Candidate:
-    """What ``predictor.tools.plan --trace`` runs: its hard limit and maxReplicas fixed, minReplicas x
-    scaleTarget x panic threshold x max batch size through the trace, with service times from the
+    """What ``predictor.tools.plan --trace`` runs: its hard limit fixed, minReplicas x maxReplicas
+    (``search_max_replicas``, default the plan's ``max_replicas`` only) x scaleTarget x panic
+    threshold x max batch size through the trace, with service times from the
     planner's benchmark ``cells``, or from a CPU replica ``profile`` (each replica on its own cores);
     writes :func:`write_search`'s files plus simulate.png and summary.json of the chosen candidate."""
     rates = trace_rates(trace, seed)
@@ -1645,17 +1679,19 @@ def search_for_plan(
         base, services, rates, slo_p95_ms=slo_p95_ms, min_replicas=min_replicas, scale_targets=scale_targets,
         panic_thresholds=panic_thresholds, cost_per_replica_hour=cost_per_replica_hour, seed=seed,
         max_503_share=max_503_share, workers=workers, min_attainment=min_attainment,
+        max_replicas=search_max_replicas,
     )  # fmt: skip
     source = f"{services[max_batch_sizes[0]].source}; {_stamp()}"
-    best, cfg = write_search(
+    best, best_cfg = write_search(
         out, cands, base, trace, seed, slo_p95_ms, max_503_share, source, min_attainment,
         cpu_cores=profile.cores if profile else None,
     )  # fmt: skip
-    result = simulate(cfg, services[best.max_batch_size], rates, seed)
+    result = simulate(best_cfg, services[best.max_batch_size], rates, seed)
     summary = {**result.summary(slo_p95_ms), "trace": trace, "seed": seed, "service": source}
     (out / "summary.json").write_text(json.dumps({"summary": summary, **result.config}, indent=1) + "\n")
     title = (
-        f"chosen: minReplicas {best.min_replicas}, target {best.scale_target:g}, panic "
+        f"chosen: minReplicas {best.min_replicas}, maxReplicas {best_cfg.kpa.max_scale}, target "
+        f"{best.scale_target:g}, panic "
         f"{best.panic_threshold:g}%, max batch {best.max_batch_size}; {summary['replica_hours']:.1f} "
         f"replica-hours, {summary.get('slo_attainment', 0):.2%} within {slo_p95_ms:g} ms\n{trace}\n{source}"
     )
