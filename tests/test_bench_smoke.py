@@ -257,3 +257,23 @@ def test_postprocess_variants_smoke(tmp_path):
     counts = f"batch 1: {row['candidates_passed_max']} / {row['anchors_may_pass_max']}"
     assert f"{counts} (every anchor scored and decoded)" in table
     assert table.count("\n| 1 | ") == 3 and "\n| 1 | sized | " in table
+
+
+@pytest.mark.timeout(300)
+def test_served_vs_raw_smoke(tmp_path):
+    """bench.served_vs_raw on the demo model, one round of a call of 2: the served call is one model call
+    whose images the decode threads decoded; the raw call decodes nothing; both spend model-thread CPU."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = tmp_path / "served_vs_raw.json"
+    cmd = [sys.executable, "-m", "bench.served_vs_raw", "--model", "demo", "--batch", "2", "--rounds", "1",
+           "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    data = json.loads(out.read_text())
+    assert data["malloc_tuned"] is True and data["settings"]["batch"] == 2
+    (served,), (raw,) = data["runs"]["served"], data["runs"]["raw"]
+    assert served["groups_ms"]["decode"] > 0 and raw["groups_ms"]["decode"] == 0
+    for row in (served, raw):
+        assert row["user_ms"] > 0 and row["wall_ms"] > 0
+        assert row["groups_ms"]["TensorFlow"] + row["groups_ms"]["other"] + row["groups_ms"]["model call"] > 0
+    assert set(data["summary"]) == {"served", "raw"}
