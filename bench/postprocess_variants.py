@@ -37,9 +37,10 @@ Variants:
 
 Low threshold: for the models in ``--low_models`` (the demo model), ``top400``, ``sized_softmax_all``
 and ``sized`` again at score threshold ``--low_threshold`` (0.01, what mAP evaluation uses) at batches
-``--low_batches`` (1, 8, 32): so many anchors may pass there that ``sized`` falls back to scoring and
-decoding every anchor, after computing the bound; these rows give what that fallback costs against the
-old full path (its own table in the RESULTS.md block).
+``--low_batches`` (1, 8, 32): there an image has more candidates than the largest slot (and may have
+more anchors that may pass than ``sized`` scores alone), so ``sized`` falls back to scoring and decoding
+every anchor after computing the bound; these rows give what that fallback costs against the old full
+path (its own table in the RESULTS.md block, with the branch taken per batch).
 
 ``python -m bench.postprocess_variants [--models demo,ssd300] [--batches 1,4,8,16,32] [--reps 9]
 [--ssd300_batches 1,8] [--ssd300_reps 3] [--low_models demo] [--low_threshold 0.01] [--low_batches 1,8,32]``
