@@ -35,8 +35,15 @@ Variants:
 * ``no_nms``: softmax and threshold over every anchor + top-32 candidates only, no IoU and no NMS: the
   floor of the variants that score every anchor.
 
+Low threshold: for the models in ``--low_models`` (the demo model), ``top400``, ``sized_softmax_all``
+and ``sized`` again at score threshold ``--low_threshold`` (0.01, what mAP evaluation uses) at batches
+``--low_batches`` (1, 8, 32): there an image has more candidates than the largest slot (and may have
+more anchors that may pass than ``sized`` scores alone), so ``sized`` falls back to scoring and decoding
+every anchor after computing the bound; these rows give what that fallback costs against the old full
+path (its own table in the RESULTS.md block, with the branch taken per batch).
+
 ``python -m bench.postprocess_variants [--models demo,ssd300] [--batches 1,4,8,16,32] [--reps 9]
-[--ssd300_batches 1,8] [--ssd300_reps 3]``
+[--ssd300_batches 1,8] [--ssd300_reps 3] [--low_models demo] [--low_threshold 0.01] [--low_batches 1,8,32]``
 -> table + JSON (``bench/out/postprocess_variants.json``).
 """
 
@@ -180,6 +187,14 @@ def interleaved(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, list[
     return times
 
 
+#: The variants timed at the low threshold (:data:`LOW_THRESHOLD`): the old full path, the code before
+#: the bound preselect, and the shipped code (whose preselect falls back to scoring every anchor there).
+LOW_VARIANTS = ("top400", "sized_softmax_all", "sized")
+
+#: A score threshold low enough that most anchors may pass (mAP evaluation's): the shipped code's fallback.
+LOW_THRESHOLD = 0.01
+
+
 def bench_model(name: str, args: argparse.Namespace, jpegs: list[bytes]) -> dict:
     import tensorflow as tf
 
@@ -206,77 +221,157 @@ def bench_model(name: str, args: argparse.Namespace, jpegs: list[bytes]) -> dict
     batches, reps = (args.ssd300_batches, args.ssd300_reps) if name == "ssd300" else (args.batches, args.reps)
     result["reps"] = reps
     print(f"\n== {name}: {source}", flush=True)
+    timing = (detector, jpegs, network, post, full)
     for batch in batches:
-        images, hw = resized_batch(detector, jpegs, batch)
-        x, image_hw = tf.constant(images), tf.constant(hw)
-        controls = (
-            tf.fill([batch], np.float32(detector.score_threshold)),
-            tf.fill([batch], np.int32(detector.max_detections)),
-            tf.fill([batch], np.float32(detector.nms_threshold)),
-            tf.ones([batch, len(config.class_names)], tf.bool),
-        )
-        raw = network(x)
-        loc, logits = raw["loc"], raw["logits"]
-        passed = tf.reduce_sum(
-            tf.cast(tf.nn.softmax(logits)[:, :, 1:] > detector.score_threshold, tf.int32), axis=[1, 2]
-        ).numpy()
-        outs = {v: post[v](loc, logits, image_hw, *controls) for v in VARIANTS}
-        same = {v: agreement(outs[v], outs["top400"]) if v != "no_nms" else None for v in VARIANTS}
-        for v in VARIANTS:
-            full[v](x, image_hw, *controls)  # trace
-        post_args, whole_args = (loc, logits, image_hw, *controls), (x, image_hw, *controls)
-        # Each function's graph for these shapes, called directly as Detector.run_batch calls its own: no
-        # tf.function argument binding or cache lookup (~0.1-0.3 ms a call) in the times.
-        net_graph = network.get_concrete_function(x)
-        post_graph = {v: post[v].get_concrete_function(*post_args) for v in VARIANTS}
-        whole_graph = {v: full[v].get_concrete_function(*whole_args) for v in VARIANTS}
-        fns: dict[str, Callable[[], Any]] = {"network": lambda x=x, g=net_graph: g(x)["loc"].numpy()}
-        for v in VARIANTS:
-            fns[f"post:{v}"] = lambda a=post_args, g=post_graph[v]: g(*a)[3].numpy()
-            fns[f"whole:{v}"] = lambda a=whole_args, g=whole_graph[v]: g(*a)[3].numpy()
-        times = interleaved(fns, reps)
-        ms = {
-            k: {"min": 1e3 * min(t) / batch, "median": 1e3 * statistics.median(t) / batch}
-            for k, t in times.items()
-        }
-        row = {"batch": batch, "candidates_passed_max": int(passed.max()), "ms_per_image": ms, "agrees": same}
+        row = time_batch(*timing, batch, detector.score_threshold, VARIANTS, reps)
         result["rows"].append(row)
-        net = ms["network"]["min"]
-        for v in VARIANTS:
-            p, w = ms[f"post:{v}"]["min"], ms[f"whole:{v}"]["min"]
-            print(
-                f"  batch {batch:2d} {v:12s}: post {p:6.2f} ms/img, whole {w:6.2f}, network {net:6.2f}; "
-                f"share {100 * p / w:5.1f}% (post/whole), {100 * (1 - net / w):5.1f}% (1 - network/whole); "
-                f"agrees with top400: {same[v]}",
-                flush=True,
-            )
+    if name in args.low_models.split(",") and args.low_batches:
+        from predictor.ssd.postprocess import CANDIDATE_ANCHORS, CANDIDATE_SLOTS
+
+        low: dict[str, Any] = {
+            "threshold": args.low_threshold, "candidate_anchors": CANDIDATE_ANCHORS,
+            "largest_slot": max(CANDIDATE_SLOTS), "reps": reps, "rows": [],
+        }  # fmt: skip
+        print(f"  -- score threshold {args.low_threshold}", flush=True)
+        for batch in args.low_batches:
+            low["rows"].append(time_batch(*timing, batch, args.low_threshold, LOW_VARIANTS, reps))
+        result["low_threshold"] = low
     return result
+
+
+def time_batch(
+    detector: Any,
+    jpegs: list[bytes],
+    network: Any,
+    post: dict[str, Any],
+    full: dict[str, Any],
+    batch: int,
+    threshold: float,
+    variants: tuple[str, ...],
+    reps: int,
+) -> dict[str, Any]:
+    """One row: ``variants`` (``"top400"`` among them) timed interleaved at ``batch`` images and score
+    ``threshold``, the network alone beside them; ms per image (min, median), agreement with ``top400``,
+    the most candidates and the most anchors that may pass (the preselect's bound) in one image."""
+    import tensorflow as tf
+
+    from predictor.ssd import postprocess as pp
+
+    images, hw = resized_batch(detector, jpegs, batch)
+    x, image_hw = tf.constant(images), tf.constant(hw)
+    controls = (
+        tf.fill([batch], np.float32(threshold)),
+        tf.fill([batch], np.int32(detector.max_detections)),
+        tf.fill([batch], np.float32(detector.nms_threshold)),
+        tf.ones([batch, len(detector.config.class_names)], tf.bool),
+    )
+    raw = network(x)
+    loc, logits = raw["loc"], raw["logits"]
+    passed = tf.reduce_sum(
+        tf.cast(tf.nn.softmax(logits)[:, :, 1:] > threshold, tf.int32), axis=[1, 2]
+    ).numpy()
+    _, may_pass = pp._anchors_that_may_pass(logits, controls[0], None, 1)
+    outs = {v: post[v](loc, logits, image_hw, *controls) for v in variants}
+    same = {v: agreement(outs[v], outs["top400"]) if v != "no_nms" else None for v in variants}
+    for v in variants:
+        full[v](x, image_hw, *controls)  # trace
+    post_args, whole_args = (loc, logits, image_hw, *controls), (x, image_hw, *controls)
+    # Each function's graph for these shapes, called directly as Detector.run_batch calls its own: no
+    # tf.function argument binding or cache lookup (~0.1-0.3 ms a call) in the times.
+    net_graph = network.get_concrete_function(x)
+    post_graph = {v: post[v].get_concrete_function(*post_args) for v in variants}
+    whole_graph = {v: full[v].get_concrete_function(*whole_args) for v in variants}
+    fns: dict[str, Callable[[], Any]] = {"network": lambda x=x, g=net_graph: g(x)["loc"].numpy()}
+    for v in variants:
+        fns[f"post:{v}"] = lambda a=post_args, g=post_graph[v]: g(*a)[3].numpy()
+        fns[f"whole:{v}"] = lambda a=whole_args, g=whole_graph[v]: g(*a)[3].numpy()
+    times = interleaved(fns, reps)
+    ms = {
+        k: {"min": 1e3 * min(t) / batch, "median": 1e3 * statistics.median(t) / batch}
+        for k, t in times.items()
+    }
+    row = {
+        "batch": batch,
+        "candidates_passed_max": int(passed.max()),
+        "anchors_may_pass_max": int(may_pass),
+        "ms_per_image": ms,
+        "agrees": same,
+    }
+    net = ms["network"]["min"]
+    for v in variants:
+        p, w = ms[f"post:{v}"]["min"], ms[f"whole:{v}"]["min"]
+        print(
+            f"  batch {batch:2d} {v:12s}: post {p:6.2f} ms/img, whole {w:6.2f}, network {net:6.2f}; "
+            f"share {100 * p / w:5.1f}% (post/whole), {100 * (1 - net / w):5.1f}% (1 - network/whole); "
+            f"agrees with top400: {same[v]}",
+            flush=True,
+        )
+    return row
 
 
 SAME = {True: "yes", False: "no", None: "n/a (no detections)"}
 
 
+HEADERS = ["batch", "variant", "post ms/img min", "median", "whole ms/img min", "median",
+           "network ms/img min", "post / whole %", "1 - network/whole %", "same as top400"]  # fmt: skip
+
+
+def table_rows(rows: list[dict], variants: tuple[str, ...]) -> list[list]:
+    """Table rows (:data:`HEADERS`) of the JSON ``rows``: one per batch and variant."""
+    out = []
+    for r in rows:
+        ms = r["ms_per_image"]
+        for v in variants:
+            p, w, n = ms[f"post:{v}"], ms[f"whole:{v}"], ms["network"]
+            out.append([
+                r["batch"], v, p["min"], p["median"], w["min"], w["median"], n["min"],
+                100 * p["min"] / w["min"], 100 * (1 - n["min"] / w["min"]), SAME[r["agrees"][v]],
+            ])  # fmt: skip
+    return out
+
+
+def branch_taken(row: dict, low: dict) -> str:
+    """What ``sized`` ran on a low-threshold row: ``"sized"`` (the anchors that may pass, ``K`` sized),
+    ``"every anchor scored"`` (an image had more anchors that may pass than it scores alone, ``K``
+    still sized) or ``"every anchor scored and decoded"`` (more candidates than the largest slot: the
+    ``top400`` path, after the bound)."""
+    if row["candidates_passed_max"] > low["largest_slot"]:
+        return "every anchor scored and decoded"
+    return "every anchor scored" if row["anchors_may_pass_max"] > low["candidate_anchors"] else "sized"
+
+
+def low_threshold_markdown(name: str, low: dict) -> list[str]:
+    """The caption and table of a model's low-threshold rows (``bench_model``'s ``low_threshold``)."""
+    counts = ", ".join(
+        f"batch {r['batch']}: {r['candidates_passed_max']} / {r['anchors_may_pass_max']}"
+        f" ({branch_taken(r, low)})"
+        for r in low["rows"]
+    )
+    caption = (
+        f"{name} at score threshold {low['threshold']} (mAP evaluation's), {low['reps']} interleaved rounds:"
+        f" `sized` (shipped) scores only the anchors whose bound may pass and sizes `K` to the candidates;"
+        f" when an image has more than {low['candidate_anchors']} such anchors it scores every anchor, and"
+        f" when it has more than {low['largest_slot']} candidates it also decodes every anchor, as `top400`"
+        f" does (after computing the bound). The most candidates that passed / anchors that may pass in"
+        f" one image, and the branch `sized` took: {counts}."
+    )
+    return [caption, fmt_table(HEADERS, table_rows(low["rows"], LOW_VARIANTS))]
+
+
 def markdown(data: dict) -> str:
-    """One table per model: per batch and variant, ms per image (min / median) and the shares."""
+    """One table per model: per batch and variant, ms per image (min / median) and the shares; then, for
+    the models timed at the low threshold, their table."""
     parts = []
-    headers = ["batch", "variant", "post ms/img min", "median", "whole ms/img min", "median",
-               "network ms/img min", "post / whole %", "1 - network/whole %", "same as top400"]  # fmt: skip
     for name, m in data["models"].items():
-        rows = []
-        for r in m["rows"]:
-            ms = r["ms_per_image"]
-            for v in VARIANTS:
-                p, w, n = ms[f"post:{v}"], ms[f"whole:{v}"], ms["network"]
-                rows.append([
-                    r["batch"], v, p["min"], p["median"], w["min"], w["median"], n["min"],
-                    100 * p["min"] / w["min"], 100 * (1 - n["min"] / w["min"]), SAME[r["agrees"][v]],
-                ])  # fmt: skip
         passed = ", ".join(f"{r['candidates_passed_max']} (batch {r['batch']})" for r in m["rows"])
         parts.append(
             f"{name} ({m['source']}), {m['reps']} interleaved rounds; ms per image, min and median over the"
             f" rounds; the most candidates that passed the score threshold in one image: {passed}."
         )
-        parts.append(fmt_table(headers, rows))
+        parts.append(fmt_table(HEADERS, table_rows(m["rows"], VARIANTS)))
+    for name, m in data["models"].items():
+        if m.get("low_threshold"):
+            parts.extend(low_threshold_markdown(name, m["low_threshold"]))
     parts.append(
         "`same as top400`: the same detections on these images. `combined_nms` matches here only because"
         " every image had the same thresholds and fewer candidates than its per-class limit: it takes scalar"
@@ -292,6 +387,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=9, help="interleaved rounds (each times every function)")
     parser.add_argument("--ssd300_batches", type=parse_ints, default=[1, 8], help="SSD300's (0.4 s/image)")
     parser.add_argument("--ssd300_reps", type=int, default=3)
+    parser.add_argument("--low_threshold", type=float, default=LOW_THRESHOLD, help="the low-threshold rows'")
+    parser.add_argument("--low_models", default="demo", help="models timed at --low_threshold too")
+    parser.add_argument("--low_batches", type=parse_ints, default=[1, 8, 32], help="batches of those rows")
     parser.add_argument("--out_dir", type=Path, default=OUT_DIR)
     parser.add_argument(
         "--out", type=Path, default=None, help="JSON (default OUT_DIR/postprocess_variants.json)"

@@ -284,3 +284,35 @@ def test_loading_the_renderers_changes_nothing_around_them():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["[]", "False"]
+
+
+def _low_row(batch: int, passed: int, may_pass: int) -> dict:
+    ms = {"network": {"min": 5.0, "median": 6.0}}
+    for i, v in enumerate(("top400", "sized_softmax_all", "sized")):
+        ms[f"post:{v}"] = {"min": 1.0 + i, "median": 1.5 + i}
+        ms[f"whole:{v}"] = {"min": 8.0, "median": 9.0}
+    agrees = {"top400": True, "sized_softmax_all": True, "sized": True}
+    return {"batch": batch, "candidates_passed_max": passed, "anchors_may_pass_max": may_pass,
+            "ms_per_image": ms, "agrees": agrees}  # fmt: skip
+
+
+def test_the_low_threshold_table_names_the_branch_the_shipped_code_took():
+    """bench.postprocess_variants' low-threshold rows: each batch's counts and which branch ``sized`` took
+    (more candidates than the largest slot: every anchor decoded; more anchors that may pass than it
+    scores alone: every anchor scored; else sized), then one row per variant."""
+    from bench.postprocess_variants import low_threshold_markdown
+
+    low = {"threshold": 0.01, "candidate_anchors": 256, "largest_slot": 128, "reps": 9,
+           "rows": [_low_row(1, 319, 176), _low_row(8, 100, 300), _low_row(32, 128, 256)]}  # fmt: skip
+    caption, table = low_threshold_markdown("demo", low)
+    assert caption.endswith(
+        "the branch `sized` took: batch 1: 319 / 176 (every anchor scored and decoded), "
+        "batch 8: 100 / 300 (every anchor scored), batch 32: 128 / 256 (sized)."
+    )
+    assert caption.startswith("demo at score threshold 0.01 (mAP evaluation's), 9 interleaved rounds:")
+    assert table.splitlines()[2:5] == [
+        "| 1 | top400 | 1 | 1.5 | 8 | 9 | 5 | 12.5 | 37.5 | yes |",
+        "| 1 | sized_softmax_all | 2 | 2.5 | 8 | 9 | 5 | 25.0 | 37.5 | yes |",
+        "| 1 | sized | 3 | 3.5 | 8 | 9 | 5 | 37.5 | 37.5 | yes |",
+    ]
+    assert len(table.splitlines()) == 2 + 3 * 3

@@ -222,7 +222,7 @@ def test_postprocess_variants_smoke(tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     out = tmp_path / "postprocess_variants.json"
     cmd = [sys.executable, "-m", "bench.postprocess_variants", "--models", "demo", "--batches", "1",
-           "--reps", "1", "--out", str(out)]  # fmt: skip
+           "--reps", "1", "--low_batches", "1", "--out", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     data = json.loads(out.read_text())
@@ -238,3 +238,42 @@ def test_postprocess_variants_smoke(tmp_path):
 
     md = render_block("postprocess-variants", data)
     assert md.startswith("_`make bench-postprocess`, ") and "\n| 1 | sized | " in md
+
+    # the low-threshold row: so many anchors may pass that the shipped code scores every anchor
+    from predictor.ssd.postprocess import CANDIDATE_ANCHORS, CANDIDATE_SLOTS
+
+    low = data["models"]["demo"]["low_threshold"]
+    assert low["threshold"] == 0.01 and low["candidate_anchors"] == CANDIDATE_ANCHORS
+    assert low["largest_slot"] == max(CANDIDATE_SLOTS)
+    (row,) = low["rows"]
+    # more candidates pass than the largest slot holds (319 on the v3 demo model): the fallback
+    assert row["batch"] == 1 and row["candidates_passed_max"] > max(CANDIDATE_SLOTS)
+    assert row["anchors_may_pass_max"] >= 1
+    assert row["agrees"] == {"top400": True, "sized_softmax_all": True, "sized": True}
+    timed = ("top400", "sized_softmax_all", "sized")
+    keys = ["network", *(f"{part}:{v}" for part in ("post", "whole") for v in timed)]
+    assert sorted(row["ms_per_image"]) == sorted(keys)
+    table = md[md.index("demo at score threshold 0.01") :]
+    counts = f"batch 1: {row['candidates_passed_max']} / {row['anchors_may_pass_max']}"
+    assert f"{counts} (every anchor scored and decoded)" in table
+    assert table.count("\n| 1 | ") == 3 and "\n| 1 | sized | " in table
+
+
+@pytest.mark.timeout(300)
+def test_served_vs_raw_smoke(tmp_path):
+    """bench.served_vs_raw on the demo model, one round of a call of 2: the served call is one model call
+    whose images the decode threads decoded; the raw call decodes nothing; both spend model-thread CPU."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = tmp_path / "served_vs_raw.json"
+    cmd = [sys.executable, "-m", "bench.served_vs_raw", "--model", "demo", "--batch", "2", "--rounds", "1",
+           "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    data = json.loads(out.read_text())
+    assert data["malloc_tuned"] is True and data["settings"]["batch"] == 2
+    (served,), (raw,) = data["runs"]["served"], data["runs"]["raw"]
+    assert served["groups_ms"]["decode"] > 0 and raw["groups_ms"]["decode"] == 0
+    for row in (served, raw):
+        assert row["user_ms"] > 0 and row["wall_ms"] > 0
+        assert row["groups_ms"]["TensorFlow"] + row["groups_ms"]["other"] + row["groups_ms"]["model call"] > 0
+    assert set(data["summary"]) == {"served", "raw"}

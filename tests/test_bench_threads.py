@@ -75,3 +75,31 @@ def test_a_named_pool_thread_is_found_in_proc_with_its_cpu():
     assert seconds >= 0.28  # 0.3 s of CPU, in clock ticks of 10 ms
     assert tid[0] not in before
     assert threads.group_of(os.getpid(), os.getpid(), after[os.getpid()][0]) == "event loop"
+
+
+def test_served_profile_summarizes_py_spy_samples_by_thread_group():
+    """bench.served_profile: py-spy's raw lines -> per thread group (main thread = event loop, pool
+    threads without their number), inclusive shares by function (once per stack, line numbers dropped)
+    and self shares by line."""
+    from bench.served_profile import summarize
+
+    lib = "/x/lib/python3.11"
+    lines = [
+        f"thread (11): MainThread;run ({lib}/asyncio/runners.py:118);select ({lib}/selectors.py:468) 6",
+        f"thread (11): MainThread;run ({lib}/asyncio/runners.py:120);parse (/x/site-packages/a/b.py:5) 2",
+        "thread (12): ssd-decode_0;work (/r/predictor/serving/prepare.py:80);"
+        "load (/x/site-packages/PIL/ImageFile.py:425) 3",
+        "thread (13): ssd-decode_1;work (/r/predictor/serving/prepare.py:81);"
+        "work (/r/predictor/serving/prepare.py:90) 1",
+        "",
+    ]
+    p = summarize(lines, top=10)
+    assert list(p) == ["event loop", "ssd-decode"]
+    assert p["event loop"]["samples"] == 8 and p["ssd-decode"]["samples"] == 4
+    assert p["event loop"]["inclusive"] == [
+        ("run (asyncio/runners.py)", 1.0), ("select (selectors.py)", 0.75), ("parse (a/b.py)", 0.25),
+    ]  # fmt: skip
+    assert p["event loop"]["self"] == [("select (selectors.py:468)", 0.75), ("parse (a/b.py:5)", 0.25)]
+    # a recursive frame counts once per stack
+    assert p["ssd-decode"]["inclusive"][0] == ("work (/r/predictor/serving/prepare.py)", 1.0)
+    assert p["ssd-decode"]["self"][0] == ("load (PIL/ImageFile.py:425)", 0.75)
