@@ -589,3 +589,18 @@ def test_search_of_an_unbounded_fleet_needs_max_replicas_candidates(tmp_path, ca
         _tool_main("simulate", ["--max-replicas", "0", "--out", str(tmp_path)])
     assert exc.value.code == 2
     assert "--search with --max-replicas 0 (no bound) and no --search-max-replicas" in capsys.readouterr().err
+
+
+def test_the_committed_day_search_page_has_search_tables_columns():
+    """docs/simulator-day-search.md is search.md as bench.simulate_day copied it: its header and every
+    row have the columns search_table writes now (it lagged one column behind once)."""
+    from pathlib import Path
+
+    from predictor.tools.simulate import search_table
+
+    page = (Path(__file__).parents[1] / "docs/simulator-day-search.md").read_text().splitlines()
+    head = search_table([]).splitlines()
+    start = page.index(head[0])
+    assert page[start + 1] == head[1]
+    rows = [line for line in page[start + 2 :] if line.startswith("|")]
+    assert rows and {row.count("|") for row in rows} == {head[0].count("|")}
