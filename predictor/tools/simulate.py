@@ -1248,8 +1248,9 @@ def search(
     max_replicas: Sequence[int] | None = None,
 ) -> list[Candidate]:
     """Every (max batch, minReplicas, maxReplicas, scaleTarget, panic threshold) through the trace
-    (Knative mode; ``max_replicas`` None: the fleet's ``kpa.max_scale`` only, and a maxReplicas below
-    a minReplicas is not a setting: skipped), sorted by :func:`rank`; ``meets``: p95 of the 200s <= the
+    (Knative mode; ``max_replicas`` None: the fleet's ``kpa.max_scale``, raised to the candidate's
+    minReplicas; a listed maxReplicas below a minReplicas is not a setting: skipped, and ValueError when
+    no setting is left), sorted by :func:`rank`; ``meets``: p95 of the 200s <= the
     objective, 503s (and 504s) at most ``max_503_share`` of the requests, and at least
     ``min_attainment`` of the requests answered 200 within the objective (over a day with rare bursts
     the day's p95 hides them; this does not). ``workers`` > 1: candidates simulated in that many processes."""
