@@ -770,25 +770,33 @@ def _err(sim: float, real: float) -> str:
     return f"{100 * (sim - real) / real:+.0f}%"
 
 
+def bucket_text(report: dict[str, Any]) -> str:
+    """The profile's model call per bucket (ms) and the warm-up timings its batchers decide with: the
+    calls' own (the servers' warm-up) or ``rule_bucket_s``; with a warm-up per replica those are their
+    mean, and each replica's efficient bucket at the servers' max batch size (the cells') is named."""
+    prof = report["profile"]
+    ms = lambda table: ", ".join(f"{b}: {1e3 * t:.0f}" for b, t in table.items())  # noqa: E731
+    mean = ""
+    if prof.get("replica_rule_bucket_s"):
+        cpu = CpuProfile.from_json(prof)
+        max_batch = max(int(c["max_batch_size"]) for c in report["benchmark"]["cells"])
+        each = ", ".join(
+            str(cpu.batcher(max_batch, i).efficient_bucket())
+            for i in range(len(prof["replica_rule_bucket_s"]))
+        )
+        mean = f"their mean; each replica decides with its own, efficient buckets {each}"
+    if not prof.get("rule_bucket_s"):
+        return f"{ms(prof['bucket_s'])} (the servers' warm-up{', ' + mean if mean else ''})"
+    text = f"{ms(prof['bucket_s'])} (served medians: the warm-up's times the served bucket-1 calls' ratio)"
+    text += f"; the batchers decide with the warm-up's: {ms(prof['rule_bucket_s'])}"
+    return text + (f" ({mean})" if mean else "")
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The comparison table (bench/results.py adds the date and machine line above it)."""
     loads = ", ".join(f"{n} {sc['load_average_1m']:.1f}" for n, sc in report["scenarios"].items())
     prof = report["profile"]
-    buckets = ", ".join(f"{b}: {1e3 * t:.0f}" for b, t in prof["bucket_s"].items())
-    buckets += " (the servers' warm-up)"
-    if prof.get("rule_bucket_s"):
-        rule = ", ".join(f"{b}: {1e3 * t:.0f}" for b, t in prof["rule_bucket_s"].items())
-        buckets = buckets.replace(
-            "(the servers' warm-up)", "(served medians: the warm-up's times the served bucket-1 calls' ratio)"
-        )
-        buckets += f"; the batchers decide with the warm-up's: {rule}"
-    if prof.get("replica_rule_bucket_s"):
-        cpu = CpuProfile.from_json(prof)
-        each = ", ".join(
-            str(cpu.batcher(FleetConfig.max_batch_size, i).efficient_bucket())
-            for i in range(len(prof["replica_rule_bucket_s"]))
-        )
-        buckets += f" (their mean; each replica decides with its own, efficient buckets {each})"
+    buckets = bucket_text(report)
     n = report["replicas"]
     where = "all cores" if n == 1 else (
         f"all sharing {report['shared_cores']:g} cores" if report["shared_cores"] else "one core each"

@@ -1,4 +1,4 @@
-"""``argparse`` value types shared by the server's flags and the ``ssd-detect`` command line.
+"""``argparse`` value types shared by the server's flags, the ``ssd-detect`` command line and the tools.
 
 Each takes the flag's text and returns the value, or raises ``argparse.ArgumentTypeError`` naming the
 rule (argparse prefixes the flag: ``argument --batch-size: must be a positive integer, got 0``).
@@ -7,6 +7,7 @@ rule (argparse prefixes the flag: ``argument --batch-size: must be a positive in
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 
 def positive_int(raw: str) -> int:
@@ -23,3 +24,21 @@ def fraction(raw: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be within [0, 1], got {raw}")
     return value
+
+
+def int_list(least: int) -> Callable[[str], list[int]]:
+    """A type for comma-separated integers, each ``>= least`` (``1,2,4``)."""
+
+    def parse(raw: str) -> list[int]:
+        try:
+            values = [int(t) for t in raw.split(",") if t.strip()]
+        except ValueError:
+            values = []
+        if not values or min(values) < least:
+            raise argparse.ArgumentTypeError(f"must be integers >= {least} like 1,2,4, got {raw!r}")
+        return values
+
+    return parse
+
+
+positive_ints = int_list(1)

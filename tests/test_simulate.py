@@ -524,3 +524,83 @@ def test_planner_trace_searches_max_replicas_when_given(tmp_path):
     cands = json.loads((out / "simulated" / "search.json").read_text())
     assert sorted(c["max_replicas"] for c in cands) == [1, 3]
     assert {c["min_replicas"] for c in cands} == {1}
+
+
+_SEARCH = [
+    "--slo-p95-ms",
+    "500",
+    "--trace",
+    "constant:5:10",
+    "--search-targets",
+    "4",
+    "--search-panic",
+    "200",
+]
+
+
+def _tool_main(tool: str, argv: list[str]) -> int:
+    from predictor.tools import plan
+
+    if tool == "simulate":
+        return main(["--mode", "knative", "--search", *_SEARCH, *argv])
+    return plan.main(["--rate", "5", "--benchmark", "never-read.json", *_SEARCH, *argv])
+
+
+@pytest.mark.parametrize("tool", ["simulate", "plan"])
+def test_every_max_replicas_below_every_min_replicas_is_a_usage_error_naming_both_flags(
+    tmp_path, capsys, tool
+):
+    """minReplicas 2, 3 x maxReplicas 1: no pair is a setting, so no candidate (was an IndexError in
+    write_search); refused before anything runs (plan's benchmark file is never read), and by search()."""
+    with pytest.raises(SystemExit) as exc:
+        _tool_main(
+            tool, ["--search-min-replicas", "2,3", "--search-max-replicas", "1", "--out", str(tmp_path)]
+        )
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "every --search-max-replicas (1) is below every --search-min-replicas (2,3)" in err
+    assert not any(tmp_path.iterdir())
+    from predictor.tools.simulate import search
+
+    svc = {8: ServiceModel.parametric(10.0, 10.0, 0.0, 8)}
+    with pytest.raises(ValueError, match="nothing to search: every --search-max-replicas"):
+        search(FleetConfig(mode="knative"), svc, trace_rates("constant:5:10"), slo_p95_ms=500,
+               min_replicas=[2, 3], max_replicas=[1], scale_targets=[4.0],
+               panic_thresholds=[200.0])  # fmt: skip
+
+
+@pytest.mark.parametrize("tool", ["simulate", "plan"])
+@pytest.mark.parametrize("value", ["0", "2.5", "-1", "1,0", ","])
+def test_search_max_replicas_must_be_positive_integers(tmp_path, capsys, tool, value):
+    """0 (Knative's 'no bound') was searched uncapped and written to the overlay as --max-replicas,
+    2.5 was cut to 2, negatives skipped: each is refused naming the flag (the chart's maxReplicas is
+    at least 1)."""
+    with pytest.raises(SystemExit) as exc:
+        _tool_main(tool, ["--search-max-replicas", value, "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --search-max-replicas: must be integers >= 1 like 1,2,4, got {value!r}" in err
+
+
+def test_search_of_an_unbounded_fleet_needs_max_replicas_candidates(tmp_path, capsys):
+    """--max-replicas 0 is Knative's 'no bound': the search's default maxReplicas (the fleet's, at
+    least the candidate's minReplicas) pinned each candidate at its minReplicas; refused."""
+    with pytest.raises(SystemExit) as exc:
+        _tool_main("simulate", ["--max-replicas", "0", "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "--search with --max-replicas 0 (no bound) and no --search-max-replicas" in capsys.readouterr().err
+
+
+def test_the_committed_day_search_page_has_search_tables_columns():
+    """docs/simulator-day-search.md is search.md as bench.simulate_day copied it: its header and every
+    row have the columns search_table writes now (it lagged one column behind once)."""
+    from pathlib import Path
+
+    from predictor.tools.simulate import search_table
+
+    page = (Path(__file__).parents[1] / "docs/simulator-day-search.md").read_text().splitlines()
+    head = search_table([]).splitlines()
+    start = page.index(head[0])
+    assert page[start + 1] == head[1]
+    rows = [line for line in page[start + 2 :] if line.startswith("|")]
+    assert rows and {row.count("|") for row in rows} == {head[0].count("|")}

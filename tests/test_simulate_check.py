@@ -289,3 +289,36 @@ def test_a_replay_gives_each_replica_its_own_warm_up_and_the_plan_inputs_the_mea
     assert dict(planned.rule_for(1)) == pytest.approx({1: 0.015, 2: 0.025})
     one = profile_of({**report, "warmup_bucket_s": report["warmup_bucket_s"][:1], "placement": [[0, 1]]})
     assert one.replica_rule_bucket_s is None
+
+
+def test_the_bucket_text_names_each_replicas_efficient_bucket_at_the_servers_max_batch():
+    """Warm-ups per image, replica 0: 10, 9, 7.5, 5 ms at 1, 2, 4, 8; replica 1: 10, 7.5, 10, 11.25 ms.
+    The servers ran max batch 4 (the cells'), so replica 0's efficient bucket is 4, not 8 (the
+    simulator's default max batch 32 would allow 8); 'their mean' follows the mean it qualifies."""
+    import dataclasses
+
+    from bench.simulate_check import bucket_text, profile_of
+
+    report = {
+        "benchmark": {"cells": [{"concurrency": 1, "p50_ms": 30.0, "max_batch_size": 4}]},
+        "warmup_bucket_s": [{"1": 0.010, "2": 0.018, "4": 0.030, "8": 0.040},
+                            {"1": 0.010, "2": 0.015, "4": 0.040, "8": 0.090}],
+        "placement": [[0], [1]],
+        "profile": {"source": "test"},
+        "machine": {"cpu": "test"},
+    }  # fmt: skip
+    prof = profile_of(report)
+    report["profile"] = prof.to_json()
+    assert bucket_text(report) == (
+        "1: 10, 2: 16, 4: 35, 8: 65 (the servers' warm-up, their mean; each replica decides with its own, "
+        "efficient buckets 4, 2)"
+    )
+    rule = ((1, 0.012), (2, 0.020), (4, 0.030), (8, 0.060))
+    report["profile"] = dataclasses.replace(prof, rule_bucket_s=rule).to_json()
+    assert bucket_text(report) == (
+        "1: 10, 2: 16, 4: 35, 8: 65 (served medians: the warm-up's times the served bucket-1 calls' ratio); "
+        "the batchers decide with the warm-up's: 1: 12, 2: 20, 4: 30, 8: 60 (their mean; each replica "
+        "decides with its own, efficient buckets 4, 2)"
+    )
+    report["profile"] = dataclasses.replace(prof, replica_rule_bucket_s=None).to_json()
+    assert bucket_text(report) == "1: 10, 2: 16, 4: 35, 8: 65 (the servers' warm-up)"

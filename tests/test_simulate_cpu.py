@@ -122,7 +122,7 @@ def test_traces_add_up_second_by_second():
 # --------------------------------------------------------------------------------------- the planner
 def test_rank_puts_the_cheapest_candidate_meeting_the_objective_first():
     def cand(cost: float, meets: bool, p95: float = 100.0) -> Candidate:
-        return Candidate(8, 1, 10.0, 200.0, p95, 0.99, 0.0, cost, cost, meets)
+        return Candidate(8, 1, 10.0, 200.0, p95, 0.99, 0.0, cost, cost, meets, 4)
 
     cheap_miss, a, b, tie = cand(1.0, False), cand(3.0, True), cand(2.0, True, 200.0), cand(2.0, True, 150.0)
     assert rank([cheap_miss, a, b, tie]) == [tie, b, a, cheap_miss]

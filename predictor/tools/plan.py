@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from predictor._argtypes import positive_ints
 from predictor.protocol.wire import MODEL_NAME
 from predictor.serving.resources import cpu_model_name
 from predictor.tools.localserver import LocalServer, start_ready_server
@@ -509,13 +510,6 @@ def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
 
-def _ints(text: str) -> list[int]:
-    values = [int(t) for t in text.split(",") if t.strip()]
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers like 1,2,4, got {text!r}")
-    return values
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m predictor.tools.plan", description=__doc__.split("\n\n")[0])
     p.add_argument("--slo-p95-ms", type=float, help="p95 latency objective per request, in ms")
@@ -523,8 +517,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark", type=Path, help="plan from this benchmark JSON instead of measuring")
     p.add_argument("--measure-only", action="store_true", help="measure and write benchmark.json, no plan")
     p.add_argument("--model_dir", help="model directory (default: the shipped demo model)")
-    p.add_argument("--max-batch-sizes", type=_ints, default=[1, 8], help="batcher sizes to measure")
-    p.add_argument("--concurrency", type=_ints, default=[1, 2, 4, 8], help="concurrency levels to measure")
+    p.add_argument("--max-batch-sizes", type=positive_ints, default=[1, 8], help="batcher sizes to measure")
+    p.add_argument(
+        "--concurrency", type=positive_ints, default=[1, 2, 4, 8], help="concurrency levels to measure"
+    )
     p.add_argument("--batch-wait-ms", type=float, default=2.0, help="batcher wait of the measured servers")
     p.add_argument("--requests", type=int, default=200, help="timed requests per measured setting")
     p.add_argument("--headroom", type=float, default=0.9, help="plan for predicted p95 <= headroom x SLO")
@@ -546,16 +542,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="--trace: replicas simulated as this CPU profile (bench.simulate_check writes one: decode and "
         "model calls sharing each replica's cores) instead of from the benchmark's cells",
     )
-    p.add_argument("--search-min-replicas", type=_ints, help="--trace: default 1, the plan's, twice it")
     p.add_argument(
-        "--search-max-replicas", type=_ints, help="--trace: maxReplicas candidates (default: the plan's)"
+        "--search-min-replicas", type=positive_ints, help="--trace: default 1, the plan's, twice it"
+    )
+    p.add_argument(
+        "--search-max-replicas",
+        type=positive_ints,
+        help="--trace: maxReplicas candidates (default: the plan's)",
     )
     p.add_argument(
         "--search-targets", type=_floats, help="--trace: scaleTarget candidates (default: plan, limit)"
     )
     p.add_argument("--search-panic", type=_floats, default=[200.0, 400.0], help="--trace: panic %%")
     p.add_argument(
-        "--search-max-batch", type=_ints, help="--trace: max batch sizes (default: the measured ones)"
+        "--search-max-batch", type=positive_ints, help="--trace: max batch sizes (default: the measured ones)"
     )
     p.add_argument("--max-503-share", type=float, default=0.001, help="--trace: most 503/504 share allowed")
     p.add_argument("--workers", type=int, default=1, help="--trace: candidates simulated in parallel")
@@ -569,7 +569,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from predictor.tools.simulate import unmatched_replicas
+
+    unmatched = unmatched_replicas(args.search_min_replicas, args.search_max_replicas)
+    if unmatched:  # before measuring: the search would have no candidate
+        parser.error(unmatched)
     if not args.measure_only and (args.slo_p95_ms is None or args.rate is None):
         print("error: --slo-p95-ms and --rate are required (or --measure-only)", file=sys.stderr)
         return 2

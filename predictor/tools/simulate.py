@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from predictor._argtypes import positive_int
+from predictor._argtypes import int_list, positive_int, positive_ints
 from predictor.serving.options import ServingOptions
 from predictor.tools.autoscalers import (
     Hpa,
@@ -1228,7 +1228,7 @@ class Candidate:
     replica_hours: float
     cost: float
     meets: bool
-    max_replicas: int = 0  # 0: the fleet's (``FleetConfig.kpa.max_scale``), not searched
+    max_replicas: int  # the maxReplicas simulated (its fleet's ``kpa.max_scale``; 0: no bound)
 
 
 def search(
@@ -1248,8 +1248,9 @@ def search(
     max_replicas: Sequence[int] | None = None,
 ) -> list[Candidate]:
     """Every (max batch, minReplicas, maxReplicas, scaleTarget, panic threshold) through the trace
-    (Knative mode; ``max_replicas`` None: the fleet's ``kpa.max_scale`` only, and a maxReplicas below
-    a minReplicas is not a setting: skipped), sorted by :func:`rank`; ``meets``: p95 of the 200s <= the
+    (Knative mode; ``max_replicas`` None: the fleet's ``kpa.max_scale``, raised to the candidate's
+    minReplicas; a listed maxReplicas below a minReplicas is not a setting: skipped, and ValueError when
+    no setting is left), sorted by :func:`rank`; ``meets``: p95 of the 200s <= the
     objective, 503s (and 504s) at most ``max_503_share`` of the requests, and at least
     ``min_attainment`` of the requests answered 200 within the objective (over a day with rare bursts
     the day's p95 hides them; this does not). ``workers`` > 1: candidates simulated in that many processes."""
@@ -1263,6 +1264,9 @@ def search(
         for target in scale_targets
         for panic in panic_thresholds
     ]
+    if not settings:  # write_search needs one candidate at least
+        why = unmatched_replicas(min_replicas, max_replicas) or "an empty candidate list"
+        raise ValueError(f"nothing to search: {why}")
     for b, m, top, target, panic in settings:
         kpa = dataclasses.replace(
             base.kpa, target=target, container_concurrency=base.container_concurrency,
@@ -1292,6 +1296,18 @@ def search(
                              share, hours, hours * cost_per_replica_hour, meets,
                              cfg.kpa.max_scale))  # fmt: skip
     return rank(out)
+
+
+def unmatched_replicas(min_replicas: Sequence[int], max_replicas: Sequence[int] | None) -> str | None:
+    """Why no (minReplicas, maxReplicas) pair is a setting (every maxReplicas candidate below every
+    minReplicas one), in the CLI flags' words; None when some pair is."""
+    if not max_replicas or not min_replicas or max(max_replicas) >= min(min_replicas):
+        return None
+    return (
+        f"every --search-max-replicas ({','.join(map(str, max_replicas))}) is below every "
+        f"--search-min-replicas ({','.join(map(str, min_replicas))}): no candidate has maxReplicas >= "
+        "minReplicas"
+    )
 
 
 def rank(cands: Sequence[Candidate]) -> list[Candidate]:
@@ -1343,7 +1359,7 @@ def search_overlay_yaml(
   maxBatchSize: {best.max_batch_size}
 {calls}autoscaling:
   minReplicas: {best.min_replicas}
-  maxReplicas: {max(best.max_replicas or base.kpa.max_scale, best.min_replicas)}
+  maxReplicas: {best.max_replicas}
   scaleMetric: {base.kpa.metric}
   scaleTarget: {best.scale_target:g}
   containerConcurrency: {base.container_concurrency}
@@ -1507,8 +1523,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--search", action="store_true", help="search the settings below (Knative), write values-sim.yaml"
     )
-    p.add_argument("--search-min-replicas", default="1,2,4", help="minReplicas candidates")
-    p.add_argument("--search-max-replicas", help="maxReplicas candidates (default: --max-replicas)")
+    p.add_argument(
+        "--search-min-replicas",
+        type=int_list(0),
+        default="1,2,4",
+        help="minReplicas candidates (0: scale to zero)",
+    )
+    p.add_argument(
+        "--search-max-replicas", type=positive_ints, help="maxReplicas candidates (default: --max-replicas)"
+    )
     p.add_argument("--search-targets", default="8,16,32", help="scaleTarget candidates")
     p.add_argument("--search-panic", default="200,400", help="panic threshold (%%) candidates")
     p.add_argument("--search-max-batch", help="max batch size candidates (default: --max_batch_size)")
@@ -1582,11 +1605,11 @@ def run_search(
         services[b] = service_model(args)
     cands = search(
         cfg, services, rates, slo_p95_ms=args.slo_p95_ms,
-        min_replicas=[int(v) for v in _numbers(args.search_min_replicas)],
+        min_replicas=args.search_min_replicas,
         scale_targets=_numbers(args.search_targets), panic_thresholds=_numbers(args.search_panic),
         max_503_share=args.max_503_share, cost_per_replica_hour=args.cost_per_replica_hour or 1.0,
         seed=args.seed,
-        max_replicas=[int(v) for v in _numbers(args.search_max_replicas or "")] or None,
+        max_replicas=args.search_max_replicas,
     )  # fmt: skip
     best, best_cfg = write_search(
         args.out, cands, cfg, args.trace, args.seed, args.slo_p95_ms, args.max_503_share
@@ -1619,7 +1642,7 @@ def write_search(
         print(f"no candidate met the objective; lowest p95: {best}", file=sys.stderr)
     kpa = dataclasses.replace(
         cfg.kpa, target=best.scale_target, panic_threshold_percentage=best.panic_threshold,
-        min_scale=best.min_replicas, max_scale=max(best.max_replicas or cfg.kpa.max_scale, best.min_replicas),
+        min_scale=best.min_replicas, max_scale=best.max_replicas,
     )  # fmt: skip
     best_cfg = dataclasses.replace(
         cfg, max_batch_size=best.max_batch_size, kpa=kpa, initial_replicas=best.min_replicas
@@ -1713,6 +1736,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.slo_p95_ms is None or args.mode != "knative":
             print("error: --search needs --slo-p95-ms and --mode knative", file=sys.stderr)
             return 2
+        unmatched = unmatched_replicas(args.search_min_replicas, args.search_max_replicas)
+        if unmatched:
+            parser.error(unmatched)
+        if args.max_replicas == 0 and not args.search_max_replicas:
+            parser.error(
+                "--search with --max-replicas 0 (no bound) and no --search-max-replicas: each candidate "
+                "would be capped at its minReplicas, and the chart's maxReplicas is at least 1"
+            )
         cfg, svc = run_search(args, rates, cfg)
     else:
         svc = service_model(args)
