@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from predictor.ssd.config import ssd300_vgg16, ssd_tiny
 from predictor.ssd.network import build_network
-from predictor.ssd.trainer import TrainConfig, Trainer, write_json
+from predictor.ssd.trainer import NetworkMismatch, TrainConfig, Trainer, write_json
 from predictor.ssd.weights import ModelLoadError, check_version, load_model
 
 log = logging.getLogger("predictor.tools.train")
@@ -229,7 +229,10 @@ def main(argv: list[str] | None = None) -> int:
         hook = TrainingCurve(config, trainer, Path(args.out) / "training_curve.json", args)
     t0 = time.time()
     progress = not args.no_progress
-    trainer.fit(source, progress=progress, max_steps=args.max_steps, sample_index=order, after_step=hook)
+    try:
+        trainer.fit(source, progress=progress, max_steps=args.max_steps, sample_index=order, after_step=hook)
+    except NetworkMismatch as e:
+        raise SystemExit(str(e)) from e
     elapsed = time.time() - t0
     if int(trainer.step) < train.steps:
         log.info("stopped at step %d of %d; run again to resume", int(trainer.step), train.steps)
