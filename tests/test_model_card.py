@@ -170,3 +170,33 @@ def test_train_records_a_training_curve(tmp_path):
     assert all(0 <= p["AP50"] <= 1 and 0 <= p["mAP"] <= p["AP50"] and p["images"] == 2 for p in curve)
     assert all(p["measured"]["machine"] for p in curve)
     assert all(0 <= p["photo"]["AP50"] <= 1 and p["photo"]["images"] == 2 for p in curve)
+
+
+def test_nms_sweep_table_by_hand():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("model_card", REPO_ROOT / "scripts/model_card.py")
+    card = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(card)
+    record = {
+        "data": {"plain": {"count": 300}, "photo": {"count": 300}},
+        "candidates": [
+            {"nms_threshold": 0.3, "plain": {"mAP": 0.75, "AP50": 0.95}, "photo": {"mAP": 0.625, "AP50": 0.8},
+             "mean_mAP": 0.6875},
+            {"nms_threshold": 0.45, "plain": {"mAP": 0.7, "AP50": 0.9}, "photo": {"mAP": 0.6, "AP50": 0.75},
+             "mean_mAP": 0.65},
+        ],
+        "chosen": 0.3,
+        "measured": {"utc": "2026-12-07 18:00 UTC", "machine": "m"},
+    }  # fmt: skip
+    assert card.nms_sweep_table(record).split("\n") == [
+        "_Made by `python -m predictor.tools.tune nms --count 300` on 2026-12-07 18:00 UTC, m._",
+        "",
+        "| NMS IoU threshold | **0.3** | 0.45 |",
+        "|---|---|---|",
+        "| plain mAP@[.5:.95] | **0.750** | 0.700 |",
+        "| plain AP@0.5 | **0.950** | 0.900 |",
+        "| photo-like mAP@[.5:.95] | **0.625** | 0.600 |",
+        "| photo-like AP@0.5 | **0.800** | 0.750 |",
+        "| mean mAP | **0.6875** | 0.6500 |",
+    ]
