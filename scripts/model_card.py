@@ -169,7 +169,11 @@ def nms_sweep_table(record: dict[str, Any]) -> str:
 
     sets = [(name, label) for name, label in (("plain", "plain"), ("photo", "photo-like")) if name in rows[0]]
     lines = [
-        _stamp(record.get("measured"), f"python -m predictor.tools.tune nms --count {count}"),
+        _stamp(
+            record.get("measured"),
+            f"python -m predictor.tools.tune nms --count {count} --candidates "
+            + ",".join(f"{r['nms_threshold']:g}" for r in rows),
+        ),
         "",
         "| NMS IoU threshold | " + cells([f"{r['nms_threshold']:g}" for r in rows]) + " |",
         "|---|" + "---|" * len(rows),
@@ -178,6 +182,14 @@ def nms_sweep_table(record: dict[str, Any]) -> str:
         lines.append(f"| {label} mAP@[.5:.95] | " + cells([_pct(r[name]["mAP"]) for r in rows]) + " |")
         lines.append(f"| {label} AP@0.5 | " + cells([_pct(r[name]["AP50"]) for r in rows]) + " |")
     lines.append("| mean mAP | " + cells([f"{r['mean_mAP']:.4f}" for r in rows]) + " |")
+    best = record.get("best", chosen)
+    if best != chosen:
+        mean = {r["nms_threshold"]: r["mean_mAP"] for r in rows}
+        lines += [
+            "",
+            f"The best candidate, {best:g}, gains {mean[best] - mean[chosen]:.4f} mean mAP over the default "
+            f"{chosen:g}, less than the {record['min_gain']:g} a change needs: the default stays.",
+        ]
     return "\n".join(lines)
 
 

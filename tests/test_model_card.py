@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import yaml
 from serving_fixtures import REPO_ROOT, server_env
 
 from predictor.tools.coco_eval import MatchedDetections, operating_point
@@ -110,6 +111,21 @@ def test_model_card_tables_match_their_json():
         assert row in card
     photo = json.loads((REPO_ROOT / "predictor/models/demo/eval/photo/metrics.json").read_text())
     assert photo["data"]["style"] == "photo" and f"**{photo['AP50']:.3f}**" in card
+    # Every table was measured with the model's current default NMS threshold (tools.tune may change it).
+    nms = yaml.safe_load((REPO_ROOT / "predictor/models/demo/model.yaml").read_text())["config"][
+        "nms_threshold"
+    ]
+    for name in (
+        "metrics.json",
+        "operating_points.json",
+        "photo/metrics.json",
+        "photo/operating_points.json",
+    ):
+        assert (
+            json.loads((REPO_ROOT / "predictor/models/demo/eval" / name).read_text())["nms_threshold"] == nms
+        )
+    sweep = json.loads((REPO_ROOT / "predictor/models/demo/eval/nms_sweep.json").read_text())
+    assert sweep["chosen"] == nms and "<!-- generated: nms-sweep -->" in card
 
 
 def test_evaluate_cli_operating_points_on_the_photo_like_set(tmp_path):
@@ -190,7 +206,8 @@ def test_nms_sweep_table_by_hand():
         "measured": {"utc": "2026-12-07 18:00 UTC", "machine": "m"},
     }  # fmt: skip
     assert card.nms_sweep_table(record).split("\n") == [
-        "_Made by `python -m predictor.tools.tune nms --count 300` on 2026-12-07 18:00 UTC, m._",
+        "_Made by `python -m predictor.tools.tune nms --count 300 --candidates 0.3,0.45` on "
+        "2026-12-07 18:00 UTC, m._",
         "",
         "| NMS IoU threshold | **0.3** | 0.45 |",
         "|---|---|---|",
@@ -199,4 +216,11 @@ def test_nms_sweep_table_by_hand():
         "| photo-like mAP@[.5:.95] | **0.625** | 0.600 |",
         "| photo-like AP@0.5 | **0.800** | 0.750 |",
         "| mean mAP | **0.6875** | 0.6500 |",
+    ]
+    record.update(best=0.3, chosen=0.45, min_gain=0.05)  # 0.0375 better, not enough: 0.45 stays
+    assert card.nms_sweep_table(record).split("\n")[-3:] == [
+        "| mean mAP | 0.6875 | **0.6500** |",
+        "",
+        "The best candidate, 0.3, gains 0.0375 mean mAP over the default 0.45, less than the 0.05 a change "
+        "needs: the default stays.",
     ]

@@ -259,8 +259,11 @@ def test_top_down_tiny_network_exports_and_agrees(tmp_path):
     config = ssd_tiny(CLASS_NAMES, width=8, top_down=True)
     net = build_network(config)
     bn = net.get_layer("stage3_topdown_bn")
+    x = np.random.default_rng(4).uniform(-100, 100, (1, 300, 300, 3)).astype(np.float32)
+    without = net(x)["logits"].numpy()  # the branch starts as zeros
     bn.gamma.assign(np.full(bn.gamma.shape, 2.0, np.float32))
     bn.beta.assign(np.full(bn.beta.shape, 0.5, np.float32))
+    assert not np.allclose(net(x)["logits"].numpy(), without, atol=1e-3)  # now it counts
     model_dir = save_model_dir(net, config, tmp_path / "model")
     assert main(["onnx", "--model_dir", str(model_dir), "--out", str(tmp_path / "model.onnx")]) == 0
     detector = Detector.from_dir(str(model_dir))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -341,3 +342,7 @@ def test_resume_refuses_checkpoints_of_another_network(tmp_path):
         "ckpt-1.index",
         "ckpt-2.index",
     ]
+    # A fresh start in the same folder (no checkpoint left) records its own network.
+    shutil.rmtree(out / "checkpoints")
+    assert train_main([*base, "--top-down"]) == 0
+    assert json.loads((out / NETWORK_FILE).read_text())["backbone_options"] == {"width": 8, "top_down": True}

@@ -211,7 +211,7 @@ class Trainer:
         from the initialisation."""
         latest = self.manager.latest_checkpoint
         if not latest:
-            self._record_network()
+            self._record_network(replace=True)  # a fresh start: whatever an earlier run recorded is moot
             return int(self.step)
         self._check_network()
         saved = tf.train.load_checkpoint(latest).get_variable_to_shape_map()
@@ -235,10 +235,11 @@ class Trainer:
         self._record_network()
         return int(self.step)
 
-    def _record_network(self) -> None:
-        """Write :data:`NETWORK_FILE` (once per work directory)."""
+    def _record_network(self, replace: bool = False) -> None:
+        """Write :data:`NETWORK_FILE`: on a fresh start (``replace``), or when resuming a work directory
+        from before it existed."""
         path = self.workdir / NETWORK_FILE
-        if not path.exists():
+        if replace or not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json(path, network_fields(self.config))
 

@@ -118,8 +118,13 @@ def _source(args: argparse.Namespace):
             raise SystemExit("--coco-annotations needs --coco-images")
         ds = CocoDataset(args.coco_annotations, args.coco_images)
         return ds, tuple(ds.class_names), {"kind": "coco", "annotations": args.coco_annotations}, None
-    from predictor.datasets.shapes import CLASS_NAMES, ShapesDataset
+    from predictor.datasets.shapes import CLASS_NAMES, TRAIN_SEEDS, ShapesDataset
 
+    if args.seed not in TRAIN_SEEDS:  # the held-out and validation sets live above them
+        raise SystemExit(
+            f"--seed {args.seed}: synthetic training seeds are {TRAIN_SEEDS.start}-{TRAIN_SEEDS.stop - 1}; "
+            "larger seeds hold the held-out and validation images"
+        )
     # Every position is a new generated image: no shuffling needed (identity order).
     info = {"kind": "shapes", "seed": args.seed, "photo_fraction": args.photo_fraction}
     data = ShapesDataset(args.seed, SHAPES_STREAM, photo_fraction=args.photo_fraction)
