@@ -17,13 +17,15 @@ EVAL_COUNT ?= 500
 # Where `make triton-repo` writes the Triton model repository.
 TRITON_REPO ?= out/triton
 
-demo-model: $(STAMP) ## Retrain the shipped demo model from scratch (under 60 min on 2 CPU cores): weights, model card, drift references, docs/samples
+demo-model: $(STAMP) ## Retrain the shipped demo model from scratch (under 60 min on 2 CPU cores): weights, default NMS threshold, model card, drift references, docs/samples
 	rm -rf $(DEMO_RUN)
 	$(MAKE) demo-model-resume
 
 demo-model-resume: $(STAMP) ## Continue an interrupted `make demo-model` from its last checkpoint
 	$(PY) -m predictor.tools.train --out $(DEMO_RUN) $(DEMO_TRAIN_ARGS) --export predictor/models/demo \
 		$(if $(DEMO_VERSION),--model-version $(DEMO_VERSION),)
+	$(PY) -m predictor.tools.tune nms --model_dir predictor/models/demo --write \
+		$(if $(DEMO_VERSION),--version $(DEMO_VERSION),)
 	cp $(DEMO_RUN)/training_curve.json predictor/models/demo/eval/training_curve.json
 	$(MAKE) model-card
 	$(PY) -m predictor.tools.drift reference --model_dir predictor/models/demo --count 500

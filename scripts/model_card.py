@@ -11,7 +11,9 @@ Each table sits between ``<!-- generated: NAME -->`` and ``<!-- end: NAME -->`` 
 - ``metrics-photo`` and ``operating-points-photo``: the same on the photo-like held-out set, from
   ``eval/photo/`` (``--style photo``);
 - ``training-curve``: AP during training, from ``eval/training_curve.json`` (``python -m predictor.tools.train
-  --eval-every N``, copied there by ``make demo-model``).
+  --eval-every N``, copied there by ``make demo-model``);
+- ``nms-sweep``: the default NMS IoU threshold's choice on validation images, from ``eval/nms_sweep.json``
+  (``python -m predictor.tools.tune nms``).
 
 Every table carries the date and machine its JSON recorded. With ``--readme README.md`` the README's
 ``demo-quality`` block (the headline AP of both held-out sets) is rewritten from the same JSON.
@@ -155,6 +157,42 @@ def training_curve_table(points: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def nms_sweep_table(record: dict[str, Any]) -> str:
+    """The NMS candidates' validation mAP / AP@0.5 per set, the chosen threshold in bold."""
+    rows = record["candidates"]
+    count = record["data"]["plain"]["count"]
+    chosen = record["chosen"]
+
+    def cells(values: list[str]) -> str:
+        bold = [r["nms_threshold"] == chosen for r in rows]
+        return " | ".join(f"**{v}**" if b else v for v, b in zip(values, bold, strict=True))
+
+    sets = [(name, label) for name, label in (("plain", "plain"), ("photo", "photo-like")) if name in rows[0]]
+    lines = [
+        _stamp(
+            record.get("measured"),
+            f"python -m predictor.tools.tune nms --count {count} --candidates "
+            + ",".join(f"{r['nms_threshold']:g}" for r in rows),
+        ),
+        "",
+        "| NMS IoU threshold | " + cells([f"{r['nms_threshold']:g}" for r in rows]) + " |",
+        "|---|" + "---|" * len(rows),
+    ]
+    for name, label in sets:
+        lines.append(f"| {label} mAP@[.5:.95] | " + cells([_pct(r[name]["mAP"]) for r in rows]) + " |")
+        lines.append(f"| {label} AP@0.5 | " + cells([_pct(r[name]["AP50"]) for r in rows]) + " |")
+    lines.append("| mean mAP | " + cells([f"{r['mean_mAP']:.4f}" for r in rows]) + " |")
+    best = record.get("best", chosen)
+    if best != chosen:
+        mean = {r["nms_threshold"]: r["mean_mAP"] for r in rows}
+        lines += [
+            "",
+            f"The best candidate, {best:g}, gains {mean[best] - mean[chosen]:.4f} mean mAP over the default "
+            f"{chosen:g}, less than the {record['min_gain']:g} a change needs: the default stays.",
+        ]
+    return "\n".join(lines)
+
+
 def replace_section(card: str, name: str, body: str) -> str:
     """``card`` with the text between the ``name`` block's markers replaced by ``body``."""
     begin, end = f"<!-- generated: {name} -->", f"<!-- end: {name} -->"
@@ -185,6 +223,9 @@ def render(model_dir: Path) -> str:
         card = replace_section(
             card, "operating-points-photo", operating_points_table(photo_points, default_threshold)
         )
+    if (eval_dir / "nms_sweep.json").exists():
+        sweep = json.loads((eval_dir / "nms_sweep.json").read_text())
+        card = replace_section(card, "nms-sweep", nms_sweep_table(sweep))
     curve_path = eval_dir / "training_curve.json"
     curve = json.loads(curve_path.read_text()) if curve_path.exists() else []
     return replace_section(card, "training-curve", training_curve_table(curve))

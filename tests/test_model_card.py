@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import yaml
 from serving_fixtures import REPO_ROOT, server_env
 
 from predictor.tools.coco_eval import MatchedDetections, operating_point
@@ -110,6 +111,21 @@ def test_model_card_tables_match_their_json():
         assert row in card
     photo = json.loads((REPO_ROOT / "predictor/models/demo/eval/photo/metrics.json").read_text())
     assert photo["data"]["style"] == "photo" and f"**{photo['AP50']:.3f}**" in card
+    # Every table was measured with the model's current default NMS threshold (tools.tune may change it).
+    nms = yaml.safe_load((REPO_ROOT / "predictor/models/demo/model.yaml").read_text())["config"][
+        "nms_threshold"
+    ]
+    for name in (
+        "metrics.json",
+        "operating_points.json",
+        "photo/metrics.json",
+        "photo/operating_points.json",
+    ):
+        assert (
+            json.loads((REPO_ROOT / "predictor/models/demo/eval" / name).read_text())["nms_threshold"] == nms
+        )
+    sweep = json.loads((REPO_ROOT / "predictor/models/demo/eval/nms_sweep.json").read_text())
+    assert sweep["chosen"] == nms and "<!-- generated: nms-sweep -->" in card
 
 
 def test_evaluate_cli_operating_points_on_the_photo_like_set(tmp_path):
@@ -170,3 +186,41 @@ def test_train_records_a_training_curve(tmp_path):
     assert all(0 <= p["AP50"] <= 1 and 0 <= p["mAP"] <= p["AP50"] and p["images"] == 2 for p in curve)
     assert all(p["measured"]["machine"] for p in curve)
     assert all(0 <= p["photo"]["AP50"] <= 1 and p["photo"]["images"] == 2 for p in curve)
+
+
+def test_nms_sweep_table_by_hand():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("model_card", REPO_ROOT / "scripts/model_card.py")
+    card = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(card)
+    record = {
+        "data": {"plain": {"count": 300}, "photo": {"count": 300}},
+        "candidates": [
+            {"nms_threshold": 0.3, "plain": {"mAP": 0.75, "AP50": 0.95}, "photo": {"mAP": 0.625, "AP50": 0.8},
+             "mean_mAP": 0.6875},
+            {"nms_threshold": 0.45, "plain": {"mAP": 0.7, "AP50": 0.9}, "photo": {"mAP": 0.6, "AP50": 0.75},
+             "mean_mAP": 0.65},
+        ],
+        "chosen": 0.3,
+        "measured": {"utc": "2026-12-07 18:00 UTC", "machine": "m"},
+    }  # fmt: skip
+    assert card.nms_sweep_table(record).split("\n") == [
+        "_Made by `python -m predictor.tools.tune nms --count 300 --candidates 0.3,0.45` on "
+        "2026-12-07 18:00 UTC, m._",
+        "",
+        "| NMS IoU threshold | **0.3** | 0.45 |",
+        "|---|---|---|",
+        "| plain mAP@[.5:.95] | **0.750** | 0.700 |",
+        "| plain AP@0.5 | **0.950** | 0.900 |",
+        "| photo-like mAP@[.5:.95] | **0.625** | 0.600 |",
+        "| photo-like AP@0.5 | **0.800** | 0.750 |",
+        "| mean mAP | **0.6875** | 0.6500 |",
+    ]
+    record.update(best=0.3, chosen=0.45, min_gain=0.05)  # 0.0375 better, not enough: 0.45 stays
+    assert card.nms_sweep_table(record).split("\n")[-3:] == [
+        "| mean mAP | 0.6875 | **0.6500** |",
+        "",
+        "The best candidate, 0.3, gains 0.0375 mean mAP over the default 0.45, less than the 0.05 a change "
+        "needs: the default stays.",
+    ]

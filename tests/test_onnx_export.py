@@ -241,3 +241,35 @@ def test_ssd300_random_and_real_images_agree(ssd300):
     )
     assert assert_agree(detector, ours, ref) > 50
     assert ours["num_detections"][2] == 17
+
+
+def test_top_down_tiny_network_exports_and_agrees(tmp_path):
+    """A ``--top-down`` tiny network (width 8, random weights, the branch's batch-norm scale and shift set
+    non-zero so that it changes the outputs) through ``ssd-export onnx``: ONNX Runtime's detections are
+    TensorFlow's (the branch's 1x1 conv, nearest upsampling, crop and add all reach the graph)."""
+    import keras
+
+    from predictor.datasets.shapes import CLASS_NAMES
+    from predictor.ssd.config import ssd_tiny
+    from predictor.ssd.export import main
+    from predictor.ssd.network import build_network
+    from predictor.ssd.weights import save_model_dir
+
+    keras.utils.set_random_seed(3)
+    config = ssd_tiny(CLASS_NAMES, width=8, top_down=True)
+    net = build_network(config)
+    bn = net.get_layer("stage3_topdown_bn")
+    x = np.random.default_rng(4).uniform(-100, 100, (1, 300, 300, 3)).astype(np.float32)
+    without = net(x)["logits"].numpy()  # the branch starts as zeros
+    bn.gamma.assign(np.full(bn.gamma.shape, 2.0, np.float32))
+    bn.beta.assign(np.full(bn.beta.shape, 0.5, np.float32))
+    assert not np.allclose(net(x)["logits"].numpy(), without, atol=1e-3)  # now it counts
+    model_dir = save_model_dir(net, config, tmp_path / "model")
+    assert main(["onnx", "--model_dir", str(model_dir), "--out", str(tmp_path / "model.onnx")]) == 0
+    detector = Detector.from_dir(str(model_dir))
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (2, 300, 300, 3), dtype=np.uint8)
+    hw = np.float32([[300, 300], [480, 640]])
+    ours, ref = run_both(detector, session, images, hw, score_threshold=0.02)
+    assert assert_agree(detector, ours, ref) > 0

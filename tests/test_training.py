@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -313,3 +316,33 @@ def test_resuming_a_checkpoint_that_averaged_the_trainable_weights_only(
     assert again.restore() == 2
     for avg, value in zip(again.ema, old_ema + stats, strict=True):
         np.testing.assert_array_equal(avg.numpy(), value)
+
+
+def test_resume_refuses_checkpoints_of_another_network(tmp_path):
+    """`train --top-down` on a work directory started without it is refused before any variable is
+    restored (Keras restores by position: the top-down layer would shift every later one); a resume that
+    changes only a post-processing default (`--default-score-threshold`) goes on."""
+    from predictor.ssd.trainer import NETWORK_FILE
+    from predictor.tools.train import main as train_main
+
+    out = tmp_path / "run"
+    base = ["--out", str(out), "--steps", "3", "--batch-size", "2", "--width", "8", "--warmup-steps", "1"]
+    base += ["--checkpoint-every", "1", "--no-progress", "--no-augment", "--max-steps", "1"]
+    assert train_main(base) == 0
+    recorded = json.loads((out / NETWORK_FILE).read_text())
+    assert recorded["backbone_options"] == {"width": 8} and "score_threshold" not in recorded
+    with pytest.raises(
+        SystemExit, match=r'backbone_options \{"width": 8\} -> \{"width": 8, "top_down": true\}'
+    ):
+        train_main([*base, "--top-down"])
+    with pytest.raises(SystemExit, match=r"backbone_options"):
+        train_main([*base, "--width", "16"])
+    assert train_main([*base, "--default-score-threshold", "0.3"]) == 0
+    assert sorted(p.name for p in (out / "checkpoints").glob("ckpt-*.index")) == [
+        "ckpt-1.index",
+        "ckpt-2.index",
+    ]
+    # A fresh start in the same folder (no checkpoint left) records its own network.
+    shutil.rmtree(out / "checkpoints")
+    assert train_main([*base, "--top-down"]) == 0
+    assert json.loads((out / NETWORK_FILE).read_text())["backbone_options"] == {"width": 8, "top_down": True}

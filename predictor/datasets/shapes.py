@@ -22,8 +22,10 @@ covers ``[col, col + 1) x [row, row + 1)``; see :mod:`predictor.datasets.coco`).
 
 Seed convention: sample ``index`` of dataset ``seed`` is fully determined by ``(seed, index)``
 (``np.random.default_rng([seed, index])``), so any worker can generate any item. Training uses seeds
-below 1000 (:data:`TRAIN_SEED` = 0 by default); the held-out evaluation sets use :data:`EVAL_SEED`
-(20261125) and :data:`PHOTO_EVAL_SEED` (20261207, photo-like style) and must never be trained on. A
+in :data:`TRAIN_SEEDS` (0-999; :data:`TRAIN_SEED` = 0 by default; ``predictor.tools.train`` refuses
+others); the held-out evaluation sets use :data:`EVAL_SEED` (20261125) and :data:`PHOTO_EVAL_SEED`
+(20261207, photo-like style), the validation sets that choose defaults (``predictor.tools.tune``)
+:data:`VALIDATION_SEED` (20261130) and :data:`PHOTO_VALIDATION_SEED` (20261201); neither is trained on. A
 photo-like sample draws from ``np.random.default_rng([seed, index, 1])``, so it never repeats the plain
 sample with the same ``(seed, index)``.
 
@@ -51,8 +53,11 @@ from predictor.datasets.coco import DetectionSample, coco_categories, image_anno
 CLASS_NAMES: tuple[str, ...] = ("background", "circle", "square", "triangle", "star", "hexagon", "cross")
 NUM_CLASSES = len(CLASS_NAMES) - 1
 TRAIN_SEED = 0
+TRAIN_SEEDS = range(1000)
 EVAL_SEED = 20261125
 PHOTO_EVAL_SEED = 20261207
+VALIDATION_SEED = 20261130
+PHOTO_VALIDATION_SEED = 20261201
 STYLES = ("plain", "photo")
 
 MIN_SIDE, MAX_SIDE = 300, 640

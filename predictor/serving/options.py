@@ -181,8 +181,8 @@ class ServingOptions:
     nms_threshold: float | None = _option(
         None,
         fraction,
-        "IoU at or above which a lower-scoring box of the same class is suppressed (default: the "
-        "manifest's, 0.45).",
+        "IoU at or above which a lower-scoring box of the same class is suppressed (default: the model "
+        "manifest's; balancap's SSD300: 0.45).",
         chart=Chart("predictor.nmsThreshold"),
     )
     top_k: int | None = _option(

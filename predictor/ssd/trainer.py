@@ -37,6 +37,24 @@ from predictor.ssd.weights import save_model_dir
 
 log = logging.getLogger(__name__)
 
+#: :class:`SSDConfig` fields that only set the exported post-processing defaults: a resumed run may
+#: change them (``--default-score-threshold``); every other field shapes the network.
+_POSTPROCESS_FIELDS = ("score_threshold", "nms_threshold", "top_k", "max_detections")
+#: The file in a work directory that records the network its checkpoints belong to.
+NETWORK_FILE = "network.json"
+
+
+class NetworkMismatch(ValueError):
+    """The checkpoints of a work directory were written by another network than the run builds."""
+
+
+def network_fields(config: SSDConfig) -> dict[str, Any]:
+    """The JSON form of ``config`` without the post-processing defaults (what a resume must match)."""
+    d = json.loads(json.dumps(config.to_dict()))
+    for key in _POSTPROCESS_FIELDS:
+        d.pop(key)
+    return d
+
 
 @dataclass
 class TrainConfig:
@@ -193,7 +211,9 @@ class Trainer:
         from the initialisation."""
         latest = self.manager.latest_checkpoint
         if not latest:
+            self._record_network(replace=True)  # a fresh start: whatever an earlier run recorded is moot
             return int(self.step)
+        self._check_network()
         saved = tf.train.load_checkpoint(latest).get_variable_to_shape_map()
         kept = len({name.split("/")[1] for name in saved if name.startswith("ema/")})
         if self.ema and kept < len(self.ema):
@@ -212,7 +232,36 @@ class Trainer:
         else:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
         log.info("resumed from %s at step %d", latest, int(self.step))
+        self._record_network()
         return int(self.step)
+
+    def _record_network(self, replace: bool = False) -> None:
+        """Write :data:`NETWORK_FILE`: on a fresh start (``replace``), or when resuming a work directory
+        from before it existed."""
+        path = self.workdir / NETWORK_FILE
+        if replace or not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(path, network_fields(self.config))
+
+    def _check_network(self) -> None:
+        """Refuse to resume checkpoints written by another network (e.g. ``--top-down`` or ``--width``
+        flipped): their variables would be restored by position into layers they do not belong to.
+        A work directory from before :data:`NETWORK_FILE` existed is resumed unchecked."""
+        path = self.workdir / NETWORK_FILE
+        if not path.exists():
+            return
+        saved, mine = json.loads(path.read_text()), network_fields(self.config)
+        if saved == mine:
+            return
+        changed = [
+            f"{key} {_short(saved.get(key))} -> {_short(mine.get(key))}"
+            for key in sorted(set(saved) | set(mine))
+            if saved.get(key) != mine.get(key)
+        ]
+        raise NetworkMismatch(
+            f"{self.workdir}: its checkpoints belong to another network ({'; '.join(changed)}); "
+            "resume with the architecture flags it was started with, or train into a new --out"
+        )
 
     def _train_step(self, images, labels, loc_targets):
         with tf.GradientTape() as tape:
@@ -301,6 +350,12 @@ class Trainer:
         """Write the trained model (the moving-average weights, if kept) as a project model directory."""
         with self.averaged_weights():
             return save_model_dir(self.model, self.config, out_dir, training=self.train.to_dict(), **extra)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``value`` as JSON, cut to ``limit`` characters."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _progress(start: int, end: int, enabled: bool):

@@ -238,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_dir": shown,
         "data": source,
         "seconds": round(elapsed, 1),
+        "nms_threshold": detector.nms_threshold,
         "measured": measured_on(),
         **summary(result),
     }
@@ -276,6 +277,7 @@ def _write_operating_points(
         "model_dir": shown,
         "data": source,
         "measured": measured_on(),
+        "nms_threshold": detector.nms_threshold,
         "iou_threshold": 0.5,
         "operating_points": rows,
         "sweep": sweep,

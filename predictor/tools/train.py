@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from predictor.ssd.config import ssd300_vgg16, ssd_tiny
 from predictor.ssd.network import build_network
-from predictor.ssd.trainer import TrainConfig, Trainer, write_json
+from predictor.ssd.trainer import NetworkMismatch, TrainConfig, Trainer, write_json
 from predictor.ssd.weights import ModelLoadError, check_version, load_model
 
 log = logging.getLogger("predictor.tools.train")
@@ -118,8 +118,13 @@ def _source(args: argparse.Namespace):
             raise SystemExit("--coco-annotations needs --coco-images")
         ds = CocoDataset(args.coco_annotations, args.coco_images)
         return ds, tuple(ds.class_names), {"kind": "coco", "annotations": args.coco_annotations}, None
-    from predictor.datasets.shapes import CLASS_NAMES, ShapesDataset
+    from predictor.datasets.shapes import CLASS_NAMES, TRAIN_SEEDS, ShapesDataset
 
+    if args.seed not in TRAIN_SEEDS:  # the held-out and validation sets live above them
+        raise SystemExit(
+            f"--seed {args.seed}: synthetic training seeds are {TRAIN_SEEDS.start}-{TRAIN_SEEDS.stop - 1}; "
+            "larger seeds hold the held-out and validation images"
+        )
     # Every position is a new generated image: no shuffling needed (identity order).
     info = {"kind": "shapes", "seed": args.seed, "photo_fraction": args.photo_fraction}
     data = ShapesDataset(args.seed, SHAPES_STREAM, photo_fraction=args.photo_fraction)
@@ -229,7 +234,10 @@ def main(argv: list[str] | None = None) -> int:
         hook = TrainingCurve(config, trainer, Path(args.out) / "training_curve.json", args)
     t0 = time.time()
     progress = not args.no_progress
-    trainer.fit(source, progress=progress, max_steps=args.max_steps, sample_index=order, after_step=hook)
+    try:
+        trainer.fit(source, progress=progress, max_steps=args.max_steps, sample_index=order, after_step=hook)
+    except NetworkMismatch as e:
+        raise SystemExit(str(e)) from e
     elapsed = time.time() - t0
     if int(trainer.step) < train.steps:
         log.info("stopped at step %d of %d; run again to resume", int(trainer.step), train.steps)
