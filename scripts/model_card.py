@@ -182,15 +182,21 @@ def nms_sweep_table(record: dict[str, Any]) -> str:
         lines.append(f"| {label} mAP@[.5:.95] | " + cells([_pct(r[name]["mAP"]) for r in rows]) + " |")
         lines.append(f"| {label} AP@0.5 | " + cells([_pct(r[name]["AP50"]) for r in rows]) + " |")
     lines.append("| mean mAP | " + cells([f"{r['mean_mAP']:.4f}" for r in rows]) + " |")
-    best = record.get("best", chosen)
+    best, before = record.get("best", chosen), record.get("before")
+    mean = {r["nms_threshold"]: r["mean_mAP"] for r in rows}
     if best != chosen:
-        mean = {r["nms_threshold"]: r["mean_mAP"] for r in rows}
-        lines += [
-            "",
+        verdict = (
             f"The best candidate, {best:g}, gains {mean[best] - mean[chosen]:.4f} mean mAP over the default "
-            f"{chosen:g}, less than the {record['min_gain']:g} a change needs: the default stays.",
-        ]
-    return "\n".join(lines)
+            f"{chosen:g}, less than the {record['min_gain']:g} a change needs: the default stays."
+        )
+    elif before is not None and before != chosen:
+        verdict = (
+            f"{chosen:g} gains at least the {record['min_gain']:g} a change needs over {before:g}: "
+            "the new default."
+        )
+    else:
+        verdict = f"The default {chosen:g} is the best candidate."
+    return "\n".join([*lines, "", verdict])
 
 
 def replace_section(card: str, name: str, body: str) -> str:

@@ -126,6 +126,9 @@ def test_model_card_tables_match_their_json():
         )
     sweep = json.loads((REPO_ROOT / "predictor/models/demo/eval/nms_sweep.json").read_text())
     assert sweep["chosen"] == nms and "<!-- generated: nms-sweep -->" in card
+    assert (
+        f"| Default thresholds | score 0.4 (chosen below), NMS IoU {nms:g} " in card
+    )  # the card's summary row
 
 
 def test_evaluate_cli_operating_points_on_the_photo_like_set(tmp_path):
@@ -216,6 +219,8 @@ def test_nms_sweep_table_by_hand():
         "| photo-like mAP@[.5:.95] | **0.625** | 0.600 |",
         "| photo-like AP@0.5 | **0.800** | 0.750 |",
         "| mean mAP | **0.6875** | 0.6500 |",
+        "",
+        "The default 0.3 is the best candidate.",
     ]
     record.update(best=0.3, chosen=0.45, min_gain=0.05)  # 0.0375 better, not enough: 0.45 stays
     assert card.nms_sweep_table(record).split("\n")[-3:] == [

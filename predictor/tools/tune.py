@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -61,14 +62,15 @@ def nms_sweep(
     min_gain: float = 0.0,
 ) -> dict:
     """COCO metrics of ``detector`` at each NMS IoU threshold on each set, and the chosen threshold
-    (:func:`choose`, against the detector's default).
+    (:func:`choose`, against the detector's default, which is always measured: it is added to
+    ``candidates`` when missing).
 
     Returns ``{"candidates": [{"nms_threshold", "<set>": {"mAP", "AP50"}, "mean_mAP"}], "best", "min_gain",
     "chosen"}``.
     """
     current = detector.nms_threshold
     rows, means = [], {}
-    for threshold in candidates:
+    for threshold in sorted({*map(float, candidates), current}):
         detector.nms_threshold = float(threshold)
         row: dict[str, Any] = {"nms_threshold": float(threshold)}
         maps = []
@@ -91,19 +93,21 @@ def nms_sweep(
 
 
 def _check_digest_versioned(model_dir: Path) -> None:
-    """``ValueError`` unless the model's version is its weights' digest (the version export writes)."""
-    current = model_version(model_dir)
-    if current != weights_digest(model_dir):
+    """``ValueError`` unless the model's version is derived from its weights' digest (what export writes,
+    or what a tuned default made of it: ``<digest>-nms<threshold>``)."""
+    current, digest = model_version(model_dir), weights_digest(model_dir)
+    if current != digest and not current.startswith(f"{digest}-nms"):
         raise ValueError(
-            f"{model_dir} is versioned {current!r}: changing its default NMS threshold needs a new version "
-            "(--version)"
+            f"{model_dir} is versioned {current!r}: --write may change its default NMS threshold, which "
+            "needs a new version (--version)"
         )
 
 
 def write_default(model_dir: Path, threshold: float, version: str | None = None) -> str:
     """Set ``config.nms_threshold`` of ``model_dir/model.yaml`` (every other key kept, in order) and give
-    the model a new version, since it now answers differently: ``version``, else, when the current one
-    is the weights' digest (what export writes), that digest with ``-nms<threshold>`` appended. A version
+    the model a new version, since it now answers differently: ``version`` (taken as given: ``make
+    demo-model DEMO_VERSION=...`` names the final model's), else, when the current one derives from the
+    weights' digest (what export writes), that digest with ``-nms<threshold>`` appended. A version
     somebody chose is not guessed at: without ``version`` it is refused. Returns the version."""
     if version is None:
         _check_digest_versioned(model_dir)
@@ -149,11 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     model_dir = Path(args.model_dir)
-    if args.version:
-        try:
+    try:  # refused before the sweep, not after it
+        if args.version:
             check_version(args.version, "--version")
-        except ModelLoadError as e:
-            raise SystemExit(str(e)) from e
+        elif args.write:
+            _check_digest_versioned(model_dir)
+    except (ModelLoadError, ValueError) as e:
+        raise SystemExit(str(e)) from e
+    t0 = time.monotonic()
     detector = Detector.from_dir(str(model_dir))
     before = detector.nms_threshold
     sets = {"plain": VALIDATION_SEED, "photo": PHOTO_VALIDATION_SEED}
@@ -167,15 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         "score_threshold": EVAL_SCORE_THRESHOLD,
         "before": before,
         **sweep,
+        "seconds": round(time.monotonic() - t0, 1),
         "measured": measured_on(),
     }
-    out = Path(args.out) if args.out else model_dir / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "nms_sweep.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(
-        f"chosen NMS IoU threshold {sweep['chosen']} (was {before}; best on validation {sweep['best']}, "
-        f"needed gain {args.min_gain}); wrote {out / 'nms_sweep.json'}"
-    )
     if args.write and sweep["chosen"] != before:
         try:
             version = write_default(model_dir, sweep["chosen"], args.version)
@@ -186,6 +187,13 @@ def main(argv: list[str] | None = None) -> int:
             "what was measured with the old default (make model-card, the drift references, "
             "docs/samples) must be made again"
         )
+    out = Path(args.out) if args.out else model_dir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "nms_sweep.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(
+        f"chosen NMS IoU threshold {sweep['chosen']} (was {before}; best on validation {sweep['best']}, "
+        f"needed gain {args.min_gain}); wrote {out / 'nms_sweep.json'}"
+    )
     return 0
 
 
