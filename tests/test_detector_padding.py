@@ -110,3 +110,13 @@ def test_the_flag_reaches_the_detector_and_the_batcher(
             np.testing.assert_allclose([d["score"] for d in s], ref.scores, atol=6e-5)
     finally:
         model.close()
+
+
+def test_onnx_runtime_never_pads_the_network(detectors):
+    """``--runtime onnxruntime`` runs the network on the real rows whatever ``--batch_padding`` says:
+    built from a padding detector, it still tells the batcher it does not pad."""
+    from predictor.ssd.onnx_runtime import OrtDetector
+
+    padded, exact = detectors
+    assert OrtDetector.from_detector(padded).pads_to_bucket is False
+    assert OrtDetector.from_detector(exact).pads_to_bucket is False
