@@ -3,8 +3,10 @@
 ``Detector`` wraps a network, its anchors and the batched post-processing in one ``tf.function``
 (optionally XLA-compiled). The function is traced once, its batch dimension left open; batches are
 padded to a small set of bucket sizes, so XLA and the kernels see a bounded set of shapes, all of them
-run once by :meth:`Detector.warmup` before serving. Buckets are this module's business alone: callers
-(the serving batcher included) pass their ``n`` real images and get ``n`` rows back.
+run once by :meth:`Detector.warmup` before serving (``pad_batches=False``: each call runs at its own
+size, no padded image computed; on a CPU without XLA a size's first call costs no more than the next,
+bench/padding.py). Buckets are this module's business alone: callers (the serving batcher included)
+pass their ``n`` real images and get ``n`` rows back.
 
 Three lines from an image file to detections (balancap checkpoint or project model directory)::
 
