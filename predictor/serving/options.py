@@ -368,7 +368,7 @@ class ServingOptions:
         "1, 2, 4, 8 ... --max_batch_size, so the network only sees the shapes warm-up ran), exact (n "
         "rows, no padded image computed: on a CPU a padded image costs what a real one does, and a "
         "size's first call costs no more than the next; not with --xla, which compiles per size), or "
-        'auto (exact on a CPU without --xla, else bucket). See bench/RESULTS.md, "Padding".',
+        'auto (exact on a CPU without --xla, else bucket). See bench/RESULTS.md, "Padding on a CPU".',
         chart=Chart("predictor.batchPadding", pin=True),
     )
     runtime: str = _option(
