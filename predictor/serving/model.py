@@ -115,6 +115,7 @@ class SSDPredictor(kserve.Model):
                 xla=o.xla,
                 max_batch_size=o.max_batch_size,
                 dtype=o.dtype,
+                pad_batches=pads_batches(o),
             )
             if o.runtime == "onnxruntime":
                 self._detector = onnx_runtime_detector(self._detector, o)
@@ -397,6 +398,23 @@ def _default(value: Any, default: Any) -> Any:
 
 def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 1)
+
+
+def pads_batches(options: ServingOptions) -> bool:
+    """``--batch_padding``: whether the detector pads a call to its bucket. ``auto`` pads on a GPU or
+    with ``--xla`` (per-shape compilation and autotuning), not on a CPU, where a padded image costs
+    what a real one does and a new size's first call costs no more than the next (bench/padding.py).
+
+    Raises:
+      ValueError: ``exact`` with ``--xla`` (XLA would compile one executable per call size).
+    """
+    if options.batch_padding == "exact" and options.xla:
+        raise ValueError("--batch_padding exact runs calls of any size, XLA compiles each: leave --xla off")
+    if options.batch_padding != "auto":
+        return options.batch_padding == "bucket"
+    import tensorflow as tf
+
+    return options.xla or bool(tf.config.list_physical_devices("GPU"))
 
 
 def onnx_runtime_detector(detector: Detector, options: ServingOptions) -> Detector:

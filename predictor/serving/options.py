@@ -92,6 +92,17 @@ def _precision(raw: str) -> str:
 RUNTIMES = ("tensorflow", "onnxruntime")
 
 
+#: ``--batch_padding`` values (:func:`predictor.serving.model.pads_batches`).
+BATCH_PADDINGS = ("auto", "bucket", "exact")
+
+
+def _batch_padding(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in BATCH_PADDINGS:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(BATCH_PADDINGS)}")
+    return value
+
+
 def _runtime(raw: str) -> str:
     value = raw.strip().lower()
     if value not in RUNTIMES:
@@ -111,6 +122,7 @@ VALUE_TYPES: dict[Callable[[str], Any], tuple[str, dict[str, Any]]] = {
     _bool: ("bool", {}),
     _precision: ("string", {"enum": list(_PRECISION_DTYPES)}),
     _runtime: ("string", {"enum": list(RUNTIMES)}),
+    _batch_padding: ("string", {"enum": list(BATCH_PADDINGS)}),
     str: ("string", {}),
 }
 
@@ -348,6 +360,16 @@ class ServingOptions:
     )
     xla: bool = _option(
         False, _bool, "Compile the model with XLA (jit_compile).", chart=Chart("predictor.xla", pin=True)
+    )
+    batch_padding: str = _option(
+        "auto",
+        _batch_padding,
+        "How a model call's n images reach the network: bucket (padded to the call's batch bucket, "
+        "1, 2, 4, 8 ... --max_batch_size, so the network only sees the shapes warm-up ran), exact (n "
+        "rows, no padded image computed: on a CPU a padded image costs what a real one does, and a "
+        "size's first call costs no more than the next; not with --xla, which compiles per size), or "
+        'auto (exact on a CPU without --xla, else bucket). See bench/RESULTS.md, "Padding on a CPU".',
+        chart=Chart("predictor.batchPadding", pin=True),
     )
     runtime: str = _option(
         "tensorflow",

@@ -3,8 +3,10 @@
 ``Detector`` wraps a network, its anchors and the batched post-processing in one ``tf.function``
 (optionally XLA-compiled). The function is traced once, its batch dimension left open; batches are
 padded to a small set of bucket sizes, so XLA and the kernels see a bounded set of shapes, all of them
-run once by :meth:`Detector.warmup` before serving. Buckets are this module's business alone: callers
-(the serving batcher included) pass their ``n`` real images and get ``n`` rows back.
+run once by :meth:`Detector.warmup` before serving (``pad_batches=False``: each call runs at its own
+size, no padded image computed; on a CPU without XLA a size's first call costs no more than the next,
+bench/padding.py). Buckets are this module's business alone: callers (the serving batcher included)
+pass their ``n`` real images and get ``n`` rows back.
 
 Three lines from an image file to detections (balancap checkpoint or project model directory)::
 
@@ -102,6 +104,10 @@ class Detector:
       max_batch_size: largest batch per model call; bigger inputs are split.
       version: the model version served (:func:`predictor.ssd.weights.model_version` of the model
         directory); :data:`~predictor.ssd.weights.UNVERSIONED` when None.
+      pad_batches: run a call of ``n`` images as its bucket (:meth:`bucket_for`), padding included
+        (True), or at exactly ``n`` rows (False: no padded image computed; a size not run before pays
+        the backend's one-time costs for that shape at its first call, which warm-up runs only for
+        the buckets). XLA compiles an executable per batch size, so it needs the padding.
     """
 
     def __init__(
@@ -116,8 +122,12 @@ class Detector:
         xla: bool = False,
         max_batch_size: int = 32,
         version: str | None = None,
+        pad_batches: bool = True,
     ) -> None:
+        if xla and not pad_batches:
+            raise ValueError("xla compiles one executable per batch size: it needs pad_batches")
         self.config = config
+        self.pads_to_bucket = pad_batches
         self.version = version or UNVERSIONED
         self.model = model if model is not None else build_network(config)
         self.score_threshold = config.score_threshold if score_threshold is None else float(score_threshold)
@@ -201,7 +211,8 @@ class Detector:
         return det._asdict()
 
     #: Whether a call of ``n`` images computes its whole bucket (:meth:`bucket_for`), padding included:
-    #: the network runs on the padded batch. The batcher avoids calls that would pad only where it does.
+    #: the network runs on the padded batch (``pad_batches``). The batcher avoids calls that would pad
+    #: only where it does.
     pads_to_bucket: bool = True
 
     def bucket_for(self, n: int) -> int:
@@ -272,9 +283,10 @@ class Detector:
         return buffer
 
     def _run_bucket(self, images, image_hw, thr, caps, nms, mask) -> dict[str, np.ndarray]:
-        """At most one bucket of images: pad to the bucket, run, drop the padding rows."""
+        """At most one bucket of images: pad to the bucket (unless not ``pads_to_bucket``: then ``n``
+        rows exactly), run, drop the padding rows."""
         n = len(images)
-        b = self.bucket_for(n)
+        b = self.bucket_for(n) if self.pads_to_bucket else n
         images = self._bucket_images(images, b)
         image_hw, thr, caps, nms, mask = pad_controls(b - n, image_hw, thr, caps, nms, mask)
         if self._graph is None:

@@ -75,6 +75,7 @@ class OrtDetector(Detector):
         new = cls.__new__(cls)
         new.__dict__.update(copy.copy(detector.__dict__))
         new.threads = threads
+        new.pads_to_bucket = False  # whatever the detector's pad_batches: the network runs n rows
         new.session = None
         new.trace_count = 0  # its own post-processing traces, not the TensorFlow detector's
         anchors, classes = int(detector.anchors.shape[0]), len(detector.class_names)

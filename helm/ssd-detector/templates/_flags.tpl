@@ -30,6 +30,7 @@ a string as given, a bool as --flag or --no-flag.
 - {value: predictor.mallocMmapThresholdBytes, flag: --malloc_mmap_threshold_bytes, kind: int, default: 8388608}
 - {value: predictor.mallocTrimIdleSeconds, flag: --malloc_trim_idle_s, kind: float, default: 2}
 - {value: predictor.xla, flag: --xla, kind: bool, default: false}
+- {value: predictor.batchPadding, flag: --batch_padding, kind: string, default: auto}
 - {value: predictor.runtime, flag: --runtime, kind: string, default: tensorflow}
 - {value: predictor.driftWindowImages, flag: --drift_window_images, kind: int, default: 0}
 - {value: predictor.mixedPrecision, flag: --mixed_precision, kind: string, default: none}
