@@ -37,6 +37,12 @@ MODELS = ("ssd300", "demo")
 #: (width, height) of the test JPEGs: a VOC-sized photo and a 720p frame.
 IMAGE_SIZES: tuple[tuple[int, int], ...] = ((500, 375), (1280, 720))
 IMAGE_SEED = 20261125
+#: The server's ``--compute_nice`` in the served benchmarks (``make bench``'s served stage,
+#: ``bench.served_profile``, ``bench.served_vs_raw``): the raw stage's threads all run at the bench's own
+#: priority; so do the server's compute threads here (the server's default puts them 10 nice levels below
+#: the event loop), or on a machine shared with other jobs the served stage would get less of the CPU
+#: than the raw stage it is divided by.
+BENCH_COMPUTE_NICE = 0
 
 
 def model_dir(name: str, out_dir: Path = OUT_DIR) -> tuple[Path, str]:

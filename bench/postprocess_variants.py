@@ -334,7 +334,8 @@ def branch_taken(row: dict, low: dict) -> str:
     """What ``sized`` ran on a low-threshold row: ``"sized"`` (the anchors that may pass, ``K`` sized),
     ``"every anchor scored"`` (an image had more anchors that may pass than it scores alone, ``K``
     still sized) or ``"every anchor scored and decoded"`` (more candidates than the largest slot: the
-    ``top400`` path, after the bound)."""
+    ``top400`` path, after the bound). Inferred, not observed: the row's recorded counts put through
+    the dispatch rule of :func:`predictor.ssd.postprocess.postprocess`, re-derived here."""
     if row["candidates_passed_max"] > low["largest_slot"]:
         return "every anchor scored and decoded"
     return "every anchor scored" if row["anchors_may_pass_max"] > low["candidate_anchors"] else "sized"

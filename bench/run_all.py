@@ -30,18 +30,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import MODELS, OUT_DIR, REPO, fmt_table, write_json
+from bench.common import BENCH_COMPUTE_NICE, MODELS, OUT_DIR, REPO, fmt_table, write_json
 
 STAGES = ("raw", "onnx", "served")
 
 FULL = {
     "raw": ["--batches", "1,4,8,16,32", "--min_time_s", "2", "--min_iters", "2"],
     "onnx": ["--batches", "1,4,8,16,32", "--min_time_s", "2", "--min_iters", "2"],
-    # The raw stage's threads all run at the bench's own priority; so do the server's compute threads
-    # here (its default puts them 10 nice levels below the event loop), or on a machine shared with
-    # other jobs the served stage would get less of the CPU than the raw stage it is divided by.
+    # the server's compute threads at the bench's own priority, as the raw stage's (BENCH_COMPUTE_NICE)
     "served": ["--concurrency", "1,4,8,16", "--duration_s", "10", "--min_requests", "3",
-               "--server_args", "--compute_nice 0"],
+               "--server_args", f"--compute_nice {BENCH_COMPUTE_NICE}"],
 }  # fmt: skip
 QUICK = {
     "raw": ["--batches", "1,2", "--min_time_s", "0.1", "--min_iters", "1", "--matmul_n", "256"],

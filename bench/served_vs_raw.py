@@ -1,7 +1,8 @@
 """One model call served against the same call made directly: where a served call's extra CPU goes.
 
 In one process, with the server's start-up settings (glibc malloc tuning, TensorFlow's thread pools,
-``--compute_nice`` for the compute threads and, once warm, TensorFlow's), a
+``--compute_nice`` for the compute threads and, once warm, TensorFlow's; by default ``make bench``'s
+served stage's, ``bench.common.BENCH_COMPUTE_NICE``, not the server's), a
 :class:`~predictor.serving.model.SSDPredictor` (KServe's pipeline without the HTTP layer) answers a
 V1 JSON request of ``B`` images, one model call of ``B``; the same loaded detector's ``run_batch`` on
 ``B`` rows decoded and resized beforehand, called in the same model thread, is the raw call (what
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import threads
-from bench.common import OUT_DIR, make_test_jpegs, model_dir, write_json
+from bench.common import BENCH_COMPUTE_NICE, OUT_DIR, make_test_jpegs, model_dir, write_json
 from predictor.serving.options import ServingOptions
 
 KINDS = ("served", "raw")
@@ -173,7 +174,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=ServingOptions.malloc_mmap_threshold_bytes,
         help="the server's malloc tuning; 0: glibc's default (the raw bench's)",
     )
-    parser.add_argument("--compute_nice", type=int, default=ServingOptions.compute_nice)
+    parser.add_argument(
+        "--compute_nice",
+        type=int,
+        default=BENCH_COMPUTE_NICE,
+        help=f"as make bench's served stage (the server's default: {ServingOptions.compute_nice})",
+    )
     parser.add_argument("--out_dir", type=Path, default=OUT_DIR)
     parser.add_argument("--out", type=Path, default=None, help="JSON (default OUT_DIR/served_vs_raw.json)")
     return parser.parse_args(argv)

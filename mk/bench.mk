@@ -44,7 +44,7 @@ $(BENCH_STAMP): pyproject.toml | $(STAMP)
 	$(PIP) install --quiet -e '.[test,bench]'
 	@touch $@
 
-bench-install: $(BENCH_STAMP) ## Install the benchmark extras (tf2onnx, onnx, onnxruntime, matplotlib)
+bench-install: $(BENCH_STAMP) ## Install the benchmark extras (tf2onnx, onnx, onnxruntime, matplotlib, py-spy)
 
 bench: $(BENCH_STAMP) ## All CPU benchmarks: raw model, ONNX Runtime peer, served V1/V2/gRPC; ratios + plot (~10 min)
 	$(PY) -m bench.run_all --models $(BENCH_MODELS) --out_dir $(BENCH_OUT)

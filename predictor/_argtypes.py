@@ -41,4 +41,17 @@ def int_list(least: int) -> Callable[[str], list[int]]:
     return parse
 
 
+def positive_floats(raw: str) -> list[float]:
+    """Comma-separated numbers, each ``> 0`` (``8,16,32``)."""
+    try:
+        values = [float(t) for t in raw.split(",") if t.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) <= 0 or not all(v < float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"must be positive numbers like 8,16,32, got {raw!r}")
+    return values
+
+
 positive_ints = int_list(1)
+# minReplicas candidates: the chart's range (values.schema.json: minimum 0, 0 scales to zero)
+replica_floors = int_list(0)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -103,3 +104,31 @@ def test_served_profile_summarizes_py_spy_samples_by_thread_group():
     # a recursive frame counts once per stack
     assert p["ssd-decode"]["inclusive"][0] == ("work (/r/predictor/serving/prepare.py)", 1.0)
     assert p["ssd-decode"]["self"][0] == ("load (PIL/ImageFile.py:425)", 0.75)
+
+
+def test_served_profile_and_served_vs_raw_run_the_served_stages_compute_nice(tmp_path):
+    """The profile's server and served_vs_raw's process run the compute threads at the nice level of
+    ``make bench``'s served stage (which the profile is read beside), not the server's default."""
+    from bench import run_all, served_profile, served_vs_raw
+
+    stage = run_all.FULL["served"]
+    server_args = stage[stage.index("--server_args") + 1]
+    assert server_args.split()[0] == "--compute_nice"
+    cmd = served_profile.served_command(served_profile.parse_args(["--out_dir", str(tmp_path)]))
+    assert cmd[cmd.index("--server_args") + 1] == server_args
+    # the one cell runs through settle + recording + 5 s
+    assert cmd[cmd.index("--duration_s") + 1] == "25.0"
+    assert served_vs_raw.parse_args([]).compute_nice == int(server_args.split()[1])
+
+
+def test_served_profile_without_py_spy_exits_with_one_line_naming_the_install(tmp_path, monkeypatch):
+    """No py-spy on PATH nor beside the interpreter: a one-line exit message, no bench started."""
+    from bench import served_profile
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    with pytest.raises(SystemExit) as exc:
+        served_profile.main(["--out_dir", str(tmp_path / "out")])
+    message = str(exc.value.code)
+    assert "\n" not in message and "pip install py-spy" in message and "ptrace" in message
+    assert not (tmp_path / "out").exists()

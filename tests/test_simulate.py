@@ -604,3 +604,55 @@ def test_the_committed_day_search_page_has_search_tables_columns():
     assert page[start + 1] == head[1]
     rows = [line for line in page[start + 2 :] if line.startswith("|")]
     assert rows and {row.count("|") for row in rows} == {head[0].count("|")}
+
+
+@pytest.mark.parametrize("tool", ["simulate", "plan"])
+@pytest.mark.parametrize(
+    ("flag", "value", "rule"),
+    [
+        ("--search-max-batch", "2.5", "must be integers >= 1"),  # was cut to 2 by simulate
+        ("--search-targets", "8,x", "must be positive numbers"),  # was a ValueError traceback
+        ("--search-targets", "0", "must be positive numbers"),
+        ("--search-panic", "-200", "must be positive numbers"),
+        ("--search-min-replicas", "-1", "must be integers >= 0"),
+    ],
+)
+def test_bad_search_flags_are_usage_errors_naming_the_flag(tmp_path, capsys, tool, flag, value, rule):
+    """Each search flag's bad value: exit 2 and argparse's message naming the flag, before anything runs."""
+    with pytest.raises(SystemExit) as exc:
+        _tool_main(tool, [flag, value, "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    assert f"argument {flag}: {rule}" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("tool", ["simulate", "plan"])
+def test_search_min_replicas_range_is_the_charts(tool):
+    """minReplicas 0 (scale to zero) is a candidate in both tools, as the chart's schema allows it."""
+    import json
+    from pathlib import Path
+
+    from predictor.tools import plan, simulate
+
+    schema = json.loads((Path(__file__).parents[1] / "helm/ssd-detector/values.schema.json").read_text())
+    floor = _find_key(schema, "minReplicas")["minimum"]
+    parser = simulate.build_parser() if tool == "simulate" else plan.build_parser()
+    required = ["--trace", "constant:5:10"] if tool == "simulate" else []
+    args = parser.parse_args([*required, "--search-min-replicas", f"{floor},2"])
+    assert floor == 0 and args.search_min_replicas == [0, 2]
+    with pytest.raises(SystemExit):
+        parser.parse_args([*required, "--search-min-replicas", str(floor - 1)])
+
+
+def _find_key(node, key):
+    """The first value under ``key`` anywhere in a JSON tree (the schema nests it under autoscaling)."""
+    if isinstance(node, dict):
+        if key in node:
+            return node[key]
+        node = list(node.values())
+    if isinstance(node, list):
+        for child in node:
+            found = _find_key(child, key)
+            if found is not None:
+                return found
+    return None

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from predictor._argtypes import positive_ints
+from predictor._argtypes import positive_floats, positive_ints, replica_floors
 from predictor.protocol.wire import MODEL_NAME
 from predictor.serving.resources import cpu_model_name
 from predictor.tools.localserver import LocalServer, start_ready_server
@@ -506,10 +506,6 @@ def _formula(coef: Sequence[float]) -> str:
 
 
 # --------------------------------------------------------------------------------------- CLI
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v.strip()]
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m predictor.tools.plan", description=__doc__.split("\n\n")[0])
     p.add_argument("--slo-p95-ms", type=float, help="p95 latency objective per request, in ms")
@@ -543,7 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
         "model calls sharing each replica's cores) instead of from the benchmark's cells",
     )
     p.add_argument(
-        "--search-min-replicas", type=positive_ints, help="--trace: default 1, the plan's, twice it"
+        "--search-min-replicas",
+        type=replica_floors,
+        help="--trace: default 1, the plan's, twice it (0: scale to zero)",
     )
     p.add_argument(
         "--search-max-replicas",
@@ -551,9 +549,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="--trace: maxReplicas candidates (default: the plan's)",
     )
     p.add_argument(
-        "--search-targets", type=_floats, help="--trace: scaleTarget candidates (default: plan, limit)"
+        "--search-targets",
+        type=positive_floats,
+        help="--trace: scaleTarget candidates (default: plan, limit)",
     )
-    p.add_argument("--search-panic", type=_floats, default=[200.0, 400.0], help="--trace: panic %%")
+    p.add_argument("--search-panic", type=positive_floats, default=[200.0, 400.0], help="--trace: panic %%")
     p.add_argument(
         "--search-max-batch", type=positive_ints, help="--trace: max batch sizes (default: the measured ones)"
     )

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from predictor._argtypes import int_list, positive_int, positive_ints
+from predictor._argtypes import positive_floats, positive_int, positive_ints, replica_floors
 from predictor.serving.options import ServingOptions
 from predictor.tools.autoscalers import (
     Hpa,
@@ -1525,16 +1525,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--search-min-replicas",
-        type=int_list(0),
+        type=replica_floors,
         default="1,2,4",
         help="minReplicas candidates (0: scale to zero)",
     )
     p.add_argument(
         "--search-max-replicas", type=positive_ints, help="maxReplicas candidates (default: --max-replicas)"
     )
-    p.add_argument("--search-targets", default="8,16,32", help="scaleTarget candidates")
-    p.add_argument("--search-panic", default="200,400", help="panic threshold (%%) candidates")
-    p.add_argument("--search-max-batch", help="max batch size candidates (default: --max_batch_size)")
+    p.add_argument("--search-targets", type=positive_floats, default="8,16,32", help="scaleTarget candidates")
+    p.add_argument(
+        "--search-panic", type=positive_floats, default="200,400", help="panic threshold (%%) candidates"
+    )
+    p.add_argument(
+        "--search-max-batch", type=positive_ints, help="max batch size candidates (default: --max_batch_size)"
+    )
     p.add_argument(
         "--max-503-share", type=float, default=0.001, help="most 503/504 share a candidate may have"
     )
@@ -1590,23 +1594,19 @@ def config_from_args(args: argparse.Namespace) -> FleetConfig:
     )
 
 
-def _numbers(text: str) -> list[float]:
-    return [float(t) for t in text.split(",") if t.strip()]
-
-
 def run_search(
     args: argparse.Namespace, rates: np.ndarray, cfg: FleetConfig
 ) -> tuple[FleetConfig, ServiceModel]:
     """``--search``: every candidate through the trace; writes search.md, search.json and
     values-sim.yaml; returns the cheapest candidate that met the objective (or the best p95)."""
     services = {}
-    for b in (int(v) for v in _numbers(args.search_max_batch or str(args.max_batch_size))):
+    for b in args.search_max_batch or [args.max_batch_size]:
         args.max_batch_size = b
         services[b] = service_model(args)
     cands = search(
         cfg, services, rates, slo_p95_ms=args.slo_p95_ms,
         min_replicas=args.search_min_replicas,
-        scale_targets=_numbers(args.search_targets), panic_thresholds=_numbers(args.search_panic),
+        scale_targets=args.search_targets, panic_thresholds=args.search_panic,
         max_503_share=args.max_503_share, cost_per_replica_hour=args.cost_per_replica_hour or 1.0,
         seed=args.seed,
         max_replicas=args.search_max_replicas,
