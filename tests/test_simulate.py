@@ -7,10 +7,10 @@ Rules and their sources: predictor/tools/autoscalers.py (Knative ``pkg/autoscale
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 
 import numpy as np
 import pytest
+from plan_fixtures import write_linear_benchmark
 
 from predictor.tools.autoscalers import (
     Hpa,
@@ -353,13 +353,7 @@ def test_planner_trace_searches_around_its_plan(tmp_path):
 
     from predictor.tools import plan
 
-    cells = []
-    for c in (1, 2, 4, 8, 16):
-        mean = 20.0 + 10.0 * (c - 1)  # a replica of ~100 req/s at most
-        cells.append(asdict(plan.Cell(8, c, 200, 0, c / (mean / 1e3), mean, mean, 1.3 * mean, 1.5 * mean)))
-    bench = {"format": plan.BENCHMARK_FORMAT, "model_dir": "synthetic", "batch_wait_ms": 2.0, "cells": cells,
-             "machine": {"cpu": "synthetic"}, "request": "none"}  # fmt: skip
-    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    write_linear_benchmark(tmp_path / "bench.json", 10.0)  # a replica of ~100 req/s at most
     out = tmp_path / "plan"
     argv = ["--slo-p95-ms", "300", "--rate", "40", "--benchmark", str(tmp_path / "bench.json"),
             "--trace", "step:10:80:120:30", "--cold-start-s", "2", "--out", str(out)]  # fmt: skip
@@ -508,13 +502,7 @@ def test_planner_trace_searches_max_replicas_when_given(tmp_path):
 
     from predictor.tools import plan
 
-    cells = []
-    for c in (1, 2, 4, 8, 16):
-        mean = 20.0 + 10.0 * (c - 1)
-        cells.append(asdict(plan.Cell(8, c, 200, 0, c / (mean / 1e3), mean, mean, 1.3 * mean, 1.5 * mean)))
-    bench = {"format": plan.BENCHMARK_FORMAT, "model_dir": "synthetic", "batch_wait_ms": 2.0, "cells": cells,
-             "machine": {"cpu": "synthetic"}, "request": "none"}  # fmt: skip
-    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    write_linear_benchmark(tmp_path / "bench.json", 10.0)
     out = tmp_path / "plan"
     argv = ["--slo-p95-ms", "300", "--rate", "40", "--benchmark", str(tmp_path / "bench.json"),
             "--trace", "constant:20:60", "--cold-start-s", "2", "--search-min-replicas", "1",

@@ -14,6 +14,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 import yaml
+from plan_fixtures import write_linear_benchmark
 
 from predictor.tools.simulate import (
     Candidate,
@@ -134,13 +135,7 @@ def test_planner_picks_the_cheapest_candidate_meeting_the_objective(tmp_path):
     every candidate's figures rather than taken from the file's order."""
     from predictor.tools import plan
 
-    cells = []
-    for c in (1, 2, 4, 8, 16):
-        mean = 20.0 + 15.0 * (c - 1)
-        cells.append(asdict(plan.Cell(8, c, 200, 0, c / (mean / 1e3), mean, mean, 1.3 * mean, 1.5 * mean)))
-    bench = {"format": plan.BENCHMARK_FORMAT, "model_dir": "synthetic", "batch_wait_ms": 2.0, "cells": cells,
-             "machine": {"cpu": "synthetic"}, "request": "none"}  # fmt: skip
-    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    write_linear_benchmark(tmp_path / "bench.json", 15.0)
     out = tmp_path / "plan"
     argv = ["--slo-p95-ms", "300", "--rate", "20", "--benchmark", str(tmp_path / "bench.json"),
             "--trace", "step:10:70:120:20", "--cold-start-s", "2", "--cost-per-replica-hour", "3",
