@@ -92,7 +92,8 @@ def test_padded_share_comes_from_the_servers_counter_when_it_has_one():
     assert before["computed"] == 1.0 and before["sum"] == 1.0 and before["count"] == 1.0
     exact = batch_delta(before, parse_batch_histogram(_scrape((1, 3, 5), 9)))
     assert exact["padded_share"] == 0.0 and exact["padded_source"] == "counter"
-    assert exact["model_calls"] == 2 and exact["mean_batch"] == 4.0 and exact["calls_by_bucket"] == {4: 1, 8: 1}
+    assert exact["model_calls"] == 2 and exact["mean_batch"] == 4.0
+    assert exact["calls_by_bucket"] == {4: 1, 8: 1}
     padded = batch_delta(before, parse_batch_histogram(_scrape((1, 3, 5), 13)))
     assert padded["padded_share"] == pytest.approx(1 / 3) and padded["padded_source"] == "counter"
     partly = batch_delta(before, parse_batch_histogram(_scrape((1, 3, 5), 11)))  # no inference gives 10
