@@ -343,9 +343,12 @@ _BUCKET = re.compile(r'^ssd_batch_size_bucket\{.*le="([^"]+)".*\}\s+(\S+)$')
 
 def parse_batch_histogram(text: str) -> dict[str, Any]:
     """``ssd_batch_size`` (images per model call, before padding) from Prometheus text: cumulative
-    bucket counts by upper bound, sum and count."""
+    bucket counts by upper bound, sum and count; and ``computed``, the ``ssd_computed_images_total``
+    counter (images the model computed, padding included), None where the server does not export it
+    (a server older than the counter)."""
     buckets: dict[float, float] = {}
     total = count = 0.0
+    computed: float | None = None
     for line in text.splitlines():
         m = _BUCKET.match(line)
         if m:
@@ -354,30 +357,42 @@ def parse_batch_histogram(text: str) -> dict[str, Any]:
             total = float(line.split()[-1])
         elif line.startswith("ssd_batch_size_count"):
             count = float(line.split()[-1])
-    return {"buckets": buckets, "sum": total, "count": count}
+        elif line.startswith("ssd_computed_images_total"):
+            computed = float(line.split()[-1])
+    return {"buckets": buckets, "sum": total, "count": count, "computed": computed}
 
 
 def batch_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """Model calls, mean batch and padding between two histogram scrapes. The histogram's bounds are the
-    detector's bucket sizes (1, 2, 4, ... 32), so a call counted in ``(lo, hi]`` ran ``hi`` images."""
+    """Model calls, mean batch and padding between two scrapes (:func:`parse_batch_histogram`).
+
+    ``padded_share`` is ``1 - images / computed``. ``computed`` comes from the server's
+    ``ssd_computed_images_total`` counter when both scrapes have it (what the model really ran: 0 %
+    on a server that runs calls at their exact size, ``--batch_padding exact``); without it (an older
+    server) it is inferred from the histogram, whose bounds are the detector's bucket sizes (1, 2, 4,
+    ... 32), assuming every call was padded: a call counted in ``(lo, hi]`` ran ``hi`` images.
+    ``padded_source`` says which (``counter`` or ``histogram``).
+    """
     calls = after["count"] - before["count"]
     images = after["sum"] - before["sum"]
     if calls <= 0 or not after["buckets"]:
         return {"model_calls": calls, "mean_batch": None, "padded_share": None}
     bounds = sorted(b for b in after["buckets"] if b != float("inf"))
-    computed, previous, per_bucket = 0.0, 0.0, {}
+    inferred, previous, per_bucket = 0.0, 0.0, {}
     for hi in bounds:
         cumulative = after["buckets"][hi] - before["buckets"].get(hi, 0.0)
         n = cumulative - previous
         previous = cumulative
         if n:
             per_bucket[int(hi)] = int(n)
-            computed += n * hi
+            inferred += n * hi
+    counted = before.get("computed") is not None and after.get("computed") is not None
+    computed = after["computed"] - before["computed"] if counted else inferred
     return {
         "model_calls": int(calls),
         "mean_batch": images / calls,
         "calls_by_bucket": per_bucket,
         "padded_share": 1 - images / computed if computed else None,
+        "padded_source": "counter" if counted else "histogram",
     }
 
 
@@ -451,11 +466,11 @@ class Clients:
         try:
             r = await self.http.get("/metrics")
         except Exception:
-            return {"buckets": {}, "sum": 0.0, "count": 0.0}
+            return {"buckets": {}, "sum": 0.0, "count": 0.0, "computed": None}
         return (
             parse_batch_histogram(r.text)
             if r.status_code == 200
-            else {"buckets": {}, "sum": 0.0, "count": 0.0}
+            else {"buckets": {}, "sum": 0.0, "count": 0.0, "computed": None}
         )
 
     async def close(self) -> None:

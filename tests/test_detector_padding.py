@@ -48,7 +48,11 @@ def test_an_unpadded_call_computes_its_own_rows_only(detectors, shapes_images):
     for n in (7, 3, 5, 1, 9):
         rows = [images[i % len(images)] for i in range(n)]
         hw = np.asarray([shapes_images[i % len(images)].shape[:2] for i in range(n)], np.float32)
+        ran = len(sizes["padded"]), len(sizes["exact"])
         out_p, out_e = padded.run_batch(rows, hw), exact.run_batch(rows, hw)
+        # rows_computed (the ssd_computed_images_total increment) is what the network really ran
+        assert padded.rows_computed(n) == sum(sizes["padded"][ran[0] :])
+        assert exact.rows_computed(n) == sum(sizes["exact"][ran[1] :])
         assert out_e["num_detections"].shape == (n,) and out_p["num_detections"].shape == (n,)
         assert out_e["num_detections"].tolist() == out_p["num_detections"].tolist()
         assert sum(out_e["num_detections"]) > 0
@@ -91,7 +95,13 @@ def test_the_flag_reaches_the_detector_and_the_batcher(
 ):
     """A V1 request of three images through the KServe pipeline: the padding server computes bucket 4,
     the one with ``--batch_padding exact`` (the CPU's default, ``auto``) three rows, and both answer the
-    detector's own detections."""
+    detector's own detections; ``ssd_computed_images_total`` grows by the rows computed (4 or 3) while
+    ``ssd_batch_size_sum`` grows by the 3 images."""
+    from prometheus_client import REGISTRY
+
+    def metric(name: str) -> float:
+        return REGISTRY.get_sample_value(name) or 0.0
+
     model = predictor_from_flags(random_tiny_model_dir, flags)
     try:
         assert model.load()
@@ -101,8 +111,11 @@ def test_the_flag_reaches_the_detector_and_the_batcher(
         expected = detector.detect(shapes_images[:3])
         assert sizes == computed
         body = {"instances": [b64(encode_image(im, "PNG")) for im in shapes_images[:3]]}
+        before = metric("ssd_computed_images_total"), metric("ssd_batch_size_sum")
         response, _ = asyncio.run(model(body, headers={"content-type": "application/json"}))
         assert sizes == computed * 2
+        assert metric("ssd_computed_images_total") - before[0] == computed[0]
+        assert metric("ssd_batch_size_sum") - before[1] == 3
         served = orjson.loads(response)["predictions"]
         assert sum(len(s) for s in served) > 0
         for s, ref in zip(served, expected, strict=True):
@@ -120,3 +133,7 @@ def test_onnx_runtime_never_pads_the_network(detectors):
     padded, exact = detectors
     assert OrtDetector.from_detector(padded).pads_to_bucket is False
     assert OrtDetector.from_detector(exact).pads_to_bucket is False
+    # ssd_computed_images_total counts the real images only; 9 > the largest bucket (8): 8 + 1 rows
+    assert [OrtDetector.from_detector(padded).rows_computed(n) for n in (3, 9)] == [3, 9]
+    assert [padded.rows_computed(n) for n in (3, 9, 17)] == [4, 9, 17]
+    assert [padded.rows_computed(n) for n in (5, 11)] == [8, 8 + 4]  # buckets 1, 2, 4, 8

@@ -62,3 +62,43 @@ def test_served_model_share_counts_each_call_at_its_bucket():
     assert pipeline.model_cpu_of_calls(calls, per_call) == 1 * 2.0 + 3 * 5.0 + 1 * 9.0
     with pytest.raises(ValueError, match="bucket"):
         pipeline.model_cpu_of_calls({16: 1}, per_call)
+
+
+def _scrape(calls: tuple[int, ...], computed: int | None) -> str:
+    """Prometheus text of a server that made ``calls`` (images per call) and, unless None, exports
+    ``ssd_computed_images_total`` = ``computed``."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from predictor.serving.prometheus import BATCH_SIZE
+
+    registry = CollectorRegistry()
+    hist = Histogram("ssd_batch_size", "Images per model call", buckets=BATCH_SIZE._upper_bounds[:-1],
+                     registry=registry)  # fmt: skip
+    for n in calls:
+        hist.observe(n)
+    if computed is not None:
+        Counter("ssd_computed_images", "Images the model computed", registry=registry).inc(computed)
+    return generate_latest(registry).decode()
+
+
+def test_padded_share_comes_from_the_servers_counter_when_it_has_one():
+    """Calls of 3 and 5 images between two scrapes (after one of 1 before): 8 images. An exact-size
+    server computed 8 rows (counter 1 -> 9): 0 % padded, though the histogram would infer 4 + 8 = 12
+    rows (1/3). A padding server's counter (1 -> 13) gives 1 - 8/12 = 1/3 too. An older server without
+    the counter: the histogram's inference, 1/3, and ``padded_source`` says so."""
+    from bench.common import batch_delta, parse_batch_histogram
+
+    before = parse_batch_histogram(_scrape((1,), 1))
+    assert before["computed"] == 1.0 and before["sum"] == 1.0 and before["count"] == 1.0
+    exact = batch_delta(before, parse_batch_histogram(_scrape((1, 3, 5), 9)))
+    assert exact["padded_share"] == 0.0 and exact["padded_source"] == "counter"
+    assert exact["model_calls"] == 2 and exact["mean_batch"] == 4.0
+    assert exact["calls_by_bucket"] == {4: 1, 8: 1}
+    padded = batch_delta(before, parse_batch_histogram(_scrape((1, 3, 5), 13)))
+    assert padded["padded_share"] == pytest.approx(1 / 3) and padded["padded_source"] == "counter"
+    partly = batch_delta(before, parse_batch_histogram(_scrape((1, 3, 5), 11)))  # no inference gives 10
+    assert partly["padded_share"] == pytest.approx(1 - 8 / 10)
+    old = parse_batch_histogram(_scrape((1,), None)), parse_batch_histogram(_scrape((1, 3, 5), None))
+    assert old[0]["computed"] is None
+    older = batch_delta(*old)
+    assert older["padded_share"] == pytest.approx(1 - 8 / 12) and older["padded_source"] == "histogram"

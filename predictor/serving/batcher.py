@@ -161,6 +161,8 @@ class DynamicBatcher:
       pads_to_bucket: the model computes a call's whole bucket, padding included
         (``Detector.pads_to_bucket``); when False the batcher never splits a call or waits to fill its
         padding (:meth:`_efficient_prefix`, :meth:`_fill_wait`).
+      rows_computed: images the model computes for a call of ``n`` (``Detector.rows_computed``,
+        padding included), counted in ``ssd_computed_images_total``; None: ``n`` (nothing padded).
       max_calls_in_flight: most model calls running at once (see the module docstring).
       executor: where ``run_batch`` runs (it needs ``max_calls_in_flight`` threads); a dedicated pool
         of that many threads when None.
@@ -177,6 +179,7 @@ class DynamicBatcher:
         shed_standing_queue: bool = ServingOptions.shed_standing_queue,
         bucket_seconds: Mapping[int, float] | None = None,
         pads_to_bucket: bool = True,
+        rows_computed: Callable[[int], int] | None = None,
         max_calls_in_flight: int = ServingOptions.model_calls_in_flight,
         executor: Executor | None = None,
     ) -> None:
@@ -192,6 +195,7 @@ class DynamicBatcher:
         self._bucket_seconds: dict[int, float] = dict(bucket_seconds or {})  # per bucket size, fixed
         self._buckets = sorted(self._bucket_seconds)
         self.pads_to_bucket = pads_to_bucket
+        self._rows_computed = rows_computed
         self._ewma_seconds = 0.0  # model busy time per call (overlapping calls' time counted once)
         self._ewma_call_seconds = 0.0  # each call's own duration (start to end)
         self._waiting_since: float | None = None  # since when requests wait longer than the target
@@ -649,6 +653,7 @@ class DynamicBatcher:
         busy_from = self._busy_since if last is None else max(self._busy_since, last)
         self._observe_call(n, end - busy_from, end - start)
         prometheus.BATCH_SIZE.observe(n)
+        prometheus.COMPUTED_IMAGES.inc(n if self._rows_computed is None else self._rows_computed(n))
         prometheus.BATCH_SECONDS.observe(end - start)
 
     def _call_model(self, batch: list[_Item], n: int, stamps: dict[str, int]) -> dict[str, np.ndarray]:

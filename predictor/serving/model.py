@@ -152,6 +152,7 @@ class SSDPredictor(kserve.Model):
                 shed_standing_queue=self.options.shed_standing_queue,
                 bucket_seconds=per_bucket,
                 pads_to_bucket=detector.pads_to_bucket,
+                rows_computed=detector.rows_computed,
                 max_calls_in_flight=self.options.model_calls_in_flight,
                 executor=self._model_thread,
             )

@@ -12,6 +12,10 @@ Registered once, at import, in ``prometheus_client``'s default registry (the one
 - ``ssd_images_total{protocol}``: images whose detections were returned.
 - ``ssd_decode_seconds``: histogram of one image's decode and resize (decode thread).
 - ``ssd_batch_size``: histogram of images per model call (before padding to a bucket).
+- ``ssd_computed_images_total``: images the model computed, padding included
+  (:meth:`predictor.ssd.Detector.rows_computed` per model call: each chunk's bucket when the server
+  pads, ``--batch_padding``; the images themselves when it does not). One minus
+  ``ssd_batch_size_sum`` over it is the share of the model's work spent on padding.
 - ``ssd_batch_seconds``: histogram of model-call durations.
 - ``ssd_queue_images``: images admitted and not finished yet (decoding, queued or in the model).
 - ``ssd_offered_images_total{outcome}``: images offered to the model's admission
@@ -80,6 +84,7 @@ DECODE_SECONDS = Histogram(
 )
 IMAGES = Counter("ssd_images", "Images whose detections were returned", ["protocol"])
 BATCH_SIZE = Histogram("ssd_batch_size", "Images per model call", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+COMPUTED_IMAGES = Counter("ssd_computed_images", "Images the model computed, padding included")
 BATCH_SECONDS = Histogram(
     "ssd_batch_seconds",
     "Duration of one model call",

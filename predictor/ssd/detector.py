@@ -219,6 +219,23 @@ class Detector:
         """Smallest bucket holding ``n`` images (``n <= max bucket``)."""
         return self.buckets[bisect.bisect_left(self.buckets, n)]
 
+    def chunks(self, n: int) -> list[slice]:
+        """The slices of a call of ``n`` images that :meth:`run_batch` runs one at a time: at most the
+        largest bucket each."""
+        top = self.buckets[-1]
+        return [slice(start, min(start + top, n)) for start in range(0, n, top)]
+
+    def _chunk_rows(self, n: int) -> int:
+        """Rows the network computes for one chunk of ``n <= max bucket`` images: its bucket when
+        ``pads_to_bucket``, else ``n``."""
+        return self.bucket_for(n) if self.pads_to_bucket else n
+
+    def rows_computed(self, n: int) -> int:
+        """Images the network computes for a :meth:`run_batch` call of ``n`` images, padding included
+        (the ``ssd_computed_images_total`` counter): each chunk's bucket when ``pads_to_bucket``
+        (3 -> 4; 40 with buckets up to 32 -> 32 + 8), else ``n``."""
+        return sum(self._chunk_rows(sl.stop - sl.start) for sl in self.chunks(n))
+
     def run_batch(
         self,
         images: np.ndarray | Sequence[np.ndarray],
@@ -262,9 +279,7 @@ class Detector:
         ).astype(bool)
         image_hw = np.asarray(image_hw, np.float32).reshape(n, 2)
         parts = []
-        top = self.buckets[-1]
-        for start in range(0, n, top):
-            sl = slice(start, min(start + top, n))
+        for sl in self.chunks(n):
             parts.append(self._run_bucket(images[sl], image_hw[sl], thr[sl], caps[sl], nms[sl], mask[sl]))
         if len(parts) == 1:
             return parts[0]
@@ -286,7 +301,7 @@ class Detector:
         """At most one bucket of images: pad to the bucket (unless not ``pads_to_bucket``: then ``n``
         rows exactly), run, drop the padding rows."""
         n = len(images)
-        b = self.bucket_for(n) if self.pads_to_bucket else n
+        b = self._chunk_rows(n)
         images = self._bucket_images(images, b)
         image_hw, thr, caps, nms, mask = pad_controls(b - n, image_hw, thr, caps, nms, mask)
         if self._graph is None:
