@@ -255,7 +255,9 @@ def test_postprocess_variants_smoke(tmp_path):
     assert sorted(row["ms_per_image"]) == sorted(keys)
     table = md[md.index("demo at score threshold 0.01") :]
     counts = f"batch 1: {row['candidates_passed_max']} / {row['anchors_may_pass_max']}"
-    assert f"{counts} (every anchor scored and decoded)" in table
+    many_anchors = row["anchors_may_pass_max"] > CANDIDATE_ANCHORS  # 176 on the v3 demo model: not
+    branch = "every anchor scored and decoded" if many_anchors else "top_k of the anchors that may pass"
+    assert f"{counts} ({branch})" in table
     assert table.count("\n| 1 | ") == 3 and "\n| 1 | sized | " in table
 
 
