@@ -25,7 +25,7 @@ Sizing: a trained model passes a few dozen candidates per image, not ``top_k``, 
 * **Which anchors to score.** A class's softmax score is at most ``sigmoid(l_c - l_0)`` (its logit
   against the background's alone), so step 3's threshold is first tested on that bound for each
   anchor's best allowed class (a max over classes, no softmax), with a slack for float rounding
-  (:func:`_anchors_that_may_pass`). When no image has more than :data:`CANDIDATE_ANCHORS` such anchors,
+  (:func:`_may_pass`). When no image has more than :data:`CANDIDATE_ANCHORS` such anchors,
   steps 1 and 3 run on those anchors alone; ``tf.nn.softmax`` computes each row on its own, so their
   scores and threshold decisions are those of the softmax over every anchor (bit for bit on the CPU:
   the tests compare the detections with ``candidate_slots=()``'s exactly), and their (anchor, class)
@@ -42,7 +42,7 @@ Sizing: a trained model passes a few dozen candidates per image, not ``top_k``, 
 Each choice is a ``tf.cond`` / ``tf.switch_case`` on the counts (first "score every anchor" or not,
 from the bound's count alone; then, on the scored anchors, one over the slots and "decode the scored
 anchors"): shapes stay static (XLA) and only the chosen branch runs, so a batch that cannot use the
-slots pays the bound and one count more than ``candidate_slots=()``, no gather or second top-k.
+slots pays the bound and two counts more than ``candidate_slots=()``, no gather or second top-k.
 ``tf.math.top_k`` is stable (equal scores keep the lower index whatever ``K``), so the detections are
 those of the ``top_k`` path, at ``(K / top_k)^2`` of its IoU matrix and NMS loop, ``K / A`` of its
 decoding and ``CANDIDATE_ANCHORS / A`` of its softmax (``candidate_slots=()`` turns sizing off: the ONNX
