@@ -298,16 +298,19 @@ def _low_row(batch: int, passed: int, may_pass: int) -> dict:
 
 def test_the_low_threshold_table_names_the_branch_the_shipped_code_took():
     """bench.postprocess_variants' low-threshold rows: each batch's counts and which branch ``sized`` took
-    (more candidates than the largest slot: every anchor decoded; more anchors that may pass than it
-    scores alone: every anchor scored; else sized), then one row per variant."""
+    (more candidates than the largest slot: the anchors that may pass decoded, or every anchor when
+    they are more than it scores alone; only the latter: every anchor scored; else sized), then one row
+    per variant."""
     from bench.postprocess_variants import low_threshold_markdown
 
     low = {"threshold": 0.01, "candidate_anchors": 256, "largest_slot": 128, "reps": 9,
-           "rows": [_low_row(1, 319, 176), _low_row(8, 100, 300), _low_row(32, 128, 256)]}  # fmt: skip
+           "rows": [_low_row(1, 319, 176), _low_row(8, 100, 300), _low_row(32, 128, 256),
+                    _low_row(16, 129, 257)]}  # fmt: skip
     caption, table = low_threshold_markdown("demo", low)
     assert caption.endswith(
-        "the branch `sized` took: batch 1: 319 / 176 (every anchor scored and decoded), "
-        "batch 8: 100 / 300 (every anchor scored), batch 32: 128 / 256 (sized)."
+        "the branch `sized` took: batch 1: 319 / 176 (top_k of the anchors that may pass), "
+        "batch 8: 100 / 300 (every anchor scored), batch 32: 128 / 256 (sized), "
+        "batch 16: 129 / 257 (every anchor scored and decoded)."
     )
     assert caption.startswith("demo at score threshold 0.01 (mAP evaluation's), 9 interleaved rounds:")
     assert table.splitlines()[2:5] == [
@@ -315,4 +318,4 @@ def test_the_low_threshold_table_names_the_branch_the_shipped_code_took():
         "| 1 | sized_softmax_all | 2 | 2.5 | 8 | 9 | 5 | 25.0 | 37.5 | yes |",
         "| 1 | sized | 3 | 3.5 | 8 | 9 | 5 | 37.5 | 37.5 | yes |",
     ]
-    assert len(table.splitlines()) == 2 + 3 * 3
+    assert len(table.splitlines()) == 2 + 4 * 3

@@ -162,11 +162,12 @@ def test_detector_matches_the_reference_on_raw_network_outputs(random_tiny_model
         ((0.9, 0.9), (32, 33)),  # one more than 32: 64 slots
         ((0.8, 0.8), (58, 65)),  # 96 slots
         ((0.6, 0.6), (111, 126)),  # 128 slots
-        ((0.5, 0.5), (152, 153)),  # more than the largest slot: every anchor decoded, top 400
+        ((0.5, 0.5), (152, 153)),  # more than the largest slot: the anchors that may pass decoded, top 400
+        ((0.05, 0.05), (564, 539)),  # more than top_k: the top 400 of those anchors' pairs
     ],
 )
 def test_each_candidate_size_matches_the_reference_and_the_unsized_path(thresholds, counts):
-    """Post-processing sizes its candidates to the most any image has (32, 64, 96, 128 or every anchor;
+    """Post-processing sizes its candidates to the most any image has (32, 64, 96, 128 or ``top_k``;
     module docstring's "Sizing"), testing box size after top-k on the sized branches: each branch, at
     its boundaries, gives the reference's detections and exactly those of ``candidate_slots=()``.
     (240 anchors, fewer than ``CANDIDATE_ANCHORS``: only the pairs of the anchors that may pass are
@@ -192,7 +193,8 @@ def test_each_candidate_size_matches_the_reference_and_the_unsized_path(threshol
         ((0.8, 0.8), 170, (163, 170), (58, 65)),  # exactly as many anchors as scored: 96 slots
         ((0.8, 0.8), 169, (163, 170), (58, 65)),  # one more: every anchor scored, then 96 slots
         ((0.95, 0.99), 100, (118, 69), (22, 5)),  # every anchor scored, 32 slots
-        ((0.5, 0.5), 210, (201, 199), (152, 153)),  # more candidates than the largest slot: every anchor
+        ((0.5, 0.5), 210, (201, 199), (152, 153)),  # more candidates than the largest slot: top 400 of those
+        ((0.5, 0.5), 200, (201, 199), (152, 153)),  # and one anchor too many: every anchor scored and decoded
     ],
 )
 def test_scoring_the_anchors_that_may_pass_matches_the_reference_and_the_unsized_path(

@@ -25,7 +25,7 @@ Sizing: a trained model passes a few dozen candidates per image, not ``top_k``, 
 * **Which anchors to score.** A class's softmax score is at most ``sigmoid(l_c - l_0)`` (its logit
   against the background's alone), so step 3's threshold is first tested on that bound for each
   anchor's best allowed class (a max over classes, no softmax), with a slack for float rounding
-  (:func:`_anchors_that_may_pass`). When no image has more than :data:`CANDIDATE_ANCHORS` such anchors,
+  (:func:`_may_pass`). When no image has more than :data:`CANDIDATE_ANCHORS` such anchors,
   steps 1 and 3 run on those anchors alone; ``tf.nn.softmax`` computes each row on its own, so their
   scores and threshold decisions are those of the softmax over every anchor (bit for bit on the CPU:
   the tests compare the detections with ``candidate_slots=()``'s exactly), and their (anchor, class)
@@ -34,16 +34,20 @@ Sizing: a trained model passes a few dozen candidates per image, not ``top_k``, 
   that holds every candidate that passed the score threshold and class mask in every image of the
   batch; only those ``K`` boxes are decoded and tested for positive size (step 3's box test, after
   top-k instead of before: every candidate is in the list, so the valid ones and their order are the
-  same). When an image has more than the largest slot, every anchor is decoded, tested and the
-  ``top_k`` best kept, as the steps read.
+  same). When an image has more than the largest slot, the scored anchors are decoded, tested and the
+  ``top_k`` best kept, as the steps read: on the anchors that may pass (every candidate is among their
+  pairs, the others score 0), or on every anchor when those were too many to score alone (then exactly
+  ``candidate_slots=()``'s computation, after the bound).
 
-Each choice is a ``tf.switch_case`` on the counts (one over the slots and "score every anchor", and
-inside the latter one over the slots and "decode every anchor"): shapes stay static (XLA) and only the
-chosen branch runs. ``tf.math.top_k`` is stable (equal scores keep the lower index whatever ``K``), so
-the detections are those of the ``top_k`` path, at ``(K / top_k)^2`` of its IoU matrix and NMS loop,
-``K / A`` of its decoding and ``CANDIDATE_ANCHORS / A`` of its softmax (``candidate_slots=()`` turns
-sizing off: the ONNX export's path). ``bench/postprocess_variants.py`` times it against the code
-before each step (bench/RESULTS.md, "Post-processing variants").
+Each choice is a ``tf.cond`` / ``tf.switch_case`` on the counts (first "score every anchor" or not,
+from the bound's count alone; then, on the scored anchors, one over the slots and "decode the scored
+anchors"): shapes stay static (XLA) and only the chosen branch runs, so a batch that cannot use the
+slots pays the bound and two counts more than ``candidate_slots=()``, no gather or second top-k.
+``tf.math.top_k`` is stable (equal scores keep the lower index whatever ``K``), so the detections are
+those of the ``top_k`` path, at ``(K / top_k)^2`` of its IoU matrix and NMS loop, ``K / A`` of its
+decoding and ``CANDIDATE_ANCHORS / A`` of its softmax (``candidate_slots=()`` turns sizing off: the ONNX
+export's path). ``bench/postprocess_variants.py`` times it against the code before each step
+(bench/RESULTS.md, "Post-processing variants").
 """
 
 from __future__ import annotations
@@ -209,26 +213,39 @@ def postprocess(
 
     # Few anchors can pass: score only those (module docstring, "Sizing"), unless an image has more.
     n = min(CANDIDATE_ANCHORS, int(num_anchors))
-    anchor_idx, anchor_count = _anchors_that_may_pass(logits, score_threshold, allowed, n)
-    pairs = _passed_scores(tf.gather(logits, anchor_idx, batch_dims=1), score_threshold, allowed)
+    may_pass = _may_pass(logits, score_threshold, allowed)  # [B, A]
+    anchor_count = tf.reduce_max(tf.reduce_sum(tf.cast(may_pass, tf.int32), axis=1))
     # n anchors hold at most n * num_fg candidates: larger slots shrink to that (custom slots, few classes)
     few_sizes = sorted({min(s, n * num_fg) for s in sizes})
 
-    def few(size: int):
-        def run() -> tuple:
-            scores, idx = tf.math.top_k(pairs, k=size, sorted=True)  # stable: ties keep the lower index
-            anchor = tf.gather(anchor_idx, idx // num_fg, batch_dims=1)
-            return select(_decoded(scores, anchor, idx % num_fg + 1, *geometry))
+    def few_anchors() -> tuple:
+        """Steps 1-6 on the ``n`` anchors that may pass (every candidate is among their pairs)."""
+        anchor_idx = _first_anchors(may_pass, n)  # [B, n]
+        pairs = _passed_scores(tf.gather(logits, anchor_idx, batch_dims=1), score_threshold, allowed)
 
-        return run
+        def few(size: int):
+            def run() -> tuple:
+                scores, idx = tf.math.top_k(pairs, k=size, sorted=True)  # stable: ties keep the lower index
+                anchor = tf.gather(anchor_idx, idx // num_fg, batch_dims=1)
+                return select(_decoded(scores, anchor, idx % num_fg + 1, *geometry))
 
-    count = tf.reduce_max(tf.reduce_sum(tf.cast(pairs > 0, tf.int32), axis=1))
-    index = tf.where(
-        anchor_count > n,
-        len(few_sizes),
-        tf.reduce_sum(tf.cast(count > tf.constant(few_sizes, tf.int32), tf.int32)),
-    )
-    return BatchedDetections(*tf.switch_case(index, [few(s) for s in few_sizes] + [every_anchor]))
+            return run
+
+        def decode_those() -> tuple:
+            """More candidates than the largest slot: step 3's box test on those anchors, then the top
+            ``k`` (the ``top_k`` path on the anchors that hold every candidate; the rest score 0)."""
+            few_loc, few_anchor_boxes = (
+                tf.gather(loc, anchor_idx, batch_dims=1),
+                tf.gather(anchors, anchor_idx),
+            )
+            few_geometry = (few_loc, few_anchor_boxes, image_hw, prior_scaling)
+            return select(_candidates_decoded_first(pairs, *few_geometry, num_fg, min(k, n * num_fg)))
+
+        count = tf.reduce_max(tf.reduce_sum(tf.cast(pairs > 0, tf.int32), axis=1))
+        index = tf.reduce_sum(tf.cast(count > tf.constant(few_sizes, tf.int32), tf.int32))
+        return tf.switch_case(index, [few(s) for s in few_sizes] + [decode_those])
+
+    return BatchedDetections(*tf.cond(anchor_count > n, every_anchor, few_anchors))
 
 
 def _passed_scores(logits: tf.Tensor, score_threshold: tf.Tensor, allowed: tf.Tensor | None) -> tf.Tensor:
@@ -243,10 +260,8 @@ def _passed_scores(logits: tf.Tensor, score_threshold: tf.Tensor, allowed: tf.Te
     return tf.reshape(tf.where(passed, scores, 0.0), [tf.shape(logits)[0], -1])
 
 
-def _anchors_that_may_pass(
-    logits: tf.Tensor, score_threshold: tf.Tensor, allowed: tf.Tensor | None, n: int
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """The anchors that may have a pair passing step 3's score test, without a softmax over every anchor.
+def _may_pass(logits: tf.Tensor, score_threshold: tf.Tensor, allowed: tf.Tensor | None) -> tf.Tensor:
+    """The anchors that may have a pair passing step 3's score test, without a softmax: bool ``[B, A]``.
 
     A class's softmax score is at most the sigmoid of its logit minus the background's
     (``e^l_c / sum_j e^l_j <= e^l_c / (e^l_0 + e^l_c)``), so an anchor whose best allowed class has
@@ -256,11 +271,6 @@ def _anchors_that_may_pass(
 
     Args:
       logits: float32 ``[B, A, C]``; score_threshold: float32 ``[B]``; allowed: bool ``[B, C-1]`` or None.
-      n: how many anchors to return per image (``<= A``).
-    Returns:
-      int32 ``[B, n]`` anchor indices, ascending, the ones that may pass first (so every one of them when
-      an image has at most ``n``; the rest are other anchors), and int32 scalar: the most anchors that
-      may pass in one image of the batch.
     """
     num_classes = logits.shape[-1]
     if allowed is None:
@@ -269,12 +279,26 @@ def _anchors_that_may_pass(
         background = tf.fill([tf.shape(allowed)[0], 1], -math.inf)
         bias = tf.concat([background, tf.where(allowed, 0.0, -math.inf)], axis=1)[:, None, :]  # [B, 1, C]
     best = tf.reduce_max(logits + bias, axis=-1)  # [B, A] the best allowed class's logit
-    may_pass = tf.math.sigmoid(best - logits[:, :, 0]) > (score_threshold - MAY_PASS_SLACK)[:, None]
+    return tf.math.sigmoid(best - logits[:, :, 0]) > (score_threshold - MAY_PASS_SLACK)[:, None]
+
+
+def _first_anchors(may_pass: tf.Tensor, n: int) -> tf.Tensor:
+    """int32 ``[B, n]`` anchor indices, ascending, the ones that may pass (bool ``[B, A]``) first (so every
+    one of them when an image has at most ``n``; the rest are other anchors)."""
     # keys without ties among the anchors that may pass (A - index, exact in float32 below 2^24 anchors):
     # the top n are those anchors in ascending order, then others (key 0; their order does not matter)
-    descending = tf.cast(tf.shape(logits)[1] - tf.range(tf.shape(logits)[1]), tf.float32)  # [A]
+    descending = tf.cast(tf.shape(may_pass)[1] - tf.range(tf.shape(may_pass)[1]), tf.float32)  # [A]
     _, idx = tf.math.top_k(tf.where(may_pass, descending[None, :], 0.0), k=n, sorted=True)
-    return idx, tf.reduce_max(tf.reduce_sum(tf.cast(may_pass, tf.int32), axis=1))
+    return idx
+
+
+def _anchors_that_may_pass(
+    logits: tf.Tensor, score_threshold: tf.Tensor, allowed: tf.Tensor | None, n: int
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """:func:`_first_anchors` of :func:`_may_pass` (``n <= A`` per image, arguments as there), and int32
+    scalar: the most anchors that may pass in one image of the batch."""
+    may_pass = _may_pass(logits, score_threshold, allowed)
+    return _first_anchors(may_pass, n), tf.reduce_max(tf.reduce_sum(tf.cast(may_pass, tf.int32), axis=1))
 
 
 class _Candidates(NamedTuple):
