@@ -9,6 +9,7 @@ import asyncio
 import numpy as np
 import orjson
 import pytest
+import tensorflow as tf
 from serving_fixtures import b64, encode_image
 
 from predictor.serving.model import SSDPredictor, pads_batches
@@ -63,16 +64,21 @@ def test_an_unpadded_call_computes_its_own_rows_only(detectors, shapes_images):
     assert exact.trace_count == 1 and padded.trace_count == 1
 
 
-def test_xla_needs_padding(random_tiny_model_dir):
+def test_xla_needs_padding(random_tiny_model_dir, monkeypatch):
     """XLA compiles per batch size: the detector and ``--batch_padding exact`` refuse it without padding,
-    ``auto`` pads with it; on this machine's CPU ``auto`` does not pad."""
+    ``auto`` pads with it, and on a GPU; on a CPU it does not pad."""
     with pytest.raises(ValueError, match="pad_batches"):
         Detector.from_dir(str(random_tiny_model_dir), xla=True, pad_batches=False)
     model = predictor_from_flags(random_tiny_model_dir, ["--xla", "--batch_padding", "exact"])
     with pytest.raises(ValueError, match=r"--batch_padding exact .* --xla off"):
         model.build()
     assert pads_batches(predictor_from_flags(random_tiny_model_dir, ["--xla"]).options) is True
-    assert pads_batches(predictor_from_flags(random_tiny_model_dir, []).options) is False
+    plain = predictor_from_flags(random_tiny_model_dir, []).options
+    with monkeypatch.context() as m:  # whatever devices this machine has: auto follows TensorFlow's list
+        m.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
+        assert pads_batches(plain) is False  # a CPU
+        m.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"] if kind == "GPU" else [])
+        assert pads_batches(plain) is True  # a GPU
     with pytest.raises(SystemExit):
         predictor_from_flags(random_tiny_model_dir, ["--batch_padding", "none"])
 
@@ -91,7 +97,7 @@ def predictor_from_flags(model_dir, flags: list[str]) -> SSDPredictor:
     ],
 )
 def test_the_flag_reaches_the_detector_and_the_batcher(
-    random_tiny_model_dir, shapes_images, flags, pads, computed
+    random_tiny_model_dir, shapes_images, flags, pads, computed, monkeypatch
 ):
     """A V1 request of three images through the KServe pipeline: the padding server computes bucket 4,
     the one with ``--batch_padding exact`` (the CPU's default, ``auto``) three rows, and both answer the
@@ -102,6 +108,7 @@ def test_the_flag_reaches_the_detector_and_the_batcher(
     def metric(name: str) -> float:
         return REGISTRY.get_sample_value(name) or 0.0
 
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])  # a CPU, here or not
     model = predictor_from_flags(random_tiny_model_dir, flags)
     try:
         assert model.load()
