@@ -3,6 +3,9 @@
 - ``generator``: images/s of the shapes generator, plain and photo-like style, on one core;
 - ``anchors``: how many anchors each held-out object gets as a positive at matching IoU 0.5 and 0.4,
   by object size in the 300 px network input (``ssd_tiny`` anchors);
+- ``sizes``: object sizes (sqrt of box area in the 300 px input) in the training stream as the network
+  sees it (recipe v3's photo share, the trainer's augmentation with its seeds) against the plain held-out
+  set: whether small shapes are rarer in training than in the evaluation;
 - ``steps``: seconds per training step of 32 images for recipe variants (``name:photo:match:ema``),
   after a trace and 5 warm-up steps. Run it alone: ``flock /work/quiet.lock nice -n -15 ...``;
 - ``localisation``: for a trained model (``--model_dir``), the share of plain held-out objects whose best
@@ -15,6 +18,7 @@
   how the recipe proxies of issue 32 compare (bench/RESULTS.md).
 
 ``python -m bench.demo_recipe generator --count 200``; ``... anchors --count 150``;
+``... sizes --count 1500``;
 ``... steps --count 20 v1:0:0.5:0 v2:0.25:0.4:0.998``; ``... localisation --count 500 --model_dir DIR``;
 ``... errors --count 300 DIR [DIR ...]``.
 """
@@ -22,6 +26,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import tempfile
 import time
@@ -85,6 +90,54 @@ def anchor_coverage(count: int) -> None:
                     f"positives at 0.5: {at5[k].mean():.1f}, at 0.4: {at4[k].mean():.1f}",
                     flush=True,
                 )
+
+
+#: Size bins (px in the 300 px input) of :func:`size_distribution`.
+SIZE_BINS = (0, 12, 16, 20, 24, 32, 48, 64, 96, 128, 192, 301)
+
+
+def size_distribution(count: int, photo_fraction: float = 0.25) -> dict[str, np.ndarray]:
+    """Share of objects per :data:`SIZE_BINS` bin: ``train`` (the first ``count`` images of the training
+    stream, ``ShapesDataset(0, ..., photo_fraction)`` through :func:`predictor.ssd.augment.augment` with
+    the trainer's seeds and defaults) and ``heldout`` (the first ``count // 3`` plain held-out images,
+    warped to the input as the detector does)."""
+    import tensorflow as tf
+
+    from predictor.datasets.shapes import CLASS_NAMES, ShapesDataset, heldout_sample
+    from predictor.ssd.augment import augment
+    from predictor.ssd.config import ssd_tiny
+    from predictor.ssd.trainer import TrainConfig
+
+    config, train = ssd_tiny(CLASS_NAMES), TrainConfig()
+    size = config.input_size
+
+    def sides(boxes: np.ndarray) -> np.ndarray:  # normalised [G, 4] (either corner order) -> px
+        return np.sqrt(np.abs((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))) * size
+
+    held, seen = [], []
+    for i in range(count // 3):
+        s = heldout_sample("plain", i)
+        h, w = s.image.shape[:2]
+        held.append(sides(np.asarray(s.boxes, np.float64).reshape(-1, 4) / [w, h, w, h]))
+    source = ShapesDataset(train.seed, 10**9, photo_fraction=photo_fraction)
+    for pos in range(count):  # the trainer's stream: position = sample index, seed [train.seed, pos]
+        s = source[pos]
+        h, w = s.image.shape[:2]
+        b = np.asarray(s.boxes, np.float32).reshape(-1, 4)
+        norm = np.stack([b[:, 1] / h, b[:, 0] / w, b[:, 3] / h, b[:, 2] / w], axis=1)
+        _, boxes, _ = augment(
+            tf.constant(s.image), tf.constant(norm), tf.constant(np.asarray(s.labels, np.int32).reshape(-1)),
+            tf.constant([train.seed, pos], tf.int64), size, config.means, train.max_expand,
+        )  # fmt: skip
+        seen.append(sides(boxes.numpy().astype(np.float64)))
+    out = {}
+    bins = [f"{lo}-{hi} px" for lo, hi in itertools.pairwise(SIZE_BINS)]
+    for name, parts in (("train", seen), ("heldout", held)):
+        values = np.concatenate(parts)
+        out[name] = np.histogram(values, SIZE_BINS)[0] / len(values)
+        shares = ", ".join(f"{b} {v:.3f}" for b, v in zip(bins, out[name], strict=True))
+        print(f"{name} ({len(values)} objects): {shares}", flush=True)
+    return out
 
 
 def step_time(count: int, variants: list[str]) -> None:
@@ -233,7 +286,7 @@ def errors(count: int, model_dirs: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=("generator", "anchors", "steps", "localisation", "errors"))
+    p.add_argument("what", choices=("generator", "anchors", "sizes", "steps", "localisation", "errors"))
     p.add_argument("--model_dir", help="localisation: the model (default: the shipped demo model)")
     p.add_argument("--count", type=int, default=200, help="images (generator, anchors) or timed steps")
     p.add_argument(
@@ -246,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         generator_speed(args.count)
     elif args.what == "anchors":
         anchor_coverage(args.count)
+    elif args.what == "sizes":
+        size_distribution(args.count)
     elif args.what == "localisation":
         localisation(args.count, args.model_dir)
     elif args.what == "errors":

@@ -179,7 +179,7 @@ def worker(setting: str, args: argparse.Namespace) -> dict[str, Any]:
     intra, inter = _threads(setting)
     tf.config.threading.set_intra_op_parallelism_threads(intra)
     tf.config.threading.set_inter_op_parallelism_threads(inter)
-    modes = MODES_SERVER if setting == "server" else MODES_ALL
+    modes = tuple(args.server_modes) if setting == "server" else MODES_ALL
     out: dict[str, Any] = {"setting": setting, "intra": intra, "inter": inter, "rows": [], "detector": []}
     refs = {}
     for name in args.models.split(","):
@@ -207,6 +207,18 @@ def worker(setting: str, args: argparse.Namespace) -> dict[str, Any]:
     arrays = {f"{k}/{i}": v[i] for k, v in refs.items() for i in (0, 1)}
     np.savez(args.out_dir / f"tf_variants_{setting}.npz", **arrays)
     return out
+
+
+def _modes(raw: str) -> list[str]:
+    """``--server_modes``: a comma-separated subset of :data:`MODES_SERVER` with ``function`` (the
+    max-diff reference) and ``ort`` (the ratios' base)."""
+    modes = [m for m in raw.split(",") if m]
+    unknown = sorted(set(modes) - set(MODES_SERVER))
+    if unknown or not {"function", "ort"} <= set(modes):
+        raise argparse.ArgumentTypeError(
+            f"modes must be among {','.join(MODES_SERVER)} and include function and ort; got {raw!r}"
+        )
+    return modes
 
 
 def _max_diffs(out_dir: Path, settings: list[str]) -> dict[str, float]:
@@ -270,6 +282,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=parse_ints, default=[1, 4, 8])
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--whole_graph_models", default="demo", help="also time ssd-export's whole graph")
+    parser.add_argument(
+        "--server_modes",
+        type=_modes,
+        default=list(MODES_SERVER),
+        help=f"call modes timed in the server setting (default {','.join(MODES_SERVER)}; "
+        "e.g. function,ort for a short run of the whole-detector table at large batches)",
+    )
     parser.add_argument("--min_time_s", type=float, default=1.5)
     parser.add_argument("--min_iters", type=int, default=3)
     parser.add_argument("--out_dir", type=Path, default=OUT_DIR)
@@ -289,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, "-m", "bench.tf_variants", "--worker", setting, "--models", args.models,
                "--batches", ",".join(map(str, args.batches)), "--min_time_s", str(args.min_time_s),
                "--min_iters", str(args.min_iters), "--out_dir", str(args.out_dir),
-               "--whole_graph_models", args.whole_graph_models]  # fmt: skip
+               "--whole_graph_models", args.whole_graph_models,
+               "--server_modes", ",".join(args.server_modes)]  # fmt: skip
         print(f"== {setting}", flush=True)
         proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=True)
         print("\n".join(line for line in proc.stdout.splitlines() if not line.startswith("RESULT ")))
