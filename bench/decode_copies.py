@@ -16,7 +16,8 @@ image and ends with float32 ``[S, S, 3]``; CPU ms per image (``time.process_time
   pillow_affine Pillow's affine ``BILINEAR`` transform with TF1's sample positions (8-bit output:
                 not bit-identical), then float32
 
-and the parts: ``asarray`` alone, the kernel on an existing tensor (``kernel``), ``tf.constant`` of the
+glibc's malloc is tuned as the server tunes it (``--malloc_mmap_threshold_bytes``' default) first. Then
+the parts: ``asarray`` alone, the kernel on an existing tensor (``kernel``), ``tf.constant`` of the
 RGB source (``convert``). ``max |diff|`` is against ``served`` (0: bit-identical).
 
 ``python -m bench.decode_copies [--size 300] [--min_time_s 0.5]``
@@ -156,13 +157,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min_time_s", type=float, default=0.5, help="per path and source")
     args = parser.parse_args(argv)
     from bench.pipeline import make_image
+    from predictor.serving import heap
+    from predictor.serving.options import ServingOptions
 
+    tuned = heap.tune_malloc(ServingOptions.malloc_mmap_threshold_bytes)  # as the server, before any pixel
     jpegs = make_test_jpegs(1)  # the served bench's 500x375 and 1280x720
     jpegs.append(make_image(1920, 1080, "JPEG"))
     rows = []
     for jpeg in jpegs:
         rows += measure(jpeg, args.size, args.min_time_s)
-    print(machine_info())
+    info = machine_info()
+    print(
+        f"{info['cpu']}, {info['cpu_count']} cores, load {info['load_average_at_start'][0]:.1f}, "
+        f"nice {info['nice']}, {info['utc']}; output {args.size}x{args.size}; malloc tuned: {tuned}"
+    )
     print(fmt_table(["source", "path", "CPU ms per image", "max |diff|"], rows))
     return 0
 
