@@ -1,13 +1,15 @@
 """CPU of the copies between a decoded JPEG and its resized row, and of the ways around them.
 
-After Pillow decodes a JPEG the decode thread does (``images.to_rgb_array`` + ``Detector.resize``):
-``np.asarray(image)`` (Pillow keeps RGB as 4 bytes per pixel, RGBX; ``tobytes`` packs it into 3-byte RGB
-chunks and joins them: the "RGBX -> RGB copy"), then TensorFlow's ``ResizeBilinear`` kernel, which first
-copies the NumPy source into a tensor of its own. Each path below starts from the same loaded Pillow
+After Pillow decodes a JPEG the decode thread makes a uint8 RGB array of it (``images.to_rgb_array``;
+Pillow keeps RGB as 4 bytes per pixel, RGBX: the "RGBX -> RGB copy"), then resizes it
+(``Detector.resize``: TensorFlow's ``ResizeBilinear`` kernel, which first copies the NumPy source into a
+tensor of its own). Each path below starts from the same loaded Pillow
 image and ends with float32 ``[S, S, 3]``; CPU ms per image (``time.process_time``, median of 5 runs):
 
-  served        ``np.asarray`` + ``resize_warp_uint8`` (the server's path)
-  one_chunk     Pillow's raw encoder asked for the whole image in one chunk (no join) + the kernel
+  served        ``np.asarray`` (``tobytes``: packed in 64 KiB chunks, then joined: two copies) +
+                ``resize_warp_uint8``: the server's path up to commit 80a3f63
+  one_chunk     :func:`predictor.serving.images.rgb_pixels` (Pillow's raw encoder asked for the whole
+                image in one chunk: one copy) + the kernel: the server's path since
   rgbx_tf       Pillow's RGBX buffer without a copy (its Arrow C data export, ``__arrow_c_array__``,
                 read through ctypes) fed to the kernel as 4 channels, the 4th dropped from the output
   rgbx_numpy    the same zero-copy view, ``resize_warp_numpy`` (reads only the ``4 * S * S`` taps)
@@ -71,20 +73,6 @@ def rgbx_view(image) -> np.ndarray:
     return np.frombuffer(buffer, np.uint8).reshape(height, width, 4)
 
 
-def one_chunk_rgb(image) -> np.ndarray:
-    """``np.asarray(image)`` for an RGB image with Pillow's raw encoder asked for one chunk (no join)."""
-    from PIL import Image
-
-    width, height = image.size
-    encoder = Image._getencoder("RGB", "raw", "RGB")
-    encoder.setimage(image.im, (0, 0, width, height))
-    _, status, data = encoder.encode(width * height * 3)
-    encoder.cleanup()
-    if status != 1:
-        raise RuntimeError(f"raw encoder status {status}")
-    return np.frombuffer(data, np.uint8).reshape(height, width, 3)
-
-
 def aligned_uint8(shape: tuple[int, ...]) -> np.ndarray:
     size = int(np.prod(shape))
     raw = np.empty(size + 64, np.uint8)
@@ -97,6 +85,7 @@ def paths(image, size: int) -> dict[str, Callable[[], np.ndarray]]:
     import tensorflow as tf
     from PIL import Image
 
+    from predictor.serving.images import rgb_pixels
     from predictor.ssd.preprocess import resize_warp_numpy, resize_warp_uint8
 
     width, height = image.size
@@ -116,7 +105,7 @@ def paths(image, size: int) -> dict[str, Callable[[], np.ndarray]]:
     affine = (sx, 0, 0.5 - 0.5 * sx, 0, sy, 0.5 - 0.5 * sy)
     return {
         "served": lambda: resize_warp_uint8(np.asarray(image), size),
-        "one_chunk": lambda: resize_warp_uint8(one_chunk_rgb(image), size),
+        "one_chunk": lambda: resize_warp_uint8(rgb_pixels(image), size),
         "rgbx_tf": lambda: kernel(rgbx_view(image)[None])[..., :3],
         "rgbx_numpy": lambda: resize_warp_numpy(rgbx_view(image), size)[..., :3],
         "rgbx_pack": rgbx_pack,
