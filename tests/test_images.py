@@ -377,6 +377,20 @@ def test_rgb_pixels_equal_numpys_view_of_the_image_in_one_packed_copy(size):
     assert np.array_equal(decode_image(save(Image.fromarray(pixels), "PNG")), pixels)
 
 
+def test_rgb_pixels_fall_back_to_numpy_where_pillows_raw_encoder_is_not_as_expected(monkeypatch):
+    """``Image._getencoder`` is private: where ``rgb_pixels`` cannot use it (here: the images module
+    sees a Pillow without it, while ``np.asarray`` still uses the real one) the pixels come from
+    ``np.asarray``, unchanged."""
+    import types
+
+    from predictor.serving import images
+
+    image = Image.fromarray(RGB)
+    monkeypatch.setattr(images, "Image", types.SimpleNamespace())
+    out = rgb_pixels(image)
+    assert out.dtype == np.uint8 and np.array_equal(out, RGB)
+
+
 def test_alpha_modes_drop_their_alpha():
     """LA and PA keep their colour and lose the alpha channel."""
     la = Image.fromarray(np.array([[[10, 0], [200, 255]]], np.uint8), mode="LA")

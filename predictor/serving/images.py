@@ -176,16 +176,22 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
 
 def rgb_pixels(image: Image.Image) -> np.ndarray:
     """Loaded Pillow RGB image -> read-only uint8 ``[H, W, 3]``, bit for bit ``np.asarray(image)`` with one
-    copy fewer: Pillow holds RGB as 4 bytes per pixel; ``np.asarray`` packs it to 3 in chunks of at most
-    64 KiB (``Image.tobytes``) and then joins them, a second copy of the whole image; here the same raw
-    encoder ``tobytes`` uses packs it in one chunk, which becomes the array's memory
-    (``python -m bench.decode_copies``: 0.08-0.1 ms less CPU per image at 500x375 / 1280x720, 0.46 ms at
-    1080p). Falls back to ``np.asarray`` where the encoder does not finish in one chunk."""
+    copy of the image fewer (and half the peak memory): Pillow holds RGB as 4 bytes per pixel;
+    ``np.asarray`` packs it to 3 in chunks (``Image.tobytes``) and then joins them; here the raw encoder
+    ``tobytes`` itself uses packs it in one chunk, which becomes the array's memory (what it saves:
+    ``python -m bench.decode_copies``, bench/RESULTS.md "Served: wake-ups, copies and idle cores").
+    Falls back to ``np.asarray`` where that encoder is not there as in Pillow 13 (a private API) or does
+    not finish in one chunk."""
     width, height = image.size
-    encoder = Image._getencoder("RGB", "raw", "RGB")
+    try:
+        encoder = Image._getencoder("RGB", "raw", "RGB")
+    except (AttributeError, TypeError):
+        return np.asarray(image)
     try:
         encoder.setimage(image.im, (0, 0, width, height))
         _, status, data = encoder.encode(width * height * 3)
+    except (AttributeError, TypeError):
+        return np.asarray(image)
     finally:
         encoder.cleanup()
     if status != 1 or len(data) != width * height * 3:  # 1: the whole image in this chunk
