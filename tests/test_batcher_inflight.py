@@ -450,3 +450,36 @@ def test_a_call_starting_after_the_executor_shut_down_answers_shutting_down():
         model.open_all()
     assert isinstance(result, ShuttingDown), repr(result)
     assert model.calls == [] and batcher._running == [] and batcher.model_calls == 0
+
+
+@pytest.mark.parametrize("calls", [1, 2])
+def test_requests_queued_while_every_call_slot_is_taken_do_not_wake_the_worker(calls):
+    """With every call slot taken, neither a queued request nor the end of a decode wakes the worker
+    (nothing it could do changes before a call ends); the end of a call does, and the queue runs then."""
+    model = GatedCalls()
+    batcher = make_batcher(model, calls)
+
+    async def main():
+        running = []
+        for i in range(calls):
+            running.append(asyncio.create_task(submit(batcher, [float(i), float(i)])))
+            await until(model.entered[i].is_set, f"call {i}")
+        await settle()
+        passes = batcher.worker_passes
+        with batcher.decoding(3):
+            queued = [asyncio.create_task(submit(batcher, [m])) for m in (7.0, 8.0, 9.0)]
+            await settle()
+        await settle()
+        assert batcher.queued_images == 3 and len(model.calls) == calls
+        assert batcher.worker_passes == passes  # three requests queued, one decode ended: no wake-up
+        model.gates[0].set()
+        await until(model.entered[calls].is_set, "the queued call")
+        assert model.calls[calls] == [7.0, 8.0, 9.0]
+        model.open_all()
+        return await asyncio.gather(*running, *queued)
+
+    try:
+        results = run(main())
+    finally:
+        model.open_all()
+    assert results[calls:] == [[7.0], [8.0], [9.0]]

@@ -281,3 +281,38 @@ def test_served_vs_raw_smoke(tmp_path):
         assert row["user_ms"] > 0 and row["wall_ms"] > 0
         assert row["groups_ms"]["model call"] > 0
     assert set(data["summary"]) == {"served", "raw"}
+
+
+def test_decode_copies_paths_agree_with_the_servers_and_the_view_shares_pillows_memory():
+    """``bench/decode_copies.py``: its zero-copy RGBX view aliases the Pillow image's pixels, and every
+    timed path but Pillow's 8-bit affine resize gives the server's row bit for bit."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from bench import decode_copies
+
+    pixels = np.random.default_rng(5).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    image = Image.open(io.BytesIO(_jpeg(pixels)))
+    image.load()
+    view = decode_copies.rgbx_view(image)
+    assert view.shape == (37, 53, 4) and np.array_equal(view[..., :3], np.asarray(image))
+    image.putpixel((5, 7), (1, 2, 3))
+    assert view[7, 5, :3].tolist() == [1, 2, 3]  # the same memory, no copy
+    paths = decode_copies.paths(image, 16)
+    reference = paths.pop("served")()
+    affine = paths.pop("pillow_affine")()
+    for name, fn in paths.items():
+        assert np.array_equal(fn(), reference), name
+    assert affine.shape == reference.shape and np.abs(affine - reference).max() <= 1.0
+
+
+def _jpeg(pixels) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()

@@ -21,6 +21,7 @@ from predictor.serving.images import (
     decode_base64,
     decode_image,
     decode_image_reduced,
+    rgb_pixels,
     to_rgb_array,
 )
 
@@ -356,6 +357,38 @@ def test_high_bit_gray_is_scaled_exactly():
     sixteen = Image.fromarray(np.array([[0, 255, 256, 65535, 32768]], np.uint16))
     assert sixteen.mode.startswith("I;16")
     assert to_rgb_array(sixteen)[..., 2].tolist() == [[0, 0, 1, 255, 128]]
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 3), (500, 375), (1280, 720)])
+def test_rgb_pixels_equal_numpys_view_of_the_image_in_one_packed_copy(size):
+    """RGB pixels bit for bit as ``np.asarray(image)`` gives them, from one chunk of Pillow's raw encoder
+    (the array's memory is that chunk; ``np.asarray``, the fallback, is not called), for an image built
+    from pixels and a decoded JPEG."""
+    width, height = size
+    pixels = np.random.default_rng(width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    for image in (Image.fromarray(pixels), Image.open(io.BytesIO(save(Image.fromarray(pixels), "JPEG")))):
+        image.load()
+        with mock.patch.object(np, "asarray", side_effect=AssertionError("fell back to np.asarray")):
+            out = rgb_pixels(image)
+        assert out.shape == (height, width, 3) and out.dtype == np.uint8
+        assert np.array_equal(out, np.asarray(image))
+        assert out.base.base is not None and len(out.base.base) == width * height * 3  # the one chunk
+        assert not out.flags.writeable
+    assert np.array_equal(decode_image(save(Image.fromarray(pixels), "PNG")), pixels)
+
+
+def test_rgb_pixels_fall_back_to_numpy_where_pillows_raw_encoder_is_not_as_expected(monkeypatch):
+    """``Image._getencoder`` is private: where ``rgb_pixels`` cannot use it (here: the images module
+    sees a Pillow without it, while ``np.asarray`` still uses the real one) the pixels come from
+    ``np.asarray``, unchanged."""
+    import types
+
+    from predictor.serving import images
+
+    image = Image.fromarray(RGB)
+    monkeypatch.setattr(images, "Image", types.SimpleNamespace())
+    out = rgb_pixels(image)
+    assert out.dtype == np.uint8 and np.array_equal(out, RGB)
 
 
 def test_alpha_modes_drop_their_alpha():

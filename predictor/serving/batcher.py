@@ -211,6 +211,7 @@ class DynamicBatcher:
         self._decoding_images = 0  # images of requests between decoding() and run()
         self.admitted_images = 0
         self.model_calls = 0
+        self.worker_passes = 0  # turns of the worker's loop (each wake-up is one)
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -253,8 +254,7 @@ class DynamicBatcher:
             yield
         finally:
             self._decoding_images -= n
-            if self._wakeup is not None:  # a call waiting for these images need not wait any longer
-                self._wakeup.set()
+            self._poke()  # a call waiting for these images need not wait any longer
 
     def refusal(self, n: int) -> str | None:
         """Why ``n`` more images would be refused now, or None (always None when nothing is admitted).
@@ -450,8 +450,7 @@ class DynamicBatcher:
         self._queue.append(item)
         self._queued_images += n
         unregister = deadline.on_expire(lambda: self._drop_expired(item)) if deadline else None
-        assert self._wakeup is not None
-        self._wakeup.set()
+        self._poke()
         try:
             return await item.future
         finally:
@@ -474,6 +473,14 @@ class DynamicBatcher:
         if not item.future.done():
             item.future.set_exception(_timeout())
 
+    def _poke(self) -> None:
+        """Wake the worker for a change in the queue or the images being decoded, unless every call slot
+        is taken: then nothing it could do changes before a call ends, and the call's end wakes it
+        (:meth:`_execute`). At c=16 with one call in flight that spares the event loop two worker steps
+        per request (bench/RESULTS.md, "Served: wake-ups")."""
+        if self._wakeup is not None and len(self._calls) < self.max_calls_in_flight:
+            self._wakeup.set()
+
     def _ensure_worker(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._worker is None or self._worker.done():
             self._loop = loop
@@ -485,6 +492,7 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         assert self._wakeup is not None
         while True:
+            self.worker_passes += 1
             if not self._queue or len(self._calls) >= self.max_calls_in_flight or self._overlap_waits():
                 self._wakeup.clear()
                 await self._wakeup.wait()

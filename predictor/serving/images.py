@@ -158,9 +158,10 @@ def _check_dimensions(size: tuple[int, int], limits: ImageLimits) -> None:
 
 
 def to_rgb_array(image: Image.Image) -> np.ndarray:
-    """Loaded Pillow image of any mode -> uint8 ``[H, W, 3]``; 16/32-bit gray is scaled to 8 bit."""
+    """Loaded Pillow image of any mode -> uint8 ``[H, W, 3]`` (read-only); 16/32-bit gray is scaled to
+    8 bit."""
     if image.mode == "RGB":
-        return np.asarray(image)
+        return rgb_pixels(image)
     if image.mode in _HIGH_BIT_MODES:
         gray = np.asarray(image)
         if image.mode == "F":
@@ -170,7 +171,32 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
         return np.repeat(gray8[:, :, None], 3, axis=2)
     if image.mode in ("LA", "La", "PA"):
         image = image.convert("RGBA")
-    return np.asarray(image.convert("RGB"))
+    return rgb_pixels(image.convert("RGB"))
+
+
+def rgb_pixels(image: Image.Image) -> np.ndarray:
+    """Loaded Pillow RGB image -> read-only uint8 ``[H, W, 3]``, bit for bit ``np.asarray(image)`` with one
+    copy of the image fewer (and half the peak memory): Pillow holds RGB as 4 bytes per pixel;
+    ``np.asarray`` packs it to 3 in chunks (``Image.tobytes``) and then joins them; here the raw encoder
+    ``tobytes`` itself uses packs it in one chunk, which becomes the array's memory (what it saves:
+    ``python -m bench.decode_copies``, bench/RESULTS.md "Served: wake-ups, copies and idle cores").
+    Falls back to ``np.asarray`` where that encoder is not there as in Pillow 13 (a private API) or does
+    not finish in one chunk."""
+    width, height = image.size
+    try:
+        encoder = Image._getencoder("RGB", "raw", "RGB")
+    except (AttributeError, TypeError):
+        return np.asarray(image)
+    try:
+        encoder.setimage(image.im, (0, 0, width, height))
+        _, status, data = encoder.encode(width * height * 3)
+    except (AttributeError, TypeError):
+        return np.asarray(image)
+    finally:
+        encoder.cleanup()
+    if status != 1 or len(data) != width * height * 3:  # 1: the whole image in this chunk
+        return np.asarray(image)
+    return np.frombuffer(data, np.uint8).reshape(height, width, 3)
 
 
 def _describe(e: BaseException) -> str:
