@@ -178,7 +178,7 @@ def rgb_pixels(image: Image.Image) -> np.ndarray:
     """Loaded Pillow RGB image -> read-only uint8 ``[H, W, 3]``, bit for bit ``np.asarray(image)`` with one
     copy of the image fewer (and half the peak memory): Pillow holds RGB as 4 bytes per pixel;
     ``np.asarray`` packs it to 3 in chunks (``Image.tobytes``) and then joins them; here the raw encoder
-    ``tobytes`` itself uses packs it in one chunk, which becomes the array's memory (what it saves:
+    that ``tobytes`` uses packs it in one chunk, which becomes the array's memory (what it saves:
     ``python -m bench.decode_copies``, bench/RESULTS.md "Served: wake-ups, copies and idle cores").
     Falls back to ``np.asarray`` where that encoder is not there as in Pillow 13 (a private API) or does
     not finish in one chunk."""
