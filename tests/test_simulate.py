@@ -214,6 +214,14 @@ def test_a_gpu_service_model_charges_a_calls_bucket_and_a_cpu_one_its_rows():
     assert done(FleetConfig(mode="hpa", batch_padding="bucket"), cpu) == pytest.approx([0.042] * 3)
 
 
+def test_the_simulated_servers_buckets_are_the_detectors():
+    from predictor.ssd.detector import buckets_up_to
+    from predictor.tools.simulate import server_buckets
+
+    for max_batch in (1, 3, 8, 12, 32, 64, 128):
+        assert server_buckets(max_batch) == buckets_up_to(max_batch)
+
+
 def test_the_cli_refuses_exact_calls_with_xla(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--trace", "constant:1:5", "--batch_padding", "exact", "--xla", "--out", str(tmp_path)])

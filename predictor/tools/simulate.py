@@ -126,9 +126,10 @@ class ServiceModel:
 
 
 def server_buckets(max_batch: int) -> tuple[int, ...]:
-    """The batch buckets of a server with ``--max_batch_size max_batch`` (``Detector.buckets``: powers of
-    two below it, and it)."""
-    return (*(b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b < max_batch), max_batch)
+    """The batch buckets of a server with ``--max_batch_size max_batch`` (``Detector.buckets``,
+    ``buckets_up_to``: ``DEFAULT_BUCKETS`` below it, and it; predictor.ssd.detector imports TensorFlow,
+    so its constant is restated here and tests/test_simulate.py checks it against the detector's)."""
+    return (*(b for b in (1, 2, 4, 8, 16, 32) if b < max_batch), max_batch)
 
 
 def bucket_of(n: int, buckets: Sequence[int]) -> int:
