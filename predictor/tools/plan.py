@@ -192,9 +192,9 @@ def measure(
     for b in max_batch_sizes:
         log_path = out_dir / f"server_b{b}.log"
         server = start_planner_server(model_dir, b, batch_wait_ms, log_path, batch_padding)
-        paddings.add(measured_padding(log_path.read_text()))
         log(f"max_batch_size {b}: server ready after {server.ready_s:.1f} s")
         try:
+            paddings.add(measured_padding(log_path.read_text()))
             for c in concurrencies:
                 cell = summarize(b, c, *asyncio.run(measure_cell(server.url, bodies, c, requests)))
                 cells.append(cell)
