@@ -43,9 +43,10 @@ from bench.common import OUT_DIR, REPO, make_test_jpegs, percentile, start_cpu_s
 from bench.loadgen import Generator, Phase, PhaseResult
 from predictor._argtypes import positive_int
 from predictor.protocol.wire import MODEL_NAME
+from predictor.serving.options import BATCH_PADDINGS, ServingOptions, pads_to_bucket
 from predictor.serving.resources import cpu_model_name
 from predictor.tools.localserver import server_env
-from predictor.tools.plan import BENCHMARK_FORMAT
+from predictor.tools.plan import BENCHMARK_FORMAT, measured_padding
 from predictor.tools.simulate import CpuProfile, FleetConfig, Simulation, closed_loop_rps
 
 WARMUP_LINE = re.compile(r"seconds per bucket: ([0-9.:, ]+)\)")
@@ -234,19 +235,20 @@ def time_buckets(cores: set[int], runs: int) -> dict[int, float]:
 def profile(
     bucket_s: dict[int, float], warmups: list[dict[int, float]], c1: dict[str, Any], cores: int,
     batch_wait_ms: float, source: str, one_core: dict[int, float] | None = None,
+    batch_padding: str = "bucket",
 ) -> CpuProfile:  # fmt: skip
     """The simulator's CPU replica: a call per bucket takes what the servers' warm-ups timed (mean over
     the replicas: ``run_batch`` in the serving process, the time the batcher decides with too; a
     separate process timing the detector alone, ``bucket_s``, ran 20-40% faster than the served
     calls and is only recorded); the parallel fraction from ``one_core`` (the same separate timing on
     one core); the request's work outside the model call = the concurrency-1 p50 minus the bucket-1
-    call and the batch wait."""
+    call and the batch wait; ``batch_padding``: how the servers ran their calls (:func:`padding_of`)."""
     del bucket_s  # recorded in the report as "bucket_s_alone"
     calls = tuple((b, float(np.mean([w[b] for w in warmups]))) for b in sorted(warmups[0]))
     decode_s = max(1e-4, c1["p50_ms"] / 1e3 - calls[0][1] - batch_wait_ms / 1e3)
     return CpuProfile(
         calls, decode_s, decode_threads=cores, model_threads=cores, cores=float(cores), source=source,
-        one_core_bucket_s=tuple(sorted(one_core.items())) if one_core else None,
+        one_core_bucket_s=tuple(sorted(one_core.items())) if one_core else None, batch_padding=batch_padding,
     )  # fmt: skip
 
 
@@ -265,10 +267,10 @@ def simulate_replay(
     ``(due, done, status)`` in its window, and the model calls started in it (:func:`calls_in`).
     ``sent``: when the generator sent each (same order as ``times``): the simulated replicas get them
     then, and latencies count from ``times`` (due), as the generator counts them. ``calls_in_flight``:
-    the servers' ``--model_calls_in_flight``."""
+    the servers' ``--model_calls_in_flight``; their padding: the profile's (``prof.batch_padding``)."""
     cfg = FleetConfig(
         mode="hpa", initial_replicas=replicas, shared_cores=shared_cores, balancer="round-robin",
-        model_calls_in_flight=calls_in_flight,
+        model_calls_in_flight=calls_in_flight, batch_padding=prof.batch_padding,
     )  # fmt: skip
     cfg.hpa = type(cfg.hpa)(min_replicas=replicas, max_replicas=replicas)
     due = np.asarray(times, np.float64)
@@ -313,6 +315,7 @@ def profile_of(report: dict[str, Any]) -> CpuProfile:
     """The CPU profile from a report's raw measurements (so a ``--replay`` applies today's rule)."""
     cells = report["benchmark"]["cells"]
     c1 = min(cells, key=lambda c: c["concurrency"])
+    padding = padding_of(report)
     warmups = [{int(b): t for b, t in w.items()} for w in report["warmup_bucket_s"]]
     one_core = {int(b): t for b, t in (report.get("bucket_s_one_core") or {}).items()}
     cores = len(report["placement"][0])
@@ -324,7 +327,7 @@ def profile_of(report: dict[str, Any]) -> CpuProfile:
         # processes (bucket 16 of the 09:10 run: 202 ms served, 187 ms on one core alone: p = 0)
         warm = dict(profile({}, warmups, c1, cores, 2.0, source).bucket_s)
         one_core = {b: t * warm[b] / alone[b] for b, t in one_core.items() if b in warm and b in alone}
-    prof = profile({}, warmups, c1, cores, 2.0, source, one_core or None)
+    prof = profile({}, warmups, c1, cores, 2.0, source, one_core or None, padding)
     # the model's threads in lockstep (docs/simulator.md, "Model calls under load"): at 1.5x and 3x the
     # 12:33 run's replica used 1.43 of its 2 cores while refusing work, its calls ~1 core
     # and the servers' calls in flight the calls were measured with (the planner replays with them)
@@ -333,6 +336,13 @@ def profile_of(report: dict[str, Any]) -> CpuProfile:
     if "cpu_s:event_loop" not in c1.get("server_metrics", {}):
         return prof  # a report from before the threads' CPU was recorded: the request work as one
     return measured_work(prof, c1, report, 2.0)
+
+
+def padding_of(report: dict[str, Any]) -> str:
+    """How the recorded servers ran their model calls, ``bucket`` or ``exact`` (their logs, read when
+    the run was recorded: :func:`predictor.tools.plan.measured_padding`); a report that does not say
+    was recorded before the server ran exact sizes (2026-12-07 before 19:00 UTC): ``bucket``."""
+    return str(report.get("batch_padding", "bucket"))
 
 
 def own_warmups(prof: CpuProfile, warmups: list[dict[int, float]]) -> CpuProfile:
@@ -346,6 +356,12 @@ def own_warmups(prof: CpuProfile, warmups: list[dict[int, float]]) -> CpuProfile
         return prof
     own = tuple(tuple(sorted(w.items())) for w in warmups)
     return dataclasses.replace(prof, replica_rule_bucket_s=own)
+
+
+def pads_of(prof: CpuProfile) -> bool:
+    """Whether the profile's servers padded their calls when it was measured (the server's rule on
+    their resolved padding; CPU servers)."""
+    return pads_to_bucket(prof.batch_padding, xla=False, gpu=False)
 
 
 def scaled_calls(prof: CpuProfile, scale: float) -> CpuProfile:
@@ -432,7 +448,8 @@ def measured_work(
     scale, spread, net_s = 1.0, None, 0.0
     for _ in range(4):  # the call's scale, the fixed part and the spread depend on each other
         prof = scaled_calls(warm, scale)
-        net_s = max(0.0, c1["p50_ms"] / 1e3 - prof.call_s(1) - batch_wait_ms / 1e3 - loop_s - decode_s)
+        one = prof.call_s(1, pads=pads_of(prof))
+        net_s = max(0.0, c1["p50_ms"] / 1e3 - one - batch_wait_ms / 1e3 - loop_s - decode_s)
         if len(lat) >= 20:
             fixed = net_s + batch_wait_ms / 1e3
             ratio = np.maximum(lat - fixed, 1e-6) / max(np.median(lat) - fixed, 1e-6)
@@ -443,7 +460,7 @@ def measured_work(
                 if spread
                 else 1.0
             )
-            scale = mean_call / mean_factor / warm.call_s(1)
+            scale = mean_call / mean_factor / warm.call_s(1, pads=pads_of(warm))
     client = [
         ph["client_cpu_s"] / len(ph["rows"])
         for sc in report["scenarios"].values() for ph in sc["phases"][1:] if ph.get("rows")
@@ -508,7 +525,8 @@ def bucket_scales(points: list[tuple[float, float]], buckets: tuple[int, ...]) -
 
 def _simulated_cell(prof: CpuProfile, report: dict[str, Any], clients: int) -> list[tuple[float, int, float]]:
     cfg = FleetConfig(mode="hpa", initial_replicas=report["replicas"], shared_cores=report["shared_cores"],
-                      balancer="round-robin", model_calls_in_flight=calls_in_flight(report))  # fmt: skip
+                      balancer="round-robin", model_calls_in_flight=calls_in_flight(report),
+                      batch_padding=prof.batch_padding)  # fmt: skip
     cfg.hpa = type(cfg.hpa)(min_replicas=report["replicas"], max_replicas=report["replicas"])
     sim = Simulation(cfg, prof, seed=3)
     sim.run_closed(clients, 10.0)
@@ -603,7 +621,8 @@ def write_plan_inputs(report: dict[str, Any], profile_out: Path | None, benchmar
     if benchmark_out:
         raw = ("latencies_ms", "server_metrics")  # the replay's inputs; the planner reads the figures
         cells = [{k: v for k, v in c.items() if k not in raw} for c in report["benchmark"]["cells"]]
-        bench = {**report["benchmark"], "cells": cells, "machine": report["machine"]}
+        bench = {**report["benchmark"], "cells": cells, "machine": report["machine"],
+                 "batch_padding": padding_of(report)}  # fmt: skip
         benchmark_out.write_text(json.dumps(bench, indent=1) + "\n")
 
 
@@ -632,6 +651,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timing_runs", type=int, default=9, help="model calls timed per bucket")
     p.add_argument(
         "--model_calls_in_flight", type=positive_int, default=1, help="the servers' --model_calls_in_flight"
+    )
+    p.add_argument(
+        "--batch_padding",
+        choices=BATCH_PADDINGS,
+        default=ServingOptions.batch_padding,
+        help="the servers' --batch_padding (auto: exact-size calls on this CPU); the report records how "
+        "they ran their calls, and the replay simulates that",
     )
     p.add_argument("--replay", action="store_true", help="only re-simulate the arrivals recorded in --out")
     p.add_argument(
@@ -692,10 +718,15 @@ def main(argv: list[str] | None = None) -> int:
                 server = start_cpu_server(
                     DEMO_MODEL_DIR, logs[-1], "--decode_threads", str(len(cores)), "--compute_nice", "0",
                     "--model_calls_in_flight", str(args.model_calls_in_flight),
+                    "--batch_padding", args.batch_padding,
                 )  # fmt: skip
             servers.append(server)
             server.wait_ready()
         warmups = [warmup_seconds(log.read_text()) for log in logs]
+        paddings = {measured_padding(log.read_text()) for log in logs}
+        if len(paddings) != 1:
+            raise RuntimeError(f"the replicas ran their calls differently: {paddings}")
+        report["batch_padding"] = paddings.pop()
         ports = [s.http_port for s in servers]
         base = {"host": "127.0.0.1", "port": ports[0], "more_ports": tuple(ports[1:]),
                 "path": f"/v1/models/{MODEL_NAME}:predict",
@@ -714,13 +745,14 @@ def main(argv: list[str] | None = None) -> int:
             c1 = min(cells, key=lambda c: c["concurrency"])
             source = f"demo, {len(places[0])} core(s) per replica, bench.simulate_check"
             source += f", {report['machine']['cpu']}, {report['machine']['utc']}"
-            prof = profile(calls, warmups, c1, len(places[0]), 2.0, source, one_core)
+            prof = profile(calls, warmups, c1, len(places[0]), 2.0, source, one_core, report["batch_padding"])
             report["warmup_bucket_s"] = warmups
             report["profile"] = prof.to_json()
             report["benchmark"] = {
                 "format": BENCHMARK_FORMAT,
                 "model_dir": "demo",
                 "batch_wait_ms": 2.0,
+                "batch_padding": report["batch_padding"],
                 "request": "raw JPEG (bench.common.make_test_jpegs), bench.loadgen closed loop",
                 "cells": cells,
             }
@@ -781,7 +813,7 @@ def bucket_text(report: dict[str, Any]) -> str:
         cpu = CpuProfile.from_json(prof)
         max_batch = max(int(c["max_batch_size"]) for c in report["benchmark"]["cells"])
         each = ", ".join(
-            str(cpu.batcher(max_batch, i).efficient_bucket())
+            str(cpu.batcher(max_batch, i, pads=pads_of(cpu)).efficient_bucket())
             for i in range(len(prof["replica_rule_bucket_s"]))
         )
         mean = f"their mean; each replica decides with its own, efficient buckets {each}"
@@ -803,6 +835,7 @@ def markdown(report: dict[str, Any]) -> str:
     )  # fmt: skip
     if calls_in_flight(report) > 1:
         where += f", --model_calls_in_flight {calls_in_flight(report)}"
+    where += ", calls padded to their bucket" if padding_of(report) == "bucket" else ", exact-size calls"
     lines = [
         f"{n} replica(s) ({where}) behind a round-robin client; saturated closed-loop throughput "
         f"{report['saturated_rps']:.1f} req/s; simulator CPU profile: model call per bucket (ms) {buckets}, "

@@ -152,9 +152,64 @@ def test_reads_bench_served_json(tmp_path):
     data = plan.load_benchmark(path)
     assert data["batch_wait_ms"] == 5.0
     assert [(c["max_batch_size"], c["concurrency"]) for c in data["cells"]] == [(16, 1), (16, 4)]
+    assert data["batch_padding"] == "bucket"  # its servers' padding unknown: recorded before exact sizes
+    served["models"]["demo"]["server_cmd"] += ["--batch_padding", "exact"]
+    path.write_text(json.dumps(served))
+    assert plan.load_benchmark(path)["batch_padding"] == "exact"
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(ValueError, match="not a planner benchmark"):
         plan.load_benchmark(tmp_path / "other.json")
+
+
+def test_a_benchmark_says_how_its_servers_ran_their_calls(tmp_path):
+    """The measured servers' padding comes from their logs (the line a server running exact sizes
+    logs once ready); a benchmark without it was measured before exact sizes: ``bucket``; one whose
+    servers differed is refused."""
+    from predictor.serving.options import EXACT_ROWS_MESSAGE
+
+    assert (
+        plan.measured_padding(f"INFO ready\nINFO {EXACT_ROWS_MESSAGE}: calls are not split for it\n")
+        == "exact"
+    )
+    assert plan.measured_padding("INFO warm-up done in 1.0 s (seconds per bucket: 1: 0.01)\n") == "bucket"
+    path = tmp_path / "bench.json"
+    for recorded, read in ((None, "bucket"), ("exact", "exact"), ("bucket", "bucket")):
+        bench = synthetic_benchmark()
+        if recorded:
+            bench["batch_padding"] = recorded
+        path.write_text(json.dumps(bench))
+        assert plan.load_benchmark(path)["batch_padding"] == read
+    path.write_text(json.dumps({**synthetic_benchmark(), "batch_padding": "mixed"}))
+    with pytest.raises(ValueError, match="not run one way"):
+        plan.load_benchmark(path)
+
+
+def test_the_planner_simulates_and_deploys_the_padding_asked_for(tmp_path, helm):
+    """``--batch-padding bucket`` with a CPU profile: the simulated replicas pad (``auto`` would not on
+    a CPU), and the overlay sets ``predictor.batchPadding``, which the chart renders as the flag."""
+    from predictor.tools.simulate import CpuProfile
+
+    prof = CpuProfile(((1, 0.02), (2, 0.03), (4, 0.05), (8, 0.09)), 0.008, decode_sigma=0.0, model_sigma=0.0,
+                      model_threads=1, cores=2.0)  # fmt: skip
+    (tmp_path / "prof.json").write_text(json.dumps(prof.to_json()))
+    (tmp_path / "bench.json").write_text(json.dumps(synthetic_benchmark()))
+    out = tmp_path / "plan"
+    argv = ["--slo-p95-ms", "400", "--rate", "20", "--benchmark", str(tmp_path / "bench.json"),
+            "--cpu-profile", str(tmp_path / "prof.json"), "--trace", "constant:20:30",
+            "--search-max-batch", "8", "--search-min-replicas", "1", "--search-targets", "4",
+            "--search-panic", "200", "--out", str(out), "--batch-padding", "bucket"]  # fmt: skip
+    assert plan.main(argv) == 0
+    summary = json.loads((out / "simulated" / "summary.json").read_text())
+    assert summary["fleet"]["batch_padding"] == "bucket" and summary["pads_to_bucket"] is True
+    overlay_path = out / "simulated" / "values-sim.yaml"
+    assert yaml.safe_load(overlay_path.read_text())["predictor"] == {
+        "maxBatchSize": 8,
+        "batchPadding": "bucket",
+    }
+    proc = run_helm(helm, "template", "r", str(CHART), "-f", str(overlay_path))
+    assert proc.returncode == 0, proc.stderr
+    isvc = next(d for d in yaml.safe_load_all(proc.stdout) if d and d["kind"] == "InferenceService")
+    assert "--batch_padding=bucket" in isvc["spec"]["predictor"]["containers"][0]["args"]
 
 
 @pytest.mark.slow
@@ -172,6 +227,13 @@ def test_a_real_sweep_of_the_demo_model_gives_a_plan(demo_model_dir, tmp_path):
     cells = {(c["max_batch_size"], c["concurrency"]): c for c in bench["cells"]}
     assert set(cells) == {(b, c) for b in (1, 8) for c in (1, 2, 4, 8)}
     assert all(c["errors"] == 0 and c["requests"] == 20 for c in cells.values())
+    # the servers' padding, read from their logs: what auto picks on this host (exact on a CPU)
+    import tensorflow as tf
+
+    from predictor.serving.options import pads_to_bucket
+
+    auto_pads = pads_to_bucket("auto", xla=False, gpu=bool(tf.config.list_physical_devices("GPU")))
+    assert bench["batch_padding"] == ("bucket" if auto_pads else "exact")
     assert (chosen["max_batch_size"], chosen["concurrency"]) in cells
     assert chosen["predicted_p95_ms"] <= chosen["headroom"] * chosen["slo_p95_ms"]
     # the prediction is the fit of the measured cells: the same formula recomputed from benchmark.json

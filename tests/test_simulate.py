@@ -26,6 +26,7 @@ from predictor.tools.simulate import (
     ServiceModel,
     Simulation,
     main,
+    padded_cells,
     simulate,
     trace_rates,
 )
@@ -174,6 +175,58 @@ def test_service_model_from_cells():
     assert m2.median_s[3] == pytest.approx((0.100 + 0.020 * 4) / 2)
     # the c=4 cell's closed-loop throughput is kept: a call of 2 leaves the model every 50 ms
     assert 2 / m2.median_s[1] == pytest.approx(4 / 0.100)
+
+
+def test_a_padded_benchmarks_cells_are_the_points_of_the_buckets_they_computed():
+    """A padded server's cell of 6 clients (overlap 2: calls of 3 images) computed bucket 4's calls: it
+    is the point of 8 clients, averaged with the 8-client cell; below one image (1 client) as it is.
+    An exact-size benchmark keeps every cell where it was."""
+    conc, (p50,) = padded_cells(np.array([1.0, 4.0, 6.0, 8.0]), (np.array([10.0, 40.0, 70.0, 90.0]),), 2.0,
+                                (1, 2, 4, 8))  # fmt: skip
+    assert conc.tolist() == [1.0, 4.0, 8.0] and p50.tolist() == [10.0, 40.0, 80.0]
+    cells = [
+        {"max_batch_size": 8, "concurrency": c, "requests": 10, "p50_ms": ms, "p95_ms": ms}
+        for c, ms in ((2, 20.0), (6, 100.0), (8, 100.0))
+    ]
+    padded = ServiceModel.from_cells(cells, 8, "test", overlap=2, measured_padding="bucket")
+    exact = ServiceModel.from_cells(cells, 8, "test", overlap=2, measured_padding="exact")
+    # padded: the 6-client cell is bucket 4's (at 8 clients with the 8-client one), so 3 rows (6
+    # clients) lie between the 2-client point (20 ms) and that one (100 ms): (20 + 80 x 4 / 6) / 2 ms;
+    # exact: the 6-client cell itself, 100 / 2 ms. Bucket 4 (8 clients) is 50 ms in both.
+    assert padded.median_s[2] == pytest.approx((0.020 + 0.080 * 4 / 6) / 2)
+    assert exact.median_s[2] == pytest.approx(0.050)
+    assert padded.median_s[3] == exact.median_s[3] == pytest.approx(0.050)
+    assert padded.gpu and not exact.gpu  # a benchmark's servers ran auto: padded calls mean a GPU
+
+
+def test_a_gpu_service_model_charges_a_calls_bucket_and_a_cpu_one_its_rows():
+    """Calls of 10 ms per image (``median(b) = 10 b`` ms). Three requests at 0 wait the 2 ms batch wait
+    and run as one call: on a GPU (``auto`` pads) bucket 4, 40 ms, done 0.042; with ``--batch_padding
+    exact``, or on a CPU, 3 rows, 30 ms, done 0.032."""
+    import dataclasses
+
+    cpu = ServiceModel.parametric(0.0, 10.0, 0.0, 8)
+    gpu = dataclasses.replace(cpu, gpu=True)
+    done = lambda cfg, svc: [r.done for r in _run(cfg, svc, [0.0] * 3)]  # noqa: E731
+    assert done(FleetConfig(mode="hpa"), gpu) == pytest.approx([0.042] * 3)
+    assert done(FleetConfig(mode="hpa", batch_padding="exact"), gpu) == pytest.approx([0.032] * 3)
+    assert done(FleetConfig(mode="hpa"), cpu) == pytest.approx([0.032] * 3)
+    assert done(FleetConfig(mode="hpa", batch_padding="bucket"), cpu) == pytest.approx([0.042] * 3)
+
+
+def test_the_simulated_servers_buckets_are_the_detectors():
+    from predictor.ssd.detector import buckets_up_to
+    from predictor.tools.simulate import server_buckets
+
+    for max_batch in (1, 3, 8, 12, 32, 64, 128):
+        assert server_buckets(max_batch) == buckets_up_to(max_batch)
+
+
+def test_the_cli_refuses_exact_calls_with_xla(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--trace", "constant:1:5", "--batch_padding", "exact", "--xla", "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "--batch_padding exact runs calls of any size" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------- engine

@@ -108,7 +108,7 @@ def test_model_calls_take_the_served_bucket_1_calls_median_and_the_batcher_decid
     assert dict(prof.one_core_bucket_s) == pytest.approx({1: 0.045, 2: 0.075})  # p unchanged
     assert prof.parallel_fraction(2) == pytest.approx(base.parallel_fraction(2))
     assert prof.net_s == pytest.approx(0.0065)
-    assert prof.batcher(2).efficient_bucket() == base.batcher(2).efficient_bucket()
+    assert prof.batcher(2, pads=True).efficient_bucket() == base.batcher(2, pads=True).efficient_bucket()
 
 
 def test_checks_table_counts_the_checks_within_20_percent_in_two_replays():
@@ -322,3 +322,33 @@ def test_the_bucket_text_names_each_replicas_efficient_bucket_at_the_servers_max
     )
     report["profile"] = dataclasses.replace(prof, replica_rule_bucket_s=None).to_json()
     assert bucket_text(report) == "1: 10, 2: 16, 4: 35, 8: 65 (the servers' warm-up)"
+
+
+def test_a_replay_simulates_the_padding_the_recorded_servers_ran(tmp_path):
+    """A report that does not say was recorded before the servers ran exact sizes: its profile, and the
+    replay's simulated servers, pad (a call of 3 costs bucket 4); one recorded with exact-size calls
+    (``batch_padding: exact``, read from the servers' logs) is replayed at the calls' rows, and the
+    plan inputs carry it (the profile and the cells)."""
+    from bench.simulate_check import padding_of, profile_of, simulate_replay, write_plan_inputs
+
+    report = {  # decode 0.1 ms: 12 ms at c=1 less the 10 ms call and the 2 ms wait (at least 0.1 ms)
+        "benchmark": {"cells": [{"concurrency": 1, "p50_ms": 12.0}]},
+        "warmup_bucket_s": [{"1": 0.01, "2": 0.02, "4": 0.04}],
+        "placement": [[0, 1]],
+        "profile": {"source": "test"},
+        "machine": {"cpu": "test"},
+    }
+    assert padding_of(report) == "bucket" and profile_of(report).batch_padding == "bucket"
+    exact = {**report, "batch_padding": "exact"}
+    prof = profile_of(exact)
+    assert prof.batch_padding == "exact"
+    # three requests at once on each: padded, the prefix rule runs 2 then 1; exact, one call of 3
+    calls = {}
+    for name, p in (("bucket", profile_of(report)), ("exact", prof)):
+        _, per_phase = simulate_replay(p, 1, None, [0.0, 0.0, 0.0], [0.0], 1.0, 5)
+        calls[name] = per_phase[0]["mean_batch"]
+    assert calls == {"bucket": 1.5, "exact": 3.0}
+    exact["profile"] = prof.to_json()
+    write_plan_inputs(exact, tmp_path / "profile.json", tmp_path / "bench.json")
+    assert CpuProfile.from_json(json.loads((tmp_path / "profile.json").read_text())).batch_padding == "exact"
+    assert json.loads((tmp_path / "bench.json").read_text())["batch_padding"] == "exact"

@@ -27,8 +27,17 @@ from predictor.tools.simulate import (
 )
 
 
-def _run(prof: CpuProfile, times: list[float], replicas: int = 1, shared: float | None = None) -> list:
-    cfg = FleetConfig(mode="hpa", initial_replicas=replicas, shared_cores=shared, balancer="round-robin")
+def _run(
+    prof: CpuProfile,
+    times: list[float],
+    replicas: int = 1,
+    shared: float | None = None,
+    padding: str = "auto",
+) -> list:
+    cfg = FleetConfig(
+        mode="hpa", initial_replicas=replicas, shared_cores=shared, balancer="round-robin",
+        batch_padding=padding,
+    )  # fmt: skip
     cfg.hpa = type(cfg.hpa)(min_replicas=replicas, max_replicas=replicas)
     return Simulation(cfg, prof, seed=0).run(np.asarray(times), horizon_s=1.0).requests
 
@@ -74,15 +83,57 @@ def test_replicas_sharing_cores_slow_each_other():
 
 
 def test_calls_are_padded_to_a_bucket_and_take_the_batchers_efficient_prefix():
-    """Buckets 1/2/4/8 at 10 ms per image (padding costs what an image does: a CPU). Three requests
-    decoded at once (8 cores, decode ~0) are queued when the 2 ms wait ends: the server's rule runs 2
-    (bucket 2, 20 ms) and leaves the third for the next call (bucket 1, 10 ms), instead of padding 3
-    to 4 (40 ms). Five: 4 then 1."""
+    """A padding server (``--batch_padding bucket``). Buckets 1/2/4/8 at 10 ms per image (padding costs
+    what an image does: a CPU). Three requests decoded at once (8 cores, decode ~0) are queued when the
+    2 ms wait ends: the server's rule runs 2 (bucket 2, 20 ms) and leaves the third for the next call
+    (bucket 1, 10 ms), instead of padding 3 to 4 (40 ms). Five: 4 then 1."""
     prof = _exact({1: 0.01, 2: 0.02, 4: 0.04, 8: 0.08}, 1e-9, cores=8.0, decode_threads=8)
-    assert [r.done for r in _run(prof, [0.0] * 3)] == pytest.approx([0.022, 0.022, 0.032])
-    assert [r.done for r in _run(prof, [0.0] * 5)] == pytest.approx([0.042] * 4 + [0.052])
+    assert [r.done for r in _run(prof, [0.0] * 3, padding="bucket")] == pytest.approx([0.022, 0.022, 0.032])
+    assert [r.done for r in _run(prof, [0.0] * 5, padding="bucket")] == pytest.approx([0.042] * 4 + [0.052])
     # seven pad to eight (the prefix rule would leave 3 for a call of 4: more computed than 8)
-    assert [r.done for r in _run(prof, [0.0] * 7)] == pytest.approx([0.082] * 7)
+    assert [r.done for r in _run(prof, [0.0] * 7, padding="bucket")] == pytest.approx([0.082] * 7)
+
+
+def test_a_cpu_server_on_auto_runs_each_call_at_its_exact_size():
+    """The server's default, ``--batch_padding auto``, on a CPU without XLA: calls of their rows, never
+    split for a bucket. The same profile and arrivals as above: three requests are one call of 3 rows,
+    30 ms (between bucket 2's 20 and bucket 4's 40), done at 0.002 + 0.030; five one call of 5 (50 ms);
+    seven one call of 7 (70 ms)."""
+    prof = _exact({1: 0.01, 2: 0.02, 4: 0.04, 8: 0.08}, 1e-9, cores=8.0, decode_threads=8)
+    assert [r.done for r in _run(prof, [0.0] * 3)] == pytest.approx([0.032] * 3)
+    assert [r.done for r in _run(prof, [0.0] * 5)] == pytest.approx([0.052] * 5)
+    assert [r.done for r in _run(prof, [0.0] * 7, padding="exact")] == pytest.approx([0.072] * 7)
+
+
+def test_a_call_costs_its_bucket_when_padded_and_its_rows_when_exact():
+    """Buckets 1: 12 ms, 2: 20 ms, 4: 36 ms. A call of 3: padded, bucket 4's 36 ms; exact, 28 ms (linear
+    between 2 and 4: a real image costs about what a full bucket's does, bench/RESULTS.md "Padding on
+    a CPU"). Past the largest bucket, 7 images: padded two calls of 4 (72 ms), exact a call of 4 and
+    one of 3 (36 + 28 = 64 ms). A bucket's own size costs the same either way."""
+    prof = _exact({1: 0.012, 2: 0.02, 4: 0.036}, 0.001, cores=2.0)
+    assert prof.call_s(3, pads=True) == pytest.approx(0.036)
+    assert prof.call_s(3, pads=False) == pytest.approx(0.028)
+    assert prof.call_s(7, pads=True) == pytest.approx(0.072)
+    assert prof.call_s(7, pads=False) == pytest.approx(0.064)
+    assert [prof.call_s(b, pads=False) for b in (1, 2, 4)] == [prof.call_s(b, pads=True) for b in (1, 2, 4)]
+
+
+def test_the_simulated_servers_pad_as_the_server_decides():
+    """``replica_pads`` is the server's rule (``pads_to_bucket``) on the fleet's flags and the replicas'
+    device: a CPU profile has no GPU, so ``auto`` runs exact sizes unless ``--xla``; a service model
+    measured on a GPU pads on ``auto``; ``exact`` with ``--xla`` is refused, as the server refuses it."""
+    from predictor.tools.simulate import ServiceModel, replica_pads
+
+    prof = _exact({1: 0.01, 2: 0.02}, 0.001, cores=2.0)
+    gpu = dataclasses.replace(ServiceModel.parametric(5, 10, 0, 8), gpu=True)
+    assert replica_pads(FleetConfig(), prof) is False
+    assert replica_pads(FleetConfig(xla=True), prof) is True
+    assert replica_pads(FleetConfig(batch_padding="bucket"), prof) is True
+    assert replica_pads(FleetConfig(), gpu) is True
+    assert replica_pads(FleetConfig(batch_padding="exact"), gpu) is False
+    assert replica_pads(FleetConfig(), ServiceModel.parametric(5, 10, 0, 8)) is False
+    with pytest.raises(ValueError, match="--xla off"):
+        replica_pads(FleetConfig(batch_padding="exact", xla=True), prof)
 
 
 def test_the_standing_bound_is_the_servers_efficient_bucket_from_the_profile():
@@ -100,7 +151,7 @@ def test_profile_round_trips_through_json_and_picks_buckets_up_to_the_max_batch(
     assert CpuProfile.from_json(json.loads(json.dumps(prof.to_json()))) == prof
     assert prof.up_to(8).buckets == (1, 2, 4, 8)
     assert prof.up_to(12).bucket_s[-1] == (12, pytest.approx(0.09 + 4 * (0.18 - 0.09) / 8))
-    assert prof.call_s(5) == 0.09 and prof.call_s(64) == pytest.approx(2 * 0.36)
+    assert prof.call_s(5, pads=True) == 0.09 and prof.call_s(64, pads=True) == pytest.approx(2 * 0.36)
 
 
 def test_a_deadline_during_decode_answers_503_and_frees_the_slot():
@@ -177,8 +228,10 @@ def test_planner_simulates_cpu_replicas_from_a_profile(tmp_path):
     assert plan.main(argv) == 0
     cands = json.loads((out / "simulated" / "search.json").read_text())
     assert sorted(c["max_batch_size"] for c in cands) == [8, 32]
-    summary = json.loads((out / "simulated" / "summary.json").read_text())["summary"]
-    assert summary["service"].startswith(prof.source + "; simulated ")
+    written = json.loads((out / "simulated" / "summary.json").read_text())
+    # auto on the profile's CPU replicas: exact-size calls
+    assert written["summary"]["service"].startswith(prof.source + "; calls exact-size; simulated ")
+    assert written["fleet"]["batch_padding"] == "auto" and written["pads_to_bucket"] is False
     assert "# Service times: cpu profile" in (out / "simulated" / "values-sim.yaml").read_text()
     overlay = yaml.safe_load((out / "simulated" / "values-sim.yaml").read_text())
     # The plan is for the profile's pod, 2 cores without a GPU, not the chart's default GPU pod.
@@ -266,24 +319,28 @@ def test_a_refused_request_costs_its_read_on_the_event_loop():
 
 
 def test_a_call_that_would_pad_waits_for_an_image_being_decoded():
-    """Buckets 1/2/4 at 10 ms per image (padding costs), 4 decode threads on 8 cores, decode 10 ms.
-    Three requests at 0 are queued at 0.01, a fourth (at 0.005) is decoding until 0.015. When the 2 ms
-    batch wait ends (0.012), 3 queued + 1 decoding fit bucket 4: the server waits for it (at most a
-    quarter of the 40 ms call after the oldest was queued: until 0.02), so at 0.015 one call of 4 runs:
-    all done at 0.055. Without that wait the prefix rule would run 2 at 0.012 (done 0.032), then 2."""
+    """A padding server. Buckets 1/2/4 at 10 ms per image (padding costs), 4 decode threads on 8 cores,
+    decode 10 ms. Three requests at 0 are queued at 0.01, a fourth (at 0.005) is decoding until 0.015.
+    When the 2 ms batch wait ends (0.012), 3 queued + 1 decoding fit bucket 4: the server waits for it
+    (at most a quarter of the 40 ms call after the oldest was queued: until 0.02), so at 0.015 one call
+    of 4 runs: all done at 0.055. Without that wait the prefix rule would run 2 at 0.012 (done 0.032),
+    then 2. An exact-size server (``auto`` on a CPU) never waits: a call of 3 at 0.012 (30 ms, done
+    0.042), then the fourth alone (10 ms, done 0.052)."""
     prof = CpuProfile(
         ((1, 0.01), (2, 0.02), (4, 0.04)), 0.01, decode_sigma=0.0, model_sigma=0.0, decode_threads=4,
         model_threads=1, cores=8.0,
     )  # fmt: skip
-    reqs = _run(prof, [0.0, 0.0, 0.0, 0.005])
+    reqs = _run(prof, [0.0, 0.0, 0.0, 0.005], padding="bucket")
     assert [r.done for r in reqs] == pytest.approx([0.055] * 4)
+    reqs = _run(prof, [0.0, 0.0, 0.0, 0.005])
+    assert [r.done for r in reqs] == pytest.approx([0.042] * 3 + [0.052])
 
 
 def test_fill_wait_is_the_servers_own_rule():
     from predictor.serving.batcher import FILL_WAIT_FRACTION
     from predictor.tools.simulate import fill_wait
 
-    b = CpuProfile(((1, 0.01), (2, 0.02), (4, 0.04)), 0.01).batcher(4)
+    b = CpuProfile(((1, 0.01), (2, 0.02), (4, 0.04)), 0.01).batcher(4, pads=True)
     # 3 queued (bucket 4) + 1 decoding fit: wait until 0.01 + 0.25 x 0.04 = 0.02
     assert FILL_WAIT_FRACTION == 0.25
     assert fill_wait(b, 3, 1, 0.01, 0.012) == pytest.approx(0.008)
@@ -473,7 +530,7 @@ def test_each_replica_decides_with_its_own_warm_up():
     averaged = Simulation(FleetConfig(mode="hpa", max_batch_size=16), _exact(mean, 0.001, 2.0))
     assert averaged.new_replica(0.0).efficient == 2
     # the calls themselves take the profile's times, whichever replica runs them
-    assert prof.call_s(8) == pytest.approx(mean[8])
+    assert prof.call_s(8, pads=False) == prof.call_s(8, pads=True) == pytest.approx(mean[8])
     # a server with --max_batch_size 8: each replica's own buckets cut too (replica 0: 8 is the best)
     small = Simulation(FleetConfig(mode="hpa", max_batch_size=8), prof.up_to(8))
     assert small.new_replica(0.0).efficient == 8

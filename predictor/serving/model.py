@@ -31,7 +31,7 @@ from predictor.serving.admission import CALL_ARRIVAL
 from predictor.serving.batcher import Deadline, DynamicBatcher
 from predictor.serving.errors import NotReady, RequestTimeout, status_of
 from predictor.serving.images import ImageLimits
-from predictor.serving.options import ServingOptions, resolve_automatic
+from predictor.serving.options import EXACT_ROWS_MESSAGE, ServingOptions, pads_to_bucket, resolve_automatic
 from predictor.serving.prepare import prepare_payload
 from predictor.ssd.detector import Detector
 from predictor.ssd.weights import UNVERSIONED
@@ -163,7 +163,7 @@ class SSDPredictor(kserve.Model):
                 detector.trace_count,
             )
             if not self._batcher.pads_to_bucket:
-                log.info("the network runs the real images only (no padding): calls are not split for it")
+                log.info("%s: calls are not split for it", EXACT_ROWS_MESSAGE)
             self.ready = True
         finally:
             self._load_lock.release()
@@ -402,20 +402,19 @@ def _ms(start: float) -> float:
 
 
 def pads_batches(options: ServingOptions) -> bool:
-    """``--batch_padding``: whether the detector pads a call to its bucket. ``auto`` pads on a GPU or
-    with ``--xla`` (per-shape compilation and autotuning), not on a CPU, where a padded image costs
-    what a real one does and a new size's first call costs no more than the next (bench/padding.py).
+    """``--batch_padding``: whether the detector pads a call to its bucket
+    (:func:`~predictor.serving.options.pads_to_bucket`, with TensorFlow's GPU list for ``auto``).
 
     Raises:
       ValueError: ``exact`` with ``--xla`` (XLA would compile one executable per call size).
     """
-    if options.batch_padding == "exact" and options.xla:
-        raise ValueError("--batch_padding exact runs calls of any size, XLA compiles each: leave --xla off")
-    if options.batch_padding != "auto":
-        return options.batch_padding == "bucket"
+    return pads_to_bucket(options.batch_padding, xla=options.xla, gpu=_has_gpu)
+
+
+def _has_gpu() -> bool:
     import tensorflow as tf
 
-    return options.xla or bool(tf.config.list_physical_devices("GPU"))
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 def onnx_runtime_detector(detector: Detector, options: ServingOptions) -> Detector:

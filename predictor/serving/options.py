@@ -92,8 +92,31 @@ def _precision(raw: str) -> str:
 RUNTIMES = ("tensorflow", "onnxruntime")
 
 
-#: ``--batch_padding`` values (:func:`predictor.serving.model.pads_batches`).
+#: ``--batch_padding`` values (:func:`pads_to_bucket`).
 BATCH_PADDINGS = ("auto", "bucket", "exact")
+
+#: What a server whose model calls run their exact rows logs once ready (``SSDPredictor.load``); the
+#: planner reads its measured servers' padding from their logs with it (``plan.measured_padding``).
+EXACT_ROWS_MESSAGE = "the network runs the real images only (no padding)"
+
+
+def pads_to_bucket(batch_padding: str, *, xla: bool, gpu: bool | Callable[[], bool]) -> bool:
+    """Whether a server with ``--batch_padding batch_padding`` pads a model call to its bucket: ``bucket``
+    pads, ``exact`` does not, ``auto`` pads on a GPU or with ``--xla`` (per-shape compilation and
+    autotuning), not on a CPU, where a padded image costs what a real one does and a new size's first
+    call costs no more than the next (bench/padding.py). The server
+    (:func:`predictor.serving.model.pads_batches`) and the fleet simulator
+    (:func:`predictor.tools.simulate.replica_pads`) both decide with it. ``gpu``: whether the server has
+    a GPU, or a function asked only for ``auto`` (the server's lists TensorFlow's devices).
+
+    Raises:
+      ValueError: ``exact`` with ``xla`` (XLA would compile one executable per call size).
+    """
+    if batch_padding == "exact" and xla:
+        raise ValueError("--batch_padding exact runs calls of any size, XLA compiles each: leave --xla off")
+    if batch_padding != "auto":
+        return batch_padding == "bucket"
+    return xla or bool(gpu() if callable(gpu) else gpu)
 
 
 def _batch_padding(raw: str) -> str:

@@ -47,6 +47,7 @@ import numpy as np
 
 from predictor._argtypes import positive_floats, positive_ints, replica_floors
 from predictor.protocol.wire import MODEL_NAME
+from predictor.serving.options import BATCH_PADDINGS, EXACT_ROWS_MESSAGE, ServingOptions
 from predictor.serving.resources import cpu_model_name
 from predictor.tools.localserver import LocalServer, start_ready_server
 
@@ -70,12 +71,21 @@ class Cell:
 
 
 def start_planner_server(
-    model_dir: str | None, max_batch_size: int, batch_wait_ms: float, log_path: Path
-) -> LocalServer:
+    model_dir: str | None, max_batch_size: int, batch_wait_ms: float, log_path: Path,
+    batch_padding: str = ServingOptions.batch_padding,
+) -> LocalServer:  # fmt: skip
     """``python -m predictor`` with these batcher settings on loopback ports, ready (its own process
     group, stopped with ``terminate()``)."""
     flags = ("--max_batch_size", str(max_batch_size), "--batch_wait_ms", str(batch_wait_ms))
+    flags += ("--batch_padding", batch_padding)
     return start_ready_server(model_dir, log_path, *flags, interval_s=0.3, own_session=True)
+
+
+def measured_padding(log_text: str) -> str:
+    """How a measured server ran its model calls, from its log: ``exact`` when it logged
+    :data:`~predictor.serving.options.EXACT_ROWS_MESSAGE` (its ``--batch_padding`` resolved so), else
+    ``bucket``."""
+    return "exact" if EXACT_ROWS_MESSAGE in log_text else "bucket"
 
 
 def request_bodies(count: int = 4, size: tuple[int, int] = (640, 480)) -> list[bytes]:
@@ -172,14 +182,19 @@ def measure(
     requests: int,
     out_dir: Path,
     log=print,
+    batch_padding: str = ServingOptions.batch_padding,
 ) -> dict[str, Any]:
-    """Sweep (max batch size x concurrency) against real local servers; the benchmark as JSON data."""
+    """Sweep (max batch size x concurrency) against real local servers; the benchmark as JSON data
+    (``batch_padding``: how the servers ran their calls, :func:`measured_padding`)."""
     bodies = request_bodies()
     cells: list[Cell] = []
+    paddings = set()
     for b in max_batch_sizes:
-        server = start_planner_server(model_dir, b, batch_wait_ms, out_dir / f"server_b{b}.log")
+        log_path = out_dir / f"server_b{b}.log"
+        server = start_planner_server(model_dir, b, batch_wait_ms, log_path, batch_padding)
         log(f"max_batch_size {b}: server ready after {server.ready_s:.1f} s")
         try:
+            paddings.add(measured_padding(log_path.read_text()))
             for c in concurrencies:
                 cell = summarize(b, c, *asyncio.run(measure_cell(server.url, bodies, c, requests)))
                 cells.append(cell)
@@ -194,6 +209,7 @@ def measure(
         "model_dir": str(model_dir) if model_dir else "demo",
         "request": "V1 JSON, one 640x480 JPEG (base64) per request, closed-loop clients on loopback",
         "batch_wait_ms": batch_wait_ms,
+        "batch_padding": paddings.pop() if len(paddings) == 1 else "mixed",
         "machine": machine_info(),
         "cells": [asdict(c) for c in cells],
     }
@@ -211,22 +227,31 @@ def machine_info() -> dict[str, Any]:
 
 
 def load_benchmark(path: Path) -> dict[str, Any]:
-    """A planner benchmark (``--measure-only``), or ``bench/served.py``'s JSON (V1 rows, one model)."""
+    """A planner benchmark (``--measure-only``), or ``bench/served.py``'s JSON (V1 rows, one model).
+    ``batch_padding``: how its servers ran their model calls (``bucket`` or ``exact``); a benchmark that
+    does not say was measured before the server ran exact sizes: ``bucket`` (a ``bench/served.py`` JSON
+    says only through a ``--batch_padding bucket|exact`` in its server command)."""
     data = json.loads(Path(path).read_text())
     if data.get("format") == BENCHMARK_FORMAT:
-        return data
+        padding = data.get("batch_padding", "bucket")
+        if padding not in ("bucket", "exact"):
+            raise ValueError(f"{path}: batch_padding {padding!r}: its servers' calls were not run one way")
+        return {**data, "batch_padding": padding}
     if "models" in data:  # bench.served: {"models": {name: {"server_cmd": [...], "rows": [...]}}}
         name, model = next(iter(data["models"].items()))
         cmd = model.get("server_cmd", [])
         batch = int(cmd[cmd.index("--max_batch_size") + 1]) if "--max_batch_size" in cmd else 32
         wait = float(cmd[cmd.index("--batch_wait_ms") + 1]) if "--batch_wait_ms" in cmd else 2.0
+        flag = cmd[cmd.index("--batch_padding") + 1] if "--batch_padding" in cmd else "auto"
+        padding = flag if flag in ("bucket", "exact") else "bucket"
         cells = [
             asdict(Cell(batch, r["concurrency"], r["requests"], r["errors"], r["images_per_s"],
                         r["mean_ms"], r["p50_ms"], r["p95_ms"], r["p99_ms"]))
             for r in model["rows"] if r.get("protocol", "v1") == "v1"
         ]  # fmt: skip
         return {"format": BENCHMARK_FORMAT, "model_dir": name, "batch_wait_ms": wait, "cells": cells,
-                "machine": data.get("machine", {}), "request": "bench/served.py V1 rows"}  # fmt: skip
+                "machine": data.get("machine", {}), "request": "bench/served.py V1 rows",
+                "batch_padding": padding}  # fmt: skip
     raise ValueError(f"{path}: not a planner benchmark ({BENCHMARK_FORMAT}) or bench/served.py JSON")
 
 
@@ -518,6 +543,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--concurrency", type=positive_ints, default=[1, 2, 4, 8], help="concurrency levels to measure"
     )
     p.add_argument("--batch-wait-ms", type=float, default=2.0, help="batcher wait of the measured servers")
+    p.add_argument(
+        "--batch-padding",
+        choices=BATCH_PADDINGS,
+        default=ServingOptions.batch_padding,
+        help="the servers' --batch_padding: the measured ones' and, with --trace, the simulated ones' "
+        "(auto: exact-size calls on a CPU, padded on a GPU; a benchmark records what its servers ran)",
+    )
     p.add_argument("--requests", type=int, default=200, help="timed requests per measured setting")
     p.add_argument("--headroom", type=float, default=0.9, help="plan for predicted p95 <= headroom x SLO")
     p.add_argument("--target-utilization", type=float, default=0.7, help="scaleTarget / containerConcurrency")
@@ -587,6 +619,7 @@ def main(argv: list[str] | None = None) -> int:
         benchmark = measure(
             args.model_dir, args.max_batch_sizes, args.concurrency,
             batch_wait_ms=args.batch_wait_ms, requests=args.requests, out_dir=args.out,
+            batch_padding=args.batch_padding,
         )  # fmt: skip
         (args.out / "benchmark.json").write_text(json.dumps(benchmark, indent=1) + "\n")
         source = f"{args.out / 'benchmark.json'}"
@@ -651,6 +684,8 @@ def simulate_plan(benchmark: dict[str, Any], plan: Plan, args: argparse.Namespac
         workers=args.workers,
         min_attainment=args.min_attainment,
         search_max_replicas=args.search_max_replicas,
+        measured_padding=benchmark["batch_padding"],
+        batch_padding=args.batch_padding,
     )
     print(
         f"wrote {out}/search.md, search.json, simulate.png, summary.json"

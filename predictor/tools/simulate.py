@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from predictor._argtypes import positive_floats, positive_int, positive_ints, replica_floors
-from predictor.serving.options import ServingOptions
+from predictor.serving.options import BATCH_PADDINGS, ServingOptions, pads_to_bucket
 from predictor.tools.autoscalers import (
     Hpa,
     HpaConfig,
@@ -73,6 +73,9 @@ class ServiceModel:
     median_s: tuple[float, ...]
     sigma: tuple[float, ...]
     source: str = "parametric"
+    # the replicas run on a GPU (``--batch_padding auto`` pads there: :func:`replica_pads`); a
+    # benchmark's servers ran ``auto`` without XLA, so :meth:`from_cells` infers it from their padding
+    gpu: bool = False
 
     def sample(self, b: int, rng: np.random.Generator) -> float:
         i = min(b, len(self.median_s)) - 1
@@ -90,10 +93,15 @@ class ServiceModel:
 
     @classmethod
     def from_cells(
-        cls, cells: Sequence[dict[str, Any]], max_batch: int, source: str, overlap: float = 2.0
-    ) -> ServiceModel:
+        cls, cells: Sequence[dict[str, Any]], max_batch: int, source: str, overlap: float = 2.0,
+        measured_padding: str = "bucket",
+    ) -> ServiceModel:  # fmt: skip
         """From planner benchmark cells of one max batch size (the smallest measured >= ``max_batch``,
-        or the largest of all)."""
+        or the largest of all). ``measured_padding``: how the measured servers ran their calls
+        (``bucket`` or ``exact``, :func:`predictor.tools.plan.load_benchmark`): a padded server's cell of
+        ``c`` clients ran calls of ``c / overlap`` images as their bucket, so it is the point of the
+        bucket's size (cells landing on one size averaged); the medians are then per real call size,
+        and :class:`Simulation` charges a call's bucket or its rows as the simulated server pads."""
         sizes = sorted({int(c["max_batch_size"]) for c in cells})
         fit = [b for b in sizes if b >= max_batch] or sizes[-1:]
         rows = sorted(
@@ -103,35 +111,67 @@ class ServiceModel:
         conc = np.array([r["concurrency"] for r in rows], np.float64)
         p50 = np.array([r["p50_ms"] for r in rows], np.float64) / 1e3
         sig = np.log(np.maximum(np.array([r["p95_ms"] for r in rows]) / 1e3, p50) / p50) / Z95
+        padded = measured_padding == "bucket"
+        if padded:
+            conc, (p50, sig) = padded_cells(conc, (p50, sig), overlap, server_buckets(fit[0]))
         ks = overlap * np.arange(1, max_batch + 1, dtype=np.float64)  # the cell of each batch size
         lat = np.interp(ks, conc, p50)
         if len(conc) >= 2:
             slope = max(0.0, (p50[-1] - p50[-2]) / (conc[-1] - conc[-2]))
             lat = np.where(ks > conc[-1], p50[-1] + slope * (ks - conc[-1]), lat)
         sigma = np.interp(ks, conc, sig)
-        label = f"{source}, overlap {overlap:g}"
-        return cls(tuple(float(v) for v in lat / overlap), tuple(float(v) for v in sigma), label)
+        label = f"{source}, overlap {overlap:g}, measured {'padded' if padded else 'exact-size'} calls"
+        med = tuple(float(v) for v in lat / overlap)
+        return cls(med, tuple(float(v) for v in sigma), label, gpu=padded)
+
+
+def server_buckets(max_batch: int) -> tuple[int, ...]:
+    """The batch buckets of a server with ``--max_batch_size max_batch`` (``Detector.buckets``,
+    ``buckets_up_to``: ``DEFAULT_BUCKETS`` below it, and it; predictor.ssd.detector imports TensorFlow,
+    so its constant is restated here and tests/test_simulate.py checks it against the detector's)."""
+    return (*(b for b in (1, 2, 4, 8, 16, 32) if b < max_batch), max_batch)
+
+
+def bucket_of(n: int, buckets: Sequence[int]) -> int:
+    """The smallest of ``buckets`` holding ``n`` images (the largest past them)."""
+    return next((b for b in buckets if b >= n), buckets[-1])
+
+
+def padded_cells(
+    conc: np.ndarray, values: tuple[np.ndarray, ...], overlap: float, buckets: Sequence[int]
+) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """Closed-loop cells of a padded server as points of the call size it computed: the cell of ``c``
+    clients (calls of ``c / overlap`` images, :class:`ServiceModel`) at ``overlap x`` the bucket holding
+    them (below one image: as it is); ``values`` (per cell) averaged over the cells landing on one point.
+    E.g. overlap 2, cells 4, 6, 8 -> 4, 8, 8 (6 clients: calls of 3 images, run as 4)."""
+    at = np.array([c if c < overlap else overlap * bucket_of(math.ceil(c / overlap - 1e-9), buckets)
+                   for c in conc])  # fmt: skip
+    points = np.unique(at)
+    return points, tuple(np.array([v[at == x].mean() for x in points]) for v in values)
 
 
 @dataclass(frozen=True)
 class CpuProfile:
     """A replica whose request work and model calls share CPU cores (docs/simulator.md, "CPU replicas").
 
-    ``bucket_s``: the median model call per bucket size with nothing else running; a call of ``n``
-    images runs the smallest bucket holding them. ``rule_bucket_s``: the timings the server decides
-    with (its warm-up, logged as "seconds per bucket"; default ``bucket_s``): the batcher's efficient
-    prefix of the queue (:meth:`DynamicBatcher._efficient_prefix`) and its efficient bucket.
-    ``decode_s``: the median CPU work of one request outside the model call (HTTP, JPEG decode,
-    resize, the answer), from a closed-loop client at concurrency 1: its p50 minus the bucket-1 call and
-    the batch wait. Log-normal spreads ``decode_sigma``, ``model_sigma``. Both kinds of work run on
-    ``cores`` cores as threads (``decode_threads`` decoding at once, ``model_threads`` per call): every
-    job progresses at ``min(1, cores / runnable threads)`` of its alone speed (processor sharing); a
-    model call with fewer cores than threads slows as Amdahl's law says, its parallel fraction from
-    ``one_core_bucket_s`` (the same calls on one core; without it: perfectly parallel). ``lockstep``:
-    once the runnable threads outnumber the cores, a call of more than one thread instead gets the
-    cores of its threads working in lockstep (:class:`_Cpu`, :func:`lockstep_cores`; one-thread jobs
-    keep processor sharing). ``model_calls_in_flight``: the servers' ``--model_calls_in_flight`` the
-    calls were measured with (:func:`search_for_plan` and the CLI replay with it by default).
+    ``bucket_s``: the median model call per bucket size with nothing else running; a call of ``n`` images
+    costs the smallest bucket holding them where the simulated server pads, else ``n`` rows
+    (:meth:`call_s`; :func:`replica_pads` decides). ``batch_padding``: how the profile's servers ran their
+    calls when it was measured (``bucket`` or ``exact``; a profile that does not say was recorded before
+    the server ran exact sizes: ``bucket``): a replay simulates that. ``rule_bucket_s``: the timings the
+    server decides with (its warm-up, logged as "seconds per bucket"; default ``bucket_s``): the batcher's
+    efficient prefix of the queue (:meth:`DynamicBatcher._efficient_prefix`) and its efficient bucket.
+    ``decode_s``: the median CPU work of one request outside the model call (HTTP, JPEG decode, resize,
+    the answer), from a closed-loop client at concurrency 1: its p50 minus the bucket-1 call and the batch
+    wait. Log-normal spreads ``decode_sigma``, ``model_sigma``. Both kinds of work run on ``cores`` cores
+    as threads (``decode_threads`` decoding at once, ``model_threads`` per call): every job progresses at
+    ``min(1, cores / runnable threads)`` of its alone speed (processor sharing); a model call with fewer
+    cores than threads slows as Amdahl's law says, its parallel fraction from ``one_core_bucket_s`` (the
+    same calls on one core; without it: perfectly parallel). ``lockstep``: once the runnable threads
+    outnumber the cores, a call of more than one thread instead gets the cores of its threads working in
+    lockstep (:class:`_Cpu`, :func:`lockstep_cores`; one-thread jobs keep processor sharing).
+    ``model_calls_in_flight``: the servers' ``--model_calls_in_flight`` the calls were measured with
+    (:func:`search_for_plan` and the CLI replay with it by default).
 
     The event loop (any ``loop_*_s`` > 0; docs/simulator.md, "The event loop"): the server's main
     thread, one thread, first come first served, running on the replica's cores like a decode thread.
@@ -171,6 +211,7 @@ class CpuProfile:
     # batcher decides with its own warm-up's "seconds per bucket" (DynamicBatcher's bucket_seconds),
     # not with the replicas' mean; None: every replica decides with ``rule_bucket_s``
     replica_rule_bucket_s: tuple[tuple[tuple[int, float], ...], ...] | None = None
+    batch_padding: str = "bucket"
 
     def factor(self, rng: np.random.Generator, sigma: float) -> float:
         """A job's duration over its median: drawn from ``spread`` (the quantiles, at equally spaced
@@ -185,23 +226,34 @@ class CpuProfile:
     def buckets(self) -> tuple[int, ...]:
         return tuple(b for b, _ in self.bucket_s)
 
-    def call_s(self, n: int) -> float:
-        """Median seconds of a call of ``n`` images (the bucket holding them) alone on the cores."""
-        for b, t in self.bucket_s:
-            if b >= n:
-                return t
-        b, t = self.bucket_s[-1]
-        return t * math.ceil(n / b)
+    def call_s(self, n: int, *, pads: bool) -> float:
+        """Median seconds of a call of ``n`` images alone on the cores: ``pads``: the bucket holding
+        them (past the largest: that many calls of it); else ``n`` rows, linear between the buckets
+        around ``n`` (bench/RESULTS.md, "Padding on a CPU": an exact call costs per image about what a
+        full bucket does), past the largest calls of it and one of the rest. E.g. buckets 2: 20 ms,
+        4: 36 ms: 3 images cost 36 ms padded, 28 ms exact."""
+        top, t_top = self.bucket_s[-1]
+        if pads:
+            for b, t in self.bucket_s:
+                if b >= n:
+                    return t
+            return t_top * math.ceil(n / top)
+        if n > top:
+            rest = n % top
+            return t_top * (n // top) + (self.call_s(rest, pads=False) if rest else 0.0)
+        sizes = [b for b, _ in self.bucket_s]
+        return float(np.interp(n, sizes, [t for _, t in self.bucket_s]))
 
     def parallel_fraction(self, n: int) -> float:
         """Amdahl's ``p`` of a call of ``n`` images from its times on ``model_threads`` cores and on one:
         ``t_m = t_1 (1 - p + p / m)``; 1 without one-core timings (or with one thread)."""
         if not self.one_core_bucket_s or self.model_threads <= 1:
             return 1.0
-        t1 = dict(self.one_core_bucket_s).get(self._bucket(n))
+        b = self._bucket(n)
+        t1 = dict(self.one_core_bucket_s).get(b)
         if not t1:
             return 1.0
-        ratio = self.call_s(n) / t1
+        ratio = dict(self.bucket_s)[b] / t1  # the bucket's p, whether the call pads or not
         return min(1.0, max(0.0, (1.0 - ratio) / (1.0 - 1.0 / self.model_threads)))
 
     def _bucket(self, n: int) -> int:
@@ -234,13 +286,19 @@ class CpuProfile:
             return self.replica_rule_bucket_s[replica % len(self.replica_rule_bucket_s)]
         return self.rule_bucket_s or self.bucket_s
 
-    def batcher(self, max_batch: int, replica: int = 0) -> Any:
+    def batcher(self, max_batch: int, replica: int = 0, *, pads: bool) -> Any:
         """A :class:`DynamicBatcher` with replica ``replica``'s warm-up timings (:meth:`rule_for`): its
-        efficient bucket and prefix rule."""
+        efficient bucket and prefix rule; ``pads``: its calls are padded (``pads_to_bucket``: the split
+        of a call for its bucket and the fill wait apply only then)."""
         from predictor.serving.batcher import DynamicBatcher
 
         cut = self.up_to(max_batch)
-        return DynamicBatcher(_no_model, max_batch_size=max_batch, bucket_seconds=dict(cut.rule_for(replica)))
+        return DynamicBatcher(
+            _no_model,
+            max_batch_size=max_batch,
+            bucket_seconds=dict(cut.rule_for(replica)),
+            pads_to_bucket=pads,
+        )
 
     def to_json(self) -> dict[str, Any]:
         out = {**asdict(self), "bucket_s": {str(b): t for b, t in self.bucket_s}}
@@ -469,6 +527,22 @@ class FleetConfig:
     # Standard mode's Service: "random" (kube-proxy's pick) or "round-robin" (a client in front of the
     # replicas, as bench.simulate_check's).
     balancer: str = "random"
+    # the server's --batch_padding and --xla: whether a call costs its bucket or its rows (replica_pads)
+    batch_padding: str = ServingOptions.batch_padding
+    xla: bool = ServingOptions.xla
+
+
+def replica_pads(cfg: FleetConfig, svc: ServiceModel | CpuProfile) -> bool:
+    """Whether the simulated servers pad a model call to its bucket, as the server decides
+    (:func:`predictor.serving.options.pads_to_bucket` on ``cfg``'s ``--batch_padding`` and ``--xla``): a
+    CPU profile's replicas have no GPU; a service model's have one when it says so
+    (:attr:`ServiceModel.gpu`). So ``auto`` runs a CPU replica's calls at their exact size and pads on
+    a GPU or with XLA.
+
+    Raises:
+      ValueError: ``exact`` with ``xla`` (the server refuses it).
+    """
+    return pads_to_bucket(cfg.batch_padding, xla=cfg.xla, gpu=isinstance(svc, ServiceModel) and svc.gpu)
 
 
 @dataclass(slots=True)
@@ -519,13 +593,13 @@ class _Replica:
         self.refusals_at_backlog = 0
         self.offered = 0
         self.window = (0.0, 0)
+        self.pads = replica_pads(cfg, svc)  # a call costs its bucket (True) or its rows
+        self.buckets = server_buckets(cfg.max_batch_size)
         if isinstance(svc, CpuProfile):  # the server's own rule on its warm-up timings
-            self.batcher = svc.batcher(cfg.max_batch_size, rid)
+            self.batcher = svc.batcher(cfg.max_batch_size, rid, pads=self.pads)
             self.efficient = self.batcher.efficient_bucket()
             return
-        buckets = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b < cfg.max_batch_size]
-        buckets.append(cfg.max_batch_size)
-        rates = {b: b / svc.median(b) for b in buckets}
+        rates = {b: b / svc.median(b) for b in self.buckets}
         best = max(rates.values())
         self.efficient = min(b for b, r in rates.items() if r >= EFFICIENT_FRACTION * best)
 
@@ -966,7 +1040,7 @@ class Simulation:
             for r in batch:
                 r.queued = False
             prof = self.svc
-            work = prof.call_s(len(batch)) * prof.factor(self.rng, prof.model_sigma)
+            work = prof.call_s(len(batch), pads=rep.pads) * prof.factor(self.rng, prof.model_sigma)
             self._call_starts(rep, len(batch))
             assert rep.cpu is not None
             p = prof.parallel_fraction(len(batch))
@@ -976,7 +1050,8 @@ class Simulation:
         for r in batch:
             r.queued = False
         assert isinstance(self.svc, ServiceModel)
-        seconds = self.svc.sample(len(batch), self.rng)
+        rows = bucket_of(len(batch), rep.buckets) if rep.pads else len(batch)  # what the network computes
+        seconds = self.svc.sample(rows, self.rng)
         self._call_starts(rep, len(batch))
         end = self.now + seconds
         rep.busy_s += max(0.0, end - max(self.now, rep.busy_until))  # overlapping calls counted once
@@ -1171,7 +1246,10 @@ class Simulation:
         for rep in self.replicas:
             if rep.gone_at is None:
                 self.replica_seconds += min(self.now, horizon) - rep.created
-        info = {"fleet": _jsonable(asdict(self.cfg)), "service": self.svc.source}
+        info = {
+            "fleet": _jsonable(asdict(self.cfg)), "service": self.svc.source,
+            "pads_to_bucket": replica_pads(self.cfg, self.svc),
+        }  # fmt: skip
         return Result(reqs + self.more, timeline, self.replica_seconds, info, horizon)
 
 
@@ -1199,13 +1277,14 @@ def check_calls_in_flight(n: int, svc: ServiceModel | CpuProfile) -> None:
 
 def closed_loop_rps(
     prof: CpuProfile, clients: int, replicas: int = 1, shared_cores: float | None = None,
-    seconds: float = 30.0, warm_s: float = 5.0, calls_in_flight: int = 1,
+    seconds: float = 30.0, warm_s: float = 5.0, calls_in_flight: int = 1, batch_padding: str | None = None,
 ) -> float:  # fmt: skip
     """Simulated throughput (200s answered per second after ``warm_s``) of ``replicas`` behind a
-    round-robin client under ``clients`` closed-loop clients."""
+    round-robin client under ``clients`` closed-loop clients; ``batch_padding``: the servers'
+    (default: the profile's servers' when measured, ``prof.batch_padding``)."""
     cfg = FleetConfig(
         mode="hpa", initial_replicas=replicas, shared_cores=shared_cores, balancer="round-robin",
-        model_calls_in_flight=calls_in_flight,
+        model_calls_in_flight=calls_in_flight, batch_padding=batch_padding or prof.batch_padding,
     )  # fmt: skip
     cfg.hpa = dataclasses.replace(cfg.hpa, min_replicas=replicas, max_replicas=replicas)
     res = Simulation(cfg, prof, seed=3).run_closed(clients, seconds)
@@ -1351,6 +1430,10 @@ def search_overlay_yaml(
     calls = ""
     if base.model_calls_in_flight != ServingOptions.model_calls_in_flight:
         calls = f"  modelCallsInFlight: {base.model_calls_in_flight}\n"  # the simulated replicas'
+    if base.batch_padding != ServingOptions.batch_padding:
+        calls += f"  batchPadding: {base.batch_padding}\n"
+    if base.xla != ServingOptions.xla:
+        calls += f"  xla: {str(base.xla).lower()}\n"
     return f"""\
 # Simulated plan (python -m predictor.tools.simulate --search): trace {trace}, p95 <= {slo_p95_ms:g} ms.
 # Cheapest candidate that met it: p95 {best.p95_ms:.0f} ms, {best.share_503:.2%} 503/504,
@@ -1448,8 +1531,9 @@ def service_model(args: argparse.Namespace) -> ServiceModel | CpuProfile:
 
         data = load_benchmark(args.benchmark)
         return ServiceModel.from_cells(
-            data["cells"], args.max_batch_size, f"benchmark {args.benchmark}", args.overlap
-        )
+            data["cells"], args.max_batch_size, f"benchmark {args.benchmark}", args.overlap,
+            data["batch_padding"],
+        )  # fmt: skip
     a, _, b = args.service_ms.partition("+")
     return ServiceModel.parametric(float(a), float(b or 0), args.service_sigma, args.max_batch_size)
 
@@ -1486,6 +1570,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--service-sigma", type=float, default=0.15, help="log-normal spread of the parametric model"
     )
     p.add_argument("--max_batch_size", type=int, default=32)
+    p.add_argument(
+        "--batch_padding",
+        choices=BATCH_PADDINGS,
+        default=ServingOptions.batch_padding,
+        help="the server's --batch_padding: a call costs its bucket (padded) or its rows; auto pads on a "
+        "GPU (a --benchmark whose servers padded) or with --xla, not for --cpu-profile or --service-ms",
+    )
+    p.add_argument("--xla", action="store_true", help="the server's --xla (auto then pads)")
     p.add_argument("--batch_wait_ms", type=float, default=2.0)
     p.add_argument("--max_queue_images", type=int, default=256)
     p.add_argument("--request_timeout_s", type=float, default=30.0)
@@ -1591,6 +1683,8 @@ def config_from_args(args: argparse.Namespace) -> FleetConfig:
         hpa=hpa,
         hpa_metric=args.hpa_metric,
         shared_cores=args.shared_cores,
+        batch_padding=args.batch_padding,
+        xla=args.xla,
     )
 
 
@@ -1680,15 +1774,21 @@ def search_for_plan(
     workers: int = 1,
     min_attainment: float = 0.0,
     search_max_replicas: Sequence[int] | None = None,
+    measured_padding: str = "bucket",
+    batch_padding: str = ServingOptions.batch_padding,
 ) -> Candidate:
     """What ``predictor.tools.plan --trace`` runs: its hard limit fixed, minReplicas x maxReplicas
     (``search_max_replicas``, default the plan's ``max_replicas`` only) x scaleTarget x panic
     threshold x max batch size through the trace, with service times from the
-    planner's benchmark ``cells``, or from a CPU replica ``profile`` (each replica on its own cores);
-    writes :func:`write_search`'s files plus simulate.png and summary.json of the chosen candidate."""
+    planner's benchmark ``cells`` (their servers' calls ``measured_padding``:
+    :meth:`ServiceModel.from_cells`), or from a CPU replica ``profile`` (each replica on its own cores);
+    the simulated servers run ``--batch_padding batch_padding`` (:func:`replica_pads`); writes
+    :func:`write_search`'s files plus simulate.png and summary.json of the chosen candidate."""
     rates = trace_rates(trace, seed)
     services: dict[int, ServiceModel | CpuProfile] = {
-        b: profile.up_to(b) if profile else ServiceModel.from_cells(cells, b, "planner benchmark")
+        b: profile.up_to(b)
+        if profile
+        else ServiceModel.from_cells(cells, b, "planner benchmark", measured_padding=measured_padding)
         for b in max_batch_sizes
     }
     kpa = KpaConfig(container_concurrency=container_concurrency, max_scale=max_replicas)
@@ -1696,15 +1796,16 @@ def search_for_plan(
     calls = profile.model_calls_in_flight if profile else ServingOptions.model_calls_in_flight
     base = FleetConfig(
         mode="knative", batch_wait_s=batch_wait_ms / 1e3, container_concurrency=container_concurrency,
-        cold_start_s=cold_start_s, kpa=kpa, model_calls_in_flight=calls,
+        cold_start_s=cold_start_s, kpa=kpa, model_calls_in_flight=calls, batch_padding=batch_padding,
     )  # fmt: skip
+    pads = replica_pads(base, services[max_batch_sizes[0]])
     cands = search(
         base, services, rates, slo_p95_ms=slo_p95_ms, min_replicas=min_replicas, scale_targets=scale_targets,
         panic_thresholds=panic_thresholds, cost_per_replica_hour=cost_per_replica_hour, seed=seed,
         max_503_share=max_503_share, workers=workers, min_attainment=min_attainment,
         max_replicas=search_max_replicas,
     )  # fmt: skip
-    source = f"{services[max_batch_sizes[0]].source}; {_stamp()}"
+    source = f"{services[max_batch_sizes[0]].source}; calls {'padded' if pads else 'exact-size'}; {_stamp()}"
     best, best_cfg = write_search(
         out, cands, base, trace, seed, slo_p95_ms, max_503_share, source, min_attainment,
         cpu_cores=profile.cores if profile else None,
@@ -1727,6 +1828,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rates = trace_rates(args.trace, args.seed)
     cfg = config_from_args(args)
+    try:
+        pads_to_bucket(cfg.batch_padding, xla=cfg.xla, gpu=False)
+    except ValueError as e:
+        parser.error(str(e))
     if cfg.model_calls_in_flight > 1 and not args.cpu_profile:
         parser.error(
             f"--model_calls_in_flight {cfg.model_calls_in_flight} needs --cpu-profile (with --service-ms "
