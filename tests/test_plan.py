@@ -215,7 +215,9 @@ def test_the_planner_simulates_and_deploys_the_padding_asked_for(tmp_path, helm)
 @pytest.mark.slow
 def test_a_real_sweep_of_the_demo_model_gives_a_plan(demo_model_dir, tmp_path):
     """Sweep the demo model here (real servers on loopback) and plan: every cell measured without errors,
-    and the chosen setting is one of them whose predicted p95 is within the SLO's headroom. Whether the
+    and the chosen setting is a measured max batch size at a concurrency within the measured range
+    (``plan.choose`` interpolates between measured levels, never beyond them) whose predicted p95 is
+    within the SLO's headroom. Whether the
     predicted p95 holds on a fresh run is a timing question: ``make bench-plan`` (bench/plan_accuracy.py)
     measures it on a quiet machine."""
     out = tmp_path / "plan"
@@ -234,7 +236,7 @@ def test_a_real_sweep_of_the_demo_model_gives_a_plan(demo_model_dir, tmp_path):
 
     auto_pads = pads_to_bucket("auto", xla=False, gpu=bool(tf.config.list_physical_devices("GPU")))
     assert bench["batch_padding"] == ("bucket" if auto_pads else "exact")
-    assert (chosen["max_batch_size"], chosen["concurrency"]) in cells
+    assert chosen["max_batch_size"] in (1, 8) and 1 <= chosen["concurrency"] <= 8
     assert chosen["predicted_p95_ms"] <= chosen["headroom"] * chosen["slo_p95_ms"]
     # the prediction is the fit of the measured cells: the same formula recomputed from benchmark.json
     fits = plan.fit(bench["cells"])
