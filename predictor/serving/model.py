@@ -33,7 +33,7 @@ from predictor.serving.errors import NotReady, RequestTimeout, status_of
 from predictor.serving.images import ImageLimits
 from predictor.serving.options import ServingOptions, resolve_automatic
 from predictor.serving.prepare import prepare_payload
-from predictor.ssd.detector import Detector
+from predictor.ssd.detector import Detector, uses_gpu
 from predictor.ssd.weights import UNVERSIONED
 
 log = logging.getLogger(__name__)
@@ -402,7 +402,8 @@ def _ms(start: float) -> float:
 
 
 def pads_batches(options: ServingOptions) -> bool:
-    """``--batch_padding``: whether the detector pads a call to its bucket. ``auto`` pads on a GPU or
+    """``--batch_padding``: whether the detector pads a call to its bucket. ``auto`` pads on a GPU that
+    TensorFlow uses (:func:`~predictor.ssd.detector.uses_gpu`: its logical devices) or
     with ``--xla`` (per-shape compilation and autotuning), not on a CPU, where a padded image costs
     what a real one does and a new size's first call costs no more than the next (bench/padding.py).
 
@@ -413,9 +414,7 @@ def pads_batches(options: ServingOptions) -> bool:
         raise ValueError("--batch_padding exact runs calls of any size, XLA compiles each: leave --xla off")
     if options.batch_padding != "auto":
         return options.batch_padding == "bucket"
-    import tensorflow as tf
-
-    return options.xla or bool(tf.config.list_physical_devices("GPU"))
+    return options.xla or uses_gpu()
 
 
 def onnx_runtime_detector(detector: Detector, options: ServingOptions) -> Detector:
