@@ -47,7 +47,9 @@ slots pays the bound and two counts more than ``candidate_slots=()``, no gather 
 those of the ``top_k`` path, at ``(K / top_k)^2`` of its IoU matrix and NMS loop, ``K / A`` of its
 decoding and ``CANDIDATE_ANCHORS / A`` of its softmax (``candidate_slots=()`` turns sizing off: the ONNX
 export's path). ``bench/postprocess_variants.py`` times it against the code before each step
-(bench/RESULTS.md, "Post-processing variants").
+(bench/RESULTS.md, "Post-processing variants"). :func:`postprocess_with_path` also returns which branch
+ran (:class:`PostprocessPath`, a constant in each branch), so tests and the benchmark see the path an
+input takes; :func:`postprocess`, the serving graph, computes no such output.
 """
 
 from __future__ import annotations
@@ -104,6 +106,22 @@ class NmsResult(NamedTuple):
     iterations: tf.Tensor
 
 
+class PostprocessPath(NamedTuple):
+    """Which branch of :func:`postprocess` ran for a batch (module docstring, "Sizing"): scalars,
+    returned by :func:`postprocess_with_path` (the serving graph does not compute them).
+
+    Attributes:
+      every_anchor: bool, every anchor scored (an image had more than ``CANDIDATE_ANCHORS`` anchors that
+        may pass, or sizing is off); False: only the anchors that may pass scored.
+      candidates: int32 ``K``, the candidates per image of the IoU matrix and NMS: a slot or ``top_k``.
+      decoded: int32, boxes decoded per image: ``K`` (after top-k) or every scored anchor (before it).
+    """
+
+    every_anchor: tf.Tensor
+    candidates: tf.Tensor
+    decoded: tf.Tensor
+
+
 def greedy_nms(suppresses: tf.Tensor, valid: tf.Tensor) -> NmsResult:
     """Greedy NMS over score-sorted candidates, and the loop's iteration count.
 
@@ -137,7 +155,20 @@ def greedy_nms_mask(suppresses: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
     return greedy_nms(suppresses, valid).keep
 
 
-def postprocess(
+def postprocess(*args, **kwargs) -> BatchedDetections:
+    """Network outputs -> final detections in original-image pixels (arguments: :func:`_postprocess`'s
+    but ``with_path``): the serving graph, no branch report computed."""
+    return _postprocess(*args, with_path=False, **kwargs)[0]
+
+
+def postprocess_with_path(*args, **kwargs) -> tuple[BatchedDetections, PostprocessPath]:
+    """:func:`postprocess` and the branch it ran (:class:`PostprocessPath`): for tests and benchmarks,
+    which see which path an input takes; the detections are those of :func:`postprocess`."""
+    det, path = _postprocess(*args, with_path=True, **kwargs)
+    return det, path
+
+
+def _postprocess(
     loc: tf.Tensor,
     logits: tf.Tensor,
     anchors: tf.Tensor,
@@ -151,8 +182,10 @@ def postprocess(
     top_k: int = 400,
     max_detections: int = 200,
     candidate_slots: tuple[int, ...] | None = None,
-) -> BatchedDetections:
-    """Network outputs -> final detections in original-image pixels.
+    with_path: bool = False,
+) -> tuple[BatchedDetections, PostprocessPath | None]:
+    """Network outputs -> final detections in original-image pixels, and (``with_path``) the branch that
+    ran; without it the graph computes no report (each branch returns its detections alone).
 
     Args:
       loc: float ``[B, A, 4]`` regression ``(t_x, t_y, t_w, t_h)``.
@@ -170,6 +203,7 @@ def postprocess(
         :data:`CANDIDATE_SLOTS`. ``()``: always score and decode every anchor and compute the
         ``top_k x top_k`` IoU matrix (the cost before sizing, the ONNX export's path;
         ``bench/postprocess_variants.py`` measures both).
+      with_path: also return :class:`PostprocessPath` (else None).
     """
     loc = tf.cast(loc, tf.float32)
     logits = tf.cast(logits, tf.float32)
@@ -186,8 +220,19 @@ def postprocess(
     caps = None if max_detections_per_image is None else tf.cast(max_detections_per_image, tf.int32)
     geometry = (loc, anchors, image_hw, prior_scaling)
 
-    def select(cand: _Candidates) -> tuple:
-        return tuple(_nms_select(*cand, nms_threshold, caps, max_detections))
+    def select(cand: _Candidates, every: bool, decoded: int | tf.Tensor) -> tuple:
+        """A branch's outputs: the detections, then (``with_path``) its :class:`PostprocessPath`."""
+        det = tuple(_nms_select(*cand, nms_threshold, caps, max_detections))
+        if not with_path:
+            return det
+        size = int(cand.scores.shape[-1])
+        return (*det, tf.constant(every), tf.constant(size, tf.int32), tf.cast(decoded, tf.int32))
+
+    def result(outputs: tuple) -> tuple[BatchedDetections, PostprocessPath | None]:
+        det = BatchedDetections(*outputs[:4])
+        return det, PostprocessPath(*outputs[4:]) if with_path else None
+
+    num_all = int(num_anchors) if num_anchors is not None else tf.shape(logits)[1]
 
     def every_anchor() -> tuple:
         """Steps 1-6 on every anchor's scores, sized to the candidates that passed (module docstring)."""
@@ -196,8 +241,8 @@ def postprocess(
         def branch(size: int | None):
             def run() -> tuple:
                 if size is None:  # more candidates than the largest size: decode every anchor
-                    return select(_candidates_decoded_first(flat, *geometry, num_fg, k))
-                return select(_candidates_decoded_after(flat, *geometry, num_fg, size))
+                    return select(_candidates_decoded_first(flat, *geometry, num_fg, k), True, num_all)
+                return select(_candidates_decoded_after(flat, *geometry, num_fg, size), True, size)
 
             return run
 
@@ -209,7 +254,7 @@ def postprocess(
         return tf.switch_case(index, [branch(s) for s in sizes] + [branch(None)])
 
     if not sizes or num_anchors is None:
-        return BatchedDetections(*every_anchor())
+        return result(every_anchor())
 
     # Few anchors can pass: score only those (module docstring, "Sizing"), unless an image has more.
     n = min(CANDIDATE_ANCHORS, int(num_anchors))
@@ -227,7 +272,7 @@ def postprocess(
             def run() -> tuple:
                 scores, idx = tf.math.top_k(pairs, k=size, sorted=True)  # stable: ties keep the lower index
                 anchor = tf.gather(anchor_idx, idx // num_fg, batch_dims=1)
-                return select(_decoded(scores, anchor, idx % num_fg + 1, *geometry))
+                return select(_decoded(scores, anchor, idx % num_fg + 1, *geometry), False, size)
 
             return run
 
@@ -239,13 +284,14 @@ def postprocess(
                 tf.gather(anchors, anchor_idx),
             )
             few_geometry = (few_loc, few_anchor_boxes, image_hw, prior_scaling)
-            return select(_candidates_decoded_first(pairs, *few_geometry, num_fg, min(k, n * num_fg)))
+            candidates = _candidates_decoded_first(pairs, *few_geometry, num_fg, min(k, n * num_fg))
+            return select(candidates, False, n)
 
         count = tf.reduce_max(tf.reduce_sum(tf.cast(pairs > 0, tf.int32), axis=1))
         index = tf.reduce_sum(tf.cast(count > tf.constant(few_sizes, tf.int32), tf.int32))
         return tf.switch_case(index, [few(s) for s in few_sizes] + [decode_those])
 
-    return BatchedDetections(*tf.cond(anchor_count > n, every_anchor, few_anchors))
+    return result(tf.cond(anchor_count > n, every_anchor, few_anchors))
 
 
 def _passed_scores(logits: tf.Tensor, score_threshold: tf.Tensor, allowed: tf.Tensor | None) -> tf.Tensor:
