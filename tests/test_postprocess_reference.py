@@ -24,39 +24,43 @@ def random_case(seed: int, anchors: int = 240, classes: int = 5):
     return loc, logits, anchor_array
 
 
-# The branches of ``postprocess`` as ``(every_anchor, K, boxes decoded per image)``
+# The branches of ``postprocess`` as ``(every_anchor, anchors scored, K, boxes decoded per image)``
 # (:class:`~predictor.ssd.postprocess.PostprocessPath`) on ``random_case``'s 240 anchors, top-k 400.
-def few(k: int) -> tuple[bool, int, int]:
-    """Only the anchors that may pass scored, ``K`` a slot, only the ``K`` candidates decoded."""
-    return (False, k, k)
+Path = tuple[bool, int, int, int]
 
 
-def every(k: int) -> tuple[bool, int, int]:
+def few(k: int, n: int = 240) -> Path:
+    """Only a tier of ``n`` anchors holding those that may pass scored, ``K`` a slot, only the ``K``
+    candidates decoded."""
+    return (False, n, k, k)
+
+
+def every(k: int) -> Path:
     """Every anchor scored, ``K`` a slot, only the ``K`` candidates decoded."""
-    return (True, k, k)
+    return (True, 240, k, k)
 
 
-def few_decoded(n: int = 240, k: int = 400) -> tuple[bool, int, int]:
-    """The ``n`` anchors that may pass scored and decoded, the top ``k`` of their pairs kept."""
-    return (False, k, n)
+def few_decoded(n: int = 240, k: int = 400) -> Path:
+    """The ``n`` anchors of a tier scored and decoded, the top ``k`` of their pairs kept."""
+    return (False, n, k, n)
 
 
 #: Every anchor scored and decoded, the top 400 kept (``candidate_slots=()``'s computation).
-EVERY_DECODED = (True, 400, 240)
+EVERY_DECODED = (True, 240, 400, 240)
 
 
-def run_with_path(*args, **kwargs) -> tuple[dict[str, np.ndarray], tuple[bool, int, int]]:
+def run_with_path(*args, **kwargs) -> tuple[dict[str, np.ndarray], Path]:
     """``postprocess_with_path``'s detections as NumPy, asserted equal bit for bit to ``postprocess``'s
     (the serving graph, which computes no path), and its path as ``(every_anchor, K, decoded)``."""
     det, path = postprocess_with_path(*args, **kwargs)
     production = {k: v.numpy() for k, v in det._asdict().items()}
     for key, value in postprocess(*args, **kwargs)._asdict().items():
         np.testing.assert_array_equal(production[key], value.numpy(), err_msg=key)
-    return production, (bool(path.every_anchor), int(path.candidates), int(path.decoded))
+    return production, (bool(path.every_anchor), *(int(v) for v in path[1:]))
 
 
 def sized_equals_unsized(
-    loc, logits, anchors, image_hw, thresholds, path: tuple[bool, int, int], **kwargs
+    loc, logits, anchors, image_hw, thresholds, path: Path, **kwargs
 ) -> dict[str, np.ndarray]:
     """Production post-processing (top-k 400, 200 detections; ``kwargs`` e.g. ``candidate_slots``)
     asserted to take ``path`` (``(every_anchor, K, decoded)``) and to equal, bit for bit, the unsized
@@ -67,7 +71,8 @@ def sized_equals_unsized(
     unsized, unsized_path = run_with_path(
         loc, logits, anchors, image_hw, list(thresholds), **common, candidate_slots=()
     )
-    assert unsized_path == (True, 400, int(np.shape(anchors)[0]))
+    num_anchors = int(np.shape(anchors)[0])
+    assert unsized_path == (True, num_anchors, 400, num_anchors)
     for key, value in unsized.items():
         np.testing.assert_array_equal(production[key], value, err_msg=key)
     return production
@@ -233,14 +238,19 @@ def test_each_candidate_size_matches_the_reference_and_the_unsized_path(threshol
 @pytest.mark.parametrize(
     ("thresholds", "anchors_to_score", "may_pass", "counts", "path"),
     [
-        ((0.99, 0.99), 100, (70, 69), (8, 5), few(32)),  # those anchors' pairs scored alone: 32 slots
-        ((0.8, 0.8), 170, (163, 170), (58, 65), few(96)),  # exactly as many anchors as scored: 96 slots
+        ((0.99, 0.99), 100, (70, 69), (8, 5), few(32, 100)),  # those anchors' pairs scored alone: 32 slots
+        ((0.8, 0.8), 170, (163, 170), (58, 65), few(96, 170)),  # exactly as many anchors as scored: 96 slots
         ((0.8, 0.8), 169, (163, 170), (58, 65), every(96)),  # one more: every anchor scored, then 96 slots
         ((0.95, 0.99), 100, (118, 69), (22, 5), every(32)),  # every anchor scored, 32 slots
         # more candidates than the largest slot: those 210 anchors decoded, top 400 of their pairs
         ((0.5, 0.5), 210, (201, 199), (152, 153), few_decoded(210)),
         # and one anchor too many: every anchor scored and decoded
         ((0.5, 0.5), 200, (201, 199), (152, 153), EVERY_DECODED),
+        # tiers of 50 and 200 anchors (800 > 240): more than 50 anchors may pass, the 200-anchor tier
+        ((0.99, 0.99), 50, (70, 69), (8, 5), few(32, 200)),
+        ((0.8, 0.8), 50, (163, 170), (58, 65), few(96, 200)),
+        ((0.6, 0.6), 50, (195, 189), (111, 126), few(128, 200)),
+        ((0.5, 0.5), 50, (201, 199), (152, 153), EVERY_DECODED),  # one more than the largest tier
     ],
 )
 def test_scoring_the_anchors_that_may_pass_matches_the_reference_and_the_unsized_path(
@@ -248,11 +258,13 @@ def test_scoring_the_anchors_that_may_pass_matches_the_reference_and_the_unsized
 ):
     """Only the anchors whose best class's sigmoid(l_c - l_0) clears the threshold are scored when no
     image has more than ``CANDIDATE_ANCHORS`` of them (module docstring's "Sizing"; here 100-210 of 240,
-    these random logits have many close classes), else every anchor: each way, at the boundary, the
-    reference's detections and exactly those of ``candidate_slots=()``."""
+    these random logits have many close classes), or than the next tier (4x, while below the 240
+    anchors), else every anchor: each way, at the boundary, the reference's detections and exactly
+    those of ``candidate_slots=()``."""
     from predictor.ssd import postprocess as module
 
     monkeypatch.setattr(module, "CANDIDATE_ANCHORS", anchors_to_score)
+    monkeypatch.setattr(module, "TIER_ANCHOR_SHARE", 1)  # tiers up to the 240 anchors, not 240 / 8
     loc, logits, anchors = random_case(21)
     image_hw = np.array([[480.0, 640.0], [333.0, 250.0]], np.float32)
     gap = logits[..., 1:].max(-1).astype(np.float64) - logits[..., 0]
@@ -296,7 +308,7 @@ def test_a_slot_larger_than_the_scored_anchors_hold_is_shrunk_to_them():
     loc, logits, anchors = random_case(5, anchors=600, classes=1)
     image_hw = np.array([[480.0, 640.0], [333.0, 250.0]], np.float32)
     production = sized_equals_unsized(
-        loc, logits, anchors, image_hw, (0.9, 0.9), few(256), candidate_slots=(300,)
+        loc, logits, anchors, image_hw, (0.9, 0.9), (False, 256, 256, 256), candidate_slots=(300,)
     )
     assert int(production["num_detections"].max()) > 0
 
