@@ -381,8 +381,8 @@ def low_threshold_markdown(name: str, low: dict) -> list[str]:
         f" when an image has more than {low['largest_slot']} candidates it decodes the scored anchors and"
         f" keeps the top `top_k`; when an image has more than {low['candidate_anchors']} such anchors it"
         f" scores a larger tier of anchors holding them (4x, up to 1/8 of the anchors), beyond that every"
-        f" anchor (then decoding every anchor as `top400` does, after computing the bound). The most candidates"
-        f" that passed / anchors that may pass in"
+        f" anchor (then decoding every anchor as `top400` does, after computing the bound). The most"
+        f" candidates that passed / anchors that may pass in"
         f" one image, and the branch `sized` took: {counts}."
     )
     return [caption, fmt_table(HEADERS, table_rows(low["rows"], LOW_VARIANTS))]
