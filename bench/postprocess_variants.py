@@ -301,8 +301,11 @@ def time_batch(
         "candidates_passed_max": int(passed.max()),
         "anchors_may_pass_max": int(may_pass),
         # the branch the shipped post-processing ran on these outputs (postprocess_with_path)
-        "path": {"every_anchor": bool(path.every_anchor), "anchors": int(logits.shape[1]),
-                 **{f: int(getattr(path, f)) for f in ("scored", "candidates", "decoded")}},
+        "path": {
+            "every_anchor": bool(path.every_anchor),
+            "anchors": int(logits.shape[1]),
+            **{f: int(getattr(path, f)) for f in ("scored", "candidates", "decoded")},
+        },
         "ms_per_image": ms,
         "agrees": same,
     }
