@@ -272,6 +272,11 @@ def time_batch(
         tf.cast(tf.nn.softmax(logits)[:, :, 1:] > threshold, tf.int32), axis=[1, 2]
     ).numpy()
     _, may_pass = pp._anchors_that_may_pass(logits, controls[0], None, 1)
+    _, path = pp.postprocess_with_path(
+        loc, logits, detector.anchors, image_hw, controls[0], controls[1],
+        prior_scaling=detector.config.prior_scaling, nms_threshold=controls[2], class_mask=controls[3],
+        top_k=detector.top_k, max_detections=detector.max_detections,
+    )  # fmt: skip
     outs = {v: post[v](loc, logits, image_hw, *controls) for v in variants}
     same = {v: agreement(outs[v], outs["top400"]) if v != "no_nms" else None for v in variants}
     for v in variants:
@@ -295,6 +300,12 @@ def time_batch(
         "batch": batch,
         "candidates_passed_max": int(passed.max()),
         "anchors_may_pass_max": int(may_pass),
+        # the branch the shipped post-processing ran on these outputs (postprocess_with_path)
+        "path": {
+            "every_anchor": bool(path.every_anchor),
+            "anchors": int(logits.shape[1]),
+            **{f: int(getattr(path, f)) for f in ("scored", "candidates", "decoded")},
+        },
         "ms_per_image": ms,
         "agrees": same,
     }
@@ -332,12 +343,28 @@ def table_rows(rows: list[dict], variants: tuple[str, ...]) -> list[list]:
 
 
 def branch_taken(row: dict, low: dict) -> str:
+    """What ``sized`` ran on a low-threshold row: observed (the row's ``path``, from
+    :func:`predictor.ssd.postprocess.postprocess_with_path`) where recorded, else inferred
+    (:func:`branch_inferred`, rows from before 2026-12-07 21:00)."""
+    path = row.get("path")
+    if path is None:
+        return branch_inferred(row, low)
+    if path["every_anchor"]:
+        decoded = " and decoded" if path["decoded"] == path["anchors"] else ""
+        return f"every anchor scored{decoded}, K = {path['candidates']}"
+    if path["decoded"] == path["scored"] and path["decoded"] != path["candidates"]:
+        return f"{path['scored']} anchors scored and decoded, top {path['candidates']}"
+    return f"{path['scored']} anchors scored, K = {path['candidates']}"
+
+
+def branch_inferred(row: dict, low: dict) -> str:
     """What ``sized`` ran on a low-threshold row: ``"sized"`` (the anchors that may pass, ``K`` sized),
     ``"top_k of the anchors that may pass"`` (more candidates than the largest slot, all among those
     anchors: they alone decoded, top ``top_k``), ``"every anchor scored"`` (an image had more anchors
     that may pass than it scores alone, ``K`` still sized) or ``"every anchor scored and decoded"``
     (both: the ``top400`` path, after the bound). Inferred, not observed: the row's recorded counts put
-    through the dispatch rule of :func:`predictor.ssd.postprocess.postprocess`, re-derived here."""
+    through the dispatch rule of :func:`predictor.ssd.postprocess.postprocess` before anchor tiers
+    (2026-12-07 21:00), re-derived here; for rows recorded before the path was."""
     many_anchors = row["anchors_may_pass_max"] > low["candidate_anchors"]
     if row["candidates_passed_max"] > low["largest_slot"]:
         return "every anchor scored and decoded" if many_anchors else "top_k of the anchors that may pass"
@@ -356,8 +383,9 @@ def low_threshold_markdown(name: str, low: dict) -> list[str]:
         f" `sized` (shipped) scores only the anchors whose bound may pass and sizes `K` to the candidates;"
         f" when an image has more than {low['largest_slot']} candidates it decodes the scored anchors and"
         f" keeps the top `top_k`; when an image has more than {low['candidate_anchors']} such anchors it"
-        f" scores every anchor (and then decodes every anchor as `top400` does, after computing the"
-        f" bound). The most candidates that passed / anchors that may pass in"
+        f" scores a larger tier of anchors holding them (4x, up to 1/8 of the anchors), beyond that every"
+        f" anchor (then decoding every anchor as `top400` does, after computing the bound). The most"
+        f" candidates that passed / anchors that may pass in"
         f" one image, and the branch `sized` took: {counts}."
     )
     return [caption, fmt_table(HEADERS, table_rows(low["rows"], LOW_VARIANTS))]
@@ -395,6 +423,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--low_threshold", type=float, default=LOW_THRESHOLD, help="the low-threshold rows'")
     parser.add_argument("--low_models", default="demo", help="models timed at --low_threshold too")
     parser.add_argument("--low_batches", type=parse_ints, default=[1, 8, 32], help="batches of those rows")
+    parser.add_argument(
+        "--candidate_anchors", type=int, default=None,
+        help="override predictor.ssd.postprocess.CANDIDATE_ANCHORS (e.g. 100: force the larger tiers)",
+    )  # fmt: skip
     parser.add_argument("--out_dir", type=Path, default=OUT_DIR)
     parser.add_argument(
         "--out", type=Path, default=None, help="JSON (default OUT_DIR/postprocess_variants.json)"
@@ -404,6 +436,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.candidate_anchors is not None:
+        from predictor.ssd import postprocess
+
+        postprocess.CANDIDATE_ANCHORS = args.candidate_anchors
     out = args.out or args.out_dir / "postprocess_variants.json"
     data: dict[str, Any] = {"machine": machine_info(), "settings": vars(args).copy(), "models": {}}
     jpegs = make_test_jpegs()

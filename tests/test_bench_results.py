@@ -319,3 +319,27 @@ def test_the_low_threshold_table_names_the_branch_the_shipped_code_took():
         "| 1 | sized | 3 | 3.5 | 8 | 9 | 5 | 37.5 | 37.5 | yes |",
     ]
     assert len(table.splitlines()) == 2 + 4 * 3
+
+
+def test_the_low_threshold_table_names_the_branch_observed_where_recorded():
+    """Rows recording ``postprocess_with_path``'s report name the branch it ran (tier, ``K``, decoding)
+    whatever the counts suggest; rows without it keep the inferred name."""
+    from bench.postprocess_variants import low_threshold_markdown
+
+    def path(every: bool, scored: int, k: int, decoded: int) -> dict:
+        return {"every_anchor": every, "anchors": 8732, "scored": scored, "candidates": k, "decoded": decoded}
+
+    rows = [_low_row(1, 319, 176), _low_row(8, 411, 233), _low_row(16, 60, 300), _low_row(32, 3083, 1668),
+            _low_row(4, 66, 20)]  # fmt: skip
+    rows[0]["path"] = path(False, 1024, 400, 1024)  # counts alone would say the 256 anchors
+    rows[1]["path"] = path(True, 8732, 400, 8732)
+    rows[2]["path"] = path(False, 1024, 64, 64)
+    rows[3]["path"] = path(True, 8732, 96, 96)
+    low = {"threshold": 0.01, "candidate_anchors": 256, "largest_slot": 128, "reps": 9, "rows": rows}
+    caption, _ = low_threshold_markdown("demo", low)
+    assert caption.endswith(
+        "the branch `sized` took: batch 1: 319 / 176 (1024 anchors scored and decoded, top 400), "
+        "batch 8: 411 / 233 (every anchor scored and decoded, K = 400), "
+        "batch 16: 60 / 300 (1024 anchors scored, K = 64), "
+        "batch 32: 3083 / 1668 (every anchor scored, K = 96), batch 4: 66 / 20 (sized)."
+    )

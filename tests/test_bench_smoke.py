@@ -252,14 +252,22 @@ def test_postprocess_variants_smoke(tmp_path):
     keys = ["network", *(f"{part}:{v}" for part in ("post", "whole") for v in timed)]
     assert sorted(row["ms_per_image"]) == sorted(keys)
     table = md[md.index("demo at score threshold 0.01") :]
-    # the branch the caption names follows from the recorded counts (whatever the shipped weights give)
-    many_anchors = row["anchors_may_pass_max"] > CANDIDATE_ANCHORS
+    # the branch the caption names is the one observed (postprocess_with_path), and it follows from the
+    # recorded counts (whatever the shipped weights give): the smallest anchor tier holding those that
+    # may pass (else every anchor), their anchors decoded when more candidates than the largest slot
+    from bench.postprocess_variants import branch_taken
+    from predictor.ssd.postprocess import anchor_tiers
+
+    path, tiers = row["path"], anchor_tiers(row["path"]["anchors"])
+    holding = [t for t in tiers if t >= row["anchors_may_pass_max"]]
+    assert path["every_anchor"] is not bool(holding)
+    assert path["scored"] == (holding[0] if holding else path["anchors"])
     if row["candidates_passed_max"] > max(CANDIDATE_SLOTS):
-        branch = "every anchor scored and decoded" if many_anchors else "top_k of the anchors that may pass"
+        assert path["decoded"] == path["scored"] and path["candidates"] == 400
     else:
-        branch = "every anchor scored" if many_anchors else "sized"
+        assert path["decoded"] == path["candidates"] >= row["candidates_passed_max"]
     counts = f"batch 1: {row['candidates_passed_max']} / {row['anchors_may_pass_max']}"
-    assert f"{counts} ({branch})" in table
+    assert f"{counts} ({branch_taken(row, low)})" in table
     assert table.count("\n| 1 | ") == 3 and "\n| 1 | sized | " in table
 
 

@@ -75,12 +75,33 @@ def test_xla_needs_padding(random_tiny_model_dir, monkeypatch):
     assert pads_batches(predictor_from_flags(random_tiny_model_dir, ["--xla"]).options) is True
     plain = predictor_from_flags(random_tiny_model_dir, []).options
     with monkeypatch.context() as m:  # whatever devices this machine has: auto follows TensorFlow's list
-        m.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
+        m.setattr(tf.config, "list_logical_devices", lambda kind=None: [])
         assert pads_batches(plain) is False  # a CPU
-        m.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"] if kind == "GPU" else [])
+        m.setattr(tf.config, "list_logical_devices", lambda kind=None: ["GPU:0"] if kind == "GPU" else [])
         assert pads_batches(plain) is True  # a GPU
     with pytest.raises(SystemExit):
         predictor_from_flags(random_tiny_model_dir, ["--batch_padding", "none"])
+
+
+@pytest.mark.parametrize(("physical", "logical", "pads"), [(1, 0, False), (0, 0, False), (1, 1, True)])
+def test_auto_pads_only_on_a_gpu_tensorflow_uses(random_tiny_model_dir, monkeypatch, physical, logical, pads):
+    """``auto`` follows TensorFlow's *logical* GPUs: a GPU it lists as physical but will not run ops on
+    (hidden by ``CUDA_VISIBLE_DEVICES`` or ``tf.config.set_visible_devices``, or whose CUDA start failed)
+    leaves calls exact, as on a CPU; and ``--xla`` on such a host is not refused for want of libdevice."""
+    from predictor.ssd import detector as detector_module
+
+    def devices(n: int):
+        return lambda kind=None: [f"/device:GPU:{i}" for i in range(n)] if kind == "GPU" else []
+
+    monkeypatch.setattr(tf.config, "list_physical_devices", devices(physical))
+    monkeypatch.setattr(tf.config, "list_logical_devices", devices(logical))
+    assert pads_batches(predictor_from_flags(random_tiny_model_dir, []).options) is pads
+    monkeypatch.setattr(detector_module, "find_libdevice", lambda *_: None)
+    if logical:
+        with pytest.raises(RuntimeError, match="libdevice"):
+            Detector.from_dir(str(random_tiny_model_dir), xla=True)
+    else:
+        assert Detector.from_dir(str(random_tiny_model_dir), xla=True).xla is True
 
 
 def predictor_from_flags(model_dir, flags: list[str]) -> SSDPredictor:
@@ -108,7 +129,7 @@ def test_the_flag_reaches_the_detector_and_the_batcher(
     def metric(name: str) -> float:
         return REGISTRY.get_sample_value(name) or 0.0
 
-    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])  # a CPU, here or not
+    monkeypatch.setattr(tf.config, "list_logical_devices", lambda kind=None: [])  # a CPU, here or not
     model = predictor_from_flags(random_tiny_model_dir, flags)
     try:
         assert model.load()

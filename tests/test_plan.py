@@ -230,11 +230,10 @@ def test_a_real_sweep_of_the_demo_model_gives_a_plan(demo_model_dir, tmp_path):
     assert set(cells) == {(b, c) for b in (1, 8) for c in (1, 2, 4, 8)}
     assert all(c["errors"] == 0 and c["requests"] == 20 for c in cells.values())
     # the servers' padding, read from their logs: what auto picks on this host (exact on a CPU)
-    import tensorflow as tf
-
     from predictor.serving.options import pads_to_bucket
+    from predictor.ssd.detector import uses_gpu
 
-    auto_pads = pads_to_bucket("auto", xla=False, gpu=bool(tf.config.list_physical_devices("GPU")))
+    auto_pads = pads_to_bucket("auto", xla=False, gpu=uses_gpu)
     assert bench["batch_padding"] == ("bucket" if auto_pads else "exact")
     assert chosen["max_batch_size"] in (1, 8) and 1 <= chosen["concurrency"] <= 8
     assert chosen["predicted_p95_ms"] <= chosen["headroom"] * chosen["slo_p95_ms"]

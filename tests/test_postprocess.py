@@ -336,3 +336,15 @@ def test_anchors_that_may_pass_keep_every_anchor_one_float_above_the_threshold()
     for b in range(batch):
         want = np.flatnonzero(passing[b]).tolist()
         assert [a for a in idx.numpy()[b].tolist() if passing[b, a]] == want, b  # all of them, ascending
+
+
+def test_anchor_tiers_grow_by_the_factor_up_to_an_eighth_of_the_anchors():
+    """256, then 4x while at most ``A / 8``: SSD300's 8,732 anchors get tiers 256 / 1024; a model with
+    fewer than 8,192 anchors only the first; one with fewer than 256 scores all of its anchors in one."""
+    from predictor.ssd.postprocess import anchor_tiers
+
+    assert anchor_tiers(8732) == (256, 1024)
+    assert anchor_tiers(8192) == (256, 1024)
+    assert anchor_tiers(8191) == (256,)
+    assert anchor_tiers(32768) == (256, 1024, 4096)
+    assert anchor_tiers(240) == (240,)

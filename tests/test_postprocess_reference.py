@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from reference_postprocess import ReferenceDetection, reference_postprocess
 
-from predictor.ssd.postprocess import postprocess
+from predictor.ssd.postprocess import postprocess, postprocess_with_path
 
 
 def random_case(seed: int, anchors: int = 240, classes: int = 5):
@@ -24,15 +24,57 @@ def random_case(seed: int, anchors: int = 240, classes: int = 5):
     return loc, logits, anchor_array
 
 
-def sized_equals_unsized(loc, logits, anchors, image_hw, thresholds, **kwargs) -> dict[str, np.ndarray]:
-    """Production post-processing (top-k 400, 200 detections; ``kwargs`` e.g. ``candidate_slots``)
-    asserted equal, bit for bit, to the unsized path (``candidate_slots=()``); its outputs as NumPy."""
-    common = {"top_k": 400, "max_detections": 200}
-    det = postprocess(loc, logits, anchors, image_hw, list(thresholds), **common, **kwargs)
-    unsized = postprocess(loc, logits, anchors, image_hw, list(thresholds), **common, candidate_slots=())
+# The branches of ``postprocess`` as ``(every_anchor, anchors scored, K, boxes decoded per image)``
+# (:class:`~predictor.ssd.postprocess.PostprocessPath`) on ``random_case``'s 240 anchors, top-k 400.
+Path = tuple[bool, int, int, int]
+
+
+def few(k: int, n: int = 240) -> Path:
+    """Only a tier of ``n`` anchors holding those that may pass scored, ``K`` a slot, only the ``K``
+    candidates decoded."""
+    return (False, n, k, k)
+
+
+def every(k: int) -> Path:
+    """Every anchor scored, ``K`` a slot, only the ``K`` candidates decoded."""
+    return (True, 240, k, k)
+
+
+def few_decoded(n: int = 240, k: int = 400) -> Path:
+    """The ``n`` anchors of a tier scored and decoded, the top ``k`` of their pairs kept."""
+    return (False, n, k, n)
+
+
+#: Every anchor scored and decoded, the top 400 kept (``candidate_slots=()``'s computation).
+EVERY_DECODED = (True, 240, 400, 240)
+
+
+def run_with_path(*args, **kwargs) -> tuple[dict[str, np.ndarray], Path]:
+    """``postprocess_with_path``'s detections as NumPy, asserted equal bit for bit to ``postprocess``'s
+    (the serving graph, which computes no path), and its path as ``(every_anchor, K, decoded)``."""
+    det, path = postprocess_with_path(*args, **kwargs)
     production = {k: v.numpy() for k, v in det._asdict().items()}
-    for key, value in unsized._asdict().items():
+    for key, value in postprocess(*args, **kwargs)._asdict().items():
         np.testing.assert_array_equal(production[key], value.numpy(), err_msg=key)
+    return production, (bool(path.every_anchor), *(int(v) for v in path[1:]))
+
+
+def sized_equals_unsized(
+    loc, logits, anchors, image_hw, thresholds, path: Path, **kwargs
+) -> dict[str, np.ndarray]:
+    """Production post-processing (top-k 400, 200 detections; ``kwargs`` e.g. ``candidate_slots``)
+    asserted to take ``path`` (``(every_anchor, K, decoded)``) and to equal, bit for bit, the unsized
+    path (``candidate_slots=()``, itself asserted to score and decode every anchor); its outputs as NumPy."""
+    common = {"top_k": 400, "max_detections": 200}
+    production, taken = run_with_path(loc, logits, anchors, image_hw, list(thresholds), **common, **kwargs)
+    assert taken == path
+    unsized, unsized_path = run_with_path(
+        loc, logits, anchors, image_hw, list(thresholds), **common, candidate_slots=()
+    )
+    num_anchors = int(np.shape(anchors)[0])
+    assert unsized_path == (True, num_anchors, 400, num_anchors)
+    for key, value in unsized.items():
+        np.testing.assert_array_equal(production[key], value, err_msg=key)
     return production
 
 
@@ -49,23 +91,26 @@ def assert_same(production: dict, b: int, expected: list[ReferenceDetection]) ->
 
 
 @pytest.mark.parametrize(
-    ("seed", "threshold", "nms", "top_k", "max_det"),
+    ("seed", "threshold", "nms", "top_k", "max_det", "path"),
     [
-        (0, 0.05, 0.45, 400, 200),  # the spec's defaults but a low threshold: hundreds of candidates
-        (1, 0.2, 0.45, 60, 200),  # top-k cuts the candidates
-        (2, 0.1, 0.3, 400, 15),  # the cap cuts the survivors
-        (3, 0.5, 0.6, 400, 200),  # at most one class per anchor can pass 0.5
-        (4, 0.01, 0.45, 100, 40),
-        (5, 0.3, 0.1, 400, 200),  # aggressive NMS
+        # the spec's defaults but a low threshold: hundreds of candidates
+        (0, 0.05, 0.45, 400, 200, few_decoded()),
+        (1, 0.2, 0.45, 60, 200, few_decoded(k=60)),  # top-k cuts the candidates
+        (2, 0.1, 0.3, 400, 15, few_decoded()),  # the cap cuts the survivors
+        (3, 0.5, 0.6, 400, 200, few_decoded()),  # at most one class per anchor can pass 0.5
+        (4, 0.01, 0.45, 100, 40, few_decoded(k=100)),
+        (5, 0.3, 0.1, 400, 200, few_decoded()),  # aggressive NMS
     ],
 )
-def test_postprocess_matches_the_numpy_reference(seed, threshold, nms, top_k, max_det):
+def test_postprocess_matches_the_numpy_reference(seed, threshold, nms, top_k, max_det, path):
+    """Each case against the reference, and the branch it runs (random logits: more than 128
+    candidates among the <= 256 anchors that may pass; the sized branches are the tests below)."""
     loc, logits, anchors = random_case(seed)
     image_hw = np.array([[480.0, 640.0], [333.0, 250.0]], np.float32)
-    det = postprocess(
+    production, taken = run_with_path(
         loc, logits, anchors, image_hw, threshold, nms_threshold=nms, top_k=top_k, max_detections=max_det
     )
-    production = {k: v.numpy() for k, v in det._asdict().items()}
+    assert taken == path
     for b in range(2):
         expected = reference_postprocess(
             loc[b], logits[b], anchors, tuple(image_hw[b]), threshold,
@@ -78,8 +123,10 @@ def test_postprocess_matches_the_numpy_reference(seed, threshold, nms, top_k, ma
 def test_per_image_thresholds_and_caps_match_the_reference():
     loc, logits, anchors = random_case(11)
     image_hw = np.array([[300.0, 300.0], [1080.0, 1920.0]], np.float32)
-    det = postprocess(loc, logits, anchors, image_hw, [0.1, 0.4], [7, 200], max_detections=200)
-    production = {k: v.numpy() for k, v in det._asdict().items()}
+    production, taken = run_with_path(
+        loc, logits, anchors, image_hw, [0.1, 0.4], [7, 200], max_detections=200
+    )
+    assert taken == few_decoded()
     for b, (threshold, cap) in enumerate([(0.1, 7), (0.4, 200)]):
         expected = reference_postprocess(loc[b], logits[b], anchors, tuple(image_hw[b]), threshold)[:cap]
         assert_same(production, b, expected)
@@ -156,17 +203,19 @@ def test_detector_matches_the_reference_on_raw_network_outputs(random_tiny_model
 
 
 @pytest.mark.parametrize(
-    ("thresholds", "counts"),
+    ("thresholds", "counts", "path"),
     [
-        ((0.9, 0.99), (32, None)),  # exactly 32 candidates in image 0 (4 of them leave the image): 32 slots
-        ((0.9, 0.9), (32, 33)),  # one more than 32: 64 slots
-        ((0.8, 0.8), (58, 65)),  # 96 slots
-        ((0.6, 0.6), (111, 126)),  # 128 slots
-        ((0.5, 0.5), (152, 153)),  # more than the largest slot: the anchors that may pass decoded, top 400
-        ((0.05, 0.05), (564, 539)),  # more than top_k: the top 400 of those anchors' pairs
+        # exactly 32 candidates in image 0 (4 of them leave the image): 32 slots
+        ((0.9, 0.99), (32, None), few(32)),
+        ((0.9, 0.9), (32, 33), few(64)),  # one more than 32: 64 slots
+        ((0.8, 0.8), (58, 65), few(96)),  # 96 slots
+        ((0.6, 0.6), (111, 126), few(128)),  # 128 slots
+        # more than the largest slot: the anchors that may pass decoded, top 400
+        ((0.5, 0.5), (152, 153), few_decoded()),
+        ((0.05, 0.05), (564, 539), few_decoded()),  # more than top_k: the top 400 of those anchors' pairs
     ],
 )
-def test_each_candidate_size_matches_the_reference_and_the_unsized_path(thresholds, counts):
+def test_each_candidate_size_matches_the_reference_and_the_unsized_path(thresholds, counts, path):
     """Post-processing sizes its candidates to the most any image has (32, 64, 96, 128 or ``top_k``;
     module docstring's "Sizing"), testing box size after top-k on the sized branches: each branch, at
     its boundaries, gives the reference's detections and exactly those of ``candidate_slots=()``.
@@ -179,7 +228,7 @@ def test_each_candidate_size_matches_the_reference_and_the_unsized_path(threshol
     assert [c for c, want in zip(passed.tolist(), counts, strict=True) if want is not None] == [
         c for c in counts if c is not None
     ]
-    production = sized_equals_unsized(loc, logits, anchors, image_hw, thresholds)
+    production = sized_equals_unsized(loc, logits, anchors, image_hw, thresholds, path)
     for b in range(2):
         expected = reference_postprocess(loc[b], logits[b], anchors, tuple(image_hw[b]), thresholds[b])
         assert expected
@@ -187,26 +236,35 @@ def test_each_candidate_size_matches_the_reference_and_the_unsized_path(threshol
 
 
 @pytest.mark.parametrize(
-    ("thresholds", "anchors_to_score", "may_pass", "counts"),
+    ("thresholds", "anchors_to_score", "may_pass", "counts", "path"),
     [
-        ((0.99, 0.99), 100, (70, 69), (8, 5)),  # those anchors' pairs scored alone: 32 slots
-        ((0.8, 0.8), 170, (163, 170), (58, 65)),  # exactly as many anchors as scored: 96 slots
-        ((0.8, 0.8), 169, (163, 170), (58, 65)),  # one more: every anchor scored, then 96 slots
-        ((0.95, 0.99), 100, (118, 69), (22, 5)),  # every anchor scored, 32 slots
-        ((0.5, 0.5), 210, (201, 199), (152, 153)),  # more candidates than the largest slot: top 400 of those
-        ((0.5, 0.5), 200, (201, 199), (152, 153)),  # and one anchor too many: every anchor scored and decoded
+        ((0.99, 0.99), 100, (70, 69), (8, 5), few(32, 100)),  # those anchors' pairs scored alone: 32 slots
+        ((0.8, 0.8), 170, (163, 170), (58, 65), few(96, 170)),  # exactly as many anchors as scored: 96 slots
+        ((0.8, 0.8), 169, (163, 170), (58, 65), every(96)),  # one more: every anchor scored, then 96 slots
+        ((0.95, 0.99), 100, (118, 69), (22, 5), every(32)),  # every anchor scored, 32 slots
+        # more candidates than the largest slot: those 210 anchors decoded, top 400 of their pairs
+        ((0.5, 0.5), 210, (201, 199), (152, 153), few_decoded(210)),
+        # and one anchor too many: every anchor scored and decoded
+        ((0.5, 0.5), 200, (201, 199), (152, 153), EVERY_DECODED),
+        # tiers of 50 and 200 anchors (800 > 240): more than 50 anchors may pass, the 200-anchor tier
+        ((0.99, 0.99), 50, (70, 69), (8, 5), few(32, 200)),
+        ((0.8, 0.8), 50, (163, 170), (58, 65), few(96, 200)),
+        ((0.6, 0.6), 50, (195, 189), (111, 126), few(128, 200)),
+        ((0.5, 0.5), 50, (201, 199), (152, 153), EVERY_DECODED),  # one more than the largest tier
     ],
 )
 def test_scoring_the_anchors_that_may_pass_matches_the_reference_and_the_unsized_path(
-    monkeypatch, thresholds, anchors_to_score, may_pass, counts
+    monkeypatch, thresholds, anchors_to_score, may_pass, counts, path
 ):
     """Only the anchors whose best class's sigmoid(l_c - l_0) clears the threshold are scored when no
     image has more than ``CANDIDATE_ANCHORS`` of them (module docstring's "Sizing"; here 100-210 of 240,
-    these random logits have many close classes), else every anchor: each way, at the boundary, the
-    reference's detections and exactly those of ``candidate_slots=()``."""
+    these random logits have many close classes), or than the next tier (4x, while below the 240
+    anchors), else every anchor: each way, at the boundary, the reference's detections and exactly
+    those of ``candidate_slots=()``."""
     from predictor.ssd import postprocess as module
 
     monkeypatch.setattr(module, "CANDIDATE_ANCHORS", anchors_to_score)
+    monkeypatch.setattr(module, "TIER_ANCHOR_SHARE", 1)  # tiers up to the 240 anchors, not 240 / 8
     loc, logits, anchors = random_case(21)
     image_hw = np.array([[480.0, 640.0], [333.0, 250.0]], np.float32)
     gap = logits[..., 1:].max(-1).astype(np.float64) - logits[..., 0]
@@ -214,7 +272,7 @@ def test_scoring_the_anchors_that_may_pass_matches_the_reference_and_the_unsized
     exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
     passed = (exp / exp.sum(-1, keepdims=True))[..., 1:] > np.array(thresholds)[:, None, None]
     assert tuple(passed.sum((1, 2)).tolist()) == counts
-    production = sized_equals_unsized(loc, logits, anchors, image_hw, thresholds)
+    production = sized_equals_unsized(loc, logits, anchors, image_hw, thresholds, path)
     for b in range(2):
         expected = reference_postprocess(loc[b], logits[b], anchors, tuple(image_hw[b]), thresholds[b])
         assert expected
@@ -237,7 +295,7 @@ def test_one_image_with_one_anchor_too_many_scores_every_anchor(monkeypatch):
     loc[1, last] = 0.0  # the anchor's own box: inside the image, positive size
     monkeypatch.setattr(module, "CANDIDATE_ANCHORS", len(may_pass) - 1)
     image_hw = np.array([[480.0, 640.0], [333.0, 250.0]], np.float32)
-    production = sized_equals_unsized(loc, logits, anchors, image_hw, thresholds)
+    production = sized_equals_unsized(loc, logits, anchors, image_hw, thresholds, every(96))
     expected = reference_postprocess(loc[1], logits[1], anchors, tuple(image_hw[1]), thresholds[1])
     assert any(d.score > 0.999 and d.label == 3 for d in expected)
     assert_same(production, 1, expected)
@@ -249,7 +307,9 @@ def test_a_slot_larger_than_the_scored_anchors_hold_is_shrunk_to_them():
     the detections are those of ``candidate_slots=()``."""
     loc, logits, anchors = random_case(5, anchors=600, classes=1)
     image_hw = np.array([[480.0, 640.0], [333.0, 250.0]], np.float32)
-    production = sized_equals_unsized(loc, logits, anchors, image_hw, (0.9, 0.9), candidate_slots=(300,))
+    production = sized_equals_unsized(
+        loc, logits, anchors, image_hw, (0.9, 0.9), (False, 256, 256, 256), candidate_slots=(300,)
+    )
     assert int(production["num_detections"].max()) > 0
 
 

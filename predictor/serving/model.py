@@ -33,7 +33,7 @@ from predictor.serving.errors import NotReady, RequestTimeout, status_of
 from predictor.serving.images import ImageLimits
 from predictor.serving.options import EXACT_ROWS_MESSAGE, ServingOptions, pads_to_bucket, resolve_automatic
 from predictor.serving.prepare import prepare_payload
-from predictor.ssd.detector import Detector
+from predictor.ssd.detector import Detector, uses_gpu
 from predictor.ssd.weights import UNVERSIONED
 
 log = logging.getLogger(__name__)
@@ -403,18 +403,13 @@ def _ms(start: float) -> float:
 
 def pads_batches(options: ServingOptions) -> bool:
     """``--batch_padding``: whether the detector pads a call to its bucket
-    (:func:`~predictor.serving.options.pads_to_bucket`, with TensorFlow's GPU list for ``auto``).
+    (:func:`~predictor.serving.options.pads_to_bucket`; for ``auto``, whether TensorFlow uses a GPU:
+    :func:`~predictor.ssd.detector.uses_gpu`, its logical devices).
 
     Raises:
       ValueError: ``exact`` with ``--xla`` (XLA would compile one executable per call size).
     """
-    return pads_to_bucket(options.batch_padding, xla=options.xla, gpu=_has_gpu)
-
-
-def _has_gpu() -> bool:
-    import tensorflow as tf
-
-    return bool(tf.config.list_physical_devices("GPU"))
+    return pads_to_bucket(options.batch_padding, xla=options.xla, gpu=uses_gpu)
 
 
 def onnx_runtime_detector(detector: Detector, options: ServingOptions) -> Detector:

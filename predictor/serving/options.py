@@ -107,7 +107,7 @@ def pads_to_bucket(batch_padding: str, *, xla: bool, gpu: bool | Callable[[], bo
     call costs no more than the next (bench/padding.py). The server
     (:func:`predictor.serving.model.pads_batches`) and the fleet simulator
     (:func:`predictor.tools.simulate.replica_pads`) both decide with it. ``gpu``: whether the server has
-    a GPU, or a function asked only for ``auto`` (the server's lists TensorFlow's devices).
+    a GPU, or a function asked only for ``auto`` (the server's: TensorFlow's logical GPUs).
 
     Raises:
       ValueError: ``exact`` with ``xla`` (XLA would compile one executable per call size).

@@ -72,6 +72,14 @@ def configure_devices(memory_growth: bool = True) -> list[str]:
     return names or ["CPU"]
 
 
+def uses_gpu() -> bool:
+    """Whether TensorFlow will place ops on a GPU: its *logical* GPUs, not the physical ones it lists
+    (a GPU hidden by ``CUDA_VISIBLE_DEVICES`` or ``tf.config.set_visible_devices``, or one whose CUDA
+    initialisation failed, is listed as physical but runs nothing). Initialises TensorFlow's devices:
+    call it after :func:`configure_devices`."""
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
 LIBDEVICE = Path("nvvm/libdevice/libdevice.10.bc")
 
 
@@ -135,7 +143,7 @@ class Detector:
         self.top_k = config.top_k if top_k is None else int(top_k)
         self.max_detections = config.max_detections if max_detections is None else int(max_detections)
         self.xla = xla
-        if xla and tf.config.list_physical_devices("GPU") and find_libdevice() is None:
+        if xla and uses_gpu() and find_libdevice() is None:
             raise RuntimeError(
                 f"--xla on a GPU needs CUDA's {LIBDEVICE} (and ptxas), found nowhere XLA looks: install "
                 "nvidia-cuda-nvcc-cu12 (the GPU image has it), set XLA_FLAGS=--xla_gpu_cuda_data_dir=<dir>, "

@@ -25,8 +25,9 @@ Sizing: a trained model passes a few dozen candidates per image, not ``top_k``, 
 * **Which anchors to score.** A class's softmax score is at most ``sigmoid(l_c - l_0)`` (its logit
   against the background's alone), so step 3's threshold is first tested on that bound for each
   anchor's best allowed class (a max over classes, no softmax), with a slack for float rounding
-  (:func:`_may_pass`). When no image has more than :data:`CANDIDATE_ANCHORS` such anchors,
-  steps 1 and 3 run on those anchors alone; ``tf.nn.softmax`` computes each row on its own, so their
+  (:func:`_may_pass`). When no image has more than :data:`CANDIDATE_ANCHORS` such anchors (or than
+  a larger tier of :func:`anchor_tiers`: 1024 for 8,732 anchors), steps 1 and 3 run on that many
+  anchors, those that may pass first; ``tf.nn.softmax`` computes each row on its own, so their
   scores and threshold decisions are those of the softmax over every anchor (bit for bit on the CPU:
   the tests compare the detections with ``candidate_slots=()``'s exactly), and their (anchor, class)
   pairs keep the anchor-major order. Otherwise every anchor is scored.
@@ -39,19 +40,22 @@ Sizing: a trained model passes a few dozen candidates per image, not ``top_k``, 
   pairs, the others score 0), or on every anchor when those were too many to score alone (then exactly
   ``candidate_slots=()``'s computation, after the bound).
 
-Each choice is a ``tf.cond`` / ``tf.switch_case`` on the counts (first "score every anchor" or not,
-from the bound's count alone; then, on the scored anchors, one over the slots and "decode the scored
+Each choice is a ``tf.switch_case`` on the counts (first the tier or "score every anchor", from the
+bound's count alone; then, on the scored anchors, one over the slots and "decode the scored
 anchors"): shapes stay static (XLA) and only the chosen branch runs, so a batch that cannot use the
 slots pays the bound and two counts more than ``candidate_slots=()``, no gather or second top-k.
 ``tf.math.top_k`` is stable (equal scores keep the lower index whatever ``K``), so the detections are
 those of the ``top_k`` path, at ``(K / top_k)^2`` of its IoU matrix and NMS loop, ``K / A`` of its
 decoding and ``CANDIDATE_ANCHORS / A`` of its softmax (``candidate_slots=()`` turns sizing off: the ONNX
 export's path). ``bench/postprocess_variants.py`` times it against the code before each step
-(bench/RESULTS.md, "Post-processing variants").
+(bench/RESULTS.md, "Post-processing variants"). :func:`postprocess_with_path` also returns which branch
+ran (:class:`PostprocessPath`, a constant in each branch), so tests and the benchmark see the path an
+input takes; :func:`postprocess`, the serving graph, computes no such output.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -66,6 +70,14 @@ CANDIDATE_SLOTS = (32, 64, 96, 128)
 #: How many anchors post-processing scores exactly when no image has more that may pass the threshold
 #: (the module docstring's "Sizing"); more than the largest slot, so several classes of one anchor fit.
 CANDIDATE_ANCHORS = 256
+
+#: When more anchors than :data:`CANDIDATE_ANCHORS` may pass, the next tiers of anchors scored alone are
+#: this factor apart (:func:`anchor_tiers`; the module docstring's "Sizing") ...
+ANCHOR_TIER_FACTOR = 4
+
+#: ... and a tier past the first holds at most ``1 / TIER_ANCHOR_SHARE`` of the anchors (256 and 1024 of
+#: SSD300's 8,732): a tier of 4096 cost as much as scoring every anchor (bench/RESULTS.md, 2026-12-07 21:05).
+TIER_ANCHOR_SHARE = 8
 
 #: Slack on the score bound that picks the anchors to score (:func:`_anchors_that_may_pass`).
 MAY_PASS_SLACK = 1e-5
@@ -104,6 +116,24 @@ class NmsResult(NamedTuple):
     iterations: tf.Tensor
 
 
+class PostprocessPath(NamedTuple):
+    """Which branch of :func:`postprocess` ran for a batch (module docstring, "Sizing"): scalars,
+    returned by :func:`postprocess_with_path` (the serving graph does not compute them).
+
+    Attributes:
+      every_anchor: bool, every anchor scored (an image had more anchors that may pass than the largest
+        tier of :func:`anchor_tiers`, or sizing is off); False: only a tier holding them scored.
+      scored: int32, the anchors per image whose softmax was computed: a tier or ``A``.
+      candidates: int32 ``K``, the candidates per image of the IoU matrix and NMS: a slot or ``top_k``.
+      decoded: int32, boxes decoded per image: ``K`` (after top-k) or every scored anchor (before it).
+    """
+
+    every_anchor: tf.Tensor
+    scored: tf.Tensor
+    candidates: tf.Tensor
+    decoded: tf.Tensor
+
+
 def greedy_nms(suppresses: tf.Tensor, valid: tf.Tensor) -> NmsResult:
     """Greedy NMS over score-sorted candidates, and the loop's iteration count.
 
@@ -137,7 +167,20 @@ def greedy_nms_mask(suppresses: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
     return greedy_nms(suppresses, valid).keep
 
 
-def postprocess(
+def postprocess(*args, **kwargs) -> BatchedDetections:
+    """Network outputs -> final detections in original-image pixels (arguments: :func:`_postprocess`'s
+    but ``with_path``): the serving graph, no branch report computed."""
+    return _postprocess(*args, with_path=False, **kwargs)[0]
+
+
+def postprocess_with_path(*args, **kwargs) -> tuple[BatchedDetections, PostprocessPath]:
+    """:func:`postprocess` and the branch it ran (:class:`PostprocessPath`): for tests and benchmarks,
+    which see which path an input takes; the detections are those of :func:`postprocess`."""
+    det, path = _postprocess(*args, with_path=True, **kwargs)
+    return det, path
+
+
+def _postprocess(
     loc: tf.Tensor,
     logits: tf.Tensor,
     anchors: tf.Tensor,
@@ -151,8 +194,10 @@ def postprocess(
     top_k: int = 400,
     max_detections: int = 200,
     candidate_slots: tuple[int, ...] | None = None,
-) -> BatchedDetections:
-    """Network outputs -> final detections in original-image pixels.
+    with_path: bool = False,
+) -> tuple[BatchedDetections, PostprocessPath | None]:
+    """Network outputs -> final detections in original-image pixels, and (``with_path``) the branch that
+    ran; without it the graph computes no report (each branch returns its detections alone).
 
     Args:
       loc: float ``[B, A, 4]`` regression ``(t_x, t_y, t_w, t_h)``.
@@ -170,6 +215,7 @@ def postprocess(
         :data:`CANDIDATE_SLOTS`. ``()``: always score and decode every anchor and compute the
         ``top_k x top_k`` IoU matrix (the cost before sizing, the ONNX export's path;
         ``bench/postprocess_variants.py`` measures both).
+      with_path: also return :class:`PostprocessPath` (else None).
     """
     loc = tf.cast(loc, tf.float32)
     logits = tf.cast(logits, tf.float32)
@@ -186,8 +232,22 @@ def postprocess(
     caps = None if max_detections_per_image is None else tf.cast(max_detections_per_image, tf.int32)
     geometry = (loc, anchors, image_hw, prior_scaling)
 
-    def select(cand: _Candidates) -> tuple:
-        return tuple(_nms_select(*cand, nms_threshold, caps, max_detections))
+    def select(cand: _Candidates, scored: int | None, decoded: int | tf.Tensor) -> tuple:
+        """A branch's outputs: the detections, then (``with_path``) its :class:`PostprocessPath`
+        (``scored`` None: every anchor)."""
+        det = tuple(_nms_select(*cand, nms_threshold, caps, max_detections))
+        if not with_path:
+            return det
+        size = int(cand.scores.shape[-1])
+        every, scored = scored is None, num_all if scored is None else scored
+        path = (tf.constant(every), tf.cast(scored, tf.int32), tf.constant(size, tf.int32))
+        return (*det, *path, tf.cast(decoded, tf.int32))
+
+    def result(outputs: tuple) -> tuple[BatchedDetections, PostprocessPath | None]:
+        det = BatchedDetections(*outputs[:4])
+        return det, PostprocessPath(*outputs[4:]) if with_path else None
+
+    num_all = int(num_anchors) if num_anchors is not None else tf.shape(logits)[1]
 
     def every_anchor() -> tuple:
         """Steps 1-6 on every anchor's scores, sized to the candidates that passed (module docstring)."""
@@ -196,8 +256,8 @@ def postprocess(
         def branch(size: int | None):
             def run() -> tuple:
                 if size is None:  # more candidates than the largest size: decode every anchor
-                    return select(_candidates_decoded_first(flat, *geometry, num_fg, k))
-                return select(_candidates_decoded_after(flat, *geometry, num_fg, size))
+                    return select(_candidates_decoded_first(flat, *geometry, num_fg, k), None, num_all)
+                return select(_candidates_decoded_after(flat, *geometry, num_fg, size), None, size)
 
             return run
 
@@ -209,17 +269,18 @@ def postprocess(
         return tf.switch_case(index, [branch(s) for s in sizes] + [branch(None)])
 
     if not sizes or num_anchors is None:
-        return BatchedDetections(*every_anchor())
+        return result(every_anchor())
 
-    # Few anchors can pass: score only those (module docstring, "Sizing"), unless an image has more.
-    n = min(CANDIDATE_ANCHORS, int(num_anchors))
+    # Few anchors can pass: score only those (module docstring, "Sizing"), in the smallest tier that
+    # holds them in every image, unless an image has more than the largest tier.
+    tiers = anchor_tiers(int(num_anchors))
     may_pass = _may_pass(logits, score_threshold, allowed)  # [B, A]
     anchor_count = tf.reduce_max(tf.reduce_sum(tf.cast(may_pass, tf.int32), axis=1))
-    # n anchors hold at most n * num_fg candidates: larger slots shrink to that (custom slots, few classes)
-    few_sizes = sorted({min(s, n * num_fg) for s in sizes})
 
-    def few_anchors() -> tuple:
+    def few_anchors(n: int) -> tuple:
         """Steps 1-6 on the ``n`` anchors that may pass (every candidate is among their pairs)."""
+        # n anchors hold at most n * num_fg candidates: larger slots shrink to that (custom slots)
+        few_sizes = sorted({min(s, n * num_fg) for s in sizes})
         anchor_idx = _first_anchors(may_pass, n)  # [B, n]
         pairs = _passed_scores(tf.gather(logits, anchor_idx, batch_dims=1), score_threshold, allowed)
 
@@ -227,7 +288,7 @@ def postprocess(
             def run() -> tuple:
                 scores, idx = tf.math.top_k(pairs, k=size, sorted=True)  # stable: ties keep the lower index
                 anchor = tf.gather(anchor_idx, idx // num_fg, batch_dims=1)
-                return select(_decoded(scores, anchor, idx % num_fg + 1, *geometry))
+                return select(_decoded(scores, anchor, idx % num_fg + 1, *geometry), n, size)
 
             return run
 
@@ -239,13 +300,27 @@ def postprocess(
                 tf.gather(anchors, anchor_idx),
             )
             few_geometry = (few_loc, few_anchor_boxes, image_hw, prior_scaling)
-            return select(_candidates_decoded_first(pairs, *few_geometry, num_fg, min(k, n * num_fg)))
+            candidates = _candidates_decoded_first(pairs, *few_geometry, num_fg, min(k, n * num_fg))
+            return select(candidates, n, n)
 
         count = tf.reduce_max(tf.reduce_sum(tf.cast(pairs > 0, tf.int32), axis=1))
         index = tf.reduce_sum(tf.cast(count > tf.constant(few_sizes, tf.int32), tf.int32))
         return tf.switch_case(index, [few(s) for s in few_sizes] + [decode_those])
 
-    return BatchedDetections(*tf.cond(anchor_count > n, every_anchor, few_anchors))
+    tier = tf.reduce_sum(tf.cast(anchor_count > tf.constant(tiers, tf.int32), tf.int32))
+    branches = [functools.partial(few_anchors, n) for n in tiers] + [every_anchor]
+    return result(tf.switch_case(tier, branches))
+
+
+def anchor_tiers(num_anchors: int) -> tuple[int, ...]:
+    """The anchor counts post-processing scores alone when no image has more anchors that may pass:
+    ``CANDIDATE_ANCHORS`` (at most ``num_anchors``), then ``ANCHOR_TIER_FACTOR`` times the last while
+    that is at most ``num_anchors / TIER_ANCHOR_SHARE`` ((256, 1024) for SSD300's 8,732; (256,) for
+    600 anchors)."""
+    tiers = [min(CANDIDATE_ANCHORS, num_anchors)]
+    while tiers[-1] * ANCHOR_TIER_FACTOR * TIER_ANCHOR_SHARE <= num_anchors:
+        tiers.append(tiers[-1] * ANCHOR_TIER_FACTOR)
+    return tuple(tiers)
 
 
 def _passed_scores(logits: tf.Tensor, score_threshold: tf.Tensor, allowed: tf.Tensor | None) -> tf.Tensor:
