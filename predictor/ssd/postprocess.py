@@ -167,15 +167,62 @@ def greedy_nms_mask(suppresses: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
     return greedy_nms(suppresses, valid).keep
 
 
-def postprocess(*args, **kwargs) -> BatchedDetections:
-    """Network outputs -> final detections in original-image pixels (arguments: :func:`_postprocess`'s
-    but ``with_path``): the serving graph, no branch report computed."""
-    return _postprocess(*args, with_path=False, **kwargs)[0]
+def postprocess(
+    loc: tf.Tensor,
+    logits: tf.Tensor,
+    anchors: tf.Tensor,
+    image_hw: tf.Tensor,
+    score_threshold: tf.Tensor,
+    max_detections_per_image: tf.Tensor | None = None,
+    *,
+    prior_scaling=box_ops.DEFAULT_PRIOR_SCALING,
+    nms_threshold: tf.Tensor | float = 0.45,
+    class_mask: tf.Tensor | None = None,
+    top_k: int = 400,
+    max_detections: int = 200,
+    candidate_slots: tuple[int, ...] | None = None,
+) -> BatchedDetections:
+    """Network outputs -> final detections in original-image pixels: the serving graph (no branch
+    report computed; :func:`postprocess_with_path` adds it).
+
+    Args:
+      loc: float ``[B, A, 4]`` regression ``(t_x, t_y, t_w, t_h)``.
+      logits: float ``[B, A, C]`` class logits, class 0 = background.
+      anchors: float32 ``[A, 4]`` ``(cy, cx, h, w)``.
+      image_hw: ``[B, 2]`` original ``(height, width)`` in pixels.
+      score_threshold: float32 ``[B]`` (or scalar) minimum score, strict ``>``.
+      max_detections_per_image: optional int32 ``[B]`` per-image caps ``<= max_detections``.
+      nms_threshold: float32 ``[B]`` (or scalar) IoU at or above which same-class boxes are suppressed.
+      class_mask: optional bool ``[B, C]`` indexed by class id (column 0, background, is ignored): only
+        classes marked True may be detected in that image; None allows every class.
+      top_k: candidates kept before NMS.
+      max_detections: static output width ``D``.
+      candidate_slots: the candidate counts to size to (those ``< top_k`` are used); default
+        :data:`CANDIDATE_SLOTS`. ``()``: always score and decode every anchor and compute the
+        ``top_k x top_k`` IoU matrix (the cost before sizing, the ONNX export's path;
+        ``bench/postprocess_variants.py`` measures both).
+    """
+    return _postprocess(
+        loc,
+        logits,
+        anchors,
+        image_hw,
+        score_threshold,
+        max_detections_per_image,
+        prior_scaling=prior_scaling,
+        nms_threshold=nms_threshold,
+        class_mask=class_mask,
+        top_k=top_k,
+        max_detections=max_detections,
+        candidate_slots=candidate_slots,
+        with_path=False,
+    )[0]
 
 
 def postprocess_with_path(*args, **kwargs) -> tuple[BatchedDetections, PostprocessPath]:
-    """:func:`postprocess` and the branch it ran (:class:`PostprocessPath`): for tests and benchmarks,
-    which see which path an input takes; the detections are those of :func:`postprocess`."""
+    """:func:`postprocess` (the same arguments) and the branch it ran (:class:`PostprocessPath`): for
+    tests and benchmarks, which see which path an input takes; the detections are those of
+    :func:`postprocess`."""
     det, path = _postprocess(*args, with_path=True, **kwargs)
     return det, path
 
@@ -196,27 +243,8 @@ def _postprocess(
     candidate_slots: tuple[int, ...] | None = None,
     with_path: bool = False,
 ) -> tuple[BatchedDetections, PostprocessPath | None]:
-    """Network outputs -> final detections in original-image pixels, and (``with_path``) the branch that
-    ran; without it the graph computes no report (each branch returns its detections alone).
-
-    Args:
-      loc: float ``[B, A, 4]`` regression ``(t_x, t_y, t_w, t_h)``.
-      logits: float ``[B, A, C]`` class logits, class 0 = background.
-      anchors: float32 ``[A, 4]`` ``(cy, cx, h, w)``.
-      image_hw: ``[B, 2]`` original ``(height, width)`` in pixels.
-      score_threshold: float32 ``[B]`` (or scalar) minimum score, strict ``>``.
-      max_detections_per_image: optional int32 ``[B]`` per-image caps ``<= max_detections``.
-      nms_threshold: float32 ``[B]`` (or scalar) IoU at or above which same-class boxes are suppressed.
-      class_mask: optional bool ``[B, C]`` indexed by class id (column 0, background, is ignored): only
-        classes marked True may be detected in that image; None allows every class.
-      top_k: candidates kept before NMS.
-      max_detections: static output width ``D``.
-      candidate_slots: the candidate counts to size to (those ``< top_k`` are used); default
-        :data:`CANDIDATE_SLOTS`. ``()``: always score and decode every anchor and compute the
-        ``top_k x top_k`` IoU matrix (the cost before sizing, the ONNX export's path;
-        ``bench/postprocess_variants.py`` measures both).
-      with_path: also return :class:`PostprocessPath` (else None).
-    """
+    """:func:`postprocess`, and (``with_path``) the branch that ran; without it the graph computes no
+    report (each branch returns its detections alone)."""
     loc = tf.cast(loc, tf.float32)
     logits = tf.cast(logits, tf.float32)
     batch = tf.shape(logits)[0]
