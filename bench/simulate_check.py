@@ -341,7 +341,7 @@ def profile_of(report: dict[str, Any]) -> CpuProfile:
 def padding_of(report: dict[str, Any]) -> str:
     """How the recorded servers ran their model calls, ``bucket`` or ``exact`` (their logs, read when
     the run was recorded: :func:`predictor.tools.plan.measured_padding`); a report that does not say
-    was recorded before the server ran exact sizes (2026-12-07 before 19:00 UTC): ``bucket``."""
+    was recorded before the server ran exact sizes (commit 510a70d, 2026-12-07 18:15 UTC): ``bucket``."""
     return str(report.get("batch_padding", "bucket"))
 
 

@@ -86,7 +86,7 @@ def test_xla_needs_padding(random_tiny_model_dir, monkeypatch):
 @pytest.mark.parametrize(("physical", "logical", "pads"), [(1, 0, False), (0, 0, False), (1, 1, True)])
 def test_auto_pads_only_on_a_gpu_tensorflow_uses(random_tiny_model_dir, monkeypatch, physical, logical, pads):
     """``auto`` follows TensorFlow's *logical* GPUs: a GPU it lists as physical but will not run ops on
-    (hidden by ``CUDA_VISIBLE_DEVICES`` or ``tf.config.set_visible_devices``, or whose CUDA start failed)
+    (hidden with ``tf.config.set_visible_devices``, or one TensorFlow does not use)
     leaves calls exact, as on a CPU; and ``--xla`` on such a host is not refused for want of libdevice."""
     from predictor.ssd import detector as detector_module
 

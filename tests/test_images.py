@@ -391,6 +391,26 @@ def test_rgb_pixels_fall_back_to_numpy_where_pillows_raw_encoder_is_not_as_expec
     assert out.dtype == np.uint8 and np.array_equal(out, RGB)
 
 
+def test_rgb_pixels_of_other_modes_unloaded_images_and_a_failing_encoder_are_numpys():
+    """Another mode never reaches RGB's 4-byte packer (it would read past a 1-byte row): ``np.asarray``'s
+    pixels; an image not yet loaded is loaded first; an encoder that raises (``OSError`` where Pillow's
+    codec is missing) falls back."""
+    gray = Image.fromarray(np.arange(12, dtype=np.uint8).reshape(3, 4))
+    assert np.array_equal(rgb_pixels(gray), np.asarray(gray)) and rgb_pixels(gray).shape == (3, 4)
+    lazy = Image.open(io.BytesIO(save(Image.fromarray(RGB), "PNG")))
+    assert np.array_equal(rgb_pixels(lazy), RGB)
+    import types
+
+    from predictor.serving import images
+
+    def missing(*args):
+        raise OSError("encoder raw not available")
+
+    rgb = Image.fromarray(RGB)  # np.asarray still uses Pillow's own encoder; only images' view fails
+    with mock.patch.object(images, "Image", types.SimpleNamespace(_getencoder=missing)):
+        assert np.array_equal(rgb_pixels(rgb), RGB)
+
+
 def test_alpha_modes_drop_their_alpha():
     """LA and PA keep their colour and lose the alpha channel."""
     la = Image.fromarray(np.array([[[10, 0], [200, 255]]], np.uint8), mode="LA")

@@ -152,10 +152,28 @@ def test_reads_bench_served_json(tmp_path):
     data = plan.load_benchmark(path)
     assert data["batch_wait_ms"] == 5.0
     assert [(c["max_batch_size"], c["concurrency"]) for c in data["cells"]] == [(16, 1), (16, 4)]
-    assert data["batch_padding"] == "bucket"  # its servers' padding unknown: recorded before exact sizes
-    served["models"]["demo"]["server_cmd"] += ["--batch_padding", "exact"]
+    assert data["batch_padding"] == "bucket"  # no computed-images counter: a server before exact sizes
+    assert not plan.measured_on_gpu(data)  # ... which padded on this CPU too
+    # on auto, the rows' computed-images counter says how the calls ran: nothing padded -> exact (a CPU)
+    rows = served["models"]["demo"]["rows"]
+    for r in rows:
+        r.update(padded_source="counter", padded_share=0.0)
     path.write_text(json.dumps(served))
-    assert plan.load_benchmark(path)["batch_padding"] == "exact"
+    data = plan.load_benchmark(path)
+    assert (data["batch_padding"], data["batch_padding_flag"]) == ("exact", "auto")
+    assert not plan.measured_on_gpu(data)
+    rows[1]["padded_share"] = 0.125  # some call padded on auto: a GPU's server
+    path.write_text(json.dumps(served))
+    data = plan.load_benchmark(path)
+    assert data["batch_padding"] == "bucket" and plan.measured_on_gpu(data)
+    served["models"]["demo"]["server_cmd"] += ["--batch_padding=exact"]
+    path.write_text(json.dumps(served))
+    data = plan.load_benchmark(path)
+    assert data["batch_padding"] == "exact" and not plan.measured_on_gpu(data)
+    served["models"]["demo"]["server_cmd"][-1:] = ["--batch_padding", "bucket"]
+    path.write_text(json.dumps(served))
+    data = plan.load_benchmark(path)
+    assert data["batch_padding"] == "bucket" and not plan.measured_on_gpu(data)  # chosen, not a GPU's
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(ValueError, match="not a planner benchmark"):
         plan.load_benchmark(tmp_path / "other.json")

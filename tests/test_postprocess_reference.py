@@ -51,7 +51,7 @@ EVERY_DECODED = (True, 240, 400, 240)
 
 def run_with_path(*args, **kwargs) -> tuple[dict[str, np.ndarray], Path]:
     """``postprocess_with_path``'s detections as NumPy, asserted equal bit for bit to ``postprocess``'s
-    (the serving graph, which computes no path), and its path as ``(every_anchor, K, decoded)``."""
+    (the serving graph, which computes no path), and its path as ``(every_anchor, scored, K, decoded)``."""
     det, path = postprocess_with_path(*args, **kwargs)
     production = {k: v.numpy() for k, v in det._asdict().items()}
     for key, value in postprocess(*args, **kwargs)._asdict().items():
@@ -63,7 +63,7 @@ def sized_equals_unsized(
     loc, logits, anchors, image_hw, thresholds, path: Path, **kwargs
 ) -> dict[str, np.ndarray]:
     """Production post-processing (top-k 400, 200 detections; ``kwargs`` e.g. ``candidate_slots``)
-    asserted to take ``path`` (``(every_anchor, K, decoded)``) and to equal, bit for bit, the unsized
+    asserted to take ``path`` (``(every_anchor, scored, K, decoded)``) and to equal, bit for bit, the unsized
     path (``candidate_slots=()``, itself asserted to score and decode every anchor); its outputs as NumPy."""
     common = {"top_k": 400, "max_detections": 200}
     production, taken = run_with_path(loc, logits, anchors, image_hw, list(thresholds), **common, **kwargs)

@@ -184,6 +184,11 @@ def test_a_padded_benchmarks_cells_are_the_points_of_the_buckets_they_computed()
     conc, (p50,) = padded_cells(np.array([1.0, 4.0, 6.0, 8.0]), (np.array([10.0, 40.0, 70.0, 90.0]),), 2.0,
                                 (1, 2, 4, 8))  # fmt: skip
     assert conc.tolist() == [1.0, 4.0, 8.0] and p50.tolist() == [10.0, 40.0, 80.0]
+    # past the largest bucket the extra clients queue: those cells stay where they were, not folded
+    # into the top bucket's point (max batch 1, overlap 1: cells 1, 2, 4, 8 are four points)
+    conc, (p50,) = padded_cells(np.array([1.0, 2.0, 4.0, 8.0]), (np.array([10.0, 20.0, 40.0, 80.0]),), 1.0,
+                                (1,))  # fmt: skip
+    assert conc.tolist() == [1.0, 2.0, 4.0, 8.0] and p50.tolist() == [10.0, 20.0, 40.0, 80.0]
     cells = [
         {"max_batch_size": 8, "concurrency": c, "requests": 10, "p50_ms": ms, "p95_ms": ms}
         for c, ms in ((2, 20.0), (6, 100.0), (8, 100.0))
@@ -196,7 +201,10 @@ def test_a_padded_benchmarks_cells_are_the_points_of_the_buckets_they_computed()
     assert padded.median_s[2] == pytest.approx((0.020 + 0.080 * 4 / 6) / 2)
     assert exact.median_s[2] == pytest.approx(0.050)
     assert padded.median_s[3] == exact.median_s[3] == pytest.approx(0.050)
-    assert padded.gpu and not exact.gpu  # a benchmark's servers ran auto: padded calls mean a GPU
+    # the device is the benchmark's to say (plan.measured_on_gpu), not the padding's: before the
+    # exact-size change every CPU server padded
+    assert not padded.gpu and not exact.gpu
+    assert ServiceModel.from_cells(cells, 8, "test", overlap=2, measured_padding="bucket", gpu=True).gpu
 
 
 def test_a_gpu_service_model_charges_a_calls_bucket_and_a_cpu_one_its_rows():

@@ -174,23 +174,30 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
     return rgb_pixels(image.convert("RGB"))
 
 
+#: What Pillow's private encoder API may raise where it is not as in Pillow 13 (rgb_pixels falls back).
+_ENCODER_ERRORS = (AttributeError, TypeError, OSError, ValueError, SystemError)
+
+
 def rgb_pixels(image: Image.Image) -> np.ndarray:
-    """Loaded Pillow RGB image -> read-only uint8 ``[H, W, 3]``, bit for bit ``np.asarray(image)`` with one
-    copy of the image fewer (and half the peak memory): Pillow holds RGB as 4 bytes per pixel;
+    """Pillow RGB image -> read-only uint8 ``[H, W, 3]``, bit for bit ``np.asarray(image)`` with one
+    copy of the image fewer: Pillow holds RGB as 4 bytes per pixel;
     ``np.asarray`` packs it to 3 in chunks (``Image.tobytes``) and then joins them; here the raw encoder
     that ``tobytes`` uses packs it in one chunk, which becomes the array's memory (what it saves:
     ``python -m bench.decode_copies``, bench/RESULTS.md "Served: wake-ups, copies and idle cores").
-    Falls back to ``np.asarray`` where that encoder is not there as in Pillow 13 (a private API) or does
-    not finish in one chunk."""
+    Falls back to ``np.asarray`` for any other mode, an empty image, where that encoder is not there as
+    in Pillow 13 (a private API), or where it does not finish in one chunk."""
+    image.load()
     width, height = image.size
+    if image.mode != "RGB" or width * height == 0:  # the encoder packs RGB's 4-byte pixels only
+        return np.asarray(image)
     try:
         encoder = Image._getencoder("RGB", "raw", "RGB")
-    except (AttributeError, TypeError):
+    except _ENCODER_ERRORS:
         return np.asarray(image)
     try:
         encoder.setimage(image.im, (0, 0, width, height))
         _, status, data = encoder.encode(width * height * 3)
-    except (AttributeError, TypeError):
+    except _ENCODER_ERRORS:
         return np.asarray(image)
     finally:
         encoder.cleanup()

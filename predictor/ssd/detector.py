@@ -74,9 +74,9 @@ def configure_devices(memory_growth: bool = True) -> list[str]:
 
 def uses_gpu() -> bool:
     """Whether TensorFlow will place ops on a GPU: its *logical* GPUs, not the physical ones it lists
-    (a GPU hidden by ``CUDA_VISIBLE_DEVICES`` or ``tf.config.set_visible_devices``, or one whose CUDA
-    initialisation failed, is listed as physical but runs nothing). Initialises TensorFlow's devices:
-    call it after :func:`configure_devices`."""
+    (a GPU hidden with ``tf.config.set_visible_devices``, or one TensorFlow does not use, e.g. below its
+    minimum compute capability, is listed as physical but runs nothing). Initialises TensorFlow's
+    devices: call it after :func:`configure_devices`."""
     return bool(tf.config.list_logical_devices("GPU"))
 
 

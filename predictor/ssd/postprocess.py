@@ -345,6 +345,8 @@ def anchor_tiers(num_anchors: int) -> tuple[int, ...]:
     ``CANDIDATE_ANCHORS`` (at most ``num_anchors``), then ``ANCHOR_TIER_FACTOR`` times the last while
     that is at most ``num_anchors / TIER_ANCHOR_SHARE`` ((256, 1024) for SSD300's 8,732; (256,) for
     600 anchors)."""
+    if num_anchors < 1:
+        raise ValueError(f"a network has at least one anchor, not {num_anchors}")
     tiers = [min(CANDIDATE_ANCHORS, num_anchors)]
     while tiers[-1] * ANCHOR_TIER_FACTOR * TIER_ANCHOR_SHARE <= num_anchors:
         tiers.append(tiers[-1] * ANCHOR_TIER_FACTOR)

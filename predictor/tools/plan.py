@@ -81,6 +81,13 @@ def start_planner_server(
     return start_ready_server(model_dir, log_path, *flags, interval_s=0.3, own_session=True)
 
 
+def measured_on_gpu(benchmark: dict[str, Any]) -> bool:
+    """Whether a benchmark's servers ran on a GPU, as far as it tells: their ``--batch_padding`` was
+    ``auto`` and they padded (``auto`` pads on a GPU or with XLA, which the planner never sets). A
+    benchmark without the flag (recorded before the server ran exact sizes on a CPU) was a CPU's."""
+    return benchmark.get("batch_padding_flag") == "auto" and benchmark.get("batch_padding") == "bucket"
+
+
 def measured_padding(log_text: str) -> str:
     """How a measured server ran its model calls, from its log: ``exact`` when it logged
     :data:`~predictor.serving.options.EXACT_ROWS_MESSAGE` (its ``--batch_padding`` resolved so), else
@@ -204,12 +211,15 @@ def measure(
                 )
         finally:
             server.terminate()
+    if len(paddings) != 1:
+        raise RuntimeError(f"the measured servers ran their calls in different ways ({sorted(paddings)})")
     return {
         "format": BENCHMARK_FORMAT,
         "model_dir": str(model_dir) if model_dir else "demo",
         "request": "V1 JSON, one 640x480 JPEG (base64) per request, closed-loop clients on loopback",
         "batch_wait_ms": batch_wait_ms,
-        "batch_padding": paddings.pop() if len(paddings) == 1 else "mixed",
+        "batch_padding": paddings.pop(),
+        "batch_padding_flag": batch_padding,
         "machine": machine_info(),
         "cells": [asdict(c) for c in cells],
     }
@@ -229,8 +239,10 @@ def machine_info() -> dict[str, Any]:
 def load_benchmark(path: Path) -> dict[str, Any]:
     """A planner benchmark (``--measure-only``), or ``bench/served.py``'s JSON (V1 rows, one model).
     ``batch_padding``: how its servers ran their model calls (``bucket`` or ``exact``); a benchmark that
-    does not say was measured before the server ran exact sizes: ``bucket`` (a ``bench/served.py`` JSON
-    says only through a ``--batch_padding bucket|exact`` in its server command)."""
+    does not say was measured before the server ran exact sizes: ``bucket``. A ``bench/served.py`` JSON
+    says it through ``--batch_padding`` in its server command, or on ``auto`` through its rows'
+    computed-images counter (:func:`_padding_of_rows`). ``batch_padding_flag``: the servers'
+    ``--batch_padding`` where known (:func:`measured_on_gpu`)."""
     data = json.loads(Path(path).read_text())
     if data.get("format") == BENCHMARK_FORMAT:
         padding = data.get("batch_padding", "bucket")
@@ -242,17 +254,40 @@ def load_benchmark(path: Path) -> dict[str, Any]:
         cmd = model.get("server_cmd", [])
         batch = int(cmd[cmd.index("--max_batch_size") + 1]) if "--max_batch_size" in cmd else 32
         wait = float(cmd[cmd.index("--batch_wait_ms") + 1]) if "--batch_wait_ms" in cmd else 2.0
-        flag = cmd[cmd.index("--batch_padding") + 1] if "--batch_padding" in cmd else "auto"
-        padding = flag if flag in ("bucket", "exact") else "bucket"
+        flag = _flag_value(cmd, "--batch_padding") or "auto"
+        rows = [r for r in model["rows"] if r.get("protocol", "v1") == "v1"]
+        padding = flag if flag in ("bucket", "exact") else _padding_of_rows(rows)
+        if padding is None:  # no counter: a server from before the exact-size change, which padded
+            padding, flag = "bucket", None
         cells = [
             asdict(Cell(batch, r["concurrency"], r["requests"], r["errors"], r["images_per_s"],
                         r["mean_ms"], r["p50_ms"], r["p95_ms"], r["p99_ms"]))
-            for r in model["rows"] if r.get("protocol", "v1") == "v1"
+            for r in rows
         ]  # fmt: skip
         return {"format": BENCHMARK_FORMAT, "model_dir": name, "batch_wait_ms": wait, "cells": cells,
                 "machine": data.get("machine", {}), "request": "bench/served.py V1 rows",
-                "batch_padding": padding}  # fmt: skip
+                "batch_padding": padding, "batch_padding_flag": flag}  # fmt: skip
     raise ValueError(f"{path}: not a planner benchmark ({BENCHMARK_FORMAT}) or bench/served.py JSON")
+
+
+def _flag_value(cmd: Sequence[str], flag: str) -> str | None:
+    """The value of ``flag`` in a command line (``--flag value`` or ``--flag=value``), or None."""
+    for i, arg in enumerate(cmd):
+        if arg == flag and i + 1 < len(cmd):
+            return cmd[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _padding_of_rows(rows: Sequence[dict[str, Any]]) -> str | None:
+    """How a ``bench/served.py`` server on ``--batch_padding auto`` ran its calls, from the images it
+    computed (``ssd_computed_images_total``, ``padded_source: counter``): ``bucket`` if any row padded,
+    else ``exact``; None without the counter (a server from before it, and before exact sizes)."""
+    counted = [r for r in rows if r.get("padded_source") == "counter" and r.get("padded_share") is not None]
+    if not counted:
+        return None
+    return "bucket" if any(r["padded_share"] > 0 for r in counted) else "exact"
 
 
 # --------------------------------------------------------------------------------------- fitting
@@ -686,6 +721,7 @@ def simulate_plan(benchmark: dict[str, Any], plan: Plan, args: argparse.Namespac
         search_max_replicas=args.search_max_replicas,
         measured_padding=benchmark["batch_padding"],
         batch_padding=args.batch_padding,
+        measured_gpu=measured_on_gpu(benchmark),
     )
     print(
         f"wrote {out}/search.md, search.json, simulate.png, summary.json"

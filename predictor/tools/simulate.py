@@ -94,14 +94,17 @@ class ServiceModel:
     @classmethod
     def from_cells(
         cls, cells: Sequence[dict[str, Any]], max_batch: int, source: str, overlap: float = 2.0,
-        measured_padding: str = "bucket",
+        measured_padding: str = "bucket", gpu: bool = False,
     ) -> ServiceModel:  # fmt: skip
         """From planner benchmark cells of one max batch size (the smallest measured >= ``max_batch``,
         or the largest of all). ``measured_padding``: how the measured servers ran their calls
         (``bucket`` or ``exact``, :func:`predictor.tools.plan.load_benchmark`): a padded server's cell of
         ``c`` clients ran calls of ``c / overlap`` images as their bucket, so it is the point of the
         bucket's size (cells landing on one size averaged); the medians are then per real call size,
-        and :class:`Simulation` charges a call's bucket or its rows as the simulated server pads."""
+        and :class:`Simulation` charges a call's bucket or its rows as the simulated server pads.
+        ``gpu``: the measured servers ran on a GPU (:func:`predictor.tools.plan.measured_on_gpu`), so a
+        simulated ``--batch_padding auto`` pads as they did; a CPU benchmark's does not, however its
+        servers ran (before the exact-size change every server padded)."""
         sizes = sorted({int(c["max_batch_size"]) for c in cells})
         fit = [b for b in sizes if b >= max_batch] or sizes[-1:]
         rows = sorted(
@@ -122,7 +125,7 @@ class ServiceModel:
         sigma = np.interp(ks, conc, sig)
         label = f"{source}, overlap {overlap:g}, measured {'padded' if padded else 'exact-size'} calls"
         med = tuple(float(v) for v in lat / overlap)
-        return cls(med, tuple(float(v) for v in sigma), label, gpu=padded)
+        return cls(med, tuple(float(v) for v in sigma), label, gpu=gpu)
 
 
 def server_buckets(max_batch: int) -> tuple[int, ...]:
@@ -142,9 +145,12 @@ def padded_cells(
 ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
     """Closed-loop cells of a padded server as points of the call size it computed: the cell of ``c``
     clients (calls of ``c / overlap`` images, :class:`ServiceModel`) at ``overlap x`` the bucket holding
-    them (below one image: as it is); ``values`` (per cell) averaged over the cells landing on one point.
-    E.g. overlap 2, cells 4, 6, 8 -> 4, 8, 8 (6 clients: calls of 3 images, run as 4)."""
-    at = np.array([c if c < overlap else overlap * bucket_of(math.ceil(c / overlap - 1e-9), buckets)
+    them (below one image, or past the largest bucket, where the extra clients queue: as it is);
+    ``values`` (per cell) averaged over the cells landing on one point.
+    E.g. overlap 2, cells 4, 6, 8 -> 4, 8, 8 (6 clients: calls of 3 images, run as 4); with buckets up
+    to 4, a cell of 16 stays at 16 (its calls are 4 images and its latency is mostly queueing)."""
+    at = np.array([c if c < overlap or c / overlap > buckets[-1] + 1e-9
+                   else overlap * bucket_of(math.ceil(c / overlap - 1e-9), buckets)
                    for c in conc])  # fmt: skip
     points = np.unique(at)
     return points, tuple(np.array([v[at == x].mean() for x in points]) for v in values)
@@ -1527,12 +1533,12 @@ def service_model(args: argparse.Namespace) -> ServiceModel | CpuProfile:
         prof = CpuProfile.from_json(json.loads(args.cpu_profile.read_text()))
         return prof.up_to(args.max_batch_size)
     if args.benchmark:
-        from predictor.tools.plan import load_benchmark
+        from predictor.tools.plan import load_benchmark, measured_on_gpu
 
         data = load_benchmark(args.benchmark)
         return ServiceModel.from_cells(
             data["cells"], args.max_batch_size, f"benchmark {args.benchmark}", args.overlap,
-            data["batch_padding"],
+            data["batch_padding"], measured_on_gpu(data),
         )  # fmt: skip
     a, _, b = args.service_ms.partition("+")
     return ServiceModel.parametric(float(a), float(b or 0), args.service_sigma, args.max_batch_size)
@@ -1776,6 +1782,7 @@ def search_for_plan(
     search_max_replicas: Sequence[int] | None = None,
     measured_padding: str = "bucket",
     batch_padding: str = ServingOptions.batch_padding,
+    measured_gpu: bool = False,
 ) -> Candidate:
     """What ``predictor.tools.plan --trace`` runs: its hard limit fixed, minReplicas x maxReplicas
     (``search_max_replicas``, default the plan's ``max_replicas`` only) x scaleTarget x panic
@@ -1788,7 +1795,9 @@ def search_for_plan(
     services: dict[int, ServiceModel | CpuProfile] = {
         b: profile.up_to(b)
         if profile
-        else ServiceModel.from_cells(cells, b, "planner benchmark", measured_padding=measured_padding)
+        else ServiceModel.from_cells(
+            cells, b, "planner benchmark", measured_padding=measured_padding, gpu=measured_gpu
+        )
         for b in max_batch_sizes
     }
     kpa = KpaConfig(container_concurrency=container_concurrency, max_scale=max_replicas)
