@@ -118,13 +118,20 @@ def predictor_from_flags(model_dir, flags: list[str]) -> SSDPredictor:
     ],
 )
 def test_the_flag_reaches_the_detector_and_the_batcher(
-    random_tiny_model_dir, shapes_images, flags, pads, computed, monkeypatch
+    random_tiny_model_dir, shapes_images, flags, pads, computed, monkeypatch, caplog
 ):
     """A V1 request of three images through the KServe pipeline: the padding server computes bucket 4,
     the one with ``--batch_padding exact`` (the CPU's default, ``auto``) three rows, and both answer the
     detector's own detections; ``ssd_computed_images_total`` grows by the rows computed (4 or 3) while
-    ``ssd_batch_size_sum`` grows by the 3 images."""
+    ``ssd_batch_size_sum`` grows by the 3 images. The server logs which, the line the planner and
+    ``bench.simulate_check`` read (``plan.measured_padding``)."""
+    import logging
+
     from prometheus_client import REGISTRY
+
+    from predictor.tools.plan import measured_padding
+
+    caplog.set_level(logging.INFO, logger="predictor.serving.model")
 
     def metric(name: str) -> float:
         return REGISTRY.get_sample_value(name) or 0.0
@@ -135,6 +142,7 @@ def test_the_flag_reaches_the_detector_and_the_batcher(
         assert model.load()
         detector = model.build()
         assert detector.pads_to_bucket is pads and model._batcher.pads_to_bucket is pads
+        assert measured_padding(caplog.text) == ("bucket" if pads else "exact")
         sizes = recorded(detector)
         expected = detector.detect(shapes_images[:3])
         assert sizes == computed

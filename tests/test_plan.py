@@ -180,16 +180,18 @@ def test_reads_bench_served_json(tmp_path):
 
 
 def test_a_benchmark_says_how_its_servers_ran_their_calls(tmp_path):
-    """The measured servers' padding comes from their logs (the line a server running exact sizes
-    logs once ready); a benchmark without it was measured before exact sizes: ``bucket``; one whose
-    servers differed is refused."""
-    from predictor.serving.options import EXACT_ROWS_MESSAGE
+    """The measured servers' padding comes from their logs (the line a server logs once ready, either
+    way; neither line: unknown, refused); a benchmark without it was measured before exact sizes:
+    ``bucket``; one whose servers differed is refused."""
+    from predictor.serving.options import EXACT_ROWS_MESSAGE, PADDED_ROWS_MESSAGE
 
     assert (
         plan.measured_padding(f"INFO ready\nINFO {EXACT_ROWS_MESSAGE}: calls are not split for it\n")
         == "exact"
     )
-    assert plan.measured_padding("INFO warm-up done in 1.0 s (seconds per bucket: 1: 0.01)\n") == "bucket"
+    assert plan.measured_padding(f"INFO {PADDED_ROWS_MESSAGE} (--batch_padding bucket)\n") == "bucket"
+    with pytest.raises(ValueError, match="neither"):
+        plan.measured_padding("INFO warm-up done in 1.0 s (seconds per bucket: 1: 0.01)\n")
     path = tmp_path / "bench.json"
     for recorded, read in ((None, "bucket"), ("exact", "exact"), ("bucket", "bucket")):
         bench = synthetic_benchmark()

@@ -31,7 +31,13 @@ from predictor.serving.admission import CALL_ARRIVAL
 from predictor.serving.batcher import Deadline, DynamicBatcher
 from predictor.serving.errors import NotReady, RequestTimeout, status_of
 from predictor.serving.images import ImageLimits
-from predictor.serving.options import EXACT_ROWS_MESSAGE, ServingOptions, pads_to_bucket, resolve_automatic
+from predictor.serving.options import (
+    EXACT_ROWS_MESSAGE,
+    PADDED_ROWS_MESSAGE,
+    ServingOptions,
+    pads_to_bucket,
+    resolve_automatic,
+)
 from predictor.serving.prepare import prepare_payload
 from predictor.ssd.detector import Detector, uses_gpu
 from predictor.ssd.weights import UNVERSIONED
@@ -162,7 +168,9 @@ class SSDPredictor(kserve.Model):
                 ", ".join(f"{b}: {s:.4f}" for b, s in per_bucket.items()),
                 detector.trace_count,
             )
-            if not self._batcher.pads_to_bucket:
+            if self._batcher.pads_to_bucket:
+                log.info("%s (--batch_padding %s)", PADDED_ROWS_MESSAGE, self.options.batch_padding)
+            else:
                 log.info("%s: calls are not split for it", EXACT_ROWS_MESSAGE)
             self.ready = True
         finally:

@@ -95,9 +95,11 @@ RUNTIMES = ("tensorflow", "onnxruntime")
 #: ``--batch_padding`` values (:func:`pads_to_bucket`).
 BATCH_PADDINGS = ("auto", "bucket", "exact")
 
-#: What a server whose model calls run their exact rows logs once ready (``SSDPredictor.load``); the
-#: planner reads its measured servers' padding from their logs with it (``plan.measured_padding``).
+#: What a server logs once ready (``SSDPredictor.load``) when its model calls run their exact rows, and
+#: when it pads them to a bucket; the planner and ``bench.simulate_check`` read their servers' padding
+#: from their logs with them (``plan.measured_padding``).
 EXACT_ROWS_MESSAGE = "the network runs the real images only (no padding)"
+PADDED_ROWS_MESSAGE = "the network runs each call padded to its batch bucket"
 
 
 def pads_to_bucket(batch_padding: str, *, xla: bool, gpu: bool | Callable[[], bool]) -> bool:

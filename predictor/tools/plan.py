@@ -47,7 +47,7 @@ import numpy as np
 
 from predictor._argtypes import positive_floats, positive_ints, replica_floors
 from predictor.protocol.wire import MODEL_NAME
-from predictor.serving.options import BATCH_PADDINGS, EXACT_ROWS_MESSAGE, ServingOptions
+from predictor.serving.options import BATCH_PADDINGS, EXACT_ROWS_MESSAGE, PADDED_ROWS_MESSAGE, ServingOptions
 from predictor.serving.resources import cpu_model_name
 from predictor.tools.localserver import LocalServer, start_ready_server
 
@@ -89,10 +89,18 @@ def measured_on_gpu(benchmark: dict[str, Any]) -> bool:
 
 
 def measured_padding(log_text: str) -> str:
-    """How a measured server ran its model calls, from its log: ``exact`` when it logged
-    :data:`~predictor.serving.options.EXACT_ROWS_MESSAGE` (its ``--batch_padding`` resolved so), else
-    ``bucket``."""
-    return "exact" if EXACT_ROWS_MESSAGE in log_text else "bucket"
+    """How a measured server (started by this code) ran its model calls, from its log: ``exact`` when it
+    logged :data:`~predictor.serving.options.EXACT_ROWS_MESSAGE`, ``bucket`` when it logged
+    :data:`~predictor.serving.options.PADDED_ROWS_MESSAGE`.
+
+    Raises:
+      ValueError: neither line (its INFO log off, or the log cut short): the padding is unknown.
+    """
+    if EXACT_ROWS_MESSAGE in log_text:
+        return "exact"
+    if PADDED_ROWS_MESSAGE in log_text:
+        return "bucket"
+    raise ValueError("the server logged neither how it pads its calls nor that it runs them exactly")
 
 
 def request_bodies(count: int = 4, size: tuple[int, int] = (640, 480)) -> list[bytes]:
