@@ -73,8 +73,8 @@ class ServiceModel:
     median_s: tuple[float, ...]
     sigma: tuple[float, ...]
     source: str = "parametric"
-    # the replicas run on a GPU (``--batch_padding auto`` pads there: :func:`replica_pads`); a
-    # benchmark's servers ran ``auto`` without XLA, so :meth:`from_cells` infers it from their padding
+    # the replicas run on a GPU (``--batch_padding auto`` pads there: :func:`replica_pads`); for a
+    # benchmark, what it says of its servers (:func:`predictor.tools.plan.measured_on_gpu`)
     gpu: bool = False
 
     def sample(self, b: int, rng: np.random.Generator) -> float:
@@ -1581,7 +1581,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=BATCH_PADDINGS,
         default=ServingOptions.batch_padding,
         help="the server's --batch_padding: a call costs its bucket (padded) or its rows; auto pads on a "
-        "GPU (a --benchmark whose servers padded) or with --xla, not for --cpu-profile or --service-ms",
+        "GPU (a --benchmark whose servers padded on auto: plan.measured_on_gpu) or with --xla, not for "
+        "--cpu-profile or --service-ms",
     )
     p.add_argument("--xla", action="store_true", help="the server's --xla (auto then pads)")
     p.add_argument("--batch_wait_ms", type=float, default=2.0)
