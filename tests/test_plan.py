@@ -204,20 +204,27 @@ def test_a_benchmark_says_how_its_servers_ran_their_calls(tmp_path):
         plan.load_benchmark(path)
 
 
-def test_the_planner_simulates_and_deploys_the_padding_asked_for(tmp_path, helm):
-    """``--batch-padding bucket`` with a CPU profile: the simulated replicas pad (``auto`` would not on
-    a CPU), and the overlay sets ``predictor.batchPadding``, which the chart renders as the flag."""
+def profile_search_argv(tmp_path, out, **profile: int) -> list[str]:
+    """``plan --trace`` over a constant 20 req/s for 30 s with a synthetic CPU profile (calls of 20 / 30
+    / 50 / 90 ms at 1 / 2 / 4 / 8 images, ``profile`` its other fields) and the synthetic benchmark,
+    one candidate (max batch 8, minReplicas 1, target 4, panic 200%), written to ``out``."""
     from predictor.tools.simulate import CpuProfile
 
     prof = CpuProfile(((1, 0.02), (2, 0.03), (4, 0.05), (8, 0.09)), 0.008, decode_sigma=0.0, model_sigma=0.0,
-                      model_threads=1, cores=2.0)  # fmt: skip
+                      model_threads=1, cores=2.0, **profile)  # fmt: skip
     (tmp_path / "prof.json").write_text(json.dumps(prof.to_json()))
     (tmp_path / "bench.json").write_text(json.dumps(synthetic_benchmark()))
-    out = tmp_path / "plan"
-    argv = ["--slo-p95-ms", "400", "--rate", "20", "--benchmark", str(tmp_path / "bench.json"),
+    return ["--slo-p95-ms", "400", "--rate", "20", "--benchmark", str(tmp_path / "bench.json"),
             "--cpu-profile", str(tmp_path / "prof.json"), "--trace", "constant:20:30",
             "--search-max-batch", "8", "--search-min-replicas", "1", "--search-targets", "4",
-            "--search-panic", "200", "--out", str(out), "--batch-padding", "bucket"]  # fmt: skip
+            "--search-panic", "200", "--out", str(out)]  # fmt: skip
+
+
+def test_the_planner_simulates_and_deploys_the_padding_asked_for(tmp_path, helm):
+    """``--batch-padding bucket`` with a CPU profile: the simulated replicas pad (``auto`` would not on
+    a CPU), and the overlay sets ``predictor.batchPadding``, which the chart renders as the flag."""
+    out = tmp_path / "plan"
+    argv = [*profile_search_argv(tmp_path, out), "--batch-padding", "bucket"]
     assert plan.main(argv) == 0
     summary = json.loads((out / "simulated" / "summary.json").read_text())
     assert summary["fleet"]["batch_padding"] == "bucket" and summary["pads_to_bucket"] is True
@@ -267,17 +274,8 @@ def test_a_real_sweep_of_the_demo_model_gives_a_plan(demo_model_dir, tmp_path):
 def test_a_profile_measured_with_two_calls_in_flight_is_planned_and_deployed_with_them(tmp_path, helm):
     """The profile records ``model_calls_in_flight`` 2 (bench.simulate_check): the simulated replicas run
     2 and the overlay sets ``predictor.modelCallsInFlight``, which the chart renders as the flag."""
-    from predictor.tools.simulate import CpuProfile
-
-    prof = CpuProfile(((1, 0.02), (2, 0.03), (4, 0.05), (8, 0.09)), 0.008, decode_sigma=0.0, model_sigma=0.0,
-                      model_threads=1, cores=2.0, model_calls_in_flight=2)  # fmt: skip
-    (tmp_path / "prof.json").write_text(json.dumps(prof.to_json()))
-    (tmp_path / "bench.json").write_text(json.dumps(synthetic_benchmark()))
     out = tmp_path / "plan"
-    argv = ["--slo-p95-ms", "400", "--rate", "20", "--benchmark", str(tmp_path / "bench.json"),
-            "--cpu-profile", str(tmp_path / "prof.json"), "--trace", "constant:20:30",
-            "--search-max-batch", "8", "--search-min-replicas", "1", "--search-targets", "4",
-            "--search-panic", "200", "--out", str(out)]  # fmt: skip
+    argv = profile_search_argv(tmp_path, out, model_calls_in_flight=2)
     assert plan.main(argv) == 0
     summary = json.loads((out / "simulated" / "summary.json").read_text())
     assert summary["fleet"]["model_calls_in_flight"] == 2
