@@ -43,7 +43,7 @@ from bench.common import OUT_DIR, REPO, make_test_jpegs, percentile, start_cpu_s
 from bench.loadgen import Generator, Phase, PhaseResult
 from predictor._argtypes import positive_int
 from predictor.protocol.wire import MODEL_NAME
-from predictor.serving.options import BATCH_PADDINGS, ServingOptions, pads_to_bucket
+from predictor.serving.options import BATCH_PADDINGS, UNRECORDED_PADDING, ServingOptions, pads_to_bucket
 from predictor.serving.resources import cpu_model_name
 from predictor.tools.localserver import server_env
 from predictor.tools.plan import BENCHMARK_FORMAT, measured_padding
@@ -235,7 +235,7 @@ def time_buckets(cores: set[int], runs: int) -> dict[int, float]:
 def profile(
     bucket_s: dict[int, float], warmups: list[dict[int, float]], c1: dict[str, Any], cores: int,
     batch_wait_ms: float, source: str, one_core: dict[int, float] | None = None,
-    batch_padding: str = "bucket",
+    batch_padding: str = UNRECORDED_PADDING,
 ) -> CpuProfile:  # fmt: skip
     """The simulator's CPU replica: a call per bucket takes what the servers' warm-ups timed (mean over
     the replicas: ``run_batch`` in the serving process, the time the batcher decides with too; a
@@ -342,7 +342,7 @@ def padding_of(report: dict[str, Any]) -> str:
     """How the recorded servers ran their model calls, ``bucket`` or ``exact`` (their logs, read when
     the run was recorded: :func:`predictor.tools.plan.measured_padding`); a report that does not say
     was recorded before the server ran exact sizes (commit 510a70d, 2026-12-07 18:15 UTC): ``bucket``."""
-    return str(report.get("batch_padding", "bucket"))
+    return str(report.get("batch_padding", UNRECORDED_PADDING))
 
 
 def own_warmups(prof: CpuProfile, warmups: list[dict[int, float]]) -> CpuProfile:

@@ -101,6 +101,11 @@ BATCH_PADDINGS = ("auto", "bucket", "exact")
 EXACT_ROWS_MESSAGE = "the network runs the real images only (no padding)"
 PADDED_ROWS_MESSAGE = "the network runs each call padded to its batch bucket"
 
+#: How a recording, profile or benchmark that does not say how its servers ran their model calls is
+#: read: padded, as every server ran them before the exact-size change (commit 510a70d, 2026-12-07
+#: 18:15 UTC); the fleet simulator, the planner and ``bench.simulate_check`` default to it.
+UNRECORDED_PADDING = "bucket"
+
 
 def pads_to_bucket(batch_padding: str, *, xla: bool, gpu: bool | Callable[[], bool]) -> bool:
     """Whether a server with ``--batch_padding batch_padding`` pads a model call to its bucket: ``bucket``

@@ -79,7 +79,7 @@ ANCHOR_TIER_FACTOR = 4
 #: SSD300's 8,732): a tier of 4096 cost as much as scoring every anchor (bench/RESULTS.md, 2026-12-07 21:05).
 TIER_ANCHOR_SHARE = 8
 
-#: Slack on the score bound that picks the anchors to score (:func:`_anchors_that_may_pass`).
+#: Slack on the score bound that picks the anchors to score (:func:`_may_pass`).
 MAY_PASS_SLACK = 1e-5
 
 
@@ -223,8 +223,7 @@ def postprocess_with_path(*args, **kwargs) -> tuple[BatchedDetections, Postproce
     """:func:`postprocess` (the same arguments) and the branch it ran (:class:`PostprocessPath`): for
     tests and benchmarks, which see which path an input takes; the detections are those of
     :func:`postprocess`."""
-    det, path = _postprocess(*args, with_path=True, **kwargs)
-    return det, path
+    return _postprocess(*args, with_path=True, **kwargs)
 
 
 def _postprocess(
@@ -259,6 +258,7 @@ def _postprocess(
     sizes = sorted({s for s in slots if s < k})
     caps = None if max_detections_per_image is None else tf.cast(max_detections_per_image, tf.int32)
     geometry = (loc, anchors, image_hw, prior_scaling)
+    num_all = int(num_anchors) if num_anchors is not None else tf.shape(logits)[1]
 
     def select(cand: _Candidates, scored: int | None, decoded: int | tf.Tensor) -> tuple:
         """A branch's outputs: the detections, then (``with_path``) its :class:`PostprocessPath`
@@ -274,8 +274,6 @@ def _postprocess(
     def result(outputs: tuple) -> tuple[BatchedDetections, PostprocessPath | None]:
         det = BatchedDetections(*outputs[:4])
         return det, PostprocessPath(*outputs[4:]) if with_path else None
-
-    num_all = int(num_anchors) if num_anchors is not None else tf.shape(logits)[1]
 
     def every_anchor() -> tuple:
         """Steps 1-6 on every anchor's scores, sized to the candidates that passed (module docstring)."""

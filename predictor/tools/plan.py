@@ -47,7 +47,13 @@ import numpy as np
 
 from predictor._argtypes import positive_floats, positive_ints, replica_floors
 from predictor.protocol.wire import MODEL_NAME
-from predictor.serving.options import BATCH_PADDINGS, EXACT_ROWS_MESSAGE, PADDED_ROWS_MESSAGE, ServingOptions
+from predictor.serving.options import (
+    BATCH_PADDINGS,
+    EXACT_ROWS_MESSAGE,
+    PADDED_ROWS_MESSAGE,
+    UNRECORDED_PADDING,
+    ServingOptions,
+)
 from predictor.serving.resources import cpu_model_name
 from predictor.tools.localserver import LocalServer, start_ready_server
 
@@ -253,7 +259,7 @@ def load_benchmark(path: Path) -> dict[str, Any]:
     ``--batch_padding`` where known (:func:`measured_on_gpu`)."""
     data = json.loads(Path(path).read_text())
     if data.get("format") == BENCHMARK_FORMAT:
-        padding = data.get("batch_padding", "bucket")
+        padding = data.get("batch_padding", UNRECORDED_PADDING)
         if padding not in ("bucket", "exact"):
             raise ValueError(f"{path}: batch_padding {padding!r}: its servers' calls were not run one way")
         return {**data, "batch_padding": padding}
@@ -266,7 +272,7 @@ def load_benchmark(path: Path) -> dict[str, Any]:
         rows = [r for r in model["rows"] if r.get("protocol", "v1") == "v1"]
         padding = flag if flag in ("bucket", "exact") else _padding_of_rows(rows)
         if padding is None:  # no counter: a server from before the exact-size change, which padded
-            padding, flag = "bucket", None
+            padding, flag = UNRECORDED_PADDING, None
         cells = [
             asdict(Cell(batch, r["concurrency"], r["requests"], r["errors"], r["images_per_s"],
                         r["mean_ms"], r["p50_ms"], r["p95_ms"], r["p99_ms"]))

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from predictor._argtypes import positive_floats, positive_int, positive_ints, replica_floors
-from predictor.serving.options import BATCH_PADDINGS, ServingOptions, pads_to_bucket
+from predictor.serving.options import BATCH_PADDINGS, UNRECORDED_PADDING, ServingOptions, pads_to_bucket
 from predictor.tools.autoscalers import (
     Hpa,
     HpaConfig,
@@ -94,7 +94,7 @@ class ServiceModel:
     @classmethod
     def from_cells(
         cls, cells: Sequence[dict[str, Any]], max_batch: int, source: str, overlap: float = 2.0,
-        measured_padding: str = "bucket", gpu: bool = False,
+        measured_padding: str = UNRECORDED_PADDING, gpu: bool = False,
     ) -> ServiceModel:  # fmt: skip
         """From planner benchmark cells of one max batch size (the smallest measured >= ``max_batch``,
         or the largest of all). ``measured_padding``: how the measured servers ran their calls
@@ -217,7 +217,7 @@ class CpuProfile:
     # batcher decides with its own warm-up's "seconds per bucket" (DynamicBatcher's bucket_seconds),
     # not with the replicas' mean; None: every replica decides with ``rule_bucket_s``
     replica_rule_bucket_s: tuple[tuple[tuple[int, float], ...], ...] | None = None
-    batch_padding: str = "bucket"
+    batch_padding: str = UNRECORDED_PADDING
 
     def factor(self, rng: np.random.Generator, sigma: float) -> float:
         """A job's duration over its median: drawn from ``spread`` (the quantiles, at equally spaced
@@ -1781,7 +1781,7 @@ def search_for_plan(
     workers: int = 1,
     min_attainment: float = 0.0,
     search_max_replicas: Sequence[int] | None = None,
-    measured_padding: str = "bucket",
+    measured_padding: str = UNRECORDED_PADDING,
     batch_padding: str = ServingOptions.batch_padding,
     measured_gpu: bool = False,
 ) -> Candidate:
