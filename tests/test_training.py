@@ -346,3 +346,82 @@ def test_resume_refuses_checkpoints_of_another_network(tmp_path):
     shutil.rmtree(out / "checkpoints")
     assert train_main([*base, "--top-down"]) == 0
     assert json.loads((out / NETWORK_FILE).read_text())["backbone_options"] == {"width": 8, "top_down": True}
+
+
+def test_random_expand_places_the_image_on_a_fill_canvas():
+    from predictor.ssd.augment import random_expand
+
+    image = np.arange(10 * 12 * 3, dtype=np.float32).reshape(10, 12, 3)
+    boxes = np.array([[0.0, 0.0, 1.0, 1.0]], np.float32)
+    fill = (7.5, -1.0, 200.0)
+    canvas, out = random_expand(
+        tf.constant(image), tf.constant(boxes), tf.constant([3, 4], tf.int64), 3.0, fill
+    )
+    canvas, out = canvas.numpy(), out.numpy()
+    ch, cw = canvas.shape[:2]
+    # The boxes say where the image went; everything else is the fill colour, channel by channel.
+    top, left = round(out[0, 0] * ch), round(out[0, 1] * cw)
+    np.testing.assert_allclose(out[0], [top / ch, left / cw, (top + 10) / ch, (left + 12) / cw], rtol=1e-6)
+    expected = np.broadcast_to(np.array(fill, np.float32), (ch, cw, 3)).copy()
+    expected[top : top + 10, left : left + 12] = image
+    np.testing.assert_array_equal(canvas, expected)
+    assert ch > 10 and cw > 12 and 0 < top < ch - 10  # this seed zooms out, off the corner
+
+
+def test_cpu_has_bfloat16_reads_the_flags_line(tmp_path):
+    from predictor.ssd.trainer import cpu_has_bfloat16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_vnni\nbogomips\t: 1\n")
+    assert not cpu_has_bfloat16(info)
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16\n")
+    assert cpu_has_bfloat16(info)
+    info.write_text("flags\t\t: fpu amx_tile amx_bf16\n")
+    assert cpu_has_bfloat16(info)
+    assert not cpu_has_bfloat16(tmp_path / "absent")
+
+
+_BF16_STEP = """
+import json, sys
+import keras, numpy as np, tensorflow as tf
+from predictor.ssd.config import ssd_tiny
+from predictor.ssd.network import build_network
+from predictor.ssd.trainer import TrainConfig, Trainer
+keras.utils.set_random_seed(0)
+config = ssd_tiny(("background", "a", "b"), width=8)
+train = TrainConfig(steps=5, batch_size=2, bfloat16=sys.argv[1] == "1")
+trainer = Trainer(config, build_network(config), train, sys.argv[2])
+rng = np.random.default_rng(0)
+images = tf.constant(rng.uniform(0, 255, (2, 300, 300, 3)).astype(np.float32))
+labels = tf.constant(rng.integers(0, 3, (2, 8732)).astype(np.int32))
+loc = tf.constant(rng.normal(0, 1, (2, 8732, 4)).astype(np.float32))
+loss = float(trainer._step_fn(images, labels, loc)["loss"])
+option = tf.config.optimizer.get_experimental_options().get("auto_mixed_precision_onednn_bfloat16", False)
+print(json.dumps({"loss": loss, "option": option}))
+"""
+
+
+def test_bfloat16_step_computes_in_bfloat16(tmp_path):
+    """The flag reaches TensorFlow (its own process: the grappler option is process-wide) and
+    changes the step's arithmetic on a CPU with native bfloat16, by bfloat16's rounding only."""
+    import subprocess
+    import sys
+
+    from predictor.ssd.trainer import cpu_has_bfloat16
+
+    def step(flag: str) -> dict:
+        run = subprocess.run(
+            [sys.executable, "-c", _BF16_STEP, flag, str(tmp_path / flag)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        return json.loads(run.stdout.strip().splitlines()[-1])
+
+    f32, bf16 = step("0"), step("1")
+    assert (f32["option"], bf16["option"]) == (False, True)
+    if not cpu_has_bfloat16():
+        pytest.skip("this CPU computes no bfloat16 natively: grappler leaves the graph in float32")
+    assert bf16["loss"] != f32["loss"]
+    assert bf16["loss"] == pytest.approx(f32["loss"], rel=0.02)

@@ -47,8 +47,9 @@ def random_expand(
     left = tf.math.floor(tf.random.stateless_uniform([], s[2], 0.0, 1.0) * (cw - w + 1.0))
     fill_t = tf.constant(fill, tf.float32)
     pad = [[tf.cast(top, tf.int32), tf.cast(ch - h - top, tf.int32)],
-           [tf.cast(left, tf.int32), tf.cast(cw - w - left, tf.int32)]]  # fmt: skip
-    canvas = tf.stack([tf.pad(image[..., c] - fill_t[c], pad) + fill_t[c] for c in range(3)], axis=-1)
+           [tf.cast(left, tf.int32), tf.cast(cw - w - left, tf.int32)], [0, 0]]  # fmt: skip
+    # One pad of the whole image around the fill colour (zero after the subtraction).
+    canvas = tf.pad(image - fill_t, pad) + fill_t
     scale = tf.stack([h / ch, w / cw, h / ch, w / cw])
     offset = tf.stack([top / ch, left / cw, top / ch, left / cw])
     return canvas, boxes * scale + offset

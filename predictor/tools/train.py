@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="tiny: add stage4's features into the stage3 end point (smallest anchors; +0.6%% MACs)",
     )
+    p.add_argument(
+        "--bfloat16",
+        action="store_true",
+        help="compute the step's convolutions in bfloat16 through oneDNN (float32 weights); for CPUs "
+        "with AVX-512 BF16 or AMX",
+    )
     p.add_argument("--max-steps", type=int, help="stop after this many steps in this run (resume later)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
@@ -209,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         ema_decay=args.ema_decay,
         loc_weight=args.loc_weight,
         pos_cls_weight=args.pos_cls_weight,
+        bfloat16=args.bfloat16,
     )
     if not 0.0 <= args.photo_fraction <= 1.0:
         raise SystemExit("--photo-fraction must be in [0, 1]")
