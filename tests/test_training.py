@@ -425,3 +425,10 @@ def test_bfloat16_step_computes_in_bfloat16(tmp_path):
         pytest.skip("this CPU computes no bfloat16 natively: grappler leaves the graph in float32")
     assert bf16["loss"] != f32["loss"]
     assert bf16["loss"] == pytest.approx(f32["loss"], rel=0.02)
+
+
+def test_bfloat16_flag_auto_follows_the_cpu():
+    from predictor.tools.train import bfloat16_wanted
+
+    assert [bfloat16_wanted(c, lambda: True) for c in ("off", "on", "auto")] == [False, True, True]
+    assert [bfloat16_wanted(c, lambda: False) for c in ("off", "on", "auto")] == [False, True, False]

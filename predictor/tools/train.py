@@ -14,6 +14,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import tensorflow as tf
 
 from predictor.ssd.config import ssd300_vgg16, ssd_tiny
 from predictor.ssd.network import build_network
-from predictor.ssd.trainer import NetworkMismatch, TrainConfig, Trainer, write_json
+from predictor.ssd.trainer import NetworkMismatch, TrainConfig, Trainer, cpu_has_bfloat16, write_json
 from predictor.ssd.weights import ModelLoadError, check_version, load_model
 
 log = logging.getLogger("predictor.tools.train")
@@ -89,9 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--bfloat16",
-        action="store_true",
-        help="compute the step's convolutions in bfloat16 through oneDNN (float32 weights); for CPUs "
-        "with AVX-512 BF16 or AMX",
+        choices=("off", "on", "auto"),
+        default="off",
+        help="compute the step's convolutions in bfloat16 through oneDNN (float32 weights); auto: on "
+        "where the CPU lists AVX-512 BF16 or AMX (predictor.ssd.trainer.cpu_has_bfloat16)",
     )
     p.add_argument("--max-steps", type=int, help="stop after this many steps in this run (resume later)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -194,6 +196,11 @@ class TrainingCurve:
             log.info("step %d: photo-like AP50 %.3f, mAP %.3f", step, photo["AP50"], photo["mAP"])
 
 
+def bfloat16_wanted(choice: str, has_bfloat16: Callable[[], bool] = cpu_has_bfloat16) -> bool:
+    """``--bfloat16``: ``on``, ``off``, or ``auto`` (on where the CPU computes bfloat16 natively)."""
+    return choice == "on" or (choice == "auto" and has_bfloat16())
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
@@ -215,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         ema_decay=args.ema_decay,
         loc_weight=args.loc_weight,
         pos_cls_weight=args.pos_cls_weight,
-        bfloat16=args.bfloat16,
+        bfloat16=bfloat16_wanted(args.bfloat16),
     )
     if not 0.0 <= args.photo_fraction <= 1.0:
         raise SystemExit("--photo-fraction must be in [0, 1]")
@@ -256,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         "last_run_seconds": round(elapsed, 1),
         "hardware": f"{platform.machine()} CPU x{os.cpu_count()}",
         "tensorflow": tf.__version__,
+        "bfloat16": train.bfloat16,
     }
     trainer.export(out, version=args.model_version, trained=info)
     write_json(Path(args.out) / "train_info.json", info)
