@@ -104,11 +104,13 @@ def scrape(urls: list[str]) -> dict[str, float]:
     return dict(out)
 
 
-def thread_cpu(pids: list[int]) -> dict[str, float]:
+def thread_cpu(pids: list[int], stats: bool = False) -> dict[str, float]:
     """CPU seconds (user + system) the servers' threads used so far, by kind, summed over the servers:
     ``event_loop`` (the main thread: HTTP, KServe, admission, JSON), ``decode`` (``ssd-decode_*``),
     ``model`` (``ssd-model_*`` and TensorFlow's ``tf_*`` pools), ``other``. CPU time, unlike wall time,
-    is what a request costs whatever else runs on the machine."""
+    is what a request costs whatever else runs on the machine. ``stats``: also their system seconds
+    (``sys:<kind>``) and minor page faults (``faults:<kind>``): a model call whose CPU grows under load
+    by faulting in fresh pages shows there."""
     tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = Counter()
     for pid in pids:
@@ -122,6 +124,9 @@ def thread_cpu(pids: list[int]) -> dict[str, float]:
                     else "model" if name.startswith(("ssd-model", "tf_")) else "other"
                 )  # fmt: skip
                 out[kind] += ticks / tick
+                if stats:
+                    out[f"sys:{kind}"] += int(fields[12]) / tick
+                    out[f"faults:{kind}"] += int(fields[7])  # minflt (field 10 of stat)
     return dict(out)
 
 
@@ -152,7 +157,11 @@ def scenario(
 
 
 def _cpu_keys(pids: list[int] | None) -> dict[str, float]:
-    return {f"cpu_s:{k}": v for k, v in thread_cpu(pids).items()} if pids else {}
+    """:func:`thread_cpu` as metric keys: ``cpu_s:<kind>``, ``sys_s:<kind>``, ``faults:<kind>``."""
+    if not pids:
+        return {}
+    named = lambda k: k.replace("sys:", "sys_s:") if ":" in k else f"cpu_s:{k}"  # noqa: E731
+    return {named(k): v for k, v in thread_cpu(pids, stats=True).items()}
 
 
 def rows_json(r: PhaseResult) -> list[list[Any]]:
@@ -230,6 +239,19 @@ def time_buckets(cores: set[int], runs: int) -> dict[int, float]:
             env=server_env(cpu_only=True), cwd=REPO,
         )  # fmt: skip
     return {int(b): t for b, t in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
+
+
+def call_load(cores: set[int], path: Path) -> dict[str, Any]:
+    """``python -m bench.call_load`` on ``cores`` (a process of its own, before the replicas start): the
+    detector's calls by exact size, alone and beside decoding threads (docs/simulator.md, "Large calls
+    under load")."""
+    args = ["--sizes", "1-32", "--rounds", "3", "--beside_rounds", "3", "--out", str(path)]
+    with affinity(cores):
+        subprocess.run(
+            [sys.executable, "-m", "bench.call_load", *args], check=True, env=server_env(cpu_only=True),
+            cwd=REPO, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+    return json.loads(path.read_text())
 
 
 def profile(
@@ -576,8 +598,9 @@ def call_cores(report: dict[str, Any]) -> str:
     under load"): images per call, ms per call, the model's CPU per image (model and TensorFlow pool
     threads: ``cpu_s:model`` + ``cpu_s:other``), the cores a call got (that CPU over the calls' time,
     ``ssd_batch_seconds``), the decode threads' and event loop's CPU per second of calls (the work
-    beside them) and, for the phases, the cores the servers used in all (every thread's CPU over the
-    phase, warm-up included in a scenario's first phase)."""
+    beside them), for the phases the cores the servers used in all (every thread's CPU over the
+    phase, warm-up included in a scenario's first phase), and where recorded the model's system
+    share of that CPU and its minor page faults per image (:func:`thread_cpu` ``stats``)."""
     rows = [("closed loop", f"c={c['concurrency']}", c.get("server_metrics") or {}, None)
             for c in report["benchmark"]["cells"]]  # fmt: skip
     for name, sc in report["scenarios"].items():
@@ -586,8 +609,9 @@ def call_cores(report: dict[str, Any]) -> str:
             rows.append((name, f"{ph['rate']:.1f} req/s", ph.get("server_metrics") or {}, span))
     lines = [
         "| scenario | load | images per call | ms per call | model CPU ms per image | cores per call "
-        "| decode + loop CPU per call second | server cores used |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| decode + loop CPU per call second | server cores used | model system CPU share "
+        "| model page faults per image |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, load, m, span in rows:
         calls, images = m.get("ssd_batch_size_count", 0.0), m.get("ssd_batch_size_sum", 0.0)
@@ -598,9 +622,13 @@ def call_cores(report: dict[str, Any]) -> str:
         cpu = sum(v for k, v in m.items() if k.startswith("cpu_s:"))
         used = f"{cpu / span:.2f}" if span else "-"
         beside = (m.get("cpu_s:decode", 0.0) + m.get("cpu_s:event_loop", 0.0)) / busy
+        system = m.get("sys_s:model", 0.0) + m.get("sys_s:other", 0.0)
+        faults = m.get("faults:model", 0.0) + m.get("faults:other", 0.0)
+        recorded = "sys_s:model" in m or "faults:model" in m  # reports from before 2026-12-08: none
         lines.append(
             f"| {name} | {load} | {images / calls:.2f} | {1e3 * busy / calls:.1f} | "
-            f"{1e3 * model / images:.1f} | {model / busy:.2f} | {beside:.2f} | {used} |"
+            f"{1e3 * model / images:.1f} | {model / busy:.2f} | {beside:.2f} | {used} | "
+            + (f"{system / model:.2f} | {faults / images:.0f} |" if recorded and model else "- | - |")
         )
     return "\n".join(lines)
 
@@ -634,6 +662,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--replicas", type=int, default=1)
     p.add_argument("--concurrency", default="1,2,4,8,16")
+    p.add_argument(
+        "--large_concurrency", default="64", help="closed-loop cells measured after those of --concurrency "
+        "and not counted in the saturated throughput the scenarios' rates scale: calls of the max batch "
+        "size under load ('' for none)",
+    )  # fmt: skip
+    p.add_argument(
+        "--call_load", action="store_true", help="also time the detector by exact size, alone and beside "
+        "decoding threads, on a replica's cores (bench.call_load), into the report's call_load",
+    )  # fmt: skip
     p.add_argument("--cell_s", type=float, default=8.0)
     p.add_argument("--step", default="0.3,0.8", help="step: fractions of the saturated throughput")
     p.add_argument("--ramp", default="0.2,0.4,0.6,0.8,1.0", help="ramp: fractions, one phase each")
@@ -711,6 +748,8 @@ def main(argv: list[str] | None = None) -> int:
     print("... on one core (s):", one_core)
     report["bucket_s_one_core"] = one_core
     report["bucket_s_alone"] = calls
+    if args.call_load:
+        report["call_load"] = call_load(places[0], out.with_name(f"{out.stem}_call_load.json"))
     try:
         for i, cores in enumerate(places):
             logs.append(out.with_name(f"{out.stem}_server{i}.log"))
@@ -742,6 +781,12 @@ def main(argv: list[str] | None = None) -> int:
                 x, p50 = cells[-1]["throughput_rps"], cells[-1]["p50_ms"]
                 print(f"closed loop c={c}: {x:.1f} req/s, p50 {p50:.0f} ms")
             sat = max(c["throughput_rps"] for c in cells)
+            for c in (int(v) for v in args.large_concurrency.split(",") if v):
+                before = {**scrape(urls), **_cpu_keys(pids)}
+                r = gen.run(Phase(**base, seconds=args.cell_s, warmup_s=2.0, clients=c))
+                cells.append({**cell(c, r), "large": True})  # not in sat: the scenarios' rates as before
+                cells[-1]["server_metrics"] = delta({**scrape(urls), **_cpu_keys(pids)}, before)
+                print(f"closed loop c={c} (large calls): {cells[-1]['throughput_rps']:.1f} req/s")
             c1 = min(cells, key=lambda c: c["concurrency"])
             source = f"demo, {len(places[0])} core(s) per replica, bench.simulate_check"
             source += f", {report['machine']['cpu']}, {report['machine']['utc']}"

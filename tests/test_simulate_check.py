@@ -222,8 +222,13 @@ def test_call_cores_are_the_models_cpu_over_the_calls_time():
         },
     }
     lines = call_cores(report).splitlines()
-    assert lines[2] == "| closed loop | c=8 | 4.00 | 60.0 | 15.0 | 1.00 | 0.53 | - |"
-    assert lines[3] == "| step | 40.0 req/s | 4.00 | 60.0 | 15.0 | 1.00 | 0.53 | 0.38 |"
+    assert lines[2] == "| closed loop | c=8 | 4.00 | 60.0 | 15.0 | 1.00 | 0.53 | - | - | - |"
+    assert lines[3] == "| step | 40.0 req/s | 4.00 | 60.0 | 15.0 | 1.00 | 0.53 | 0.38 | - | - |"
+    # recorded since 2026-12-08: the model's system seconds 0.3 + 0.45 of its 3.0 s (0.25) and its
+    # 6000 + 2000 minor faults over 200 images (40 per image); the decode's are not the model's
+    m |= {"sys_s:model": 0.3, "sys_s:other": 0.45, "sys_s:decode": 0.5, "faults:model": 6000.0,
+          "faults:other": 2000.0, "faults:decode": 9000.0}  # fmt: skip
+    assert call_cores(report).splitlines()[2].endswith("| 0.53 | - | 0.25 | 40 |")
 
 
 def test_the_plan_inputs_record_the_calls_in_flight_the_calls_were_measured_with(tmp_path):
