@@ -19,12 +19,15 @@ hypothesis for the slow calls:
   resize is a TensorFlow op sharded over the same intra-op pool); and ``open``: the same while a
   Poisson stream of ``--rates`` requests per second is decoded by two threads and each request also
   holds the GIL for ``--loop_ms`` of pure Python (the event loop's work per request), as a served
-  replica's calls run at that load. Per call: wall ms; per section: the decodes done per second.
+  replica's calls run at that load, then the same keeping every decoded image ``--hold_s`` (the
+  queue a replica past saturation holds: memory churn). Per call: wall ms; per section: the decodes
+  done per second.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import random
 import resource
@@ -97,9 +100,12 @@ class Background:
     holding the GIL for ``loop_ms`` of pure Python on one more thread (the event loop)."""
 
     def __init__(
-        self, decode: Callable[[int], Any], threads: int, rate: float | None = None, loop_ms: float = 0.0
-    ) -> None:
+        self, decode: Callable[[int], Any], threads: int, rate: float | None = None, loop_ms: float = 0.0,
+        hold_s: float = 0.0,
+    ) -> None:  # fmt: skip
         self.decode, self.threads, self.rate, self.loop_ms = decode, threads, rate, loop_ms
+        self.hold_s = hold_s  # keep each decoded image this long (a queue of admitted requests)
+        self.held: collections.deque[tuple[float, Any]] = collections.deque()
         self.stop = threading.Event()
         self.done = 0
         self.lock = threading.Lock()
@@ -156,10 +162,15 @@ class Background:
                 if self.stop.is_set():
                     return
                 self.pending.pop(0)
-            self.decode(k)
+            image = self.decode(k)
             k += self.threads
             with self.lock:
                 self.done += 1
+                if self.hold_s:
+                    now = time.perf_counter()
+                    self.held.append((now, image))
+                    while self.held and self.held[0][0] < now - self.hold_s:
+                        self.held.popleft()
 
     @property
     def per_second(self) -> float:
@@ -192,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--beside_rounds", type=int, default=3)
     p.add_argument("--rates", default="80", help="open-loop request rates beside the calls (0: none)")
     p.add_argument("--loop_ms", type=float, default=2.0)
+    p.add_argument(
+        "--hold_s", type=float, default=1.0, help="then the same stream keeping each decoded image this "
+        "long (the queue of a replica past saturation; 0: not run)",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=OUT_DIR / "call_load.json")
     args = p.parse_args(argv)
 
@@ -247,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         with Background(decode, 2, rate=rate, loop_ms=args.loop_ms) as bg:
             calls = by_size(caller, beside_sizes, args.beside_rounds, seed=3)
         report["open"][f"{rate:g}"] = {"calls": calls, "decodes_per_s": round(bg.per_second, 1)}
+        if args.hold_s:
+            with Background(decode, 2, rate=rate, loop_ms=args.loop_ms, hold_s=args.hold_s) as bg:
+                calls = by_size(caller, beside_sizes, args.beside_rounds, seed=3)
+            key = f"{rate:g} held {args.hold_s:g} s"
+            report["open"][key] = {"calls": calls, "decodes_per_s": round(bg.per_second, 1)}
     report["seconds"] = round(time.perf_counter() - t0, 1)
     write_json(args.out, report)
     print(markdown(report))
