@@ -353,11 +353,27 @@ def profile_of(report: dict[str, Any]) -> CpuProfile:
     # the model's threads in lockstep (docs/simulator.md, "Model calls under load"): at 1.5x and 3x the
     # 12:33 run's replica used 1.43 of its 2 cores while refusing work, its calls ~1 core
     # and the servers' calls in flight the calls were measured with (the planner replays with them)
-    prof = dataclasses.replace(prof, lockstep=True, model_calls_in_flight=calls_in_flight(report))
+    prof = dataclasses.replace(
+        prof, lockstep=True, model_calls_in_flight=calls_in_flight(report),
+        idle_call_s=idle_call_of(report.get("call_load")),
+    )  # fmt: skip
     prof = own_warmups(prof, warmups)
     if "cpu_s:event_loop" not in c1.get("server_metrics", {}):
         return prof  # a report from before the threads' CPU was recorded: the request work as one
     return measured_work(prof, c1, report, 2.0)
+
+
+def idle_call_of(timings: dict[str, Any] | None) -> tuple[tuple[float, float], ...] | None:
+    """What a call adds after an idle gap (the profile's ``idle_call_s``), from ``bench.call_load``'s
+    ``gap_ms`` (median one-image call after each gap, ``"0"``: back to back): per gap in seconds, the
+    median over the back-to-back one, at least 0. None without those timings (a report from before
+    them: no such cost)."""
+    gaps = (timings or {}).get("gap_ms") or {}
+    if "0" not in gaps or len(gaps) < 2:
+        return None
+    base = gaps["0"]
+    extra = ((float(g) / 1e3, max(0.0, ms - base) / 1e3) for g, ms in gaps.items() if float(g) > 0)
+    return tuple(sorted(extra))
 
 
 def padding_of(report: dict[str, Any]) -> str:
@@ -466,11 +482,17 @@ def measured_work(
     lat = np.asarray(c1.get("latencies_ms") or [], np.float64) / 1e3
     calls, images = m.get("ssd_batch_size_count", 0.0), m.get("ssd_batch_size_sum", 0.0)
     mean_call = m.get("ssd_batch_seconds_sum", 0.0) / calls if calls and images <= 1.05 * calls else None
+    # a lone client's calls each start after the model idled for the rest of its request, which
+    # added idle_extra to them (docs/simulator.md, "A call after idle"): the calls' own time is less
+    gap = c1["p50_ms"] / 1e3 - (mean_call or prof.call_s(1, pads=pads_of(prof)))
+    after_idle = prof.idle_extra(max(0.0, gap))
+    if mean_call:
+        mean_call -= after_idle
     warm = prof
     scale, spread, net_s = 1.0, None, 0.0
     for _ in range(4):  # the call's scale, the fixed part and the spread depend on each other
         prof = scaled_calls(warm, scale)
-        one = prof.call_s(1, pads=pads_of(prof))
+        one = prof.call_s(1, pads=pads_of(prof)) + after_idle
         net_s = max(0.0, c1["p50_ms"] / 1e3 - one - batch_wait_ms / 1e3 - loop_s - decode_s)
         if len(lat) >= 20:
             fixed = net_s + batch_wait_ms / 1e3

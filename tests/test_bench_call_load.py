@@ -44,7 +44,8 @@ def test_the_table_has_a_row_per_size_and_a_column_per_load():
         "alone": {"1": {"wall_ms": 10.0, "user_ms": 16.0, "sys_ms": 1.0, "faults": 20},
                   "25": {"wall_ms": 150.0, "user_ms": 290.0, "sys_ms": 12.0, "faults": 900}},
         "cold": {"25": {"first_ms": 170.0, "second_ms": 151.0}},
-        "beside": {"1": {"calls": {"1": {"wall_ms": 14.0}, "25": {"wall_ms": 260.0}}, "decodes_per_s": 250.0}},
+        "beside": {"1": {"calls": {"1": {"wall_ms": 14.0}, "25": {"wall_ms": 260.0}},
+                         "decodes_per_s": 250.0}},
         "open": {"80": {"calls": {"25": {"wall_ms": 300.0}}, "decodes_per_s": 79.5}},
         "repeat": {}, "gap_ms": {"0": 10.0, "30": 13.0}, "decode_alone_ms": 2.5,
     }  # fmt: skip

@@ -111,6 +111,33 @@ def test_model_calls_take_the_served_bucket_1_calls_median_and_the_batcher_decid
     assert prof.batcher(2, pads=True).efficient_bucket() == base.batcher(2, pads=True).efficient_bucket()
 
 
+def test_the_idle_cost_comes_from_call_load_and_the_lone_clients_calls_are_counted_without_it():
+    """call_load's one-image calls: 12.5 ms back to back, 13.0 after 5 ms idle, 20.0 after 30 ms: a call
+    adds 0.5 ms after 5 ms, 7.5 ms after 30 (none below back to back: 11 ms after 5 counts 0).
+    The served test above (p50 40 ms, calls 25.5 ms) with that table: the model idled 40 - 25.5 =
+    14.5 ms between the lone client's calls, which added 0.5 + (9.5 / 25) x 7 = 3.16 ms, so the calls'
+    own median is 22.34 ms (22.34 / 17 times the warm-up's: bucket 2 30 x 22.34 / 17 ms); outside
+    the server still 40 - 22.34 - 3.16 - 2 - 2 - 4 = 6.5 ms."""
+    from bench.simulate_check import idle_call_of
+
+    table = idle_call_of({"gap_ms": {"0": 12.5, "5": 13.0, "30": 20.0}})
+    assert [g for g, _ in table] == pytest.approx([0.005, 0.03])
+    assert [e for _, e in table] == pytest.approx([0.0005, 0.0075])
+    assert idle_call_of({"gap_ms": {"0": 12.5, "5": 11.0}}) == ((0.005, 0.0),)
+    assert idle_call_of(None) is None and idle_call_of({"gap_ms": {"5": 13.0}}) is None
+    c1 = {
+        "p50_ms": 40.0,
+        "server_metrics": {
+            'ssd_request_seconds_count{protocol="v1"}': 100.0, "cpu_s:event_loop": 0.2, "cpu_s:decode": 0.4,
+            "ssd_batch_size_count": 100.0, "ssd_batch_size_sum": 100.0, "ssd_batch_seconds_sum": 2.55,
+        },
+    }  # fmt: skip
+    base = CpuProfile(((1, 0.017), (2, 0.03)), 0.0068, idle_call_s=table)
+    prof = measured_work(base, c1, _report(), batch_wait_ms=2.0)
+    assert dict(prof.bucket_s) == pytest.approx({1: 0.02234, 2: 0.03 * 22.34 / 17}, abs=1e-7)
+    assert prof.net_s == pytest.approx(0.0065)
+
+
 def test_checks_table_counts_the_checks_within_20_percent_in_two_replays():
     from bench.simulate_check import checks_table
 

@@ -218,6 +218,10 @@ class CpuProfile:
     # not with the replicas' mean; None: every replica decides with ``rule_bucket_s``
     replica_rule_bucket_s: tuple[tuple[tuple[int, float], ...], ...] | None = None
     batch_padding: str = UNRECORDED_PADDING
+    # a call that starts after the replica's model has been idle ``gap`` seconds costs ``extra`` more
+    # seconds of work: ((gap, extra), ...), measured by bench/call_load.py ("gap": one-image calls after
+    # an idle gap against back to back); None: no such cost (docs/simulator.md, "A call after idle")
+    idle_call_s: tuple[tuple[float, float], ...] | None = None
 
     def factor(self, rng: np.random.Generator, sigma: float) -> float:
         """A job's duration over its median: drawn from ``spread`` (the quantiles, at equally spaced
@@ -249,6 +253,15 @@ class CpuProfile:
             return t_top * (n // top) + (self.call_s(rest, pads=False) if rest else 0.0)
         sizes = [b for b, _ in self.bucket_s]
         return float(np.interp(n, sizes, [t for _, t in self.bucket_s]))
+
+    def idle_extra(self, idle_s: float) -> float:
+        """Seconds of work a call adds after the model has been idle ``idle_s`` (``idle_call_s``,
+        linear between its points, 0 at no gap, its last point's past it; 0 without a table). E.g.
+        ((0.005, 0.0005), (0.03, 0.0075)): 15 ms idle adds 0.5 + (10 / 25) x 7 = 3.3 ms."""
+        if not self.idle_call_s:
+            return 0.0
+        gaps = [0.0, *(g for g, _ in self.idle_call_s)]
+        return float(np.interp(idle_s, gaps, [0.0, *(e for _, e in self.idle_call_s)]))
 
     def parallel_fraction(self, n: int) -> float:
         """Amdahl's ``p`` of a call of ``n`` images from its times on ``model_threads`` cores and on one:
@@ -324,6 +337,8 @@ class CpuProfile:
                 kw[key] = tuple(sorted((int(b), float(t)) for b, t in data[key].items()))
         if kw.get("spread"):
             kw["spread"] = tuple(float(v) for v in kw["spread"])
+        if kw.get("idle_call_s"):
+            kw["idle_call_s"] = tuple(sorted((float(g), float(e)) for g, e in kw["idle_call_s"]))
         if kw.get("replica_rule_bucket_s"):
             kw["replica_rule_bucket_s"] = tuple(
                 tuple(sorted((int(b), float(t)) for b, t in table.items()))
@@ -1047,6 +1062,9 @@ class Simulation:
                 r.queued = False
             prof = self.svc
             work = prof.call_s(len(batch), pads=rep.pads) * prof.factor(self.rng, prof.model_sigma)
+            if prof.idle_call_s and not rep.running:  # the model idle since its last call (or ever)
+                idle = math.inf if rep.last_end is None else self.now - rep.last_end
+                work += prof.idle_extra(idle)
             self._call_starts(rep, len(batch))
             assert rep.cpu is not None
             p = prof.parallel_fraction(len(batch))
