@@ -234,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "pid_nice": os.nice(0),
         "tf_threads": {"intra": intra, "inter": inter},
+        "loop_ms": args.loop_ms,
         "warmup_s": warm,
     }
     t0 = time.perf_counter()

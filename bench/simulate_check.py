@@ -356,6 +356,7 @@ def profile_of(report: dict[str, Any]) -> CpuProfile:
     prof = dataclasses.replace(
         prof, lockstep=True, model_calls_in_flight=calls_in_flight(report),
         idle_call_s=idle_call_of(report.get("call_load")),
+        lockstep_linger_s=linger_of(report.get("call_load"), report.get("bucket_s_one_core")),
     )  # fmt: skip
     prof = own_warmups(prof, warmups)
     if "cpu_s:event_loop" not in c1.get("server_metrics", {}):
@@ -374,6 +375,32 @@ def idle_call_of(timings: dict[str, Any] | None) -> tuple[tuple[float, float], .
     base = gaps["0"]
     extra = ((float(g) / 1e3, max(0.0, ms - base) / 1e3) for g, ms in gaps.items() if float(g) > 0)
     return tuple(sorted(extra))
+
+
+def linger_of(timings: dict[str, Any] | None, one_core: dict[str, float] | None) -> float:
+    """How long a call stays out of step after the other threads stop crowding its cores (the profile's
+    ``lockstep_linger_s``), from ``bench.call_load``'s open-loop stream (rate ``r`` per second, each
+    request ``w`` = ``loop_ms`` + ``decode_alone_ms`` of other work) and the buckets alone (``a``) and
+    on one core (``o``, the report's ``bucket_s_one_core``): a call of a bucket timed ``T`` beside the
+    stream was out of step a share ``f = (1 - a / T) / (1 - a / o)`` of its time (speed ``a / o``
+    then, 1 else); with Poisson arrivals a time is out of step unless no request arrived within
+    ``w + linger`` before it, ``f = 1 - exp(-r (w + linger))``, so ``linger = -ln(1 - f) / r - w``;
+    the median over the buckets whose one-core time is over 1.2 ``a`` (f at most 0.99). 0 without
+    those timings."""
+    if not timings or not one_core or not timings.get("open"):
+        return 0.0
+    rate, stream = next(((float(k), v) for k, v in timings["open"].items() if "held" not in k), (0.0, None))
+    if not stream or rate <= 0:
+        return 0.0
+    r = stream.get("decodes_per_s") or rate
+    w = (timings.get("loop_ms", 2.0) + timings["decode_alone_ms"]) / 1e3
+    lingers = []
+    for n, call in stream["calls"].items():
+        a, o = timings["alone"][n]["wall_ms"], 1e3 * one_core.get(n, 0.0)
+        if o > 1.2 * a:
+            f = min(0.99, max(0.0, (1 - a / call["wall_ms"]) / (1 - a / o)))
+            lingers.append(max(0.0, -math.log(1 - f) / r - w))
+    return float(np.median(lingers)) if lingers else 0.0
 
 
 def padding_of(report: dict[str, Any]) -> str:

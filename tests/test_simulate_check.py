@@ -5,6 +5,7 @@ hand-computed case (no server)."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -136,6 +137,29 @@ def test_the_idle_cost_comes_from_call_load_and_the_lone_clients_calls_are_count
     prof = measured_work(base, c1, _report(), batch_wait_ms=2.0)
     assert dict(prof.bucket_s) == pytest.approx({1: 0.02234, 2: 0.03 * 22.34 / 17}, abs=1e-7)
     assert prof.net_s == pytest.approx(0.0065)
+
+
+def test_the_linger_comes_from_the_calls_beside_call_loads_open_loop_stream():
+    """80 requests per second, each 2 ms of loop and 2 ms of decode (w = 4 ms). Bucket 8: alone 60 ms,
+    one core 120, beside the stream 90: out of step (1 - 60/90) / (1 - 60/120) = 2/3 of the time, so
+    ln(3) / 80 - 0.004 = 9.73 ms; bucket 16: 100, 200, 200: all the time (f capped at 0.99): ln(100) /
+    80 - 0.004 = 53.57 ms; median 31.65 ms. Bucket 1 (one core 11 ms, not 1.2 x its 10) and the
+    stream that kept its images ("held") are not used."""
+    from bench.simulate_check import linger_of
+
+    timings = {
+        "alone": {"1": {"wall_ms": 10.0}, "8": {"wall_ms": 60.0}, "16": {"wall_ms": 100.0}},
+        "decode_alone_ms": 2.0, "loop_ms": 2.0,
+        "open": {
+            "80": {"decodes_per_s": 80.0, "calls": {"1": {"wall_ms": 30.0}, "8": {"wall_ms": 90.0},
+                                                    "16": {"wall_ms": 200.0}}},
+            "80 held 1 s": {"decodes_per_s": 80.0, "calls": {"8": {"wall_ms": 500.0}}},
+        },
+    }  # fmt: skip
+    one_core = {"1": 0.011, "8": 0.12, "16": 0.2}
+    expected = (math.log(3) / 80 - 0.004 + math.log(100) / 80 - 0.004) / 2
+    assert linger_of(timings, one_core) == pytest.approx(expected)
+    assert linger_of(None, one_core) == 0.0 and linger_of(timings, None) == 0.0
 
 
 def test_checks_table_counts_the_checks_within_20_percent_in_two_replays():

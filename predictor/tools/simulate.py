@@ -222,6 +222,10 @@ class CpuProfile:
     # seconds of work: ((gap, extra), ...), measured by bench/call_load.py ("gap": one-image calls after
     # an idle gap against back to back); None: no such cost (docs/simulator.md, "A call after idle")
     idle_call_s: tuple[tuple[float, float], ...] | None = None
+    # with ``lockstep``: a call stays at its lockstep speed this long after the other threads stopped
+    # crowding its cores (docs/simulator.md, "Large calls under open-loop load"; bench/call_load.py's
+    # open-loop stream); 0: only while they crowd them
+    lockstep_linger_s: float = 0.0
 
     def factor(self, rng: np.random.Generator, sigma: float) -> float:
         """A job's duration over its median: drawn from ``spread`` (the quantiles, at equally spaced
@@ -387,22 +391,39 @@ class _Cpu:
     2-thread pool: 1 thread each).
     """
 
-    def __init__(self, cores: float, lockstep: bool = False) -> None:
+    def __init__(self, cores: float, lockstep: bool = False, linger: float = 0.0) -> None:
         self.cores = cores
         self.lockstep = lockstep
+        self.linger = linger  # seconds a call stays out of step after the crowding ends
+        self.until = 0.0  # out of step until then (inf while crowded)
         self.jobs: list[list[Any]] = []
         self.last = 0.0
         self.version = 0
+
+    def threads(self) -> float:
+        """Runnable threads: each one-thread job's, and each replica's pool once however many of its
+        calls run."""
+        pools = {id(j[3][0]): j[1] for j in self.jobs if j[2] == "model"}
+        return sum(j[1] for j in self.jobs if j[2] != "model") + sum(pools.values())
+
+    def mark(self) -> None:
+        """After the jobs changed (at ``last``): while the threads outnumber the cores, calls are out of
+        step; when that ends, they stay so ``linger`` seconds more (``lockstep`` only)."""
+        if self.threads() > self.cores:
+            self.until = math.inf
+        elif self.until == math.inf:
+            self.until = self.last + self.linger
 
     def speeds(self) -> list[float]:
         # a replica's calls in flight share its one TensorFlow intra-op pool: r calls of m threads
         # are m threads, m / r each (each call still normalised to its m threads alone)
         calls = collections.Counter(id(j[3][0]) for j in self.jobs if j[2] == "model")
-        pools = {id(j[3][0]): j[1] for j in self.jobs if j[2] == "model"}
-        threads = sum(j[1] for j in self.jobs if j[2] != "model") + sum(pools.values())
+        threads = self.threads()
         share = min(1.0, self.cores / threads) if threads else 1.0
         if self.lockstep and threads > self.cores:
             gang = lambda m: lockstep_cores(m, threads, self.cores)  # noqa: E731
+        elif self.lockstep and self.last < self.until:  # lingering: as beside one more thread
+            gang = lambda m: lockstep_cores(m, math.floor(self.cores) + 1, self.cores)  # noqa: E731
         else:
             gang = lambda m: m * share  # noqa: E731
         out = []
@@ -422,9 +443,13 @@ class _Cpu:
         self.last = now
 
     def next_done(self, now: float) -> float | None:
+        """The next job's end, or the end of a linger before it (the calls' speed changes then)."""
         if not self.jobs:
             return None
-        return now + min(max(0.0, j[0]) / v for j, v in zip(self.jobs, self.speeds(), strict=True))
+        done = now + min(max(0.0, j[0]) / v for j, v in zip(self.jobs, self.speeds(), strict=True))
+        if self.lockstep and now < self.until < done:
+            return self.until
+        return done
 
     def pop_done(self) -> list[list[Any]]:
         done = [j for j in self.jobs if j[0] <= 1e-9]
@@ -770,7 +795,7 @@ class Simulation:
         self.loop_on = isinstance(svc, CpuProfile) and svc.loop_head_s + svc.loop_in_s + svc.loop_out_s > 0
         self.shared_cpu = None
         if isinstance(svc, CpuProfile) and cfg.shared_cores:
-            self.shared_cpu = _Cpu(cfg.shared_cores, svc.lockstep)
+            self.shared_cpu = _Cpu(cfg.shared_cores, svc.lockstep, svc.lockstep_linger_s)
         self.closed_until = -1.0  # closed-loop clients (run_closed): each answer sends the next request
         self.more: list[_Request] = []
         self.rng = np.random.default_rng(seed + 1)
@@ -836,7 +861,7 @@ class Simulation:
     def new_replica(self, ready_at: float) -> _Replica:
         cpu = None
         if isinstance(self.svc, CpuProfile):
-            cpu = self.shared_cpu or _Cpu(self.svc.cores, self.svc.lockstep)
+            cpu = self.shared_cpu or _Cpu(self.svc.cores, self.svc.lockstep, self.svc.lockstep_linger_s)
         rep = _Replica(len(self.replicas), self.now, ready_at, self.cfg, self.svc, cpu)
         self.replicas.append(rep)
         return rep
@@ -851,6 +876,7 @@ class Simulation:
         self._cpu_next(cpu)
 
     def _cpu_next(self, cpu: _Cpu) -> None:
+        cpu.mark()
         cpu.version += 1
         t = cpu.next_done(self.now)
         if t is not None:
