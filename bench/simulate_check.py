@@ -510,7 +510,7 @@ def measured_work(
     calls, images = m.get("ssd_batch_size_count", 0.0), m.get("ssd_batch_size_sum", 0.0)
     mean_call = m.get("ssd_batch_seconds_sum", 0.0) / calls if calls and images <= 1.05 * calls else None
     # a lone client's calls each start after the model idled for the rest of its request, which
-    # added idle_extra to them (docs/simulator.md, "A call after idle"): the calls' own time is less
+    # added idle_extra to them (docs/simulator.md, "Large calls under open-loop load"): less that
     gap = c1["p50_ms"] / 1e3 - (mean_call or prof.call_s(1, pads=pads_of(prof)))
     after_idle = prof.idle_extra(max(0.0, gap))
     if mean_call:

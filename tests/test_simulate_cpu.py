@@ -107,7 +107,7 @@ def test_a_cpu_server_on_auto_runs_each_call_at_its_exact_size():
 
 def test_a_call_after_the_model_idled_costs_the_measured_extra():
     """One core, call 10 ms, nothing else (decode 1 ns, batch wait 2 ms); after an idle gap of 5 ms a
-    call adds 1 ms, of 30 ms or more 8 ms (docs/simulator.md, "A call after idle"). A at 0: the first
+    call adds 1 ms, of 30 ms or more 8 ms (docs/simulator.md, "Large calls ..."). A at 0: the first
     call (idle since ever: 8 ms) runs 0.002-0.020. B at 0.1: idle 0.082 s, +8 ms: 0.102-0.120. C at
     0.125: idle 7 ms, 1 + (2 / 25) x 7 = 1.56 ms: 0.127-0.13856. Without the table: 0.012, 0.112, 0.137."""
     base = _exact({1: 0.01}, 1e-9, cores=1.0)

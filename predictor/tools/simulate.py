@@ -177,7 +177,9 @@ class CpuProfile:
     outnumber the cores, a call of more than one thread instead gets the cores of its threads working in
     lockstep (:class:`_Cpu`, :func:`lockstep_cores`; one-thread jobs keep processor sharing).
     ``model_calls_in_flight``: the servers' ``--model_calls_in_flight`` the calls were measured with
-    (:func:`search_for_plan` and the CLI replay with it by default).
+    (:func:`search_for_plan` and the CLI replay with it by default). ``idle_call_s``: what a call adds
+    after the model idled (:meth:`idle_extra`); ``lockstep_linger_s``: how long a call stays at its
+    lockstep speed after the crowding ends (:class:`_Cpu`); both from ``bench/call_load.py``.
 
     The event loop (any ``loop_*_s`` > 0; docs/simulator.md, "The event loop"): the server's main
     thread, one thread, first come first served, running on the replica's cores like a decode thread.
@@ -220,7 +222,8 @@ class CpuProfile:
     batch_padding: str = UNRECORDED_PADDING
     # a call that starts after the replica's model has been idle ``gap`` seconds costs ``extra`` more
     # seconds of work: ((gap, extra), ...), measured by bench/call_load.py ("gap": one-image calls after
-    # an idle gap against back to back); None: no such cost (docs/simulator.md, "A call after idle")
+    # an idle gap against back to back); None: no such cost (docs/simulator.md, "Large calls under
+    # open-loop load")
     idle_call_s: tuple[tuple[float, float], ...] | None = None
     # with ``lockstep``: a call stays at its lockstep speed this long after the other threads stopped
     # crowding its cores (docs/simulator.md, "Large calls under open-loop load"; bench/call_load.py's
@@ -388,7 +391,9 @@ class _Cpu:
     (processor sharing wastes none). :func:`lockstep_cores`. With ``r`` >= 2 calls on a replica each
     call's share of the pool is ``m / r`` threads; when that is at most one thread the call is a
     one-thread job and gets processor sharing's ``share`` even with ``lockstep`` (e.g. 2 calls of a
-    2-thread pool: 1 thread each).
+    2-thread pool: 1 thread each). ``linger``: with ``lockstep``, calls stay out of step that many
+    seconds after the threads stop outnumbering the cores, at the cores of beside one more thread
+    (:meth:`mark`; the linger's end is an event, :meth:`next_done`).
     """
 
     def __init__(self, cores: float, lockstep: bool = False, linger: float = 0.0) -> None:
