@@ -6,7 +6,11 @@
 2. Measures closed-loop cells (``--concurrency`` clients of the overload bench's generator,
    :mod:`bench.loadgen`, round robin over the replicas, same JPEG bodies). The simulator's CPU
    profile (:class:`predictor.tools.simulate.CpuProfile`) comes from the replicas' warm-up timings per
-   bucket (their log) and the concurrency-1 cell (the work of a request outside the model call).
+   bucket (their log) and the concurrency-1 cell (the work of a request outside the model call);
+   ``--large_concurrency`` cells (default 64: calls of the max batch size) calibrate the large buckets
+   and do not count in the saturated throughput; ``--call_load`` first times the detector with
+   ``bench.call_load`` (the idle cost and the lockstep linger of docs/simulator.md, "Large calls
+   under open-loop load").
 3. Offers open-loop scenarios to the real replicas through the same round-robin client: a step
    (``--step`` fractions of the saturated closed-loop throughput), a ramp (``--ramp``) and a step into
    overload (``--overload``), each phase ``--seconds`` long.
