@@ -6,7 +6,11 @@
 2. Measures closed-loop cells (``--concurrency`` clients of the overload bench's generator,
    :mod:`bench.loadgen`, round robin over the replicas, same JPEG bodies). The simulator's CPU
    profile (:class:`predictor.tools.simulate.CpuProfile`) comes from the replicas' warm-up timings per
-   bucket (their log) and the concurrency-1 cell (the work of a request outside the model call).
+   bucket (their log) and the concurrency-1 cell (the work of a request outside the model call);
+   ``--large_concurrency`` cells (default 64: calls of the max batch size) calibrate the large buckets
+   and do not count in the saturated throughput; ``--call_load`` first times the detector with
+   ``bench.call_load`` (the idle cost and the lockstep linger of docs/simulator.md, "Large calls
+   under open-loop load").
 3. Offers open-loop scenarios to the real replicas through the same round-robin client: a step
    (``--step`` fractions of the saturated closed-loop throughput), a ramp (``--ramp``) and a step into
    overload (``--overload``), each phase ``--seconds`` long.
@@ -104,11 +108,13 @@ def scrape(urls: list[str]) -> dict[str, float]:
     return dict(out)
 
 
-def thread_cpu(pids: list[int]) -> dict[str, float]:
+def thread_cpu(pids: list[int], stats: bool = False) -> dict[str, float]:
     """CPU seconds (user + system) the servers' threads used so far, by kind, summed over the servers:
     ``event_loop`` (the main thread: HTTP, KServe, admission, JSON), ``decode`` (``ssd-decode_*``),
     ``model`` (``ssd-model_*`` and TensorFlow's ``tf_*`` pools), ``other``. CPU time, unlike wall time,
-    is what a request costs whatever else runs on the machine."""
+    is what a request costs whatever else runs on the machine. ``stats``: also their system seconds
+    (``sys:<kind>``) and minor page faults (``faults:<kind>``): a model call whose CPU grows under load
+    by faulting in fresh pages shows there."""
     tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = Counter()
     for pid in pids:
@@ -122,6 +128,9 @@ def thread_cpu(pids: list[int]) -> dict[str, float]:
                     else "model" if name.startswith(("ssd-model", "tf_")) else "other"
                 )  # fmt: skip
                 out[kind] += ticks / tick
+                if stats:
+                    out[f"sys:{kind}"] += int(fields[12]) / tick
+                    out[f"faults:{kind}"] += int(fields[7])  # minflt (field 10 of stat)
     return dict(out)
 
 
@@ -152,7 +161,11 @@ def scenario(
 
 
 def _cpu_keys(pids: list[int] | None) -> dict[str, float]:
-    return {f"cpu_s:{k}": v for k, v in thread_cpu(pids).items()} if pids else {}
+    """:func:`thread_cpu` as metric keys: ``cpu_s:<kind>``, ``sys_s:<kind>``, ``faults:<kind>``."""
+    if not pids:
+        return {}
+    named = lambda k: k.replace("sys:", "sys_s:") if ":" in k else f"cpu_s:{k}"  # noqa: E731
+    return {named(k): v for k, v in thread_cpu(pids, stats=True).items()}
 
 
 def rows_json(r: PhaseResult) -> list[list[Any]]:
@@ -230,6 +243,19 @@ def time_buckets(cores: set[int], runs: int) -> dict[int, float]:
             env=server_env(cpu_only=True), cwd=REPO,
         )  # fmt: skip
     return {int(b): t for b, t in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
+
+
+def call_load(cores: set[int], path: Path) -> dict[str, Any]:
+    """``python -m bench.call_load`` on ``cores`` (a process of its own, before the replicas start): the
+    detector's calls by exact size, alone and beside decoding threads (docs/simulator.md, "Large calls
+    under load")."""
+    args = ["--sizes", "1-32", "--rounds", "3", "--beside_rounds", "3", "--out", str(path)]
+    with affinity(cores):
+        subprocess.run(
+            [sys.executable, "-m", "bench.call_load", *args], check=True, env=server_env(cpu_only=True),
+            cwd=REPO, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+    return json.loads(path.read_text())
 
 
 def profile(
@@ -331,11 +357,54 @@ def profile_of(report: dict[str, Any]) -> CpuProfile:
     # the model's threads in lockstep (docs/simulator.md, "Model calls under load"): at 1.5x and 3x the
     # 12:33 run's replica used 1.43 of its 2 cores while refusing work, its calls ~1 core
     # and the servers' calls in flight the calls were measured with (the planner replays with them)
-    prof = dataclasses.replace(prof, lockstep=True, model_calls_in_flight=calls_in_flight(report))
+    prof = dataclasses.replace(
+        prof, lockstep=True, model_calls_in_flight=calls_in_flight(report),
+        idle_call_s=idle_call_of(report.get("call_load")),
+        lockstep_linger_s=linger_of(report.get("call_load"), report.get("bucket_s_one_core")),
+    )  # fmt: skip
     prof = own_warmups(prof, warmups)
     if "cpu_s:event_loop" not in c1.get("server_metrics", {}):
         return prof  # a report from before the threads' CPU was recorded: the request work as one
     return measured_work(prof, c1, report, 2.0)
+
+
+def idle_call_of(timings: dict[str, Any] | None) -> tuple[tuple[float, float], ...] | None:
+    """What a call adds after an idle gap (the profile's ``idle_call_s``), from ``bench.call_load``'s
+    ``gap_ms`` (median one-image call after each gap, ``"0"``: back to back): per gap in seconds, the
+    median over the back-to-back one, at least 0. None without those timings (a report from before
+    them: no such cost)."""
+    gaps = (timings or {}).get("gap_ms") or {}
+    if "0" not in gaps or len(gaps) < 2:
+        return None
+    base = gaps["0"]
+    extra = ((float(g) / 1e3, max(0.0, ms - base) / 1e3) for g, ms in gaps.items() if float(g) > 0)
+    return tuple(sorted(extra))
+
+
+def linger_of(timings: dict[str, Any] | None, one_core: dict[str, float] | None) -> float:
+    """How long a call stays out of step after the other threads stop crowding its cores (the profile's
+    ``lockstep_linger_s``), from ``bench.call_load``'s open-loop stream (rate ``r`` per second, each
+    request ``w`` = ``loop_ms`` + ``decode_alone_ms`` of other work) and the buckets alone (``a``) and
+    on one core (``o``, the report's ``bucket_s_one_core``): a call of a bucket timed ``T`` beside the
+    stream was out of step a share ``f = (1 - a / T) / (1 - a / o)`` of its time (speed ``a / o``
+    then, 1 else); with Poisson arrivals a time is out of step unless no request arrived within
+    ``w + linger`` before it, ``f = 1 - exp(-r (w + linger))``, so ``linger = -ln(1 - f) / r - w``;
+    the median over the buckets whose one-core time is over 1.2 ``a`` (f at most 0.99). 0 without
+    those timings."""
+    if not timings or not one_core or not timings.get("open"):
+        return 0.0
+    rate, stream = next(((float(k), v) for k, v in timings["open"].items() if "held" not in k), (0.0, None))
+    if not stream or rate <= 0:
+        return 0.0
+    r = stream.get("decodes_per_s") or rate
+    w = (timings.get("loop_ms", 2.0) + timings["decode_alone_ms"]) / 1e3
+    lingers = []
+    for n, call in stream["calls"].items():
+        a, o = timings["alone"][n]["wall_ms"], 1e3 * one_core.get(n, 0.0)
+        if o > 1.2 * a:
+            f = min(0.99, max(0.0, (1 - a / call["wall_ms"]) / (1 - a / o)))
+            lingers.append(max(0.0, -math.log(1 - f) / r - w))
+    return float(np.median(lingers)) if lingers else 0.0
 
 
 def padding_of(report: dict[str, Any]) -> str:
@@ -444,11 +513,17 @@ def measured_work(
     lat = np.asarray(c1.get("latencies_ms") or [], np.float64) / 1e3
     calls, images = m.get("ssd_batch_size_count", 0.0), m.get("ssd_batch_size_sum", 0.0)
     mean_call = m.get("ssd_batch_seconds_sum", 0.0) / calls if calls and images <= 1.05 * calls else None
+    # a lone client's calls each start after the model idled for the rest of its request, which
+    # added idle_extra to them (docs/simulator.md, "Large calls under open-loop load"): less that
+    gap = c1["p50_ms"] / 1e3 - (mean_call or prof.call_s(1, pads=pads_of(prof)))
+    after_idle = prof.idle_extra(max(0.0, gap))
+    if mean_call:
+        mean_call -= after_idle
     warm = prof
     scale, spread, net_s = 1.0, None, 0.0
     for _ in range(4):  # the call's scale, the fixed part and the spread depend on each other
         prof = scaled_calls(warm, scale)
-        one = prof.call_s(1, pads=pads_of(prof))
+        one = prof.call_s(1, pads=pads_of(prof)) + after_idle
         net_s = max(0.0, c1["p50_ms"] / 1e3 - one - batch_wait_ms / 1e3 - loop_s - decode_s)
         if len(lat) >= 20:
             fixed = net_s + batch_wait_ms / 1e3
@@ -576,8 +651,9 @@ def call_cores(report: dict[str, Any]) -> str:
     under load"): images per call, ms per call, the model's CPU per image (model and TensorFlow pool
     threads: ``cpu_s:model`` + ``cpu_s:other``), the cores a call got (that CPU over the calls' time,
     ``ssd_batch_seconds``), the decode threads' and event loop's CPU per second of calls (the work
-    beside them) and, for the phases, the cores the servers used in all (every thread's CPU over the
-    phase, warm-up included in a scenario's first phase)."""
+    beside them), for the phases the cores the servers used in all (every thread's CPU over the
+    phase, warm-up included in a scenario's first phase), and where recorded the model's system
+    share of that CPU and its minor page faults per image (:func:`thread_cpu` ``stats``)."""
     rows = [("closed loop", f"c={c['concurrency']}", c.get("server_metrics") or {}, None)
             for c in report["benchmark"]["cells"]]  # fmt: skip
     for name, sc in report["scenarios"].items():
@@ -586,8 +662,9 @@ def call_cores(report: dict[str, Any]) -> str:
             rows.append((name, f"{ph['rate']:.1f} req/s", ph.get("server_metrics") or {}, span))
     lines = [
         "| scenario | load | images per call | ms per call | model CPU ms per image | cores per call "
-        "| decode + loop CPU per call second | server cores used |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| decode + loop CPU per call second | server cores used | model system CPU share "
+        "| model page faults per image |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, load, m, span in rows:
         calls, images = m.get("ssd_batch_size_count", 0.0), m.get("ssd_batch_size_sum", 0.0)
@@ -598,9 +675,13 @@ def call_cores(report: dict[str, Any]) -> str:
         cpu = sum(v for k, v in m.items() if k.startswith("cpu_s:"))
         used = f"{cpu / span:.2f}" if span else "-"
         beside = (m.get("cpu_s:decode", 0.0) + m.get("cpu_s:event_loop", 0.0)) / busy
+        system = m.get("sys_s:model", 0.0) + m.get("sys_s:other", 0.0)
+        faults = m.get("faults:model", 0.0) + m.get("faults:other", 0.0)
+        recorded = "sys_s:model" in m or "faults:model" in m  # reports from before 2026-12-08: none
         lines.append(
             f"| {name} | {load} | {images / calls:.2f} | {1e3 * busy / calls:.1f} | "
-            f"{1e3 * model / images:.1f} | {model / busy:.2f} | {beside:.2f} | {used} |"
+            f"{1e3 * model / images:.1f} | {model / busy:.2f} | {beside:.2f} | {used} | "
+            + (f"{system / model:.2f} | {faults / images:.0f} |" if recorded and model else "- | - |")
         )
     return "\n".join(lines)
 
@@ -634,6 +715,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--replicas", type=int, default=1)
     p.add_argument("--concurrency", default="1,2,4,8,16")
+    p.add_argument(
+        "--large_concurrency", default="64", help="closed-loop cells measured after those of --concurrency "
+        "and not counted in the saturated throughput the scenarios' rates scale: calls of the max batch "
+        "size under load ('' for none)",
+    )  # fmt: skip
+    p.add_argument(
+        "--call_load", action="store_true", help="also time the detector by exact size, alone and beside "
+        "decoding threads, on a replica's cores (bench.call_load), into the report's call_load",
+    )  # fmt: skip
     p.add_argument("--cell_s", type=float, default=8.0)
     p.add_argument("--step", default="0.3,0.8", help="step: fractions of the saturated throughput")
     p.add_argument("--ramp", default="0.2,0.4,0.6,0.8,1.0", help="ramp: fractions, one phase each")
@@ -711,6 +801,8 @@ def main(argv: list[str] | None = None) -> int:
     print("... on one core (s):", one_core)
     report["bucket_s_one_core"] = one_core
     report["bucket_s_alone"] = calls
+    if args.call_load:
+        report["call_load"] = call_load(places[0], out.with_name(f"{out.stem}_call_load.json"))
     try:
         for i, cores in enumerate(places):
             logs.append(out.with_name(f"{out.stem}_server{i}.log"))
@@ -742,6 +834,12 @@ def main(argv: list[str] | None = None) -> int:
                 x, p50 = cells[-1]["throughput_rps"], cells[-1]["p50_ms"]
                 print(f"closed loop c={c}: {x:.1f} req/s, p50 {p50:.0f} ms")
             sat = max(c["throughput_rps"] for c in cells)
+            for c in (int(v) for v in args.large_concurrency.split(",") if v):
+                before = {**scrape(urls), **_cpu_keys(pids)}
+                r = gen.run(Phase(**base, seconds=args.cell_s, warmup_s=2.0, clients=c))
+                cells.append({**cell(c, r), "large": True})  # not in sat: the scenarios' rates as before
+                cells[-1]["server_metrics"] = delta({**scrape(urls), **_cpu_keys(pids)}, before)
+                print(f"closed loop c={c} (large calls): {cells[-1]['throughput_rps']:.1f} req/s")
             c1 = min(cells, key=lambda c: c["concurrency"])
             source = f"demo, {len(places[0])} core(s) per replica, bench.simulate_check"
             source += f", {report['machine']['cpu']}, {report['machine']['utc']}"

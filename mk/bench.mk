@@ -86,7 +86,7 @@ bench-overload: $(STAMP) ## Overload a real server (MODEL_DIR=... or demo) at 4x
 		rc=$$?; $(RESULTS_TABLES) overload=$(BENCH_OUT)/overload.json && exit $$rc
 
 bench-simulate: $(STAMP) ## The fleet simulator against 1, 2 and 3 real replicas (demo): step, ramp, overload; p50/p95/throughput/503s
-	$(PY) -m bench.simulate_check --replicas 1 --out $(BENCH_OUT)/simulate_check.json --write_plan_inputs; rc1=$$?; \
+	$(PY) -m bench.simulate_check --replicas 1 --call_load --out $(BENCH_OUT)/simulate_check.json --write_plan_inputs; rc1=$$?; \
 	$(PY) -m bench.simulate_check --replicas 2 --out $(BENCH_OUT)/simulate_check_2.json; rc2=$$?; \
 	$(PY) -m bench.simulate_check --replicas 3 --out $(BENCH_OUT)/simulate_check_3.json; rc3=$$?; \
 	$(RESULTS_TABLES) simulate-check simulate-check-2 simulate-check-3 && exit $$((rc1 | rc2 | rc3))

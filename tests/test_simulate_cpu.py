@@ -105,6 +105,38 @@ def test_a_cpu_server_on_auto_runs_each_call_at_its_exact_size():
     assert [r.done for r in _run(prof, [0.0] * 7, padding="exact")] == pytest.approx([0.072] * 7)
 
 
+def test_a_call_after_the_model_idled_costs_the_measured_extra():
+    """One core, call 10 ms, nothing else (decode 1 ns, batch wait 2 ms); after an idle gap of 5 ms a
+    call adds 1 ms, of 30 ms or more 8 ms (docs/simulator.md, "Large calls ..."). A at 0: the first
+    call (idle since ever: 8 ms) runs 0.002-0.020. B at 0.1: idle 0.082 s, +8 ms: 0.102-0.120. C at
+    0.125: idle 7 ms, 1 + (2 / 25) x 7 = 1.56 ms: 0.127-0.13856. Without the table: 0.012, 0.112, 0.137."""
+    base = _exact({1: 0.01}, 1e-9, cores=1.0)
+    prof = dataclasses.replace(base, idle_call_s=((0.005, 0.001), (0.03, 0.008)))
+    assert prof.idle_extra(0.0) == 0.0 and prof.idle_extra(0.015) == pytest.approx(0.0038)
+    assert prof.idle_extra(float("inf")) == pytest.approx(0.008)
+    times = [0.0, 0.1, 0.125]
+    assert [r.done for r in _run(prof, times)] == pytest.approx([0.020, 0.120, 0.13856])
+    assert [r.done for r in _run(base, times)] == pytest.approx([0.012, 0.112, 0.137])
+    assert CpuProfile.from_json(json.loads(json.dumps(prof.to_json()))) == prof
+
+
+def test_a_call_stays_out_of_step_for_the_linger_after_the_crowding_ends():
+    """2 cores, lockstep, a perfectly parallel 2-thread call of 100 ms, one decode thread (20 ms), batch
+    wait 2 ms, linger 30 ms (docs/simulator.md, "Large calls under open-loop load"). A at 0: decoded at
+    0.02, its call from 0.022 at full speed. B at 0.03: 3 threads on 2 cores, the call gets
+    2 / ceil(3 / 2) = 1 core (half speed; 0.092 s of work left), the decode 2/3 of a core: decoded at
+    0.06 (the call has 0.077 left). The crowding ends there, but the call stays at half speed until
+    0.09 (0.062 left): A answered at 0.152, B's call 0.152-0.252. Without the linger: full speed from
+    0.06, A at 0.137, B at 0.237."""
+    prof = CpuProfile(
+        ((1, 0.1),), 0.02, decode_sigma=0.0, model_sigma=0.0, decode_threads=1, model_threads=2,
+        cores=2.0, lockstep=True, lockstep_linger_s=0.03,
+    )  # fmt: skip
+    assert [r.done for r in _run(prof, [0.0, 0.03])] == pytest.approx([0.152, 0.252])
+    none = dataclasses.replace(prof, lockstep_linger_s=0.0)
+    assert [r.done for r in _run(none, [0.0, 0.03])] == pytest.approx([0.137, 0.237])
+
+
 def test_a_call_costs_its_bucket_when_padded_and_its_rows_when_exact():
     """Buckets 1: 12 ms, 2: 20 ms, 4: 36 ms. A call of 3: padded, bucket 4's 36 ms; exact, 28 ms (linear
     between 2 and 4: a real image costs about what a full bucket's does, bench/RESULTS.md "Padding on

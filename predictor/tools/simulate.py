@@ -177,7 +177,9 @@ class CpuProfile:
     outnumber the cores, a call of more than one thread instead gets the cores of its threads working in
     lockstep (:class:`_Cpu`, :func:`lockstep_cores`; one-thread jobs keep processor sharing).
     ``model_calls_in_flight``: the servers' ``--model_calls_in_flight`` the calls were measured with
-    (:func:`search_for_plan` and the CLI replay with it by default).
+    (:func:`search_for_plan` and the CLI replay with it by default). ``idle_call_s``: what a call adds
+    after the model idled (:meth:`idle_extra`); ``lockstep_linger_s``: how long a call stays at its
+    lockstep speed after the crowding ends (:class:`_Cpu`); both from ``bench/call_load.py``.
 
     The event loop (any ``loop_*_s`` > 0; docs/simulator.md, "The event loop"): the server's main
     thread, one thread, first come first served, running on the replica's cores like a decode thread.
@@ -218,6 +220,15 @@ class CpuProfile:
     # not with the replicas' mean; None: every replica decides with ``rule_bucket_s``
     replica_rule_bucket_s: tuple[tuple[tuple[int, float], ...], ...] | None = None
     batch_padding: str = UNRECORDED_PADDING
+    # a call that starts after the replica's model has been idle ``gap`` seconds costs ``extra`` more
+    # seconds of work: ((gap, extra), ...), measured by bench/call_load.py ("gap": one-image calls after
+    # an idle gap against back to back); None: no such cost (docs/simulator.md, "Large calls under
+    # open-loop load")
+    idle_call_s: tuple[tuple[float, float], ...] | None = None
+    # with ``lockstep``: a call stays at its lockstep speed this long after the other threads stopped
+    # crowding its cores (docs/simulator.md, "Large calls under open-loop load"; bench/call_load.py's
+    # open-loop stream); 0: only while they crowd them
+    lockstep_linger_s: float = 0.0
 
     def factor(self, rng: np.random.Generator, sigma: float) -> float:
         """A job's duration over its median: drawn from ``spread`` (the quantiles, at equally spaced
@@ -249,6 +260,15 @@ class CpuProfile:
             return t_top * (n // top) + (self.call_s(rest, pads=False) if rest else 0.0)
         sizes = [b for b, _ in self.bucket_s]
         return float(np.interp(n, sizes, [t for _, t in self.bucket_s]))
+
+    def idle_extra(self, idle_s: float) -> float:
+        """Seconds of work a call adds after the model has been idle ``idle_s`` (``idle_call_s``,
+        linear between its points, 0 at no gap, its last point's past it; 0 without a table). E.g.
+        ((0.005, 0.0005), (0.03, 0.0075)): 15 ms idle adds 0.5 + (10 / 25) x 7 = 3.3 ms."""
+        if not self.idle_call_s:
+            return 0.0
+        gaps = [0.0, *(g for g, _ in self.idle_call_s)]
+        return float(np.interp(idle_s, gaps, [0.0, *(e for _, e in self.idle_call_s)]))
 
     def parallel_fraction(self, n: int) -> float:
         """Amdahl's ``p`` of a call of ``n`` images from its times on ``model_threads`` cores and on one:
@@ -324,6 +344,8 @@ class CpuProfile:
                 kw[key] = tuple(sorted((int(b), float(t)) for b, t in data[key].items()))
         if kw.get("spread"):
             kw["spread"] = tuple(float(v) for v in kw["spread"])
+        if kw.get("idle_call_s"):
+            kw["idle_call_s"] = tuple(sorted((float(g), float(e)) for g, e in kw["idle_call_s"]))
         if kw.get("replica_rule_bucket_s"):
             kw["replica_rule_bucket_s"] = tuple(
                 tuple(sorted((int(b), float(t)) for b, t in table.items()))
@@ -369,25 +391,44 @@ class _Cpu:
     (processor sharing wastes none). :func:`lockstep_cores`. With ``r`` >= 2 calls on a replica each
     call's share of the pool is ``m / r`` threads; when that is at most one thread the call is a
     one-thread job and gets processor sharing's ``share`` even with ``lockstep`` (e.g. 2 calls of a
-    2-thread pool: 1 thread each).
+    2-thread pool: 1 thread each). ``linger``: with ``lockstep``, calls stay out of step that many
+    seconds after the threads stop outnumbering the cores, at the cores of beside one more thread
+    (:meth:`mark`; the linger's end is an event, :meth:`next_done`).
     """
 
-    def __init__(self, cores: float, lockstep: bool = False) -> None:
+    def __init__(self, cores: float, lockstep: bool = False, linger: float = 0.0) -> None:
         self.cores = cores
         self.lockstep = lockstep
+        self.linger = linger  # seconds a call stays out of step after the crowding ends
+        self.until = 0.0  # out of step until then (inf while crowded)
         self.jobs: list[list[Any]] = []
         self.last = 0.0
         self.version = 0
+
+    def threads(self) -> float:
+        """Runnable threads: each one-thread job's, and each replica's pool once however many of its
+        calls run."""
+        pools = {id(j[3][0]): j[1] for j in self.jobs if j[2] == "model"}
+        return sum(j[1] for j in self.jobs if j[2] != "model") + sum(pools.values())
+
+    def mark(self) -> None:
+        """After the jobs changed (at ``last``): while the threads outnumber the cores, calls are out of
+        step; when that ends, they stay so ``linger`` seconds more (``lockstep`` only)."""
+        if self.threads() > self.cores:
+            self.until = math.inf
+        elif self.until == math.inf:
+            self.until = self.last + self.linger
 
     def speeds(self) -> list[float]:
         # a replica's calls in flight share its one TensorFlow intra-op pool: r calls of m threads
         # are m threads, m / r each (each call still normalised to its m threads alone)
         calls = collections.Counter(id(j[3][0]) for j in self.jobs if j[2] == "model")
-        pools = {id(j[3][0]): j[1] for j in self.jobs if j[2] == "model"}
-        threads = sum(j[1] for j in self.jobs if j[2] != "model") + sum(pools.values())
+        threads = self.threads()
         share = min(1.0, self.cores / threads) if threads else 1.0
         if self.lockstep and threads > self.cores:
             gang = lambda m: lockstep_cores(m, threads, self.cores)  # noqa: E731
+        elif self.lockstep and self.last < self.until:  # lingering: as beside one more thread
+            gang = lambda m: lockstep_cores(m, math.floor(self.cores) + 1, self.cores)  # noqa: E731
         else:
             gang = lambda m: m * share  # noqa: E731
         out = []
@@ -407,9 +448,13 @@ class _Cpu:
         self.last = now
 
     def next_done(self, now: float) -> float | None:
+        """The next job's end, or the end of a linger before it (the calls' speed changes then)."""
         if not self.jobs:
             return None
-        return now + min(max(0.0, j[0]) / v for j, v in zip(self.jobs, self.speeds(), strict=True))
+        done = now + min(max(0.0, j[0]) / v for j, v in zip(self.jobs, self.speeds(), strict=True))
+        if self.lockstep and now < self.until < done:
+            return self.until
+        return done
 
     def pop_done(self) -> list[list[Any]]:
         done = [j for j in self.jobs if j[0] <= 1e-9]
@@ -755,7 +800,7 @@ class Simulation:
         self.loop_on = isinstance(svc, CpuProfile) and svc.loop_head_s + svc.loop_in_s + svc.loop_out_s > 0
         self.shared_cpu = None
         if isinstance(svc, CpuProfile) and cfg.shared_cores:
-            self.shared_cpu = _Cpu(cfg.shared_cores, svc.lockstep)
+            self.shared_cpu = _Cpu(cfg.shared_cores, svc.lockstep, svc.lockstep_linger_s)
         self.closed_until = -1.0  # closed-loop clients (run_closed): each answer sends the next request
         self.more: list[_Request] = []
         self.rng = np.random.default_rng(seed + 1)
@@ -821,7 +866,7 @@ class Simulation:
     def new_replica(self, ready_at: float) -> _Replica:
         cpu = None
         if isinstance(self.svc, CpuProfile):
-            cpu = self.shared_cpu or _Cpu(self.svc.cores, self.svc.lockstep)
+            cpu = self.shared_cpu or _Cpu(self.svc.cores, self.svc.lockstep, self.svc.lockstep_linger_s)
         rep = _Replica(len(self.replicas), self.now, ready_at, self.cfg, self.svc, cpu)
         self.replicas.append(rep)
         return rep
@@ -836,6 +881,7 @@ class Simulation:
         self._cpu_next(cpu)
 
     def _cpu_next(self, cpu: _Cpu) -> None:
+        cpu.mark()
         cpu.version += 1
         t = cpu.next_done(self.now)
         if t is not None:
@@ -1047,6 +1093,9 @@ class Simulation:
                 r.queued = False
             prof = self.svc
             work = prof.call_s(len(batch), pads=rep.pads) * prof.factor(self.rng, prof.model_sigma)
+            if prof.idle_call_s and not rep.running:  # the model idle since its last call (or ever)
+                idle = math.inf if rep.last_end is None else self.now - rep.last_end
+                work += prof.idle_extra(idle)
             self._call_starts(rep, len(batch))
             assert rep.cpu is not None
             p = prof.parallel_fraction(len(batch))
