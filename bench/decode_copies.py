@@ -6,7 +6,7 @@ Pillow keeps RGB as 4 bytes per pixel, RGBX: the "RGBX -> RGB copy"), then resiz
 tensor of its own). Each path below starts from the same loaded Pillow
 image and ends with float32 ``[S, S, 3]``; CPU ms per image (``time.process_time``, median of 5 runs):
 
-  served        ``np.asarray`` (``tobytes``: packed in 64 KiB chunks, then joined: two copies) +
+  asarray       ``np.asarray`` (``tobytes``: packed in 64 KiB chunks, then joined: two copies) +
                 ``resize_warp_uint8``: the server's path up to commit 80a3f63
   one_chunk     :func:`predictor.serving.images.rgb_pixels` (Pillow's raw encoder asked for the whole
                 image in one chunk: one copy) + the kernel: the server's path since
@@ -20,7 +20,7 @@ image and ends with float32 ``[S, S, 3]``; CPU ms per image (``time.process_time
 
 glibc's malloc is tuned as the server tunes it (``--malloc_mmap_threshold_bytes``' default) first. Then
 the parts: ``asarray`` alone, the kernel on an existing tensor (``kernel``), ``tf.constant`` of the
-RGB source (``convert``). ``max |diff|`` is against ``served`` (0: bit-identical).
+RGB source (``convert``). ``max |diff|`` is against ``asarray`` (0: bit-identical).
 
 ``python -m bench.decode_copies [--size 300] [--min_time_s 0.5]``
 """
@@ -104,7 +104,7 @@ def paths(image, size: int) -> dict[str, Callable[[], np.ndarray]]:
     sx, sy = width / size, height / size  # TF1: source = i * scale; Pillow: a * (i + 0.5) + c - 0.5
     affine = (sx, 0, 0.5 - 0.5 * sx, 0, sy, 0.5 - 0.5 * sy)
     return {
-        "served": lambda: resize_warp_uint8(np.asarray(image), size),
+        "asarray": lambda: resize_warp_uint8(np.asarray(image), size),
         "one_chunk": lambda: resize_warp_uint8(rgb_pixels(image), size),
         "rgbx_tf": lambda: kernel(rgbx_view(image)[None])[..., :3],
         "rgbx_numpy": lambda: resize_warp_numpy(rgbx_view(image), size)[..., :3],
@@ -124,7 +124,7 @@ def measure(jpeg: bytes, size: int, min_time_s: float) -> list[list[object]]:
     label = f"{image.size[0]}x{image.size[1]}"
     rgb = np.asarray(image)
     tensor = tf.constant(rgb[None])
-    reference = paths(image, size)["served"]()
+    reference = paths(image, size)["asarray"]()
     rows = []
     for name, fn in paths(image, size).items():
         diff = float(np.abs(fn() - reference).max())

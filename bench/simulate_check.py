@@ -47,7 +47,13 @@ from bench.common import OUT_DIR, REPO, make_test_jpegs, percentile, start_cpu_s
 from bench.loadgen import Generator, Phase, PhaseResult
 from predictor._argtypes import positive_int
 from predictor.protocol.wire import MODEL_NAME
-from predictor.serving.options import BATCH_PADDINGS, UNRECORDED_PADDING, ServingOptions, pads_to_bucket
+from predictor.serving.options import (
+    AUTO_PADDING_RULE,
+    BATCH_PADDINGS,
+    UNRECORDED_PADDING,
+    ServingOptions,
+    pads_to_bucket,
+)
 from predictor.serving.resources import cpu_model_name
 from predictor.tools.localserver import server_env
 from predictor.tools.plan import BENCHMARK_FORMAT, measured_padding
@@ -746,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
         "--batch_padding",
         choices=BATCH_PADDINGS,
         default=ServingOptions.batch_padding,
-        help="the servers' --batch_padding (auto: exact-size calls on this CPU); the report records how "
+        help=f"the servers' --batch_padding (auto: {AUTO_PADDING_RULE}); the report records how "
         "they ran their calls, and the replay simulates that",
     )
     p.add_argument("--replay", action="store_true", help="only re-simulate the arrivals recorded in --out")

@@ -94,6 +94,8 @@ RUNTIMES = ("tensorflow", "onnxruntime")
 
 #: ``--batch_padding`` values (:func:`pads_to_bucket`).
 BATCH_PADDINGS = ("auto", "bucket", "exact")
+#: What ``--batch_padding auto`` does, as every help text says it (:func:`pads_to_bucket` decides).
+AUTO_PADDING_RULE = "exact on a CPU without --xla, else bucket"
 
 #: What a server logs once ready (``SSDPredictor.load``) when its model calls run their exact rows, and
 #: when it pads them to a bucket; the planner and ``bench.simulate_check`` read their servers' padding
@@ -398,7 +400,7 @@ class ServingOptions:
         "1, 2, 4, 8 ... --max_batch_size, so the network only sees the shapes warm-up ran), exact (n "
         "rows, no padded image computed: on a CPU a padded image costs what a real one does, and a "
         "size's first call costs no more than the next; not with --xla, which compiles per size), or "
-        'auto (exact on a CPU without --xla, else bucket). See bench/RESULTS.md, "Padding on a CPU".',
+        f'auto ({AUTO_PADDING_RULE}). See bench/RESULTS.md, "Padding on a CPU".',
         chart=Chart("predictor.batchPadding", pin=True),
     )
     runtime: str = _option(

@@ -48,6 +48,7 @@ import numpy as np
 from predictor._argtypes import positive_floats, positive_ints, replica_floors
 from predictor.protocol.wire import MODEL_NAME
 from predictor.serving.options import (
+    AUTO_PADDING_RULE,
     BATCH_PADDINGS,
     EXACT_ROWS_MESSAGE,
     PADDED_ROWS_MESSAGE,
@@ -597,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=BATCH_PADDINGS,
         default=ServingOptions.batch_padding,
         help="the servers' --batch_padding: the measured ones' and, with --trace, the simulated ones' "
-        "(auto: exact-size calls on a CPU, padded on a GPU; a benchmark records what its servers ran)",
+        f"(auto: {AUTO_PADDING_RULE}; a benchmark records what its servers ran)",
     )
     p.add_argument("--requests", type=int, default=200, help="timed requests per measured setting")
     p.add_argument("--headroom", type=float, default=0.9, help="plan for predicted p95 <= headroom x SLO")

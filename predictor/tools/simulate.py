@@ -40,7 +40,13 @@ from typing import Any
 import numpy as np
 
 from predictor._argtypes import positive_floats, positive_int, positive_ints, replica_floors
-from predictor.serving.options import BATCH_PADDINGS, UNRECORDED_PADDING, ServingOptions, pads_to_bucket
+from predictor.serving.options import (
+    AUTO_PADDING_RULE,
+    BATCH_PADDINGS,
+    UNRECORDED_PADDING,
+    ServingOptions,
+    pads_to_bucket,
+)
 from predictor.tools.autoscalers import (
     Hpa,
     HpaConfig,
@@ -1629,9 +1635,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch_padding",
         choices=BATCH_PADDINGS,
         default=ServingOptions.batch_padding,
-        help="the server's --batch_padding: a call costs its bucket (padded) or its rows; auto pads on a "
-        "GPU (a --benchmark whose servers padded on auto: plan.measured_on_gpu) or with --xla, not for "
-        "--cpu-profile or --service-ms",
+        help=f"the server's --batch_padding: a call costs its bucket (padded) or its rows; auto: "
+        f"{AUTO_PADDING_RULE} (a --benchmark whose servers padded on auto ran on a GPU: "
+        "plan.measured_on_gpu; never for --cpu-profile or --service-ms)",
     )
     p.add_argument("--xla", action="store_true", help="the server's --xla (auto then pads)")
     p.add_argument("--batch_wait_ms", type=float, default=2.0)
