@@ -3,10 +3,11 @@
 # Training run folder (checkpoints, logs) of `make demo-model`.
 DEMO_RUN ?= runs/demo
 # The shipped demo model's recipe (see predictor/models/demo/MODEL_CARD.md).
-# v3 (issue 32): 2800 steps (about 55 min on 2 cores), a quarter of the stream photo-like, anchors positive
-# from IoU 0.4, localisation loss weighted 1.5, an EMA of the weights and batch-norm statistics (evaluated
-# and exported), curves on both held-out sets.
-DEMO_TRAIN_ARGS ?= --steps 2800 --batch-size 32 --learning-rate 3e-3 --warmup-steps 100 --checkpoint-every 100 --seed 0 --default-score-threshold 0.4 --photo-fraction 0.25 --match-iou 0.4 --loc-weight 1.5 --ema-decay 0.998 --eval-every 200 --eval-count 100 --eval-photo-count 100
+# v5 (issue 32): v3 (a quarter of the stream photo-like, anchors positive from IoU 0.4, localisation loss
+# weighted 1.5, an EMA of the weights and batch-norm statistics, evaluated and exported, curves on both
+# held-out sets) with the step's convolutions in bfloat16 where the CPU computes it natively, which buys
+# 3300 steps instead of 2800 in about 55 min on 2 cores.
+DEMO_TRAIN_ARGS ?= --steps 3300 --batch-size 32 --learning-rate 3e-3 --warmup-steps 100 --checkpoint-every 100 --seed 0 --default-score-threshold 0.4 --photo-fraction 0.25 --match-iou 0.4 --loc-weight 1.5 --ema-decay 0.998 --eval-every 200 --eval-count 100 --eval-photo-count 100 --bfloat16 auto
 # VERSION of the exported demo model (served as its V2 model version); empty: the weights' digest.
 DEMO_VERSION ?=
 # Held-out images for `make eval`.

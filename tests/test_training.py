@@ -432,3 +432,28 @@ def test_bfloat16_flag_auto_follows_the_cpu():
 
     assert [bfloat16_wanted(c, lambda: True) for c in ("off", "on", "auto")] == [False, True, True]
     assert [bfloat16_wanted(c, lambda: False) for c in ("off", "on", "auto")] == [False, True, False]
+
+
+def test_make_demo_model_runs_the_recipe_the_shipped_weights_were_trained_with():
+    """``make demo-model`` (``DEMO_TRAIN_ARGS`` in mk/model.mk) trains with the settings the committed
+    demo weights recorded in model.yaml (``training``; ``--bfloat16 auto`` as it resolved there)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    import yaml
+
+    from predictor.tools.train import build_parser, train_config
+
+    root = Path(__file__).resolve().parents[1]
+    line = re.search(r"^DEMO_TRAIN_ARGS \?= (.*)$", (root / "mk" / "model.mk").read_text(), re.M)
+    args = build_parser().parse_args(["--out", "unused", *shlex.split(line.group(1))])
+    manifest = yaml.safe_load((root / "predictor" / "models" / "demo" / "model.yaml").read_text())
+    shipped, trained = manifest["training"], manifest["trained"]
+    assert train_config(args, lambda: shipped["bfloat16"]).to_dict() == shipped
+    assert (trained["final_step"], trained["data"]["photo_fraction"]) == (args.steps, args.photo_fraction)
+    # The model card's command is the same recipe.
+    card = (root / "predictor" / "models" / "demo" / "MODEL_CARD.md").read_text()
+    block = re.search(r"```bash\n(python -m predictor\.tools\.train .*?)```", card, re.S).group(1)
+    card_args = build_parser().parse_args(shlex.split(block.replace("\\\n", " "))[3:])
+    assert vars(card_args) | {"out": "unused", "export": None} == vars(args)

@@ -201,15 +201,11 @@ def bfloat16_wanted(choice: str, has_bfloat16: Callable[[], bool] = cpu_has_bflo
     return choice == "on" or (choice == "auto" and has_bfloat16())
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    if args.model_version:
-        try:
-            check_version(args.model_version, "--model-version")
-        except ModelLoadError as e:
-            raise SystemExit(str(e)) from e
-    train = TrainConfig(
+def train_config(
+    args: argparse.Namespace, has_bfloat16: Callable[[], bool] = cpu_has_bfloat16
+) -> TrainConfig:
+    """The optimisation settings of parsed arguments (``--bfloat16 auto`` resolved on this CPU)."""
+    return TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
@@ -222,8 +218,19 @@ def main(argv: list[str] | None = None) -> int:
         ema_decay=args.ema_decay,
         loc_weight=args.loc_weight,
         pos_cls_weight=args.pos_cls_weight,
-        bfloat16=bfloat16_wanted(args.bfloat16),
+        bfloat16=bfloat16_wanted(args.bfloat16, has_bfloat16),
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.model_version:
+        try:
+            check_version(args.model_version, "--model-version")
+        except ModelLoadError as e:
+            raise SystemExit(str(e)) from e
+    train = train_config(args)
     if not 0.0 <= args.photo_fraction <= 1.0:
         raise SystemExit("--photo-fraction must be in [0, 1]")
     keras.utils.set_random_seed(args.seed)
@@ -263,7 +270,6 @@ def main(argv: list[str] | None = None) -> int:
         "last_run_seconds": round(elapsed, 1),
         "hardware": f"{platform.machine()} CPU x{os.cpu_count()}",
         "tensorflow": tf.__version__,
-        "bfloat16": train.bfloat16,
     }
     trainer.export(out, version=args.model_version, trained=info)
     write_json(Path(args.out) / "train_info.json", info)
