@@ -829,22 +829,24 @@ def main(argv: list[str] | None = None) -> int:
         base = {"host": "127.0.0.1", "port": ports[0], "more_ports": tuple(ports[1:]),
                 "path": f"/v1/models/{MODEL_NAME}:predict",
                 "bodies": tuple(make_test_jpegs()[:4])}  # fmt: skip
+        urls, pids = [s.url for s in servers], [s.proc.pid for s in servers]
         with Generator() as gen:
-            cells = []
-            for c in (int(v) for v in args.concurrency.split(",")):
-                urls, pids = [s.url for s in servers], [s.proc.pid for s in servers]
+
+            def measured_cell(c: int) -> dict[str, Any]:
+                """One closed-loop cell of ``c`` clients, with the servers' metrics and threads' CPU."""
                 before = {**scrape(urls), **_cpu_keys(pids)}
                 r = gen.run(Phase(**base, seconds=args.cell_s, warmup_s=2.0, clients=c))
-                cells.append(cell(c, r))
-                cells[-1]["server_metrics"] = delta({**scrape(urls), **_cpu_keys(pids)}, before)
+                return {**cell(c, r), "server_metrics": delta({**scrape(urls), **_cpu_keys(pids)}, before)}
+
+            cells = []
+            for c in (int(v) for v in args.concurrency.split(",")):
+                cells.append(measured_cell(c))
                 x, p50 = cells[-1]["throughput_rps"], cells[-1]["p50_ms"]
                 print(f"closed loop c={c}: {x:.1f} req/s, p50 {p50:.0f} ms")
             sat = max(c["throughput_rps"] for c in cells)
             for c in (int(v) for v in args.large_concurrency.split(",") if v):
-                before = {**scrape(urls), **_cpu_keys(pids)}
-                r = gen.run(Phase(**base, seconds=args.cell_s, warmup_s=2.0, clients=c))
-                cells.append({**cell(c, r), "large": True})  # not in sat: the scenarios' rates as before
-                cells[-1]["server_metrics"] = delta({**scrape(urls), **_cpu_keys(pids)}, before)
+                # not in sat: the scenarios' rates scale as before
+                cells.append({**measured_cell(c), "large": True})
                 print(f"closed loop c={c} (large calls): {cells[-1]['throughput_rps']:.1f} req/s")
             c1 = min(cells, key=lambda c: c["concurrency"])
             source = f"demo, {len(places[0])} core(s) per replica, bench.simulate_check"
@@ -872,8 +874,8 @@ def main(argv: list[str] | None = None) -> int:
                     args.seconds,
                     args.warmup_s,
                     seed=11,
-                    urls=[s.url for s in servers],
-                    pids=[s.proc.pid for s in servers],
+                    urls=urls,
+                    pids=pids,
                 )
                 phases = [
                     {"rate": rate, "measured": figures([(d, e, s) for d, _, e, s in r.requests], r.seconds),

@@ -90,18 +90,24 @@ def test_within_twenty_percent():
     assert within(real, {**sim, "n503": 1}) == ["p50", "throughput"]
 
 
-def test_model_calls_take_the_served_bucket_1_calls_median_and_the_batcher_decides_with_the_warm_up():
-    """Warm-up: bucket 1 17 ms, 2 30 ms (its fastest of four runs). The concurrency-1 cell's 100 calls
-    of one image took 2.55 s: 25.5 ms each, 1.5 times the warm-up's; no latencies, so no spread. Calls
-    take 25.5 and 45 ms, the batcher's rule keeps 17 and 30; p50 40 ms = 25.5 + 2 + loop 2 + decode 4
-    + 6.5 ms outside the server."""
-    c1 = {
+def _lone_client_cell() -> dict:
+    """A concurrency-1 cell: p50 40 ms; 100 requests, 100 one-image calls that took 2.55 s in all; the
+    event loop's and decode threads' CPU 0.2 s and 0.4 s (2 ms and 4 ms a request)."""
+    return {
         "p50_ms": 40.0,
         "server_metrics": {
             'ssd_request_seconds_count{protocol="v1"}': 100.0, "cpu_s:event_loop": 0.2, "cpu_s:decode": 0.4,
             "ssd_batch_size_count": 100.0, "ssd_batch_size_sum": 100.0, "ssd_batch_seconds_sum": 2.55,
         },
     }  # fmt: skip
+
+
+def test_model_calls_take_the_served_bucket_1_calls_median_and_the_batcher_decides_with_the_warm_up():
+    """Warm-up: bucket 1 17 ms, 2 30 ms (its fastest of four runs). The concurrency-1 cell's 100 calls
+    of one image took 2.55 s: 25.5 ms each, 1.5 times the warm-up's; no latencies, so no spread. Calls
+    take 25.5 and 45 ms, the batcher's rule keeps 17 and 30; p50 40 ms = 25.5 + 2 + loop 2 + decode 4
+    + 6.5 ms outside the server."""
+    c1 = _lone_client_cell()
     base = CpuProfile(((1, 0.017), (2, 0.03)), 0.0068, one_core_bucket_s=((1, 0.03), (2, 0.05)))
     prof = measured_work(base, c1, _report(), batch_wait_ms=2.0)
     assert dict(prof.bucket_s) == pytest.approx({1: 0.0255, 2: 0.045})
@@ -126,13 +132,7 @@ def test_the_idle_cost_comes_from_call_load_and_the_lone_clients_calls_are_count
     assert [e for _, e in table] == pytest.approx([0.0005, 0.0075])
     assert idle_call_of({"gap_ms": {"0": 12.5, "5": 11.0}}) == ((0.005, 0.0),)
     assert idle_call_of(None) is None and idle_call_of({"gap_ms": {"5": 13.0}}) is None
-    c1 = {
-        "p50_ms": 40.0,
-        "server_metrics": {
-            'ssd_request_seconds_count{protocol="v1"}': 100.0, "cpu_s:event_loop": 0.2, "cpu_s:decode": 0.4,
-            "ssd_batch_size_count": 100.0, "ssd_batch_size_sum": 100.0, "ssd_batch_seconds_sum": 2.55,
-        },
-    }  # fmt: skip
+    c1 = _lone_client_cell()
     base = CpuProfile(((1, 0.017), (2, 0.03)), 0.0068, idle_call_s=table)
     prof = measured_work(base, c1, _report(), batch_wait_ms=2.0)
     assert dict(prof.bucket_s) == pytest.approx({1: 0.02234, 2: 0.03 * 22.34 / 17}, abs=1e-7)
