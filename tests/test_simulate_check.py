@@ -162,6 +162,41 @@ def test_the_linger_comes_from_the_calls_beside_call_loads_open_loop_stream():
     assert linger_of(None, one_core) == 0.0 and linger_of(timings, None) == 0.0
 
 
+def test_disturbed_call_load_timings_turn_both_rules_off():
+    """The quiet 00:30 run: one-image calls 12.5 ms back to back, 13.0 after 5 ms idle, 20.0 after 30;
+    calls alone of 8 and 16 images on 1.8 and 1.7 of 2 cores: usable. The 00:45 run: 17.0, 20.0, 16.9
+    (the cost falls by 3.1 ms from 5 ms idle to 30) and calls on 1.4 cores: both reasons, and a
+    profile built from it has neither rule, as a report without call_load."""
+    from bench.simulate_check import call_load_disturbed, idle_call_of, profile_of
+
+    def timings(gaps: dict[str, float], cores: float) -> dict:
+        alone = {n: {"wall_ms": w, "user_ms": cores * w - 1.0, "sys_ms": 1.0} for n, w in (("1", 11.2),
+                 ("8", 59.0), ("16", 108.0))}  # fmt: skip
+        alone["1"]["user_ms"] = 0.1  # one image: not counted
+        return {"gap_ms": gaps, "alone": alone}
+
+    quiet = timings({"0": 12.5, "5": 13.0, "30": 20.0}, cores=1.8)
+    assert call_load_disturbed(quiet, 2) == []
+    assert call_load_disturbed(None, 2) == []
+    assert idle_call_of(quiet) is not None
+    disturbed = timings({"0": 17.0, "5": 20.0, "30": 16.9}, cores=1.4)
+    assert call_load_disturbed(disturbed, 2) == [
+        "one-image call after 30 ms idle 16.9 ms, after 5 ms 20 ms",
+        "calls alone used 1.40 of 2 cores (median)",
+    ]
+    assert call_load_disturbed(timings({"0": 17.0, "5": 20.0, "30": 19.1}, cores=1.51), 2) == []
+    assert len(call_load_disturbed(timings({"0": 17.0, "5": 20.0, "30": 18.9}, cores=1.49), 2)) == 2
+    report = {
+        "benchmark": {"cells": [{"concurrency": 1, "p50_ms": 30.0}]},
+        "warmup_bucket_s": [{"1": 0.02, "2": 0.04}],
+        "placement": [[0, 1]],
+        "profile": {"source": "test"},
+    }
+    assert profile_of({**report, "call_load": quiet}).idle_call_s == idle_call_of(quiet)
+    assert profile_of({**report, "call_load": disturbed}).idle_call_s is None
+    assert profile_of({**report, "call_load": disturbed}) == profile_of(report)
+
+
 def test_checks_table_counts_the_checks_within_20_percent_in_two_replays():
     from bench.simulate_check import checks_table
 
