@@ -729,7 +729,8 @@ def call_cores(report: dict[str, Any]) -> str:
 
 
 def calls_in_flight(report: dict[str, Any]) -> int:
-    """The servers' ``--model_calls_in_flight`` (reports from before it was recorded: the default, 1)."""
+    """The servers' ``--model_calls_in_flight`` (reports from before it was recorded: 1, their default
+    then)."""
     return int(report.get("model_calls_in_flight", 1))
 
 
@@ -782,8 +783,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--timing_runs", type=int, default=9, help="model calls timed per bucket")
     p.add_argument(
-        "--model_calls_in_flight", type=positive_int, default=1, help="the servers' --model_calls_in_flight"
-    )
+        "--model_calls_in_flight", type=positive_int, default=1,
+        help="the servers' --model_calls_in_flight (default 1, as every recording so far; the server's own "
+        "default, automatic, runs 2 on a CPU)",
+    )  # fmt: skip
     p.add_argument(
         "--batch_padding",
         choices=BATCH_PADDINGS,

@@ -102,7 +102,9 @@ def start_server(
     """Start ``python -m predictor`` on free loopback ports (not waiting for readiness).
 
     ``gated``: start it through ``tests/gated_server.py`` instead, whose model calls wait while the
-    test holds ``server.gate``; ``held``: the gate is held from the start, so the warm-up waits too
+    test holds ``server.gate``, one call in flight unless ``args`` say otherwise (the gate counts the
+    calls it holds; the default would run two on this CPU); ``held``: the gate is held from the start,
+    so the warm-up waits too
     (the server stays not ready until ``server.gate.release()``); ``ports``: (HTTP, gRPC) to use instead of
     free ones picked here.
     """
@@ -111,6 +113,8 @@ def start_server(
     if gated:
         env["GATE_STATE_FILE"] = str(state_file)
         env["GATE_START"] = "hold" if held else "open"
+        if "--model_calls_in_flight" not in args:
+            args = ("--model_calls_in_flight", "1", *args)
     server = localserver.start_server(
         model_dir,
         log_path,

@@ -80,8 +80,8 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-def test_the_default_is_one_call_in_flight():
-    assert ServingOptions.model_calls_in_flight == 1
+def test_the_servers_default_is_automatic_and_the_batchers_one_call_in_flight():
+    assert ServingOptions.model_calls_in_flight == 0
     assert DynamicBatcher(GatedCalls()).max_calls_in_flight == 1
     with pytest.raises(ValueError, match="max_calls_in_flight must be >= 1, got 0"):
         DynamicBatcher(GatedCalls(), max_calls_in_flight=0)
@@ -483,3 +483,34 @@ def test_requests_queued_while_every_call_slot_is_taken_do_not_wake_the_worker(c
     finally:
         model.open_all()
     assert results[calls:] == [[7.0], [8.0], [9.0]]
+
+
+@pytest.mark.parametrize(
+    ("calls", "runtime", "gpu", "call_s", "expected"),
+    [
+        (0, "tensorflow", False, 0.054, 2),  # the demo model's call of 8 on the 2-core VM
+        (0, "tensorflow", False, 0.4999, 2),
+        (0, "tensorflow", False, 0.5, 1),
+        (0, "tensorflow", False, 2.381, 1),  # SSD300's
+        (0, "tensorflow", True, 0.054, 1),  # a GPU: not measured, one call as before
+        (0, "onnxruntime", False, 0.054, 1),  # ONNX Runtime: not measured
+        (3, "tensorflow", True, 2.381, 3),  # asked for: as asked
+        (1, "tensorflow", False, 0.054, 1),
+    ],
+)
+def test_automatic_calls_in_flight_are_two_for_short_calls_on_a_cpu(calls, runtime, gpu, call_s, expected):
+    from predictor.serving.options import calls_in_flight
+
+    assert calls_in_flight(calls, runtime=runtime, gpu=gpu, call_s=call_s) == expected
+
+
+def test_the_server_times_the_largest_bucket_up_to_8_images_for_automatic_calls():
+    """Warm-up: bucket 8 0.6 s (over 0.5: one call) though bucket 4 took 0.3; with max batch 4, bucket
+    4 is the probe (two calls); asked for 3: 3 whatever the timings. No GPU here."""
+    from predictor.serving.model import model_calls
+
+    per_bucket = {1: 0.08, 2: 0.15, 4: 0.3, 8: 0.6, 16: 1.2}
+    assert model_calls(ServingOptions(), per_bucket) == 1
+    assert model_calls(ServingOptions(), {b: t for b, t in per_bucket.items() if b <= 4}) == 2
+    assert model_calls(ServingOptions(model_calls_in_flight=3), per_bucket) == 3
+    assert model_calls(ServingOptions(runtime="onnxruntime"), {1: 0.01}) == 1

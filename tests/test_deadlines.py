@@ -23,6 +23,9 @@ from predictor.serving.model import SSDPredictor
 from predictor.serving.options import ServingOptions
 
 HANG_GUARD_S = 60.0
+# The tests that hold the model count on one call in flight: a request queued behind the held call
+# stays queued (the default, automatic, would start a second call for it on this CPU).
+ONE_CALL = 1
 
 
 class GatedDetector:
@@ -134,7 +137,12 @@ def test_a_request_waiting_for_the_model_is_dropped_at_its_deadline(
 ):
     gate = threading.Event()
     gated = GatedDetector(direct_detector, gate)
-    options = ServingOptions(model_dir=str(random_tiny_model_dir), max_batch_size=4, batch_wait_ms=0)
+    options = ServingOptions(
+        model_dir=str(random_tiny_model_dir),
+        max_batch_size=4,
+        batch_wait_ms=0,
+        model_calls_in_flight=ONE_CALL,
+    )
     model = SSDPredictor("ssd", options, detector=gated)
     assert model.load()
     queue_before = counter(prometheus.CANCELLED, "queue")
@@ -176,7 +184,12 @@ def test_a_request_timing_out_inside_the_model_is_counted_late(
     deadline passes exactly while the model runs, whatever the machine's speed."""
     gate = threading.Event()
     gated = GatedDetector(direct_detector, gate)
-    options = ServingOptions(model_dir=str(random_tiny_model_dir), max_batch_size=4, batch_wait_ms=0)
+    options = ServingOptions(
+        model_dir=str(random_tiny_model_dir),
+        max_batch_size=4,
+        batch_wait_ms=0,
+        model_calls_in_flight=ONE_CALL,
+    )
     model = SSDPredictor("ssd", options, detector=gated)
     assert model.load()
     now = [100.0]
@@ -220,7 +233,12 @@ def test_a_request_timing_out_inside_the_model_is_counted_late(
 def test_close_answers_requests_waiting_for_the_model(direct_detector, random_tiny_model_dir, png):
     gate = threading.Event()
     gated = GatedDetector(direct_detector, gate)
-    options = ServingOptions(model_dir=str(random_tiny_model_dir), max_batch_size=4, request_timeout_s=0)
+    options = ServingOptions(
+        model_dir=str(random_tiny_model_dir),
+        max_batch_size=4,
+        request_timeout_s=0,
+        model_calls_in_flight=ONE_CALL,
+    )
     model = SSDPredictor("ssd", options, detector=gated)  # no time limit: only close() can answer
     assert model.load()
 

@@ -222,7 +222,8 @@ def profile_search_argv(tmp_path, out, **profile: int) -> list[str]:
 
 def test_the_planner_simulates_and_deploys_the_padding_asked_for(tmp_path, helm):
     """``--batch-padding bucket`` with a CPU profile: the simulated replicas pad (``auto`` would not on
-    a CPU), and the overlay sets ``predictor.batchPadding``, which the chart renders as the flag."""
+    a CPU), and the overlay sets ``predictor.batchPadding``, which the chart renders as the flag; and
+    the profile's one call in flight (a CPU server would decide its own at warm-up)."""
     out = tmp_path / "plan"
     argv = [*profile_search_argv(tmp_path, out), "--batch-padding", "bucket"]
     assert plan.main(argv) == 0
@@ -231,6 +232,7 @@ def test_the_planner_simulates_and_deploys_the_padding_asked_for(tmp_path, helm)
     overlay_path = out / "simulated" / "values-sim.yaml"
     assert yaml.safe_load(overlay_path.read_text())["predictor"] == {
         "maxBatchSize": 8,
+        "modelCallsInFlight": 1,
         "batchPadding": "bucket",
     }
     proc = run_helm(helm, "template", "r", str(CHART), "-f", str(overlay_path))

@@ -179,6 +179,17 @@ def test_two_model_calls_in_flight_answer_what_one_does(loaded, random_tiny_mode
         twice.close()
 
 
+def test_by_default_a_cpu_server_runs_two_calls_of_a_fast_model_at_once(random_tiny_model_dir):
+    """``--model_calls_in_flight`` 0 (the default) on this CPU with the tiny model (warm-up calls of a
+    few ms): two calls in flight, two model threads."""
+    model = SSDPredictor("ssd", ServingOptions(model_dir=str(random_tiny_model_dir), max_batch_size=4))
+    try:
+        assert model.load()
+        assert model.batcher.max_calls_in_flight == 2 and model._model_thread._max_workers == 2
+    finally:
+        model.close()
+
+
 def test_decode_failures_name_the_instance(loaded, png):
     with pytest.raises(InvalidInput, match=r"instances\[2\]: invalid base64"):
         asyncio.run(loaded({"instances": [png, png, "###"]}, headers={}))

@@ -269,6 +269,11 @@ def test_planner_simulates_cpu_replicas_from_a_profile(tmp_path):
     # The plan is for the profile's pod, 2 cores without a GPU, not the chart's default GPU pod.
     assert overlay["gpu"] == {"enabled": False}
     assert overlay["resources"] == {"requests": {"cpu": "2"}, "limits": {"cpu": "2"}}
+    # and with the profile's calls in flight: the CPU pod's server would decide its own at warm-up
+    assert overlay["predictor"] == {
+        "maxBatchSize": overlay["predictor"]["maxBatchSize"],
+        "modelCallsInFlight": 1,
+    }
 
 
 def test_a_request_whose_deadline_passed_while_waiting_for_a_decode_thread_is_never_decoded():

@@ -180,7 +180,7 @@ class DynamicBatcher:
         bucket_seconds: Mapping[int, float] | None = None,
         pads_to_bucket: bool = True,
         rows_computed: Callable[[int], int] | None = None,
-        max_calls_in_flight: int = ServingOptions.model_calls_in_flight,
+        max_calls_in_flight: int = 1,
         executor: Executor | None = None,
     ) -> None:
         if max_calls_in_flight < 1:

@@ -32,9 +32,11 @@ from predictor.serving.batcher import Deadline, DynamicBatcher
 from predictor.serving.errors import NotReady, RequestTimeout, status_of
 from predictor.serving.images import ImageLimits
 from predictor.serving.options import (
+    AUTO_CALLS_PROBE_IMAGES,
     EXACT_ROWS_MESSAGE,
     PADDED_ROWS_MESSAGE,
     ServingOptions,
+    calls_in_flight,
     pads_to_bucket,
     resolve_automatic,
 )
@@ -72,8 +74,8 @@ class SSDPredictor(kserve.Model):
             initializer=priority.start_compute_thread,
         )
         self._work: set[asyncio.Task] = set()  # requests' work, also after their caller got a 503
-        self._model_thread = ThreadPoolExecutor(
-            self.options.model_calls_in_flight,
+        self._model_thread = ThreadPoolExecutor(  # threads start as calls need them (model_calls)
+            self.options.model_calls_in_flight or 2,
             thread_name_prefix="ssd-model",
             initializer=priority.start_compute_thread,
         )
@@ -159,7 +161,7 @@ class SSDPredictor(kserve.Model):
                 bucket_seconds=per_bucket,
                 pads_to_bucket=detector.pads_to_bucket,
                 rows_computed=detector.rows_computed,
-                max_calls_in_flight=self.options.model_calls_in_flight,
+                max_calls_in_flight=model_calls(self.options, per_bucket),
                 executor=self._model_thread,
             )
             log.info(
@@ -167,6 +169,11 @@ class SSDPredictor(kserve.Model):
                 self.warmup_seconds,
                 ", ".join(f"{b}: {s:.4f}" for b, s in per_bucket.items()),
                 detector.trace_count,
+            )
+            log.info(
+                "model calls in flight: %d (--model_calls_in_flight %d)",
+                self._batcher.max_calls_in_flight,
+                self.options.model_calls_in_flight,
             )
             if self._batcher.pads_to_bucket:
                 log.info("%s (--batch_padding %s)", PADDED_ROWS_MESSAGE, self.options.batch_padding)
@@ -418,6 +425,17 @@ def pads_batches(options: ServingOptions) -> bool:
       ValueError: ``exact`` with ``--xla`` (XLA would compile one executable per call size).
     """
     return pads_to_bucket(options.batch_padding, xla=options.xla, gpu=uses_gpu)
+
+
+def model_calls(options: ServingOptions, per_bucket: dict[int, float]) -> int:
+    """``--model_calls_in_flight``: the model calls the batcher runs at once
+    (:func:`~predictor.serving.options.calls_in_flight`; for 0, the warm-up's seconds ``per_bucket`` of
+    the largest bucket up to 8 images, and whether TensorFlow runs the network on a GPU:
+    :func:`~predictor.ssd.detector.uses_gpu`)."""
+    probe = max(b for b in per_bucket if b <= AUTO_CALLS_PROBE_IMAGES)
+    return calls_in_flight(
+        options.model_calls_in_flight, runtime=options.runtime, gpu=uses_gpu, call_s=per_bucket[probe]
+    )
 
 
 def onnx_runtime_detector(detector: Detector, options: ServingOptions) -> Detector:

@@ -97,6 +97,36 @@ BATCH_PADDINGS = ("auto", "bucket", "exact")
 #: What ``--batch_padding auto`` does, as every help text says it (:func:`pads_to_bucket` decides).
 AUTO_PADDING_RULE = "exact on a CPU without --xla, else bucket"
 
+#: Automatic calls in flight (:func:`calls_in_flight`): the warm-up call timed is the largest bucket up to
+#: this many images ...
+AUTO_CALLS_PROBE_IMAGES = 8
+#: ... and a second call runs where it took less than this (s).
+AUTO_CALLS_SHORT_S = 0.5
+#: What ``--model_calls_in_flight 0`` (automatic) runs, as every help text says it.
+AUTO_CALLS_RULE = (
+    f"2 where TensorFlow runs the network on a CPU and a warm-up call of {AUTO_CALLS_PROBE_IMAGES} images "
+    f"takes under {AUTO_CALLS_SHORT_S:g} s, else 1"
+)
+
+
+def calls_in_flight(calls: int, *, runtime: str, gpu: bool | Callable[[], bool], call_s: float) -> int:
+    """The model calls a server with ``--model_calls_in_flight calls`` runs at once: ``calls``, or for 0
+    (automatic) 2 where TensorFlow runs the network on a CPU and ``call_s``, the warm-up's call of the
+    largest bucket up to :data:`AUTO_CALLS_PROBE_IMAGES` images, took under :data:`AUTO_CALLS_SHORT_S`,
+    else 1. On the 2-core VM (bench/RESULTS.md, "Calls in flight at 1-16 clients") a second call served
+    the demo model (calls of 8: 54 ms) 1.05-1.26x the images per second of one at 4-16 clients on V1, V2
+    and gRPC, p50 lower and p95 within 10%, by filling the cores a short call's hand-offs and serial
+    stretches leave idle; SSD300 (calls of 8: 2.4 s, both cores busy throughout) gained nothing and its
+    p95 grew 1.4-1.8x, the two calls sharing the cores. Not measured on a GPU, whose kernels a second
+    call would queue behind the first's, nor with ONNX Runtime: 1 there. ``gpu``: whether the server
+    has a GPU, or a function asked only when it matters (the server's: TensorFlow's logical GPUs)."""
+    if calls:
+        return calls
+    if runtime != "tensorflow" or call_s >= AUTO_CALLS_SHORT_S:
+        return 1
+    return 1 if (gpu() if callable(gpu) else gpu) else 2
+
+
 #: What a server logs once ready (``SSDPredictor.load``) when its model calls run their exact rows, and
 #: when it pads them to a bucket; the planner and ``bench.simulate_check`` read their servers' padding
 #: from their logs with them (``plan.measured_padding``).
@@ -255,11 +285,11 @@ class ServingOptions:
         chart=Chart("predictor.batchWaitMs", pin=True),
     )
     model_calls_in_flight: int = _option(
-        1,
-        positive_int,
+        0,
+        non_negative_int,
         "Model calls the dynamic batcher runs at once, each in a thread of its own: with 2 the next call "
-        "may start while one runs, once as many images are queued, and the two share the cores "
-        "(docs/serving.md, Calls in flight).",
+        "may start while one runs, once as many images are queued, and the two share the cores; 0: "
+        f"automatic, {AUTO_CALLS_RULE} (docs/serving.md, Calls in flight).",
         chart=Chart("predictor.modelCallsInFlight"),
     )
     max_image_bytes: int = _option(

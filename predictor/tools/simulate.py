@@ -579,8 +579,10 @@ class FleetConfig:
     # CPU replicas (a CpuProfile): None: each replica has the profile's cores to itself; a number: every
     # replica's threads share one set of that many cores (several replicas on one machine).
     shared_cores: float | None = None
-    # the server's --model_calls_in_flight (DynamicBatcher.max_calls_in_flight)
-    model_calls_in_flight: int = ServingOptions.model_calls_in_flight
+    # the server's --model_calls_in_flight (DynamicBatcher.max_calls_in_flight) as it runs them: the
+    # profile's (what its calls were measured with), 1 for the parametric replicas, which cannot share
+    # cores (check_calls_in_flight)
+    model_calls_in_flight: int = 1
     # Standard mode's Service: "random" (kube-proxy's pick) or "round-robin" (a client in front of the
     # replicas, as bench.simulate_check's).
     balancer: str = "random"
@@ -1489,8 +1491,10 @@ def search_overlay_yaml(
             f'  autoscaling.knative.dev/panic-threshold-percentage: "{best.panic_threshold:g}"\n'
         )
     calls = ""
-    if base.model_calls_in_flight != ServingOptions.model_calls_in_flight:
-        calls = f"  modelCallsInFlight: {base.model_calls_in_flight}\n"  # the simulated replicas'
+    # the simulated replicas' calls in flight: a CPU pod's server would decide them at its warm-up
+    # (calls_in_flight), the chart's GPU pod runs 1
+    if cpu_cores is not None or base.model_calls_in_flight != 1:
+        calls = f"  modelCallsInFlight: {base.model_calls_in_flight}\n"
     if base.batch_padding != ServingOptions.batch_padding:
         calls += f"  batchPadding: {base.batch_padding}\n"
     if base.xla != ServingOptions.xla:
@@ -1648,7 +1652,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model_calls_in_flight",
         type=positive_int,
         help="the server's --model_calls_in_flight: model calls a replica runs at once (default: the "
-        "--cpu-profile's, else the server's); more than 1 needs --cpu-profile",
+        "--cpu-profile's, what its calls were measured with, else 1); more than 1 needs --cpu-profile",
     )
     p.add_argument("--cold-start-s", type=float, default=6.8, help="seconds from a new replica to ready")
     p.add_argument("--min-replicas", type=int, default=1)
@@ -1702,12 +1706,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def calls_in_flight_of(args: argparse.Namespace) -> int:
     """``--model_calls_in_flight``, else the ``--cpu-profile``'s (what its calls were measured with),
-    else the server's default."""
+    else 1 (a parametric replica's calls cannot share its cores: :func:`check_calls_in_flight`)."""
     if args.model_calls_in_flight is not None:
         return int(args.model_calls_in_flight)
     if args.cpu_profile:
         return int(json.loads(args.cpu_profile.read_text()).get("model_calls_in_flight", 1))
-    return ServingOptions.model_calls_in_flight
+    return 1  # what a parametric replica can model (check_calls_in_flight)
 
 
 def config_from_args(args: argparse.Namespace) -> FleetConfig:
@@ -1858,7 +1862,7 @@ def search_for_plan(
     }
     kpa = KpaConfig(container_concurrency=container_concurrency, max_scale=max_replicas)
     # the profile's calls were measured with its calls in flight: plan (and deploy) with them
-    calls = profile.model_calls_in_flight if profile else ServingOptions.model_calls_in_flight
+    calls = profile.model_calls_in_flight if profile else 1
     base = FleetConfig(
         mode="knative", batch_wait_s=batch_wait_ms / 1e3, container_concurrency=container_concurrency,
         cold_start_s=cold_start_s, kpa=kpa, model_calls_in_flight=calls, batch_padding=batch_padding,

@@ -11,7 +11,7 @@ a string as given, a bool as --flag or --no-flag.
 - {value: predictor.maxDetections, flag: --max_detections, kind: int, default: null}
 - {value: predictor.maxBatchSize, flag: --max_batch_size, kind: int, default: 32}
 - {value: predictor.batchWaitMs, flag: --batch_wait_ms, kind: float, default: 2}
-- {value: predictor.modelCallsInFlight, flag: --model_calls_in_flight, kind: int, default: 1}
+- {value: predictor.modelCallsInFlight, flag: --model_calls_in_flight, kind: int, default: 0}
 - {value: predictor.maxImageBytes, flag: --max_image_bytes, kind: int, default: 16777216}
 - {value: predictor.maxImagePixels, flag: --max_image_pixels, kind: int, default: 40000000}
 - {value: predictor.maxRequestBytes, flag: --max_request_bytes, kind: int, default: 67108864}
