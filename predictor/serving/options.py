@@ -114,12 +114,14 @@ def calls_in_flight(calls: int, *, runtime: str, gpu: bool | Callable[[], bool],
     (automatic) 2 where TensorFlow runs the network on a CPU and ``call_s``, the warm-up's call of the
     largest bucket up to :data:`AUTO_CALLS_PROBE_IMAGES` images, took under :data:`AUTO_CALLS_SHORT_S`,
     else 1. On the 2-core VM (bench/RESULTS.md, "Calls in flight at 1-16 clients") a second call served
-    the demo model (calls of 8: 54 ms) 1.05-1.26x the images per second of one at 4-16 clients on V1, V2
-    and gRPC, p50 lower and p95 within 10%, by filling the cores a short call's hand-offs and serial
-    stretches leave idle; SSD300 (calls of 8: 2.4 s, both cores busy throughout) gained nothing and its
-    p95 grew 1.4-1.8x, the two calls sharing the cores. Not measured on a GPU, whose kernels a second
-    call would queue behind the first's, nor with ONNX Runtime: 1 there. ``gpu``: whether the server
-    has a GPU, or a function asked only when it matters (the server's: TensorFlow's logical GPUs)."""
+    the demo model (calls of 8: 54 ms) 1.15-1.20x the images per second of one at 16 clients on V1, V2
+    and gRPC by median (1.01-1.26x at 4-16), p50 lower and p95 within -9% to +15%, by filling the cores
+    a short call's hand-offs and serial stretches leave idle; SSD300 (calls of 8: 2.4 s, both cores
+    busy throughout) gained nothing and its p95 grew 1.1-1.6x, the two calls sharing the cores. The
+    0.5 s between them is a judgement from those two models, not a measured edge. Not measured on a
+    GPU, whose kernels a second call would queue behind the first's, nor with ONNX Runtime: 1 there.
+    ``gpu``: whether the server has a GPU, or a function asked only when it matters (the server's:
+    TensorFlow's logical GPUs)."""
     if calls:
         return calls
     if runtime != "tensorflow" or call_s >= AUTO_CALLS_SHORT_S:

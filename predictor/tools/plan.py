@@ -82,9 +82,11 @@ def start_planner_server(
     batch_padding: str = ServingOptions.batch_padding,
 ) -> LocalServer:  # fmt: skip
     """``python -m predictor`` with these batcher settings on loopback ports, ready (its own process
-    group, stopped with ``terminate()``)."""
+    group, stopped with ``terminate()``), one model call in flight: the cells' service times feed the
+    simulator's parametric replicas, which model one (``simulate.check_calls_in_flight``); the server's
+    automatic default would run two on a CPU for a fast model."""
     flags = ("--max_batch_size", str(max_batch_size), "--batch_wait_ms", str(batch_wait_ms))
-    flags += ("--batch_padding", batch_padding)
+    flags += ("--batch_padding", batch_padding, "--model_calls_in_flight", "1")
     return start_ready_server(model_dir, log_path, *flags, interval_s=0.3, own_session=True)
 
 
