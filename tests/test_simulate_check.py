@@ -159,14 +159,17 @@ def test_the_linger_comes_from_the_calls_beside_call_loads_open_loop_stream():
     one_core = {"1": 0.011, "8": 0.12, "16": 0.2}
     expected = (math.log(3) / 80 - 0.004 + math.log(100) / 80 - 0.004) / 2
     assert linger_of(timings, one_core) == pytest.approx(expected)
+    # while recording, the one-core timings are keyed by int (time_buckets), once saved by str
+    assert linger_of(timings, {int(n): t for n, t in one_core.items()}) == pytest.approx(expected)
     assert linger_of(None, one_core) == 0.0 and linger_of(timings, None) == 0.0
 
 
 def test_disturbed_call_load_timings_turn_both_rules_off():
     """The quiet 00:30 run: one-image calls 12.5 ms back to back, 13.0 after 5 ms idle, 20.0 after 30;
-    calls alone of 8 and 16 images on 1.8 and 1.7 of 2 cores: usable. The 00:45 run: 17.0, 20.0, 16.9
-    (the cost falls by 3.1 ms from 5 ms idle to 30) and calls on 1.4 cores: both reasons, and a
-    profile built from it has neither rule, as a report without call_load."""
+    calls alone of 8 and 16 images on 1.8 of 2 cores: usable. The 00:45 run: 17.0, 20.0, 16.9 (the
+    cost falls by 3.1 ms from 5 ms idle to 30); with calls alone on 1.4 cores (a starved process; that
+    run's were not kept), both reasons, and a profile built from it has neither rule, as a report
+    without call_load."""
     from bench.simulate_check import call_load_disturbed, idle_call_of, profile_of
 
     def timings(gaps: dict[str, float], cores: float) -> dict:
@@ -222,6 +225,22 @@ def test_arrivals_are_laid_end_to_end_with_when_they_were_sent():
     second = PhaseResult(5.0, requests=[(0.2, 0.25, 0.3, "503")])
     due, sent = arrivals_of([first, second], [3.0, 8.0])
     assert due == pytest.approx([2.0, 3.5, 8.2]) and sent == pytest.approx([2.1, 3.6, 8.25])
+
+
+def test_a_cell_whose_simulated_calls_are_not_its_real_calls_size_scales_nothing():
+    """The same lone client on 8 cores, simulated in one-image calls of 10 ms; the servers' calls in
+    that cell: 100 of 3 images (a size the simulation did not run) in 6 s, 20 ms per image. Per image a
+    3-image call is not a 1-image one, so the cell says nothing of bucket 1 (more than 25% apart): the
+    buckets keep their times. Scaled by it instead, as before, pass after pass would compound it."""
+    from bench.simulate_check import saturated_calls
+
+    prof = CpuProfile(((1, 0.01), (2, 0.02)), 0.001, decode_sigma=0.0, model_sigma=0.0, cores=8.0)
+    metrics = {"ssd_batch_size_sum": 300.0, "ssd_batch_size_count": 100.0, "ssd_batch_seconds_sum": 6.0}
+    report = {"benchmark": {"cells": [{"concurrency": 1, "server_metrics": metrics}]}, "replicas": 1,
+              "shared_cores": None}  # fmt: skip
+    assert dict(saturated_calls(prof, report).bucket_s) == pytest.approx({1: 0.01, 2: 0.02})
+    metrics["ssd_batch_size_count"] = 300.0  # calls of 1, as simulated: scaled 2x
+    assert dict(saturated_calls(prof, report).bucket_s) == pytest.approx({1: 0.02, 2: 0.04})
 
 
 def test_amdahls_p_comes_from_one_processes_pair_of_timings():
