@@ -17,7 +17,7 @@ Defaults derived (each has a flag to override, see :mod:`predictor.serving.optio
 
 - usable CPUs ``C`` = ``ceil(min(quota, affinity))``, at least 1;
 - decode threads = ``C``; TensorFlow intra-op threads = ``C``, inter-op threads = ``min(2, C)``
-  (the model runs one call at a time; its independent ops need little inter-op parallelism);
+  (a call's independent ops need little inter-op parallelism; two calls in flight share both pools);
 - in-flight request-bytes budget = memory limit / :data:`INFLIGHT_FRACTION` (clamped to
   [:data:`MIN_INFLIGHT_BYTES`, :data:`MAX_INFLIGHT_BYTES`]), or :data:`UNLIMITED_INFLIGHT_BYTES`
   without a limit. A body costs several times its size while it is parsed (the bytes, the JSON text,
