@@ -32,6 +32,7 @@ from predictor.serving.batcher import Deadline, DynamicBatcher
 from predictor.serving.errors import NotReady, RequestTimeout, status_of
 from predictor.serving.images import ImageLimits
 from predictor.serving.options import (
+    AUTO_CALLS_ON_CPU,
     AUTO_CALLS_PROBE_IMAGES,
     EXACT_ROWS_MESSAGE,
     PADDED_ROWS_MESSAGE,
@@ -75,7 +76,7 @@ class SSDPredictor(kserve.Model):
         )
         self._work: set[asyncio.Task] = set()  # requests' work, also after their caller got a 503
         self._model_thread = ThreadPoolExecutor(  # threads start as calls need them (model_calls)
-            self.options.model_calls_in_flight or 2,
+            self.options.model_calls_in_flight or AUTO_CALLS_ON_CPU,
             thread_name_prefix="ssd-model",
             initializer=priority.start_compute_thread,
         )

@@ -100,12 +100,13 @@ AUTO_PADDING_RULE = "exact on a CPU without --xla, else bucket"
 #: Automatic calls in flight (:func:`calls_in_flight`): the warm-up call timed is the largest bucket up to
 #: this many images ...
 AUTO_CALLS_PROBE_IMAGES = 8
-#: ... and a second call runs where it took less than this (s).
+#: ... and this many calls run where it took less than this (s).
 AUTO_CALLS_SHORT_S = 0.5
+AUTO_CALLS_ON_CPU = 2
 #: What ``--model_calls_in_flight 0`` (automatic) runs, as every help text says it.
 AUTO_CALLS_RULE = (
-    f"2 where TensorFlow runs the network on a CPU and a warm-up call of {AUTO_CALLS_PROBE_IMAGES} images "
-    f"takes under {AUTO_CALLS_SHORT_S:g} s, else 1"
+    f"{AUTO_CALLS_ON_CPU} where TensorFlow runs the network on a CPU and a warm-up call of "
+    f"{AUTO_CALLS_PROBE_IMAGES} images takes under {AUTO_CALLS_SHORT_S:g} s, else 1"
 )
 
 
@@ -126,7 +127,7 @@ def calls_in_flight(calls: int, *, runtime: str, gpu: bool | Callable[[], bool],
         return calls
     if runtime != "tensorflow" or call_s >= AUTO_CALLS_SHORT_S:
         return 1
-    return 1 if (gpu() if callable(gpu) else gpu) else 2
+    return 1 if (gpu() if callable(gpu) else gpu) else AUTO_CALLS_ON_CPU
 
 
 #: What a server logs once ready (``SSDPredictor.load``) when its model calls run their exact rows, and

@@ -1711,7 +1711,7 @@ def calls_in_flight_of(args: argparse.Namespace) -> int:
         return int(args.model_calls_in_flight)
     if args.cpu_profile:
         return int(json.loads(args.cpu_profile.read_text()).get("model_calls_in_flight", 1))
-    return 1  # what a parametric replica can model (check_calls_in_flight)
+    return FleetConfig.model_calls_in_flight  # what a parametric replica can model
 
 
 def config_from_args(args: argparse.Namespace) -> FleetConfig:
@@ -1862,7 +1862,7 @@ def search_for_plan(
     }
     kpa = KpaConfig(container_concurrency=container_concurrency, max_scale=max_replicas)
     # the profile's calls were measured with its calls in flight: plan (and deploy) with them
-    calls = profile.model_calls_in_flight if profile else 1
+    calls = profile.model_calls_in_flight if profile else FleetConfig.model_calls_in_flight
     base = FleetConfig(
         mode="knative", batch_wait_s=batch_wait_ms / 1e3, container_concurrency=container_concurrency,
         cold_start_s=cold_start_s, kpa=kpa, model_calls_in_flight=calls, batch_padding=batch_padding,
